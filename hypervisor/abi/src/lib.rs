@@ -1,0 +1,2 @@
+//! Oxen's hypercall ABI (see docs/hypercalls.md).
+#![no_std]

@@ -1,0 +1,2 @@
+//! Architecture support. Oxen runs on x86-64 only.
+pub mod x86_64;

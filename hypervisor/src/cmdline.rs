@@ -1,0 +1,117 @@
+//! The hypervisor command line, as GRUB passes it (`multiboot2 /boot/oxen.elf ...`).
+//!
+//! Options (documented in README.md):
+//! - `console=com1[,BAUD]`: the hypervisor console (only COM1 is supported).
+//! - `loglvl=error|warn|info|debug|all`: how much the hypervisor logs.
+//! - `selftest`: run the built-in self-test guests on every CPU, then halt.
+//! - `bench`: run the built-in benchmarks, then halt.
+//! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
+//!   (test harnesses only; never set this on real hardware).
+
+/// Log levels, most to least severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub loglvl: LogLevel,
+    pub baud: u32,
+    pub selftest: bool,
+    pub bench: bool,
+    pub debug_exit: Option<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None }
+    }
+}
+
+/// A word on the command line that was not understood; reported, then ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadOption<'a> {
+    pub word: &'a str,
+    pub why: &'static str,
+}
+
+fn parse_u16(s: &str) -> Option<u16> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u16::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Parses `cmdline`; `bad` is called for each word that is ignored, with the reason.
+pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Options {
+    let mut o = Options::default();
+    for word in cmdline.split_ascii_whitespace() {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word, None),
+        };
+        match (key, value) {
+            ("selftest", None) => o.selftest = true,
+            ("bench", None) => o.bench = true,
+            ("loglvl", Some(v)) => match v {
+                "error" => o.loglvl = LogLevel::Error,
+                "warn" | "warning" => o.loglvl = LogLevel::Warn,
+                "info" => o.loglvl = LogLevel::Info,
+                "debug" => o.loglvl = LogLevel::Debug,
+                "all" => o.loglvl = LogLevel::All,
+                _ => bad(BadOption { word, why: "loglvl takes error, warn, info, debug or all" }),
+            },
+            ("console", Some(v)) => {
+                let mut parts = v.split(',');
+                if parts.next() != Some("com1") {
+                    bad(BadOption { word, why: "only console=com1[,BAUD] is supported" });
+                } else if let Some(b) = parts.next() {
+                    match b.parse::<u32>() {
+                        Ok(baud) if baud > 0 && 115200 % baud == 0 => o.baud = baud,
+                        _ => bad(BadOption { word, why: "baud must divide 115200" }),
+                    }
+                }
+            }
+            ("debug_exit", Some(v)) => match parse_u16(v) {
+                Some(p) => o.debug_exit = Some(p),
+                None => bad(BadOption { word, why: "debug_exit takes a port number" }),
+            },
+            _ => bad(BadOption { word, why: "unknown option" }),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_options() {
+        let mut bad = vec![];
+        let o = parse("console=com1,57600 loglvl=debug selftest debug_exit=0xf4", |b| bad.push(b));
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(
+            o,
+            Options { loglvl: LogLevel::Debug, baud: 57600, selftest: true, bench: false, debug_exit: Some(0xf4) }
+        );
+    }
+
+    #[test]
+    fn reports_bad_words_and_keeps_defaults() {
+        let mut bad = vec![];
+        let o = parse("  loglvl=loud console=com2 frobnicate bench baud console=com1,7 ", |b| bad.push(b.word));
+        assert_eq!(bad, vec!["loglvl=loud", "console=com2", "frobnicate", "baud", "console=com1,7"]);
+        assert_eq!(o, Options { bench: true, ..Options::default() });
+    }
+
+    #[test]
+    fn empty_command_line() {
+        assert_eq!(parse("", |_| panic!("no words")), Options::default());
+    }
+}

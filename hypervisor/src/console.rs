@@ -1,0 +1,76 @@
+//! The hypervisor's console: COM1 behind the `log` facade.
+//!
+//! Every line the hypervisor prints starts with `(oxen) `, so a reader (or a test)
+//! can tell it from guest output. Lines are written whole under one lock, so lines
+//! from different CPUs never interleave.
+
+use core::fmt::{self, Write};
+use spin::Mutex;
+use uart_16550::{backend::PioBackend, Config, Uart16550};
+
+/// COM1's I/O base. The hypervisor owns this UART; guests never reach it.
+pub const COM1_PORT: u16 = 0x3f8;
+
+struct Serial(Option<Uart16550<PioBackend>>);
+
+impl Write for Serial {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(uart) = self.0.as_mut() {
+            for b in s.bytes() {
+                if b == b'\n' {
+                    uart.send_bytes_exact(b"\r");
+                }
+                uart.send_bytes_exact(&[b]);
+            }
+        }
+        Ok(())
+    }
+}
+
+static SERIAL: Mutex<Serial> = Mutex::new(Serial(None));
+static LOGGER: Logger = Logger;
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let prefix = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            log::Level::Info => "",
+            log::Level::Debug | log::Level::Trace => "debug: ",
+        };
+        let _ = writeln!(SERIAL.lock(), "(oxen) {prefix}{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Brings up COM1 and installs the logger. Called first thing on the boot CPU.
+pub fn init() {
+    // SAFETY: COM1's eight registers at 0x3f8 are a standard PC UART, owned by the
+    // hypervisor for its whole life.
+    let uart = unsafe { Uart16550::new_port(COM1_PORT) }.ok().and_then(|mut u| {
+        let config = Config { baud_rate: uart_16550::BaudRate::Baud115200, ..Config::DEFAULT };
+        u.init(config).ok().map(|()| u)
+    });
+    SERIAL.lock().0 = uart;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+/// Writes straight to COM1 even if another CPU (or the interrupted code on this
+/// one) holds the console lock. Only for crash reports, after which we halt.
+pub fn emergency_print(args: fmt::Arguments) {
+    // SAFETY: we are about to halt this CPU; garbling a line another CPU is writing
+    // is better than deadlocking on the lock the crashed code may hold.
+    unsafe { SERIAL.force_unlock() };
+    let _ = SERIAL.lock().write_fmt(args);
+}

@@ -1,0 +1,24 @@
+//! Oxen: a type-1 hypervisor for Intel VT-x and AMD-V.
+//!
+//! Layers, bottom up (see docs/architecture.md):
+//! - `arch::x86_64`: boot, descriptor tables, APIC, SMP and the two virtualization
+//!   backends (`vmx`, `svm`), each behind the vendor-neutral `virt::Vcpu` interface.
+//! - `mem`: address newtypes, the memory map, the frame allocator, the heap and one
+//!   page-table walker shared by the host tables, EPT and NPT.
+//! - `virt`: vendor-neutral vCPU interface, exit type and guest memory.
+//! - `exit`: the vendor-neutral exit handlers (CPUID, I/O, MSR, hypercalls).
+//! - `selftest`: the built-in guests run with the `selftest` command-line option.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod cmdline;
+pub mod mem;
+pub mod virt;
+
+#[cfg(target_os = "none")]
+pub mod arch;
+#[cfg(target_os = "none")]
+pub mod console;
+#[cfg(target_os = "none")]
+pub mod start;

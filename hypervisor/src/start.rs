@@ -1,0 +1,137 @@
+//! The boot sequence: what runs, in order, from `kmain` to the first guest.
+
+use crate::arch::x86_64 as arch;
+use crate::cmdline;
+use crate::mem::{self, frame::FrameAllocator, memmap::Region, PAGE_SIZE};
+use log::{info, warn};
+use multiboot2::{BootInformation, BootInformationHeader, MemoryAreaType};
+
+const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
+
+extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+/// What the boot CPU learned from the boot loader, for the later stages.
+pub struct BootInfo {
+    pub options: cmdline::Options,
+    /// Physical address of a copy of the ACPI RSDP, if the boot loader gave one.
+    pub rsdp: Option<u64>,
+    /// Highest RAM address, for the hypervisor's identity map.
+    pub ram_end: u64,
+}
+
+/// Rust entry point, called by `_start` on the boot CPU in 64-bit mode on the
+/// boot page tables.
+#[no_mangle]
+pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
+    crate::console::init();
+    info!("Oxen hypervisor v{} booting", env!("CARGO_PKG_VERSION"));
+    if magic != MULTIBOOT2_MAGIC {
+        fatal(format_args!("not started by a multiboot2 boot loader (magic {magic:#x})"));
+    }
+    // SAFETY: a multiboot2 loader put a valid boot information structure at `mbi`,
+    // identity mapped by the boot page tables; we never write to it.
+    let mb = unsafe { BootInformation::load(mbi as usize as *const BootInformationHeader) }
+        .unwrap_or_else(|_| fatal(format_args!("malformed multiboot2 information at {mbi:#x}")));
+    let boot = init_memory(&mb);
+    arch::init_bsp(&boot);
+    crate::virt::init_bsp();
+    halt("boot complete")
+}
+
+/// Parses the command line and memory map, sets up the frame allocator and heap.
+fn init_memory(mb: &BootInformation) -> BootInfo {
+    let cmdline = mb.command_line_tag().and_then(|t| t.cmdline().ok()).unwrap_or("");
+    info!("command line: {cmdline}");
+    let options = cmdline::parse(cmdline, |b| warn!("ignoring '{}': {}", b.word, b.why));
+    log::set_max_level(match options.loglvl {
+        cmdline::LogLevel::Error => log::LevelFilter::Error,
+        cmdline::LogLevel::Warn => log::LevelFilter::Warn,
+        cmdline::LogLevel::Info => log::LevelFilter::Info,
+        cmdline::LogLevel::Debug => log::LevelFilter::Debug,
+        cmdline::LogLevel::All => log::LevelFilter::Trace,
+    });
+
+    let Some(mmap) = mb.memory_map_tag() else {
+        fatal(format_args!("the boot loader gave no memory map"));
+    };
+    let mut available = [Region::new(0, 0); 64];
+    let mut n = 0;
+    let mut ram_end = 0;
+    for area in mmap.memory_areas() {
+        if area.typ() == MemoryAreaType::Available && n < available.len() {
+            available[n] = Region::new(area.start_address(), area.end_address());
+            n += 1;
+        }
+        ram_end = ram_end.max(area.end_address());
+    }
+    // SAFETY: linker-script symbols; only their addresses are used.
+    let (img_start, img_end) =
+        unsafe { (&__image_start as *const u8 as u64, &__image_end as *const u8 as u64) };
+    let mut reserved = [Region::new(0, 0); 40];
+    reserved[0] = Region::new(0, 0x10_0000); // real-mode area, BIOS data, AP trampoline
+    reserved[1] = Region::new(img_start, img_end);
+    reserved[2] = Region::new(mb.start_address() as u64, mb.end_address() as u64);
+    let mut r = 3;
+    for m in mb.module_tags() {
+        if r < reserved.len() {
+            reserved[r] = Region::new(m.start_address().into(), m.end_address().into());
+            r += 1;
+        }
+    }
+    // Carving needs the heap, which needs frames: carve into a fixed buffer first.
+    let usable = mem::memmap::carve(&available[..n], &reserved[..r]);
+    let usable = usable.as_slice();
+    let words = mem::frame::bitmap_words(usable);
+    let bitmap_bytes = (words * 8) as u64;
+    let bitmap_pages = bitmap_bytes.div_ceil(PAGE_SIZE);
+    let Some(home) = usable.iter().find(|u| u.len() >= bitmap_pages * PAGE_SIZE) else {
+        fatal(format_args!("no room for the frame bitmap"));
+    };
+    let home = Region::new(home.start, home.start + bitmap_pages * PAGE_SIZE);
+    // SAFETY: `home` is usable RAM not yet handed to anyone, identity mapped.
+    let bitmap = unsafe { core::slice::from_raw_parts_mut(home.start as *mut u64, words) };
+    let mut frames = FrameAllocator::new(usable, bitmap);
+    frames.reserve(home);
+    let heap_frames = mem::heap::HEAP_SIZE / PAGE_SIZE as usize;
+    let Some(heap) = frames.alloc_contiguous(heap_frames, 1) else {
+        fatal(format_args!("not enough memory for the hypervisor heap"));
+    };
+    // SAFETY: the heap frames were just taken from the allocator and are never freed.
+    unsafe { mem::heap::init(heap.as_ptr(), mem::heap::HEAP_SIZE) };
+    info!(
+        "memory: {} MiB usable, {} MiB free after hypervisor image ({:#x}-{:#x}) and heap",
+        frames.total_frames() * 4 / 1024,
+        frames.free_frames() * 4 / 1024,
+        img_start,
+        img_end
+    );
+    *mem::FRAMES.lock() = Some(frames);
+
+    let rsdp = mb
+        .rsdp_v2_tag()
+        .map(|t| t as *const _ as *const u8 as u64 + 8)
+        .or_else(|| mb.rsdp_v1_tag().map(|t| t as *const _ as *const u8 as u64 + 8));
+    BootInfo { options, rsdp, ram_end }
+}
+
+/// Prints a `FATAL` line and the final `halt:` line, then stops.
+pub fn fatal(args: core::fmt::Arguments) -> ! {
+    log::error!("FATAL: {args}");
+    halt("fatal error")
+}
+
+/// Prints the final `(oxen) halt:` line and stops this CPU.
+pub fn halt(reason: &str) -> ! {
+    info!("halt: {reason}");
+    arch::halt_forever()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::console::emergency_print(format_args!("(oxen) PANIC on cpu{}: {info}\n", arch::cpu_id()));
+    crate::console::emergency_print(format_args!("(oxen) halt: panic\n"));
+    arch::halt_forever()
+}

@@ -1,0 +1,157 @@
+//! Picks VMX or SVM at boot from CPUID and dispatches to it statically: one image
+//! runs on both vendors, and both backends are always compiled.
+
+use crate::arch::x86_64::{svm, vmx};
+use crate::mem::paging::{Ept, MapError, Npt, PageTable};
+use crate::mem::FrameTables;
+use crate::virt::{GuestGprs, GuestMemory, InitialState, Vcpu, VmExit};
+use spin::Once;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Vmx,
+    Svm,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Vmx => "vmx",
+            Backend::Svm => "svm",
+        }
+    }
+}
+
+static BACKEND: Once<Backend> = Once::new();
+
+/// The backend chosen at boot.
+pub fn backend() -> Backend {
+    *BACKEND.get().expect("virtualization not initialised")
+}
+
+/// Detects and checks hardware virtualization on the boot CPU and enables it
+/// there. Without VT-x or AMD-V the hypervisor cannot run guests: it says so and halts.
+pub fn init_bsp() {
+    let vendor = cpu_vendor();
+    let result = match &vendor {
+        b"GenuineIntel" => vmx::probe().map(|desc| (Backend::Vmx, desc)),
+        b"AuthenticAMD" => svm::probe().map(|desc| (Backend::Svm, desc)),
+        _ => Err("unknown CPU vendor"),
+    };
+    let vendor = core::str::from_utf8(&vendor).unwrap_or("?");
+    match result {
+        Ok((backend, desc)) => {
+            log::info!("cpu: vendor {vendor}, virtualization: {desc}");
+            BACKEND.call_once(|| backend);
+            init_cpu();
+        }
+        Err(why) => crate::start::fatal(format_args!(
+            "no hardware virtualization: {vendor} CPU lacks {} ({why}); Oxen needs Intel VT-x with EPT or AMD-V with NPT",
+            if vendor == "GenuineIntel" { "usable VT-x" } else { "usable AMD-V" }
+        )),
+    }
+}
+
+/// Turns virtualization on for the calling CPU (VMXON / EFER.SVME).
+pub fn init_cpu() {
+    let r = match backend() {
+        Backend::Vmx => vmx::enable_cpu(),
+        Backend::Svm => svm::enable_cpu(),
+    };
+    if let Err(why) = r {
+        crate::start::fatal(format_args!("cpu{}: cannot enable virtualization: {why}", crate::arch::x86_64::cpu_id()));
+    }
+}
+
+/// The CPUID vendor string ("GenuineIntel", "AuthenticAMD", ...).
+fn cpu_vendor() -> [u8; 12] {
+    let r = crate::arch::x86_64::cpuid(0, 0);
+    let mut v = [0u8; 12];
+    v[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    v[8..12].copy_from_slice(&r.ecx.to_le_bytes());
+    v
+}
+
+/// A guest address space's nested page tables, in the chosen vendor's format.
+pub enum NestedTables {
+    Ept(PageTable<Ept>),
+    Npt(PageTable<Npt>),
+}
+
+impl NestedTables {
+    pub fn build(mem: &GuestMemory) -> Result<Self, MapError> {
+        Ok(match backend() {
+            Backend::Vmx => NestedTables::Ept(mem.build_tables::<Ept>(&mut FrameTables)?),
+            Backend::Svm => NestedTables::Npt(mem.build_tables::<Npt>(&mut FrameTables)?),
+        })
+    }
+
+    /// Physical address of the top-level table (for the EPT pointer / nCR3).
+    pub fn root(&self) -> u64 {
+        match self {
+            NestedTables::Ept(t) => t.root(),
+            NestedTables::Npt(t) => t.root(),
+        }
+    }
+
+    /// Frees the table frames.
+    pub fn destroy(self) {
+        match self {
+            NestedTables::Ept(t) => t.destroy(&mut FrameTables),
+            NestedTables::Npt(t) => t.destroy(&mut FrameTables),
+        }
+    }
+}
+
+/// A vCPU of either vendor.
+pub enum AnyVcpu {
+    Vmx(vmx::VmxVcpu),
+    Svm(svm::SvmVcpu),
+}
+
+impl AnyVcpu {
+    /// A vCPU on `tables` starting in `state`, tagged `tag` (VPID / ASID, >= 1).
+    pub fn new(tables: &NestedTables, state: &InitialState, tag: u16) -> Result<Self, &'static str> {
+        Ok(match backend() {
+            Backend::Vmx => AnyVcpu::Vmx(vmx::VmxVcpu::new(tables.root(), state, tag)?),
+            Backend::Svm => AnyVcpu::Svm(svm::SvmVcpu::new(tables.root(), state, tag)?),
+        })
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $v:ident => $e:expr) => {
+        match $self {
+            AnyVcpu::Vmx($v) => $e,
+            AnyVcpu::Svm($v) => $e,
+        }
+    };
+}
+
+impl Vcpu for AnyVcpu {
+    fn run(&mut self) -> VmExit {
+        dispatch!(self, v => v.run())
+    }
+    fn gprs(&mut self) -> &mut GuestGprs {
+        dispatch!(self, v => v.gprs())
+    }
+    fn rip(&self) -> u64 {
+        dispatch!(self, v => v.rip())
+    }
+    fn set_rip(&mut self, rip: u64) {
+        dispatch!(self, v => v.set_rip(rip))
+    }
+    fn rsp(&self) -> u64 {
+        dispatch!(self, v => v.rsp())
+    }
+    fn cpl(&self) -> u8 {
+        dispatch!(self, v => v.cpl())
+    }
+    fn skip_instruction(&mut self) {
+        dispatch!(self, v => v.skip_instruction())
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        dispatch!(self, v => v.inject_exception(vector, error_code))
+    }
+}

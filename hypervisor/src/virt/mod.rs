@@ -1,0 +1,14 @@
+//! Vendor-neutral virtualization: the `Vcpu` interface both backends implement,
+//! the one exit type they translate their exits into, and guest memory.
+pub mod exit;
+pub mod guest_mem;
+pub mod vcpu;
+
+pub use exit::{Access, VmExit};
+pub use guest_mem::GuestMemory;
+pub use vcpu::{EntryMode, GuestGprs, InitialState, Vcpu};
+
+#[cfg(target_os = "none")]
+mod backend;
+#[cfg(target_os = "none")]
+pub use backend::*;

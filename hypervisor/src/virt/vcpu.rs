@@ -1,0 +1,64 @@
+//! The vendor-neutral vCPU interface, implemented by `VmxVcpu` and `SvmVcpu`.
+
+/// Guest general-purpose registers other than RSP (which lives in the VMCS/VMCB).
+/// The backends' world-switch code saves and restores this block; its layout is
+/// part of their assembly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGprs {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<GuestGprs>() == 15 * 8);
+const _: () = assert!(core::mem::offset_of!(GuestGprs, rdi) == 0x30);
+const _: () = assert!(core::mem::offset_of!(GuestGprs, r15) == 0x70);
+
+/// The CPU mode a vCPU starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// Real mode: CS = `cs_selector` (base = selector * 16), IP = `rip`.
+    Real { cs_selector: u16 },
+    /// 64-bit long mode with paging: CR3 = `cr3` (guest-physical), flat
+    /// segments, no GDT or IDT loaded (limits 0).
+    Long64 { cr3: u64 },
+}
+
+/// A vCPU's state at its first entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitialState {
+    pub mode: EntryMode,
+    pub rip: u64,
+    pub rsp: u64,
+}
+
+/// One virtual CPU. Methods take effect at the next `run`.
+pub trait Vcpu {
+    /// Enters the guest and returns at the next exit the common code must handle.
+    fn run(&mut self) -> crate::virt::VmExit;
+    /// General-purpose registers (not RSP).
+    fn gprs(&mut self) -> &mut GuestGprs;
+    fn rip(&self) -> u64;
+    fn set_rip(&mut self, rip: u64);
+    fn rsp(&self) -> u64;
+    /// The guest's current privilege level, 0..=3.
+    fn cpl(&self) -> u8;
+    /// Moves RIP past the instruction that caused the last exit. Backends know
+    /// the length without NRIP support (QEMU has none).
+    fn skip_instruction(&mut self);
+    /// Delivers exception `vector` at the next entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+}
