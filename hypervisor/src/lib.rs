@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod exit;
 pub mod mem;
 pub mod virt;
 

@@ -1,13 +1,6 @@
 //! CPUID, MSRs and control registers.
 
-/// The four registers CPUID returns.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuidResult {
-    pub eax: u32,
-    pub ebx: u32,
-    pub ecx: u32,
-    pub edx: u32,
-}
+pub use crate::exit::cpuid::CpuidResult;
 
 /// CPUID with EAX = `leaf`, ECX = `subleaf`.
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {

@@ -1,0 +1,79 @@
+//! What a guest sees of CPUID: the host's answers, with the hypervisor bit set,
+//! VMX and SVM hidden (no nested virtualization), and Oxen's own leaves at
+//! 0x40000000 (signature "OxenOxenOxen") and 0x40000001 (ABI version).
+
+use oxen_abi::{ABI_VERSION, CPUID_MAX_LEAF, CPUID_SIGNATURE, CPUID_SIGNATURE_LEAF, CPUID_VERSION_LEAF};
+
+/// The four registers CPUID returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidResult {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// CPUID.1:ECX bits (Intel SDM Vol. 2A, CPUID).
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.80000001H:ECX.SVM (AMD APM Vol. 3, CPUID Fn8000_0001).
+const EXT1_ECX_SVM: u32 = 1 << 2;
+/// AMD's SVM feature leaf, meaningless without SVM.
+const SVM_FEATURES_LEAF: u32 = 0x8000_000a;
+
+fn le(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The guest's answer to CPUID(`leaf`, `subleaf`) given the host's answer `host`.
+pub fn guest_view(leaf: u32, _subleaf: u32, host: CpuidResult) -> CpuidResult {
+    match leaf {
+        1 => CpuidResult { ecx: (host.ecx & !LEAF1_ECX_VMX) | LEAF1_ECX_HYPERVISOR, ..host },
+        0x8000_0001 => CpuidResult { ecx: host.ecx & !EXT1_ECX_SVM, ..host },
+        SVM_FEATURES_LEAF => CpuidResult::default(),
+        CPUID_SIGNATURE_LEAF => CpuidResult {
+            eax: CPUID_MAX_LEAF,
+            ebx: le(&CPUID_SIGNATURE[0..4]),
+            ecx: le(&CPUID_SIGNATURE[4..8]),
+            edx: le(&CPUID_SIGNATURE[8..12]),
+        },
+        CPUID_VERSION_LEAF => CpuidResult { eax: ABI_VERSION, ..CpuidResult::default() },
+        0x4000_0002..=0x4000_00ff => CpuidResult::default(),
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: CpuidResult = CpuidResult { eax: 0x11, ebx: 0x22, ecx: 0xffff_ffff, edx: 0x44 };
+
+    #[test]
+    fn hides_vmx_and_svm_and_sets_hypervisor_bit() {
+        let l1 = guest_view(1, 0, CpuidResult { ecx: LEAF1_ECX_VMX, ..HOST });
+        assert_eq!(l1.ecx, LEAF1_ECX_HYPERVISOR);
+        assert_eq!((l1.eax, l1.ebx, l1.edx), (0x11, 0x22, 0x44));
+        assert_eq!(guest_view(0x8000_0001, 0, HOST).ecx & EXT1_ECX_SVM, 0);
+        assert_eq!(guest_view(SVM_FEATURES_LEAF, 0, HOST), CpuidResult::default());
+    }
+
+    #[test]
+    fn hypervisor_leaves() {
+        let sig = guest_view(0x4000_0000, 0, HOST);
+        assert_eq!(sig.eax, 0x4000_0001);
+        let mut s = [0u8; 12];
+        s[0..4].copy_from_slice(&sig.ebx.to_le_bytes());
+        s[4..8].copy_from_slice(&sig.ecx.to_le_bytes());
+        s[8..12].copy_from_slice(&sig.edx.to_le_bytes());
+        assert_eq!(&s, b"OxenOxenOxen");
+        assert_eq!(guest_view(0x4000_0001, 0, HOST).eax, ABI_VERSION);
+        assert_eq!(guest_view(0x4000_0042, 0, HOST), CpuidResult::default());
+    }
+
+    #[test]
+    fn other_leaves_pass_through() {
+        assert_eq!(guest_view(0, 0, HOST), HOST);
+        assert_eq!(guest_view(7, 0, HOST), HOST);
+    }
+}

@@ -1,0 +1,127 @@
+//! Port I/O exits: the guest's devices sit on a `PortBus`; ports nobody claims
+//! read as all ones and ignore writes, as on a PC with nothing decoding them.
+
+use super::Outcome;
+use crate::virt::Vcpu;
+
+/// A guest's port-I/O devices.
+pub trait PortBus {
+    /// IN of `size` bytes from `port`; `None` if no device claims the port.
+    fn read(&mut self, port: u16, size: u8) -> Option<u32>;
+    /// OUT of `size` bytes; returns false if no device claims the port.
+    fn write(&mut self, port: u16, size: u8, value: u32) -> bool;
+}
+
+fn mask(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+/// Handles IN/OUT of 1, 2 or 4 bytes. String and REP forms are not emulated yet:
+/// the guest is stopped with `Unhandled` rather than given wrong data.
+pub fn handle(vcpu: &mut impl Vcpu, port: u16, size: u8, write: bool, string: bool, bus: &mut dyn PortBus) -> Outcome {
+    if string || !matches!(size, 1 | 2 | 4) {
+        return Outcome::Unhandled(crate::virt::VmExit::Io { port, size, write, string, rep: string });
+    }
+    let m = mask(size);
+    if write {
+        let value = vcpu.gprs().rax as u32 & m;
+        bus.write(port, size, value);
+    } else {
+        let value = bus.read(port, size).unwrap_or(u32::MAX) & m;
+        let rax = &mut vcpu.gprs().rax;
+        // IN to AL/AX leaves the rest of RAX alone; IN to EAX zero-extends (SDM Vol. 1 §3.4.1.1).
+        *rax = if size == 4 { u64::from(value) } else { (*rax & !u64::from(m)) | u64::from(value) };
+    }
+    vcpu.skip_instruction();
+    Outcome::Continue
+}
+
+/// Bochs/QEMU's debug console: bytes written to port 0xE9 are printed; reading it
+/// returns 0xE9, which is how guests detect it.
+pub const DEBUGCON_PORT: u16 = 0xe9;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::virt::{GuestGprs, VmExit};
+
+    #[derive(Default)]
+    pub struct FakeVcpu {
+        pub gprs: GuestGprs,
+        pub rip: u64,
+        pub cpl: u8,
+        pub skipped: u32,
+        pub injected: Option<(u8, Option<u32>)>,
+    }
+
+    impl Vcpu for FakeVcpu {
+        fn run(&mut self) -> VmExit {
+            VmExit::Hlt
+        }
+        fn gprs(&mut self) -> &mut GuestGprs {
+            &mut self.gprs
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn set_rip(&mut self, rip: u64) {
+            self.rip = rip;
+        }
+        fn rsp(&self) -> u64 {
+            0
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+        fn skip_instruction(&mut self) {
+            self.skipped += 1;
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected = Some((vector, error_code));
+        }
+    }
+
+    #[derive(Default)]
+    struct Bus {
+        written: Vec<(u16, u8, u32)>,
+    }
+
+    impl PortBus for Bus {
+        fn read(&mut self, port: u16, _size: u8) -> Option<u32> {
+            (port == 0x10).then_some(0x1234_5678)
+        }
+        fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
+            self.written.push((port, size, value));
+            true
+        }
+    }
+
+    #[test]
+    fn out_masks_to_size_and_in_merges_into_rax() {
+        let mut v = FakeVcpu::default();
+        let mut bus = Bus::default();
+        v.gprs.rax = 0xffff_ffff_aabb_ccdd;
+        assert_eq!(handle(&mut v, 0x10, 1, true, false, &mut bus), Outcome::Continue);
+        assert_eq!(bus.written, vec![(0x10, 1, 0xdd)]);
+        handle(&mut v, 0x10, 2, false, false, &mut bus);
+        assert_eq!(v.gprs.rax, 0xffff_ffff_aabb_5678);
+        handle(&mut v, 0x10, 4, false, false, &mut bus);
+        assert_eq!(v.gprs.rax, 0x1234_5678);
+        // Unclaimed port reads as all ones.
+        handle(&mut v, 0x99, 1, false, false, &mut bus);
+        assert_eq!(v.gprs.rax, 0x1234_56ff);
+        assert_eq!(v.skipped, 4);
+    }
+
+    #[test]
+    fn string_io_is_refused_not_faked() {
+        let mut v = FakeVcpu::default();
+        let out = handle(&mut v, 0x10, 1, true, true, &mut Bus::default());
+        assert!(matches!(out, Outcome::Unhandled(_)));
+        assert_eq!(v.skipped, 0);
+    }
+}

@@ -1,0 +1,63 @@
+//! Vendor-neutral VM-exit handlers. A backend's `run` returns a `VmExit`;
+//! `handle` acts on it through the `Vcpu` interface and says what the caller
+//! (the self-test runner, later the scheduler) should do next.
+//!
+//! One file per exit family: `cpuid`, `io`, `msr`, `hypercall`.
+pub mod cpuid;
+pub mod hypercall;
+pub mod io;
+pub mod msr;
+
+use crate::mem::GuestPhysAddr;
+use crate::virt::{Access, Vcpu, VmExit};
+use cpuid::CpuidResult;
+
+/// What to do with the vCPU after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: run the guest again.
+    Continue,
+    /// The guest executed HLT; RIP is past it. Run again when it has work.
+    Halted,
+    /// The time slice ended.
+    Preempted,
+    /// The guest touched guest-physical memory it does not have: it is killed.
+    MemoryFault { gpa: GuestPhysAddr, access: Access },
+    /// The guest triple-faulted: it is dead.
+    TripleFault,
+    /// An exit the hypervisor does not handle: the guest is killed.
+    Unhandled(VmExit),
+}
+
+/// The parts of the platform a guest's exits reach.
+pub trait GuestEnv {
+    /// The guest's port-I/O devices.
+    fn ports(&mut self) -> &mut dyn io::PortBus;
+    /// The host CPU's own CPUID, as filtered by `cpuid::guest_view`.
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+}
+
+/// Handles one exit.
+pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Outcome {
+    match exit {
+        VmExit::Cpuid { leaf, subleaf } => {
+            let r = cpuid::guest_view(leaf, subleaf, env.host_cpuid(leaf, subleaf));
+            let g = vcpu.gprs();
+            (g.rax, g.rbx, g.rcx, g.rdx) = (r.eax.into(), r.ebx.into(), r.ecx.into(), r.edx.into());
+            vcpu.skip_instruction();
+            Outcome::Continue
+        }
+        VmExit::Io { port, size, write, string, rep } => io::handle(vcpu, port, size, write, string || rep, env.ports()),
+        VmExit::MsrRead { msr } => msr::read(vcpu, msr),
+        VmExit::MsrWrite { msr, value } => msr::write(vcpu, msr, value),
+        VmExit::Hlt => {
+            vcpu.skip_instruction();
+            Outcome::Halted
+        }
+        VmExit::Hypercall => hypercall::handle(vcpu),
+        VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
+        VmExit::TripleFault => Outcome::TripleFault,
+        VmExit::Preempted => Outcome::Preempted,
+        other => Outcome::Unhandled(other),
+    }
+}
