@@ -22,4 +22,6 @@ pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
+pub mod selftest;
+#[cfg(target_os = "none")]
 pub mod start;
