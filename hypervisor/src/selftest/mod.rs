@@ -83,8 +83,8 @@ fn run_guest(blob: &[u8], entry: u64, long_mode: bool, max_halts: u32) -> GuestR
             let mode = if long_mode {
                 // Identity-map the first 2 MiB with one large page: wider than the
                 // guest's RAM, so the mem-outside check can reach past it.
-                write_guest(&gm, GUEST_PML4, &(GUEST_PML4 + 0x1000 | 3).to_le_bytes())?;
-                write_guest(&gm, GUEST_PML4 + 0x1000, &(GUEST_PML4 + 0x2000 | 3).to_le_bytes())?;
+                write_guest(&gm, GUEST_PML4, &((GUEST_PML4 + 0x1000) | 3).to_le_bytes())?;
+                write_guest(&gm, GUEST_PML4 + 0x1000, &((GUEST_PML4 + 0x2000) | 3).to_le_bytes())?;
                 write_guest(&gm, GUEST_PML4 + 0x2000, &0x83u64.to_le_bytes())?;
                 EntryMode::Long64 { cr3: GUEST_PML4 }
             } else {
