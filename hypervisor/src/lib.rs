@@ -14,6 +14,7 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod exit;
+pub mod linux;
 pub mod mem;
 pub mod virt;
 
