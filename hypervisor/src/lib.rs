@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod devices;
 pub mod exit;
 pub mod linux;
 pub mod mem;
