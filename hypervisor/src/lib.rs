@@ -14,6 +14,7 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod devices;
+pub mod dom0;
 pub mod exit;
 pub mod linux;
 pub mod mem;
