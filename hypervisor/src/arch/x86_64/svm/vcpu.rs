@@ -1,6 +1,7 @@
 //! An SVM vCPU: its VMCB, permission maps and the world switch.
 
 use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
+use crate::arch::x86_64::cpu::msr;
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
@@ -104,18 +105,78 @@ impl SvmVcpu {
                 s.cr0 = CR0_ET | CR0_NE;
                 s.efer = EFER_SVME;
             }
-            EntryMode::Long64 { cr3 } => {
-                let data = Segment { selector: 0x10, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
-                s.cs = Segment { selector: 0x08, attrib: attrib::CODE64, limit: 0xffff_ffff, base: 0 };
-                (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
-                s.cr0 = CR0_PG | CR0_WP | CR0_NE | CR0_ET | CR0_PE;
-                s.cr3 = cr3;
-                s.cr4 = CR4_PAE;
-                s.efer = EFER_SVME | EFER_LME | EFER_LMA | EFER_NXE;
+            EntryMode::Long64 { cr3 } => Self::long_mode(s, cr3, 0x08, 0x10),
+            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => {
+                Self::long_mode(s, cr3, 0x10, 0x18);
+                s.gdtr = Segment { selector: 0, attrib: 0, limit: gdt_limit.into(), base: gdt_base };
             }
         }
         Ok(v)
     }
+}
+
+impl SvmVcpu {
+    fn long_mode(s: &mut vmcb::SaveArea, cr3: u64, cs: u16, ds: u16) {
+        let data = Segment { selector: ds, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
+        s.cs = Segment { selector: cs, attrib: attrib::CODE64, limit: 0xffff_ffff, base: 0 };
+        (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
+        s.cr0 = CR0_PG | CR0_WP | CR0_NE | CR0_ET | CR0_PE;
+        s.cr3 = cr3;
+        s.cr4 = CR4_PAE;
+        s.efer = EFER_SVME | EFER_LME | EFER_LMA | EFER_NXE;
+    }
+
+    /// Lets the guest reach ports `ports` directly (clears their IOPM bits).
+    pub fn pass_through_ports(&mut self, ports: core::ops::RangeInclusive<u16>) {
+        // SAFETY: the IOPM is this vCPU's own 12 KiB.
+        let map = unsafe { core::slice::from_raw_parts_mut(self.iopm.as_ptr::<u8>(), IOPM_PAGES * 4096) };
+        for p in ports {
+            map[usize::from(p) / 8] &= !(1 << (p % 8));
+        }
+    }
+
+    /// Lets the guest read and write `msr` directly (clears its MSRPM bits).
+    /// Only for MSRs whose guest copy the VMCB holds.
+    fn pass_through_msr(&mut self, msr: u32) {
+        // MSRPM ranges (APM Vol. 2 §15.11): two bits per MSR, read then write.
+        let (base, offset) = match msr {
+            0..=0x1fff => (0, 0),
+            0xc000_0000..=0xc000_1fff => (0xc000_0000, 0x800),
+            0xc001_0000..=0xc001_1fff => (0xc001_0000, 0x1000),
+            _ => return,
+        };
+        let bit = (msr - base) as usize * 2;
+        // SAFETY: the MSRPM is this vCPU's own 8 KiB.
+        let map = unsafe { core::slice::from_raw_parts_mut(self.msrpm.as_ptr::<u8>(), MSRPM_PAGES * 4096) };
+        map[offset + bit / 8] &= !(0b11 << (bit % 8));
+    }
+
+    /// Passes through the MSRs VMLOAD/VMSAVE and VMRUN switch with the guest
+    /// (segment bases, syscall and sysenter MSRs): the guest owns them outright.
+    pub fn pass_through_switched_msrs(&mut self) {
+        for msr in SWITCHED_MSRS {
+            self.pass_through_msr(msr);
+        }
+    }
+}
+
+/// MSRs whose guest values live in the VMCB and are switched by hardware.
+const SWITCHED_MSRS: [u32; 10] = [
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GS_BASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+];
+
+/// Valid PAT memory types: UC, WC, WT, WP, WB, UC- (SDM Vol. 3 §13.12.2).
+fn pat_valid(pat: u64) -> bool {
+    pat.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
 impl Drop for SvmVcpu {
@@ -235,5 +296,52 @@ impl Vcpu for SvmVcpu {
             ev |= vmcb::EVENT_ERROR_CODE_VALID | (u64::from(code) << 32);
         }
         self.vmcb_mut().control.event_inj = ev;
+    }
+
+    fn guest_msr(&self, m: u32) -> Option<u64> {
+        let s = &self.vmcb().save;
+        Some(match m {
+            // The guest never sees SVME: it is ours.
+            msr::IA32_EFER => s.efer & !EFER_SVME,
+            msr::IA32_PAT => s.g_pat,
+            msr::IA32_FS_BASE => s.fs.base,
+            msr::IA32_GS_BASE => s.gs.base,
+            msr::IA32_KERNEL_GS_BASE => s.kernel_gs_base,
+            msr::IA32_STAR => s.star,
+            msr::IA32_LSTAR => s.lstar,
+            msr::IA32_CSTAR => s.cstar,
+            msr::IA32_FMASK => s.sfmask,
+            msr::IA32_SYSENTER_CS => s.sysenter_cs,
+            msr::IA32_SYSENTER_ESP => s.sysenter_esp,
+            msr::IA32_SYSENTER_EIP => s.sysenter_eip,
+            _ => return None,
+        })
+    }
+
+    fn set_guest_msr(&mut self, m: u32, v: u64) -> bool {
+        let s = &mut self.vmcb_mut().save;
+        match m {
+            msr::IA32_EFER => {
+                // SCE, LME, LMA, NXE, FFXSR; anything else (SVME included) is refused.
+                const ALLOWED: u64 = 1 | EFER_LME | EFER_LMA | EFER_NXE | (1 << 14);
+                if v & !ALLOWED != 0 {
+                    return false;
+                }
+                s.efer = v | EFER_SVME;
+            }
+            msr::IA32_PAT if pat_valid(v) => s.g_pat = v,
+            msr::IA32_FS_BASE => s.fs.base = v,
+            msr::IA32_GS_BASE => s.gs.base = v,
+            msr::IA32_KERNEL_GS_BASE => s.kernel_gs_base = v,
+            msr::IA32_STAR => s.star = v,
+            msr::IA32_LSTAR => s.lstar = v,
+            msr::IA32_CSTAR => s.cstar = v,
+            msr::IA32_FMASK => s.sfmask = v,
+            msr::IA32_SYSENTER_CS => s.sysenter_cs = v,
+            msr::IA32_SYSENTER_ESP => s.sysenter_esp = v,
+            msr::IA32_SYSENTER_EIP => s.sysenter_eip = v,
+            _ => return false,
+        }
+        true
     }
 }
