@@ -28,7 +28,8 @@ pub struct Sizes {
 /// apart), the memory the PT_LOAD segments occupy, and the file's size.
 pub fn image_sizes(elf: &Path) -> Result<Sizes> {
     let data = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
-    let file = ElfFile64::<object::Endianness>::parse(&*data).with_context(|| format!("{} is not an ELF64 file", elf.display()))?;
+    let file = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not an ELF64 file", elf.display()))?;
     let mut sections = Vec::new();
     for name in [".text", ".rodata", ".data", ".bss"] {
         let sub = format!("{name}.");
@@ -46,7 +47,11 @@ pub fn image_sizes(elf: &Path) -> Result<Sizes> {
         .filter(|p| p.p_type(endian) == PT_LOAD)
         .map(|p| p.p_memsz(endian))
         .sum();
-    Ok(Sizes { sections, loaded, file: data.len() as u64 })
+    Ok(Sizes {
+        sections,
+        loaded,
+        file: data.len() as u64,
+    })
 }
 
 pub struct Hypercall {
@@ -61,7 +66,13 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let iso = dir.join("oxen.iso");
-    make_iso(&IsoSpec { elf, cmdline: BENCH_CMDLINE, modules: &[], name: "bench", output: &iso })?;
+    make_iso(&IsoSpec {
+        elf,
+        cmdline: BENCH_CMDLINE,
+        modules: &[],
+        name: "bench",
+        output: &iso,
+    })?;
     let m = Machine {
         emulator: Emulator::Qemu,
         cpu: Some("max".into()),
@@ -71,7 +82,10 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
         icount: true,
         bochs_ips: BOCHS_IPS,
     };
-    step(format!("booting QEMU TCG -icount shift=0 with `{BENCH_CMDLINE}` (up to {}s)", BENCH_TIMEOUT.as_secs()));
+    step(format!(
+        "booting QEMU TCG -icount shift=0 with `{BENCH_CMDLINE}` (up to {}s)",
+        BENCH_TIMEOUT.as_secs()
+    ));
     let boot = boot_and_watch(&m, &dir, &iso, BENCH_TIMEOUT)?;
     let re = Regex::new(r"\(oxen\) bench: hypercall-null iterations=(\d+) tsc_delta=(\d+)")?;
     let found = boot.serial.lines().find_map(|l| re.captures(l));
@@ -94,19 +108,36 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
     if iterations == 0 {
         bail!("bench line reports 0 iterations");
     }
-    Ok(Hypercall { iterations, tsc_delta, command: boot.command })
+    // Paths relative to the repo root, so the command reads the same on every machine.
+    let command = boot
+        .command
+        .replace(&format!("{}/", repo_root().display()), "");
+    Ok(Hypercall {
+        iterations,
+        tsc_delta,
+        command,
+    })
 }
 
 fn today() -> String {
-    run_captured(Command::new("date").args(["-u", "+%Y-%m-%d"]), "date").map(|s| s.trim().to_string()).unwrap_or_default()
+    run_captured(Command::new("date").args(["-u", "+%Y-%m-%d"]), "date")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn host() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cpu}, {cores} cores; {}", tool_version("uname", &["-srm"]))
 }
 
@@ -125,14 +156,17 @@ fn thousands(n: u64) -> String {
 /// Replaces the part of BENCHMARKS.md between `<!-- bench:KEY -->` and
 /// `<!-- /bench:KEY -->`, or appends it; other sections are kept as they were.
 fn update_section(doc: &str, key: &str, body: &str) -> String {
-    let (open, close) = (format!("<!-- bench:{key} -->"), format!("<!-- /bench:{key} -->"));
+    let (open, close) = (
+        format!("<!-- bench:{key} -->"),
+        format!("<!-- /bench:{key} -->"),
+    );
     let section = format!("{open}\n{body}{close}");
     if let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) {
         if a < b {
             return format!("{}{section}{}", &doc[..a], &doc[b + close.len()..]);
         }
     }
-    format!("{}\n{section}\n", doc.trim_end())
+    format!("{}\n\n{section}\n", doc.trim_end())
 }
 
 pub fn bench(elf: &Path) -> Result<()> {
@@ -154,8 +188,14 @@ pub fn bench(elf: &Path) -> Result<()> {
     for (name, n) in &sizes.sections {
         size_rows.push_str(&format!("| `{name}` | {} bytes |\n", thousands(*n)));
     }
-    size_rows.push_str(&format!("| loaded image (PT_LOAD memory size) | {} bytes |\n", thousands(sizes.loaded)));
-    size_rows.push_str(&format!("| ELF file (with symbols and debug info) | {} bytes |\n", thousands(sizes.file)));
+    size_rows.push_str(&format!(
+        "| loaded image (PT_LOAD memory size) | {} bytes |\n",
+        thousands(sizes.loaded)
+    ));
+    size_rows.push_str(&format!(
+        "| ELF file (with symbols and debug info) | {} bytes |\n",
+        thousands(sizes.file)
+    ));
     table.push_str(&size_rows);
     doc = update_section(
         &doc,
@@ -192,5 +232,6 @@ pub fn bench(elf: &Path) -> Result<()> {
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
-    hc.map(|_| ()).context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")
+    hc.map(|_| ())
+        .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")
 }

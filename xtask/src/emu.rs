@@ -39,10 +39,22 @@ pub enum Accel {
     Tcg,
 }
 
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        })
+    }
+}
+
 /// KVM only when it can run a hypervisor inside: /dev/kvm opens, the host CPU
 /// has VMX/SVM, and the KVM module allows nested guests. Returns the reason.
 pub fn detect_accel() -> (Accel, String) {
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
     if let Err(e) = kvm {
         return (Accel::Tcg, format!("/dev/kvm is not usable ({e})"));
     }
@@ -54,14 +66,27 @@ pub fn detect_accel() -> (Accel, String) {
         .map(|(_, f)| f.split_whitespace().collect())
         .unwrap_or_default();
     let Some(ext) = ["vmx", "svm"].into_iter().find(|f| flags.contains(f)) else {
-        return (Accel::Tcg, "/dev/kvm works but the host CPU shows neither vmx nor svm (no nested virtualization)".into());
+        return (
+            Accel::Tcg,
+            "/dev/kvm works but the host CPU shows neither vmx nor svm (no nested virtualization)"
+                .into(),
+        );
     };
     let param = if ext == "vmx" { "kvm_intel" } else { "kvm_amd" };
     let path = format!("/sys/module/{param}/parameters/nested");
     match std::fs::read_to_string(&path).map(|s| s.trim().to_string()) {
-        Ok(v) if v == "Y" || v == "1" => (Accel::Kvm, format!("/dev/kvm works, host has {ext}, {path} = {v}")),
-        Ok(v) => (Accel::Tcg, format!("{path} = {v}: KVM does not allow nested guests")),
-        Err(_) => (Accel::Tcg, format!("host has {ext} but {path} is absent: nested KVM unavailable")),
+        Ok(v) if v == "Y" || v == "1" => (
+            Accel::Kvm,
+            format!("/dev/kvm works, host has {ext}, {path} = {v}"),
+        ),
+        Ok(v) => (
+            Accel::Tcg,
+            format!("{path} = {v}: KVM does not allow nested guests"),
+        ),
+        Err(_) => (
+            Accel::Tcg,
+            format!("host has {ext} but {path} is absent: nested KVM unavailable"),
+        ),
     }
 }
 
@@ -99,9 +124,21 @@ impl Machine {
     /// The QEMU command line booting `iso`.
     pub fn qemu(&self, iso: &Path, serial: Serial) -> Command {
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }]);
+        c.args([
+            "-accel",
+            if self.accel == Accel::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            },
+        ]);
         c.args(["-cpu", &self.cpu_model()]);
-        c.args(["-smp", &self.smp.to_string(), "-m", &self.memory_mib.to_string()]);
+        c.args([
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &self.memory_mib.to_string(),
+        ]);
         if self.icount {
             c.args(["-icount", "shift=0"]);
         }
@@ -113,7 +150,15 @@ impl Machine {
                 c.args(["-nographic", "-serial", "mon:stdio"]);
             }
             Serial::File(path) => {
-                c.args(["-display", "none", "-monitor", "none", "-parallel", "none", "-serial"]);
+                c.args([
+                    "-display",
+                    "none",
+                    "-monitor",
+                    "none",
+                    "-parallel",
+                    "none",
+                    "-serial",
+                ]);
                 c.arg(format!("file:{}", path.display()));
             }
         }
@@ -123,7 +168,8 @@ impl Machine {
     /// A bochsrc (from `qemu/bochsrc.in`) for running Bochs from the ISO's directory.
     pub fn bochsrc(&self, iso_name: &str, serial_name: &str) -> Result<String> {
         let path = repo_root().join("qemu/bochsrc.in");
-        let t = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let t = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(t.replace("@MEMORY_MIB@", &self.memory_mib.to_string())
             .replace("@SERIAL@", serial_name)
             .replace("@ISO@", iso_name)
@@ -138,7 +184,8 @@ impl Machine {
         // Bochs here is built with its debugger: `c` lets it run.
         std::fs::write(dir.join("dbg.rc"), "c\n")?;
         let mut c = Command::new("bochs");
-        c.args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"]).current_dir(dir);
+        c.args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"])
+            .current_dir(dir);
         Ok(c)
     }
 }
@@ -169,14 +216,21 @@ pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) ->
     let mut cmd = match m.emulator {
         Emulator::Qemu => m.qemu(iso, Serial::File(&serial_path)),
         Emulator::Bochs => {
-            let iso_name = iso.file_name().context("ISO path has no file name")?.to_string_lossy().into_owned();
+            let iso_name = iso
+                .file_name()
+                .context("ISO path has no file name")?
+                .to_string_lossy()
+                .into_owned();
             if iso.parent() != Some(dir) {
                 std::fs::copy(iso, dir.join(&iso_name))?;
             }
             m.bochs(dir, &iso_name, "serial.log")?
         }
     };
-    let command = crate::util::render(&cmd);
+    let command = match cmd.get_current_dir() {
+        Some(d) => format!("cd {} && {}", d.display(), crate::util::render(&cmd)),
+        None => crate::util::render(&cmd),
+    };
     let start = Instant::now();
     let mut proc = Proc::spawn(&mut cmd, &dir.join("emulator.log"))?;
     let ending = loop {
@@ -194,5 +248,10 @@ pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) ->
     };
     let elapsed = start.elapsed();
     proc.kill();
-    Ok(Boot { ending, elapsed, serial: read_lossy(&serial_path), command })
+    Ok(Boot {
+        ending,
+        elapsed,
+        serial: read_lossy(&serial_path),
+        command,
+    })
 }

@@ -16,7 +16,15 @@ pub fn build(debug: bool) -> Result<PathBuf> {
     let profile = if debug { "debug" } else { "release" };
     step(format!("building the hypervisor ({profile}, {TARGET})"));
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "oxen-hypervisor", "--bin", "oxen-hv", "--target", TARGET]);
+    cmd.args([
+        "build",
+        "-p",
+        "oxen-hypervisor",
+        "--bin",
+        "oxen-hv",
+        "--target",
+        TARGET,
+    ]);
     if !debug {
         cmd.arg("--release");
     }
@@ -30,7 +38,9 @@ pub fn build(debug: bool) -> Result<PathBuf> {
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// An extra multiboot2 module (the dom0 kernel and initrd, later).
@@ -50,7 +60,10 @@ impl std::str::FromStr for Module {
         if file.is_empty() {
             return Err("empty module path".into());
         }
-        Ok(Module { file: file.into(), args: args.trim().into() })
+        Ok(Module {
+            file: file.into(),
+            args: args.trim().into(),
+        })
     }
 }
 
@@ -72,7 +85,9 @@ fn grub_cfg(cmdline: &str, module_lines: &str) -> Result<String> {
     if cmdline.contains(['\n', '"', '\'', '\\', '$', ';', '{', '}']) {
         bail!("the hypervisor command line must not contain newlines, quotes, `\\`, `$`, `;` or braces: {cmdline:?}");
     }
-    Ok(template.replace("@CMDLINE@", cmdline).replace("@MODULES@", module_lines))
+    Ok(template
+        .replace("@CMDLINE@", cmdline)
+        .replace("@MODULES@", module_lines))
 }
 
 /// Stages the files and runs `grub-mkrescue`.
@@ -85,13 +100,20 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
         .with_context(|| format!("copying {} into the ISO", spec.elf.display()))?;
     let mut module_lines = String::new();
     for (i, m) in spec.modules.iter().enumerate() {
-        let base = m.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = m
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let name = format!("mod{i}-{base}");
         std::fs::copy(&m.file, staging.join("boot").join(&name))
             .with_context(|| format!("copying module {} into the ISO", m.file.display()))?;
         module_lines.push_str(&format!("module2 /boot/{name} {}\n    ", m.args));
     }
-    std::fs::write(grub.join("grub.cfg"), grub_cfg(spec.cmdline, module_lines.trim_end())?)?;
+    std::fs::write(
+        grub.join("grub.cfg"),
+        grub_cfg(spec.cmdline, module_lines.trim_end())?,
+    )?;
     if let Some(dir) = spec.output.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -99,7 +121,11 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
         bail!("{GRUB_DIR} has no GRUB BIOS modules: install the Debian package grub-pc-bin (`cargo xtask setup`)");
     }
     let mut cmd = Command::new("grub-mkrescue");
-    cmd.arg("-d").arg(GRUB_DIR).arg("-o").arg(spec.output).arg(&staging);
+    cmd.arg("-d")
+        .arg(GRUB_DIR)
+        .arg("-o")
+        .arg(spec.output)
+        .arg(&staging);
     run_captured(&mut cmd, "grub-mkrescue (making the boot ISO)")?;
     Ok(())
 }

@@ -22,7 +22,10 @@ use crate::image::{Module, DEFAULT_CMDLINE};
 use crate::util::{cargo, show, step};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, boot, test and benchmark the Oxen hypervisor")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, boot, test and benchmark the Oxen hypervisor"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -103,6 +106,9 @@ struct TestArgs {
     /// List the system tests and exit.
     #[arg(long)]
     list: bool,
+    /// The system-test manifest.
+    #[arg(long, default_value = "tests/system.toml")]
+    manifest: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -118,9 +124,21 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
-    if let Cmd::Test(TestArgs { list: true, .. }) = cli.cmd {
-        for t in systest::load(&systest::manifest_path())? {
-            println!("{:<22} {:<5} -cpu {:<16} smp={} cmdline={:?}", t.name, t.machine.emulator.to_string(), t.machine.cpu_model(), t.machine.smp, t.cmdline);
+    if let Cmd::Test(TestArgs {
+        list: true,
+        manifest,
+        ..
+    }) = &cli.cmd
+    {
+        for t in systest::load(&util::repo_root().join(manifest))? {
+            println!(
+                "{:<22} {:<5} -cpu {:<16} smp={} cmdline={:?}",
+                t.name,
+                t.machine.emulator.to_string(),
+                t.machine.cpu_model(),
+                t.machine.smp,
+                t.cmdline
+            );
             if !t.description.is_empty() {
                 println!("{:<22} {}", "", t.description);
             }
@@ -134,7 +152,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             image::build(b.debug)?;
         }
         Cmd::Iso(a) => {
-            let out = a.output.clone().unwrap_or_else(|| image::target_dir().join("oxen.iso"));
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| image::target_dir().join("oxen.iso"));
             make_iso(&a.iso, "oxen", &out)?;
         }
         Cmd::Run(r) => {
@@ -164,14 +185,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
     let elf = image::build(a.build.debug)?;
-    step(format!("making {} (hypervisor command line: {})", show(out), a.cmdline));
-    image::make_iso(&image::IsoSpec { elf: &elf, cmdline: &a.cmdline, modules: &a.modules, name, output: out })?;
+    step(format!(
+        "making {} (hypervisor command line: {})",
+        show(out),
+        a.cmdline
+    ));
+    image::make_iso(&image::IsoSpec {
+        elf: &elf,
+        cmdline: &a.cmdline,
+        modules: &a.modules,
+        name,
+        output: out,
+    })?;
     step(format!("wrote {}", show(out)));
     Ok(())
 }
 
 fn test(args: TestArgs) -> Result<ExitCode> {
-    let mut tests = systest::load(&systest::manifest_path())?;
+    let mut tests = systest::load(&util::repo_root().join(&args.manifest))?;
     if let Some(f) = &args.filter {
         tests.retain(|t| t.name.contains(f.as_str()));
         if tests.is_empty() {
@@ -183,7 +214,10 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         true
     } else {
         step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi");
-        let ok = cargo().args(["test", "-p", "oxen-hypervisor", "-p", "oxen-abi"]).status()?.success();
+        let ok = cargo()
+            .args(["test", "-p", "oxen-hypervisor", "-p", "oxen-abi"])
+            .status()?
+            .success();
         if !ok {
             println!("host unit tests FAILED (output above); running the system tests anyway");
         }
@@ -191,12 +225,22 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     };
     let (passed, failed) = match image::build(false) {
         Ok(elf) => {
-            let qemu = tests.iter().filter(|t| t.machine.emulator == Emulator::Qemu).count();
+            let qemu = tests
+                .iter()
+                .filter(|t| t.machine.emulator == Emulator::Qemu)
+                .count();
+            let bochs = tests.len() - qemu;
+            let mut plan = Vec::new();
+            if qemu > 0 {
+                plan.push(format!("{qemu} under QEMU, up to 2 at a time"));
+            }
+            if bochs > 0 {
+                plan.push(format!("{bochs} under Bochs, one at a time"));
+            }
             step(format!(
-                "system tests: {} ({qemu} QEMU, {} at a time, then {} Bochs one by one); serial logs in {}/<test>/serial.log",
+                "{} system test(s): {}; serial logs in {}/<test>/serial.log",
                 tests.len(),
-                2.min(qemu.max(1)),
-                tests.len() - qemu,
+                plan.join(", then "),
                 show(&image::target_dir().join("systest"))
             ));
             systest::run_all(&tests, &elf)?
@@ -213,5 +257,9 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         println!("host unit tests: FAILED");
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if unit_ok && failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if unit_ok && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

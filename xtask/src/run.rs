@@ -14,17 +14,20 @@ pub fn run(m: &mut Machine, accel: Option<Accel>, iso: &Path) -> Result<()> {
         Emulator::Qemu => {
             m.accel = match accel {
                 Some(a) => {
-                    step(format!("accelerator {a:?} (from --accel)"));
+                    step(format!("accelerator {a} (from --accel)"));
                     a
                 }
                 None => {
                     let (a, why) = detect_accel();
-                    step(format!("accelerator {a:?}: {why}"));
+                    step(format!("accelerator {a}: {why}"));
                     a
                 }
             };
             let mut cmd = m.qemu(iso, Serial::Terminal);
-            step(format!("booting under QEMU (quit: Ctrl-A X; monitor: Ctrl-A C): {}", render(&cmd)));
+            step(format!(
+                "booting under QEMU (quit: Ctrl-A X; monitor: Ctrl-A C): {}",
+                render(&cmd)
+            ));
             // QEMU stays in our process group so it can read the terminal.
             let status = cmd.status()?;
             if !status.success() {
@@ -55,13 +58,19 @@ pub fn run(m: &mut Machine, accel: Option<Accel>, iso: &Path) -> Result<()> {
                     let _ = std::io::stdout().flush();
                     shown = bytes.len();
                 }
-                if String::from_utf8_lossy(&bytes).lines().any(|l| l.contains(HALT_MARKER)) {
+                if String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .any(|l| l.contains(HALT_MARKER))
+                {
                     proc.kill();
                     step("the hypervisor halted; stopped Bochs");
                     return Ok(());
                 }
                 if let Some(status) = proc.try_wait() {
-                    bail!("Bochs exited ({status}); its log is {}", show(&dir.join("emulator.log")));
+                    bail!(
+                        "Bochs exited ({status}); its log is {}",
+                        show(&dir.join("emulator.log"))
+                    );
                 }
             }
         }

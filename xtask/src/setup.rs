@@ -22,7 +22,13 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
-const PROGRAMS: &[&str] = &["qemu-system-x86_64", "bochs", "grub-mkrescue", "xorriso", "mformat"];
+const PROGRAMS: &[&str] = &[
+    "qemu-system-x86_64",
+    "bochs",
+    "grub-mkrescue",
+    "xorriso",
+    "mformat",
+];
 
 pub const TARGET: &str = "x86_64-unknown-none";
 
@@ -34,7 +40,9 @@ pub fn ensure() -> Result<()> {
 /// Packages from `PACKAGES` that dpkg does not list as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
     let mut cmd = Command::new("dpkg-query");
-    cmd.arg("-W").arg("-f=${Package} ${Status}\n").args(PACKAGES.iter().map(|p| p.0));
+    cmd.arg("-W")
+        .arg("-f=${Package} ${Status}\n")
+        .args(PACKAGES.iter().map(|p| p.0));
     // dpkg-query exits 1 when some package is unknown; its stdout still lists the rest.
     let out = cmd.output()?;
     let installed: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
@@ -43,7 +51,11 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .filter_map(|l| l.split_whitespace().next())
         .map(|p| p.split(':').next().unwrap_or(p).to_owned()) // "qemu-system-x86:amd64"
         .collect();
-    Ok(PACKAGES.iter().map(|p| p.0).filter(|p| !installed.contains(*p)).collect())
+    Ok(PACKAGES
+        .iter()
+        .map(|p| p.0)
+        .filter(|p| !installed.contains(*p))
+        .collect())
 }
 
 fn ensure_packages() -> Result<()> {
@@ -62,7 +74,10 @@ fn ensure_packages() -> Result<()> {
     }
     let missing = missing_packages()?;
     if missing.is_empty() {
-        step(format!("host packages present ({} checked)", PACKAGES.len()));
+        step(format!(
+            "host packages present ({} checked)",
+            PACKAGES.len()
+        ));
         return Ok(());
     }
     let purposes: Vec<&str> = {
@@ -119,7 +134,11 @@ fn ensure_packages() -> Result<()> {
     }
     let still = missing_packages()?;
     if !still.is_empty() {
-        bail!("after `{}` these packages are still missing: {}", render(&install), still.join(" "));
+        bail!(
+            "after `{}` these packages are still missing: {}",
+            render(&install),
+            still.join(" ")
+        );
     }
     Ok(())
 }
@@ -134,15 +153,31 @@ fn ensure_target() -> Result<()> {
             step(format!("rust target {TARGET} installed"));
             return Ok(());
         }
-        step(format!("installing rust target {TARGET} (the hypervisor is a bare-metal binary)"));
-        return run_inherit(Command::new("rustup").args(["target", "add", TARGET]), "rustup target add")
-            .map_err(|e| e.context(format!("could not add the {TARGET} target; run `rustup target add {TARGET}`")));
+        step(format!(
+            "installing rust target {TARGET} (the hypervisor is a bare-metal binary)"
+        ));
+        return run_inherit(
+            Command::new("rustup").args(["target", "add", TARGET]),
+            "rustup target add",
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "could not add the {TARGET} target; run `rustup target add {TARGET}`"
+            ))
+        });
     }
     // No rustup: look in the sysroot of whatever rustc cargo uses.
-    let sysroot = run_captured(Command::new("rustc").args(["--print", "sysroot"]), "rustc --print sysroot")?;
-    let lib = std::path::Path::new(sysroot.trim()).join("lib/rustlib").join(TARGET);
+    let sysroot = run_captured(
+        Command::new("rustc").args(["--print", "sysroot"]),
+        "rustc --print sysroot",
+    )?;
+    let lib = std::path::Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(TARGET);
     if lib.is_dir() {
-        step(format!("rust target {TARGET} installed (no rustup; found in the sysroot)"));
+        step(format!(
+            "rust target {TARGET} installed (no rustup; found in the sysroot)"
+        ));
         Ok(())
     } else {
         bail!("the Rust target {TARGET} is missing and rustup is not installed: install rustup (it reads rust-toolchain.toml), or add the target to your toolchain")

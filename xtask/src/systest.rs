@@ -2,7 +2,7 @@
 //! `tests/system.toml` and check its serial log (format described in that file).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,9 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::emu::{boot_and_watch, Accel, Ending, Emulator, Machine, BOCHS_IPS, HALT_MARKER};
+use crate::emu::{boot_and_watch, Accel, Emulator, Ending, Machine, BOCHS_IPS, HALT_MARKER};
 use crate::image::{make_iso, target_dir, IsoSpec};
-use crate::util::{log_lines, repo_root, show, tail};
+use crate::util::{log_lines, show, tail};
 
 /// How many QEMU tests run at once (the machines have 2 cores).
 const QEMU_PARALLEL: usize = 2;
@@ -58,7 +58,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { qemu: 120, bochs: 600 }
+        Self {
+            qemu: 120,
+            bochs: 600,
+        }
     }
 }
 
@@ -112,21 +115,27 @@ fn compile(pattern: &str, smp: u32, cpu: Option<u32>, test: &str) -> Result<Rege
     Regex::new(&p).with_context(|| format!("test {test}: bad regular expression {pattern:?}"))
 }
 
-pub fn manifest_path() -> PathBuf {
-    repo_root().join("tests/system.toml")
-}
-
 /// Reads and checks the manifest.
 pub fn load(path: &Path) -> Result<Vec<Test>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let m: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", show(path)))?;
     let mut tests = Vec::new();
     for t in m.tests {
         if tests.iter().any(|x: &Test| x.name == t.name) {
             bail!("{}: two tests are named {}", show(path), t.name);
         }
-        if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            bail!("{}: test name {:?} must be letters, digits, - and _ (it names a directory)", show(path), t.name);
+        if t.name.is_empty()
+            || !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "{}: test name {:?} must be letters, digits, - and _ (it names a directory)",
+                show(path),
+                t.name
+            );
         }
         if t.smp == 0 {
             bail!("test {}: smp must be at least 1", t.name);
@@ -134,19 +143,29 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
         let mut expect = Vec::new();
         for p in &t.expect {
             if p.contains("{cpu}") {
-                bail!("test {}: {p:?} uses {{cpu}}: put it in expect_per_cpu", t.name);
+                bail!(
+                    "test {}: {p:?} uses {{cpu}}: put it in expect_per_cpu",
+                    t.name
+                );
             }
             expect.push((p.clone(), None, compile(p, t.smp, None, &t.name)?));
         }
         for p in &t.expect_per_cpu {
             if !p.contains("{cpu}") {
-                bail!("test {}: expect_per_cpu pattern {p:?} has no {{cpu}}", t.name);
+                bail!(
+                    "test {}: expect_per_cpu pattern {p:?} has no {{cpu}}",
+                    t.name
+                );
             }
             for cpu in 0..t.smp {
                 expect.push((p.clone(), Some(cpu), compile(p, t.smp, Some(cpu), &t.name)?));
             }
         }
-        let defaults = if t.forbid_defaults { m.defaults.forbid.clone() } else { Vec::new() };
+        let defaults = if t.forbid_defaults {
+            m.defaults.forbid.clone()
+        } else {
+            Vec::new()
+        };
         let mut forbid = Vec::new();
         for p in defaults.iter().chain(&t.forbid) {
             forbid.push((p.clone(), compile(p, t.smp, None, &t.name)?));
@@ -187,7 +206,10 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
             continue;
         }
         match cpu {
-            None => problems.push(format!("no line matches required pattern /{}/", re.as_str())),
+            None => problems.push(format!(
+                "no line matches required pattern /{}/",
+                re.as_str()
+            )),
             Some(c) => match missing.iter_mut().find(|(p, _)| p == pattern) {
                 Some((_, cpus)) => cpus.push(*c),
                 None => missing.push((pattern.clone(), vec![*c])),
@@ -197,11 +219,17 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
     for (pattern, cpus) in missing {
         let cpus: Vec<String> = cpus.iter().map(|c| format!("cpu{c}")).collect();
         let pattern = pattern.replace("{smp}", &test.machine.smp.to_string());
-        problems.push(format!("no line matches required pattern /{pattern}/ for {}", cpus.join(", ")));
+        problems.push(format!(
+            "no line matches required pattern /{pattern}/ for {}",
+            cpus.join(", ")
+        ));
     }
     for (pattern, re) in &test.forbid {
         if let Some((n, l)) = lines.iter().enumerate().find(|(_, l)| re.is_match(l)) {
-            problems.push(format!("forbidden pattern /{pattern}/ matches line {}: {l}", n + 1));
+            problems.push(format!(
+                "forbidden pattern /{pattern}/ matches line {}: {l}",
+                n + 1
+            ));
         }
     }
     problems
@@ -231,27 +259,42 @@ fn run_one(t: &Test) -> Outcome {
     let iso = dir.join("oxen.iso");
     let boot = match boot_and_watch(&t.machine, &dir, &iso, t.timeout) {
         Ok(b) => b,
-        Err(e) => return Outcome { passed: false, report: format!("FAIL {}: could not start the emulator: {e:#}\n", t.name) },
+        Err(e) => {
+            return Outcome {
+                passed: false,
+                report: format!("FAIL {}: could not start the emulator: {e:#}\n", t.name),
+            }
+        }
     };
     let mut problems = Vec::new();
+    let mut emulator_log = None;
     match boot.ending {
         Ending::Halted => {}
         Ending::TimedOut => problems.push(format!(
             "timed out after {}s without a `{HALT_MARKER}` line",
             t.timeout.as_secs()
         )),
-        Ending::Exited(status) => problems.push(format!(
-            "{} exited ({status}) before the hypervisor printed `{HALT_MARKER}` (see {})",
-            t.machine.emulator,
-            show(&dir.join("emulator.log"))
-        )),
+        Ending::Exited(status) => {
+            let log = match t.machine.emulator {
+                Emulator::Qemu => "emulator.log",
+                Emulator::Bochs => "bochs.log",
+            };
+            problems.push(format!(
+                "{} exited ({status}) before the hypervisor printed `{HALT_MARKER}`",
+                t.machine.emulator,
+            ));
+            emulator_log = Some(dir.join(log));
+        }
     }
     problems.extend(check(t, &boot.serial));
     let secs = boot.elapsed.as_secs_f64();
     let mut report = String::new();
     if problems.is_empty() {
         let _ = writeln!(report, "PASS {} ({secs:.1}s)", t.name);
-        return Outcome { passed: true, report };
+        return Outcome {
+            passed: true,
+            report,
+        };
     }
     let _ = writeln!(report, "FAIL {}: {} ({secs:.1}s)", t.name, problems[0]);
     for p in &problems[1..] {
@@ -259,7 +302,19 @@ fn run_one(t: &Test) -> Outcome {
     }
     let serial = dir.join("serial.log");
     let _ = writeln!(report, "     command: {}", boot.command);
+    let exited = emulator_log.is_some();
+    if let Some(log) = emulator_log {
+        let _ = writeln!(report, "     last 10 lines of {}:", show(&log));
+        report.push_str(&tail(&crate::util::read_lossy(&log), 10));
+    }
     if boot.serial.trim().is_empty() {
+        if exited {
+            let _ = writeln!(report, "     {} is empty", show(&serial));
+            return Outcome {
+                passed: false,
+                report,
+            };
+        }
         let _ = writeln!(
             report,
             "     {} is empty: the hypervisor printed nothing (did GRUB load it? try `cargo xtask run`)",
@@ -269,7 +324,10 @@ fn run_one(t: &Test) -> Outcome {
         let _ = writeln!(report, "     last {TAIL_LINES} lines of {}:", show(&serial));
         report.push_str(&tail(&boot.serial, TAIL_LINES));
     }
-    Outcome { passed: false, report }
+    Outcome {
+        passed: false,
+        report,
+    }
 }
 
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
@@ -279,11 +337,23 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        make_iso(&IsoSpec { elf, cmdline: &t.cmdline, modules: &[], name: &t.name, output: &dir.join("oxen.iso") })
-            .with_context(|| format!("making the ISO for {}", t.name))?;
+        make_iso(&IsoSpec {
+            elf,
+            cmdline: &t.cmdline,
+            modules: &[],
+            name: &t.name,
+            output: &dir.join("oxen.iso"),
+        })
+        .with_context(|| format!("making the ISO for {}", t.name))?;
     }
-    let qemu: Vec<&Test> = tests.iter().filter(|t| t.machine.emulator == Emulator::Qemu).collect();
-    let bochs: Vec<&Test> = tests.iter().filter(|t| t.machine.emulator == Emulator::Bochs).collect();
+    let qemu: Vec<&Test> = tests
+        .iter()
+        .filter(|t| t.machine.emulator == Emulator::Qemu)
+        .collect();
+    let bochs: Vec<&Test> = tests
+        .iter()
+        .filter(|t| t.machine.emulator == Emulator::Bochs)
+        .collect();
     let passed = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     let print = Mutex::new(());

@@ -18,13 +18,19 @@ pub fn step(msg: impl std::fmt::Display) {
 
 /// The workspace root (xtask lives in `<root>/xtask`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
 }
 
 /// `path` relative to the repo root when it is inside it (for shorter messages).
 pub fn show(path: &Path) -> String {
     let root = repo_root();
-    path.strip_prefix(&root).unwrap_or(path).display().to_string()
+    path.strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// A command as a shell-like string, for messages and BENCHMARKS.md.
@@ -35,7 +41,8 @@ pub fn render(cmd: &Command) -> String {
         if !s.is_empty() {
             s.push(' ');
         }
-        if p.is_empty() || p.contains(|c: char| c.is_whitespace() || "\"'$`\\;&|<>()*?".contains(c)) {
+        if p.is_empty() || p.contains(|c: char| c.is_whitespace() || "\"'$`\\;&|<>()*?".contains(c))
+        {
             let _ = write!(s, "'{}'", p.replace('\'', r"'\''"));
         } else {
             s.push_str(&p);
@@ -64,14 +71,20 @@ fn spawn_error(cmd: &Command, e: std::io::Error) -> anyhow::Error {
 pub fn run_inherit(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().map_err(|e| spawn_error(cmd, e))?;
     if !status.success() {
-        bail!("{what} failed ({status}); the command was:\n    {}", render(cmd));
+        bail!(
+            "{what} failed ({status}); the command was:\n    {}",
+            render(cmd)
+        );
     }
     Ok(())
 }
 
 /// Runs `cmd` capturing its output; on failure the output is part of the error.
 pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| spawn_error(cmd, e))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(cmd, e))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}); the command was:\n    {}\n{}{}",
@@ -88,9 +101,17 @@ pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String> {
 pub fn tool_version(prog: &str, args: &[&str]) -> String {
     match Command::new(prog).args(args).stdin(Stdio::null()).output() {
         Ok(o) => {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             let text = String::from_utf8_lossy(&text);
-            text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("?").to_string()
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("?")
+                .to_string()
         }
         Err(_) => format!("{prog}: not installed"),
     }
@@ -121,9 +142,13 @@ pub struct Emulator {
 impl Emulator {
     /// Starts `cmd` with stdin from /dev/null and stdout+stderr into `log`.
     pub fn spawn(cmd: &mut Command, log: &Path) -> Result<Self> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -148,7 +173,10 @@ impl Emulator {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         let _ = self.child.wait();
-        GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != self.pgid);
+        GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&g| g != self.pgid);
     }
 }
 
@@ -169,7 +197,9 @@ pub fn read_lossy(path: &Path) -> String {
 
 /// Lines of a serial log, without `\r` and other terminal noise at the ends.
 pub fn log_lines(text: &str) -> Vec<&str> {
-    text.split('\n').map(|l| l.trim_end_matches(['\r', '\0'])).collect()
+    text.split('\n')
+        .map(|l| l.trim_end_matches(['\r', '\0']))
+        .collect()
 }
 
 /// The last `n` lines of `text`, indented, for failure reports.
