@@ -235,3 +235,32 @@ pub fn bench(elf: &Path) -> Result<()> {
     hc.map(|_| ())
         .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_or_appended() {
+        let doc = update_section("# T\n\nintro\n", "a", "A1\n");
+        assert_eq!(
+            doc,
+            "# T\n\nintro\n\n<!-- bench:a -->\nA1\n<!-- /bench:a -->\n"
+        );
+        let doc = update_section(&doc, "b", "B1\n");
+        let doc = update_section(&doc, "a", "A2\n");
+        assert!(
+            doc.contains("<!-- bench:a -->\nA2\n<!-- /bench:a -->\n\n<!-- bench:b -->\nB1\n"),
+            "{doc}"
+        );
+        assert!(!doc.contains("A1"));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_300_004), "1,300,004");
+    }
+}

@@ -383,3 +383,84 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
     }
     Ok((passed.into_inner(), failed.into_inner()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch file name no other test thread uses.
+    fn scratch() -> std::path::PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        std::env::temp_dir().join(format!("xtask-manifest-{}-{n}.toml", std::process::id()))
+    }
+
+    fn manifest(text: &str) -> Vec<Test> {
+        let path = scratch();
+        std::fs::write(&path, text).unwrap();
+        let tests = load(&path);
+        let _ = std::fs::remove_file(&path);
+        tests.unwrap()
+    }
+
+    const TWO_CPUS: &str = r#"
+        [[test]]
+        name = "t"
+        emulator = "qemu"
+        cpu = "max"
+        smp = 2
+        cmdline = "selftest"
+        expect = ['^\(oxen\) smp: {smp}/{smp} cpus online']
+        expect_per_cpu = ['^\(oxen\) selftest: cpu{cpu} svm hlt: PASS']
+    "#;
+
+    #[test]
+    fn the_real_manifest_loads() {
+        let tests = load(&crate::util::repo_root().join("tests/system.toml")).unwrap();
+        assert!(tests.iter().any(|t| t.machine.emulator == Emulator::Bochs));
+        assert!(tests.iter().all(|t| !t.forbid.is_empty()));
+    }
+
+    #[test]
+    fn per_cpu_patterns_expand_for_every_cpu() {
+        let t = &manifest(TWO_CPUS)[0];
+        let ok = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS (x)\r\n(oxen) selftest: cpu1 svm hlt: PASS\n";
+        assert!(check(t, ok).is_empty(), "{:?}", check(t, ok));
+        let missing = check(
+            t,
+            "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n",
+        );
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].ends_with("for cpu1"), "{}", missing[0]);
+        assert_eq!(check(t, "").len(), 2);
+    }
+
+    #[test]
+    fn default_forbidden_patterns_apply() {
+        let t = &manifest(TWO_CPUS)[0];
+        let log = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n(oxen) selftest: cpu1 svm hlt: PASS\n(oxen) PANIC on cpu1: boom\n";
+        let p = check(t, log);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("/PANIC/") && p[0].contains("line 4"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn mistakes_in_the_manifest_are_reported() {
+        let bad = |extra: &str| {
+            let text = format!("[[test]]\nname = \"t\"\nemulator = \"qemu\"\ncpu = \"max\"\ncmdline = \"\"\n{extra}\n");
+            let path = scratch();
+            std::fs::write(&path, text).unwrap();
+            let r = load(&path).err().map(|e| format!("{e:#}"));
+            let _ = std::fs::remove_file(&path);
+            r.expect("should be rejected")
+        };
+        assert!(bad("expect_per_cpu = ['no placeholder']").contains("has no {cpu}"));
+        assert!(bad("expect = ['cpu{cpu}']").contains("expect_per_cpu"));
+        assert!(bad("expect = ['(unclosed']").contains("bad regular expression"));
+        assert!(bad("timeout = 3").contains("unknown field"));
+    }
+}
