@@ -213,9 +213,17 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p xtask");
         let ok = cargo()
-            .args(["test", "-p", "oxen-hypervisor", "-p", "oxen-abi"])
+            .args([
+                "test",
+                "-p",
+                "oxen-hypervisor",
+                "-p",
+                "oxen-abi",
+                "-p",
+                "xtask",
+            ])
             .status()?
             .success();
         if !ok {
