@@ -258,14 +258,18 @@ fn test(args: TestArgs) -> Result<ExitCode> {
             for t in &tests {
                 println!("FAIL {}: the hypervisor did not build", t.name);
             }
-            (0, tests.len())
+            (0, tests.iter().map(|t| t.name.clone()).collect())
         }
     };
+    println!();
     if !unit_ok {
-        println!("host unit tests: FAILED");
+        println!("host unit tests: FAILED (see the cargo test output above)");
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(if unit_ok && failed == 0 {
+    if !failed.is_empty() {
+        println!("failed system tests: {}", failed.join(" "));
+    }
+    println!("{passed} passed, {} failed", failed.len());
+    Ok(if unit_ok && failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -331,8 +331,8 @@ fn run_one(t: &Test) -> Outcome {
 }
 
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
-/// Prints a line per test; returns (passed, failed).
-pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
+/// Prints a line per test; returns how many passed and the names that failed.
+pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, Vec<String>)> {
     for t in tests {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -355,12 +355,20 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
         .filter(|t| t.machine.emulator == Emulator::Bochs)
         .collect();
     let passed = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
+    let failed = Mutex::new(Vec::new());
     let print = Mutex::new(());
-    let record = |o: Outcome| {
+    let record = |t: &Test, o: Outcome| {
         let _guard = print.lock();
         print!("{}", o.report);
-        if o.passed { &passed } else { &failed }.fetch_add(1, Ordering::SeqCst);
+        if o.passed {
+            passed.fetch_add(1, Ordering::SeqCst);
+        } else {
+            println!("     rerun: cargo xtask test --filter {}", t.name);
+            failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t.name.clone());
+        }
     };
     let announce = |t: &Test| {
         let _guard = print.lock();
@@ -373,15 +381,16 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = qemu.get(i) else { break };
                 announce(t);
-                record(run_one(t));
+                record(t, run_one(t));
             });
         }
     });
     for t in bochs {
         announce(t);
-        record(run_one(t));
+        record(t, run_one(t));
     }
-    Ok((passed.into_inner(), failed.into_inner()))
+    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok((passed.into_inner(), failed))
 }
 
 #[cfg(test)]
