@@ -7,6 +7,9 @@
 //!   page-table walker shared by the host tables, EPT and NPT.
 //! - `virt`: vendor-neutral vCPU interface, exit type and guest memory.
 //! - `exit`: the vendor-neutral exit handlers (CPUID, I/O, MSR, hypercalls).
+//! - `platform`: the machine as ACPI describes it (CPUs, I/O APICs, PM timer),
+//!   the local APIC's programming model and clock arithmetic, for `arch`'s APIC,
+//!   timer and SMP code.
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 
@@ -18,6 +21,7 @@ pub mod dom0;
 pub mod exit;
 pub mod linux;
 pub mod mem;
+pub mod platform;
 pub mod virt;
 
 #[cfg(target_os = "none")]

@@ -38,8 +38,11 @@ pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
     let boot = init_memory(&mb);
     arch::init_bsp(&boot);
     crate::virt::init_bsp();
+    let platform = crate::platform::acpi::discover(boot.rsdp, arch::paging::identity_end(boot.ram_end));
+    arch::smp::init(&platform);
     if boot.options.selftest {
-        crate::selftest::run(&[0], |_cpu, f| f());
+        let cpus: alloc::vec::Vec<u32> = (0..arch::smp::cpu_count()).collect();
+        crate::selftest::run(&cpus, arch::smp::run_on);
     }
     if boot.options.bench {
         crate::selftest::bench();

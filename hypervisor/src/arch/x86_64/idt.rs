@@ -150,6 +150,10 @@ pub fn init() {
             };
             idt.0[v] = Gate::interrupt(stub, ist);
         }
+        // The local APIC's wake-up and spurious vectors (smp.rs, apic.rs).
+        for (vector, handler) in super::apic::idt_entries() {
+            idt.0[usize::from(vector)] = Gate::interrupt(handler, 0);
+        }
         idt
     });
     let ptr = x86_64::structures::DescriptorTablePointer {

@@ -1,12 +1,16 @@
 //! x86-64: boot, descriptor tables, interrupt controllers, SMP and the two
 //! hardware-virtualization backends.
+pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
 pub mod percpu;
+pub mod smp;
 pub mod svm;
+pub mod time;
+mod trampoline;
 pub mod vmx;
 
 pub use cpu::{cpuid, rdmsr, wrmsr, CpuidResult};

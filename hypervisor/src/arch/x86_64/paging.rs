@@ -56,7 +56,7 @@ pub fn init(ram_end: u64) {
     map(rodata.0, rodata.1, MapFlags::READ);
     map(data.0, data.1, MapFlags::RW);
     map(data.1.div_ceil(0x1000) * 0x1000, image_hi, MapFlags::RW);
-    let end = ram_end.max(GIB4).div_ceil(MIB2) * MIB2;
+    let end = identity_end(ram_end);
     map(image_hi.max(MIB2), APIC_RANGE.0.min(end), MapFlags::RW);
     map(APIC_RANGE.0, APIC_RANGE.1, MapFlags::RW | MapFlags::UNCACHED);
     map(APIC_RANGE.1, end, MapFlags::RW);
@@ -66,6 +66,12 @@ pub fn init(ram_end: u64) {
     // heap, all RAM, APICs) at the same addresses as the boot tables.
     unsafe { load() };
     // `pt` is dropped without `destroy`: the tables stay in use for good.
+}
+
+/// Where the identity map of physical memory ends: all RAM, and at least the
+/// first 4 GiB (firmware tables, MMIO).
+pub fn identity_end(ram_end: u64) -> u64 {
+    ram_end.max(GIB4).div_ceil(MIB2) * MIB2
 }
 
 static ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
