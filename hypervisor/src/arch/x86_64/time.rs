@@ -70,9 +70,9 @@ pub enum RefClock {
 mod pit {
     pub const CHANNEL2: u16 = 0x42;
     pub const COMMAND: u16 = 0x43;
-    /// Command: channel 2, lobyte/hibyte access, mode 0 (interrupt on terminal
-    /// count), binary.
-    pub const CH2_ONESHOT: u8 = 0b10_11_000_0;
+    /// Command: channel 2 (bits 7:6 = 10), lobyte/hibyte access (5:4 = 11),
+    /// mode 0, interrupt on terminal count (3:1 = 000), binary (0 = 0).
+    pub const CH2_ONESHOT: u8 = 0b1011_0000;
     pub const PORT_B: u16 = 0x61;
     /// Port B bit 0: channel 2 gate; bit 1: speaker data (kept off).
     pub const GATE2: u8 = 1 << 0;

@@ -38,7 +38,7 @@ const _: () = {
     assert!(core::mem::offset_of!(ApBootData, cpu) == 24);
     assert!(AP_BOOT_DATA + core::mem::size_of::<ApBootData>() as u64 <= TRAMPOLINE_PAGE);
     // The START-UP vector is the page number.
-    assert!(TRAMPOLINE_PAGE % 4096 == 0 && TRAMPOLINE_PAGE < 0x10_0000);
+    assert!(TRAMPOLINE_PAGE.is_multiple_of(4096) && TRAMPOLINE_PAGE < 0x10_0000);
 };
 
 /// CR0 for the AP: paging, write-protect, native x87 errors, ET, protection;
