@@ -2,10 +2,12 @@
 //! of inter-processor interrupts. Pure, so it is tested on the host; the
 //! register accesses themselves are in `arch::x86_64::apic`.
 //!
-//! Section numbers are from the Intel SDM Vol. 3A (order 325462-084), chapter 11
-//! "Advanced Programmable Interrupt Controller (APIC)"; AMD APM Vol. 2 §16 agrees.
+//! Section numbers follow the Intel SDM Vol. 3A edition the rest of Oxen cites,
+//! where chapter 11 is "Advanced Programmable Interrupt Controller (APIC)" and
+//! §9.4 "Multiple-Processor (MP) Initialization" (chapters 10 and 8 in editions
+//! before 2023); AMD APM Vol. 2 chapter 16 describes the same registers.
 
-/// Register offsets in the 4 KiB xAPIC MMIO page (SDM Table 11-1). In x2APIC mode
+/// Register offsets in the 4 KiB xAPIC MMIO page (SDM Table 11-1, "Local APIC Register Address Map"). In x2APIC mode
 /// the same register is MSR `0x800 + offset / 16` (SDM §11.12.1.2, Table 11-6).
 pub mod reg {
     pub const ID: u32 = 0x020;
@@ -54,7 +56,7 @@ pub const LVT_TIMER_ONESHOT: u32 = 0 << 17;
 /// Divide configuration value for "divide by 1" (SDM §11.5.4, Figure 11-10).
 pub const TIMER_DIVIDE_BY_1: u32 = 0b1011;
 
-/// ICR fields (SDM §11.6.1, Figure 11-12).
+/// ICR fields (SDM §11.6.1 "Interrupt Command Register (ICR)", Figure 11-12).
 pub mod icr {
     /// Delivery mode, bits 10:8.
     pub const FIXED: u32 = 0b000 << 8;

@@ -1,7 +1,7 @@
 //! Starting the application processors (APs) and giving them work.
 //!
-//! Bring-up, one AP at a time (Intel SDM Vol. 3A §9.4.4 "MP Initialization
-//! Example", AMD APM Vol. 2 §15.27.8): the boot CPU copies the real-mode
+//! Bring-up, one AP at a time (Intel SDM Vol. 3A §9.4.4.1 "Typical BSP
+//! Initialization Sequence"): the boot CPU copies the real-mode
 //! trampoline (`trampoline.rs`) to `paging::TRAMPOLINE_PAGE`, writes the AP's
 //! CR3, stack, CPU number and entry point to the boot-data page `AP_BOOT_DATA`,
 //! then sends INIT, waits 10 ms, and sends START-UP twice, 200 us apart. The AP
@@ -83,8 +83,11 @@ pub fn init(platform: &Platform) {
     apic::init_bsp(platform);
     let bsp_apic = apic::id();
     let cpus = select_cpus(platform.madt_cpus.iter().copied(), bsp_apic, apic::max_apic_id());
-    for note in &cpus.notes {
-        warn!("smp: {note}");
+    // Without a MADT (already reported) the list is just the boot CPU.
+    if !platform.madt_cpus.is_empty() {
+        for note in &cpus.notes {
+            warn!("smp: {note}");
+        }
     }
     CPUS[0].apic_id.store(bsp_apic, Ordering::Relaxed);
     CPUS[0].state.store(state::ONLINE, Ordering::Release);
