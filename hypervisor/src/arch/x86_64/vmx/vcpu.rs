@@ -1,0 +1,665 @@
+//! `VmxVcpu`: one guest CPU backed by a VMCS, its set-up and the world switch.
+
+use super::caps::{entry, pin, VmxCaps};
+use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
+use crate::arch::x86_64::{cpu::msr, cpu_id, rdmsr};
+use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
+use crate::virt::vmx_decode::{
+    access_rights as ar, ept_pointer, exception_injection, Decoded, InterruptionInfo, REASON_ENTRY_INSTRUCTION_FAILED,
+};
+use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
+use core::arch::global_asm;
+use core::sync::atomic::Ordering;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+
+/// Frames of one vCPU, allocated together: the VMCS, I/O bitmaps A (ports
+/// 0-0x7fff) and B (0x8000-0xffff), and the MSR bitmap (SDM Vol. 3C §25.6.4, §25.6.9).
+const VMCS_FRAME: u64 = 0;
+const IO_BITMAP_A_FRAME: u64 = 1;
+const IO_BITMAP_B_FRAME: u64 = 2;
+const MSR_BITMAP_FRAME: u64 = 3;
+const FRAMES: usize = 4;
+
+/// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
+const RESET_RFLAGS: u64 = 1 << 1;
+const RESET_DR7: u64 = 0x400;
+const RESET_PAT: u64 = 0x0007_0406_0007_0406;
+/// EFER.LME and EFER.LMA (SDM Vol. 3A §2.2.1).
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// VMCS link pointer value meaning "no shadow VMCS" (SDM Vol. 3C §25.4.2).
+const NO_VMCS_LINK: u64 = u64::MAX;
+/// Guest interruptibility: blocking by STI and by MOV SS (SDM Vol. 3C §25.4.2, Table 25-3).
+const BLOCKING_BY_STI_OR_MOV_SS: u32 = 0b11;
+/// Guest activity state "active" (SDM Vol. 3C §25.4.2).
+const ACTIVITY_ACTIVE: u32 = 0;
+/// Selectors the 64-bit guest's segment registers report (it has no GDT).
+const LONG_CS: u16 = 0x08;
+const LONG_DS: u16 = 0x10;
+/// A real-mode segment spans 64 KiB; a flat one 4 GiB.
+const REAL_LIMIT: u32 = 0xffff;
+const FLAT_LIMIT: u32 = 0xffff_ffff;
+/// 64-bit TSS limit (104 bytes, SDM Vol. 3A §9.7).
+const TSS64_LIMIT: u32 = 0x67;
+
+/// Return values of `oxen_vmx_enter`.
+const ENTER_EXITED: u32 = 0;
+const ENTER_FAIL_INVALID: u32 = 1;
+const ENTER_FAIL_VALID: u32 = 2;
+
+// The world switch. `oxen_vmx_enter(gprs, launched)` saves the host's
+// callee-saved registers and the `gprs` pointer on the stack, points HOST_RSP
+// at them, loads the guest GPRs and executes VMLAUNCH (launched = 0) or
+// VMRESUME. A VM exit lands at `oxen_vmx_exit` (HOST_RIP) with that stack,
+// stores the guest GPRs and returns 0 from `oxen_vmx_enter`; a failed VM entry
+// falls through and returns 1 (VMfailInvalid) or 2 (VMfailValid). The offsets
+// follow `GuestGprs` (asserted below). The VM exit cleared RFLAGS (DF = 0, IF = 0).
+global_asm!(
+    ".global oxen_vmx_enter",
+    "oxen_vmx_enter:",
+    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "push rdi",
+    "mov rax, {host_rsp}",
+    "vmwrite rax, rsp",
+    "jbe 3f",
+    "test sil, sil",
+    "mov rax, rdi",
+    "mov rcx, [rax + 0x08]", "mov rdx, [rax + 0x10]", "mov rbx, [rax + 0x18]", "mov rbp, [rax + 0x20]",
+    "mov rsi, [rax + 0x28]", "mov rdi, [rax + 0x30]", "mov r8, [rax + 0x38]", "mov r9, [rax + 0x40]",
+    "mov r10, [rax + 0x48]", "mov r11, [rax + 0x50]", "mov r12, [rax + 0x58]", "mov r13, [rax + 0x60]",
+    "mov r14, [rax + 0x68]", "mov r15, [rax + 0x70]",
+    "mov rax, [rax]",
+    "jnz 2f",
+    "vmlaunch",
+    "jmp 3f",
+    "2:",
+    "vmresume",
+    "3:",
+    "mov eax, {fail_valid}",
+    "mov ecx, {fail_invalid}",
+    "cmovc eax, ecx",
+    "add rsp, 8",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+    "",
+    ".global oxen_vmx_exit",
+    "oxen_vmx_exit:",
+    "push rax",
+    "mov rax, [rsp + 8]",
+    "mov [rax + 0x08], rcx", "mov [rax + 0x10], rdx", "mov [rax + 0x18], rbx", "mov [rax + 0x20], rbp",
+    "mov [rax + 0x28], rsi", "mov [rax + 0x30], rdi", "mov [rax + 0x38], r8", "mov [rax + 0x40], r9",
+    "mov [rax + 0x48], r10", "mov [rax + 0x50], r11", "mov [rax + 0x58], r12", "mov [rax + 0x60], r13",
+    "mov [rax + 0x68], r14", "mov [rax + 0x70], r15",
+    "pop qword ptr [rax]",
+    "add rsp, 8",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "xor eax, eax",
+    "ret",
+    host_rsp = const FieldNat::HostRsp as u32,
+    fail_valid = const ENTER_FAIL_VALID,
+    fail_invalid = const ENTER_FAIL_INVALID,
+);
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestGprs, rax) == 0x00);
+    assert!(offset_of!(GuestGprs, rcx) == 0x08);
+    assert!(offset_of!(GuestGprs, rbp) == 0x20);
+    assert!(offset_of!(GuestGprs, rdi) == 0x30);
+    assert!(offset_of!(GuestGprs, r8) == 0x38);
+    assert!(offset_of!(GuestGprs, r15) == 0x70);
+    assert!(ENTER_EXITED == 0);
+};
+
+extern "sysv64" {
+    fn oxen_vmx_enter(gprs: *mut GuestGprs, launched: u8) -> u32;
+    fn oxen_vmx_exit();
+}
+
+/// An exception to deliver at the next entry.
+#[derive(Clone, Copy, Debug)]
+enum PendingEvent {
+    /// Asked for through `inject_exception`.
+    Exception { vector: u8, error_code: Option<u32> },
+    /// An event whose delivery a VM exit interrupted (SDM Vol. 3C §28.2.4),
+    /// re-delivered as it was.
+    Reinject { info: InterruptionInfo, error_code: u32, instruction_len: u32 },
+}
+
+pub struct VmxVcpu {
+    gprs: GuestGprs,
+    /// The VMCS and bitmap frames (see `FRAMES`).
+    frames: HostPhysAddr,
+    /// The CPU whose VMCS cache may hold this VMCS.
+    cpu: u32,
+    /// VMLAUNCH done: the next entry is VMRESUME.
+    launched: bool,
+    /// Guest RIP/RSP as of the last exit, written back before entry when dirty.
+    rip: u64,
+    rsp: u64,
+    regs_dirty: bool,
+    cpl: u8,
+    /// Length of the instruction that caused the last exit (0 if none).
+    exit_instruction_len: u32,
+    /// Set by `skip_instruction`: STI/MOV SS blocking ends with the instruction.
+    clear_interrupt_shadow: bool,
+    pending: Option<PendingEvent>,
+    /// Armed preemption timer in timer ticks, and whether the pin control is on.
+    preemption_timer: Option<u32>,
+    pin_controls: u32,
+}
+
+impl VmxVcpu {
+    /// Builds a VMCS on the calling CPU for a guest whose EPT PML4 is at
+    /// `ept_root`, starting in `state`, with translations tagged `vpid` (>= 1).
+    pub fn new(ept_root: u64, state: &InitialState, vpid: u16) -> Result<Self, &'static str> {
+        let caps = super::caps()?;
+        let cpu = super::this_cpu()?;
+        if cpu.vmxon_region.load(Ordering::Relaxed) == 0 {
+            return Err("VMX is not enabled on this CPU");
+        }
+        if vpid == 0 {
+            return Err("VPID 0 belongs to the host");
+        }
+        if ept_root == 0 || ept_root % PAGE_SIZE != 0 {
+            return Err("EPT root not page aligned");
+        }
+        let frames = mem::alloc_frames(FRAMES, 1).ok_or("out of memory for the VMCS")?;
+        let frame = |i: u64| frames.as_u64() + i * PAGE_SIZE;
+        // SAFETY: the frames are ours and identity mapped. All-ones bitmaps make
+        // every port and MSR access exit; the VMCS starts with the revision id.
+        unsafe {
+            for i in [IO_BITMAP_A_FRAME, IO_BITMAP_B_FRAME, MSR_BITMAP_FRAME] {
+                core::ptr::write_bytes(frame(i) as *mut u8, 0xff, PAGE_SIZE as usize);
+            }
+            (frame(VMCS_FRAME) as *mut u32).write(caps.basic.revision());
+        }
+        let mut vcpu = VmxVcpu {
+            gprs: GuestGprs::default(),
+            frames,
+            cpu: cpu_id(),
+            launched: false,
+            rip: state.rip,
+            rsp: state.rsp,
+            regs_dirty: false,
+            cpl: 0,
+            exit_instruction_len: 0,
+            clear_interrupt_shadow: false,
+            pending: None,
+            preemption_timer: None,
+            pin_controls: caps.pin,
+        };
+        // From here on, `Drop` clears the VMCS and frees the frames on failure.
+        // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
+        // (SDM Vol. 3C §25.11.3), VMPTRLD makes it current on this CPU only.
+        unsafe { vmcs::vmclear(frame(VMCS_FRAME)).and_then(|()| vmcs::vmptrld(frame(VMCS_FRAME))) }.map_err(|e| {
+            log::error!("cpu{}: VMCLEAR/VMPTRLD of a new VMCS failed: {e}", vcpu.cpu);
+            "cannot load the VMCS"
+        })?;
+        cpu.current_vmcs.store(frame(VMCS_FRAME), Ordering::Relaxed);
+        let eptp = ept_pointer(ept_root);
+        // SAFETY: the VMCS is current; host state describes this CPU as it runs now.
+        unsafe { vcpu.setup(caps, eptp, state, vpid, frame) }.map_err(|(field, e)| {
+            log::error!("cpu{}: writing VMCS field {field} failed: {e}", vcpu.cpu);
+            "cannot set up the VMCS"
+        })?;
+        // A VPID or EPT root used before (by a destroyed guest) may still have
+        // translations cached: this guest must not see them (SDM Vol. 3C §29.4.3).
+        let ept_flush = if caps.invept_single_context() { vmcs::InveptType::SingleContext } else { vmcs::InveptType::AllContexts };
+        let vpid_flush =
+            if caps.invvpid_single_context() { vmcs::InvvpidType::SingleContext } else { vmcs::InvvpidType::AllContexts };
+        vmcs::invept(ept_flush, eptp).and_then(|()| vmcs::invvpid(vpid_flush, vpid)).map_err(|e| {
+            log::error!("cpu{}: INVEPT/INVVPID failed: {e}", vcpu.cpu);
+            "cannot flush guest translations"
+        })?;
+        Ok(vcpu)
+    }
+
+    /// Writes every VMCS field. `Err` names the field that failed.
+    ///
+    /// # Safety
+    /// This vCPU's VMCS must be current.
+    unsafe fn setup(
+        &mut self,
+        caps: &VmxCaps,
+        eptp: u64,
+        state: &InitialState,
+        vpid: u16,
+        frame: impl Fn(u64) -> u64,
+    ) -> Result<(), (&'static str, VmxError)> {
+        macro_rules! w {
+            ($f:ident, $field:ident, $v:expr) => {
+                // SAFETY: the caller made the VMCS current; the values are checked
+                // against the SDM rules named at each group below.
+                unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
+            };
+        }
+        macro_rules! vmcs_field {
+            (write16, $field:ident) => { Field16::$field };
+            (write32, $field:ident) => { Field32::$field };
+            (write64, $field:ident) => { Field64::$field };
+            (write_nat, $field:ident) => { FieldNat::$field };
+        }
+
+        // Host state, loaded at every VM exit (SDM Vol. 3C §25.5, checked per §27.2.3).
+        let h = HostState::current();
+        w!(write_nat, HostCr0, h.cr0);
+        w!(write_nat, HostCr3, h.cr3);
+        w!(write_nat, HostCr4, h.cr4);
+        w!(write16, HostCsSelector, h.cs);
+        w!(write16, HostSsSelector, h.ss);
+        w!(write16, HostDsSelector, h.ds);
+        w!(write16, HostEsSelector, h.es);
+        w!(write16, HostFsSelector, h.fs);
+        w!(write16, HostGsSelector, h.gs);
+        w!(write16, HostTrSelector, h.tr);
+        w!(write_nat, HostFsBase, h.fs_base);
+        w!(write_nat, HostGsBase, h.gs_base);
+        w!(write_nat, HostTrBase, h.tr_base);
+        w!(write_nat, HostGdtrBase, h.gdtr_base);
+        w!(write_nat, HostIdtrBase, h.idtr_base);
+        // The hypervisor never uses SYSENTER.
+        w!(write32, HostSysenterCs, 0);
+        w!(write_nat, HostSysenterEsp, 0);
+        w!(write_nat, HostSysenterEip, 0);
+        w!(write64, HostIa32Pat, h.pat);
+        w!(write64, HostIa32Efer, h.efer);
+        w!(write_nat, HostRip, oxen_vmx_exit as *const () as u64);
+
+        // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
+        let long = matches!(state.mode, EntryMode::Long64 { .. });
+        w!(write32, PinBasedControls, self.pin_controls);
+        w!(write32, PrimaryProcControls, caps.proc);
+        w!(write32, SecondaryProcControls, caps.proc2);
+        w!(write32, ExitControls, caps.exit);
+        w!(write32, EntryControls, caps.entry | if long { entry::IA32E_MODE_GUEST } else { 0 });
+        w!(write32, ExceptionBitmap, 0);
+        w!(write32, PageFaultErrorCodeMask, 0);
+        w!(write32, PageFaultErrorCodeMatch, 0);
+        w!(write32, Cr3TargetCount, 0);
+        w!(write32, ExitMsrStoreCount, 0);
+        w!(write32, ExitMsrLoadCount, 0);
+        w!(write32, EntryMsrLoadCount, 0);
+        w!(write32, EntryInterruptionInfo, 0);
+        w!(write64, IoBitmapA, frame(IO_BITMAP_A_FRAME));
+        w!(write64, IoBitmapB, frame(IO_BITMAP_B_FRAME));
+        w!(write64, MsrBitmap, frame(MSR_BITMAP_FRAME));
+        w!(write64, EptPointer, eptp);
+        w!(write16, Vpid, vpid);
+        w!(write64, VmcsLinkPointer, NO_VMCS_LINK);
+
+        // Guest control registers. The guest owns CR0 (unrestricted guest lets it
+        // clear PE and PG, §26.3); CR4.VMXE must stay set in VMX operation, so it
+        // is host-owned and reads as 0 through the shadow (§25.6.6).
+        let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
+        let cr0_base = Cr0Flags::NUMERIC_ERROR.bits() | Cr0Flags::EXTENSION_TYPE.bits();
+        let (cr0, cr4, efer, cr3) = match state.mode {
+            EntryMode::Real { .. } => (cr0_base, 0, 0, 0),
+            EntryMode::Long64 { cr3 } => (
+                cr0_base | pe_pg | Cr0Flags::WRITE_PROTECT.bits(),
+                Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits(),
+                EFER_LME | EFER_LMA,
+                cr3,
+            ),
+        };
+        let cr0_fixed0 = if long { caps.cr0_fixed0 } else { caps.cr0_fixed0 & !pe_pg };
+        let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        w!(write_nat, GuestCr0, (cr0 | cr0_fixed0) & caps.cr0_fixed1);
+        w!(write_nat, Cr0GuestHostMask, 0);
+        w!(write_nat, Cr0ReadShadow, cr0);
+        w!(write_nat, GuestCr4, (cr4 | vmxe | caps.cr4_fixed0) & caps.cr4_fixed1);
+        w!(write_nat, Cr4GuestHostMask, vmxe);
+        w!(write_nat, Cr4ReadShadow, cr4);
+        w!(write_nat, GuestCr3, cr3);
+        w!(write64, GuestIa32Efer, efer);
+        w!(write64, GuestIa32Pat, RESET_PAT);
+        w!(write64, GuestIa32Debugctl, 0);
+        w!(write_nat, GuestDr7, RESET_DR7);
+
+        // Guest segments (§25.4.1, checked per §27.3.1.2).
+        let (cs, data, tr_limit, dt_limit) = match state.mode {
+            EntryMode::Real { cs_selector } => (
+                Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: REAL_LIMIT, ar: ar::REAL_CODE },
+                Segment { selector: 0, base: 0, limit: REAL_LIMIT, ar: ar::REAL_DATA },
+                REAL_LIMIT,
+                REAL_LIMIT,
+            ),
+            EntryMode::Long64 { .. } => (
+                Segment { selector: LONG_CS, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
+                Segment { selector: LONG_DS, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
+                TSS64_LIMIT,
+                // No IDT: any exception escalates to a triple fault.
+                0,
+            ),
+        };
+        w!(write16, GuestCsSelector, cs.selector);
+        w!(write_nat, GuestCsBase, cs.base);
+        w!(write32, GuestCsLimit, cs.limit);
+        w!(write32, GuestCsAccessRights, cs.ar);
+        macro_rules! data_segment {
+            ($sel:ident, $base:ident, $limit:ident, $ar:ident) => {
+                w!(write16, $sel, data.selector);
+                w!(write_nat, $base, data.base);
+                w!(write32, $limit, data.limit);
+                w!(write32, $ar, data.ar);
+            };
+        }
+        data_segment!(GuestSsSelector, GuestSsBase, GuestSsLimit, GuestSsAccessRights);
+        data_segment!(GuestDsSelector, GuestDsBase, GuestDsLimit, GuestDsAccessRights);
+        data_segment!(GuestEsSelector, GuestEsBase, GuestEsLimit, GuestEsAccessRights);
+        data_segment!(GuestFsSelector, GuestFsBase, GuestFsLimit, GuestFsAccessRights);
+        data_segment!(GuestGsSelector, GuestGsBase, GuestGsLimit, GuestGsAccessRights);
+        // VM entry needs a usable, busy TSS in TR even though the guest never
+        // switches tasks, and accepts an unusable LDTR (§27.3.1.2).
+        w!(write16, GuestTrSelector, 0);
+        w!(write_nat, GuestTrBase, 0);
+        w!(write32, GuestTrLimit, tr_limit);
+        w!(write32, GuestTrAccessRights, ar::TSS_BUSY);
+        w!(write16, GuestLdtrSelector, 0);
+        w!(write_nat, GuestLdtrBase, 0);
+        w!(write32, GuestLdtrLimit, 0);
+        w!(write32, GuestLdtrAccessRights, ar::UNUSABLE);
+        w!(write_nat, GuestGdtrBase, 0);
+        w!(write32, GuestGdtrLimit, dt_limit);
+        w!(write_nat, GuestIdtrBase, 0);
+        w!(write32, GuestIdtrLimit, dt_limit);
+
+        // Remaining guest state (§25.4.2).
+        w!(write_nat, GuestRip, state.rip);
+        w!(write_nat, GuestRsp, state.rsp);
+        w!(write_nat, GuestRflags, RESET_RFLAGS);
+        w!(write32, GuestSysenterCs, 0);
+        w!(write_nat, GuestSysenterEsp, 0);
+        w!(write_nat, GuestSysenterEip, 0);
+        w!(write32, GuestInterruptibility, 0);
+        w!(write32, GuestActivityState, ACTIVITY_ACTIVE);
+        w!(write_nat, GuestPendingDebugExceptions, 0);
+        Ok(())
+    }
+
+    /// Arms the VMX-preemption timer to expire after `ticks` timer ticks (TSC >>
+    /// the rate in IA32_VMX_MISC) of guest execution per entry, or disarms it.
+    /// An expiry returns `VmExit::Preempted`. VMX-only, so not in `Vcpu`.
+    pub fn set_preemption_timer(&mut self, ticks: Option<u32>) -> Result<(), &'static str> {
+        if ticks.is_some() && !super::caps()?.has_preemption_timer {
+            return Err("no VMX-preemption timer");
+        }
+        self.preemption_timer = ticks;
+        Ok(())
+    }
+
+    /// Makes this vCPU's VMCS current on this CPU and writes what changed since
+    /// the last exit. `Err` names the failing step.
+    fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
+        let vmcs = self.vmcs();
+        let cpu = super::this_cpu().map_err(|_| ("per-CPU state", VmxError::FailInvalid))?;
+        if cpu.current_vmcs.load(Ordering::Relaxed) != vmcs {
+            // SAFETY: our VMCS, used only on this CPU (checked by `run`).
+            unsafe { vmcs::vmptrld(vmcs) }.map_err(|e| ("VMPTRLD", e))?;
+            cpu.current_vmcs.store(vmcs, Ordering::Relaxed);
+        }
+        // SAFETY (all writes below): guest-state and event-injection fields only,
+        // plus the preemption-timer pin control; none affects the host.
+        if self.regs_dirty {
+            unsafe { vmcs::write_nat(FieldNat::GuestRip, self.rip) }.map_err(|e| ("guest RIP", e))?;
+            unsafe { vmcs::write_nat(FieldNat::GuestRsp, self.rsp) }.map_err(|e| ("guest RSP", e))?;
+            self.regs_dirty = false;
+        }
+        if self.clear_interrupt_shadow {
+            let s = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+            if s & BLOCKING_BY_STI_OR_MOV_SS != 0 {
+                unsafe { vmcs::write32(Field32::GuestInterruptibility, s & !BLOCKING_BY_STI_OR_MOV_SS) }
+                    .map_err(|e| ("interruptibility", e))?;
+            }
+            self.clear_interrupt_shadow = false;
+        }
+        if let Some(event) = self.pending.take() {
+            let (info, error_code, len) = match event {
+                PendingEvent::Exception { vector, error_code } => {
+                    let cr0 = vmcs::read_nat(FieldNat::GuestCr0).map_err(|e| ("guest CR0", e))?;
+                    let protected = cr0 & Cr0Flags::PROTECTED_MODE_ENABLE.bits() != 0;
+                    let (info, code) = exception_injection(vector, error_code, protected);
+                    (info, code, 0)
+                }
+                PendingEvent::Reinject { info, error_code, instruction_len } => {
+                    (info, info.error_code_valid().then_some(error_code), instruction_len)
+                }
+            };
+            unsafe { vmcs::write32(Field32::EntryInterruptionInfo, info.0) }.map_err(|e| ("entry event", e))?;
+            if let Some(code) = error_code {
+                unsafe { vmcs::write32(Field32::EntryExceptionErrorCode, code) }.map_err(|e| ("entry error code", e))?;
+            }
+            if info.needs_instruction_length() {
+                unsafe { vmcs::write32(Field32::EntryInstructionLength, len) }.map_err(|e| ("entry length", e))?;
+            }
+        }
+        let want_pin = match self.preemption_timer {
+            Some(ticks) => {
+                unsafe { vmcs::write32(Field32::PreemptionTimerValue, ticks) }.map_err(|e| ("preemption timer", e))?;
+                self.pin_controls | pin::PREEMPTION_TIMER
+            }
+            None => self.pin_controls & !pin::PREEMPTION_TIMER,
+        };
+        if want_pin != self.pin_controls {
+            unsafe { vmcs::write32(Field32::PinBasedControls, want_pin) }.map_err(|e| ("pin controls", e))?;
+            self.pin_controls = want_pin;
+        }
+        Ok(())
+    }
+
+    fn vmcs(&self) -> u64 {
+        self.frames.as_u64() + VMCS_FRAME * PAGE_SIZE
+    }
+
+    /// Logs and reports a VMX instruction failure around VM entry.
+    fn entry_failed(&self, what: &str, e: VmxError) -> VmExit {
+        log::error!("cpu{}: vmx: {what} failed: {e}", self.cpu);
+        let info = match e {
+            VmxError::FailValid(n) => u64::from(n),
+            VmxError::FailInvalid => 0,
+        };
+        VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info }
+    }
+}
+
+/// One guest segment register's VMCS fields.
+struct Segment {
+    selector: u16,
+    base: u64,
+    limit: u32,
+    ar: u32,
+}
+
+/// The host state VM exits restore: this CPU as it runs now.
+struct HostState {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    cs: u16,
+    ss: u16,
+    ds: u16,
+    es: u16,
+    fs: u16,
+    gs: u16,
+    tr: u16,
+    fs_base: u64,
+    gs_base: u64,
+    tr_base: u64,
+    gdtr_base: u64,
+    idtr_base: u64,
+    pat: u64,
+    efer: u64,
+}
+
+impl HostState {
+    fn current() -> Self {
+        let (cr3, cs, ss, ds, es, fs, gs, tr): (u64, u16, u16, u16, u16, u16, u16, u16);
+        // SAFETY: reads of control and segment registers, no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {cr3}, cr3", "mov {cs:x}, cs", "mov {ss:x}, ss", "mov {ds:x}, ds", "mov {es:x}, es",
+                "mov {fs:x}, fs", "mov {gs:x}, gs", "str {tr:x}",
+                cr3 = out(reg) cr3, cs = out(reg) cs, ss = out(reg) ss, ds = out(reg) ds, es = out(reg) es,
+                fs = out(reg) fs, gs = out(reg) gs, tr = out(reg) tr, options(nomem, nostack, preserves_flags));
+        }
+        let gdt = x86_64::instructions::tables::sgdt();
+        let idt = x86_64::instructions::tables::sidt();
+        // SAFETY: these MSRs exist on every x86-64 CPU.
+        let (fs_base, gs_base, pat, efer) =
+            unsafe { (rdmsr(msr::IA32_FS_BASE), rdmsr(msr::IA32_GS_BASE), rdmsr(msr::IA32_PAT), rdmsr(msr::IA32_EFER)) };
+        // SAFETY: TR selects a 16-byte TSS descriptor inside the loaded GDT.
+        let tr_base = unsafe { tss_base(gdt.base.as_u64(), tr) };
+        // Selectors loaded on exit must have RPL 0 and TI 0 (SDM Vol. 3C §27.2.3).
+        let sel = |s: u16| s & !0b111;
+        HostState {
+            cr0: x86_64::registers::control::Cr0::read_raw(),
+            cr3,
+            cr4: x86_64::registers::control::Cr4::read_raw(),
+            cs: sel(cs),
+            ss: sel(ss),
+            ds: sel(ds),
+            es: sel(es),
+            fs: sel(fs),
+            gs: sel(gs),
+            tr: sel(tr),
+            fs_base,
+            gs_base,
+            tr_base,
+            gdtr_base: gdt.base.as_u64(),
+            idtr_base: idt.base.as_u64(),
+            pat,
+            efer,
+        }
+    }
+}
+
+/// Base address in the 64-bit TSS descriptor at `selector` of the GDT at `gdt`
+/// (SDM Vol. 3A §9.2.3).
+///
+/// # Safety
+/// `selector` must index a system descriptor inside the GDT at `gdt`.
+unsafe fn tss_base(gdt: u64, selector: u16) -> u64 {
+    let desc = (gdt + u64::from(selector & !0b111)) as *const u64;
+    // SAFETY: the caller's contract; a 64-bit system descriptor is two quadwords.
+    let (low, high) = unsafe { (desc.read_unaligned(), desc.add(1).read_unaligned()) };
+    ((low >> 16) & 0xff_ffff) | (((low >> 56) & 0xff) << 24) | ((high & 0xffff_ffff) << 32)
+}
+
+impl Drop for VmxVcpu {
+    fn drop(&mut self) {
+        if cpu_id() != self.cpu {
+            // VMCLEAR elsewhere would leave a stale copy in the owner's VMCS cache:
+            // leak the frames rather than let them be reused under it.
+            log::error!("vmx: vCPU of cpu{} dropped on cpu{}: leaking its VMCS", self.cpu, cpu_id());
+            return;
+        }
+        let vmcs = self.vmcs();
+        // SAFETY: our VMCS; VMCLEAR flushes it from this CPU and makes it not current.
+        if let Err(e) = unsafe { vmcs::vmclear(vmcs) } {
+            log::error!("cpu{}: VMCLEAR failed: {e}; leaking the VMCS", self.cpu);
+            return;
+        }
+        if let Ok(cpu) = super::this_cpu() {
+            let _ = cpu.current_vmcs.compare_exchange(vmcs, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        mem::free_frames(self.frames, FRAMES);
+    }
+}
+
+impl Vcpu for VmxVcpu {
+    fn run(&mut self) -> VmExit {
+        if cpu_id() != self.cpu {
+            log::error!("vmx: vCPU of cpu{} run on cpu{}", self.cpu, cpu_id());
+            return VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info: 0 };
+        }
+        loop {
+            if let Err((what, e)) = self.prepare_entry() {
+                return self.entry_failed(what, e);
+            }
+            // SAFETY: the VMCS is current and fully set up; its host state is this
+            // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
+            let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
+            match rc {
+                ENTER_EXITED => {}
+                ENTER_FAIL_VALID => {
+                    let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
+                    return self.entry_failed(what, VmxError::FailValid(vmcs::instruction_error()));
+                }
+                _ => return self.entry_failed("VM entry", VmxError::FailInvalid),
+            }
+            let exit = match super::exit::read(&self.gprs) {
+                Ok(e) => e,
+                Err((what, e)) => return self.entry_failed(what, e),
+            };
+            match self.after_exit(&exit) {
+                Ok(()) => {}
+                Err((what, e)) => return self.entry_failed(what, e),
+            }
+            match exit.raw.decode() {
+                Decoded::Exit(e) => {
+                    if let VmExit::Unsupported { reason, info } = e {
+                        log::debug!("cpu{}: vmx: unhandled exit reason {reason} qualification {info:#x}", self.cpu);
+                    }
+                    return e;
+                }
+                Decoded::ExternalInterrupt { vector } => super::exit::end_host_interrupt(vector),
+                Decoded::EntryFailure { reason, qualification } => {
+                    log::error!(
+                        "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
+                        self.cpu,
+                        exit.raw.reason
+                    );
+                    return VmExit::Unsupported { reason: u64::from(exit.raw.reason), info: qualification };
+                }
+            }
+        }
+    }
+
+    fn gprs(&mut self) -> &mut GuestGprs {
+        &mut self.gprs
+    }
+    fn rip(&self) -> u64 {
+        self.rip
+    }
+    fn set_rip(&mut self, rip: u64) {
+        self.rip = rip;
+        self.regs_dirty = true;
+    }
+    fn rsp(&self) -> u64 {
+        self.rsp
+    }
+    fn cpl(&self) -> u8 {
+        self.cpl
+    }
+    fn skip_instruction(&mut self) {
+        self.rip = self.rip.wrapping_add(u64::from(self.exit_instruction_len));
+        self.regs_dirty = true;
+        self.clear_interrupt_shadow = true;
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.pending = Some(PendingEvent::Exception { vector, error_code });
+    }
+}
+
+impl VmxVcpu {
+    /// Caches the guest state the `Vcpu` accessors report and notes an
+    /// interrupted event delivery for re-injection.
+    fn after_exit(&mut self, exit: &super::exit::ExitState) -> Result<(), (&'static str, VmxError)> {
+        if exit.raw.reason & crate::virt::vmx_decode::EXIT_REASON_ENTRY_FAILURE == 0 {
+            self.launched = true;
+        }
+        self.rip = exit.rip;
+        self.rsp = exit.rsp;
+        self.regs_dirty = false;
+        self.cpl = ar::dpl(exit.ss_access_rights);
+        self.exit_instruction_len = exit.instruction_len;
+        if exit.idt_vectoring.valid() {
+            self.pending = Some(PendingEvent::Reinject {
+                info: exit.idt_vectoring.for_reinjection(),
+                error_code: exit.idt_vectoring_error_code,
+                instruction_len: exit.instruction_len,
+            });
+        }
+        Ok(())
+    }
+}
