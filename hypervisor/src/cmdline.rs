@@ -5,6 +5,8 @@
 //! - `loglvl=error|warn|info|debug|all`: how much the hypervisor logs.
 //! - `selftest`: run the built-in self-test guests on every CPU, then halt.
 //! - `bench`: run the built-in benchmarks, then halt.
+//! - `dom0_mem=SIZE[K|M|G]`: RAM for dom0 (default: half of what is free).
+//! - `dom0_max_vcpus=N`: dom0's vCPUs (default 1).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -25,11 +27,13 @@ pub struct Options {
     pub selftest: bool,
     pub bench: bool,
     pub debug_exit: Option<u16>,
+    pub dom0_mem: Option<u64>,
+    pub dom0_max_vcpus: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1 }
     }
 }
 
@@ -38,6 +42,18 @@ impl Default for Options {
 pub struct BadOption<'a> {
     pub word: &'a str,
     pub why: &'static str,
+}
+
+/// `SIZE[K|M|G]` in bytes (no suffix: bytes), or `None` if malformed or zero.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1 << shift).filter(|&v| v > 0)
 }
 
 fn parse_u16(s: &str) -> Option<u16> {
@@ -77,6 +93,14 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
                     }
                 }
             }
+            ("dom0_mem", Some(v)) => match parse_size(v) {
+                Some(bytes) => o.dom0_mem = Some(bytes),
+                None => bad(BadOption { word, why: "dom0_mem takes a size such as 512M or 2G" }),
+            },
+            ("dom0_max_vcpus", Some(v)) => match v.parse::<u32>() {
+                Ok(n @ 1..=64) => o.dom0_max_vcpus = n,
+                _ => bad(BadOption { word, why: "dom0_max_vcpus takes a number from 1 to 64" }),
+            },
             ("debug_exit", Some(v)) => match parse_u16(v) {
                 Some(p) => o.debug_exit = Some(p),
                 None => bad(BadOption { word, why: "debug_exit takes a port number" }),
@@ -98,7 +122,7 @@ mod tests {
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(
             o,
-            Options { loglvl: LogLevel::Debug, baud: 57600, selftest: true, bench: false, debug_exit: Some(0xf4) }
+            Options { loglvl: LogLevel::Debug, baud: 57600, selftest: true, debug_exit: Some(0xf4), ..Options::default() }
         );
     }
 
@@ -108,6 +132,18 @@ mod tests {
         let o = parse("  loglvl=loud console=com2 frobnicate bench baud console=com1,7 ", |b| bad.push(b.word));
         assert_eq!(bad, vec!["loglvl=loud", "console=com2", "frobnicate", "baud", "console=com1,7"]);
         assert_eq!(o, Options { bench: true, ..Options::default() });
+    }
+
+    #[test]
+    fn dom0_options() {
+        let mut bad = vec![];
+        let o = parse("dom0_mem=512M dom0_max_vcpus=2 dom0_mem=x dom0_max_vcpus=0 dom0_mem=0", |b| bad.push(b.word));
+        assert_eq!(o.dom0_mem, Some(512 << 20));
+        assert_eq!(o.dom0_max_vcpus, 2);
+        assert_eq!(bad, vec!["dom0_mem=x", "dom0_max_vcpus=0", "dom0_mem=0"]);
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("99999999999999G"), None);
     }
 
     #[test]

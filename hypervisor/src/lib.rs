@@ -13,7 +13,10 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod devices;
+pub mod dom0;
 pub mod exit;
+pub mod linux;
 pub mod mem;
 pub mod virt;
 
@@ -21,5 +24,7 @@ pub mod virt;
 pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
+#[cfg(target_os = "none")]
+pub mod selftest;
 #[cfg(target_os = "none")]
 pub mod start;

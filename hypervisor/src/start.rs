@@ -38,7 +38,16 @@ pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
     let boot = init_memory(&mb);
     arch::init_bsp(&boot);
     crate::virt::init_bsp();
-    halt("boot complete")
+    if boot.options.selftest {
+        crate::selftest::run(&[0], |_cpu, f| f());
+    }
+    if boot.options.bench {
+        crate::selftest::bench();
+    }
+    if boot.options.selftest || boot.options.bench {
+        halt("selftest done");
+    }
+    halt("nothing to run yet (no dom0 support)")
 }
 
 /// Parses the command line and memory map, sets up the frame allocator and heap.

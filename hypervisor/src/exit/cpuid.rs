@@ -1,6 +1,8 @@
 //! What a guest sees of CPUID: the host's answers, with the hypervisor bit set,
-//! VMX and SVM hidden (no nested virtualization), and Oxen's own leaves at
-//! 0x40000000 (signature "OxenOxenOxen") and 0x40000001 (ABI version).
+//! VMX and SVM hidden (no nested virtualization), the features the virtual CPU
+//! model does not offer hidden (MTRRs, machine checks, MONITOR/MWAIT,
+//! performance-monitoring capabilities: see `exit::msr`), and Oxen's own leaves
+//! at 0x40000000 (signature "OxenOxenOxen") and 0x40000001 (ABI version).
 
 use oxen_abi::{ABI_VERSION, CPUID_MAX_LEAF, CPUID_SIGNATURE, CPUID_SIGNATURE_LEAF, CPUID_VERSION_LEAF};
 
@@ -16,6 +18,15 @@ pub struct CpuidResult {
 /// CPUID.1:ECX bits (Intel SDM Vol. 2A, CPUID).
 const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_ECX_MONITOR: u32 = 1 << 3;
+const LEAF1_ECX_PDCM: u32 = 1 << 15;
+/// CPUID.1:EDX (and the same bits of CPUID.80000001H:EDX on AMD).
+const EDX_MCE: u32 = 1 << 7;
+const EDX_MTRR: u32 = 1 << 12;
+const EDX_MCA: u32 = 1 << 14;
+const EDX_HIDDEN: u32 = EDX_MCE | EDX_MTRR | EDX_MCA;
+/// Architectural performance monitoring, which the virtual CPU does not have.
+const PERFMON_LEAF: u32 = 0xa;
 /// CPUID.80000001H:ECX.SVM (AMD APM Vol. 3, CPUID Fn8000_0001).
 const EXT1_ECX_SVM: u32 = 1 << 2;
 /// AMD's SVM feature leaf, meaningless without SVM.
@@ -28,9 +39,13 @@ fn le(bytes: &[u8]) -> u32 {
 /// The guest's answer to CPUID(`leaf`, `subleaf`) given the host's answer `host`.
 pub fn guest_view(leaf: u32, _subleaf: u32, host: CpuidResult) -> CpuidResult {
     match leaf {
-        1 => CpuidResult { ecx: (host.ecx & !LEAF1_ECX_VMX) | LEAF1_ECX_HYPERVISOR, ..host },
-        0x8000_0001 => CpuidResult { ecx: host.ecx & !EXT1_ECX_SVM, ..host },
-        SVM_FEATURES_LEAF => CpuidResult::default(),
+        1 => CpuidResult {
+            ecx: (host.ecx & !(LEAF1_ECX_VMX | LEAF1_ECX_MONITOR | LEAF1_ECX_PDCM)) | LEAF1_ECX_HYPERVISOR,
+            edx: host.edx & !EDX_HIDDEN,
+            ..host
+        },
+        0x8000_0001 => CpuidResult { ecx: host.ecx & !EXT1_ECX_SVM, edx: host.edx & !EDX_HIDDEN, ..host },
+        SVM_FEATURES_LEAF | PERFMON_LEAF => CpuidResult::default(),
         CPUID_SIGNATURE_LEAF => CpuidResult {
             eax: CPUID_MAX_LEAF,
             ebx: le(&CPUID_SIGNATURE[0..4]),
@@ -54,6 +69,10 @@ mod tests {
         let l1 = guest_view(1, 0, CpuidResult { ecx: LEAF1_ECX_VMX, ..HOST });
         assert_eq!(l1.ecx, LEAF1_ECX_HYPERVISOR);
         assert_eq!((l1.eax, l1.ebx, l1.edx), (0x11, 0x22, 0x44));
+        let l1 = guest_view(1, 0, CpuidResult { ecx: !0, edx: !0, ..HOST });
+        assert_eq!(l1.ecx & (LEAF1_ECX_VMX | LEAF1_ECX_MONITOR | LEAF1_ECX_PDCM), 0);
+        assert_eq!(l1.edx & (EDX_MTRR | EDX_MCE | EDX_MCA), 0);
+        assert_eq!(guest_view(0x8000_0001, 0, CpuidResult { edx: !0, ..HOST }).edx & EDX_MTRR, 0);
         assert_eq!(guest_view(0x8000_0001, 0, HOST).ecx & EXT1_ECX_SVM, 0);
         assert_eq!(guest_view(SVM_FEATURES_LEAF, 0, HOST), CpuidResult::default());
     }

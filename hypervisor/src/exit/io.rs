@@ -56,6 +56,27 @@ pub(crate) mod tests {
         pub cpl: u8,
         pub skipped: u32,
         pub injected: Option<(u8, Option<u32>)>,
+        /// One MSR the fake backend keeps: (number, value).
+        pub msr: Option<(u32, u64)>,
+    }
+
+    /// A guest environment with one device MSR and no ports.
+    #[derive(Default)]
+    pub struct FakeEnv {
+        pub msr: Option<(u32, u64)>,
+        pub bus: Bus,
+    }
+
+    impl crate::exit::GuestEnv for FakeEnv {
+        fn ports(&mut self) -> &mut dyn PortBus {
+            &mut self.bus
+        }
+        fn host_cpuid(&self, _leaf: u32, _subleaf: u32) -> crate::exit::cpuid::CpuidResult {
+            Default::default()
+        }
+        fn msr_read(&mut self, msr: u32) -> Option<u64> {
+            self.msr.filter(|m| m.0 == msr).map(|m| m.1)
+        }
     }
 
     impl Vcpu for FakeVcpu {
@@ -83,11 +104,14 @@ pub(crate) mod tests {
         fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
             self.injected = Some((vector, error_code));
         }
+        fn guest_msr(&self, msr: u32) -> Option<u64> {
+            self.msr.filter(|m| m.0 == msr).map(|m| m.1)
+        }
     }
 
     #[derive(Default)]
-    struct Bus {
-        written: Vec<(u16, u8, u32)>,
+    pub struct Bus {
+        pub written: Vec<(u16, u8, u32)>,
     }
 
     impl PortBus for Bus {

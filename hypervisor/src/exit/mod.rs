@@ -35,6 +35,14 @@ pub trait GuestEnv {
     fn ports(&mut self) -> &mut dyn io::PortBus;
     /// The host CPU's own CPUID, as filtered by `cpuid::guest_view`.
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+    /// An MSR backed by one of the guest's devices (the local APIC), if any.
+    fn msr_read(&mut self, _msr: u32) -> Option<u64> {
+        None
+    }
+    /// Writes such an MSR; false if no device claims it or the value is refused.
+    fn msr_write(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
 }
 
 /// Handles one exit.
@@ -48,8 +56,8 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             Outcome::Continue
         }
         VmExit::Io { port, size, write, string, rep } => io::handle(vcpu, port, size, write, string || rep, env.ports()),
-        VmExit::MsrRead { msr } => msr::read(vcpu, msr),
-        VmExit::MsrWrite { msr, value } => msr::write(vcpu, msr, value),
+        VmExit::MsrRead { msr } => msr::read(vcpu, msr, env),
+        VmExit::MsrWrite { msr, value } => msr::write(vcpu, msr, value, env),
         VmExit::Hlt => {
             vcpu.skip_instruction();
             Outcome::Halted

@@ -84,7 +84,7 @@ impl FrameAllocator {
             let mut i = from;
             while i + count <= self.nframes {
                 let a = self.base + i as u64 * PAGE_SIZE;
-                if a % align_bytes != 0 {
+                if !a.is_multiple_of(align_bytes) {
                     let aligned = a.div_ceil(align_bytes) * align_bytes;
                     i = ((aligned - self.base) / PAGE_SIZE) as usize;
                     continue;
@@ -114,7 +114,7 @@ impl FrameAllocator {
     /// hypervisor bugs, never guest input.
     pub fn free(&mut self, addr: HostPhysAddr, count: usize) {
         let a = addr.as_u64();
-        assert!(a >= self.base && a % PAGE_SIZE == 0, "free of foreign frame {a:#x}");
+        assert!(a >= self.base && a.is_multiple_of(PAGE_SIZE), "free of foreign frame {a:#x}");
         let first = ((a - self.base) / PAGE_SIZE) as usize;
         assert!(first + count <= self.nframes, "free of foreign frame {a:#x}");
         for i in first..first + count {

@@ -272,7 +272,7 @@ impl<F: EntryFormat> PageTable<F> {
         size: PageSize,
         flags: MapFlags,
     ) -> Result<(), MapError> {
-        if (virt | phys) % size.bytes() != 0 {
+        if !(virt | phys).is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned);
         }
         let mut table = self.root;

@@ -98,7 +98,7 @@ mod tests {
         let mut m = GuestMemory::new();
         assert_eq!(m.add(region(0x10, 0, 0x1000)), Err(GuestMemError::BadRegion));
         assert_eq!(m.add(region(0, 0, 0)), Err(GuestMemError::BadRegion));
-        assert_eq!(m.add(region(u64::MAX & !0xfff, 0, 0x2000)), Err(GuestMemError::BadRegion));
+        assert_eq!(m.add(region(!0xfff, 0, 0x2000)), Err(GuestMemError::BadRegion));
         m.add(region(0x2000, 0, 0x2000)).unwrap();
         assert_eq!(m.add(region(0x3000, 0x10000, 0x1000)), Err(GuestMemError::Overlap));
         assert_eq!(m.add(region(0x1000, 0x10000, 0x2000)), Err(GuestMemError::Overlap));

@@ -35,6 +35,10 @@ pub enum EntryMode {
     /// 64-bit long mode with paging: CR3 = `cr3` (guest-physical), flat
     /// segments, no GDT or IDT loaded (limits 0).
     Long64 { cr3: u64 },
+    /// Linux's 64-bit boot protocol: long mode with paging on `cr3`, the GDT at
+    /// `gdt_base`/`gdt_limit` (guest-physical), CS = 0x10, DS/ES/SS = 0x18,
+    /// interrupts off (Documentation/arch/x86/boot.rst).
+    Linux64 { cr3: u64, gdt_base: u64, gdt_limit: u16 },
 }
 
 /// A vCPU's state at its first entry.
@@ -61,4 +65,14 @@ pub trait Vcpu {
     fn skip_instruction(&mut self);
     /// Delivers exception `vector` at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The value of an MSR the backend keeps in the guest's state area (EFER, PAT,
+    /// segment bases, syscall MSRs…), or `None` if it keeps no such MSR.
+    fn guest_msr(&self, _msr: u32) -> Option<u64> {
+        None
+    }
+    /// Sets such an MSR; false if the backend keeps no such MSR or the value is
+    /// invalid for it (the caller then injects #GP).
+    fn set_guest_msr(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
 }

@@ -18,6 +18,11 @@ pub mod msr {
     pub const IA32_FS_BASE: u32 = 0xc000_0100;
     pub const IA32_GS_BASE: u32 = 0xc000_0101;
     pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const IA32_STAR: u32 = 0xc000_0081;
+    pub const IA32_LSTAR: u32 = 0xc000_0082;
+    pub const IA32_CSTAR: u32 = 0xc000_0083;
+    pub const IA32_FMASK: u32 = 0xc000_0084;
+    pub const IA32_TSC_AUX: u32 = 0xc000_0103;
     pub const IA32_SYSENTER_CS: u32 = 0x174;
     pub const IA32_SYSENTER_ESP: u32 = 0x175;
     pub const IA32_SYSENTER_EIP: u32 = 0x176;

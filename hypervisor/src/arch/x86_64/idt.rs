@@ -139,15 +139,16 @@ static IDT: Once<Idt> = Once::new();
 pub fn init() {
     let idt = IDT.call_once(|| {
         let mut idt = Idt([Gate::default(); 256]);
-        for v in 0..32 {
+        // SAFETY: the table is built by the assembler and never written.
+        let stubs = unsafe { &exc_stub_table };
+        for (v, &stub) in stubs.iter().enumerate() {
             let ist = match v {
                 2 => IST_NMI,
                 8 => IST_DOUBLE_FAULT,
                 18 => IST_MACHINE_CHECK,
                 _ => 0,
             };
-            // SAFETY: the table is built by the assembler and never written.
-            idt.0[v] = Gate::interrupt(unsafe { exc_stub_table[v] }, ist);
+            idt.0[v] = Gate::interrupt(stub, ist);
         }
         idt
     });

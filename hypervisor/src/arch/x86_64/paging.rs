@@ -65,7 +65,7 @@ pub fn init(ram_end: u64) {
     // SAFETY: the new tables map everything the hypervisor touches (image, stack,
     // heap, all RAM, APICs) at the same addresses as the boot tables.
     unsafe { load() };
-    core::mem::forget(pt); // lives forever
+    // `pt` is dropped without `destroy`: the tables stay in use for good.
 }
 
 static ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

@@ -1,0 +1,347 @@
+//! An SVM vCPU: its VMCB, permission maps and the world switch.
+
+use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
+use crate::arch::x86_64::cpu::msr;
+use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
+use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
+use core::arch::global_asm;
+
+/// I/O permission map: 12 KiB, one bit per port (APM Vol. 2 §15.10.1).
+const IOPM_PAGES: usize = 3;
+/// MSR permission map: 8 KiB (APM Vol. 2 §15.11).
+const MSRPM_PAGES: usize = 2;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+/// The guest's EFER must have SVME set or VMRUN fails its consistency checks
+/// (APM Vol. 2 §15.5.1); RDMSR of EFER is intercepted, so the guest never sees it.
+const EFER_SVME: u64 = 1 << 12;
+/// RFLAGS bit 1 is reserved and always 1.
+const RFLAGS_FIXED: u64 = 1 << 1;
+/// Power-on PAT (SDM Vol. 3 §13.12.4).
+const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
+
+pub struct SvmVcpu {
+    vmcb: HostPhysAddr,
+    iopm: HostPhysAddr,
+    msrpm: HostPhysAddr,
+    gprs: GuestGprs,
+    /// Guest RIP after the instruction behind the last exit, if it was one.
+    next_rip: Option<u64>,
+}
+
+impl SvmVcpu {
+    fn vmcb(&self) -> &Vmcb {
+        // SAFETY: `vmcb` is a frame this vCPU owns, identity mapped; the CPU
+        // writes it only during VMRUN, when no reference is live.
+        unsafe { &*self.vmcb.as_ptr::<Vmcb>() }
+    }
+
+    fn vmcb_mut(&mut self) -> &mut Vmcb {
+        // SAFETY: as in `vmcb`, and `&mut self` makes this the only reference.
+        unsafe { &mut *self.vmcb.as_ptr::<Vmcb>() }
+    }
+
+    /// A vCPU on the nested tables at `npt_root`, tagged with `asid` (>= 1).
+    pub fn new(npt_root: u64, state: &InitialState, asid: u16) -> Result<Self, &'static str> {
+        if asid == 0 || u64::from(asid) >= super::num_asids() {
+            return Err("ASID out of range");
+        }
+        let vmcb = alloc_frames(1, 1).ok_or("out of memory for a VMCB")?;
+        let Some(iopm) = alloc_frames(IOPM_PAGES, 1) else {
+            free_frames(vmcb, 1);
+            return Err("out of memory for an I/O permission map");
+        };
+        let Some(msrpm) = alloc_frames(MSRPM_PAGES, 1) else {
+            free_frames(vmcb, 1);
+            free_frames(iopm, IOPM_PAGES);
+            return Err("out of memory for an MSR permission map");
+        };
+        // Intercept every port and every MSR: the guest reaches only what the exit
+        // handlers allow.
+        // SAFETY: both maps are frames we just allocated.
+        unsafe {
+            core::ptr::write_bytes(iopm.as_ptr::<u8>(), 0xff, IOPM_PAGES * 4096);
+            core::ptr::write_bytes(msrpm.as_ptr::<u8>(), 0xff, MSRPM_PAGES * 4096);
+        }
+        let mut v = SvmVcpu { vmcb, iopm, msrpm, gprs: GuestGprs::default(), next_rip: None };
+        let c = &mut v.vmcb_mut().control;
+        c.intercept1 = i1::INTR | i1::NMI | i1::SMI | i1::INIT | i1::CPUID | i1::INVD | i1::HLT | i1::INVLPGA
+            | i1::IOIO_PROT | i1::MSR_PROT | i1::TASK_SWITCH | i1::SHUTDOWN;
+        c.intercept2 = i2::VMRUN | i2::VMMCALL | i2::VMLOAD | i2::VMSAVE | i2::STGI | i2::CLGI | i2::SKINIT | i2::XSETBV;
+        c.iopm_base_pa = iopm.as_u64();
+        c.msrpm_base_pa = msrpm.as_u64();
+        c.guest_asid = asid.into();
+        // The ASID may have been used by an earlier guest: flush before first entry.
+        c.tlb_control = vmcb::TLB_CONTROL_FLUSH_ALL;
+        // Guest RFLAGS.IF must not mask host interrupts.
+        c.int_ctl = vmcb::V_INTR_MASKING;
+        c.np_enable = vmcb::NP_ENABLE;
+        c.n_cr3 = npt_root;
+
+        let s = &mut v.vmcb_mut().save;
+        s.rip = state.rip;
+        s.rsp = state.rsp;
+        s.rflags = RFLAGS_FIXED;
+        s.g_pat = PAT_DEFAULT;
+        s.dr7 = 0x400;
+        s.dr6 = 0xffff_0ff0;
+        s.ldtr = Segment { selector: 0, attrib: attrib::LDT, limit: 0xffff, base: 0 };
+        s.tr = Segment { selector: 0, attrib: attrib::TSS_BUSY, limit: 0xffff, base: 0 };
+        s.gdtr = Segment { limit: 0, ..Segment::default() };
+        s.idtr = Segment { limit: 0, ..Segment::default() };
+        match state.mode {
+            EntryMode::Real { cs_selector } => {
+                let data = Segment { selector: 0, attrib: attrib::DATA16, limit: 0xffff, base: 0 };
+                s.cs = Segment { selector: cs_selector, attrib: attrib::CODE16, limit: 0xffff, base: u64::from(cs_selector) << 4 };
+                (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
+                s.cr0 = CR0_ET | CR0_NE;
+                s.efer = EFER_SVME;
+            }
+            EntryMode::Long64 { cr3 } => Self::long_mode(s, cr3, 0x08, 0x10),
+            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => {
+                Self::long_mode(s, cr3, 0x10, 0x18);
+                s.gdtr = Segment { selector: 0, attrib: 0, limit: gdt_limit.into(), base: gdt_base };
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl SvmVcpu {
+    fn long_mode(s: &mut vmcb::SaveArea, cr3: u64, cs: u16, ds: u16) {
+        let data = Segment { selector: ds, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
+        s.cs = Segment { selector: cs, attrib: attrib::CODE64, limit: 0xffff_ffff, base: 0 };
+        (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
+        s.cr0 = CR0_PG | CR0_WP | CR0_NE | CR0_ET | CR0_PE;
+        s.cr3 = cr3;
+        s.cr4 = CR4_PAE;
+        s.efer = EFER_SVME | EFER_LME | EFER_LMA | EFER_NXE;
+    }
+
+    /// Lets the guest reach ports `ports` directly (clears their IOPM bits).
+    pub fn pass_through_ports(&mut self, ports: core::ops::RangeInclusive<u16>) {
+        // SAFETY: the IOPM is this vCPU's own 12 KiB.
+        let map = unsafe { core::slice::from_raw_parts_mut(self.iopm.as_ptr::<u8>(), IOPM_PAGES * 4096) };
+        for p in ports {
+            map[usize::from(p) / 8] &= !(1 << (p % 8));
+        }
+    }
+
+    /// Lets the guest read and write `msr` directly (clears its MSRPM bits).
+    /// Only for MSRs whose guest copy the VMCB holds.
+    fn pass_through_msr(&mut self, msr: u32) {
+        // MSRPM ranges (APM Vol. 2 §15.11): two bits per MSR, read then write.
+        let (base, offset) = match msr {
+            0..=0x1fff => (0, 0),
+            0xc000_0000..=0xc000_1fff => (0xc000_0000, 0x800),
+            0xc001_0000..=0xc001_1fff => (0xc001_0000, 0x1000),
+            _ => return,
+        };
+        let bit = (msr - base) as usize * 2;
+        // SAFETY: the MSRPM is this vCPU's own 8 KiB.
+        let map = unsafe { core::slice::from_raw_parts_mut(self.msrpm.as_ptr::<u8>(), MSRPM_PAGES * 4096) };
+        map[offset + bit / 8] &= !(0b11 << (bit % 8));
+    }
+
+    /// Passes through the MSRs VMLOAD/VMSAVE and VMRUN switch with the guest
+    /// (segment bases, syscall and sysenter MSRs): the guest owns them outright.
+    pub fn pass_through_switched_msrs(&mut self) {
+        for msr in SWITCHED_MSRS {
+            self.pass_through_msr(msr);
+        }
+    }
+}
+
+/// MSRs whose guest values live in the VMCB and are switched by hardware.
+const SWITCHED_MSRS: [u32; 10] = [
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GS_BASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+];
+
+/// Valid PAT memory types: UC, WC, WT, WP, WB, UC- (SDM Vol. 3 §13.12.2).
+fn pat_valid(pat: u64) -> bool {
+    pat.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+}
+
+impl Drop for SvmVcpu {
+    fn drop(&mut self) {
+        free_frames(self.vmcb, 1);
+        free_frames(self.iopm, IOPM_PAGES);
+        free_frames(self.msrpm, MSRPM_PAGES);
+    }
+}
+
+extern "C" {
+    /// Runs the guest: VMSAVE host, load guest GPRs, VMLOAD/VMRUN/VMSAVE guest,
+    /// store guest GPRs, VMLOAD host.
+    fn svm_world_switch(gprs: *mut GuestGprs, vmcb: u64, host_vmcb: u64);
+}
+
+// The guest GPR offsets below follow `GuestGprs` (layout asserted in virt/vcpu.rs).
+global_asm!(
+    ".global svm_world_switch",
+    "svm_world_switch:",
+    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "push rdx",                     // host VMSAVE page
+    "push rdi",                     // GuestGprs pointer
+    "mov rax, rdx",
+    "vmsave rax",
+    "mov rax, rsi",
+    "mov rcx, [rdi + 0x08]", "mov rdx, [rdi + 0x10]", "mov rbx, [rdi + 0x18]", "mov rbp, [rdi + 0x20]",
+    "mov rsi, [rdi + 0x28]", "mov r8,  [rdi + 0x38]", "mov r9,  [rdi + 0x40]", "mov r10, [rdi + 0x48]",
+    "mov r11, [rdi + 0x50]", "mov r12, [rdi + 0x58]", "mov r13, [rdi + 0x60]", "mov r14, [rdi + 0x68]",
+    "mov r15, [rdi + 0x70]", "mov rdi, [rdi + 0x30]",
+    "vmload rax",
+    "vmrun rax",
+    "vmsave rax",
+    "push rdi",                     // guest RDI
+    "mov rdi, [rsp + 8]",
+    "mov [rdi + 0x08], rcx", "mov [rdi + 0x10], rdx", "mov [rdi + 0x18], rbx", "mov [rdi + 0x20], rbp",
+    "mov [rdi + 0x28], rsi", "mov [rdi + 0x38], r8",  "mov [rdi + 0x40], r9",  "mov [rdi + 0x48], r10",
+    "mov [rdi + 0x50], r11", "mov [rdi + 0x58], r12", "mov [rdi + 0x60], r13", "mov [rdi + 0x68], r14",
+    "mov [rdi + 0x70], r15",
+    "pop qword ptr [rdi + 0x30]",
+    "mov rax, [rsp + 8]",
+    "vmload rax",
+    "add rsp, 16",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+);
+
+impl Vcpu for SvmVcpu {
+    fn run(&mut self) -> VmExit {
+        loop {
+            self.vmcb_mut().save.rax = self.gprs.rax;
+            let host = super::host_vmcb().as_u64();
+            // SAFETY: the VMCB, its maps and nested tables are valid and owned by
+            // this vCPU; interrupts are masked with CLGI across the switch; the
+            // world switch restores every callee-saved register and the host's
+            // VMSAVE state.
+            unsafe {
+                core::arch::asm!("clgi");
+                svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
+                core::arch::asm!("stgi");
+            }
+            let vmcb = self.vmcb_mut();
+            vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
+            vmcb.control.event_inj = 0;
+            self.gprs.rax = self.vmcb().save.rax;
+            let (mut exit, next) = super::exit::translate(self.vmcb());
+            self.next_rip = next;
+            match &mut exit {
+                // Physical interrupts and NMIs are the host's: with GIF set again
+                // after STGI they are taken (or stay pending while host IF is off).
+                VmExit::Unsupported { reason: exit_code::INTR | exit_code::NMI | exit_code::SMI, .. } => continue,
+                VmExit::Cpuid { subleaf, .. } => *subleaf = self.gprs.rcx as u32,
+                VmExit::MsrRead { msr } => *msr = self.gprs.rcx as u32,
+                VmExit::MsrWrite { msr, value } => {
+                    *msr = self.gprs.rcx as u32;
+                    *value = (self.gprs.rdx << 32) | (self.gprs.rax & 0xffff_ffff);
+                }
+                VmExit::Unsupported { reason: exit_code::INVALID, .. } => {
+                    log::error!("svm: VMRUN failed its consistency checks (VMEXIT_INVALID)");
+                }
+                _ => {}
+            }
+            return exit;
+        }
+    }
+
+    fn gprs(&mut self) -> &mut GuestGprs {
+        &mut self.gprs
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb().save.rip
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb_mut().save.rip = rip;
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcb().save.rsp
+    }
+
+    fn cpl(&self) -> u8 {
+        self.vmcb().save.cpl
+    }
+
+    fn skip_instruction(&mut self) {
+        match self.next_rip.take() {
+            Some(rip) => self.set_rip(rip),
+            None => log::error!("svm: skip_instruction after an exit with no instruction length"),
+        }
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let mut ev = vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | u64::from(vector);
+        if let Some(code) = error_code {
+            ev |= vmcb::EVENT_ERROR_CODE_VALID | (u64::from(code) << 32);
+        }
+        self.vmcb_mut().control.event_inj = ev;
+    }
+
+    fn guest_msr(&self, m: u32) -> Option<u64> {
+        let s = &self.vmcb().save;
+        Some(match m {
+            // The guest never sees SVME: it is ours.
+            msr::IA32_EFER => s.efer & !EFER_SVME,
+            msr::IA32_PAT => s.g_pat,
+            msr::IA32_FS_BASE => s.fs.base,
+            msr::IA32_GS_BASE => s.gs.base,
+            msr::IA32_KERNEL_GS_BASE => s.kernel_gs_base,
+            msr::IA32_STAR => s.star,
+            msr::IA32_LSTAR => s.lstar,
+            msr::IA32_CSTAR => s.cstar,
+            msr::IA32_FMASK => s.sfmask,
+            msr::IA32_SYSENTER_CS => s.sysenter_cs,
+            msr::IA32_SYSENTER_ESP => s.sysenter_esp,
+            msr::IA32_SYSENTER_EIP => s.sysenter_eip,
+            _ => return None,
+        })
+    }
+
+    fn set_guest_msr(&mut self, m: u32, v: u64) -> bool {
+        let s = &mut self.vmcb_mut().save;
+        match m {
+            msr::IA32_EFER => {
+                // SCE, LME, LMA, NXE, FFXSR; anything else (SVME included) is refused.
+                const ALLOWED: u64 = 1 | EFER_LME | EFER_LMA | EFER_NXE | (1 << 14);
+                if v & !ALLOWED != 0 {
+                    return false;
+                }
+                s.efer = v | EFER_SVME;
+            }
+            msr::IA32_PAT if pat_valid(v) => s.g_pat = v,
+            msr::IA32_FS_BASE => s.fs.base = v,
+            msr::IA32_GS_BASE => s.gs.base = v,
+            msr::IA32_KERNEL_GS_BASE => s.kernel_gs_base = v,
+            msr::IA32_STAR => s.star = v,
+            msr::IA32_LSTAR => s.lstar = v,
+            msr::IA32_CSTAR => s.cstar = v,
+            msr::IA32_FMASK => s.sfmask = v,
+            msr::IA32_SYSENTER_CS => s.sysenter_cs = v,
+            msr::IA32_SYSENTER_ESP => s.sysenter_esp = v,
+            msr::IA32_SYSENTER_EIP => s.sysenter_eip = v,
+            _ => return false,
+        }
+        true
+    }
+}

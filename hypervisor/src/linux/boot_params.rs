@@ -1,0 +1,94 @@
+//! The zero page (`struct boot_params`, Documentation/arch/x86/zero-page.rst) a
+//! boot loader hands the kernel in RSI at the 64-bit entry point.
+
+use super::bzimage::{off, BzImage};
+use super::e820::{Entry, MAX_ENTRIES};
+
+/// Zero-page offsets outside the setup header.
+mod zp {
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
+    pub const EXT_RAMDISK_IMAGE: usize = 0x0c0;
+    pub const EXT_RAMDISK_SIZE: usize = 0x0c4;
+    pub const EXT_CMD_LINE_PTR: usize = 0x0c8;
+    pub const E820_ENTRIES: usize = 0x1e8;
+    pub const E820_TABLE: usize = 0x2d0;
+    pub const E820_ENTRY_SIZE: usize = 20;
+}
+
+/// type_of_loader 0xff: "undefined" boot loader (boot.rst).
+const LOADER_UNDEFINED: u8 = 0xff;
+
+pub const ZERO_PAGE_SIZE: usize = 4096;
+
+/// Where the loader put things, in guest-physical addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub cmdline: u64,
+    pub initrd: Option<(u64, u64)>,
+    pub rsdp: Option<u64>,
+}
+
+fn put32(p: &mut [u8], o: usize, v: u32) {
+    p[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Fills `page` (zeroed first) for `kernel` with `e820` and `at`.
+pub fn build(page: &mut [u8; ZERO_PAGE_SIZE], kernel: &BzImage, e820: &[Entry], at: &Placement) {
+    page.fill(0);
+    let hdr = kernel.setup_header();
+    page[off::SETUP_SECTS..off::SETUP_SECTS + hdr.len()].copy_from_slice(hdr);
+    page[off::TYPE_OF_LOADER] = LOADER_UNDEFINED;
+    put32(page, off::CMD_LINE_PTR, at.cmdline as u32);
+    put32(page, zp::EXT_CMD_LINE_PTR, (at.cmdline >> 32) as u32);
+    if let Some((addr, len)) = at.initrd {
+        put32(page, off::RAMDISK_IMAGE, addr as u32);
+        put32(page, zp::EXT_RAMDISK_IMAGE, (addr >> 32) as u32);
+        put32(page, off::RAMDISK_SIZE, len as u32);
+        put32(page, zp::EXT_RAMDISK_SIZE, (len >> 32) as u32);
+    }
+    if let Some(rsdp) = at.rsdp {
+        page[zp::ACPI_RSDP_ADDR..zp::ACPI_RSDP_ADDR + 8].copy_from_slice(&rsdp.to_le_bytes());
+    }
+    let n = e820.len().min(MAX_ENTRIES);
+    page[zp::E820_ENTRIES] = n as u8;
+    for (i, e) in e820[..n].iter().enumerate() {
+        let o = zp::E820_TABLE + i * zp::E820_ENTRY_SIZE;
+        page[o..o + 8].copy_from_slice(&e.start.to_le_bytes());
+        page[o + 8..o + 16].copy_from_slice(&(e.end - e.start).to_le_bytes());
+        put32(page, o + 16, e.kind as u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bzimage::{test_image, u32_at, u64_at};
+    use super::super::e820::Kind;
+    use super::*;
+
+    #[test]
+    fn zero_page_fields() {
+        let img = test_image(0x2000);
+        let bz = BzImage::parse(&img).unwrap();
+        let mut page = [0xaau8; ZERO_PAGE_SIZE];
+        let e820 = [
+            Entry { start: 0, end: 0x9_f000, kind: Kind::Ram },
+            Entry { start: 0x10_0000, end: 0x1_2000_0000, kind: Kind::Ram },
+        ];
+        let at = Placement { cmdline: 0x2_0000, initrd: Some((0x1_0000_0000, 0x1234)), rsdp: Some(0xf_5a40) };
+        build(&mut page, &bz, &e820, &at);
+        assert_eq!(&page[0x202..0x206], b"HdrS");
+        assert_eq!(page[off::TYPE_OF_LOADER], 0xff);
+        assert_eq!(u32_at(&page, off::CMD_LINE_PTR), 0x2_0000);
+        assert_eq!(u32_at(&page, off::RAMDISK_IMAGE), 0);
+        assert_eq!(u32_at(&page, zp::EXT_RAMDISK_IMAGE), 1);
+        assert_eq!(u32_at(&page, off::RAMDISK_SIZE), 0x1234);
+        assert_eq!(u64_at(&page, zp::ACPI_RSDP_ADDR), 0xf_5a40);
+        assert_eq!(page[zp::E820_ENTRIES], 2);
+        assert_eq!(u64_at(&page, zp::E820_TABLE + 20), 0x10_0000);
+        assert_eq!(u64_at(&page, zp::E820_TABLE + 28), 0x1_1ff0_0000);
+        assert_eq!(u32_at(&page, zp::E820_TABLE + 36), 1);
+        // Everything not written is zero (the page was filled with 0xaa before).
+        assert!(page[0x100..0x1e8].iter().all(|&b| b == 0));
+        assert!(page[zp::E820_TABLE + 40..].iter().all(|&b| b == 0));
+    }
+}

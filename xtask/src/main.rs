@@ -1,0 +1,265 @@
+//! `cargo xtask`: build, boot, test and benchmark the Oxen hypervisor.
+//!
+//! Every command first checks the host (Debian packages for QEMU, Bochs and GRUB,
+//! and the `x86_64-unknown-none` Rust target) and installs what is missing.
+
+mod bench;
+mod emu;
+mod image;
+mod run;
+mod setup;
+mod systest;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::emu::{Accel, Emulator, Machine, BOCHS_IPS};
+use crate::image::{Module, DEFAULT_CMDLINE};
+use crate::util::{cargo, show, step};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, boot, test and benchmark the Oxen hypervisor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Only check and install the host tools (every other command does this first).
+    Setup,
+    /// Build the hypervisor ELF (target/x86_64-unknown-none/release/oxen-hv).
+    Build(BuildArgs),
+    /// Build a bootable GRUB multiboot2 ISO (default target/oxen.iso).
+    Iso(IsoOutArgs),
+    /// Boot the ISO in QEMU or Bochs with the serial console on this terminal.
+    Run(RunArgs),
+    /// Run the host unit tests and the system tests of tests/system.toml.
+    Test(TestArgs),
+    /// Measure image size and null-hypercall cost; update BENCHMARKS.md.
+    Bench(BuildArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build without optimizations (target/x86_64-unknown-none/debug/oxen-hv).
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Args)]
+struct IsoArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// The hypervisor command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// An extra multiboot2 module: "PATH" or "PATH ARGS..." (repeatable; e.g. a dom0 kernel, then its initrd).
+    #[arg(long = "module", value_name = "PATH [ARGS]")]
+    modules: Vec<Module>,
+}
+
+#[derive(Args)]
+struct IsoOutArgs {
+    #[command(flatten)]
+    iso: IsoArgs,
+    /// Where to write the ISO.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    iso: IsoArgs,
+    #[arg(long, value_enum, default_value_t = Emulator::Qemu)]
+    emulator: Emulator,
+    /// QEMU accelerator; default: KVM only if the host offers nested virtualization, else TCG.
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// CPU model (QEMU -cpu / Bochs cpu model); default: max (TCG), host (KVM), corei7_skylake_x (Bochs).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u32,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Run only the system tests whose name contains this (host unit tests are then skipped).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Skip the host unit tests.
+    #[arg(long)]
+    no_unit: bool,
+    /// List the system tests and exit.
+    #[arg(long)]
+    list: bool,
+    /// The system-test manifest.
+    #[arg(long, default_value = "tests/system.toml")]
+    manifest: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::install_ctrlc_handler();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Test(TestArgs {
+        list: true,
+        manifest,
+        ..
+    }) = &cli.cmd
+    {
+        for t in systest::load(&util::repo_root().join(manifest))? {
+            println!(
+                "{:<22} {:<5} -cpu {:<16} smp={} cmdline={:?}",
+                t.name,
+                t.machine.emulator.to_string(),
+                t.machine.cpu_model(),
+                t.machine.smp,
+                t.cmdline
+            );
+            if !t.description.is_empty() {
+                println!("{:<22} {}", "", t.description);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    setup::ensure()?;
+    match cli.cmd {
+        Cmd::Setup => {}
+        Cmd::Build(b) => {
+            image::build(b.debug)?;
+        }
+        Cmd::Iso(a) => {
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| image::target_dir().join("oxen.iso"));
+            make_iso(&a.iso, "oxen", &out)?;
+        }
+        Cmd::Run(r) => {
+            let dir = image::target_dir().join(format!("run-{}", r.emulator));
+            std::fs::create_dir_all(&dir)?;
+            let iso = dir.join("oxen.iso");
+            make_iso(&r.iso, &format!("run-{}", r.emulator), &iso)?;
+            let mut m = Machine {
+                emulator: r.emulator,
+                cpu: r.cpu,
+                smp: r.smp,
+                memory_mib: r.mem,
+                accel: Accel::Tcg,
+                icount: false,
+                bochs_ips: BOCHS_IPS,
+            };
+            run::run(&mut m, r.accel, &iso)?;
+        }
+        Cmd::Test(t) => return test(t),
+        Cmd::Bench(b) => {
+            let elf = image::build(b.debug)?;
+            bench::bench(&elf)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
+    let elf = image::build(a.build.debug)?;
+    step(format!(
+        "making {} (hypervisor command line: {})",
+        show(out),
+        a.cmdline
+    ));
+    image::make_iso(&image::IsoSpec {
+        elf: &elf,
+        cmdline: &a.cmdline,
+        modules: &a.modules,
+        name,
+        output: out,
+    })?;
+    step(format!("wrote {}", show(out)));
+    Ok(())
+}
+
+fn test(args: TestArgs) -> Result<ExitCode> {
+    let mut tests = systest::load(&util::repo_root().join(&args.manifest))?;
+    if let Some(f) = &args.filter {
+        tests.retain(|t| t.name.contains(f.as_str()));
+        if tests.is_empty() {
+            bail!("no system test name contains {f:?} (see `cargo xtask test --list`)");
+        }
+    }
+    let unit_ok = if args.no_unit || args.filter.is_some() {
+        step("host unit tests skipped (--filter/--no-unit)");
+        true
+    } else {
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi");
+        let ok = cargo()
+            .args(["test", "-p", "oxen-hypervisor", "-p", "oxen-abi"])
+            .status()?
+            .success();
+        if !ok {
+            println!("host unit tests FAILED (output above); running the system tests anyway");
+        }
+        ok
+    };
+    let (passed, failed) = match image::build(false) {
+        Ok(elf) => {
+            let qemu = tests
+                .iter()
+                .filter(|t| t.machine.emulator == Emulator::Qemu)
+                .count();
+            let bochs = tests.len() - qemu;
+            let mut plan = Vec::new();
+            if qemu > 0 {
+                plan.push(format!("{qemu} under QEMU, up to 2 at a time"));
+            }
+            if bochs > 0 {
+                plan.push(format!("{bochs} under Bochs, one at a time"));
+            }
+            step(format!(
+                "{} system test(s): {}; serial logs in {}/<test>/serial.log",
+                tests.len(),
+                plan.join(", then "),
+                show(&image::target_dir().join("systest"))
+            ));
+            systest::run_all(&tests, &elf)?
+        }
+        Err(e) => {
+            println!("the hypervisor did not build, so no system test can run: {e:#}");
+            for t in &tests {
+                println!("FAIL {}: the hypervisor did not build", t.name);
+            }
+            (0, tests.len())
+        }
+    };
+    if !unit_ok {
+        println!("host unit tests: FAILED");
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if unit_ok && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

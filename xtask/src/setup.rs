@@ -1,0 +1,185 @@
+//! Host set-up run before every command: the Debian packages that boot the
+//! hypervisor, and the bare-metal Rust target. Fast (two small queries) when all
+//! is present; installs what is missing on a fresh machine (CI starts on one).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::util::{on_path, render, run_captured, run_inherit, step};
+
+/// Debian packages and why Oxen needs each.
+const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "QEMU"),
+    ("bochs", "Bochs"),
+    ("bochsbios", "Bochs"),
+    ("vgabios", "Bochs"),
+    ("grub-pc-bin", "GRUB ISOs"),
+    ("grub-common", "GRUB ISOs"),
+    ("xorriso", "GRUB ISOs"),
+    ("mtools", "GRUB ISOs"),
+];
+
+/// Programs that stand for the packages on hosts without dpkg.
+const PROGRAMS: &[&str] = &[
+    "qemu-system-x86_64",
+    "bochs",
+    "grub-mkrescue",
+    "xorriso",
+    "mformat",
+];
+
+pub const TARGET: &str = "x86_64-unknown-none";
+
+pub fn ensure() -> Result<()> {
+    ensure_packages()?;
+    ensure_target()
+}
+
+/// Packages from `PACKAGES` that dpkg does not list as installed.
+fn missing_packages() -> Result<Vec<&'static str>> {
+    let mut cmd = Command::new("dpkg-query");
+    cmd.arg("-W")
+        .arg("-f=${Package} ${Status}\n")
+        .args(PACKAGES.iter().map(|p| p.0));
+    // dpkg-query exits 1 when some package is unknown; its stdout still lists the rest.
+    let out = cmd.output()?;
+    let installed: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(" install ok installed"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|p| p.split(':').next().unwrap_or(p).to_owned()) // "qemu-system-x86:amd64"
+        .collect();
+    Ok(PACKAGES
+        .iter()
+        .map(|p| p.0)
+        .filter(|p| !installed.contains(*p))
+        .collect())
+}
+
+fn ensure_packages() -> Result<()> {
+    if !on_path("dpkg-query") {
+        let absent: Vec<&str> = PROGRAMS.iter().copied().filter(|p| !on_path(p)).collect();
+        if absent.is_empty() {
+            step("host tools present (not a Debian host: found them on PATH)");
+            return Ok(());
+        }
+        bail!(
+            "this is not a Debian-like host (no dpkg-query) and these programs are missing: {}.\n\
+             Install the equivalents of the Debian packages {} with your package manager.",
+            absent.join(", "),
+            PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        step(format!(
+            "host packages present ({} checked)",
+            PACKAGES.len()
+        ));
+        return Ok(());
+    }
+    let purposes: Vec<&str> = {
+        let mut seen = Vec::new();
+        for (p, why) in PACKAGES {
+            if missing.contains(p) && !seen.contains(why) {
+                seen.push(*why);
+            }
+        }
+        seen
+    };
+    let list = missing.join(" ");
+    let manual = format!(
+        "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
+    );
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let sudo = if root {
+        None
+    } else if on_path("sudo") {
+        Some(())
+    } else {
+        bail!("missing Debian packages: {list}\nxtask is not root and there is no sudo; run as root:\n    {manual}");
+    };
+    step(format!(
+        "installing {list} (needed to boot the hypervisor: {})",
+        purposes.join(", ")
+    ));
+    let apt = |args: &[&str]| {
+        let mut c = if sudo.is_some() {
+            let mut c = Command::new("sudo");
+            // Without a terminal sudo cannot ask for a password: fail instead of hanging.
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                c.arg("-n");
+            }
+            c.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+            c
+        } else {
+            let mut c = Command::new("apt-get");
+            c.env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        c.args(args);
+        c
+    };
+    let mut update = apt(&["-q", "update"]);
+    if let Err(e) = run_captured(&mut update, "apt-get update") {
+        bail!("{e}\nCould not install {list}; install them yourself:\n    {manual}");
+    }
+    let mut install = apt(&["-q", "install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
+    if let Err(e) = run_captured(&mut install, "apt-get install") {
+        bail!("{e}\nCould not install {list}; install them yourself:\n    {manual}");
+    }
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!(
+            "after `{}` these packages are still missing: {}",
+            render(&install),
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn ensure_target() -> Result<()> {
+    if on_path("rustup") {
+        let installed = run_captured(
+            Command::new("rustup").args(["target", "list", "--installed"]),
+            "rustup target list --installed",
+        )?;
+        if installed.lines().any(|l| l.trim() == TARGET) {
+            step(format!("rust target {TARGET} installed"));
+            return Ok(());
+        }
+        step(format!(
+            "installing rust target {TARGET} (the hypervisor is a bare-metal binary)"
+        ));
+        return run_inherit(
+            Command::new("rustup").args(["target", "add", TARGET]),
+            "rustup target add",
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "could not add the {TARGET} target; run `rustup target add {TARGET}`"
+            ))
+        });
+    }
+    // No rustup: look in the sysroot of whatever rustc cargo uses.
+    let sysroot = run_captured(
+        Command::new("rustc").args(["--print", "sysroot"]),
+        "rustc --print sysroot",
+    )?;
+    let lib = std::path::Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(TARGET);
+    if lib.is_dir() {
+        step(format!(
+            "rust target {TARGET} installed (no rustup; found in the sysroot)"
+        ));
+        Ok(())
+    } else {
+        bail!("the Rust target {TARGET} is missing and rustup is not installed: install rustup (it reads rust-toolchain.toml), or add the target to your toolchain")
+    }
+}

@@ -1,0 +1,466 @@
+//! System tests: boot the hypervisor in an emulator per entry of
+//! `tests/system.toml` and check its serial log (format described in that file).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::emu::{boot_and_watch, Accel, Emulator, Ending, Machine, BOCHS_IPS, HALT_MARKER};
+use crate::image::{make_iso, target_dir, IsoSpec};
+use crate::util::{log_lines, show, tail};
+
+/// How many QEMU tests run at once (the machines have 2 cores).
+const QEMU_PARALLEL: usize = 2;
+/// Lines of serial log shown for a failing test.
+const TAIL_LINES: usize = 40;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(rename = "test", default)]
+    pub tests: Vec<TestDef>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub memory_mib: u32,
+    pub forbid: Vec<String>,
+    pub timeout_secs: Timeouts,
+    pub bochs_ips: u64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            memory_mib: 256,
+            forbid: vec!["PANIC".into(), "EXCEPTION".into(), "FAIL".into()],
+            timeout_secs: Timeouts::default(),
+            bochs_ips: BOCHS_IPS,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub qemu: u64,
+    pub bochs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            qemu: 120,
+            bochs: 600,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TestDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub emulator: Emulator,
+    pub cpu: String,
+    #[serde(default = "one")]
+    pub smp: u32,
+    pub memory_mib: Option<u32>,
+    pub cmdline: String,
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub expect: Vec<String>,
+    #[serde(default)]
+    pub expect_per_cpu: Vec<String>,
+    #[serde(default)]
+    pub forbid: Vec<String>,
+    #[serde(default = "yes")]
+    pub forbid_defaults: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// A test ready to run: its machine and compiled expectations.
+pub struct Test {
+    pub name: String,
+    pub description: String,
+    pub machine: Machine,
+    pub cmdline: String,
+    pub timeout: Duration,
+    /// (pattern as written, for which cpu, compiled)
+    pub expect: Vec<(String, Option<u32>, Regex)>,
+    pub forbid: Vec<(String, Regex)>,
+}
+
+fn compile(pattern: &str, smp: u32, cpu: Option<u32>, test: &str) -> Result<Regex> {
+    let mut p = pattern.replace("{smp}", &smp.to_string());
+    if let Some(c) = cpu {
+        p = p.replace("{cpu}", &c.to_string());
+    }
+    Regex::new(&p).with_context(|| format!("test {test}: bad regular expression {pattern:?}"))
+}
+
+/// Reads and checks the manifest.
+pub fn load(path: &Path) -> Result<Vec<Test>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let m: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", show(path)))?;
+    let mut tests = Vec::new();
+    for t in m.tests {
+        if tests.iter().any(|x: &Test| x.name == t.name) {
+            bail!("{}: two tests are named {}", show(path), t.name);
+        }
+        if t.name.is_empty()
+            || !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "{}: test name {:?} must be letters, digits, - and _ (it names a directory)",
+                show(path),
+                t.name
+            );
+        }
+        if t.smp == 0 {
+            bail!("test {}: smp must be at least 1", t.name);
+        }
+        let mut expect = Vec::new();
+        for p in &t.expect {
+            if p.contains("{cpu}") {
+                bail!(
+                    "test {}: {p:?} uses {{cpu}}: put it in expect_per_cpu",
+                    t.name
+                );
+            }
+            expect.push((p.clone(), None, compile(p, t.smp, None, &t.name)?));
+        }
+        for p in &t.expect_per_cpu {
+            if !p.contains("{cpu}") {
+                bail!(
+                    "test {}: expect_per_cpu pattern {p:?} has no {{cpu}}",
+                    t.name
+                );
+            }
+            for cpu in 0..t.smp {
+                expect.push((p.clone(), Some(cpu), compile(p, t.smp, Some(cpu), &t.name)?));
+            }
+        }
+        let defaults = if t.forbid_defaults {
+            m.defaults.forbid.clone()
+        } else {
+            Vec::new()
+        };
+        let mut forbid = Vec::new();
+        for p in defaults.iter().chain(&t.forbid) {
+            forbid.push((p.clone(), compile(p, t.smp, None, &t.name)?));
+        }
+        let timeout = t.timeout_secs.unwrap_or(match t.emulator {
+            Emulator::Qemu => m.defaults.timeout_secs.qemu,
+            Emulator::Bochs => m.defaults.timeout_secs.bochs,
+        });
+        tests.push(Test {
+            machine: Machine {
+                emulator: t.emulator,
+                cpu: Some(t.cpu),
+                smp: t.smp,
+                memory_mib: t.memory_mib.unwrap_or(m.defaults.memory_mib),
+                accel: Accel::Tcg,
+                icount: false,
+                bochs_ips: m.defaults.bochs_ips,
+            },
+            name: t.name,
+            description: t.description,
+            cmdline: t.cmdline,
+            timeout: Duration::from_secs(timeout),
+            expect,
+            forbid,
+        });
+    }
+    Ok(tests)
+}
+
+/// Checks a serial log against a test's expectations; returns what is wrong.
+pub fn check(test: &Test, serial: &str) -> Vec<String> {
+    let lines = log_lines(serial);
+    let mut problems = Vec::new();
+    // Per-CPU patterns are reported once, listing the CPUs that lack a line.
+    let mut missing: Vec<(String, Vec<u32>)> = Vec::new();
+    for (pattern, cpu, re) in &test.expect {
+        if lines.iter().any(|l| re.is_match(l)) {
+            continue;
+        }
+        match cpu {
+            None => problems.push(format!(
+                "no line matches required pattern /{}/",
+                re.as_str()
+            )),
+            Some(c) => match missing.iter_mut().find(|(p, _)| p == pattern) {
+                Some((_, cpus)) => cpus.push(*c),
+                None => missing.push((pattern.clone(), vec![*c])),
+            },
+        }
+    }
+    for (pattern, cpus) in missing {
+        let cpus: Vec<String> = cpus.iter().map(|c| format!("cpu{c}")).collect();
+        let pattern = pattern.replace("{smp}", &test.machine.smp.to_string());
+        problems.push(format!(
+            "no line matches required pattern /{pattern}/ for {}",
+            cpus.join(", ")
+        ));
+    }
+    for (pattern, re) in &test.forbid {
+        if let Some((n, l)) = lines.iter().enumerate().find(|(_, l)| re.is_match(l)) {
+            problems.push(format!(
+                "forbidden pattern /{pattern}/ matches line {}: {l}",
+                n + 1
+            ));
+        }
+    }
+    problems
+}
+
+pub struct Outcome {
+    pub passed: bool,
+    pub report: String,
+}
+
+fn describe(t: &Test) -> String {
+    let m = &t.machine;
+    format!(
+        "{} -cpu {}, {} cpu{}, {} MiB, timeout {}s",
+        m.emulator,
+        m.cpu_model(),
+        m.smp,
+        if m.smp == 1 { "" } else { "s" },
+        m.memory_mib,
+        t.timeout.as_secs()
+    )
+}
+
+/// Runs one test whose ISO is ready in `target/systest/<name>/oxen.iso`.
+fn run_one(t: &Test) -> Outcome {
+    let dir = target_dir().join("systest").join(&t.name);
+    let iso = dir.join("oxen.iso");
+    let boot = match boot_and_watch(&t.machine, &dir, &iso, t.timeout) {
+        Ok(b) => b,
+        Err(e) => {
+            return Outcome {
+                passed: false,
+                report: format!("FAIL {}: could not start the emulator: {e:#}\n", t.name),
+            }
+        }
+    };
+    let mut problems = Vec::new();
+    let mut emulator_log = None;
+    match boot.ending {
+        Ending::Halted => {}
+        Ending::TimedOut => problems.push(format!(
+            "timed out after {}s without a `{HALT_MARKER}` line",
+            t.timeout.as_secs()
+        )),
+        Ending::Exited(status) => {
+            let log = match t.machine.emulator {
+                Emulator::Qemu => "emulator.log",
+                Emulator::Bochs => "bochs.log",
+            };
+            problems.push(format!(
+                "{} exited ({status}) before the hypervisor printed `{HALT_MARKER}`",
+                t.machine.emulator,
+            ));
+            emulator_log = Some(dir.join(log));
+        }
+    }
+    problems.extend(check(t, &boot.serial));
+    let secs = boot.elapsed.as_secs_f64();
+    let mut report = String::new();
+    if problems.is_empty() {
+        let _ = writeln!(report, "PASS {} ({secs:.1}s)", t.name);
+        return Outcome {
+            passed: true,
+            report,
+        };
+    }
+    let _ = writeln!(report, "FAIL {}: {} ({secs:.1}s)", t.name, problems[0]);
+    for p in &problems[1..] {
+        let _ = writeln!(report, "     also: {p}");
+    }
+    let serial = dir.join("serial.log");
+    let _ = writeln!(report, "     command: {}", boot.command);
+    let exited = emulator_log.is_some();
+    if let Some(log) = emulator_log {
+        let _ = writeln!(report, "     last 10 lines of {}:", show(&log));
+        report.push_str(&tail(&crate::util::read_lossy(&log), 10));
+    }
+    if boot.serial.trim().is_empty() {
+        if exited {
+            let _ = writeln!(report, "     {} is empty", show(&serial));
+            return Outcome {
+                passed: false,
+                report,
+            };
+        }
+        let _ = writeln!(
+            report,
+            "     {} is empty: the hypervisor printed nothing (did GRUB load it? try `cargo xtask run`)",
+            show(&serial)
+        );
+    } else {
+        let _ = writeln!(report, "     last {TAIL_LINES} lines of {}:", show(&serial));
+        report.push_str(&tail(&boot.serial, TAIL_LINES));
+    }
+    Outcome {
+        passed: false,
+        report,
+    }
+}
+
+/// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
+/// Prints a line per test; returns (passed, failed).
+pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
+    for t in tests {
+        let dir = target_dir().join("systest").join(&t.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        make_iso(&IsoSpec {
+            elf,
+            cmdline: &t.cmdline,
+            modules: &[],
+            name: &t.name,
+            output: &dir.join("oxen.iso"),
+        })
+        .with_context(|| format!("making the ISO for {}", t.name))?;
+    }
+    let qemu: Vec<&Test> = tests
+        .iter()
+        .filter(|t| t.machine.emulator == Emulator::Qemu)
+        .collect();
+    let bochs: Vec<&Test> = tests
+        .iter()
+        .filter(|t| t.machine.emulator == Emulator::Bochs)
+        .collect();
+    let passed = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let print = Mutex::new(());
+    let record = |o: Outcome| {
+        let _guard = print.lock();
+        print!("{}", o.report);
+        if o.passed { &passed } else { &failed }.fetch_add(1, Ordering::SeqCst);
+    };
+    let announce = |t: &Test| {
+        let _guard = print.lock();
+        println!("     {}: started ({})", t.name, describe(t));
+    };
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..QEMU_PARALLEL.min(qemu.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(t) = qemu.get(i) else { break };
+                announce(t);
+                record(run_one(t));
+            });
+        }
+    });
+    for t in bochs {
+        announce(t);
+        record(run_one(t));
+    }
+    Ok((passed.into_inner(), failed.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch file name no other test thread uses.
+    fn scratch() -> std::path::PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        std::env::temp_dir().join(format!("xtask-manifest-{}-{n}.toml", std::process::id()))
+    }
+
+    fn manifest(text: &str) -> Vec<Test> {
+        let path = scratch();
+        std::fs::write(&path, text).unwrap();
+        let tests = load(&path);
+        let _ = std::fs::remove_file(&path);
+        tests.unwrap()
+    }
+
+    const TWO_CPUS: &str = r#"
+        [[test]]
+        name = "t"
+        emulator = "qemu"
+        cpu = "max"
+        smp = 2
+        cmdline = "selftest"
+        expect = ['^\(oxen\) smp: {smp}/{smp} cpus online']
+        expect_per_cpu = ['^\(oxen\) selftest: cpu{cpu} svm hlt: PASS']
+    "#;
+
+    #[test]
+    fn the_real_manifest_loads() {
+        let tests = load(&crate::util::repo_root().join("tests/system.toml")).unwrap();
+        assert!(tests.iter().any(|t| t.machine.emulator == Emulator::Bochs));
+        assert!(tests.iter().all(|t| !t.forbid.is_empty()));
+    }
+
+    #[test]
+    fn per_cpu_patterns_expand_for_every_cpu() {
+        let t = &manifest(TWO_CPUS)[0];
+        let ok = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS (x)\r\n(oxen) selftest: cpu1 svm hlt: PASS\n";
+        assert!(check(t, ok).is_empty(), "{:?}", check(t, ok));
+        let missing = check(
+            t,
+            "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n",
+        );
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].ends_with("for cpu1"), "{}", missing[0]);
+        assert_eq!(check(t, "").len(), 2);
+    }
+
+    #[test]
+    fn default_forbidden_patterns_apply() {
+        let t = &manifest(TWO_CPUS)[0];
+        let log = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n(oxen) selftest: cpu1 svm hlt: PASS\n(oxen) PANIC on cpu1: boom\n";
+        let p = check(t, log);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("/PANIC/") && p[0].contains("line 4"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn mistakes_in_the_manifest_are_reported() {
+        let bad = |extra: &str| {
+            let text = format!("[[test]]\nname = \"t\"\nemulator = \"qemu\"\ncpu = \"max\"\ncmdline = \"\"\n{extra}\n");
+            let path = scratch();
+            std::fs::write(&path, text).unwrap();
+            let r = load(&path).err().map(|e| format!("{e:#}"));
+            let _ = std::fs::remove_file(&path);
+            r.expect("should be rejected")
+        };
+        assert!(bad("expect_per_cpu = ['no placeholder']").contains("has no {cpu}"));
+        assert!(bad("expect = ['cpu{cpu}']").contains("expect_per_cpu"));
+        assert!(bad("expect = ['(unclosed']").contains("bad regular expression"));
+        assert!(bad("timeout = 3").contains("unknown field"));
+    }
+}
