@@ -122,6 +122,27 @@ pub const fn ept_pointer(root: u64) -> u64 {
     (root & !0xfff) | MEMORY_TYPE_WB | ((4 - 1) << WALK_LENGTH_SHIFT)
 }
 
+/// Whether `addr` is canonical for 48-bit linear addresses; VM entry checks
+/// guest segment bases, SYSENTER_ESP/EIP and MSR-load values for this
+/// (SDM Vol. 3C §27.3.1), so guest writes are checked before they reach the VMCS.
+pub const fn is_canonical(addr: u64) -> bool {
+    let top = (addr as i64) >> 47;
+    top == 0 || top == -1
+}
+
+/// Whether every entry of a PAT value is a valid memory type (0, 1, 4-7);
+/// VM entry checks the guest PAT for this (SDM Vol. 3C §27.3.1.1).
+pub const fn pat_valid(pat: u64) -> bool {
+    let mut i = 0;
+    while i < 8 {
+        if !matches!((pat >> (i * 8)) as u8, 0 | 1 | 4 | 5 | 6 | 7) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------
 // Segment access rights in the VMCS (SDM Vol. 3C §25.4.1, Table 25-2)
 // ---------------------------------------------------------------------------
@@ -537,6 +558,17 @@ mod tests {
         assert!(check(good & !INVEPT_SINGLE_CONTEXT).is_err());
         assert!(check(good & !INVVPID).is_err());
         assert_eq!(ept_pointer(0x12_3000), 0x12_301e);
+    }
+
+    #[test]
+    fn canonical_and_pat() {
+        assert!(is_canonical(0x0000_7fff_ffff_ffff));
+        assert!(is_canonical(0xffff_8000_0000_0000));
+        assert!(!is_canonical(0x0000_8000_0000_0000));
+        assert!(!is_canonical(0xfff0_0000_0000_0000));
+        assert!(pat_valid(0x0007_0406_0007_0406));
+        assert!(!pat_valid(0x0007_0406_0007_0402));
+        assert!(!pat_valid(0x0800_0000_0000_0000));
     }
 
     #[test]

@@ -5,7 +5,8 @@ use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
 use crate::arch::x86_64::{cpu::msr, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
 use crate::virt::vmx_decode::{
-    access_rights as ar, ept_pointer, exception_injection, Decoded, InterruptionInfo, REASON_ENTRY_INSTRUCTION_FAILED,
+    access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
+    REASON_ENTRY_INSTRUCTION_FAILED,
 };
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
@@ -18,15 +19,39 @@ const VMCS_FRAME: u64 = 0;
 const IO_BITMAP_A_FRAME: u64 = 1;
 const IO_BITMAP_B_FRAME: u64 = 2;
 const MSR_BITMAP_FRAME: u64 = 3;
-const FRAMES: usize = 4;
+/// The guest's MSRs the VMCS has no field for: loaded at entry, stored at exit.
+const MSR_AREA_FRAME: u64 = 4;
+const FRAMES: usize = 5;
+
+/// One entry of a VM-entry MSR-load / VM-exit MSR-store area (SDM Vol. 3C §25.7.2).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MsrEntry {
+    index: u32,
+    _reserved: u32,
+    value: u64,
+}
+const _: () = assert!(core::mem::size_of::<MsrEntry>() == 16);
+
+/// Guest MSRs without a VMCS field. The host never uses them (no SYSCALL, no
+/// SWAPGS), so the same area serves as entry-load and exit-store list and the
+/// host needs no exit-load list: each guest's values round-trip through it and
+/// the next guest's entry overwrites them.
+const SWITCHED_MSRS: [u32; 5] =
+    [msr::IA32_KERNEL_GS_BASE, msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK];
+const _: () = assert!(SWITCHED_MSRS.len() * core::mem::size_of::<MsrEntry>() <= PAGE_SIZE as usize);
 
 /// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
 const RESET_RFLAGS: u64 = 1 << 1;
 const RESET_DR7: u64 = 0x400;
 const RESET_PAT: u64 = 0x0007_0406_0007_0406;
-/// EFER.LME and EFER.LMA (SDM Vol. 3A §2.2.1).
+/// EFER bits (SDM Vol. 3A §2.2.1).
+const EFER_SCE: u64 = 1 << 0;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+/// The EFER bits a guest may set: SCE, LME, NXE (LMA follows CR0.PG).
+const EFER_GUEST_WRITABLE: u64 = EFER_SCE | EFER_LME | EFER_NXE;
 /// VMCS link pointer value meaning "no shadow VMCS" (SDM Vol. 3C §25.4.2).
 const NO_VMCS_LINK: u64 = u64::MAX;
 /// Guest interruptibility: blocking by STI and by MOV SS (SDM Vol. 3C §25.4.2, Table 25-3).
@@ -36,6 +61,9 @@ const ACTIVITY_ACTIVE: u32 = 0;
 /// Selectors the 64-bit guest's segment registers report (it has no GDT).
 const LONG_CS: u16 = 0x08;
 const LONG_DS: u16 = 0x10;
+/// Selectors of Linux's 64-bit boot protocol (Documentation/arch/x86/boot.rst).
+const LINUX_CS: u16 = 0x10;
+const LINUX_DS: u16 = 0x18;
 /// A real-mode segment spans 64 KiB; a flat one 4 GiB.
 const REAL_LIMIT: u32 = 0xffff;
 const FLAT_LIMIT: u32 = 0xffff_ffff;
@@ -173,6 +201,10 @@ impl VmxVcpu {
                 core::ptr::write_bytes(frame(i) as *mut u8, 0xff, PAGE_SIZE as usize);
             }
             (frame(VMCS_FRAME) as *mut u32).write(caps.basic.revision());
+            let area = frame(MSR_AREA_FRAME) as *mut MsrEntry;
+            for (i, &index) in SWITCHED_MSRS.iter().enumerate() {
+                area.add(i).write(MsrEntry { index, _reserved: 0, value: 0 });
+            }
         }
         let mut vcpu = VmxVcpu {
             gprs: GuestGprs::default(),
@@ -267,19 +299,27 @@ impl VmxVcpu {
         w!(write_nat, HostRip, oxen_vmx_exit as *const () as u64);
 
         // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
-        let long = matches!(state.mode, EntryMode::Long64 { .. });
+        // Long-mode entries: (CR3, CS, data selectors, GDT base and limit).
+        let long = match state.mode {
+            EntryMode::Real { .. } => None,
+            // No IDT or GDT: any exception escalates to a triple fault.
+            EntryMode::Long64 { cr3 } => Some((cr3, LONG_CS, LONG_DS, 0, 0)),
+            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => Some((cr3, LINUX_CS, LINUX_DS, gdt_base, u32::from(gdt_limit))),
+        };
         w!(write32, PinBasedControls, self.pin_controls);
         w!(write32, PrimaryProcControls, caps.proc);
         w!(write32, SecondaryProcControls, caps.proc2);
         w!(write32, ExitControls, caps.exit);
-        w!(write32, EntryControls, caps.entry | if long { entry::IA32E_MODE_GUEST } else { 0 });
+        w!(write32, EntryControls, caps.entry | if long.is_some() { entry::IA32E_MODE_GUEST } else { 0 });
         w!(write32, ExceptionBitmap, 0);
         w!(write32, PageFaultErrorCodeMask, 0);
         w!(write32, PageFaultErrorCodeMatch, 0);
         w!(write32, Cr3TargetCount, 0);
-        w!(write32, ExitMsrStoreCount, 0);
+        w!(write64, VmExitMsrStoreAddr, frame(MSR_AREA_FRAME));
+        w!(write64, VmEntryMsrLoadAddr, frame(MSR_AREA_FRAME));
+        w!(write32, ExitMsrStoreCount, SWITCHED_MSRS.len() as u32);
+        w!(write32, EntryMsrLoadCount, SWITCHED_MSRS.len() as u32);
         w!(write32, ExitMsrLoadCount, 0);
-        w!(write32, EntryMsrLoadCount, 0);
         w!(write32, EntryInterruptionInfo, 0);
         w!(write64, IoBitmapA, frame(IO_BITMAP_A_FRAME));
         w!(write64, IoBitmapB, frame(IO_BITMAP_B_FRAME));
@@ -293,16 +333,16 @@ impl VmxVcpu {
         // is host-owned and reads as 0 through the shadow (§25.6.6).
         let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
         let cr0_base = Cr0Flags::NUMERIC_ERROR.bits() | Cr0Flags::EXTENSION_TYPE.bits();
-        let (cr0, cr4, efer, cr3) = match state.mode {
-            EntryMode::Real { .. } => (cr0_base, 0, 0, 0),
-            EntryMode::Long64 { cr3 } => (
+        let (cr0, cr4, efer, cr3) = match long {
+            None => (cr0_base, 0, 0, 0),
+            Some((cr3, ..)) => (
                 cr0_base | pe_pg | Cr0Flags::WRITE_PROTECT.bits(),
                 Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits(),
-                EFER_LME | EFER_LMA,
+                EFER_LME | EFER_LMA | EFER_NXE,
                 cr3,
             ),
         };
-        let cr0_fixed0 = if long { caps.cr0_fixed0 } else { caps.cr0_fixed0 & !pe_pg };
+        let cr0_fixed0 = if long.is_some() { caps.cr0_fixed0 } else { caps.cr0_fixed0 & !pe_pg };
         let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
         w!(write_nat, GuestCr0, (cr0 | cr0_fixed0) & caps.cr0_fixed1);
         w!(write_nat, Cr0GuestHostMask, 0);
@@ -317,20 +357,22 @@ impl VmxVcpu {
         w!(write_nat, GuestDr7, RESET_DR7);
 
         // Guest segments (§25.4.1, checked per §27.3.1.2).
-        let (cs, data, tr_limit, dt_limit) = match state.mode {
-            EntryMode::Real { cs_selector } => (
+        let (cs, data, tr_limit, (gdt_base, gdt_limit), idt_limit) = match (state.mode, long) {
+            (EntryMode::Real { cs_selector }, _) => (
                 Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: REAL_LIMIT, ar: ar::REAL_CODE },
                 Segment { selector: 0, base: 0, limit: REAL_LIMIT, ar: ar::REAL_DATA },
                 REAL_LIMIT,
+                (0, REAL_LIMIT),
                 REAL_LIMIT,
             ),
-            EntryMode::Long64 { .. } => (
-                Segment { selector: LONG_CS, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
-                Segment { selector: LONG_DS, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
+            (_, Some((_, cs, ds, gdt_base, gdt_limit))) => (
+                Segment { selector: cs, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
+                Segment { selector: ds, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
                 TSS64_LIMIT,
-                // No IDT: any exception escalates to a triple fault.
+                (gdt_base, gdt_limit),
                 0,
             ),
+            (_, None) => unreachable!("only real mode has no long-mode parameters"),
         };
         w!(write16, GuestCsSelector, cs.selector);
         w!(write_nat, GuestCsBase, cs.base);
@@ -359,10 +401,10 @@ impl VmxVcpu {
         w!(write_nat, GuestLdtrBase, 0);
         w!(write32, GuestLdtrLimit, 0);
         w!(write32, GuestLdtrAccessRights, ar::UNUSABLE);
-        w!(write_nat, GuestGdtrBase, 0);
-        w!(write32, GuestGdtrLimit, dt_limit);
+        w!(write_nat, GuestGdtrBase, gdt_base);
+        w!(write32, GuestGdtrLimit, gdt_limit);
         w!(write_nat, GuestIdtrBase, 0);
-        w!(write32, GuestIdtrLimit, dt_limit);
+        w!(write32, GuestIdtrLimit, idt_limit);
 
         // Remaining guest state (§25.4.2).
         w!(write_nat, GuestRip, state.rip);
@@ -391,13 +433,7 @@ impl VmxVcpu {
     /// Makes this vCPU's VMCS current on this CPU and writes what changed since
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
-        let vmcs = self.vmcs();
-        let cpu = super::this_cpu().map_err(|_| ("per-CPU state", VmxError::FailInvalid))?;
-        if cpu.current_vmcs.load(Ordering::Relaxed) != vmcs {
-            // SAFETY: our VMCS, used only on this CPU (checked by `run`).
-            unsafe { vmcs::vmptrld(vmcs) }.map_err(|e| ("VMPTRLD", e))?;
-            cpu.current_vmcs.store(vmcs, Ordering::Relaxed);
-        }
+        self.make_current()?;
         // SAFETY (all writes below): guest-state and event-injection fields only,
         // plus the preemption-timer pin control; none affects the host.
         if self.regs_dirty {
@@ -447,6 +483,88 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// Makes this vCPU's VMCS the current one on this CPU (another vCPU's may
+    /// have been loaded since), so VMREAD/VMWRITE reach it.
+    fn make_current(&self) -> Result<(), (&'static str, VmxError)> {
+        if cpu_id() != self.cpu {
+            return Err(("use on a foreign CPU", VmxError::FailInvalid));
+        }
+        let vmcs = self.vmcs();
+        let cpu = super::this_cpu().map_err(|_| ("per-CPU state", VmxError::FailInvalid))?;
+        if cpu.current_vmcs.load(Ordering::Relaxed) != vmcs {
+            // SAFETY: our VMCS, used only on this CPU (checked above).
+            unsafe { vmcs::vmptrld(vmcs) }.map_err(|e| ("VMPTRLD", e))?;
+            cpu.current_vmcs.store(vmcs, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The guest's copy of `index` in the switched-MSR area.
+    fn switched_msr(&self, index: u32) -> Option<*mut u64> {
+        let i = SWITCHED_MSRS.iter().position(|&m| m == index)?;
+        let area = (self.frames.as_u64() + MSR_AREA_FRAME * PAGE_SIZE) as *mut MsrEntry;
+        // SAFETY: `i` is within the area, which this vCPU owns.
+        Some(unsafe { core::ptr::addr_of_mut!((*area.add(i)).value) })
+    }
+
+    /// The VMCS field holding guest MSR `index`, if there is one.
+    fn msr_field(index: u32) -> Option<MsrField> {
+        Some(match index {
+            msr::IA32_EFER => MsrField::W64(Field64::GuestIa32Efer),
+            msr::IA32_PAT => MsrField::W64(Field64::GuestIa32Pat),
+            msr::IA32_FS_BASE => MsrField::Nat(FieldNat::GuestFsBase),
+            msr::IA32_GS_BASE => MsrField::Nat(FieldNat::GuestGsBase),
+            msr::IA32_SYSENTER_CS => MsrField::W32(Field32::GuestSysenterCs),
+            msr::IA32_SYSENTER_ESP => MsrField::Nat(FieldNat::GuestSysenterEsp),
+            msr::IA32_SYSENTER_EIP => MsrField::Nat(FieldNat::GuestSysenterEip),
+            _ => return None,
+        })
+    }
+
+    fn read_msr_field(f: MsrField) -> Result<u64, VmxError> {
+        match f {
+            MsrField::W32(f) => vmcs::read32_rw(f).map(u64::from),
+            MsrField::W64(f) => vmcs::read64_rw(f),
+            MsrField::Nat(f) => vmcs::read_nat(f),
+        }
+    }
+
+    /// Checks a guest WRMSR value as the CPU would (#GP otherwise) and as VM
+    /// entry will, and writes it. Only EFER touches more than its own field.
+    fn write_msr_field(&mut self, index: u32, f: MsrField, value: u64) -> Result<bool, VmxError> {
+        let value = match index {
+            msr::IA32_EFER => {
+                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
+                    return Ok(false);
+                }
+                let old = Self::read_msr_field(f)?;
+                let paging = vmcs::read_nat(FieldNat::GuestCr0)? & Cr0Flags::PAGING.bits() != 0;
+                // LME cannot change while paging is on (SDM Vol. 3A §10.8.5); LMA is read-only.
+                if paging && (old ^ value) & EFER_LME != 0 {
+                    return Ok(false);
+                }
+                (value & EFER_GUEST_WRITABLE) | (old & EFER_LMA)
+            }
+            msr::IA32_PAT if !pat_valid(value) => return Ok(false),
+            msr::IA32_SYSENTER_CS => value & 0xffff_ffff,
+            msr::IA32_FS_BASE | msr::IA32_GS_BASE | msr::IA32_SYSENTER_ESP | msr::IA32_SYSENTER_EIP
+                if !is_canonical(value) =>
+            {
+                return Ok(false)
+            }
+            _ => value,
+        };
+        // SAFETY: guest-state fields, checked above against the VM-entry rules.
+        unsafe {
+            match f {
+                MsrField::W32(f) => vmcs::write32(f, value as u32)?,
+                MsrField::W64(f) => vmcs::write64(f, value)?,
+                MsrField::Nat(f) => vmcs::write_nat(f, value)?,
+            }
+        }
+        Ok(true)
+    }
+
     fn vmcs(&self) -> u64 {
         self.frames.as_u64() + VMCS_FRAME * PAGE_SIZE
     }
@@ -460,6 +578,14 @@ impl VmxVcpu {
         };
         VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info }
     }
+}
+
+/// The VMCS field of a guest MSR, by width.
+#[derive(Clone, Copy)]
+enum MsrField {
+    W32(Field32),
+    W64(Field64),
+    Nat(FieldNat),
 }
 
 /// One guest segment register's VMCS fields.
@@ -638,6 +764,39 @@ impl Vcpu for VmxVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.pending = Some(PendingEvent::Exception { vector, error_code });
+    }
+
+    fn guest_msr(&self, index: u32) -> Option<u64> {
+        if let Some(p) = self.switched_msr(index) {
+            // SAFETY: the area is ours; the CPU wrote it at the last exit, and
+            // nothing else touches it while the guest is not running.
+            return Some(unsafe { p.read_volatile() });
+        }
+        let f = Self::msr_field(index)?;
+        let r = self.make_current().and_then(|()| Self::read_msr_field(f).map_err(|e| ("VMREAD", e)));
+        r.map_err(|(what, e)| log::error!("cpu{}: vmx: reading guest MSR {index:#x}: {what}: {e}", self.cpu)).ok()
+    }
+
+    fn set_guest_msr(&mut self, index: u32, value: u64) -> bool {
+        if let Some(p) = self.switched_msr(index) {
+            // STAR holds selectors, not addresses; the rest must be canonical
+            // or the VM-entry MSR load fails (SDM Vol. 3C §27.4).
+            if index != msr::IA32_STAR && !is_canonical(value) {
+                return false;
+            }
+            // SAFETY: as in `guest_msr`; the next entry loads the new value.
+            unsafe { p.write_volatile(value) };
+            return true;
+        }
+        let Some(f) = Self::msr_field(index) else { return false };
+        if let Err((what, e)) = self.make_current() {
+            log::error!("cpu{}: vmx: writing guest MSR {index:#x}: {what}: {e}", self.cpu);
+            return false;
+        }
+        self.write_msr_field(index, f, value).unwrap_or_else(|e| {
+            log::error!("cpu{}: vmx: writing guest MSR {index:#x}: {e}", self.cpu);
+            false
+        })
     }
 }
 

@@ -268,6 +268,9 @@ pub fn read32(f: ReadOnly32) -> Result<u32, VmxError> {
 pub fn read32_rw(f: Field32) -> Result<u32, VmxError> {
     vmread(f as u32).map(|v| v as u32)
 }
+pub fn read64_rw(f: Field64) -> Result<u64, VmxError> {
+    vmread(f as u32)
+}
 pub fn read64(f: ReadOnly64) -> Result<u64, VmxError> {
     vmread(f as u32)
 }
