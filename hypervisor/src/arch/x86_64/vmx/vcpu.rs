@@ -189,7 +189,7 @@ impl VmxVcpu {
         if vpid == 0 {
             return Err("VPID 0 belongs to the host");
         }
-        if ept_root == 0 || ept_root % PAGE_SIZE != 0 {
+        if ept_root == 0 || !ept_root.is_multiple_of(PAGE_SIZE) {
             return Err("EPT root not page aligned");
         }
         let frames = mem::alloc_frames(FRAMES, 1).ok_or("out of memory for the VMCS")?;
@@ -434,18 +434,15 @@ impl VmxVcpu {
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
         self.make_current()?;
-        // SAFETY (all writes below): guest-state and event-injection fields only,
-        // plus the preemption-timer pin control; none affects the host.
         if self.regs_dirty {
-            unsafe { vmcs::write_nat(FieldNat::GuestRip, self.rip) }.map_err(|e| ("guest RIP", e))?;
-            unsafe { vmcs::write_nat(FieldNat::GuestRsp, self.rsp) }.map_err(|e| ("guest RSP", e))?;
+            guest_write_nat(FieldNat::GuestRip, self.rip, "guest RIP")?;
+            guest_write_nat(FieldNat::GuestRsp, self.rsp, "guest RSP")?;
             self.regs_dirty = false;
         }
         if self.clear_interrupt_shadow {
             let s = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
             if s & BLOCKING_BY_STI_OR_MOV_SS != 0 {
-                unsafe { vmcs::write32(Field32::GuestInterruptibility, s & !BLOCKING_BY_STI_OR_MOV_SS) }
-                    .map_err(|e| ("interruptibility", e))?;
+                guest_write32(Field32::GuestInterruptibility, s & !BLOCKING_BY_STI_OR_MOV_SS, "interruptibility")?;
             }
             self.clear_interrupt_shadow = false;
         }
@@ -461,22 +458,24 @@ impl VmxVcpu {
                     (info, info.error_code_valid().then_some(error_code), instruction_len)
                 }
             };
-            unsafe { vmcs::write32(Field32::EntryInterruptionInfo, info.0) }.map_err(|e| ("entry event", e))?;
+            guest_write32(Field32::EntryInterruptionInfo, info.0, "entry event")?;
             if let Some(code) = error_code {
-                unsafe { vmcs::write32(Field32::EntryExceptionErrorCode, code) }.map_err(|e| ("entry error code", e))?;
+                guest_write32(Field32::EntryExceptionErrorCode, code, "entry error code")?;
             }
             if info.needs_instruction_length() {
-                unsafe { vmcs::write32(Field32::EntryInstructionLength, len) }.map_err(|e| ("entry length", e))?;
+                guest_write32(Field32::EntryInstructionLength, len, "entry instruction length")?;
             }
         }
         let want_pin = match self.preemption_timer {
             Some(ticks) => {
-                unsafe { vmcs::write32(Field32::PreemptionTimerValue, ticks) }.map_err(|e| ("preemption timer", e))?;
+                guest_write32(Field32::PreemptionTimerValue, ticks, "preemption timer")?;
                 self.pin_controls | pin::PREEMPTION_TIMER
             }
             None => self.pin_controls & !pin::PREEMPTION_TIMER,
         };
         if want_pin != self.pin_controls {
+            // SAFETY: only the preemption-timer bit changes, and `set_preemption_timer`
+            // checked the CPU allows it; the timer causes VM exits, nothing on the host.
             unsafe { vmcs::write32(Field32::PinBasedControls, want_pin) }.map_err(|e| ("pin controls", e))?;
             self.pin_controls = want_pin;
         }
@@ -578,6 +577,20 @@ impl VmxVcpu {
         };
         VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info }
     }
+}
+
+/// VMWRITE of a guest-state or event-injection field, which decide what the
+/// guest sees at the next entry and nothing about the host. A bad value fails
+/// that entry (reported as `VmExit::Unsupported`), never the hypervisor.
+fn guest_write32(f: Field32, v: u32, what: &'static str) -> Result<(), (&'static str, VmxError)> {
+    // SAFETY: see above; callers pass guest-state and entry-event fields only.
+    unsafe { vmcs::write32(f, v) }.map_err(|e| (what, e))
+}
+
+/// As `guest_write32`, for natural-width guest-state fields.
+fn guest_write_nat(f: FieldNat, v: u64, what: &'static str) -> Result<(), (&'static str, VmxError)> {
+    // SAFETY: see `guest_write32`.
+    unsafe { vmcs::write_nat(f, v) }.map_err(|e| (what, e))
 }
 
 /// The VMCS field of a guest MSR, by width.
