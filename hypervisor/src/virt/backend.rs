@@ -143,7 +143,7 @@ impl AnyVcpu {
                 }
                 v.pass_through_switched_msrs();
             }
-            AnyVcpu::Vmx(_) => log::warn!("vmx: dom0 I/O passthrough not implemented yet; every port exits"),
+            AnyVcpu::Vmx(v) => v.pass_through_io_except(keep),
         }
     }
 }

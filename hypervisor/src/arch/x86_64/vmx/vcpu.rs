@@ -419,6 +419,67 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// Lets the guest reach `ports` directly: clears their I/O-bitmap bits
+    /// (SDM Vol. 3C §25.6.4: bitmap A covers 0-0x7fff, B 0x8000-0xffff).
+    pub fn pass_through_ports(&mut self, ports: core::ops::RangeInclusive<u16>) {
+        // SAFETY: bitmaps A and B are this vCPU's own two consecutive frames.
+        let map = unsafe {
+            core::slice::from_raw_parts_mut(
+                (self.frames.as_u64() + IO_BITMAP_A_FRAME * PAGE_SIZE) as *mut u8,
+                2 * PAGE_SIZE as usize,
+            )
+        };
+        for p in ports {
+            map[usize::from(p) / 8] &= !(1 << (p % 8));
+        }
+    }
+
+    /// dom0's I/O policy: every port for which `keep` is false reaches the
+    /// hardware directly, and the MSRs the CPU switches with the guest are
+    /// passed through (`pass_through_switched_msrs`).
+    pub fn pass_through_io_except(&mut self, keep: impl Fn(u16) -> bool) {
+        for p in 0..=u16::MAX {
+            if !keep(p) {
+                self.pass_through_ports(p..=p);
+            }
+        }
+        self.pass_through_switched_msrs();
+    }
+
+    /// Lets the guest read and write directly the MSRs whose guest copy the
+    /// CPU switches at entry and exit: the VMCS guest fields (FS/GS base,
+    /// SYSENTER) and the entry-load/exit-store area (`SWITCHED_MSRS`).
+    pub fn pass_through_switched_msrs(&mut self) {
+        const VMCS_MSRS: [u32; 5] = [
+            msr::IA32_FS_BASE,
+            msr::IA32_GS_BASE,
+            msr::IA32_SYSENTER_CS,
+            msr::IA32_SYSENTER_ESP,
+            msr::IA32_SYSENTER_EIP,
+        ];
+        for m in VMCS_MSRS.into_iter().chain(SWITCHED_MSRS) {
+            self.pass_through_msr(m);
+        }
+    }
+
+    /// Clears `index`'s read and write bits in the MSR bitmap (SDM Vol. 3C
+    /// §25.6.9: read-low, read-high, write-low, write-high, 1 KiB each).
+    fn pass_through_msr(&mut self, index: u32) {
+        const HIGH_BASE: u32 = 0xc000_0000;
+        const RANGE: u32 = 0x2000;
+        let (half, bit) = match index {
+            0..RANGE => (0, index),
+            _ if index.wrapping_sub(HIGH_BASE) < RANGE => (1024, index - HIGH_BASE),
+            _ => return,
+        };
+        let map = (self.frames.as_u64() + MSR_BITMAP_FRAME * PAGE_SIZE) as *mut u8;
+        for base in [half, 2048 + half] {
+            let byte = base + (bit / 8) as usize;
+            // SAFETY: `byte` < 4096, inside this vCPU's MSR bitmap frame.
+            unsafe { *map.add(byte) &= !(1u8 << (bit % 8)) };
+        }
+    }
+
     /// Arms the VMX-preemption timer to expire after `ticks` timer ticks (TSC >>
     /// the rate in IA32_VMX_MISC) of guest execution per entry, or disarms it.
     /// An expiry returns `VmExit::Preempted`. VMX-only, so not in `Vcpu`.
