@@ -81,11 +81,14 @@ const ENTER_FAIL_VALID: u32 = 2;
 // VMRESUME. A VM exit lands at `oxen_vmx_exit` (HOST_RIP) with that stack,
 // stores the guest GPRs and returns 0 from `oxen_vmx_enter`; a failed VM entry
 // falls through and returns 1 (VMfailInvalid) or 2 (VMfailValid). The offsets
-// follow `GuestGprs` (asserted below). The VM exit cleared RFLAGS (DF = 0, IF = 0).
+// follow `GuestGprs` (asserted below). A VM exit clears RFLAGS but for bit 1
+// (SDM Vol. 3C §28.5.3), so the caller's RFLAGS (IF in particular) is saved
+// and restored around the switch.
 global_asm!(
     ".global oxen_vmx_enter",
     "oxen_vmx_enter:",
     "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "pushfq",
     "push rdi",
     "mov rax, {host_rsp}",
     "vmwrite rax, rsp",
@@ -107,6 +110,7 @@ global_asm!(
     "mov ecx, {fail_invalid}",
     "cmovc eax, ecx",
     "add rsp, 8",
+    "popfq",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
     "ret",
     "",
@@ -120,6 +124,7 @@ global_asm!(
     "mov [rax + 0x68], r14", "mov [rax + 0x70], r15",
     "pop qword ptr [rax]",
     "add rsp, 8",
+    "popfq",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
     "xor eax, eax",
     "ret",
