@@ -182,6 +182,15 @@ impl Vcpu for AnyVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         dispatch!(self, v => v.inject_exception(vector, error_code))
     }
+    fn interrupt_ready(&self) -> bool {
+        dispatch!(self, v => v.interrupt_ready())
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        dispatch!(self, v => v.inject_interrupt(vector))
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        dispatch!(self, v => v.request_interrupt_window(on))
+    }
     fn guest_msr(&self, msr: u32) -> Option<u64> {
         dispatch!(self, v => v.guest_msr(msr))
     }
