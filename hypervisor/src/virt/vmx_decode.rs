@@ -430,7 +430,7 @@ pub fn exception_injection(vector: u8, error_code: Option<u32>, protected: bool)
     if vector >= FIRST_EXTERNAL_VECTOR {
         return (InterruptionInfo::new(vector, InterruptionType::ExternalInterrupt, false), None);
     }
-    let code = (protected && exception_has_error_code(vector)).then(|| error_code.unwrap_or(0));
+    let code = (protected && exception_has_error_code(vector)).then_some(error_code.unwrap_or(0));
     (InterruptionInfo::new(vector, InterruptionType::HardwareException, code.is_some()), code)
 }
 
@@ -510,6 +510,7 @@ impl RawExit {
                 access: EptViolationQualification(self.qualification).access(),
             },
             ExitReason::PreemptionTimerExpired => VmExit::Preempted,
+            ExitReason::InterruptWindow => VmExit::InterruptWindow,
             _ => return unsupported,
         };
         Decoded::Exit(exit)
@@ -637,6 +638,7 @@ mod tests {
         assert_eq!(decode(18, 0), Decoded::Exit(VmExit::Hypercall));
         assert_eq!(decode(2, 0), Decoded::Exit(VmExit::TripleFault));
         assert_eq!(decode(52, 0), Decoded::Exit(VmExit::Preempted));
+        assert_eq!(decode(7, 0), Decoded::Exit(VmExit::InterruptWindow));
         assert_eq!(
             decode(30, 0x00f0_000b),
             Decoded::Exit(VmExit::Io { port: 0xf0, size: 4, write: false, string: false, rep: false })

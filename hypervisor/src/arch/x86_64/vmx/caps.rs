@@ -38,6 +38,7 @@ pub mod pin {
 
 /// Primary processor-based controls (SDM Vol. 3C §25.6.2, Table 25-6).
 pub mod proc {
+    pub const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
     pub const HLT_EXITING: u32 = 1 << 7;
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
@@ -83,6 +84,7 @@ pub struct VmxCaps {
     /// TSC bits shifted right per preemption-timer tick (IA32_VMX_MISC 4:0).
     pub preemption_timer_shift: u8,
     pub has_preemption_timer: bool,
+    pub has_interrupt_window_exiting: bool,
     pub pin: u32,
     pub proc: u32,
     pub proc2: u32,
@@ -176,6 +178,7 @@ impl VmxCaps {
             ept_vpid,
             preemption_timer_shift: (r(msr::IA32_VMX_MISC) & MISC_TIMER_RATE_MASK) as u8,
             has_preemption_timer: pin_allowed.allows(pin::PREEMPTION_TIMER),
+            has_interrupt_window_exiting: proc_allowed.allows(proc::INTERRUPT_WINDOW_EXITING),
             pin,
             proc,
             proc2,

@@ -1,12 +1,12 @@
 //! `VmxVcpu`: one guest CPU backed by a VMCS, its set-up and the world switch.
 
-use super::caps::{entry, pin, VmxCaps};
+use super::caps::{entry, pin, proc, VmxCaps};
 use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
 use crate::arch::x86_64::{cpu::msr, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
 use crate::virt::vmx_decode::{
     access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
-    REASON_ENTRY_INSTRUCTION_FAILED,
+    InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
@@ -43,6 +43,8 @@ const _: () = assert!(SWITCHED_MSRS.len() * core::mem::size_of::<MsrEntry>() <= 
 
 /// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
 const RESET_RFLAGS: u64 = 1 << 1;
+/// RFLAGS.IF (SDM Vol. 1 §3.4.3).
+const RFLAGS_IF: u64 = 1 << 9;
 const RESET_DR7: u64 = 0x400;
 const RESET_PAT: u64 = 0x0007_0406_0007_0406;
 /// EFER bits (SDM Vol. 3A §2.2.1).
@@ -154,6 +156,8 @@ extern "sysv64" {
 enum PendingEvent {
     /// Asked for through `inject_exception`.
     Exception { vector: u8, error_code: Option<u32> },
+    /// Asked for through `inject_interrupt`.
+    Interrupt { vector: u8 },
     /// An event whose delivery a VM exit interrupted (SDM Vol. 3C §28.2.4),
     /// re-delivered as it was.
     Reinject { info: InterruptionInfo, error_code: u32, instruction_len: u32 },
@@ -180,6 +184,10 @@ pub struct VmxVcpu {
     /// Armed preemption timer in timer ticks, and whether the pin control is on.
     preemption_timer: Option<u32>,
     pin_controls: u32,
+    /// Primary processor-based controls as in the VMCS, and whether the common
+    /// code wants an interrupt-window exit.
+    proc_controls: u32,
+    interrupt_window: bool,
 }
 
 impl VmxVcpu {
@@ -225,6 +233,8 @@ impl VmxVcpu {
             pending: None,
             preemption_timer: None,
             pin_controls: caps.pin,
+            proc_controls: caps.proc,
+            interrupt_window: false,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -312,7 +322,7 @@ impl VmxVcpu {
             EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => Some((cr3, LINUX_CS, LINUX_DS, gdt_base, u32::from(gdt_limit))),
         };
         w!(write32, PinBasedControls, self.pin_controls);
-        w!(write32, PrimaryProcControls, caps.proc);
+        w!(write32, PrimaryProcControls, self.proc_controls);
         w!(write32, SecondaryProcControls, caps.proc2);
         w!(write32, ExitControls, caps.exit);
         w!(write32, EntryControls, caps.entry | if long.is_some() { entry::IA32E_MODE_GUEST } else { 0 });
@@ -520,6 +530,9 @@ impl VmxVcpu {
                     let (info, code) = exception_injection(vector, error_code, protected);
                     (info, code, 0)
                 }
+                PendingEvent::Interrupt { vector } => {
+                    (InterruptionInfo::new(vector, InterruptionType::ExternalInterrupt, false), None, 0)
+                }
                 PendingEvent::Reinject { info, error_code, instruction_len } => {
                     (info, info.error_code_valid().then_some(error_code), instruction_len)
                 }
@@ -539,6 +552,17 @@ impl VmxVcpu {
             }
             None => self.pin_controls & !pin::PREEMPTION_TIMER,
         };
+        let want_proc = if self.interrupt_window {
+            self.proc_controls | proc::INTERRUPT_WINDOW_EXITING
+        } else {
+            self.proc_controls & !proc::INTERRUPT_WINDOW_EXITING
+        };
+        if want_proc != self.proc_controls {
+            // SAFETY: only interrupt-window exiting changes (allowed: checked in
+            // `request_interrupt_window`); it causes VM exits, nothing on the host.
+            unsafe { vmcs::write32(Field32::PrimaryProcControls, want_proc) }.map_err(|e| ("processor controls", e))?;
+            self.proc_controls = want_proc;
+        }
         if want_pin != self.pin_controls {
             // SAFETY: only the preemption-timer bit changes, and `set_preemption_timer`
             // checked the CPU allows it; the timer causes VM exits, nothing on the host.
@@ -843,6 +867,43 @@ impl Vcpu for VmxVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.pending = Some(PendingEvent::Exception { vector, error_code });
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        let state = self.make_current().and_then(|()| {
+            let rflags = vmcs::read_nat(FieldNat::GuestRflags).map_err(|e| ("guest RFLAGS", e))?;
+            let blocking = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+            Ok((rflags, blocking))
+        });
+        match state {
+            Ok((rflags, blocking)) => {
+                // A skipped instruction ends its STI/MOV SS shadow at the next entry.
+                let shadow = !self.clear_interrupt_shadow && blocking & BLOCKING_BY_STI_OR_MOV_SS != 0;
+                rflags & RFLAGS_IF != 0 && !shadow
+            }
+            Err((what, e)) => {
+                log::error!("cpu{}: vmx: interrupt_ready: {what}: {e}", self.cpu);
+                false
+            }
+        }
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        if vector < FIRST_EXTERNAL_VECTOR {
+            log::error!("cpu{}: vmx: refusing to inject exception vector {vector} as an interrupt", self.cpu);
+            return;
+        }
+        self.pending = Some(PendingEvent::Interrupt { vector });
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        match super::caps() {
+            Ok(c) if c.has_interrupt_window_exiting => self.interrupt_window = on,
+            _ => log::error!("cpu{}: vmx: no interrupt-window exiting", self.cpu),
+        }
     }
 
     fn guest_msr(&self, index: u32) -> Option<u64> {
