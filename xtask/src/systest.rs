@@ -86,6 +86,9 @@ pub struct TestDef {
     pub forbid: Vec<String>,
     #[serde(default = "yes")]
     pub forbid_defaults: bool,
+    /// Known to fail until the hypervisor catches up: why. Its failure is
+    /// reported as XFAIL and does not fail the run; a pass says to remove this.
+    pub xfail: Option<String>,
 }
 
 fn one() -> u32 {
@@ -98,6 +101,7 @@ fn yes() -> bool {
 /// A test ready to run: its machine and compiled expectations.
 pub struct Test {
     pub name: String,
+    pub xfail: Option<String>,
     pub description: String,
     pub machine: Machine,
     pub cmdline: String,
@@ -186,6 +190,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             },
             name: t.name,
             description: t.description,
+            xfail: t.xfail,
             cmdline: t.cmdline,
             timeout: Duration::from_secs(timeout),
             expect,
@@ -233,6 +238,14 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+#[derive(Default)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    /// Failed but marked `xfail`: not counted as failures.
+    pub xfailed: Vec<String>,
 }
 
 pub struct Outcome {
@@ -291,12 +304,29 @@ fn run_one(t: &Test) -> Outcome {
     let mut report = String::new();
     if problems.is_empty() {
         let _ = writeln!(report, "PASS {} ({secs:.1}s)", t.name);
+        if let Some(why) = &t.xfail {
+            let _ = writeln!(
+                report,
+                "     (marked xfail: {why:?}, but it passes now: remove `xfail` from the manifest)"
+            );
+        }
         return Outcome {
             passed: true,
             report,
         };
     }
-    let _ = writeln!(report, "FAIL {}: {} ({secs:.1}s)", t.name, problems[0]);
+    let verdict = if t.xfail.is_some() { "XFAIL" } else { "FAIL" };
+    let _ = writeln!(report, "{verdict} {}: {} ({secs:.1}s)", t.name, problems[0]);
+    if let Some(why) = &t.xfail {
+        let _ = writeln!(
+            report,
+            "     expected to fail (xfail: {why}); not counted as a failure"
+        );
+        return Outcome {
+            passed: false,
+            report,
+        };
+    }
     for p in &problems[1..] {
         let _ = writeln!(report, "     also: {p}");
     }
@@ -331,8 +361,8 @@ fn run_one(t: &Test) -> Outcome {
 }
 
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
-/// Prints a line per test; returns how many passed and the names that failed.
-pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, Vec<String>)> {
+/// Prints a line per test.
+pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     for t in tests {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -356,6 +386,7 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, Vec<String>)> {
         .collect();
     let passed = AtomicUsize::new(0);
     let failed = Mutex::new(Vec::new());
+    let xfailed = Mutex::new(Vec::new());
     let print = Mutex::new(());
     let record = |t: &Test, o: Outcome| {
         let _guard = print.lock();
@@ -364,7 +395,7 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, Vec<String>)> {
             passed.fetch_add(1, Ordering::SeqCst);
         } else {
             println!("     rerun: cargo xtask test --filter {}", t.name);
-            failed
+            if t.xfail.is_some() { &xfailed } else { &failed }
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(t.name.clone());
@@ -389,8 +420,12 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, Vec<String>)> {
         announce(t);
         record(t, run_one(t));
     }
-    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok((passed.into_inner(), failed))
+    let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Summary {
+        passed: passed.into_inner(),
+        failed: names(failed),
+        xfailed: names(xfailed),
+    })
 }
 
 #[cfg(test)]

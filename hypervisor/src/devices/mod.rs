@@ -17,3 +17,6 @@ pub trait MmioDevice {
     fn mmio_read(&mut self, offset: u64, size: u8) -> u64;
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
 }
+
+pub mod ioapic;
+pub mod uart16550;
