@@ -54,7 +54,7 @@ pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
     let platform = crate::platform::acpi::discover(boot.rsdp, arch::paging::identity_end(boot.ram_end));
     arch::smp::init(&platform);
     if boot.options.selftest {
-        let cpus: alloc::vec::Vec<u32> = (0..arch::smp::cpu_count()).collect();
+        let cpus: Vec<u32> = (0..arch::smp::cpu_count()).collect();
         crate::selftest::run(&cpus, arch::smp::run_on);
     }
     if boot.options.bench {
