@@ -1,6 +1,7 @@
 //! Building and running dom0 (target only): memory, boot structures, vCPU.
 
 use super::layout::{self, Layout};
+use crate::devices::{uart16550::Uart16550, PortDevice};
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::linux::{boot_params, bzimage::BzImage, e820};
 use crate::mem::memmap::{self, Region};
@@ -177,55 +178,43 @@ fn mask_legacy_pic() {
 
 /// dom0's devices as seen through port I/O exits.
 struct Dom0Env {
-    uart: MiniUart,
+    uart: Uart16550,
+    /// dom0's console output not yet printed (no newline seen).
+    line: String,
     pic_masks: [u8; 2],
 }
 
-/// Just enough of a 16550 for dom0's console output until the full model lands:
-/// transmit only, always ready.
-#[derive(Default)]
-struct MiniUart {
-    line: String,
-    lcr: u8,
-}
-
-impl MiniUart {
-    fn write(&mut self, offset: u16, value: u8) {
-        const DLAB: u8 = 0x80;
-        match offset {
-            0 if self.lcr & DLAB == 0 => match value {
+impl Dom0Env {
+    /// Prints what dom0 wrote to its UART, a line at a time, tagged `(d0)`.
+    fn flush_console(&mut self) {
+        for b in self.uart.take_output() {
+            match b {
                 b'\n' => {
                     info!("(d0) {}", self.line);
                     self.line.clear();
                 }
                 b'\r' => {}
                 c => self.line.push(char::from(c)),
-            },
-            3 => self.lcr = value,
-            _ => {}
-        }
-    }
-    fn read(&self, offset: u16) -> u8 {
-        match offset {
-            3 => self.lcr,
-            5 => 0x60, // THR empty, transmitter empty
-            _ => 0,
+            }
         }
     }
 }
 
 impl PortBus for Dom0Env {
-    fn read(&mut self, port: u16, _size: u8) -> Option<u32> {
+    fn read(&mut self, port: u16, size: u8) -> Option<u32> {
         match port {
-            p if COM1.contains(&p) => Some(self.uart.read(p - COM1.start()).into()),
+            p if self.uart.claims(p) => Some(self.uart.port_read(p, size)),
             0x21 => Some(self.pic_masks[0].into()),
             0xa1 => Some(self.pic_masks[1].into()),
             _ => None,
         }
     }
-    fn write(&mut self, port: u16, _size: u8, value: u32) -> bool {
+    fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
         match port {
-            p if COM1.contains(&p) => self.uart.write(p - COM1.start(), value as u8),
+            p if self.uart.claims(p) => {
+                self.uart.port_write(p, size, value);
+                self.flush_console();
+            }
             0x21 => self.pic_masks[0] = value as u8,
             0xa1 => self.pic_masks[1] = value as u8,
             _ => return false,
@@ -244,7 +233,7 @@ impl GuestEnv for Dom0Env {
 }
 
 fn run(mut vcpu: AnyVcpu) -> ! {
-    let mut env = Dom0Env { uart: MiniUart::default(), pic_masks: [0xff; 2] };
+    let mut env = Dom0Env { uart: Uart16550::com1(), line: String::new(), pic_masks: [0xff; 2] };
     info!("dom0: starting");
     let mut exits: u64 = 0;
     loop {
