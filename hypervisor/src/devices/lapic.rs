@@ -918,7 +918,8 @@ impl VirtualLapic {
         LapicMmio { lapic: self, now_ns }
     }
 
-    /// An aligned 32-bit xAPIC register read. Reserved offsets read 0 and
+    /// An aligned 32-bit xAPIC register read (the path behind [`Self::mmio`],
+    /// for callers that decode the access themselves; meant for xAPIC mode). Reserved offsets read 0 and
     /// latch "illegal register address" in the ESR.
     pub fn read_register(&mut self, offset: u32, now_ns: u64) -> u32 {
         self.catch_up(now_ns);
@@ -1355,7 +1356,9 @@ impl VirtualLapic {
     /// `logical` is the domain's xAPIC logical model (the SDM requires one
     /// model for all APICs; [`Self::logical_mode`] gives each one's own);
     /// x2APIC mode always uses x2APIC clusters (§12.6.2, §12.12.10). A
-    /// globally disabled APIC receives nothing.
+    /// globally disabled APIC receives nothing. Mixed domains (some APICs in
+    /// xAPIC, some in x2APIC mode) are not modelled: an xAPIC compares only
+    /// the low 8 bits of a physical ID.
     pub fn matches(&self, dest: &Destination, source: u32, logical: LogicalMode) -> bool {
         let x2 = match self.mode {
             ApicMode::Disabled => return false,
