@@ -4,6 +4,8 @@
 //!
 //! Time is always passed in (`now_ns`), never read here, so tests are exact.
 
+pub mod lapic;
+
 /// A device behind guest port I/O.
 pub trait PortDevice {
     /// IN of `size` (1, 2 or 4) bytes at `port`.
