@@ -99,7 +99,7 @@ fn run_guest(blob: &[u8], entry: u64, long_mode: bool, max_halts: u32) -> GuestR
                     exits += 1;
                     let outcome = exit::handle(&mut vcpu, exit, dev);
                     match outcome {
-                        Outcome::Continue if exits < MAX_EXITS => {}
+                        Outcome::Continue | Outcome::Preempted if exits < MAX_EXITS => {}
                         Outcome::Halted if halts + 1 < max_halts => halts += 1,
                         Outcome::Halted => break (outcome, halts + 1, exits),
                         _ => break (outcome, halts, exits),

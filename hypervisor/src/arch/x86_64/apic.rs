@@ -19,6 +19,9 @@ use x86_64::instructions::port::Port;
 /// The vector `smp` sends to wake an idle CPU (and to tell a waiting CPU that
 /// its job is done). Its handler only counts it and signals EOI.
 pub const WAKE_VECTOR: u8 = 0xf0;
+/// The hypervisor's one-shot timer: its only job is to make the CPU leave a
+/// guest (or a `hlt`) when a deadline passes; the handler just signals EOI.
+pub const TIMER_VECTOR: u8 = 0xef;
 /// The spurious-interrupt vector (SDM §11.9): its low four bits must be 1s on
 /// old CPUs; it needs no EOI.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
@@ -248,6 +251,29 @@ fn calibrate(platform: &Platform) {
     warn!("apic: could not calibrate the timer or the TSC; delays will be long");
 }
 
+/// Arms this CPU's one-shot timer to fire when the TSC reaches `deadline_tsc`
+/// (at once if it has passed), or stops it (`None`).
+pub fn arm_timer(deadline_tsc: Option<u64>) {
+    let Some(deadline) = deadline_tsc else {
+        write(reg::TIMER_INITIAL_COUNT, 0);
+        return;
+    };
+    let (tsc_hz, timer_hz) = (time::tsc_hz(), timer_hz());
+    let ticks = deadline.saturating_sub(time::rdtsc());
+    let count = if tsc_hz == 0 || timer_hz == 0 {
+        u32::MAX
+    } else {
+        (u128::from(ticks) * u128::from(timer_hz) / u128::from(tsc_hz)).clamp(1, u128::from(u32::MAX)) as u32
+    };
+    write(reg::TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+    write(reg::LVT_TIMER, u32::from(TIMER_VECTOR) | LVT_TIMER_ONESHOT);
+    write(reg::TIMER_INITIAL_COUNT, count);
+}
+
+extern "C" fn timer_interrupt() {
+    eoi();
+}
+
 extern "C" fn wake_interrupt() {
     WAKES[super::cpu_id() as usize].fetch_add(1, Ordering::AcqRel);
     eoi();
@@ -267,19 +293,34 @@ global_asm!(
     "pop r11", "pop r10", "pop r9", "pop r8",
     "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
     "iretq",
+    ".global apic_timer_entry",
+    "apic_timer_entry:",
+    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "push r8", "push r9", "push r10", "push r11",
+    "cld",
+    "call {timer}",
+    "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "iretq",
     ".global apic_spurious_entry",
     "apic_spurious_entry:",
     "iretq",
     ".popsection",
     handler = sym wake_interrupt,
+    timer = sym timer_interrupt,
 );
 
 extern "C" {
     fn apic_wake_entry();
+    fn apic_timer_entry();
     fn apic_spurious_entry();
 }
 
 /// IDT entries for the APIC's vectors: (vector, handler address).
-pub fn idt_entries() -> [(u8, u64); 2] {
-    [(WAKE_VECTOR, apic_wake_entry as *const () as u64), (SPURIOUS_VECTOR, apic_spurious_entry as *const () as u64)]
+pub fn idt_entries() -> [(u8, u64); 3] {
+    [
+        (WAKE_VECTOR, apic_wake_entry as *const () as u64),
+        (TIMER_VECTOR, apic_timer_entry as *const () as u64),
+        (SPURIOUS_VECTOR, apic_spurious_entry as *const () as u64),
+    ]
 }

@@ -230,13 +230,15 @@ impl Vcpu for SvmVcpu {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = super::host_vmcb().as_u64();
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
-            // this vCPU; interrupts are masked with CLGI across the switch; the
-            // world switch restores every callee-saved register and the host's
-            // VMSAVE state.
+            // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
+            // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
+            // it there); STGI then lets the host IDT take it, and CLI restores the
+            // hypervisor's usual interrupts-off state. The world switch restores
+            // every callee-saved register and the host's VMSAVE state.
             unsafe {
-                core::arch::asm!("clgi");
+                core::arch::asm!("clgi", "sti", options(nomem, nostack));
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
-                core::arch::asm!("stgi");
+                core::arch::asm!("stgi", "cli", options(nomem, nostack));
             }
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
@@ -245,9 +247,10 @@ impl Vcpu for SvmVcpu {
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
             match &mut exit {
-                // Physical interrupts and NMIs are the host's: with GIF set again
-                // after STGI they are taken (or stay pending while host IF is off).
-                VmExit::Unsupported { reason: exit_code::INTR | exit_code::NMI | exit_code::SMI, .. } => continue,
+                // Physical interrupts are the host's and were taken through its IDT
+                // after STGI; the caller may have timers to look at.
+                VmExit::Unsupported { reason: exit_code::INTR, .. } => return VmExit::Preempted,
+                VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
                 VmExit::Cpuid { subleaf, .. } => *subleaf = self.gprs.rcx as u32,
                 VmExit::MsrRead { msr } => *msr = self.gprs.rcx as u32,
                 VmExit::MsrWrite { msr, value } => {

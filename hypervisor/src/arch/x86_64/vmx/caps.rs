@@ -57,7 +57,6 @@ pub mod proc2 {
 /// VM-exit controls (SDM Vol. 3C §25.7.1, Table 25-13).
 pub mod exit {
     pub const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
-    pub const ACK_INTERRUPT_ON_EXIT: u32 = 1 << 15;
     pub const SAVE_PAT: u32 = 1 << 18;
     pub const LOAD_PAT: u32 = 1 << 19;
     pub const SAVE_EFER: u32 = 1 << 20;
@@ -154,7 +153,6 @@ impl VmxCaps {
         let exit = exit_allowed
             .adjust(
                 exit::HOST_ADDRESS_SPACE_SIZE
-                    | exit::ACK_INTERRUPT_ON_EXIT
                     | exit::SAVE_PAT
                     | exit::LOAD_PAT
                     | exit::SAVE_EFER

@@ -831,7 +831,14 @@ impl Vcpu for VmxVcpu {
                     }
                     return e;
                 }
-                Decoded::ExternalInterrupt { vector } => super::exit::end_host_interrupt(vector),
+                Decoded::ExternalInterrupt { .. } => {
+                    // Without acknowledge-on-exit the interrupt is still pending:
+                    // open a one-instruction window so the host IDT takes it.
+                    // SAFETY: the hypervisor's IDT handles every vector the host
+                    // APIC raises; interrupts are off again right after.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    return VmExit::Preempted;
+                }
                 Decoded::EntryFailure { reason, qualification } => {
                     log::error!(
                         "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
