@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::setup::TARGET;
 use crate::util::{cargo, repo_root, run_captured, run_inherit, show, step};
 
-pub const DEFAULT_CMDLINE: &str = "console=com1,115200 loglvl=info";
+pub const DEFAULT_CMDLINE: &str = "console=com1,115200 dom0_mem=256M";
 const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
 
 /// Builds `oxen-hv` for the bare-metal target; returns the ELF's path.
@@ -43,7 +43,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// An extra multiboot2 module (the dom0 kernel and initrd, later).
+/// A multiboot2 module (dom0's kernel and initrd, ...).
 #[derive(Clone, Debug)]
 pub struct Module {
     pub file: PathBuf,
@@ -99,13 +99,20 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
     std::fs::copy(spec.elf, staging.join("boot/oxen.elf"))
         .with_context(|| format!("copying {} into the ISO", spec.elf.display()))?;
     let mut module_lines = String::new();
+    let mut used = vec!["oxen.elf".to_owned(), "grub".to_owned()];
     for (i, m) in spec.modules.iter().enumerate() {
         let base = m
             .file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let name = format!("mod{i}-{base}");
+        // /boot/<file name> (e.g. /boot/vmlinuz), unless that name is taken.
+        let name = if base.is_empty() || used.contains(&base) {
+            format!("mod{i}-{base}")
+        } else {
+            base
+        };
+        used.push(name.clone());
         std::fs::copy(&m.file, staging.join("boot").join(&name))
             .with_context(|| format!("copying module {} into the ISO", m.file.display()))?;
         module_lines.push_str(&format!("module2 /boot/{name} {}\n    ", m.args));

@@ -4,6 +4,8 @@
 //! and the `x86_64-unknown-none` Rust target) and installs what is missing.
 
 mod bench;
+mod cpio;
+mod dom0;
 mod emu;
 mod image;
 mod run;
@@ -61,7 +63,15 @@ struct IsoArgs {
     /// The hypervisor command line.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
-    /// An extra multiboot2 module: "PATH" or "PATH ARGS..." (repeatable; e.g. a dom0 kernel, then its initrd).
+    /// Boot dom0: Debian's kernel and a busybox initramfs as the first two modules,
+    /// fetched and built under target/dom0/ (the default).
+    #[arg(long, overrides_with = "no_dom0")]
+    dom0: bool,
+    /// Leave dom0 out (an image for `selftest` or `bench` only).
+    #[arg(long, overrides_with = "dom0")]
+    no_dom0: bool,
+    /// An extra multiboot2 module: "PATH" or "PATH ARGS..." (repeatable; after dom0's
+    /// kernel and initrd, or instead of them with --no-dom0).
     #[arg(long = "module", value_name = "PATH [ARGS]")]
     modules: Vec<Module>,
 }
@@ -91,7 +101,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     smp: u32,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     mem: u32,
 }
 
@@ -185,6 +195,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
     let elf = image::build(a.build.debug)?;
+    let mut modules = Vec::new();
+    if !a.no_dom0 {
+        modules.extend(dom0::prepare()?.modules());
+    }
+    modules.extend(a.modules.iter().cloned());
     step(format!(
         "making {} (hypervisor command line: {})",
         show(out),
@@ -193,7 +208,7 @@ fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
     image::make_iso(&image::IsoSpec {
         elf: &elf,
         cmdline: &a.cmdline,
-        modules: &a.modules,
+        modules: &modules,
         name,
         output: out,
     })?;

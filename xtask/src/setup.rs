@@ -93,41 +93,20 @@ fn ensure_packages() -> Result<()> {
     let manual = format!(
         "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
     );
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let sudo = if root {
-        None
-    } else if on_path("sudo") {
-        Some(())
-    } else {
-        bail!("missing Debian packages: {list}\nxtask is not root and there is no sudo; run as root:\n    {manual}");
-    };
     step(format!(
         "installing {list} (needed to boot the hypervisor: {})",
         purposes.join(", ")
     ));
     let apt = |args: &[&str]| {
-        let mut c = if sudo.is_some() {
-            let mut c = Command::new("sudo");
-            // Without a terminal sudo cannot ask for a password: fail instead of hanging.
-            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                c.arg("-n");
-            }
-            c.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
-            c
-        } else {
-            let mut c = Command::new("apt-get");
-            c.env("DEBIAN_FRONTEND", "noninteractive");
-            c
-        };
-        c.args(args);
-        c
+        apt_get_as_root(args).map_err(|e| {
+            anyhow::anyhow!("missing Debian packages: {list}\n{e}; run as root:\n    {manual}")
+        })
     };
-    let mut update = apt(&["-q", "update"]);
+    let mut update = apt(&["-q", "update"])?;
     if let Err(e) = run_captured(&mut update, "apt-get update") {
         bail!("{e}\nCould not install {list}; install them yourself:\n    {manual}");
     }
-    let mut install = apt(&["-q", "install", "-y", "--no-install-recommends"]);
+    let mut install = apt(&["-q", "install", "-y", "--no-install-recommends"])?;
     install.args(&missing);
     if let Err(e) = run_captured(&mut install, "apt-get install") {
         bail!("{e}\nCould not install {list}; install them yourself:\n    {manual}");
@@ -141,6 +120,29 @@ fn ensure_packages() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `apt-get ARGS` as root: directly when we are root, else through `sudo` (`sudo -n`
+/// without a terminal, so it fails instead of waiting for a password).
+pub fn apt_get_as_root(args: &[&str]) -> Result<Command> {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    } else if on_path("sudo") {
+        let mut c = Command::new("sudo");
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            c.arg("-n");
+        }
+        c.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        c
+    } else {
+        bail!("xtask is not root and there is no sudo");
+    };
+    c.args(args);
+    Ok(c)
 }
 
 fn ensure_target() -> Result<()> {
