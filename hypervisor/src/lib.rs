@@ -7,6 +7,7 @@
 //!   page-table walker shared by the host tables, EPT and NPT.
 //! - `virt`: vendor-neutral vCPU interface, exit type and guest memory.
 //! - `exit`: the vendor-neutral exit handlers (CPUID, I/O, MSR, hypercalls).
+//! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 
@@ -14,6 +15,7 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod devices;
+pub mod emulate;
 pub mod dom0;
 pub mod exit;
 pub mod linux;
