@@ -14,8 +14,17 @@
 //! Guest memory is reached only through `GuestPhysRead`, so everything here is
 //! tested on the host over a byte vector.
 
+pub mod decode;
+pub mod mmio;
 pub mod walk;
 
+#[cfg(test)]
+mod iced_diff;
+
+pub use decode::{
+    decode, CodeSize, DecodeError, Extend, Gpr, MemOperand, MmioAccess, MmioInsn, RegOperand, Segment, Source,
+};
+pub use mmio::{emulate_mmio, fetch_and_decode, CpuState, EmulateError};
 pub use walk::{read_linear, translate, PagingMode, PagingState, WalkError};
 
 use crate::mem::GuestPhysAddr;
@@ -81,10 +90,7 @@ pub(crate) mod testmem {
     impl GuestPhysRead for VecMem {
         fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), Unbacked> {
             let start = usize::try_from(gpa.as_u64()).map_err(|_| Unbacked(gpa))?;
-            let src = start
-                .checked_add(buf.len())
-                .and_then(|end| self.0.get(start..end))
-                .ok_or(Unbacked(gpa))?;
+            let src = start.checked_add(buf.len()).and_then(|end| self.0.get(start..end)).ok_or(Unbacked(gpa))?;
             buf.copy_from_slice(src);
             Ok(())
         }

@@ -52,8 +52,12 @@ pub enum PagingMode {
 /// entry is in: 1 = page table, 2 = page directory, 3 = PDPT, 4 = PML4, 5 = PML5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkError {
-    NotPresent { level: u8 },
-    ReservedBit { level: u8 },
+    NotPresent {
+        level: u8,
+    },
+    ReservedBit {
+        level: u8,
+    },
     /// The address is not canonical for the long-mode paging depth.
     NonCanonical,
     /// A page table or the final page lies outside the guest's memory.
@@ -406,10 +410,7 @@ mod tests {
         assert_eq!(buf, [1, 2, 3, 4, 5]);
         // The page after 0x11000 is not mapped: the first 2 bytes still arrive.
         let mut buf = [0; 4];
-        assert_eq!(
-            read_linear_partial(&m, &p, base + 0x1ffe, &mut buf),
-            (2, Err(WalkError::NotPresent { level: 1 }))
-        );
+        assert_eq!(read_linear_partial(&m, &p, base + 0x1ffe, &mut buf), (2, Err(WalkError::NotPresent { level: 1 })));
     }
 
     #[test]
