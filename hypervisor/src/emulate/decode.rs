@@ -39,6 +39,20 @@ pub enum CodeSize {
     Bits64,
 }
 
+impl CodeSize {
+    /// The code size of the current CS: `protected` is CR0.PE (false in
+    /// virtual-8086 mode too), `long_active` EFER.LMA, `cs_l`/`cs_d` the CS
+    /// descriptor's L and D bits.
+    pub fn from_cs(protected: bool, long_active: bool, cs_l: bool, cs_d: bool) -> Self {
+        match (protected, long_active && cs_l, cs_d) {
+            (false, ..) => CodeSize::Bits16,
+            (true, true, _) => CodeSize::Bits64,
+            (true, false, true) => CodeSize::Bits32,
+            (true, false, false) => CodeSize::Bits16,
+        }
+    }
+}
+
 /// A general-purpose register in encoding order: 0 RAX, 1 RCX, 2 RDX, 3 RBX,
 /// 4 RSP, 5 RBP, 6 RSI, 7 RDI, 8..=15 R8..R15. This is `GuestGprs` order with
 /// RSP inserted at 4; RSP itself lives in the VMCB/VMCS, not in `GuestGprs`.
@@ -468,6 +482,15 @@ mod tests {
     #[track_caller]
     fn check(code: CodeSize, bytes: &[u8], size: u8, access: MmioAccess, m: MemOperand) {
         assert_eq!(d(code, bytes), MmioInsn { len: bytes.len() as u8, size, access, mem: m });
+    }
+
+    #[test]
+    fn code_size_from_cs() {
+        assert_eq!(CodeSize::from_cs(false, false, false, false), Bits16);
+        assert_eq!(CodeSize::from_cs(true, false, false, true), Bits32);
+        assert_eq!(CodeSize::from_cs(true, false, true, false), Bits16); // L without LMA means nothing
+        assert_eq!(CodeSize::from_cs(true, true, true, false), Bits64);
+        assert_eq!(CodeSize::from_cs(true, true, false, true), Bits32); // compatibility mode
     }
 
     #[test]
