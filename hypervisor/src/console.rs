@@ -66,6 +66,12 @@ pub fn init() {
     log::set_max_level(log::LevelFilter::Info);
 }
 
+/// Prints `(oxen) ` and `args` whatever the log level: for the lines that
+/// always matter (fatal errors, the final `halt:` line).
+pub fn always(args: fmt::Arguments) {
+    let _ = writeln!(SERIAL.lock(), "(oxen) {args}");
+}
+
 /// Writes straight to COM1 even if another CPU (or the interrupted code on this
 /// one) holds the console lock. Only for crash reports, after which we halt.
 pub fn emergency_print(args: fmt::Arguments) {

@@ -4,6 +4,8 @@ use crate::arch::x86_64 as arch;
 use crate::cmdline;
 use crate::mem::{self, frame::FrameAllocator, memmap::Region, PAGE_SIZE};
 use log::{info, warn};
+use crate::linux::e820;
+use alloc::{string::String, vec::Vec};
 use multiboot2::{BootInformation, BootInformationHeader, MemoryAreaType};
 
 const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
@@ -13,8 +15,19 @@ extern "C" {
     static __image_end: u8;
 }
 
+/// A boot module GRUB loaded (`module2 FILE ARGS...`).
+pub struct Module {
+    pub start: u64,
+    pub end: u64,
+    pub cmdline: String,
+}
+
 /// What the boot CPU learned from the boot loader, for the later stages.
 pub struct BootInfo {
+    /// The firmware memory map, all types.
+    pub host_map: Vec<e820::Entry>,
+    /// Modules in GRUB order: dom0's kernel, then its initrd.
+    pub modules: Vec<Module>,
     pub options: cmdline::Options,
     /// Physical address of a copy of the ACPI RSDP, if the boot loader gave one.
     pub rsdp: Option<u64>,
@@ -47,7 +60,10 @@ pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
     if boot.options.selftest || boot.options.bench {
         halt("selftest done");
     }
-    halt("nothing to run yet (no dom0 support)")
+    if boot.modules.is_empty() {
+        halt("no dom0 kernel: add `module2 /boot/vmlinuz ARGS` to the GRUB entry");
+    }
+    crate::dom0::boot(&boot)
 }
 
 /// Parses the command line and memory map, sets up the frame allocator and heap.
@@ -123,18 +139,41 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
         .rsdp_v2_tag()
         .map(|t| t as *const _ as *const u8 as u64 + 8)
         .or_else(|| mb.rsdp_v1_tag().map(|t| t as *const _ as *const u8 as u64 + 8));
-    BootInfo { options, rsdp, ram_end }
+    let host_map = mmap
+        .memory_areas()
+        .iter()
+        .map(|a| e820::Entry {
+            start: a.start_address(),
+            end: a.end_address(),
+            kind: match a.typ() {
+                t if t == MemoryAreaType::Available => e820::Kind::Ram,
+                t if t == MemoryAreaType::AcpiAvailable => e820::Kind::Acpi,
+                t if t == MemoryAreaType::ReservedHibernate => e820::Kind::Nvs,
+                t if t == MemoryAreaType::Defective => e820::Kind::Unusable,
+                _ => e820::Kind::Reserved,
+            },
+        })
+        .collect();
+    let modules = mb
+        .module_tags()
+        .map(|m| Module {
+            start: m.start_address().into(),
+            end: m.end_address().into(),
+            cmdline: String::from(m.cmdline().unwrap_or("")),
+        })
+        .collect();
+    BootInfo { host_map, modules, options, rsdp, ram_end }
 }
 
 /// Prints a `FATAL` line and the final `halt:` line, then stops.
 pub fn fatal(args: core::fmt::Arguments) -> ! {
-    log::error!("FATAL: {args}");
+    crate::console::always(format_args!("FATAL: {args}"));
     halt("fatal error")
 }
 
 /// Prints the final `(oxen) halt:` line and stops this CPU.
 pub fn halt(reason: &str) -> ! {
-    info!("halt: {reason}");
+    crate::console::always(format_args!("halt: {reason}"));
     arch::halt_forever()
 }
 

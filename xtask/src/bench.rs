@@ -174,6 +174,17 @@ pub fn bench(elf: &Path) -> Result<()> {
     let rustc = tool_version("rustc", &["--version"]);
     let qemu = tool_version("qemu-system-x86_64", &["--version"]);
     let host = host();
+    let root = repo_root();
+    let source = tool_version(
+        "git",
+        &[
+            "-C",
+            &root.to_string_lossy(),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
     let path = repo_root().join("BENCHMARKS.md");
     let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         "# Oxen benchmarks\n\nWritten by `cargo xtask bench`: each section is replaced when it is measured \
@@ -202,8 +213,8 @@ pub fn bench(elf: &Path) -> Result<()> {
         "size",
         &format!(
             "## Image size\n\n| figure | value |\n|---|---|\n{size_rows}\n\
-             Command: `cargo xtask bench` (section sizes of `{}` read with the `object` crate), {date}.  \n\
-             Built with {rustc}; host: {host}.\n",
+             Command: `cargo xtask bench` (section sizes of `{}` read with the `object` crate), {date}, \
+             source {source}.  \nBuilt with {rustc}; host: {host}.\n",
             show(elf)
         ),
     );
@@ -223,7 +234,7 @@ pub fn bench(elf: &Path) -> Result<()> {
             &format!(
                 "## Null hypercall\n\nGuest RDTSC under `-icount shift=0` counts instructions, so this is the number of \
                  instructions one guest→hypervisor→guest round trip executes.\n\n| figure | value |\n|---|---|\n{row}\n\
-                 Command: `cargo xtask bench`, which ran\n\n```\n{}\n```\n\non {date} with the hypervisor command line \
+                 Command: `cargo xtask bench`, which ran\n\n```\n{}\n```\n\non {date} (source {source}) with the hypervisor command line \
                  `{BENCH_CMDLINE}`.  \n{qemu}; built with {rustc}; host: {host}.\n",
                 h.command
             ),
@@ -234,4 +245,33 @@ pub fn bench(elf: &Path) -> Result<()> {
     step(format!("updated {}", show(&path)));
     hc.map(|_| ())
         .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_or_appended() {
+        let doc = update_section("# T\n\nintro\n", "a", "A1\n");
+        assert_eq!(
+            doc,
+            "# T\n\nintro\n\n<!-- bench:a -->\nA1\n<!-- /bench:a -->\n"
+        );
+        let doc = update_section(&doc, "b", "B1\n");
+        let doc = update_section(&doc, "a", "A2\n");
+        assert!(
+            doc.contains("<!-- bench:a -->\nA2\n<!-- /bench:a -->\n\n<!-- bench:b -->\nB1\n"),
+            "{doc}"
+        );
+        assert!(!doc.contains("A1"));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_300_004), "1,300,004");
+    }
 }

@@ -86,6 +86,9 @@ pub struct TestDef {
     pub forbid: Vec<String>,
     #[serde(default = "yes")]
     pub forbid_defaults: bool,
+    /// Known to fail until the hypervisor catches up: why. Its failure is
+    /// reported as XFAIL and does not fail the run; a pass says to remove this.
+    pub xfail: Option<String>,
 }
 
 fn one() -> u32 {
@@ -98,6 +101,7 @@ fn yes() -> bool {
 /// A test ready to run: its machine and compiled expectations.
 pub struct Test {
     pub name: String,
+    pub xfail: Option<String>,
     pub description: String,
     pub machine: Machine,
     pub cmdline: String,
@@ -186,6 +190,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             },
             name: t.name,
             description: t.description,
+            xfail: t.xfail,
             cmdline: t.cmdline,
             timeout: Duration::from_secs(timeout),
             expect,
@@ -233,6 +238,14 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+#[derive(Default)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    /// Failed but marked `xfail`: not counted as failures.
+    pub xfailed: Vec<String>,
 }
 
 pub struct Outcome {
@@ -291,12 +304,29 @@ fn run_one(t: &Test) -> Outcome {
     let mut report = String::new();
     if problems.is_empty() {
         let _ = writeln!(report, "PASS {} ({secs:.1}s)", t.name);
+        if let Some(why) = &t.xfail {
+            let _ = writeln!(
+                report,
+                "     (marked xfail: {why:?}, but it passes now: remove `xfail` from the manifest)"
+            );
+        }
         return Outcome {
             passed: true,
             report,
         };
     }
-    let _ = writeln!(report, "FAIL {}: {} ({secs:.1}s)", t.name, problems[0]);
+    let verdict = if t.xfail.is_some() { "XFAIL" } else { "FAIL" };
+    let _ = writeln!(report, "{verdict} {}: {} ({secs:.1}s)", t.name, problems[0]);
+    if let Some(why) = &t.xfail {
+        let _ = writeln!(
+            report,
+            "     expected to fail (xfail: {why}); not counted as a failure"
+        );
+        return Outcome {
+            passed: false,
+            report,
+        };
+    }
     for p in &problems[1..] {
         let _ = writeln!(report, "     also: {p}");
     }
@@ -331,8 +361,8 @@ fn run_one(t: &Test) -> Outcome {
 }
 
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
-/// Prints a line per test; returns (passed, failed).
-pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
+/// Prints a line per test.
+pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     for t in tests {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -355,12 +385,21 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
         .filter(|t| t.machine.emulator == Emulator::Bochs)
         .collect();
     let passed = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
+    let failed = Mutex::new(Vec::new());
+    let xfailed = Mutex::new(Vec::new());
     let print = Mutex::new(());
-    let record = |o: Outcome| {
+    let record = |t: &Test, o: Outcome| {
         let _guard = print.lock();
         print!("{}", o.report);
-        if o.passed { &passed } else { &failed }.fetch_add(1, Ordering::SeqCst);
+        if o.passed {
+            passed.fetch_add(1, Ordering::SeqCst);
+        } else {
+            println!("     rerun: cargo xtask test --filter {}", t.name);
+            if t.xfail.is_some() { &xfailed } else { &failed }
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t.name.clone());
+        }
     };
     let announce = |t: &Test| {
         let _guard = print.lock();
@@ -373,13 +412,99 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<(usize, usize)> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = qemu.get(i) else { break };
                 announce(t);
-                record(run_one(t));
+                record(t, run_one(t));
             });
         }
     });
     for t in bochs {
         announce(t);
-        record(run_one(t));
+        record(t, run_one(t));
     }
-    Ok((passed.into_inner(), failed.into_inner()))
+    let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Summary {
+        passed: passed.into_inner(),
+        failed: names(failed),
+        xfailed: names(xfailed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch file name no other test thread uses.
+    fn scratch() -> std::path::PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        std::env::temp_dir().join(format!("xtask-manifest-{}-{n}.toml", std::process::id()))
+    }
+
+    fn manifest(text: &str) -> Vec<Test> {
+        let path = scratch();
+        std::fs::write(&path, text).unwrap();
+        let tests = load(&path);
+        let _ = std::fs::remove_file(&path);
+        tests.unwrap()
+    }
+
+    const TWO_CPUS: &str = r#"
+        [[test]]
+        name = "t"
+        emulator = "qemu"
+        cpu = "max"
+        smp = 2
+        cmdline = "selftest"
+        expect = ['^\(oxen\) smp: {smp}/{smp} cpus online']
+        expect_per_cpu = ['^\(oxen\) selftest: cpu{cpu} svm hlt: PASS']
+    "#;
+
+    #[test]
+    fn the_real_manifest_loads() {
+        let tests = load(&crate::util::repo_root().join("tests/system.toml")).unwrap();
+        assert!(tests.iter().any(|t| t.machine.emulator == Emulator::Bochs));
+        assert!(tests.iter().all(|t| !t.forbid.is_empty()));
+    }
+
+    #[test]
+    fn per_cpu_patterns_expand_for_every_cpu() {
+        let t = &manifest(TWO_CPUS)[0];
+        let ok = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS (x)\r\n(oxen) selftest: cpu1 svm hlt: PASS\n";
+        assert!(check(t, ok).is_empty(), "{:?}", check(t, ok));
+        let missing = check(
+            t,
+            "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n",
+        );
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].ends_with("for cpu1"), "{}", missing[0]);
+        assert_eq!(check(t, "").len(), 2);
+    }
+
+    #[test]
+    fn default_forbidden_patterns_apply() {
+        let t = &manifest(TWO_CPUS)[0];
+        let log = "(oxen) smp: 2/2 cpus online\n(oxen) selftest: cpu0 svm hlt: PASS\n(oxen) selftest: cpu1 svm hlt: PASS\n(oxen) PANIC on cpu1: boom\n";
+        let p = check(t, log);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("/PANIC/") && p[0].contains("line 4"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn mistakes_in_the_manifest_are_reported() {
+        let bad = |extra: &str| {
+            let text = format!("[[test]]\nname = \"t\"\nemulator = \"qemu\"\ncpu = \"max\"\ncmdline = \"\"\n{extra}\n");
+            let path = scratch();
+            std::fs::write(&path, text).unwrap();
+            let r = load(&path).err().map(|e| format!("{e:#}"));
+            let _ = std::fs::remove_file(&path);
+            r.expect("should be rejected")
+        };
+        assert!(bad("expect_per_cpu = ['no placeholder']").contains("has no {cpu}"));
+        assert!(bad("expect = ['cpu{cpu}']").contains("expect_per_cpu"));
+        assert!(bad("expect = ['(unclosed']").contains("bad regular expression"));
+        assert!(bad("timeout = 3").contains("unknown field"));
+    }
 }

@@ -4,6 +4,8 @@
 //!
 //! Time is always passed in (`now_ns`), never read here, so tests are exact.
 
+pub mod lapic;
+
 /// A device behind guest port I/O.
 pub trait PortDevice {
     /// IN of `size` (1, 2 or 4) bytes at `port`.
@@ -17,3 +19,6 @@ pub trait MmioDevice {
     fn mmio_read(&mut self, offset: u64, size: u8) -> u64;
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
 }
+
+pub mod ioapic;
+pub mod uart16550;

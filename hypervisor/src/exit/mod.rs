@@ -66,6 +66,10 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
         VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
         VmExit::TripleFault => Outcome::TripleFault,
         VmExit::Preempted => Outcome::Preempted,
+        VmExit::InterruptWindow => {
+            vcpu.request_interrupt_window(false);
+            Outcome::Continue
+        }
         other => Outcome::Unhandled(other),
     }
 }

@@ -92,3 +92,32 @@ mod tests {
         assert!(page[zp::E820_TABLE + 40..].iter().all(|&b| b == 0));
     }
 }
+
+/// Offset of the ACPI RSDP within `area` (the BIOS read-only area 0xE0000-0xFFFFF
+/// or the EBDA's first KiB): the signature on a 16-byte boundary with a valid
+/// ACPI 1.0 checksum over its first 20 bytes (ACPI spec §5.2.5.1).
+pub fn find_rsdp(area: &[u8]) -> Option<usize> {
+    (0..area.len().saturating_sub(20))
+        .step_by(16)
+        .find(|&o| &area[o..o + 8] == b"RSD PTR " && area[o..o + 20].iter().fold(0u8, |s, &b| s.wrapping_add(b)) == 0)
+}
+
+#[cfg(test)]
+mod rsdp_tests {
+    use super::find_rsdp;
+
+    #[test]
+    fn finds_checksummed_signature_on_16_byte_boundary() {
+        let mut area = vec![0u8; 0x100];
+        // A misaligned decoy and a bad-checksum decoy.
+        area[0x11..0x19].copy_from_slice(b"RSD PTR ");
+        area[0x20..0x28].copy_from_slice(b"RSD PTR ");
+        area[0x28] = 1;
+        area[0x60..0x68].copy_from_slice(b"RSD PTR ");
+        area[0x68] = 0x42;
+        let sum = area[0x60..0x74].iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        area[0x69] = 0u8.wrapping_sub(sum);
+        assert_eq!(find_rsdp(&area), Some(0x60));
+        assert_eq!(find_rsdp(&area[..0x60]), None);
+    }
+}

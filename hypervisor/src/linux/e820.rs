@@ -16,19 +16,6 @@ pub enum Kind {
     Unusable = 5,
 }
 
-impl Kind {
-    /// Multiboot2 memory types use the same numbers; anything unknown is reserved.
-    pub fn from_raw(t: u32) -> Self {
-        match t {
-            1 => Kind::Ram,
-            3 => Kind::Acpi,
-            4 => Kind::Nvs,
-            5 => Kind::Unusable,
-            _ => Kind::Reserved,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub start: u64,

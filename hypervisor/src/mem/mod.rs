@@ -23,9 +23,15 @@ mod global {
     /// The one physical frame allocator, set up by `start` from the memory map.
     pub static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
+    /// `count` contiguous frames aligned to `align_frames` frames, not zeroed:
+    /// only for memory handed whole to a guest that the caller fills or scrubs.
+    pub fn alloc_frames_unzeroed(count: usize, align_frames: usize) -> Option<HostPhysAddr> {
+        FRAMES.lock().as_mut()?.alloc_contiguous(count, align_frames)
+    }
+
     /// `count` zeroed contiguous frames aligned to `align_frames` frames.
     pub fn alloc_frames(count: usize, align_frames: usize) -> Option<HostPhysAddr> {
-        let f = FRAMES.lock().as_mut()?.alloc_contiguous(count, align_frames)?;
+        let f = alloc_frames_unzeroed(count, align_frames)?;
         // SAFETY: the frames are ours now, identity mapped and writable.
         unsafe { core::ptr::write_bytes(f.as_ptr::<u8>(), 0, count * PAGE_SIZE as usize) };
         Some(f)

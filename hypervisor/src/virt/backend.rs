@@ -120,6 +120,34 @@ impl AnyVcpu {
     }
 }
 
+impl AnyVcpu {
+    /// dom0's I/O policy: every port reaches the hardware directly except
+    /// `ranges` and `ports`, which the hypervisor keeps and emulates.
+    pub fn pass_through_dom0_io(&mut self, ranges: &[core::ops::RangeInclusive<u16>], ports: &[u16]) {
+        let keep = |p: u16| ranges.iter().any(|r| r.contains(&p)) || ports.contains(&p);
+        match self {
+            AnyVcpu::Svm(v) => {
+                let mut start = None;
+                for p in 0..=u16::MAX {
+                    match (keep(p), start) {
+                        (false, None) => start = Some(p),
+                        (true, Some(s)) => {
+                            v.pass_through_ports(s..=p - 1);
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(s) = start {
+                    v.pass_through_ports(s..=u16::MAX);
+                }
+                v.pass_through_switched_msrs();
+            }
+            AnyVcpu::Vmx(v) => v.pass_through_io_except(keep),
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($self:ident, $v:ident => $e:expr) => {
         match $self {
@@ -153,5 +181,20 @@ impl Vcpu for AnyVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         dispatch!(self, v => v.inject_exception(vector, error_code))
+    }
+    fn interrupt_ready(&self) -> bool {
+        dispatch!(self, v => v.interrupt_ready())
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        dispatch!(self, v => v.inject_interrupt(vector))
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        dispatch!(self, v => v.request_interrupt_window(on))
+    }
+    fn guest_msr(&self, msr: u32) -> Option<u64> {
+        dispatch!(self, v => v.guest_msr(msr))
+    }
+    fn set_guest_msr(&mut self, msr: u32, value: u64) -> bool {
+        dispatch!(self, v => v.set_guest_msr(msr, value))
     }
 }

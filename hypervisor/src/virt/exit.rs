@@ -40,6 +40,9 @@ pub enum VmExit {
     TripleFault,
     /// The hypervisor's time slice for this vCPU ran out.
     Preempted,
+    /// The guest can take an external interrupt now (after
+    /// `Vcpu::request_interrupt_window`).
+    InterruptWindow,
     /// Anything the backends do not translate: the raw exit reason and
     /// qualification / EXITINFO1, for the log.
     Unsupported { reason: u64, info: u64 },

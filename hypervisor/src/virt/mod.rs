@@ -3,6 +3,7 @@
 pub mod exit;
 pub mod guest_mem;
 pub mod vcpu;
+pub mod vmx_decode;
 
 pub use exit::{Access, VmExit};
 pub use guest_mem::GuestMemory;

@@ -65,6 +65,17 @@ pub trait Vcpu {
     fn skip_instruction(&mut self);
     /// Delivers exception `vector` at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Whether an external interrupt can be injected now: RFLAGS.IF set, no
+    /// interrupt shadow (STI/MOV SS), no other event pending injection.
+    fn interrupt_ready(&self) -> bool {
+        false
+    }
+    /// Injects external interrupt `vector` at the next entry; only when
+    /// `interrupt_ready`.
+    fn inject_interrupt(&mut self, _vector: u8) {}
+    /// Asks for a `VmExit::InterruptWindow` as soon as the guest can take an
+    /// interrupt (`true`), or stops asking (`false`).
+    fn request_interrupt_window(&mut self, _on: bool) {}
     /// The value of an MSR the backend keeps in the guest's state area (EFER, PAT,
     /// segment bases, syscall MSRs…), or `None` if it keeps no such MSR.
     fn guest_msr(&self, _msr: u32) -> Option<u64> {

@@ -102,6 +102,7 @@ _start:
     or $((1 << 8) | (1 << 11)), %eax    /* LME, NXE */
     wrmsr
     mov %cr0, %eax
+    and $~((1 << 30) | (1 << 29)), %eax /* CD, NW: caches on (firmware may leave them off) */
     or $((1 << 31) | (1 << 16) | 1), %eax /* PG, WP, PE */
     mov %eax, %cr0
     lgdt boot_gdt_ptr

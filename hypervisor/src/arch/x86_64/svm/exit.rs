@@ -81,6 +81,7 @@ pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
             (VmExit::NestedPageFault { gpa: GuestPhysAddr::new(c.exit_info2), access }, None)
         }
         code::SHUTDOWN => (VmExit::TripleFault, None),
+        code::VINTR => (VmExit::InterruptWindow, None),
         v @ code::EXCP_BASE..=0x5f => {
             let vector = (v - code::EXCP_BASE) as u8;
             let has_code = ERROR_CODE_VECTORS & (1 << vector) != 0;

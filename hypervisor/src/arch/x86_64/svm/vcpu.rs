@@ -298,6 +298,32 @@ impl Vcpu for SvmVcpu {
         self.vmcb_mut().control.event_inj = ev;
     }
 
+    fn interrupt_ready(&self) -> bool {
+        const RFLAGS_IF: u64 = 1 << 9;
+        let v = self.vmcb();
+        v.save.rflags & RFLAGS_IF != 0
+            && v.control.int_shadow & vmcb::INT_SHADOW == 0
+            && v.control.event_inj & vmcb::EVENT_VALID == 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.vmcb_mut().control.event_inj = vmcb::EVENT_VALID | vmcb::EVENT_TYPE_INTR | u64::from(vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        // A virtual interrupt request makes the CPU exit with VINTR as soon as the
+        // guest could take it (APM Vol. 2 §15.21.4); we then inject the real one.
+        let c = &mut self.vmcb_mut().control;
+        let bits = vmcb::V_IRQ | vmcb::V_IGN_TPR | (0xf << vmcb::V_INTR_PRIO_SHIFT);
+        if on {
+            c.int_ctl |= bits;
+            c.intercept1 |= i1::VINTR;
+        } else {
+            c.int_ctl &= !bits;
+            c.intercept1 &= !i1::VINTR;
+        }
+    }
+
     fn guest_msr(&self, m: u32) -> Option<u64> {
         let s = &self.vmcb().save;
         Some(match m {

@@ -33,6 +33,7 @@ pub mod attrib {
 /// Intercept bits in the first misc. vector (VMCB offset 0x00c).
 pub mod intercept1 {
     pub const INTR: u32 = 1 << 0;
+    pub const VINTR: u32 = 1 << 4;
     pub const NMI: u32 = 1 << 1;
     pub const SMI: u32 = 1 << 2;
     pub const INIT: u32 = 1 << 3;
@@ -59,8 +60,16 @@ pub mod intercept2 {
     pub const XSETBV: u32 = 1 << 13;
 }
 
-/// `int_ctl` bits (offset 0x060).
+/// `int_ctl` bits (offset 0x060, APM Vol. 2 §15.21.1): a virtual interrupt
+/// request, its priority, ignore-TPR, and virtual interrupt masking.
+pub const V_IRQ: u64 = 1 << 8;
+pub const V_INTR_PRIO_SHIFT: u64 = 16;
+pub const V_IGN_TPR: u64 = 1 << 20;
 pub const V_INTR_MASKING: u64 = 1 << 24;
+/// `int_shadow` bit 0: the guest is in an interrupt shadow.
+pub const INT_SHADOW: u64 = 1 << 0;
+/// `event_inj` type for an external interrupt.
+pub const EVENT_TYPE_INTR: u64 = 0;
 /// `np_enable` bit 0: nested paging on.
 pub const NP_ENABLE: u64 = 1 << 0;
 /// `tlb_control` values (APM Vol. 2 §15.16.1).
@@ -188,6 +197,7 @@ pub mod exit_code {
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;
+    pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7b;

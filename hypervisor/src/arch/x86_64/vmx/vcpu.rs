@@ -1,0 +1,964 @@
+//! `VmxVcpu`: one guest CPU backed by a VMCS, its set-up and the world switch.
+
+use super::caps::{entry, pin, proc, VmxCaps};
+use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
+use crate::arch::x86_64::{cpu::msr, cpu_id, rdmsr};
+use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
+use crate::virt::vmx_decode::{
+    access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
+    InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
+};
+use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
+use core::arch::global_asm;
+use core::sync::atomic::Ordering;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+
+/// Frames of one vCPU, allocated together: the VMCS, I/O bitmaps A (ports
+/// 0-0x7fff) and B (0x8000-0xffff), and the MSR bitmap (SDM Vol. 3C §25.6.4, §25.6.9).
+const VMCS_FRAME: u64 = 0;
+const IO_BITMAP_A_FRAME: u64 = 1;
+const IO_BITMAP_B_FRAME: u64 = 2;
+const MSR_BITMAP_FRAME: u64 = 3;
+/// The guest's MSRs the VMCS has no field for: loaded at entry, stored at exit.
+const MSR_AREA_FRAME: u64 = 4;
+const FRAMES: usize = 5;
+
+/// One entry of a VM-entry MSR-load / VM-exit MSR-store area (SDM Vol. 3C §25.7.2).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MsrEntry {
+    index: u32,
+    _reserved: u32,
+    value: u64,
+}
+const _: () = assert!(core::mem::size_of::<MsrEntry>() == 16);
+
+/// Guest MSRs without a VMCS field. The host never uses them (no SYSCALL, no
+/// SWAPGS), so the same area serves as entry-load and exit-store list and the
+/// host needs no exit-load list: each guest's values round-trip through it and
+/// the next guest's entry overwrites them.
+const SWITCHED_MSRS: [u32; 5] =
+    [msr::IA32_KERNEL_GS_BASE, msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK];
+const _: () = assert!(SWITCHED_MSRS.len() * core::mem::size_of::<MsrEntry>() <= PAGE_SIZE as usize);
+
+/// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
+const RESET_RFLAGS: u64 = 1 << 1;
+/// RFLAGS.IF (SDM Vol. 1 §3.4.3).
+const RFLAGS_IF: u64 = 1 << 9;
+const RESET_DR7: u64 = 0x400;
+const RESET_PAT: u64 = 0x0007_0406_0007_0406;
+/// EFER bits (SDM Vol. 3A §2.2.1).
+const EFER_SCE: u64 = 1 << 0;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+/// The EFER bits a guest may set: SCE, LME, NXE (LMA follows CR0.PG).
+const EFER_GUEST_WRITABLE: u64 = EFER_SCE | EFER_LME | EFER_NXE;
+/// VMCS link pointer value meaning "no shadow VMCS" (SDM Vol. 3C §25.4.2).
+const NO_VMCS_LINK: u64 = u64::MAX;
+/// Guest interruptibility: blocking by STI and by MOV SS (SDM Vol. 3C §25.4.2, Table 25-3).
+const BLOCKING_BY_STI_OR_MOV_SS: u32 = 0b11;
+/// Guest activity state "active" (SDM Vol. 3C §25.4.2).
+const ACTIVITY_ACTIVE: u32 = 0;
+/// Selectors the 64-bit guest's segment registers report (it has no GDT).
+const LONG_CS: u16 = 0x08;
+const LONG_DS: u16 = 0x10;
+/// Selectors of Linux's 64-bit boot protocol (Documentation/arch/x86/boot.rst).
+const LINUX_CS: u16 = 0x10;
+const LINUX_DS: u16 = 0x18;
+/// A real-mode segment spans 64 KiB; a flat one 4 GiB.
+const REAL_LIMIT: u32 = 0xffff;
+const FLAT_LIMIT: u32 = 0xffff_ffff;
+/// 64-bit TSS limit (104 bytes, SDM Vol. 3A §9.7).
+const TSS64_LIMIT: u32 = 0x67;
+
+/// Return values of `oxen_vmx_enter`.
+const ENTER_EXITED: u32 = 0;
+const ENTER_FAIL_INVALID: u32 = 1;
+const ENTER_FAIL_VALID: u32 = 2;
+
+// The world switch. `oxen_vmx_enter(gprs, launched)` saves the host's
+// callee-saved registers and the `gprs` pointer on the stack, points HOST_RSP
+// at them, loads the guest GPRs and executes VMLAUNCH (launched = 0) or
+// VMRESUME. A VM exit lands at `oxen_vmx_exit` (HOST_RIP) with that stack,
+// stores the guest GPRs and returns 0 from `oxen_vmx_enter`; a failed VM entry
+// falls through and returns 1 (VMfailInvalid) or 2 (VMfailValid). The offsets
+// follow `GuestGprs` (asserted below). A VM exit clears RFLAGS but for bit 1
+// (SDM Vol. 3C §28.5.3), so the caller's RFLAGS (IF in particular) is saved
+// and restored around the switch.
+global_asm!(
+    ".global oxen_vmx_enter",
+    "oxen_vmx_enter:",
+    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "pushfq",
+    "push rdi",
+    "mov rax, {host_rsp}",
+    "vmwrite rax, rsp",
+    "jbe 3f",
+    "test sil, sil",
+    "mov rax, rdi",
+    "mov rcx, [rax + 0x08]", "mov rdx, [rax + 0x10]", "mov rbx, [rax + 0x18]", "mov rbp, [rax + 0x20]",
+    "mov rsi, [rax + 0x28]", "mov rdi, [rax + 0x30]", "mov r8, [rax + 0x38]", "mov r9, [rax + 0x40]",
+    "mov r10, [rax + 0x48]", "mov r11, [rax + 0x50]", "mov r12, [rax + 0x58]", "mov r13, [rax + 0x60]",
+    "mov r14, [rax + 0x68]", "mov r15, [rax + 0x70]",
+    "mov rax, [rax]",
+    "jnz 2f",
+    "vmlaunch",
+    "jmp 3f",
+    "2:",
+    "vmresume",
+    "3:",
+    "mov eax, {fail_valid}",
+    "mov ecx, {fail_invalid}",
+    "cmovc eax, ecx",
+    "add rsp, 8",
+    "popfq",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+    "",
+    ".global oxen_vmx_exit",
+    "oxen_vmx_exit:",
+    "push rax",
+    "mov rax, [rsp + 8]",
+    "mov [rax + 0x08], rcx", "mov [rax + 0x10], rdx", "mov [rax + 0x18], rbx", "mov [rax + 0x20], rbp",
+    "mov [rax + 0x28], rsi", "mov [rax + 0x30], rdi", "mov [rax + 0x38], r8", "mov [rax + 0x40], r9",
+    "mov [rax + 0x48], r10", "mov [rax + 0x50], r11", "mov [rax + 0x58], r12", "mov [rax + 0x60], r13",
+    "mov [rax + 0x68], r14", "mov [rax + 0x70], r15",
+    "pop qword ptr [rax]",
+    "add rsp, 8",
+    "popfq",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "xor eax, eax",
+    "ret",
+    host_rsp = const FieldNat::HostRsp as u32,
+    fail_valid = const ENTER_FAIL_VALID,
+    fail_invalid = const ENTER_FAIL_INVALID,
+);
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestGprs, rax) == 0x00);
+    assert!(offset_of!(GuestGprs, rcx) == 0x08);
+    assert!(offset_of!(GuestGprs, rbp) == 0x20);
+    assert!(offset_of!(GuestGprs, rdi) == 0x30);
+    assert!(offset_of!(GuestGprs, r8) == 0x38);
+    assert!(offset_of!(GuestGprs, r15) == 0x70);
+    assert!(ENTER_EXITED == 0);
+};
+
+extern "sysv64" {
+    fn oxen_vmx_enter(gprs: *mut GuestGprs, launched: u8) -> u32;
+    fn oxen_vmx_exit();
+}
+
+/// An exception to deliver at the next entry.
+#[derive(Clone, Copy, Debug)]
+enum PendingEvent {
+    /// Asked for through `inject_exception`.
+    Exception { vector: u8, error_code: Option<u32> },
+    /// Asked for through `inject_interrupt`.
+    Interrupt { vector: u8 },
+    /// An event whose delivery a VM exit interrupted (SDM Vol. 3C §28.2.4),
+    /// re-delivered as it was.
+    Reinject { info: InterruptionInfo, error_code: u32, instruction_len: u32 },
+}
+
+pub struct VmxVcpu {
+    gprs: GuestGprs,
+    /// The VMCS and bitmap frames (see `FRAMES`).
+    frames: HostPhysAddr,
+    /// The CPU whose VMCS cache may hold this VMCS.
+    cpu: u32,
+    /// VMLAUNCH done: the next entry is VMRESUME.
+    launched: bool,
+    /// Guest RIP/RSP as of the last exit, written back before entry when dirty.
+    rip: u64,
+    rsp: u64,
+    regs_dirty: bool,
+    cpl: u8,
+    /// Length of the instruction that caused the last exit (0 if none).
+    exit_instruction_len: u32,
+    /// Set by `skip_instruction`: STI/MOV SS blocking ends with the instruction.
+    clear_interrupt_shadow: bool,
+    pending: Option<PendingEvent>,
+    /// Armed preemption timer in timer ticks, and whether the pin control is on.
+    preemption_timer: Option<u32>,
+    pin_controls: u32,
+    /// Primary processor-based controls as in the VMCS, and whether the common
+    /// code wants an interrupt-window exit.
+    proc_controls: u32,
+    interrupt_window: bool,
+}
+
+impl VmxVcpu {
+    /// Builds a VMCS on the calling CPU for a guest whose EPT PML4 is at
+    /// `ept_root`, starting in `state`, with translations tagged `vpid` (>= 1).
+    pub fn new(ept_root: u64, state: &InitialState, vpid: u16) -> Result<Self, &'static str> {
+        let caps = super::caps()?;
+        let cpu = super::this_cpu()?;
+        if cpu.vmxon_region.load(Ordering::Relaxed) == 0 {
+            return Err("VMX is not enabled on this CPU");
+        }
+        if vpid == 0 {
+            return Err("VPID 0 belongs to the host");
+        }
+        if ept_root == 0 || !ept_root.is_multiple_of(PAGE_SIZE) {
+            return Err("EPT root not page aligned");
+        }
+        let frames = mem::alloc_frames(FRAMES, 1).ok_or("out of memory for the VMCS")?;
+        let frame = |i: u64| frames.as_u64() + i * PAGE_SIZE;
+        // SAFETY: the frames are ours and identity mapped. All-ones bitmaps make
+        // every port and MSR access exit; the VMCS starts with the revision id.
+        unsafe {
+            for i in [IO_BITMAP_A_FRAME, IO_BITMAP_B_FRAME, MSR_BITMAP_FRAME] {
+                core::ptr::write_bytes(frame(i) as *mut u8, 0xff, PAGE_SIZE as usize);
+            }
+            (frame(VMCS_FRAME) as *mut u32).write(caps.basic.revision());
+            let area = frame(MSR_AREA_FRAME) as *mut MsrEntry;
+            for (i, &index) in SWITCHED_MSRS.iter().enumerate() {
+                area.add(i).write(MsrEntry { index, _reserved: 0, value: 0 });
+            }
+        }
+        let mut vcpu = VmxVcpu {
+            gprs: GuestGprs::default(),
+            frames,
+            cpu: cpu_id(),
+            launched: false,
+            rip: state.rip,
+            rsp: state.rsp,
+            regs_dirty: false,
+            cpl: 0,
+            exit_instruction_len: 0,
+            clear_interrupt_shadow: false,
+            pending: None,
+            preemption_timer: None,
+            pin_controls: caps.pin,
+            proc_controls: caps.proc,
+            interrupt_window: false,
+        };
+        // From here on, `Drop` clears the VMCS and frees the frames on failure.
+        // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
+        // (SDM Vol. 3C §25.11.3), VMPTRLD makes it current on this CPU only.
+        unsafe { vmcs::vmclear(frame(VMCS_FRAME)).and_then(|()| vmcs::vmptrld(frame(VMCS_FRAME))) }.map_err(|e| {
+            log::error!("cpu{}: VMCLEAR/VMPTRLD of a new VMCS failed: {e}", vcpu.cpu);
+            "cannot load the VMCS"
+        })?;
+        cpu.current_vmcs.store(frame(VMCS_FRAME), Ordering::Relaxed);
+        let eptp = ept_pointer(ept_root);
+        // SAFETY: the VMCS is current; host state describes this CPU as it runs now.
+        unsafe { vcpu.setup(caps, eptp, state, vpid, frame) }.map_err(|(field, e)| {
+            log::error!("cpu{}: writing VMCS field {field} failed: {e}", vcpu.cpu);
+            "cannot set up the VMCS"
+        })?;
+        // A VPID or EPT root used before (by a destroyed guest) may still have
+        // translations cached: this guest must not see them (SDM Vol. 3C §29.4.3).
+        let ept_flush = if caps.invept_single_context() { vmcs::InveptType::SingleContext } else { vmcs::InveptType::AllContexts };
+        let vpid_flush =
+            if caps.invvpid_single_context() { vmcs::InvvpidType::SingleContext } else { vmcs::InvvpidType::AllContexts };
+        vmcs::invept(ept_flush, eptp).and_then(|()| vmcs::invvpid(vpid_flush, vpid)).map_err(|e| {
+            log::error!("cpu{}: INVEPT/INVVPID failed: {e}", vcpu.cpu);
+            "cannot flush guest translations"
+        })?;
+        Ok(vcpu)
+    }
+
+    /// Writes every VMCS field. `Err` names the field that failed.
+    ///
+    /// # Safety
+    /// This vCPU's VMCS must be current.
+    unsafe fn setup(
+        &mut self,
+        caps: &VmxCaps,
+        eptp: u64,
+        state: &InitialState,
+        vpid: u16,
+        frame: impl Fn(u64) -> u64,
+    ) -> Result<(), (&'static str, VmxError)> {
+        macro_rules! w {
+            ($f:ident, $field:ident, $v:expr) => {
+                // SAFETY: the caller made the VMCS current; the values are checked
+                // against the SDM rules named at each group below.
+                unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
+            };
+        }
+        macro_rules! vmcs_field {
+            (write16, $field:ident) => { Field16::$field };
+            (write32, $field:ident) => { Field32::$field };
+            (write64, $field:ident) => { Field64::$field };
+            (write_nat, $field:ident) => { FieldNat::$field };
+        }
+
+        // Host state, loaded at every VM exit (SDM Vol. 3C §25.5, checked per §27.2.3).
+        let h = HostState::current();
+        w!(write_nat, HostCr0, h.cr0);
+        w!(write_nat, HostCr3, h.cr3);
+        w!(write_nat, HostCr4, h.cr4);
+        w!(write16, HostCsSelector, h.cs);
+        w!(write16, HostSsSelector, h.ss);
+        w!(write16, HostDsSelector, h.ds);
+        w!(write16, HostEsSelector, h.es);
+        w!(write16, HostFsSelector, h.fs);
+        w!(write16, HostGsSelector, h.gs);
+        w!(write16, HostTrSelector, h.tr);
+        w!(write_nat, HostFsBase, h.fs_base);
+        w!(write_nat, HostGsBase, h.gs_base);
+        w!(write_nat, HostTrBase, h.tr_base);
+        w!(write_nat, HostGdtrBase, h.gdtr_base);
+        w!(write_nat, HostIdtrBase, h.idtr_base);
+        // The hypervisor never uses SYSENTER.
+        w!(write32, HostSysenterCs, 0);
+        w!(write_nat, HostSysenterEsp, 0);
+        w!(write_nat, HostSysenterEip, 0);
+        w!(write64, HostIa32Pat, h.pat);
+        w!(write64, HostIa32Efer, h.efer);
+        w!(write_nat, HostRip, oxen_vmx_exit as *const () as u64);
+
+        // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
+        // Long-mode entries: (CR3, CS, data selectors, GDT base and limit).
+        let long = match state.mode {
+            EntryMode::Real { .. } => None,
+            // No IDT or GDT: any exception escalates to a triple fault.
+            EntryMode::Long64 { cr3 } => Some((cr3, LONG_CS, LONG_DS, 0, 0)),
+            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => Some((cr3, LINUX_CS, LINUX_DS, gdt_base, u32::from(gdt_limit))),
+        };
+        w!(write32, PinBasedControls, self.pin_controls);
+        w!(write32, PrimaryProcControls, self.proc_controls);
+        w!(write32, SecondaryProcControls, caps.proc2);
+        w!(write32, ExitControls, caps.exit);
+        w!(write32, EntryControls, caps.entry | if long.is_some() { entry::IA32E_MODE_GUEST } else { 0 });
+        w!(write32, ExceptionBitmap, 0);
+        w!(write32, PageFaultErrorCodeMask, 0);
+        w!(write32, PageFaultErrorCodeMatch, 0);
+        w!(write32, Cr3TargetCount, 0);
+        w!(write64, VmExitMsrStoreAddr, frame(MSR_AREA_FRAME));
+        w!(write64, VmEntryMsrLoadAddr, frame(MSR_AREA_FRAME));
+        w!(write32, ExitMsrStoreCount, SWITCHED_MSRS.len() as u32);
+        w!(write32, EntryMsrLoadCount, SWITCHED_MSRS.len() as u32);
+        w!(write32, ExitMsrLoadCount, 0);
+        w!(write32, EntryInterruptionInfo, 0);
+        w!(write64, IoBitmapA, frame(IO_BITMAP_A_FRAME));
+        w!(write64, IoBitmapB, frame(IO_BITMAP_B_FRAME));
+        w!(write64, MsrBitmap, frame(MSR_BITMAP_FRAME));
+        w!(write64, EptPointer, eptp);
+        w!(write16, Vpid, vpid);
+        w!(write64, VmcsLinkPointer, NO_VMCS_LINK);
+
+        // Guest control registers. The guest owns CR0 (unrestricted guest lets it
+        // clear PE and PG, §26.3); CR4.VMXE must stay set in VMX operation, so it
+        // is host-owned and reads as 0 through the shadow (§25.6.6).
+        let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
+        let cr0_base = Cr0Flags::NUMERIC_ERROR.bits() | Cr0Flags::EXTENSION_TYPE.bits();
+        let (cr0, cr4, efer, cr3) = match long {
+            None => (cr0_base, 0, 0, 0),
+            Some((cr3, ..)) => (
+                cr0_base | pe_pg | Cr0Flags::WRITE_PROTECT.bits(),
+                Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits(),
+                EFER_LME | EFER_LMA | EFER_NXE,
+                cr3,
+            ),
+        };
+        let cr0_fixed0 = if long.is_some() { caps.cr0_fixed0 } else { caps.cr0_fixed0 & !pe_pg };
+        let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        w!(write_nat, GuestCr0, (cr0 | cr0_fixed0) & caps.cr0_fixed1);
+        w!(write_nat, Cr0GuestHostMask, 0);
+        w!(write_nat, Cr0ReadShadow, cr0);
+        w!(write_nat, GuestCr4, (cr4 | vmxe | caps.cr4_fixed0) & caps.cr4_fixed1);
+        w!(write_nat, Cr4GuestHostMask, vmxe);
+        w!(write_nat, Cr4ReadShadow, cr4);
+        w!(write_nat, GuestCr3, cr3);
+        w!(write64, GuestIa32Efer, efer);
+        w!(write64, GuestIa32Pat, RESET_PAT);
+        w!(write64, GuestIa32Debugctl, 0);
+        w!(write_nat, GuestDr7, RESET_DR7);
+
+        // Guest segments (§25.4.1, checked per §27.3.1.2).
+        let (cs, data, tr_limit, (gdt_base, gdt_limit), idt_limit) = match (state.mode, long) {
+            (EntryMode::Real { cs_selector }, _) => (
+                Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: REAL_LIMIT, ar: ar::REAL_CODE },
+                Segment { selector: 0, base: 0, limit: REAL_LIMIT, ar: ar::REAL_DATA },
+                REAL_LIMIT,
+                (0, REAL_LIMIT),
+                REAL_LIMIT,
+            ),
+            (_, Some((_, cs, ds, gdt_base, gdt_limit))) => (
+                Segment { selector: cs, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
+                Segment { selector: ds, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
+                TSS64_LIMIT,
+                (gdt_base, gdt_limit),
+                0,
+            ),
+            (_, None) => unreachable!("only real mode has no long-mode parameters"),
+        };
+        w!(write16, GuestCsSelector, cs.selector);
+        w!(write_nat, GuestCsBase, cs.base);
+        w!(write32, GuestCsLimit, cs.limit);
+        w!(write32, GuestCsAccessRights, cs.ar);
+        macro_rules! data_segment {
+            ($sel:ident, $base:ident, $limit:ident, $ar:ident) => {
+                w!(write16, $sel, data.selector);
+                w!(write_nat, $base, data.base);
+                w!(write32, $limit, data.limit);
+                w!(write32, $ar, data.ar);
+            };
+        }
+        data_segment!(GuestSsSelector, GuestSsBase, GuestSsLimit, GuestSsAccessRights);
+        data_segment!(GuestDsSelector, GuestDsBase, GuestDsLimit, GuestDsAccessRights);
+        data_segment!(GuestEsSelector, GuestEsBase, GuestEsLimit, GuestEsAccessRights);
+        data_segment!(GuestFsSelector, GuestFsBase, GuestFsLimit, GuestFsAccessRights);
+        data_segment!(GuestGsSelector, GuestGsBase, GuestGsLimit, GuestGsAccessRights);
+        // VM entry needs a usable, busy TSS in TR even though the guest never
+        // switches tasks, and accepts an unusable LDTR (§27.3.1.2).
+        w!(write16, GuestTrSelector, 0);
+        w!(write_nat, GuestTrBase, 0);
+        w!(write32, GuestTrLimit, tr_limit);
+        w!(write32, GuestTrAccessRights, ar::TSS_BUSY);
+        w!(write16, GuestLdtrSelector, 0);
+        w!(write_nat, GuestLdtrBase, 0);
+        w!(write32, GuestLdtrLimit, 0);
+        w!(write32, GuestLdtrAccessRights, ar::UNUSABLE);
+        w!(write_nat, GuestGdtrBase, gdt_base);
+        w!(write32, GuestGdtrLimit, gdt_limit);
+        w!(write_nat, GuestIdtrBase, 0);
+        w!(write32, GuestIdtrLimit, idt_limit);
+
+        // Remaining guest state (§25.4.2).
+        w!(write_nat, GuestRip, state.rip);
+        w!(write_nat, GuestRsp, state.rsp);
+        w!(write_nat, GuestRflags, RESET_RFLAGS);
+        w!(write32, GuestSysenterCs, 0);
+        w!(write_nat, GuestSysenterEsp, 0);
+        w!(write_nat, GuestSysenterEip, 0);
+        w!(write32, GuestInterruptibility, 0);
+        w!(write32, GuestActivityState, ACTIVITY_ACTIVE);
+        w!(write_nat, GuestPendingDebugExceptions, 0);
+        Ok(())
+    }
+
+    /// Lets the guest reach `ports` directly: clears their I/O-bitmap bits
+    /// (SDM Vol. 3C §25.6.4: bitmap A covers 0-0x7fff, B 0x8000-0xffff).
+    pub fn pass_through_ports(&mut self, ports: core::ops::RangeInclusive<u16>) {
+        // SAFETY: bitmaps A and B are this vCPU's own two consecutive frames.
+        let map = unsafe {
+            core::slice::from_raw_parts_mut(
+                (self.frames.as_u64() + IO_BITMAP_A_FRAME * PAGE_SIZE) as *mut u8,
+                2 * PAGE_SIZE as usize,
+            )
+        };
+        for p in ports {
+            map[usize::from(p) / 8] &= !(1 << (p % 8));
+        }
+    }
+
+    /// dom0's I/O policy: every port for which `keep` is false reaches the
+    /// hardware directly, and the MSRs the CPU switches with the guest are
+    /// passed through (`pass_through_switched_msrs`).
+    pub fn pass_through_io_except(&mut self, keep: impl Fn(u16) -> bool) {
+        for p in 0..=u16::MAX {
+            if !keep(p) {
+                self.pass_through_ports(p..=p);
+            }
+        }
+        self.pass_through_switched_msrs();
+    }
+
+    /// Lets the guest read and write directly the MSRs whose guest copy the
+    /// CPU switches at entry and exit: the VMCS guest fields (FS/GS base,
+    /// SYSENTER) and the entry-load/exit-store area (`SWITCHED_MSRS`).
+    pub fn pass_through_switched_msrs(&mut self) {
+        const VMCS_MSRS: [u32; 5] = [
+            msr::IA32_FS_BASE,
+            msr::IA32_GS_BASE,
+            msr::IA32_SYSENTER_CS,
+            msr::IA32_SYSENTER_ESP,
+            msr::IA32_SYSENTER_EIP,
+        ];
+        for m in VMCS_MSRS.into_iter().chain(SWITCHED_MSRS) {
+            self.pass_through_msr(m);
+        }
+    }
+
+    /// Clears `index`'s read and write bits in the MSR bitmap (SDM Vol. 3C
+    /// §25.6.9: read-low, read-high, write-low, write-high, 1 KiB each).
+    fn pass_through_msr(&mut self, index: u32) {
+        const HIGH_BASE: u32 = 0xc000_0000;
+        const RANGE: u32 = 0x2000;
+        let (half, bit) = match index {
+            0..RANGE => (0, index),
+            _ if index.wrapping_sub(HIGH_BASE) < RANGE => (1024, index - HIGH_BASE),
+            _ => return,
+        };
+        let map = (self.frames.as_u64() + MSR_BITMAP_FRAME * PAGE_SIZE) as *mut u8;
+        for base in [half, 2048 + half] {
+            let byte = base + (bit / 8) as usize;
+            // SAFETY: `byte` < 4096, inside this vCPU's MSR bitmap frame.
+            unsafe { *map.add(byte) &= !(1u8 << (bit % 8)) };
+        }
+    }
+
+    /// Arms the VMX-preemption timer to expire after `ticks` timer ticks (TSC >>
+    /// the rate in IA32_VMX_MISC) of guest execution per entry, or disarms it.
+    /// An expiry returns `VmExit::Preempted`. VMX-only, so not in `Vcpu`.
+    pub fn set_preemption_timer(&mut self, ticks: Option<u32>) -> Result<(), &'static str> {
+        if ticks.is_some() && !super::caps()?.has_preemption_timer {
+            return Err("no VMX-preemption timer");
+        }
+        self.preemption_timer = ticks;
+        Ok(())
+    }
+
+    /// Makes this vCPU's VMCS current on this CPU and writes what changed since
+    /// the last exit. `Err` names the failing step.
+    fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
+        self.make_current()?;
+        if self.regs_dirty {
+            guest_write_nat(FieldNat::GuestRip, self.rip, "guest RIP")?;
+            guest_write_nat(FieldNat::GuestRsp, self.rsp, "guest RSP")?;
+            self.regs_dirty = false;
+        }
+        if self.clear_interrupt_shadow {
+            let s = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+            if s & BLOCKING_BY_STI_OR_MOV_SS != 0 {
+                guest_write32(Field32::GuestInterruptibility, s & !BLOCKING_BY_STI_OR_MOV_SS, "interruptibility")?;
+            }
+            self.clear_interrupt_shadow = false;
+        }
+        if let Some(event) = self.pending.take() {
+            let (info, error_code, len) = match event {
+                PendingEvent::Exception { vector, error_code } => {
+                    let cr0 = vmcs::read_nat(FieldNat::GuestCr0).map_err(|e| ("guest CR0", e))?;
+                    let protected = cr0 & Cr0Flags::PROTECTED_MODE_ENABLE.bits() != 0;
+                    let (info, code) = exception_injection(vector, error_code, protected);
+                    (info, code, 0)
+                }
+                PendingEvent::Interrupt { vector } => {
+                    (InterruptionInfo::new(vector, InterruptionType::ExternalInterrupt, false), None, 0)
+                }
+                PendingEvent::Reinject { info, error_code, instruction_len } => {
+                    (info, info.error_code_valid().then_some(error_code), instruction_len)
+                }
+            };
+            guest_write32(Field32::EntryInterruptionInfo, info.0, "entry event")?;
+            if let Some(code) = error_code {
+                guest_write32(Field32::EntryExceptionErrorCode, code, "entry error code")?;
+            }
+            if info.needs_instruction_length() {
+                guest_write32(Field32::EntryInstructionLength, len, "entry instruction length")?;
+            }
+        }
+        let want_pin = match self.preemption_timer {
+            Some(ticks) => {
+                guest_write32(Field32::PreemptionTimerValue, ticks, "preemption timer")?;
+                self.pin_controls | pin::PREEMPTION_TIMER
+            }
+            None => self.pin_controls & !pin::PREEMPTION_TIMER,
+        };
+        let want_proc = if self.interrupt_window {
+            self.proc_controls | proc::INTERRUPT_WINDOW_EXITING
+        } else {
+            self.proc_controls & !proc::INTERRUPT_WINDOW_EXITING
+        };
+        if want_proc != self.proc_controls {
+            // SAFETY: only interrupt-window exiting changes (allowed: checked in
+            // `request_interrupt_window`); it causes VM exits, nothing on the host.
+            unsafe { vmcs::write32(Field32::PrimaryProcControls, want_proc) }.map_err(|e| ("processor controls", e))?;
+            self.proc_controls = want_proc;
+        }
+        if want_pin != self.pin_controls {
+            // SAFETY: only the preemption-timer bit changes, and `set_preemption_timer`
+            // checked the CPU allows it; the timer causes VM exits, nothing on the host.
+            unsafe { vmcs::write32(Field32::PinBasedControls, want_pin) }.map_err(|e| ("pin controls", e))?;
+            self.pin_controls = want_pin;
+        }
+        Ok(())
+    }
+
+    /// Makes this vCPU's VMCS the current one on this CPU (another vCPU's may
+    /// have been loaded since), so VMREAD/VMWRITE reach it.
+    fn make_current(&self) -> Result<(), (&'static str, VmxError)> {
+        if cpu_id() != self.cpu {
+            return Err(("use on a foreign CPU", VmxError::FailInvalid));
+        }
+        let vmcs = self.vmcs();
+        let cpu = super::this_cpu().map_err(|_| ("per-CPU state", VmxError::FailInvalid))?;
+        if cpu.current_vmcs.load(Ordering::Relaxed) != vmcs {
+            // SAFETY: our VMCS, used only on this CPU (checked above).
+            unsafe { vmcs::vmptrld(vmcs) }.map_err(|e| ("VMPTRLD", e))?;
+            cpu.current_vmcs.store(vmcs, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The guest's copy of `index` in the switched-MSR area.
+    fn switched_msr(&self, index: u32) -> Option<*mut u64> {
+        let i = SWITCHED_MSRS.iter().position(|&m| m == index)?;
+        let area = (self.frames.as_u64() + MSR_AREA_FRAME * PAGE_SIZE) as *mut MsrEntry;
+        // SAFETY: `i` is within the area, which this vCPU owns.
+        Some(unsafe { core::ptr::addr_of_mut!((*area.add(i)).value) })
+    }
+
+    /// The VMCS field holding guest MSR `index`, if there is one.
+    fn msr_field(index: u32) -> Option<MsrField> {
+        Some(match index {
+            msr::IA32_EFER => MsrField::W64(Field64::GuestIa32Efer),
+            msr::IA32_PAT => MsrField::W64(Field64::GuestIa32Pat),
+            msr::IA32_FS_BASE => MsrField::Nat(FieldNat::GuestFsBase),
+            msr::IA32_GS_BASE => MsrField::Nat(FieldNat::GuestGsBase),
+            msr::IA32_SYSENTER_CS => MsrField::W32(Field32::GuestSysenterCs),
+            msr::IA32_SYSENTER_ESP => MsrField::Nat(FieldNat::GuestSysenterEsp),
+            msr::IA32_SYSENTER_EIP => MsrField::Nat(FieldNat::GuestSysenterEip),
+            _ => return None,
+        })
+    }
+
+    fn read_msr_field(f: MsrField) -> Result<u64, VmxError> {
+        match f {
+            MsrField::W32(f) => vmcs::read32_rw(f).map(u64::from),
+            MsrField::W64(f) => vmcs::read64_rw(f),
+            MsrField::Nat(f) => vmcs::read_nat(f),
+        }
+    }
+
+    /// Checks a guest WRMSR value as the CPU would (#GP otherwise) and as VM
+    /// entry will, and writes it. Only EFER touches more than its own field.
+    fn write_msr_field(&mut self, index: u32, f: MsrField, value: u64) -> Result<bool, VmxError> {
+        let value = match index {
+            msr::IA32_EFER => {
+                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
+                    return Ok(false);
+                }
+                let old = Self::read_msr_field(f)?;
+                let paging = vmcs::read_nat(FieldNat::GuestCr0)? & Cr0Flags::PAGING.bits() != 0;
+                // LME cannot change while paging is on (SDM Vol. 3A §10.8.5); LMA is read-only.
+                if paging && (old ^ value) & EFER_LME != 0 {
+                    return Ok(false);
+                }
+                (value & EFER_GUEST_WRITABLE) | (old & EFER_LMA)
+            }
+            msr::IA32_PAT if !pat_valid(value) => return Ok(false),
+            msr::IA32_SYSENTER_CS => value & 0xffff_ffff,
+            msr::IA32_FS_BASE | msr::IA32_GS_BASE | msr::IA32_SYSENTER_ESP | msr::IA32_SYSENTER_EIP
+                if !is_canonical(value) =>
+            {
+                return Ok(false)
+            }
+            _ => value,
+        };
+        // SAFETY: guest-state fields, checked above against the VM-entry rules.
+        unsafe {
+            match f {
+                MsrField::W32(f) => vmcs::write32(f, value as u32)?,
+                MsrField::W64(f) => vmcs::write64(f, value)?,
+                MsrField::Nat(f) => vmcs::write_nat(f, value)?,
+            }
+        }
+        Ok(true)
+    }
+
+    fn vmcs(&self) -> u64 {
+        self.frames.as_u64() + VMCS_FRAME * PAGE_SIZE
+    }
+
+    /// Logs and reports a VMX instruction failure around VM entry.
+    fn entry_failed(&self, what: &str, e: VmxError) -> VmExit {
+        log::error!("cpu{}: vmx: {what} failed: {e}", self.cpu);
+        let info = match e {
+            VmxError::FailValid(n) => u64::from(n),
+            VmxError::FailInvalid => 0,
+        };
+        VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info }
+    }
+}
+
+/// VMWRITE of a guest-state or event-injection field, which decide what the
+/// guest sees at the next entry and nothing about the host. A bad value fails
+/// that entry (reported as `VmExit::Unsupported`), never the hypervisor.
+fn guest_write32(f: Field32, v: u32, what: &'static str) -> Result<(), (&'static str, VmxError)> {
+    // SAFETY: see above; callers pass guest-state and entry-event fields only.
+    unsafe { vmcs::write32(f, v) }.map_err(|e| (what, e))
+}
+
+/// As `guest_write32`, for natural-width guest-state fields.
+fn guest_write_nat(f: FieldNat, v: u64, what: &'static str) -> Result<(), (&'static str, VmxError)> {
+    // SAFETY: see `guest_write32`.
+    unsafe { vmcs::write_nat(f, v) }.map_err(|e| (what, e))
+}
+
+/// The VMCS field of a guest MSR, by width.
+#[derive(Clone, Copy)]
+enum MsrField {
+    W32(Field32),
+    W64(Field64),
+    Nat(FieldNat),
+}
+
+/// One guest segment register's VMCS fields.
+struct Segment {
+    selector: u16,
+    base: u64,
+    limit: u32,
+    ar: u32,
+}
+
+/// The host state VM exits restore: this CPU as it runs now.
+struct HostState {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    cs: u16,
+    ss: u16,
+    ds: u16,
+    es: u16,
+    fs: u16,
+    gs: u16,
+    tr: u16,
+    fs_base: u64,
+    gs_base: u64,
+    tr_base: u64,
+    gdtr_base: u64,
+    idtr_base: u64,
+    pat: u64,
+    efer: u64,
+}
+
+impl HostState {
+    fn current() -> Self {
+        let (cr3, cs, ss, ds, es, fs, gs, tr): (u64, u16, u16, u16, u16, u16, u16, u16);
+        // SAFETY: reads of control and segment registers, no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {cr3}, cr3", "mov {cs:x}, cs", "mov {ss:x}, ss", "mov {ds:x}, ds", "mov {es:x}, es",
+                "mov {fs:x}, fs", "mov {gs:x}, gs", "str {tr:x}",
+                cr3 = out(reg) cr3, cs = out(reg) cs, ss = out(reg) ss, ds = out(reg) ds, es = out(reg) es,
+                fs = out(reg) fs, gs = out(reg) gs, tr = out(reg) tr, options(nomem, nostack, preserves_flags));
+        }
+        let gdt = x86_64::instructions::tables::sgdt();
+        let idt = x86_64::instructions::tables::sidt();
+        // SAFETY: these MSRs exist on every x86-64 CPU.
+        let (fs_base, gs_base, pat, efer) =
+            unsafe { (rdmsr(msr::IA32_FS_BASE), rdmsr(msr::IA32_GS_BASE), rdmsr(msr::IA32_PAT), rdmsr(msr::IA32_EFER)) };
+        // SAFETY: TR selects a 16-byte TSS descriptor inside the loaded GDT.
+        let tr_base = unsafe { tss_base(gdt.base.as_u64(), tr) };
+        // Selectors loaded on exit must have RPL 0 and TI 0 (SDM Vol. 3C §27.2.3).
+        let sel = |s: u16| s & !0b111;
+        HostState {
+            cr0: x86_64::registers::control::Cr0::read_raw(),
+            cr3,
+            cr4: x86_64::registers::control::Cr4::read_raw(),
+            cs: sel(cs),
+            ss: sel(ss),
+            ds: sel(ds),
+            es: sel(es),
+            fs: sel(fs),
+            gs: sel(gs),
+            tr: sel(tr),
+            fs_base,
+            gs_base,
+            tr_base,
+            gdtr_base: gdt.base.as_u64(),
+            idtr_base: idt.base.as_u64(),
+            pat,
+            efer,
+        }
+    }
+}
+
+/// Base address in the 64-bit TSS descriptor at `selector` of the GDT at `gdt`
+/// (SDM Vol. 3A §9.2.3).
+///
+/// # Safety
+/// `selector` must index a system descriptor inside the GDT at `gdt`.
+unsafe fn tss_base(gdt: u64, selector: u16) -> u64 {
+    let desc = (gdt + u64::from(selector & !0b111)) as *const u64;
+    // SAFETY: the caller's contract; a 64-bit system descriptor is two quadwords.
+    let (low, high) = unsafe { (desc.read_unaligned(), desc.add(1).read_unaligned()) };
+    ((low >> 16) & 0xff_ffff) | (((low >> 56) & 0xff) << 24) | ((high & 0xffff_ffff) << 32)
+}
+
+impl Drop for VmxVcpu {
+    fn drop(&mut self) {
+        if cpu_id() != self.cpu {
+            // VMCLEAR elsewhere would leave a stale copy in the owner's VMCS cache:
+            // leak the frames rather than let them be reused under it.
+            log::error!("vmx: vCPU of cpu{} dropped on cpu{}: leaking its VMCS", self.cpu, cpu_id());
+            return;
+        }
+        let vmcs = self.vmcs();
+        // SAFETY: our VMCS; VMCLEAR flushes it from this CPU and makes it not current.
+        if let Err(e) = unsafe { vmcs::vmclear(vmcs) } {
+            log::error!("cpu{}: VMCLEAR failed: {e}; leaking the VMCS", self.cpu);
+            return;
+        }
+        if let Ok(cpu) = super::this_cpu() {
+            let _ = cpu.current_vmcs.compare_exchange(vmcs, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        mem::free_frames(self.frames, FRAMES);
+    }
+}
+
+impl Vcpu for VmxVcpu {
+    fn run(&mut self) -> VmExit {
+        if cpu_id() != self.cpu {
+            log::error!("vmx: vCPU of cpu{} run on cpu{}", self.cpu, cpu_id());
+            return VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info: 0 };
+        }
+        loop {
+            if let Err((what, e)) = self.prepare_entry() {
+                return self.entry_failed(what, e);
+            }
+            // SAFETY: the VMCS is current and fully set up; its host state is this
+            // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
+            let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
+            match rc {
+                ENTER_EXITED => {}
+                ENTER_FAIL_VALID => {
+                    let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
+                    return self.entry_failed(what, VmxError::FailValid(vmcs::instruction_error()));
+                }
+                _ => return self.entry_failed("VM entry", VmxError::FailInvalid),
+            }
+            let exit = match super::exit::read(&self.gprs) {
+                Ok(e) => e,
+                Err((what, e)) => return self.entry_failed(what, e),
+            };
+            match self.after_exit(&exit) {
+                Ok(()) => {}
+                Err((what, e)) => return self.entry_failed(what, e),
+            }
+            match exit.raw.decode() {
+                Decoded::Exit(e) => {
+                    if let VmExit::Unsupported { reason, info } = e {
+                        log::debug!("cpu{}: vmx: unhandled exit reason {reason} qualification {info:#x}", self.cpu);
+                    }
+                    return e;
+                }
+                Decoded::ExternalInterrupt { vector } => super::exit::end_host_interrupt(vector),
+                Decoded::EntryFailure { reason, qualification } => {
+                    log::error!(
+                        "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
+                        self.cpu,
+                        exit.raw.reason
+                    );
+                    return VmExit::Unsupported { reason: u64::from(exit.raw.reason), info: qualification };
+                }
+            }
+        }
+    }
+
+    fn gprs(&mut self) -> &mut GuestGprs {
+        &mut self.gprs
+    }
+    fn rip(&self) -> u64 {
+        self.rip
+    }
+    fn set_rip(&mut self, rip: u64) {
+        self.rip = rip;
+        self.regs_dirty = true;
+    }
+    fn rsp(&self) -> u64 {
+        self.rsp
+    }
+    fn cpl(&self) -> u8 {
+        self.cpl
+    }
+    fn skip_instruction(&mut self) {
+        self.rip = self.rip.wrapping_add(u64::from(self.exit_instruction_len));
+        self.regs_dirty = true;
+        self.clear_interrupt_shadow = true;
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.pending = Some(PendingEvent::Exception { vector, error_code });
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        let state = self.make_current().and_then(|()| {
+            let rflags = vmcs::read_nat(FieldNat::GuestRflags).map_err(|e| ("guest RFLAGS", e))?;
+            let blocking = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+            Ok((rflags, blocking))
+        });
+        match state {
+            Ok((rflags, blocking)) => {
+                // A skipped instruction ends its STI/MOV SS shadow at the next entry.
+                let shadow = !self.clear_interrupt_shadow && blocking & BLOCKING_BY_STI_OR_MOV_SS != 0;
+                rflags & RFLAGS_IF != 0 && !shadow
+            }
+            Err((what, e)) => {
+                log::error!("cpu{}: vmx: interrupt_ready: {what}: {e}", self.cpu);
+                false
+            }
+        }
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        if vector < FIRST_EXTERNAL_VECTOR {
+            log::error!("cpu{}: vmx: refusing to inject exception vector {vector} as an interrupt", self.cpu);
+            return;
+        }
+        self.pending = Some(PendingEvent::Interrupt { vector });
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        match super::caps() {
+            Ok(c) if c.has_interrupt_window_exiting => self.interrupt_window = on,
+            _ => log::error!("cpu{}: vmx: no interrupt-window exiting", self.cpu),
+        }
+    }
+
+    fn guest_msr(&self, index: u32) -> Option<u64> {
+        if let Some(p) = self.switched_msr(index) {
+            // SAFETY: the area is ours; the CPU wrote it at the last exit, and
+            // nothing else touches it while the guest is not running.
+            return Some(unsafe { p.read_volatile() });
+        }
+        let f = Self::msr_field(index)?;
+        let r = self.make_current().and_then(|()| Self::read_msr_field(f).map_err(|e| ("VMREAD", e)));
+        r.map_err(|(what, e)| log::error!("cpu{}: vmx: reading guest MSR {index:#x}: {what}: {e}", self.cpu)).ok()
+    }
+
+    fn set_guest_msr(&mut self, index: u32, value: u64) -> bool {
+        if let Some(p) = self.switched_msr(index) {
+            // STAR holds selectors, not addresses; the rest must be canonical
+            // or the VM-entry MSR load fails (SDM Vol. 3C §27.4).
+            if index != msr::IA32_STAR && !is_canonical(value) {
+                return false;
+            }
+            // SAFETY: as in `guest_msr`; the next entry loads the new value.
+            unsafe { p.write_volatile(value) };
+            return true;
+        }
+        let Some(f) = Self::msr_field(index) else { return false };
+        if let Err((what, e)) = self.make_current() {
+            log::error!("cpu{}: vmx: writing guest MSR {index:#x}: {what}: {e}", self.cpu);
+            return false;
+        }
+        self.write_msr_field(index, f, value).unwrap_or_else(|e| {
+            log::error!("cpu{}: vmx: writing guest MSR {index:#x}: {e}", self.cpu);
+            false
+        })
+    }
+}
+
+impl VmxVcpu {
+    /// Caches the guest state the `Vcpu` accessors report and notes an
+    /// interrupted event delivery for re-injection.
+    fn after_exit(&mut self, exit: &super::exit::ExitState) -> Result<(), (&'static str, VmxError)> {
+        if exit.raw.reason & crate::virt::vmx_decode::EXIT_REASON_ENTRY_FAILURE == 0 {
+            self.launched = true;
+        }
+        self.rip = exit.rip;
+        self.rsp = exit.rsp;
+        self.regs_dirty = false;
+        self.cpl = ar::dpl(exit.ss_access_rights);
+        self.exit_instruction_len = exit.instruction_len;
+        if exit.idt_vectoring.valid() {
+            self.pending = Some(PendingEvent::Reinject {
+                info: exit.idt_vectoring.for_reinjection(),
+                error_code: exit.idt_vectoring_error_code,
+                instruction_len: exit.instruction_len,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! Building and running dom0 (target only): memory, boot structures, vCPU.
+
+use super::layout::{self, Layout};
+use crate::devices::{uart16550::Uart16550, PortDevice};
+use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
+use crate::linux::{boot_params, bzimage::BzImage, e820};
+use crate::mem::memmap::{self, Region};
+use crate::mem::paging::MapFlags;
+use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use crate::start::{fatal, BootInfo};
+use crate::virt::{guest_mem::GuestRegion, AnyVcpu, EntryMode, GuestMemory, InitialState, NestedTables, Vcpu};
+use alloc::{string::String, vec::Vec};
+use log::{info, warn};
+
+const MIB: u64 = 1 << 20;
+const LOW_MEMORY_END: u64 = 0xa_0000;
+/// Pages the hypervisor emulates for dom0 instead of mapping: the local APIC and
+/// the IOAPIC.
+const EMULATED_PAGES: [u64; 2] = [0xfee0_0000, 0xfec0_0000];
+/// COM1 belongs to the hypervisor; dom0 gets an emulated one in its place.
+const COM1: core::ops::RangeInclusive<u16> = 0x3f8..=0x3ff;
+/// The legacy PICs: the hypervisor keeps them masked; dom0 uses the IOAPIC.
+const PIC_PORTS: [u16; 4] = [0x20, 0x21, 0xa0, 0xa1];
+
+/// Takes RAM for dom0 from the frame allocator in 2 MiB-aligned chunks.
+fn take_ram(want: u64) -> Vec<Region> {
+    let mut got = Vec::new();
+    let mut have = 0;
+    while have < want {
+        match mem::alloc_frames_unzeroed(512, 512) {
+            Some(f) => {
+                got.push(Region::new(f.as_u64(), f.as_u64() + 2 * MIB));
+                have += 2 * MIB;
+            }
+            None => break,
+        }
+    }
+    if have < want {
+        warn!("dom0: asked for {} MiB, only {} MiB free in 2 MiB chunks", want / MIB, have / MIB);
+    }
+    got.sort();
+    merge(got)
+}
+
+fn merge(mut v: Vec<Region>) -> Vec<Region> {
+    v.sort();
+    let mut out: Vec<Region> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// `a` minus every region of `b`.
+fn subtract(a: &[Region], b: &[Region]) -> Vec<Region> {
+    // `carve` works in whole pages, which all these regions are.
+    memmap::carve(a, b).as_slice().to_vec()
+}
+
+/// The firmware's own RSDP in the BIOS area, for dom0 (the boot loader's copy
+/// lives in hypervisor memory). `None` lets Linux search for it itself.
+fn firmware_rsdp() -> Option<u64> {
+    const BIOS_AREA: u64 = 0xe_0000;
+    // SAFETY: the BIOS read-only area is identity mapped and never written.
+    let area = unsafe { core::slice::from_raw_parts(BIOS_AREA as *const u8, 0x2_0000) };
+    boot_params::find_rsdp(area).map(|o| BIOS_AREA + o as u64)
+}
+
+fn copy_to(gpa: u64, data: &[u8]) {
+    // SAFETY: `gpa` lies in dom0's identity-mapped RAM, which the hypervisor owns
+    // until dom0 first runs; the builder checked the ranges in `layout::plan`.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), gpa as *mut u8, data.len()) };
+}
+
+/// Builds dom0 from the boot modules and runs it. Does not return.
+pub fn boot(info: &BootInfo) -> ! {
+    let kmod = &info.modules[0];
+    // SAFETY: GRUB loaded the module there; its pages are reserved from the frame
+    // allocator and identity mapped.
+    let image = unsafe { core::slice::from_raw_parts(kmod.start as *const u8, (kmod.end - kmod.start) as usize) };
+    let bz = BzImage::parse(image).unwrap_or_else(|e| fatal(format_args!("dom0 kernel: {e}")));
+    let initrd = info.modules.get(1).map(|m| Region::new(m.start, m.end));
+    let module_pages: Vec<Region> = info
+        .modules
+        .iter()
+        .map(|m| Region::new(m.start & !(PAGE_SIZE - 1), m.end.div_ceil(PAGE_SIZE) * PAGE_SIZE))
+        .collect();
+
+    let host_ram: Vec<Region> =
+        info.host_map.iter().filter(|e| e.kind == e820::Kind::Ram).map(|e| Region::new(e.start, e.end)).collect();
+    let low: Vec<Region> = host_ram
+        .iter()
+        .filter(|r| r.start < LOW_MEMORY_END)
+        .map(|r| Region::new(r.start, r.end.min(LOW_MEMORY_END) & !(PAGE_SIZE - 1)))
+        .filter(|r| !r.is_empty())
+        .collect();
+    let want = info.options.dom0_mem.unwrap_or_else(|| mem::free_frame_count() as u64 * PAGE_SIZE / 2);
+    let mut ram = take_ram(want.div_ceil(2 * MIB) * 2 * MIB);
+    ram.extend_from_slice(&low);
+    ram.extend_from_slice(&module_pages);
+    let ram = merge(ram);
+
+    let plan: Layout = layout::plan(&ram, &module_pages, bz.alignment(), bz.pref_address(), bz.init_size())
+        .unwrap_or_else(|e| fatal(format_args!("dom0: cannot lay out the kernel in dom0's memory: {e:?}")));
+
+    // Boot structures, all in dom0's own (identity-mapped) RAM.
+    copy_to(plan.kernel_load, bz.kernel());
+    let cmdline = kmod.cmdline.split_once(' ').map_or("", |(_, args)| args);
+    let mut cl = [0u8; layout::CMDLINE_MAX];
+    let n = cmdline.len().min((bz.cmdline_size() as usize).min(layout::CMDLINE_MAX - 1));
+    cl[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
+    copy_to(layout::CMDLINE, &cl);
+    let gdt: Vec<u8> = layout::GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
+    copy_to(layout::GDT, &gdt);
+    copy_to(layout::PAGE_TABLES, &layout::identity_tables(&plan));
+
+    let withheld = subtract(&host_ram, &ram);
+    let e820 = e820::build(&info.host_map, &withheld)
+        .unwrap_or_else(|e| fatal(format_args!("dom0: e820 map: {e:?}")));
+    let mut zero_page = [0u8; boot_params::ZERO_PAGE_SIZE];
+    let at = boot_params::Placement {
+        cmdline: layout::CMDLINE,
+        initrd: initrd.map(|r| (r.start, r.len())),
+        rsdp: firmware_rsdp(),
+    };
+    boot_params::build(&mut zero_page, &bz, &e820, &at);
+    copy_to(layout::BOOT_PARAMS, &zero_page);
+
+    // Nested tables: the whole physical address space but the hypervisor's RAM
+    // and the emulated interrupt controllers.
+    let top = plan.identity_top.max(info.host_map.iter().map(|e| e.end).max().unwrap_or(0).div_ceil(1 << 30) << 30);
+    let mut hidden = withheld.clone();
+    hidden.extend(EMULATED_PAGES.iter().map(|&p| Region::new(p, p + PAGE_SIZE)));
+    let mut gm = GuestMemory::new();
+    for r in subtract(&[Region::new(0, top)], &hidden) {
+        let region = GuestRegion { gpa: GuestPhysAddr::new(r.start), hpa: HostPhysAddr::new(r.start), len: r.len(), flags: MapFlags::RWX };
+        if gm.add(region).is_err() {
+            fatal(format_args!("dom0: bad memory region {:#x}-{:#x}", r.start, r.end));
+        }
+    }
+    let ram_bytes: u64 = ram.iter().map(|r| r.len()).sum();
+    info!(
+        "dom0: {} MiB RAM in {} ranges, kernel at {:#x} (boot protocol {}.{:02}), initrd {} KiB, cmdline \"{cmdline}\"",
+        ram_bytes / MIB,
+        ram.len(),
+        plan.kernel_load,
+        bz.version() >> 8,
+        bz.version() & 0xff,
+        initrd.map_or(0, |r| r.len() / 1024),
+    );
+    for w in &withheld {
+        info!("dom0: hypervisor memory {:#x}-{:#x} is not mapped into dom0", w.start, w.end);
+    }
+    let tables = NestedTables::build(&gm).unwrap_or_else(|_| fatal(format_args!("dom0: out of memory for nested tables")));
+    let entry = InitialState {
+        mode: EntryMode::Linux64 { cr3: layout::PAGE_TABLES, gdt_base: layout::GDT, gdt_limit: (gdt.len() - 1) as u16 },
+        rip: plan.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
+        rsp: 0,
+    };
+    let mut vcpu = AnyVcpu::new(&tables, &entry, 1).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
+    vcpu.gprs().rsi = layout::BOOT_PARAMS;
+    vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
+    mask_legacy_pic();
+    run(vcpu)
+}
+
+/// Masks both 8259s: the hypervisor owns interrupt delivery and does not use them.
+fn mask_legacy_pic() {
+    // SAFETY: writing the PICs' interrupt-mask registers only masks interrupts.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
+        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
+/// dom0's devices as seen through port I/O exits.
+struct Dom0Env {
+    uart: Uart16550,
+    /// dom0's console output not yet printed (no newline seen).
+    line: String,
+    pic_masks: [u8; 2],
+}
+
+impl Dom0Env {
+    /// Prints what dom0 wrote to its UART, a line at a time, tagged `(d0)`.
+    fn flush_console(&mut self) {
+        for b in self.uart.take_output() {
+            match b {
+                b'\n' => {
+                    info!("(d0) {}", self.line);
+                    self.line.clear();
+                }
+                b'\r' => {}
+                c => self.line.push(char::from(c)),
+            }
+        }
+    }
+}
+
+impl PortBus for Dom0Env {
+    fn read(&mut self, port: u16, size: u8) -> Option<u32> {
+        match port {
+            p if self.uart.claims(p) => Some(self.uart.port_read(p, size)),
+            0x21 => Some(self.pic_masks[0].into()),
+            0xa1 => Some(self.pic_masks[1].into()),
+            _ => None,
+        }
+    }
+    fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
+        match port {
+            p if self.uart.claims(p) => {
+                self.uart.port_write(p, size, value);
+                self.flush_console();
+            }
+            0x21 => self.pic_masks[0] = value as u8,
+            0xa1 => self.pic_masks[1] = value as u8,
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl GuestEnv for Dom0Env {
+    fn ports(&mut self) -> &mut dyn PortBus {
+        self
+    }
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        crate::arch::x86_64::cpuid(leaf, subleaf)
+    }
+}
+
+fn run(mut vcpu: AnyVcpu) -> ! {
+    let mut env = Dom0Env { uart: Uart16550::com1(), line: String::new(), pic_masks: [0xff; 2] };
+    info!("dom0: starting");
+    let mut exits: u64 = 0;
+    loop {
+        let exit = vcpu.run();
+        exits += 1;
+        match exit::handle(&mut vcpu, exit, &mut env) {
+            Outcome::Continue | Outcome::Halted | Outcome::Preempted => {}
+            other => {
+                let rip = vcpu.rip();
+                fatal(format_args!("dom0 stopped after {exits} exits at rip {rip:#x}: {other:?}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! Pure VT-x encodings and decoders, kept free of `cfg` and of VMX instructions so
+//! they are unit-tested on the host. `arch::x86_64::vmx` reads the raw values from
+//! the VMCS and capability MSRs and hands them here.
+//!
+//! References are to the Intel SDM, Vol. 3C (order no. 326019), and Vol. 3D
+//! Appendices A (capability MSRs) and C (exit reasons).
+
+use crate::mem::GuestPhysAddr;
+use crate::virt::{Access, VmExit};
+
+// ---------------------------------------------------------------------------
+// Capability MSRs and control adjustment (SDM Vol. 3D App. A.3-A.5)
+// ---------------------------------------------------------------------------
+
+/// The allowed settings of one 32-bit VMX control field, as a capability MSR
+/// reports them: bits set in `must_be_1` (the MSR's low half, "allowed-0
+/// settings") are fixed to 1, bits clear in `may_be_1` (the high half,
+/// "allowed-1 settings") are fixed to 0 (SDM Vol. 3D §A.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowedBits {
+    pub must_be_1: u32,
+    pub may_be_1: u32,
+}
+
+impl AllowedBits {
+    pub const fn from_msr(msr: u64) -> Self {
+        Self { must_be_1: msr as u32, may_be_1: (msr >> 32) as u32 }
+    }
+
+    /// The control value with every bit of `required`, those bits of `optional`
+    /// the CPU allows, and every bit the CPU forces on. `Err` carries the
+    /// required bits the CPU cannot set.
+    pub const fn adjust(self, required: u32, optional: u32) -> Result<u32, u32> {
+        let missing = required & !self.may_be_1;
+        if missing != 0 {
+            return Err(missing);
+        }
+        Ok((required | (optional & self.may_be_1) | self.must_be_1) & self.may_be_1)
+    }
+
+    /// Whether `bits` may all be set.
+    pub const fn allows(self, bits: u32) -> bool {
+        bits & !self.may_be_1 == 0
+    }
+}
+
+/// CR0/CR4 values with the VMX-fixed bits applied: bits set in `fixed0` must be
+/// 1, bits clear in `fixed1` must be 0 (SDM Vol. 3D §A.7, §A.8).
+pub const fn apply_fixed_bits(value: u64, fixed0: u64, fixed1: u64) -> u64 {
+    (value | fixed0) & fixed1
+}
+
+/// IA32_VMX_BASIC fields (SDM Vol. 3D §A.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmxBasic(pub u64);
+
+impl VmxBasic {
+    /// Memory type WB for the VMCS region (bits 53:50).
+    pub const MEMORY_TYPE_WB: u64 = 6;
+
+    /// The VMCS revision identifier, bits 30:0.
+    pub const fn revision(self) -> u32 {
+        self.0 as u32 & 0x7fff_ffff
+    }
+    /// Bytes to allocate for a VMXON or VMCS region, bits 44:32 (at most 4 KiB).
+    pub const fn region_size(self) -> u32 {
+        (self.0 >> 32) as u32 & 0x1fff
+    }
+    /// Bit 48: VMX structures limited to 32-bit physical addresses.
+    pub const fn phys_addr_32bit(self) -> bool {
+        self.0 & (1 << 48) != 0
+    }
+    pub const fn memory_type(self) -> u64 {
+        (self.0 >> 50) & 0xf
+    }
+    /// Bit 55: the IA32_VMX_TRUE_*_CTLS MSRs exist and must be used.
+    pub const fn has_true_controls(self) -> bool {
+        self.0 & (1 << 55) != 0
+    }
+}
+
+/// IA32_VMX_EPT_VPID_CAP bits (SDM Vol. 3D §A.10).
+pub mod ept_vpid_cap {
+    pub const PAGE_WALK_4: u64 = 1 << 6;
+    pub const MEMORY_TYPE_WB: u64 = 1 << 14;
+    pub const PAGE_2M: u64 = 1 << 16;
+    pub const PAGE_1G: u64 = 1 << 17;
+    pub const INVEPT: u64 = 1 << 20;
+    pub const ACCESSED_DIRTY: u64 = 1 << 21;
+    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+    pub const INVEPT_ALL_CONTEXT: u64 = 1 << 26;
+    pub const INVVPID: u64 = 1 << 32;
+    pub const INVVPID_SINGLE_CONTEXT: u64 = 1 << 41;
+    pub const INVVPID_ALL_CONTEXT: u64 = 1 << 42;
+
+    /// Checks what Oxen's EPT tables and flushes rely on.
+    pub const fn check(cap: u64) -> Result<(), &'static str> {
+        if cap & PAGE_WALK_4 == 0 {
+            return Err("EPT lacks 4-level page walks");
+        }
+        if cap & MEMORY_TYPE_WB == 0 {
+            return Err("EPT lacks write-back paging structures");
+        }
+        if cap & PAGE_2M == 0 {
+            return Err("EPT lacks 2 MiB pages");
+        }
+        if cap & INVEPT == 0 || cap & (INVEPT_SINGLE_CONTEXT | INVEPT_ALL_CONTEXT) == 0 {
+            return Err("no usable INVEPT");
+        }
+        if cap & INVVPID == 0 || cap & (INVVPID_SINGLE_CONTEXT | INVVPID_ALL_CONTEXT) == 0 {
+            return Err("no usable INVVPID");
+        }
+        Ok(())
+    }
+}
+
+/// The EPT pointer for a 4-level table at `root`: WB paging structures, walk
+/// length 4 encoded as 3, no accessed/dirty flags (SDM Vol. 3C §25.6.11).
+pub const fn ept_pointer(root: u64) -> u64 {
+    const MEMORY_TYPE_WB: u64 = 6;
+    const WALK_LENGTH_SHIFT: u64 = 3;
+    (root & !0xfff) | MEMORY_TYPE_WB | ((4 - 1) << WALK_LENGTH_SHIFT)
+}
+
+/// Whether `addr` is canonical for 48-bit linear addresses; VM entry checks
+/// guest segment bases, SYSENTER_ESP/EIP and MSR-load values for this
+/// (SDM Vol. 3C §27.3.1), so guest writes are checked before they reach the VMCS.
+pub const fn is_canonical(addr: u64) -> bool {
+    let top = (addr as i64) >> 47;
+    top == 0 || top == -1
+}
+
+/// Whether every entry of a PAT value is a valid memory type (0, 1, 4-7);
+/// VM entry checks the guest PAT for this (SDM Vol. 3C §27.3.1.1).
+pub const fn pat_valid(pat: u64) -> bool {
+    let mut i = 0;
+    while i < 8 {
+        if !matches!((pat >> (i * 8)) as u8, 0 | 1 | 4 | 5 | 6 | 7) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Segment access rights in the VMCS (SDM Vol. 3C §25.4.1, Table 25-2)
+// ---------------------------------------------------------------------------
+
+/// Guest segment access-rights bits as the VMCS encodes them (the descriptor's
+/// bits 47:40 and 55:52 packed into 15:0, plus the "unusable" bit 16).
+pub mod access_rights {
+    /// Segment type, bits 3:0 (SDM Vol. 3A §3.4.5.1).
+    pub const TYPE_DATA_RW_ACCESSED: u32 = 0x3;
+    pub const TYPE_CODE_RX_ACCESSED: u32 = 0xb;
+    pub const TYPE_TSS_BUSY_32: u32 = 0xb;
+    /// S: code or data (not system) segment.
+    pub const CODE_OR_DATA: u32 = 1 << 4;
+    pub const DPL_SHIFT: u32 = 5;
+    pub const PRESENT: u32 = 1 << 7;
+    /// L: 64-bit code segment.
+    pub const LONG_MODE: u32 = 1 << 13;
+    /// D/B: 32-bit default operand size / stack.
+    pub const DEFAULT_32: u32 = 1 << 14;
+    /// G: limit in 4 KiB units.
+    pub const GRANULARITY_4K: u32 = 1 << 15;
+    /// The register holds no usable segment.
+    pub const UNUSABLE: u32 = 1 << 16;
+
+    /// Real-mode code: present, readable, accessed (0x9b).
+    pub const REAL_CODE: u32 = PRESENT | CODE_OR_DATA | TYPE_CODE_RX_ACCESSED;
+    /// Real-mode data and stack: present, writable, accessed (0x93).
+    pub const REAL_DATA: u32 = PRESENT | CODE_OR_DATA | TYPE_DATA_RW_ACCESSED;
+    /// 64-bit code, 4 KiB granular (0xa09b).
+    pub const LONG_CODE: u32 = REAL_CODE | LONG_MODE | GRANULARITY_4K;
+    /// Flat 32-bit data, 4 KiB granular (0xc093).
+    pub const FLAT_DATA: u32 = REAL_DATA | DEFAULT_32 | GRANULARITY_4K;
+    /// Busy 32-bit/64-bit TSS (0x8b); VM entry requires a busy TSS in TR.
+    pub const TSS_BUSY: u32 = PRESENT | TYPE_TSS_BUSY_32;
+
+    /// The DPL field; for SS it is the CPL (SDM Vol. 3C §25.4.1).
+    pub const fn dpl(ar: u32) -> u8 {
+        ((ar >> DPL_SHIFT) & 3) as u8
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Exit reasons (SDM Vol. 3D Appendix C) and exit information (§28.2)
+// ---------------------------------------------------------------------------
+
+macro_rules! exit_reasons {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        /// Basic exit reasons, bits 15:0 of the exit-reason field (SDM Vol. 3D App. C).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u16)]
+        pub enum ExitReason {
+            $($(#[$doc])* $name = $value,)*
+        }
+
+        impl ExitReason {
+            pub const fn from_raw(raw: u16) -> Option<Self> {
+                match raw {
+                    $($value => Some(Self::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+exit_reasons! {
+    /// An exception or NMI the exception bitmap / NMI exiting intercepts.
+    ExceptionOrNmi = 0,
+    ExternalInterrupt = 1,
+    TripleFault = 2,
+    InitSignal = 3,
+    StartupIpi = 4,
+    InterruptWindow = 7,
+    NmiWindow = 8,
+    TaskSwitch = 9,
+    Cpuid = 10,
+    Getsec = 11,
+    Hlt = 12,
+    Invd = 13,
+    Invlpg = 14,
+    Rdpmc = 15,
+    Rdtsc = 16,
+    Rsm = 17,
+    Vmcall = 18,
+    Vmclear = 19,
+    Vmlaunch = 20,
+    Vmptrld = 21,
+    Vmptrst = 22,
+    Vmread = 23,
+    Vmresume = 24,
+    Vmwrite = 25,
+    Vmxoff = 26,
+    Vmxon = 27,
+    ControlRegisterAccess = 28,
+    MovDr = 29,
+    IoInstruction = 30,
+    Rdmsr = 31,
+    Wrmsr = 32,
+    /// VM entry failed its guest-state checks (§27.3.1).
+    EntryFailInvalidGuestState = 33,
+    EntryFailMsrLoading = 34,
+    Mwait = 36,
+    MonitorTrapFlag = 37,
+    Monitor = 39,
+    Pause = 40,
+    EntryFailMachineCheck = 41,
+    TprBelowThreshold = 43,
+    ApicAccess = 44,
+    VirtualizedEoi = 45,
+    GdtrIdtrAccess = 46,
+    LdtrTrAccess = 47,
+    EptViolation = 48,
+    EptMisconfiguration = 49,
+    Invept = 50,
+    Rdtscp = 51,
+    PreemptionTimerExpired = 52,
+    Invvpid = 53,
+    Wbinvd = 54,
+    Xsetbv = 55,
+    ApicWrite = 56,
+    Rdrand = 57,
+    Invpcid = 58,
+    Vmfunc = 59,
+    Encls = 60,
+    Rdseed = 61,
+    PmlFull = 62,
+    Xsaves = 63,
+    Xrstors = 64,
+}
+
+/// Bit 31 of the exit-reason field: VM entry failed (SDM Vol. 3C §25.9.1).
+pub const EXIT_REASON_ENTRY_FAILURE: u32 = 1 << 31;
+
+/// `VmExit::Unsupported::reason` when VMLAUNCH/VMRESUME itself failed
+/// (VMfailValid/VMfailInvalid, SDM Vol. 3C §31.4) rather than exiting: not a
+/// real exit reason. `info` is then the VM-instruction error (§31.4), or 0
+/// for VMfailInvalid.
+pub const REASON_ENTRY_INSTRUCTION_FAILED: u64 = 0xffff_ffff;
+
+/// Exit qualification of an I/O instruction (SDM Vol. 3C §28.2.1, Table 28-5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoQualification(pub u64);
+
+impl IoQualification {
+    const SIZE_MASK: u64 = 0x7;
+    const DIRECTION_IN: u64 = 1 << 3;
+    const STRING: u64 = 1 << 4;
+    const REP: u64 = 1 << 5;
+    const PORT_SHIFT: u64 = 16;
+
+    /// Access size in bytes: the field holds size - 1 (0, 1 or 3).
+    pub const fn size(self) -> u8 {
+        (self.0 & Self::SIZE_MASK) as u8 + 1
+    }
+    pub const fn is_in(self) -> bool {
+        self.0 & Self::DIRECTION_IN != 0
+    }
+    pub const fn string(self) -> bool {
+        self.0 & Self::STRING != 0
+    }
+    pub const fn rep(self) -> bool {
+        self.0 & Self::REP != 0
+    }
+    pub const fn port(self) -> u16 {
+        (self.0 >> Self::PORT_SHIFT) as u16
+    }
+}
+
+/// Exit qualification of an EPT violation (SDM Vol. 3C §28.2.1, Table 28-7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EptViolationQualification(pub u64);
+
+impl EptViolationQualification {
+    const READ: u64 = 1 << 0;
+    const WRITE: u64 = 1 << 1;
+    const FETCH: u64 = 1 << 2;
+
+    pub fn access(self) -> Access {
+        let mut a = Access::empty();
+        if self.0 & Self::READ != 0 {
+            a |= Access::READ;
+        }
+        if self.0 & Self::WRITE != 0 {
+            a |= Access::WRITE;
+        }
+        if self.0 & Self::FETCH != 0 {
+            a |= Access::EXEC;
+        }
+        a
+    }
+}
+
+/// Interruption type in bits 10:8 of the interruption-information fields
+/// (SDM Vol. 3C §25.8.3, §25.9.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InterruptionType {
+    ExternalInterrupt = 0,
+    Nmi = 2,
+    HardwareException = 3,
+    SoftwareInterrupt = 4,
+    PrivilegedSoftwareException = 5,
+    SoftwareException = 6,
+    Other = 7,
+}
+
+/// The VM-exit interruption-information, IDT-vectoring-information and
+/// VM-entry interruption-information fields share this layout
+/// (SDM Vol. 3C §25.8.3, §25.9.2, §25.9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterruptionInfo(pub u32);
+
+impl InterruptionInfo {
+    const VECTOR_MASK: u32 = 0xff;
+    const TYPE_SHIFT: u32 = 8;
+    const TYPE_MASK: u32 = 0x7;
+    const ERROR_CODE_VALID: u32 = 1 << 11;
+    const VALID: u32 = 1 << 31;
+
+    pub const fn new(vector: u8, kind: InterruptionType, deliver_error_code: bool) -> Self {
+        let mut v = Self::VALID | (vector as u32) | ((kind as u32) << Self::TYPE_SHIFT);
+        if deliver_error_code {
+            v |= Self::ERROR_CODE_VALID;
+        }
+        Self(v)
+    }
+
+    pub const fn valid(self) -> bool {
+        self.0 & Self::VALID != 0
+    }
+    pub const fn vector(self) -> u8 {
+        (self.0 & Self::VECTOR_MASK) as u8
+    }
+    pub const fn kind(self) -> InterruptionType {
+        match (self.0 >> Self::TYPE_SHIFT) & Self::TYPE_MASK {
+            0 => InterruptionType::ExternalInterrupt,
+            2 => InterruptionType::Nmi,
+            3 => InterruptionType::HardwareException,
+            4 => InterruptionType::SoftwareInterrupt,
+            5 => InterruptionType::PrivilegedSoftwareException,
+            6 => InterruptionType::SoftwareException,
+            _ => InterruptionType::Other,
+        }
+    }
+    pub const fn error_code_valid(self) -> bool {
+        self.0 & Self::ERROR_CODE_VALID != 0
+    }
+    /// Software-generated events need the instruction length at re-injection
+    /// (SDM Vol. 3C §27.6.1.3).
+    pub const fn needs_instruction_length(self) -> bool {
+        matches!(
+            self.kind(),
+            InterruptionType::SoftwareInterrupt
+                | InterruptionType::PrivilegedSoftwareException
+                | InterruptionType::SoftwareException
+        )
+    }
+    /// The value to write to the VM-entry interruption-information field to
+    /// re-deliver an event that an exit interrupted: bits 30:12 are reserved there.
+    pub const fn for_reinjection(self) -> Self {
+        Self(self.0 & (Self::VALID | Self::ERROR_CODE_VALID | (Self::TYPE_MASK << Self::TYPE_SHIFT) | Self::VECTOR_MASK))
+    }
+}
+
+/// NMI is vector 2 and has its own interruption type.
+pub const NMI_VECTOR: u8 = 2;
+/// Vectors 0-31 are exceptions.
+pub const FIRST_EXTERNAL_VECTOR: u8 = 32;
+
+/// Whether the CPU delivers an error code with exception `vector` in protected
+/// or long mode; VM entry requires "deliver error code" to match exactly, and
+/// forbids it in real mode (SDM Vol. 3C §27.2.1.3).
+pub const fn exception_has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17)
+}
+
+/// The VM-entry interruption information to deliver exception `vector` to a
+/// guest whose CR0.PE is `protected`, with the error code VM entry will accept.
+/// Garbage from a caller (a bogus vector, an error code where none exists)
+/// is fixed up here rather than failing the entry.
+pub fn exception_injection(vector: u8, error_code: Option<u32>, protected: bool) -> (InterruptionInfo, Option<u32>) {
+    if vector == NMI_VECTOR {
+        return (InterruptionInfo::new(vector, InterruptionType::Nmi, false), None);
+    }
+    if vector >= FIRST_EXTERNAL_VECTOR {
+        return (InterruptionInfo::new(vector, InterruptionType::ExternalInterrupt, false), None);
+    }
+    let code = (protected && exception_has_error_code(vector)).then_some(error_code.unwrap_or(0));
+    (InterruptionInfo::new(vector, InterruptionType::HardwareException, code.is_some()), code)
+}
+
+/// What the exit-reason-dependent VMCS fields held at one exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawExit {
+    /// The full exit-reason field (SDM Vol. 3C §25.9.1).
+    pub reason: u32,
+    pub qualification: u64,
+    /// VM-exit interruption information (exception and interrupt exits).
+    pub interruption_info: u32,
+    pub interruption_error_code: u32,
+    /// Guest-physical address (EPT violations).
+    pub guest_physical_address: u64,
+    /// Guest RAX, RCX, RDX (MSR exits, CPUID).
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+}
+
+/// One exit, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// For the common code.
+    Exit(VmExit),
+    /// A host interrupt arrived while the guest ran: the backend handles it and
+    /// re-enters. `vector` is set when the CPU acknowledged the interrupt on exit.
+    ExternalInterrupt { vector: Option<u8> },
+    /// VM entry failed after loading guest state: the guest cannot run.
+    EntryFailure { reason: ExitReason, qualification: u64 },
+}
+
+impl RawExit {
+    /// The basic exit reason, bits 15:0.
+    pub const fn basic_reason(&self) -> u16 {
+        self.reason as u16
+    }
+
+    pub fn decode(&self) -> Decoded {
+        let unsupported = Decoded::Exit(VmExit::Unsupported { reason: u64::from(self.reason), info: self.qualification });
+        let Some(reason) = ExitReason::from_raw(self.basic_reason()) else {
+            return unsupported;
+        };
+        if self.reason & EXIT_REASON_ENTRY_FAILURE != 0 {
+            return Decoded::EntryFailure { reason, qualification: self.qualification };
+        }
+        let exit = match reason {
+            ExitReason::ExternalInterrupt => {
+                let info = InterruptionInfo(self.interruption_info);
+                return Decoded::ExternalInterrupt { vector: info.valid().then(|| info.vector()) };
+            }
+            ExitReason::ExceptionOrNmi => {
+                let info = InterruptionInfo(self.interruption_info);
+                if !info.valid() {
+                    return unsupported;
+                }
+                VmExit::Exception {
+                    vector: info.vector(),
+                    error_code: info.error_code_valid().then_some(self.interruption_error_code),
+                }
+            }
+            ExitReason::TripleFault => VmExit::TripleFault,
+            ExitReason::Cpuid => VmExit::Cpuid { leaf: self.rax as u32, subleaf: self.rcx as u32 },
+            ExitReason::Hlt => VmExit::Hlt,
+            ExitReason::Vmcall => VmExit::Hypercall,
+            ExitReason::IoInstruction => {
+                let q = IoQualification(self.qualification);
+                VmExit::Io { port: q.port(), size: q.size(), write: !q.is_in(), string: q.string(), rep: q.rep() }
+            }
+            ExitReason::Rdmsr => VmExit::MsrRead { msr: self.rcx as u32 },
+            ExitReason::Wrmsr => VmExit::MsrWrite {
+                msr: self.rcx as u32,
+                value: (self.rdx << 32) | (self.rax & 0xffff_ffff),
+            },
+            ExitReason::EptViolation => VmExit::NestedPageFault {
+                gpa: GuestPhysAddr::new(self.guest_physical_address),
+                access: EptViolationQualification(self.qualification).access(),
+            },
+            ExitReason::PreemptionTimerExpired => VmExit::Preempted,
+            ExitReason::InterruptWindow => VmExit::InterruptWindow,
+            _ => return unsupported,
+        };
+        Decoded::Exit(exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjust_applies_fixed_bits_and_reports_missing() {
+        // Bits 1, 2 forced on; bits 0-7 and 31 allowed.
+        let a = AllowedBits::from_msr(0x8000_00ff_0000_0006);
+        assert_eq!(a.adjust(1 << 7, 0), Ok(0x86));
+        assert_eq!(a.adjust(1 << 31, 1 << 20), Ok(0x8000_0006));
+        assert_eq!(a.adjust((1 << 8) | 1, 0), Err(1 << 8));
+        assert!(a.allows(0xff));
+        assert!(!a.allows(0x100));
+    }
+
+    #[test]
+    fn fixed_bits() {
+        // Bochs Skylake-X: CR0_FIXED0 = 0x80000021 (PG, NE, PE), FIXED1 = all ones.
+        assert_eq!(apply_fixed_bits(0x11, 0x8000_0021, 0xffff_ffff), 0x8000_0031);
+        assert_eq!(apply_fixed_bits(0xf0ff, 0x2000, 0x3fff), 0x30ff);
+    }
+
+    #[test]
+    fn vmx_basic() {
+        // Bochs Skylake-X: revision 0x2b, 4 KiB regions, WB, TRUE controls.
+        let b = VmxBasic(0x00da_1000_0000_002b);
+        assert_eq!(b.revision(), 0x2b);
+        assert_eq!(b.region_size(), 0x1000);
+        assert_eq!(b.memory_type(), VmxBasic::MEMORY_TYPE_WB);
+        assert!(b.has_true_controls());
+        assert!(!b.phys_addr_32bit());
+    }
+
+    #[test]
+    fn ept_caps_and_pointer() {
+        use ept_vpid_cap::*;
+        let good = PAGE_WALK_4 | MEMORY_TYPE_WB | PAGE_2M | INVEPT | INVEPT_SINGLE_CONTEXT | INVVPID | INVVPID_ALL_CONTEXT;
+        assert_eq!(check(good), Ok(()));
+        assert!(check(good & !PAGE_WALK_4).is_err());
+        assert!(check(good & !INVEPT_SINGLE_CONTEXT).is_err());
+        assert!(check(good & !INVVPID).is_err());
+        assert_eq!(ept_pointer(0x12_3000), 0x12_301e);
+    }
+
+    #[test]
+    fn canonical_and_pat() {
+        assert!(is_canonical(0x0000_7fff_ffff_ffff));
+        assert!(is_canonical(0xffff_8000_0000_0000));
+        assert!(!is_canonical(0x0000_8000_0000_0000));
+        assert!(!is_canonical(0xfff0_0000_0000_0000));
+        assert!(pat_valid(0x0007_0406_0007_0406));
+        assert!(!pat_valid(0x0007_0406_0007_0402));
+        assert!(!pat_valid(0x0800_0000_0000_0000));
+    }
+
+    #[test]
+    fn access_rights_encodings() {
+        use access_rights::*;
+        assert_eq!(REAL_CODE, 0x9b);
+        assert_eq!(REAL_DATA, 0x93);
+        assert_eq!(LONG_CODE, 0xa09b);
+        assert_eq!(FLAT_DATA, 0xc093);
+        assert_eq!(TSS_BUSY, 0x8b);
+        assert_eq!(UNUSABLE, 0x1_0000);
+        assert_eq!(dpl(0xc0f3), 3);
+        assert_eq!(dpl(FLAT_DATA), 0);
+    }
+
+    #[test]
+    fn io_qualification() {
+        // out %al, $0xe9: size 1, OUT, immediate operand (bit 6), port 0xe9.
+        let q = IoQualification(0x00e9_0040);
+        assert_eq!((q.port(), q.size(), q.is_in(), q.string(), q.rep()), (0xe9, 1, false, false, false));
+        // rep insw from port 0x1f0: size 2, IN, string, REP.
+        let q = IoQualification(0x01f0_0039);
+        assert_eq!((q.port(), q.size(), q.is_in(), q.string(), q.rep()), (0x1f0, 2, true, true, true));
+        // in (%dx), %eax: size 4.
+        assert_eq!(IoQualification(0xcf8_000b).size(), 4);
+    }
+
+    #[test]
+    fn ept_violation_access() {
+        assert_eq!(EptViolationQualification(0x181).access(), Access::READ);
+        assert_eq!(EptViolationQualification(0x182).access(), Access::WRITE);
+        assert_eq!(EptViolationQualification(0x84).access(), Access::EXEC);
+        assert_eq!(EptViolationQualification(0x3).access(), Access::READ | Access::WRITE);
+    }
+
+    #[test]
+    fn interruption_info() {
+        let i = InterruptionInfo(0x8000_0b0e); // #PF, hardware exception, error code
+        assert!(i.valid() && i.error_code_valid());
+        assert_eq!((i.vector(), i.kind()), (14, InterruptionType::HardwareException));
+        assert_eq!(InterruptionInfo::new(14, InterruptionType::HardwareException, true), i);
+        let sw = InterruptionInfo(0x8000_1403); // int3 with bit 12 set (NMI unblocking)
+        assert!(sw.needs_instruction_length());
+        assert_eq!(sw.for_reinjection().0, 0x8000_0403);
+    }
+
+    #[test]
+    fn exception_injection_is_always_enterable() {
+        // #GP in protected mode carries its code; in real mode it must not.
+        assert_eq!(exception_injection(13, Some(8), true), (InterruptionInfo(0x8000_0b0d), Some(8)));
+        assert_eq!(exception_injection(13, Some(8), false), (InterruptionInfo(0x8000_030d), None));
+        // #UD never has one, #DF always does.
+        assert_eq!(exception_injection(6, Some(1), true).1, None);
+        assert_eq!(exception_injection(8, None, true), (InterruptionInfo(0x8000_0b08), Some(0)));
+        assert_eq!(exception_injection(2, None, true).0.kind(), InterruptionType::Nmi);
+        assert_eq!(exception_injection(0x40, None, true).0.kind(), InterruptionType::ExternalInterrupt);
+    }
+
+    fn decode(reason: u32, qualification: u64) -> Decoded {
+        RawExit { reason, qualification, ..Default::default() }.decode()
+    }
+
+    #[test]
+    fn decode_exits() {
+        assert_eq!(decode(12, 0), Decoded::Exit(VmExit::Hlt));
+        assert_eq!(decode(18, 0), Decoded::Exit(VmExit::Hypercall));
+        assert_eq!(decode(2, 0), Decoded::Exit(VmExit::TripleFault));
+        assert_eq!(decode(52, 0), Decoded::Exit(VmExit::Preempted));
+        assert_eq!(decode(7, 0), Decoded::Exit(VmExit::InterruptWindow));
+        assert_eq!(
+            decode(30, 0x00f0_000b),
+            Decoded::Exit(VmExit::Io { port: 0xf0, size: 4, write: false, string: false, rep: false })
+        );
+        let raw = RawExit { reason: 10, rax: 0xffff_ffff_4000_0000, rcx: 7, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::Exit(VmExit::Cpuid { leaf: 0x4000_0000, subleaf: 7 }));
+        let raw = RawExit { reason: 32, rax: 0xdead_beef_1234_5678, rcx: 0x277, rdx: 0x0007_0406, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::Exit(VmExit::MsrWrite { msr: 0x277, value: 0x0007_0406_1234_5678 }));
+        let raw = RawExit { reason: 48, qualification: 0x181, guest_physical_address: 0x10_0000, ..Default::default() };
+        assert_eq!(
+            raw.decode(),
+            Decoded::Exit(VmExit::NestedPageFault { gpa: GuestPhysAddr::new(0x10_0000), access: Access::READ })
+        );
+        let raw = RawExit { reason: 0, interruption_info: 0x8000_0b0d, interruption_error_code: 0x18, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::Exit(VmExit::Exception { vector: 13, error_code: Some(0x18) }));
+        let raw = RawExit { reason: 1, interruption_info: 0x8000_0020, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::ExternalInterrupt { vector: Some(0x20) });
+    }
+
+    #[test]
+    fn decode_failures_and_unknown() {
+        assert_eq!(
+            decode(0x8000_0021, 0),
+            Decoded::EntryFailure { reason: ExitReason::EntryFailInvalidGuestState, qualification: 0 }
+        );
+        assert_eq!(decode(49, 0), Decoded::Exit(VmExit::Unsupported { reason: 49, info: 0 }));
+        assert_eq!(decode(28, 0x14), Decoded::Exit(VmExit::Unsupported { reason: 28, info: 0x14 }));
+        assert_eq!(decode(0xffff, 1), Decoded::Exit(VmExit::Unsupported { reason: 0xffff, info: 1 }));
+    }
+}
