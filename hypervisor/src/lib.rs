@@ -15,8 +15,8 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod devices;
-pub mod emulate;
 pub mod dom0;
+pub mod emulate;
 pub mod exit;
 pub mod linux;
 pub mod mem;
