@@ -43,6 +43,44 @@ pub enum EmulateError {
 /// Fetches and decodes the instruction at `rip`. Reads up to 15 bytes but only
 /// needs the instruction's own bytes to be mapped, so an instruction that ends
 /// just before an unmapped page decodes.
+impl CpuState {
+    /// From raw register values as a backend holds them. `phys_bits` is the
+    /// guest's MAXPHYADDR.
+    pub fn from_raw(cr0: u64, cr3: u64, cr4: u64, efer: u64, cs_base: u64, cs_l: bool, cs_d: bool, phys_bits: u8) -> Self {
+        use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+        use x86_64::registers::model_specific::EferFlags;
+        let cr0 = Cr0Flags::from_bits_retain(cr0);
+        let efer = EferFlags::from_bits_retain(efer);
+        CpuState {
+            paging: PagingState {
+                cr0,
+                cr3,
+                cr4: Cr4Flags::from_bits_retain(cr4),
+                efer,
+                phys_bits,
+            },
+            code: CodeSize::from_cs(
+                cr0.contains(Cr0Flags::PROTECTED_MODE_ENABLE),
+                efer.contains(EferFlags::LONG_MODE_ACTIVE),
+                cs_l,
+                cs_d,
+            ),
+            cs_base,
+        }
+    }
+}
+
+/// The host's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]), which guests see unchanged.
+pub fn host_phys_bits() -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let r = core::arch::x86_64::__cpuid(0x8000_0008);
+        (r.eax & 0xff) as u8
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    36
+}
+
 pub fn fetch_and_decode(mem: &impl GuestPhysRead, cpu: &CpuState, rip: u64) -> Result<MmioInsn, EmulateError> {
     let linear = match cpu.code {
         CodeSize::Bits64 => rip,
