@@ -72,6 +72,11 @@ pub fn always(args: fmt::Arguments) {
     let _ = writeln!(SERIAL.lock(), "(oxen) {args}");
 }
 
+/// One byte of serial input, if COM1 has one.
+pub fn try_read_byte() -> Option<u8> {
+    SERIAL.lock().0.as_mut()?.try_receive_byte().ok()
+}
+
 /// Writes straight to COM1 even if another CPU (or the interrupted code on this
 /// one) holds the console lock. Only for crash reports, after which we halt.
 pub fn emergency_print(args: fmt::Arguments) {

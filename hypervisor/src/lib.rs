@@ -10,6 +10,9 @@
 //! - `platform`: the machine as ACPI describes it (CPUs, I/O APICs, PM timer),
 //!   the local APIC's programming model and clock arithmetic, for `arch`'s APIC,
 //!   timer and SMP code.
+//! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
+//! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
+//! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 
@@ -18,6 +21,7 @@ extern crate alloc;
 pub mod cmdline;
 pub mod devices;
 pub mod dom0;
+pub mod emulate;
 pub mod exit;
 pub mod linux;
 pub mod mem;

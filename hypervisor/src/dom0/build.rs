@@ -1,7 +1,12 @@
 //! Building and running dom0 (target only): memory, boot structures, vCPU.
 
 use super::layout::{self, Layout};
+use crate::arch::x86_64::{apic, irq, time};
+use crate::devices::ioapic::{DeliveryMode, IoApic, TriggerMode};
+use crate::devices::lapic::{LapicClock, LapicEvent, VirtualLapic};
 use crate::devices::{uart16550::Uart16550, PortDevice};
+use crate::emulate::mmio::{self, EmulateError};
+use crate::virt::VmExit;
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::linux::{boot_params, bzimage::BzImage, e820};
 use crate::mem::memmap::{self, Region};
@@ -16,7 +21,7 @@ const MIB: u64 = 1 << 20;
 const LOW_MEMORY_END: u64 = 0xa_0000;
 /// Pages the hypervisor emulates for dom0 instead of mapping: the local APIC and
 /// the IOAPIC.
-const EMULATED_PAGES: [u64; 2] = [0xfee0_0000, 0xfec0_0000];
+const EMULATED_PAGES: [u64; 2] = [LAPIC_PAGE, IOAPIC_PAGE];
 /// COM1 belongs to the hypervisor; dom0 gets an emulated one in its place.
 const COM1: core::ops::RangeInclusive<u16> = 0x3f8..=0x3ff;
 /// The legacy PICs: the hypervisor keeps them masked; dom0 uses the IOAPIC.
@@ -164,7 +169,7 @@ pub fn boot(info: &BootInfo) -> ! {
     vcpu.gprs().rsi = layout::BOOT_PARAMS;
     vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
     mask_legacy_pic();
-    run(vcpu)
+    run(vcpu, gm)
 }
 
 /// Masks both 8259s: the hypervisor owns interrupt delivery and does not use them.
@@ -176,12 +181,38 @@ fn mask_legacy_pic() {
     }
 }
 
-/// dom0's devices as seen through port I/O exits.
+/// dom0's emulated devices: its console UART, its IOAPIC and its (one, for
+/// now) local APIC, plus the masked PICs.
 struct Dom0Env {
     uart: Uart16550,
     /// dom0's console output not yet printed (no newline seen).
     line: String,
+    uart_irq: bool,
     pic_masks: [u8; 2],
+    ioapic: IoApic,
+    lapic: VirtualLapic,
+    /// Redirection entries last mirrored onto the physical I/O APIC.
+    routed: [u64; irq::PINS as usize],
+    /// The physical APIC id forwarded interrupts are sent to (this CPU's).
+    host_apic_id: u32,
+}
+
+/// Redirection-entry bits dom0's routing depends on.
+const RTE_ACTIVE_LOW: u64 = 1 << 13;
+const RTE_LEVEL: u64 = 1 << 15;
+const RTE_MASKED: u64 = 1 << 16;
+
+/// The UART's ISA IRQ, wired to IOAPIC pin 4 as on a PC.
+const UART_PIN: u8 = 4;
+
+/// Nanoseconds since boot from the TSC (the guest's clocks run on it too).
+fn now_ns() -> u64 {
+    let hz = time::tsc_hz().max(1);
+    (u128::from(time::rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64
+}
+
+fn ns_to_tsc(ns: u64) -> u64 {
+    (u128::from(ns) * u128::from(time::tsc_hz()) / 1_000_000_000) as u64
 }
 
 impl Dom0Env {
@@ -195,6 +226,76 @@ impl Dom0Env {
                 }
                 b'\r' => {}
                 c => self.line.push(char::from(c)),
+            }
+        }
+    }
+
+    /// Moves serial input from the hypervisor's COM1 into dom0's UART.
+    fn poll_input(&mut self) {
+        while self.uart.rx_space() > 0 {
+            match crate::console::try_read_byte() {
+                Some(b) => {
+                    self.uart.push_input(&[b]);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Propagates interrupt state: UART line → IOAPIC → local APIC, the local
+    /// APIC's timer, its IPIs and level-triggered EOIs.
+    fn update_interrupts(&mut self, now: u64) {
+        let level = self.uart.irq_level();
+        if level != self.uart_irq {
+            self.uart_irq = level;
+            self.ioapic.set_irq(UART_PIN, level);
+        }
+        self.lapic.tick(now);
+        while let Some(ev) = self.lapic.pop_event() {
+            match ev {
+                LapicEvent::LevelEoi(vector) => self.ioapic.eoi(vector),
+                LapicEvent::Ipi(ipi) => {
+                    if self.lapic.matches(&ipi.dest, ipi.source, self.lapic.logical_mode()) {
+                        self.lapic.receive_ipi(&ipi);
+                    } else {
+                        log::debug!("dom0: IPI to {:?} has no vCPU (dom0 has one)", ipi.dest);
+                    }
+                }
+            }
+        }
+        while let Some(d) = self.ioapic.pop_delivery() {
+            match d.delivery_mode {
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                    self.lapic.accept(d.vector, d.trigger_mode == TriggerMode::Level);
+                }
+                other => log::debug!("dom0: IOAPIC pin {} delivery mode {other:?} not delivered", d.pin),
+            }
+        }
+        // Physical interrupts forwarded to dom0: a pulse on the virtual pin (a
+        // level line stays masked on the physical side until dom0's EOI).
+        let pending = irq::take_pending();
+        for pin in (0..irq::PINS).filter(|p| pending & (1 << p) != 0) {
+            self.ioapic.set_irq(pin, true);
+            self.ioapic.set_irq(pin, false);
+        }
+        let eoied = self.ioapic.take_eoied_pins();
+        for pin in (0..irq::PINS).filter(|p| eoied & (1 << p) != 0 && *p != UART_PIN) {
+            let e = self.routed[usize::from(pin)];
+            if e & RTE_LEVEL != 0 && e & RTE_MASKED == 0 {
+                irq::unmask_level(pin, e & RTE_ACTIVE_LOW != 0, self.host_apic_id);
+            }
+        }
+    }
+
+    /// Mirrors the pins dom0 enabled or changed on its I/O APIC onto the
+    /// physical one. Pin 4 is dom0's virtual UART, never a physical line.
+    fn sync_routes(&mut self) {
+        for pin in (0..irq::PINS).filter(|&p| p != UART_PIN) {
+            let Some(e) = self.ioapic.redirection_entry(pin) else { continue };
+            let e = e & (RTE_ACTIVE_LOW | RTE_LEVEL | RTE_MASKED);
+            if e != self.routed[usize::from(pin)] {
+                self.routed[usize::from(pin)] = e;
+                irq::route(pin, e & RTE_MASKED == 0, e & RTE_LEVEL != 0, e & RTE_ACTIVE_LOW != 0, self.host_apic_id);
             }
         }
     }
@@ -230,17 +331,88 @@ impl GuestEnv for Dom0Env {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         crate::arch::x86_64::cpuid(leaf, subleaf)
     }
+    fn msr_read(&mut self, msr: u32) -> Option<u64> {
+        if !VirtualLapic::owns_msr(msr) {
+            return None;
+        }
+        self.lapic.msr_read(msr, now_ns()).ok()
+    }
+    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        VirtualLapic::owns_msr(msr) && self.lapic.msr_write(msr, value, now_ns()).is_ok()
+    }
 }
 
-fn run(mut vcpu: AnyVcpu) -> ! {
-    let mut env = Dom0Env { uart: Uart16550::com1(), line: String::new(), pic_masks: [0xff; 2] };
+/// Completes dom0's access to an emulated MMIO page, if `gpa` is in one.
+fn emulate_mmio(vcpu: &mut AnyVcpu, gm: &GuestMemory, env: &mut Dom0Env, gpa: GuestPhysAddr) -> Option<Result<(), EmulateError>> {
+    let page = gpa.as_u64() & !(PAGE_SIZE - 1);
+    let cpu = vcpu.cpu_state()?;
+    let now = now_ns();
+    let result = match page {
+        LAPIC_PAGE => mmio::emulate_mmio(vcpu, gm, &cpu, gpa, GuestPhysAddr::new(page), &mut env.lapic.mmio(now)),
+        IOAPIC_PAGE => {
+            let r = mmio::emulate_mmio(vcpu, gm, &cpu, gpa, GuestPhysAddr::new(page), &mut env.ioapic);
+            env.sync_routes();
+            r
+        }
+        _ => return None,
+    };
+    Some(result.map(|_| ()))
+}
+
+fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
+    let clock = LapicClock { bus_hz: apic::timer_hz().max(1), tsc_hz: time::tsc_hz().max(1) };
+    let mut env = Dom0Env {
+        uart: Uart16550::com1(),
+        line: String::new(),
+        uart_irq: false,
+        pic_masks: [0xff; 2],
+        ioapic: IoApic::new(0),
+        lapic: VirtualLapic::new(0, true, clock),
+        routed: [RTE_MASKED; irq::PINS as usize],
+        host_apic_id: apic::id(),
+    };
+    irq::init(IOAPIC_PAGE);
     info!("dom0: starting");
     let mut exits: u64 = 0;
+    let mut halted = false;
     loop {
+        env.poll_input();
+        let now = now_ns();
+        env.update_interrupts(now);
+        if let Some(vector) = env.lapic.pending() {
+            if vcpu.interrupt_ready() {
+                vcpu.inject_interrupt(vector);
+                env.lapic.ack();
+                halted = false;
+            } else {
+                vcpu.request_interrupt_window(true);
+            }
+        }
+        // While dom0 idles, sleep until its timer or (polled) serial input.
+        let poll = now + SERIAL_POLL_NS;
+        let wake = env.lapic.timer_deadline().map_or(poll, |d| d.min(poll));
+        if halted {
+            if wake > now_ns() {
+                apic::arm_timer(Some(ns_to_tsc(wake)));
+                // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so the
+                // timer interrupt cannot slip in before HLT and be lost.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            }
+            continue;
+        }
+        apic::arm_timer(env.lapic.timer_deadline().map(|d| ns_to_tsc(d.min(poll))).or(Some(ns_to_tsc(poll))));
         let exit = vcpu.run();
         exits += 1;
+        if let VmExit::NestedPageFault { gpa, .. } = exit {
+            match emulate_mmio(&mut vcpu, &gm, &mut env, gpa) {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => fatal(format_args!("dom0: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}", vcpu.rip())),
+                None => {}
+            }
+        }
         match exit::handle(&mut vcpu, exit, &mut env) {
-            Outcome::Continue | Outcome::Halted | Outcome::Preempted => {}
+            Outcome::Continue | Outcome::Preempted => {}
+            Outcome::Halted => halted = true,
             other => {
                 let rip = vcpu.rip();
                 fatal(format_args!("dom0 stopped after {exits} exits at rip {rip:#x}: {other:?}"));
@@ -248,3 +420,8 @@ fn run(mut vcpu: AnyVcpu) -> ! {
         }
     }
 }
+
+/// How often serial input is polled while dom0 idles.
+const SERIAL_POLL_NS: u64 = 10_000_000;
+const LAPIC_PAGE: u64 = 0xfee0_0000;
+const IOAPIC_PAGE: u64 = 0xfec0_0000;

@@ -191,6 +191,9 @@ impl Vcpu for AnyVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         dispatch!(self, v => v.request_interrupt_window(on))
     }
+    fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {
+        dispatch!(self, v => v.cpu_state())
+    }
     fn guest_msr(&self, msr: u32) -> Option<u64> {
         dispatch!(self, v => v.guest_msr(msr))
     }

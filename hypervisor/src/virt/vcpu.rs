@@ -76,6 +76,11 @@ pub trait Vcpu {
     /// Asks for a `VmExit::InterruptWindow` as soon as the guest can take an
     /// interrupt (`true`), or stops asking (`false`).
     fn request_interrupt_window(&mut self, _on: bool) {}
+    /// What instruction emulation needs of the guest's CPU state: control
+    /// registers, EFER, CS (for RIP's meaning). `None` if the backend cannot say.
+    fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {
+        None
+    }
     /// The value of an MSR the backend keeps in the guest's state area (EFER, PAT,
     /// segment bases, syscall MSRs…), or `None` if it keeps no such MSR.
     fn guest_msr(&self, _msr: u32) -> Option<u64> {

@@ -154,6 +154,10 @@ pub fn init() {
         for (vector, handler) in super::apic::idt_entries() {
             idt.0[usize::from(vector)] = Gate::interrupt(handler, 0);
         }
+        // Device interrupts forwarded to dom0 (irq.rs).
+        for (vector, handler) in super::irq::idt_entries() {
+            idt.0[usize::from(vector)] = Gate::interrupt(handler, 0);
+        }
         idt
     });
     let ptr = x86_64::structures::DescriptorTablePointer {

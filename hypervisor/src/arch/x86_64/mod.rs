@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
+pub mod irq;
 pub mod paging;
 pub mod percpu;
 pub mod smp;

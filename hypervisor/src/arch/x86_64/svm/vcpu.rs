@@ -327,6 +327,23 @@ impl Vcpu for SvmVcpu {
         }
     }
 
+    fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {
+        /// CS attribute bits L (9) and D/B (10) in the VMCB's compressed format.
+        const CS_L: u16 = 1 << 9;
+        const CS_D: u16 = 1 << 10;
+        let s = &self.vmcb().save;
+        Some(crate::emulate::mmio::CpuState::from_raw(
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.base,
+            s.cs.attrib & CS_L != 0,
+            s.cs.attrib & CS_D != 0,
+            crate::emulate::mmio::host_phys_bits(),
+        ))
+    }
+
     fn guest_msr(&self, m: u32) -> Option<u64> {
         let s = &self.vmcb().save;
         Some(match m {

@@ -913,6 +913,23 @@ impl Vcpu for VmxVcpu {
         }
     }
 
+    fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {
+        /// Access-rights bits L (13) and D/B (14) (SDM Vol. 3C §25.4.1).
+        const AR_L: u32 = 1 << 13;
+        const AR_D: u32 = 1 << 14;
+        let cs_ar = vmcs::read32_rw(Field32::GuestCsAccessRights).ok()?;
+        Some(crate::emulate::mmio::CpuState::from_raw(
+            vmcs::read_nat(FieldNat::GuestCr0).ok()?,
+            vmcs::read_nat(FieldNat::GuestCr3).ok()?,
+            vmcs::read_nat(FieldNat::GuestCr4).ok()?,
+            vmcs::read64_rw(Field64::GuestIa32Efer).ok()?,
+            vmcs::read_nat(FieldNat::GuestCsBase).ok()?,
+            cs_ar & AR_L != 0,
+            cs_ar & AR_D != 0,
+            crate::emulate::mmio::host_phys_bits(),
+        ))
+    }
+
     fn guest_msr(&self, index: u32) -> Option<u64> {
         if let Some(p) = self.switched_msr(index) {
             // SAFETY: the area is ours; the CPU wrote it at the last exit, and
