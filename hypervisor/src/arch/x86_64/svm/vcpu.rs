@@ -242,7 +242,11 @@ impl Vcpu for SvmVcpu {
             }
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
-            vmcb.control.event_inj = 0;
+            // An event whose delivery the exit interrupted is in EXITINTINFO (same
+            // format as EVENTINJ, APM Vol. 2 §15.7.2): inject it again, or it is
+            // lost (and a virtual APIC's in-service bit stays set for good).
+            let pending = vmcb.control.exit_int_info;
+            vmcb.control.event_inj = if pending & vmcb::EVENT_VALID != 0 { pending } else { 0 };
             self.gprs.rax = self.vmcb().save.rax;
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
