@@ -292,7 +292,13 @@ impl Vcpu for SvmVcpu {
 
     fn skip_instruction(&mut self) {
         match self.next_rip.take() {
-            Some(rip) => self.set_rip(rip),
+            Some(rip) => {
+                self.set_rip(rip);
+                // An STI or MOV SS shadow covers one instruction; having completed
+                // it for the guest, the shadow is over (else `sti; hlt` would leave
+                // a halted guest uninterruptible).
+                self.vmcb_mut().control.int_shadow &= !vmcb::INT_SHADOW;
+            }
             None => log::error!("svm: skip_instruction after an exit with no instruction length"),
         }
     }
