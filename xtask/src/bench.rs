@@ -91,7 +91,7 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
     let found = boot.serial.lines().find_map(|l| re.captures(l));
     let Some(c) = found else {
         let how = match boot.ending {
-            Ending::Halted => "the hypervisor halted".to_string(),
+            Ending::Halted | Ending::Done => "the hypervisor halted".to_string(),
             Ending::TimedOut => format!("timed out after {}s", BENCH_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
         };

@@ -1,11 +1,15 @@
 //! The emulators: QEMU and Bochs command lines, KVM/TCG choice, and booting an
 //! ISO while watching its serial log for the hypervisor's last line.
 
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
+use regex::Regex;
 use serde::Deserialize;
 
 use crate::util::{log_lines, read_lossy, repo_root, Emulator as Proc};
@@ -109,6 +113,23 @@ pub enum Serial<'a> {
     /// The terminal, multiplexed with the QEMU monitor (Ctrl-A X quits, Ctrl-A C: monitor).
     Terminal,
     File(&'a Path),
+    /// A Unix socket QEMU listens on (and waits for a client before starting the
+    /// machine), so xtask can both read COM1 and type into it.
+    Socket(&'a Path),
+}
+
+/// What QEMU boots.
+#[derive(Clone, Copy)]
+pub enum Media<'a> {
+    /// A GRUB ISO (the hypervisor and its modules).
+    Iso(&'a Path),
+    /// A Linux kernel booted directly by QEMU (`-kernel -initrd -append`), without the
+    /// hypervisor: dom0's kernel and initramfs bare, for comparison and for testing them.
+    Linux {
+        kernel: &'a Path,
+        initrd: &'a Path,
+        append: &'a str,
+    },
 }
 
 impl Machine {
@@ -123,6 +144,11 @@ impl Machine {
 
     /// The QEMU command line booting `iso`.
     pub fn qemu(&self, iso: &Path, serial: Serial) -> Command {
+        self.qemu_media(Media::Iso(iso), serial)
+    }
+
+    /// The QEMU command line booting `media`.
+    pub fn qemu_media(&self, media: Media, serial: Serial) -> Command {
         let mut c = Command::new("qemu-system-x86_64");
         c.args([
             "-accel",
@@ -142,7 +168,21 @@ impl Machine {
         if self.icount {
             c.args(["-icount", "shift=0"]);
         }
-        c.args(["-no-reboot", "-boot", "d", "-cdrom"]).arg(iso);
+        c.arg("-no-reboot");
+        match media {
+            Media::Iso(iso) => {
+                c.args(["-boot", "d", "-cdrom"]).arg(iso);
+            }
+            Media::Linux {
+                kernel,
+                initrd,
+                append,
+            } => {
+                c.arg("-kernel").arg(kernel);
+                c.arg("-initrd").arg(initrd);
+                c.args(["-append", append]);
+            }
+        }
         // Lets the hypervisor's `debug_exit=0xf4` option end QEMU.
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         match serial {
@@ -150,16 +190,16 @@ impl Machine {
                 c.args(["-nographic", "-serial", "mon:stdio"]);
             }
             Serial::File(path) => {
-                c.args([
-                    "-display",
-                    "none",
-                    "-monitor",
-                    "none",
-                    "-parallel",
-                    "none",
-                    "-serial",
-                ]);
-                c.arg(format!("file:{}", path.display()));
+                c.args(["-display", "none", "-monitor", "none", "-parallel", "none"]);
+                c.arg("-serial").arg(format!("file:{}", path.display()));
+            }
+            Serial::Socket(path) => {
+                c.args(["-display", "none", "-monitor", "none", "-parallel", "none"]);
+                c.arg("-chardev").arg(format!(
+                    "socket,id=com1,path={},server=on,wait=on",
+                    path.display()
+                ));
+                c.args(["-serial", "chardev:com1"]);
             }
         }
         c
@@ -194,6 +234,8 @@ impl Machine {
 pub enum Ending {
     /// The serial log has a `(oxen) halt:` line.
     Halted,
+    /// The `done` pattern matched (after every input was sent).
+    Done,
     /// The emulator exited before the hypervisor halted.
     Exited(std::process::ExitStatus),
     TimedOut,
@@ -204,18 +246,129 @@ pub struct Boot {
     pub elapsed: Duration,
     pub serial: String,
     pub command: String,
+    /// Inputs that were typed, as `(index, when)`; the rest never found their pattern.
+    pub sent: Vec<(usize, Duration)>,
+}
+
+/// Text to type into the serial console once `after` matches.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub after: Regex,
+    pub send: String,
+}
+
+/// What ends a watched boot besides the timeout, and what to type.
+#[derive(Clone, Debug, Default)]
+pub struct Watch {
+    /// Ends the run once every input is sent and a line after the last one matches.
+    pub done: Option<Regex>,
+    /// Typed in order; each waits for its `after` to match output that follows the
+    /// point where the previous input's pattern matched.
+    pub inputs: Vec<Input>,
+}
+
+/// The serial log as the watcher matches it: `\r` and NULs dropped, so `$` and
+/// line splitting behave the same as in the checks.
+fn normalize_serial(text: &str) -> String {
+    text.chars().filter(|&c| c != '\r' && c != '\0').collect()
+}
+
+/// The watcher's progress through the inputs.
+#[derive(Default)]
+struct Typing {
+    next: usize,
+    /// Byte offset in the normalized log after which the next pattern must match.
+    from: usize,
+}
+
+impl Typing {
+    /// The inputs due now (in order), advancing past each one's match.
+    fn due<'w>(&mut self, watch: &'w Watch, log: &str) -> Vec<(usize, &'w Input)> {
+        let mut out = Vec::new();
+        while let Some(input) = watch.inputs.get(self.next) {
+            let Some(m) = log.get(self.from..).and_then(|t| input.after.find(t)) else {
+                break;
+            };
+            self.from += m.end();
+            out.push((self.next, input));
+            self.next += 1;
+        }
+        out
+    }
+
+    /// Whether `done` matches a line of what followed the last input.
+    fn done(&self, watch: &Watch, log: &str) -> bool {
+        match &watch.done {
+            Some(re) if self.next == watch.inputs.len() => log
+                .get(self.from..)
+                .is_some_and(|t| t.split('\n').any(|l| re.is_match(l))),
+            _ => false,
+        }
+    }
+}
+
+/// A Unix socket path short enough for `sun_path` (108 bytes) wherever target/ is.
+fn socket_path() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "oxen-serial-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// Connects to QEMU's serial socket once QEMU has made it (it waits for us).
+fn connect(path: &Path, proc: &mut Proc) -> Result<UnixStream> {
+    let start = Instant::now();
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                if let Some(status) = proc.try_wait() {
+                    bail!("QEMU exited ({status}) before opening its serial socket");
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "QEMU did not open its serial socket {} in 30s: {e}",
+                        path.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Boots `iso` (in `dir`) headless with COM1 into `dir/serial.log`, stopping the
 /// emulator when the hypervisor prints its halt line, when it exits, or at `timeout`.
 /// `dir/emulator.log` gets the emulator's own output.
 pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) -> Result<Boot> {
+    boot_and_watch_with(m, dir, Media::Iso(iso), timeout, &Watch::default())
+}
+
+/// Like `boot_and_watch`, for any media; also stops when `watch.done` matches, and
+/// types `watch.inputs` into COM1 (QEMU only: COM1 is then a socket xtask relays
+/// into `dir/serial.log`).
+pub fn boot_and_watch_with(
+    m: &Machine,
+    dir: &Path,
+    media: Media,
+    timeout: Duration,
+    watch: &Watch,
+) -> Result<Boot> {
     let serial_path: PathBuf = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial_path);
     std::fs::File::create(&serial_path)?;
-    let mut cmd = match m.emulator {
-        Emulator::Qemu => m.qemu(iso, Serial::File(&serial_path)),
-        Emulator::Bochs => {
+    let socket = (!watch.inputs.is_empty()).then(socket_path);
+    let mut cmd = match (m.emulator, media) {
+        (Emulator::Qemu, _) => match &socket {
+            Some(sock) => m.qemu_media(media, Serial::Socket(sock)),
+            None => m.qemu_media(media, Serial::File(&serial_path)),
+        },
+        (Emulator::Bochs, Media::Iso(iso)) => {
+            if socket.is_some() {
+                bail!("typing into the serial console is implemented for QEMU only");
+            }
             let iso_name = iso
                 .file_name()
                 .context("ISO path has no file name")?
@@ -226,18 +379,58 @@ pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) ->
             }
             m.bochs(dir, &iso_name, "serial.log")?
         }
+        (Emulator::Bochs, Media::Linux { .. }) => {
+            bail!("booting a kernel without the hypervisor is implemented for QEMU only")
+        }
     };
     let command = match cmd.get_current_dir() {
         Some(d) => format!("cd {} && {}", d.display(), crate::util::render(&cmd)),
         None => crate::util::render(&cmd),
     };
+    if let Some(sock) = &socket {
+        let _ = std::fs::remove_file(sock);
+    }
     let start = Instant::now();
     let mut proc = Proc::spawn(&mut cmd, &dir.join("emulator.log"))?;
+    // With a socket: a thread copies COM1's output into serial.log; we keep a writer.
+    let mut relay = None;
+    let mut writer = None;
+    if let Some(sock) = &socket {
+        let stream = connect(sock, &mut proc);
+        let _ = std::fs::remove_file(sock);
+        let stream = stream?;
+        writer = Some(stream.try_clone()?);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&serial_path)?;
+        let mut stream = stream;
+        relay = Some(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || log.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut typing = Typing::default();
+    let mut sent = Vec::new();
     let ending = loop {
         std::thread::sleep(Duration::from_millis(100));
         let text = read_lossy(&serial_path);
         if log_lines(&text).iter().any(|l| l.contains(HALT_MARKER)) {
             break Ending::Halted;
+        }
+        let norm = normalize_serial(&text);
+        for (i, input) in typing.due(watch, &norm) {
+            if let Some(w) = writer.as_mut() {
+                w.write_all(input.send.as_bytes())
+                    .with_context(|| format!("typing input {} into COM1", i + 1))?;
+            }
+            sent.push((i, start.elapsed()));
+        }
+        if typing.done(watch, &norm) {
+            break Ending::Done;
         }
         if let Some(status) = proc.try_wait() {
             break Ending::Exited(status);
@@ -248,10 +441,93 @@ pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) ->
     };
     let elapsed = start.elapsed();
     proc.kill();
+    drop(writer);
+    if let Some(r) = relay {
+        let _ = r.join();
+    }
     Ok(Boot {
         ending,
         elapsed,
         serial: read_lossy(&serial_path),
         command,
+        sent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(done: Option<&str>, inputs: &[(&str, &str)]) -> Watch {
+        Watch {
+            done: done.map(|d| Regex::new(d).unwrap()),
+            inputs: inputs
+                .iter()
+                .map(|(a, s)| Input {
+                    after: Regex::new(a).unwrap(),
+                    send: s.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn inputs_go_in_order_each_after_the_previous_match() {
+        let w = watch(
+            Some("^MARK-42$"),
+            &[("# $", "echo one\n"), ("# $", "echo two\n")],
+        );
+        let mut t = Typing::default();
+        let mut log = normalize_serial("boot\r\ndom0:/# ");
+        let due: Vec<usize> = t.due(&w, &log).iter().map(|d| d.0).collect();
+        assert_eq!(due, [0], "the second waits for a prompt after the first");
+        assert!(!t.done(&w, &log));
+        log.push_str("echo one\none\ndom0:/# ");
+        let due: Vec<usize> = t.due(&w, &log).iter().map(|d| d.0).collect();
+        assert_eq!(due, [1]);
+        assert!(t.due(&w, &log).is_empty(), "each input is sent once");
+        assert!(!t.done(&w, &log));
+        log.push_str("echo two\nMARK-42\n");
+        assert!(t.done(&w, &log));
+    }
+
+    #[test]
+    fn done_waits_for_every_input() {
+        let w = watch(Some("prompt"), &[("never", "x")]);
+        let mut t = Typing::default();
+        let log = "prompt\n";
+        assert!(t.due(&w, log).is_empty());
+        assert!(!t.done(&w, log));
+        let w = watch(Some("^prompt$"), &[]);
+        assert!(Typing::default().done(&w, &normalize_serial("x\r\nprompt\r\n")));
+        assert!(!Typing::default().done(&watch(None, &[]), "prompt\n"));
+    }
+
+    #[test]
+    fn qemu_serial_on_a_socket_and_direct_kernel_boot() {
+        let m = Machine {
+            emulator: Emulator::Qemu,
+            cpu: None,
+            smp: 1,
+            memory_mib: 512,
+            accel: Accel::Tcg,
+            icount: false,
+            bochs_ips: BOCHS_IPS,
+        };
+        let media = Media::Linux {
+            kernel: Path::new("/k"),
+            initrd: Path::new("/i"),
+            append: "console=ttyS0 x=1",
+        };
+        let cmd = crate::util::render(&m.qemu_media(media, Serial::Socket(Path::new("/s"))));
+        assert!(
+            cmd.contains("-kernel /k -initrd /i -append 'console=ttyS0 x=1'"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("-chardev socket,id=com1,path=/s,server=on,wait=on -serial chardev:com1"),
+            "{cmd}"
+        );
+        assert!(!cmd.contains("-cdrom"), "{cmd}");
+    }
 }

@@ -141,8 +141,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }) = &cli.cmd
     {
         for t in systest::load(&util::repo_root().join(manifest))? {
+            let with = if t.bare {
+                " bare-dom0"
+            } else if t.dom0 {
+                " +dom0"
+            } else {
+                ""
+            };
             println!(
-                "{:<22} {:<5} -cpu {:<16} smp={} cmdline={:?}",
+                "{:<22} {:<5} -cpu {:<16} smp={}{with} cmdline={:?}",
                 t.name,
                 t.machine.emulator.to_string(),
                 t.machine.cpu_model(),

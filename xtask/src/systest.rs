@@ -11,7 +11,11 @@ use anyhow::{bail, Context as _, Result};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::emu::{boot_and_watch, Accel, Emulator, Ending, Machine, BOCHS_IPS, HALT_MARKER};
+use crate::dom0::Dom0;
+use crate::emu::{
+    boot_and_watch_with, Accel, Emulator, Ending, Input, Machine, Media, Watch, BOCHS_IPS,
+    HALT_MARKER,
+};
 use crate::image::{make_iso, target_dir, IsoSpec};
 use crate::util::{log_lines, show, tail};
 
@@ -77,9 +81,21 @@ pub struct TestDef {
     pub smp: u32,
     pub memory_mib: Option<u32>,
     pub cmdline: String,
+    /// Add dom0's kernel and initramfs as multiboot2 modules.
+    #[serde(default)]
+    pub dom0: bool,
+    /// Boot dom0's kernel and initramfs directly under QEMU, without the hypervisor;
+    /// `cmdline` is then the kernel's command line.
+    #[serde(default)]
+    pub bare: bool,
+    /// Ends the run early (as a success for the ending) when a line matches.
+    pub done: Option<String>,
+    /// Text typed into COM1, each after its pattern appears.
+    #[serde(default)]
+    pub input: Vec<InputDef>,
     pub timeout_secs: Option<u64>,
     #[serde(default)]
-    pub expect: Vec<String>,
+    pub expect: Vec<ExpectDef>,
     #[serde(default)]
     pub expect_per_cpu: Vec<String>,
     #[serde(default)]
@@ -89,6 +105,23 @@ pub struct TestDef {
     /// Known to fail until the hypervisor catches up: why. Its failure is
     /// reported as XFAIL and does not fail the run; a pass says to remove this.
     pub xfail: Option<String>,
+}
+
+/// `{ after = 'regex', send = "text" }`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct InputDef {
+    pub after: String,
+    pub send: String,
+}
+
+/// An `expect` entry: a pattern, or `{ pattern = '...', xfail = "why" }` for one the
+/// hypervisor is known not to reach yet.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum ExpectDef {
+    Plain(String),
+    Marked { pattern: String, xfail: String },
 }
 
 fn one() -> u32 {
@@ -105,9 +138,14 @@ pub struct Test {
     pub description: String,
     pub machine: Machine,
     pub cmdline: String,
+    pub dom0: bool,
+    pub bare: bool,
+    pub watch: Watch,
     pub timeout: Duration,
     /// (pattern as written, for which cpu, compiled)
     pub expect: Vec<(String, Option<u32>, Regex)>,
+    /// Expectations known not to hold yet: (compiled, why).
+    pub expect_xfail: Vec<(Regex, String)>,
     pub forbid: Vec<(String, Regex)>,
 }
 
@@ -145,7 +183,15 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             bail!("test {}: smp must be at least 1", t.name);
         }
         let mut expect = Vec::new();
-        for p in &t.expect {
+        let mut expect_xfail = Vec::new();
+        for e in &t.expect {
+            let p = match e {
+                ExpectDef::Plain(p) => p,
+                ExpectDef::Marked { pattern, xfail } => {
+                    expect_xfail.push((compile(pattern, t.smp, None, &t.name)?, xfail.clone()));
+                    continue;
+                }
+            };
             if p.contains("{cpu}") {
                 bail!(
                     "test {}: {p:?} uses {{cpu}}: put it in expect_per_cpu",
@@ -174,6 +220,33 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
         for p in defaults.iter().chain(&t.forbid) {
             forbid.push((p.clone(), compile(p, t.smp, None, &t.name)?));
         }
+        if t.bare && t.dom0 {
+            bail!(
+                "test {}: bare boots dom0's kernel without the hypervisor; drop dom0",
+                t.name
+            );
+        }
+        if (t.bare || !t.input.is_empty()) && t.emulator != Emulator::Qemu {
+            bail!("test {}: bare and input need emulator = \"qemu\"", t.name);
+        }
+        let done = t
+            .done
+            .as_deref()
+            .map(|p| compile(p, t.smp, None, &t.name))
+            .transpose()?;
+        if t.bare && done.is_none() {
+            bail!(
+                "test {}: a bare test needs `done` (there is no hypervisor halt line to end it)",
+                t.name
+            );
+        }
+        let mut inputs = Vec::new();
+        for i in &t.input {
+            inputs.push(Input {
+                after: compile(&i.after, t.smp, None, &t.name)?,
+                send: i.send.clone(),
+            });
+        }
         let timeout = t.timeout_secs.unwrap_or(match t.emulator {
             Emulator::Qemu => m.defaults.timeout_secs.qemu,
             Emulator::Bochs => m.defaults.timeout_secs.bochs,
@@ -192,8 +265,12 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             description: t.description,
             xfail: t.xfail,
             cmdline: t.cmdline,
+            dom0: t.dom0,
+            bare: t.bare,
+            watch: Watch { done, inputs },
             timeout: Duration::from_secs(timeout),
             expect,
+            expect_xfail,
             forbid,
         });
     }
@@ -240,6 +317,21 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
     problems
 }
 
+/// The expectations marked xfail: (still not matching: pattern and why, matching now).
+pub fn check_xfail(test: &Test, serial: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let lines = log_lines(serial);
+    let mut still = Vec::new();
+    let mut now = Vec::new();
+    for (re, why) in &test.expect_xfail {
+        if lines.iter().any(|l| re.is_match(l)) {
+            now.push(re.as_str().to_owned());
+        } else {
+            still.push((re.as_str().to_owned(), why.clone()));
+        }
+    }
+    (still, now)
+}
+
 #[derive(Default)]
 pub struct Summary {
     pub passed: usize,
@@ -256,8 +348,15 @@ pub struct Outcome {
 fn describe(t: &Test) -> String {
     let m = &t.machine;
     format!(
-        "{} -cpu {}, {} cpu{}, {} MiB, timeout {}s",
+        "{}{} -cpu {}, {} cpu{}, {} MiB, timeout {}s",
         m.emulator,
+        if t.bare {
+            " (dom0 kernel without the hypervisor)"
+        } else if t.dom0 {
+            " (with dom0)"
+        } else {
+            ""
+        },
         m.cpu_model(),
         m.smp,
         if m.smp == 1 { "" } else { "s" },
@@ -266,11 +365,20 @@ fn describe(t: &Test) -> String {
     )
 }
 
-/// Runs one test whose ISO is ready in `target/systest/<name>/oxen.iso`.
-fn run_one(t: &Test) -> Outcome {
+/// Runs one test whose ISO is ready in `target/systest/<name>/oxen.iso` (or, for a
+/// bare test, dom0's kernel and initramfs).
+fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     let dir = target_dir().join("systest").join(&t.name);
     let iso = dir.join("oxen.iso");
-    let boot = match boot_and_watch(&t.machine, &dir, &iso, t.timeout) {
+    let media = match (t.bare, dom0) {
+        (true, Some(d)) => Media::Linux {
+            kernel: &d.kernel,
+            initrd: &d.initrd,
+            append: &t.cmdline,
+        },
+        _ => Media::Iso(&iso),
+    };
+    let boot = match boot_and_watch_with(&t.machine, &dir, media, t.timeout, &t.watch) {
         Ok(b) => b,
         Err(e) => {
             return Outcome {
@@ -281,12 +389,29 @@ fn run_one(t: &Test) -> Outcome {
     };
     let mut problems = Vec::new();
     let mut emulator_log = None;
+    let (xfailing, xpassing) = check_xfail(t, &boot.serial);
+    // A run that never reaches an expectation marked xfail may well hang there: its
+    // timeout is then part of that known failure, not a failure of its own.
+    let mut timeout_excused = false;
     match boot.ending {
-        Ending::Halted => {}
-        Ending::TimedOut => problems.push(format!(
-            "timed out after {}s without a `{HALT_MARKER}` line",
-            t.timeout.as_secs()
-        )),
+        Ending::Halted | Ending::Done => {}
+        Ending::TimedOut if !xfailing.is_empty() => timeout_excused = true,
+        Ending::TimedOut => problems.push(match &t.watch.done {
+            Some(re) => format!(
+                "timed out after {}s: no line matched done /{}/{}",
+                t.timeout.as_secs(),
+                re.as_str(),
+                if t.bare {
+                    String::new()
+                } else {
+                    format!(" and no `{HALT_MARKER}` line")
+                }
+            ),
+            None => format!(
+                "timed out after {}s without a `{HALT_MARKER}` line",
+                t.timeout.as_secs()
+            ),
+        }),
         Ending::Exited(status) => {
             let log = match t.machine.emulator {
                 Emulator::Qemu => "emulator.log",
@@ -299,11 +424,44 @@ fn run_one(t: &Test) -> Outcome {
             emulator_log = Some(dir.join(log));
         }
     }
+    let typed: Vec<usize> = boot.sent.iter().map(|s| s.0).collect();
+    for (i, input) in t.watch.inputs.iter().enumerate() {
+        if !typed.contains(&i) {
+            problems.push(format!(
+                "input {} ({:?}) was never typed: nothing matched /{}/ after the previous input",
+                i + 1,
+                input.send,
+                input.after.as_str()
+            ));
+            break;
+        }
+    }
     problems.extend(check(t, &boot.serial));
     let secs = boot.elapsed.as_secs_f64();
     let mut report = String::new();
     if problems.is_empty() {
         let _ = writeln!(report, "PASS {} ({secs:.1}s)", t.name);
+        for (pattern, why) in &xfailing {
+            let _ = writeln!(
+                report,
+                "     not yet (xfail: {why}): no line matches /{pattern}/"
+            );
+        }
+        if timeout_excused {
+            let _ = writeln!(
+                report,
+                "     (ran into the {}s timeout short of the xfail line{}; last line: {})",
+                t.timeout.as_secs(),
+                if xfailing.len() == 1 { "" } else { "s" },
+                log_lines(boot.serial.trim_end()).last().unwrap_or(&"")
+            );
+        }
+        for pattern in &xpassing {
+            let _ = writeln!(
+                report,
+                "     /{pattern}/ is marked xfail but matches now: remove its xfail from the manifest"
+            );
+        }
         if let Some(why) = &t.xfail {
             let _ = writeln!(
                 report,
@@ -363,19 +521,29 @@ fn run_one(t: &Test) -> Outcome {
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
 /// Prints a line per test.
 pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
+    let dom0 = if tests.iter().any(|t| t.dom0 || t.bare) {
+        Some(crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?)
+    } else {
+        None
+    };
+    let dom0_modules = dom0.as_ref().map(Dom0::modules).unwrap_or_default();
     for t in tests {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        if t.bare {
+            continue;
+        }
         make_iso(&IsoSpec {
             elf,
             cmdline: &t.cmdline,
-            modules: &[],
+            modules: if t.dom0 { &dom0_modules } else { &[] },
             name: &t.name,
             output: &dir.join("oxen.iso"),
         })
         .with_context(|| format!("making the ISO for {}", t.name))?;
     }
+    let dom0 = dom0.as_ref();
     let qemu: Vec<&Test> = tests
         .iter()
         .filter(|t| t.machine.emulator == Emulator::Qemu)
@@ -412,13 +580,13 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = qemu.get(i) else { break };
                 announce(t);
-                record(t, run_one(t));
+                record(t, run_one(t, dom0));
             });
         }
     });
     for t in bochs {
         announce(t);
-        record(t, run_one(t));
+        record(t, run_one(t, dom0));
     }
     let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(Summary {
@@ -493,18 +661,66 @@ mod tests {
     }
 
     #[test]
+    fn dom0_fields_and_xfail_expectations() {
+        let tests = manifest(
+            r#"
+            [[test]]
+            name = "plain"
+            emulator = "qemu"
+            cpu = "max"
+            cmdline = "selftest"
+
+            [[test]]
+            name = "d0"
+            emulator = "qemu"
+            cpu = "max"
+            dom0 = true
+            cmdline = "console=com1,115200"
+            done = 'shell$'
+            input = [{ after = '# ', send = "ls\n" }, { after = '# ', send = "exit\n" }]
+            expect = ['Linux version', { pattern = 'init started', xfail = "not there yet" }]
+        "#,
+        );
+        let (plain, d0) = (&tests[0], &tests[1]);
+        assert!(!plain.dom0 && !plain.bare);
+        assert!(plain.watch.done.is_none() && plain.watch.inputs.is_empty());
+        assert!(d0.dom0 && !d0.bare);
+        assert_eq!(d0.watch.inputs.len(), 2);
+        assert_eq!(d0.watch.inputs[0].send, "ls\n");
+        assert_eq!(d0.expect.len(), 1);
+        // The xfail expectation does not fail the check; check_xfail reports it.
+        let log = "(d0) Linux version 6.1\n";
+        assert!(check(d0, log).is_empty());
+        let (still, now) = check_xfail(d0, log);
+        assert_eq!(
+            still,
+            [("init started".to_string(), "not there yet".to_string())]
+        );
+        assert!(now.is_empty());
+        let (still, now) = check_xfail(d0, "Linux version\ndom0: init started\n");
+        assert!(still.is_empty());
+        assert_eq!(now, ["init started"]);
+    }
+
+    #[test]
     fn mistakes_in_the_manifest_are_reported() {
-        let bad = |extra: &str| {
-            let text = format!("[[test]]\nname = \"t\"\nemulator = \"qemu\"\ncpu = \"max\"\ncmdline = \"\"\n{extra}\n");
+        let bad_on = |emulator: &str, extra: &str| {
+            let text = format!("[[test]]\nname = \"t\"\nemulator = \"{emulator}\"\ncpu = \"max\"\ncmdline = \"\"\n{extra}\n");
             let path = scratch();
             std::fs::write(&path, text).unwrap();
             let r = load(&path).err().map(|e| format!("{e:#}"));
             let _ = std::fs::remove_file(&path);
             r.expect("should be rejected")
         };
+        let bad = |extra: &str| bad_on("qemu", extra);
+        assert!(bad_on("bochs", "input = [{ after = 'x', send = \"y\" }]").contains("qemu"));
         assert!(bad("expect_per_cpu = ['no placeholder']").contains("has no {cpu}"));
         assert!(bad("expect = ['cpu{cpu}']").contains("expect_per_cpu"));
         assert!(bad("expect = ['(unclosed']").contains("bad regular expression"));
         assert!(bad("timeout = 3").contains("unknown field"));
+        assert!(bad("bare = true").contains("needs `done`"));
+        assert!(bad("bare = true\ndom0 = true\ndone = 'x'").contains("drop dom0"));
+        assert!(bad("input = [{ after = 'x' }]").contains("send"));
+        assert!(bad("done = '(x'").contains("bad regular expression"));
     }
 }
