@@ -235,7 +235,8 @@ fn candidates(cache: &Path) -> Result<(Candidate, Candidate)> {
         format!(
             "apt cannot tell which {pkg} to download{why} and {} holds no copy.\n\
              Check that this machine reaches its Debian mirror (`apt-get update` as root), then run \
-             this again; or put the package's .deb into that directory yourself.",
+             this again; or put the package's .deb into that directory yourself.\n\
+             (`cargo xtask run --no-dom0` boots the hypervisor without dom0.)",
             cache.display()
         )
     };
@@ -397,7 +398,7 @@ fn fetch(label: &str, c: &Candidate, cache: &Path) -> Result<(PathBuf, bool)> {
         bail!(
             "{e:#}\nCould not download {pkg} {version} (needed for dom0). Check that this machine \
              reaches its Debian mirror (`apt-get update` as root), then run this again; or put \
-             the .deb there yourself: {}",
+             the .deb there yourself: {}\n(`cargo xtask run --no-dom0` boots the hypervisor without dom0.)",
             path.display()
         );
     }
