@@ -13,7 +13,8 @@
 //!                         kernel has as `=m`, their dependencies, modules.dep, and
 //!                         modules.dom0 (the load order /init follows)
 //! ```
-//! Nothing is installed on the host and nothing outside `target/` is written.
+//! Nothing is installed on the host and nothing outside `target/` is written (except
+//! apt's own package lists, refreshed with `apt-get update` when they are empty).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
