@@ -72,6 +72,24 @@ pub fn always(args: fmt::Arguments) {
     let _ = writeln!(SERIAL.lock(), "(oxen) {args}");
 }
 
+/// A guest's console output, passed through as it comes so prompts show at
+/// once, with `tag` (e.g. `(d0) `) at the start of every line. `at_line_start`
+/// is the stream's state, kept by the caller between calls. A hypervisor log
+/// line may land in the middle of a guest's unfinished line.
+pub fn write_guest(tag: &str, bytes: impl Iterator<Item = u8>, at_line_start: &mut bool) {
+    let mut serial = SERIAL.lock();
+    for b in bytes {
+        if b == b'\r' {
+            continue;
+        }
+        if *at_line_start {
+            let _ = serial.write_str(tag);
+        }
+        let _ = serial.write_char(char::from(b));
+        *at_line_start = b == b'\n';
+    }
+}
+
 /// One byte of serial input, if COM1 has one.
 pub fn try_read_byte() -> Option<u8> {
     SERIAL.lock().0.as_mut()?.try_receive_byte().ok()

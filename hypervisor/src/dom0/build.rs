@@ -14,7 +14,7 @@ use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::start::{fatal, BootInfo};
 use crate::virt::{guest_mem::GuestRegion, AnyVcpu, EntryMode, GuestMemory, InitialState, NestedTables, Vcpu};
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 use log::{info, warn};
 
 const MIB: u64 = 1 << 20;
@@ -185,8 +185,8 @@ fn mask_legacy_pic() {
 /// now) local APIC, plus the masked PICs.
 struct Dom0Env {
     uart: Uart16550,
-    /// dom0's console output not yet printed (no newline seen).
-    line: String,
+    /// Whether dom0's console output is at the start of a line.
+    at_line_start: bool,
     uart_irq: bool,
     pic_masks: [u8; 2],
     ioapic: IoApic,
@@ -216,18 +216,9 @@ fn ns_to_tsc(ns: u64) -> u64 {
 }
 
 impl Dom0Env {
-    /// Prints what dom0 wrote to its UART, a line at a time, tagged `(d0)`.
+    /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
     fn flush_console(&mut self) {
-        for b in self.uart.take_output() {
-            match b {
-                b'\n' => {
-                    info!("(d0) {}", self.line);
-                    self.line.clear();
-                }
-                b'\r' => {}
-                c => self.line.push(char::from(c)),
-            }
-        }
+        crate::console::write_guest("(d0) ", self.uart.take_output(), &mut self.at_line_start);
     }
 
     /// Moves serial input from the hypervisor's COM1 into dom0's UART.
@@ -363,7 +354,7 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     let clock = LapicClock { bus_hz: apic::timer_hz().max(1), tsc_hz: time::tsc_hz().max(1) };
     let mut env = Dom0Env {
         uart: Uart16550::com1(),
-        line: String::new(),
+        at_line_start: true,
         uart_irq: false,
         pic_masks: [0xff; 2],
         ioapic: IoApic::new(0),
@@ -375,6 +366,8 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     info!("dom0: starting");
     let mut exits: u64 = 0;
     let mut halted = false;
+    let mut halted_since: Option<u64> = None;
+    let mut stall_reported = false;
     loop {
         env.poll_input();
         let now = now_ns();
@@ -384,6 +377,7 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
                 vcpu.inject_interrupt(vector);
                 env.lapic.ack();
                 halted = false;
+                halted_since = None;
             } else {
                 vcpu.request_interrupt_window(true);
             }
@@ -392,6 +386,22 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         let poll = now + SERIAL_POLL_NS;
         let wake = env.lapic.timer_deadline().map_or(poll, |d| d.min(poll));
         if halted {
+            let since = *halted_since.get_or_insert(now);
+            if !stall_reported && now - since > STALL_NS {
+                stall_reported = true;
+                let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
+                let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
+                warn!(
+                    "dom0: idle for {} s: rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
+                    (now - since) / 1_000_000_000,
+                    vcpu.rip(),
+                    vcpu.interrupt_ready(),
+                    env.lapic.pending(),
+                    env.lapic.ppr(),
+                    env.lapic.timer_deadline(),
+                    env.lapic.read_register(0x320, now),
+                );
+            }
             if wake > now_ns() {
                 apic::arm_timer(Some(ns_to_tsc(wake)));
                 // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so the
@@ -421,6 +431,8 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     }
 }
 
+/// dom0 halted this long with nothing delivered is reported (once).
+const STALL_NS: u64 = 5_000_000_000;
 /// How often serial input is polled while dom0 idles.
 const SERIAL_POLL_NS: u64 = 10_000_000;
 const LAPIC_PAGE: u64 = 0xfee0_0000;
