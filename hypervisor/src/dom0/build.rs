@@ -113,7 +113,11 @@ pub fn boot(info: &BootInfo) -> ! {
 
     // Boot structures, all in dom0's own (identity-mapped) RAM.
     copy_to(plan.kernel_load, bz.kernel());
-    let cmdline = kmod.cmdline.split_once(' ').map_or("", |(_, args)| args);
+    let given = kmod.cmdline.split_once(' ').map_or("", |(_, args)| args);
+    // MSIs from dom0's devices are not delivered yet (they would reach the
+    // physical APIC with vectors only dom0 knows): dom0 uses INTx lines, which
+    // the hypervisor forwards through its I/O APIC.
+    let cmdline = alloc::format!("{given} {DOM0_FORCED_ARGS}");
     let mut cl = [0u8; layout::CMDLINE_MAX];
     let n = cmdline.len().min((bz.cmdline_size() as usize).min(layout::CMDLINE_MAX - 1));
     cl[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
@@ -430,6 +434,9 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         }
     }
 }
+
+/// Appended to dom0's kernel command line (see `boot`).
+const DOM0_FORCED_ARGS: &str = "pci=nomsi";
 
 /// dom0 halted this long with nothing delivered is reported (once).
 const STALL_NS: u64 = 5_000_000_000;
