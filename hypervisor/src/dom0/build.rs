@@ -6,7 +6,7 @@ use crate::devices::ioapic::{DeliveryMode, IoApic, TriggerMode};
 use crate::devices::lapic::{LapicClock, LapicEvent, VirtualLapic};
 use crate::devices::{uart16550::Uart16550, PortDevice};
 use crate::emulate::mmio::{self, EmulateError};
-use crate::virt::VmExit;
+use crate::virt::{Access, VmExit};
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::linux::{boot_params, bzimage::BzImage, e820};
 use crate::mem::memmap::{self, Region};
@@ -337,6 +337,83 @@ impl GuestEnv for Dom0Env {
     }
 }
 
+/// dom0's VM exits counted by kind, for the log and the boot benchmark.
+#[derive(Default)]
+struct ExitTally([u64; 10]);
+
+impl ExitTally {
+    const NAMES: [&'static str; 10] =
+        ["cpuid", "io", "msr-read", "msr-write", "hlt", "hypercall", "npf", "preempted", "intr-window", "other"];
+
+    fn count(&mut self, exit: &VmExit) {
+        let i = match exit {
+            VmExit::Cpuid { .. } => 0,
+            VmExit::Io { .. } => 1,
+            VmExit::MsrRead { .. } => 2,
+            VmExit::MsrWrite { .. } => 3,
+            VmExit::Hlt => 4,
+            VmExit::Hypercall => 5,
+            VmExit::NestedPageFault { .. } => 6,
+            VmExit::Preempted => 7,
+            VmExit::InterruptWindow => 8,
+            _ => 9,
+        };
+        self.0[i] += 1;
+    }
+
+    fn log(&self, why: &str) {
+        let total: u64 = self.0.iter().sum();
+        let mut s = alloc::string::String::new();
+        for (name, n) in Self::NAMES.iter().zip(self.0) {
+            if n > 0 {
+                let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
+            }
+        }
+        info!("dom0: {total} exits ({why}):{s}");
+    }
+}
+
+/// Exits between two tallies in the log.
+const TALLY_EVERY: u64 = 1 << 18;
+
+/// What dom0 sees where it has no memory (hypervisor RAM, or nothing): reads
+/// return all ones, writes are dropped, as on a bus where nothing answers.
+struct Blocked;
+
+impl crate::devices::MmioDevice for Blocked {
+    fn mmio_read(&mut self, _offset: u64, _size: u8) -> u64 {
+        u64::MAX
+    }
+    fn mmio_write(&mut self, _offset: u64, _size: u8, _value: u64) {}
+}
+
+/// Most blocked accesses logged one by one; after that only counted.
+const BLOCKED_LOG_LIMIT: u64 = 16;
+
+/// dom0 touched guest-physical memory it does not have. The access fails
+/// inside dom0 and dom0 runs on: a plain MOV completes against `Blocked`,
+/// anything else (string copies, as from /dev/mem) gets #GP, which Linux's
+/// exception fixups turn into an error for the caller.
+fn blocked_access(vcpu: &mut AnyVcpu, gm: &GuestMemory, gpa: GuestPhysAddr, access: Access, count: &mut u64) {
+    *count += 1;
+    let page = GuestPhysAddr::new(gpa.as_u64() & !(PAGE_SIZE - 1));
+    let rip = vcpu.rip();
+    let result = match vcpu.cpu_state() {
+        Some(cpu) => mmio::emulate_mmio(vcpu, gm, &cpu, gpa, page, &mut Blocked).map(|_| ()),
+        None => Err(EmulateError::Decode(crate::emulate::decode::DecodeError::Unsupported)),
+    };
+    let what = if result.is_ok() { "completed as a bus error (reads all ones)" } else { "refused with #GP" };
+    if *count <= BLOCKED_LOG_LIMIT {
+        warn!("dom0: {access:?} of {gpa:?} (not dom0 memory) at rip {rip:#x} {what}");
+    } else if *count == BLOCKED_LOG_LIMIT + 1 {
+        warn!("dom0: further blocked accesses are counted, not logged");
+    }
+    if result.is_err() {
+        const GP: u8 = 13;
+        vcpu.inject_exception(GP, Some(0));
+    }
+}
+
 /// Completes dom0's access to an emulated MMIO page, if `gpa` is in one.
 fn emulate_mmio(vcpu: &mut AnyVcpu, gm: &GuestMemory, env: &mut Dom0Env, gpa: GuestPhysAddr) -> Option<Result<(), EmulateError>> {
     let page = gpa.as_u64() & !(PAGE_SIZE - 1);
@@ -372,6 +449,8 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     let mut halted = false;
     let mut halted_since: Option<u64> = None;
     let mut stall_reported = false;
+    let mut blocked: u64 = 0;
+    let mut tally = ExitTally::default();
     loop {
         env.poll_input();
         let now = now_ns();
@@ -393,6 +472,7 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
             let since = *halted_since.get_or_insert(now);
             if !stall_reported && now - since > STALL_NS {
                 stall_reported = true;
+                tally.log("first idle stretch");
                 let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
                 let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
                 warn!(
@@ -417,12 +497,17 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         apic::arm_timer(env.lapic.timer_deadline().map(|d| ns_to_tsc(d.min(poll))).or(Some(ns_to_tsc(poll))));
         let exit = vcpu.run();
         exits += 1;
-        if let VmExit::NestedPageFault { gpa, .. } = exit {
+        tally.count(&exit);
+        if exits % TALLY_EVERY == 0 {
+            tally.log("so far");
+        }
+        if let VmExit::NestedPageFault { gpa, access } = exit {
             match emulate_mmio(&mut vcpu, &gm, &mut env, gpa) {
-                Some(Ok(())) => continue,
+                Some(Ok(())) => {}
                 Some(Err(e)) => fatal(format_args!("dom0: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}", vcpu.rip())),
-                None => {}
+                None => blocked_access(&mut vcpu, &gm, gpa, access, &mut blocked),
             }
+            continue;
         }
         match exit::handle(&mut vcpu, exit, &mut env) {
             Outcome::Continue | Outcome::Preempted => {}

@@ -7,6 +7,7 @@ pub mod cpuid;
 pub mod hypercall;
 pub mod io;
 pub mod msr;
+pub mod xcr;
 
 use crate::mem::GuestPhysAddr;
 use crate::virt::{Access, Vcpu, VmExit};
@@ -63,6 +64,7 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             Outcome::Halted
         }
         VmExit::Hypercall => hypercall::handle(vcpu),
+        VmExit::Xsetbv { xcr, value } => xcr::xsetbv(vcpu, xcr, value, env.host_cpuid(0xd, 0)),
         VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
         VmExit::TripleFault => Outcome::TripleFault,
         VmExit::Preempted => Outcome::Preempted,

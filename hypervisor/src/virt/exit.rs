@@ -29,6 +29,8 @@ pub enum VmExit {
     MsrWrite { msr: u32, value: u64 },
     /// HLT.
     Hlt,
+    /// XSETBV of XCR `xcr` (ECX) with EDX:EAX = `value`.
+    Xsetbv { xcr: u32, value: u64 },
     /// VMCALL (Intel) or VMMCALL (AMD): number in RAX, arguments in RDI, RSI, RDX,
     /// R10, R8 (see docs/hypercalls.md).
     Hypercall,

@@ -494,6 +494,9 @@ impl RawExit {
             }
             ExitReason::TripleFault => VmExit::TripleFault,
             ExitReason::Cpuid => VmExit::Cpuid { leaf: self.rax as u32, subleaf: self.rcx as u32 },
+            ExitReason::Xsetbv => {
+                VmExit::Xsetbv { xcr: self.rcx as u32, value: ((self.rdx & 0xffff_ffff) << 32) | (self.rax & 0xffff_ffff) }
+            }
             ExitReason::Hlt => VmExit::Hlt,
             ExitReason::Vmcall => VmExit::Hypercall,
             ExitReason::IoInstruction => {

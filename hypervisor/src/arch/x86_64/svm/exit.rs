@@ -26,6 +26,7 @@ const CPUID_LEN: u64 = 2;
 const HLT_LEN: u64 = 1;
 const VMMCALL_LEN: u64 = 3;
 const RDWRMSR_LEN: u64 = 2;
+const XSETBV_LEN: u64 = 3;
 
 /// Exceptions carrying an error code (vectors 8, 10-14, 17, 21, 29, 30).
 const ERROR_CODE_VECTORS: u32 = 0x6022_7d00;
@@ -42,6 +43,8 @@ pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
         }
         code::HLT => (VmExit::Hlt, after(HLT_LEN)),
         code::VMMCALL => (VmExit::Hypercall, after(VMMCALL_LEN)),
+        // ECX and EDX come from the saved GPRs (filled in by the caller).
+        code::XSETBV => (VmExit::Xsetbv { xcr: 0, value: vmcb.save.rax & 0xffff_ffff }, after(XSETBV_LEN)),
         code::IOIO => {
             let i = c.exit_info1;
             let size = if i & ioio::SZ8 != 0 {

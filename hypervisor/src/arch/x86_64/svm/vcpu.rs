@@ -257,6 +257,10 @@ impl Vcpu for SvmVcpu {
                 VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
                 VmExit::Cpuid { subleaf, .. } => *subleaf = self.gprs.rcx as u32,
                 VmExit::MsrRead { msr } => *msr = self.gprs.rcx as u32,
+                VmExit::Xsetbv { xcr, value } => {
+                    *xcr = self.gprs.rcx as u32;
+                    *value |= (self.gprs.rdx & 0xffff_ffff) << 32;
+                }
                 VmExit::MsrWrite { msr, value } => {
                     *msr = self.gprs.rcx as u32;
                     *value = (self.gprs.rdx << 32) | (self.gprs.rax & 0xffff_ffff);
