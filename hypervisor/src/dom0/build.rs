@@ -222,7 +222,7 @@ fn ns_to_tsc(ns: u64) -> u64 {
 impl Dom0Env {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
     fn flush_console(&mut self) {
-        crate::console::write_guest("(d0) ", self.uart.take_output(), &mut self.at_line_start);
+        crate::console::write_guest("(oxen) (d0) ", self.uart.take_output(), &mut self.at_line_start);
     }
 
     /// Moves serial input from the hypervisor's COM1 into dom0's UART.
