@@ -149,10 +149,10 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
             start: a.start_address(),
             end: a.end_address(),
             kind: match a.typ() {
-                t if t == MemoryAreaType::Available => e820::Kind::Ram,
-                t if t == MemoryAreaType::AcpiAvailable => e820::Kind::Acpi,
-                t if t == MemoryAreaType::ReservedHibernate => e820::Kind::Nvs,
-                t if t == MemoryAreaType::Defective => e820::Kind::Unusable,
+                MemoryAreaType::Available => e820::Kind::Ram,
+                MemoryAreaType::AcpiAvailable => e820::Kind::Acpi,
+                MemoryAreaType::ReservedHibernate => e820::Kind::Nvs,
+                MemoryAreaType::Defective => e820::Kind::Unusable,
                 _ => e820::Kind::Reserved,
             },
         })

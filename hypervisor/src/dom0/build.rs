@@ -498,7 +498,7 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         let exit = vcpu.run();
         exits += 1;
         tally.count(&exit);
-        if exits % TALLY_EVERY == 0 {
+        if exits.is_multiple_of(TALLY_EVERY) {
             tally.log("so far");
         }
         if let VmExit::NestedPageFault { gpa, access } = exit {

@@ -44,9 +44,9 @@ pub enum EmulateError {
 /// needs the instruction's own bytes to be mapped, so an instruction that ends
 /// just before an unmapped page decodes.
 impl CpuState {
-    /// From raw register values as a backend holds them. `phys_bits` is the
-    /// guest's MAXPHYADDR.
-    pub fn from_raw(cr0: u64, cr3: u64, cr4: u64, efer: u64, cs_base: u64, cs_l: bool, cs_d: bool, phys_bits: u8) -> Self {
+    /// From raw register values as a backend holds them: `[cr0, cr3, cr4, efer]`,
+    /// CS's base and L/D bits, and the guest's MAXPHYADDR.
+    pub fn from_raw([cr0, cr3, cr4, efer]: [u64; 4], cs_base: u64, (cs_l, cs_d): (bool, bool), phys_bits: u8) -> Self {
         use x86_64::registers::control::{Cr0Flags, Cr4Flags};
         use x86_64::registers::model_specific::EferFlags;
         let cr0 = Cr0Flags::from_bits_retain(cr0);
@@ -219,38 +219,7 @@ mod tests {
     use x86_64::registers::control::{Cr0Flags, Cr4Flags};
     use x86_64::registers::model_specific::EferFlags;
 
-    struct TestVcpu {
-        gprs: GuestGprs,
-        rip: u64,
-        rsp: u64,
-    }
-
-    impl Vcpu for TestVcpu {
-        fn run(&mut self) -> crate::virt::VmExit {
-            unreachable!()
-        }
-        fn gprs(&mut self) -> &mut GuestGprs {
-            &mut self.gprs
-        }
-        fn rip(&self) -> u64 {
-            self.rip
-        }
-        fn set_rip(&mut self, rip: u64) {
-            self.rip = rip;
-        }
-        fn rsp(&self) -> u64 {
-            self.rsp
-        }
-        fn cpl(&self) -> u8 {
-            0
-        }
-        fn skip_instruction(&mut self) {
-            unreachable!()
-        }
-        fn inject_exception(&mut self, _: u8, _: Option<u32>) {
-            unreachable!()
-        }
-    }
+    use crate::virt::fake::FakeVcpu as TestVcpu;
 
     #[derive(Debug, PartialEq, Eq)]
     enum Op {
@@ -304,7 +273,7 @@ mod tests {
     }
 
     fn vcpu(rip: u64, set: impl FnOnce(&mut GuestGprs)) -> TestVcpu {
-        let mut v = TestVcpu { gprs: GuestGprs::default(), rip, rsp: 0xffff_c900_0000_7f00 };
+        let mut v = TestVcpu { gprs: GuestGprs::default(), rip, rsp: 0xffff_c900_0000_7f00, ..Default::default() };
         set(&mut v.gprs);
         v
     }

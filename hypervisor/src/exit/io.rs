@@ -47,18 +47,8 @@ pub const DEBUGCON_PORT: u16 = 0xe9;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::virt::{GuestGprs, VmExit};
 
-    #[derive(Default)]
-    pub struct FakeVcpu {
-        pub gprs: GuestGprs,
-        pub rip: u64,
-        pub cpl: u8,
-        pub skipped: u32,
-        pub injected: Option<(u8, Option<u32>)>,
-        /// One MSR the fake backend keeps: (number, value).
-        pub msr: Option<(u32, u64)>,
-    }
+    pub use crate::virt::fake::FakeVcpu;
 
     /// A guest environment with one device MSR and no ports.
     #[derive(Default)]
@@ -79,35 +69,6 @@ pub(crate) mod tests {
         }
     }
 
-    impl Vcpu for FakeVcpu {
-        fn run(&mut self) -> VmExit {
-            VmExit::Hlt
-        }
-        fn gprs(&mut self) -> &mut GuestGprs {
-            &mut self.gprs
-        }
-        fn rip(&self) -> u64 {
-            self.rip
-        }
-        fn set_rip(&mut self, rip: u64) {
-            self.rip = rip;
-        }
-        fn rsp(&self) -> u64 {
-            0
-        }
-        fn cpl(&self) -> u8 {
-            self.cpl
-        }
-        fn skip_instruction(&mut self) {
-            self.skipped += 1;
-        }
-        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
-            self.injected = Some((vector, error_code));
-        }
-        fn guest_msr(&self, msr: u32) -> Option<u64> {
-            self.msr.filter(|m| m.0 == msr).map(|m| m.1)
-        }
-    }
 
     #[derive(Default)]
     pub struct Bus {

@@ -1,6 +1,8 @@
 //! Vendor-neutral virtualization: the `Vcpu` interface both backends implement,
 //! the one exit type they translate their exits into, and guest memory.
 pub mod exit;
+#[cfg(test)]
+pub mod fake;
 pub mod guest_mem;
 pub mod vcpu;
 pub mod vmx_decode;

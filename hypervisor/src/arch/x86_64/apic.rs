@@ -279,34 +279,29 @@ extern "C" fn wake_interrupt() {
     eoi();
 }
 
-// Entry stubs for the two APIC vectors. The CPU pushes 5 words onto a 16-byte
+// Entry stubs for the APIC vectors (one macro for the wake and timer vectors). The CPU pushes 5 words onto a 16-byte
 // aligned stack; 9 more keep the call aligned. Caller-saved registers only: the
 // handler is an `extern "C"` function.
 global_asm!(
     ".pushsection .text.apic_entry, \"ax\"",
-    ".global apic_wake_entry",
-    "apic_wake_entry:",
+    ".macro apic_entry name, handler",
+    ".global \\name",
+    "\\name:",
     "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
     "push r8", "push r9", "push r10", "push r11",
     "cld",
-    "call {handler}",
+    "call \\handler",
     "pop r11", "pop r10", "pop r9", "pop r8",
     "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
     "iretq",
-    ".global apic_timer_entry",
-    "apic_timer_entry:",
-    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
-    "push r8", "push r9", "push r10", "push r11",
-    "cld",
-    "call {timer}",
-    "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
-    "iretq",
+    ".endm",
+    "apic_entry apic_wake_entry, {wake}",
+    "apic_entry apic_timer_entry, {timer}",
     ".global apic_spurious_entry",
     "apic_spurious_entry:",
     "iretq",
     ".popsection",
-    handler = sym wake_interrupt,
+    wake = sym wake_interrupt,
     timer = sym timer_interrupt,
 );
 

@@ -347,13 +347,9 @@ impl Vcpu for SvmVcpu {
         const CS_D: u16 = 1 << 10;
         let s = &self.vmcb().save;
         Some(crate::emulate::mmio::CpuState::from_raw(
-            s.cr0,
-            s.cr3,
-            s.cr4,
-            s.efer,
+            [s.cr0, s.cr3, s.cr4, s.efer],
             s.cs.base,
-            s.cs.attrib & CS_L != 0,
-            s.cs.attrib & CS_D != 0,
+            (s.cs.attrib & CS_L != 0, s.cs.attrib & CS_D != 0),
             crate::emulate::mmio::host_phys_bits(),
         ))
     }

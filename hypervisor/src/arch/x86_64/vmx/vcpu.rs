@@ -801,52 +801,50 @@ impl Vcpu for VmxVcpu {
             log::error!("vmx: vCPU of cpu{} run on cpu{}", self.cpu, cpu_id());
             return VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info: 0 };
         }
-        loop {
-            if let Err((what, e)) = self.prepare_entry() {
-                return self.entry_failed(what, e);
+        if let Err((what, e)) = self.prepare_entry() {
+            return self.entry_failed(what, e);
+        }
+        // SAFETY: the VMCS is current and fully set up; its host state is this
+        // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
+        let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
+        match rc {
+            ENTER_EXITED => {}
+            ENTER_FAIL_VALID => {
+                let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
+                return self.entry_failed(what, VmxError::FailValid(vmcs::instruction_error()));
             }
-            // SAFETY: the VMCS is current and fully set up; its host state is this
-            // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
-            let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
-            match rc {
-                ENTER_EXITED => {}
-                ENTER_FAIL_VALID => {
-                    let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
-                    return self.entry_failed(what, VmxError::FailValid(vmcs::instruction_error()));
+            _ => return self.entry_failed("VM entry", VmxError::FailInvalid),
+        }
+        let exit = match super::exit::read(&self.gprs) {
+            Ok(e) => e,
+            Err((what, e)) => return self.entry_failed(what, e),
+        };
+        match self.after_exit(&exit) {
+            Ok(()) => {}
+            Err((what, e)) => return self.entry_failed(what, e),
+        }
+        match exit.raw.decode() {
+            Decoded::Exit(e) => {
+                if let VmExit::Unsupported { reason, info } = e {
+                    log::debug!("cpu{}: vmx: unhandled exit reason {reason} qualification {info:#x}", self.cpu);
                 }
-                _ => return self.entry_failed("VM entry", VmxError::FailInvalid),
+                e
             }
-            let exit = match super::exit::read(&self.gprs) {
-                Ok(e) => e,
-                Err((what, e)) => return self.entry_failed(what, e),
-            };
-            match self.after_exit(&exit) {
-                Ok(()) => {}
-                Err((what, e)) => return self.entry_failed(what, e),
+            Decoded::ExternalInterrupt { .. } => {
+                // Without acknowledge-on-exit the interrupt is still pending:
+                // open a one-instruction window so the host IDT takes it.
+                // SAFETY: the hypervisor's IDT handles every vector the host
+                // APIC raises; interrupts are off again right after.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                VmExit::Preempted
             }
-            match exit.raw.decode() {
-                Decoded::Exit(e) => {
-                    if let VmExit::Unsupported { reason, info } = e {
-                        log::debug!("cpu{}: vmx: unhandled exit reason {reason} qualification {info:#x}", self.cpu);
-                    }
-                    return e;
-                }
-                Decoded::ExternalInterrupt { .. } => {
-                    // Without acknowledge-on-exit the interrupt is still pending:
-                    // open a one-instruction window so the host IDT takes it.
-                    // SAFETY: the hypervisor's IDT handles every vector the host
-                    // APIC raises; interrupts are off again right after.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                    return VmExit::Preempted;
-                }
-                Decoded::EntryFailure { reason, qualification } => {
-                    log::error!(
-                        "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
-                        self.cpu,
-                        exit.raw.reason
-                    );
-                    return VmExit::Unsupported { reason: u64::from(exit.raw.reason), info: qualification };
-                }
+            Decoded::EntryFailure { reason, qualification } => {
+                log::error!(
+                    "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
+                    self.cpu,
+                    exit.raw.reason
+                );
+                VmExit::Unsupported { reason: u64::from(exit.raw.reason), info: qualification }
             }
         }
     }
@@ -919,13 +917,14 @@ impl Vcpu for VmxVcpu {
         const AR_D: u32 = 1 << 14;
         let cs_ar = vmcs::read32_rw(Field32::GuestCsAccessRights).ok()?;
         Some(crate::emulate::mmio::CpuState::from_raw(
-            vmcs::read_nat(FieldNat::GuestCr0).ok()?,
-            vmcs::read_nat(FieldNat::GuestCr3).ok()?,
-            vmcs::read_nat(FieldNat::GuestCr4).ok()?,
-            vmcs::read64_rw(Field64::GuestIa32Efer).ok()?,
+            [
+                vmcs::read_nat(FieldNat::GuestCr0).ok()?,
+                vmcs::read_nat(FieldNat::GuestCr3).ok()?,
+                vmcs::read_nat(FieldNat::GuestCr4).ok()?,
+                vmcs::read64_rw(Field64::GuestIa32Efer).ok()?,
+            ],
             vmcs::read_nat(FieldNat::GuestCsBase).ok()?,
-            cs_ar & AR_L != 0,
-            cs_ar & AR_D != 0,
+            (cs_ar & AR_L != 0, cs_ar & AR_D != 0),
             crate::emulate::mmio::host_phys_bits(),
         ))
     }
