@@ -36,6 +36,16 @@ fn le(bytes: &[u8]) -> u32 {
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
+/// CPUID.1:ECX.OSXSAVE reflects the *guest's* CR4.OSXSAVE, not the host's
+/// (SDM Vol. 2A, CPUID): software checks it before using XGETBV.
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+
+/// Leaf 1 with OSXSAVE set as the guest's CR4 says.
+pub fn with_osxsave(leaf1: CpuidResult, guest_cr4_osxsave: bool) -> CpuidResult {
+    let ecx = leaf1.ecx & !LEAF1_ECX_OSXSAVE;
+    CpuidResult { ecx: if guest_cr4_osxsave { ecx | LEAF1_ECX_OSXSAVE } else { ecx }, ..leaf1 }
+}
+
 /// The guest's answer to CPUID(`leaf`, `subleaf`) given the host's answer `host`.
 pub fn guest_view(leaf: u32, _subleaf: u32, host: CpuidResult) -> CpuidResult {
     match leaf {
@@ -88,6 +98,13 @@ mod tests {
         assert_eq!(&s, b"OxenOxenOxen");
         assert_eq!(guest_view(0x4000_0001, 0, HOST).eax, ABI_VERSION);
         assert_eq!(guest_view(0x4000_0042, 0, HOST), CpuidResult::default());
+    }
+
+    #[test]
+    fn osxsave_follows_the_guest() {
+        let host = CpuidResult { ecx: LEAF1_ECX_OSXSAVE | 1, ..HOST };
+        assert_eq!(with_osxsave(host, false).ecx, 1);
+        assert_eq!(with_osxsave(CpuidResult { ecx: 1, ..HOST }, true).ecx, 1 | LEAF1_ECX_OSXSAVE);
     }
 
     #[test]

@@ -50,7 +50,13 @@ pub trait GuestEnv {
 pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Outcome {
     match exit {
         VmExit::Cpuid { leaf, subleaf } => {
-            let r = cpuid::guest_view(leaf, subleaf, env.host_cpuid(leaf, subleaf));
+            let mut r = cpuid::guest_view(leaf, subleaf, env.host_cpuid(leaf, subleaf));
+            if leaf == 1 {
+                let osxsave = vcpu.cpu_state().is_some_and(|s| {
+                    s.paging.cr4.contains(x86_64::registers::control::Cr4Flags::OSXSAVE)
+                });
+                r = cpuid::with_osxsave(r, osxsave);
+            }
             let g = vcpu.gprs();
             (g.rax, g.rbx, g.rcx, g.rdx) = (r.eax.into(), r.ebx.into(), r.ecx.into(), r.edx.into());
             vcpu.skip_instruction();
