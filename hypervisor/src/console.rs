@@ -5,6 +5,7 @@
 //! from different CPUs never interleave.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use uart_16550::{backend::PioBackend, Config, Uart16550};
 
@@ -28,6 +29,17 @@ impl Write for Serial {
 }
 
 static SERIAL: Mutex<Serial> = Mutex::new(Serial(None));
+/// Whether a guest's console line is open (printed without its newline yet):
+/// a hypervisor line then starts on a fresh line, and the guest's next byte
+/// gets its tag again. Changed only under the `SERIAL` lock.
+static GUEST_LINE_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// Ends an open guest line before a hypervisor line.
+fn close_guest_line(serial: &mut Serial) {
+    if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+        let _ = serial.write_str("\n");
+    }
+}
 static LOGGER: Logger = Logger;
 
 struct Logger;
@@ -47,7 +59,9 @@ impl log::Log for Logger {
             log::Level::Info => "",
             log::Level::Debug | log::Level::Trace => "debug: ",
         };
-        let _ = writeln!(SERIAL.lock(), "(oxen) {prefix}{}", record.args());
+        let mut serial = SERIAL.lock();
+        close_guest_line(&mut serial);
+        let _ = writeln!(serial, "(oxen) {prefix}{}", record.args());
     }
 
     fn flush(&self) {}
@@ -69,24 +83,26 @@ pub fn init() {
 /// Prints `(oxen) ` and `args` whatever the log level: for the lines that
 /// always matter (fatal errors, the final `halt:` line).
 pub fn always(args: fmt::Arguments) {
-    let _ = writeln!(SERIAL.lock(), "(oxen) {args}");
+    let mut serial = SERIAL.lock();
+    close_guest_line(&mut serial);
+    let _ = writeln!(serial, "(oxen) {args}");
 }
 
 /// A guest's console output, passed through as it comes so prompts show at
-/// once, with `tag` (e.g. `(d0) `) at the start of every line. `at_line_start`
-/// is the stream's state, kept by the caller between calls. A hypervisor log
-/// line may land in the middle of a guest's unfinished line.
-pub fn write_guest(tag: &str, bytes: impl Iterator<Item = u8>, at_line_start: &mut bool) {
+/// once, with `tag` (e.g. `(oxen) (d0) `) at the start of every line. A
+/// hypervisor line printed meanwhile ends the guest's open line first. One
+/// guest console stream at a time (dom0's).
+pub fn write_guest(tag: &str, bytes: impl Iterator<Item = u8>) {
     let mut serial = SERIAL.lock();
     for b in bytes {
         if b == b'\r' {
             continue;
         }
-        if *at_line_start {
+        if !GUEST_LINE_OPEN.load(Ordering::Relaxed) {
             let _ = serial.write_str(tag);
         }
         let _ = serial.write_char(char::from(b));
-        *at_line_start = b == b'\n';
+        GUEST_LINE_OPEN.store(b != b'\n', Ordering::Relaxed);
     }
 }
 

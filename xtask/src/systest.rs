@@ -84,6 +84,9 @@ pub struct TestDef {
     /// Add dom0's kernel and initramfs as multiboot2 modules.
     #[serde(default)]
     pub dom0: bool,
+    /// Extra arguments for dom0's kernel command line (with `dom0 = true`).
+    #[serde(default)]
+    pub dom0_args: String,
     /// Boot dom0's kernel and initramfs directly under QEMU, without the hypervisor;
     /// `cmdline` is then the kernel's command line.
     #[serde(default)]
@@ -94,6 +97,9 @@ pub struct TestDef {
     #[serde(default)]
     pub input: Vec<InputDef>,
     pub timeout_secs: Option<u64>,
+    /// Bochs only: instructions per emulated second, instead of the default
+    /// (a faster clock for long boots such as dom0's).
+    pub bochs_ips: Option<u64>,
     #[serde(default)]
     pub expect: Vec<ExpectDef>,
     #[serde(default)]
@@ -139,6 +145,8 @@ pub struct Test {
     pub machine: Machine,
     pub cmdline: String,
     pub dom0: bool,
+    /// Appended to dom0's kernel command line.
+    pub dom0_args: String,
     pub bare: bool,
     pub watch: Watch,
     pub timeout: Duration,
@@ -259,13 +267,14 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                 memory_mib: t.memory_mib.unwrap_or(m.defaults.memory_mib),
                 accel: Accel::Tcg,
                 icount: false,
-                bochs_ips: m.defaults.bochs_ips,
+                bochs_ips: t.bochs_ips.unwrap_or(m.defaults.bochs_ips),
             },
             name: t.name,
             description: t.description,
             xfail: t.xfail,
             cmdline: t.cmdline,
             dom0: t.dom0,
+            dom0_args: t.dom0_args,
             bare: t.bare,
             watch: Watch { done, inputs },
             timeout: Duration::from_secs(timeout),
@@ -534,10 +543,14 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         if t.bare {
             continue;
         }
+        let mut modules = if t.dom0 { dom0_modules.clone() } else { Vec::new() };
+        if let Some(kernel) = modules.first_mut().filter(|_| !t.dom0_args.is_empty()) {
+            kernel.args = format!("{} {}", kernel.args, t.dom0_args);
+        }
         make_iso(&IsoSpec {
             elf,
             cmdline: &t.cmdline,
-            modules: if t.dom0 { &dom0_modules } else { &[] },
+            modules: &modules,
             name: &t.name,
             output: &dir.join("oxen.iso"),
         })

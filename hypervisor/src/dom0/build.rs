@@ -189,8 +189,6 @@ fn mask_legacy_pic() {
 /// now) local APIC, plus the masked PICs.
 struct Dom0Env {
     uart: Uart16550,
-    /// Whether dom0's console output is at the start of a line.
-    at_line_start: bool,
     uart_irq: bool,
     pic_masks: [u8; 2],
     ioapic: IoApic,
@@ -222,7 +220,7 @@ fn ns_to_tsc(ns: u64) -> u64 {
 impl Dom0Env {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
     fn flush_console(&mut self) {
-        crate::console::write_guest("(oxen) (d0) ", self.uart.take_output(), &mut self.at_line_start);
+        crate::console::write_guest("(oxen) (d0) ", self.uart.take_output());
     }
 
     /// Moves serial input from the hypervisor's COM1 into dom0's UART.
@@ -402,9 +400,20 @@ fn blocked_access(vcpu: &mut AnyVcpu, gm: &GuestMemory, gpa: GuestPhysAddr, acce
         Some(cpu) => mmio::emulate_mmio(vcpu, gm, &cpu, gpa, page, &mut Blocked).map(|_| ()),
         None => Err(EmulateError::Decode(crate::emulate::decode::DecodeError::Unsupported)),
     };
-    let what = if result.is_ok() { "completed as a bus error (reads all ones)" } else { "refused with #GP" };
+    let kind = if access.contains(Access::EXEC) {
+        "execute"
+    } else if access.contains(Access::WRITE) {
+        "write"
+    } else {
+        "read"
+    };
+    let what = match (&result, kind) {
+        (Err(_), _) => "refused with #GP",
+        (Ok(()), "write") => "dropped",
+        (Ok(()), _) => "reads all ones",
+    };
     if *count <= BLOCKED_LOG_LIMIT {
-        warn!("dom0: {access:?} of {gpa:?} (not dom0 memory) at rip {rip:#x} {what}");
+        warn!("dom0: {kind} of {:#x} (not dom0 memory) at rip {rip:#x}: {what}", gpa.as_u64());
     } else if *count == BLOCKED_LOG_LIMIT + 1 {
         warn!("dom0: further blocked accesses are counted, not logged");
     }
@@ -435,7 +444,6 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     let clock = LapicClock { bus_hz: apic::timer_hz().max(1), tsc_hz: time::tsc_hz().max(1) };
     let mut env = Dom0Env {
         uart: Uart16550::com1(),
-        at_line_start: true,
         uart_irq: false,
         pic_masks: [0xff; 2],
         ioapic: IoApic::new(0),
@@ -475,8 +483,8 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
                 tally.log("first idle stretch");
                 let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
                 let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
-                warn!(
-                    "dom0: idle for {} s: rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
+                info!(
+                    "dom0: idle for {} s (nothing to deliver): rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
                     (now - since) / 1_000_000_000,
                     vcpu.rip(),
                     vcpu.interrupt_ready(),
@@ -523,7 +531,8 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
 /// Appended to dom0's kernel command line (see `boot`).
 const DOM0_FORCED_ARGS: &str = "pci=nomsi";
 
-/// dom0 halted this long with nothing delivered is reported (once).
+/// dom0 halted this long with nothing delivered is reported (once): normal at
+/// an idle shell, and the state to look at when it is not.
 const STALL_NS: u64 = 5_000_000_000;
 /// How often serial input is polled while dom0 idles.
 const SERIAL_POLL_NS: u64 = 10_000_000;
