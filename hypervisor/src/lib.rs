@@ -19,6 +19,7 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod console_switch;
 pub mod devices;
 pub mod dom0;
 pub mod emulate;

@@ -4,6 +4,7 @@ use super::layout::{self, Layout};
 use crate::arch::x86_64::{apic, irq, time};
 use crate::devices::ioapic::{DeliveryMode, IoApic, TriggerMode};
 use crate::devices::lapic::{LapicClock, LapicEvent, VirtualLapic};
+use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::{uart16550::Uart16550, PortDevice};
 use crate::emulate::mmio::{self, EmulateError};
 use crate::virt::{Access, VmExit};
@@ -193,6 +194,7 @@ struct Dom0Env {
     pic_masks: [u8; 2],
     ioapic: IoApic,
     lapic: VirtualLapic,
+    switch: ConsoleSwitch,
     /// Redirection entries last mirrored onto the physical I/O APIC.
     routed: [u64; irq::PINS as usize],
     /// The physical APIC id forwarded interrupts are sent to (this CPU's).
@@ -223,16 +225,26 @@ impl Dom0Env {
         crate::console::write_guest("(oxen) (d0) ", self.uart.take_output());
     }
 
-    /// Moves serial input from the hypervisor's COM1 into dom0's UART.
-    fn poll_input(&mut self) {
-        while self.uart.rx_space() > 0 {
-            match crate::console::try_read_byte() {
-                Some(b) => {
-                    self.uart.push_input(&[b]);
+    /// Moves serial input from the hypervisor's COM1 into dom0's UART, or to
+    /// the hypervisor's console after Ctrl-A three times. Returns the keys for
+    /// the hypervisor's console.
+    fn poll_input(&mut self) -> Vec<u8> {
+        let mut keys = Vec::new();
+        while self.uart.rx_space() > 2 {
+            let Some(b) = crate::console::try_read_byte() else { break };
+            match self.switch.feed(b) {
+                None => {}
+                Some(Input::ToDom0(bytes)) => {
+                    self.uart.push_input(&bytes);
                 }
-                None => break,
+                Some(Input::ToHypervisor(bytes)) => keys.extend(bytes),
+                Some(Input::Switched(Focus::Hypervisor)) => info!(
+                    "console: input now goes to the hypervisor (Ctrl-A three times for dom0); keys: {HELP}"
+                ),
+                Some(Input::Switched(Focus::Dom0)) => info!("console: input now goes to dom0"),
             }
         }
+        keys
     }
 
     /// Propagates interrupt state: UART line → IOAPIC → local APIC, the local
@@ -374,6 +386,31 @@ impl ExitTally {
 /// Exits between two tallies in the log.
 const TALLY_EVERY: u64 = 1 << 18;
 
+/// The hypervisor console's keys.
+const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory";
+
+/// Answers one key on the hypervisor's console.
+fn debug_key(key: u8, env: &Dom0Env, tally: &ExitTally, exits: u64) {
+    match key {
+        b'h' | b'?' => info!("console: keys: {HELP}"),
+        b'd' => info!(
+            "console: domains: d0 (dom0) running, 1 vCPU on cpu{}, {exits} exits, vLAPIC ppr {:#x}",
+            crate::arch::x86_64::cpu_id(),
+            env.lapic.ppr()
+        ),
+        b'c' => {
+            for cpu in 0..crate::arch::x86_64::smp::cpu_count() {
+                let what = if cpu == crate::arch::x86_64::cpu_id() { "runs d0 vCPU 0" } else { "idle" };
+                info!("console: cpu{cpu}: {what}");
+            }
+        }
+        b'e' => tally.log("console"),
+        b'm' => info!("console: {} MiB free in the hypervisor's frame allocator", mem::free_frame_count() * 4 / 1024),
+        b'\r' | b'\n' => {}
+        other => info!("console: no key {:?}; keys: {HELP}", char::from(other)),
+    }
+}
+
 /// What dom0 sees where it has no memory (hypervisor RAM, or nothing): reads
 /// return all ones, writes are dropped, as on a bus where nothing answers.
 struct Blocked;
@@ -448,6 +485,7 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         pic_masks: [0xff; 2],
         ioapic: IoApic::new(0),
         lapic: VirtualLapic::new(0, true, clock),
+        switch: ConsoleSwitch::default(),
         routed: [RTE_MASKED; irq::PINS as usize],
         host_apic_id: apic::id(),
     };
@@ -460,7 +498,9 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
     let mut blocked: u64 = 0;
     let mut tally = ExitTally::default();
     loop {
-        env.poll_input();
+        for key in env.poll_input() {
+            debug_key(key, &env, &tally, exits);
+        }
         let now = now_ns();
         env.update_interrupts(now);
         if let Some(vector) = env.lapic.pending() {
