@@ -11,12 +11,27 @@ use object::read::elf::{ElfFile64, ProgramHeader as _};
 use object::{Object as _, ObjectSection as _};
 use regex::Regex;
 
-use crate::emu::{boot_and_watch, Accel, Emulator, Ending, Machine, BOCHS_IPS};
+use crate::emu::{
+    boot_and_watch, boot_and_watch_with, Accel, Emulator, Ending, Machine, Media, Watch, BOCHS_IPS,
+};
 use crate::image::{make_iso, target_dir, IsoSpec};
 use crate::util::{repo_root, run_captured, show, step, tail, tool_version};
 
 const BENCH_CMDLINE: &str = "console=com1,115200 bench";
 const BENCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The hypervisor command line of the dom0 boot benchmark (as test `dom0-boot-svm`).
+const DOM0_CMDLINE: &str = "console=com1,115200 dom0_mem=256M";
+/// dom0's init banner, the end of the timed boot (bare and under Oxen alike).
+const BANNER: &str = r"dom0: init started";
+/// The hypervisor's tally of dom0's exits, printed ~5 s after dom0 first idles.
+const IDLE_TALLY: &str = r"\(oxen\) dom0: (\d+) exits \(first idle stretch\):(.*)";
+/// Up to the banner, for either boot.
+const DOM0_TIMEOUT: Duration = Duration::from_secs(180);
+/// After the banner, for the idle tally.
+const TALLY_GRACE: Duration = Duration::from_secs(60);
+/// Bare/Oxen pairs, run alternately.
+const DOM0_ROUNDS: usize = 2;
 
 pub struct Sizes {
     pub sections: Vec<(&'static str, u64)>,
@@ -117,6 +132,268 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
         tsc_delta,
         command,
     })
+}
+
+/// One round of the dom0 boot benchmark: seconds from QEMU's start to the banner.
+pub struct Dom0Round {
+    pub bare: f64,
+    pub oxen: f64,
+    /// The hypervisor's first-idle tally for this round's Oxen boot, if it came.
+    pub exits: Option<Tally>,
+}
+
+pub struct Dom0Boot {
+    pub rounds: Vec<Dom0Round>,
+    pub bare_command: String,
+    pub oxen_command: String,
+    /// The init banner as the bare boot printed it (it names the kernel).
+    pub banner: String,
+}
+
+/// `(total, [(reason, count)])` from a `(oxen) dom0: N exits (...)` line.
+pub type Tally = (u64, Vec<(String, u64)>);
+
+/// Parses the hypervisor's first-idle tally out of a serial log.
+fn parse_tally(serial: &str) -> Option<Tally> {
+    let re = Regex::new(IDLE_TALLY).ok()?;
+    let c = serial.lines().find_map(|l| re.captures(l))?;
+    let total = c[1].parse().ok()?;
+    let mut reasons = Vec::new();
+    for field in c[2].split_whitespace() {
+        let (name, n) = field.split_once('=')?;
+        reasons.push((name.to_string(), n.parse().ok()?));
+    }
+    Some((total, reasons))
+}
+
+/// Why dom0 leaves to the hypervisor for each reason (one line each).
+fn exit_reason(name: &str) -> &'static str {
+    match name {
+        "io" => "dom0's console UART is emulated: every byte written is an OUT, plus the LSR polls before it",
+        "npf" => "the local APIC and IOAPIC are emulated, so dom0's MMIO to them faults in the nested page table",
+        "cpuid" => "SVM always intercepts CPUID (the hypervisor filters the leaves dom0 sees)",
+        "msr-read" | "msr-write" => "EFER, PAT and the x2APIC/APIC MSRs are intercepted (the LAPIC timer and EOI go through them)",
+        "preempted" => "the host's own timer and physical interrupts take the CPU back from dom0",
+        "intr-window" => "an interrupt was pending while dom0 had interrupts off: exit when it can take it",
+        "hlt" => "dom0 idles: HLT hands the CPU back until its next timer or interrupt",
+        "hypercall" => "dom0 calls the hypervisor (VMMCALL)",
+        _ => "everything else (exceptions, shutdown, unhandled reasons)",
+    }
+}
+
+fn relative(command: &str) -> String {
+    command.replace(&format!("{}/", repo_root().display()), "")
+}
+
+/// Boots dom0's kernel and initramfs bare and under Oxen, alternately, `DOM0_ROUNDS`
+/// times each, timing QEMU's start to dom0's init banner; the Oxen boots go on to
+/// the hypervisor's first-idle exit tally.
+fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
+    let dom0 = crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?;
+    let base = target_dir().join("bench");
+    let (bare_dir, oxen_dir) = (base.join("dom0-bare"), base.join("dom0-oxen"));
+    for d in [&bare_dir, &oxen_dir] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d)?;
+    }
+    let iso = oxen_dir.join("oxen.iso");
+    make_iso(&IsoSpec {
+        elf,
+        cmdline: DOM0_CMDLINE,
+        modules: &dom0.modules(),
+        name: "bench-dom0",
+        output: &iso,
+    })?;
+    let m = Machine {
+        emulator: Emulator::Qemu,
+        cpu: Some("max".into()),
+        smp: 1,
+        memory_mib: 512,
+        accel: Accel::Tcg,
+        icount: false,
+        bochs_ips: BOCHS_IPS,
+    };
+    let banner = Regex::new(BANNER)?;
+    let bare_watch = Watch {
+        done: Some(banner.clone()),
+        marks: vec![banner.clone()],
+        ..Watch::default()
+    };
+    let oxen_watch = Watch {
+        done: Some(Regex::new(IDLE_TALLY)?),
+        marks: vec![banner.clone()],
+        grace: Some(TALLY_GRACE),
+        ..Watch::default()
+    };
+    // The same kernel command line dom0 gets under Oxen, so both print the same.
+    let bare_media = Media::Linux {
+        kernel: &dom0.kernel,
+        initrd: &dom0.initrd,
+        append: crate::dom0::KERNEL_ARGS,
+    };
+    let timed = |which: &str, dir: &Path, media: Media, watch: &Watch, timeout: Duration| {
+        step(format!(
+            "dom0 boot {which}: QEMU TCG -cpu max, 512 MiB (up to {}s to `{BANNER}`)",
+            DOM0_TIMEOUT.as_secs()
+        ));
+        let boot = boot_and_watch_with(&m, dir, media, timeout, watch)?;
+        match boot.marks[0] {
+            Some(t) => Ok((t.as_secs_f64(), boot)),
+            None => {
+                let how = match boot.ending {
+                    Ending::Halted => "the hypervisor halted".to_string(),
+                    Ending::Done => "the run ended".to_string(),
+                    Ending::TimedOut => format!("timed out after {}s", timeout.as_secs()),
+                    Ending::Exited(s) => format!("QEMU exited ({s})"),
+                };
+                bail!(
+                    "dom0 booted {which} never printed `{BANNER}` ({how}). Command:
+    {}
+last lines of {}:
+{}",
+                    boot.command,
+                    show(&dir.join("serial.log")),
+                    tail(&boot.serial, 20)
+                )
+            }
+        }
+    };
+    let mut rounds = Vec::new();
+    let (mut bare_command, mut oxen_command, mut banner_line) =
+        (String::new(), String::new(), String::new());
+    for round in 1..=DOM0_ROUNDS {
+        let (bare, b) = timed(
+            &format!("bare (round {round}/{DOM0_ROUNDS})"),
+            &bare_dir,
+            bare_media,
+            &bare_watch,
+            DOM0_TIMEOUT,
+        )?;
+        println!("     bare: {bare:.1}s to the init banner");
+        bare_command = relative(&b.command);
+        banner_line = b
+            .serial
+            .lines()
+            .find(|l| banner.is_match(l))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let (oxen, o) = timed(
+            &format!("under Oxen (round {round}/{DOM0_ROUNDS})"),
+            &oxen_dir,
+            Media::Iso(&iso),
+            &oxen_watch,
+            DOM0_TIMEOUT + TALLY_GRACE,
+        )?;
+        let exits = parse_tally(&o.serial);
+        println!(
+            "     under Oxen: {oxen:.1}s to the init banner ({:.2}x bare); exit tally: {}",
+            oxen / bare,
+            match &exits {
+                Some((n, _)) => format!("{n} exits"),
+                None => format!(
+                    "none within {}s of the banner (see {})",
+                    TALLY_GRACE.as_secs(),
+                    show(&oxen_dir.join("serial.log"))
+                ),
+            }
+        );
+        oxen_command = relative(&o.command);
+        rounds.push(Dom0Round { bare, oxen, exits });
+    }
+    Ok(Dom0Boot {
+        rounds,
+        bare_command,
+        oxen_command,
+        banner: banner_line,
+    })
+}
+
+/// The BENCHMARKS.md section on the boot ratio.
+fn dom0_boot_section(d: &Dom0Boot, footer: &str) -> (String, String) {
+    let mut rows = String::new();
+    let mut ratios = Vec::new();
+    for (i, r) in d.rounds.iter().enumerate() {
+        let ratio = r.oxen / r.bare;
+        ratios.push(ratio);
+        rows.push_str(&format!(
+            "| {} | {:.1} s | {:.1} s | {ratio:.2}× |\n",
+            i + 1,
+            r.bare,
+            r.oxen
+        ));
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    rows.push_str(&format!("| mean | | | **{mean:.2}×** |\n"));
+    let summary = format!(
+        "| dom0 boot to init, Oxen / bare | {mean:.2}× (mean of {} pairs) |\n",
+        ratios.len()
+    );
+    let body = format!(
+        "## dom0 boot overhead\n\n\
+         Wall time from QEMU's start to dom0's init banner (`{BANNER}`), dom0's kernel and initramfs booted \
+         (a) bare by QEMU and (b) under Oxen, alternately, in the same QEMU. Emulator wall time is noisy: \
+         read the ratios of this one run, not the seconds, as the figure (times are polled every 0.1 s).\n\n\
+         | round | (a) bare | (b) under Oxen | (b)/(a) |\n|---|---|---|---|\n{rows}\n\
+         Banner: `{}`.  \nCommand: `cargo xtask bench`, which ran, in turn,\n\n\
+         ```\n{}\n{}\n```\n\n\
+         (the ISO carries the hypervisor with command line `{DOM0_CMDLINE}` and dom0's modules \
+         `vmlinuz {}` and `initrd`; the bare boot gets the same kernel command line). {footer}",
+        d.banner,
+        d.bare_command,
+        d.oxen_command,
+        crate::dom0::KERNEL_ARGS,
+    );
+    (summary, body)
+}
+
+/// The BENCHMARKS.md section on dom0's exits, if every Oxen boot printed its tally.
+fn dom0_exits_section(d: &Dom0Boot, footer: &str) -> Option<String> {
+    let tallies: Vec<&Tally> = d
+        .rounds
+        .iter()
+        .map(|r| r.exits.as_ref())
+        .collect::<Option<_>>()?;
+    let first = tallies.first()?;
+    let mut names: Vec<String> = Vec::new();
+    for (_, reasons) in &tallies {
+        for (n, _) in reasons {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    let count = |t: &Tally, name: &str| t.1.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    names.sort_by_key(|n| std::cmp::Reverse(count(first, n)));
+    let runs: Vec<String> = (1..=tallies.len()).map(|i| format!("round {i}")).collect();
+    let mut table = format!(
+        "| reason | {} | share (round 1) | why dom0 exits for it |\n|---|{}---|---|\n",
+        runs.join(" | "),
+        "---|".repeat(runs.len())
+    );
+    for name in &names {
+        let cells: Vec<String> = tallies.iter().map(|t| thousands(count(t, name))).collect();
+        table.push_str(&format!(
+            "| {name} | {} | {:.1} % | {} |\n",
+            cells.join(" | "),
+            100.0 * count(first, name) as f64 / first.0.max(1) as f64,
+            exit_reason(name)
+        ));
+    }
+    let totals: Vec<String> = tallies
+        .iter()
+        .map(|t| format!("**{}**", thousands(t.0)))
+        .collect();
+    table.push_str(&format!("| total | {} | 100 % | |\n", totals.join(" | ")));
+    Some(format!(
+        "## VM exits during dom0's boot\n\n\
+         dom0's exits by reason from its start to its first idle stretch at the root shell, as the hypervisor \
+         tallies them (`(oxen) dom0: N exits (first idle stretch): …`, about 5 s after dom0 first idles), in the \
+         Oxen boots of the dom0 boot benchmark above.\n\n{table}\n\
+         Command: `cargo xtask bench` (the boots under Oxen above, each kept running after the init banner until \
+         the tally line, up to {}s more). {footer}",
+        TALLY_GRACE.as_secs()
+    ))
 }
 
 fn today() -> String {
@@ -240,11 +517,48 @@ pub fn bench(elf: &Path) -> Result<()> {
             ),
         );
     }
+    // Written now, so a failing dom0 benchmark still leaves these figures.
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+
+    let d0 = dom0_boot(elf);
+    let mut exits_missing = false;
+    if let Ok(d) = &d0 {
+        let footer =
+            format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
+        let (row, body) = dom0_boot_section(d, &footer);
+        table.push_str(&row);
+        doc = update_section(&doc, "dom0-boot", &body);
+        match dom0_exits_section(d, &footer) {
+            Some(body) => {
+                let totals: Vec<String> = d
+                    .rounds
+                    .iter()
+                    .filter_map(|r| r.exits.as_ref().map(|t| thousands(t.0)))
+                    .collect();
+                table.push_str(&format!(
+                    "| dom0 exits to its first idle stretch | {} |\n",
+                    totals.join(", ")
+                ));
+                doc = update_section(&doc, "dom0-exits", &body);
+            }
+            None => exits_missing = true,
+        }
+    }
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
     hc.map(|_| ())
-        .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")
+        .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")?;
+    d0.context("the dom0 boot benchmark failed (BENCHMARKS.md keeps its previous dom0 figures)")?;
+    if exits_missing {
+        bail!(
+            "an Oxen boot of dom0 printed no `(oxen) dom0: N exits (first idle stretch)` line within {}s of \
+             the init banner (see {}): BENCHMARKS.md keeps its previous exit figures",
+            TALLY_GRACE.as_secs(),
+            show(&target_dir().join("bench/dom0-oxen/serial.log"))
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,6 +579,17 @@ mod tests {
             "{doc}"
         );
         assert!(!doc.contains("A1"));
+    }
+
+    #[test]
+    fn idle_tally_is_parsed() {
+        let log = "(oxen) dom0: 262144 exits (so far): cpuid=1 io=2\n\
+                   (oxen) dom0: 300500 exits (first idle stretch): cpuid=120 io=250000 msr-write=380 npf=50000\r\n";
+        let (total, reasons) = parse_tally(log).unwrap();
+        assert_eq!(total, 300_500);
+        assert_eq!(reasons[1], ("io".to_string(), 250_000));
+        assert_eq!(reasons.len(), 4);
+        assert!(parse_tally("(oxen) dom0: 5 exits (so far): io=5\n").is_none());
     }
 
     #[test]

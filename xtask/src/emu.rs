@@ -248,6 +248,9 @@ pub struct Boot {
     pub command: String,
     /// Inputs that were typed, as `(index, when)`; the rest never found their pattern.
     pub sent: Vec<(usize, Duration)>,
+    /// For each of `Watch::marks`, when a line first matched it (from the emulator's
+    /// start, to within the 100 ms the log is polled at).
+    pub marks: Vec<Option<Duration>>,
 }
 
 /// Text to type into the serial console once `after` matches.
@@ -265,6 +268,11 @@ pub struct Watch {
     /// Typed in order; each waits for its `after` to match output that follows the
     /// point where the previous input's pattern matched.
     pub inputs: Vec<Input>,
+    /// Patterns whose first matching line is timed (`Boot::marks`); they end nothing.
+    pub marks: Vec<Regex>,
+    /// Once every mark has matched, the run times out this long after the last one
+    /// (instead of at the overall timeout).
+    pub grace: Option<Duration>,
 }
 
 /// The serial log as the watcher matches it: `\r` and NULs dropped, so `$` and
@@ -415,10 +423,23 @@ pub fn boot_and_watch_with(
     }
     let mut typing = Typing::default();
     let mut sent = Vec::new();
+    let mut marks: Vec<Option<Duration>> = vec![None; watch.marks.len()];
+    let mut deadline = timeout;
     let ending = loop {
         std::thread::sleep(Duration::from_millis(100));
         let text = read_lossy(&serial_path);
-        if log_lines(&text).iter().any(|l| l.contains(HALT_MARKER)) {
+        let lines = log_lines(&text);
+        let mut marked = false;
+        for (re, when) in watch.marks.iter().zip(marks.iter_mut()) {
+            if when.is_none() && lines.iter().any(|l| re.is_match(l)) {
+                *when = Some(start.elapsed());
+                marked = true;
+            }
+        }
+        if let (true, Some(grace)) = (marked && marks.iter().all(Option::is_some), watch.grace) {
+            deadline = deadline.min(start.elapsed() + grace);
+        }
+        if lines.iter().any(|l| l.contains(HALT_MARKER)) {
             break Ending::Halted;
         }
         let norm = normalize_serial(&text);
@@ -435,7 +456,7 @@ pub fn boot_and_watch_with(
         if let Some(status) = proc.try_wait() {
             break Ending::Exited(status);
         }
-        if start.elapsed() >= timeout {
+        if start.elapsed() >= deadline {
             break Ending::TimedOut;
         }
     };
@@ -451,6 +472,7 @@ pub fn boot_and_watch_with(
         serial: read_lossy(&serial_path),
         command,
         sent,
+        marks,
     })
 }
 
@@ -468,6 +490,7 @@ mod tests {
                     send: s.to_string(),
                 })
                 .collect(),
+            ..Watch::default()
         }
     }
 

@@ -276,7 +276,11 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             dom0: t.dom0,
             dom0_args: t.dom0_args,
             bare: t.bare,
-            watch: Watch { done, inputs },
+            watch: Watch {
+                done,
+                inputs,
+                ..Watch::default()
+            },
             timeout: Duration::from_secs(timeout),
             expect,
             expect_xfail,
@@ -543,7 +547,11 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         if t.bare {
             continue;
         }
-        let mut modules = if t.dom0 { dom0_modules.clone() } else { Vec::new() };
+        let mut modules = if t.dom0 {
+            dom0_modules.clone()
+        } else {
+            Vec::new()
+        };
         if let Some(kernel) = modules.first_mut().filter(|_| !t.dom0_args.is_empty()) {
             kernel.args = format!("{} {}", kernel.args, t.dom0_args);
         }
