@@ -106,6 +106,8 @@ pub struct Machine {
     /// QEMU `-icount shift=0`: one instruction per virtual nanosecond (bench).
     pub icount: bool,
     pub bochs_ips: u64,
+    /// QEMU only: a raw disk image attached as a virtio block device (read-only).
+    pub disk: Option<PathBuf>,
 }
 
 /// Where the guest's COM1 goes.
@@ -182,6 +184,12 @@ impl Machine {
                 c.arg("-initrd").arg(initrd);
                 c.args(["-append", append]);
             }
+        }
+        if let Some(disk) = &self.disk {
+            c.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                disk.display()
+            ));
         }
         // Lets the hypervisor's `debug_exit=0xf4` option end QEMU.
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -536,6 +544,7 @@ mod tests {
             accel: Accel::Tcg,
             icount: false,
             bochs_ips: BOCHS_IPS,
+            disk: None,
         };
         let media = Media::Linux {
             kernel: Path::new("/k"),

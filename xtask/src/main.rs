@@ -188,6 +188,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 accel: Accel::Tcg,
                 icount: false,
                 bochs_ips: BOCHS_IPS,
+                disk: None,
             };
             run::run(&mut m, r.accel, &iso)?;
         }

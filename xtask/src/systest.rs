@@ -84,6 +84,9 @@ pub struct TestDef {
     /// Add dom0's kernel and initramfs as multiboot2 modules.
     #[serde(default)]
     pub dom0: bool,
+    /// QEMU only: attach a raw virtio disk of this many MiB whose every 32-bit
+    /// word is its own byte offset (little endian), so its checksum is known.
+    pub disk_mib: Option<u32>,
     /// Extra arguments for dom0's kernel command line (with `dom0 = true`).
     #[serde(default)]
     pub dom0_args: String,
@@ -144,6 +147,8 @@ pub struct Test {
     pub description: String,
     pub machine: Machine,
     pub cmdline: String,
+    /// Size of the disk image to write before the run.
+    pub disk_mib: Option<u32>,
     pub dom0: bool,
     /// Appended to dom0's kernel command line.
     pub dom0_args: String,
@@ -268,7 +273,11 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                 accel: Accel::Tcg,
                 icount: false,
                 bochs_ips: t.bochs_ips.unwrap_or(m.defaults.bochs_ips),
+                disk: t
+                    .disk_mib
+                    .map(|_| target_dir().join("systest").join(&t.name).join("disk.img")),
             },
+            disk_mib: t.disk_mib,
             name: t.name,
             description: t.description,
             xfail: t.xfail,
@@ -531,6 +540,17 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     }
 }
 
+/// Writes a disk image of `mib` MiB whose every 32-bit word is its own byte
+/// offset, little endian: content any reader can check without a file system.
+fn write_disk_image(path: &Path, mib: u32) -> Result<()> {
+    let words = (u64::from(mib) << 20) / 4;
+    let bytes: Vec<u8> = (0..words)
+        .flat_map(|w| ((w * 4) as u32).to_le_bytes())
+        .collect();
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
 /// Prints a line per test.
 pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
@@ -544,6 +564,10 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        if let (Some(mib), Some(path)) = (t.disk_mib, &t.machine.disk) {
+            write_disk_image(path, mib)
+                .with_context(|| format!("writing the disk image for {}", t.name))?;
+        }
         if t.bare {
             continue;
         }
