@@ -189,8 +189,14 @@ fn exit_reason(name: &str) -> &'static str {
     }
 }
 
+/// A command as it reads on every machine: paths relative to the repo root, and
+/// the serial socket's per-run name replaced.
 fn relative(command: &str) -> String {
-    command.replace(&format!("{}/", repo_root().display()), "")
+    let c = command.replace(&format!("{}/", repo_root().display()), "");
+    match Regex::new(r"path=\S*oxen-serial-\S*\.sock") {
+        Ok(re) => re.replace_all(&c, "path=SOCKET").into_owned(),
+        Err(_) => c,
+    }
 }
 
 /// Boots dom0's kernel and initramfs bare and under Oxen, alternately, `DOM0_ROUNDS`
@@ -559,7 +565,7 @@ pub fn bench(elf: &Path) -> Result<()> {
                     .filter_map(|r| r.exits.as_ref().map(|t| thousands(t.0)))
                     .collect();
                 table.push_str(&format!(
-                    "| dom0 exits to its first idle stretch | {} |\n",
+                    "| dom0 exits to its root shell | {} |\n",
                     totals.join(", ")
                 ));
                 doc = update_section(&doc, "dom0-exits", &body);
