@@ -728,13 +728,7 @@ mod tests {
     /// Never panics, and any instruction it accepts fits the input and 15 bytes.
     #[test]
     fn fuzz_random_bytes() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::emulate::testmem::xorshift(0x9e37_79b9_7f4a_7c15u64);
         // Bias the first bytes toward prefixes and the opcodes we decode so the
         // interesting paths are reached, not just Unsupported.
         const HOT: &[u8] = &[

@@ -427,13 +427,7 @@ mod tests {
     /// moved by exactly the length and the device saw one access (two for XCHG).
     #[test]
     fn fuzz_never_panics() {
-        let mut rng = 0x0dd_ba11_cafe_f00du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::emulate::testmem::xorshift(0x0dd_ba11_cafe_f00du64);
         // 64-bit code only: the decoder's own fuzz test covers the other modes.
         let (mut m, cpu) = long_mode();
         let mut ok = 0;
@@ -442,7 +436,7 @@ mod tests {
             let mut code = [0u8; 16];
             for b in code.iter_mut() {
                 let r = next();
-                *b = if r % 3 == 0 {
+                *b = if r.is_multiple_of(3) {
                     [0x66, 0x48, 0x89, 0x8b, 0x88, 0x0f, 0xb6, 0x87][(r >> 8) as usize % 8]
                 } else {
                     (r >> 16) as u8

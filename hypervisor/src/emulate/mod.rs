@@ -66,6 +66,17 @@ impl GuestPhysRead for crate::virt::GuestMemory {
 #[cfg(test)]
 pub(crate) mod testmem {
     use super::{GuestPhysRead, Unbacked};
+
+    /// A fixed-seed xorshift64 generator for the fuzz-style tests: the same
+    /// inputs every run.
+    pub fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
     use crate::mem::GuestPhysAddr;
     use alloc::vec::Vec;
 

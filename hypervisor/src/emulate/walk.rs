@@ -415,13 +415,7 @@ mod tests {
 
     #[test]
     fn random_tables_never_panic() {
-        let mut rng = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::emulate::testmem::xorshift(0x1234_5678_9abc_def0u64);
         let mut m = VecMem::new(0x8000);
         for _ in 0..20_000 {
             for _ in 0..8 {
