@@ -459,7 +459,7 @@ mod tests {
             // Mostly the address the instruction really touches, else a random one.
             let regs = v.gprs;
             let mut gpa = LAPIC + (next() & 0xfff);
-            if let (Ok(i), true) = (fetch_and_decode(&m, &cpu, v.rip), next() % 8 != 0) {
+            if let (Ok(i), true) = (fetch_and_decode(&m, &cpu, v.rip), !next().is_multiple_of(8)) {
                 let ea = i.mem.effective_address(|g| gpr_value(&regs, v.rsp, g), v.rip + u64::from(i.len));
                 gpa = LAPIC + (ea & 0xfff);
             }

@@ -421,7 +421,7 @@ mod tests {
             for _ in 0..8 {
                 let at = (next() % 0x1000) & !7;
                 // Entries mostly pointing into the 32 KiB of memory.
-                let v = if next() % 4 == 0 { next() } else { (next() & 0x7083) | 1 };
+                let v = if next().is_multiple_of(4) { next() } else { (next() & 0x7083) | 1 };
                 m.put_u64(at + (next() % 8) * 0x1000 % 0x8000, v);
             }
             let mut p = long(next() & 0x7000);
