@@ -11,7 +11,7 @@ use crate::platform::clock::{self, Mhz};
 use crate::platform::lapic::{self, base, reg, Ipi, LVT_MASKED, LVT_TIMER_ONESHOT, SVR_APIC_ENABLE, TIMER_DIVIDE_BY_1};
 use crate::platform::{Platform, MAX_CPUS};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use log::{info, warn};
 use spin::Once;
 use x86_64::instructions::port::Port;
@@ -45,6 +45,8 @@ enum Mode {
 
 static MODE: Once<Mode> = Once::new();
 static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
+/// Whether `arm_timer` has set this CPU's timer divide and LVT (per CPU).
+static TIMER_CONFIGURED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// Wake interrupts taken, per CPU (see `wakes_taken`).
 static WAKES: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
@@ -265,8 +267,12 @@ pub fn arm_timer(deadline_tsc: Option<u64>) {
     } else {
         (u128::from(ticks) * u128::from(timer_hz) / u128::from(tsc_hz)).clamp(1, u128::from(u32::MAX)) as u32
     };
-    write(reg::TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
-    write(reg::LVT_TIMER, u32::from(TIMER_VECTOR) | LVT_TIMER_ONESHOT);
+    // Divide and LVT only once per CPU: this runs before every guest entry.
+    let configured = &TIMER_CONFIGURED[super::cpu_id() as usize];
+    if !configured.swap(true, Ordering::Relaxed) {
+        write(reg::TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+        write(reg::LVT_TIMER, u32::from(TIMER_VECTOR) | LVT_TIMER_ONESHOT);
+    }
     write(reg::TIMER_INITIAL_COUNT, count);
 }
 
