@@ -138,6 +138,7 @@ pub fn prepare() -> Result<Dom0> {
         ));
     }
     let mods = resolve_modules(&moddir, &wanted)?;
+    let extras = crate::dom0_tools::collect(&release)?;
 
     let busybox = broot.join("bin/busybox");
     let initrd = dir.join("initrd.gz");
@@ -147,11 +148,11 @@ pub fn prepare() -> Result<Dom0> {
     // Rebuilt only when something that goes into it changed (compressing it
     // takes seconds in xtask's unoptimized build).
     let stamp = dir.join("initrd.gz.inputs");
-    let inputs = initrd_inputs(&kdeb, &bdeb, &init, &mods);
+    let inputs = initrd_inputs(&kdeb, &bdeb, &init, &mods, &extras);
     let fresh = initrd.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs);
     if !fresh {
         let _ = std::fs::remove_file(&stamp);
-        write_initrd(&initrd, &release, &init, &busybox, &moddir, &mods)?;
+        write_initrd(&initrd, &release, &init, &busybox, &moddir, &mods, &extras)?;
         std::fs::write(&stamp, &inputs)?;
     }
     let size = std::fs::metadata(&initrd)?.len();
@@ -681,7 +682,13 @@ fn modules_dep(mods: &[KernelModule]) -> String {
 
 /// What the initramfs is made of, as text: the two .debs, /init's hash, the modules,
 /// and the xtask binary's build time (a change to how it is written).
-fn initrd_inputs(kdeb: &Path, bdeb: &Path, init: &[u8], mods: &[KernelModule]) -> String {
+fn initrd_inputs(
+    kdeb: &Path,
+    bdeb: &Path,
+    init: &[u8],
+    mods: &[KernelModule],
+    extras: &[ExtraFile],
+) -> String {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::hash::DefaultHasher::new();
     init.hash(&mut h);
@@ -699,7 +706,20 @@ fn initrd_inputs(kdeb: &Path, bdeb: &Path, init: &[u8], mods: &[KernelModule]) -
     for m in mods {
         s.push_str(&format!("module {}\n", m.path));
     }
+    for e in extras {
+        let mut h = std::hash::DefaultHasher::new();
+        e.bytes.hash(&mut h);
+        s.push_str(&format!("extra {} {:o} {:016x}\n", e.dest, e.mode, h.finish()));
+    }
     s
+}
+
+/// A file of Oxen's own for dom0's initramfs (`crate::dom0_tools`).
+pub struct ExtraFile {
+    /// Path inside the initramfs, without a leading `/`.
+    pub dest: String,
+    pub mode: u32,
+    pub bytes: Vec<u8>,
 }
 
 /// Writes the gzip-compressed initramfs.
@@ -710,6 +730,7 @@ fn write_initrd(
     busybox: &Path,
     moddir: &Path,
     mods: &[KernelModule],
+    extras: &[ExtraFile],
 ) -> Result<()> {
     let busybox_bytes =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
@@ -749,6 +770,12 @@ fn write_initrd(
     }
     let order: String = mods.iter().map(|m| format!("{}\n", m.path)).collect();
     a.file(&format!("{base}/modules.dom0"), 0o644, order.as_bytes())?;
+    for e in extras {
+        if let Some((parent, _)) = e.dest.rsplit_once('/') {
+            a.dirs(parent)?;
+        }
+        a.file(&e.dest, e.mode, &e.bytes)?;
+    }
     let cpio = a.finish();
 
     let tmp = out.with_extension("gz.tmp");

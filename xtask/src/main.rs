@@ -6,6 +6,7 @@
 mod bench;
 mod cpio;
 mod dom0;
+mod dom0_tools;
 mod emu;
 mod image;
 mod run;

@@ -1,14 +1,18 @@
-//! Oxen's hypercall ABI, shared by the hypervisor and the dom0 tools
-//! (docs/hypercalls.md is the prose version of this file).
+//! Oxen's hypercall ABI, shared by the hypervisor, dom0's `/dev/oxen` tools and
+//! the project's own guests (docs/hypercalls.md is the prose version of this file).
 //!
 //! Convention: `VMCALL` on Intel, `VMMCALL` on AMD, from guest CPL 0. The call
 //! number is in RAX, arguments in RDI, RSI, RDX, R10, R8; the result comes back in
 //! RAX: zero or a positive value on success, a negated errno on failure.
+//!
+//! Structures are `#[repr(C)]`, little endian, with explicit padding and their
+//! sizes asserted below; they are passed by guest-physical address with an
+//! explicit length and copied once by the hypervisor.
 #![no_std]
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0000;
+pub const ABI_VERSION: u32 = 0x0001_0001;
 
 pub const fn abi_major(v: u32) -> u16 {
     (v >> 16) as u16
@@ -26,20 +30,361 @@ pub mod nr {
     pub const VERSION: u64 = 0;
     /// Does nothing and returns 0: the cost of a round trip.
     pub const NULL: u64 = 1;
+    /// Appends bytes to the caller's console ring. RDI = guest-physical address,
+    /// RSI = length (at most `CONSOLE_WRITE_MAX`). Returns the bytes taken.
+    pub const CONSOLE_WRITE: u64 = 2;
+    /// Returns the caller's domain ID.
+    pub const DOMAIN_ID: u64 = 3;
+    /// Scheduling operations on the calling vCPU: RDI = one of `sched_op`, RSI
+    /// its argument.
+    pub const SCHED_OP: u64 = 4;
+    /// Returns the control request pending for the caller's domain, one of
+    /// `request` (0 when none). Reading it does not clear it.
+    pub const CONTROL_REQUEST: u64 = 5;
+    /// Domain control; dom0 only (anyone else gets `-EPERM`). RDI = command
+    /// (`domctl`), RSI/RDX = guest-physical address and length of the command's
+    /// argument structure, R10/R8 = address and length of its data buffer (0/0
+    /// when it takes none). Output is written back into the same two areas.
+    pub const DOMCTL: u64 = 16;
 }
+
+/// Most bytes one `CONSOLE_WRITE` takes.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+/// Largest argument structure and largest data buffer of one `DOMCTL`.
+pub const DOMCTL_ARG_MAX: u64 = 4096;
+pub const DOMCTL_BUF_MAX: u64 = 64 * 1024;
+/// Largest kernel image `domctl::LOAD_IMAGE` stages.
+pub const IMAGE_MAX: u64 = 64 * 1024 * 1024;
+/// Bytes of a domain name, NUL padded; names are 1..=31 of `[A-Za-z0-9_.-]`.
+pub const NAME_LEN: usize = 32;
+/// Bytes of a domU's kernel command line, NUL terminated.
+pub const CMDLINE_LEN: usize = 256;
+/// Limits on `CreateDomain`.
+pub const MAX_VCPUS: u32 = 8;
+pub const MIN_MEMORY_MIB: u32 = 4;
+
+/// `nr::SCHED_OP` operations.
+pub mod sched_op {
+    /// Gives up the rest of the time slice.
+    pub const YIELD: u64 = 0;
+    /// Sleeps until RSI nanoseconds have passed (0: until woken) or a control
+    /// request arrives. Returns 0.
+    pub const BLOCK: u64 = 1;
+    /// Ends the domain: RSI = a `ShutdownReason`. Does not return.
+    pub const SHUTDOWN: u64 = 2;
+}
+
+/// `nr::CONTROL_REQUEST` answers: what dom0 asked the domain to do.
+pub mod request {
+    pub const NONE: u64 = 0;
+    pub const POWEROFF: u64 = 1;
+    pub const REBOOT: u64 = 2;
+}
+
+/// Why a domain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ShutdownReason {
+    Poweroff = 0,
+    Reboot = 1,
+    /// It faulted: triple fault, memory outside its own, an exit nobody handles.
+    Crash = 2,
+}
+
+impl ShutdownReason {
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Poweroff),
+            1 => Some(Self::Reboot),
+            2 => Some(Self::Crash),
+            _ => None,
+        }
+    }
+}
+
+/// What happens when a domain ends for a reason (`on_poweroff`, `on_reboot`,
+/// `on_crash` in a domain's config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Action {
+    /// Free everything.
+    Destroy = 0,
+    /// Boot it again: same ID, fresh memory, the same kernel.
+    Restart = 1,
+    /// Keep it, stopped, in state `Shutdown` until destroyed.
+    Preserve = 2,
+}
+
+impl Action {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Destroy),
+            1 => Some(Self::Restart),
+            2 => Some(Self::Preserve),
+            _ => None,
+        }
+    }
+}
+
+/// A domain's state as `DomainInfo::state` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DomainState {
+    /// Created, not yet started (its kernel may be loading).
+    Created = 0,
+    Running = 1,
+    Paused = 2,
+    /// Asked to shut down or reboot; waiting for the guest (or the timeout).
+    ShuttingDown = 3,
+    /// Being torn down; its memory returns to the pool when its vCPUs stop.
+    Dying = 4,
+    /// Ended and kept (`Action::Preserve`) until destroyed.
+    Shutdown = 5,
+}
+
+impl DomainState {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Created),
+            1 => Some(Self::Running),
+            2 => Some(Self::Paused),
+            3 => Some(Self::ShuttingDown),
+            4 => Some(Self::Dying),
+            5 => Some(Self::Shutdown),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::ShuttingDown => "shutting-down",
+            Self::Dying => "dying",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// `nr::DOMCTL` commands. Each names its argument structure and buffer.
+pub mod domctl {
+    /// Arg `CreateDomain`, no buffer. Returns the new domain's ID; it starts in
+    /// state `Created`, its memory zeroed.
+    pub const CREATE: u64 = 1;
+    /// Arg `LoadImage`, buffer = the next bytes of the domain's kernel (an ELF64
+    /// executable) at `offset`. Returns the bytes taken.
+    pub const LOAD_IMAGE: u64 = 2;
+    /// Arg `BuildDomain`, no buffer: checks the staged kernel and lays it out in
+    /// the domain's memory (docs/hypercalls.md, "domU boot state").
+    pub const BUILD: u64 = 3;
+    /// Arg `DomainRef`. Starts a built domain, or resumes a paused one.
+    pub const UNPAUSE: u64 = 4;
+    /// Arg `DomainRef`. Stops a running domain's vCPUs until `UNPAUSE`.
+    pub const PAUSE: u64 = 5;
+    /// Arg `ShutdownDomain`: asks the guest to power off or reboot; after the
+    /// timeout the hypervisor does it (destroy or hard restart).
+    pub const SHUTDOWN: u64 = 6;
+    /// Arg `DomainRef`: ends the domain at once. Returns once its vCPUs are
+    /// stopped; its memory is back in the pool when `GET_INFO` no longer finds it.
+    pub const DESTROY: u64 = 7;
+    /// Arg `DomainRef`, buffer receives one `DomainInfo`.
+    pub const GET_INFO: u64 = 8;
+    /// No arg; buffer receives `DomainInfo`s, every domain in ID order. Returns
+    /// how many domains exist (more than fit if the buffer was short).
+    pub const LIST: u64 = 9;
+    /// Arg `RingRead`; buffer receives console bytes. Returns the bytes copied.
+    pub const CONSOLE_READ: u64 = 10;
+    /// Arg `RingRead` (domid ignored); buffer receives the hypervisor's log.
+    pub const DMESG: u64 = 11;
+    /// No arg; buffer receives one `PhysInfo`.
+    pub const PHYS_INFO: u64 = 12;
+}
+
+/// `domctl::CREATE`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct CreateDomain {
+    pub name: [u8; NAME_LEN],
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// `Action`s, as u8.
+    pub on_poweroff: u8,
+    pub on_reboot: u8,
+    pub on_crash: u8,
+    pub _pad: u8,
+    /// Must be zero.
+    pub flags: u32,
+}
+
+/// `domctl::LOAD_IMAGE`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct LoadImage {
+    pub domid: u32,
+    pub _pad: u32,
+    /// Where the buffer's bytes go in the image; 0 starts a new image of `total`
+    /// bytes, later chunks must give the same `total` and follow on.
+    pub offset: u64,
+    pub total: u64,
+}
+
+/// `domctl::BUILD`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct BuildDomain {
+    pub domid: u32,
+    pub _pad: u32,
+    /// The guest's command line, NUL terminated.
+    pub cmdline: [u8; CMDLINE_LEN],
+}
+
+/// Argument of the commands that only name a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct DomainRef {
+    pub domid: u32,
+    pub _pad: u32,
+}
+
+/// `domctl::SHUTDOWN`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ShutdownDomain {
+    pub domid: u32,
+    /// `ShutdownReason::Poweroff` or `Reboot`.
+    pub reason: u32,
+}
+
+/// `domctl::CONSOLE_READ` / `DMESG` argument. A ring keeps the last bytes
+/// written; `offset` counts every byte ever written, so a reader passes the
+/// `next` it got last time and sees what it missed in `lost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct RingRead {
+    pub domid: u32,
+    pub _pad: u32,
+    /// In: where to start reading.
+    pub offset: u64,
+    /// Out: the offset after the last byte copied.
+    pub next: u64,
+    /// Out: bytes between `offset` and the oldest byte still kept.
+    pub lost: u64,
+}
+
+/// One domain, as `GET_INFO` and `LIST` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct DomainInfo {
+    pub domid: u32,
+    /// A `DomainState`.
+    pub state: u32,
+    pub vcpus: u32,
+    /// `info_flags`.
+    pub flags: u32,
+    pub memory_kib: u64,
+    /// Time its vCPUs spent in the guest, summed.
+    pub cpu_time_ns: u64,
+    pub exits: u64,
+    /// Times it was restarted (reboot) under the same ID.
+    pub restarts: u32,
+    /// A `ShutdownReason` when state is `ShuttingDown` or `Shutdown`.
+    pub shutdown_reason: u32,
+    pub name: [u8; NAME_LEN],
+}
+
+pub mod info_flags {
+    /// dom0: may use `DOMCTL`.
+    pub const PRIVILEGED: u32 = 1 << 0;
+    /// Its kernel is laid out; it can be started.
+    pub const BUILT: u32 = 1 << 1;
+}
+
+/// The machine as `PHYS_INFO` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhysInfo {
+    pub abi_version: u32,
+    pub cpus: u32,
+    pub total_kib: u64,
+    /// Free in the pool domUs are built from.
+    pub free_kib: u64,
+    pub tsc_khz: u64,
+    pub domains: u32,
+    /// 0 = VT-x, 1 = AMD-V.
+    pub vendor: u32,
+}
+
+/// What a domU's kernel finds at the address in RDI when it starts
+/// (docs/hypercalls.md, "domU boot state").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct StartInfo {
+    /// `START_INFO_MAGIC`.
+    pub magic: u64,
+    pub abi_version: u32,
+    pub vcpus: u32,
+    /// Bytes of RAM, guest-physical 0 up.
+    pub memory_bytes: u64,
+    /// The first guest-physical byte the hypervisor's boot structures use: the
+    /// kernel owns everything below it.
+    pub boot_area: u64,
+    pub cmdline: [u8; CMDLINE_LEN],
+}
+
+pub const START_INFO_MAGIC: u64 = u64::from_le_bytes(*b"OxenBoot");
+
+/// `/dev/oxen`'s one ioctl: a hypercall with its argument and buffer copied in
+/// from the caller, then back out. For `nr::DOMCTL` the driver passes `cmd`,
+/// the argument's and the buffer's kernel copies and lengths in RDI..R8; other
+/// calls it forwards (`VERSION`, `NULL`) take no arguments. `result` receives RAX.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HypercallIoctl {
+    pub nr: u64,
+    pub cmd: u64,
+    /// User-space address and length of the argument structure (0/0: none).
+    pub arg: u64,
+    pub arg_len: u64,
+    /// User-space address and length of the data buffer (0/0: none).
+    pub buf: u64,
+    pub buf_len: u64,
+    pub result: i64,
+}
+
+/// `_IOWR('O', 1, struct oxen_hypercall)`, as Linux's <asm-generic/ioctl.h> builds it.
+pub const IOCTL_HYPERCALL: u64 =
+    (3 << 30) | ((core::mem::size_of::<HypercallIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 1;
+
+/// The device node.
+pub const DEVICE_PATH: &str = "/dev/oxen";
 
 /// Errors, as negated values in RAX (Linux errno numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i64)]
 pub enum Error {
-    /// Not allowed for this caller (e.g. called from CPL > 0).
+    /// Not allowed for this caller (CPL > 0, or a domctl from a domU).
     Perm = 1,
+    /// No such domain.
+    NoEnt = 2,
+    /// Out of memory in the domU pool.
+    NoMem = 12,
     /// A guest address was outside the caller's memory.
     Fault = 14,
+    /// The domain is not in a state that allows this (e.g. unpause a dying one).
+    Busy = 16,
+    /// A name already in use.
+    Exist = 17,
     /// An argument was malformed.
     Inval = 22,
-    /// No such hypercall.
+    /// Too many domains or vCPUs.
+    NoSpc = 28,
+    /// No such hypercall or command.
     NoSys = 38,
+    /// The staged image is not a kernel Oxen can boot.
+    NoExec = 8,
+    /// A data buffer too big for one call.
+    TooBig = 7,
 }
 
 impl Error {
@@ -47,6 +392,108 @@ impl Error {
     pub const fn to_rax(self) -> u64 {
         (-(self as i64)) as u64
     }
+
+    /// The error a negative RAX value stands for.
+    pub const fn from_rax(rax: u64) -> Option<Self> {
+        Some(match -(rax as i64) {
+            1 => Self::Perm,
+            2 => Self::NoEnt,
+            7 => Self::TooBig,
+            8 => Self::NoExec,
+            12 => Self::NoMem,
+            14 => Self::Fault,
+            16 => Self::Busy,
+            17 => Self::Exist,
+            22 => Self::Inval,
+            28 => Self::NoSpc,
+            38 => Self::NoSys,
+            _ => return None,
+        })
+    }
+
+    /// What it means, for messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Perm => "not permitted",
+            Self::NoEnt => "no such domain",
+            Self::NoMem => "not enough free memory in the hypervisor",
+            Self::Fault => "bad address",
+            Self::Busy => "not possible in the domain's current state",
+            Self::Exist => "name already in use",
+            Self::Inval => "invalid argument",
+            Self::NoSpc => "too many domains or vCPUs",
+            Self::NoSys => "no such hypercall",
+            Self::NoExec => "not a kernel Oxen can boot (an ELF64 x86-64 executable)",
+            Self::TooBig => "too large",
+        }
+    }
+}
+
+/// Reads a NUL-padded name or command line as text, if it is UTF-8.
+pub fn c_str(bytes: &[u8]) -> Option<&str> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).ok()
+}
+
+/// Whether `name` is a valid domain name.
+pub fn valid_name(name: &str) -> bool {
+    (1..NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Fills a `NAME_LEN` array from a valid name.
+pub fn name_bytes(name: &str) -> Option<[u8; NAME_LEN]> {
+    if !valid_name(name) {
+        return None;
+    }
+    let mut out = [0u8; NAME_LEN];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Some(out)
+}
+
+/// Structures as raw bytes, for copying across the ABI. Every structure here
+/// is `repr(C)` plain old data with explicit padding, so any bit pattern is a
+/// valid value and its bytes have no holes.
+///
+/// # Safety
+/// Implement only for `repr(C)` types of integers and byte arrays with no
+/// implicit padding (the `pod!` macro asserts each size).
+pub unsafe trait Pod: Copy + Sized + 'static {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Self` is a repr(C) struct with no implicit padding (sizes
+        // asserted below), so all its bytes are initialized.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast(), core::mem::size_of::<Self>()) }
+    }
+    /// Reads one from the front of `bytes`, if there are enough.
+    fn read_from(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: enough bytes, read unaligned, and every bit pattern is a valid
+        // `Self` (integers and byte arrays only).
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+}
+
+macro_rules! pod {
+    ($($t:ty = $size:expr),* $(,)?) => {$(
+        // SAFETY: integers and byte arrays, padding explicit; size asserted.
+        unsafe impl Pod for $t {}
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+    )*};
+}
+
+pod! {
+    CreateDomain = 48,
+    LoadImage = 24,
+    BuildDomain = 264,
+    DomainRef = 8,
+    ShutdownDomain = 8,
+    RingRead = 32,
+    DomainInfo = 80,
+    PhysInfo = 40,
+    StartInfo = 288,
+    HypercallIoctl = 56,
 }
 
 #[cfg(test)]
@@ -58,5 +505,36 @@ mod tests {
         assert_eq!(Error::NoSys.to_rax() as i64, -38);
         assert_eq!(Error::Perm.to_rax(), u64::MAX);
         assert_eq!(abi_major(ABI_VERSION), 1);
+        for e in [Error::Perm, Error::NoEnt, Error::NoMem, Error::Fault, Error::Busy, Error::Exist, Error::Inval,
+            Error::NoSpc, Error::NoSys, Error::NoExec, Error::TooBig]
+        {
+            assert_eq!(Error::from_rax(e.to_rax()), Some(e));
+        }
+        assert_eq!(Error::from_rax(0), None);
+    }
+
+    #[test]
+    fn ioctl_number_matches_linux_iowr() {
+        // _IOWR('O', 1, 56-byte struct) = 0xc038_4f01.
+        assert_eq!(IOCTL_HYPERCALL, 0xc038_4f01);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1.example_a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name(&"x".repeat(32)));
+        let b = name_bytes("guest").unwrap();
+        assert_eq!(c_str(&b), Some("guest"));
+    }
+
+    #[test]
+    fn pod_round_trip() {
+        let r = RingRead { domid: 3, _pad: 0, offset: 9, next: 10, lost: 1 };
+        assert_eq!(RingRead::read_from(r.as_bytes()), Some(r));
+        assert_eq!(RingRead::read_from(&r.as_bytes()[..31]), None);
+        assert_eq!(DomainState::from_u32(4), Some(DomainState::Dying));
+        assert_eq!(ShutdownReason::from_u64(3), None);
     }
 }
