@@ -53,7 +53,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 /// Largest argument structure and largest data buffer of one `DOMCTL`.
 pub const DOMCTL_ARG_MAX: u64 = 4096;
 pub const DOMCTL_BUF_MAX: u64 = 64 * 1024;
-/// Largest kernel image `domctl::LOAD_IMAGE` stages.
+/// Largest kernel or ramdisk `domctl::LOAD_IMAGE` stages.
 pub const IMAGE_MAX: u64 = 64 * 1024 * 1024;
 /// Bytes of a domain name, NUL padded; names are 1..=31 of `[A-Za-z0-9_.-]`.
 pub const NAME_LEN: usize = 32;
@@ -173,7 +173,7 @@ pub mod domctl {
     /// state `Created`, its memory zeroed.
     pub const CREATE: u64 = 1;
     /// Arg `LoadImage`, buffer = the next bytes of the domain's kernel (an ELF64
-    /// executable) at `offset`. Returns the bytes taken.
+    /// executable) or ramdisk at `offset`. Returns the bytes taken.
     pub const LOAD_IMAGE: u64 = 2;
     /// Arg `BuildDomain`, no buffer: checks the staged kernel and lays it out in
     /// the domain's memory (docs/hypercalls.md, "domU boot state").
@@ -222,11 +222,20 @@ pub struct CreateDomain {
 #[repr(C)]
 pub struct LoadImage {
     pub domid: u32,
-    pub _pad: u32,
+    /// `image_kind`: the kernel or the ramdisk.
+    pub kind: u32,
     /// Where the buffer's bytes go in the image; 0 starts a new image of `total`
     /// bytes, later chunks must give the same `total` and follow on.
     pub offset: u64,
     pub total: u64,
+}
+
+/// `LoadImage::kind`.
+pub mod image_kind {
+    /// The kernel, an ELF64 x86-64 executable.
+    pub const KERNEL: u32 = 0;
+    /// An opaque blob placed in guest memory (`StartInfo::ramdisk_addr`).
+    pub const RAMDISK: u32 = 1;
 }
 
 /// `domctl::BUILD`'s argument.
@@ -329,6 +338,9 @@ pub struct StartInfo {
     /// The first guest-physical byte the hypervisor's boot structures use: the
     /// kernel owns everything below it.
     pub boot_area: u64,
+    /// Where the ramdisk was placed and its length (0/0: none).
+    pub ramdisk_addr: u64,
+    pub ramdisk_len: u64,
     pub cmdline: [u8; CMDLINE_LEN],
 }
 
@@ -492,7 +504,7 @@ pod! {
     RingRead = 32,
     DomainInfo = 80,
     PhysInfo = 40,
-    StartInfo = 288,
+    StartInfo = 304,
     HypercallIoctl = 56,
 }
 
