@@ -28,6 +28,12 @@ pub enum Outcome {
     TripleFault,
     /// An exit the hypervisor does not handle: the guest is killed.
     Unhandled(VmExit),
+    /// The guest gave up the rest of its time slice (hypercall).
+    Yield,
+    /// The guest sleeps until `timeout_ns` passed (0: none) or it is woken.
+    Block { timeout_ns: u64 },
+    /// The guest ended itself (hypercall).
+    Shutdown(oxen_abi::ShutdownReason),
 }
 
 /// The parts of the platform a guest's exits reach.
@@ -43,6 +49,20 @@ pub trait GuestEnv {
     /// Writes such an MSR; false if no device claims it or the value is refused.
     fn msr_write(&mut self, _msr: u32, _value: u64) -> bool {
         false
+    }
+    /// A hypercall from CPL 0. Without domains (the self-test guests) only
+    /// `VERSION` and `NULL` exist.
+    fn hypercall(&mut self, args: &crate::hypercall::Args) -> (Result<u64, oxen_abi::Error>, crate::hypercall::After) {
+        let result = match args.nr {
+            oxen_abi::nr::VERSION => Ok(oxen_abi::ABI_VERSION.into()),
+            oxen_abi::nr::NULL => Ok(0),
+            _ => Err(oxen_abi::Error::NoSys),
+        };
+        (result, crate::hypercall::After::Continue)
+    }
+    /// A hypercall from CPL > 0 was refused.
+    fn refused_cpl(&mut self, cpl: u8, number: u64) {
+        log::warn!("hypercall {number:#x} from CPL {cpl} refused");
     }
 }
 
@@ -69,7 +89,7 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             vcpu.skip_instruction();
             Outcome::Halted
         }
-        VmExit::Hypercall => hypercall::handle(vcpu),
+        VmExit::Hypercall => hypercall::handle(vcpu, env),
         VmExit::Xsetbv { xcr, value } => xcr::xsetbv(vcpu, xcr, value, env.host_cpuid(0xd, 0)),
         VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
         VmExit::TripleFault => Outcome::TripleFault,

@@ -1,0 +1,104 @@
+//! A byte ring that keeps the last `N` bytes written, addressed by absolute
+//! offsets (bytes ever written), so readers need no state in the ring: a reader
+//! passes the offset it reached and learns what it missed. Used for each
+//! domain's console and for the hypervisor's log (`oxl console`, `oxl dmesg`).
+
+use alloc::boxed::Box;
+use alloc::vec;
+
+pub struct Ring {
+    buf: Box<[u8]>,
+    /// Bytes ever written; the newest is at `(written - 1) % len`.
+    written: u64,
+}
+
+/// What a read got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Bytes copied into the output.
+    pub copied: usize,
+    /// Offset after the last byte copied (pass it to the next read).
+    pub next: u64,
+    /// Bytes between the requested offset and the oldest byte still kept.
+    pub lost: u64,
+}
+
+impl Ring {
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity > 0);
+        Self { buf: vec![0; capacity].into_boxed_slice(), written: 0 }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        let cap = self.buf.len();
+        // Only the last `cap` bytes can survive.
+        let skip = bytes.len().saturating_sub(cap);
+        self.written += skip as u64;
+        for &b in &bytes[skip..] {
+            self.buf[(self.written % cap as u64) as usize] = b;
+            self.written += 1;
+        }
+    }
+
+    /// Copies bytes from `offset` on into `out`. An offset past the end reads
+    /// nothing and returns the current end.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> ReadResult {
+        let cap = self.buf.len() as u64;
+        let oldest = self.written.saturating_sub(cap);
+        let start = offset.clamp(oldest, self.written);
+        let lost = start - offset.min(start);
+        let n = ((self.written - start) as usize).min(out.len());
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            *o = self.buf[((start + i as u64) % cap) as usize];
+        }
+        ReadResult { copied: n, next: start + n as u64, lost }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_was_written() {
+        let mut r = Ring::new(8);
+        r.write(b"hello");
+        let mut out = [0u8; 16];
+        let got = r.read(0, &mut out);
+        assert_eq!(&out[..got.copied], b"hello");
+        assert_eq!((got.next, got.lost), (5, 0));
+        let got = r.read(5, &mut out);
+        assert_eq!((got.copied, got.next), (0, 5));
+    }
+
+    #[test]
+    fn wrapping_reports_lost_bytes() {
+        let mut r = Ring::new(4);
+        r.write(b"abcdef");
+        let mut out = [0u8; 16];
+        let got = r.read(0, &mut out);
+        assert_eq!(&out[..got.copied], b"cdef");
+        assert_eq!((got.next, got.lost), (6, 2));
+        // A long write keeps only its tail.
+        r.write(b"0123456789");
+        let got = r.read(6, &mut out);
+        assert_eq!(&out[..got.copied], b"6789");
+        assert_eq!((got.next, got.lost), (16, 6));
+    }
+
+    #[test]
+    fn short_buffers_and_future_offsets() {
+        let mut r = Ring::new(16);
+        r.write(b"abcdef");
+        let mut out = [0u8; 2];
+        let got = r.read(1, &mut out);
+        assert_eq!(&out, b"bc");
+        assert_eq!(got.next, 3);
+        let got = r.read(100, &mut out);
+        assert_eq!((got.copied, got.next, got.lost), (0, 6, 0));
+    }
+}

@@ -1,0 +1,192 @@
+//! Domain-control commands: each argument structure, copied in once, becomes a
+//! validated `Command` or an error that says what was wrong. Nothing here acts.
+
+use crate::domain::table::Config;
+use alloc::string::{String, ToString};
+use core::mem::size_of;
+use oxen_abi::{
+    c_str, domctl, image_kind, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error, LoadImage,
+    PhysInfo, Pod, RingRead, ShutdownDomain, ShutdownReason, IMAGE_MAX, MAX_VCPUS, MIN_MEMORY_MIB,
+};
+
+/// Largest domU, in MiB (the pool's size is the practical limit).
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Create(Config),
+    LoadImage { domid: u32, kind: u32, offset: u64, total: u64 },
+    Build { domid: u32, cmdline: String },
+    Unpause(u32),
+    Pause(u32),
+    Shutdown { domid: u32, reason: ShutdownReason },
+    Destroy(u32),
+    GetInfo(u32),
+    List,
+    /// Its `next` and `lost` are filled in by the service and copied back.
+    ConsoleRead(RingRead),
+    Dmesg(RingRead),
+    PhysInfo,
+}
+
+impl Command {
+    /// Whether the command takes its data from the buffer (else it fills it).
+    pub fn reads_buffer(&self) -> bool {
+        matches!(self, Command::LoadImage { .. })
+    }
+
+    pub fn writes_buffer(&self) -> bool {
+        matches!(self, Command::GetInfo(_) | Command::List | Command::ConsoleRead(_) | Command::Dmesg(_) | Command::PhysInfo)
+    }
+
+    /// The argument structure to copy back, for commands that return one.
+    pub fn output_arg(&self) -> Option<RingRead> {
+        match self {
+            Command::ConsoleRead(r) | Command::Dmesg(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    pub error: Error,
+    pub why: String,
+}
+
+fn bad(error: Error, why: impl ToString) -> DecodeError {
+    DecodeError { error, why: why.to_string() }
+}
+
+/// The argument as `T`, which must be exactly its size.
+fn arg<T: Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() != size_of::<T>() {
+        return Err(bad(
+            Error::Inval,
+            alloc::format!("argument is {} bytes, expected {}", bytes.len(), size_of::<T>()),
+        ));
+    }
+    T::read_from(bytes).ok_or_else(|| bad(Error::Inval, "short argument"))
+}
+
+fn no_arg(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(bad(Error::Inval, "this command takes no argument structure"))
+    }
+}
+
+fn buffer_at_least(buf_len: u64, n: usize) -> Result<(), DecodeError> {
+    if buf_len < n as u64 {
+        return Err(bad(Error::Inval, alloc::format!("buffer of {buf_len} bytes, needs {n}")));
+    }
+    Ok(())
+}
+
+fn no_buffer(buf_len: u64) -> Result<(), DecodeError> {
+    if buf_len != 0 {
+        return Err(bad(Error::Inval, "this command takes no buffer"));
+    }
+    Ok(())
+}
+
+fn action(v: u8, key: &str) -> Result<Action, DecodeError> {
+    Action::from_u8(v).ok_or_else(|| bad(Error::Inval, alloc::format!("{key}: no action {v}")))
+}
+
+/// Validates command `cmd`'s argument bytes (already copied in) and buffer length.
+pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> {
+    Ok(match cmd {
+        domctl::CREATE => {
+            let c: CreateDomain = arg(a)?;
+            no_buffer(buf_len)?;
+            let name = c_str(&c.name).filter(|n| valid_name(n)).ok_or_else(|| {
+                bad(Error::Inval, "name must be 1-31 characters of A-Z a-z 0-9 _ . -, NUL padded")
+            })?;
+            if c.flags != 0 {
+                return Err(bad(Error::Inval, alloc::format!("unknown flags {:#x}", c.flags)));
+            }
+            if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&c.memory_mib) {
+                return Err(bad(
+                    Error::Inval,
+                    alloc::format!("memory {} MiB outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}", c.memory_mib),
+                ));
+            }
+            if !(1..=MAX_VCPUS).contains(&c.vcpus) {
+                return Err(bad(Error::Inval, alloc::format!("{} vCPUs outside 1..={MAX_VCPUS}", c.vcpus)));
+            }
+            Command::Create(Config {
+                name: name.into(),
+                memory_mib: c.memory_mib,
+                vcpus: c.vcpus,
+                on_poweroff: action(c.on_poweroff, "on_poweroff")?,
+                on_reboot: action(c.on_reboot, "on_reboot")?,
+                on_crash: action(c.on_crash, "on_crash")?,
+            })
+        }
+        domctl::LOAD_IMAGE => {
+            let l: LoadImage = arg(a)?;
+            if l.kind != image_kind::KERNEL && l.kind != image_kind::RAMDISK {
+                return Err(bad(Error::Inval, alloc::format!("no image kind {}", l.kind)));
+            }
+            if l.total == 0 || l.total > IMAGE_MAX {
+                return Err(bad(Error::TooBig, alloc::format!("image of {} bytes (at most {IMAGE_MAX})", l.total)));
+            }
+            if buf_len == 0 || l.offset.checked_add(buf_len).is_none_or(|end| end > l.total) {
+                return Err(bad(
+                    Error::Inval,
+                    alloc::format!("chunk {:#x}+{buf_len:#x} outside the {:#x}-byte image", l.offset, l.total),
+                ));
+            }
+            Command::LoadImage { domid: l.domid, kind: l.kind, offset: l.offset, total: l.total }
+        }
+        domctl::BUILD => {
+            let b: BuildDomain = arg(a)?;
+            no_buffer(buf_len)?;
+            if !b.cmdline.contains(&0) {
+                return Err(bad(Error::Inval, "command line not NUL terminated"));
+            }
+            let cmdline = c_str(&b.cmdline).ok_or_else(|| bad(Error::Inval, "command line is not UTF-8"))?;
+            Command::Build { domid: b.domid, cmdline: cmdline.into() }
+        }
+        domctl::UNPAUSE | domctl::PAUSE | domctl::DESTROY | domctl::GET_INFO => {
+            let r: DomainRef = arg(a)?;
+            match cmd {
+                domctl::GET_INFO => {
+                    buffer_at_least(buf_len, size_of::<DomainInfo>())?;
+                    Command::GetInfo(r.domid)
+                }
+                _ => {
+                    no_buffer(buf_len)?;
+                    match cmd {
+                        domctl::UNPAUSE => Command::Unpause(r.domid),
+                        domctl::PAUSE => Command::Pause(r.domid),
+                        _ => Command::Destroy(r.domid),
+                    }
+                }
+            }
+        }
+        domctl::SHUTDOWN => {
+            let s: ShutdownDomain = arg(a)?;
+            no_buffer(buf_len)?;
+            let reason = match ShutdownReason::from_u64(s.reason.into()) {
+                Some(r @ (ShutdownReason::Poweroff | ShutdownReason::Reboot)) => r,
+                _ => return Err(bad(Error::Inval, alloc::format!("shutdown reason {} (poweroff 0, reboot 1)", s.reason))),
+            };
+            Command::Shutdown { domid: s.domid, reason }
+        }
+        domctl::LIST => {
+            no_arg(a)?;
+            Command::List
+        }
+        domctl::CONSOLE_READ => Command::ConsoleRead(arg(a)?),
+        domctl::DMESG => Command::Dmesg(arg(a)?),
+        domctl::PHYS_INFO => {
+            no_arg(a)?;
+            buffer_at_least(buf_len, size_of::<PhysInfo>())?;
+            Command::PhysInfo
+        }
+        other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
+    })
+}

@@ -1,0 +1,283 @@
+use super::*;
+use crate::emulate::testmem::xorshift;
+use alloc::string::String;
+use oxen_abi::{domctl as dc, name_bytes, request, CreateDomain, DomainInfo, DomainRef, LoadImage, RingRead};
+
+/// RAM at guest-physical 0..len.
+struct FakeRam(Vec<u8>);
+
+impl GuestRam for FakeRam {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Error> {
+        let end = gpa.checked_add(out.len() as u64).ok_or(Error::Fault)?;
+        let src = self.0.get(gpa as usize..end as usize).ok_or(Error::Fault)?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Error> {
+        let end = gpa.checked_add(data.len() as u64).ok_or(Error::Fault)?;
+        let dst = self.0.get_mut(gpa as usize..end as usize).ok_or(Error::Fault)?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeServices {
+    console: Vec<u8>,
+    commands: Vec<Command>,
+    refusals: Vec<String>,
+}
+
+impl Services for FakeServices {
+    fn console_write(&mut self, _domid: u32, bytes: &[u8]) {
+        self.console.extend_from_slice(bytes);
+    }
+    fn control_request(&self, domid: u32) -> u64 {
+        if domid == 7 { request::REBOOT } else { request::NONE }
+    }
+    fn domctl(&mut self, cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
+        self.commands.push(cmd.clone());
+        match cmd {
+            Command::GetInfo(id) if *id == 3 => {
+                let info = DomainInfo {
+                    domid: 3,
+                    state: 1,
+                    vcpus: 1,
+                    flags: 0,
+                    memory_kib: 16384,
+                    cpu_time_ns: 5,
+                    exits: 6,
+                    restarts: 0,
+                    shutdown_reason: 0,
+                    name: name_bytes("three").unwrap(),
+                };
+                buf[..80].copy_from_slice(info.as_bytes());
+                Ok(0)
+            }
+            Command::GetInfo(_) => Err(Error::NoEnt),
+            Command::ConsoleRead(r) => {
+                buf[..2].copy_from_slice(b"hi");
+                r.next = r.offset + 2;
+                r.lost = 1;
+                Ok(2)
+            }
+            _ => Ok(0),
+        }
+    }
+    fn refused(&mut self, domid: u32, what: fmt::Arguments) {
+        self.refusals.push(alloc::format!("d{domid}: {what}"));
+    }
+}
+
+fn call(privileged: bool, ram: &mut FakeRam, svc: &mut FakeServices, nr: u64, a: [u64; 5]) -> (Result<u64, Error>, After) {
+    let mut caller = Caller { domid: if privileged { 0 } else { 7 }, privileged, ram };
+    dispatch(&mut caller, svc, &Args { nr, a })
+}
+
+fn ram() -> FakeRam {
+    FakeRam(vec![0; 0x10000])
+}
+
+#[test]
+fn simple_calls() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    assert_eq!(call(false, &mut r, &mut s, nr::VERSION, [0; 5]).0, Ok(ABI_VERSION.into()));
+    assert_eq!(call(false, &mut r, &mut s, nr::NULL, [0; 5]).0, Ok(0));
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMAIN_ID, [0; 5]).0, Ok(7));
+    assert_eq!(call(false, &mut r, &mut s, nr::CONTROL_REQUEST, [0; 5]).0, Ok(request::REBOOT));
+    assert_eq!(call(false, &mut r, &mut s, 0x99, [0; 5]).0, Err(Error::NoSys));
+    assert_eq!(s.refusals.len(), 1);
+    assert!(s.refusals[0].contains("no hypercall 0x99"));
+}
+
+#[test]
+fn console_write_checks_pointer_and_length() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    r.0[0x100..0x105].copy_from_slice(b"hello");
+    assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_WRITE, [0x100, 5, 0, 0, 0]).0, Ok(5));
+    assert_eq!(s.console, b"hello");
+    // Beyond its RAM, straddling its end, wrapping, and too long.
+    for (gpa, len, err) in [
+        (0x2_0000, 4, Error::Fault),
+        (0xfffe, 4, Error::Fault),
+        (u64::MAX - 0x7ff, 0x1000, Error::Fault),
+        (0, u64::MAX, Error::TooBig),
+        (0, CONSOLE_WRITE_MAX + 1, Error::TooBig),
+    ] {
+        assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_WRITE, [gpa, len, 0, 0, 0]).0, Err(err), "{gpa:#x}+{len:#x}");
+    }
+    assert_eq!(s.console, b"hello");
+    assert_eq!(s.refusals.len(), 5);
+}
+
+#[test]
+fn sched_ops() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    assert_eq!(call(false, &mut r, &mut s, nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]), (Ok(0), After::Yield));
+    assert_eq!(
+        call(false, &mut r, &mut s, nr::SCHED_OP, [sched_op::BLOCK, 5000, 0, 0, 0]),
+        (Ok(0), After::Block { timeout_ns: 5000 })
+    );
+    assert_eq!(
+        call(false, &mut r, &mut s, nr::SCHED_OP, [sched_op::SHUTDOWN, 1, 0, 0, 0]),
+        (Ok(0), After::Shutdown(ShutdownReason::Reboot))
+    );
+    assert_eq!(call(false, &mut r, &mut s, nr::SCHED_OP, [sched_op::SHUTDOWN, 9, 0, 0, 0]), (Err(Error::Inval), After::Continue));
+    assert_eq!(call(false, &mut r, &mut s, nr::SCHED_OP, [77, 0, 0, 0, 0]), (Err(Error::Inval), After::Continue));
+    // dom0 cannot end itself this way.
+    assert_eq!(call(true, &mut r, &mut s, nr::SCHED_OP, [sched_op::SHUTDOWN, 0, 0, 0, 0]), (Err(Error::Perm), After::Continue));
+}
+
+fn put<T: Pod>(r: &mut FakeRam, gpa: u64, v: &T) -> u64 {
+    r.write(gpa, v.as_bytes()).unwrap();
+    core::mem::size_of::<T>() as u64
+}
+
+fn create_arg(name: &str) -> CreateDomain {
+    CreateDomain {
+        name: name_bytes(name).unwrap(),
+        memory_mib: 16,
+        vcpus: 1,
+        on_poweroff: 0,
+        on_reboot: 1,
+        on_crash: 0,
+        _pad: 0,
+        flags: 0,
+    }
+}
+
+#[test]
+fn domctl_is_for_dom0_only() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &create_arg("x"));
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::CREATE, 0x100, len, 0, 0]).0, Err(Error::Perm));
+    assert!(s.commands.is_empty());
+    assert!(s.refusals[0].contains("only dom0"));
+    assert!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::CREATE, 0x100, len, 0, 0]).0.is_ok());
+    assert!(matches!(&s.commands[0], Command::Create(c) if c.name == "x" && c.on_reboot == oxen_abi::Action::Restart));
+}
+
+#[test]
+fn domctl_arguments_are_bounded_and_checked() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &create_arg("x"));
+    let mut expect = |a: [u64; 5], err: Error, r: &mut FakeRam| {
+        assert_eq!(call(true, r, &mut s, nr::DOMCTL, a).0, Err(err), "{a:x?}");
+    };
+    expect([dc::CREATE, 0x100, 8192, 0, 0], Error::TooBig, &mut r);
+    expect([dc::CREATE, 0x100, len, 0x200, DOMCTL_BUF_MAX + 1], Error::TooBig, &mut r);
+    expect([dc::CREATE, 0x100, len - 1, 0, 0], Error::Inval, &mut r);
+    expect([dc::CREATE, 0xfff0, len, 0, 0], Error::Fault, &mut r);
+    expect([dc::CREATE, u64::MAX - 8, len, 0, 0], Error::Fault, &mut r);
+    expect([dc::CREATE, 0x100, len, 0x200, 8], Error::Inval, &mut r);
+    expect([99, 0, 0, 0, 0], Error::NoSys, &mut r);
+    for bad in [
+        CreateDomain { memory_mib: 1, ..create_arg("x") },
+        CreateDomain { vcpus: 0, ..create_arg("x") },
+        CreateDomain { vcpus: 99, ..create_arg("x") },
+        CreateDomain { flags: 1, ..create_arg("x") },
+        CreateDomain { on_crash: 7, ..create_arg("x") },
+        CreateDomain { name: *b"bad name\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", ..create_arg("x") },
+        CreateDomain { name: [b'a'; 32], ..create_arg("x") },
+        CreateDomain { name: [0; 32], ..create_arg("x") },
+    ] {
+        put(&mut r, 0x100, &bad);
+        expect([dc::CREATE, 0x100, len, 0, 0], Error::Inval, &mut r);
+    }
+    assert!(s.commands.is_empty(), "nothing reached the service");
+}
+
+#[test]
+fn load_image_chunks_stay_inside_the_image() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let mut l = LoadImage { domid: 1, kind: 0, offset: 0, total: 0x100 };
+    let len = put(&mut r, 0x100, &l);
+    assert!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOAD_IMAGE, 0x100, len, 0x1000, 0x100]).0.is_ok());
+    for (offset, total, kind, buf_len, err) in [
+        (0x80, 0x100, 0, 0x81, Error::Inval),
+        (u64::MAX, 0x100, 0, 2, Error::Inval),
+        (0, 0, 0, 1, Error::TooBig),
+        (0, oxen_abi::IMAGE_MAX + 1, 0, 1, Error::TooBig),
+        (0, 0x100, 5, 1, Error::Inval),
+        (0, 0x100, 0, 0, Error::Inval),
+    ] {
+        l = LoadImage { domid: 1, kind, offset, total };
+        put(&mut r, 0x100, &l);
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOAD_IMAGE, 0x100, len, 0x1000, buf_len]).0, Err(err));
+    }
+    // The buffer itself must be dom0's memory.
+    l = LoadImage { domid: 1, kind: 0, offset: 0, total: 0x100 };
+    put(&mut r, 0x100, &l);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOAD_IMAGE, 0x100, len, 0xff80, 0x100]).0, Err(Error::Fault));
+    assert_eq!(s.commands.len(), 1);
+}
+
+#[test]
+fn outputs_are_copied_back() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &DomainRef { domid: 3, _pad: 0 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::GET_INFO, 0x100, len, 0x400, 80]).0, Ok(0));
+    let mut out = [0u8; 80];
+    r.read(0x400, &mut out).unwrap();
+    let info = DomainInfo::read_from(&out).unwrap();
+    assert_eq!((info.domid, info.memory_kib), (3, 16384));
+    // Too small a buffer is refused before anything happens.
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::GET_INFO, 0x100, len, 0x400, 79]).0, Err(Error::Inval));
+    // An output buffer that is not dom0's memory fails before the command runs.
+    let before = s.commands.len();
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::GET_INFO, 0x100, len, 0xffc0, 80]).0, Err(Error::Fault));
+    assert_eq!(s.commands.len(), before);
+
+    let len = put(&mut r, 0x100, &RingRead { domid: 3, _pad: 0, offset: 10, next: 0, lost: 0 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::CONSOLE_READ, 0x100, len, 0x400, 16]).0, Ok(2));
+    let mut back = [0u8; 32];
+    r.read(0x100, &mut back).unwrap();
+    let rr = RingRead::read_from(&back).unwrap();
+    assert_eq!((rr.next, rr.lost), (12, 1));
+    let mut text = [0u8; 2];
+    r.read(0x400, &mut text).unwrap();
+    assert_eq!(&text, b"hi");
+}
+
+#[test]
+fn shutdown_build_and_list_arguments() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &oxen_abi::ShutdownDomain { domid: 2, reason: 2 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::SHUTDOWN, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    let mut b = oxen_abi::BuildDomain { domid: 2, _pad: 0, cmdline: [b'x'; oxen_abi::CMDLINE_LEN] };
+    let len = put(&mut r, 0x100, &b);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::BUILD, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    b.cmdline[3] = 0;
+    put(&mut r, 0x100, &b);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::BUILD, 0x100, len, 0, 0]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::Build { domid: 2, cmdline: "xxx".into() }));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LIST, 0x100, 8, 0x400, 160]).0, Err(Error::Inval));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LIST, 0, 0, 0x400, 160]).0, Ok(0));
+}
+
+/// Random registers and argument bytes from a domU and from dom0: the
+/// dispatcher never panics, and a domU never reaches the service's domctl.
+#[test]
+fn random_calls_never_panic() {
+    let mut rng = xorshift(0x0bad_cafe);
+    let mut r = ram();
+    for i in 0..20_000 {
+        for b in r.0[0x100..0x300].iter_mut() {
+            *b = rng() as u8;
+        }
+        let mut pick = || match rng() % 4 {
+            0 => rng(),
+            1 => rng() % 0x1_0000,
+            2 => 0x100,
+            _ => rng() % 0x300,
+        };
+        let nr = pick() % 20;
+        let a = [pick() % 14, pick(), pick(), pick(), pick()];
+        let mut s = FakeServices::default();
+        let privileged = i % 2 == 0;
+        let _ = call(privileged, &mut r, &mut s, nr, a);
+        if !privileged {
+            assert!(s.commands.is_empty());
+        }
+    }
+}
