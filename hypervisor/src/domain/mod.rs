@@ -1,0 +1,2 @@
+//! Guest domains (domUs): checking their kernels and laying out their boot state.
+pub mod elf;
