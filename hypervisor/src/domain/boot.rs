@@ -295,10 +295,18 @@ mod tests {
             assert_eq!(l.kernel_window(), GuestPhysAddr::new(MIB)..l.boot_area);
             assert_eq!((l.ramdisk.as_u64(), l.ramdisk_len), (0, 0));
         }
-        // The numbers docs/hypercalls.md gives for 16 MiB.
-        let l = plan(16 * MIB, 0).unwrap();
-        assert_eq!(l.boot_area.as_u64(), 0xfe_b000);
-        assert_eq!((l.stack_top.as_u64(), l.gdt.as_u64(), l.page_tables.as_u64()), (0xff_b000, 0xff_c000, 0xff_d000));
+        // The table in docs/hypercalls.md, "domU boot state".
+        for (mib, boot_area, rsp, gdt, cr3) in [
+            (4, 0x3e_b000, 0x3f_b000, 0x3f_c000, 0x3f_d000),
+            (16, 0xfe_b000, 0xff_b000, 0xff_c000, 0xff_d000),
+            (64, 0x3fe_b000, 0x3ff_b000, 0x3ff_c000, 0x3ff_d000),
+            (1024, 0x3ffe_b000, 0x3fff_b000, 0x3fff_c000, 0x3fff_d000),
+            (4096, 0xfffe_8000, 0xffff_8000, 0xffff_9000, 0xffff_a000),
+        ] {
+            let l = plan(mib * MIB, 0).unwrap();
+            let got = (l.boot_area.as_u64(), l.stack_top.as_u64(), l.gdt.as_u64(), l.page_tables.as_u64());
+            assert_eq!(got, (boot_area, rsp, gdt, cr3), "{mib} MiB");
+        }
     }
 
     #[test]
