@@ -13,6 +13,7 @@
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
 //! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
+//! - `domain`: domUs: their ELF kernels and their boot layout.
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 

@@ -56,7 +56,7 @@ pub fn plan(ram: &[Region], avoid: &[Region], align: u64, pref: u64, init_size: 
     if identity_top > MAX_IDENTITY {
         return Err(LayoutError::TooMuchMemory);
     }
-    let page_table_bytes = (2 + identity_top / GIB) * 4096;
+    let page_table_bytes = identity_map_bytes(identity_top);
     if !contains(ram, Region::new(BOOT_AREA, PAGE_TABLES + page_table_bytes)) {
         return Err(LayoutError::NoLowMemory);
     }
@@ -78,19 +78,51 @@ pub fn plan(ram: &[Region], avoid: &[Region], align: u64, pref: u64, init_size: 
 /// The identity page tables for `layout`, to be copied to `PAGE_TABLES`: PML4,
 /// PDPT, then PDs of 2 MiB pages, all present and writable.
 pub fn identity_tables(layout: &Layout) -> Vec<u8> {
-    let mut t = alloc::vec![0u8; layout.page_table_bytes as usize];
+    identity_map(PAGE_TABLES, layout.identity_top)
+}
+
+/// Bytes of the tables `identity_map` builds for `[0, top)`: PML4, PDPT, one PD
+/// per GiB begun and, when `top` ends inside a 2 MiB page, one page table for it.
+pub const fn identity_map_bytes(top: u64) -> u64 {
+    let tail_table = if top.is_multiple_of(MIB2) { 0 } else { 1 };
+    (2 + top.div_ceil(GIB) + tail_table) * 4096
+}
+
+/// Page tables that map guest-physical `[0, top)` at the same virtual addresses,
+/// to be copied to guest-physical `base` (page aligned): PML4, PDPT, one PD per
+/// GiB begun, then a page table when `top` ends inside a 2 MiB page. Whole
+/// 2 MiB pages are mapped large, the rest in 4 KiB pages; nothing at or above
+/// `top` is mapped. Every entry is present, writable, executable, supervisor.
+///
+/// `top` must be a multiple of 4 KiB, at most 512 GiB (one PDPT); both callers
+/// check that before planning.
+pub fn identity_map(base: u64, top: u64) -> Vec<u8> {
+    let valid = top.is_multiple_of(4096) && top <= MAX_IDENTITY && base.is_multiple_of(4096);
+    assert!(valid, "identity_map({base:#x}, {top:#x})");
+    let mut t = alloc::vec![0u8; identity_map_bytes(top) as usize];
     let mut put = |index: u64, value: u64| {
         let o = (index * 8) as usize;
         t[o..o + 8].copy_from_slice(&value.to_le_bytes());
     };
     const P_RW: u64 = 0x3;
     const PS: u64 = 0x80;
-    put(0, (PAGE_TABLES + 0x1000) | P_RW);
-    let gibs = layout.identity_top / GIB;
+    let gibs = top.div_ceil(GIB);
+    // Entry indices: the PML4 is table 0, the PDPT table 1, PD g is table 2 + g
+    // (so PD entries run on from 1024 across the PDs), the tail table follows.
+    put(0, (base + 0x1000) | P_RW);
     for g in 0..gibs {
-        put(512 + g, (PAGE_TABLES + 0x2000 + g * 0x1000) | P_RW);
-        for m in 0..512 {
-            put(1024 + g * 512 + m, (g * GIB + m * MIB2) | P_RW | PS);
+        put(512 + g, (base + 0x2000 + g * 0x1000) | P_RW);
+    }
+    let large = top / MIB2;
+    for m in 0..large {
+        put(1024 + m, (m * MIB2) | P_RW | PS);
+    }
+    let tail = top % MIB2;
+    if tail != 0 {
+        let table = 2 + gibs;
+        put(1024 + large, (base + table * 0x1000) | P_RW);
+        for p in 0..tail / 4096 {
+            put(table * 512 + p, (large * MIB2 + p * 4096) | P_RW);
         }
     }
     t
@@ -141,5 +173,24 @@ mod tests {
         // PD for GiB 1, entry 3: 1 GiB + 6 MiB, large page.
         assert_eq!(at(1024 + 512 + 3), GIB + 6 * MIB + 0x83);
         assert_eq!(t.len(), 7 * 4096);
+    }
+
+    #[test]
+    fn whole_gib_maps_are_the_same_as_before_the_tail_support() {
+        // The tables as dom0's builder made them when only whole GiBs were mapped.
+        for gibs in [1u64, 4, 5, 64] {
+            let mut old = alloc::vec![0u64; (2 + gibs as usize) * 512];
+            old[0] = (PAGE_TABLES + 0x1000) | 3;
+            for g in 0..gibs {
+                old[512 + g as usize] = (PAGE_TABLES + 0x2000 + g * 0x1000) | 3;
+                for m in 0..512 {
+                    old[(1024 + g * 512 + m) as usize] = (g * GIB + m * MIB2) | 0x83;
+                }
+            }
+            let old: Vec<u8> = old.iter().flat_map(|e| e.to_le_bytes()).collect();
+            let top = gibs * GIB;
+            let l = Layout { kernel_load: 0, page_table_bytes: identity_map_bytes(top), identity_top: top };
+            assert!(identity_tables(&l) == old, "{gibs} GiB");
+        }
     }
 }

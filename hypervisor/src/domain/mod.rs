@@ -1,4 +1,6 @@
 //! Domains: the table of domains and their states (`table`), console and log
-//! rings (`ring`).
+//! rings (`ring`), domU kernel checking (`elf`) and boot layout (`boot`).
+pub mod boot;
+pub mod elf;
 pub mod ring;
 pub mod table;
