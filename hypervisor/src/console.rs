@@ -29,6 +29,32 @@ impl Write for Serial {
 }
 
 static SERIAL: Mutex<Serial> = Mutex::new(Serial(None));
+
+/// The hypervisor's own lines, for `oxl dmesg` (domctl DMESG). Taken only
+/// under `SERIAL`'s lock.
+static LOG: Mutex<Option<crate::domain::ring::Ring>> = Mutex::new(None);
+const LOG_BYTES: usize = 64 * 1024;
+
+/// Copies what is written to the log ring as well as to COM1.
+struct Tee<'a>(&'a mut Serial);
+
+impl Write for Tee<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(ring) = LOG.lock().as_mut() {
+            ring.write(s.as_bytes());
+        }
+        self.0.write_str(s)
+    }
+}
+
+/// Reads the hypervisor's log from `offset` (see `Ring::read`).
+pub fn read_log(offset: u64, out: &mut [u8]) -> crate::domain::ring::ReadResult {
+    let _serial = SERIAL.lock();
+    match LOG.lock().as_ref() {
+        Some(ring) => ring.read(offset, out),
+        None => crate::domain::ring::ReadResult { copied: 0, next: 0, lost: 0 },
+    }
+}
 /// Whether a guest's console line is open (printed without its newline yet):
 /// a hypervisor line then starts on a fresh line, and the guest's next byte
 /// gets its tag again. Changed only under the `SERIAL` lock.
@@ -61,7 +87,7 @@ impl log::Log for Logger {
         };
         let mut serial = SERIAL.lock();
         close_guest_line(&mut serial);
-        let _ = writeln!(serial, "(oxen) {prefix}{}", record.args());
+        let _ = writeln!(Tee(&mut serial), "(oxen) {prefix}{}", record.args());
     }
 
     fn flush(&self) {}
@@ -77,7 +103,15 @@ pub fn init() {
     });
     SERIAL.lock().0 = uart;
     let _ = log::set_logger(&LOGGER);
+    // The heap is not up yet: the ring comes with `init_log_ring`.
     log::set_max_level(log::LevelFilter::Info);
+}
+
+/// Starts keeping the log for `oxl dmesg`, once the heap exists.
+pub fn init_log_ring() {
+    let ring = crate::domain::ring::Ring::new(LOG_BYTES);
+    let _serial = SERIAL.lock();
+    *LOG.lock() = Some(ring);
 }
 
 /// Prints `(oxen) ` and `args` whatever the log level: for the lines that
@@ -85,7 +119,7 @@ pub fn init() {
 pub fn always(args: fmt::Arguments) {
     let mut serial = SERIAL.lock();
     close_guest_line(&mut serial);
-    let _ = writeln!(serial, "(oxen) {args}");
+    let _ = writeln!(Tee(&mut serial), "(oxen) {args}");
 }
 
 /// A guest's console output, passed through as it comes so prompts show at

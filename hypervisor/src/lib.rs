@@ -30,6 +30,7 @@ pub mod hypercall;
 pub mod linux;
 pub mod mem;
 pub mod platform;
+pub mod sched;
 pub mod virt;
 
 #[cfg(target_os = "none")]

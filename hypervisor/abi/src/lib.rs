@@ -185,8 +185,8 @@ pub mod domctl {
     /// Arg `ShutdownDomain`: asks the guest to power off or reboot; after the
     /// timeout the hypervisor does it (destroy or hard restart).
     pub const SHUTDOWN: u64 = 6;
-    /// Arg `DomainRef`: ends the domain at once. Returns once its vCPUs are
-    /// stopped; its memory is back in the pool when `GET_INFO` no longer finds it.
+    /// Arg `DomainRef`: ends the domain at once. Returns at once; the domain
+    /// is gone, its memory back in the pool, when `GET_INFO` no longer finds it.
     pub const DESTROY: u64 = 7;
     /// Arg `DomainRef`, buffer receives one `DomainInfo`.
     pub const GET_INFO: u64 = 8;

@@ -15,6 +15,10 @@ use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::start::{fatal, BootInfo};
 use crate::virt::{guest_mem::GuestRegion, AnyVcpu, EntryMode, GuestMemory, InitialState, NestedTables, Vcpu};
+use crate::arch::x86_64::smp;
+use crate::domain::control;
+use crate::hypercall::{self, After, Args, Caller};
+use crate::sched::run::{self as sched, now_ns, ns_to_tsc, Poll, Runnable};
 use alloc::vec::Vec;
 use log::{info, warn};
 
@@ -174,7 +178,16 @@ pub fn boot(info: &BootInfo) -> ! {
     vcpu.gprs().rsi = layout::BOOT_PARAMS;
     vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
     mask_legacy_pic();
-    run(vcpu, gm)
+    let mut ram_map = GuestMemory::new();
+    for r in &ram {
+        let region = GuestRegion { gpa: GuestPhysAddr::new(r.start), hpa: HostPhysAddr::new(r.start), len: r.len(), flags: MapFlags::RWX };
+        if ram_map.add(region).is_err() {
+            fatal(format_args!("dom0: bad RAM region {:#x}-{:#x}", r.start, r.end));
+        }
+    }
+    // The nested tables stay as long as dom0, for good (never `destroy`ed).
+    let _ = tables;
+    run(vcpu, gm, ram_map)
 }
 
 /// Masks both 8259s: the hypervisor owns interrupt delivery and does not use them.
@@ -199,6 +212,8 @@ struct Dom0Env {
     routed: [u64; irq::PINS as usize],
     /// The physical APIC id forwarded interrupts are sent to (this CPU's).
     host_apic_id: u32,
+    /// dom0's RAM: where its hypercall arguments may be.
+    ram: GuestMemory,
 }
 
 /// Redirection-entry bits dom0's routing depends on.
@@ -209,20 +224,17 @@ const RTE_MASKED: u64 = 1 << 16;
 /// The UART's ISA IRQ, wired to IOAPIC pin 4 as on a PC.
 const UART_PIN: u8 = 4;
 
-/// Nanoseconds since boot from the TSC (the guest's clocks run on it too).
-fn now_ns() -> u64 {
-    let hz = time::tsc_hz().max(1);
-    (u128::from(time::rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64
-}
-
-fn ns_to_tsc(ns: u64) -> u64 {
-    (u128::from(ns) * u128::from(time::tsc_hz()) / 1_000_000_000) as u64
-}
-
 impl Dom0Env {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
     fn flush_console(&mut self) {
-        crate::console::write_guest("(oxen) (d0) ", self.uart.take_output());
+        let out: Vec<u8> = self.uart.take_output().collect();
+        if out.is_empty() {
+            return;
+        }
+        crate::console::write_guest("(oxen) (d0) ", out.iter().copied());
+        if let Some(d) = control::DOMAINS.lock().get_mut(control::DOM0_ID) {
+            d.res.console.write(&out);
+        }
     }
 
     /// Moves serial input from the hypervisor's COM1 into dom0's UART, or to
@@ -345,6 +357,11 @@ impl GuestEnv for Dom0Env {
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
         VirtualLapic::owns_msr(msr) && self.lapic.msr_write(msr, value, now_ns()).is_ok()
     }
+    fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
+        let mut ram = control::RamView(&self.ram);
+        let mut caller = Caller { domid: control::DOM0_ID, privileged: true, ram: &mut ram };
+        hypercall::dispatch(&mut caller, &mut control::Hv, args)
+    }
 }
 
 /// dom0's VM exits counted by kind, for the log and the boot benchmark.
@@ -393,15 +410,14 @@ const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory";
 fn debug_key(key: u8, env: &Dom0Env, tally: &ExitTally, exits: u64) {
     match key {
         b'h' | b'?' => info!("console: keys: {HELP}"),
-        b'd' => info!(
-            "console: domains: d0 (dom0) running, 1 vCPU on cpu{}, {exits} exits, vLAPIC ppr {:#x}",
-            crate::arch::x86_64::cpu_id(),
-            env.lapic.ppr()
-        ),
+        b'd' => {
+            info!("console: dom0: {exits} exits, vLAPIC ppr {:#x}", env.lapic.ppr());
+            control::describe_all();
+        }
         b'c' => {
-            for cpu in 0..crate::arch::x86_64::smp::cpu_count() {
-                let what = if cpu == crate::arch::x86_64::cpu_id() { "runs d0 vCPU 0" } else { "idle" };
-                info!("console: cpu{cpu}: {what}");
+            for cpu in 0..smp::cpu_count() {
+                let n = sched::queued(cpu) + usize::from(cpu == crate::arch::x86_64::cpu_id());
+                info!("console: cpu{cpu}: {n} vCPU(s) in its run queue{}", if cpu == 0 { " (dom0's)" } else { "" });
             }
         }
         b'e' => tally.log("console"),
@@ -477,9 +493,133 @@ fn emulate_mmio(vcpu: &mut AnyVcpu, gm: &GuestMemory, env: &mut Dom0Env, gpa: Gu
     Some(result.map(|_| ()))
 }
 
-fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
+/// dom0's vCPU on CPU 0's run queue, with its devices.
+struct Dom0Vcpu {
+    vcpu: AnyVcpu,
+    /// Everything dom0 may touch (for MMIO emulation's page walks).
+    gm: GuestMemory,
+    /// Its RAM only: where hypercall arguments may be.
+    env: Dom0Env,
+    exits: u64,
+    halted: bool,
+    halted_since: Option<u64>,
+    stall_reported: bool,
+    blocked: u64,
+    tally: ExitTally,
+}
+
+// SAFETY: dom0's vCPU is made on CPU 0 and only ever run there (it is queued
+// on CPU 0 before the loop starts and never moves).
+unsafe impl Send for Dom0Vcpu {}
+
+impl Dom0Vcpu {
+    /// Console keys, interrupt state, and an interrupt injected if one is due
+    /// and dom0 can take it.
+    fn service(&mut self, now: u64) {
+        for key in self.env.poll_input() {
+            debug_key(key, &self.env, &self.tally, self.exits);
+        }
+        self.env.update_interrupts(now);
+        if let Some(vector) = self.env.lapic.pending() {
+            if self.vcpu.interrupt_ready() {
+                self.vcpu.inject_interrupt(vector);
+                self.env.lapic.ack();
+                self.halted = false;
+                self.halted_since = None;
+            } else {
+                self.vcpu.request_interrupt_window(true);
+            }
+        }
+    }
+
+    fn report_stall(&mut self, now: u64) {
+        let since = *self.halted_since.get_or_insert(now);
+        if self.stall_reported || now - since <= STALL_NS {
+            return;
+        }
+        self.stall_reported = true;
+        self.tally.log("first idle stretch");
+        let (rip, ready, exits) = (self.vcpu.rip(), self.vcpu.interrupt_ready(), self.exits);
+        let env = &mut self.env;
+        let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
+        let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
+        info!(
+            "dom0: idle for {} s (nothing to deliver): rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {}",
+            (now - since) / 1_000_000_000,
+            rip,
+            ready,
+            env.lapic.pending(),
+            env.lapic.ppr(),
+            env.lapic.timer_deadline(),
+            env.lapic.read_register(0x320, now),
+            exits,
+        );
+    }
+}
+
+impl Runnable for Dom0Vcpu {
+    fn poll(&mut self, now: u64) -> Poll {
+        self.service(now);
+        if !self.halted {
+            return Poll::Run;
+        }
+        self.report_stall(now);
+        // While dom0 idles, sleep until its timer or (polled) serial input.
+        let poll = now + SERIAL_POLL_NS;
+        Poll::Sleep(Some(self.env.lapic.timer_deadline().map_or(poll, |d| d.min(poll))))
+    }
+
+    fn run(&mut self, until: u64) {
+        let start = now_ns();
+        let exits_before = self.exits;
+        loop {
+            let now = now_ns();
+            self.service(now);
+            if self.halted || now >= until {
+                break;
+            }
+            let poll = now + SERIAL_POLL_NS;
+            let stop = until.min(poll);
+            apic::arm_timer(Some(ns_to_tsc(self.env.lapic.timer_deadline().map_or(stop, |d| d.min(stop)))));
+            let exit = self.vcpu.run();
+            self.exits += 1;
+            self.tally.count(&exit);
+            if self.exits.is_multiple_of(TALLY_EVERY) {
+                self.tally.log("so far");
+            }
+            if let VmExit::NestedPageFault { gpa, access } = exit {
+                match emulate_mmio(&mut self.vcpu, &self.gm, &mut self.env, gpa) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => fatal(format_args!(
+                        "dom0: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}",
+                        self.vcpu.rip()
+                    )),
+                    None => blocked_access(&mut self.vcpu, &self.gm, gpa, access, &mut self.blocked),
+                }
+                continue;
+            }
+            match exit::handle(&mut self.vcpu, exit, &mut self.env) {
+                Outcome::Continue | Outcome::Preempted => {}
+                Outcome::Halted => self.halted = true,
+                Outcome::Yield | Outcome::Block { .. } => break,
+                other => {
+                    let rip = self.vcpu.rip();
+                    fatal(format_args!("dom0 stopped after {} exits at rip {rip:#x}: {other:?}", self.exits));
+                }
+            }
+        }
+        let ran = now_ns().saturating_sub(start);
+        if let Some(d) = control::DOMAINS.lock().get_mut(control::DOM0_ID) {
+            d.cpu_time_ns += ran;
+            d.exits += self.exits - exits_before;
+        }
+    }
+}
+
+/// Starts every CPU's scheduler loop with dom0's vCPU on CPU 0. Never returns.
+fn run(vcpu: AnyVcpu, gm: GuestMemory, ram: GuestMemory) -> ! {
     let clock = LapicClock { bus_hz: apic::timer_hz().max(1), tsc_hz: time::tsc_hz().max(1) };
-    let mut env = Dom0Env {
+    let env = Dom0Env {
         uart: Uart16550::com1(),
         uart_irq: false,
         pic_masks: [0xff; 2],
@@ -488,84 +628,28 @@ fn run(mut vcpu: AnyVcpu, gm: GuestMemory) -> ! {
         switch: ConsoleSwitch::default(),
         routed: [RTE_MASKED; irq::PINS as usize],
         host_apic_id: apic::id(),
+        ram: ram.clone(),
     };
     irq::init(IOAPIC_PAGE);
-    info!("dom0: starting");
-    let mut exits: u64 = 0;
-    let mut halted = false;
-    let mut halted_since: Option<u64> = None;
-    let mut stall_reported = false;
-    let mut blocked: u64 = 0;
-    let mut tally = ExitTally::default();
-    loop {
-        for key in env.poll_input() {
-            debug_key(key, &env, &tally, exits);
-        }
-        let now = now_ns();
-        env.update_interrupts(now);
-        if let Some(vector) = env.lapic.pending() {
-            if vcpu.interrupt_ready() {
-                vcpu.inject_interrupt(vector);
-                env.lapic.ack();
-                halted = false;
-                halted_since = None;
-            } else {
-                vcpu.request_interrupt_window(true);
-            }
-        }
-        // While dom0 idles, sleep until its timer or (polled) serial input.
-        let poll = now + SERIAL_POLL_NS;
-        let wake = env.lapic.timer_deadline().map_or(poll, |d| d.min(poll));
-        if halted {
-            let since = *halted_since.get_or_insert(now);
-            if !stall_reported && now - since > STALL_NS {
-                stall_reported = true;
-                tally.log("first idle stretch");
-                let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
-                let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
-                info!(
-                    "dom0: idle for {} s (nothing to deliver): rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
-                    (now - since) / 1_000_000_000,
-                    vcpu.rip(),
-                    vcpu.interrupt_ready(),
-                    env.lapic.pending(),
-                    env.lapic.ppr(),
-                    env.lapic.timer_deadline(),
-                    env.lapic.read_register(0x320, now),
-                );
-            }
-            if wake > now_ns() {
-                apic::arm_timer(Some(ns_to_tsc(wake)));
-                // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so the
-                // timer interrupt cannot slip in before HLT and be lost.
-                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
-            }
-            continue;
-        }
-        apic::arm_timer(env.lapic.timer_deadline().map(|d| ns_to_tsc(d.min(poll))).or(Some(ns_to_tsc(poll))));
-        let exit = vcpu.run();
-        exits += 1;
-        tally.count(&exit);
-        if exits.is_multiple_of(TALLY_EVERY) {
-            tally.log("so far");
-        }
-        if let VmExit::NestedPageFault { gpa, access } = exit {
-            match emulate_mmio(&mut vcpu, &gm, &mut env, gpa) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => fatal(format_args!("dom0: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}", vcpu.rip())),
-                None => blocked_access(&mut vcpu, &gm, gpa, access, &mut blocked),
-            }
-            continue;
-        }
-        match exit::handle(&mut vcpu, exit, &mut env) {
-            Outcome::Continue | Outcome::Preempted => {}
-            Outcome::Halted => halted = true,
-            other => {
-                let rip = vcpu.rip();
-                fatal(format_args!("dom0 stopped after {exits} exits at rip {rip:#x}: {other:?}"));
-            }
-        }
+    control::register_dom0(ram, 1);
+    sched::set_housekeeping(control::housekeeping);
+    for cpu in 1..smp::cpu_count() {
+        smp::start_on(cpu, sched::cpu_loop);
     }
+    info!("dom0: starting");
+    let d0 = Dom0Vcpu {
+        vcpu,
+        gm,
+        env,
+        exits: 0,
+        halted: false,
+        halted_since: None,
+        stall_reported: false,
+        blocked: 0,
+        tally: ExitTally::default(),
+    };
+    sched::enqueue(0, alloc::boxed::Box::new(d0));
+    sched::cpu_loop()
 }
 
 /// Appended to dom0's kernel command line (see `boot`).

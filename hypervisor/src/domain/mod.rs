@@ -1,6 +1,16 @@
-//! Domains: the table of domains and their states (`table`), console and log
-//! rings (`ring`), domU kernel checking (`elf`) and boot layout (`boot`).
+//! Domains: the table of domains and their state rules (`table`, pure), the
+//! byte rings behind consoles and `dmesg` (`ring`, pure), the domU kernel
+//! loader and boot layout (`elf`, `boot`, pure); on the target, the domains'
+//! resources and the hypercall services (`control`), the kernel layout into a
+//! domain's memory (`build`) and a domU's vCPU on a run queue (`domu`).
 pub mod boot;
 pub mod elf;
 pub mod ring;
 pub mod table;
+
+#[cfg(target_os = "none")]
+pub mod build;
+#[cfg(target_os = "none")]
+pub mod control;
+#[cfg(target_os = "none")]
+pub mod domu;

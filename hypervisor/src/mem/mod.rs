@@ -54,6 +54,11 @@ mod global {
         FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
     }
 
+    /// Frames the allocator manages, free or not.
+    pub fn total_frame_count() -> usize {
+        FRAMES.lock().as_ref().map_or(0, |f| f.total_frames())
+    }
+
     /// Page-table frames from the frame allocator, reached through the identity map.
     pub struct FrameTables;
 

@@ -57,6 +57,8 @@ struct Slot {
     caller_apic: AtomicU32,
     /// Held by a caller for the whole of a `run_on` on this CPU.
     busy: spin::Mutex<()>,
+    /// Given a job for good (`start_on`): no more `run_on`.
+    detached: core::sync::atomic::AtomicBool,
 }
 
 static CPUS: [Slot; MAX_CPUS] = [const {
@@ -66,6 +68,7 @@ static CPUS: [Slot; MAX_CPUS] = [const {
         work: AtomicUsize::new(0),
         caller_apic: AtomicU32::new(0),
         busy: spin::Mutex::new(()),
+        detached: core::sync::atomic::AtomicBool::new(false),
     }
 }; MAX_CPUS];
 
@@ -217,7 +220,8 @@ fn idle(slot: &Slot) -> ! {
             interrupts::disable();
             continue;
         }
-        // SAFETY: `run_on` stores only `fn()` pointers in `work`.
+        // SAFETY: `run_on` stores only `fn()` pointers in `work`, `start_on` only
+        // `fn() -> !` ones: the same call, which then never returns.
         let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(work) };
         f();
         interrupts::disable();
@@ -255,6 +259,7 @@ pub fn run_on(cpu: u32, f: fn()) {
     }
     assert!(cpu < cpu_count(), "smp::run_on: cpu{cpu} is not online ({} cpus)", cpu_count());
     let slot = &CPUS[cpu as usize];
+    assert!(!slot.detached.load(Ordering::Acquire), "smp::run_on: cpu{cpu} runs its scheduler for good");
     let _busy = slot.busy.lock();
     let was_enabled = interrupts::are_enabled();
     interrupts::disable();
@@ -268,5 +273,29 @@ pub fn run_on(cpu: u32, f: fn()) {
     sleep_until(seen, || slot.work.load(Ordering::Acquire) == 0);
     if was_enabled {
         interrupts::enable();
+    }
+}
+
+/// Gives AP `cpu` a job it keeps for good (its scheduler loop) and returns at
+/// once; `run_on` that CPU is refused from then on.
+pub fn start_on(cpu: u32, f: fn() -> !) {
+    assert!(cpu != 0 && cpu < cpu_count(), "smp::start_on: cpu{cpu} is not an online AP");
+    let slot = &CPUS[cpu as usize];
+    let _busy = slot.busy.lock();
+    assert!(!slot.detached.swap(true, Ordering::AcqRel), "smp::start_on: cpu{cpu} already started");
+    slot.caller_apic.store(CPUS[super::cpu_id() as usize].apic_id.load(Ordering::Relaxed), Ordering::Relaxed);
+    slot.work.store(f as usize, Ordering::Release);
+    kick(cpu);
+}
+
+/// Sends CPU `cpu` a wake IPI: it leaves `hlt`, or its guest exits, and it
+/// looks at its run queue again.
+pub fn kick(cpu: u32) {
+    if cpu == super::cpu_id() || cpu >= cpu_count() {
+        return;
+    }
+    let target = CPUS[cpu as usize].apic_id.load(Ordering::Relaxed);
+    if let Err(why) = apic::send(Ipi::fixed(target, WAKE_VECTOR)) {
+        warn!("smp: cannot kick cpu{cpu} (apic id {target}): {why}");
     }
 }

@@ -1,0 +1,478 @@
+//! The domains on the target: the global table, each domU's resources (memory
+//! from the hypervisor's pool, nested tables, staged images, console), and the
+//! hypercall services that act on them. Rules about states live in `table`;
+//! argument checking in `crate::hypercall`; this file does the work.
+
+use super::ring::Ring;
+use super::table::{Config, Domain, Effect, Table, DOM0};
+use crate::hypercall::{Command, GuestRam, Services};
+use crate::mem::paging::MapFlags;
+use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use crate::sched::run as sched;
+use crate::virt::guest_mem::GuestRegion;
+use crate::virt::{AnyVcpu, GuestMemory, InitialState, NestedTables};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use log::{info, warn};
+use oxen_abi::{image_kind, request, Action, DomainInfo, Error, PhysInfo, Pod, ShutdownReason, ABI_VERSION};
+use spin::Mutex;
+
+const MIB: u64 = 1 << 20;
+/// domU memory comes in 2 MiB chunks, mapped with 2 MiB pages.
+const CHUNK: u64 = 2 * MIB;
+const CHUNK_FRAMES: usize = (CHUNK / PAGE_SIZE) as usize;
+/// Bytes of each domain's console ring.
+const CONSOLE_BYTES: usize = 16 * 1024;
+/// How long a guest has to honour a shutdown or reboot request.
+pub const SHUTDOWN_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Refusals logged per domain one by one; after that, every 1024th.
+const REFUSALS_LOGGED: u64 = 32;
+
+/// A kernel or ramdisk dom0 handed over, kept for reboots.
+pub struct Staged {
+    base: HostPhysAddr,
+    frames: usize,
+    pub len: u64,
+    /// Bytes received so far (chunks come in order).
+    pub loaded: u64,
+}
+
+impl Staged {
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `frames` frames at `base` were allocated for this image and are
+        // identity mapped; `len` is within them.
+        unsafe { core::slice::from_raw_parts(self.base.as_u64() as *const u8, self.len as usize) }
+    }
+}
+
+/// Where a built domain's vCPU 0 starts.
+#[derive(Clone, Copy, Debug)]
+pub struct BootSpec {
+    pub entry: InitialState,
+    /// RDI at entry: the `StartInfo`'s guest-physical address.
+    pub rdi: u64,
+}
+
+/// What the hypervisor holds for a domain.
+pub struct Resources {
+    /// 2 MiB chunks; chunk `i` backs guest-physical `i * 2 MiB`.
+    chunks: Vec<HostPhysAddr>,
+    /// The domain's RAM (for dom0: its RAM only, not device memory).
+    pub ram: GuestMemory,
+    pub tables: Option<NestedTables>,
+    /// Staged kernel and ramdisk (`image_kind`).
+    pub images: [Option<Staged>; 2],
+    pub boot: Option<BootSpec>,
+    pub console: Ring,
+    /// The kernel command line `BUILD` was given, kept for restarts.
+    pub cmdline: String,
+    /// A console line not yet printed on the serial line.
+    line: Vec<u8>,
+    pub home_cpu: u32,
+    pub tag: u16,
+    refusals: u64,
+}
+
+impl Resources {
+    fn new(ram: GuestMemory) -> Self {
+        Self {
+            chunks: Vec::new(),
+            ram,
+            tables: None,
+            images: [None, None],
+            boot: None,
+            console: Ring::new(CONSOLE_BYTES),
+            cmdline: String::new(),
+            line: Vec::new(),
+            home_cpu: 0,
+            tag: 0,
+            refusals: 0,
+        }
+    }
+
+    /// Zeroes the domain's RAM (before reuse, and before it is freed).
+    pub fn zero_ram(&self) {
+        for c in &self.chunks {
+            // SAFETY: the chunk belongs to this domain and is identity mapped;
+            // no vCPU of the domain runs while this is called.
+            unsafe { core::ptr::write_bytes(c.as_u64() as *mut u8, 0, CHUNK as usize) };
+        }
+    }
+
+    /// Gives everything back to the pool (`free_frames` scrubs it).
+    fn free(mut self) {
+        for c in self.chunks.drain(..) {
+            mem::free_frames(c, CHUNK_FRAMES);
+        }
+        if let Some(t) = self.tables.take() {
+            t.destroy();
+        }
+        for s in self.images.iter_mut().filter_map(Option::take) {
+            mem::free_frames(s.base, s.frames);
+        }
+        free_tag(self.tag);
+    }
+}
+
+pub static DOMAINS: Mutex<Table<Resources>> = Mutex::new(Table::new());
+
+/// TLB tags (ASIDs / VPIDs) of live domU vCPUs, one bit each: two live vCPUs
+/// never share one, so no guest ever sees another's cached translations (a
+/// reused tag is flushed when its new vCPU is made). Tag 1 is dom0's.
+static TAGS: Mutex<[u64; 64]> = Mutex::new([0b11; 64]);
+
+fn alloc_tag() -> Option<u16> {
+    let max = u32::from(AnyVcpu::max_tag()).min(64 * 64 - 1);
+    let mut t = TAGS.lock();
+    let tag = (2..=max).find(|&i| t[(i / 64) as usize] & (1 << (i % 64)) == 0)?;
+    t[(tag / 64) as usize] |= 1 << (tag % 64);
+    Some(tag as u16)
+}
+
+fn free_tag(tag: u16) {
+    if tag >= 2 {
+        TAGS.lock()[usize::from(tag / 64)] &= !(1 << (tag % 64));
+    }
+}
+
+/// Puts dom0 in the table. `ram` is its RAM (hypercall buffers must be in it).
+pub fn register_dom0(ram: GuestMemory, vcpus: u32) {
+    let kib = ram.regions().iter().map(|r| r.len / 1024).sum();
+    let mut res = Resources::new(ram);
+    res.tag = 1;
+    DOMAINS.lock().add_dom0(kib, vcpus, res);
+}
+
+/// A guest's RAM as hypercalls may touch it: through its own memory map only.
+pub struct RamView<'a>(pub &'a GuestMemory);
+
+impl RamView<'_> {
+    /// Calls `f` with host pointers for each piece of `[gpa, gpa + len)`.
+    fn each(&self, gpa: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<(), Error> {
+        gpa.checked_add(len as u64).ok_or(Error::Fault)?;
+        let mut done = 0;
+        while done < len {
+            let (hpa, left) = self.0.translate(GuestPhysAddr::new(gpa + done as u64)).ok_or(Error::Fault)?;
+            let n = (len - done).min(left as usize);
+            f(hpa.as_u64() as *mut u8, done, n);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn check(&self, gpa: u64, len: usize) -> Result<(), Error> {
+        self.each(gpa, len, |_, _, _| {})
+    }
+}
+
+impl GuestRam for RamView<'_> {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Error> {
+        self.check(gpa, out.len())?;
+        self.each(gpa, out.len(), |p, at, n| {
+            // SAFETY: `p..p+n` is the guest's own RAM (translated above), identity
+            // mapped in the hypervisor; `out` is ours.
+            unsafe { core::ptr::copy_nonoverlapping(p, out[at..at + n].as_mut_ptr(), n) }
+        })
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Error> {
+        self.check(gpa, data.len())?;
+        self.each(gpa, data.len(), |p, at, n| {
+            // SAFETY: as in `read`; the guest's RAM is plain memory it owns.
+            unsafe { core::ptr::copy_nonoverlapping(data[at..at + n].as_ptr(), p, n) }
+        })
+    }
+}
+
+/// Hypercall services for a caller on the target.
+pub struct Hv;
+
+impl Services for Hv {
+    fn console_write(&mut self, domid: u32, bytes: &[u8]) {
+        let mut t = DOMAINS.lock();
+        let Some(d) = t.get_mut(domid) else { return };
+        d.res.console.write(bytes);
+        // Whole lines to the serial console, tagged with the domain.
+        for &b in bytes {
+            if b == b'\n' || d.res.line.len() >= 200 {
+                let line = String::from_utf8_lossy(&d.res.line);
+                crate::console::always(format_args!("(d{domid}) {}", line.trim_end_matches('\r')));
+                d.res.line.clear();
+            } else {
+                d.res.line.push(b);
+            }
+        }
+    }
+
+    fn control_request(&self, domid: u32) -> u64 {
+        DOMAINS.lock().get(domid).map_or(request::NONE, |d| d.request)
+    }
+
+    fn domctl(&mut self, cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
+        domctl(cmd, buf)
+    }
+
+    fn refused(&mut self, domid: u32, what: fmt::Arguments) {
+        let n = {
+            let mut t = DOMAINS.lock();
+            match t.get_mut(domid) {
+                Some(d) => {
+                    d.res.refusals += 1;
+                    d.res.refusals
+                }
+                None => 1,
+            }
+        };
+        if n <= REFUSALS_LOGGED || n.is_multiple_of(1024) {
+            warn!("d{domid}: hypercall refused: {what} (refusal {n})");
+        }
+    }
+}
+
+fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
+    match cmd {
+        Command::Create(cfg) => create(cfg),
+        Command::LoadImage { domid, kind, offset, total } => load_image(*domid, *kind, *offset, *total, buf),
+        Command::Build { domid, cmdline } => build(*domid, cmdline),
+        Command::Unpause(id) => {
+            let id = *id;
+            let mut t = DOMAINS.lock();
+            match t.unpause(id)? {
+                Effect::Start => {
+                    let d = t.get_mut(id).ok_or(Error::NoEnt)?;
+                    let cpu = sched::pick_cpu();
+                    d.res.home_cpu = cpu;
+                    let v = super::domu::DomUVcpu::new(d)?;
+                    info!("d{id} ({}): started on cpu{cpu}", d.name);
+                    drop(t);
+                    sched::enqueue(cpu, alloc::boxed::Box::new(v));
+                }
+                _ => kick(&t, id),
+            }
+            Ok(0)
+        }
+        Command::Pause(id) => {
+            let mut t = DOMAINS.lock();
+            t.pause(*id)?;
+            kick(&t, *id);
+            Ok(0)
+        }
+        Command::Shutdown { domid, reason } => {
+            let mut t = DOMAINS.lock();
+            t.request_shutdown(*domid, *reason, sched::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
+            let d = t.get(*domid).ok_or(Error::NoEnt)?;
+            info!("d{domid} ({}): asked to {}", d.name, if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
+            kick(&t, *domid);
+            Ok(0)
+        }
+        Command::Destroy(id) => {
+            let mut t = DOMAINS.lock();
+            let freed = t.destroy(*id)?;
+            match freed {
+                Some(d) => {
+                    drop(t);
+                    release(d);
+                }
+                None => {
+                    info!("d{id}: destroying");
+                    kick(&t, *id);
+                }
+            }
+            Ok(0)
+        }
+        Command::GetInfo(id) => {
+            let t = DOMAINS.lock();
+            let d = t.get(*id).ok_or(Error::NoEnt)?;
+            buf[..core::mem::size_of::<DomainInfo>()].copy_from_slice(d.info().as_bytes());
+            Ok(0)
+        }
+        Command::List => {
+            let t = DOMAINS.lock();
+            let size = core::mem::size_of::<DomainInfo>();
+            for (d, out) in t.iter().zip(buf.chunks_exact_mut(size)) {
+                out.copy_from_slice(d.info().as_bytes());
+            }
+            Ok(t.len() as u64)
+        }
+        Command::ConsoleRead(r) => {
+            let t = DOMAINS.lock();
+            let d = t.get(r.domid).ok_or(Error::NoEnt)?;
+            let got = d.res.console.read(r.offset, buf);
+            (r.next, r.lost) = (got.next, got.lost);
+            Ok(got.copied as u64)
+        }
+        Command::Dmesg(r) => {
+            let got = crate::console::read_log(r.offset, buf);
+            (r.next, r.lost) = (got.next, got.lost);
+            Ok(got.copied as u64)
+        }
+        Command::PhysInfo => {
+            let info = PhysInfo {
+                abi_version: ABI_VERSION,
+                cpus: crate::arch::x86_64::smp::cpu_count(),
+                total_kib: mem::total_frame_count() as u64 * 4,
+                free_kib: mem::free_frame_count() as u64 * 4,
+                tsc_khz: crate::arch::x86_64::time::tsc_hz() / 1000,
+                domains: DOMAINS.lock().len() as u32,
+                vendor: match crate::virt::backend() {
+                    crate::virt::Backend::Vmx => 0,
+                    crate::virt::Backend::Svm => 1,
+                },
+            };
+            buf[..core::mem::size_of::<PhysInfo>()].copy_from_slice(info.as_bytes());
+            Ok(0)
+        }
+    }
+}
+
+fn kick(t: &Table<Resources>, id: u32) {
+    if let Some(d) = t.get(id) {
+        crate::arch::x86_64::smp::kick(d.res.home_cpu);
+    }
+}
+
+fn create(cfg: &Config) -> Result<u64, Error> {
+    // Held throughout, so the name checked here is still free at the end.
+    let mut t = DOMAINS.lock();
+    t.can_create(&cfg.name)?;
+    let want = u64::from(cfg.memory_mib).div_ceil(2) * CHUNK;
+    let mut res = Resources::new(GuestMemory::new());
+    // On any failure below, `res.free()` gives back what was taken.
+    let fail = |res: Resources, e: Error| {
+        res.free();
+        Err(e)
+    };
+    while (res.chunks.len() as u64) * CHUNK < want {
+        match mem::alloc_frames(CHUNK_FRAMES, CHUNK_FRAMES) {
+            Some(c) => res.chunks.push(c),
+            None => {
+                warn!("create {}: {} MiB wanted, the pool has not enough free 2 MiB chunks", cfg.name, cfg.memory_mib);
+                return fail(res, Error::NoMem);
+            }
+        }
+    }
+    for (i, c) in res.chunks.iter().enumerate() {
+        let r = GuestRegion { gpa: GuestPhysAddr::new(i as u64 * CHUNK), hpa: *c, len: CHUNK, flags: MapFlags::RWX };
+        if res.ram.add(r).is_err() {
+            return fail(res, Error::Inval);
+        }
+    }
+    match NestedTables::build(&res.ram) {
+        Ok(t) => res.tables = Some(t),
+        Err(_) => return fail(res, Error::NoMem),
+    }
+    match alloc_tag() {
+        Some(tag) => res.tag = tag,
+        None => return fail(res, Error::NoSpc),
+    }
+    // Cannot fail: `can_create` held under the same lock.
+    let id = t.create(cfg, res)?;
+    info!("d{id} ({}): created, {} MiB, {} vCPU(s)", cfg.name, want / MIB, cfg.vcpus);
+    Ok(id.into())
+}
+
+fn load_image(domid: u32, kind: u32, offset: u64, total: u64, data: &[u8]) -> Result<u64, Error> {
+    let mut t = DOMAINS.lock();
+    let d = t.get_mut(domid).ok_or(Error::NoEnt)?;
+    if d.privileged {
+        return Err(Error::Perm);
+    }
+    if d.state != oxen_abi::DomainState::Created {
+        return Err(Error::Busy);
+    }
+    let slot = &mut d.res.images[if kind == image_kind::KERNEL { 0 } else { 1 }];
+    if offset == 0 {
+        if let Some(old) = slot.take() {
+            mem::free_frames(old.base, old.frames);
+        }
+        let frames = total.div_ceil(PAGE_SIZE) as usize;
+        let base = mem::alloc_frames_unzeroed(frames, 1).ok_or(Error::NoMem)?;
+        *slot = Some(Staged { base, frames, len: total, loaded: 0 });
+        d.built = false;
+    }
+    let s = slot.as_mut().ok_or(Error::Inval)?;
+    if s.len != total || s.loaded != offset {
+        return Err(Error::Inval);
+    }
+    // SAFETY: `offset + data.len() <= total` (checked by the decoder and the
+    // `len` comparison), inside the frames allocated for this image.
+    unsafe {
+        core::ptr::copy_nonoverlapping(data.as_ptr(), (s.base.as_u64() + offset) as *mut u8, data.len());
+    }
+    s.loaded += data.len() as u64;
+    Ok(data.len() as u64)
+}
+
+fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
+    let mut t = DOMAINS.lock();
+    let d = t.get_mut(domid).ok_or(Error::NoEnt)?;
+    if d.privileged {
+        return Err(Error::Perm);
+    }
+    if d.state != oxen_abi::DomainState::Created {
+        return Err(Error::Busy);
+    }
+    d.res.cmdline = cmdline.into();
+    d.res.zero_ram();
+    let spec = super::build::lay_out(&mut d.res, d.vcpus).inspect_err(|e| {
+        warn!("d{domid} ({}): build failed: {}", d.name, e.why);
+    }).map_err(|e| e.error)?;
+    d.res.boot = Some(spec);
+    d.built = true;
+    info!("d{domid} ({}): kernel laid out, entry {:#x}", d.name, spec.entry.rip);
+    Ok(0)
+}
+
+/// Frees a domain that left the table.
+pub fn release(d: Domain<Resources>) {
+    info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);
+    d.res.free();
+}
+
+/// The domain ended (it asked, crashed, or did not honour a request in time).
+pub fn end(domid: u32, reason: ShutdownReason, why: &str) {
+    let mut t = DOMAINS.lock();
+    let Some(name) = t.get(domid).map(|d| d.name.clone()) else { return };
+    match t.end(domid, reason) {
+        Ok(action) => {
+            let what = match action {
+                Action::Destroy => "destroying it",
+                Action::Restart => "restarting it",
+                Action::Preserve => "keeping it (preserve)",
+            };
+            info!("d{domid} ({name}): {why}: {what}");
+            kick(&t, domid);
+        }
+        Err(e) => warn!("d{domid} ({name}): {why}, but it cannot end now: {e:?}"),
+    }
+}
+
+/// dom0's CPU, between turns: carries out requests not honoured in time.
+pub fn housekeeping(now: u64) {
+    let overdue = DOMAINS.lock().overdue(now);
+    for (id, reason) in overdue {
+        let why = alloc::format!("did not {} within {} s", if reason == ShutdownReason::Reboot { "reboot" } else { "power off" }, SHUTDOWN_TIMEOUT_NS / 1_000_000_000);
+        end(id, reason, &why);
+    }
+}
+
+/// One line per domain for the hypervisor console's `d` key.
+pub fn describe_all() {
+    let t = DOMAINS.lock();
+    for d in t.iter() {
+        info!(
+            "console: d{} {}: {}, {} MiB, {} vCPU(s) on cpu{}, {} exits, {} ms in guest",
+            d.id,
+            d.name,
+            oxen_abi::DomainState::from_u32(d.state as u32).map_or("?", |s| s.name()),
+            d.memory_kib / 1024,
+            d.vcpus,
+            d.res.home_cpu,
+            d.exits,
+            d.cpu_time_ns / 1_000_000
+        );
+    }
+}
+
+/// dom0's id, for callers outside.
+pub const DOM0_ID: u32 = DOM0;

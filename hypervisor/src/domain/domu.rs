@@ -1,0 +1,214 @@
+//! A domU's vCPU on its CPU's run queue (target only). It has no devices:
+//! its console and its control are hypercalls; CPUID and MSRs follow the
+//! common policy; port I/O finds nothing (reads all ones, writes dropped);
+//! touching memory it does not have, a triple fault or an exit nobody handles
+//! crashes the domain and nothing else.
+//!
+//! The vCPU object (VMCS/VMCB) is made and dropped on the CPU that runs it.
+
+use super::control::{self, BootSpec, RamView, Resources, DOMAINS};
+use super::table::Domain;
+use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
+use crate::hypercall::{self, After, Args, Caller};
+use crate::sched::run::{now_ns, ns_to_tsc, Poll, Runnable};
+use crate::virt::{AnyVcpu, GuestMemory, Vcpu};
+use alloc::string::String;
+use log::warn;
+use oxen_abi::{request, ShutdownReason};
+
+/// Stands for "until woken" in `blocked`.
+const FOREVER: u64 = u64::MAX;
+
+pub struct DomUVcpu {
+    domid: u32,
+    name: String,
+    root: u64,
+    tag: u16,
+    ram: GuestMemory,
+    boot: BootSpec,
+    vcpu: Option<AnyVcpu>,
+    /// Sleeping until this time (`FOREVER`: until a request comes).
+    blocked: Option<u64>,
+}
+
+// SAFETY: a DomUVcpu moves between CPUs only before its vCPU object exists
+// (it is made on first run, on the CPU whose queue holds it, and never leaves
+// that queue); the rest is plain data.
+unsafe impl Send for DomUVcpu {}
+
+impl DomUVcpu {
+    pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
+        let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
+        let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
+        Ok(Self { domid: d.id, name: d.name.clone(), root, tag: d.res.tag, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
+    }
+
+    fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
+        if self.vcpu.is_none() {
+            match AnyVcpu::with_root(self.root, &self.boot.entry, self.tag) {
+                Ok(mut v) => {
+                    v.gprs().rdi = self.boot.rdi;
+                    self.vcpu = Some(v);
+                }
+                Err(e) => {
+                    warn!("d{} ({}): cannot make its vCPU: {e}", self.domid, self.name);
+                    control::end(self.domid, ShutdownReason::Crash, "no vCPU");
+                    return None;
+                }
+            }
+        }
+        self.vcpu.as_mut()
+    }
+}
+
+impl Runnable for DomUVcpu {
+    fn poll(&mut self, now: u64) -> Poll {
+        let mut t = DOMAINS.lock();
+        let Some(d) = t.get_mut(self.domid) else { return Poll::Gone };
+        if d.state == oxen_abi::DomainState::Dying {
+            // This CPU made the vCPU, so it drops it, then maybe the domain.
+            self.vcpu = None;
+            if let Some(dead) = t.release_vcpu(self.domid) {
+                drop(t);
+                control::release(dead);
+            }
+            return Poll::Gone;
+        }
+        if d.restart_pending {
+            // A fresh boot: memory zeroed and laid out again from the staged
+            // kernel, a new vCPU.
+            self.vcpu = None;
+            self.blocked = None;
+            d.res.zero_ram();
+            match super::build::lay_out(&mut d.res, d.vcpus) {
+                Ok(spec) => {
+                    self.boot = spec;
+                    d.res.boot = Some(spec);
+                    t.finish_restart(self.domid);
+                    log::info!("d{} ({}): rebooted", self.domid, self.name);
+                }
+                Err(e) => {
+                    warn!("d{} ({}): cannot boot it again: {}", self.domid, self.name, e.why);
+                    d.restart_pending = false;
+                    d.state = oxen_abi::DomainState::Dying;
+                    return Poll::Sleep(Some(now));
+                }
+            }
+            return Poll::Run;
+        }
+        if !matches!(d.state, oxen_abi::DomainState::Running | oxen_abi::DomainState::ShuttingDown) {
+            return Poll::Sleep(None);
+        }
+        let pending = d.request != request::NONE;
+        match self.blocked {
+            Some(until) if !pending && now < until => Poll::Sleep((until != FOREVER).then_some(until)),
+            _ => {
+                self.blocked = None;
+                Poll::Run
+            }
+        }
+    }
+
+    fn run(&mut self, until: u64) {
+        let start = now_ns();
+        let mut exits = 0u64;
+        let (domid, name) = (self.domid, self.name.clone());
+        let mut env = DomUEnv { domid, ram: self.ram.clone(), ports: NoPorts };
+        let Some(vcpu) = self.make_vcpu() else { return };
+        let mut blocked = None;
+        loop {
+            crate::arch::x86_64::apic::arm_timer(Some(ns_to_tsc(until)));
+            let exit = vcpu.run();
+            exits += 1;
+            let outcome = exit::handle(vcpu, exit, &mut env);
+            match outcome {
+                Outcome::Continue | Outcome::Preempted => {
+                    if now_ns() >= until {
+                        break;
+                    }
+                }
+                Outcome::Yield => break,
+                Outcome::Block { timeout_ns } => {
+                    blocked = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
+                    break;
+                }
+                // No interrupts reach a domU yet: HLT waits for a request.
+                Outcome::Halted => {
+                    blocked = Some(FOREVER);
+                    break;
+                }
+                Outcome::Shutdown(reason) => {
+                    let why = match reason {
+                        ShutdownReason::Poweroff => "powered off",
+                        ShutdownReason::Reboot => "asked to reboot",
+                        ShutdownReason::Crash => "reported a crash",
+                    };
+                    control::end(domid, reason, why);
+                    break;
+                }
+                Outcome::MemoryFault { gpa, access } => {
+                    warn!("d{domid} ({name}): {access:?} of {:#x}, not its memory, at rip {:#x}", gpa.as_u64(), vcpu.rip());
+                    control::end(domid, ShutdownReason::Crash, "crashed (memory outside its own)");
+                    break;
+                }
+                Outcome::TripleFault => {
+                    warn!("d{domid} ({name}): triple fault at rip {:#x}", vcpu.rip());
+                    control::end(domid, ShutdownReason::Crash, "crashed (triple fault)");
+                    break;
+                }
+                Outcome::Unhandled(e) => {
+                    warn!("d{domid} ({name}): unhandled exit {e:?} at rip {:#x}", vcpu.rip());
+                    control::end(domid, ShutdownReason::Crash, "crashed (unhandled exit)");
+                    break;
+                }
+            }
+        }
+        self.blocked = blocked;
+        let ran = now_ns().saturating_sub(start);
+        if let Some(d) = DOMAINS.lock().get_mut(domid) {
+            d.cpu_time_ns += ran;
+            d.exits += exits;
+        }
+    }
+}
+
+/// What a domU's exits reach.
+struct DomUEnv {
+    domid: u32,
+    ram: GuestMemory,
+    ports: NoPorts,
+}
+
+/// No ports: reads find nothing (all ones), writes go nowhere.
+struct NoPorts;
+
+impl PortBus for NoPorts {
+    fn read(&mut self, _port: u16, size: u8) -> Option<u32> {
+        Some(match size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => u32::MAX,
+        })
+    }
+    fn write(&mut self, _port: u16, _size: u8, _value: u32) -> bool {
+        true
+    }
+}
+
+impl GuestEnv for DomUEnv {
+    fn ports(&mut self) -> &mut dyn PortBus {
+        &mut self.ports
+    }
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        crate::arch::x86_64::cpuid(leaf, subleaf)
+    }
+    fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
+        let mut ram = RamView(&self.ram);
+        let mut caller = Caller { domid: self.domid, privileged: false, ram: &mut ram };
+        hypercall::dispatch(&mut caller, &mut control::Hv, args)
+    }
+    fn refused_cpl(&mut self, cpl: u8, number: u64) {
+        use crate::hypercall::Services;
+        control::Hv.refused(self.domid, format_args!("hypercall {number:#x} from CPL {cpl}"));
+    }
+}
