@@ -100,8 +100,12 @@ static int oxen_bounce_in(struct oxen_bounce *b, u64 uaddr, u64 len)
 	b->len = len;
 	if (!len)
 		return 0;
-	/* kmalloc memory is physically contiguous, as the hypervisor expects. */
-	b->kbuf = kzalloc(len, GFP_KERNEL);
+	/*
+	 * kmalloc memory is physically contiguous, as the hypervisor expects. A
+	 * 64 KiB buffer is an order-4 allocation: try hard, but when memory is
+	 * too fragmented fail quietly with -ENOMEM (the caller can send less).
+	 */
+	b->kbuf = kzalloc(len, GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN);
 	if (!b->kbuf)
 		return -ENOMEM;
 	if (copy_from_user(b->kbuf, b->ubuf, len))
