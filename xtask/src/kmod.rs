@@ -255,21 +255,19 @@ fn headers(release: &str, dir: &Path) -> Result<PathBuf> {
 fn header_packages(release: &str, cache: &Path) -> Result<[Candidate; 3]> {
     let main = format!("linux-headers-{release}");
     let apt = AptAnswer::query(&[&main]);
-    let is_common = |d: &str| d.starts_with("linux-headers-") && d.contains("-common");
-    let is_kbuild = |d: &str| d.starts_with("linux-kbuild-");
-    let (common, kbuild) = match apt.get(&main) {
-        Some(s) => (
-            dependency(s, is_common).with_context(|| {
-                format!("{main} does not depend on a linux-headers-*-common package")
-            })?,
-            dependency(s, is_kbuild)
-                .with_context(|| format!("{main} does not depend on a linux-kbuild-* package"))?,
-        ),
-        None => {
-            let (common, kbuild) = derived_names(release)?;
-            ((common, None), (kbuild, None))
-        }
+    let Some(stanza) = apt.get(&main) else {
+        // No answer (even after `apt-get update`): asking about the others would not help.
+        let (common, kbuild) = derived_names(release)?;
+        let cached =
+            |name: &str| newest_cached(name, cache).ok_or_else(|| apt.cannot_tell(name, cache));
+        return Ok([cached(&main)?, cached(&common)?, cached(&kbuild)?]);
     };
+    let common = dependency(stanza, |d| {
+        d.starts_with("linux-headers-") && d.contains("-common")
+    })
+    .with_context(|| format!("{main} does not depend on a linux-headers-*-common package"))?;
+    let kbuild = dependency(stanza, |d| d.starts_with("linux-kbuild-"))
+        .with_context(|| format!("{main} does not depend on a linux-kbuild-* package"))?;
     // `NAME=VERSION` asks for the pinned version (common), a bare name for the
     // candidate (kbuild has a `>=` bound).
     let spec = |(name, version): &(String, Option<String>)| match version {
@@ -405,12 +403,6 @@ fn compiler(config: &std::collections::BTreeMap<String, String>) -> Result<(Stri
              Run `cargo xtask setup` (or `apt-get install gcc make libelf1` as root)."
         );
     };
-    if !on_path("make") {
-        bail!(
-            "`make` is not installed; dom0's kernel module is built with kbuild.\n\
-             Run `cargo xtask setup` (or `apt-get install make` as root)."
-        );
-    }
     let host_cc = tool_version(cc, &["--version"]);
     if !same_compiler(&kernel_cc, &host_cc) {
         step(format!(
