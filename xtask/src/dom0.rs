@@ -112,11 +112,11 @@ pub fn prepare() -> Result<Dom0> {
     let (kernel_pkg, busybox_pkg) = candidates(&cache)?;
     let (kdeb, fetched) = fetch("dom0 kernel", &kernel_pkg, &cache)?;
     cold |= fetched;
-    let (kroot, extracted) = extract(&kdeb, &dir.join(&kernel_pkg.name))?;
+    let (kroot, extracted) = extract(&[&kdeb], &dir.join(&kernel_pkg.name))?;
     cold |= extracted;
     let (bdeb, fetched) = fetch("dom0 busybox", &busybox_pkg, &cache)?;
     cold |= fetched;
-    let (broot, extracted) = extract(&bdeb, &dir.join(BUSYBOX))?;
+    let (broot, extracted) = extract(&[&bdeb], &dir.join(BUSYBOX))?;
     cold |= extracted;
 
     let (vmlinuz, release) = find_kernel(&kroot)?;
@@ -157,13 +157,18 @@ pub fn prepare() -> Result<Dom0> {
     }
     let size = std::fs::metadata(&initrd)?.len();
     step(format!(
-        "dom0 initramfs: {} ({}, {} KiB: busybox, /init, {} modules: {})",
+        "dom0 initramfs: {} ({}, {} KiB: busybox, /init, {} modules: {}; Oxen's: {})",
         show(&initrd),
         if fresh { "unchanged" } else { "written" },
         size / 1024,
         mods.len(),
         mods.iter()
             .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        extras
+            .iter()
+            .map(|e| e.dest.as_str())
             .collect::<Vec<_>>()
             .join(" ")
     ));
@@ -180,7 +185,7 @@ pub fn prepare() -> Result<Dom0> {
 /// A package version to fetch, as apt names it; `cached_only` is set when apt could not
 /// say and a .deb already in the cache stands in.
 #[derive(Debug, PartialEq, Eq)]
-struct Candidate {
+pub(crate) struct Candidate {
     name: String,
     version: String,
     arch: String,
@@ -200,83 +205,107 @@ fn deb_file_name(pkg: &str, version: &str, arch: &str) -> String {
     format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a"))
 }
 
-/// The kernel package `linux-image-amd64` depends on now (e.g. linux-image-6.1.0-56-amd64
-/// 6.1.192-2) and busybox-static's candidate. One `apt-cache show` answers both (apt-cache
-/// takes most of a second per call here); `apt-get update` runs first if apt knows
-/// neither. Without apt's answer, .debs already in the cache are used.
-fn candidates(cache: &Path) -> Result<(Candidate, Candidate)> {
-    let query = || {
-        let out = Command::new("apt-cache")
-            .args(["show", "--no-all-versions", KERNEL_META, BUSYBOX])
-            .output();
-        out.map(|o| parse_stanzas(&String::from_utf8_lossy(&o.stdout)))
-            .unwrap_or_default()
-    };
-    let mut stanzas = query();
-    let mut update_error = None;
-    if stanzas.is_empty() {
-        step(format!(
-            "apt knows neither {KERNEL_META} nor {BUSYBOX}: running `apt-get update` first"
-        ));
-        if let Err(e) = apt_get_as_root(&["-q", "update"])
-            .and_then(|mut c| run_captured(&mut c, "apt-get update").map(drop))
-        {
-            update_error = Some(format!("{e:#}"));
+/// What `apt-cache show --no-all-versions` says about some packages. When apt knows none
+/// of them (its lists are empty on a fresh machine) `apt-get update` runs first.
+pub(crate) struct AptAnswer {
+    stanzas: Vec<Stanza>,
+    /// Why `apt-get update` failed, when it was needed and did.
+    update_error: Option<String>,
+}
+
+impl AptAnswer {
+    /// Asks about `specs`: package names, or `NAME=VERSION` for one exact version.
+    /// apt-cache takes most of a second per call here, so ask about several at once.
+    pub(crate) fn query(specs: &[&str]) -> Self {
+        let query = || {
+            let out = Command::new("apt-cache")
+                .args(["show", "--no-all-versions"])
+                .args(specs)
+                .output();
+            out.map(|o| parse_stanzas(&String::from_utf8_lossy(&o.stdout)))
+                .unwrap_or_default()
+        };
+        let mut stanzas = query();
+        let mut update_error = None;
+        if stanzas.is_empty() {
+            step(format!(
+                "apt knows none of {}: running `apt-get update` first",
+                specs.join(", ")
+            ));
+            if let Err(e) = apt_get_as_root(&["-q", "update"])
+                .and_then(|mut c| run_captured(&mut c, "apt-get update").map(drop))
+            {
+                update_error = Some(format!("{e:#}"));
+            }
+            stanzas = query();
         }
-        stanzas = query();
+        Self {
+            stanzas,
+            update_error,
+        }
     }
-    let get = |pkg: &str| {
-        stanzas
+
+    /// The stanza of package `pkg`.
+    pub(crate) fn get(&self, pkg: &str) -> Option<&Stanza> {
+        self.stanzas
             .iter()
             .find(|s| s.get("Package").map(String::as_str) == Some(pkg))
-    };
-    let advice = |pkg: &str| {
-        let why = update_error.as_deref().map_or(String::new(), |e| {
+    }
+
+    /// The version of `pkg` apt would download.
+    pub(crate) fn candidate(&self, pkg: &str) -> Option<Candidate> {
+        self.get(pkg).and_then(stanza_candidate)
+    }
+
+    /// The error for a package that apt cannot place and the cache has no copy of.
+    pub(crate) fn cannot_tell(&self, pkg: &str, cache: &Path) -> anyhow::Error {
+        let why = self.update_error.as_deref().map_or(String::new(), |e| {
             format!(" (`apt-get update` failed: {e})")
         });
-        format!(
+        anyhow::anyhow!(
             "apt cannot tell which {pkg} to download{why} and {} holds no copy.\n\
              Check that this machine reaches its Debian mirror (`apt-get update` as root), then run \
              this again; or put the package's .deb into that directory yourself.\n\
              (`cargo xtask run --no-dom0` boots the hypervisor without dom0.)",
             cache.display()
         )
-    };
+    }
+}
 
-    let kernel = match get(KERNEL_META).and_then(kernel_dependency) {
+/// The kernel package `linux-image-amd64` depends on now (e.g. linux-image-6.1.0-56-amd64
+/// 6.1.192-2) and busybox-static's candidate, from one `apt-cache show`. Without apt's
+/// answer, .debs already in the cache are used.
+fn candidates(cache: &Path) -> Result<(Candidate, Candidate)> {
+    let apt = AptAnswer::query(&[KERNEL_META, BUSYBOX]);
+    let kernel = match apt
+        .get(KERNEL_META)
+        .and_then(|s| dependency(s, |d| d.starts_with("linux-image-")))
+    {
         Some((name, Some(version))) => Some(Candidate {
             name,
             version,
-            arch: get(KERNEL_META)
+            arch: apt
+                .get(KERNEL_META)
                 .and_then(|s| s.get("Architecture").cloned())
                 .unwrap_or_else(|| "amd64".into()),
             cached_only: None,
         }),
         // No exact version in the dependency: ask about the kernel package itself.
-        Some((name, None)) => Command::new("apt-cache")
-            .args(["show", "--no-all-versions", &name])
-            .output()
-            .ok()
-            .and_then(|o| {
-                parse_stanzas(&String::from_utf8_lossy(&o.stdout))
-                    .into_iter()
-                    .next()
-            })
-            .and_then(|s| stanza_candidate(&s)),
+        Some((name, None)) => AptAnswer::query(&[&name]).candidate(&name),
         None => None,
     };
     let kernel = match kernel {
         Some(k) => k,
-        None => cached_kernel(cache).ok_or_else(|| anyhow::anyhow!(advice(KERNEL_META)))?,
+        None => cached_kernel(cache).ok_or_else(|| apt.cannot_tell(KERNEL_META, cache))?,
     };
-    let busybox = match get(BUSYBOX).and_then(stanza_candidate) {
+    let busybox = match apt.candidate(BUSYBOX) {
         Some(b) => b,
-        None => newest_cached(BUSYBOX, cache).ok_or_else(|| anyhow::anyhow!(advice(BUSYBOX)))?,
+        None => newest_cached(BUSYBOX, cache).ok_or_else(|| apt.cannot_tell(BUSYBOX, cache))?,
     };
     Ok((kernel, busybox))
 }
 
-type Stanza = BTreeMap<String, String>;
+pub(crate) type Stanza = BTreeMap<String, String>;
 
 /// `apt-cache show` output: one map of fields per blank-line-separated stanza.
 fn parse_stanzas(text: &str) -> Vec<Stanza> {
@@ -314,20 +343,25 @@ fn stanza_candidate(s: &Stanza) -> Option<Candidate> {
     })
 }
 
-/// `Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)` → (package, exact version if given).
-fn kernel_dependency(meta: &Stanza) -> Option<(String, Option<String>)> {
-    meta.get("Depends")?
+/// The first package of `Depends:` whose name `wanted` accepts, with its version when
+/// the dependency pins one: `linux-image-6.1.0-56-amd64 (= 6.1.192-2)` gives
+/// (`linux-image-6.1.0-56-amd64`, Some(`6.1.192-2`)); a `>=` bound gives None.
+pub(crate) fn dependency(
+    stanza: &Stanza,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<(String, Option<String>)> {
+    stanza
+        .get("Depends")?
         .split([',', '|'])
         .map(str::trim)
-        .find(|d| d.starts_with("linux-image-"))
-        .map(|d| {
+        .find_map(|d| {
             let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
             let version = rest
                 .trim()
                 .strip_prefix("(=")
                 .and_then(|v| v.strip_suffix(')'))
                 .map(|v| v.trim().to_owned());
-            (name.to_owned(), version)
+            wanted(name).then(|| (name.to_owned(), version))
         })
 }
 
@@ -347,7 +381,7 @@ fn cached_kernel(cache: &Path) -> Option<Candidate> {
 }
 
 /// The last cached .deb of `pkg` by file name.
-fn newest_cached(pkg: &str, cache: &Path) -> Option<Candidate> {
+pub(crate) fn newest_cached(pkg: &str, cache: &Path) -> Option<Candidate> {
     let prefix = format!("{pkg}_");
     let mut v: Vec<PathBuf> = std::fs::read_dir(cache)
         .ok()?
@@ -373,7 +407,7 @@ fn newest_cached(pkg: &str, cache: &Path) -> Option<Candidate> {
 
 /// The cached .deb of `c` (downloading it first if needed): (path, downloaded now?).
 /// Prints `==> LABEL: PKG VERSION`.
-fn fetch(label: &str, c: &Candidate, cache: &Path) -> Result<(PathBuf, bool)> {
+pub(crate) fn fetch(label: &str, c: &Candidate, cache: &Path) -> Result<(PathBuf, bool)> {
     let (pkg, version) = (&c.name, &c.version);
     if let Some(path) = &c.cached_only {
         step(format!(
@@ -427,28 +461,35 @@ fn fetch(label: &str, c: &Candidate, cache: &Path) -> Result<(PathBuf, bool)> {
     Ok((path, true))
 }
 
-/// Unpacks `deb` into `dest` with `dpkg-deb -x`, unless `dest` already holds that
-/// very .deb (a stamp file records which). Returns (dest, unpacked now?).
-fn extract(deb: &Path, dest: &Path) -> Result<(PathBuf, bool)> {
+/// Unpacks `debs` together into `dest` with `dpkg-deb -x`, unless `dest` already holds
+/// those very .debs (a stamp file records which). Returns (dest, unpacked now?).
+pub(crate) fn extract(debs: &[&Path], dest: &Path) -> Result<(PathBuf, bool)> {
     let stamp = dest.join(".unpacked-from");
-    let name = deb
-        .file_name()
-        .context("a .deb path has a file name")?
-        .to_string_lossy()
-        .into_owned();
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == name) {
+    let names = debs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .context("a .deb path has a file name")
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let record = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == record) {
         return Ok((dest.to_path_buf(), false));
     }
     let _ = std::fs::remove_dir_all(dest);
     std::fs::create_dir_all(dest)?;
     let t = Instant::now();
-    run_captured(
-        Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest),
-        &format!("unpacking {name}"),
-    )?;
-    std::fs::write(&stamp, format!("{name}\n"))?;
+    for (deb, name) in debs.iter().zip(&names) {
+        run_captured(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest),
+            &format!("unpacking {name}"),
+        )?;
+    }
+    std::fs::write(&stamp, &record)?;
     step(format!(
-        "unpacked {name} into {} ({:.1}s)",
+        "unpacked {} into {} ({:.1}s)",
+        names.join(", "),
         show(dest),
         t.elapsed().as_secs_f64()
     ));
@@ -480,7 +521,7 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String)> {
 }
 
 /// `CONFIG_FOO=value` lines of a kernel config (`# CONFIG_FOO is not set` is absent).
-fn parse_config(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse_config(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter(|l| l.starts_with("CONFIG_"))
         .filter_map(|l| l.split_once('='))
@@ -543,25 +584,33 @@ fn index_modules(moddir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(index)
 }
 
-/// `depends=` from a module's `.modinfo` section (NUL-separated `key=value` strings).
-fn module_depends(ko: &[u8]) -> Result<Vec<String>> {
+/// The values of `key` in a module's `.modinfo` section (empty when it has none).
+pub(crate) fn modinfo(ko: &[u8], key: &str) -> Result<Vec<String>> {
     let file = object::File::parse(ko)?;
     let Some(section) = file.section_by_name(".modinfo") else {
         return Ok(Vec::new());
     };
-    Ok(parse_modinfo_depends(section.data()?))
+    Ok(modinfo_values(section.data()?, key))
 }
 
-fn parse_modinfo_depends(modinfo: &[u8]) -> Vec<String> {
+/// `key=value` strings of a `.modinfo` section (NUL-separated): the values of `key`.
+fn modinfo_values(modinfo: &[u8], key: &str) -> Vec<String> {
     modinfo
         .split(|&b| b == 0)
-        .filter_map(|kv| kv.strip_prefix(b"depends="))
-        .flat_map(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(normalize)
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|kv| kv.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// `depends=` of a module: the modules to load before it.
+fn module_depends(ko: &[u8]) -> Result<Vec<String>> {
+    Ok(split_depends(&modinfo(ko, "depends")?))
+}
+
+fn split_depends(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(',').map(normalize))
         .filter(|d| !d.is_empty())
         .collect()
 }
@@ -709,7 +758,12 @@ fn initrd_inputs(
     for e in extras {
         let mut h = std::hash::DefaultHasher::new();
         e.bytes.hash(&mut h);
-        s.push_str(&format!("extra {} {:o} {:016x}\n", e.dest, e.mode, h.finish()));
+        s.push_str(&format!(
+            "extra {} {:o} {:016x}\n",
+            e.dest,
+            e.mode,
+            h.finish()
+        ));
     }
     s
 }
@@ -817,7 +871,7 @@ mod tests {
             "Linux for 64-bit PCs (meta-package)\nmore text"
         );
         assert_eq!(
-            kernel_dependency(&st[0]),
+            dependency(&st[0], |d| d.starts_with("linux-image-")),
             Some((
                 "linux-image-6.1.0-56-amd64".into(),
                 Some("6.1.192-2".into())
@@ -831,7 +885,7 @@ mod tests {
         let mut bare = Stanza::new();
         bare.insert("Depends".into(), "linux-image-6.1.0-9-amd64".into());
         assert_eq!(
-            kernel_dependency(&bare),
+            dependency(&bare, |d| d.starts_with("linux-image-")),
             Some(("linux-image-6.1.0-9-amd64".into(), None))
         );
         assert!(parse_stanzas("N: Unable to locate package x\n")
@@ -878,9 +932,12 @@ mod tests {
     fn modinfo_depends() {
         let info =
             b"license=GPL\0softdep=pre: crypto-crc32c\0depends=jbd2,mbcache,crc16\0name=ext4\0";
-        assert_eq!(parse_modinfo_depends(info), ["jbd2", "mbcache", "crc16"]);
-        assert!(parse_modinfo_depends(b"depends=\0name=crc16\0").is_empty());
-        assert_eq!(parse_modinfo_depends(b"depends=nls-utf8\0"), ["nls_utf8"]);
+        let depends = |m: &[u8]| split_depends(&modinfo_values(m, "depends"));
+        assert_eq!(depends(info), ["jbd2", "mbcache", "crc16"]);
+        assert!(depends(b"depends=\0name=crc16\0").is_empty());
+        assert_eq!(depends(b"depends=nls-utf8\0"), ["nls_utf8"]);
+        assert_eq!(modinfo_values(info, "name"), ["ext4"]);
+        assert!(modinfo_values(b"dependsx=a\0", "depends").is_empty());
     }
 
     #[test]

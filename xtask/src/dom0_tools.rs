@@ -4,11 +4,31 @@
 //! (cargo and make skip what is up to date).
 
 use crate::dom0::ExtraFile;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 /// Builds every tool for the dom0 kernel `release` and returns the files to add.
 pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
-    let _ = release;
-    let files = Vec::new();
+    let mut files = Vec::new();
+
+    let kmod = crate::kmod::build(release)?;
+    for (dest, mode, path) in [
+        (
+            format!("lib/modules/{release}/{}", crate::kmod::MODULE_PATH),
+            0o644,
+            &kmod.module,
+        ),
+        (
+            crate::kmod::IOCTL_TEST_PATH.to_owned(),
+            0o755,
+            &kmod.ioctl_test,
+        ),
+    ] {
+        files.push(ExtraFile {
+            dest,
+            mode,
+            bytes: std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        });
+    }
+
     Ok(files)
 }

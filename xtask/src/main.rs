@@ -9,6 +9,7 @@ mod dom0;
 mod dom0_tools;
 mod emu;
 mod image;
+mod kmod;
 mod run;
 mod setup;
 mod systest;

@@ -19,6 +19,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("grub-common", "GRUB ISOs"),
     ("xorriso", "GRUB ISOs"),
     ("mtools", "GRUB ISOs"),
+    // dom0's /dev/oxen module is built against the dom0 kernel's headers (kmod.rs):
+    // gcc brings the compiler Debian's kernel was built with, and binutils; libelf1
+    // is what kbuild's prebuilt objtool links against; the module's user-space test
+    // program includes the kernel's user-space headers.
+    ("gcc", "dom0's kernel module"),
+    ("make", "dom0's kernel module"),
+    ("libelf1", "dom0's kernel module"),
+    ("linux-libc-dev", "dom0's kernel module"),
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
@@ -28,6 +36,8 @@ const PROGRAMS: &[&str] = &[
     "grub-mkrescue",
     "xorriso",
     "mformat",
+    "gcc",
+    "make",
 ];
 
 pub const TARGET: &str = "x86_64-unknown-none";
@@ -94,7 +104,7 @@ fn ensure_packages() -> Result<()> {
         "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
     );
     step(format!(
-        "installing {list} (needed to boot the hypervisor: {})",
+        "installing {list} (needed to build and boot the hypervisor: {})",
         purposes.join(", ")
     ));
     let apt = |args: &[&str]| {

@@ -81,6 +81,12 @@ pub fn run_inherit(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// Runs `cmd` capturing its output; on failure the output is part of the error.
 pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = run_output(cmd, what)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Like `run_captured`, but returns stderr too (compilers warn there).
+pub fn run_output(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -94,7 +100,7 @@ pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
 }
 
 /// First line of `prog --version`-like output, or a note that it is missing.

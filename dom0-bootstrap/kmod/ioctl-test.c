@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: (GPL-2.0 OR MIT)
+/*
+ * oxen-ioctl-test: checks /dev/oxen's ioctl from dom0's user space, as root.
+ *
+ * Freestanding (raw system calls, no libc) so the host needs only gcc to build
+ * it: xtask builds it beside oxen.ko and puts it in dom0's initramfs as
+ * /usr/lib/oxen/ioctl-test; the dom0-devoxen-svm system test runs it. One line
+ * per check, then "oxen-ioctl-test: N passed, M failed"; exit status 0 when
+ * none failed.
+ */
+#include <linux/errno.h>
+#include <linux/fcntl.h>
+#include "oxen_abi.h"
+
+typedef unsigned long size_t;
+
+static long sys3(long nr, long a, long b, long c)
+{
+	long ret;
+
+	asm volatile("syscall"
+		     : "=a"(ret)
+		     : "a"(nr), "D"(a), "S"(b), "d"(c)
+		     : "rcx", "r11", "memory");
+	return ret;
+}
+
+#define SYS_write 1
+#define SYS_open 2
+#define SYS_ioctl 16
+#define SYS_exit_group 231
+
+/* gcc may emit calls to these for structure copies and initializers. */
+void *memset(void *d, int c, size_t n)
+{
+	unsigned char *p = d;
+
+	while (n--)
+		*p++ = (unsigned char)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+	unsigned char *p = d;
+	const unsigned char *q = s;
+
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+static size_t len(const char *s)
+{
+	size_t n = 0;
+
+	while (s[n])
+		n++;
+	return n;
+}
+
+static void put(const char *s)
+{
+	sys3(SYS_write, 1, (long)s, (long)len(s));
+}
+
+static void put_num(long v)
+{
+	char buf[24], *p = buf + sizeof(buf) - 1;
+	unsigned long u = v < 0 ? -(unsigned long)v : (unsigned long)v;
+
+	*p = 0;
+	do
+		*--p = (char)('0' + u % 10);
+	while (u /= 10);
+	if (v < 0)
+		*--p = '-';
+	put(p);
+}
+
+static int passed, failed;
+
+static void check(const char *name, int ok, long got, long want)
+{
+	put("oxen-ioctl-test: ");
+	put(ok ? "ok " : "FAIL ");
+	put(name);
+	if (!ok) {
+		put(": got ");
+		put_num(got);
+		put(", want ");
+		put_num(want);
+	}
+	put("\n");
+	if (ok)
+		passed++;
+	else
+		failed++;
+}
+
+static int fd;
+
+/* The ioctl's return (0 or -errno, as the raw system call gives it). */
+static long hypercall(struct oxen_hypercall *hc)
+{
+	return sys3(SYS_ioctl, fd, OXEN_IOCTL_HYPERCALL, (long)hc);
+}
+
+/* An ioctl that must fail with `err` before the hypervisor is asked. */
+static void refused(const char *name, struct oxen_hypercall hc, long err)
+{
+	long r;
+
+	hc.result = 0x5a5a;
+	r = hypercall(&hc);
+	check(name, r == -err && hc.result == 0x5a5a, r, -err);
+}
+
+/* A full DOMCTL buffer, and one byte more for the too-big case. */
+static unsigned char big[OXEN_DOMCTL_BUF_MAX + 1];
+
+/* A DOMCTL command no hypervisor has. */
+#define NO_SUCH_DOMCTL 0x7fff0000
+
+__attribute__((noreturn, used)) void start(void)
+{
+	struct oxen_hypercall hc = {0};
+	unsigned char arg[16];
+	long r;
+	int i, same;
+
+	fd = (int)sys3(SYS_open, (long)"/dev/" OXEN_DEVICE_NAME, O_RDWR, 0);
+	check("open /dev/oxen", fd >= 0, fd, 0);
+	if (fd < 0)
+		goto out;
+
+	hc.nr = OXEN_HC_VERSION;
+	r = hypercall(&hc);
+	check("VERSION returns 0", r == 0, r, 0);
+	check("VERSION result is ABI 1.x", (hc.result >> 16) == OXEN_ABI_MAJOR,
+	      hc.result, OXEN_ABI_VERSION);
+
+	hc = (struct oxen_hypercall){ .nr = OXEN_HC_NULL, .result = 77 };
+	r = hypercall(&hc);
+	check("NULL returns 0, result 0", r == 0 && hc.result == 0, r ? r : hc.result, 0);
+
+	/* An unknown command: the hypervisor says ENOSYS and writes nothing back. */
+	for (i = 0; i < (int)sizeof(arg); i++)
+		arg[i] = (unsigned char)(0xa0 + i);
+	for (i = 0; i < OXEN_DOMCTL_BUF_MAX; i++)
+		big[i] = (unsigned char)(i * 7);
+	hc = (struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .cmd = NO_SUCH_DOMCTL,
+		.arg = (unsigned long)arg, .arg_len = sizeof(arg),
+		.buf = (unsigned long)big, .buf_len = OXEN_DOMCTL_BUF_MAX };
+	r = hypercall(&hc);
+	check("DOMCTL unknown command fails with ENOSYS", r == -ENOSYS, r, -ENOSYS);
+	check("DOMCTL result is -ENOSYS", hc.result == -ENOSYS, hc.result, -ENOSYS);
+	same = 1;
+	for (i = 0; i < (int)sizeof(arg); i++)
+		same &= arg[i] == (unsigned char)(0xa0 + i);
+	for (i = 0; i < OXEN_DOMCTL_BUF_MAX; i++)
+		same &= big[i] == (unsigned char)(i * 7);
+	check("DOMCTL argument and 64 KiB buffer come back unchanged", same, same, 1);
+
+	hc = (struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .cmd = NO_SUCH_DOMCTL };
+	r = hypercall(&hc);
+	check("DOMCTL without argument or buffer reaches the hypervisor", r == -ENOSYS, r, -ENOSYS);
+
+	refused("hypercall 2 (not forwarded) is EINVAL",
+		(struct oxen_hypercall){ .nr = 2 }, EINVAL);
+	refused("VERSION with a command is EINVAL",
+		(struct oxen_hypercall){ .nr = OXEN_HC_VERSION, .cmd = 1 }, EINVAL);
+	refused("NULL with a buffer is EINVAL",
+		(struct oxen_hypercall){ .nr = OXEN_HC_NULL, .buf = (unsigned long)big, .buf_len = 1 },
+		EINVAL);
+	refused("DOMCTL argument over 4 KiB is E2BIG",
+		(struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .arg = (unsigned long)big,
+					 .arg_len = OXEN_DOMCTL_ARG_MAX + 1 }, E2BIG);
+	refused("DOMCTL buffer over 64 KiB is E2BIG",
+		(struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .buf = (unsigned long)big,
+					 .buf_len = OXEN_DOMCTL_BUF_MAX + 1 }, E2BIG);
+	refused("DOMCTL length without pointer is EINVAL",
+		(struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .arg_len = 8 }, EINVAL);
+	refused("DOMCTL pointer without length is EINVAL",
+		(struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .buf = (unsigned long)big }, EINVAL);
+	refused("DOMCTL unmapped argument is EFAULT",
+		(struct oxen_hypercall){ .nr = OXEN_HC_DOMCTL, .arg = 0x1000, .arg_len = 8 }, EFAULT);
+
+	r = sys3(SYS_ioctl, fd, OXEN_IOCTL_HYPERCALL, 0x1000);
+	check("unmapped request is EFAULT", r == -EFAULT, r, -EFAULT);
+	r = sys3(SYS_ioctl, fd, OXEN_IOCTL_HYPERCALL + 1, (long)&hc);
+	check("unknown ioctl is ENOTTY", r == -ENOTTY, r, -ENOTTY);
+
+out:
+	put("oxen-ioctl-test: ");
+	put_num(passed);
+	put(" passed, ");
+	put_num(failed);
+	put(" failed\n");
+	sys3(SYS_exit_group, failed ? 1 : 0, 0, 0);
+	for (;;)
+		;
+}
+
+/* exec leaves RSP 16-byte aligned, as the C ABI wants it before a call. */
+asm(".globl _start\n_start:\n\tcall start\n\thlt\n");

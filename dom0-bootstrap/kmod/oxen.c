@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: (GPL-2.0 OR MIT)
+/*
+ * /dev/oxen: dom0's door to the Oxen hypervisor.
+ *
+ * One ioctl, OXEN_IOCTL_HYPERCALL, makes one hypercall for a CAP_SYS_ADMIN
+ * caller. The driver only moves bytes: it copies the caller's argument
+ * structure and data buffer into physically contiguous kernel buffers, passes
+ * their physical addresses (dom0 is identity mapped, so guest-physical is
+ * host-physical) and lengths to the hypervisor, which validates everything,
+ * and copies both back. The ABI is hypervisor/abi/src/lib.rs, mirrored in
+ * oxen_abi.h; docs/hypercalls.md is its prose form.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/build_bug.h>
+#include <linux/capability.h>
+#include <linux/err.h>
+#include <linux/errno.h>
+#include <linux/fs.h>
+#include <linux/io.h>
+#include <linux/kernel.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/stddef.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <asm/processor.h>
+
+#include "oxen_abi.h"
+
+/* The header's layout is HypercallIoctl's: seven 64-bit fields, no padding. */
+static_assert(sizeof(struct oxen_hypercall) == 7 * sizeof(__u64));
+static_assert(offsetof(struct oxen_hypercall, result) == 6 * sizeof(__u64));
+
+/* CPUID.1:ECX bit 31: a hypervisor is present. */
+#define CPUID_1_ECX_HYPERVISOR BIT(31)
+/* The signature fills EBX, ECX and EDX. */
+static_assert(sizeof(OXEN_CPUID_SIGNATURE) - 1 == 3 * sizeof(u32));
+
+/* Set once at load: AMD and Hygon use VMMCALL, Intel (and VIA/Zhaoxin) VMCALL. */
+static bool oxen_use_vmmcall;
+
+/*
+ * One hypercall: number in RAX, arguments in RDI, RSI, RDX, R10, R8, result in
+ * RAX. The hypervisor preserves every other register; "memory" because it
+ * writes results into the buffers whose addresses it was given.
+ */
+static unsigned long oxen_hypercall(unsigned long nr, unsigned long a1,
+				    unsigned long a2, unsigned long a3,
+				    unsigned long a4, unsigned long a5)
+{
+	register unsigned long r10 asm("r10") = a4;
+	register unsigned long r8 asm("r8") = a5;
+	unsigned long ret;
+
+	if (oxen_use_vmmcall)
+		asm volatile("vmmcall"
+			     : "=a"(ret)
+			     : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8)
+			     : "memory");
+	else
+		asm volatile("vmcall"
+			     : "=a"(ret)
+			     : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8)
+			     : "memory");
+	return ret;
+}
+
+/*
+ * A hypercall result as the ioctl's return value: 0 for success (the caller
+ * reads the value from `result`), the negated errno for a failure. Errno
+ * values from 512 up are the kernel's own (-ERESTARTSYS would restart the
+ * system call): a hypervisor never means those, so they become -EIO.
+ */
+static long oxen_result_to_errno(unsigned long rax)
+{
+	long err = (long)rax;
+
+	if (!IS_ERR_VALUE(rax))
+		return 0;
+	return err > -ERESTARTSYS ? err : -EIO;
+}
+
+/* A kernel copy of one of the caller's areas. */
+struct oxen_bounce {
+	void *kbuf;
+	void __user *ubuf;
+	size_t len;
+};
+
+/*
+ * Copies the caller's area in. An absent area (0/0) stays NULL with phys 0.
+ * The copy is zeroed first so nothing of the kernel's can reach the caller
+ * whatever the hypervisor writes back.
+ */
+static int oxen_bounce_in(struct oxen_bounce *b, u64 uaddr, u64 len)
+{
+	b->ubuf = u64_to_user_ptr(uaddr);
+	b->len = len;
+	if (!len)
+		return 0;
+	/*
+	 * kmalloc memory is physically contiguous, as the hypervisor expects. A
+	 * 64 KiB buffer is an order-4 allocation: try hard, but when memory is
+	 * too fragmented fail quietly with -ENOMEM (the caller can send less).
+	 */
+	b->kbuf = kzalloc(len, GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN);
+	if (!b->kbuf)
+		return -ENOMEM;
+	if (copy_from_user(b->kbuf, b->ubuf, len))
+		return -EFAULT;
+	return 0;
+}
+
+static int oxen_bounce_out(const struct oxen_bounce *b)
+{
+	if (b->len && copy_to_user(b->ubuf, b->kbuf, b->len))
+		return -EFAULT;
+	return 0;
+}
+
+static unsigned long oxen_bounce_phys(const struct oxen_bounce *b)
+{
+	return b->kbuf ? virt_to_phys(b->kbuf) : 0;
+}
+
+/* An area is absent (0/0) or present (both non-zero); `max` bounds its length. */
+static int oxen_check_area(u64 uaddr, u64 len, u64 max)
+{
+	if (len > max)
+		return -E2BIG;
+	if (!uaddr != !len)
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Which requests are forwarded: VERSION and NULL take nothing, so anything
+ * else set in the request is a caller's mistake; DOMCTL's command and areas
+ * are the hypervisor's to judge, within the ABI's size limits.
+ */
+static int oxen_check_request(const struct oxen_hypercall *hc)
+{
+	int err;
+
+	switch (hc->nr) {
+	case OXEN_HC_VERSION:
+	case OXEN_HC_NULL:
+		if (hc->cmd || hc->arg || hc->arg_len || hc->buf || hc->buf_len)
+			return -EINVAL;
+		return 0;
+	case OXEN_HC_DOMCTL:
+		err = oxen_check_area(hc->arg, hc->arg_len, OXEN_DOMCTL_ARG_MAX);
+		if (err)
+			return err;
+		return oxen_check_area(hc->buf, hc->buf_len, OXEN_DOMCTL_BUF_MAX);
+	default:
+		return -EINVAL;
+	}
+}
+
+static long oxen_ioctl_hypercall(struct oxen_hypercall __user *uhc)
+{
+	struct oxen_bounce arg = {}, buf = {};
+	struct oxen_hypercall hc;
+	unsigned long rax;
+	long ret;
+
+	if (copy_from_user(&hc, uhc, sizeof(hc)))
+		return -EFAULT;
+	ret = oxen_check_request(&hc);
+	if (ret)
+		return ret;
+
+	ret = oxen_bounce_in(&arg, hc.arg, hc.arg_len);
+	if (ret)
+		goto out;
+	ret = oxen_bounce_in(&buf, hc.buf, hc.buf_len);
+	if (ret)
+		goto out;
+
+	rax = oxen_hypercall(hc.nr, hc.cmd, oxen_bounce_phys(&arg), arg.len,
+			     oxen_bounce_phys(&buf), buf.len);
+
+	ret = oxen_bounce_out(&arg);
+	if (ret)
+		goto out;
+	ret = oxen_bounce_out(&buf);
+	if (ret)
+		goto out;
+	if (put_user((__s64)rax, &uhc->result)) {
+		ret = -EFAULT;
+		goto out;
+	}
+	ret = oxen_result_to_errno(rax);
+out:
+	kfree(buf.kbuf);
+	kfree(arg.kbuf);
+	return ret;
+}
+
+static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	switch (cmd) {
+	case OXEN_IOCTL_HYPERCALL:
+		return oxen_ioctl_hypercall((struct oxen_hypercall __user *)arg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+/* Only root with CAP_SYS_ADMIN may open it (the node is also mode 0600). */
+static int oxen_open(struct inode *inode, struct file *file)
+{
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	return nonseekable_open(inode, file);
+}
+
+static const struct file_operations oxen_fops = {
+	.owner = THIS_MODULE,
+	.open = oxen_open,
+	.unlocked_ioctl = oxen_ioctl,
+	/* Every field is 64-bit, so 32-bit callers share the layout. */
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = no_llseek,
+};
+
+static struct miscdevice oxen_miscdev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = OXEN_DEVICE_NAME,
+	.fops = &oxen_fops,
+	.mode = 0600,
+};
+
+/* Whether CPUID says we run under Oxen. */
+static bool oxen_present(void)
+{
+	u32 max_leaf, sig[3];
+
+	if (!(cpuid_ecx(1) & CPUID_1_ECX_HYPERVISOR)) {
+		pr_err("no hypervisor (CPUID.1:ECX[31] is clear): not running under Oxen, not loading\n");
+		return false;
+	}
+	cpuid(OXEN_CPUID_SIGNATURE_LEAF, &max_leaf, &sig[0], &sig[1], &sig[2]);
+	if (memcmp(sig, OXEN_CPUID_SIGNATURE, sizeof(sig))) {
+		pr_err("the hypervisor's CPUID signature is \"%*pE\", not \"%s\": not running under Oxen, not loading\n",
+		       (int)sizeof(sig), sig, OXEN_CPUID_SIGNATURE);
+		return false;
+	}
+	return true;
+}
+
+static int __init oxen_init(void)
+{
+	unsigned long version;
+	unsigned int major, minor;
+	int err;
+
+	if (!oxen_present())
+		return -ENODEV;
+
+	switch (boot_cpu_data.x86_vendor) {
+	case X86_VENDOR_AMD:
+	case X86_VENDOR_HYGON:
+		oxen_use_vmmcall = true;
+		break;
+	case X86_VENDOR_INTEL:
+	case X86_VENDOR_CENTAUR:
+	case X86_VENDOR_ZHAOXIN:
+		oxen_use_vmmcall = false;
+		break;
+	default:
+		pr_err("CPU vendor %u is neither Intel-like (VMCALL) nor AMD-like (VMMCALL): not loading\n",
+		       boot_cpu_data.x86_vendor);
+		return -ENODEV;
+	}
+
+	version = oxen_hypercall(OXEN_HC_VERSION, 0, 0, 0, 0, 0);
+	if (IS_ERR_VALUE(version)) {
+		pr_err("the VERSION hypercall failed (%ld): not loading\n", (long)version);
+		return -ENODEV;
+	}
+	if (version >> 32) {
+		pr_err("the VERSION hypercall returned %#lx, not a version: not loading\n", version);
+		return -ENODEV;
+	}
+	major = version >> 16;
+	minor = version & 0xffff;
+	if (major != OXEN_ABI_MAJOR) {
+		pr_err("hypervisor ABI %u.%u, this driver speaks %u.x: not loading\n",
+		       major, minor, OXEN_ABI_MAJOR);
+		return -EPROTONOSUPPORT;
+	}
+
+	err = misc_register(&oxen_miscdev);
+	if (err) {
+		pr_err("cannot register /dev/%s: %d\n", OXEN_DEVICE_NAME, err);
+		return err;
+	}
+	pr_info("hypervisor ABI %u.%u, /dev/%s ready\n", major, minor, OXEN_DEVICE_NAME);
+	return 0;
+}
+
+static void __exit oxen_exit(void)
+{
+	misc_deregister(&oxen_miscdev);
+}
+
+module_init(oxen_init);
+module_exit(oxen_exit);
+
+MODULE_DESCRIPTION("/dev/oxen: hypercalls to the Oxen hypervisor for dom0's tools");
+MODULE_AUTHOR("The Oxen developers");
+MODULE_LICENSE("Dual MIT/GPL");
