@@ -13,6 +13,7 @@
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
 //! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
+//! - `sched`: the credit scheduler (which vCPU each pCPU runs), pure logic.
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 
@@ -27,6 +28,7 @@ pub mod exit;
 pub mod linux;
 pub mod mem;
 pub mod platform;
+pub mod sched;
 pub mod virt;
 
 #[cfg(target_os = "none")]
