@@ -2,6 +2,8 @@
 //!
 //! Pure logic, tested on the host: the caller passes the time in and acts on
 //! what comes back (run this vCPU until then, kick those pCPUs). `credit` is the
-//! scheduler.
+//! scheduler; `sim` (tests only) drives it through simulated pCPUs and guests.
 
 pub mod credit;
+#[cfg(test)]
+mod sim;
