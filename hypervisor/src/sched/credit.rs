@@ -76,10 +76,6 @@ impl CpuMask {
         cpu < MAX_CPUS && (self.0 >> cpu) & 1 != 0
     }
 
-    pub fn insert(&mut self, cpu: u32) {
-        *self = self.union(Self::one(cpu));
-    }
-
     pub fn remove(&mut self, cpu: u32) {
         self.0 &= !Self::one(cpu).0;
     }
@@ -94,10 +90,6 @@ impl CpuMask {
 
     pub const fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
-    }
-
-    pub const fn count(self) -> u32 {
-        self.0.count_ones()
     }
 
     /// The pCPUs in ascending order.
@@ -449,16 +441,7 @@ impl CreditScheduler {
         };
         self.check_params(weight, cap)?;
         let d = Domain { weight, cap, budget: self.full_budget(cap), vcpus: Vec::new(), cpu_time: 0 };
-        let slot = match self.free_domains.pop() {
-            Some(s) => {
-                self.domains[s as usize] = Some(d);
-                s
-            }
-            None => {
-                self.domains.push(Some(d));
-                (self.domains.len() - 1) as u32
-            }
-        };
+        let slot = fill_slot(&mut self.domains, &mut self.free_domains, d);
         self.domain_index.insert(at, (dom, slot));
         Ok(())
     }
@@ -572,16 +555,7 @@ impl CreditScheduler {
             prev: NIL,
             next: NIL,
         };
-        let slot = match self.free_vcpus.pop() {
-            Some(s) => {
-                self.vcpus[s as usize] = Some(v);
-                s
-            }
-            None => {
-                self.vcpus.push(Some(v));
-                (self.vcpus.len() - 1) as u32
-            }
-        };
+        let slot = fill_slot(&mut self.vcpus, &mut self.free_vcpus, v);
         self.vcpu_index.insert(at, (id, slot));
         self.dom_mut(ds).vcpus.push(slot);
         Ok(())
@@ -1307,6 +1281,21 @@ impl CreditScheduler {
         assert_eq!(self.parked, parked, "parked count");
         assert_eq!(self.domain_index.len(), self.domains.iter().flatten().count());
         assert_eq!(self.vcpu_index.len(), self.vcpus.iter().flatten().count());
+    }
+}
+
+/// Puts `item` in a free slot of `slots` (one from `free`, else a new one)
+/// and returns its index.
+fn fill_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(s) => {
+            slots[s as usize] = Some(item);
+            s
+        }
+        None => {
+            slots.push(Some(item));
+            (slots.len() - 1) as u32
+        }
     }
 }
 
