@@ -13,7 +13,10 @@
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
 //! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
-//! - `domain`: domUs: their ELF kernels and their boot layout.
+//! - `domain`: domains: the table and its state rules, consoles, domU kernels and boot layout,
+//!   and on the target their resources and vCPUs.
+//! - `hypercall`: every hypercall's checks and argument copying, and dispatch.
+//! - `sched`: each CPU's run loop, and the credit scheduler (pure logic).
 //! - `selftest`: the built-in guests run with the `selftest` command-line option.
 #![cfg_attr(not(test), no_std)]
 
