@@ -1,37 +1,59 @@
 //! `oxl`: Oxen's domain administration tool for dom0, the counterpart of Xen's
 //! `xl`. It talks to the hypervisor through `/dev/oxen` (one ioctl per
 //! hypercall, `oxen_abi::HypercallIoctl`).
+//!
+//! Layout: `cli` (the command line), `config` (domain config files), `hv` (the
+//! `Hypervisor` trait and the typed DOMCTL calls), `device` (`/dev/oxen`),
+//! `app` (the commands) with `domain` and `show`, and `term`
+//! (signals). Every command runs against the
+//! `Hypervisor` trait, so the tests run them on `fake`, an in-memory model.
 
+mod app;
 mod cli;
 mod config;
+mod device;
+mod domain;
+mod hv;
+mod show;
+mod term;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
 use crate::cli::{Cli, Cmd};
+use crate::hv::Hypervisor;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Create { config, .. } = &cli.cmd {
-        let text = match std::fs::read_to_string(config) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("oxl: create: cannot read {}: {e}", config.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        match config::parse(&config.display().to_string(), &text) {
-            Ok(mut c) => {
-                c.resolve_paths(config.parent().unwrap_or(std::path::Path::new("")));
-                eprintln!("oxl: create: {c:?}");
-            }
-            Err(e) => {
-                eprintln!("oxl: create: {e}");
-                return ExitCode::FAILURE;
-            }
+    // SAFETY: restoring the default action of SIGPIPE, which Rust's runtime
+    // ignores, so `oxl list | head` ends quietly like other tools.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if matches!(cli.cmd, Cmd::Create { .. }) {
+        // Create undoes a half-built domain instead of leaving it behind.
+        term::catch_stop_signals();
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut note = std::io::stderr();
+    let mut open = || device::Device::open().map(|d| Box::new(d) as Box<dyn Hypervisor>);
+    let mut env = app::Env {
+        out: &mut out,
+        note: &mut note,
+        open: &mut open,
+    };
+    match app::run(&cli.cmd, &mut env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = out.flush();
+            eprintln!("oxl: {e}");
+            ExitCode::FAILURE
         }
     }
-    eprintln!("oxl: {}: not implemented yet", cli.cmd.name());
-    ExitCode::FAILURE
 }
