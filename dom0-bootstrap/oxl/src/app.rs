@@ -10,6 +10,7 @@ use oxen_abi::{abi_major, domctl, ShutdownReason, ABI_VERSION};
 
 use crate::cli::Cmd;
 use crate::config;
+use crate::create::{check_images, create};
 use crate::domain::{
     call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
 };
@@ -117,8 +118,21 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
     })?;
     let mut cfg = config::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
     cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
-    let _ = (cfg, paused, console, connect(env)?);
-    Err(Error::Command("not implemented yet".into()))
+    // Everything that can be checked without the hypervisor comes first.
+    let images = check_images(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hv = connect(env)?;
+    let domid = create(&mut *hv, &cfg, &images, paused)?;
+    out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
+    if paused {
+        out(
+            env,
+            &format!("It is paused: 'oxl unpause {}' starts it.\n", cfg.name),
+        )?;
+    }
+    if console {
+        return Err(Error::Command("--console is not implemented yet".into()));
+    }
+    Ok(())
 }
 
 fn cmd_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {

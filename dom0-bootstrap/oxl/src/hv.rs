@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use oxen_abi::{
-    domctl, nr, DomainInfo, DomainRef, PhysInfo, Pod, ShutdownDomain, ShutdownReason,
-    DOMCTL_BUF_MAX,
+    domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
+    ShutdownDomain, ShutdownReason, CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
 
 /// Why a call failed.
@@ -90,6 +90,43 @@ fn domref(domid: u32) -> DomainRef {
 /// The hypervisor's ABI version (`ABI_VERSION` format).
 pub fn version(hv: &mut dyn Hypervisor) -> CallResult<u32> {
     hv.call(nr::VERSION, 0, &mut [], &mut []).map(|v| v as u32)
+}
+
+/// Creates a domain; returns its ID.
+pub fn create(hv: &mut dyn Hypervisor, mut arg: CreateDomain) -> CallResult<u32> {
+    domctl(hv, domctl::CREATE, &mut arg, &mut []).map(|id| id as u32)
+}
+
+/// Stages `chunk` at `offset` of a `total`-byte image; returns the bytes taken.
+pub fn load_image(
+    hv: &mut dyn Hypervisor,
+    domid: u32,
+    kind: u32,
+    offset: u64,
+    total: u64,
+    chunk: &mut [u8],
+) -> CallResult<u64> {
+    let mut arg = LoadImage {
+        domid,
+        kind,
+        offset,
+        total,
+    };
+    domctl(hv, domctl::LOAD_IMAGE, &mut arg, chunk)
+}
+
+/// Lays out the staged kernel with `cmdline` (shorter than `CMDLINE_LEN`).
+pub fn build(hv: &mut dyn Hypervisor, domid: u32, cmdline: &str) -> CallResult<()> {
+    let mut arg = BuildDomain {
+        domid,
+        _pad: 0,
+        cmdline: [0; CMDLINE_LEN],
+    };
+    if cmdline.len() >= CMDLINE_LEN {
+        return Err(CallError::Hv(oxen_abi::Error::TooBig));
+    }
+    arg.cmdline[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
+    domctl(hv, domctl::BUILD, &mut arg, &mut []).map(drop)
 }
 
 /// `UNPAUSE`, `PAUSE` or `DESTROY`: the commands that only name a domain.

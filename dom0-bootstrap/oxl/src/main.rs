@@ -4,13 +4,14 @@
 //!
 //! Layout: `cli` (the command line), `config` (domain config files), `hv` (the
 //! `Hypervisor` trait and the typed DOMCTL calls), `device` (`/dev/oxen`),
-//! `app` (the commands) with `domain` and `show`, and `term`
+//! `app` (the commands) with `create`, `domain` and `show`, and `term`
 //! (signals). Every command runs against the
 //! `Hypervisor` trait, so the tests run them on `fake`, an in-memory model.
 
 mod app;
 mod cli;
 mod config;
+mod create;
 mod device;
 mod domain;
 mod hv;

@@ -1,6 +1,7 @@
 //! The commands end to end, against the in-memory hypervisor (`fake.rs`):
 //! what they print, what they call, what they leave behind.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -53,6 +54,285 @@ fn oxl(fake: &Fake, args: &[&str]) -> Run {
         note: String::from_utf8_lossy(&note).into_owned(),
         result,
     }
+}
+
+/// A fresh directory for one test's files.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("oxl-test-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An ELF64 x86-64 header followed by a byte pattern, `size` bytes in all.
+fn elf(size: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    v[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    v[18..20].copy_from_slice(&62u16.to_le_bytes());
+    v
+}
+
+/// Writes vm.cfg (with `kernel = "k.elf"` prepended to `cfg`) and a kernel of
+/// `kernel_size` bytes; returns the config's path.
+fn setup(test: &str, cfg: &str, kernel_size: usize) -> PathBuf {
+    let dir = scratch(test);
+    std::fs::write(dir.join("k.elf"), elf(kernel_size)).unwrap();
+    let path = dir.join("vm.cfg");
+    std::fs::write(&path, format!("kernel = \"k.elf\"\n{cfg}")).unwrap();
+    path
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn create_loads_builds_and_starts() {
+    let cfg = setup(
+        "create",
+        "name = \"web\"\nmemory = 128\nvcpus = 2\nramdisk = \"r.img\"\nextra = \"console=hvc0\"\non_crash = \"preserve\"\n",
+        150_000,
+    );
+    let ramdisk: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(cfg.with_file_name("r.img"), &ramdisk).unwrap();
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", p(&cfg)]);
+    assert_eq!(run.ok(), "Created domain web (id 1)\n");
+    assert_eq!(
+        fake.actions(),
+        [
+            "CREATE web 128M 2cpu",
+            "LOAD 1 kernel @0 +65536/150000",
+            "LOAD 1 kernel @65536 +65536/150000",
+            "LOAD 1 kernel @131072 +18928/150000",
+            "LOAD 1 ramdisk @0 +65536/70000",
+            "LOAD 1 ramdisk @65536 +4464/70000",
+            "BUILD 1 \"console=hvc0\"",
+            "UNPAUSE 1",
+        ]
+    );
+    let s = fake.state();
+    let d = &s.doms[&1];
+    assert_eq!(d.kernel.bytes, elf(150_000));
+    assert_eq!(d.ramdisk.bytes, ramdisk);
+    assert_eq!(d.info.state, DomainState::Running as u32);
+    assert_eq!(
+        d.actions,
+        [Action::Destroy, Action::Restart, Action::Preserve]
+    );
+    assert_eq!(s.free_kib, 128 * 1024);
+}
+
+#[test]
+fn create_paused_does_not_start() {
+    let cfg = setup("paused", "name = \"web\"\n", 100);
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", "-p", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        "Created domain web (id 1)\nIt is paused: 'oxl unpause web' starts it.\n"
+    );
+    assert_eq!(fake.actions().last().unwrap(), "BUILD 1 \"\"");
+    assert_eq!(
+        fake.state().doms[&1].info.state,
+        DomainState::Created as u32
+    );
+    oxl(&fake, &["unpause", "web"]).ok();
+    assert_eq!(
+        fake.state().doms[&1].info.state,
+        DomainState::Running as u32
+    );
+}
+
+#[test]
+fn create_follows_partial_loads() {
+    let cfg = setup("partial", "name = \"web\"\n", 70_000);
+    let fake = Fake::new();
+    fake.state().max_take = 30_000;
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    let loads: Vec<String> = fake
+        .actions()
+        .into_iter()
+        .filter(|a| a.starts_with("LOAD"))
+        .collect();
+    assert_eq!(
+        loads,
+        [
+            "LOAD 1 kernel @0 +65536/70000",
+            "LOAD 1 kernel @30000 +35536/70000",
+            "LOAD 1 kernel @60000 +5536/70000",
+            "LOAD 1 kernel @65536 +4464/70000",
+        ]
+    );
+    assert_eq!(fake.state().doms[&1].kernel.bytes, elf(70_000));
+}
+
+/// After a failed create: only dom0, all memory back, and the domain was destroyed.
+fn assert_rolled_back(fake: &Fake) {
+    let s = fake.state();
+    assert_eq!(s.doms.keys().copied().collect::<Vec<_>>(), [0]);
+    assert_eq!(s.free_kib, 256 * 1024);
+    assert!(s.calls.iter().any(|c| c == "DESTROY 1"), "{:?}", s.calls);
+}
+
+#[test]
+fn create_rolls_back_a_failed_load() {
+    let cfg = setup(
+        "rollback-load",
+        "name = \"web\"\nramdisk = \"k.elf\"\n",
+        100_000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::LOAD_IMAGE, Error::Inval));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        format!(
+            "create: loading kernel {} into domain 'web' (id 1): invalid argument; \
+             the domain was destroyed again, nothing is left behind",
+            cfg.with_file_name("k.elf").display()
+        )
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_rolls_back_a_failed_build() {
+    let cfg = setup("rollback-build", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::BUILD, Error::NoExec));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        format!(
+            "create: kernel {}: not a kernel Oxen can boot (an ELF64 x86-64 executable); \
+             the domain was destroyed again, nothing is left behind",
+            cfg.with_file_name("k.elf").display()
+        )
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_rolls_back_a_failed_start() {
+    let cfg = setup("rollback-start", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::UNPAUSE, Error::NoSpc));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        "create: cannot start domain 'web' (id 1): too many domains or vCPUs; \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_says_when_the_rollback_fails() {
+    let cfg = setup("rollback-fails", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.extend([
+        (domctl::BUILD, Error::Inval),
+        (domctl::DESTROY, Error::Busy),
+    ]);
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        "create: cannot build domain 'web' (id 1): invalid argument; destroying the half-built domain failed too \
+         (cannot destroy domain 'web' (id 1): not possible in the domain's current state (it is created)): \
+         run 'oxl destroy 1'"
+    );
+    assert!(fake.state().doms.contains_key(&1));
+
+    // A domain that never finishes dying is reported too, after the bounded wait.
+    let fake = Fake::new();
+    fake.state().dying_for = Duration::from_secs(3600);
+    fake.state().fail.push((domctl::BUILD, Error::Inval));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(
+        err.contains("is still dying 10 s after being destroyed"),
+        "{err}"
+    );
+    assert!(err.ends_with("run 'oxl destroy 1'"), "{err}");
+}
+
+#[test]
+fn create_errors_before_anything_is_created() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let cfg = setup("exists", "name = \"web\"\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: a domain named 'web' already exists (see 'oxl list'): change 'name', or 'oxl destroy web' first"
+    );
+    let cfg = setup("nomem", "name = \"big\"\nmemory = 300\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: domain 'big' needs 300 MiB but the hypervisor has 192 MiB free (see 'oxl info'): \
+         lower 'memory' or destroy a domain"
+    );
+    assert!(!fake
+        .state()
+        .calls
+        .iter()
+        .any(|c| c.starts_with("LOAD") || c.starts_with("DESTROY")));
+    assert_eq!(fake.state().doms.len(), 2);
+}
+
+#[test]
+fn create_checks_files_before_opening_the_device() {
+    let fake = Fake::new();
+    let no_device = |args: &[&str]| {
+        let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied())).unwrap();
+        let (mut out, mut note) = (Vec::new(), Vec::new());
+        let mut open = || -> Result<Box<dyn Hypervisor>, String> { panic!("opened the device") };
+        app::run(
+            &cli.cmd,
+            &mut Env {
+                out: &mut out,
+                note: &mut note,
+                open: &mut open,
+            },
+        )
+        .unwrap_err()
+        .0
+    };
+    let cfg = setup("checks", "name = \"web\"\nmemroy = 64\n", 100);
+    assert_eq!(
+        no_device(&["create", p(&cfg)]),
+        format!(
+            "create: {}:3: unknown key 'memroy' (did you mean 'memory'?)",
+            cfg.display()
+        )
+    );
+    let cfg = setup("checks", "name = \"web\"\nramdisk = \"nope.img\"\n", 100);
+    assert_eq!(
+        no_device(&["create", p(&cfg)]),
+        format!(
+            "create: {}: ramdisk {}: No such file or directory",
+            cfg.display(),
+            cfg.with_file_name("nope.img").display()
+        )
+    );
+    let cfg = setup("checks", "name = \"web\"\n", 100);
+    let mut bz = vec![0u8; 4096];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(cfg.with_file_name("k.elf"), bz).unwrap();
+    assert!(no_device(&["create", p(&cfg)]).ends_with(
+        "is a Linux bzImage; Oxen boots ELF64 kernels (for Linux: vmlinux, not vmlinuz)"
+    ));
+    std::fs::write(cfg.with_file_name("k.elf"), b"").unwrap();
+    assert!(no_device(&["create", p(&cfg)]).ends_with("k.elf is empty"));
+    // An image over IMAGE_MAX (sparse: no disk space used).
+    let f = std::fs::File::create(cfg.with_file_name("k.elf")).unwrap();
+    f.set_len(oxen_abi::IMAGE_MAX + 1).unwrap();
+    assert!(no_device(&["create", p(&cfg)])
+        .ends_with("is 65 MiB; the hypervisor takes images of at most 64 MiB"));
+    assert_eq!(
+        no_device(&["create", "/nonexistent/vm.cfg"]),
+        "create: cannot read the config file /nonexistent/vm.cfg: No such file or directory"
+    );
+    assert!(fake.state().calls.is_empty());
 }
 
 #[test]
