@@ -1,12 +1,12 @@
 //! The commands, over whatever `Env` provides: output streams, a way to reach
-//! the hypervisor. `main` gives the real ones; the tests give
+//! the hypervisor, and the keyboard. `main` gives the real ones; the tests give
 //! `fake::Fake` and buffers.
 
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
-use oxen_abi::{abi_major, domctl, ShutdownReason, ABI_VERSION};
+use oxen_abi::{abi_major, domctl, DomainInfo, ShutdownReason, ABI_VERSION};
 
 use crate::cli::Cmd;
 use crate::config;
@@ -15,7 +15,10 @@ use crate::domain::{
     call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
 };
 use crate::hv::{self, os_error, Hypervisor};
+use crate::ring::{self, write_failed, Detached};
 use crate::show::{self, abi, label};
+use crate::term::{Input, Mode};
+use crate::top;
 
 pub struct Env<'a> {
     /// What the command prints.
@@ -24,6 +27,8 @@ pub struct Env<'a> {
     pub note: &'a mut dyn Write,
     /// Opens the hypervisor device.
     pub open: &'a mut dyn FnMut() -> std::result::Result<Box<dyn Hypervisor>, String>,
+    /// Takes the keyboard in a mode, until the returned value is dropped.
+    pub keyboard: &'a mut dyn FnMut(Mode) -> Box<dyn Input>,
 }
 
 /// A failed command: what `main` prints after "oxl: ".
@@ -69,9 +74,20 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
         }
         Cmd::Reboot { wait, domain } => cmd_shutdown(env, domain, ShutdownReason::Reboot, *wait),
         Cmd::Destroy { domain } => cmd_destroy(env, domain),
-        Cmd::Console { .. } | Cmd::Dmesg { .. } | Cmd::Top { .. } => {
-            Err(Error::Command("not implemented yet".into()))
-        }
+        Cmd::Console { domain } => cmd_console(env, domain),
+        Cmd::Dmesg { follow } => cmd_dmesg(env, *follow),
+        Cmd::Top {
+            batch,
+            iterations,
+            delay,
+        } => cmd_top(
+            env,
+            &top::Options {
+                batch: *batch,
+                iterations: *iterations,
+                delay: *delay,
+            },
+        ),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -98,9 +114,7 @@ fn connect(env: &mut Env) -> Result<Box<dyn Hypervisor>> {
 }
 
 fn out(env: &mut Env, text: &str) -> Result {
-    env.out
-        .write_all(text.as_bytes())
-        .map_err(|e| format!("writing output: {}", os_error(&e)))?;
+    env.out.write_all(text.as_bytes()).map_err(write_failed)?;
     Ok(())
 }
 
@@ -130,7 +144,8 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
         )?;
     }
     if console {
-        return Err(Error::Command("--console is not implemented yet".into()));
+        let d = hv::info(&mut *hv, domid).map_err(|e| call_failed("find the new domain", e))?;
+        attach(env, &mut *hv, &d)?;
     }
     Ok(())
 }
@@ -214,5 +229,51 @@ fn cmd_destroy(env: &mut Env, dom: &str) -> Result {
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "destroy")?;
     destroy_and_wait(&mut *hv, &d)?;
+    Ok(())
+}
+
+fn cmd_console(env: &mut Env, dom: &str) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    attach(env, &mut *hv, &d)
+}
+
+/// Shows `d`'s console until Ctrl-] or until it is gone.
+fn attach(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo) -> Result {
+    note(
+        env,
+        &format!(
+            "Console of domain {} (output only: Oxen has no console input for domains yet). Ctrl-] detaches.",
+            label(d)
+        ),
+    );
+    let mut keys = (env.keyboard)(Mode::Raw);
+    let r = ring::console(hv, d, &mut *keys, env.out);
+    drop(keys);
+    match r? {
+        Detached::Key | Detached::Signal => {
+            note(env, &format!("\nDetached from domain {}.", label(d)))
+        }
+        Detached::Gone => note(env, &format!("\nDomain {} is gone.", label(d))),
+    }
+    Ok(())
+}
+
+fn cmd_dmesg(env: &mut Env, follow: bool) -> Result {
+    let mut hv = connect(env)?;
+    ring::dmesg(&mut *hv, follow, env.out)?;
+    Ok(())
+}
+
+fn cmd_top(env: &mut Env, opts: &top::Options) -> Result {
+    let mut hv = connect(env)?;
+    // Batch mode leaves the terminal alone: it may be a script's.
+    let mut keys = (!opts.batch).then(|| (env.keyboard)(Mode::Keys));
+    top::run(
+        &mut *hv,
+        opts,
+        keys.as_deref_mut().map(|k| k as &mut dyn Input),
+        env.out,
+    )?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use oxen_abi::{
     domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
-    ShutdownDomain, ShutdownReason, CMDLINE_LEN, DOMCTL_BUF_MAX,
+    RingRead, ShutdownDomain, ShutdownReason, CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
 
 /// Why a call failed.
@@ -167,6 +167,40 @@ pub fn list(hv: &mut dyn Hypervisor) -> CallResult<Vec<DomainInfo>> {
         }
         room = n.min(most);
     }
+}
+
+/// What one ring read returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingChunk {
+    /// Bytes copied to the front of the buffer.
+    pub len: usize,
+    /// The offset to read from next.
+    pub next: u64,
+    /// Bytes between the requested offset and the oldest byte still kept.
+    pub lost: u64,
+}
+
+/// `CONSOLE_READ` (a domain's console) or `DMESG` (the hypervisor's log) from `offset`.
+pub fn ring_read(
+    hv: &mut dyn Hypervisor,
+    cmd: u64,
+    domid: u32,
+    offset: u64,
+    buf: &mut [u8],
+) -> CallResult<RingChunk> {
+    let mut arg = RingRead {
+        domid,
+        _pad: 0,
+        offset,
+        next: 0,
+        lost: 0,
+    };
+    let len = domctl(hv, cmd, &mut arg, buf)? as usize;
+    Ok(RingChunk {
+        len: len.min(buf.len()),
+        next: arg.next,
+        lost: arg.lost,
+    })
 }
 
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {

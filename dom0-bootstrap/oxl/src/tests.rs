@@ -1,16 +1,18 @@
 //! The commands end to end, against the in-memory hypervisor (`fake.rs`):
 //! what they print, what they call, what they leave behind.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser as _;
-use oxen_abi::{domctl, Action, DomainState, Error};
+use oxen_abi::{domctl, Action, DomainState, Error, DOMCTL_BUF_MAX};
 
 use crate::app::{self, Env, Failure};
 use crate::cli::Cli;
 use crate::fake::Fake;
 use crate::hv::Hypervisor;
+use crate::term::{Input, Mode};
 
 /// What one `oxl` run printed and returned.
 struct Run {
@@ -35,18 +37,39 @@ impl Run {
     }
 }
 
-fn oxl(fake: &Fake, args: &[&str]) -> Run {
+/// Keys typed during `console`/`top`: called before each wait with the wait's
+/// number (0, 1, ...), may change the fake, returns what was typed.
+struct Script<F: FnMut(u32) -> Vec<u8>> {
+    n: u32,
+    f: F,
+}
+
+impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
+    fn wait(&mut self, _: Duration) -> io::Result<Vec<u8>> {
+        self.n += 1;
+        Ok((self.f)(self.n - 1))
+    }
+}
+
+fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static) -> Run {
     let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied()))
         .expect("valid usage");
     let (mut out, mut note) = (Vec::new(), Vec::new());
     let f = fake.clone();
     let mut open = move || Ok(Box::new(f.clone()) as Box<dyn Hypervisor>);
+    let mut keyboard = move |_: Mode| {
+        Box::new(Script {
+            n: 0,
+            f: keys.clone(),
+        }) as Box<dyn Input>
+    };
     let result = app::run(
         &cli.cmd,
         &mut Env {
             out: &mut out,
             note: &mut note,
             open: &mut open,
+            keyboard: &mut keyboard,
         },
     );
     Run {
@@ -54,6 +77,10 @@ fn oxl(fake: &Fake, args: &[&str]) -> Run {
         note: String::from_utf8_lossy(&note).into_owned(),
         result,
     }
+}
+
+fn oxl(fake: &Fake, args: &[&str]) -> Run {
+    oxl_keys(fake, args, |_| panic!("this command reads no keys"))
 }
 
 /// A fresh directory for one test's files.
@@ -286,12 +313,14 @@ fn create_checks_files_before_opening_the_device() {
         let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied())).unwrap();
         let (mut out, mut note) = (Vec::new(), Vec::new());
         let mut open = || -> Result<Box<dyn Hypervisor>, String> { panic!("opened the device") };
+        let mut keyboard = |_: Mode| -> Box<dyn Input> { panic!("took the keyboard") };
         app::run(
             &cli.cmd,
             &mut Env {
                 out: &mut out,
                 note: &mut note,
                 open: &mut open,
+                keyboard: &mut keyboard,
             },
         )
         .unwrap_err()
@@ -342,12 +371,14 @@ fn device_and_abi_problems_are_not_blamed_on_the_command() {
     let mut open = || -> Result<Box<dyn Hypervisor>, String> {
         Err("cannot open /dev/oxen: Permission denied (run as root)".into())
     };
+    let mut keyboard = |_: Mode| -> Box<dyn Input> { unreachable!() };
     let r = app::run(
         &cli.cmd,
         &mut Env {
             out: &mut out,
             note: &mut note,
             open: &mut open,
+            keyboard: &mut keyboard,
         },
     );
     assert_eq!(
@@ -564,4 +595,140 @@ fn shutdown_wait_is_bounded() {
         oxl(&fake, &["shutdown", "-w", "web"]).err(),
         "shutdown: domain 'web' (id 1) is still shutting-down after 120 s ('oxl destroy web' ends it at once)"
     );
+}
+
+#[test]
+fn console_shows_output_until_detached() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().doms.get_mut(&web).unwrap().console = b"boot\r\n".to_vec();
+    let f = fake.clone();
+    let run = oxl_keys(&fake, &["console", "web"], move |n| {
+        match n {
+            0 => f
+                .state()
+                .doms
+                .get_mut(&1)
+                .unwrap()
+                .console
+                .extend_from_slice(b"login: "),
+            1 => return b"ls\r".to_vec(),
+            _ => return vec![b'x', crate::ring::DETACH],
+        }
+        Vec::new()
+    });
+    assert_eq!(run.ok(), "boot\r\nlogin: ");
+    assert!(
+        run.note
+            .starts_with("Console of domain 'web' (id 1) (output only"),
+        "{}",
+        run.note
+    );
+    assert!(
+        run.note.ends_with("\nDetached from domain 'web' (id 1).\n"),
+        "{}",
+        run.note
+    );
+    let reads: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("CONSOLE"))
+        .cloned()
+        .collect();
+    assert_eq!(reads, ["CONSOLE 1 @0", "CONSOLE 1 @6", "CONSOLE 1 @13"]);
+}
+
+#[test]
+fn console_says_what_was_lost_and_when_the_domain_goes() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().ring = 8;
+    // Older history than the ring keeps is not a loss; falling behind is.
+    fake.state().doms.get_mut(&web).unwrap().console = b"0123456789".to_vec();
+    let f = fake.clone();
+    let run = oxl_keys(&fake, &["console", "web"], move |n| {
+        let mut s = f.state();
+        if n == 0 {
+            s.doms
+                .get_mut(&1)
+                .unwrap()
+                .console
+                .extend_from_slice(b"abcdefghijkl");
+        } else {
+            s.doms.remove(&1);
+        }
+        Vec::new()
+    });
+    assert_eq!(
+        run.ok(),
+        "23456789\r\n[oxl: 4 bytes of console output lost: the ring wrapped before oxl read them]\r\nefghijkl"
+    );
+    assert!(
+        run.note.ends_with("\nDomain 'web' (id 1) is gone.\n"),
+        "{}",
+        run.note
+    );
+}
+
+#[test]
+fn dmesg_prints_the_whole_log() {
+    let fake = Fake::new();
+    let log: Vec<u8> = (0..100_000u32)
+        .map(|i| b"(oxen) hello\n"[i as usize % 13])
+        .collect();
+    fake.state().dmesg = log.clone();
+    fake.state().ring = 1 << 20;
+    assert_eq!(oxl(&fake, &["dmesg"]).ok().as_bytes(), &log[..]);
+    assert_eq!(
+        fake.actions(),
+        ["DMESG @0", &format!("DMESG @{DOMCTL_BUF_MAX}")]
+    );
+}
+
+#[test]
+fn top_batch_frames() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let out = oxl(&fake, &["top", "-b", "-n", "2", "-d", "2"])
+        .ok()
+        .to_owned();
+    let frames: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    let header =
+        "NAME        ID         STATE   CPU(sec)  CPU(%) MEM(MiB) VCPUS        EXITS   EXITS/s";
+    assert_eq!(
+        frames[0],
+        format!(
+            "oxl top: 2 domains (2 running, 0 paused), 2 CPUs, TSC 2000 MHz, memory 512 MiB total, 192 MiB free\n\
+             {header}\n\
+             Domain-0     0       running          0       -      256     1            0         -\n\
+             web          1       running          0       -       64     1            0         -"
+        )
+    );
+    // Two seconds later: each 1-vCPU domain ran half the time, 10 exits a ms.
+    assert_eq!(
+        frames[1],
+        format!(
+            "oxl top: 2 domains (2 running, 0 paused), 2 CPUs, TSC 2000 MHz, memory 512 MiB total, 192 MiB free\n\
+             {header}\n\
+             Domain-0     0       running          1    50.0      256     1        20000     10000\n\
+             web          1       running          1    50.0       64     1        20000     10000\n"
+        )
+    );
+}
+
+#[test]
+fn top_interactive_quits_on_q() {
+    let fake = Fake::new();
+    let run = oxl_keys(&fake, &["top"], |n| {
+        if n == 1 {
+            b"q".to_vec()
+        } else {
+            Vec::new()
+        }
+    });
+    let out = run.ok();
+    assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2, "{out}");
+    assert!(out.contains("q quits; every 3.0 s"), "{out}");
 }
