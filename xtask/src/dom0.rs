@@ -156,8 +156,9 @@ pub fn prepare() -> Result<Dom0> {
         std::fs::write(&stamp, &inputs)?;
     }
     let size = std::fs::metadata(&initrd)?.len();
+    let own: String = extras.iter().map(|e| format!("/{}, ", e.dest)).collect();
     step(format!(
-        "dom0 initramfs: {} ({}, {} KiB: busybox, /init, {} modules: {})",
+        "dom0 initramfs: {} ({}, {} KiB: busybox, /init, {own}{} modules: {})",
         show(&initrd),
         if fresh { "unchanged" } else { "written" },
         size / 1024,

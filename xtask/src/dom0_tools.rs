@@ -4,11 +4,17 @@
 //! (cargo and make skip what is up to date).
 
 use crate::dom0::ExtraFile;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 /// Builds every tool for the dom0 kernel `release` and returns the files to add.
 pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
     let _ = release;
-    let files = Vec::new();
+    let mut files = Vec::new();
+    let oxl = crate::oxl::build()?;
+    files.push(ExtraFile {
+        dest: "usr/bin/oxl".into(),
+        mode: 0o755,
+        bytes: std::fs::read(&oxl).with_context(|| format!("reading {}", oxl.display()))?,
+    });
     Ok(files)
 }

@@ -1,5 +1,5 @@
 //! Host set-up run before every command: the Debian packages that boot the
-//! hypervisor, and the bare-metal Rust target. Fast (two small queries) when all
+//! hypervisor and build dom0's tools, and the bare-metal Rust target. Fast (two small queries) when all
 //! is present; installs what is missing on a fresh machine (CI starts on one).
 
 use std::collections::BTreeSet;
@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("grub-common", "GRUB ISOs"),
     ("xorriso", "GRUB ISOs"),
     ("mtools", "GRUB ISOs"),
+    // glibc's libc.a: dom0's oxl is linked statically (xtask/src/oxl.rs).
+    ("libc6-dev", "the static oxl for dom0"),
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
@@ -94,7 +96,7 @@ fn ensure_packages() -> Result<()> {
         "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
     );
     step(format!(
-        "installing {list} (needed to boot the hypervisor: {})",
+        "installing {list} (needed for: {})",
         purposes.join(", ")
     ));
     let apt = |args: &[&str]| {
