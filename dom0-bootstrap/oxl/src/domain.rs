@@ -141,13 +141,6 @@ pub fn wait_ended(hv: &mut dyn Hypervisor, before: &DomainInfo) -> Result<Ended,
         if now.state == DomainState::Shutdown as u32 {
             return Ok(Ended::Preserved);
         }
-        if crate::term::stop_requested() {
-            return Err(format!(
-                "stopped waiting; domain {} is {}",
-                label(before),
-                state(&now)
-            ));
-        }
         if hv.now() - start >= SHUTDOWN_WAIT {
             return Err(format!(
                 "domain {} is still {} after {} s ('oxl destroy {}' ends it at once)",

@@ -407,6 +407,9 @@ impl State {
             }
             domctl::PHYS_INFO => {
                 self.calls.push("PHYS".into());
+                if buf.len() < size_of::<PhysInfo>() {
+                    return Err(CallError::Hv(Error::Inval));
+                }
                 let p = PhysInfo {
                     abi_version: self.version,
                     cpus: 2,
