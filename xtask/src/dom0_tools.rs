@@ -30,5 +30,11 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         });
     }
 
+    let oxl = crate::oxl::build()?;
+    files.push(ExtraFile {
+        dest: "usr/bin/oxl".into(),
+        mode: 0o755,
+        bytes: std::fs::read(&oxl).with_context(|| format!("reading {}", oxl.display()))?,
+    });
     Ok(files)
 }

@@ -10,6 +10,7 @@ mod dom0_tools;
 mod emu;
 mod image;
 mod kmod;
+mod oxl;
 mod run;
 mod setup;
 mod systest;
@@ -238,7 +239,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p xtask");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p xtask");
         let ok = cargo()
             .args([
                 "test",
@@ -246,6 +247,8 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 "oxen-hypervisor",
                 "-p",
                 "oxen-abi",
+                "-p",
+                "oxl",
                 "-p",
                 "xtask",
             ])

@@ -1,5 +1,5 @@
 //! Host set-up run before every command: the Debian packages that boot the
-//! hypervisor, and the bare-metal Rust target. Fast (two small queries) when all
+//! hypervisor and build dom0's tools, and the bare-metal Rust target. Fast (two small queries) when all
 //! is present; installs what is missing on a fresh machine (CI starts on one).
 
 use std::collections::BTreeSet;
@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("make", "dom0's kernel module"),
     ("libelf1", "dom0's kernel module"),
     ("linux-libc-dev", "dom0's kernel module"),
+    // glibc's libc.a: dom0's oxl is linked statically (xtask/src/oxl.rs).
+    ("libc6-dev", "the static oxl for dom0"),
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
@@ -104,7 +106,7 @@ fn ensure_packages() -> Result<()> {
         "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
     );
     step(format!(
-        "installing {list} (needed to build and boot the hypervisor: {})",
+        "installing {list} (needed for: {})",
         purposes.join(", ")
     ));
     let apt = |args: &[&str]| {

@@ -1,0 +1,279 @@
+//! The commands, over whatever `Env` provides: output streams, a way to reach
+//! the hypervisor, and the keyboard. `main` gives the real ones; the tests give
+//! `fake::Fake` and buffers.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use oxen_abi::{abi_major, domctl, DomainInfo, ShutdownReason, ABI_VERSION};
+
+use crate::cli::Cmd;
+use crate::config;
+use crate::create::{check_images, create};
+use crate::domain::{
+    call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
+};
+use crate::hv::{self, os_error, Hypervisor};
+use crate::ring::{self, write_failed, Detached};
+use crate::show::{self, abi, label};
+use crate::term::{Input, Mode};
+use crate::top;
+
+pub struct Env<'a> {
+    /// What the command prints.
+    pub out: &'a mut dyn Write,
+    /// Notes about what is going on (stderr).
+    pub note: &'a mut dyn Write,
+    /// Opens the hypervisor device.
+    pub open: &'a mut dyn FnMut() -> std::result::Result<Box<dyn Hypervisor>, String>,
+    /// Takes the keyboard in a mode, until the returned value is dropped.
+    pub keyboard: &'a mut dyn FnMut(Mode) -> Box<dyn Input>,
+}
+
+/// A failed command: what `main` prints after "oxl: ".
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An error inside a command, before `run` names the command in it.
+enum Error {
+    /// About the command: printed as "COMMAND: message".
+    Command(String),
+    /// About oxl's set-up (the device, the ABI): printed as is.
+    Setup(String),
+}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Self::Command(s)
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, Error>;
+
+/// Runs one command.
+pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
+    let r = match cmd {
+        Cmd::Create {
+            config,
+            paused,
+            console,
+        } => cmd_create(env, config, *paused, *console),
+        Cmd::List { json, domains } => cmd_list(env, *json, domains),
+        Cmd::Info { json } => cmd_info(env, *json),
+        Cmd::Pause { domain } => cmd_pause(env, domain, domctl::PAUSE),
+        Cmd::Unpause { domain } => cmd_pause(env, domain, domctl::UNPAUSE),
+        Cmd::Shutdown { wait, domain } => {
+            cmd_shutdown(env, domain, ShutdownReason::Poweroff, *wait)
+        }
+        Cmd::Reboot { wait, domain } => cmd_shutdown(env, domain, ShutdownReason::Reboot, *wait),
+        Cmd::Destroy { domain } => cmd_destroy(env, domain),
+        Cmd::Console { domain } => cmd_console(env, domain),
+        Cmd::Dmesg { follow } => cmd_dmesg(env, *follow),
+        Cmd::Top {
+            batch,
+            iterations,
+            delay,
+        } => cmd_top(
+            env,
+            &top::Options {
+                batch: *batch,
+                iterations: *iterations,
+                delay: *delay,
+            },
+        ),
+    };
+    r.map_err(|e| match e {
+        Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
+        Error::Setup(m) => Failure(m),
+    })
+}
+
+/// Opens the hypervisor and checks that it speaks oxl's ABI.
+fn connect(env: &mut Env) -> Result<Box<dyn Hypervisor>> {
+    let mut hv = (env.open)().map_err(Error::Setup)?;
+    let v = hv::version(&mut *hv).map_err(|e| {
+        Error::Setup(format!(
+            "the hypervisor does not tell its ABI version ({e}): is this dom0 under Oxen?"
+        ))
+    })?;
+    if abi_major(v) != abi_major(ABI_VERSION) {
+        return Err(Error::Setup(format!(
+            "the hypervisor speaks ABI {}, this oxl ABI {}: use the oxl built with this hypervisor",
+            abi(v),
+            abi(ABI_VERSION)
+        )));
+    }
+    Ok(hv)
+}
+
+fn out(env: &mut Env, text: &str) -> Result {
+    env.out.write_all(text.as_bytes()).map_err(write_failed)?;
+    Ok(())
+}
+
+fn note(env: &mut Env, text: &str) {
+    let _ = writeln!(env.note, "{text}");
+}
+
+fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the config file {}: {}",
+            path.display(),
+            os_error(&e)
+        )
+    })?;
+    let mut cfg = config::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
+    // Everything that can be checked without the hypervisor comes first.
+    let images = check_images(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hv = connect(env)?;
+    let domid = create(&mut *hv, &cfg, &images, paused)?;
+    out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
+    if paused {
+        out(
+            env,
+            &format!("It is paused: 'oxl unpause {}' starts it.\n", cfg.name),
+        )?;
+    }
+    if console {
+        let d = hv::info(&mut *hv, domid).map_err(|e| call_failed("find the new domain", e))?;
+        attach(env, &mut *hv, &d)?;
+    }
+    Ok(())
+}
+
+fn cmd_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
+    let mut hv = connect(env)?;
+    let mut doms = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+    if !wanted.is_empty() {
+        doms = wanted
+            .iter()
+            .map(|w| resolve(&doms, w))
+            .collect::<std::result::Result<_, _>>()?;
+    }
+    let text = if json {
+        show::list_json(&doms)
+    } else {
+        show::list_table(&doms)
+    };
+    out(env, &text)
+}
+
+fn cmd_info(env: &mut Env, json: bool) -> Result {
+    let mut hv = connect(env)?;
+    let p = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    out(
+        env,
+        &if json {
+            show::info_json(&p)
+        } else {
+            show::info_text(&p)
+        },
+    )
+}
+
+fn cmd_pause(env: &mut Env, dom: &str, cmd: u64) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    let verb = if cmd == domctl::PAUSE {
+        "pause"
+    } else {
+        "unpause"
+    };
+    if cmd == domctl::PAUSE {
+        not_dom0(&d, verb)?;
+    }
+    hv::domain_op(&mut *hv, cmd, d.domid).map_err(|e| dom_failed(&d, verb, e))?;
+    Ok(())
+}
+
+fn cmd_shutdown(env: &mut Env, dom: &str, reason: ShutdownReason, wait: bool) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    let verb = if reason == ShutdownReason::Reboot {
+        "reboot"
+    } else {
+        "shut down"
+    };
+    not_dom0(&d, verb)?;
+    hv::shutdown(&mut *hv, d.domid, reason).map_err(|e| dom_failed(&d, verb, e))?;
+    if !wait {
+        return Ok(());
+    }
+    note(
+        env,
+        &format!("Waiting for domain {} to {verb}...", label(&d)),
+    );
+    let text = match wait_ended(&mut *hv, &d)? {
+        Ended::Gone => format!("Domain {} has shut down and is gone.\n", label(&d)),
+        Ended::Restarted => format!("Domain {} has restarted.\n", label(&d)),
+        Ended::Preserved => format!(
+            "Domain {} has shut down and is kept (preserve): 'oxl destroy {}' frees it.\n",
+            label(&d),
+            show::name(&d)
+        ),
+    };
+    out(env, &text)
+}
+
+fn cmd_destroy(env: &mut Env, dom: &str) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    not_dom0(&d, "destroy")?;
+    destroy_and_wait(&mut *hv, &d)?;
+    Ok(())
+}
+
+fn cmd_console(env: &mut Env, dom: &str) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    attach(env, &mut *hv, &d)
+}
+
+/// Shows `d`'s console until Ctrl-] or until it is gone.
+fn attach(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo) -> Result {
+    note(
+        env,
+        &format!(
+            "Console of domain {} (output only: Oxen has no console input for domains yet). Ctrl-] detaches.",
+            label(d)
+        ),
+    );
+    let mut keys = (env.keyboard)(Mode::Raw);
+    let r = ring::console(hv, d, &mut *keys, env.out);
+    drop(keys);
+    match r? {
+        Detached::Key | Detached::Signal => {
+            note(env, &format!("\nDetached from domain {}.", label(d)))
+        }
+        Detached::Gone => note(env, &format!("\nDomain {} is gone.", label(d))),
+    }
+    Ok(())
+}
+
+fn cmd_dmesg(env: &mut Env, follow: bool) -> Result {
+    let mut hv = connect(env)?;
+    ring::dmesg(&mut *hv, follow, env.out)?;
+    Ok(())
+}
+
+fn cmd_top(env: &mut Env, opts: &top::Options) -> Result {
+    let mut hv = connect(env)?;
+    // Batch mode leaves the terminal alone: it may be a script's.
+    let mut keys = (!opts.batch).then(|| (env.keyboard)(Mode::Keys));
+    top::run(
+        &mut *hv,
+        opts,
+        keys.as_deref_mut().map(|k| k as &mut dyn Input),
+        env.out,
+    )?;
+    Ok(())
+}

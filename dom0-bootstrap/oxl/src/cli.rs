@@ -1,0 +1,246 @@
+//! The command line: xl's commands and options, as far as Oxen has them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oxl",
+    version,
+    about = "Oxen's domain administration tool (the counterpart of Xen's xl)",
+    long_about = "Oxen's domain administration tool (the counterpart of Xen's xl).\n\n\
+                  Runs in dom0 as root and talks to the hypervisor through /dev/oxen. \
+                  DOM is a domain's ID or its name (see 'oxl list').",
+    after_help = "Domain config files use xl's syntax (key = value): see README.md, section 'oxl'."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create a domain from a config file and start it.
+    Create {
+        /// The domain's config file (xl syntax: name, memory, vcpus, kernel, ramdisk, extra, on_*).
+        #[arg(value_name = "CFG")]
+        config: PathBuf,
+        /// Leave the domain paused after building it ('oxl unpause' starts it).
+        #[arg(short, long)]
+        paused: bool,
+        /// Attach to the domain's console once it is created.
+        #[arg(short, long)]
+        console: bool,
+    },
+    /// List domains: name, ID, memory, vCPUs, state and CPU time.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only these domains (IDs or names).
+        #[arg(value_name = "DOM")]
+        domains: Vec<String>,
+    },
+    /// Show the host: ABI version, CPU vendor, CPUs, TSC frequency, memory, domains.
+    Info {
+        /// Print JSON instead of "key : value" lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a domain's vCPUs until 'oxl unpause'.
+    Pause {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// Resume a paused domain, or start one created with --paused.
+    Unpause {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// Ask a domain to power off; the hypervisor ends it if the guest does not.
+    Shutdown {
+        /// Wait until the domain has shut down.
+        #[arg(short, long)]
+        wait: bool,
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// Ask a domain to reboot; the hypervisor restarts it if the guest does not.
+    Reboot {
+        /// Wait until the domain has rebooted.
+        #[arg(short, long)]
+        wait: bool,
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// End a domain at once and wait until its memory is free again.
+    Destroy {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// Show a domain's console output as it comes (Ctrl-] detaches).
+    Console {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+    /// Print the hypervisor's log.
+    Dmesg {
+        /// Keep printing new lines as they are logged (Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Show domains and their CPU use, refreshed (q quits).
+    Top {
+        /// Batch mode: print plain frames one after another, for scripts.
+        #[arg(short, long)]
+        batch: bool,
+        /// Stop after this many frames.
+        #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: Option<u32>,
+        /// Seconds between frames (fractions allowed).
+        #[arg(short, long, value_name = "SECS", default_value = "3", value_parser = parse_delay)]
+        delay: Duration,
+    },
+}
+
+impl Cmd {
+    /// The subcommand's name, for error messages (`oxl: pause: ...`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Create { .. } => "create",
+            Cmd::List { .. } => "list",
+            Cmd::Info { .. } => "info",
+            Cmd::Pause { .. } => "pause",
+            Cmd::Unpause { .. } => "unpause",
+            Cmd::Shutdown { .. } => "shutdown",
+            Cmd::Reboot { .. } => "reboot",
+            Cmd::Destroy { .. } => "destroy",
+            Cmd::Console { .. } => "console",
+            Cmd::Dmesg { .. } => "dmesg",
+            Cmd::Top { .. } => "top",
+        }
+    }
+}
+
+/// `top -d`: seconds, 0.1 to 3600.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("{s} is outside 0.1 to 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    fn kind(args: &[&str]) -> ErrorKind {
+        parse(args).expect_err("should not parse").kind()
+    }
+
+    #[test]
+    fn commands_parse() {
+        match parse(&["create", "-p", "-c", "vm.cfg"]).unwrap() {
+            Cmd::Create {
+                config,
+                paused,
+                console,
+            } => {
+                assert_eq!(config, PathBuf::from("vm.cfg"));
+                assert!(paused && console);
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["create", "--paused", "vm.cfg"]).unwrap() {
+            Cmd::Create {
+                paused, console, ..
+            } => assert!(paused && !console),
+            c => panic!("{c:?}"),
+        }
+        match parse(&["list", "--json", "web", "3"]).unwrap() {
+            Cmd::List { json, domains } => {
+                assert!(json);
+                assert_eq!(domains, ["web", "3"]);
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["shutdown", "-w", "web"]).unwrap() {
+            Cmd::Shutdown { wait, domain } => assert!(wait && domain == "web"),
+            c => panic!("{c:?}"),
+        }
+        match parse(&["top", "-b", "-n", "2", "-d", "0.5"]).unwrap() {
+            Cmd::Top {
+                batch,
+                iterations,
+                delay,
+            } => {
+                assert!(batch);
+                assert_eq!(iterations, Some(2));
+                assert_eq!(delay, Duration::from_millis(500));
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["top"]).unwrap() {
+            Cmd::Top {
+                batch,
+                iterations,
+                delay,
+            } => {
+                assert!(!batch && iterations.is_none());
+                assert_eq!(delay, Duration::from_secs(3));
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(matches!(
+            parse(&["dmesg", "-f"]).unwrap(),
+            Cmd::Dmesg { follow: true }
+        ));
+        assert_eq!(parse(&["reboot", "-w", "1"]).unwrap().name(), "reboot");
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert_eq!(
+            kind(&[]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(kind(&["lst"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(kind(&["create"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["pause"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["pause", "a", "b"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["list", "--jsn"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["destroy", "-w", "web"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["top", "-n", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["top", "-d", "fast"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["top", "-d", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["create", "--help"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["--version"]), ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn usage_errors_say_what_was_wrong() {
+        let e = parse(&["lst"]).unwrap_err().to_string();
+        assert!(e.contains("'lst'") && e.contains("'list'"), "{e}");
+        let e = parse(&["top", "-d", "fast"]).unwrap_err().to_string();
+        assert!(e.contains("'fast' is not a number of seconds"), "{e}");
+        let e = parse(&["create"]).unwrap_err().to_string();
+        assert!(e.contains("<CFG>"), "{e}");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

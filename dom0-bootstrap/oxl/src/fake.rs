@@ -1,0 +1,450 @@
+//! An in-memory hypervisor for the tests: domains with the ABI's states and
+//! checks, staged images, console and log rings, memory accounting, and its own
+//! clock (`sleep` advances it), so destroy and shutdown waits run instantly.
+//! Failures can be injected per command, and every call is logged.
+
+use std::cell::{RefCell, RefMut};
+use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::rc::Rc;
+use std::time::Duration;
+
+use oxen_abi::{
+    c_str, domctl, info_flags, name_bytes, nr, valid_name, Action, BuildDomain, CreateDomain,
+    DomainInfo, DomainRef, DomainState, Error, LoadImage, PhysInfo, Pod, RingRead, ShutdownDomain,
+    ShutdownReason, ABI_VERSION, DOMCTL_BUF_MAX, IMAGE_MAX, MAX_VCPUS, MIN_MEMORY_MIB,
+};
+
+use crate::hv::{CallError, CallResult, Hypervisor};
+
+#[derive(Default)]
+pub struct Staged {
+    pub total: u64,
+    pub bytes: Vec<u8>,
+}
+
+pub struct FakeDomain {
+    pub info: DomainInfo,
+    /// on_poweroff, on_reboot, on_crash.
+    pub actions: [Action; 3],
+    pub kernel: Staged,
+    pub ramdisk: Staged,
+    pub cmdline: String,
+    /// Every console byte ever written (the ring keeps the last `State::ring`).
+    pub console: Vec<u8>,
+    dying_until: Option<Duration>,
+    shutdown_at: Option<(Duration, ShutdownReason)>,
+}
+
+pub struct State {
+    pub doms: BTreeMap<u32, FakeDomain>,
+    pub next_id: u32,
+    pub now: Duration,
+    pub total_kib: u64,
+    pub free_kib: u64,
+    pub version: u32,
+    /// One line per call, e.g. "LOAD 1 kernel @0 +65536/70000".
+    pub calls: Vec<String>,
+    /// The next call of this DOMCTL command fails with this error.
+    pub fail: Vec<(u64, Error)>,
+    /// How long a destroyed domain stays `Dying`.
+    pub dying_for: Duration,
+    /// How long a guest takes to act on a shutdown request.
+    pub shutdown_delay: Duration,
+    pub dmesg: Vec<u8>,
+    /// Bytes a console or log ring keeps.
+    pub ring: usize,
+    /// Most bytes one LOAD_IMAGE takes.
+    pub max_take: usize,
+}
+
+#[derive(Clone)]
+pub struct Fake(pub Rc<RefCell<State>>);
+
+impl Fake {
+    /// A host with 512 MiB, dom0 (256 MiB) running.
+    pub fn new() -> Self {
+        let mut s = State {
+            doms: BTreeMap::new(),
+            next_id: 1,
+            now: Duration::ZERO,
+            total_kib: 512 * 1024,
+            free_kib: 256 * 1024,
+            version: ABI_VERSION,
+            calls: Vec::new(),
+            fail: Vec::new(),
+            dying_for: Duration::from_millis(300),
+            shutdown_delay: Duration::from_secs(1),
+            dmesg: Vec::new(),
+            ring: 1024,
+            max_take: usize::MAX,
+        };
+        let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3]);
+        dom0.info.state = DomainState::Running as u32;
+        dom0.info.flags = info_flags::PRIVILEGED | info_flags::BUILT;
+        s.doms.insert(0, dom0);
+        Self(Rc::new(RefCell::new(s)))
+    }
+
+    pub fn state(&self) -> RefMut<'_, State> {
+        self.0.borrow_mut()
+    }
+
+    /// Adds a built domain in `state` (memory taken from the pool); returns its ID.
+    pub fn add(&self, name: &str, state: DomainState) -> u32 {
+        let mut s = self.state();
+        let id = s.next_id;
+        s.next_id += 1;
+        let mut d = domain(
+            id,
+            name,
+            64,
+            1,
+            [Action::Destroy, Action::Restart, Action::Destroy],
+        );
+        d.info.state = state as u32;
+        d.info.flags = info_flags::BUILT;
+        s.free_kib -= 64 * 1024;
+        s.doms.insert(id, d);
+        id
+    }
+
+    /// The calls made so far, without the reads (VERSION, LIST, INFO).
+    pub fn actions(&self) -> Vec<String> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| !["VERSION", "LIST", "INFO"].iter().any(|r| c.starts_with(r)))
+            .cloned()
+            .collect()
+    }
+}
+
+fn domain(domid: u32, name: &str, mib: u32, vcpus: u32, actions: [Action; 3]) -> FakeDomain {
+    FakeDomain {
+        info: DomainInfo {
+            domid,
+            state: DomainState::Created as u32,
+            vcpus,
+            flags: 0,
+            memory_kib: u64::from(mib) * 1024,
+            cpu_time_ns: 0,
+            exits: 0,
+            restarts: 0,
+            shutdown_reason: 0,
+            name: name_bytes(name).expect("a valid name"),
+        },
+        actions,
+        kernel: Staged::default(),
+        ramdisk: Staged::default(),
+        cmdline: String::new(),
+        console: Vec::new(),
+        dying_until: None,
+        shutdown_at: None,
+    }
+}
+
+fn arg<T: Pod>(bytes: &[u8]) -> CallResult<T> {
+    if bytes.len() != size_of::<T>() {
+        return Err(CallError::Hv(Error::Inval));
+    }
+    Ok(T::read_from(bytes).expect("sized"))
+}
+
+fn put<T: Pod>(bytes: &mut [u8], v: &T) {
+    bytes[..size_of::<T>()].copy_from_slice(v.as_bytes());
+}
+
+/// Reads a ring (all bytes ever written, of which the last `keep` are kept).
+fn ring_read(data: &[u8], keep: usize, r: &mut RingRead, buf: &mut [u8]) -> u64 {
+    let oldest = data.len().saturating_sub(keep) as u64;
+    let start = r.offset.max(oldest).min(data.len() as u64);
+    r.lost = oldest.saturating_sub(r.offset);
+    let n = buf.len().min(data.len() - start as usize);
+    buf[..n].copy_from_slice(&data[start as usize..start as usize + n]);
+    r.next = start + n as u64;
+    n as u64
+}
+
+impl State {
+    fn dom(&mut self, domid: u32) -> CallResult<&mut FakeDomain> {
+        self.doms.get_mut(&domid).ok_or(CallError::Hv(Error::NoEnt))
+    }
+
+    /// Lets `dt` pass: guests run, shutdowns complete, dying domains go.
+    fn advance(&mut self, dt: Duration) {
+        self.now += dt;
+        let now = self.now;
+        let mut gone = Vec::new();
+        for (id, d) in self.doms.iter_mut() {
+            if d.info.state == DomainState::Running as u32 {
+                // Each vCPU busy half the time, ten exits a millisecond.
+                d.info.cpu_time_ns += dt.as_nanos() as u64 * u64::from(d.info.vcpus) / 2;
+                d.info.exits += dt.as_millis() as u64 * 10;
+            }
+            if let Some((at, reason)) = d.shutdown_at {
+                if now >= at {
+                    d.shutdown_at = None;
+                    match d.actions[reason as usize] {
+                        Action::Destroy => {
+                            d.info.state = DomainState::Dying as u32;
+                            d.dying_until = Some(now + self.dying_for);
+                        }
+                        Action::Restart => {
+                            d.info.restarts += 1;
+                            d.info.state = DomainState::Running as u32;
+                        }
+                        Action::Preserve => d.info.state = DomainState::Shutdown as u32,
+                    }
+                }
+            }
+            if d.dying_until.is_some_and(|t| now >= t) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            let d = self.doms.remove(&id).expect("listed");
+            self.free_kib += d.info.memory_kib;
+        }
+    }
+
+    fn domctl(&mut self, cmd: u64, a: &mut [u8], buf: &mut [u8]) -> CallResult<u64> {
+        if buf.len() as u64 > DOMCTL_BUF_MAX {
+            return Err(CallError::Hv(Error::TooBig));
+        }
+        if let Some(i) = self.fail.iter().position(|(c, _)| *c == cmd) {
+            let (_, e) = self.fail.remove(i);
+            self.calls.push(format!("FAILED {cmd} {e:?}"));
+            return Err(CallError::Hv(e));
+        }
+        let state = |d: &FakeDomain| DomainState::from_u32(d.info.state).expect("valid");
+        match cmd {
+            domctl::CREATE => {
+                let c: CreateDomain = arg(a)?;
+                let name = c_str(&c.name).unwrap_or("");
+                self.calls
+                    .push(format!("CREATE {name} {}M {}cpu", c.memory_mib, c.vcpus));
+                let actions = [c.on_poweroff, c.on_reboot, c.on_crash].map(Action::from_u8);
+                if c.flags != 0
+                    || c._pad != 0
+                    || !valid_name(name)
+                    || !(1..=MAX_VCPUS).contains(&c.vcpus)
+                    || c.memory_mib < MIN_MEMORY_MIB
+                    || actions.contains(&None)
+                {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if self
+                    .doms
+                    .values()
+                    .any(|d| c_str(&d.info.name) == Some(name))
+                {
+                    return Err(CallError::Hv(Error::Exist));
+                }
+                let kib = u64::from(c.memory_mib) * 1024;
+                if kib > self.free_kib {
+                    return Err(CallError::Hv(Error::NoMem));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                self.free_kib -= kib;
+                let d = domain(
+                    id,
+                    name,
+                    c.memory_mib,
+                    c.vcpus,
+                    actions.map(|a| a.expect("checked")),
+                );
+                self.doms.insert(id, d);
+                Ok(u64::from(id))
+            }
+            domctl::LOAD_IMAGE => {
+                let l: LoadImage = arg(a)?;
+                let kind = ["kernel", "ramdisk"]
+                    .get(l.kind as usize)
+                    .copied()
+                    .unwrap_or("?");
+                self.calls.push(format!(
+                    "LOAD {} {kind} @{} +{}/{}",
+                    l.domid,
+                    l.offset,
+                    buf.len(),
+                    l.total
+                ));
+                let take = self.max_take;
+                let d = self.dom(l.domid)?;
+                if state(d) != DomainState::Created || d.info.flags & info_flags::BUILT != 0 {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let img = match l.kind {
+                    0 => &mut d.kernel,
+                    1 => &mut d.ramdisk,
+                    _ => return Err(CallError::Hv(Error::Inval)),
+                };
+                if l.total > IMAGE_MAX {
+                    return Err(CallError::Hv(Error::TooBig));
+                }
+                if l.offset == 0 {
+                    *img = Staged {
+                        total: l.total,
+                        bytes: Vec::new(),
+                    };
+                }
+                if l.offset != img.bytes.len() as u64
+                    || l.total != img.total
+                    || l.offset + buf.len() as u64 > l.total
+                    || buf.is_empty()
+                {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                let n = buf.len().min(take);
+                img.bytes.extend_from_slice(&buf[..n]);
+                Ok(n as u64)
+            }
+            domctl::BUILD => {
+                let b: BuildDomain = arg(a)?;
+                let cmdline = c_str(&b.cmdline).unwrap_or("?").to_owned();
+                self.calls.push(format!("BUILD {} {cmdline:?}", b.domid));
+                let d = self.dom(b.domid)?;
+                if state(d) != DomainState::Created || d.info.flags & info_flags::BUILT != 0 {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let complete = |s: &Staged| s.bytes.len() as u64 == s.total;
+                if d.kernel.total == 0 || !complete(&d.kernel) || !complete(&d.ramdisk) {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if !d.kernel.bytes.starts_with(b"\x7fELF") {
+                    return Err(CallError::Hv(Error::NoExec));
+                }
+                d.cmdline = cmdline;
+                d.info.flags |= info_flags::BUILT;
+                Ok(0)
+            }
+            domctl::UNPAUSE | domctl::PAUSE | domctl::DESTROY => {
+                let r: DomainRef = arg(a)?;
+                let what = match cmd {
+                    domctl::UNPAUSE => "UNPAUSE",
+                    domctl::PAUSE => "PAUSE",
+                    _ => "DESTROY",
+                };
+                self.calls.push(format!("{what} {}", r.domid));
+                let (now, dying_for) = (self.now, self.dying_for);
+                let d = self.dom(r.domid)?;
+                if d.info.flags & info_flags::PRIVILEGED != 0 && cmd != domctl::UNPAUSE {
+                    return Err(CallError::Hv(Error::Perm));
+                }
+                let s = state(d);
+                let next = match (cmd, s) {
+                    (domctl::UNPAUSE, DomainState::Created)
+                        if d.info.flags & info_flags::BUILT != 0 =>
+                    {
+                        DomainState::Running
+                    }
+                    (domctl::UNPAUSE, DomainState::Paused) => DomainState::Running,
+                    (domctl::PAUSE, DomainState::Running) => DomainState::Paused,
+                    (domctl::DESTROY, DomainState::Dying) => return Ok(0),
+                    (domctl::DESTROY, _) => {
+                        d.dying_until = Some(now + dying_for);
+                        d.shutdown_at = None;
+                        DomainState::Dying
+                    }
+                    _ => return Err(CallError::Hv(Error::Busy)),
+                };
+                d.info.state = next as u32;
+                Ok(0)
+            }
+            domctl::SHUTDOWN => {
+                let r: ShutdownDomain = arg(a)?;
+                self.calls
+                    .push(format!("SHUTDOWN {} {}", r.domid, r.reason));
+                let at = self.now + self.shutdown_delay;
+                let d = self.dom(r.domid)?;
+                let reason = match ShutdownReason::from_u64(u64::from(r.reason)) {
+                    Some(s @ (ShutdownReason::Poweroff | ShutdownReason::Reboot)) => s,
+                    _ => return Err(CallError::Hv(Error::Inval)),
+                };
+                if !matches!(state(d), DomainState::Running | DomainState::Paused) {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                d.info.state = DomainState::ShuttingDown as u32;
+                d.info.shutdown_reason = reason as u32;
+                d.shutdown_at = Some((at, reason));
+                Ok(0)
+            }
+            domctl::GET_INFO => {
+                let r: DomainRef = arg(a)?;
+                self.calls.push(format!("INFO {}", r.domid));
+                if buf.len() < size_of::<DomainInfo>() {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                let info = self.dom(r.domid)?.info;
+                put(buf, &info);
+                Ok(0)
+            }
+            domctl::LIST => {
+                self.calls.push("LIST".into());
+                for (slot, d) in buf
+                    .chunks_exact_mut(size_of::<DomainInfo>())
+                    .zip(self.doms.values())
+                {
+                    put(slot, &d.info);
+                }
+                Ok(self.doms.len() as u64)
+            }
+            domctl::CONSOLE_READ | domctl::DMESG => {
+                let mut r: RingRead = arg(a)?;
+                let keep = self.ring;
+                let n = if cmd == domctl::DMESG {
+                    self.calls.push(format!("DMESG @{}", r.offset));
+                    ring_read(&self.dmesg, keep, &mut r, buf)
+                } else {
+                    self.calls
+                        .push(format!("CONSOLE {} @{}", r.domid, r.offset));
+                    ring_read(&self.dom(r.domid)?.console, keep, &mut r, buf)
+                };
+                put(a, &r);
+                Ok(n)
+            }
+            domctl::PHYS_INFO => {
+                self.calls.push("PHYS".into());
+                if buf.len() < size_of::<PhysInfo>() {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                let p = PhysInfo {
+                    abi_version: self.version,
+                    cpus: 2,
+                    total_kib: self.total_kib,
+                    free_kib: self.free_kib,
+                    tsc_khz: 2_000_000,
+                    domains: self.doms.len() as u32,
+                    vendor: 1,
+                };
+                put(buf, &p);
+                Ok(0)
+            }
+            _ => Err(CallError::Hv(Error::NoSys)),
+        }
+    }
+}
+
+impl Hypervisor for Fake {
+    fn call(&mut self, nr: u64, cmd: u64, arg: &mut [u8], buf: &mut [u8]) -> CallResult<u64> {
+        let mut s = self.state();
+        match nr {
+            nr::VERSION => {
+                s.calls.push("VERSION".into());
+                Ok(u64::from(s.version))
+            }
+            nr::DOMCTL => s.domctl(cmd, arg, buf),
+            _ => Err(CallError::Hv(Error::NoSys)),
+        }
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        self.state().advance(d);
+    }
+
+    fn now(&mut self) -> Duration {
+        self.state().now
+    }
+}

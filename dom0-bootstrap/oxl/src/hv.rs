@@ -1,0 +1,234 @@
+//! The hypervisor as oxl sees it: one raw call (`Hypervisor::call`) and the
+//! typed `DOMCTL` operations built on it. `/dev/oxen` implements the trait in
+//! `device.rs`; the tests use an in-memory model (`fake.rs`).
+
+use std::fmt;
+use std::mem::size_of;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use oxen_abi::{
+    domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
+    RingRead, ShutdownDomain, ShutdownReason, CMDLINE_LEN, DOMCTL_BUF_MAX,
+};
+
+/// Why a call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// One of the ABI's errors (from the hypervisor, or the driver using the
+    /// same errno).
+    Hv(oxen_abi::Error),
+    /// Any other errno, from the driver or the kernel.
+    Os(i32),
+}
+
+impl CallError {
+    /// The error an ioctl's errno stands for.
+    pub fn from_errno(errno: i32) -> Self {
+        oxen_abi::Error::from_rax((-i64::from(errno)) as u64).map_or(Self::Os(errno), Self::Hv)
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Hv(e) => f.write_str(e.describe()),
+            Self::Os(libc::ENOTTY) => f.write_str(
+                "/dev/oxen does not know oxl's ioctl (the oxen module and oxl come from different builds?)",
+            ),
+            Self::Os(e) => f.write_str(&os_error(&std::io::Error::from_raw_os_error(e))),
+        }
+    }
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix.
+pub fn os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+pub type CallResult<T> = Result<T, CallError>;
+
+/// A way to make hypercalls, plus the clock that waiting loops use (so the
+/// tests' model can run them on its own time).
+pub trait Hypervisor {
+    /// Hypercall `nr` with command `cmd`; `arg` and `buf` are copied to the
+    /// hypervisor and what it wrote is copied back. Returns RAX (non-negative).
+    fn call(&mut self, nr: u64, cmd: u64, arg: &mut [u8], buf: &mut [u8]) -> CallResult<u64>;
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    /// Monotonic time since some fixed point.
+    fn now(&mut self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
+}
+
+/// One `DOMCTL` with a typed argument, which receives what the hypervisor wrote back.
+fn domctl<A: Pod>(
+    hv: &mut dyn Hypervisor,
+    cmd: u64,
+    arg: &mut A,
+    buf: &mut [u8],
+) -> CallResult<u64> {
+    let mut bytes = arg.as_bytes().to_vec();
+    let r = hv.call(nr::DOMCTL, cmd, &mut bytes, buf)?;
+    *arg = A::read_from(&bytes).expect("the argument keeps its size");
+    Ok(r)
+}
+
+fn domref(domid: u32) -> DomainRef {
+    DomainRef { domid, _pad: 0 }
+}
+
+/// The hypervisor's ABI version (`ABI_VERSION` format).
+pub fn version(hv: &mut dyn Hypervisor) -> CallResult<u32> {
+    hv.call(nr::VERSION, 0, &mut [], &mut []).map(|v| v as u32)
+}
+
+/// Creates a domain; returns its ID.
+pub fn create(hv: &mut dyn Hypervisor, mut arg: CreateDomain) -> CallResult<u32> {
+    domctl(hv, domctl::CREATE, &mut arg, &mut []).map(|id| id as u32)
+}
+
+/// Stages `chunk` at `offset` of a `total`-byte image; returns the bytes taken.
+pub fn load_image(
+    hv: &mut dyn Hypervisor,
+    domid: u32,
+    kind: u32,
+    offset: u64,
+    total: u64,
+    chunk: &mut [u8],
+) -> CallResult<u64> {
+    let mut arg = LoadImage {
+        domid,
+        kind,
+        offset,
+        total,
+    };
+    domctl(hv, domctl::LOAD_IMAGE, &mut arg, chunk)
+}
+
+/// Lays out the staged kernel with `cmdline` (shorter than `CMDLINE_LEN`).
+pub fn build(hv: &mut dyn Hypervisor, domid: u32, cmdline: &str) -> CallResult<()> {
+    let mut arg = BuildDomain {
+        domid,
+        _pad: 0,
+        cmdline: [0; CMDLINE_LEN],
+    };
+    if cmdline.len() >= CMDLINE_LEN {
+        return Err(CallError::Hv(oxen_abi::Error::TooBig));
+    }
+    arg.cmdline[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
+    domctl(hv, domctl::BUILD, &mut arg, &mut []).map(drop)
+}
+
+/// `UNPAUSE`, `PAUSE` or `DESTROY`: the commands that only name a domain.
+pub fn domain_op(hv: &mut dyn Hypervisor, cmd: u64, domid: u32) -> CallResult<()> {
+    domctl(hv, cmd, &mut domref(domid), &mut []).map(drop)
+}
+
+pub fn shutdown(hv: &mut dyn Hypervisor, domid: u32, reason: ShutdownReason) -> CallResult<()> {
+    let mut arg = ShutdownDomain {
+        domid,
+        reason: reason as u32,
+    };
+    domctl(hv, domctl::SHUTDOWN, &mut arg, &mut []).map(drop)
+}
+
+pub fn info(hv: &mut dyn Hypervisor, domid: u32) -> CallResult<DomainInfo> {
+    let mut buf = [0u8; size_of::<DomainInfo>()];
+    domctl(hv, domctl::GET_INFO, &mut domref(domid), &mut buf)?;
+    Ok(DomainInfo::read_from(&buf).expect("sized for one"))
+}
+
+/// Every domain, in ID order.
+pub fn list(hv: &mut dyn Hypervisor) -> CallResult<Vec<DomainInfo>> {
+    const SIZE: usize = size_of::<DomainInfo>();
+    let most = DOMCTL_BUF_MAX as usize / SIZE;
+    let mut room = 16;
+    loop {
+        let mut buf = vec![0u8; room * SIZE];
+        let n = hv.call(nr::DOMCTL, domctl::LIST, &mut [], &mut buf)? as usize;
+        // A short buffer still gets the first `room`; ask again with enough (domains
+        // may come and go in between, hence the loop), up to one call's maximum.
+        if n <= room || room == most {
+            return Ok(buf
+                .chunks_exact(SIZE)
+                .take(n)
+                .map(|b| DomainInfo::read_from(b).expect("whole chunk"))
+                .collect());
+        }
+        room = n.min(most);
+    }
+}
+
+/// What one ring read returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingChunk {
+    /// Bytes copied to the front of the buffer.
+    pub len: usize,
+    /// The offset to read from next.
+    pub next: u64,
+    /// Bytes between the requested offset and the oldest byte still kept.
+    pub lost: u64,
+}
+
+/// `CONSOLE_READ` (a domain's console) or `DMESG` (the hypervisor's log) from `offset`.
+pub fn ring_read(
+    hv: &mut dyn Hypervisor,
+    cmd: u64,
+    domid: u32,
+    offset: u64,
+    buf: &mut [u8],
+) -> CallResult<RingChunk> {
+    let mut arg = RingRead {
+        domid,
+        _pad: 0,
+        offset,
+        next: 0,
+        lost: 0,
+    };
+    let len = domctl(hv, cmd, &mut arg, buf)? as usize;
+    Ok(RingChunk {
+        len: len.min(buf.len()),
+        next: arg.next,
+        lost: arg.lost,
+    })
+}
+
+pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {
+    let mut buf = [0u8; size_of::<PhysInfo>()];
+    hv.call(nr::DOMCTL, domctl::PHYS_INFO, &mut [], &mut buf)?;
+    Ok(PhysInfo::read_from(&buf).expect("sized for one"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxen_abi::Error;
+
+    #[test]
+    fn errno_maps_to_abi_errors() {
+        assert_eq!(CallError::from_errno(2), CallError::Hv(Error::NoEnt));
+        assert_eq!(CallError::from_errno(38), CallError::Hv(Error::NoSys));
+        assert_eq!(
+            CallError::from_errno(libc::ENOTTY),
+            CallError::Os(libc::ENOTTY)
+        );
+        assert_eq!(
+            CallError::Hv(Error::Busy).to_string(),
+            Error::Busy.describe()
+        );
+        assert_eq!(CallError::Os(libc::EIO).to_string(), "Input/output error");
+        assert!(CallError::Os(libc::ENOTTY)
+            .to_string()
+            .contains("different builds"));
+    }
+}

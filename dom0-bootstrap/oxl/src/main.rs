@@ -1,0 +1,69 @@
+//! `oxl`: Oxen's domain administration tool for dom0, the counterpart of Xen's
+//! `xl`. It talks to the hypervisor through `/dev/oxen` (one ioctl per
+//! hypercall, `oxen_abi::HypercallIoctl`).
+//!
+//! Layout: `cli` (the command line), `config` (domain config files), `hv` (the
+//! `Hypervisor` trait and the typed DOMCTL calls), `device` (`/dev/oxen`),
+//! `app` (the commands) with `create`, `domain`, `ring`, `show` and `top`, and
+//! `term` (raw terminal, signals). Every command runs against the
+//! `Hypervisor` trait, so the tests run them on `fake`, an in-memory model.
+
+mod app;
+mod cli;
+mod config;
+mod create;
+mod device;
+mod domain;
+mod hv;
+mod ring;
+mod show;
+mod term;
+mod top;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Cmd};
+use crate::hv::Hypervisor;
+use crate::term::{Input, Keyboard, Mode};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // SAFETY: restoring the default action of SIGPIPE, which Rust's runtime
+    // ignores, so `oxl dmesg | head` ends quietly like other tools.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    term::install_panic_hook();
+    if matches!(
+        cli.cmd,
+        Cmd::Create { .. } | Cmd::Console { .. } | Cmd::Top { .. }
+    ) {
+        // Create undoes a half-built domain, console and top restore the terminal.
+        term::catch_stop_signals();
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut note = std::io::stderr();
+    let mut open = || device::Device::open().map(|d| Box::new(d) as Box<dyn Hypervisor>);
+    let mut keyboard = |mode: Mode| Box::new(Keyboard::new(mode)) as Box<dyn Input>;
+    let mut env = app::Env {
+        out: &mut out,
+        note: &mut note,
+        open: &mut open,
+        keyboard: &mut keyboard,
+    };
+    match app::run(&cli.cmd, &mut env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = out.flush();
+            eprintln!("oxl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

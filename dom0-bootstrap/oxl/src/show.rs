@@ -1,0 +1,305 @@
+//! What `list` and `info` print: tables for people, JSON for scripts.
+//!
+//! The JSON is written by hand rather than with serde_json: it is a handful of
+//! flat objects of integers and short strings, the one place that needs care
+//! (escaping strings) is `json_str`, tested below, and dom0's static binary
+//! stays free of two more dependencies.
+
+use std::fmt::Write as _;
+
+use oxen_abi::{
+    abi_major, c_str, info_flags, DomainInfo, DomainState, PhysInfo, ShutdownReason, ABI_VERSION,
+};
+
+/// A domain's name as text (lossy: the hypervisor checks names, but oxl does
+/// not trust that to print).
+pub fn name(d: &DomainInfo) -> String {
+    match c_str(&d.name) {
+        Some(s) => s.to_owned(),
+        None => {
+            let end = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
+            String::from_utf8_lossy(&d.name[..end]).into_owned()
+        }
+    }
+}
+
+/// `'web' (id 3)`, how messages name a domain.
+pub fn label(d: &DomainInfo) -> String {
+    format!("'{}' (id {})", name(d), d.domid)
+}
+
+pub fn state(d: &DomainInfo) -> String {
+    match DomainState::from_u32(d.state) {
+        Some(s) => s.name().to_owned(),
+        None => format!("unknown({})", d.state),
+    }
+}
+
+/// Why it ended, when its state says it is ending or ended.
+pub fn shutdown_reason(d: &DomainInfo) -> Option<&'static str> {
+    match DomainState::from_u32(d.state) {
+        Some(DomainState::ShuttingDown | DomainState::Shutdown) => Some(
+            match ShutdownReason::from_u64(u64::from(d.shutdown_reason)) {
+                Some(ShutdownReason::Poweroff) => "poweroff",
+                Some(ShutdownReason::Reboot) => "reboot",
+                Some(ShutdownReason::Crash) => "crash",
+                None => "unknown",
+            },
+        ),
+        _ => None,
+    }
+}
+
+/// `major.minor` of an ABI version.
+pub fn abi(v: u32) -> String {
+    format!("{}.{}", abi_major(v), v & 0xffff)
+}
+
+pub fn vendor(p: &PhysInfo) -> String {
+    match p.vendor {
+        0 => "Intel VT-x".into(),
+        1 => "AMD-V".into(),
+        v => format!("unknown ({v})"),
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1e9)
+}
+
+/// `list`'s table, like `xl list`.
+pub fn list_table(doms: &[DomainInfo]) -> String {
+    let width = doms.iter().map(|d| name(d).len()).max().unwrap_or(0).max(4);
+    let mut s = format!(
+        "{:<width$} {:>5} {:>8} {:>5} {:>13} {:>10}\n",
+        "Name", "ID", "Mem(MiB)", "VCPUs", "State", "Time(s)"
+    );
+    for d in doms {
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>5} {:>8} {:>5} {:>13} {:>10}",
+            name(d),
+            d.domid,
+            d.memory_kib / 1024,
+            d.vcpus,
+            state(d),
+            secs(d.cpu_time_ns)
+        );
+    }
+    s
+}
+
+/// `list --json`: an array of objects, one line each.
+pub fn list_json(doms: &[DomainInfo]) -> String {
+    let mut s = String::from("[");
+    for (i, d) in doms.iter().enumerate() {
+        s.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        let _ = write!(
+            s,
+            "{{\"id\": {}, \"name\": {}, \"state\": {}, \"memory_kib\": {}, \"vcpus\": {}, \
+             \"cpu_time_ns\": {}, \"exits\": {}, \"restarts\": {}, \"privileged\": {}, \"built\": {}, \
+             \"shutdown_reason\": {}}}",
+            d.domid,
+            json_str(&name(d)),
+            json_str(&state(d)),
+            d.memory_kib,
+            d.vcpus,
+            d.cpu_time_ns,
+            d.exits,
+            d.restarts,
+            d.flags & info_flags::PRIVILEGED != 0,
+            d.flags & info_flags::BUILT != 0,
+            shutdown_reason(d).map_or_else(|| "null".to_owned(), json_str),
+        );
+    }
+    s.push_str(if doms.is_empty() { "]\n" } else { "\n]\n" });
+    s
+}
+
+/// `info`, in `xl info`'s "key : value" form (memory in MiB, as xl prints it).
+pub fn info_text(p: &PhysInfo) -> String {
+    let rows = [
+        ("abi_version", abi(p.abi_version)),
+        ("oxl_abi_version", abi(ABI_VERSION)),
+        ("oxl_version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("virt_caps", vendor(p)),
+        ("nr_cpus", p.cpus.to_string()),
+        ("tsc_khz", p.tsc_khz.to_string()),
+        ("total_memory", (p.total_kib / 1024).to_string()),
+        ("free_memory", (p.free_kib / 1024).to_string()),
+        ("nr_domains", p.domains.to_string()),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{k:<22} : {v}\n"))
+        .collect()
+}
+
+pub fn info_json(p: &PhysInfo) -> String {
+    format!(
+        "{{\"abi_version\": {}, \"oxl_abi_version\": {}, \"oxl_version\": {}, \"vendor\": {}, \"cpus\": {}, \
+         \"tsc_khz\": {}, \"total_kib\": {}, \"free_kib\": {}, \"domains\": {}}}\n",
+        json_str(&abi(p.abi_version)),
+        json_str(&abi(ABI_VERSION)),
+        json_str(env!("CARGO_PKG_VERSION")),
+        json_str(&vendor(p)),
+        p.cpus,
+        p.tsc_khz,
+        p.total_kib,
+        p.free_kib,
+        p.domains
+    )
+}
+
+/// A JSON string literal (RFC 8259: quote, backslash and control characters escaped).
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use oxen_abi::{name_bytes, NAME_LEN};
+
+    pub fn dom(
+        domid: u32,
+        n: &str,
+        state: DomainState,
+        mib: u64,
+        vcpus: u32,
+        cpu_ns: u64,
+    ) -> DomainInfo {
+        DomainInfo {
+            domid,
+            state: state as u32,
+            vcpus,
+            flags: if domid == 0 {
+                info_flags::PRIVILEGED | info_flags::BUILT
+            } else {
+                info_flags::BUILT
+            },
+            memory_kib: mib * 1024,
+            cpu_time_ns: cpu_ns,
+            exits: 1000 + u64::from(domid),
+            restarts: 0,
+            shutdown_reason: 0,
+            name: name_bytes(n).unwrap_or([0; NAME_LEN]),
+        }
+    }
+
+    pub fn phys() -> PhysInfo {
+        PhysInfo {
+            abi_version: 0x0001_0001,
+            cpus: 2,
+            total_kib: 512 * 1024,
+            free_kib: 200 * 1024 + 512,
+            tsc_khz: 2_993_000,
+            domains: 2,
+            vendor: 1,
+        }
+    }
+
+    #[test]
+    fn table_like_xl_list() {
+        let doms = [
+            dom(0, "Domain-0", DomainState::Running, 256, 1, 12_345_678_901),
+            dom(3, "web", DomainState::Paused, 64, 2, 50_000_000),
+        ];
+        assert_eq!(
+            list_table(&doms),
+            "\
+Name        ID Mem(MiB) VCPUs         State    Time(s)
+Domain-0     0      256     1       running       12.3
+web          3       64     2        paused        0.1
+"
+        );
+        assert_eq!(
+            list_table(&[]),
+            "Name    ID Mem(MiB) VCPUs         State    Time(s)\n"
+        );
+    }
+
+    #[test]
+    fn odd_states_and_names_still_print() {
+        let mut d = dom(7, "x", DomainState::Running, 4, 1, 0);
+        d.state = 42;
+        d.name = [0xff; NAME_LEN];
+        let t = list_table(&[d]);
+        assert!(t.contains("unknown(42)"), "{t}");
+        assert!(t.contains('\u{fffd}'), "{t}");
+    }
+
+    #[test]
+    fn json_list() {
+        let mut web = dom(3, "web", DomainState::Shutdown, 64, 2, 5);
+        web.shutdown_reason = ShutdownReason::Crash as u32;
+        let doms = [dom(0, "Domain-0", DomainState::Running, 256, 1, 7), web];
+        assert_eq!(
+            list_json(&doms),
+            "[\n  \
+{\"id\": 0, \"name\": \"Domain-0\", \"state\": \"running\", \"memory_kib\": 262144, \"vcpus\": 1, \
+\"cpu_time_ns\": 7, \"exits\": 1000, \"restarts\": 0, \"privileged\": true, \"built\": true, \"shutdown_reason\": null},\n  \
+{\"id\": 3, \"name\": \"web\", \"state\": \"shutdown\", \"memory_kib\": 65536, \"vcpus\": 2, \
+\"cpu_time_ns\": 5, \"exits\": 1003, \"restarts\": 0, \"privileged\": false, \"built\": true, \"shutdown_reason\": \"crash\"}\n]\n"
+        );
+        assert_eq!(list_json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn info_like_xl_info() {
+        let text = info_text(&phys());
+        let expected = format!(
+            "\
+abi_version            : 1.1
+oxl_abi_version        : {}
+oxl_version            : {}
+virt_caps              : AMD-V
+nr_cpus                : 2
+tsc_khz                : 2993000
+total_memory           : 512
+free_memory            : 200
+nr_domains             : 2
+",
+            abi(ABI_VERSION),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(text, expected);
+        let j = info_json(&PhysInfo {
+            vendor: 0,
+            ..phys()
+        });
+        assert!(j.starts_with("{\"abi_version\": \"1.1\", "), "{j}");
+        assert!(j.contains("\"vendor\": \"Intel VT-x\", \"cpus\": 2, \"tsc_khz\": 2993000, \"total_kib\": 524288, \"free_kib\": 205312, \"domains\": 2}\n"), "{j}");
+        assert_eq!(
+            vendor(&PhysInfo {
+                vendor: 9,
+                ..phys()
+            }),
+            "unknown (9)"
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("web"), "\"web\"");
+        assert_eq!(
+            json_str("a\"b\\c\nd\u{1}\u{7f}é"),
+            "\"a\\\"b\\\\c\\nd\\u0001\\u007fé\""
+        );
+    }
+}

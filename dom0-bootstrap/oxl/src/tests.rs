@@ -1,0 +1,734 @@
+//! The commands end to end, against the in-memory hypervisor (`fake.rs`):
+//! what they print, what they call, what they leave behind.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser as _;
+use oxen_abi::{domctl, Action, DomainState, Error, DOMCTL_BUF_MAX};
+
+use crate::app::{self, Env, Failure};
+use crate::cli::Cli;
+use crate::fake::Fake;
+use crate::hv::Hypervisor;
+use crate::term::{Input, Mode};
+
+/// What one `oxl` run printed and returned.
+struct Run {
+    out: String,
+    note: String,
+    result: Result<(), Failure>,
+}
+
+impl Run {
+    fn ok(&self) -> &str {
+        if let Err(e) = &self.result {
+            panic!("oxl failed: {e}\nout: {}\nnote: {}", self.out, self.note);
+        }
+        &self.out
+    }
+
+    fn err(&self) -> String {
+        match &self.result {
+            Err(e) => e.0.clone(),
+            Ok(()) => panic!("oxl succeeded; out: {}", self.out),
+        }
+    }
+}
+
+/// Keys typed during `console`/`top`: called before each wait with the wait's
+/// number (0, 1, ...), may change the fake, returns what was typed.
+struct Script<F: FnMut(u32) -> Vec<u8>> {
+    n: u32,
+    f: F,
+}
+
+impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
+    fn wait(&mut self, _: Duration) -> io::Result<Vec<u8>> {
+        self.n += 1;
+        Ok((self.f)(self.n - 1))
+    }
+}
+
+fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static) -> Run {
+    let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied()))
+        .expect("valid usage");
+    let (mut out, mut note) = (Vec::new(), Vec::new());
+    let f = fake.clone();
+    let mut open = move || Ok(Box::new(f.clone()) as Box<dyn Hypervisor>);
+    let mut keyboard = move |_: Mode| {
+        Box::new(Script {
+            n: 0,
+            f: keys.clone(),
+        }) as Box<dyn Input>
+    };
+    let result = app::run(
+        &cli.cmd,
+        &mut Env {
+            out: &mut out,
+            note: &mut note,
+            open: &mut open,
+            keyboard: &mut keyboard,
+        },
+    );
+    Run {
+        out: String::from_utf8_lossy(&out).into_owned(),
+        note: String::from_utf8_lossy(&note).into_owned(),
+        result,
+    }
+}
+
+fn oxl(fake: &Fake, args: &[&str]) -> Run {
+    oxl_keys(fake, args, |_| panic!("this command reads no keys"))
+}
+
+/// A fresh directory for one test's files.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("oxl-test-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An ELF64 x86-64 header followed by a byte pattern, `size` bytes in all.
+fn elf(size: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    v[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    v[18..20].copy_from_slice(&62u16.to_le_bytes());
+    v
+}
+
+/// Writes vm.cfg (with `kernel = "k.elf"` prepended to `cfg`) and a kernel of
+/// `kernel_size` bytes; returns the config's path.
+fn setup(test: &str, cfg: &str, kernel_size: usize) -> PathBuf {
+    let dir = scratch(test);
+    std::fs::write(dir.join("k.elf"), elf(kernel_size)).unwrap();
+    let path = dir.join("vm.cfg");
+    std::fs::write(&path, format!("kernel = \"k.elf\"\n{cfg}")).unwrap();
+    path
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn create_loads_builds_and_starts() {
+    let cfg = setup(
+        "create",
+        "name = \"web\"\nmemory = 128\nvcpus = 2\nramdisk = \"r.img\"\nextra = \"console=hvc0\"\non_crash = \"preserve\"\n",
+        150_000,
+    );
+    let ramdisk: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(cfg.with_file_name("r.img"), &ramdisk).unwrap();
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", p(&cfg)]);
+    assert_eq!(run.ok(), "Created domain web (id 1)\n");
+    assert_eq!(
+        fake.actions(),
+        [
+            "CREATE web 128M 2cpu",
+            "LOAD 1 kernel @0 +65536/150000",
+            "LOAD 1 kernel @65536 +65536/150000",
+            "LOAD 1 kernel @131072 +18928/150000",
+            "LOAD 1 ramdisk @0 +65536/70000",
+            "LOAD 1 ramdisk @65536 +4464/70000",
+            "BUILD 1 \"console=hvc0\"",
+            "UNPAUSE 1",
+        ]
+    );
+    let s = fake.state();
+    let d = &s.doms[&1];
+    assert_eq!(d.kernel.bytes, elf(150_000));
+    assert_eq!(d.ramdisk.bytes, ramdisk);
+    assert_eq!(d.info.state, DomainState::Running as u32);
+    assert_eq!(
+        d.actions,
+        [Action::Destroy, Action::Restart, Action::Preserve]
+    );
+    assert_eq!(s.free_kib, 128 * 1024);
+}
+
+#[test]
+fn create_paused_does_not_start() {
+    let cfg = setup("paused", "name = \"web\"\n", 100);
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", "-p", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        "Created domain web (id 1)\nIt is paused: 'oxl unpause web' starts it.\n"
+    );
+    assert_eq!(fake.actions().last().unwrap(), "BUILD 1 \"\"");
+    assert_eq!(
+        fake.state().doms[&1].info.state,
+        DomainState::Created as u32
+    );
+    oxl(&fake, &["unpause", "web"]).ok();
+    assert_eq!(
+        fake.state().doms[&1].info.state,
+        DomainState::Running as u32
+    );
+}
+
+#[test]
+fn create_follows_partial_loads() {
+    let cfg = setup("partial", "name = \"web\"\n", 70_000);
+    let fake = Fake::new();
+    fake.state().max_take = 30_000;
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    let loads: Vec<String> = fake
+        .actions()
+        .into_iter()
+        .filter(|a| a.starts_with("LOAD"))
+        .collect();
+    assert_eq!(
+        loads,
+        [
+            "LOAD 1 kernel @0 +65536/70000",
+            "LOAD 1 kernel @30000 +35536/70000",
+            "LOAD 1 kernel @60000 +5536/70000",
+            "LOAD 1 kernel @65536 +4464/70000",
+        ]
+    );
+    assert_eq!(fake.state().doms[&1].kernel.bytes, elf(70_000));
+}
+
+/// After a failed create: only dom0, all memory back, and the domain was destroyed.
+fn assert_rolled_back(fake: &Fake) {
+    let s = fake.state();
+    assert_eq!(s.doms.keys().copied().collect::<Vec<_>>(), [0]);
+    assert_eq!(s.free_kib, 256 * 1024);
+    assert!(s.calls.iter().any(|c| c == "DESTROY 1"), "{:?}", s.calls);
+}
+
+#[test]
+fn create_rolls_back_a_failed_load() {
+    let cfg = setup(
+        "rollback-load",
+        "name = \"web\"\nramdisk = \"k.elf\"\n",
+        100_000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::LOAD_IMAGE, Error::Inval));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        format!(
+            "create: loading kernel {} into domain 'web' (id 1): invalid argument; \
+             the domain was destroyed again, nothing is left behind",
+            cfg.with_file_name("k.elf").display()
+        )
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_rolls_back_a_failed_build() {
+    let cfg = setup("rollback-build", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::BUILD, Error::NoExec));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        format!(
+            "create: kernel {}: not a kernel Oxen can boot (an ELF64 x86-64 executable); \
+             the domain was destroyed again, nothing is left behind",
+            cfg.with_file_name("k.elf").display()
+        )
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_rolls_back_a_failed_start() {
+    let cfg = setup("rollback-start", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::UNPAUSE, Error::NoSpc));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        "create: cannot start domain 'web' (id 1): too many domains or vCPUs; \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+}
+
+#[test]
+fn create_says_when_the_rollback_fails() {
+    let cfg = setup("rollback-fails", "name = \"web\"\n", 1000);
+    let fake = Fake::new();
+    fake.state().fail.extend([
+        (domctl::BUILD, Error::Inval),
+        (domctl::DESTROY, Error::Busy),
+    ]);
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert_eq!(
+        err,
+        "create: cannot build domain 'web' (id 1): invalid argument; destroying the half-built domain failed too \
+         (cannot destroy domain 'web' (id 1): not possible in the domain's current state (it is created)): \
+         run 'oxl destroy 1'"
+    );
+    assert!(fake.state().doms.contains_key(&1));
+
+    // A domain that never finishes dying is reported too, after the bounded wait.
+    let fake = Fake::new();
+    fake.state().dying_for = Duration::from_secs(3600);
+    fake.state().fail.push((domctl::BUILD, Error::Inval));
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(
+        err.contains("is still dying 10 s after being destroyed"),
+        "{err}"
+    );
+    assert!(err.ends_with("run 'oxl destroy 1'"), "{err}");
+}
+
+#[test]
+fn create_errors_before_anything_is_created() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let cfg = setup("exists", "name = \"web\"\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: a domain named 'web' already exists (see 'oxl list'): change 'name', or 'oxl destroy web' first"
+    );
+    let cfg = setup("nomem", "name = \"big\"\nmemory = 300\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: domain 'big' needs 300 MiB but the hypervisor has 192 MiB free (see 'oxl info'): \
+         lower 'memory' or destroy a domain"
+    );
+    assert!(!fake
+        .state()
+        .calls
+        .iter()
+        .any(|c| c.starts_with("LOAD") || c.starts_with("DESTROY")));
+    assert_eq!(fake.state().doms.len(), 2);
+}
+
+#[test]
+fn create_checks_files_before_opening_the_device() {
+    let fake = Fake::new();
+    let no_device = |args: &[&str]| {
+        let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied())).unwrap();
+        let (mut out, mut note) = (Vec::new(), Vec::new());
+        let mut open = || -> Result<Box<dyn Hypervisor>, String> { panic!("opened the device") };
+        let mut keyboard = |_: Mode| -> Box<dyn Input> { panic!("took the keyboard") };
+        app::run(
+            &cli.cmd,
+            &mut Env {
+                out: &mut out,
+                note: &mut note,
+                open: &mut open,
+                keyboard: &mut keyboard,
+            },
+        )
+        .unwrap_err()
+        .0
+    };
+    let cfg = setup("checks", "name = \"web\"\nmemroy = 64\n", 100);
+    assert_eq!(
+        no_device(&["create", p(&cfg)]),
+        format!(
+            "create: {}:3: unknown key 'memroy' (did you mean 'memory'?)",
+            cfg.display()
+        )
+    );
+    let cfg = setup("checks", "name = \"web\"\nramdisk = \"nope.img\"\n", 100);
+    assert_eq!(
+        no_device(&["create", p(&cfg)]),
+        format!(
+            "create: {}: ramdisk {}: No such file or directory",
+            cfg.display(),
+            cfg.with_file_name("nope.img").display()
+        )
+    );
+    let cfg = setup("checks", "name = \"web\"\n", 100);
+    let mut bz = vec![0u8; 4096];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(cfg.with_file_name("k.elf"), bz).unwrap();
+    assert!(no_device(&["create", p(&cfg)]).ends_with(
+        "is a Linux bzImage; Oxen boots ELF64 kernels (for Linux: vmlinux, not vmlinuz)"
+    ));
+    std::fs::write(cfg.with_file_name("k.elf"), b"").unwrap();
+    assert!(no_device(&["create", p(&cfg)]).ends_with("k.elf is empty"));
+    // An image over IMAGE_MAX (sparse: no disk space used).
+    let f = std::fs::File::create(cfg.with_file_name("k.elf")).unwrap();
+    f.set_len(oxen_abi::IMAGE_MAX + 1).unwrap();
+    assert!(no_device(&["create", p(&cfg)])
+        .ends_with("is 65 MiB; the hypervisor takes images of at most 64 MiB"));
+    assert_eq!(
+        no_device(&["create", "/nonexistent/vm.cfg"]),
+        "create: cannot read the config file /nonexistent/vm.cfg: No such file or directory"
+    );
+    assert!(fake.state().calls.is_empty());
+}
+
+#[test]
+fn device_and_abi_problems_are_not_blamed_on_the_command() {
+    let cli = Cli::try_parse_from(["oxl", "list"]).unwrap();
+    let (mut out, mut note) = (Vec::new(), Vec::new());
+    let mut open = || -> Result<Box<dyn Hypervisor>, String> {
+        Err("cannot open /dev/oxen: Permission denied (run as root)".into())
+    };
+    let mut keyboard = |_: Mode| -> Box<dyn Input> { unreachable!() };
+    let r = app::run(
+        &cli.cmd,
+        &mut Env {
+            out: &mut out,
+            note: &mut note,
+            open: &mut open,
+            keyboard: &mut keyboard,
+        },
+    );
+    assert_eq!(
+        r.unwrap_err().0,
+        "cannot open /dev/oxen: Permission denied (run as root)"
+    );
+
+    let fake = Fake::new();
+    fake.state().version = 0x0002_0000;
+    assert_eq!(
+        oxl(&fake, &["list"]).err(),
+        format!(
+            "the hypervisor speaks ABI 2.0, this oxl ABI {}: use the oxl built with this hypervisor",
+            crate::show::abi(oxen_abi::ABI_VERSION)
+        )
+    );
+    // A newer minor is fine.
+    fake.state().version = oxen_abi::ABI_VERSION + 5;
+    oxl(&fake, &["list"]).ok();
+}
+
+#[test]
+fn a_hypervisor_without_domctl_says_so() {
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::LIST, Error::NoSys));
+    assert_eq!(
+        oxl(&fake, &["list"]).err(),
+        "list: cannot list the domains: no such hypercall \
+         (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"
+    );
+}
+
+#[test]
+fn list_prints_a_table_or_json() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Paused);
+    fake.state().doms.get_mut(&web).unwrap().info.cpu_time_ns = 2_500_000_000;
+    assert_eq!(
+        oxl(&fake, &["list"]).ok(),
+        "\
+Name        ID Mem(MiB) VCPUs         State    Time(s)
+Domain-0     0      256     1       running        0.0
+web          1       64     1        paused        2.5
+"
+    );
+    assert_eq!(
+        oxl(&fake, &["list", "web"]).ok(),
+        "Name    ID Mem(MiB) VCPUs         State    Time(s)\nweb      1       64     1        paused        2.5\n"
+    );
+    let json = oxl(&fake, &["list", "--json", "1", "0"]).ok().to_owned();
+    assert!(
+        json.starts_with("[\n  {\"id\": 1, \"name\": \"web\", \"state\": \"paused\""),
+        "{json}"
+    );
+    assert!(
+        json.contains("},\n  {\"id\": 0, \"name\": \"Domain-0\""),
+        "{json}"
+    );
+    assert_eq!(
+        oxl(&fake, &["list", "web", "db"]).err(),
+        "list: no domain 'db' (see 'oxl list')"
+    );
+}
+
+#[test]
+fn list_asks_again_when_there_are_many_domains() {
+    let fake = Fake::new();
+    fake.state().free_kib = 64 << 20;
+    for i in 0..40 {
+        fake.add(&format!("d{i}"), DomainState::Running);
+    }
+    let out = oxl(&fake, &["list"]).ok().to_owned();
+    assert_eq!(out.lines().count(), 42);
+    assert!(out.lines().last().unwrap().starts_with("d39 "), "{out}");
+    assert_eq!(
+        fake.state().calls.iter().filter(|c| *c == "LIST").count(),
+        2
+    );
+}
+
+#[test]
+fn info_describes_the_host() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let out = oxl(&fake, &["info"]).ok().to_owned();
+    assert!(out.contains("virt_caps              : AMD-V\n"), "{out}");
+    assert!(out.contains("nr_cpus                : 2\n"), "{out}");
+    assert!(out.contains("tsc_khz                : 2000000\n"), "{out}");
+    assert!(out.contains("total_memory           : 512\nfree_memory            : 192\nnr_domains             : 2\n"), "{out}");
+    let json = oxl(&fake, &["info", "--json"]).ok().to_owned();
+    assert!(
+        json.contains("\"total_kib\": 524288, \"free_kib\": 196608, \"domains\": 2}"),
+        "{json}"
+    );
+}
+
+#[test]
+fn pause_and_unpause() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    assert_eq!(oxl(&fake, &["pause", "web"]).ok(), "");
+    assert_eq!(
+        fake.state().doms[&web].info.state,
+        DomainState::Paused as u32
+    );
+    assert_eq!(
+        oxl(&fake, &["pause", "1"]).err(),
+        "pause: cannot pause domain 'web' (id 1): not possible in the domain's current state (it is paused)"
+    );
+    oxl(&fake, &["unpause", "1"]).ok();
+    assert_eq!(
+        fake.state().doms[&web].info.state,
+        DomainState::Running as u32
+    );
+    assert_eq!(
+        oxl(&fake, &["pause", "db"]).err(),
+        "pause: no domain 'db' (see 'oxl list')"
+    );
+    assert_eq!(
+        oxl(&fake, &["unpause", "7"]).err(),
+        "unpause: no domain with id 7 (see 'oxl list')"
+    );
+    assert_eq!(
+        oxl(&fake, &["pause", "Domain-0"]).err(),
+        "pause: refusing to pause domain 'Domain-0' (id 0): it is dom0, where oxl runs"
+    );
+    assert_eq!(fake.actions(), ["PAUSE 1", "PAUSE 1", "UNPAUSE 1"]);
+}
+
+#[test]
+fn destroy_waits_for_the_memory() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().dying_for = Duration::from_secs(2);
+    assert_eq!(oxl(&fake, &["destroy", "web"]).ok(), "");
+    let s = fake.state();
+    assert!(!s.doms.contains_key(&1));
+    assert_eq!(s.free_kib, 256 * 1024);
+    assert!(
+        s.now >= Duration::from_secs(2) && s.now < Duration::from_secs(3),
+        "{:?}",
+        s.now
+    );
+    drop(s);
+    assert_eq!(
+        oxl(&fake, &["destroy", "0"]).err(),
+        "destroy: refusing to destroy domain 'Domain-0' (id 0): it is dom0, where oxl runs"
+    );
+}
+
+#[test]
+fn destroy_gives_up_after_ten_seconds() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().dying_for = Duration::from_secs(3600);
+    assert_eq!(
+        oxl(&fake, &["destroy", "web"]).err(),
+        "destroy: domain 'web' (id 1) is still dying 10 s after being destroyed: its memory is not free yet \
+         (see 'oxl list'; the hypervisor log, 'oxl dmesg', may say why)"
+    );
+    let now = fake.state().now;
+    assert!(
+        now >= Duration::from_secs(10) && now < Duration::from_secs(11),
+        "{now:?}"
+    );
+}
+
+#[test]
+fn shutdown_and_reboot() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    // Without -w it returns at once, the domain still shutting down.
+    assert_eq!(oxl(&fake, &["shutdown", "web"]).ok(), "");
+    assert_eq!(
+        fake.state().doms[&web].info.state,
+        DomainState::ShuttingDown as u32
+    );
+    assert_eq!(fake.actions(), ["SHUTDOWN 1 0"]);
+
+    let db = fake.add("db", DomainState::Running);
+    let run = oxl(&fake, &["shutdown", "-w", "db"]);
+    assert_eq!(run.ok(), "Domain 'db' (id 2) has shut down and is gone.\n");
+    assert_eq!(run.note, "Waiting for domain 'db' (id 2) to shut down...\n");
+    assert!(!fake.state().doms.contains_key(&db));
+
+    let app = fake.add("app", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["reboot", "-w", "app"]).ok(),
+        "Domain 'app' (id 3) has restarted.\n"
+    );
+    assert_eq!(fake.state().doms[&app].info.restarts, 1);
+
+    fake.state().doms.get_mut(&app).unwrap().actions[0] = Action::Preserve;
+    assert_eq!(
+        oxl(&fake, &["shutdown", "-w", "app"]).ok(),
+        "Domain 'app' (id 3) has shut down and is kept (preserve): 'oxl destroy app' frees it.\n"
+    );
+    assert_eq!(
+        oxl(&fake, &["reboot", "app"]).err(),
+        "reboot: cannot reboot domain 'app' (id 3): not possible in the domain's current state (it is shutdown)"
+    );
+    assert_eq!(
+        oxl(&fake, &["shutdown", "0"]).err(),
+        "shutdown: refusing to shut down domain 'Domain-0' (id 0): it is dom0, where oxl runs"
+    );
+}
+
+#[test]
+fn shutdown_wait_is_bounded() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().shutdown_delay = Duration::from_secs(3600);
+    assert_eq!(
+        oxl(&fake, &["shutdown", "-w", "web"]).err(),
+        "shutdown: domain 'web' (id 1) is still shutting-down after 120 s ('oxl destroy web' ends it at once)"
+    );
+}
+
+#[test]
+fn console_shows_output_until_detached() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().doms.get_mut(&web).unwrap().console = b"boot\r\n".to_vec();
+    let f = fake.clone();
+    let run = oxl_keys(&fake, &["console", "web"], move |n| {
+        match n {
+            0 => f
+                .state()
+                .doms
+                .get_mut(&1)
+                .unwrap()
+                .console
+                .extend_from_slice(b"login: "),
+            1 => return b"ls\r".to_vec(),
+            _ => return vec![b'x', crate::ring::DETACH],
+        }
+        Vec::new()
+    });
+    assert_eq!(run.ok(), "boot\r\nlogin: ");
+    assert!(
+        run.note
+            .starts_with("Console of domain 'web' (id 1) (output only"),
+        "{}",
+        run.note
+    );
+    assert!(
+        run.note.ends_with("\nDetached from domain 'web' (id 1).\n"),
+        "{}",
+        run.note
+    );
+    let reads: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("CONSOLE"))
+        .cloned()
+        .collect();
+    assert_eq!(reads, ["CONSOLE 1 @0", "CONSOLE 1 @6", "CONSOLE 1 @13"]);
+}
+
+#[test]
+fn console_says_what_was_lost_and_when_the_domain_goes() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().ring = 8;
+    // Older history than the ring keeps is not a loss; falling behind is.
+    fake.state().doms.get_mut(&web).unwrap().console = b"0123456789".to_vec();
+    let f = fake.clone();
+    let run = oxl_keys(&fake, &["console", "web"], move |n| {
+        let mut s = f.state();
+        if n == 0 {
+            s.doms
+                .get_mut(&1)
+                .unwrap()
+                .console
+                .extend_from_slice(b"abcdefghijkl");
+        } else {
+            s.doms.remove(&1);
+        }
+        Vec::new()
+    });
+    assert_eq!(
+        run.ok(),
+        "23456789\r\n[oxl: 4 bytes of console output lost: the ring wrapped before oxl read them]\r\nefghijkl"
+    );
+    assert!(
+        run.note.ends_with("\nDomain 'web' (id 1) is gone.\n"),
+        "{}",
+        run.note
+    );
+}
+
+#[test]
+fn dmesg_prints_the_whole_log() {
+    let fake = Fake::new();
+    let log: Vec<u8> = (0..100_000u32)
+        .map(|i| b"(oxen) hello\n"[i as usize % 13])
+        .collect();
+    fake.state().dmesg = log.clone();
+    fake.state().ring = 1 << 20;
+    assert_eq!(oxl(&fake, &["dmesg"]).ok().as_bytes(), &log[..]);
+    assert_eq!(
+        fake.actions(),
+        ["DMESG @0", &format!("DMESG @{DOMCTL_BUF_MAX}")]
+    );
+}
+
+#[test]
+fn top_batch_frames() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let out = oxl(&fake, &["top", "-b", "-n", "2", "-d", "2"])
+        .ok()
+        .to_owned();
+    let frames: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    let header =
+        "NAME        ID         STATE   CPU(sec)  CPU(%) MEM(MiB) VCPUS        EXITS   EXITS/s";
+    assert_eq!(
+        frames[0],
+        format!(
+            "oxl top: 2 domains (2 running, 0 paused), 2 CPUs, TSC 2000 MHz, memory 512 MiB total, 192 MiB free\n\
+             {header}\n\
+             Domain-0     0       running          0       -      256     1            0         -\n\
+             web          1       running          0       -       64     1            0         -"
+        )
+    );
+    // Two seconds later: each 1-vCPU domain ran half the time, 10 exits a ms.
+    assert_eq!(
+        frames[1],
+        format!(
+            "oxl top: 2 domains (2 running, 0 paused), 2 CPUs, TSC 2000 MHz, memory 512 MiB total, 192 MiB free\n\
+             {header}\n\
+             Domain-0     0       running          1    50.0      256     1        20000     10000\n\
+             web          1       running          1    50.0       64     1        20000     10000\n"
+        )
+    );
+}
+
+#[test]
+fn top_interactive_quits_on_q() {
+    let fake = Fake::new();
+    let run = oxl_keys(&fake, &["top"], |n| {
+        if n == 1 {
+            b"q".to_vec()
+        } else {
+            Vec::new()
+        }
+    });
+    let out = run.ok();
+    assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2, "{out}");
+    assert!(out.contains("q quits; every 3.0 s"), "{out}");
+}
