@@ -9,6 +9,7 @@ use anyhow::Result;
 /// Builds every tool for the dom0 kernel `release` and returns the files to add.
 pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
     let _ = release;
-    let files = Vec::new();
+    let mut files = Vec::new();
+    files.extend(crate::guests::collect()?);
     Ok(files)
 }

@@ -8,6 +8,7 @@ mod cpio;
 mod dom0;
 mod dom0_tools;
 mod emu;
+mod guests;
 mod image;
 mod run;
 mod setup;
@@ -237,7 +238,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p xtask");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxen-guest-rt -p xtask");
         let ok = cargo()
             .args([
                 "test",
@@ -245,6 +246,8 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 "oxen-hypervisor",
                 "-p",
                 "oxen-abi",
+                "-p",
+                "oxen-guest-rt",
                 "-p",
                 "xtask",
             ])
