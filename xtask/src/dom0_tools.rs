@@ -36,5 +36,7 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         mode: 0o755,
         bytes: std::fs::read(&oxl).with_context(|| format!("reading {}", oxl.display()))?,
     });
+
+    files.extend(crate::guests::collect()?);
     Ok(files)
 }

@@ -8,6 +8,7 @@ mod cpio;
 mod dom0;
 mod dom0_tools;
 mod emu;
+mod guests;
 mod image;
 mod kmod;
 mod oxl;
@@ -239,7 +240,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p xtask");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p oxen-guest-rt -p xtask");
         let ok = cargo()
             .args([
                 "test",
@@ -249,6 +250,8 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 "oxen-abi",
                 "-p",
                 "oxl",
+                "-p",
+                "oxen-guest-rt",
                 "-p",
                 "xtask",
             ])

@@ -15,6 +15,22 @@
 //! so the tables end exactly at `memory_bytes`. A ramdisk goes just below
 //! `boot_area`, page aligned; the kernel loads at or above 1 MiB, below the
 //! ramdisk (or `boot_area` when there is none).
+//!
+//! The builder, in order:
+//! 1. `let layout = boot::plan(memory_bytes, ramdisk.len())?;`
+//! 2. `let kernel = elf::parse(image, layout.kernel_window())?;` then
+//!    `layout.check_kernel(&kernel)?;`
+//! 3. into the zeroed memory: each segment's `image[s.file_range()]` at
+//!    `s.paddr` (the rest of `memsz` stays zero), the ramdisk at
+//!    `layout.ramdisk`, `layout.page_table_image()` at `layout.page_tables`,
+//!    `gdt_image()` at `layout.gdt`, `layout.start_info(vcpus, &cmdline)?` (as
+//!    bytes, `oxen_abi::Pod`) at `layout.start_info`;
+//! 4. vCPU 0: `EntryMode::Linux64 { cr3: layout.page_tables, gdt_base:
+//!    layout.gdt, gdt_limit: GDT_LIMIT }`, RIP = `kernel.entry`, RSP =
+//!    `layout.stack_top`, RDI = `layout.start_info`.
+//!
+//! `ElfError` and the `Kernel*` errors mean the image cannot be booted
+//! (`-ENOEXEC`); the others that the domain's size or ramdisk are wrong.
 
 use super::elf::Kernel;
 use crate::dom0::layout::{identity_map, identity_map_bytes, GDT_ENTRIES};
