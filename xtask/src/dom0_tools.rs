@@ -38,5 +38,22 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
     });
 
     files.extend(crate::guests::collect()?);
+
+    // The shell scripts system tests run in dom0 (dom0-bootstrap/tests/).
+    let dir = crate::util::repo_root().join("dom0-bootstrap/tests");
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .collect();
+    scripts.sort();
+    for path in scripts {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        files.push(ExtraFile {
+            dest: format!("usr/lib/oxen/tests/{name}"),
+            mode: 0o755,
+            bytes: std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        });
+    }
     Ok(files)
 }

@@ -74,7 +74,7 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
         }
         Cmd::Reboot { wait, domain } => cmd_shutdown(env, domain, ShutdownReason::Reboot, *wait),
         Cmd::Destroy { domain } => cmd_destroy(env, domain),
-        Cmd::Console { domain } => cmd_console(env, domain),
+        Cmd::Console { domain, dump } => cmd_console(env, domain, *dump),
         Cmd::Dmesg { follow } => cmd_dmesg(env, *follow),
         Cmd::Top {
             batch,
@@ -232,9 +232,13 @@ fn cmd_destroy(env: &mut Env, dom: &str) -> Result {
     Ok(())
 }
 
-fn cmd_console(env: &mut Env, dom: &str) -> Result {
+fn cmd_console(env: &mut Env, dom: &str, dump: bool) -> Result {
     let mut hv = connect(env)?;
     let d = find(&mut *hv, dom)?;
+    if dump {
+        ring::console_dump(&mut *hv, &d, env.out)?;
+        return Ok(());
+    }
     attach(env, &mut *hv, &d)
 }
 

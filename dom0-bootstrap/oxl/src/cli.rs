@@ -82,6 +82,10 @@ pub enum Cmd {
     },
     /// Show a domain's console output as it comes (Ctrl-] detaches).
     Console {
+        /// Print what the console ring holds now and exit, without attaching
+        /// (for scripts: no terminal needed).
+        #[arg(short, long)]
+        dump: bool,
         #[arg(value_name = "DOM")]
         domain: String,
     },

@@ -79,6 +79,21 @@ pub fn console(
     }
 }
 
+/// Copies what a domain's console ring holds now to `out` (`console --dump`).
+pub fn console_dump(hv: &mut dyn Hypervisor, d: &DomainInfo, out: &mut dyn Write) -> Result<(), String> {
+    let mut offset = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let c = hv::ring_read(hv, domctl::CONSOLE_READ, d.domid, offset, &mut buf)
+            .map_err(|e| dom_failed(d, "read the console of", e))?;
+        out.write_all(&buf[..c.len]).map_err(write_failed)?;
+        offset = c.next;
+        if c.len < buf.len() {
+            return out.flush().map_err(write_failed);
+        }
+    }
+}
+
 /// Prints the hypervisor's log; with `follow`, keeps printing what is added.
 pub fn dmesg(hv: &mut dyn Hypervisor, follow: bool, out: &mut dyn Write) -> Result<(), String> {
     let mut offset = 0;

@@ -598,6 +598,16 @@ fn shutdown_wait_is_bounded() {
 }
 
 #[test]
+fn console_dump_prints_the_ring_and_exits() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().doms.get_mut(&web).unwrap().console = b"tick 1\ntick 2\n".to_vec();
+    let run = oxl(&fake, &["console", "--dump", "web"]);
+    assert_eq!(run.ok(), "tick 1\ntick 2\n");
+    assert_eq!(oxl(&fake, &["console", "-d", "nosuch"]).err(), "console: no domain 'nosuch' (see 'oxl list')");
+}
+
+#[test]
 fn console_shows_output_until_detached() {
     let fake = Fake::new();
     let web = fake.add("web", DomainState::Running);

@@ -73,7 +73,9 @@ pub fn tick(config: Config) -> ! {
             if now >= deadline {
                 break;
             }
-            hypercall::block(time::ticks_to_ns(deadline - now));
+            // At least 1 ns: BLOCK(0) means "until woken", which a few TSC
+            // ticks short of the deadline would round down to.
+            hypercall::block(time::ticks_to_ns(deadline - now).max(1));
             if ignoring && rdtsc() < deadline {
                 // BLOCK may return at once while a request is pending: give the
                 // CPU away rather than spin on it.
