@@ -13,6 +13,7 @@ bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
 # check NAME WHY-IF-NOT COMMAND...
 check() { name=$1; why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
 # wait_for SECONDS COMMAND...: true as soon as COMMAND is, false after SECONDS.
+# Its arguments are expanded once: what it polls must be a function.
 wait_for() { t=$1; shift; while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 1; t=$((t - 1)); done; "$@"; }
 
 free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
@@ -23,6 +24,7 @@ gone() { ! exists "$1"; }
 last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
 ticked_past() { t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "$2" ]; }
 boots() { oxl console --dump "$1" | grep -c "minimal: domain .* up,"; }
+boots_at_least() { [ "$(boots "$1")" -ge "$2" ]; }
 
 free0=$(free_kib)
 echo "lifecycle: free memory at start: $free0 KiB"
@@ -55,7 +57,7 @@ check "unpause resumes" "still at tick $b" wait_for 20 ticked_past minimal-2 "$b
 id3=$(field minimal-3 2)
 check "reboot -w" "oxl reboot failed" oxl reboot -w minimal-3
 check "reboot keeps the ID" "was $id3, now $(field minimal-3 2)" [ "$(field minimal-3 2)" = "$id3" ]
-check "reboot boots it again" "$(boots minimal-3) boot banners" wait_for 20 [ "$(boots minimal-3)" -ge 2 ]
+check "reboot boots it again" "$(boots minimal-3) boot banners" wait_for 20 boots_at_least minimal-3 2
 check "rebooted guest said so" "no 'rebooting' line" sh -c 'oxl console --dump minimal-3 | grep -q "minimal: rebooting"'
 check "rebooted guest ticks" "no tick after the reboot" \
     wait_for 30 sh -c 'oxl console --dump minimal-3 | sed -n "/minimal: rebooting/,\$p" | grep -q "minimal: tick"'
