@@ -137,6 +137,27 @@ impl AnyVcpu {
         })
     }
 
+    /// After its last run on this CPU for now: lets another CPU run it next
+    /// (VMX: VMCLEAR; nothing to do for a VMCB).
+    pub fn release(&mut self) {
+        if let AnyVcpu::Vmx(v) = self {
+            v.release();
+        }
+    }
+
+    /// Before running it on the calling CPU, if another CPU ran it last (and
+    /// released it): loads it here and flushes what this CPU may have cached
+    /// under its TLB tag.
+    pub fn adopt(&mut self) -> Result<(), &'static str> {
+        match self {
+            AnyVcpu::Vmx(v) => v.adopt(),
+            AnyVcpu::Svm(v) => {
+                v.adopt();
+                Ok(())
+            }
+        }
+    }
+
     /// Highest TLB tag (VPID / ASID) a vCPU may use.
     pub fn max_tag() -> u16 {
         match backend() {

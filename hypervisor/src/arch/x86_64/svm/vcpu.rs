@@ -35,6 +35,8 @@ pub struct SvmVcpu {
     gprs: GuestGprs,
     /// Guest RIP after the instruction behind the last exit, if it was one.
     next_rip: Option<u64>,
+    /// The CPU it last ran on (`u32::MAX`: none yet).
+    cpu: u32,
 }
 
 impl SvmVcpu {
@@ -71,7 +73,7 @@ impl SvmVcpu {
             core::ptr::write_bytes(iopm.as_ptr::<u8>(), 0xff, IOPM_PAGES * 4096);
             core::ptr::write_bytes(msrpm.as_ptr::<u8>(), 0xff, MSRPM_PAGES * 4096);
         }
-        let mut v = SvmVcpu { vmcb, iopm, msrpm, gprs: GuestGprs::default(), next_rip: None };
+        let mut v = SvmVcpu { vmcb, iopm, msrpm, gprs: GuestGprs::default(), next_rip: None, cpu: crate::arch::x86_64::cpu_id() };
         let c = &mut v.vmcb_mut().control;
         c.intercept1 = i1::INTR | i1::NMI | i1::SMI | i1::INIT | i1::CPUID | i1::INVD | i1::HLT | i1::INVLPGA
             | i1::IOIO_PROT | i1::MSR_PROT | i1::TASK_SWITCH | i1::SHUTDOWN;
@@ -177,6 +179,22 @@ const SWITCHED_MSRS: [u32; 10] = [
 /// Valid PAT memory types: UC, WC, WT, WP, WB, UC- (SDM Vol. 3 §13.12.2).
 fn pat_valid(pat: u64) -> bool {
     pat.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+}
+
+impl SvmVcpu {
+    /// Makes the vCPU runnable on the calling CPU. A VMCB is not tied to a CPU,
+    /// but this CPU's TLB may hold translations tagged with the vCPU's ASID from
+    /// an earlier user: flush them at the next VMRUN, and drop the VMCB clean
+    /// bits (they describe what *this* CPU cached).
+    pub fn adopt(&mut self) {
+        let here = crate::arch::x86_64::cpu_id();
+        if self.cpu != here {
+            self.cpu = here;
+            let c = &mut self.vmcb_mut().control;
+            c.tlb_control = vmcb::TLB_CONTROL_FLUSH_ALL;
+            c.clean_bits = 0;
+        }
+    }
 }
 
 impl Drop for SvmVcpu {

@@ -188,6 +188,9 @@ pub struct VmxVcpu {
     /// code wants an interrupt-window exit.
     proc_controls: u32,
     interrupt_window: bool,
+    /// Its EPT pointer and VPID, for the flushes when it moves to a CPU.
+    eptp: u64,
+    vpid: u16,
 }
 
 impl VmxVcpu {
@@ -235,6 +238,8 @@ impl VmxVcpu {
             pin_controls: caps.pin,
             proc_controls: caps.proc,
             interrupt_window: false,
+            eptp: ept_pointer(ept_root),
+            vpid,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -288,30 +293,8 @@ impl VmxVcpu {
             (write_nat, $field:ident) => { FieldNat::$field };
         }
 
-        // Host state, loaded at every VM exit (SDM Vol. 3C §25.5, checked per §27.2.3).
-        let h = HostState::current();
-        w!(write_nat, HostCr0, h.cr0);
-        w!(write_nat, HostCr3, h.cr3);
-        w!(write_nat, HostCr4, h.cr4);
-        w!(write16, HostCsSelector, h.cs);
-        w!(write16, HostSsSelector, h.ss);
-        w!(write16, HostDsSelector, h.ds);
-        w!(write16, HostEsSelector, h.es);
-        w!(write16, HostFsSelector, h.fs);
-        w!(write16, HostGsSelector, h.gs);
-        w!(write16, HostTrSelector, h.tr);
-        w!(write_nat, HostFsBase, h.fs_base);
-        w!(write_nat, HostGsBase, h.gs_base);
-        w!(write_nat, HostTrBase, h.tr_base);
-        w!(write_nat, HostGdtrBase, h.gdtr_base);
-        w!(write_nat, HostIdtrBase, h.idtr_base);
-        // The hypervisor never uses SYSENTER.
-        w!(write32, HostSysenterCs, 0);
-        w!(write_nat, HostSysenterEsp, 0);
-        w!(write_nat, HostSysenterEip, 0);
-        w!(write64, HostIa32Pat, h.pat);
-        w!(write64, HostIa32Efer, h.efer);
-        w!(write_nat, HostRip, oxen_vmx_exit as *const () as u64);
+        // SAFETY: the caller made the VMCS current.
+        unsafe { Self::write_host_state() }?;
 
         // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
         // Long-mode entries: (CR3, CS, data selectors, GDT base and limit).
@@ -572,6 +555,95 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// Writes the host-state fields: this CPU's, so they are written again
+    /// when the vCPU moves to another CPU (`adopt`).
+    ///
+    /// # Safety
+    /// This vCPU's VMCS must be current.
+    unsafe fn write_host_state() -> Result<(), (&'static str, VmxError)> {
+        macro_rules! w {
+            ($f:ident, $field:ident, $v:expr) => {
+                // SAFETY: the caller made the VMCS current; the values are this
+                // CPU's own (SDM Vol. 3C §27.2.3).
+                unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
+            };
+        }
+        macro_rules! vmcs_field {
+            (write16, $field:ident) => { Field16::$field };
+            (write32, $field:ident) => { Field32::$field };
+            (write64, $field:ident) => { Field64::$field };
+            (write_nat, $field:ident) => { FieldNat::$field };
+        }
+        // Host state, loaded at every VM exit (SDM Vol. 3C §25.5, checked per §27.2.3).
+        let h = HostState::current();
+        w!(write_nat, HostCr0, h.cr0);
+        w!(write_nat, HostCr3, h.cr3);
+        w!(write_nat, HostCr4, h.cr4);
+        w!(write16, HostCsSelector, h.cs);
+        w!(write16, HostSsSelector, h.ss);
+        w!(write16, HostDsSelector, h.ds);
+        w!(write16, HostEsSelector, h.es);
+        w!(write16, HostFsSelector, h.fs);
+        w!(write16, HostGsSelector, h.gs);
+        w!(write16, HostTrSelector, h.tr);
+        w!(write_nat, HostFsBase, h.fs_base);
+        w!(write_nat, HostGsBase, h.gs_base);
+        w!(write_nat, HostTrBase, h.tr_base);
+        w!(write_nat, HostGdtrBase, h.gdtr_base);
+        w!(write_nat, HostIdtrBase, h.idtr_base);
+        // The hypervisor never uses SYSENTER.
+        w!(write32, HostSysenterCs, 0);
+        w!(write_nat, HostSysenterEsp, 0);
+        w!(write_nat, HostSysenterEip, 0);
+        w!(write64, HostIa32Pat, h.pat);
+        w!(write64, HostIa32Efer, h.efer);
+        w!(write_nat, HostRip, oxen_vmx_exit as *const () as u64);
+        Ok(())
+    }
+
+    /// Lets another CPU run this vCPU next: VMCLEAR writes the VMCS back to
+    /// memory and leaves it launchable anywhere (SDM Vol. 3C §25.11.3). Call
+    /// on the CPU that last ran it.
+    pub fn release(&mut self) {
+        if cpu_id() != self.cpu {
+            return;
+        }
+        let vmcs = self.vmcs();
+        // SAFETY: our VMCS, on the CPU whose cache may hold it.
+        if let Err(e) = unsafe { vmcs::vmclear(vmcs) } {
+            log::error!("cpu{}: VMCLEAR on release failed: {e}", self.cpu);
+            return;
+        }
+        if let Ok(cpu) = super::this_cpu() {
+            let _ = cpu.current_vmcs.compare_exchange(vmcs, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.launched = false;
+        self.cpu = u32::MAX;
+    }
+
+    /// Makes this (released) vCPU runnable on the calling CPU: loads its VMCS
+    /// here, writes this CPU's host state and flushes the guest's cached
+    /// translations, which this CPU may hold from an earlier user of its
+    /// VPID/EPT root.
+    pub fn adopt(&mut self) -> Result<(), &'static str> {
+        if self.cpu == cpu_id() {
+            return Ok(());
+        }
+        if self.cpu != u32::MAX {
+            return Err("vCPU not released by the CPU that ran it");
+        }
+        self.cpu = cpu_id();
+        self.make_current().map_err(|_| "cannot load the VMCS")?;
+        // SAFETY: the VMCS is current (above).
+        unsafe { Self::write_host_state() }.map_err(|_| "cannot write the host state")?;
+        let caps = super::caps()?;
+        let (eptp, vpid) = (self.eptp, self.vpid);
+        let ept_flush = if caps.invept_single_context() { vmcs::InveptType::SingleContext } else { vmcs::InveptType::AllContexts };
+        let vpid_flush =
+            if caps.invvpid_single_context() { vmcs::InvvpidType::SingleContext } else { vmcs::InvvpidType::AllContexts };
+        vmcs::invept(ept_flush, eptp).and_then(|()| vmcs::invvpid(vpid_flush, vpid)).map_err(|_| "INVEPT/INVVPID")
+    }
+
     /// Makes this vCPU's VMCS the current one on this CPU (another vCPU's may
     /// have been loaded since), so VMREAD/VMWRITE reach it.
     fn make_current(&self) -> Result<(), (&'static str, VmxError)> {
@@ -776,6 +848,11 @@ unsafe fn tss_base(gdt: u64, selector: u16) -> u64 {
 
 impl Drop for VmxVcpu {
     fn drop(&mut self) {
+        if self.cpu == u32::MAX {
+            // Released: already VMCLEARed, in no CPU's cache.
+            mem::free_frames(self.frames, FRAMES);
+            return;
+        }
         if cpu_id() != self.cpu {
             // VMCLEAR elsewhere would leave a stale copy in the owner's VMCS cache:
             // leak the frames rather than let them be reused under it.
