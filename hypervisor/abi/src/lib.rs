@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0001;
+pub const ABI_VERSION: u32 = 0x0001_0002;
 
 pub const fn abi_major(v: u32) -> u16 {
     (v >> 16) as u16
@@ -199,6 +199,77 @@ pub mod domctl {
     pub const DMESG: u64 = 11;
     /// No arg; buffer receives one `PhysInfo`.
     pub const PHYS_INFO: u64 = 12;
+    /// Arg `SchedCredit` (in/out): sets the domain's credit-scheduler weight
+    /// and/or cap as its `flags` say, then returns both in the argument. (1.2)
+    pub const SCHED_CREDIT: u64 = 13;
+    /// Arg `VcpuAffinity`: pins a vCPU to the pCPUs of `cpus` (bit n = pCPU n;
+    /// the online pCPUs' mask means no pinning). (1.2)
+    pub const VCPU_AFFINITY: u64 = 14;
+    /// Arg `DomainRef` (domid `ALL_DOMAINS` for every domain); buffer receives
+    /// `VcpuInfo`s. Returns how many vCPUs there are (more than fit if short). (1.2)
+    pub const VCPU_LIST: u64 = 15;
+}
+
+/// `DomainRef::domid` meaning every domain (`domctl::VCPU_LIST`).
+pub const ALL_DOMAINS: u32 = u32::MAX;
+
+/// Credit-scheduler limits and defaults (Xen's).
+pub const DEFAULT_WEIGHT: u32 = 256;
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// `domctl::SCHED_CREDIT`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct SchedCredit {
+    pub domid: u32,
+    /// `sched_flags`: which of the two to set (0: only read them).
+    pub flags: u32,
+    /// 1..=`MAX_WEIGHT`; a domain gets CPU time in proportion to its weight.
+    pub weight: u32,
+    /// Percent of one pCPU the domain may use at most; 0 = no cap. At most
+    /// 100 x the number of pCPUs.
+    pub cap: u32,
+}
+
+pub mod sched_flags {
+    pub const SET_WEIGHT: u32 = 1 << 0;
+    pub const SET_CAP: u32 = 1 << 1;
+}
+
+/// `domctl::VCPU_AFFINITY`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct VcpuAffinity {
+    pub domid: u32,
+    pub vcpu: u32,
+    /// Bit n: the vCPU may run on pCPU n. Must name at least one online pCPU.
+    pub cpus: u64,
+}
+
+/// One vCPU, as `domctl::VCPU_LIST` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct VcpuInfo {
+    pub domid: u32,
+    pub vcpu: u32,
+    /// The pCPU it runs on, or ran on last.
+    pub cpu: u32,
+    /// A `vcpu_state`.
+    pub state: u32,
+    pub affinity: u64,
+    pub cpu_time_ns: u64,
+}
+
+pub mod vcpu_state {
+    pub const RUNNING: u32 = 0;
+    /// Ready, waiting for a pCPU.
+    pub const RUNNABLE: u32 = 1;
+    /// Halted or sleeping until an event.
+    pub const BLOCKED: u32 = 2;
+    /// Its domain is paused (or it used up its cap for now).
+    pub const PAUSED: u32 = 3;
+    /// Not started (vCPUs other than 0 of a domU, for now).
+    pub const OFFLINE: u32 = 4;
 }
 
 /// `domctl::CREATE`'s argument.
@@ -506,6 +577,9 @@ pod! {
     PhysInfo = 40,
     StartInfo = 304,
     HypercallIoctl = 56,
+    SchedCredit = 16,
+    VcpuAffinity = 16,
+    VcpuInfo = 32,
 }
 
 #[cfg(test)]
