@@ -7,6 +7,7 @@
 //! - `bench`: run the built-in benchmarks, then halt.
 //! - `dom0_mem=SIZE[K|M|G]`: RAM for dom0 (default: half of what is free).
 //! - `dom0_max_vcpus=N`: dom0's vCPUs (default 1).
+//! - `sched_slice_ms=N`: the credit scheduler's time slice (1..=1000, default 30).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -29,11 +30,12 @@ pub struct Options {
     pub debug_exit: Option<u16>,
     pub dom0_mem: Option<u64>,
     pub dom0_max_vcpus: u32,
+    pub sched_slice_ms: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1 }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None }
     }
 }
 
@@ -96,6 +98,10 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
             ("dom0_mem", Some(v)) => match parse_size(v) {
                 Some(bytes) => o.dom0_mem = Some(bytes),
                 None => bad(BadOption { word, why: "dom0_mem takes a size such as 512M or 2G" }),
+            },
+            ("sched_slice_ms", Some(v)) => match v.parse::<u64>() {
+                Ok(n @ 1..=1000) => o.sched_slice_ms = Some(n),
+                _ => bad(BadOption { word, why: "sched_slice_ms takes a number of milliseconds from 1 to 1000" }),
             },
             ("dom0_max_vcpus", Some(v)) => match v.parse::<u32>() {
                 Ok(n @ 1..=64) => o.dom0_max_vcpus = n,

@@ -187,6 +187,7 @@ pub fn boot(info: &BootInfo) -> ! {
     }
     // The nested tables stay as long as dom0, for good (never `destroy`ed).
     let _ = tables;
+    sched::init(info.options.sched_slice_ms);
     run(vcpu, gm, ram_map)
 }
 
@@ -416,8 +417,9 @@ fn debug_key(key: u8, env: &Dom0Env, tally: &ExitTally, exits: u64) {
         }
         b'c' => {
             for cpu in 0..smp::cpu_count() {
-                let n = sched::queued(cpu) + usize::from(cpu == crate::arch::x86_64::cpu_id());
-                info!("console: cpu{cpu}: {n} vCPU(s) in its run queue{}", if cpu == 0 { " (dom0's)" } else { "" });
+                let (watched, busy) = sched::cpu_summary(cpu);
+                let busy = busy || cpu == crate::arch::x86_64::cpu_id();
+                info!("console: cpu{cpu}: {}, watching {watched} blocked vCPU(s)", if busy { "running a vCPU" } else { "idle" });
             }
         }
         b'e' => tally.log("console"),
@@ -599,7 +601,10 @@ impl Runnable for Dom0Vcpu {
                 continue;
             }
             match exit::handle(&mut self.vcpu, exit, &mut self.env) {
-                Outcome::Continue | Outcome::Preempted => {}
+                Outcome::Continue => {}
+                // A physical interrupt (the timer, a kick, a device): back to
+                // the scheduler, which may have another vCPU to run here.
+                Outcome::Preempted => break,
                 Outcome::Halted => self.halted = true,
                 Outcome::Yield | Outcome::Block { .. } => break,
                 other => {

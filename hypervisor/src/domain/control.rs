@@ -15,7 +15,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use log::{info, warn};
-use oxen_abi::{image_kind, request, Action, DomainInfo, Error, PhysInfo, Pod, ShutdownReason, ABI_VERSION};
+use crate::sched::credit::{CpuMask, VcpuId};
+use oxen_abi::{image_kind, request, Action, DomainInfo, Error, PhysInfo, Pod, ShutdownReason, VcpuInfo, ABI_VERSION};
 use spin::Mutex;
 
 const MIB: u64 = 1 << 20;
@@ -70,6 +71,8 @@ pub struct Resources {
     /// A console line not yet printed on the serial line.
     line: Vec<u8>,
     pub home_cpu: u32,
+    /// vCPU 0's pCPU affinity until it starts (then the scheduler keeps it).
+    pub affinity: u64,
     pub tag: u16,
     refusals: u64,
 }
@@ -86,6 +89,7 @@ impl Resources {
             cmdline: String::new(),
             line: Vec::new(),
             home_cpu: 0,
+            affinity: u64::MAX,
             tag: 0,
             refusals: 0,
         }
@@ -142,6 +146,9 @@ pub fn register_dom0(ram: GuestMemory, vcpus: u32) {
     let mut res = Resources::new(ram);
     res.tag = 1;
     DOMAINS.lock().add_dom0(kib, vcpus, res);
+    if let Err(e) = sched::add_domain(DOM0, oxen_abi::DEFAULT_WEIGHT, 0) {
+        crate::start::fatal(format_args!("dom0: cannot add it to the scheduler: {e:?}"));
+    }
 }
 
 /// A guest's RAM as hypercalls may touch it: through its own memory map only.
@@ -243,18 +250,21 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     let cpu = sched::pick_cpu();
                     d.res.home_cpu = cpu;
                     let v = super::domu::DomUVcpu::new(d)?;
-                    info!("d{id} ({}): started on cpu{cpu}", d.name);
+                    let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
+                    info!("d{id} ({}): started (vCPU 0 first on cpu{cpu})", d.name);
                     drop(t);
-                    sched::enqueue(cpu, alloc::boxed::Box::new(v));
+                    sched::add_vcpu(VcpuId { dom: id, vcpu: 0 }, affinity, cpu, alloc::boxed::Box::new(v))?;
                 }
-                _ => kick(&t, id),
+                _ => {
+                    drop(t);
+                    nudge(id);
+                }
             }
             Ok(0)
         }
         Command::Pause(id) => {
-            let mut t = DOMAINS.lock();
-            t.pause(*id)?;
-            kick(&t, *id);
+            DOMAINS.lock().pause(*id)?;
+            nudge(*id);
             Ok(0)
         }
         Command::Shutdown { domid, reason } => {
@@ -262,7 +272,8 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             t.request_shutdown(*domid, *reason, sched::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
             let d = t.get(*domid).ok_or(Error::NoEnt)?;
             info!("d{domid} ({}): asked to {}", d.name, if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
-            kick(&t, *domid);
+            drop(t);
+            nudge(*domid);
             Ok(0)
         }
         Command::Destroy(id) => {
@@ -275,7 +286,8 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 }
                 None => {
                     info!("d{id}: destroying");
-                    kick(&t, *id);
+                    drop(t);
+                    nudge(*id);
                 }
             }
             Ok(0)
@@ -306,6 +318,88 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             (r.next, r.lost) = (got.next, got.lost);
             Ok(got.copied as u64)
         }
+        Command::SchedCredit(c) => {
+            let t = DOMAINS.lock();
+            let d = t.get(c.domid).ok_or(Error::NoEnt)?;
+            if matches!(d.state, oxen_abi::DomainState::Dying) {
+                return Err(Error::Busy);
+            }
+            drop(t);
+            let (mut weight, mut cap) = sched::params(c.domid).ok_or(Error::NoEnt)?;
+            if c.flags & oxen_abi::sched_flags::SET_WEIGHT != 0 {
+                weight = c.weight;
+            }
+            if c.flags & oxen_abi::sched_flags::SET_CAP != 0 {
+                if c.cap > 100 * crate::arch::x86_64::smp::cpu_count() {
+                    return Err(Error::Inval);
+                }
+                cap = c.cap;
+            }
+            if c.flags != 0 {
+                sched::set_params(c.domid, weight, cap)?;
+                info!("d{}: weight {weight}, cap {cap}%", c.domid);
+            }
+            (c.weight, c.cap) = (weight, cap);
+            Ok(0)
+        }
+        Command::VcpuAffinity { domid, vcpu, cpus } => {
+            let mut t = DOMAINS.lock();
+            let d = t.get_mut(*domid).ok_or(Error::NoEnt)?;
+            if *vcpu >= d.vcpus {
+                return Err(Error::Inval);
+            }
+            if CpuMask(*cpus).and(sched::all_cpus()).is_empty() {
+                return Err(Error::Inval);
+            }
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            let started = d.live_vcpus > 0;
+            if *vcpu == 0 {
+                d.res.affinity = *cpus;
+            }
+            drop(t);
+            if started && *vcpu == 0 {
+                sched::set_affinity(VcpuId { dom: *domid, vcpu: 0 }, CpuMask(*cpus))?;
+            }
+            info!("d{domid}: vCPU {vcpu} may run on pCPUs {cpus:#x}");
+            Ok(0)
+        }
+        Command::VcpuList(which) => {
+            let size = core::mem::size_of::<VcpuInfo>();
+            let doms: Vec<(u32, u32, u64)> = DOMAINS
+                .lock()
+                .iter()
+                .filter(|d| *which == oxen_abi::ALL_DOMAINS || d.id == *which)
+                .map(|d| (d.id, d.vcpus, d.res.affinity))
+                .collect();
+            if doms.is_empty() {
+                return Err(Error::NoEnt);
+            }
+            let mut n = 0usize;
+            for (dom, vcpus, affinity) in doms {
+                for vcpu in 0..vcpus {
+                    let info = match sched::vcpu_info(VcpuId { dom, vcpu }) {
+                        Some((cpu, state, affinity, time)) => {
+                            VcpuInfo { domid: dom, vcpu, cpu, state, affinity, cpu_time_ns: time }
+                        }
+                        None => VcpuInfo {
+                            domid: dom,
+                            vcpu,
+                            cpu: 0,
+                            state: oxen_abi::vcpu_state::OFFLINE,
+                            affinity: affinity & sched::all_cpus().0,
+                            cpu_time_ns: 0,
+                        },
+                    };
+                    if let Some(out) = buf.chunks_exact_mut(size).nth(n) {
+                        out.copy_from_slice(info.as_bytes());
+                    }
+                    n += 1;
+                }
+            }
+            Ok(n as u64)
+        }
         Command::PhysInfo => {
             let info = PhysInfo {
                 abi_version: ABI_VERSION,
@@ -325,10 +419,9 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
     }
 }
 
-fn kick(t: &Table<Resources>, id: u32) {
-    if let Some(d) = t.get(id) {
-        crate::arch::x86_64::smp::kick(d.res.home_cpu);
-    }
+/// Makes the CPU holding the domain's vCPU look at it again.
+fn nudge(id: u32) {
+    sched::nudge(VcpuId { dom: id, vcpu: 0 });
 }
 
 fn create(cfg: &Config) -> Result<u64, Error> {
@@ -367,6 +460,13 @@ fn create(cfg: &Config) -> Result<u64, Error> {
     }
     // Cannot fail: `can_create` held under the same lock.
     let id = t.create(cfg, res)?;
+    drop(t);
+    if let Err(e) = sched::add_domain(id, oxen_abi::DEFAULT_WEIGHT, 0) {
+        if let Ok(Some(d)) = DOMAINS.lock().destroy(id) {
+            d.res.free();
+        }
+        return Err(e);
+    }
     info!("d{id} ({}): created, {} MiB, {} vCPU(s)", cfg.name, want / MIB, cfg.vcpus);
     Ok(id.into())
 }
@@ -425,6 +525,7 @@ fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
 
 /// Frees a domain that left the table.
 pub fn release(d: Domain<Resources>) {
+    sched::remove_domain(d.id);
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);
     d.res.free();
 }
@@ -441,7 +542,8 @@ pub fn end(domid: u32, reason: ShutdownReason, why: &str) {
                 Action::Preserve => "keeping it (preserve)",
             };
             info!("d{domid} ({name}): {why}: {what}");
-            kick(&t, domid);
+            drop(t);
+            nudge(domid);
         }
         Err(e) => warn!("d{domid} ({name}): {why}, but it cannot end now: {e:?}"),
     }

@@ -122,11 +122,13 @@ impl Runnable for DomUVcpu {
             exits += 1;
             let outcome = exit::handle(vcpu, exit, &mut env);
             match outcome {
-                Outcome::Continue | Outcome::Preempted => {
+                Outcome::Continue => {
                     if now_ns() >= until {
                         break;
                     }
                 }
+                // The timer (slice end) or a kick: back to the scheduler.
+                Outcome::Preempted => break,
                 Outcome::Yield => break,
                 Outcome::Block { timeout_ns } => {
                     blocked = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
@@ -168,6 +170,22 @@ impl Runnable for DomUVcpu {
         if let Some(d) = DOMAINS.lock().get_mut(domid) {
             d.cpu_time_ns += ran;
             d.exits += exits;
+            d.res.home_cpu = crate::arch::x86_64::cpu_id();
+        }
+    }
+
+    fn adopt(&mut self) {
+        if let Some(v) = self.vcpu.as_mut() {
+            if let Err(e) = v.adopt() {
+                warn!("d{} ({}): cannot move its vCPU here: {e}", self.domid, self.name);
+                control::end(self.domid, ShutdownReason::Crash, "its vCPU could not move");
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(v) = self.vcpu.as_mut() {
+            v.release();
         }
     }
 }

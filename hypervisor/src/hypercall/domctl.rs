@@ -5,8 +5,9 @@ use crate::domain::table::Config;
 use alloc::string::{String, ToString};
 use core::mem::size_of;
 use oxen_abi::{
-    c_str, domctl, image_kind, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error, LoadImage,
-    PhysInfo, Pod, RingRead, ShutdownDomain, ShutdownReason, IMAGE_MAX, MAX_VCPUS, MIN_MEMORY_MIB,
+    c_str, domctl, image_kind, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
+    LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, IMAGE_MAX,
+    MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
 
 /// Largest domU, in MiB (the pool's size is the practical limit).
@@ -27,6 +28,11 @@ pub enum Command {
     ConsoleRead(RingRead),
     Dmesg(RingRead),
     PhysInfo,
+    /// Its weight and cap are filled in by the service and copied back.
+    SchedCredit(SchedCredit),
+    VcpuAffinity { domid: u32, vcpu: u32, cpus: u64 },
+    /// `ALL_DOMAINS` or one domain.
+    VcpuList(u32),
 }
 
 impl Command {
@@ -36,13 +42,22 @@ impl Command {
     }
 
     pub fn writes_buffer(&self) -> bool {
-        matches!(self, Command::GetInfo(_) | Command::List | Command::ConsoleRead(_) | Command::Dmesg(_) | Command::PhysInfo)
+        matches!(
+            self,
+            Command::GetInfo(_)
+                | Command::List
+                | Command::ConsoleRead(_)
+                | Command::Dmesg(_)
+                | Command::PhysInfo
+                | Command::VcpuList(_)
+        )
     }
 
     /// The argument structure to copy back, for commands that return one.
-    pub fn output_arg(&self) -> Option<RingRead> {
+    pub fn output_arg(&self) -> Option<&[u8]> {
         match self {
-            Command::ConsoleRead(r) | Command::Dmesg(r) => Some(*r),
+            Command::ConsoleRead(r) | Command::Dmesg(r) => Some(r.as_bytes()),
+            Command::SchedCredit(c) => Some(c.as_bytes()),
             _ => None,
         }
     }
@@ -186,6 +201,33 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
             no_arg(a)?;
             buffer_at_least(buf_len, size_of::<PhysInfo>())?;
             Command::PhysInfo
+        }
+        domctl::SCHED_CREDIT => {
+            let c: SchedCredit = arg(a)?;
+            no_buffer(buf_len)?;
+            if c.flags & !(sched_flags::SET_WEIGHT | sched_flags::SET_CAP) != 0 {
+                return Err(bad(Error::Inval, alloc::format!("unknown flags {:#x}", c.flags)));
+            }
+            if c.flags & sched_flags::SET_WEIGHT != 0 && !(1..=MAX_WEIGHT).contains(&c.weight) {
+                return Err(bad(Error::Inval, alloc::format!("weight {} outside 1..={MAX_WEIGHT}", c.weight)));
+            }
+            // The cap's upper bound depends on the pCPUs: the service checks it.
+            Command::SchedCredit(c)
+        }
+        domctl::VCPU_AFFINITY => {
+            let v: VcpuAffinity = arg(a)?;
+            no_buffer(buf_len)?;
+            if v.vcpu >= MAX_VCPUS {
+                return Err(bad(Error::Inval, alloc::format!("vCPU {} (at most {})", v.vcpu, MAX_VCPUS - 1)));
+            }
+            if v.cpus == 0 {
+                return Err(bad(Error::Inval, "an empty pCPU set"));
+            }
+            Command::VcpuAffinity { domid: v.domid, vcpu: v.vcpu, cpus: v.cpus }
+        }
+        domctl::VCPU_LIST => {
+            let r: DomainRef = arg(a)?;
+            Command::VcpuList(r.domid)
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

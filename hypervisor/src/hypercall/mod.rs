@@ -15,7 +15,7 @@ pub mod domctl;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use oxen_abi::{nr, sched_op, Error, Pod, ShutdownReason, ABI_VERSION, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX};
+use oxen_abi::{nr, sched_op, Error, ShutdownReason, ABI_VERSION, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX};
 
 pub use domctl::Command;
 
@@ -171,7 +171,7 @@ fn domctl_call(
     }
     let result = svc.domctl(&mut command, &mut buf)?;
     if let Some(out) = command.output_arg() {
-        caller.ram.write(arg_gpa, out.as_bytes())?;
+        caller.ram.write(arg_gpa, out)?;
     }
     if command.writes_buffer() && buf_len > 0 {
         caller.ram.write(buf_gpa, &buf)?;

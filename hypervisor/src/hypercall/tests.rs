@@ -1,7 +1,7 @@
 use super::*;
 use crate::emulate::testmem::xorshift;
 use alloc::string::String;
-use oxen_abi::{domctl as dc, name_bytes, request, CreateDomain, DomainInfo, DomainRef, LoadImage, RingRead};
+use oxen_abi::{domctl as dc, name_bytes, request, CreateDomain, DomainInfo, DomainRef, LoadImage, Pod, RingRead};
 
 /// RAM at guest-physical 0..len.
 struct FakeRam(Vec<u8>);
@@ -280,4 +280,31 @@ fn random_calls_never_panic() {
             assert!(s.commands.is_empty());
         }
     }
+}
+
+#[test]
+fn scheduler_commands_are_checked() {
+    use oxen_abi::{sched_flags, SchedCredit, VcpuAffinity};
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let mut c = SchedCredit { domid: 1, flags: sched_flags::SET_WEIGHT, weight: 0, cap: 0 };
+    let len = put(&mut r, 0x100, &c);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::SCHED_CREDIT, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    c.weight = 70_000;
+    put(&mut r, 0x100, &c);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::SCHED_CREDIT, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    c = SchedCredit { domid: 1, flags: 4, weight: 256, cap: 0 };
+    put(&mut r, 0x100, &c);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::SCHED_CREDIT, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    // Reading needs no valid values.
+    c = SchedCredit { domid: 1, flags: 0, weight: 0, cap: 0 };
+    put(&mut r, 0x100, &c);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::SCHED_CREDIT, 0x100, len, 0, 0]).0, Ok(0));
+    let a = VcpuAffinity { domid: 1, vcpu: 0, cpus: 0 };
+    let len = put(&mut r, 0x100, &a);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_AFFINITY, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    put(&mut r, 0x100, &VcpuAffinity { domid: 1, vcpu: 99, cpus: 1 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_AFFINITY, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    put(&mut r, 0x100, &VcpuAffinity { domid: 1, vcpu: 0, cpus: 2 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_AFFINITY, 0x100, len, 0, 0]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::VcpuAffinity { domid: 1, vcpu: 0, cpus: 2 }));
 }

@@ -503,6 +503,12 @@ impl CreditScheduler {
         Ok(kick)
     }
 
+    /// A domain's weight and cap.
+    pub fn domain_params(&self, dom: u32) -> Result<(u16, u32), SchedError> {
+        let d = self.dom(self.domain_slot(dom)?);
+        Ok((d.weight, d.cap))
+    }
+
     /// Time a domain's vCPUs have run, removed ones included, up to `now`.
     pub fn domain_cpu_time(&self, dom: u32, now: u64) -> Result<u64, SchedError> {
         let d = self.dom(self.domain_slot(dom)?);

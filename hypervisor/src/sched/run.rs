@@ -1,20 +1,28 @@
-//! Every CPU's loop (target only): a run queue of vCPUs, served round robin,
-//! each for at most one time slice, with the CPU halted when none can run.
+//! Every CPU's loop (target only), driven by the credit scheduler
+//! (`sched::credit`): the scheduler decides which vCPU each CPU runs and until
+//! when; this file owns the vCPUs and runs them.
 //!
-//! A queue owns its vCPUs (`Box<dyn Runnable>`); a vCPU being run is out of the
-//! queue, so nothing is locked while a guest runs. Other CPUs add vCPUs with
-//! `enqueue` and make a CPU look again with `smp::kick` (a wake IPI: it leaves
-//! `hlt`, or its guest exits).
+//! A vCPU not running sits in `VCPUS`, with whether it is blocked and which CPU
+//! watches it. Each CPU, on every turn: polls the blocked vCPUs it watches
+//! (a woken one goes to `CreditScheduler::wake`), asks `schedule` what to run,
+//! takes that vCPU out of `VCPUS`, moves it here if it ran elsewhere
+//! (`Runnable::adopt`), runs it until the decision's deadline (the host's
+//! one-shot APIC timer makes the guest exit) or until it blocks, polls it once
+//! more (blocked → `block`, gone → removed), lets go of it (`release`) and puts
+//! it back. With nothing to run the CPU halts until its timer or a kick.
+//!
+//! Locks: `VCPUS` and `SCHED` are never held while a guest runs or while a
+//! `Runnable` is called; code holding the domain table's lock never calls in
+//! here (domain control drops it first).
 
+use super::credit::{CpuMask, CreditScheduler, Params, VcpuId, VcpuState};
 use crate::arch::x86_64::{apic, cpu_id, smp, time};
-use crate::platform::MAX_CPUS;
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use log::warn;
 use spin::Mutex;
 use x86_64::instructions::interrupts;
-
-/// Longest a vCPU runs before the next one in the queue gets the CPU.
-pub const SLICE_NS: u64 = 10_000_000;
 
 /// Whether a vCPU can run now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,20 +30,47 @@ pub enum Poll {
     Run,
     /// Not now; look again at this time (`None`: only when kicked).
     Sleep(Option<u64>),
-    /// Its domain is gone: drop it (on this CPU, which owns its VMCS/VMCB).
+    /// Its domain is gone: drop it.
     Gone,
 }
 
-/// A vCPU as a run queue sees it.
+/// A vCPU as the loop sees it.
 pub trait Runnable: Send {
-    /// Called before each turn; may do housekeeping (deliver interrupts, poll
-    /// the console, restart its domain).
+    /// Whether it can run: called while it is blocked (each turn of the CPU
+    /// watching it), and after each run. May do housekeeping (deliver
+    /// interrupts, poll the console, restart its domain).
     fn poll(&mut self, now: u64) -> Poll;
-    /// Runs the guest until `until` (nanoseconds since boot) or until it blocks.
+    /// Runs the guest until `until` (nanoseconds since boot), until it blocks
+    /// or until a physical interrupt (the timer, a kick) makes it exit.
     fn run(&mut self, until: u64);
+    /// Before running on the calling CPU when another CPU ran it last.
+    fn adopt(&mut self) {}
+    /// After a run, when the vCPU may run on another CPU next.
+    fn release(&mut self) {}
 }
 
-static QUEUES: [Mutex<VecDeque<Box<dyn Runnable>>>; MAX_CPUS] = [const { Mutex::new(VecDeque::new()) }; MAX_CPUS];
+struct Entry {
+    v: Box<dyn Runnable>,
+    /// Blocked in the scheduler: polled by `watcher` each turn.
+    blocked: bool,
+    /// The CPU that ran it last (and polls it while blocked).
+    watcher: u32,
+    /// Whether it may run on more than one CPU (then released after each run).
+    movable: bool,
+    /// Unpaused in the scheduler (new vCPUs start paused there).
+    started: bool,
+}
+
+/// vCPUs not running right now.
+static VCPUS: Mutex<BTreeMap<VcpuId, Entry>> = Mutex::new(BTreeMap::new());
+static SCHED: Mutex<Option<CreditScheduler>> = Mutex::new(None);
+/// Per CPU: the vCPU it runs now, for `vcpu_list` (`u64::MAX`: none).
+static RUNNING: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; crate::platform::MAX_CPUS];
+
+fn key(id: VcpuId) -> u64 {
+    (u64::from(id.dom) << 32) | u64::from(id.vcpu)
+}
 
 /// Nanoseconds since boot, from the TSC.
 pub fn now_ns() -> u64 {
@@ -47,23 +82,146 @@ pub fn ns_to_tsc(ns: u64) -> u64 {
     (u128::from(ns) * u128::from(time::tsc_hz()) / 1_000_000_000) as u64
 }
 
-/// Gives `v` to CPU `cpu`'s queue and wakes that CPU.
+/// Makes the scheduler for the online CPUs, with a time slice of `slice_ms`.
+pub fn init(slice_ms: Option<u64>) {
+    let mut params = Params::default();
+    if let Some(ms) = slice_ms {
+        params.slice_ns = ms.clamp(1, 1000) * 1_000_000;
+    }
+    match CreditScheduler::new(smp::cpu_count(), params, now_ns()) {
+        Ok(s) => {
+            log::info!("sched: credit scheduler on {} CPUs, {} ms slices", smp::cpu_count(), params.slice_ns / 1_000_000);
+            *SCHED.lock() = Some(s);
+        }
+        Err(e) => crate::start::fatal(format_args!("sched: {e:?}")),
+    }
+}
+
+fn kick_all(mask: CpuMask) {
+    let me = cpu_id();
+    for cpu in mask.iter().filter(|&c| c != me) {
+        smp::kick(cpu);
+    }
+}
+
+fn with_sched<T>(f: impl FnOnce(&mut CreditScheduler, u64) -> T) -> Option<T> {
+    let now = now_ns();
+    SCHED.lock().as_mut().map(|s| f(s, now))
+}
+
+/// The online CPUs as a mask.
+pub fn all_cpus() -> CpuMask {
+    CpuMask::first(smp::cpu_count())
+}
+
+/// Adds a domain to the scheduler.
+pub fn add_domain(dom: u32, weight: u32, cap: u32) -> Result<(), oxen_abi::Error> {
+    let weight = u16::try_from(weight).map_err(|_| oxen_abi::Error::Inval)?;
+    with_sched(|s, _| s.add_domain(dom, weight, cap)).map_or(Err(oxen_abi::Error::Inval), |r| r.map_err(|_| oxen_abi::Error::Inval))
+}
+
+/// Sets a domain's weight and cap.
+pub fn set_params(dom: u32, weight: u32, cap: u32) -> Result<(), oxen_abi::Error> {
+    let weight = u16::try_from(weight).map_err(|_| oxen_abi::Error::Inval)?;
+    let kicks = with_sched(|s, now| s.set_params(dom, weight, cap, now)).ok_or(oxen_abi::Error::Inval)?.map_err(|_| oxen_abi::Error::Inval)?;
+    kick_all(kicks);
+    Ok(())
+}
+
+/// Adds vCPU `id` allowed on `affinity`, first watched by `first_cpu`, and
+/// lets it run.
+pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, v: Box<dyn Runnable>) -> Result<(), oxen_abi::Error> {
+    // dom0's vCPUs stay on their CPUs; a domU's may move (released after
+    // every run, so any CPU can adopt it).
+    let movable = id.dom != 0;
+    let added = with_sched(|s, _| s.add_vcpu(id, affinity)).ok_or(oxen_abi::Error::Inval)?;
+    if added.is_err() {
+        return Err(oxen_abi::Error::Inval);
+    }
+    // New vCPUs start paused in the scheduler; the watcher's first poll that
+    // finds it ready unpauses it.
+    VCPUS.lock().insert(id, Entry { v, blocked: true, watcher: first_cpu, movable, started: false });
+    smp::kick(first_cpu);
+    Ok(())
+}
+
+/// dom0's vCPU `cpu`, pinned to that CPU.
 pub fn enqueue(cpu: u32, v: Box<dyn Runnable>) {
-    QUEUES[cpu as usize].lock().push_back(v);
-    smp::kick(cpu);
+    let id = VcpuId { dom: 0, vcpu: cpu };
+    if let Err(e) = add_vcpu(id, CpuMask::one(cpu), cpu, v) {
+        crate::start::fatal(format_args!("sched: cannot add dom0's vCPU {cpu}: {e:?}"));
+    }
 }
 
-/// How many vCPUs CPU `cpu` holds (the one running included only while queued).
-pub fn queued(cpu: u32) -> usize {
-    QUEUES[cpu as usize].lock().len()
+/// Pins a vCPU to `cpus` (which must name an online CPU).
+pub fn set_affinity(id: VcpuId, cpus: CpuMask) -> Result<(), oxen_abi::Error> {
+    if id.dom == 0 {
+        // dom0's vCPU i is bound to CPU i (its interrupts are routed there).
+        return Err(oxen_abi::Error::Perm);
+    }
+    if cpus.and(all_cpus()).is_empty() {
+        return Err(oxen_abi::Error::Inval);
+    }
+    let kicks = with_sched(|s, now| s.set_affinity(id, cpus.and(all_cpus()), now))
+        .ok_or(oxen_abi::Error::Inval)?
+        .map_err(|_| oxen_abi::Error::NoEnt)?;
+    kick_all(kicks);
+    Ok(())
 }
 
-/// The CPU a new domU vCPU goes to: the least loaded, preferring the APs so
-/// dom0's CPU stays responsive.
+/// Makes the CPU watching `id` poll it soon (its domain changed state).
+pub fn nudge(id: VcpuId) {
+    let watcher = VCPUS.lock().get(&id).map(|e| e.watcher);
+    match watcher {
+        Some(cpu) => smp::kick(cpu),
+        // Running: kick the CPU running it, so it exits and is polled.
+        None => {
+            for cpu in 0..smp::cpu_count() {
+                if RUNNING[cpu as usize].load(core::sync::atomic::Ordering::Relaxed) == key(id) {
+                    smp::kick(cpu);
+                }
+            }
+        }
+    }
+}
+
+/// One vCPU for `VCPU_LIST`.
+pub fn vcpu_info(id: VcpuId) -> Option<(u32, u32, u64, u64)> {
+    let info = with_sched(|s, now| s.vcpu_info(id, now))?.ok()?;
+    let state = match info.state {
+        VcpuState::Running { .. } => oxen_abi::vcpu_state::RUNNING,
+        VcpuState::Queued { .. } => oxen_abi::vcpu_state::RUNNABLE,
+        VcpuState::Blocked => oxen_abi::vcpu_state::BLOCKED,
+        VcpuState::Paused | VcpuState::Parked => oxen_abi::vcpu_state::PAUSED,
+    };
+    Some((info.cpu, state, info.affinity.0, info.cpu_time_ns))
+}
+
+/// The vCPUs known to the scheduler, in ID order.
+pub fn vcpu_ids() -> Vec<VcpuId> {
+    let mut ids: Vec<VcpuId> = VCPUS.lock().keys().copied().collect();
+    for cpu in 0..smp::cpu_count() {
+        let k = RUNNING[cpu as usize].load(core::sync::atomic::Ordering::Relaxed);
+        if k != u64::MAX {
+            ids.push(VcpuId { dom: (k >> 32) as u32, vcpu: k as u32 });
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Per CPU: how many vCPUs it watches (blocked) and whether it runs one.
+pub fn cpu_summary(cpu: u32) -> (usize, bool) {
+    let watched = VCPUS.lock().values().filter(|e| e.watcher == cpu).count();
+    (watched, RUNNING[cpu as usize].load(core::sync::atomic::Ordering::Relaxed) != u64::MAX)
+}
+
+/// The CPU a new domU vCPU is first watched by: the APs before dom0's CPU.
 pub fn pick_cpu() -> u32 {
     let n = smp::cpu_count();
     let first = if n > 1 { 1 } else { 0 };
-    (first..n).min_by_key(|&c| queued(c)).unwrap_or(0)
+    (first..n).min_by_key(|&c| cpu_summary(c).0).unwrap_or(0)
 }
 
 /// Work a CPU does between turns (dom0's CPU: overdue shutdown requests).
@@ -73,49 +231,114 @@ pub fn set_housekeeping(f: fn(u64)) {
     *HOUSEKEEPING.lock() = Some(f);
 }
 
+/// Polls the blocked vCPUs this CPU watches: wakes the ready ones, drops the
+/// gone ones, and returns the earliest time one wants to be polled again.
+fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
+    let ids: Vec<VcpuId> = VCPUS.lock().iter().filter(|(_, e)| e.blocked && e.watcher == cpu).map(|(id, _)| *id).collect();
+    let mut next: Option<u64> = None;
+    for id in ids {
+        let Some(mut e) = VCPUS.lock().remove(&id) else { continue };
+        match e.v.poll(now) {
+            Poll::Run => {
+                e.blocked = false;
+                let first = !core::mem::replace(&mut e.started, true);
+                VCPUS.lock().insert(id, e);
+                // Blocked: wake; never run yet: unpause (new vCPUs start paused).
+                match with_sched(|s, now| if first { s.unpause(id, now) } else { s.wake(id, now) }) {
+                    Some(Ok(kicks)) => kick_all(kicks),
+                    Some(Err(err)) => warn!("sched: {id}: cannot wake it: {err:?}"),
+                    None => {}
+                }
+            }
+            Poll::Sleep(at) => {
+                next = match (next, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                VCPUS.lock().insert(id, e);
+            }
+            Poll::Gone => remove(id, e),
+        }
+    }
+    next
+}
+
+/// Forgets a domain once its last vCPU is gone.
+pub fn remove_domain(dom: u32) {
+    if let Some(Ok(kicks)) = with_sched(|s, now| s.remove_domain(dom, now)) {
+        kick_all(kicks);
+    }
+}
+
+/// A domain's weight and cap.
+pub fn params(dom: u32) -> Option<(u32, u32)> {
+    with_sched(|s, _| s.domain_params(dom))?.ok().map(|(w, c)| (u32::from(w), c))
+}
+
+fn remove(id: VcpuId, e: Entry) {
+    if let Some(Ok(kicks)) = with_sched(|s, now| s.remove_vcpu(id, now)) {
+        kick_all(kicks);
+    }
+    drop(e);
+}
+
 /// This CPU's scheduler loop, for good. Interrupts stay off except in `hlt`.
 pub fn cpu_loop() -> ! {
     interrupts::disable();
     let cpu = cpu_id();
-    let queue = &QUEUES[cpu as usize];
     let housekeeping = if cpu == 0 { *HOUSEKEEPING.lock() } else { None };
     loop {
         let now = now_ns();
         if let Some(f) = housekeeping {
             f(now);
         }
-        let mut wake: Option<u64> = None;
-        let mut ran = false;
-        // One pass over the queue: run the first vCPU that can, put it last.
-        let n = queue.lock().len();
-        for _ in 0..n {
-            let Some(mut v) = queue.lock().pop_front() else { break };
-            match v.poll(now) {
-                Poll::Gone => drop(v),
-                Poll::Sleep(at) => {
-                    wake = match (wake, at) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    queue.lock().push_back(v);
-                }
-                Poll::Run => {
-                    v.run(now + SLICE_NS);
-                    queue.lock().push_back(v);
-                    ran = true;
-                    break;
+        let wake = poll_blocked(cpu, now);
+        let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
+            crate::start::fatal(format_args!("sched: no scheduler"));
+        };
+        kick_all(d.kick);
+        let until = match (d.until_ns, wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(id) = d.run else {
+            // Nothing to run: sleep until the earliest deadline or a kick.
+            if until.is_none_or(|t| t > now_ns()) {
+                apic::arm_timer(until.map(ns_to_tsc));
+                // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so a
+                // timer or kick arriving after the checks above wakes the HLT.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            }
+            continue;
+        };
+        let Some(mut e) = VCPUS.lock().remove(&id) else {
+            // Not back yet from the CPU that ran it last (or just removed).
+            continue;
+        };
+        if e.watcher != cpu {
+            e.v.adopt();
+        }
+        RUNNING[cpu as usize].store(key(id), core::sync::atomic::Ordering::Relaxed);
+        e.v.run(until.unwrap_or(u64::MAX).max(now_ns() + 1));
+        RUNNING[cpu as usize].store(u64::MAX, core::sync::atomic::Ordering::Relaxed);
+        e.watcher = cpu;
+        let after = now_ns();
+        match e.v.poll(after) {
+            Poll::Run => {}
+            Poll::Sleep(_) => {
+                e.blocked = true;
+                if let Some(Err(err)) = with_sched(|s, now| s.block(id, now)) {
+                    warn!("sched: {id}: block: {err:?}");
                 }
             }
+            Poll::Gone => {
+                remove(id, e);
+                continue;
+            }
         }
-        if ran {
-            continue;
+        if e.movable {
+            e.v.release();
         }
-        // Nothing to run: sleep until the earliest wake-up or a kick.
-        if wake.is_none_or(|t| t > now_ns()) {
-            apic::arm_timer(wake.map(ns_to_tsc));
-            // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so a
-            // timer or kick arriving after the checks above wakes the HLT.
-            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
-        }
+        VCPUS.lock().insert(id, e);
     }
 }
