@@ -604,7 +604,10 @@ fn console_dump_prints_the_ring_and_exits() {
     fake.state().doms.get_mut(&web).unwrap().console = b"tick 1\ntick 2\n".to_vec();
     let run = oxl(&fake, &["console", "--dump", "web"]);
     assert_eq!(run.ok(), "tick 1\ntick 2\n");
-    assert_eq!(oxl(&fake, &["console", "-d", "nosuch"]).err(), "console: no domain 'nosuch' (see 'oxl list')");
+    assert_eq!(
+        oxl(&fake, &["console", "-d", "nosuch"]).err(),
+        "console: no domain 'nosuch' (see 'oxl list')"
+    );
 }
 
 #[test]
@@ -741,4 +744,106 @@ fn top_interactive_quits_on_q() {
     let out = run.ok();
     assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2, "{out}");
     assert!(out.contains("q quits; every 3.0 s"), "{out}");
+}
+
+#[test]
+fn the_fake_models_the_scheduler_domctls() {
+    use crate::hv;
+    use oxen_abi::{vcpu_state, DEFAULT_WEIGHT, MAX_WEIGHT};
+    let inval = Err(crate::hv::CallError::Hv(Error::Inval));
+    let fake = Fake::new();
+    fake.state().cpus = 4;
+    let web = fake.add_vcpus("web", DomainState::Running, 3);
+    let mut hv = fake.clone();
+    let hv: &mut dyn Hypervisor = &mut hv;
+
+    // SCHED_CREDIT: flags 0 only reads; each flag sets its value; limits.
+    let c = hv::sched_credit(hv, web, None, None).unwrap();
+    assert_eq!((c.weight, c.cap), (DEFAULT_WEIGHT, 0));
+    let c = hv::sched_credit(hv, web, Some(512), None).unwrap();
+    assert_eq!((c.weight, c.cap), (512, 0));
+    let c = hv::sched_credit(hv, web, None, Some(400)).unwrap();
+    assert_eq!((c.weight, c.cap), (512, 400));
+    assert_eq!(
+        hv::sched_credit(hv, web, Some(MAX_WEIGHT), Some(0))
+            .unwrap()
+            .weight,
+        MAX_WEIGHT
+    );
+    assert_eq!(hv::sched_credit(hv, web, Some(0), None).map(drop), inval);
+    assert_eq!(
+        hv::sched_credit(hv, web, Some(MAX_WEIGHT + 1), None).map(drop),
+        inval
+    );
+    assert_eq!(hv::sched_credit(hv, web, None, Some(401)).map(drop), inval);
+    assert_eq!(
+        hv::sched_credit(hv, 9, None, None).map(drop),
+        Err(crate::hv::CallError::Hv(Error::NoEnt))
+    );
+    let sched = |f: &Fake| {
+        let s = f.state();
+        (s.doms[&web].weight, s.doms[&web].cap)
+    };
+    assert_eq!(sched(&fake), (MAX_WEIGHT, 0));
+
+    // VCPU_AFFINITY: at least one online pCPU, an existing vCPU.
+    hv::vcpu_affinity(hv, web, 1, 0b100).unwrap();
+    assert_eq!(hv::vcpu_affinity(hv, web, 1, 0b1_0000), inval);
+    assert_eq!(hv::vcpu_affinity(hv, web, 1, 0), inval);
+    assert_eq!(hv::vcpu_affinity(hv, web, 3, 0b1), inval);
+
+    // VCPU_LIST: one domain or all of them, states from the domain's.
+    let v = hv::vcpu_list(hv, Some(web)).unwrap();
+    assert_eq!(v.len(), 3);
+    assert_eq!((v[1].vcpu, v[1].cpu, v[1].affinity), (1, 2, 0b100));
+    assert_eq!(
+        (v[2].cpu, v[2].affinity, v[2].state),
+        (2, 0b1111, vcpu_state::RUNNING)
+    );
+    assert_eq!(hv::vcpu_list(hv, None).unwrap().len(), 4);
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Paused as u32;
+    assert!(hv::vcpu_list(hv, Some(web))
+        .unwrap()
+        .iter()
+        .all(|v| v.state == vcpu_state::PAUSED));
+    assert_eq!(
+        hv::vcpu_list(hv, Some(9)).map(drop),
+        Err(crate::hv::CallError::Hv(Error::NoEnt))
+    );
+    assert_eq!(
+        fake.actions(),
+        [
+            "SCHED 1 weight=512",
+            "SCHED 1 cap=400",
+            "SCHED 1 weight=65535 cap=0",
+            "SCHED 1 weight=0",
+            "SCHED 1 weight=65536",
+            "SCHED 1 cap=401",
+            "AFFINITY 1 1 0x4",
+            "AFFINITY 1 1 0x10",
+            "AFFINITY 1 1 0x0",
+            "AFFINITY 1 3 0x1",
+        ]
+    );
+}
+
+#[test]
+fn vcpu_list_asks_again_when_there_are_many_vcpus() {
+    let fake = Fake::new();
+    fake.state().free_kib = 64 << 20;
+    for i in 0..10 {
+        fake.add_vcpus(&format!("d{i}"), DomainState::Running, 8);
+    }
+    let mut hv = fake.clone();
+    let v = crate::hv::vcpu_list(&mut hv, None).unwrap();
+    assert_eq!(v.len(), 81);
+    assert_eq!((v[80].domid, v[80].vcpu), (10, 7));
+    assert_eq!(
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| *c == "VCPUS all")
+            .count(),
+        2
+    );
 }
