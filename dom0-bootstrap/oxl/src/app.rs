@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
-use oxen_abi::{abi_major, domctl, DomainInfo, ShutdownReason, ABI_VERSION};
+use oxen_abi::{abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, ABI_VERSION};
 
 use crate::cli::Cmd;
 use crate::config;
@@ -14,7 +14,7 @@ use crate::create::{check_images, create};
 use crate::domain::{
     call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
 };
-use crate::hv::{self, os_error, Hypervisor};
+use crate::hv::{self, os_error, CallError, Hypervisor};
 use crate::ring::{self, write_failed, Detached};
 use crate::show::{self, abi, label};
 use crate::term::{Input, Mode};
@@ -88,6 +88,12 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
                 delay: *delay,
             },
         ),
+        Cmd::SchedCredit {
+            domain,
+            weight,
+            cap,
+            json,
+        } => cmd_sched_credit(env, domain.as_deref(), *weight, *cap, *json),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -280,4 +286,71 @@ fn cmd_top(env: &mut Env, opts: &top::Options) -> Result {
         env.out,
     )?;
     Ok(())
+}
+
+fn cmd_sched_credit(
+    env: &mut Env,
+    dom: Option<&str>,
+    weight: Option<u32>,
+    cap: Option<u32>,
+    json: bool,
+) -> Result {
+    let mut hv = connect(env)?;
+    let doms = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+    let rows = match dom {
+        Some(dom) => {
+            let d = resolve(&doms, dom)?;
+            if let Some(cap) = cap {
+                let p =
+                    hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+                let most = 100 * u64::from(p.cpus);
+                if u64::from(cap) > most {
+                    return Err(format!(
+                        "cap {cap} is too high: this host has {}, so at most {most} \
+                         (the cap is in percent of one pCPU; 0 = no cap)",
+                        crate::cpulist::host_cpus(p.cpus)
+                    )
+                    .into());
+                }
+            }
+            let what: Vec<String> = [("weight", weight), ("cap", cap)]
+                .iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+                .collect();
+            let verb = if what.is_empty() {
+                "read the weight and cap of".to_owned()
+            } else {
+                format!("set {} for", what.join(" and "))
+            };
+            let c = hv::sched_credit(&mut *hv, d.domid, weight, cap).map_err(|e| match e {
+                CallError::Hv(HvError::Inval) => format!(
+                    "{} (the weight is 1 to {}, the cap 0 to 100 x pCPUs)",
+                    dom_failed(&d, &verb, e),
+                    oxen_abi::MAX_WEIGHT
+                ),
+                e => dom_failed(&d, &verb, e),
+            })?;
+            vec![(d, c)]
+        }
+        None => {
+            let mut rows = Vec::new();
+            for d in doms {
+                match hv::sched_credit(&mut *hv, d.domid, None, None) {
+                    Ok(c) => rows.push((d, c)),
+                    // Gone since LIST: not a domain any more.
+                    Err(CallError::Hv(HvError::NoEnt)) => {}
+                    Err(e) => return Err(dom_failed(&d, "read the weight and cap of", e).into()),
+                }
+            }
+            rows
+        }
+    };
+    out(
+        env,
+        &if json {
+            show::sched_json(&rows)
+        } else {
+            show::sched_table(&rows)
+        },
+    )
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use oxen_abi::MAX_WEIGHT;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +108,29 @@ pub enum Cmd {
         #[arg(short, long, value_name = "SECS", default_value = "3", value_parser = parse_delay)]
         delay: Duration,
     },
+    /// Show or set domains' credit-scheduler weight and cap.
+    #[command(
+        long_about = "Show or set domains' credit-scheduler weight and cap.\n\n\
+                      Without -d: every domain's weight and cap. With -d: that domain's, after \
+                      setting what -w and -c give. A domain gets CPU time in proportion to its \
+                      weight when pCPUs are contended; a cap limits it even when they are not."
+    )]
+    SchedCredit {
+        /// The domain to show or change (default: show every domain).
+        #[arg(short, long, value_name = "DOM")]
+        domain: Option<String>,
+        /// Set the weight: 1 to 65535, default 256 (512 gets twice the CPU of 256).
+        #[arg(short, long, value_name = "WEIGHT", requires = "domain",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WEIGHT)))]
+        weight: Option<u32>,
+        /// Set the cap: the most CPU the domain may use, in percent of one pCPU
+        /// (100 = one pCPU, at most 100 x pCPUs); 0 = no cap.
+        #[arg(short, long, value_name = "CAP", requires = "domain")]
+        cap: Option<u32>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cmd {
@@ -124,6 +148,7 @@ impl Cmd {
             Cmd::Console { .. } => "console",
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
+            Cmd::SchedCredit { .. } => "sched-credit",
         }
     }
 }
@@ -210,6 +235,28 @@ mod tests {
             Cmd::Dmesg { follow: true }
         ));
         assert_eq!(parse(&["reboot", "-w", "1"]).unwrap().name(), "reboot");
+        match parse(&["sched-credit", "-d", "web", "-w", "512", "-c", "0"]).unwrap() {
+            Cmd::SchedCredit {
+                domain,
+                weight,
+                cap,
+                json,
+            } => {
+                assert_eq!(domain.as_deref(), Some("web"));
+                assert_eq!((weight, cap, json), (Some(512), Some(0), false));
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["sched-credit", "--json"]).unwrap() {
+            Cmd::SchedCredit {
+                domain,
+                weight,
+                cap,
+                json,
+            } => assert!(domain.is_none() && weight.is_none() && cap.is_none() && json),
+            c => panic!("{c:?}"),
+        }
+        assert!(parse(&["sched-credit", "--domain", "1", "--weight", "65535"]).is_ok());
     }
 
     #[test]
@@ -227,6 +274,30 @@ mod tests {
         assert_eq!(kind(&["top", "-n", "0"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["top", "-d", "fast"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["top", "-d", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["sched-credit", "-w", "512"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-c", "50"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-w", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-w", "65536"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-c", "-1"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-c", "x"]),
+            ErrorKind::ValueValidation
+        );
         assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["create", "--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["--version"]), ErrorKind::DisplayVersion);
@@ -240,6 +311,12 @@ mod tests {
         assert!(e.contains("'fast' is not a number of seconds"), "{e}");
         let e = parse(&["create"]).unwrap_err().to_string();
         assert!(e.contains("<CFG>"), "{e}");
+        let e = parse(&["sched-credit", "-d", "1", "-w", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'0'") && e.contains("1..=65535"), "{e}");
+        let e = parse(&["sched-credit", "-w", "5"]).unwrap_err().to_string();
+        assert!(e.contains("--domain <DOM>"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 use std::fmt::Write as _;
 
 use oxen_abi::{
-    abi_major, c_str, info_flags, DomainInfo, DomainState, PhysInfo, ShutdownReason, ABI_VERSION,
+    abi_major, c_str, info_flags, DomainInfo, DomainState, PhysInfo, SchedCredit, ShutdownReason,
+    ABI_VERSION,
 };
 
 /// A domain's name as text (lossy: the hypervisor checks names, but oxl does
@@ -69,7 +70,7 @@ fn secs(ns: u64) -> String {
 
 /// `list`'s table, like `xl list`.
 pub fn list_table(doms: &[DomainInfo]) -> String {
-    let width = doms.iter().map(|d| name(d).len()).max().unwrap_or(0).max(4);
+    let width = name_width(doms);
     let mut s = format!(
         "{:<width$} {:>5} {:>8} {:>5} {:>13} {:>10}\n",
         "Name", "ID", "Mem(MiB)", "VCPUs", "State", "Time(s)"
@@ -91,11 +92,8 @@ pub fn list_table(doms: &[DomainInfo]) -> String {
 
 /// `list --json`: an array of objects, one line each.
 pub fn list_json(doms: &[DomainInfo]) -> String {
-    let mut s = String::from("[");
-    for (i, d) in doms.iter().enumerate() {
-        s.push_str(if i == 0 { "\n  " } else { ",\n  " });
-        let _ = write!(
-            s,
+    json_array(doms.iter().map(|d| {
+        format!(
             "{{\"id\": {}, \"name\": {}, \"state\": {}, \"memory_kib\": {}, \"vcpus\": {}, \
              \"cpu_time_ns\": {}, \"exits\": {}, \"restarts\": {}, \"privileged\": {}, \"built\": {}, \
              \"shutdown_reason\": {}}}",
@@ -110,9 +108,62 @@ pub fn list_json(doms: &[DomainInfo]) -> String {
             d.flags & info_flags::PRIVILEGED != 0,
             d.flags & info_flags::BUILT != 0,
             shutdown_reason(d).map_or_else(|| "null".to_owned(), json_str),
+        )
+    }))
+}
+
+/// The width of the Name column: the longest name, at least "Name".
+fn name_width<'a>(doms: impl IntoIterator<Item = &'a DomainInfo>) -> usize {
+    doms.into_iter()
+        .map(|d| name(d).len())
+        .max()
+        .unwrap_or(0)
+        .max(4)
+}
+
+/// `sched-credit`'s table, like `xl sched-credit`: Name, ID, Weight, Cap.
+pub fn sched_table(rows: &[(DomainInfo, SchedCredit)]) -> String {
+    let width = name_width(rows.iter().map(|(d, _)| d));
+    let mut s = format!(
+        "{:<width$} {:>5} {:>6} {:>5}\n",
+        "Name", "ID", "Weight", "Cap"
+    );
+    for (d, c) in rows {
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>5} {:>6} {:>5}",
+            name(d),
+            d.domid,
+            c.weight,
+            c.cap
         );
     }
-    s.push_str(if doms.is_empty() { "]\n" } else { "\n]\n" });
+    s
+}
+
+/// `sched-credit --json`: an array of objects, one line each.
+pub fn sched_json(rows: &[(DomainInfo, SchedCredit)]) -> String {
+    json_array(rows.iter().map(|(d, c)| {
+        format!(
+            "{{\"id\": {}, \"name\": {}, \"weight\": {}, \"cap\": {}}}",
+            d.domid,
+            json_str(&name(d)),
+            c.weight,
+            c.cap
+        )
+    }))
+}
+
+/// A JSON array of one-line objects, one a line.
+fn json_array(objects: impl Iterator<Item = String>) -> String {
+    let mut s = String::from("[");
+    let mut empty = true;
+    for o in objects {
+        s.push_str(if empty { "\n  " } else { ",\n  " });
+        s.push_str(&o);
+        empty = false;
+    }
+    s.push_str(if empty { "]\n" } else { "\n]\n" });
     s
 }
 
@@ -292,6 +343,37 @@ nr_domains             : 2
             }),
             "unknown (9)"
         );
+    }
+
+    #[test]
+    fn sched_table_and_json() {
+        let c = |weight, cap| SchedCredit {
+            domid: 0,
+            flags: 0,
+            weight,
+            cap,
+        };
+        let rows = [
+            (
+                dom(0, "Domain-0", DomainState::Running, 256, 1, 0),
+                c(256, 0),
+            ),
+            (dom(12, "web", DomainState::Paused, 64, 2, 0), c(65535, 150)),
+        ];
+        assert_eq!(
+            sched_table(&rows),
+            "\
+Name        ID Weight   Cap
+Domain-0     0    256     0
+web         12  65535   150
+"
+        );
+        assert_eq!(
+            sched_json(&rows),
+            "[\n  {\"id\": 0, \"name\": \"Domain-0\", \"weight\": 256, \"cap\": 0},\n  \
+             {\"id\": 12, \"name\": \"web\", \"weight\": 65535, \"cap\": 150}\n]\n"
+        );
+        assert_eq!(sched_json(&[]), "[]\n");
     }
 
     #[test]

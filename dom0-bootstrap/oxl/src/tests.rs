@@ -847,3 +847,155 @@ fn vcpu_list_asks_again_when_there_are_many_vcpus() {
         2
     );
 }
+
+#[test]
+fn sched_credit_shows_every_domain() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.add("db", DomainState::Paused);
+    fake.state().doms.get_mut(&web).unwrap().weight = 512;
+    fake.state().doms.get_mut(&web).unwrap().cap = 50;
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).ok(),
+        "\
+Name        ID Weight   Cap
+Domain-0     0    256     0
+web          1    512    50
+db           2    256     0
+"
+    );
+    let sched_calls = |f: &Fake| -> Vec<String> {
+        f.state()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("SCHED"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        sched_calls(&fake),
+        ["SCHED 0 get", "SCHED 1 get", "SCHED 2 get"]
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "--json"]).ok(),
+        "[\n  {\"id\": 0, \"name\": \"Domain-0\", \"weight\": 256, \"cap\": 0},\n  \
+         {\"id\": 1, \"name\": \"web\", \"weight\": 512, \"cap\": 50},\n  \
+         {\"id\": 2, \"name\": \"db\", \"weight\": 256, \"cap\": 0}\n]\n"
+    );
+    // A domain that goes between LIST and its SCHED_CREDIT is left out.
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoEnt));
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).ok(),
+        "Name    ID Weight   Cap\nweb      1    512    50\ndb       2    256     0\n"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoSys));
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).err(),
+        "sched-credit: cannot read the weight and cap of domain 'Domain-0' (id 0): no such hypercall \
+         (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"
+    );
+    // Only reads: nothing was set.
+    assert!(
+        !fake.actions().iter().any(|a| a.starts_with("SCHED")),
+        "{:?}",
+        fake.actions()
+    );
+}
+
+#[test]
+fn sched_credit_shows_and_sets_one_domain() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    let table = |w, c| format!("Name    ID Weight   Cap\nweb      1 {w:>6} {c:>5}\n");
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web"]).ok(),
+        table(256, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "512"]).ok(),
+        table(512, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "1", "-c", "150"]).ok(),
+        table(512, 150)
+    );
+    assert_eq!(
+        oxl(
+            &fake,
+            &["sched-credit", "-d", "web", "-w", "65535", "-c", "0"]
+        )
+        .ok(),
+        table(65535, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "1", "--json"]).ok(),
+        "[\n  {\"id\": 1, \"name\": \"web\", \"weight\": 1, \"cap\": 0}\n]\n"
+    );
+    // dom0 has a weight and cap like any domain.
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "0", "-w", "1024"]).ok(),
+        "Name        ID Weight   Cap\nDomain-0     0   1024     0\n"
+    );
+    assert_eq!(
+        fake.actions(),
+        [
+            "SCHED 1 weight=512",
+            "SCHED 1 cap=150",
+            "SCHED 1 weight=65535 cap=0",
+            "SCHED 1 weight=1",
+            "SCHED 0 weight=1024",
+        ]
+    );
+    let s = fake.state();
+    assert_eq!((s.doms[&web].weight, s.doms[&web].cap), (1, 0));
+    assert_eq!(s.doms[&0].weight, 1024);
+}
+
+#[test]
+fn sched_credit_errors() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "db"]).err(),
+        "sched-credit: no domain 'db' (see 'oxl list')"
+    );
+    // The cap's bound depends on the host: 100 x its pCPUs.
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-c", "201"]).err(),
+        "sched-credit: cap 201 is too high: this host has 2 pCPUs (0-1), so at most 200 \
+         (the cap is in percent of one pCPU; 0 = no cap)"
+    );
+    oxl(&fake, &["sched-credit", "-d", "web", "-c", "200"]).ok();
+    fake.state().cpus = 4;
+    oxl(&fake, &["sched-credit", "-d", "web", "-c", "400"]).ok();
+    // What the hypervisor refuses all the same.
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "300"]).err(),
+        "sched-credit: cannot set weight 300 for domain 'web' (id 1): invalid argument \
+         (the weight is 1 to 65535, the cap 0 to 100 x pCPUs)"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoEnt));
+    assert_eq!(
+        oxl(
+            &fake,
+            &["sched-credit", "-d", "web", "-w", "300", "-c", "10"]
+        )
+        .err(),
+        "sched-credit: domain 'web' (id 1) no longer exists (see 'oxl list')"
+    );
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Dying as u32;
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-c", "10"]).err(),
+        "sched-credit: cannot set cap 10 for domain 'web' (id 1): \
+         not possible in the domain's current state (it is dying)"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Perm));
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web"]).err(),
+        "sched-credit: cannot read the weight and cap of domain 'web' (id 1): not permitted \
+         (only dom0 may control domains: is oxl running in dom0?)"
+    );
+    let s = fake.state();
+    assert_eq!((s.doms[&web].weight, s.doms[&web].cap), (256, 400));
+}
