@@ -8,8 +8,9 @@ use std::path::Path;
 
 use oxen_abi::{abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, ABI_VERSION};
 
-use crate::cli::Cmd;
+use crate::cli::{Cmd, Vcpus};
 use crate::config;
+use crate::cpulist::{self, CpuList};
 use crate::create::{check_images, create};
 use crate::domain::{
     call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
@@ -94,6 +95,7 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             cap,
             json,
         } => cmd_sched_credit(env, domain.as_deref(), *weight, *cap, *json),
+        Cmd::VcpuPin { domain, vcpu, cpus } => cmd_vcpu_pin(env, domain, *vcpu, cpus),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -308,7 +310,7 @@ fn cmd_sched_credit(
                     return Err(format!(
                         "cap {cap} is too high: this host has {}, so at most {most} \
                          (the cap is in percent of one pCPU; 0 = no cap)",
-                        crate::cpulist::host_cpus(p.cpus)
+                        cpulist::host_cpus(p.cpus)
                     )
                     .into());
                 }
@@ -353,4 +355,46 @@ fn cmd_sched_credit(
             show::sched_table(&rows)
         },
     )
+}
+
+fn cmd_vcpu_pin(env: &mut Env, dom: &str, vcpu: Vcpus, cpus: &CpuList) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    let p = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let mask = cpus.mask(p.cpus)?;
+    let which = match vcpu {
+        Vcpus::All => 0..d.vcpus,
+        Vcpus::One(n) if n < d.vcpus => n..n + 1,
+        Vcpus::One(n) => {
+            return Err(format!(
+                "domain {} has {}: there is no vCPU {n}",
+                label(&d),
+                match d.vcpus {
+                    1 => "1 vCPU (0)".to_owned(),
+                    v => format!("{v} vCPUs (0-{})", v.saturating_sub(1)),
+                }
+            )
+            .into())
+        }
+    };
+    let first = which.start;
+    for n in which {
+        hv::vcpu_affinity(&mut *hv, d.domid, n, mask).map_err(|e| {
+            let mut why = dom_failed(
+                &d,
+                &format!("pin vCPU {n} to pCPUs {} in", cpulist::ranges(mask)),
+                e,
+            );
+            if e == CallError::Hv(HvError::Inval) {
+                why += " (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info')";
+            }
+            match n - first {
+                0 => {}
+                1 => why += &format!("; vCPU {first} was pinned already"),
+                _ => why += &format!("; vCPUs {first}-{} were pinned already", n - 1),
+            }
+            why
+        })?;
+    }
+    Ok(())
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use oxen_abi::MAX_WEIGHT;
 
+use crate::cpulist::CpuList;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oxl",
@@ -131,6 +133,24 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
+    VcpuPin {
+        #[arg(value_name = "DOM")]
+        domain: String,
+        /// The vCPU's number, or all (every vCPU of the domain).
+        #[arg(value_name = "VCPU", value_parser = parse_vcpu)]
+        vcpu: Vcpus,
+        /// The pCPUs: all (no pinning), or a list like 0-1,3; ^N leaves pCPU N out (all,^0).
+        #[arg(value_name = "CPUS", value_parser = CpuList::parse)]
+        cpus: CpuList,
+    },
+}
+
+/// Which vCPUs of a domain a command is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vcpus {
+    All,
+    One(u32),
 }
 
 impl Cmd {
@@ -149,8 +169,22 @@ impl Cmd {
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
             Cmd::SchedCredit { .. } => "sched-credit",
+            Cmd::VcpuPin { .. } => "vcpu-pin",
         }
     }
+}
+
+/// `vcpu-pin`'s VCPU: a number or all.
+fn parse_vcpu(s: &str) -> Result<Vcpus, String> {
+    if s == "all" {
+        return Ok(Vcpus::All);
+    }
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{s}' is not a vCPU number or all"));
+    }
+    s.parse()
+        .map(Vcpus::One)
+        .map_err(|_| format!("vCPU {s} is out of range"))
 }
 
 /// `top -d`: seconds, 0.1 to 3600.
@@ -257,6 +291,20 @@ mod tests {
             c => panic!("{c:?}"),
         }
         assert!(parse(&["sched-credit", "--domain", "1", "--weight", "65535"]).is_ok());
+        match parse(&["vcpu-pin", "web", "1", "0-1,3"]).unwrap() {
+            Cmd::VcpuPin { domain, vcpu, cpus } => {
+                assert_eq!((domain.as_str(), vcpu), ("web", Vcpus::One(1)));
+                assert_eq!(cpus, CpuList::parse("0-1,3").unwrap());
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["vcpu-pin", "3", "all", "all"]).unwrap() {
+            Cmd::VcpuPin { vcpu, cpus, .. } => {
+                assert_eq!(vcpu, Vcpus::All);
+                assert_eq!(cpus.text(), "all");
+            }
+            c => panic!("{c:?}"),
+        }
     }
 
     #[test]
@@ -298,6 +346,22 @@ mod tests {
             kind(&["sched-credit", "-d", "1", "-c", "x"]),
             ErrorKind::ValueValidation
         );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "x", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0", "3-1"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0", "1,,2"]),
+            ErrorKind::ValueValidation
+        );
         assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["create", "--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["--version"]), ErrorKind::DisplayVersion);
@@ -317,6 +381,21 @@ mod tests {
         assert!(e.contains("'0'") && e.contains("1..=65535"), "{e}");
         let e = parse(&["sched-credit", "-w", "5"]).unwrap_err().to_string();
         assert!(e.contains("--domain <DOM>"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "one", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'one' is not a vCPU number or all"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "99999999999", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vCPU 99999999999 is out of range"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "0", "0-x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'0-x' is not a pCPU, a range of them (N-M) or all"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -999,3 +999,99 @@ fn sched_credit_errors() {
     let s = fake.state();
     assert_eq!((s.doms[&web].weight, s.doms[&web].cap), (256, 400));
 }
+
+#[test]
+fn vcpu_pin_sets_affinities() {
+    let fake = Fake::new();
+    fake.state().cpus = 4;
+    let web = fake.add_vcpus("web", DomainState::Running, 3);
+    let affinity = |f: &Fake| -> Vec<u64> {
+        f.state().doms[&web]
+            .vcpus
+            .iter()
+            .map(|v| v.affinity)
+            .collect()
+    };
+    assert_eq!(oxl(&fake, &["vcpu-pin", "web", "1", "0-1,3"]).ok(), "");
+    assert_eq!(affinity(&fake), [0b1111, 0b1011, 0b1111]);
+    oxl(&fake, &["vcpu-pin", "1", "all", "2"]).ok();
+    assert_eq!(affinity(&fake), [0b100, 0b100, 0b100]);
+    oxl(&fake, &["vcpu-pin", "web", "0", "all,^2"]).ok();
+    oxl(&fake, &["vcpu-pin", "web", "2", "all"]).ok();
+    assert_eq!(affinity(&fake), [0b1011, 0b100, 0b1111]);
+    assert_eq!(
+        fake.actions(),
+        [
+            "AFFINITY 1 1 0xb",
+            "AFFINITY 1 0 0x4",
+            "AFFINITY 1 1 0x4",
+            "AFFINITY 1 2 0x4",
+            "AFFINITY 1 0 0xb",
+            "AFFINITY 1 2 0xf",
+        ]
+    );
+    // dom0's vCPUs can be pinned too.
+    oxl(&fake, &["vcpu-pin", "Domain-0", "0", "0"]).ok();
+    assert_eq!(fake.state().doms[&0].vcpus[0].affinity, 0b1);
+}
+
+#[test]
+fn vcpu_pin_errors() {
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("one", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "2"]).err(),
+        "vcpu-pin: pCPU 2 does not exist: this host has 2 pCPUs (0-1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "0-3"]).err(),
+        "vcpu-pin: pCPU 2 does not exist: this host has 2 pCPUs (0-1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "all,^0-1"]).err(),
+        "vcpu-pin: 'all,^0-1' leaves no pCPU to run on \
+         (^N takes pCPUs out of what the items before it add, e.g. all,^1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "2", "0"]).err(),
+        "vcpu-pin: domain 'web' (id 1) has 2 vCPUs (0-1): there is no vCPU 2"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "one", "1", "0"]).err(),
+        "vcpu-pin: domain 'one' (id 2) has 1 vCPU (0): there is no vCPU 1"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "db", "0", "0"]).err(),
+        "vcpu-pin: no domain 'db' (see 'oxl list')"
+    );
+    // Nothing was asked of the hypervisor so far.
+    assert_eq!(fake.actions(), Vec::<String>::new());
+    fake.state()
+        .fail
+        .push((domctl::VCPU_AFFINITY, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "1"]).err(),
+        "vcpu-pin: cannot pin vCPU 0 to pCPUs 1 in domain 'web' (id 1): invalid argument \
+         (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info')"
+    );
+    // A vCPU the hypervisor does not know after one it pinned.
+    fake.state().doms.get_mut(&web).unwrap().vcpus.pop();
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "1"]).err(),
+        "vcpu-pin: cannot pin vCPU 1 to pCPUs 1 in domain 'web' (id 1): invalid argument \
+         (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info'); vCPU 0 was pinned already"
+    );
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Dying as u32;
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "0-1"]).err(),
+        "vcpu-pin: cannot pin vCPU 0 to pCPUs 0-1 in domain 'web' (id 1): \
+         not possible in the domain's current state (it is dying)"
+    );
+    fake.state()
+        .fail
+        .push((domctl::VCPU_AFFINITY, Error::NoSys));
+    assert!(oxl(&fake, &["vcpu-pin", "web", "0", "0"])
+        .err()
+        .ends_with("no such hypercall (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"));
+}
