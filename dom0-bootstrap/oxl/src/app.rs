@@ -6,7 +6,9 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
-use oxen_abi::{abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, ABI_VERSION};
+use oxen_abi::{
+    abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, VcpuInfo, ABI_VERSION,
+};
 
 use crate::cli::{Cmd, Vcpus};
 use crate::config;
@@ -96,6 +98,7 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             json,
         } => cmd_sched_credit(env, domain.as_deref(), *weight, *cap, *json),
         Cmd::VcpuPin { domain, vcpu, cpus } => cmd_vcpu_pin(env, domain, *vcpu, cpus),
+        Cmd::VcpuList { json, domains } => cmd_vcpu_list(env, *json, domains),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -397,4 +400,38 @@ fn cmd_vcpu_pin(env: &mut Env, dom: &str, vcpu: Vcpus, cpus: &CpuList) -> Result
         })?;
     }
     Ok(())
+}
+
+fn cmd_vcpu_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
+    let mut hv = connect(env)?;
+    let p = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let mut rows: Vec<(DomainInfo, VcpuInfo)> = Vec::new();
+    if wanted.is_empty() {
+        // vCPUs first, then the domains to name them: a domain created in
+        // between is simply not shown, one destroyed in between is left out.
+        let vcpus = hv::vcpu_list(&mut *hv, None).map_err(|e| call_failed("list the vCPUs", e))?;
+        let doms = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+        for v in vcpus {
+            if let Some(d) = doms.iter().find(|d| d.domid == v.domid) {
+                rows.push((*d, v));
+            }
+        }
+    } else {
+        let all = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+        let doms = wanted
+            .iter()
+            .map(|w| resolve(&all, w))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for d in doms {
+            let vcpus = hv::vcpu_list(&mut *hv, Some(d.domid))
+                .map_err(|e| dom_failed(&d, "list the vCPUs of", e))?;
+            rows.extend(vcpus.into_iter().map(|v| (d, v)));
+        }
+    }
+    let text = if json {
+        show::vcpu_json(&rows, p.cpus)
+    } else {
+        show::vcpu_table(&rows, p.cpus)
+    };
+    out(env, &text)
 }

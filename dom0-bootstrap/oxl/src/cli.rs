@@ -133,6 +133,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List vCPUs: the pCPU each is on, its state, CPU time and affinity.
+    VcpuList {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only these domains' vCPUs (IDs or names).
+        #[arg(value_name = "DOM")]
+        domains: Vec<String>,
+    },
     /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
     VcpuPin {
         #[arg(value_name = "DOM")]
@@ -170,6 +179,7 @@ impl Cmd {
             Cmd::Top { .. } => "top",
             Cmd::SchedCredit { .. } => "sched-credit",
             Cmd::VcpuPin { .. } => "vcpu-pin",
+            Cmd::VcpuList { .. } => "vcpu-list",
         }
     }
 }
@@ -296,6 +306,10 @@ mod tests {
                 assert_eq!((domain.as_str(), vcpu), ("web", Vcpus::One(1)));
                 assert_eq!(cpus, CpuList::parse("0-1,3").unwrap());
             }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["vcpu-list", "--json", "web", "0"]).unwrap() {
+            Cmd::VcpuList { json, domains } => assert!(json && domains == ["web", "0"]),
             c => panic!("{c:?}"),
         }
         match parse(&["vcpu-pin", "3", "all", "all"]).unwrap() {

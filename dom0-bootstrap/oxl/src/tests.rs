@@ -1095,3 +1095,80 @@ fn vcpu_pin_errors() {
         .err()
         .ends_with("no such hypercall (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"));
 }
+
+#[test]
+fn vcpu_list_shows_every_vcpu() {
+    use oxen_abi::vcpu_state;
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("db", DomainState::Paused);
+    fake.add("new", DomainState::Created);
+    oxl(&fake, &["vcpu-pin", "web", "1", "1"]).ok();
+    fake.clone().sleep(Duration::from_secs(3));
+    fake.state().doms.get_mut(&web).unwrap().vcpus[1].state = Some(vcpu_state::BLOCKED);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).ok(),
+        "\
+Name        ID  VCPU  CPU    State    Time(s) Affinity
+Domain-0     0     0    0  running        1.5 all
+web          1     0    0  running        1.5 all
+web          1     1    1  blocked        1.5 1
+db           2     0    0   paused        0.0 all
+new          3     0    -  offline        0.0 all
+"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web", "Domain-0"]).ok(),
+        "\
+Name        ID  VCPU  CPU    State    Time(s) Affinity
+web          1     0    0  running        1.5 all
+web          1     1    1  blocked        1.5 1
+Domain-0     0     0    0  running        1.5 all
+"
+    );
+    let vcpu_calls: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("VCPUS"))
+        .cloned()
+        .collect();
+    assert_eq!(vcpu_calls, ["VCPUS all", "VCPUS 1", "VCPUS 0"]);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "--json", "1"]).ok(),
+        "[\n  \
+{\"id\": 1, \"name\": \"web\", \"vcpu\": 0, \"cpu\": 0, \"state\": \"running\", \
+\"cpu_time_ns\": 1500000000, \"affinity\": \"all\", \"affinity_cpus\": [0, 1]},\n  \
+{\"id\": 1, \"name\": \"web\", \"vcpu\": 1, \"cpu\": 1, \"state\": \"blocked\", \
+\"cpu_time_ns\": 1500000000, \"affinity\": \"1\", \"affinity_cpus\": [1]}\n]\n"
+    );
+    assert!(oxl(&fake, &["vcpu-list", "--json"]).ok().contains(
+        "{\"id\": 3, \"name\": \"new\", \"vcpu\": 0, \"cpu\": null, \"state\": \"offline\""
+    ));
+}
+
+#[test]
+fn vcpu_list_errors() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web", "db"]).err(),
+        "vcpu-list: no domain 'db' (see 'oxl list')"
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoEnt));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web"]).err(),
+        "vcpu-list: domain 'web' (id 1) no longer exists (see 'oxl list')"
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoSys));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).err(),
+        "vcpu-list: cannot list the vCPUs: no such hypercall \
+         (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"
+    );
+    fake.state().fail.push((domctl::LIST, Error::Busy));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).err(),
+        "vcpu-list: cannot list the domains: not possible in the domain's current state"
+    );
+}
