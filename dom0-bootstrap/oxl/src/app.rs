@@ -141,12 +141,22 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
             os_error(&e)
         )
     })?;
-    let mut cfg = config::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    let file = path.display().to_string();
+    let mut cfg = config::parse(&file, &text).map_err(|e| e.to_string())?;
     cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
-    // Everything that can be checked without the hypervisor comes first.
-    let images = check_images(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Everything that can be checked without the hypervisor comes first, then
+    // what needs to know the host, then the domain is made.
+    let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
     let mut hv = connect(env)?;
-    let domid = create(&mut *hv, &cfg, &images, paused)?;
+    let cpus = if cfg.needs_host() {
+        hv::phys_info(&mut *hv)
+            .map_err(|e| call_failed("read the host's state", e))?
+            .cpus
+    } else {
+        0
+    };
+    let sched = cfg.sched(&file, cpus).map_err(|e| e.to_string())?;
+    let domid = create(&mut *hv, &cfg, &images, &sched, paused)?;
     out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
     if paused {
         out(
@@ -318,14 +328,10 @@ fn cmd_sched_credit(
                     .into());
                 }
             }
-            let what: Vec<String> = [("weight", weight), ("cap", cap)]
-                .iter()
-                .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
-                .collect();
-            let verb = if what.is_empty() {
+            let verb = if weight.is_none() && cap.is_none() {
                 "read the weight and cap of".to_owned()
             } else {
-                format!("set {} for", what.join(" and "))
+                format!("set {} for", show::sched_change(weight, cap))
             };
             let c = hv::sched_credit(&mut *hv, d.domid, weight, cap).map_err(|e| match e {
                 CallError::Hv(HvError::Inval) => format!(

@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Create a domain from a config file and start it.
     Create {
-        /// The domain's config file (xl syntax: name, memory, vcpus, kernel, ramdisk, extra, on_*).
+        /// The domain's config file (xl syntax: name, memory, vcpus, kernel, ramdisk, extra, on_*,
+        /// weight, cap, cpus).
         #[arg(value_name = "CFG")]
         config: PathBuf,
         /// Leave the domain paused after building it ('oxl unpause' starts it).
@@ -315,7 +316,7 @@ mod tests {
         match parse(&["vcpu-pin", "3", "all", "all"]).unwrap() {
             Cmd::VcpuPin { vcpu, cpus, .. } => {
                 assert_eq!(vcpu, Vcpus::All);
-                assert_eq!(cpus.text(), "all");
+                assert_eq!(cpus, CpuList::parse("all").unwrap());
             }
             c => panic!("{c:?}"),
         }

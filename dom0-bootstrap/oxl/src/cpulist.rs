@@ -75,11 +75,6 @@ impl CpuList {
         })
     }
 
-    /// The list as it was written (trimmed).
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The pCPU mask on a host with `cpus` pCPUs: every pCPU the list adds
     /// must exist, and at least one must be left.
     pub fn mask(&self, cpus: u32) -> Result<u64, String> {
@@ -227,7 +222,7 @@ mod tests {
         assert_eq!(mask("0-63", 64), Ok(u64::MAX));
         assert_eq!(mask("63", 64), Ok(1 << 63));
         assert_eq!(mask("all", 64), Ok(u64::MAX));
-        assert_eq!(CpuList::parse(" 0-1 ").unwrap().text(), "0-1");
+        assert_eq!(CpuList::parse(" 0-1 ").unwrap().text, "0-1");
     }
 
     #[test]

@@ -227,6 +227,15 @@ pub fn vcpu_json(rows: &[(DomainInfo, VcpuInfo)], cpus: u32) -> String {
     }))
 }
 
+/// "weight 512 and cap 50": what a SCHED_CREDIT call sets, for messages.
+pub fn sched_change(weight: Option<u32>, cap: Option<u32>) -> String {
+    let parts: Vec<String> = [("weight", weight), ("cap", cap)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .collect();
+    parts.join(" and ")
+}
+
 /// A JSON array of one-line objects, one a line.
 fn json_array(objects: impl Iterator<Item = String>) -> String {
     let mut s = String::from("[");

@@ -1172,3 +1172,170 @@ fn vcpu_list_errors() {
         "vcpu-list: cannot list the domains: not possible in the domain's current state"
     );
 }
+
+#[test]
+fn create_applies_weight_cap_and_cpus_before_starting() {
+    let cfg = setup(
+        "create-sched",
+        "name = \"web\"\nvcpus = 2\nweight = 512\ncap = 50\ncpus = \"1\"\n",
+        100,
+    );
+    let fake = Fake::new();
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions(),
+        [
+            "CREATE web 64M 2cpu",
+            "LOAD 1 kernel @0 +100/100",
+            "BUILD 1 \"\"",
+            "SCHED 1 weight=512 cap=50",
+            "AFFINITY 1 0 0x2",
+            "AFFINITY 1 1 0x2",
+            "UNPAUSE 1",
+        ]
+    );
+    let s = fake.state();
+    let d = &s.doms[&1];
+    assert_eq!((d.weight, d.cap), (512, 50));
+    assert_eq!(
+        d.vcpus.iter().map(|v| v.affinity).collect::<Vec<_>>(),
+        [0b10, 0b10]
+    );
+    drop(s);
+
+    // Only what the config has is set: here the cap, and vCPU 0's affinity
+    // (xl's list form; vCPU 1 is past the list); paused, nothing starts.
+    let cfg = setup(
+        "create-sched-some",
+        "name = \"db\"\nvcpus = 2\ncap = 0\ncpus = ['all,^0']\n",
+        100,
+    );
+    oxl(&fake, &["create", "-p", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions()[7..],
+        [
+            "CREATE db 64M 2cpu",
+            "LOAD 2 kernel @0 +100/100",
+            "BUILD 2 \"\"",
+            "SCHED 2 cap=0",
+            "AFFINITY 2 0 0x2",
+        ]
+    );
+    // xl's name for the weight; no cap or cpus, so no need to ask for the host.
+    let cfg = setup(
+        "create-sched-weight",
+        "name = \"app\"\ncpu_weight = 128\n",
+        100,
+    );
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions()[12..],
+        [
+            "CREATE app 64M 1cpu",
+            "LOAD 3 kernel @0 +100/100",
+            "BUILD 3 \"\"",
+            "SCHED 3 weight=128",
+            "UNPAUSE 3",
+        ]
+    );
+    assert_eq!(fake.state().doms[&3].weight, 128);
+    assert_eq!(
+        fake.state().calls.iter().filter(|c| *c == "PHYS").count(),
+        2
+    );
+}
+
+#[test]
+fn create_without_scheduling_settings_leaves_the_defaults() {
+    let cfg = setup("create-no-sched", "name = \"web\"\n", 100);
+    let fake = Fake::new();
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert!(
+        !fake
+            .state()
+            .calls
+            .iter()
+            .any(|c| ["PHYS", "SCHED", "AFFINITY"]
+                .iter()
+                .any(|s| c.starts_with(s))),
+        "{:?}",
+        fake.state().calls
+    );
+}
+
+#[test]
+fn create_checks_cap_and_cpus_against_the_host_first() {
+    let fake = Fake::new();
+    let cfg = setup("create-cap-high", "name = \"web\"\ncap = 201\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        format!(
+            "create: {}:3: cap = 201 is too high: this host has 2 pCPUs (0-1), so at most 200 \
+             (the cap is in percent of one pCPU; 0 = no cap)",
+            cfg.display()
+        )
+    );
+    let cfg = setup(
+        "create-cpus-absent",
+        "name = \"web\"\ncpus = \"0,2\"\n",
+        100,
+    );
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        format!(
+            "create: {}:3: cpus: pCPU 2 does not exist: this host has 2 pCPUs (0-1)",
+            cfg.display()
+        )
+    );
+    fake.state().fail.push((domctl::PHYS_INFO, Error::NoSys));
+    assert!(oxl(&fake, &["create", p(&cfg)])
+        .err()
+        .starts_with("create: cannot read the host's state: no such hypercall"));
+    // Nothing was created.
+    assert!(
+        !fake.state().calls.iter().any(|c| c.starts_with("CREATE")),
+        "{:?}",
+        fake.state().calls
+    );
+    // The same config fits a bigger host.
+    fake.state().cpus = 3;
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(fake.state().doms[&1].vcpus[0].affinity, 0b101);
+}
+
+#[test]
+fn create_rolls_back_a_failed_sched_credit() {
+    let cfg = setup(
+        "rollback-sched",
+        "name = \"web\"\nweight = 512\ncap = 100\n",
+        1000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: cannot set weight 512 and cap 100 for domain 'web' (id 1): invalid argument; \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+    assert!(!fake.actions().iter().any(|a| a.starts_with("UNPAUSE")));
+}
+
+#[test]
+fn create_rolls_back_a_failed_vcpu_affinity() {
+    let cfg = setup(
+        "rollback-affinity",
+        "name = \"web\"\nvcpus = 2\ncpus = \"0\"\n",
+        1000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::VCPU_AFFINITY, Error::Busy));
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: cannot pin vCPU 0 to pCPUs 0 in domain 'web' (id 1): \
+         not possible in the domain's current state (it is created); \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+    assert!(!fake.actions().iter().any(|a| a.starts_with("UNPAUSE")));
+}
