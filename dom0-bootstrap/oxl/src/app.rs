@@ -83,12 +83,14 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             batch,
             iterations,
             delay,
+            vcpus,
         } => cmd_top(
             env,
             &top::Options {
                 batch: *batch,
                 iterations: *iterations,
                 delay: *delay,
+                vcpus: *vcpus,
             },
         ),
         Cmd::SchedCredit {

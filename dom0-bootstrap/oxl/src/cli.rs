@@ -110,6 +110,9 @@ pub enum Cmd {
         /// Seconds between frames (fractions allowed).
         #[arg(short, long, value_name = "SECS", default_value = "3", value_parser = parse_delay)]
         delay: Duration,
+        /// Show every vCPU too: its pCPU, state, CPU time and %, affinity.
+        #[arg(short, long)]
+        vcpus: bool,
     },
     /// Show or set domains' credit-scheduler weight and cap.
     #[command(
@@ -252,13 +255,14 @@ mod tests {
             Cmd::Shutdown { wait, domain } => assert!(wait && domain == "web"),
             c => panic!("{c:?}"),
         }
-        match parse(&["top", "-b", "-n", "2", "-d", "0.5"]).unwrap() {
+        match parse(&["top", "-b", "-n", "2", "-d", "0.5", "--vcpus"]).unwrap() {
             Cmd::Top {
                 batch,
                 iterations,
                 delay,
+                vcpus,
             } => {
-                assert!(batch);
+                assert!(batch && vcpus);
                 assert_eq!(iterations, Some(2));
                 assert_eq!(delay, Duration::from_millis(500));
             }
@@ -269,8 +273,9 @@ mod tests {
                 batch,
                 iterations,
                 delay,
+                vcpus,
             } => {
-                assert!(!batch && iterations.is_none());
+                assert!(!batch && !vcpus && iterations.is_none());
                 assert_eq!(delay, Duration::from_secs(3));
             }
             c => panic!("{c:?}"),

@@ -729,6 +729,8 @@ fn top_batch_frames() {
              web          1       running          1    50.0       64     1        20000     10000\n"
         )
     );
+    // Without --vcpus, no VCPU_LIST.
+    assert!(!fake.state().calls.iter().any(|c| c.starts_with("VCPUS")));
 }
 
 #[test]
@@ -1338,4 +1340,55 @@ fn create_rolls_back_a_failed_vcpu_affinity() {
     );
     assert_rolled_back(&fake);
     assert!(!fake.actions().iter().any(|a| a.starts_with("UNPAUSE")));
+}
+
+#[test]
+fn top_batch_frames_with_vcpus() {
+    use oxen_abi::vcpu_state;
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("db", DomainState::Paused);
+    oxl(&fake, &["vcpu-pin", "web", "1", "1"]).ok();
+    fake.state().doms.get_mut(&web).unwrap().vcpus[1].state = Some(vcpu_state::BLOCKED);
+    let out = oxl(&fake, &["top", "-b", "-n", "2", "-d", "2", "-v"])
+        .ok()
+        .to_owned();
+    let frames: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    let vcpu_header = "NAME        ID  VCPU  CPU    STATE   CPU(sec)  CPU(%) AFFINITY";
+    let lines: Vec<&str> = frames[0].lines().collect();
+    assert_eq!(
+        lines[5..],
+        [
+            vcpu_header,
+            "Domain-0     0     0    0  running          0       - all",
+            "web          1     0    0  running          0       - all",
+            "web          1     1    1  blocked          0       - 1",
+            "db           2     0    0   paused          0       - all",
+        ]
+    );
+    // Two seconds later: each running domain's vCPUs busy half the time.
+    let lines: Vec<&str> = frames[1].lines().collect();
+    assert_eq!(
+        lines[5..],
+        [
+            vcpu_header,
+            "Domain-0     0     0    0  running          1    50.0 all",
+            "web          1     0    0  running          1    50.0 all",
+            "web          1     1    1  blocked          1    50.0 1",
+            "db           2     0    0   paused          0     0.0 all",
+        ]
+    );
+    assert_eq!(
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| *c == "VCPUS all")
+            .count(),
+        2
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoSys));
+    assert!(oxl(&fake, &["top", "-b", "-n", "1", "--vcpus"])
+        .err()
+        .starts_with("top: cannot list the vCPUs: no such hypercall"));
 }
