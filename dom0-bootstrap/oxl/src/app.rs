@@ -6,15 +6,18 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
-use oxen_abi::{abi_major, domctl, DomainInfo, ShutdownReason, ABI_VERSION};
+use oxen_abi::{
+    abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, VcpuInfo, ABI_VERSION,
+};
 
-use crate::cli::Cmd;
+use crate::cli::{Cmd, Vcpus};
 use crate::config;
+use crate::cpulist::{self, CpuList};
 use crate::create::{check_images, create};
 use crate::domain::{
     call_failed, destroy_and_wait, dom_failed, find, not_dom0, resolve, wait_ended, Ended,
 };
-use crate::hv::{self, os_error, Hypervisor};
+use crate::hv::{self, os_error, CallError, Hypervisor};
 use crate::ring::{self, write_failed, Detached};
 use crate::show::{self, abi, label};
 use crate::term::{Input, Mode};
@@ -80,14 +83,24 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             batch,
             iterations,
             delay,
+            vcpus,
         } => cmd_top(
             env,
             &top::Options {
                 batch: *batch,
                 iterations: *iterations,
                 delay: *delay,
+                vcpus: *vcpus,
             },
         ),
+        Cmd::SchedCredit {
+            domain,
+            weight,
+            cap,
+            json,
+        } => cmd_sched_credit(env, domain.as_deref(), *weight, *cap, *json),
+        Cmd::VcpuPin { domain, vcpu, cpus } => cmd_vcpu_pin(env, domain, *vcpu, cpus),
+        Cmd::VcpuList { json, domains } => cmd_vcpu_list(env, *json, domains),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -130,12 +143,22 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
             os_error(&e)
         )
     })?;
-    let mut cfg = config::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    let file = path.display().to_string();
+    let mut cfg = config::parse(&file, &text).map_err(|e| e.to_string())?;
     cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
-    // Everything that can be checked without the hypervisor comes first.
-    let images = check_images(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Everything that can be checked without the hypervisor comes first, then
+    // what needs to know the host, then the domain is made.
+    let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
     let mut hv = connect(env)?;
-    let domid = create(&mut *hv, &cfg, &images, paused)?;
+    let cpus = if cfg.needs_host() {
+        hv::phys_info(&mut *hv)
+            .map_err(|e| call_failed("read the host's state", e))?
+            .cpus
+    } else {
+        0
+    };
+    let sched = cfg.sched(&file, cpus).map_err(|e| e.to_string())?;
+    let domid = create(&mut *hv, &cfg, &images, &sched, paused)?;
     out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
     if paused {
         out(
@@ -280,4 +303,143 @@ fn cmd_top(env: &mut Env, opts: &top::Options) -> Result {
         env.out,
     )?;
     Ok(())
+}
+
+fn cmd_sched_credit(
+    env: &mut Env,
+    dom: Option<&str>,
+    weight: Option<u32>,
+    cap: Option<u32>,
+    json: bool,
+) -> Result {
+    let mut hv = connect(env)?;
+    let doms = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+    let rows = match dom {
+        Some(dom) => {
+            let d = resolve(&doms, dom)?;
+            if let Some(cap) = cap {
+                let p =
+                    hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+                let most = 100 * u64::from(p.cpus);
+                if u64::from(cap) > most {
+                    return Err(format!(
+                        "cap {cap} is too high: this host has {}, so at most {most} \
+                         (the cap is in percent of one pCPU; 0 = no cap)",
+                        cpulist::host_cpus(p.cpus)
+                    )
+                    .into());
+                }
+            }
+            let verb = if weight.is_none() && cap.is_none() {
+                "read the weight and cap of".to_owned()
+            } else {
+                format!("set {} for", show::sched_change(weight, cap))
+            };
+            let c = hv::sched_credit(&mut *hv, d.domid, weight, cap).map_err(|e| match e {
+                CallError::Hv(HvError::Inval) => format!(
+                    "{} (the weight is 1 to {}, the cap 0 to 100 x pCPUs)",
+                    dom_failed(&d, &verb, e),
+                    oxen_abi::MAX_WEIGHT
+                ),
+                e => dom_failed(&d, &verb, e),
+            })?;
+            vec![(d, c)]
+        }
+        None => {
+            let mut rows = Vec::new();
+            for d in doms {
+                match hv::sched_credit(&mut *hv, d.domid, None, None) {
+                    Ok(c) => rows.push((d, c)),
+                    // Gone since LIST: not a domain any more.
+                    Err(CallError::Hv(HvError::NoEnt)) => {}
+                    Err(e) => return Err(dom_failed(&d, "read the weight and cap of", e).into()),
+                }
+            }
+            rows
+        }
+    };
+    out(
+        env,
+        &if json {
+            show::sched_json(&rows)
+        } else {
+            show::sched_table(&rows)
+        },
+    )
+}
+
+fn cmd_vcpu_pin(env: &mut Env, dom: &str, vcpu: Vcpus, cpus: &CpuList) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    let p = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let mask = cpus.mask(p.cpus)?;
+    let which = match vcpu {
+        Vcpus::All => 0..d.vcpus,
+        Vcpus::One(n) if n < d.vcpus => n..n + 1,
+        Vcpus::One(n) => {
+            return Err(format!(
+                "domain {} has {}: there is no vCPU {n}",
+                label(&d),
+                match d.vcpus {
+                    1 => "1 vCPU (0)".to_owned(),
+                    v => format!("{v} vCPUs (0-{})", v.saturating_sub(1)),
+                }
+            )
+            .into())
+        }
+    };
+    let first = which.start;
+    for n in which {
+        hv::vcpu_affinity(&mut *hv, d.domid, n, mask).map_err(|e| {
+            let mut why = dom_failed(
+                &d,
+                &format!("pin vCPU {n} to pCPUs {} in", cpulist::ranges(mask)),
+                e,
+            );
+            if e == CallError::Hv(HvError::Inval) {
+                why += " (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info')";
+            }
+            match n - first {
+                0 => {}
+                1 => why += &format!("; vCPU {first} was pinned already"),
+                _ => why += &format!("; vCPUs {first}-{} were pinned already", n - 1),
+            }
+            why
+        })?;
+    }
+    Ok(())
+}
+
+fn cmd_vcpu_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
+    let mut hv = connect(env)?;
+    let p = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let mut rows: Vec<(DomainInfo, VcpuInfo)> = Vec::new();
+    if wanted.is_empty() {
+        // vCPUs first, then the domains to name them: a domain created in
+        // between is simply not shown, one destroyed in between is left out.
+        let vcpus = hv::vcpu_list(&mut *hv, None).map_err(|e| call_failed("list the vCPUs", e))?;
+        let doms = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+        for v in vcpus {
+            if let Some(d) = doms.iter().find(|d| d.domid == v.domid) {
+                rows.push((*d, v));
+            }
+        }
+    } else {
+        let all = hv::list(&mut *hv).map_err(|e| call_failed("list the domains", e))?;
+        let doms = wanted
+            .iter()
+            .map(|w| resolve(&all, w))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for d in doms {
+            let vcpus = hv::vcpu_list(&mut *hv, Some(d.domid))
+                .map_err(|e| dom_failed(&d, "list the vCPUs of", e))?;
+            rows.extend(vcpus.into_iter().map(|v| (d, v)));
+        }
+    }
+    let text = if json {
+        show::vcpu_json(&rows, p.cpus)
+    } else {
+        show::vcpu_table(&rows, p.cpus)
+    };
+    out(env, &text)
 }

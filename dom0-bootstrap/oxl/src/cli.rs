@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use oxen_abi::MAX_WEIGHT;
+
+use crate::cpulist::CpuList;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +27,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Create a domain from a config file and start it.
     Create {
-        /// The domain's config file (xl syntax: name, memory, vcpus, kernel, ramdisk, extra, on_*).
+        /// The domain's config file (xl syntax: name, memory, vcpus, kernel, ramdisk, extra, on_*,
+        /// weight, cap, cpus).
         #[arg(value_name = "CFG")]
         config: PathBuf,
         /// Leave the domain paused after building it ('oxl unpause' starts it).
@@ -106,7 +110,60 @@ pub enum Cmd {
         /// Seconds between frames (fractions allowed).
         #[arg(short, long, value_name = "SECS", default_value = "3", value_parser = parse_delay)]
         delay: Duration,
+        /// Show every vCPU too: its pCPU, state, CPU time and %, affinity.
+        #[arg(short, long)]
+        vcpus: bool,
     },
+    /// Show or set domains' credit-scheduler weight and cap.
+    #[command(
+        long_about = "Show or set domains' credit-scheduler weight and cap.\n\n\
+                      Without -d: every domain's weight and cap. With -d: that domain's, after \
+                      setting what -w and -c give. A domain gets CPU time in proportion to its \
+                      weight when pCPUs are contended; a cap limits it even when they are not."
+    )]
+    SchedCredit {
+        /// The domain to show or change (default: show every domain).
+        #[arg(short, long, value_name = "DOM")]
+        domain: Option<String>,
+        /// Set the weight: 1 to 65535, default 256 (512 gets twice the CPU of 256).
+        #[arg(short, long, value_name = "WEIGHT", requires = "domain",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WEIGHT)))]
+        weight: Option<u32>,
+        /// Set the cap: the most CPU the domain may use, in percent of one pCPU
+        /// (100 = one pCPU, at most 100 x pCPUs); 0 = no cap.
+        #[arg(short, long, value_name = "CAP", requires = "domain")]
+        cap: Option<u32>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List vCPUs: the pCPU each is on, its state, CPU time and affinity.
+    VcpuList {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only these domains' vCPUs (IDs or names).
+        #[arg(value_name = "DOM")]
+        domains: Vec<String>,
+    },
+    /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
+    VcpuPin {
+        #[arg(value_name = "DOM")]
+        domain: String,
+        /// The vCPU's number, or all (every vCPU of the domain).
+        #[arg(value_name = "VCPU", value_parser = parse_vcpu)]
+        vcpu: Vcpus,
+        /// The pCPUs: all (no pinning), or a list like 0-1,3; ^N leaves pCPU N out (all,^0).
+        #[arg(value_name = "CPUS", value_parser = CpuList::parse)]
+        cpus: CpuList,
+    },
+}
+
+/// Which vCPUs of a domain a command is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vcpus {
+    All,
+    One(u32),
 }
 
 impl Cmd {
@@ -124,8 +181,24 @@ impl Cmd {
             Cmd::Console { .. } => "console",
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
+            Cmd::SchedCredit { .. } => "sched-credit",
+            Cmd::VcpuPin { .. } => "vcpu-pin",
+            Cmd::VcpuList { .. } => "vcpu-list",
         }
     }
+}
+
+/// `vcpu-pin`'s VCPU: a number or all.
+fn parse_vcpu(s: &str) -> Result<Vcpus, String> {
+    if s == "all" {
+        return Ok(Vcpus::All);
+    }
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{s}' is not a vCPU number or all"));
+    }
+    s.parse()
+        .map(Vcpus::One)
+        .map_err(|_| format!("vCPU {s} is out of range"))
 }
 
 /// `top -d`: seconds, 0.1 to 3600.
@@ -182,13 +255,14 @@ mod tests {
             Cmd::Shutdown { wait, domain } => assert!(wait && domain == "web"),
             c => panic!("{c:?}"),
         }
-        match parse(&["top", "-b", "-n", "2", "-d", "0.5"]).unwrap() {
+        match parse(&["top", "-b", "-n", "2", "-d", "0.5", "--vcpus"]).unwrap() {
             Cmd::Top {
                 batch,
                 iterations,
                 delay,
+                vcpus,
             } => {
-                assert!(batch);
+                assert!(batch && vcpus);
                 assert_eq!(iterations, Some(2));
                 assert_eq!(delay, Duration::from_millis(500));
             }
@@ -199,8 +273,9 @@ mod tests {
                 batch,
                 iterations,
                 delay,
+                vcpus,
             } => {
-                assert!(!batch && iterations.is_none());
+                assert!(!batch && !vcpus && iterations.is_none());
                 assert_eq!(delay, Duration::from_secs(3));
             }
             c => panic!("{c:?}"),
@@ -210,6 +285,46 @@ mod tests {
             Cmd::Dmesg { follow: true }
         ));
         assert_eq!(parse(&["reboot", "-w", "1"]).unwrap().name(), "reboot");
+        match parse(&["sched-credit", "-d", "web", "-w", "512", "-c", "0"]).unwrap() {
+            Cmd::SchedCredit {
+                domain,
+                weight,
+                cap,
+                json,
+            } => {
+                assert_eq!(domain.as_deref(), Some("web"));
+                assert_eq!((weight, cap, json), (Some(512), Some(0), false));
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["sched-credit", "--json"]).unwrap() {
+            Cmd::SchedCredit {
+                domain,
+                weight,
+                cap,
+                json,
+            } => assert!(domain.is_none() && weight.is_none() && cap.is_none() && json),
+            c => panic!("{c:?}"),
+        }
+        assert!(parse(&["sched-credit", "--domain", "1", "--weight", "65535"]).is_ok());
+        match parse(&["vcpu-pin", "web", "1", "0-1,3"]).unwrap() {
+            Cmd::VcpuPin { domain, vcpu, cpus } => {
+                assert_eq!((domain.as_str(), vcpu), ("web", Vcpus::One(1)));
+                assert_eq!(cpus, CpuList::parse("0-1,3").unwrap());
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse(&["vcpu-list", "--json", "web", "0"]).unwrap() {
+            Cmd::VcpuList { json, domains } => assert!(json && domains == ["web", "0"]),
+            c => panic!("{c:?}"),
+        }
+        match parse(&["vcpu-pin", "3", "all", "all"]).unwrap() {
+            Cmd::VcpuPin { vcpu, cpus, .. } => {
+                assert_eq!(vcpu, Vcpus::All);
+                assert_eq!(cpus, CpuList::parse("all").unwrap());
+            }
+            c => panic!("{c:?}"),
+        }
     }
 
     #[test]
@@ -227,6 +342,46 @@ mod tests {
         assert_eq!(kind(&["top", "-n", "0"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["top", "-d", "fast"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["top", "-d", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["sched-credit", "-w", "512"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-c", "50"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-w", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-w", "65536"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-c", "-1"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            kind(&["sched-credit", "-d", "1", "-c", "x"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "x", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0", "3-1"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["vcpu-pin", "web", "0", "1,,2"]),
+            ErrorKind::ValueValidation
+        );
         assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["create", "--help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["--version"]), ErrorKind::DisplayVersion);
@@ -240,6 +395,27 @@ mod tests {
         assert!(e.contains("'fast' is not a number of seconds"), "{e}");
         let e = parse(&["create"]).unwrap_err().to_string();
         assert!(e.contains("<CFG>"), "{e}");
+        let e = parse(&["sched-credit", "-d", "1", "-w", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'0'") && e.contains("1..=65535"), "{e}");
+        let e = parse(&["sched-credit", "-w", "5"]).unwrap_err().to_string();
+        assert!(e.contains("--domain <DOM>"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "one", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'one' is not a vCPU number or all"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "99999999999", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vCPU 99999999999 is out of range"), "{e}");
+        let e = parse(&["vcpu-pin", "web", "0", "0-x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'0-x' is not a pCPU, a range of them (N-M) or all"),
+            "{e}"
+        );
     }
 
     #[test]

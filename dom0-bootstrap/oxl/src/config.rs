@@ -11,17 +11,24 @@
 //! on_poweroff = "destroy"      # destroy | restart | preserve (default destroy)
 //! on_reboot   = "restart"      # default restart
 //! on_crash    = "destroy"      # default destroy
+//! weight  = 512                # credit scheduler: 1 to 65535 (default 256; or cpu_weight)
+//! cap     = 50                 # at most 50% of one pCPU (0 = no cap, the default)
+//! cpus    = "0-1,3"            # pCPUs every vCPU may run on ("all": no pinning),
+//! # or one list per vCPU:  cpus = ["0", "1-3"]  (vCPUs past the list are not pinned)
 //! ```
 //!
 //! One `key = value` per line. Strings are in double or single quotes, with no
-//! escapes (use the other quote to include one); numbers are plain decimal.
+//! escapes (use the other quote to include one); numbers are plain decimal;
+//! lists (`cpus` only) are strings in `[ ]`, on one line.
 //! Relative paths are relative to the config file's directory. Everything
 //! wrong is an error naming the file and line: nothing is silently ignored.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use oxen_abi::{valid_name, Action, CMDLINE_LEN, MAX_VCPUS, MIN_MEMORY_MIB};
+use oxen_abi::{valid_name, Action, CMDLINE_LEN, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB};
+
+use crate::cpulist::{self, CpuList};
 
 pub const DEFAULT_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -38,9 +45,101 @@ pub struct Config {
     pub on_poweroff: Action,
     pub on_reboot: Action,
     pub on_crash: Action,
+    /// `weight` (xl's `cpu_weight`): the credit scheduler's, if set.
+    pub weight: Option<u32>,
+    /// `cap`, if set: percent of one pCPU. Its upper bound depends on the host.
+    pub cap: Option<Setting<u32>>,
+    /// `cpus`, if set. Whether its pCPUs exist depends on the host.
+    pub cpus: Option<Setting<Cpus>>,
+}
+
+/// A value whose check needs the host, with the line it is on for the error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub line: usize,
+}
+
+/// The `cpus` key: the vCPUs' affinity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cpus {
+    /// `cpus = "0-1"`: every vCPU on these pCPUs.
+    All(CpuList),
+    /// `cpus = ["0", "1"]`: vCPU n on the nth; vCPUs past the list not pinned.
+    PerVcpu(Vec<CpuList>),
+}
+
+/// What `create` sets between CREATE and UNPAUSE: the config's scheduling
+/// settings checked against the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sched {
+    pub weight: Option<u32>,
+    pub cap: Option<u32>,
+    /// vCPU n's pCPU mask at n; vCPUs past the end are not pinned.
+    pub affinity: Vec<u64>,
 }
 
 impl Config {
+    /// Whether `sched` needs the host's pCPU count.
+    pub fn needs_host(&self) -> bool {
+        self.cap.is_some() || self.cpus.is_some()
+    }
+
+    /// The scheduling settings for a host of `cpus` pCPUs (any value when
+    /// `needs_host` is false); `file` names the config in errors.
+    pub fn sched(&self, file: &str, cpus: u32) -> Result<Sched, ConfigError> {
+        let err = |line: usize, msg: String| ConfigError {
+            file: file.to_owned(),
+            line: Some(line),
+            msg,
+        };
+        let cap = match &self.cap {
+            Some(Setting { value, line }) => {
+                let most = 100 * u64::from(cpus);
+                if u64::from(*value) > most {
+                    return Err(err(
+                        *line,
+                        format!(
+                            "cap = {value} is too high: this host has {}, so at most {most} \
+                             (the cap is in percent of one pCPU; 0 = no cap)",
+                            cpulist::host_cpus(cpus)
+                        ),
+                    ));
+                }
+                Some(*value)
+            }
+            None => None,
+        };
+        let affinity = match &self.cpus {
+            None => Vec::new(),
+            Some(Setting {
+                value: Cpus::All(list),
+                line,
+            }) => {
+                let mask = list
+                    .mask(cpus)
+                    .map_err(|m| err(*line, format!("cpus: {m}")))?;
+                vec![mask; self.vcpus as usize]
+            }
+            Some(Setting {
+                value: Cpus::PerVcpu(lists),
+                line,
+            }) => lists
+                .iter()
+                .enumerate()
+                .map(|(n, l)| {
+                    l.mask(cpus)
+                        .map_err(|m| err(*line, format!("cpus (vCPU {n}): {m}")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Sched {
+            weight: self.weight,
+            cap,
+            affinity,
+        })
+    }
+
     /// Makes relative `kernel` and `ramdisk` paths relative to `dir` (the
     /// config file's directory).
     pub fn resolve_paths(&mut self, dir: &Path) {
@@ -86,7 +185,24 @@ const KEYS: &[&str] = &[
     "on_poweroff",
     "on_reboot",
     "on_crash",
+    "weight",
+    "cpu_weight",
+    "cap",
+    "cpus",
 ];
+
+/// Keys that are two names for one setting: (alias, canonical, what it is).
+const ALIASES: &[(&str, &str, &str)] = &[
+    ("extra", "cmdline", "the kernel command line"),
+    ("cpu_weight", "weight", "the credit scheduler's weight"),
+];
+
+fn canonical(key: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _, _)| *alias == key)
+        .map_or(key, |(_, c, _)| c)
+}
 
 /// xl keys people will bring along that Oxen's domains have nothing for yet.
 const XL_ONLY_KEYS: &[&str] = &[
@@ -100,7 +216,8 @@ const XL_ONLY_KEYS: &[&str] = &[
     "root",
     "vfb",
     "serial",
-    "cpus",
+    "cpus_soft",
+    "pool",
     "uuid",
 ];
 
@@ -108,6 +225,8 @@ const XL_ONLY_KEYS: &[&str] = &[
 enum Value {
     Str(String),
     Int(u64),
+    /// Strings in `[ ]`.
+    List(Vec<String>),
 }
 
 /// Parses the config text; `file` names it in errors.
@@ -126,6 +245,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut on_poweroff = Action::Destroy;
     let mut on_reboot = Action::Restart;
     let mut on_crash = Action::Destroy;
+    let mut weight = None;
+    let mut cap = None;
+    let mut cpus = None;
     // (key, line) of every setting seen, for duplicates.
     let mut seen: Vec<(&str, usize)> = Vec::new();
 
@@ -150,18 +272,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         let value = parse_value(rest).map_err(|m| err(n, format!("{key}: {m}")))?;
 
-        let canonical = if key == "extra" { "cmdline" } else { key };
-        if let Some(&(first_key, first)) = seen.iter().find(|(k, _)| {
-            let k = if *k == "extra" { "cmdline" } else { k };
-            k == canonical
-        }) {
+        if let Some(&(first_key, first)) = seen.iter().find(|(k, _)| canonical(k) == canonical(key))
+        {
             return Err(err(
                 n,
                 if first_key == key {
                     format!("'{key}' is set twice (first on line {first})")
                 } else {
+                    let what = ALIASES
+                        .iter()
+                        .find(|(_, c, _)| *c == canonical(key))
+                        .map_or("", |(_, _, what)| what);
                     format!(
-                        "'{key}' and '{first_key}' (line {first}) are the same setting, the kernel command line: keep one"
+                        "'{key}' and '{first_key}' (line {first}) are the same setting, {what}: keep one"
                     )
                 },
             ));
@@ -247,9 +370,79 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                     _ => on_crash = action,
                 }
             }
+            "weight" | "cpu_weight" => {
+                let v = number(key, value, "1 to 65535").map_err(|m| err(n, m))?;
+                weight = Some(
+                    u32::try_from(v)
+                        .ok()
+                        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                        .ok_or_else(|| {
+                            err(
+                                n,
+                                format!(
+                                    "{key} = {v} is out of range: 1 to {MAX_WEIGHT} (default 256)"
+                                ),
+                            )
+                        })?,
+                );
+            }
+            "cap" => {
+                let v = number(key, value, "percent of one pCPU").map_err(|m| err(n, m))?;
+                let value =
+                    u32::try_from(v).map_err(|_| err(n, format!("cap = {v} is out of range")))?;
+                cap = Some(Setting { value, line: n });
+            }
+            "cpus" => {
+                let value = match value {
+                    Value::Str(s) => {
+                        Cpus::All(CpuList::parse(&s).map_err(|m| err(n, format!("cpus: {m}")))?)
+                    }
+                    Value::List(items) if items.is_empty() => {
+                        return Err(err(
+                            n,
+                            "cpus = []: give at least vCPU 0's pCPUs, or no cpus at all".into(),
+                        ))
+                    }
+                    Value::List(items) => Cpus::PerVcpu(
+                        items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| {
+                                CpuList::parse(s)
+                                    .map_err(|m| err(n, format!("cpus (vCPU {i}): {m}")))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    Value::Int(i) => {
+                        return Err(err(
+                            n,
+                            format!(
+                                "cpus takes a pCPU list in quotes (\"{i}\"), not the number {i}"
+                            ),
+                        ))
+                    }
+                };
+                cpus = Some(Setting { value, line: n });
+            }
             _ => return Err(err(n, unknown_key(key))),
         }
         seen.push((key, n));
+    }
+
+    if let Some(Setting {
+        value: Cpus::PerVcpu(lists),
+        line,
+    }) = &cpus
+    {
+        if lists.len() > vcpus as usize {
+            return Err(err(
+                *line,
+                format!(
+                    "cpus lists pCPUs for {} vCPUs but the domain has {vcpus} (vcpus = {vcpus})",
+                    lists.len()
+                ),
+            ));
+        }
     }
 
     let missing = |what: &str| ConfigError {
@@ -271,6 +464,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         on_poweroff,
         on_reboot,
         on_crash,
+        weight,
+        cap,
+        cpus,
     })
 }
 
@@ -288,7 +484,7 @@ fn parse_value(rest: &str) -> Result<Value, String> {
         }
         Some(c) if c.is_ascii_digit() => {
             let end = rest
-                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '.')
+                .find(|c: char| !c.is_ascii_alphanumeric() && !"_.%".contains(c))
                 .unwrap_or(rest.len());
             let word = &rest[..end];
             if !word.bytes().all(|b| b.is_ascii_digit()) {
@@ -302,7 +498,10 @@ fn parse_value(rest: &str) -> Result<Value, String> {
             (Value::Int(v), &rest[end..])
         }
         Some('-') => return Err("negative numbers are out of range here".into()),
-        Some('[') => return Err("lists are not supported".into()),
+        Some('[') => {
+            let (items, after) = parse_list(&rest[1..])?;
+            (Value::List(items), after)
+        }
         Some(_) => {
             let word = rest
                 .split(|c: char| c.is_whitespace() || c == '#')
@@ -320,6 +519,50 @@ fn parse_value(rest: &str) -> Result<Value, String> {
     Ok(value)
 }
 
+/// The strings of a list after its `[`, and what follows its `]`.
+fn parse_list(mut rest: &str) -> Result<(Vec<String>, &str), String> {
+    let mut items = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        match rest.chars().next() {
+            None | Some('#') => {
+                return Err("the list has no closing ] (a list must fit on its line)".into())
+            }
+            Some(']') => return Ok((items, &rest[1..])),
+            Some(q @ ('"' | '\'')) => {
+                let body = &rest[1..];
+                let end = body
+                    .find(q)
+                    .ok_or_else(|| format!("a string in the list has no closing {q}"))?;
+                items.push(body[..end].to_owned());
+                rest = body[end + 1..].trim_start();
+                match rest.chars().next() {
+                    Some(',') => rest = &rest[1..],
+                    Some(']') => {}
+                    None | Some('#') => {
+                        return Err("the list has no closing ] (a list must fit on its line)".into())
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "expected ',' or ']' in the list, found '{}'",
+                            rest.split_whitespace().next().unwrap_or(rest)
+                        ))
+                    }
+                }
+            }
+            Some(_) => {
+                let word = rest
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == ']')
+                    .next()
+                    .unwrap_or(rest);
+                return Err(format!(
+                    "'{word}' in the list: list items are strings in quotes (\"...\")"
+                ));
+            }
+        }
+    }
+}
+
 fn string(key: &str, v: Value) -> Result<String, String> {
     match v {
         Value::Str(s) if s.contains('\0') => Err(format!("{key} contains a NUL byte")),
@@ -327,6 +570,7 @@ fn string(key: &str, v: Value) -> Result<String, String> {
         Value::Int(i) => Err(format!(
             "{key} takes a string in quotes, not the number {i}"
         )),
+        Value::List(_) => Err(format!("{key} takes a string in quotes, not a list")),
     }
 }
 
@@ -335,6 +579,9 @@ fn number(key: &str, v: Value, unit: &str) -> Result<u64, String> {
         Value::Int(i) => Ok(i),
         Value::Str(s) => Err(format!(
             "{key} takes a number ({unit}) without quotes, not the string \"{s}\""
+        )),
+        Value::List(_) => Err(format!(
+            "{key} takes a number ({unit}) without quotes, not a list"
         )),
     }
 }
@@ -419,6 +666,9 @@ on_crash = "restart"
                 on_poweroff: Action::Preserve,
                 on_reboot: Action::Destroy,
                 on_crash: Action::Restart,
+                weight: None,
+                cap: None,
+                cpus: None,
             }
         );
     }
@@ -472,7 +722,7 @@ on_crash = "restart"
         assert_eq!(
             fail("colour = \"red\""),
             "vm.cfg:1: unknown key 'colour' (known: name, memory, vcpus, kernel, ramdisk, extra, cmdline, \
-             on_poweroff, on_reboot, on_crash)"
+             on_poweroff, on_reboot, on_crash, weight, cpu_weight, cap, cpus)"
         );
         assert_eq!(
             fail("\ndisk = \"x\""),
@@ -530,7 +780,31 @@ on_crash = "restart"
         );
         assert_eq!(
             fail("disk = [ \"x\" ]"),
-            "vm.cfg:1: disk: lists are not supported"
+            "vm.cfg:1: 'disk' is an xl setting that Oxen's domains do not have"
+        );
+        assert_eq!(
+            fail("cpus = [ \"0\""),
+            "vm.cfg:1: cpus: the list has no closing ] (a list must fit on its line)"
+        );
+        assert_eq!(
+            fail("cpus = [ \"0\", # 1"),
+            "vm.cfg:1: cpus: the list has no closing ] (a list must fit on its line)"
+        );
+        assert_eq!(
+            fail("cpus = [ \"0\" \"1\" ]"),
+            "vm.cfg:1: cpus: expected ',' or ']' in the list, found '\"1\"'"
+        );
+        assert_eq!(
+            fail("cpus = [ 0, 1 ]"),
+            "vm.cfg:1: cpus: '0' in the list: list items are strings in quotes (\"...\")"
+        );
+        assert_eq!(
+            fail("cpus = [ \"0 ]"),
+            "vm.cfg:1: cpus: a string in the list has no closing \""
+        );
+        assert_eq!(
+            fail("cpus = [ \"0\" ] x"),
+            "vm.cfg:1: cpus: unexpected 'x' after the value"
         );
         assert_eq!(
             fail("memory = 64M"),
@@ -616,6 +890,178 @@ on_crash = "restart"
         assert_eq!(
             fail("vcpus = 9"),
             "vm.cfg:1: vcpus = 9 is out of range: 1 to 8"
+        );
+    }
+
+    const SCHED: &str = "name = \"web\"\nkernel = \"web.elf\"\nvcpus = 3\n";
+
+    /// The scheduling settings of `SCHED` plus `extra`, on a host of `cpus` pCPUs.
+    fn sched(extra: &str, cpus: u32) -> Result<Sched, String> {
+        ok(&format!("{SCHED}{extra}"))
+            .sched("vm.cfg", cpus)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn scheduling_settings() {
+        let c = ok(SCHED);
+        assert_eq!((c.weight, &c.cap, &c.cpus), (None, &None, &None));
+        assert!(!c.needs_host());
+        assert_eq!(c.sched("vm.cfg", 0), Ok(Sched::default()));
+
+        let c = ok(&format!(
+            "{SCHED}weight = 512\ncap = 150\ncpus = \"0-1,3\" # pinned\n"
+        ));
+        assert_eq!(c.weight, Some(512));
+        assert_eq!(
+            c.cap,
+            Some(Setting {
+                value: 150,
+                line: 5
+            })
+        );
+        assert_eq!(
+            c.cpus,
+            Some(Setting {
+                value: Cpus::All(CpuList::parse("0-1,3").unwrap()),
+                line: 6
+            })
+        );
+        assert!(c.needs_host());
+        assert_eq!(
+            c.sched("vm.cfg", 4),
+            Ok(Sched {
+                weight: Some(512),
+                cap: Some(150),
+                affinity: vec![0b1011; 3],
+            })
+        );
+        // xl's name for the weight, the bounds, a cap of 0.
+        assert_eq!(
+            sched("cpu_weight = 1\ncap = 0\n", 1).unwrap().weight,
+            Some(1)
+        );
+        assert_eq!(sched("cpu_weight = 1\ncap = 0\n", 1).unwrap().cap, Some(0));
+        assert_eq!(sched("weight = 65535\n", 1).unwrap().weight, Some(65535));
+        assert_eq!(sched("cap = 400\n", 4).unwrap().cap, Some(400));
+        assert_eq!(sched("cpus = 'all'\n", 2).unwrap().affinity, [0b11; 3]);
+        // One list per vCPU; vCPUs past its end are not pinned.
+        assert_eq!(
+            sched("cpus = [ \"0\", 'all,^0' ]\n", 4).unwrap().affinity,
+            [0b1, 0b1110]
+        );
+        assert_eq!(
+            sched("cpus = [\"0\",\"1\",\"1\",]\n", 2).unwrap().affinity,
+            [0b1, 0b10, 0b10]
+        );
+    }
+
+    #[test]
+    fn bad_scheduling_settings() {
+        assert_eq!(
+            fail("weight = 0"),
+            "vm.cfg:1: weight = 0 is out of range: 1 to 65535 (default 256)"
+        );
+        assert_eq!(
+            fail("cpu_weight = 65536"),
+            "vm.cfg:1: cpu_weight = 65536 is out of range: 1 to 65535 (default 256)"
+        );
+        assert_eq!(
+            fail("weight = \"512\""),
+            "vm.cfg:1: weight takes a number (1 to 65535) without quotes, not the string \"512\""
+        );
+        assert_eq!(
+            fail("weight = 512\ncpu_weight = 256"),
+            "vm.cfg:2: 'cpu_weight' and 'weight' (line 1) are the same setting, \
+             the credit scheduler's weight: keep one"
+        );
+        assert_eq!(
+            fail("cap = -1"),
+            "vm.cfg:1: cap: negative numbers are out of range here"
+        );
+        assert_eq!(
+            fail("cap = 4294967296"),
+            "vm.cfg:1: cap = 4294967296 is out of range"
+        );
+        assert_eq!(
+            fail("cap = 50%"),
+            "vm.cfg:1: cap: '50%' is not a number (plain decimal digits, no unit)"
+        );
+        assert_eq!(
+            fail("cap = [\"1\"]"),
+            "vm.cfg:1: cap takes a number (percent of one pCPU) without quotes, not a list"
+        );
+        assert_eq!(
+            fail("cap = 1\ncap = 2"),
+            "vm.cfg:2: 'cap' is set twice (first on line 1)"
+        );
+        assert_eq!(
+            fail("cpus = 3"),
+            "vm.cfg:1: cpus takes a pCPU list in quotes (\"3\"), not the number 3"
+        );
+        assert_eq!(
+            fail("cpus = \"\""),
+            "vm.cfg:1: cpus: the CPU list is empty: give pCPUs like 0-1,3, or all"
+        );
+        assert_eq!(
+            fail("cpus = \"3-1\""),
+            "vm.cfg:1: cpus: '3-1' is not a range: the first pCPU comes first (1-3)"
+        );
+        assert_eq!(
+            fail("cpus = \"nodes:0\""),
+            "vm.cfg:1: cpus: 'nodes:0': NUMA nodes are not supported (Oxen knows no NUMA topology): list pCPUs"
+        );
+        assert_eq!(
+            fail("cpus = [\"0\", \"x\"]"),
+            "vm.cfg:1: cpus (vCPU 1): 'x' is not a pCPU, a range of them (N-M) or all"
+        );
+        assert_eq!(
+            fail("cpus = []"),
+            "vm.cfg:1: cpus = []: give at least vCPU 0's pCPUs, or no cpus at all"
+        );
+        assert_eq!(
+            fail(&format!(
+                "{MINIMAL}cpus = [\"0\", \"1\"]\n# vcpus below\nvcpus = 1\n"
+            )),
+            "vm.cfg:3: cpus lists pCPUs for 2 vCPUs but the domain has 1 (vcpus = 1)"
+        );
+        assert_eq!(
+            fail("cpus_soft = \"0\""),
+            "vm.cfg:1: 'cpus_soft' is an xl setting that Oxen's domains do not have"
+        );
+        assert_eq!(
+            fail("weigth = 5"),
+            "vm.cfg:1: unknown key 'weigth' (did you mean 'weight'?)"
+        );
+        assert_eq!(
+            fail("memory = [\"64\"]"),
+            "vm.cfg:1: memory takes a number (MiB) without quotes, not a list"
+        );
+        assert_eq!(
+            fail("name = ['web']"),
+            "vm.cfg:1: name takes a string in quotes, not a list"
+        );
+    }
+
+    #[test]
+    fn scheduling_settings_against_the_host() {
+        assert_eq!(
+            sched("cap = 201\n", 2).unwrap_err(),
+            "vm.cfg:4: cap = 201 is too high: this host has 2 pCPUs (0-1), so at most 200 \
+             (the cap is in percent of one pCPU; 0 = no cap)"
+        );
+        assert_eq!(
+            sched("\ncpus = \"0-2\"\n", 2).unwrap_err(),
+            "vm.cfg:5: cpus: pCPU 2 does not exist: this host has 2 pCPUs (0-1)"
+        );
+        assert_eq!(
+            sched("cpus = [\"0\", \"4\"]\n", 2).unwrap_err(),
+            "vm.cfg:4: cpus (vCPU 1): pCPU 4 does not exist: this host has 2 pCPUs (0-1)"
+        );
+        assert_eq!(
+            sched("cpus = \"all,^0\"\n", 1).unwrap_err(),
+            "vm.cfg:4: cpus: 'all,^0' leaves no pCPU to run on \
+             (^N takes pCPUs out of what the items before it add, e.g. all,^1)"
         );
     }
 

@@ -1,5 +1,7 @@
-//! `oxl create`: check the images, then CREATE → LOAD_IMAGE (kernel, ramdisk)
-//! → BUILD → UNPAUSE. A domain that fails after CREATE is destroyed again, so
+//! `oxl create`: check the images (and, if the config has `cap` or `cpus`,
+//! those against PHYS_INFO), then CREATE → LOAD_IMAGE (kernel, ramdisk) →
+//! BUILD → SCHED_CREDIT (if `weight` or `cap`) → VCPU_AFFINITY (per vCPU, if
+//! `cpus`) → UNPAUSE. A domain that fails after CREATE is destroyed again, so
 //! a failed create leaves nothing behind.
 
 use std::fs::File;
@@ -11,10 +13,11 @@ use oxen_abi::{
     NAME_LEN,
 };
 
-use crate::config::Config;
+use crate::config::{Config, Sched};
+use crate::cpulist;
 use crate::domain::{call_failed, destroy_and_wait, dom_failed};
 use crate::hv::{self, os_error, CallError, Hypervisor};
-use crate::show::label;
+use crate::show::{self, label};
 
 /// A kernel or ramdisk file, checked before anything is created.
 #[derive(Debug)]
@@ -100,12 +103,13 @@ fn kernel_problem(head: &[u8]) -> Option<&'static str> {
     Some("is not an ELF file; Oxen boots ELF64 x86-64 kernels")
 }
 
-/// Creates, loads, builds and (unless `paused`) starts the domain; returns its
-/// ID. On failure after CREATE the domain is destroyed again.
+/// Creates, loads, builds, applies `sched` and (unless `paused`) starts the
+/// domain; returns its ID. On failure after CREATE the domain is destroyed again.
 pub fn create(
     hv: &mut dyn Hypervisor,
     cfg: &Config,
     images: &[Image],
+    sched: &Sched,
     paused: bool,
 ) -> Result<u32, String> {
     let arg = CreateDomain {
@@ -120,7 +124,7 @@ pub fn create(
     };
     let domid = hv::create(hv, arg).map_err(|e| create_failed(hv, cfg, e))?;
     let d = hv::info(hv, domid).unwrap_or_else(|_| placeholder(domid, arg.name));
-    let Err(why) = populate(hv, &d, cfg, images, paused) else {
+    let Err(why) = populate(hv, &d, cfg, images, sched, paused) else {
         return Ok(domid);
     };
     Err(match destroy_and_wait(hv, &d) {
@@ -175,6 +179,7 @@ fn populate(
     d: &DomainInfo,
     cfg: &Config,
     images: &[Image],
+    sched: &Sched,
     paused: bool,
 ) -> Result<(), String> {
     for img in images {
@@ -185,6 +190,27 @@ fn populate(
         CallError::Hv(Error::NoExec) => format!("kernel {}: {e}", cfg.kernel.display()),
         e => dom_failed(d, "build", e),
     })?;
+    // Scheduling settings on the built domain, before any vCPU runs.
+    if sched.weight.is_some() || sched.cap.is_some() {
+        interrupted()?;
+        hv::sched_credit(hv, d.domid, sched.weight, sched.cap).map_err(|e| {
+            dom_failed(
+                d,
+                &format!("set {} for", show::sched_change(sched.weight, sched.cap)),
+                e,
+            )
+        })?;
+    }
+    for (n, &mask) in sched.affinity.iter().enumerate() {
+        interrupted()?;
+        hv::vcpu_affinity(hv, d.domid, n as u32, mask).map_err(|e| {
+            dom_failed(
+                d,
+                &format!("pin vCPU {n} to pCPUs {} in", cpulist::ranges(mask)),
+                e,
+            )
+        })?;
+    }
     if !paused {
         interrupted()?;
         hv::domain_op(hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(d, "start", e))?;

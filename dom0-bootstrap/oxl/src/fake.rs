@@ -1,7 +1,9 @@
 //! An in-memory hypervisor for the tests: domains with the ABI's states and
-//! checks, staged images, console and log rings, memory accounting, and its own
-//! clock (`sleep` advances it), so destroy and shutdown waits run instantly.
-//! Failures can be injected per command, and every call is logged.
+//! checks, staged images, console and log rings, memory accounting, the credit
+//! scheduler's weight and cap per domain and affinity per vCPU (with the ABI's
+//! limits), and its own clock (`sleep` advances it), so destroy and shutdown
+//! waits run instantly. Failures can be injected per command, and every call
+//! is logged.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::BTreeMap;
@@ -10,11 +12,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use oxen_abi::{
-    c_str, domctl, info_flags, name_bytes, nr, valid_name, Action, BuildDomain, CreateDomain,
-    DomainInfo, DomainRef, DomainState, Error, LoadImage, PhysInfo, Pod, RingRead, ShutdownDomain,
-    ShutdownReason, ABI_VERSION, DOMCTL_BUF_MAX, IMAGE_MAX, MAX_VCPUS, MIN_MEMORY_MIB,
+    c_str, domctl, info_flags, name_bytes, nr, sched_flags, valid_name, vcpu_state, Action,
+    BuildDomain, CreateDomain, DomainInfo, DomainRef, DomainState, Error, LoadImage, PhysInfo, Pod,
+    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, ABI_VERSION,
+    ALL_DOMAINS, DEFAULT_WEIGHT, DOMCTL_BUF_MAX, IMAGE_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
 
+use crate::cpulist::online_mask;
 use crate::hv::{CallError, CallResult, Hypervisor};
 
 #[derive(Default)]
@@ -23,8 +27,21 @@ pub struct Staged {
     pub bytes: Vec<u8>,
 }
 
+pub struct FakeVcpu {
+    /// The pCPU it runs or last ran on.
+    pub cpu: u32,
+    /// Allowed pCPUs, always within the online ones.
+    pub affinity: u64,
+    pub cpu_time_ns: u64,
+    /// A `vcpu_state` that overrides the one the domain's state implies.
+    pub state: Option<u32>,
+}
+
 pub struct FakeDomain {
     pub info: DomainInfo,
+    pub weight: u32,
+    pub cap: u32,
+    pub vcpus: Vec<FakeVcpu>,
     /// on_poweroff, on_reboot, on_crash.
     pub actions: [Action; 3],
     pub kernel: Staged,
@@ -42,6 +59,8 @@ pub struct State {
     pub now: Duration,
     pub total_kib: u64,
     pub free_kib: u64,
+    /// pCPUs, all online.
+    pub cpus: u32,
     pub version: u32,
     /// One line per call, e.g. "LOAD 1 kernel @0 +65536/70000".
     pub calls: Vec<String>,
@@ -70,6 +89,7 @@ impl Fake {
             now: Duration::ZERO,
             total_kib: 512 * 1024,
             free_kib: 256 * 1024,
+            cpus: 2,
             version: ABI_VERSION,
             calls: Vec::new(),
             fail: Vec::new(),
@@ -79,7 +99,7 @@ impl Fake {
             ring: 1024,
             max_take: usize::MAX,
         };
-        let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3]);
+        let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3], s.cpus);
         dom0.info.state = DomainState::Running as u32;
         dom0.info.flags = info_flags::PRIVILEGED | info_flags::BUILT;
         s.doms.insert(0, dom0);
@@ -101,6 +121,7 @@ impl Fake {
             64,
             1,
             [Action::Destroy, Action::Restart, Action::Destroy],
+            s.cpus,
         );
         d.info.state = state as u32;
         d.info.flags = info_flags::BUILT;
@@ -109,18 +130,52 @@ impl Fake {
         id
     }
 
-    /// The calls made so far, without the reads (VERSION, LIST, INFO).
+    /// Adds a domain like `add` with `vcpus` vCPUs.
+    pub fn add_vcpus(&self, name: &str, state: DomainState, vcpus: u32) -> u32 {
+        let id = self.add(name, state);
+        let mut s = self.state();
+        let cpus = s.cpus;
+        let d = s.doms.get_mut(&id).expect("just added");
+        d.info.vcpus = vcpus;
+        d.vcpus = (0..vcpus).map(|n| vcpu(n, cpus)).collect();
+        id
+    }
+
+    /// The calls made so far, without the reads (VERSION, LIST, INFO, PHYS,
+    /// VCPUS, and SCHED that sets nothing).
     pub fn actions(&self) -> Vec<String> {
         self.state()
             .calls
             .iter()
-            .filter(|c| !["VERSION", "LIST", "INFO"].iter().any(|r| c.starts_with(r)))
+            .filter(|c| {
+                !["VERSION", "LIST", "INFO", "PHYS", "VCPUS"]
+                    .iter()
+                    .any(|r| c.starts_with(r))
+                    && !c.ends_with(" get")
+            })
             .cloned()
             .collect()
     }
 }
 
-fn domain(domid: u32, name: &str, mib: u32, vcpus: u32, actions: [Action; 3]) -> FakeDomain {
+/// vCPU `n` of a new domain on a host of `cpus` pCPUs: unpinned, placed round robin.
+fn vcpu(n: u32, cpus: u32) -> FakeVcpu {
+    FakeVcpu {
+        cpu: n % cpus,
+        affinity: online_mask(cpus),
+        cpu_time_ns: 0,
+        state: None,
+    }
+}
+
+fn domain(
+    domid: u32,
+    name: &str,
+    mib: u32,
+    vcpus: u32,
+    actions: [Action; 3],
+    cpus: u32,
+) -> FakeDomain {
     FakeDomain {
         info: DomainInfo {
             domid,
@@ -134,6 +189,9 @@ fn domain(domid: u32, name: &str, mib: u32, vcpus: u32, actions: [Action; 3]) ->
             shutdown_reason: 0,
             name: name_bytes(name).expect("a valid name"),
         },
+        weight: DEFAULT_WEIGHT,
+        cap: 0,
+        vcpus: (0..vcpus).map(|n| vcpu(n, cpus)).collect(),
         actions,
         kernel: Staged::default(),
         ramdisk: Staged::default(),
@@ -181,6 +239,9 @@ impl State {
                 // Each vCPU busy half the time, ten exits a millisecond.
                 d.info.cpu_time_ns += dt.as_nanos() as u64 * u64::from(d.info.vcpus) / 2;
                 d.info.exits += dt.as_millis() as u64 * 10;
+                for v in &mut d.vcpus {
+                    v.cpu_time_ns += dt.as_nanos() as u64 / 2;
+                }
             }
             if let Some((at, reason)) = d.shutdown_at {
                 if now >= at {
@@ -254,6 +315,7 @@ impl State {
                     c.memory_mib,
                     c.vcpus,
                     actions.map(|a| a.expect("checked")),
+                    self.cpus,
                 );
                 self.doms.insert(id, d);
                 Ok(u64::from(id))
@@ -412,7 +474,7 @@ impl State {
                 }
                 let p = PhysInfo {
                     abi_version: self.version,
-                    cpus: 2,
+                    cpus: self.cpus,
                     total_kib: self.total_kib,
                     free_kib: self.free_kib,
                     tsc_khz: 2_000_000,
@@ -421,6 +483,100 @@ impl State {
                 };
                 put(buf, &p);
                 Ok(0)
+            }
+            domctl::SCHED_CREDIT => {
+                let mut c: SchedCredit = arg(a)?;
+                let mut what = String::new();
+                if c.flags & sched_flags::SET_WEIGHT != 0 {
+                    what += &format!(" weight={}", c.weight);
+                }
+                if c.flags & sched_flags::SET_CAP != 0 {
+                    what += &format!(" cap={}", c.cap);
+                }
+                if what.is_empty() {
+                    what = " get".into();
+                }
+                self.calls.push(format!("SCHED {}{what}", c.domid));
+                let max_cap = 100 * self.cpus;
+                let d = self.dom(c.domid)?;
+                if c.flags & !(sched_flags::SET_WEIGHT | sched_flags::SET_CAP) != 0
+                    || (c.flags & sched_flags::SET_WEIGHT != 0
+                        && !(1..=MAX_WEIGHT).contains(&c.weight))
+                    || (c.flags & sched_flags::SET_CAP != 0 && c.cap > max_cap)
+                {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if c.flags != 0 && state(d) == DomainState::Dying {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                if c.flags & sched_flags::SET_WEIGHT != 0 {
+                    d.weight = c.weight;
+                }
+                if c.flags & sched_flags::SET_CAP != 0 {
+                    d.cap = c.cap;
+                }
+                c.weight = d.weight;
+                c.cap = d.cap;
+                put(a, &c);
+                Ok(0)
+            }
+            domctl::VCPU_AFFINITY => {
+                let v: VcpuAffinity = arg(a)?;
+                self.calls
+                    .push(format!("AFFINITY {} {} {:#x}", v.domid, v.vcpu, v.cpus));
+                let online = online_mask(self.cpus);
+                let d = self.dom(v.domid)?;
+                if v.cpus & online == 0 {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if state(d) == DomainState::Dying {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let vcpu = d
+                    .vcpus
+                    .get_mut(v.vcpu as usize)
+                    .ok_or(CallError::Hv(Error::Inval))?;
+                vcpu.affinity = v.cpus & online;
+                if vcpu.affinity & (1 << vcpu.cpu) == 0 {
+                    vcpu.cpu = vcpu.affinity.trailing_zeros();
+                }
+                Ok(0)
+            }
+            domctl::VCPU_LIST => {
+                let r: DomainRef = arg(a)?;
+                if r.domid == ALL_DOMAINS {
+                    self.calls.push("VCPUS all".into());
+                } else {
+                    self.calls.push(format!("VCPUS {}", r.domid));
+                    self.dom(r.domid)?;
+                }
+                let mut all = Vec::new();
+                for d in self.doms.values() {
+                    if r.domid != ALL_DOMAINS && d.info.domid != r.domid {
+                        continue;
+                    }
+                    let implied = match state(d) {
+                        DomainState::Running | DomainState::ShuttingDown => vcpu_state::RUNNING,
+                        DomainState::Paused => vcpu_state::PAUSED,
+                        DomainState::Created | DomainState::Dying | DomainState::Shutdown => {
+                            vcpu_state::OFFLINE
+                        }
+                    };
+                    for (n, v) in d.vcpus.iter().enumerate() {
+                        all.push(VcpuInfo {
+                            domid: d.info.domid,
+                            vcpu: n as u32,
+                            cpu: v.cpu,
+                            state: v.state.unwrap_or(implied),
+                            affinity: v.affinity,
+                            cpu_time_ns: v.cpu_time_ns,
+                        });
+                    }
+                }
+                for (slot, v) in buf.chunks_exact_mut(size_of::<VcpuInfo>()).zip(&all) {
+                    put(slot, v);
+                }
+                Ok(all.len() as u64)
             }
             _ => Err(CallError::Hv(Error::NoSys)),
         }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use oxen_abi::{
     domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
-    RingRead, ShutdownDomain, ShutdownReason, CMDLINE_LEN, DOMCTL_BUF_MAX,
+    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, ALL_DOMAINS,
+    CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
 
 /// Why a call failed.
@@ -150,23 +151,62 @@ pub fn info(hv: &mut dyn Hypervisor, domid: u32) -> CallResult<DomainInfo> {
 
 /// Every domain, in ID order.
 pub fn list(hv: &mut dyn Hypervisor) -> CallResult<Vec<DomainInfo>> {
-    const SIZE: usize = size_of::<DomainInfo>();
-    let most = DOMCTL_BUF_MAX as usize / SIZE;
+    read_all(|buf| hv.call(nr::DOMCTL, domctl::LIST, &mut [], buf))
+}
+
+/// The records a listing call (`LIST`, `VCPU_LIST`) puts in its buffer; `call`
+/// fills the buffer it is given and returns how many records there are.
+fn read_all<T: Pod>(mut call: impl FnMut(&mut [u8]) -> CallResult<u64>) -> CallResult<Vec<T>> {
+    let size = size_of::<T>();
+    let most = DOMCTL_BUF_MAX as usize / size;
     let mut room = 16;
     loop {
-        let mut buf = vec![0u8; room * SIZE];
-        let n = hv.call(nr::DOMCTL, domctl::LIST, &mut [], &mut buf)? as usize;
+        let mut buf = vec![0u8; room * size];
+        let n = call(&mut buf)? as usize;
         // A short buffer still gets the first `room`; ask again with enough (domains
         // may come and go in between, hence the loop), up to one call's maximum.
         if n <= room || room == most {
             return Ok(buf
-                .chunks_exact(SIZE)
+                .chunks_exact(size)
                 .take(n)
-                .map(|b| DomainInfo::read_from(b).expect("whole chunk"))
+                .map(|b| T::read_from(b).expect("whole chunk"))
                 .collect());
         }
         room = n.min(most);
     }
+}
+
+/// A domain's credit-scheduler weight and cap as they are after the call:
+/// `weight` and `cap` are set if given, else only read.
+pub fn sched_credit(
+    hv: &mut dyn Hypervisor,
+    domid: u32,
+    weight: Option<u32>,
+    cap: Option<u32>,
+) -> CallResult<SchedCredit> {
+    use oxen_abi::sched_flags::{SET_CAP, SET_WEIGHT};
+    let mut arg = SchedCredit {
+        domid,
+        flags: if weight.is_some() { SET_WEIGHT } else { 0 }
+            | if cap.is_some() { SET_CAP } else { 0 },
+        weight: weight.unwrap_or(0),
+        cap: cap.unwrap_or(0),
+    };
+    domctl(hv, domctl::SCHED_CREDIT, &mut arg, &mut [])?;
+    Ok(arg)
+}
+
+/// Lets vCPU `vcpu` of a domain run only on the pCPUs of `cpus`.
+pub fn vcpu_affinity(hv: &mut dyn Hypervisor, domid: u32, vcpu: u32, cpus: u64) -> CallResult<()> {
+    let mut arg = VcpuAffinity { domid, vcpu, cpus };
+    domctl(hv, domctl::VCPU_AFFINITY, &mut arg, &mut []).map(drop)
+}
+
+/// The vCPUs of one domain, or of every domain (`None`), in the hypervisor's
+/// order (by domain, then vCPU).
+pub fn vcpu_list(hv: &mut dyn Hypervisor, domid: Option<u32>) -> CallResult<Vec<VcpuInfo>> {
+    let mut arg = domref(domid.unwrap_or(ALL_DOMAINS));
+    read_all(|buf| domctl(hv, domctl::VCPU_LIST, &mut arg, buf))
 }
 
 /// What one ring read returned.

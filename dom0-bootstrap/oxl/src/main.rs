@@ -2,15 +2,17 @@
 //! `xl`. It talks to the hypervisor through `/dev/oxen` (one ioctl per
 //! hypercall, `oxen_abi::HypercallIoctl`).
 //!
-//! Layout: `cli` (the command line), `config` (domain config files), `hv` (the
-//! `Hypervisor` trait and the typed DOMCTL calls), `device` (`/dev/oxen`),
-//! `app` (the commands) with `create`, `domain`, `ring`, `show` and `top`, and
-//! `term` (raw terminal, signals). Every command runs against the
-//! `Hypervisor` trait, so the tests run them on `fake`, an in-memory model.
+//! Layout: `cli` (the command line), `config` (domain config files), `cpulist`
+//! (xl's pCPU lists, `0-1,3`), `hv` (the `Hypervisor` trait and the typed
+//! DOMCTL calls), `device` (`/dev/oxen`), `app` (the commands) with `create`,
+//! `domain`, `ring`, `show` and `top`, and `term` (raw terminal, signals).
+//! Every command runs against the `Hypervisor` trait, so the tests run them on
+//! `fake`, an in-memory model.
 
 mod app;
 mod cli;
 mod config;
+mod cpulist;
 mod create;
 mod device;
 mod domain;

@@ -8,8 +8,11 @@
 use std::fmt::Write as _;
 
 use oxen_abi::{
-    abi_major, c_str, info_flags, DomainInfo, DomainState, PhysInfo, ShutdownReason, ABI_VERSION,
+    abi_major, c_str, info_flags, vcpu_state, DomainInfo, DomainState, PhysInfo, SchedCredit,
+    ShutdownReason, VcpuInfo, ABI_VERSION,
 };
+
+use crate::cpulist;
 
 /// A domain's name as text (lossy: the hypervisor checks names, but oxl does
 /// not trust that to print).
@@ -69,7 +72,7 @@ fn secs(ns: u64) -> String {
 
 /// `list`'s table, like `xl list`.
 pub fn list_table(doms: &[DomainInfo]) -> String {
-    let width = doms.iter().map(|d| name(d).len()).max().unwrap_or(0).max(4);
+    let width = name_width(doms);
     let mut s = format!(
         "{:<width$} {:>5} {:>8} {:>5} {:>13} {:>10}\n",
         "Name", "ID", "Mem(MiB)", "VCPUs", "State", "Time(s)"
@@ -91,11 +94,8 @@ pub fn list_table(doms: &[DomainInfo]) -> String {
 
 /// `list --json`: an array of objects, one line each.
 pub fn list_json(doms: &[DomainInfo]) -> String {
-    let mut s = String::from("[");
-    for (i, d) in doms.iter().enumerate() {
-        s.push_str(if i == 0 { "\n  " } else { ",\n  " });
-        let _ = write!(
-            s,
+    json_array(doms.iter().map(|d| {
+        format!(
             "{{\"id\": {}, \"name\": {}, \"state\": {}, \"memory_kib\": {}, \"vcpus\": {}, \
              \"cpu_time_ns\": {}, \"exits\": {}, \"restarts\": {}, \"privileged\": {}, \"built\": {}, \
              \"shutdown_reason\": {}}}",
@@ -110,9 +110,142 @@ pub fn list_json(doms: &[DomainInfo]) -> String {
             d.flags & info_flags::PRIVILEGED != 0,
             d.flags & info_flags::BUILT != 0,
             shutdown_reason(d).map_or_else(|| "null".to_owned(), json_str),
+        )
+    }))
+}
+
+/// The width of the Name column: the longest name, at least "Name".
+fn name_width<'a>(doms: impl IntoIterator<Item = &'a DomainInfo>) -> usize {
+    doms.into_iter()
+        .map(|d| name(d).len())
+        .max()
+        .unwrap_or(0)
+        .max(4)
+}
+
+/// `sched-credit`'s table, like `xl sched-credit`: Name, ID, Weight, Cap.
+pub fn sched_table(rows: &[(DomainInfo, SchedCredit)]) -> String {
+    let width = name_width(rows.iter().map(|(d, _)| d));
+    let mut s = format!(
+        "{:<width$} {:>5} {:>6} {:>5}\n",
+        "Name", "ID", "Weight", "Cap"
+    );
+    for (d, c) in rows {
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>5} {:>6} {:>5}",
+            name(d),
+            d.domid,
+            c.weight,
+            c.cap
         );
     }
-    s.push_str(if doms.is_empty() { "]\n" } else { "\n]\n" });
+    s
+}
+
+/// `sched-credit --json`: an array of objects, one line each.
+pub fn sched_json(rows: &[(DomainInfo, SchedCredit)]) -> String {
+    json_array(rows.iter().map(|(d, c)| {
+        format!(
+            "{{\"id\": {}, \"name\": {}, \"weight\": {}, \"cap\": {}}}",
+            d.domid,
+            json_str(&name(d)),
+            c.weight,
+            c.cap
+        )
+    }))
+}
+
+/// A vCPU's state as `vcpu-list` and `top` print it.
+pub fn vcpu_state(v: &VcpuInfo) -> String {
+    match v.state {
+        vcpu_state::RUNNING => "running".into(),
+        vcpu_state::RUNNABLE => "runnable".into(),
+        vcpu_state::BLOCKED => "blocked".into(),
+        vcpu_state::PAUSED => "paused".into(),
+        vcpu_state::OFFLINE => "offline".into(),
+        s => format!("unknown({s})"),
+    }
+}
+
+/// The pCPU a vCPU is on (or was on last), "-" for one that never started.
+pub fn vcpu_cpu(v: &VcpuInfo) -> String {
+    if v.state == vcpu_state::OFFLINE {
+        "-".into()
+    } else {
+        v.cpu.to_string()
+    }
+}
+
+/// `vcpu-list`'s table, like `xl vcpu-list`: Name, ID, VCPU, CPU, State,
+/// Time(s), Affinity (`all` or pCPU ranges), on a host of `cpus` pCPUs.
+pub fn vcpu_table(rows: &[(DomainInfo, VcpuInfo)], cpus: u32) -> String {
+    let width = name_width(rows.iter().map(|(d, _)| d));
+    let mut s = format!(
+        "{:<width$} {:>5} {:>5} {:>4} {:>8} {:>10} {}\n",
+        "Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity"
+    );
+    for (d, v) in rows {
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>5} {:>5} {:>4} {:>8} {:>10} {}",
+            name(d),
+            d.domid,
+            v.vcpu,
+            vcpu_cpu(v),
+            vcpu_state(v),
+            secs(v.cpu_time_ns),
+            cpulist::affinity(v.affinity, cpus)
+        );
+    }
+    s
+}
+
+/// `vcpu-list --json`: an array of objects, one line each.
+pub fn vcpu_json(rows: &[(DomainInfo, VcpuInfo)], cpus: u32) -> String {
+    json_array(rows.iter().map(|(d, v)| {
+        let list: Vec<String> = cpulist::cpus_of(v.affinity, cpus)
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        format!(
+            "{{\"id\": {}, \"name\": {}, \"vcpu\": {}, \"cpu\": {}, \"state\": {}, \
+             \"cpu_time_ns\": {}, \"affinity\": {}, \"affinity_cpus\": [{}]}}",
+            d.domid,
+            json_str(&name(d)),
+            v.vcpu,
+            if v.state == vcpu_state::OFFLINE {
+                "null".to_owned()
+            } else {
+                v.cpu.to_string()
+            },
+            json_str(&vcpu_state(v)),
+            v.cpu_time_ns,
+            json_str(&cpulist::affinity(v.affinity, cpus)),
+            list.join(", ")
+        )
+    }))
+}
+
+/// "weight 512 and cap 50": what a SCHED_CREDIT call sets, for messages.
+pub fn sched_change(weight: Option<u32>, cap: Option<u32>) -> String {
+    let parts: Vec<String> = [("weight", weight), ("cap", cap)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .collect();
+    parts.join(" and ")
+}
+
+/// A JSON array of one-line objects, one a line.
+fn json_array(objects: impl Iterator<Item = String>) -> String {
+    let mut s = String::from("[");
+    let mut empty = true;
+    for o in objects {
+        s.push_str(if empty { "\n  " } else { ",\n  " });
+        s.push_str(&o);
+        empty = false;
+    }
+    s.push_str(if empty { "]\n" } else { "\n]\n" });
     s
 }
 
@@ -291,6 +424,94 @@ nr_domains             : 2
                 ..phys()
             }),
             "unknown (9)"
+        );
+    }
+
+    #[test]
+    fn sched_table_and_json() {
+        let c = |weight, cap| SchedCredit {
+            domid: 0,
+            flags: 0,
+            weight,
+            cap,
+        };
+        let rows = [
+            (
+                dom(0, "Domain-0", DomainState::Running, 256, 1, 0),
+                c(256, 0),
+            ),
+            (dom(12, "web", DomainState::Paused, 64, 2, 0), c(65535, 150)),
+        ];
+        assert_eq!(
+            sched_table(&rows),
+            "\
+Name        ID Weight   Cap
+Domain-0     0    256     0
+web         12  65535   150
+"
+        );
+        assert_eq!(
+            sched_json(&rows),
+            "[\n  {\"id\": 0, \"name\": \"Domain-0\", \"weight\": 256, \"cap\": 0},\n  \
+             {\"id\": 12, \"name\": \"web\", \"weight\": 65535, \"cap\": 150}\n]\n"
+        );
+        assert_eq!(sched_json(&[]), "[]\n");
+    }
+
+    fn vcpu(domid: u32, n: u32, cpu: u32, state: u32, affinity: u64, ns: u64) -> VcpuInfo {
+        VcpuInfo {
+            domid,
+            vcpu: n,
+            cpu,
+            state,
+            affinity,
+            cpu_time_ns: ns,
+        }
+    }
+
+    #[test]
+    fn vcpu_table_like_xl_vcpu_list() {
+        let d0 = dom(0, "Domain-0", DomainState::Running, 256, 1, 0);
+        let web = dom(3, "web", DomainState::Running, 64, 4, 0);
+        let rows = [
+            (
+                d0,
+                vcpu(0, 0, 1, vcpu_state::RUNNING, 0b1111, 12_345_678_901),
+            ),
+            (web, vcpu(3, 0, 0, vcpu_state::RUNNABLE, 0b1011, 50_000_000)),
+            (web, vcpu(3, 1, 3, vcpu_state::BLOCKED, 0b1000, 0)),
+            (web, vcpu(3, 2, 2, vcpu_state::PAUSED, u64::MAX, 0)),
+            (web, vcpu(3, 3, 0, vcpu_state::OFFLINE, 0b1_0000, 0)),
+            (web, vcpu(3, 4, 0, 9, 0b1, 0)),
+        ];
+        assert_eq!(
+            vcpu_table(&rows, 4),
+            "\
+Name        ID  VCPU  CPU    State    Time(s) Affinity
+Domain-0     0     0    1  running       12.3 all
+web          3     0    0 runnable        0.1 0-1,3
+web          3     1    3  blocked        0.0 3
+web          3     2    2   paused        0.0 all
+web          3     3    -  offline        0.0 none
+web          3     4    0 unknown(9)        0.0 0
+"
+        );
+        assert_eq!(
+            vcpu_table(&[], 4),
+            "Name    ID  VCPU  CPU    State    Time(s) Affinity\n"
+        );
+        assert_eq!(
+            vcpu_json(&rows[..2], 4),
+            "[\n  \
+{\"id\": 0, \"name\": \"Domain-0\", \"vcpu\": 0, \"cpu\": 1, \"state\": \"running\", \
+\"cpu_time_ns\": 12345678901, \"affinity\": \"all\", \"affinity_cpus\": [0, 1, 2, 3]},\n  \
+{\"id\": 3, \"name\": \"web\", \"vcpu\": 0, \"cpu\": 0, \"state\": \"runnable\", \
+\"cpu_time_ns\": 50000000, \"affinity\": \"0-1,3\", \"affinity_cpus\": [0, 1, 3]}\n]\n"
+        );
+        assert_eq!(
+            vcpu_json(&rows[4..5], 4),
+            "[\n  {\"id\": 3, \"name\": \"web\", \"vcpu\": 3, \"cpu\": null, \"state\": \"offline\", \
+             \"cpu_time_ns\": 0, \"affinity\": \"none\", \"affinity_cpus\": []}\n]\n"
         );
     }
 

@@ -604,7 +604,10 @@ fn console_dump_prints_the_ring_and_exits() {
     fake.state().doms.get_mut(&web).unwrap().console = b"tick 1\ntick 2\n".to_vec();
     let run = oxl(&fake, &["console", "--dump", "web"]);
     assert_eq!(run.ok(), "tick 1\ntick 2\n");
-    assert_eq!(oxl(&fake, &["console", "-d", "nosuch"]).err(), "console: no domain 'nosuch' (see 'oxl list')");
+    assert_eq!(
+        oxl(&fake, &["console", "-d", "nosuch"]).err(),
+        "console: no domain 'nosuch' (see 'oxl list')"
+    );
 }
 
 #[test]
@@ -726,6 +729,8 @@ fn top_batch_frames() {
              web          1       running          1    50.0       64     1        20000     10000\n"
         )
     );
+    // Without --vcpus, no VCPU_LIST.
+    assert!(!fake.state().calls.iter().any(|c| c.starts_with("VCPUS")));
 }
 
 #[test]
@@ -741,4 +746,649 @@ fn top_interactive_quits_on_q() {
     let out = run.ok();
     assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2, "{out}");
     assert!(out.contains("q quits; every 3.0 s"), "{out}");
+}
+
+#[test]
+fn the_fake_models_the_scheduler_domctls() {
+    use crate::hv;
+    use oxen_abi::{vcpu_state, DEFAULT_WEIGHT, MAX_WEIGHT};
+    let inval = Err(crate::hv::CallError::Hv(Error::Inval));
+    let fake = Fake::new();
+    fake.state().cpus = 4;
+    let web = fake.add_vcpus("web", DomainState::Running, 3);
+    let mut hv = fake.clone();
+    let hv: &mut dyn Hypervisor = &mut hv;
+
+    // SCHED_CREDIT: flags 0 only reads; each flag sets its value; limits.
+    let c = hv::sched_credit(hv, web, None, None).unwrap();
+    assert_eq!((c.weight, c.cap), (DEFAULT_WEIGHT, 0));
+    let c = hv::sched_credit(hv, web, Some(512), None).unwrap();
+    assert_eq!((c.weight, c.cap), (512, 0));
+    let c = hv::sched_credit(hv, web, None, Some(400)).unwrap();
+    assert_eq!((c.weight, c.cap), (512, 400));
+    assert_eq!(
+        hv::sched_credit(hv, web, Some(MAX_WEIGHT), Some(0))
+            .unwrap()
+            .weight,
+        MAX_WEIGHT
+    );
+    assert_eq!(hv::sched_credit(hv, web, Some(0), None).map(drop), inval);
+    assert_eq!(
+        hv::sched_credit(hv, web, Some(MAX_WEIGHT + 1), None).map(drop),
+        inval
+    );
+    assert_eq!(hv::sched_credit(hv, web, None, Some(401)).map(drop), inval);
+    assert_eq!(
+        hv::sched_credit(hv, 9, None, None).map(drop),
+        Err(crate::hv::CallError::Hv(Error::NoEnt))
+    );
+    let sched = |f: &Fake| {
+        let s = f.state();
+        (s.doms[&web].weight, s.doms[&web].cap)
+    };
+    assert_eq!(sched(&fake), (MAX_WEIGHT, 0));
+
+    // VCPU_AFFINITY: at least one online pCPU, an existing vCPU.
+    hv::vcpu_affinity(hv, web, 1, 0b100).unwrap();
+    assert_eq!(hv::vcpu_affinity(hv, web, 1, 0b1_0000), inval);
+    assert_eq!(hv::vcpu_affinity(hv, web, 1, 0), inval);
+    assert_eq!(hv::vcpu_affinity(hv, web, 3, 0b1), inval);
+
+    // VCPU_LIST: one domain or all of them, states from the domain's.
+    let v = hv::vcpu_list(hv, Some(web)).unwrap();
+    assert_eq!(v.len(), 3);
+    assert_eq!((v[1].vcpu, v[1].cpu, v[1].affinity), (1, 2, 0b100));
+    assert_eq!(
+        (v[2].cpu, v[2].affinity, v[2].state),
+        (2, 0b1111, vcpu_state::RUNNING)
+    );
+    assert_eq!(hv::vcpu_list(hv, None).unwrap().len(), 4);
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Paused as u32;
+    assert!(hv::vcpu_list(hv, Some(web))
+        .unwrap()
+        .iter()
+        .all(|v| v.state == vcpu_state::PAUSED));
+    assert_eq!(
+        hv::vcpu_list(hv, Some(9)).map(drop),
+        Err(crate::hv::CallError::Hv(Error::NoEnt))
+    );
+    assert_eq!(
+        fake.actions(),
+        [
+            "SCHED 1 weight=512",
+            "SCHED 1 cap=400",
+            "SCHED 1 weight=65535 cap=0",
+            "SCHED 1 weight=0",
+            "SCHED 1 weight=65536",
+            "SCHED 1 cap=401",
+            "AFFINITY 1 1 0x4",
+            "AFFINITY 1 1 0x10",
+            "AFFINITY 1 1 0x0",
+            "AFFINITY 1 3 0x1",
+        ]
+    );
+}
+
+#[test]
+fn vcpu_list_asks_again_when_there_are_many_vcpus() {
+    let fake = Fake::new();
+    fake.state().free_kib = 64 << 20;
+    for i in 0..10 {
+        fake.add_vcpus(&format!("d{i}"), DomainState::Running, 8);
+    }
+    let mut hv = fake.clone();
+    let v = crate::hv::vcpu_list(&mut hv, None).unwrap();
+    assert_eq!(v.len(), 81);
+    assert_eq!((v[80].domid, v[80].vcpu), (10, 7));
+    assert_eq!(
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| *c == "VCPUS all")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn sched_credit_shows_every_domain() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.add("db", DomainState::Paused);
+    fake.state().doms.get_mut(&web).unwrap().weight = 512;
+    fake.state().doms.get_mut(&web).unwrap().cap = 50;
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).ok(),
+        "\
+Name        ID Weight   Cap
+Domain-0     0    256     0
+web          1    512    50
+db           2    256     0
+"
+    );
+    let sched_calls = |f: &Fake| -> Vec<String> {
+        f.state()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("SCHED"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        sched_calls(&fake),
+        ["SCHED 0 get", "SCHED 1 get", "SCHED 2 get"]
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "--json"]).ok(),
+        "[\n  {\"id\": 0, \"name\": \"Domain-0\", \"weight\": 256, \"cap\": 0},\n  \
+         {\"id\": 1, \"name\": \"web\", \"weight\": 512, \"cap\": 50},\n  \
+         {\"id\": 2, \"name\": \"db\", \"weight\": 256, \"cap\": 0}\n]\n"
+    );
+    // A domain that goes between LIST and its SCHED_CREDIT is left out.
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoEnt));
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).ok(),
+        "Name    ID Weight   Cap\nweb      1    512    50\ndb       2    256     0\n"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoSys));
+    assert_eq!(
+        oxl(&fake, &["sched-credit"]).err(),
+        "sched-credit: cannot read the weight and cap of domain 'Domain-0' (id 0): no such hypercall \
+         (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"
+    );
+    // Only reads: nothing was set.
+    assert!(
+        !fake.actions().iter().any(|a| a.starts_with("SCHED")),
+        "{:?}",
+        fake.actions()
+    );
+}
+
+#[test]
+fn sched_credit_shows_and_sets_one_domain() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    let table = |w, c| format!("Name    ID Weight   Cap\nweb      1 {w:>6} {c:>5}\n");
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web"]).ok(),
+        table(256, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "512"]).ok(),
+        table(512, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "1", "-c", "150"]).ok(),
+        table(512, 150)
+    );
+    assert_eq!(
+        oxl(
+            &fake,
+            &["sched-credit", "-d", "web", "-w", "65535", "-c", "0"]
+        )
+        .ok(),
+        table(65535, 0)
+    );
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "1", "--json"]).ok(),
+        "[\n  {\"id\": 1, \"name\": \"web\", \"weight\": 1, \"cap\": 0}\n]\n"
+    );
+    // dom0 has a weight and cap like any domain.
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "0", "-w", "1024"]).ok(),
+        "Name        ID Weight   Cap\nDomain-0     0   1024     0\n"
+    );
+    assert_eq!(
+        fake.actions(),
+        [
+            "SCHED 1 weight=512",
+            "SCHED 1 cap=150",
+            "SCHED 1 weight=65535 cap=0",
+            "SCHED 1 weight=1",
+            "SCHED 0 weight=1024",
+        ]
+    );
+    let s = fake.state();
+    assert_eq!((s.doms[&web].weight, s.doms[&web].cap), (1, 0));
+    assert_eq!(s.doms[&0].weight, 1024);
+}
+
+#[test]
+fn sched_credit_errors() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "db"]).err(),
+        "sched-credit: no domain 'db' (see 'oxl list')"
+    );
+    // The cap's bound depends on the host: 100 x its pCPUs.
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-c", "201"]).err(),
+        "sched-credit: cap 201 is too high: this host has 2 pCPUs (0-1), so at most 200 \
+         (the cap is in percent of one pCPU; 0 = no cap)"
+    );
+    oxl(&fake, &["sched-credit", "-d", "web", "-c", "200"]).ok();
+    fake.state().cpus = 4;
+    oxl(&fake, &["sched-credit", "-d", "web", "-c", "400"]).ok();
+    // What the hypervisor refuses all the same.
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-w", "300"]).err(),
+        "sched-credit: cannot set weight 300 for domain 'web' (id 1): invalid argument \
+         (the weight is 1 to 65535, the cap 0 to 100 x pCPUs)"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::NoEnt));
+    assert_eq!(
+        oxl(
+            &fake,
+            &["sched-credit", "-d", "web", "-w", "300", "-c", "10"]
+        )
+        .err(),
+        "sched-credit: domain 'web' (id 1) no longer exists (see 'oxl list')"
+    );
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Dying as u32;
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web", "-c", "10"]).err(),
+        "sched-credit: cannot set cap 10 for domain 'web' (id 1): \
+         not possible in the domain's current state (it is dying)"
+    );
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Perm));
+    assert_eq!(
+        oxl(&fake, &["sched-credit", "-d", "web"]).err(),
+        "sched-credit: cannot read the weight and cap of domain 'web' (id 1): not permitted \
+         (only dom0 may control domains: is oxl running in dom0?)"
+    );
+    let s = fake.state();
+    assert_eq!((s.doms[&web].weight, s.doms[&web].cap), (256, 400));
+}
+
+#[test]
+fn vcpu_pin_sets_affinities() {
+    let fake = Fake::new();
+    fake.state().cpus = 4;
+    let web = fake.add_vcpus("web", DomainState::Running, 3);
+    let affinity = |f: &Fake| -> Vec<u64> {
+        f.state().doms[&web]
+            .vcpus
+            .iter()
+            .map(|v| v.affinity)
+            .collect()
+    };
+    assert_eq!(oxl(&fake, &["vcpu-pin", "web", "1", "0-1,3"]).ok(), "");
+    assert_eq!(affinity(&fake), [0b1111, 0b1011, 0b1111]);
+    oxl(&fake, &["vcpu-pin", "1", "all", "2"]).ok();
+    assert_eq!(affinity(&fake), [0b100, 0b100, 0b100]);
+    oxl(&fake, &["vcpu-pin", "web", "0", "all,^2"]).ok();
+    oxl(&fake, &["vcpu-pin", "web", "2", "all"]).ok();
+    assert_eq!(affinity(&fake), [0b1011, 0b100, 0b1111]);
+    assert_eq!(
+        fake.actions(),
+        [
+            "AFFINITY 1 1 0xb",
+            "AFFINITY 1 0 0x4",
+            "AFFINITY 1 1 0x4",
+            "AFFINITY 1 2 0x4",
+            "AFFINITY 1 0 0xb",
+            "AFFINITY 1 2 0xf",
+        ]
+    );
+    // dom0's vCPUs can be pinned too.
+    oxl(&fake, &["vcpu-pin", "Domain-0", "0", "0"]).ok();
+    assert_eq!(fake.state().doms[&0].vcpus[0].affinity, 0b1);
+}
+
+#[test]
+fn vcpu_pin_errors() {
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("one", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "2"]).err(),
+        "vcpu-pin: pCPU 2 does not exist: this host has 2 pCPUs (0-1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "0-3"]).err(),
+        "vcpu-pin: pCPU 2 does not exist: this host has 2 pCPUs (0-1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "0", "all,^0-1"]).err(),
+        "vcpu-pin: 'all,^0-1' leaves no pCPU to run on \
+         (^N takes pCPUs out of what the items before it add, e.g. all,^1)"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "2", "0"]).err(),
+        "vcpu-pin: domain 'web' (id 1) has 2 vCPUs (0-1): there is no vCPU 2"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "one", "1", "0"]).err(),
+        "vcpu-pin: domain 'one' (id 2) has 1 vCPU (0): there is no vCPU 1"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "db", "0", "0"]).err(),
+        "vcpu-pin: no domain 'db' (see 'oxl list')"
+    );
+    // Nothing was asked of the hypervisor so far.
+    assert_eq!(fake.actions(), Vec::<String>::new());
+    fake.state()
+        .fail
+        .push((domctl::VCPU_AFFINITY, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "1"]).err(),
+        "vcpu-pin: cannot pin vCPU 0 to pCPUs 1 in domain 'web' (id 1): invalid argument \
+         (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info')"
+    );
+    // A vCPU the hypervisor does not know after one it pinned.
+    fake.state().doms.get_mut(&web).unwrap().vcpus.pop();
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "1"]).err(),
+        "vcpu-pin: cannot pin vCPU 1 to pCPUs 1 in domain 'web' (id 1): invalid argument \
+         (the hypervisor takes only the domain's vCPUs and online pCPUs: see 'oxl vcpu-list', 'oxl info'); vCPU 0 was pinned already"
+    );
+    fake.state().doms.get_mut(&web).unwrap().info.state = DomainState::Dying as u32;
+    assert_eq!(
+        oxl(&fake, &["vcpu-pin", "web", "all", "0-1"]).err(),
+        "vcpu-pin: cannot pin vCPU 0 to pCPUs 0-1 in domain 'web' (id 1): \
+         not possible in the domain's current state (it is dying)"
+    );
+    fake.state()
+        .fail
+        .push((domctl::VCPU_AFFINITY, Error::NoSys));
+    assert!(oxl(&fake, &["vcpu-pin", "web", "0", "0"])
+        .err()
+        .ends_with("no such hypercall (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"));
+}
+
+#[test]
+fn vcpu_list_shows_every_vcpu() {
+    use oxen_abi::vcpu_state;
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("db", DomainState::Paused);
+    fake.add("new", DomainState::Created);
+    oxl(&fake, &["vcpu-pin", "web", "1", "1"]).ok();
+    fake.clone().sleep(Duration::from_secs(3));
+    fake.state().doms.get_mut(&web).unwrap().vcpus[1].state = Some(vcpu_state::BLOCKED);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).ok(),
+        "\
+Name        ID  VCPU  CPU    State    Time(s) Affinity
+Domain-0     0     0    0  running        1.5 all
+web          1     0    0  running        1.5 all
+web          1     1    1  blocked        1.5 1
+db           2     0    0   paused        0.0 all
+new          3     0    -  offline        0.0 all
+"
+    );
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web", "Domain-0"]).ok(),
+        "\
+Name        ID  VCPU  CPU    State    Time(s) Affinity
+web          1     0    0  running        1.5 all
+web          1     1    1  blocked        1.5 1
+Domain-0     0     0    0  running        1.5 all
+"
+    );
+    let vcpu_calls: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("VCPUS"))
+        .cloned()
+        .collect();
+    assert_eq!(vcpu_calls, ["VCPUS all", "VCPUS 1", "VCPUS 0"]);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "--json", "1"]).ok(),
+        "[\n  \
+{\"id\": 1, \"name\": \"web\", \"vcpu\": 0, \"cpu\": 0, \"state\": \"running\", \
+\"cpu_time_ns\": 1500000000, \"affinity\": \"all\", \"affinity_cpus\": [0, 1]},\n  \
+{\"id\": 1, \"name\": \"web\", \"vcpu\": 1, \"cpu\": 1, \"state\": \"blocked\", \
+\"cpu_time_ns\": 1500000000, \"affinity\": \"1\", \"affinity_cpus\": [1]}\n]\n"
+    );
+    assert!(oxl(&fake, &["vcpu-list", "--json"]).ok().contains(
+        "{\"id\": 3, \"name\": \"new\", \"vcpu\": 0, \"cpu\": null, \"state\": \"offline\""
+    ));
+}
+
+#[test]
+fn vcpu_list_errors() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web", "db"]).err(),
+        "vcpu-list: no domain 'db' (see 'oxl list')"
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoEnt));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list", "web"]).err(),
+        "vcpu-list: domain 'web' (id 1) no longer exists (see 'oxl list')"
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoSys));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).err(),
+        "vcpu-list: cannot list the vCPUs: no such hypercall \
+         (the hypervisor does not implement this call: it is older than this oxl, see 'oxl info')"
+    );
+    fake.state().fail.push((domctl::LIST, Error::Busy));
+    assert_eq!(
+        oxl(&fake, &["vcpu-list"]).err(),
+        "vcpu-list: cannot list the domains: not possible in the domain's current state"
+    );
+}
+
+#[test]
+fn create_applies_weight_cap_and_cpus_before_starting() {
+    let cfg = setup(
+        "create-sched",
+        "name = \"web\"\nvcpus = 2\nweight = 512\ncap = 50\ncpus = \"1\"\n",
+        100,
+    );
+    let fake = Fake::new();
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions(),
+        [
+            "CREATE web 64M 2cpu",
+            "LOAD 1 kernel @0 +100/100",
+            "BUILD 1 \"\"",
+            "SCHED 1 weight=512 cap=50",
+            "AFFINITY 1 0 0x2",
+            "AFFINITY 1 1 0x2",
+            "UNPAUSE 1",
+        ]
+    );
+    let s = fake.state();
+    let d = &s.doms[&1];
+    assert_eq!((d.weight, d.cap), (512, 50));
+    assert_eq!(
+        d.vcpus.iter().map(|v| v.affinity).collect::<Vec<_>>(),
+        [0b10, 0b10]
+    );
+    drop(s);
+
+    // Only what the config has is set: here the cap, and vCPU 0's affinity
+    // (xl's list form; vCPU 1 is past the list); paused, nothing starts.
+    let cfg = setup(
+        "create-sched-some",
+        "name = \"db\"\nvcpus = 2\ncap = 0\ncpus = ['all,^0']\n",
+        100,
+    );
+    oxl(&fake, &["create", "-p", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions()[7..],
+        [
+            "CREATE db 64M 2cpu",
+            "LOAD 2 kernel @0 +100/100",
+            "BUILD 2 \"\"",
+            "SCHED 2 cap=0",
+            "AFFINITY 2 0 0x2",
+        ]
+    );
+    // xl's name for the weight; no cap or cpus, so no need to ask for the host.
+    let cfg = setup(
+        "create-sched-weight",
+        "name = \"app\"\ncpu_weight = 128\n",
+        100,
+    );
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(
+        fake.actions()[12..],
+        [
+            "CREATE app 64M 1cpu",
+            "LOAD 3 kernel @0 +100/100",
+            "BUILD 3 \"\"",
+            "SCHED 3 weight=128",
+            "UNPAUSE 3",
+        ]
+    );
+    assert_eq!(fake.state().doms[&3].weight, 128);
+    assert_eq!(
+        fake.state().calls.iter().filter(|c| *c == "PHYS").count(),
+        2
+    );
+}
+
+#[test]
+fn create_without_scheduling_settings_leaves_the_defaults() {
+    let cfg = setup("create-no-sched", "name = \"web\"\n", 100);
+    let fake = Fake::new();
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert!(
+        !fake
+            .state()
+            .calls
+            .iter()
+            .any(|c| ["PHYS", "SCHED", "AFFINITY"]
+                .iter()
+                .any(|s| c.starts_with(s))),
+        "{:?}",
+        fake.state().calls
+    );
+}
+
+#[test]
+fn create_checks_cap_and_cpus_against_the_host_first() {
+    let fake = Fake::new();
+    let cfg = setup("create-cap-high", "name = \"web\"\ncap = 201\n", 100);
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        format!(
+            "create: {}:3: cap = 201 is too high: this host has 2 pCPUs (0-1), so at most 200 \
+             (the cap is in percent of one pCPU; 0 = no cap)",
+            cfg.display()
+        )
+    );
+    let cfg = setup(
+        "create-cpus-absent",
+        "name = \"web\"\ncpus = \"0,2\"\n",
+        100,
+    );
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        format!(
+            "create: {}:3: cpus: pCPU 2 does not exist: this host has 2 pCPUs (0-1)",
+            cfg.display()
+        )
+    );
+    fake.state().fail.push((domctl::PHYS_INFO, Error::NoSys));
+    assert!(oxl(&fake, &["create", p(&cfg)])
+        .err()
+        .starts_with("create: cannot read the host's state: no such hypercall"));
+    // Nothing was created.
+    assert!(
+        !fake.state().calls.iter().any(|c| c.starts_with("CREATE")),
+        "{:?}",
+        fake.state().calls
+    );
+    // The same config fits a bigger host.
+    fake.state().cpus = 3;
+    oxl(&fake, &["create", p(&cfg)]).ok();
+    assert_eq!(fake.state().doms[&1].vcpus[0].affinity, 0b101);
+}
+
+#[test]
+fn create_rolls_back_a_failed_sched_credit() {
+    let cfg = setup(
+        "rollback-sched",
+        "name = \"web\"\nweight = 512\ncap = 100\n",
+        1000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::SCHED_CREDIT, Error::Inval));
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: cannot set weight 512 and cap 100 for domain 'web' (id 1): invalid argument; \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+    assert!(!fake.actions().iter().any(|a| a.starts_with("UNPAUSE")));
+}
+
+#[test]
+fn create_rolls_back_a_failed_vcpu_affinity() {
+    let cfg = setup(
+        "rollback-affinity",
+        "name = \"web\"\nvcpus = 2\ncpus = \"0\"\n",
+        1000,
+    );
+    let fake = Fake::new();
+    fake.state().fail.push((domctl::VCPU_AFFINITY, Error::Busy));
+    assert_eq!(
+        oxl(&fake, &["create", p(&cfg)]).err(),
+        "create: cannot pin vCPU 0 to pCPUs 0 in domain 'web' (id 1): \
+         not possible in the domain's current state (it is created); \
+         the domain was destroyed again, nothing is left behind"
+    );
+    assert_rolled_back(&fake);
+    assert!(!fake.actions().iter().any(|a| a.starts_with("UNPAUSE")));
+}
+
+#[test]
+fn top_batch_frames_with_vcpus() {
+    use oxen_abi::vcpu_state;
+    let fake = Fake::new();
+    let web = fake.add_vcpus("web", DomainState::Running, 2);
+    fake.add("db", DomainState::Paused);
+    oxl(&fake, &["vcpu-pin", "web", "1", "1"]).ok();
+    fake.state().doms.get_mut(&web).unwrap().vcpus[1].state = Some(vcpu_state::BLOCKED);
+    let out = oxl(&fake, &["top", "-b", "-n", "2", "-d", "2", "-v"])
+        .ok()
+        .to_owned();
+    let frames: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    let vcpu_header = "NAME        ID  VCPU  CPU    STATE   CPU(sec)  CPU(%) AFFINITY";
+    let lines: Vec<&str> = frames[0].lines().collect();
+    assert_eq!(
+        lines[5..],
+        [
+            vcpu_header,
+            "Domain-0     0     0    0  running          0       - all",
+            "web          1     0    0  running          0       - all",
+            "web          1     1    1  blocked          0       - 1",
+            "db           2     0    0   paused          0       - all",
+        ]
+    );
+    // Two seconds later: each running domain's vCPUs busy half the time.
+    let lines: Vec<&str> = frames[1].lines().collect();
+    assert_eq!(
+        lines[5..],
+        [
+            vcpu_header,
+            "Domain-0     0     0    0  running          1    50.0 all",
+            "web          1     0    0  running          1    50.0 all",
+            "web          1     1    1  blocked          1    50.0 1",
+            "db           2     0    0   paused          0     0.0 all",
+        ]
+    );
+    assert_eq!(
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| *c == "VCPUS all")
+            .count(),
+        2
+    );
+    fake.state().fail.push((domctl::VCPU_LIST, Error::NoSys));
+    assert!(oxl(&fake, &["top", "-b", "-n", "1", "--vcpus"])
+        .err()
+        .starts_with("top: cannot list the vCPUs: no such hypercall"));
 }
