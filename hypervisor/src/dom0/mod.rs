@@ -5,6 +5,7 @@
 //! it drives can DMA; its nested tables map everything else the machine has
 //! (firmware tables, device MMIO) except the hypervisor's own RAM and the
 //! interrupt controllers the hypervisor owns.
+pub mod apic_bus;
 pub mod layout;
 
 #[cfg(target_os = "none")]
