@@ -12,3 +12,21 @@ pub mod layout;
 mod build;
 #[cfg(target_os = "none")]
 pub use build::boot;
+
+/// dom0's vCPU count: what `dom0_max_vcpus=` asks, but at most one per online
+/// CPU (vCPU i runs on CPU i), and at least one.
+pub fn vcpu_count(asked: u32, cpus: u32) -> u32 {
+    asked.clamp(1, cpus.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_vcpu_per_cpu_at_most() {
+        assert_eq!(super::vcpu_count(1, 4), 1);
+        assert_eq!(super::vcpu_count(2, 2), 2);
+        assert_eq!(super::vcpu_count(4, 2), 2);
+        assert_eq!(super::vcpu_count(0, 2), 1);
+        assert_eq!(super::vcpu_count(3, 0), 1);
+    }
+}
