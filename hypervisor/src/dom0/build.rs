@@ -1,4 +1,5 @@
-//! Building and running dom0 (target only): memory, boot structures, vCPU.
+//! Building and running dom0 (target only): memory, boot structures, its vCPUs
+//! (vCPU i on CPU i) and the devices they share.
 
 use super::apic_bus::{bits, ApicBus, Power, Vectors, Wake};
 use super::layout::{self, Layout};

@@ -4,7 +4,8 @@
 //! dom0's RAM is identity mapped (guest-physical = host-physical) so the devices
 //! it drives can DMA; its nested tables map everything else the machine has
 //! (firmware tables, device MMIO) except the hypervisor's own RAM and the
-//! interrupt controllers the hypervisor owns.
+//! interrupt controllers the hypervisor owns. Its vCPU `i` runs on CPU `i`;
+//! `apic_bus` routes their interrupts.
 pub mod apic_bus;
 pub mod layout;
 
