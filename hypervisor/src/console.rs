@@ -60,6 +60,63 @@ pub fn read_log(offset: u64, out: &mut [u8]) -> crate::domain::ring::ReadResult 
 /// gets its tag again. Changed only under the `SERIAL` lock.
 static GUEST_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
+/// Hypervisor lines held back while a guest is in the middle of a line, so a
+/// guest's line (a dom0 command's output) is not cut in two. They are printed
+/// when the guest ends its line, or once it has been quiet for
+/// `HOLD_NS` (a prompt waiting for input), or when too many pile up.
+static PENDING: Mutex<alloc::string::String> = Mutex::new(alloc::string::String::new());
+static HAS_PENDING: AtomicBool = AtomicBool::new(false);
+/// When the guest last wrote to its open line (TSC-derived ns).
+static GUEST_LAST_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+const HOLD_NS: u64 = 20_000_000;
+const PENDING_MAX: usize = 16 * 1024;
+
+/// Writes one hypervisor line now, or holds it back (see `PENDING`).
+fn hypervisor_line(serial: &mut Serial, args: fmt::Arguments, may_hold: bool) {
+    let now = crate::sched::run::now_ns();
+    let hold = may_hold
+        && GUEST_LINE_OPEN.load(Ordering::Relaxed)
+        && now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS;
+    let mut pending = PENDING.lock();
+    if hold && pending.len() < PENDING_MAX {
+        let mut line = alloc::string::String::new();
+        let _ = writeln!(line, "{args}");
+        if let Some(ring) = LOG.lock().as_mut() {
+            ring.write(line.as_bytes());
+        }
+        pending.push_str(&line);
+        HAS_PENDING.store(true, Ordering::Relaxed);
+        return;
+    }
+    close_guest_line(serial);
+    flush_held(serial, &mut pending);
+    let _ = writeln!(Tee(serial), "{args}");
+}
+
+/// Prints the held-back lines (already in the log ring).
+fn flush_held(serial: &mut Serial, pending: &mut alloc::string::String) {
+    if !pending.is_empty() {
+        let _ = serial.write_str(pending);
+        pending.clear();
+    }
+    HAS_PENDING.store(false, Ordering::Relaxed);
+}
+
+/// Prints held-back hypervisor lines once the guest's open line has been
+/// quiet for a while. Called by every CPU's loop.
+pub fn flush_pending() {
+    if !HAS_PENDING.load(Ordering::Relaxed) {
+        return;
+    }
+    let now = crate::sched::run::now_ns();
+    if now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS {
+        return;
+    }
+    let mut serial = SERIAL.lock();
+    close_guest_line(&mut serial);
+    flush_held(&mut serial, &mut PENDING.lock());
+}
+
 /// Ends an open guest line before a hypervisor line.
 fn close_guest_line(serial: &mut Serial) {
     if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
@@ -86,8 +143,8 @@ impl log::Log for Logger {
             log::Level::Debug | log::Level::Trace => "debug: ",
         };
         let mut serial = SERIAL.lock();
-        close_guest_line(&mut serial);
-        let _ = writeln!(Tee(&mut serial), "(oxen) {prefix}{}", record.args());
+        let may_hold = record.level() != log::Level::Error;
+        hypervisor_line(&mut serial, format_args!("(oxen) {prefix}{}", record.args()), may_hold);
     }
 
     fn flush(&self) {}
@@ -118,8 +175,14 @@ pub fn init_log_ring() {
 /// always matter (fatal errors, the final `halt:` line).
 pub fn always(args: fmt::Arguments) {
     let mut serial = SERIAL.lock();
-    close_guest_line(&mut serial);
-    let _ = writeln!(Tee(&mut serial), "(oxen) {args}");
+    hypervisor_line(&mut serial, format_args!("(oxen) {args}"), false);
+}
+
+/// A line of a domU's console, tagged: held back like the log's lines while
+/// another guest is in the middle of a line.
+pub fn domain_line(args: fmt::Arguments) {
+    let mut serial = SERIAL.lock();
+    hypervisor_line(&mut serial, format_args!("(oxen) {args}"), true);
 }
 
 /// A guest's console output, passed through as it comes so prompts show at
@@ -137,7 +200,11 @@ pub fn write_guest(tag: &str, bytes: impl Iterator<Item = u8>) {
         }
         let _ = serial.write_char(char::from(b));
         GUEST_LINE_OPEN.store(b != b'\n', Ordering::Relaxed);
+        if b == b'\n' && HAS_PENDING.load(Ordering::Relaxed) {
+            flush_held(&mut serial, &mut PENDING.lock());
+        }
     }
+    GUEST_LAST_NS.store(crate::sched::run::now_ns(), Ordering::Relaxed);
 }
 
 /// One byte of serial input, if COM1 has one.

@@ -1,26 +1,30 @@
-//! Building and running dom0 (target only): memory, boot structures, vCPU.
+//! Building and running dom0 (target only): memory, boot structures, its vCPUs
+//! (vCPU i on CPU i) and the devices they share.
 
+use super::apic_bus::{bits, ApicBus, Power, Vectors, Wake};
 use super::layout::{self, Layout};
-use crate::arch::x86_64::{apic, irq, time};
-use crate::devices::ioapic::{DeliveryMode, IoApic, TriggerMode};
-use crate::devices::lapic::{LapicClock, LapicEvent, VirtualLapic};
+use crate::arch::x86_64::{apic, irq, smp, time};
 use crate::console_switch::{ConsoleSwitch, Focus, Input};
+use crate::devices::ioapic::{Delivery, IoApic, IOAPIC_PINS};
+use crate::devices::lapic::{LapicClock, VirtualLapic};
 use crate::devices::{uart16550::Uart16550, PortDevice};
+use crate::domain::control;
 use crate::emulate::mmio::{self, EmulateError};
-use crate::virt::{Access, VmExit};
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
+use crate::hypercall::{self, After, Args, Caller};
 use crate::linux::{boot_params, bzimage::BzImage, e820};
 use crate::mem::memmap::{self, Region};
 use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use crate::sched::run::{self as sched, now_ns, ns_to_tsc, Poll, Runnable};
 use crate::start::{fatal, BootInfo};
 use crate::virt::{guest_mem::GuestRegion, AnyVcpu, EntryMode, GuestMemory, InitialState, NestedTables, Vcpu};
-use crate::arch::x86_64::smp;
-use crate::domain::control;
-use crate::hypercall::{self, After, Args, Caller};
-use crate::sched::run::{self as sched, now_ns, ns_to_tsc, Poll, Runnable};
+use crate::virt::{Access, VmExit};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use log::{info, warn};
+use spin::{Mutex, Once};
 
 const MIB: u64 = 1 << 20;
 const LOW_MEMORY_END: u64 = 0xa_0000;
@@ -113,6 +117,15 @@ pub fn boot(info: &BootInfo) -> ! {
     ram.extend_from_slice(&module_pages);
     let ram = merge(ram);
 
+    let vcpus = super::vcpu_count(info.options.dom0_max_vcpus, smp::cpu_count());
+    if vcpus < info.options.dom0_max_vcpus {
+        warn!(
+            "dom0: dom0_max_vcpus={} but {} CPU(s) online: dom0 gets {vcpus} vCPU(s), one per CPU",
+            info.options.dom0_max_vcpus,
+            smp::cpu_count()
+        );
+    }
+
     let plan: Layout = layout::plan(&ram, &module_pages, bz.alignment(), bz.pref_address(), bz.init_size())
         .unwrap_or_else(|e| fatal(format_args!("dom0: cannot lay out the kernel in dom0's memory: {e:?}")));
 
@@ -121,8 +134,10 @@ pub fn boot(info: &BootInfo) -> ! {
     let given = kmod.cmdline.split_once(' ').map_or("", |(_, args)| args);
     // MSIs from dom0's devices are not delivered yet (they would reach the
     // physical APIC with vectors only dom0 knows): dom0 uses INTx lines, which
-    // the hypervisor forwards through its I/O APIC.
-    let cmdline = alloc::format!("{given} {DOM0_FORCED_ARGS}");
+    // the hypervisor forwards through its I/O APIC. dom0 reads the firmware's
+    // MADT, which lists every CPU: nr_cpus keeps it from waiting for the ones
+    // it has no vCPU for.
+    let cmdline = alloc::format!("{given} {DOM0_FORCED_ARGS} nr_cpus={vcpus}");
     let mut cl = [0u8; layout::CMDLINE_MAX];
     let n = cmdline.len().min((bz.cmdline_size() as usize).min(layout::CMDLINE_MAX - 1));
     cl[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
@@ -174,7 +189,7 @@ pub fn boot(info: &BootInfo) -> ! {
         rip: plan.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
         rsp: 0,
     };
-    let mut vcpu = AnyVcpu::new(&tables, &entry, 1).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
+    let mut vcpu = AnyVcpu::new(&tables, &entry, DOM0_TAG).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
     vcpu.gprs().rsi = layout::BOOT_PARAMS;
     vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
     mask_legacy_pic();
@@ -186,9 +201,10 @@ pub fn boot(info: &BootInfo) -> ! {
         }
     }
     // The nested tables stay as long as dom0, for good (never `destroy`ed).
+    let root = tables.root();
     let _ = tables;
     sched::init(info.options.sched_slice_ms);
-    run(vcpu, gm, ram_map)
+    run(vcpu, vcpus, root, gm, ram_map)
 }
 
 /// Masks both 8259s: the hypervisor owns interrupt delivery and does not use them.
@@ -200,21 +216,52 @@ fn mask_legacy_pic() {
     }
 }
 
-/// dom0's emulated devices: its console UART, its IOAPIC and its (one, for
-/// now) local APIC, plus the masked PICs.
-struct Dom0Env {
+/// dom0's state its vCPUs share. `devices` and `bus` are never held together
+/// (each is taken, used and let go), and never across a guest entry.
+struct Dom0 {
+    devices: Mutex<Devices>,
+    /// Every vCPU's local APIC, and its INIT / START-UP state.
+    bus: Mutex<ApicBus>,
+    /// Per vCPU, for the console and the log.
+    stats: Vec<VcpuStats>,
+    /// Everything dom0 may touch (for MMIO emulation's page walks).
+    gm: GuestMemory,
+    /// Its RAM only: where hypercall arguments may be.
+    ram: GuestMemory,
+    /// The nested tables' root, for the vCPUs START-UP makes.
+    root: u64,
+}
+
+static DOM0: Once<Dom0> = Once::new();
+
+impl Dom0 {
+    fn vcpus(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// How vCPU `i` is named in the log: plain "dom0" while it has one.
+    fn label(&self, i: usize) -> alloc::string::String {
+        if self.vcpus() == 1 {
+            "dom0".into()
+        } else {
+            alloc::format!("dom0 vcpu{i}")
+        }
+    }
+}
+
+/// dom0's emulated devices but the local APICs: its console UART, its IOAPIC,
+/// the masked PICs, the console switch and the physical IRQ routing.
+struct Devices {
     uart: Uart16550,
     uart_irq: bool,
     pic_masks: [u8; 2],
     ioapic: IoApic,
-    lapic: VirtualLapic,
     switch: ConsoleSwitch,
     /// Redirection entries last mirrored onto the physical I/O APIC.
     routed: [u64; irq::PINS as usize],
-    /// The physical APIC id forwarded interrupts are sent to (this CPU's).
+    /// The physical APIC id forwarded interrupts are sent to (the boot CPU's,
+    /// where vCPU 0 runs).
     host_apic_id: u32,
-    /// dom0's RAM: where its hypercall arguments may be.
-    ram: GuestMemory,
 }
 
 /// Redirection-entry bits dom0's routing depends on.
@@ -225,7 +272,11 @@ const RTE_MASKED: u64 = 1 << 16;
 /// The UART's ISA IRQ, wired to IOAPIC pin 4 as on a PC.
 const UART_PIN: u8 = 4;
 
-impl Dom0Env {
+/// dom0's TLB tag (VPID / ASID), shared by its vCPUs: they use the same nested
+/// tables, and tags name TLB contexts of one CPU, each vCPU on its own CPU.
+const DOM0_TAG: u16 = 1;
+
+impl Devices {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
     fn flush_console(&mut self) {
         let out: Vec<u8> = self.uart.take_output().collect();
@@ -260,37 +311,15 @@ impl Dom0Env {
         keys
     }
 
-    /// Propagates interrupt state: UART line → IOAPIC → local APIC, the local
-    /// APIC's timer, its IPIs and level-triggered EOIs.
-    fn update_interrupts(&mut self, now: u64) {
+    /// The IOAPIC's input lines: the UART's, and the physical interrupts
+    /// forwarded to dom0 (a pulse on the virtual pin; a level line stays
+    /// masked on the physical side until dom0's EOI, then is unmasked here).
+    fn update_lines(&mut self) {
         let level = self.uart.irq_level();
         if level != self.uart_irq {
             self.uart_irq = level;
             self.ioapic.set_irq(UART_PIN, level);
         }
-        self.lapic.tick(now);
-        while let Some(ev) = self.lapic.pop_event() {
-            match ev {
-                LapicEvent::LevelEoi(vector) => self.ioapic.eoi(vector),
-                LapicEvent::Ipi(ipi) => {
-                    if self.lapic.matches(&ipi.dest, ipi.source, self.lapic.logical_mode()) {
-                        self.lapic.receive_ipi(&ipi);
-                    } else {
-                        log::debug!("dom0: IPI to {:?} has no vCPU (dom0 has one)", ipi.dest);
-                    }
-                }
-            }
-        }
-        while let Some(d) = self.ioapic.pop_delivery() {
-            match d.delivery_mode {
-                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                    self.lapic.accept(d.vector, d.trigger_mode == TriggerMode::Level);
-                }
-                other => log::debug!("dom0: IOAPIC pin {} delivery mode {other:?} not delivered", d.pin),
-            }
-        }
-        // Physical interrupts forwarded to dom0: a pulse on the virtual pin (a
-        // level line stays masked on the physical side until dom0's EOI).
         let pending = irq::take_pending();
         for pin in (0..irq::PINS).filter(|p| pending & (1 << p) != 0) {
             self.ioapic.set_irq(pin, true);
@@ -319,85 +348,118 @@ impl Dom0Env {
     }
 }
 
-impl PortBus for Dom0Env {
+/// What one vCPU's exits reach: the shared devices and its own local APIC.
+struct Env<'a> {
+    dom0: &'a Dom0,
+    vcpu: usize,
+}
+
+impl PortBus for Env<'_> {
     fn read(&mut self, port: u16, size: u8) -> Option<u32> {
+        let mut dev = self.dom0.devices.lock();
         match port {
-            p if self.uart.claims(p) => Some(self.uart.port_read(p, size)),
-            0x21 => Some(self.pic_masks[0].into()),
-            0xa1 => Some(self.pic_masks[1].into()),
+            p if dev.uart.claims(p) => Some(dev.uart.port_read(p, size)),
+            0x21 => Some(dev.pic_masks[0].into()),
+            0xa1 => Some(dev.pic_masks[1].into()),
             _ => None,
         }
     }
     fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
+        let mut dev = self.dom0.devices.lock();
         match port {
-            p if self.uart.claims(p) => {
-                self.uart.port_write(p, size, value);
-                self.flush_console();
+            p if dev.uart.claims(p) => {
+                dev.uart.port_write(p, size, value);
+                // Under the lock, so lines from two vCPUs keep their order.
+                dev.flush_console();
             }
-            0x21 => self.pic_masks[0] = value as u8,
-            0xa1 => self.pic_masks[1] = value as u8,
+            0x21 => dev.pic_masks[0] = value as u8,
+            0xa1 => dev.pic_masks[1] = value as u8,
             _ => return false,
         }
         true
     }
 }
 
-impl GuestEnv for Dom0Env {
+impl GuestEnv for Env<'_> {
     fn ports(&mut self) -> &mut dyn PortBus {
         self
     }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        // vCPU i runs on CPU i and has its APIC ID: the host's topology leaves
+        // (leaf 1's APIC ID, leaf 0xb) describe it as they are.
         crate::arch::x86_64::cpuid(leaf, subleaf)
     }
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
         if !VirtualLapic::owns_msr(msr) {
             return None;
         }
-        self.lapic.msr_read(msr, now_ns()).ok()
+        self.dom0.bus.lock().lapic(self.vcpu).msr_read(msr, now_ns()).ok()
     }
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
-        VirtualLapic::owns_msr(msr) && self.lapic.msr_write(msr, value, now_ns()).is_ok()
+        VirtualLapic::owns_msr(msr) && self.dom0.bus.lock().lapic(self.vcpu).msr_write(msr, value, now_ns()).is_ok()
     }
     fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
-        let mut ram = control::RamView(&self.ram);
+        let mut ram = control::RamView(&self.dom0.ram);
         let mut caller = Caller { domid: control::DOM0_ID, privileged: true, ram: &mut ram };
         hypercall::dispatch(&mut caller, &mut control::Hv, args)
     }
 }
 
-/// dom0's VM exits counted by kind, for the log and the boot benchmark.
+/// VM exits counted by kind, for the log and the boot benchmark.
+const TALLY_NAMES: [&str; 10] =
+    ["cpuid", "io", "msr-read", "msr-write", "hlt", "hypercall", "npf", "preempted", "intr-window", "other"];
+
+fn tally_index(exit: &VmExit) -> usize {
+    match exit {
+        VmExit::Cpuid { .. } => 0,
+        VmExit::Io { .. } => 1,
+        VmExit::MsrRead { .. } => 2,
+        VmExit::MsrWrite { .. } => 3,
+        VmExit::Hlt => 4,
+        VmExit::Hypercall => 5,
+        VmExit::NestedPageFault { .. } => 6,
+        VmExit::Preempted => 7,
+        VmExit::InterruptWindow => 8,
+        _ => 9,
+    }
+}
+
+/// `(oxen) LABEL: N exits (WHY): name=count ...` (the boot benchmark reads
+/// dom0's `first idle stretch` and `console` lines).
+fn log_tally(label: &str, why: &str, counts: [u64; 10]) {
+    let total: u64 = counts.iter().sum();
+    let mut s = alloc::string::String::new();
+    for (name, n) in TALLY_NAMES.iter().zip(counts) {
+        if n > 0 {
+            let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
+        }
+    }
+    info!("{label}: {total} exits ({why}):{s}");
+}
+
+/// What the console and the log see of one vCPU: its CPU counts, the others read.
 #[derive(Default)]
-struct ExitTally([u64; 10]);
+struct VcpuStats {
+    tally: [AtomicU64; 10],
+    /// `STATE_*`.
+    state: AtomicU8,
+}
 
-impl ExitTally {
-    const NAMES: [&'static str; 10] =
-        ["cpuid", "io", "msr-read", "msr-write", "hlt", "hypercall", "npf", "preempted", "intr-window", "other"];
+const STATE_WAIT_FOR_SIPI: u8 = 0;
+const STATE_RUNNING: u8 = 1;
+const STATE_HALTED: u8 = 2;
 
-    fn count(&mut self, exit: &VmExit) {
-        let i = match exit {
-            VmExit::Cpuid { .. } => 0,
-            VmExit::Io { .. } => 1,
-            VmExit::MsrRead { .. } => 2,
-            VmExit::MsrWrite { .. } => 3,
-            VmExit::Hlt => 4,
-            VmExit::Hypercall => 5,
-            VmExit::NestedPageFault { .. } => 6,
-            VmExit::Preempted => 7,
-            VmExit::InterruptWindow => 8,
-            _ => 9,
-        };
-        self.0[i] += 1;
+impl VcpuStats {
+    fn counts(&self) -> [u64; 10] {
+        core::array::from_fn(|i| self.tally[i].load(Ordering::Relaxed))
     }
 
-    fn log(&self, why: &str) {
-        let total: u64 = self.0.iter().sum();
-        let mut s = alloc::string::String::new();
-        for (name, n) in Self::NAMES.iter().zip(self.0) {
-            if n > 0 {
-                let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
-            }
+    fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            STATE_WAIT_FOR_SIPI => "waiting for START-UP",
+            STATE_HALTED => "halted",
+            _ => "running",
         }
-        info!("dom0: {total} exits ({why}):{s}");
     }
 }
 
@@ -408,21 +470,49 @@ const TALLY_EVERY: u64 = 1 << 18;
 const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory";
 
 /// Answers one key on the hypervisor's console.
-fn debug_key(key: u8, env: &Dom0Env, tally: &ExitTally, exits: u64) {
+fn debug_key(key: u8, dom0: &Dom0) {
     match key {
         b'h' | b'?' => info!("console: keys: {HELP}"),
         b'd' => {
-            info!("console: dom0: {exits} exits, vLAPIC ppr {:#x}", env.lapic.ppr());
             control::describe_all();
+            for (i, s) in dom0.stats.iter().enumerate() {
+                let (id, ppr) = {
+                    let mut bus = dom0.bus.lock();
+                    let l = bus.lapic(i);
+                    (l.id(), l.ppr())
+                };
+                let exits: u64 = s.counts().iter().sum();
+                info!("console: dom0 vcpu{i} on cpu{i}: {}, {exits} exits, vLAPIC id {id} ppr {ppr:#x}", s.state_name());
+            }
+            let u = dom0.bus.lock().undelivered();
+            if u != Default::default() {
+                info!("console: dom0 messages not delivered: {u:?}");
+            }
         }
         b'c' => {
             for cpu in 0..smp::cpu_count() {
                 let (watched, busy) = sched::cpu_summary(cpu);
                 let busy = busy || cpu == crate::arch::x86_64::cpu_id();
+                let mine = (cpu as usize) < dom0.vcpus();
                 info!("console: cpu{cpu}: {}, watching {watched} blocked vCPU(s)", if busy { "running a vCPU" } else { "idle" });
+                if mine {
+                    let s = &dom0.stats[cpu as usize];
+                    info!("console: cpu{cpu}: dom0 vcpu{cpu} {}", s.state_name());
+                }
             }
         }
-        b'e' => tally.log("console"),
+        b'e' => {
+            let mut total = [0u64; 10];
+            for s in &dom0.stats {
+                total.iter_mut().zip(s.counts()).for_each(|(t, n)| *t += n);
+            }
+            log_tally("dom0", "console", total);
+            if dom0.vcpus() > 1 {
+                for (i, s) in dom0.stats.iter().enumerate() {
+                    log_tally(&dom0.label(i), "console", s.counts());
+                }
+            }
+        }
         b'm' => info!("console: {} MiB free in the hypervisor's frame allocator", mem::free_frame_count() * 4 / 1024),
         b'\r' | b'\n' => {}
         other => info!("console: no key {:?}; keys: {HELP}", char::from(other)),
@@ -478,16 +568,18 @@ fn blocked_access(vcpu: &mut AnyVcpu, gm: &GuestMemory, gpa: GuestPhysAddr, acce
     }
 }
 
-/// Completes dom0's access to an emulated MMIO page, if `gpa` is in one.
-fn emulate_mmio(vcpu: &mut AnyVcpu, gm: &GuestMemory, env: &mut Dom0Env, gpa: GuestPhysAddr) -> Option<Result<(), EmulateError>> {
+/// Completes vCPU `index`'s access to an emulated MMIO page, if `gpa` is in one.
+fn emulate_mmio(vcpu: &mut AnyVcpu, dom0: &Dom0, index: usize, gpa: GuestPhysAddr) -> Option<Result<(), EmulateError>> {
     let page = gpa.as_u64() & !(PAGE_SIZE - 1);
     let cpu = vcpu.cpu_state()?;
     let now = now_ns();
+    let at = GuestPhysAddr::new(page);
     let result = match page {
-        LAPIC_PAGE => mmio::emulate_mmio(vcpu, gm, &cpu, gpa, GuestPhysAddr::new(page), &mut env.lapic.mmio(now)),
+        LAPIC_PAGE => mmio::emulate_mmio(vcpu, &dom0.gm, &cpu, gpa, at, &mut dom0.bus.lock().lapic(index).mmio(now)),
         IOAPIC_PAGE => {
-            let r = mmio::emulate_mmio(vcpu, gm, &cpu, gpa, GuestPhysAddr::new(page), &mut env.ioapic);
-            env.sync_routes();
+            let mut dev = dom0.devices.lock();
+            let r = mmio::emulate_mmio(vcpu, &dom0.gm, &cpu, gpa, at, &mut dev.ioapic);
+            dev.sync_routes();
             r
         }
         _ => return None,
@@ -495,43 +587,149 @@ fn emulate_mmio(vcpu: &mut AnyVcpu, gm: &GuestMemory, env: &mut Dom0Env, gpa: Gu
     Some(result.map(|_| ()))
 }
 
-/// dom0's vCPU on CPU 0's run queue, with its devices.
+/// What `service` found.
+enum Serviced {
+    /// Run on; the vCPU's APIC timer fires next at this time.
+    Run { timer: Option<u64> },
+    /// INIT or START-UP came for this vCPU: `follow_power` first.
+    PowerChanged,
+}
+
+/// dom0's vCPU `index`, for good on CPU `index`'s run queue.
 struct Dom0Vcpu {
-    vcpu: AnyVcpu,
-    /// Everything dom0 may touch (for MMIO emulation's page walks).
-    gm: GuestMemory,
-    /// Its RAM only: where hypercall arguments may be.
-    env: Dom0Env,
+    index: usize,
+    dom0: &'static Dom0,
+    /// `None` while waiting for START-UP.
+    vcpu: Option<AnyVcpu>,
+    /// The bus's INIT count this vCPU last acted on.
+    inits_seen: u32,
     exits: u64,
     halted: bool,
     halted_since: Option<u64>,
     stall_reported: bool,
     blocked: u64,
-    tally: ExitTally,
 }
 
-// SAFETY: dom0's vCPU is made on CPU 0 and only ever run there (it is queued
-// on CPU 0 before the loop starts and never moves).
+// SAFETY: a dom0 vCPU is queued on its CPU before it has guest state and never
+// moves; its VMCS/VMCB is made (at boot for vCPU 0, at START-UP for the others),
+// run and dropped on that CPU only.
 unsafe impl Send for Dom0Vcpu {}
 
 impl Dom0Vcpu {
-    /// Console keys, interrupt state, and an interrupt injected if one is due
-    /// and dom0 can take it.
-    fn service(&mut self, now: u64) {
-        for key in self.env.poll_input() {
-            debug_key(key, &self.env, &self.tally, self.exits);
+    fn new(index: usize, dom0: &'static Dom0, vcpu: Option<AnyVcpu>) -> Self {
+        Self { index, dom0, vcpu, inits_seen: 0, exits: 0, halted: false, halted_since: None, stall_reported: false, blocked: 0 }
+    }
+
+    fn stats(&self) -> &VcpuStats {
+        &self.dom0.stats[self.index]
+    }
+
+    /// Acts on INIT (the guest state goes; wait for START-UP) and START-UP (a
+    /// new vCPU in real mode at the start page, made here on its own CPU).
+    fn follow_power(&mut self) {
+        let (reset, startup) = {
+            let mut bus = self.dom0.bus.lock();
+            let inits = bus.inits(self.index);
+            let reset = inits != self.inits_seen;
+            self.inits_seen = inits;
+            (reset, bus.take_startup(self.index))
+        };
+        if reset {
+            // On this CPU, where a VMCS must be cleared.
+            if self.vcpu.take().is_some() {
+                info!("{}: INIT: waiting for START-UP", self.dom0.label(self.index));
+            }
+            (self.halted, self.halted_since, self.stall_reported) = (false, None, false);
         }
-        self.env.update_interrupts(now);
-        if let Some(vector) = self.env.lapic.pending() {
-            if self.vcpu.interrupt_ready() {
-                self.vcpu.inject_interrupt(vector);
-                self.env.lapic.ack();
-                self.halted = false;
-                self.halted_since = None;
-            } else {
-                self.vcpu.request_interrupt_window(true);
+        if let Some(page) = startup {
+            let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
+            match AnyVcpu::with_root(self.dom0.root, &entry, DOM0_TAG) {
+                Ok(mut v) => {
+                    v.pass_through_dom0_io(&[COM1], &PIC_PORTS);
+                    self.vcpu = Some(v);
+                    info!(
+                        "{}: START-UP: real mode at {:#x} on cpu{}",
+                        self.dom0.label(self.index),
+                        u32::from(page) << 12,
+                        crate::arch::x86_64::cpu_id()
+                    );
+                }
+                Err(e) => warn!("{}: START-UP: cannot make the vCPU: {e}", self.dom0.label(self.index)),
             }
         }
+        let state = match (&self.vcpu, self.halted) {
+            (None, _) => STATE_WAIT_FOR_SIPI,
+            (Some(_), true) => STATE_HALTED,
+            (Some(_), false) => STATE_RUNNING,
+        };
+        self.stats().state.store(state, Ordering::Relaxed);
+    }
+
+    /// Console keys (vCPU 0), interrupt state shared with the other vCPUs, and
+    /// an interrupt injected if one is due and the guest can take it.
+    fn service(&mut self, now: u64) -> Serviced {
+        let (dom0, i) = (self.dom0, self.index);
+        if i == 0 {
+            // Serial input and the hypervisor's console stay with vCPU 0.
+            let keys = dom0.devices.lock().poll_input();
+            for key in keys {
+                debug_key(key, dom0);
+            }
+        }
+        let mut wake: Wake = 0;
+        let mut eois = Vectors::default();
+        let mut first = true;
+        let result = loop {
+            // The IOAPIC: EOIs from the last round, input lines, what it sends.
+            let mut out: [Option<Delivery>; IOAPIC_PINS] = [None; IOAPIC_PINS];
+            {
+                let mut dev = dom0.devices.lock();
+                for v in eois.iter() {
+                    dev.ioapic.eoi(v);
+                }
+                dev.update_lines();
+                for slot in out.iter_mut() {
+                    let Some(d) = dev.ioapic.pop_delivery() else { break };
+                    *slot = Some(d);
+                }
+            }
+            eois = Vectors::default();
+            // The APICs: the IOAPIC's messages, this APIC's timer and what it sends.
+            let mut bus = dom0.bus.lock();
+            for d in out.iter().flatten() {
+                wake |= bus.deliver(d);
+            }
+            if first {
+                bus.lapic(i).tick(now);
+                first = false;
+            }
+            wake |= bus.drain(i, &mut eois);
+            if !eois.is_empty() {
+                // A level EOI may let the IOAPIC send again: another round.
+                continue;
+            }
+            if bus.inits(i) != self.inits_seen || matches!(bus.power(i), Power::StartUp(_)) {
+                break Serviced::PowerChanged;
+            }
+            let Some(vcpu) = self.vcpu.as_mut() else { break Serviced::PowerChanged };
+            let lapic = bus.lapic(i);
+            if let Some(vector) = lapic.pending() {
+                if vcpu.interrupt_ready() {
+                    vcpu.inject_interrupt(vector);
+                    lapic.ack();
+                    self.halted = false;
+                    self.halted_since = None;
+                } else {
+                    vcpu.request_interrupt_window(true);
+                }
+            }
+            break Serviced::Run { timer: lapic.timer_deadline() };
+        };
+        // vCPU j runs on CPU j: wake the others that got something.
+        for j in bits(wake & !(1 << i)) {
+            smp::kick(j as u32);
+        }
+        result
     }
 
     fn report_stall(&mut self, now: u64) {
@@ -540,20 +738,23 @@ impl Dom0Vcpu {
             return;
         }
         self.stall_reported = true;
-        self.tally.log("first idle stretch");
-        let (rip, ready, exits) = (self.vcpu.rip(), self.vcpu.interrupt_ready(), self.exits);
-        let env = &mut self.env;
-        let isr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x100 + 0x10 * i as u32, now));
-        let irr: [u32; 8] = core::array::from_fn(|i| env.lapic.read_register(0x200 + 0x10 * i as u32, now));
+        let label = self.dom0.label(self.index);
+        log_tally(&label, "first idle stretch", self.stats().counts());
+        let Some(vcpu) = self.vcpu.as_ref() else { return };
+        let (rip, ready, exits) = (vcpu.rip(), vcpu.interrupt_ready(), self.exits);
+        let mut bus = self.dom0.bus.lock();
+        let l = bus.lapic(self.index);
+        let isr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x100 + 0x10 * i as u32, now));
+        let irr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x200 + 0x10 * i as u32, now));
         info!(
-            "dom0: idle for {} s (nothing to deliver): rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {}",
+            "{label}: idle for {} s (nothing to deliver): rip {:#x}, interrupt ready {}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {}",
             (now - since) / 1_000_000_000,
             rip,
             ready,
-            env.lapic.pending(),
-            env.lapic.ppr(),
-            env.lapic.timer_deadline(),
-            env.lapic.read_register(0x320, now),
+            l.pending(),
+            l.ppr(),
+            l.timer_deadline(),
+            l.read_register(0x320, now),
             exits,
         );
     }
@@ -561,46 +762,63 @@ impl Dom0Vcpu {
 
 impl Runnable for Dom0Vcpu {
     fn poll(&mut self, now: u64) -> Poll {
-        self.service(now);
+        let timer = loop {
+            self.follow_power();
+            if self.vcpu.is_none() {
+                // Waiting for START-UP: only a kick (from the IPI) can change that.
+                return Poll::Sleep(None);
+            }
+            if let Serviced::Run { timer } = self.service(now) {
+                break timer;
+            }
+        };
         if !self.halted {
             return Poll::Run;
         }
+        self.stats().state.store(STATE_HALTED, Ordering::Relaxed);
         self.report_stall(now);
-        // While dom0 idles, sleep until its timer or (polled) serial input.
-        let poll = now + SERIAL_POLL_NS;
-        Poll::Sleep(Some(self.env.lapic.timer_deadline().map_or(poll, |d| d.min(poll))))
+        // While halted, sleep until its timer, a kick, or (vCPU 0) the next
+        // look at serial input.
+        let poll = (self.index == 0).then_some(now + SERIAL_POLL_NS);
+        Poll::Sleep(match (timer, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     fn run(&mut self, until: u64) {
         let start = now_ns();
         let exits_before = self.exits;
+        self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
         loop {
             let now = now_ns();
-            self.service(now);
+            let Serviced::Run { timer } = self.service(now) else { break };
             if self.halted || now >= until {
                 break;
             }
-            let poll = now + SERIAL_POLL_NS;
-            let stop = until.min(poll);
-            apic::arm_timer(Some(ns_to_tsc(self.env.lapic.timer_deadline().map_or(stop, |d| d.min(stop)))));
-            let exit = self.vcpu.run();
+            let stop = if self.index == 0 { until.min(now + SERIAL_POLL_NS) } else { until };
+            apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
+            let Some(vcpu) = self.vcpu.as_mut() else { break };
+            let exit = vcpu.run();
             self.exits += 1;
-            self.tally.count(&exit);
+            self.dom0.stats[self.index].tally[tally_index(&exit)].fetch_add(1, Ordering::Relaxed);
             if self.exits.is_multiple_of(TALLY_EVERY) {
-                self.tally.log("so far");
+                log_tally(&self.dom0.label(self.index), "so far", self.dom0.stats[self.index].counts());
             }
             if let VmExit::NestedPageFault { gpa, access } = exit {
-                match emulate_mmio(&mut self.vcpu, &self.gm, &mut self.env, gpa) {
+                match emulate_mmio(vcpu, self.dom0, self.index, gpa) {
                     Some(Ok(())) => {}
                     Some(Err(e)) => fatal(format_args!(
-                        "dom0: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}",
-                        self.vcpu.rip()
+                        "{}: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}",
+                        self.dom0.label(self.index),
+                        vcpu.rip()
                     )),
-                    None => blocked_access(&mut self.vcpu, &self.gm, gpa, access, &mut self.blocked),
+                    None => blocked_access(vcpu, &self.dom0.gm, gpa, access, &mut self.blocked),
                 }
                 continue;
             }
-            match exit::handle(&mut self.vcpu, exit, &mut self.env) {
+            let mut env = Env { dom0: self.dom0, vcpu: self.index };
+            match exit::handle(vcpu, exit, &mut env) {
                 Outcome::Continue => {}
                 // A physical interrupt (the timer, a kick, a device): back to
                 // the scheduler, which may have another vCPU to run here.
@@ -608,8 +826,12 @@ impl Runnable for Dom0Vcpu {
                 Outcome::Halted => self.halted = true,
                 Outcome::Yield | Outcome::Block { .. } => break,
                 other => {
-                    let rip = self.vcpu.rip();
-                    fatal(format_args!("dom0 stopped after {} exits at rip {rip:#x}: {other:?}", self.exits));
+                    let rip = vcpu.rip();
+                    fatal(format_args!(
+                        "{} stopped after {} exits at rip {rip:#x}: {other:?}",
+                        self.dom0.label(self.index),
+                        self.exits
+                    ));
                 }
             }
         }
@@ -621,39 +843,41 @@ impl Runnable for Dom0Vcpu {
     }
 }
 
-/// Starts every CPU's scheduler loop with dom0's vCPU on CPU 0. Never returns.
-fn run(vcpu: AnyVcpu, gm: GuestMemory, ram: GuestMemory) -> ! {
+/// Starts every CPU's scheduler loop with dom0's vCPU `i` on CPU `i` (vCPU 0
+/// ready to run, the others waiting for START-UP). Never returns.
+fn run(vcpu: AnyVcpu, vcpus: u32, root: u64, gm: GuestMemory, ram: GuestMemory) -> ! {
     let clock = LapicClock { bus_hz: apic::timer_hz().max(1), tsc_hz: time::tsc_hz().max(1) };
-    let env = Dom0Env {
-        uart: Uart16550::com1(),
-        uart_irq: false,
-        pic_masks: [0xff; 2],
-        ioapic: IoApic::new(0),
-        lapic: VirtualLapic::new(0, true, clock),
-        switch: ConsoleSwitch::default(),
-        routed: [RTE_MASKED; irq::PINS as usize],
-        host_apic_id: apic::id(),
+    // vCPU i takes CPU i's APIC ID: the firmware's MADT, which dom0 reads,
+    // then names its vCPUs, and CPUID (not intercepted for the topology)
+    // agrees with it.
+    let apic_ids: Vec<u32> = (0..vcpus).map(smp::apic_id).collect();
+    let dom0 = DOM0.call_once(|| Dom0 {
+        devices: Mutex::new(Devices {
+            uart: Uart16550::com1(),
+            uart_irq: false,
+            pic_masks: [0xff; 2],
+            ioapic: IoApic::new(0),
+            switch: ConsoleSwitch::default(),
+            routed: [RTE_MASKED; irq::PINS as usize],
+            host_apic_id: apic::id(),
+        }),
+        bus: Mutex::new(ApicBus::new(&apic_ids, clock)),
+        stats: (0..vcpus).map(|_| VcpuStats::default()).collect(),
+        gm,
         ram: ram.clone(),
-    };
+        root,
+    });
     irq::init(IOAPIC_PAGE);
-    control::register_dom0(ram, 1);
+    control::register_dom0(ram, vcpus);
     sched::set_housekeeping(control::housekeeping);
     for cpu in 1..smp::cpu_count() {
         smp::start_on(cpu, sched::cpu_loop);
     }
-    info!("dom0: starting");
-    let d0 = Dom0Vcpu {
-        vcpu,
-        gm,
-        env,
-        exits: 0,
-        halted: false,
-        halted_since: None,
-        stall_reported: false,
-        blocked: 0,
-        tally: ExitTally::default(),
-    };
-    sched::enqueue(0, alloc::boxed::Box::new(d0));
+    info!("dom0: starting ({vcpus} vCPU(s): vCPU i on cpu i, APIC IDs {apic_ids:?})");
+    for i in 1..vcpus {
+        sched::enqueue(i, Box::new(Dom0Vcpu::new(i as usize, dom0, None)));
+    }
+    sched::enqueue(0, Box::new(Dom0Vcpu::new(0, dom0, Some(vcpu))));
     sched::cpu_loop()
 }
 

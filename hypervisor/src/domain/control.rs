@@ -203,7 +203,7 @@ impl Services for Hv {
         for &b in bytes {
             if b == b'\n' || d.res.line.len() >= 200 {
                 let line = String::from_utf8_lossy(&d.res.line);
-                crate::console::always(format_args!("(d{domid}) {}", line.trim_end_matches('\r')));
+                crate::console::domain_line(format_args!("(d{domid}) {}", line.trim_end_matches('\r')));
                 d.res.line.clear();
             } else {
                 d.res.line.push(b);

@@ -292,6 +292,7 @@ pub fn cpu_loop() -> ! {
         if let Some(f) = housekeeping {
             f(now);
         }
+        crate::console::flush_pending();
         let wake = poll_blocked(cpu, now);
         let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
             crate::start::fatal(format_args!("sched: no scheduler"));

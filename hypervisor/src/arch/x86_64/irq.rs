@@ -6,6 +6,12 @@
 //! the virtual I/O APIC.
 //!
 //! Assumes one I/O APIC at GSI base 0 (every PC chipset QEMU and Bochs model).
+//!
+//! Any of dom0's CPUs may reprogram a pin (an SMP dom0 writes its virtual I/O
+//! APIC from every vCPU), while the handler masks level pins on the CPU the
+//! pins are routed to: `REGS` keeps each select/data pair whole. The handler
+//! cannot find the lock held by its own CPU: the hypervisor takes it with
+//! interrupts off only.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -29,12 +35,15 @@ static BASE: AtomicU32 = AtomicU32::new(0xfec0_0000);
 static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Pins routed level-triggered (masked by the handler until dom0's EOI).
 static LEVEL: AtomicU32 = AtomicU32::new(0);
+/// Held across each redirection-entry write (see the module documentation).
+static REGS: spin::Mutex<()> = spin::Mutex::new(());
 
-fn write_reg(reg: u32, value: u32) {
+/// # Safety
+/// The caller holds `REGS`.
+unsafe fn write_reg(reg: u32, value: u32) {
     let base = u64::from(BASE.load(Ordering::Relaxed));
-    // SAFETY: the I/O APIC's registers are identity mapped uncached; only the
-    // CPU running dom0 programs it, with interrupts off or from its own handler,
-    // so a select/data pair is never interleaved.
+    // SAFETY: the I/O APIC's registers are identity mapped uncached; the
+    // caller holds `REGS`, so a select/data pair is never interleaved.
     unsafe {
         core::ptr::write_volatile((base + IOREGSEL) as *mut u32, reg);
         core::ptr::write_volatile((base + IOWIN) as *mut u32, value);
@@ -43,9 +52,13 @@ fn write_reg(reg: u32, value: u32) {
 
 fn write_entry(pin: u8, entry: u64) {
     let reg = REDIR_BASE + 2 * u32::from(pin);
+    let _regs = REGS.lock();
     // High half first: the destination must be in place before unmasking.
-    write_reg(reg + 1, (entry >> 32) as u32);
-    write_reg(reg, entry as u32);
+    // SAFETY: `REGS` is held.
+    unsafe {
+        write_reg(reg + 1, (entry >> 32) as u32);
+        write_reg(reg, entry as u32);
+    }
 }
 
 /// Masks every pin (at boot: firmware may have left some enabled).
@@ -56,8 +69,8 @@ pub fn init(base: u64) {
     }
 }
 
-/// Routes physical `pin` to this CPU (APIC id `dest`) with the guest's trigger
-/// mode and polarity, or masks it.
+/// Routes physical `pin` to the CPU with APIC id `dest` (dom0's boot CPU, which
+/// takes `take_pending`) with the guest's trigger mode and polarity, or masks it.
 pub fn route(pin: u8, enabled: bool, level: bool, active_low: bool, dest: u32) {
     if pin >= PINS {
         return;

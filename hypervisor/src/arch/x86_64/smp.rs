@@ -80,6 +80,11 @@ pub fn cpu_count() -> u32 {
     ONLINE.load(Ordering::Acquire)
 }
 
+/// The APIC ID of CPU `cpu` (0..cpu_count()).
+pub fn apic_id(cpu: u32) -> u32 {
+    CPUS[cpu as usize].apic_id.load(Ordering::Relaxed)
+}
+
 /// Sets up the boot CPU's local APIC and timers, then starts every enabled CPU
 /// of the MADT (at most `MAX_CPUS`) and logs how many came up.
 pub fn init(platform: &Platform) {
