@@ -467,7 +467,7 @@ impl VcpuStats {
 const TALLY_EVERY: u64 = 1 << 18;
 
 /// The hypervisor console's keys.
-const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory";
+const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler";
 
 /// Answers one key on the hypervisor's console.
 fn debug_key(key: u8, dom0: &Dom0) {
@@ -501,6 +501,7 @@ fn debug_key(key: u8, dom0: &Dom0) {
                 }
             }
         }
+        b's' => sched::log_stats(),
         b'e' => {
             let mut total = [0u64; 10];
             for s in &dom0.stats {

@@ -51,6 +51,8 @@ pub trait Runnable: Send {
 
 struct Entry {
     v: Box<dyn Runnable>,
+    /// When a poll found it ready after blocking (for the wake-up latency).
+    woken_at: Option<u64>,
     /// Blocked in the scheduler: polled by `watcher` each turn.
     blocked: bool,
     /// The CPU that ran it last (and polls it while blocked).
@@ -140,7 +142,7 @@ pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, v: Box<dyn Runnab
     }
     // New vCPUs start paused in the scheduler; the watcher's first poll that
     // finds it ready unpauses it.
-    VCPUS.lock().insert(id, Entry { v, blocked: true, watcher: first_cpu, movable, started: false });
+    VCPUS.lock().insert(id, Entry { v, woken_at: None, blocked: true, watcher: first_cpu, movable, started: false });
     smp::kick(first_cpu);
     Ok(())
 }
@@ -241,6 +243,7 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
         match e.v.poll(now) {
             Poll::Run => {
                 e.blocked = false;
+                e.woken_at = Some(now);
                 let first = !core::mem::replace(&mut e.started, true);
                 VCPUS.lock().insert(id, e);
                 // Blocked: wake; never run yet: unpause (new vCPUs start paused).
@@ -282,11 +285,46 @@ fn remove(id: VcpuId, e: Entry) {
     drop(e);
 }
 
+/// Counters for `cargo xtask bench` and the hypervisor console: how long a
+/// CPU takes from one guest's exit to another guest's entry (a vCPU switch),
+/// and from a blocked vCPU found ready to its entry (wake-up latency), in TSC
+/// cycles (instructions under QEMU's `-icount shift=0`).
+pub struct Stats {
+    pub switches: core::sync::atomic::AtomicU64,
+    pub switch_cycles: core::sync::atomic::AtomicU64,
+    pub wakeups: core::sync::atomic::AtomicU64,
+    pub wakeup_ns: core::sync::atomic::AtomicU64,
+    pub wakeup_max_ns: core::sync::atomic::AtomicU64,
+}
+
+pub static STATS: Stats = Stats {
+    switches: core::sync::atomic::AtomicU64::new(0),
+    switch_cycles: core::sync::atomic::AtomicU64::new(0),
+    wakeups: core::sync::atomic::AtomicU64::new(0),
+    wakeup_ns: core::sync::atomic::AtomicU64::new(0),
+    wakeup_max_ns: core::sync::atomic::AtomicU64::new(0),
+};
+
+/// Logs the counters (hypervisor console key `s`).
+pub fn log_stats() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let (n, c) = (STATS.switches.load(Relaxed), STATS.switch_cycles.load(Relaxed));
+    let (w, wns, wmax) = (STATS.wakeups.load(Relaxed), STATS.wakeup_ns.load(Relaxed), STATS.wakeup_max_ns.load(Relaxed));
+    log::info!(
+        "sched: {n} vCPU switches, {} TSC cycles each from one guest's exit to the next one's entry; {w} wake-ups, {} us mean / {} us max from ready to running",
+        c.checked_div(n).unwrap_or(0),
+        wns.checked_div(w).unwrap_or(0) / 1000,
+        wmax / 1000
+    );
+}
+
 /// This CPU's scheduler loop, for good. Interrupts stay off except in `hlt`.
 pub fn cpu_loop() -> ! {
     interrupts::disable();
     let cpu = cpu_id();
     let housekeeping = if cpu == 0 { *HOUSEKEEPING.lock() } else { None };
+    // The vCPU this CPU ran last and the TSC when its run returned.
+    let mut last: Option<(VcpuId, u64)> = None;
     loop {
         let now = now_ns();
         if let Some(f) = housekeeping {
@@ -320,7 +358,23 @@ pub fn cpu_loop() -> ! {
             e.v.adopt();
         }
         RUNNING[cpu as usize].store(key(id), core::sync::atomic::Ordering::Relaxed);
+        {
+            use core::sync::atomic::Ordering::Relaxed;
+            if let Some((prev, at)) = last {
+                if prev != id {
+                    STATS.switches.fetch_add(1, Relaxed);
+                    STATS.switch_cycles.fetch_add(time::rdtsc().saturating_sub(at), Relaxed);
+                }
+            }
+            if let Some(w) = e.woken_at.take() {
+                let lat = now_ns().saturating_sub(w);
+                STATS.wakeups.fetch_add(1, Relaxed);
+                STATS.wakeup_ns.fetch_add(lat, Relaxed);
+                STATS.wakeup_max_ns.fetch_max(lat, Relaxed);
+            }
+        }
         e.v.run(until.unwrap_or(u64::MAX).max(now_ns() + 1));
+        last = Some((id, time::rdtsc()));
         RUNNING[cpu as usize].store(u64::MAX, core::sync::atomic::Ordering::Relaxed);
         e.watcher = cpu;
         let after = now_ns();
