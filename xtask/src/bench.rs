@@ -40,6 +40,15 @@ const TALLY_GRACE: Duration = Duration::from_secs(60);
 /// Bare/Oxen pairs, run alternately.
 const DOM0_ROUNDS: usize = 2;
 
+/// dom0's kernel arguments for the measurements made inside dom0: init runs
+/// `dom0-bootstrap/tests/bench.sh` before its shell; `nr_cpus=1` spares dom0 the 10 s
+/// it otherwise spends waiting for the second CPU of the firmware's MADT to start.
+const INSIDE_ARGS: &str = "nr_cpus=1 dom0_run=/usr/lib/oxen/tests/bench.sh";
+/// bench.sh's last line.
+const INSIDE_DONE: &str = r"^\(oxen\) \(d0\) bench: done";
+/// A boot of dom0 plus bench.sh, under either clock.
+const INSIDE_TIMEOUT: Duration = Duration::from_secs(900);
+
 pub struct Sizes {
     pub sections: Vec<(&'static str, u64)>,
     pub loaded: u64,
@@ -329,6 +338,640 @@ last lines of {}:
     })
 }
 
+/// One `oxen-null-bench` line: `null|refused|syscall`, calls, TSC cycles for all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NullRun {
+    pub kind: String,
+    pub calls: u64,
+    pub cycles: u64,
+}
+
+impl NullRun {
+    fn per_call(&self) -> f64 {
+        self.cycles as f64 / self.calls.max(1) as f64
+    }
+}
+
+/// One kind of hypercall in an `OXL_STATS=1` tally: name, calls, microseconds in them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HcKind {
+    pub name: String,
+    pub calls: u64,
+    pub us: f64,
+}
+
+/// An `oxl: stats: N hypercalls, T us: kind n (t us), ...` tally (OXL_STATS=1).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HcTally {
+    pub total: u64,
+    pub us: f64,
+    pub kinds: Vec<HcKind>,
+}
+
+/// One `oxl create` of minimal-1, as bench.sh timed it in dom0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateRound {
+    /// Microseconds until `oxl create` returned.
+    pub create_us: u64,
+    /// Microseconds until the domU's first console line was read in dom0.
+    pub first_line_us: u64,
+    /// `DomainInfo.exits` right after that line.
+    pub exits: u64,
+    pub line: String,
+    pub hypercalls: Option<HcTally>,
+}
+
+/// What bench.sh printed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InsideFigures {
+    pub null: Vec<NullRun>,
+    pub rounds: Vec<CreateRound>,
+    /// Ten `oxl info` runs, in microseconds.
+    pub info_us: Option<u64>,
+    /// Reading dom0's clock twice in a row (microseconds), each time measured.
+    pub clock_us: Vec<u64>,
+    pub info_hypercalls: Option<HcTally>,
+    /// The hypervisor's TSC calibration (MHz), to turn cycles into time.
+    pub tsc_mhz: Option<f64>,
+}
+
+fn parse_tally_text(text: &str) -> Option<HcTally> {
+    let re = Regex::new(r"stats: (\d+) hypercalls(?:, ([\d.]+) us)?(?:: (.*))?$").ok()?;
+    let kind = Regex::new(r"^(\S+) (\d+) \(([\d.]+) us\)$").ok()?;
+    let c = re.captures(text.trim_end())?;
+    let mut kinds = Vec::new();
+    if let Some(list) = c.get(3) {
+        for part in list.as_str().split(", ") {
+            let k = kind.captures(part)?;
+            kinds.push(HcKind {
+                name: k[1].to_string(),
+                calls: k[2].parse().ok()?,
+                us: k[3].parse().ok()?,
+            });
+        }
+    }
+    Some(HcTally {
+        total: c[1].parse().ok()?,
+        us: c.get(2).map_or(Some(0.0), |m| m.as_str().parse().ok())?,
+        kinds,
+    })
+}
+
+/// The `bench: ` lines of dom0's output in a serial log.
+fn parse_inside(serial: &str) -> InsideFigures {
+    let mut f = InsideFigures::default();
+    let null = Regex::new(r"bench: null-bench (\w+) (\d+) calls (\d+) cycles").expect("regex");
+    let round = Regex::new(
+        r"bench: create round (\d+) create_us=(\d+) first_line_us=(\d+) exits=(\d*) line=(.*)$",
+    )
+    .expect("regex");
+    let stats = Regex::new(r"bench: create round (\d+) (stats: .*)$").expect("regex");
+    let info = Regex::new(r"bench: oxl-info 10 runs us=(\d+) ?(.*)$").expect("regex");
+    let clock = Regex::new(r"bench: clock overhead_us=(\d+)").expect("regex");
+    let tsc = Regex::new(r"^\(oxen\) apic: .*TSC (\d+(?:\.\d+)?) MHz").expect("regex");
+    for l in crate::util::log_lines(serial) {
+        if let Some(c) = null.captures(l) {
+            f.null.push(NullRun {
+                kind: c[1].to_string(),
+                calls: c[2].parse().unwrap_or(0),
+                cycles: c[3].parse().unwrap_or(0),
+            });
+        } else if let Some(c) = round.captures(l) {
+            f.rounds.push(CreateRound {
+                create_us: c[2].parse().unwrap_or(0),
+                first_line_us: c[3].parse().unwrap_or(0),
+                exits: c[4].parse().unwrap_or(0),
+                line: c[5].trim().to_string(),
+                hypercalls: None,
+            });
+        } else if let Some(c) = stats.captures(l) {
+            let n: usize = c[1].parse().unwrap_or(0);
+            if let Some(r) = f.rounds.get_mut(n.wrapping_sub(1)) {
+                r.hypercalls = parse_tally_text(&c[2]);
+            }
+        } else if let Some(c) = info.captures(l) {
+            f.info_us = c[1].parse().ok();
+            f.info_hypercalls = parse_tally_text(&c[2]);
+        } else if let Some(c) = clock.captures(l) {
+            f.clock_us.push(c[1].parse().unwrap_or(0));
+        } else if let Some(c) = tsc.captures(l) {
+            f.tsc_mhz = c[1].parse().ok();
+        }
+    }
+    f
+}
+
+/// One boot of dom0 running bench.sh, and what it measured.
+pub struct Inside {
+    pub icount: bool,
+    pub figures: InsideFigures,
+    pub command: String,
+    /// Wall seconds of the whole run (boot included).
+    pub elapsed: f64,
+}
+
+/// Boots Oxen with dom0 in QEMU TCG `-cpu max`, 2 CPUs (dom0 on the first, the domU
+/// on the second), with `-icount shift=0` or without, and collects bench.sh's lines.
+fn inside_dom0(elf: &Path, icount: bool) -> Result<Inside> {
+    let dom0 = crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?;
+    let dir = target_dir().join("bench").join(if icount {
+        "inside-icount"
+    } else {
+        "inside-tcg"
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut modules = dom0.modules();
+    modules[0].args = format!("{} {INSIDE_ARGS}", modules[0].args);
+    let iso = dir.join("oxen.iso");
+    make_iso(&IsoSpec {
+        elf,
+        cmdline: DOM0_CMDLINE,
+        modules: &modules,
+        name: "bench-inside",
+        output: &iso,
+    })?;
+    let m = Machine {
+        emulator: Emulator::Qemu,
+        cpu: Some("max".into()),
+        smp: 2,
+        memory_mib: 512,
+        accel: Accel::Tcg,
+        icount,
+        bochs_ips: BOCHS_IPS,
+        disk: None,
+    };
+    step(format!(
+        "inside dom0: QEMU TCG -cpu max{}, 2 CPUs: dom0 runs bench.sh (up to {}s)",
+        if icount { " -icount shift=0" } else { "" },
+        INSIDE_TIMEOUT.as_secs()
+    ));
+    let watch = Watch {
+        done: Some(Regex::new(INSIDE_DONE)?),
+        ..Watch::default()
+    };
+    let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), INSIDE_TIMEOUT, &watch)?;
+    let figures = parse_inside(&boot.serial);
+    if !matches!(boot.ending, Ending::Done) || figures.null.is_empty() || figures.rounds.is_empty()
+    {
+        let how = match boot.ending {
+            Ending::Halted => "the hypervisor halted".to_string(),
+            Ending::Done => "bench.sh ended without its figures".to_string(),
+            Ending::TimedOut => format!("timed out after {}s", INSIDE_TIMEOUT.as_secs()),
+            Ending::Exited(s) => format!("QEMU exited ({s})"),
+        };
+        bail!(
+            "dom0's bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",
+            boot.command,
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        );
+    }
+    Ok(Inside {
+        icount,
+        figures,
+        command: relative(&boot.command),
+        elapsed: boot.elapsed.as_secs_f64(),
+    })
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// What each `oxen-null-bench` kind includes.
+fn null_kind(kind: &str) -> &'static str {
+    match kind {
+        "null" => "the ioctl forwarding `NULL`: system call, the driver copies the request in and checks it, \
+                   `VMCALL`/`VMMCALL` to the hypervisor and back, the result stored to user space",
+        "refused" => "the same ioctl refused by the driver after copying the request in (`NULL` with a command: \
+                      `EINVAL`): everything above but the hypercall",
+        "syscall" => "`getppid(2)`: entering and leaving dom0's kernel, the floor under any ioctl",
+        _ => "",
+    }
+}
+
+/// The BENCHMARKS.md section on null hypercalls from dom0's user space.
+fn dom0_null_section(runs: &[&Inside], in_hv: Option<f64>, footer: &str) -> (String, String) {
+    let mut table = String::from("| call | ");
+    let heads: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            if r.icount {
+                "`-icount shift=0`: instructions per call".to_string()
+            } else {
+                "TCG: host TSC cycles per call".to_string()
+            }
+        })
+        .collect();
+    table.push_str(&heads.join(" | "));
+    table.push_str(" | what it is |\n|---|");
+    table.push_str(&"---|".repeat(runs.len()));
+    table.push_str("---|\n");
+    let kinds: Vec<String> = runs[0]
+        .figures
+        .null
+        .iter()
+        .map(|n| n.kind.clone())
+        .collect();
+    let per = |r: &Inside, kind: &str| {
+        r.figures
+            .null
+            .iter()
+            .find(|n| n.kind == kind)
+            .map(NullRun::per_call)
+    };
+    for kind in &kinds {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| per(r, kind).map_or("–".into(), |v| format!("{v:.1}")))
+            .collect();
+        table.push_str(&format!(
+            "| {kind} | {} | {} |\n",
+            cells.join(" | "),
+            null_kind(kind)
+        ));
+    }
+    let diff: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| Some(per(r, "null")? - per(r, "refused")?))
+        .collect();
+    let cells: Vec<String> = diff
+        .iter()
+        .map(|d| d.map_or("–".into(), |v| format!("**{v:.1}**")))
+        .collect();
+    table.push_str(&format!(
+        "| null − refused | {} | the hypercall itself as dom0's kernel sees it: the world switch out of dom0 \
+         and back, dom0's vCPU loop around the exit, the dispatch, and storing the result |\n",
+        cells.join(" | ")
+    ));
+    let icount = runs.iter().position(|r| r.icount);
+    let mut compare = String::new();
+    let mut summary = String::new();
+    if let (Some(i), Some(hv)) = (icount, in_hv) {
+        if let Some(d) = diff[i] {
+            let full = per(runs[i], "null").unwrap_or(0.0);
+            compare = format!(
+                "\n\nThe in-hypervisor figure above (section \"Null hypercall\": {hv:.1} instructions, a self-test \
+                 guest's kernel-mode `VMMCALL` loop under the same `-icount shift=0`) is the bare round trip: the \
+                 world switch, `exit::handle` and the dispatch. From dom0's kernel the hypercall costs {d:.1} \
+                 instructions, {:.1}× that, because dom0's vCPU loop (`Dom0Vcpu::run`, \
+                 `hypervisor/src/dom0/build.rs`) does more around every exit, whatever its reason: it reads the \
+                 time (TSC to ns, a 128-bit division), services dom0's devices (polls COM1 for console input, \
+                 updates the virtual UART, IOAPIC and local APIC and injects what is due), re-arms the \
+                 hypervisor's APIC timer for dom0's next deadline (two more 128-bit conversions and an APIC \
+                 register write) and counts the exit by reason; the driver adds a `put_user` of the result. \
+                 (That list is read from the code, not profiled.) So every dom0 exit, not only hypercalls, pays \
+                 up to about {:.0} instructions of loop overhead: with ~60,000 exits to boot dom0 (section \"VM exits \
+                 during dom0's boot\") that is ~{:.0} M instructions. The whole ioctl from user space costs \
+                 {full:.1} instructions ({:.1}× the bare round trip); the system call and the driver's checks are \
+                 the other {:.0}.\n\n\
+                 Under plain TCG one hypercall from dom0 costs {} host cycles against {} for the refused ioctl: \
+                 QEMU's emulation of the world switch itself (`VMRUN` and `#VMEXIT` load and save the whole CPU \
+                 state, paging included) costs far more host time than the instructions around it, so under TCG \
+                 what matters is the number of exits, not their instructions.",
+                d / hv,
+                d - hv,
+                (d - hv) * 60_000.0 / 1e6,
+                full / hv,
+                full - d,
+                runs.iter()
+                    .find(|r| !r.icount)
+                    .and_then(|r| per(r, "null"))
+                    .map_or("–".into(), |v| thousands(v as u64)),
+                runs.iter()
+                    .find(|r| !r.icount)
+                    .and_then(|r| per(r, "refused"))
+                    .map_or("–".into(), |v| thousands(v as u64)),
+            );
+        }
+    }
+    if let Some(i) = icount {
+        if let Some(v) = per(runs[i], "null") {
+            summary = format!(
+                "| null hypercall from dom0 user space (ioctl on /dev/oxen) | {v:.1} instructions per call (icount) |\n"
+            );
+        }
+    }
+    let commands: Vec<String> = runs.iter().map(|r| r.command.clone()).collect();
+    let body = format!(
+        "## Null hypercall from dom0's user space\n\n\
+         `oxen-null-bench` (`dom0-bootstrap/kmod/null-bench.c`, in dom0 as `/usr/lib/oxen/null-bench`) times \
+         {} back-to-back calls of each kind with `RDTSC` (after 100 warm-up calls), in dom0 before any domU \
+         exists. Under `-icount shift=0` QEMU's TSC counts instructions, so that column is deterministic \
+         instruction counts of everything on the CPU (dom0's user space and kernel, and Oxen); without icount \
+         the guest TSC is the host's, so that column is host cycles spent emulating, noisy (2 cores shared with \
+         other jobs) and only good for ratios.\n\n{table}{compare}\n\n\
+         Command: `cargo xtask bench`, which booted dom0 with `{INSIDE_ARGS}` on its kernel command line \
+         (dom0's init runs `dom0-bootstrap/tests/bench.sh`, which runs `/usr/lib/oxen/null-bench 10000`) in\n\n\
+         ```\n{}\n```\n\n{footer}",
+        runs[0].figures.null.first().map_or(0, |n| n.calls),
+        commands.join("\n"),
+    );
+    (summary, body)
+}
+
+fn tally_text(t: &HcTally) -> String {
+    let kinds: Vec<String> = t
+        .kinds
+        .iter()
+        .map(|k| format!("{} {}", k.name, k.calls))
+        .collect();
+    format!("{} ({})", t.total, kinds.join(", "))
+}
+
+/// The median time (us) of hypercall `name` over the rounds of one run.
+fn kind_us(r: &Inside, name: &str) -> Option<f64> {
+    let mut v: Vec<f64> = r
+        .figures
+        .rounds
+        .iter()
+        .filter_map(|c| {
+            c.hypercalls
+                .as_ref()?
+                .kinds
+                .iter()
+                .find(|k| k.name == name)
+                .map(|k| k.us)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// Why `oxl create` makes each kind of hypercall.
+fn create_call(kind: &str) -> &'static str {
+    match kind {
+        "version" => "oxl checks the hypervisor speaks its ABI before anything else",
+        "domctl-create" => "the domain: its memory in 2 MiB chunks from the pool (zeroed), nested page tables, a VPID/ASID",
+        "domctl-load_image" => "the kernel ELF staged in the hypervisor, at most 64 KiB (the driver's bounce buffer) per call",
+        "domctl-build" => "the domain's memory zeroed again, the ELF checked and laid out with page tables, GDT and StartInfo",
+        "domctl-unpause" => "the vCPU queued on the least loaded CPU other than dom0's, which is kicked",
+        "domctl-get_info" | "domctl-list" => "looking the domain up",
+        "domctl-phys_info" => "the host's figures",
+        _ => "",
+    }
+}
+
+/// The BENCHMARKS.md section on `oxl create` → the domU's first line.
+fn create_section(runs: &[&Inside], footer: &str) -> (String, String) {
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    let mut out = String::new();
+    let mut summary = String::new();
+    for r in runs {
+        let f = &r.figures;
+        let (title, clock) = if r.icount {
+            (
+                "Under `-icount shift=0` (deterministic)",
+                "dom0's clock is virtual time, one instruction per ns: 1 ms here is 1 million instructions \
+                 executed (dom0's and Oxen's; idle waits are skipped over and cost none)",
+            )
+        } else {
+            (
+                "Under plain TCG (emulator wall time)",
+                "dom0's clock follows the host's: emulator milliseconds, slowed by emulation and by the other \
+                 jobs sharing the 2 host cores, so only the ratio to the baseline below means much",
+            )
+        };
+        out.push_str(&format!(
+            "### {title}\n\n{clock}.\n\n\
+             | round | `oxl create` returned | first console line read | domU exits by then |\n|---|---|---|---|\n"
+        ));
+        for (i, c) in f.rounds.iter().enumerate() {
+            out.push_str(&format!(
+                "| {} | {} ms | {} ms | {} |\n",
+                i + 1,
+                ms(c.create_us),
+                ms(c.first_line_us),
+                thousands(c.exits)
+            ));
+        }
+        let create = median(f.rounds.iter().map(|c| c.create_us).collect());
+        let first = median(f.rounds.iter().map(|c| c.first_line_us).collect());
+        let exits = median(f.rounds.iter().map(|c| c.exits).collect());
+        let clock = median(f.clock_us.clone());
+        out.push_str(&format!(
+            "| median | **{} ms** | **{} ms** | **{}** |\n\
+             | median less the clock reads in it (one, two: {} ms each) | {} ms | {} ms | |\n\n",
+            ms(create),
+            ms(first),
+            thousands(exits),
+            ms(clock),
+            ms(create.saturating_sub(clock)),
+            ms(first.saturating_sub(2 * clock)),
+        ));
+        if let Some(info) = f.info_us {
+            let per = info as f64 / 10.0;
+            out.push_str(&format!(
+                "Baselines on the same clock: one `oxl info` (start oxl, open `/dev/oxen`, hypercalls: {}, \
+                 print) takes {} ms (10 runs: {} ms), so `oxl create` is {:.1}× and create → first line read \
+                 {:.1}× one trivial oxl command; reading the clock itself (`adjtimex | sed`; `oxl create`'s \
+                 figure holds one, the first line's two) takes {} ms.\n\n",
+                f.info_hypercalls.as_ref().map_or("–".into(), tally_text),
+                ms(per as u64),
+                ms(info),
+                create as f64 / per.max(1.0),
+                first as f64 / per.max(1.0),
+                ms(clock),
+            ));
+            summary.push_str(&format!(
+                "| `oxl create` → domU's first console line read in dom0, {} | {} ms median ({:.1}× an `oxl info`), domU exits by then: {} |\n",
+                if r.icount { "icount (1 ms = 1 M instructions)" } else { "TCG wall" },
+                ms(first),
+                first as f64 / per.max(1.0),
+                thousands(exits)
+            ));
+        }
+    }
+    // The hypercalls are the same in every round and under either clock: show one tally.
+    let tally = runs
+        .iter()
+        .flat_map(|r| r.figures.rounds.iter())
+        .find_map(|c| c.hypercalls.clone());
+    let mut calls = String::new();
+    if let Some(t) = &tally {
+        let heads: Vec<&str> = runs
+            .iter()
+            .map(|r| {
+                if r.icount {
+                    "time in it, icount (1 µs = 1,000 instructions)"
+                } else {
+                    "time in it, TCG wall"
+                }
+            })
+            .collect();
+        calls.push_str(&format!(
+            "`oxl create /etc/oxen/minimal-1.cfg` makes **{} hypercalls** (counted with `OXL_STATS=1`, one \
+             ioctl on `/dev/oxen` each, the same in every round; the time is oxl's, from the ioctl's call to its \
+             return, median of the rounds):\n\n| hypercall | calls | {} | what it does |\n|---|---|{}---|\n",
+            t.total,
+            heads.join(" | "),
+            "---|".repeat(runs.len())
+        ));
+        for k in &t.kinds {
+            let times: Vec<String> = runs
+                .iter()
+                .map(|r| kind_us(r, &k.name).map_or("–".into(), |us| format!("{us:.1} µs")))
+                .collect();
+            calls.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                k.name,
+                k.calls,
+                times.join(" | "),
+                create_call(&k.name)
+            ));
+        }
+        calls.push('\n');
+    }
+    let mut why = String::new();
+    if let Some(r) = runs.iter().find(|r| r.icount) {
+        let f = &r.figures;
+        let clock = median(f.clock_us.clone());
+        let create =
+            median(f.rounds.iter().map(|c| c.create_us).collect()).saturating_sub(clock) as f64;
+        // The first-line interval holds two clock reads: its own and `oxl create`'s end.
+        let first = median(f.rounds.iter().map(|c| c.first_line_us).collect())
+            .saturating_sub(2 * clock) as f64;
+        let info = f.info_us.map(|u| u as f64 / 10.0);
+        let mut hc: Vec<(String, f64)> = tally
+            .iter()
+            .flat_map(|t| t.kinds.iter())
+            .filter_map(|k| Some((k.name.clone(), kind_us(r, &k.name)?)))
+            .collect();
+        let in_calls: f64 = hc.iter().map(|h| h.1).sum();
+        hc.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = hc
+            .iter()
+            .take(2)
+            .map(|(n, us)| format!("{n} {:.2} ms", us / 1000.0))
+            .collect();
+        why = format!(
+            "Where the time goes (icount figures, so instructions: 1 ms = 1 M): `oxl create` takes {:.2} ms once \
+             the clock read is taken out. {:.2} ms of it is inside its hypercalls, mostly {}: the hypervisor \
+             zeroes the domain's 16 MiB when `CREATE` takes the memory and again in `BUILD` (`hypervisor/src/domain/control.rs`: \
+             `create` gets zeroed frames from `mem::alloc_frames`, `build` calls `zero_ram`), and every store \
+             instruction of that counts here. The rest, about {:.2} ms, is dom0's: starting the static 1.5 MiB oxl \
+             (one `oxl info` costs {}), reading and checking the config, reading the kernel file, and the \
+             ioctl path (each hypercall also crosses the system call and the driver's copies, see the section \
+             above). The domU's own start is small: its first line needs about {} exits (the console write \
+             hypercall among them). The {:.2} ms between `oxl create` returning and the line being read are \
+             about one more oxl start (`oxl console`) and a pipe: the line was already there when it looked.\n\n",
+            create / 1000.0,
+            in_calls / 1000.0,
+            top.join(" and "),
+            (create - in_calls) / 1000.0,
+            info.map_or("–".into(), |i| format!("{:.2} ms", i / 1000.0)),
+            median(f.rounds.iter().map(|c| c.exits).collect()),
+            (first - create) / 1000.0,
+        );
+    }
+    let line = runs
+        .iter()
+        .flat_map(|r| r.figures.rounds.first())
+        .map(|c| c.line.clone())
+        .next()
+        .unwrap_or_default();
+    let elf_bytes =
+        std::fs::metadata(target_dir().join("guests/x86_64-unknown-none/release/minimal"))
+            .map_or("–".into(), |m| thousands(m.len()));
+    let commands: Vec<String> = runs.iter().map(|r| r.command.clone()).collect();
+    let body = format!(
+        "## `oxl create` → the domU's first console line\n\n\
+         Measured in dom0 by `dom0-bootstrap/tests/bench.sh`, five rounds of: `oxl create /etc/oxen/minimal-1.cfg` \
+         (the minimal test guest: 16 MiB, 1 vCPU, a {elf_bytes}-byte ELF), then `oxl console minimal-1` until its \
+         first line (`{line}`) is read, then `oxl list --json` for the domain's VM exits, then `oxl destroy`. \
+         dom0's clock: busybox's `date` has no `%N`, so the time comes from `adjtimex` (microseconds). \
+         \"First console line read\" counts from before `oxl create` to the moment a second process, `oxl console`, \
+         has read the line: the guest prints it on its first run, right after `UNPAUSE`, so by the time `oxl \
+         console` has started the line is already there, and the figure is `oxl create` plus one oxl start. \
+         The exits are `DomainInfo.exits` read just after the line, so approximate: the hypervisor adds a \
+         run's exits when the vCPU stops (when the guest first sleeps), and a tick may be in them.\n\n\
+         {calls}{out}{why}\
+         Command: `cargo xtask bench`, which booted dom0 with `{INSIDE_ARGS}` on its kernel command line in\n\n\
+         ```\n{}\n```\n\n{footer}",
+        commands.join("\n"),
+    );
+    (summary, body)
+}
+
+/// The BENCHMARKS.md overview of what the frequent costs are, from this run's figures.
+fn costs_section(
+    inside: &[Inside],
+    in_hv: f64,
+    boot: Option<&Dom0Boot>,
+    footer: &str,
+) -> Option<String> {
+    let ic = inside.iter().find(|r| r.icount)?;
+    let tcg = inside.iter().find(|r| !r.icount)?;
+    let per = |r: &Inside, kind: &str| {
+        r.figures
+            .null
+            .iter()
+            .find(|n| n.kind == kind)
+            .map(NullRun::per_call)
+    };
+    let (null, refused, syscall) = (per(ic, "null")?, per(ic, "refused")?, per(ic, "syscall")?);
+    let hc = null - refused;
+    let tcg_hc = per(tcg, "null")? - per(tcg, "refused")?;
+    let tsc_mhz = tcg.figures.tsc_mhz.unwrap_or(0.0);
+    let exit_us = if tsc_mhz > 0.0 { tcg_hc / tsc_mhz } else { 0.0 };
+    let clock = median(ic.figures.clock_us.clone());
+    let create_us =
+        median(ic.figures.rounds.iter().map(|c| c.create_us).collect()).saturating_sub(clock);
+    let zeroing: f64 = ["domctl-create", "domctl-build"]
+        .iter()
+        .filter_map(|k| kind_us(ic, k))
+        .sum();
+    let oxl_start = ic.figures.info_us.map_or(0.0, |u| u as f64 / 10.0);
+    let mut rows = format!(
+        "| a null hypercall, bare: guest kernel → Oxen → guest | {in_hv:.0} instructions | the world switch \
+         (`VMRUN`/`#VMEXIT`), decoding the exit, the dispatch: the floor under every exit |\n\
+         | a VM exit of dom0's (measured: a null hypercall from dom0's kernel) | {} instructions | dom0's \
+         vCPU loop works around every exit: time, its virtual devices, re-arming the timer (section \"Null \
+         hypercall from dom0's user space\") |\n\
+         | a VM exit under QEMU TCG, in host time | {} host cycles{} | QEMU emulating the world switch; under \
+         TCG the number of exits, not their instructions, sets the emulator's speed |\n",
+        thousands(hc as u64),
+        thousands(tcg_hc as u64),
+        if exit_us > 0.0 { format!(" ≈ {exit_us:.0} µs (host TSC {tsc_mhz:.0} MHz)") } else { String::new() },
+    );
+    if let Some(b) = boot {
+        if let Some((total, reasons, _)) = b.rounds.first().and_then(|r| r.exits.as_ref()) {
+            let io = reasons.iter().find(|(n, _)| n == "io").map_or(0, |r| r.1);
+            let extra: f64 = b.rounds.iter().map(|r| r.oxen - r.bare).sum::<f64>()
+                / b.rounds.len().max(1) as f64;
+            rows.push_str(&format!(
+                "| dom0's boot to its shell | {} exits, {:.0} % of them port I/O | {}; at the cost above \
+                 that is ≈ {:.1} s of emulator time, against {extra:.1} s more than the bare boot (section \"dom0 boot \
+                 overhead\") |\n",
+                thousands(*total),
+                100.0 * io as f64 / (*total).max(1) as f64,
+                exit_reason("io"),
+                *total as f64 * exit_us / 1e6,
+            ));
+        }
+    }
+    rows.push_str(&format!(
+        "| a system call in dom0 | {syscall:.0} instructions | Linux's entry and exit (`getppid`) |\n\
+         | an ioctl on `/dev/oxen` short of the hypercall | {refused:.0} instructions | the system call, the \
+         driver copying the request in and checking it |\n\
+         | starting an oxl command (`oxl info`) | {:.1} M instructions | Linux's fork and exec of a static \
+         1.5 MiB binary, and its page faults: dom0's own cost, not Oxen's |\n\
+         | `oxl create` of a 16 MiB domU | {:.1} M instructions, {:.1} M of them in `CREATE` and `BUILD` | both \
+         zero the domain's 16 MiB (`alloc_frames`, then `zero_ram`): the memory is zeroed twice |\n",
+        oxl_start / 1000.0,
+        create_us as f64 / 1000.0,
+        zeroing / 1000.0,
+    ));
+    Some(format!(
+        "## What the frequent costs are, and why\n\n\
+         A summary of the sections below, from the same run: instruction counts under QEMU `-icount shift=0` \
+         (deterministic), host time under plain TCG (noisy: 2 cores shared with other jobs).\n\n\
+         | cost | how much | why |\n|---|---|---|\n{rows}\nCommand: `cargo xtask bench`. {footer}"
+    ))
+}
+
 /// The BENCHMARKS.md section on the boot ratio.
 fn dom0_boot_section(d: &Dom0Boot, footer: &str) -> (String, String) {
     let mut rows = String::new();
@@ -573,12 +1216,54 @@ pub fn bench(elf: &Path) -> Result<()> {
             None => exits_missing = true,
         }
     }
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+
+    // Inside dom0: first under -icount shift=0 (deterministic), then plain TCG.
+    let mut inside = Vec::new();
+    let mut inside_errors = Vec::new();
+    for icount in [true, false] {
+        match inside_dom0(elf, icount) {
+            Ok(r) => {
+                println!("     done in {:.0}s", r.elapsed);
+                inside.push(r);
+            }
+            Err(e) => inside_errors.push(e),
+        }
+    }
+    // All or nothing, so a section never mixes figures of two runs of the benchmark.
+    if inside_errors.is_empty() {
+        let footer = format!(
+            "On {date}, source {source}, 2 CPUs (dom0 on the first, the domU on the second), 512 MiB, \
+             hypervisor command line `{DOM0_CMDLINE}`.  \n{qemu}; built with {rustc}; host: {host}.\n"
+        );
+        let runs: Vec<&Inside> = inside.iter().collect();
+        let in_hv = hc
+            .as_ref()
+            .ok()
+            .map(|h| h.tsc_delta as f64 / h.iterations as f64);
+        let (row, body) = dom0_null_section(&runs, in_hv, &footer);
+        table.push_str(&row);
+        doc = update_section(&doc, "dom0-null", &body);
+        let (row, body) = create_section(&runs, &footer);
+        table.push_str(&row);
+        doc = update_section(&doc, "dom0-create", &body);
+        if let Some(body) =
+            in_hv.and_then(|hv| costs_section(&inside, hv, d0.as_ref().ok(), &footer))
+        {
+            doc = update_section(&doc, "costs", &body);
+        }
+    }
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
     hc.map(|_| ())
         .context("the null-hypercall benchmark failed (BENCHMARKS.md keeps its previous figure)")?;
     d0.context("the dom0 boot benchmark failed (BENCHMARKS.md keeps its previous dom0 figures)")?;
+    if let Some(e) = inside_errors.into_iter().next() {
+        return Err(e.context(
+            "the benchmark inside dom0 failed (BENCHMARKS.md keeps the previous figures it could not measure)",
+        ));
+    }
     if exits_missing {
         bail!(
             "an Oxen boot of dom0 printed no `(oxen) dom0: N exits (first idle stretch|console)` line within {}s of \
@@ -622,6 +1307,65 @@ mod tests {
         assert!(parse_tally("(oxen) dom0: 5 exits (so far): io=5\n").is_none());
         let (total, _, why) = parse_tally("(oxen) dom0: 7 exits (console): io=7\n").unwrap();
         assert_eq!((total, why.as_str()), (7, "console"));
+    }
+
+    #[test]
+    fn dom0_bench_lines_are_parsed() {
+        let log = "(oxen) apic: timer 1000.000 MHz, TSC 999.998 MHz (calibrated against the ACPI PM timer)\n\
+                   (oxen) (d0) bench: start (clock /proc/uptime, 10 ms; 2 rounds)\n\
+                   (oxen) (d0) bench: null-bench null 10000 calls 25400000 cycles 2540.0 cycles/call\r\n\
+                   (oxen) (d0) bench: null-bench refused 10000 calls 20000000 cycles 2000.0 cycles/call\n\
+                   (oxen) (d0) bench: null-bench syscall 10000 calls 3000000 cycles 300.0 cycles/call\n\
+                   (oxen) (d0) bench: create round 1 create_us=120 first_line_us=180 exits=42 line=minimal: domain 1 up, 16 MiB\n\
+                   (oxen) (d0) bench: create round 1 stats: 6 hypercalls, 1000.5 us: version 1 (2.0 us), domctl-create 1 (700.0 us), domctl-load_image 2 (100.5 us), domctl-build 1 (190.0 us), domctl-unpause 1 (8.0 us)\n\
+                   (oxen) (d0) bench: create round 2 create_us=110 first_line_us=170 exits=40 line=minimal: domain 2 up, 16 MiB\n\
+                   (oxen) (d0) bench: create round 2 \n\
+                   (oxen) (d0) bench: clock overhead_us=7\n\
+                   (oxen) (d0) bench: oxl-info 10 runs us=300 stats: 2 hypercalls, 4.0 us: version 1 (2.0 us), domctl-phys_info 1 (2.0 us)\n\
+                   (oxen) (d0) bench: done\n";
+        let f = parse_inside(log);
+        assert_eq!(f.tsc_mhz, Some(999.998));
+        assert_eq!(f.null.len(), 3);
+        assert_eq!(f.null[1].kind, "refused");
+        assert_eq!(f.null[0].per_call(), 2540.0);
+        assert_eq!(f.rounds.len(), 2);
+        assert_eq!(
+            (
+                f.rounds[0].create_us,
+                f.rounds[0].first_line_us,
+                f.rounds[0].exits
+            ),
+            (120, 180, 42)
+        );
+        assert_eq!(f.rounds[0].line, "minimal: domain 1 up, 16 MiB");
+        let t = f.rounds[0].hypercalls.as_ref().unwrap();
+        assert_eq!(t.total, 6);
+        assert_eq!(t.us, 1000.5);
+        assert_eq!(
+            t.kinds[2],
+            HcKind {
+                name: "domctl-load_image".into(),
+                calls: 2,
+                us: 100.5
+            }
+        );
+        assert_eq!(
+            tally_text(t),
+            "6 (version 1, domctl-create 1, domctl-load_image 2, domctl-build 1, domctl-unpause 1)"
+        );
+        assert!(
+            f.rounds[1].hypercalls.is_none(),
+            "a round without OXL_STATS output"
+        );
+        assert_eq!(f.info_us, Some(300));
+        assert_eq!(f.clock_us, [7]);
+        assert_eq!(f.info_hypercalls.as_ref().map(|t| t.total), Some(2));
+        assert_eq!(
+            parse_tally_text("stats: 0 hypercalls"),
+            Some(HcTally::default())
+        );
+        assert_eq!(median(vec![5, 1, 3]), 3);
+        assert_eq!(median(Vec::new()), 0);
     }
 
     #[test]

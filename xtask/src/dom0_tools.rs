@@ -22,6 +22,11 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
             0o755,
             &kmod.ioctl_test,
         ),
+        (
+            crate::kmod::NULL_BENCH_PATH.to_owned(),
+            0o755,
+            &kmod.null_bench,
+        ),
     ] {
         files.push(ExtraFile {
             dest,

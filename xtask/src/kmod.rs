@@ -9,12 +9,12 @@
 //! where the few paths that assume `/usr/src` are made relative. The module sources are
 //! copied to `target/dom0/kmod-build/` and built there with
 //! `make -C <headers> M=<copy> modules`, giving `target/dom0/oxen.ko`; its user-space
-//! test program (`ioctl-test.c`) is compiled beside it:
+//! test program (`ioctl-test.c`) and benchmark (`null-bench.c`) are compiled beside it:
 //!
 //! ```text
 //! target/dom0/linux-headers-RELEASE/usr/src/linux-headers-RELEASE   make -C here
 //! target/dom0/kmod-build/                                           M=, a copy of the sources
-//! target/dom0/oxen.ko, oxen-ioctl-test                              what goes into the initramfs
+//! target/dom0/oxen.ko, oxen-ioctl-test, oxen-null-bench             what goes into the initramfs
 //! target/dom0/oxen.ko.inputs                                        what they were built from
 //! ```
 
@@ -38,6 +38,8 @@ const SOURCES: &str = "dom0-bootstrap/kmod";
 pub const MODULE_PATH: &str = "extra/oxen.ko";
 /// Where its user-space test program goes in dom0's initramfs.
 pub const IOCTL_TEST_PATH: &str = "usr/lib/oxen/ioctl-test";
+/// Where its null-hypercall benchmark goes (`cargo xtask bench` runs it).
+pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
 
 /// What `build` made.
 pub struct Built {
@@ -45,6 +47,8 @@ pub struct Built {
     pub module: PathBuf,
     /// `oxen-ioctl-test` (`ioctl-test.c`): checks the ioctl from dom0's user space.
     pub ioctl_test: PathBuf,
+    /// `oxen-null-bench` (`null-bench.c`): times null hypercalls from dom0's user space.
+    pub null_bench: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -54,6 +58,7 @@ pub fn build(release: &str) -> Result<Built> {
     let out = Built {
         module: dir.join("oxen.ko"),
         ioctl_test: dir.join("oxen-ioctl-test"),
+        null_bench: dir.join("oxen-null-bench"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -62,6 +67,7 @@ pub fn build(release: &str) -> Result<Built> {
     // The headers are only looked at when the module must be built: a warm run asks apt nothing.
     if ko.is_file()
         && out.ioctl_test.is_file()
+        && out.null_bench.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -144,20 +150,26 @@ pub fn build(release: &str) -> Result<Built> {
         show(&built)
     ));
 
-    build_ioctl_test(&cc, &build.join("ioctl-test.c"), &out.ioctl_test)?;
-    step(format!(
-        "dom0 kernel module: test program {} ({} KiB)",
-        show(&out.ioctl_test),
-        std::fs::metadata(&out.ioctl_test)?.len() / 1024
-    ));
+    for (source, program, what) in [
+        ("ioctl-test.c", &out.ioctl_test, "test program"),
+        ("null-bench.c", &out.null_bench, "benchmark"),
+    ] {
+        build_freestanding(&cc, &build.join(source), program)?;
+        step(format!(
+            "dom0 kernel module: {what} {} ({} KiB)",
+            show(program),
+            std::fs::metadata(program)?.len() / 1024
+        ));
+    }
     std::fs::write(&stamp, &inputs)?;
     Ok(out)
 }
 
-/// Compiles the test program: freestanding (its own `_start` and system calls), so
-/// there is no libc to link, only the kernel's user-space headers (linux-libc-dev) for
-/// oxen_abi.h's types and ioctl macros, errno and open flags.
-fn build_ioctl_test(cc: &str, source: &Path, out: &Path) -> Result<()> {
+/// Compiles a user-space program of the module's (`ioctl-test.c`, `null-bench.c`):
+/// freestanding (its own `_start` and system calls), so there is no libc to link, only
+/// the kernel's user-space headers (linux-libc-dev) for oxen_abi.h's types and ioctl
+/// macros, errno and open flags.
+fn build_freestanding(cc: &str, source: &Path, out: &Path) -> Result<()> {
     let mut cmd = Command::new(cc);
     cmd.args(["-Os", "-s", "-static", "-nostdlib", "-ffreestanding"])
         .args(["-fno-stack-protector", "-fno-pie", "-no-pie"])
@@ -165,7 +177,11 @@ fn build_ioctl_test(cc: &str, source: &Path, out: &Path) -> Result<()> {
         .arg("-o")
         .arg(out)
         .arg(source);
-    let output = run_output(&mut cmd, "building dom0's oxen-ioctl-test").map_err(|e| {
+    let what = format!(
+        "building dom0's {}",
+        source.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let output = run_output(&mut cmd, &what).map_err(|e| {
         e.context("(it needs the kernel's user-space headers: `apt-get install linux-libc-dev`)")
     })?;
     show_warnings(&output);

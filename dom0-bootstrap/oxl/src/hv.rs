@@ -2,8 +2,11 @@
 //! typed `DOMCTL` operations built on it. `/dev/oxen` implements the trait in
 //! `device.rs`; the tests use an in-memory model (`fake.rs`).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::size_of;
+use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,114 @@ pub trait Hypervisor {
     fn now(&mut self) -> Duration {
         static START: OnceLock<Instant> = OnceLock::new();
         START.get_or_init(Instant::now).elapsed()
+    }
+}
+
+/// How many hypercalls a run of oxl made, by kind, and the time spent in them:
+/// `OXL_STATS=1` prints it on stderr when the command ends (`main.rs`), to measure
+/// what a command costs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `(nr, cmd)` -> (calls, time in them), in call-number order.
+    calls: BTreeMap<(u64, u64), (u64, Duration)>,
+}
+
+impl Tally {
+    pub fn record(&mut self, nr: u64, cmd: u64, took: Duration) {
+        // Only DOMCTL has commands; the driver refuses a cmd on the others.
+        let cmd = if nr == nr::DOMCTL { cmd } else { 0 };
+        let e = self.calls.entry((nr, cmd)).or_default();
+        e.0 += 1;
+        e.1 += took;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.calls.values().map(|c| c.0).sum()
+    }
+
+    /// `stats: 7 hypercalls, 812.5 us: version 1 (2.0 us), domctl-create 1 (700.1 us), ...`
+    /// (one line, no newline): calls and the time from the ioctl's call to its return.
+    pub fn report(&self) -> String {
+        let us = |d: &Duration| d.as_secs_f64() * 1e6;
+        let kinds: Vec<String> = self
+            .calls
+            .iter()
+            .map(|(&(nr, cmd), (n, t))| format!("{} {n} ({:.1} us)", call_name(nr, cmd), us(t)))
+            .collect();
+        let time: Duration = self.calls.values().map(|c| c.1).sum();
+        if kinds.is_empty() {
+            return "stats: 0 hypercalls".to_owned();
+        }
+        format!(
+            "stats: {} hypercalls, {:.1} us: {}",
+            self.total(),
+            us(&time),
+            kinds.join(", ")
+        )
+    }
+}
+
+/// A hypercall's name in `Tally::report`: `version`, `domctl-load_image`, ...
+pub fn call_name(nr: u64, cmd: u64) -> String {
+    let name = match nr {
+        nr::VERSION => "version",
+        nr::NULL => "null",
+        nr::DOMCTL => {
+            let c = match cmd {
+                domctl::CREATE => "create",
+                domctl::LOAD_IMAGE => "load_image",
+                domctl::BUILD => "build",
+                domctl::UNPAUSE => "unpause",
+                domctl::PAUSE => "pause",
+                domctl::SHUTDOWN => "shutdown",
+                domctl::DESTROY => "destroy",
+                domctl::GET_INFO => "get_info",
+                domctl::LIST => "list",
+                domctl::CONSOLE_READ => "console_read",
+                domctl::DMESG => "dmesg",
+                domctl::PHYS_INFO => "phys_info",
+                _ => return format!("domctl-{cmd}"),
+            };
+            return format!("domctl-{c}");
+        }
+        _ => return format!("hypercall-{nr}"),
+    };
+    name.to_owned()
+}
+
+/// Whether `OXL_STATS` (its value) asks for the tally: set, not empty, not `0`.
+pub fn stats_requested(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A `Hypervisor` that counts every call it passes on into a shared `Tally`.
+pub struct Counting {
+    inner: Box<dyn Hypervisor>,
+    tally: Rc<RefCell<Tally>>,
+}
+
+impl Counting {
+    pub fn new(inner: Box<dyn Hypervisor>, tally: Rc<RefCell<Tally>>) -> Self {
+        Self { inner, tally }
+    }
+}
+
+impl Hypervisor for Counting {
+    fn call(&mut self, nr: u64, cmd: u64, arg: &mut [u8], buf: &mut [u8]) -> CallResult<u64> {
+        // Counted whatever the answer: a refused call still went to the hypervisor.
+        let start = self.inner.now();
+        let r = self.inner.call(nr, cmd, arg, buf);
+        let took = self.inner.now().saturating_sub(start);
+        self.tally.borrow_mut().record(nr, cmd, took);
+        r
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        self.inner.sleep(d);
+    }
+
+    fn now(&mut self) -> Duration {
+        self.inner.now()
     }
 }
 
@@ -253,6 +364,44 @@ pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {
 mod tests {
     use super::*;
     use oxen_abi::Error;
+
+    #[test]
+    fn counting_tallies_every_call_by_kind() {
+        let fake = crate::fake::Fake::new();
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        let mut hv = Counting::new(Box::new(fake), tally.clone());
+        version(&mut hv).unwrap();
+        list(&mut hv).unwrap();
+        list(&mut hv).unwrap();
+        phys_info(&mut hv).unwrap();
+        // Refused calls count too: they reached the hypervisor.
+        assert!(info(&mut hv, 99).is_err());
+        assert_eq!(tally.borrow().total(), 5);
+        // The fake's clock only moves when oxl sleeps: no time in the calls.
+        assert_eq!(
+            tally.borrow().report(),
+            "stats: 5 hypercalls, 0.0 us: version 1 (0.0 us), domctl-get_info 1 (0.0 us), \
+             domctl-list 2 (0.0 us), domctl-phys_info 1 (0.0 us)"
+        );
+        let mut t = Tally::default();
+        t.record(nr::NULL, 5, Duration::from_nanos(1500));
+        t.record(nr::NULL, 0, Duration::from_nanos(2000));
+        assert_eq!(t.report(), "stats: 2 hypercalls, 3.5 us: null 2 (3.5 us)");
+        assert_eq!(call_name(nr::NULL, 0), "null");
+        assert_eq!(call_name(nr::DOMCTL, 99), "domctl-99");
+        assert_eq!(call_name(77, 0), "hypercall-77");
+        assert_eq!(Tally::default().report(), "stats: 0 hypercalls");
+    }
+
+    #[test]
+    fn oxl_stats_is_on_when_set_and_not_zero() {
+        use std::ffi::OsStr;
+        assert!(stats_requested(Some(OsStr::new("1"))));
+        assert!(stats_requested(Some(OsStr::new("yes"))));
+        assert!(!stats_requested(Some(OsStr::new("0"))));
+        assert!(!stats_requested(Some(OsStr::new(""))));
+        assert!(!stats_requested(None));
+    }
 
     #[test]
     fn errno_maps_to_abi_errors() {

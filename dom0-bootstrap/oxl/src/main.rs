@@ -27,7 +27,9 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use clap::Parser as _;
 
@@ -51,7 +53,16 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut note = std::io::stderr();
-    let mut open = || device::Device::open().map(|d| Box::new(d) as Box<dyn Hypervisor>);
+    // OXL_STATS=1: count the hypercalls (one ioctl each) and print the tally at the end.
+    let tally = hv::stats_requested(std::env::var_os("OXL_STATS").as_deref())
+        .then(|| Rc::new(RefCell::new(hv::Tally::default())));
+    let mut open = || {
+        let dev = Box::new(device::Device::open()?) as Box<dyn Hypervisor>;
+        Ok(match &tally {
+            Some(t) => Box::new(hv::Counting::new(dev, t.clone())) as Box<dyn Hypervisor>,
+            None => dev,
+        })
+    };
     let mut keyboard = |mode: Mode| Box::new(Keyboard::new(mode)) as Box<dyn Input>;
     let mut env = app::Env {
         out: &mut out,
@@ -59,7 +70,11 @@ fn main() -> ExitCode {
         open: &mut open,
         keyboard: &mut keyboard,
     };
-    match app::run(&cli.cmd, &mut env) {
+    let result = app::run(&cli.cmd, &mut env);
+    if let Some(t) = &tally {
+        eprintln!("oxl: {}", t.borrow().report());
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write as _;

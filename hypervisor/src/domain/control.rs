@@ -513,7 +513,10 @@ fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
         return Err(Error::Busy);
     }
     d.res.cmdline = cmdline.into();
-    d.res.zero_ram();
+    // Fresh RAM came zeroed from the pool; only a second BUILD finds it used.
+    if d.res.boot.is_some() {
+        d.res.zero_ram();
+    }
     let spec = super::build::lay_out(&mut d.res, d.vcpus).inspect_err(|e| {
         warn!("d{domid} ({}): build failed: {}", d.name, e.why);
     }).map_err(|e| e.error)?;

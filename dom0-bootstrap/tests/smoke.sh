@@ -1,0 +1,49 @@
+#!/bin/sh
+# A short domain smoke test, run in dom0 by the system test `dom0-domains-vmx`
+# (tests/system.toml) under Bochs, where everything is slow: dom0's init starts
+# it from the kernel command line (`dom0_run=`, dom0-bootstrap/init), since
+# Bochs tests cannot type into the console. One minimal domU: create, see it
+# tick, pause/unpause, destroy, free memory back to where it started.
+#
+# Prints "check: NAME: ok|FAILED (why)" like lifecycle.sh, then
+# "smoke: done, N failed". Waits are in dom0's seconds, which under Bochs are
+# emulated ones; the guest ticks every 500 ms (minimal-1.cfg).
+failed=0
+ok() { echo "check: $1: ok"; }
+bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
+check() { name=$1; why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
+wait_for() { t=$1; shift; while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 1; t=$((t - 1)); done; "$@"; }
+
+free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
+field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
+gone() { [ -z "$(field "$1" 2)" ]; }
+up() { oxl console --dump "$1" | grep -q "minimal: domain [0-9]* up,"; }
+last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
+ticked_past() { t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "$2" ]; }
+
+oxl info
+free0=$(free_kib)
+echo "smoke: free memory at start: $free0 KiB"
+
+check "create minimal-1" "oxl create failed" oxl create /etc/oxen/minimal-1.cfg
+check "minimal-1 says it is up" "no banner: $(oxl console --dump minimal-1 | tail -n 2)" \
+    wait_for 30 up minimal-1
+check "console shows minimal-1 ticking" "no ticks: $(oxl console --dump minimal-1 | tail -n 2)" \
+    wait_for 30 ticked_past minimal-1 1
+oxl list
+
+oxl pause minimal-1
+check "pause: state paused" "state $(field minimal-1 5)" [ "$(field minimal-1 5)" = paused ]
+a=$(last_tick minimal-1)
+sleep 2
+b=$(last_tick minimal-1)
+check "pause stops ticks" "tick $a, 2 s later tick $b" [ "$a" = "$b" ]
+oxl unpause minimal-1
+check "unpause resumes ticks" "still at tick $b" wait_for 20 ticked_past minimal-1 "$b"
+
+oxl console --dump minimal-1 | head -n 3
+check "destroy minimal-1" "oxl destroy failed" oxl destroy minimal-1
+check "destroy: domain gone" "still listed" gone minimal-1
+free1=$(free_kib)
+check "free memory back to the start" "$free0 KiB before, $free1 KiB after" [ "$free1" = "$free0" ]
+echo "smoke: done, $failed failed"
