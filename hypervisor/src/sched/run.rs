@@ -354,7 +354,9 @@ pub fn cpu_loop() -> ! {
             // Not back yet from the CPU that ran it last (or just removed).
             continue;
         };
-        if e.watcher != cpu {
+        // A released vCPU (VMCLEARed) must be loaded again even on the CPU that
+        // ran it last.
+        if e.movable || e.watcher != cpu {
             e.v.adopt();
         }
         RUNNING[cpu as usize].store(key(id), core::sync::atomic::Ordering::Relaxed);
