@@ -4,7 +4,8 @@
 //! touching memory it does not have, a triple fault or an exit nobody handles
 //! crashes the domain and nothing else.
 //!
-//! The vCPU object (VMCS/VMCB) is made and dropped on the CPU that runs it.
+//! The vCPU object (VMCS/VMCB) is made on the CPU that first runs it, released
+//! after every run and adopted by whichever CPU runs it next (`sched::run`).
 
 use super::control::{self, BootSpec, RamView, Resources, DOMAINS};
 use super::table::Domain;
@@ -31,9 +32,10 @@ pub struct DomUVcpu {
     blocked: Option<u64>,
 }
 
-// SAFETY: a DomUVcpu moves between CPUs only before its vCPU object exists
-// (it is made on first run, on the CPU whose queue holds it, and never leaves
-// that queue); the rest is plain data.
+// SAFETY: a DomUVcpu is used by one CPU at a time (the scheduler loop takes it
+// out of the shared map to run it). Its vCPU object moves between CPUs only
+// through `release` on the CPU that ran it (VMCLEAR on VT-x) and `adopt` on
+// the next; the rest is plain data.
 unsafe impl Send for DomUVcpu {}
 
 impl DomUVcpu {
