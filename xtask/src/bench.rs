@@ -881,7 +881,7 @@ fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> S
     }
     // 2. Switch path and 3. wake-ups, from the counters' differences.
     let mut switch = String::from(
-        "| run | window | vCPU switches | per switch | wake-ups | wake-up mean | wake-up max (since boot) |\n\
+        "| run | window | vCPU switches | per switch | wake-ups | wake-up mean | wake-up max |\n\
          |---|---|---|---|---|---|---|\n",
     );
     let unit = |r: &SchedRun| {
@@ -905,8 +905,16 @@ fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> S
                 "cli-end",
             ),
         ] {
-            let Some(d) = r.figures.between(a, b) else {
+            let (Some(d), Some(start)) = (r.figures.between(a, b), r.figures.reading(a)) else {
                 continue;
+            };
+            let max = if d.wakeup_max_us > start.wakeup_max_us {
+                format!("{} µs, in the window", d.wakeup_max_us)
+            } else {
+                format!(
+                    "none new in the window ({} µs before it)",
+                    start.wakeup_max_us
+                )
             };
             let per = d.per_switch();
             if r.icount {
@@ -929,13 +937,12 @@ fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> S
                 }
             });
             switch.push_str(&format!(
-                "| {} | {what} | {} | **{}** {} | {} | {mean} | {} µs |\n",
+                "| {} | {what} | {} | **{}** {} | {} | {mean} | {max} |\n",
                 clock_name(r),
                 thousands(d.switches),
                 per.map_or("–".into(), |p| thousands(p as u64)),
                 unit(r),
                 thousands(d.wakeups),
-                d.wakeup_max_us,
             ));
         }
     }
@@ -1021,8 +1028,8 @@ fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> S
          spin-cli. It is the scheduler's part only: a wake-up is noticed when the pCPU next polls (its vCPU's \
          run ends at the earliest time a blocked vCPU wants polling, dom0's next timer or its 10 ms console \
          poll), and that wait is not in it. Under TCG µs of emulator time (host time, noisy); under icount \
-         1 µs = 1,000 instructions. The maximum is since boot (dom0's boot included): the counters keep one \
-         maximum.{sim_latency}\n\n\
+         1 µs = 1,000 instructions. The counters keep one maximum, since boot (dom0's boot \
+         included), so a window's maximum shows only when it is a new one.{sim_latency}\n\n\
          The interactive side, what dom0's user waits for: `oxl list` (start oxl, a few hypercalls, print) \
          with dom0 alone on pCPU 0 and beside spin-cli, which with interrupts off leaves only the \
          hypervisor's timer to take the pCPU back (sched.sh checks the slowest is under 1 s).\n\n{lists}\n\
