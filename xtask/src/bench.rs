@@ -1021,7 +1021,10 @@ fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> S
          takes the domain table's lock to add CPU time after) and the world switch itself (section \"Null \
          hypercall\"). Under `-icount shift=0` the TSC counts instructions (all CPUs' instructions: a figure \
          can hold the other pCPU's if QEMU ran it in between; in the first row that pCPU is dom0's, idle but \
-         for its ticks); under TCG it is the host's TSC, so host cycles of emulation, noisy.{pair}\n\n{switch}\n\
+         for its ticks); under TCG it is the host's TSC, so host cycles of emulation, noisy. The \
+         windows hold no idle pCPU between two different vCPUs: the counters would count the idle time as part \
+         of that switch (a pCPU keeps the vCPU it ran last across a halt), which is why the console's running \
+         figure since boot reads far higher than these differences.{pair}\n\n{switch}\n\
          ### Wake-up latency\n\n\
          The counters' wake-ups are blocked vCPUs found ready by their pCPU's poll, timed from that poll to the \
          vCPU's `run`: in these windows dom0's own (the spinners never block), beside an idle pCPU 0 or beside \
