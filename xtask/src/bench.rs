@@ -473,34 +473,6 @@ pub struct Inside {
 /// Boots Oxen with dom0 in QEMU TCG `-cpu max`, 2 CPUs (dom0 on the first, the domU
 /// on the second), with `-icount shift=0` or without, and collects bench.sh's lines.
 fn inside_dom0(elf: &Path, icount: bool) -> Result<Inside> {
-    let dom0 = crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?;
-    let dir = target_dir().join("bench").join(if icount {
-        "inside-icount"
-    } else {
-        "inside-tcg"
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut modules = dom0.modules();
-    modules[0].args = format!("{} {INSIDE_ARGS}", modules[0].args);
-    let iso = dir.join("oxen.iso");
-    make_iso(&IsoSpec {
-        elf,
-        cmdline: DOM0_CMDLINE,
-        modules: &modules,
-        name: "bench-inside",
-        output: &iso,
-    })?;
-    let m = Machine {
-        emulator: Emulator::Qemu,
-        cpu: Some("max".into()),
-        smp: 2,
-        memory_mib: 512,
-        accel: Accel::Tcg,
-        icount,
-        bochs_ips: BOCHS_IPS,
-        disk: None,
-    };
     step(format!(
         "inside dom0: QEMU TCG -cpu max{}, 2 CPUs: dom0 runs bench.sh (up to {}s)",
         if icount { " -icount shift=0" } else { "" },
@@ -510,7 +482,18 @@ fn inside_dom0(elf: &Path, icount: bool) -> Result<Inside> {
         done: Some(Regex::new(INSIDE_DONE)?),
         ..Watch::default()
     };
-    let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), INSIDE_TIMEOUT, &watch)?;
+    let (boot, dir) = boot_dom0_script(
+        elf,
+        icount,
+        if icount {
+            "inside-icount"
+        } else {
+            "inside-tcg"
+        },
+        INSIDE_ARGS,
+        &watch,
+        INSIDE_TIMEOUT,
+    )?;
     let figures = parse_inside(&boot.serial);
     if !matches!(boot.ending, Ending::Done) || figures.null.is_empty() || figures.rounds.is_empty()
     {
@@ -533,6 +516,534 @@ fn inside_dom0(elf: &Path, icount: bool) -> Result<Inside> {
         command: relative(&boot.command),
         elapsed: boot.elapsed.as_secs_f64(),
     })
+}
+
+/// dom0's kernel arguments for the scheduler measurements: init runs
+/// `dom0-bootstrap/tests/sched-bench.sh`, whose window (seconds) follows.
+const SCHED_ARGS: &str = "nr_cpus=1 dom0_run=/usr/lib/oxen/tests/sched-bench.sh";
+/// sched-bench.sh's last line.
+const SCHED_DONE: &str = r"^\(oxen\) \(d0\) sched-bench: done";
+/// The measuring window of the weights part, in seconds of dom0's clock: under
+/// icount every spun instruction is a nanosecond, so its window costs the emulator more.
+const SCHED_WINDOW_TCG: u32 = 12;
+const SCHED_WINDOW_ICOUNT: u32 = 6;
+/// The hypervisor console's `s` key, and back to dom0.
+const STATS_KEYS: &str = "\u{1}\u{1}\u{1}s\u{1}\u{1}\u{1}";
+/// The readings sched-bench.sh asks for, in order.
+const SCHED_READINGS: [&str; 4] = ["weights-start", "weights-end", "cli-start", "cli-end"];
+/// What the host simulation of the scheduler is run with (docs/architecture.md).
+const SIM_ARGS: [&str; 8] = [
+    "test",
+    "-p",
+    "oxen-hypervisor",
+    "sched::sim",
+    "--",
+    "--nocapture",
+    "--test-threads",
+    "1",
+];
+
+/// One reading of the hypervisor's scheduler counters (`sched::run::STATS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SchedCounters {
+    pub switches: u64,
+    pub switch_cycles: u64,
+    pub wakeups: u64,
+    pub wakeup_ns: u64,
+    /// Since boot: a maximum cannot be taken apart.
+    pub wakeup_max_us: u64,
+}
+
+impl SchedCounters {
+    /// What happened between `before` and this reading (the maximum stays since boot).
+    fn since(&self, before: &SchedCounters) -> SchedCounters {
+        SchedCounters {
+            switches: self.switches.saturating_sub(before.switches),
+            switch_cycles: self.switch_cycles.saturating_sub(before.switch_cycles),
+            wakeups: self.wakeups.saturating_sub(before.wakeups),
+            wakeup_ns: self.wakeup_ns.saturating_sub(before.wakeup_ns),
+            wakeup_max_us: self.wakeup_max_us,
+        }
+    }
+    fn per_switch(&self) -> Option<f64> {
+        (self.switches > 0).then(|| self.switch_cycles as f64 / self.switches as f64)
+    }
+    fn wakeup_mean_ns(&self) -> Option<f64> {
+        (self.wakeups > 0).then(|| self.wakeup_ns as f64 / self.wakeups as f64)
+    }
+}
+
+/// What sched-bench.sh and the hypervisor printed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedFigures {
+    /// `(reading name, counters)` in order.
+    pub readings: Vec<(String, SchedCounters)>,
+    /// The weights window: dom0 wall microseconds, spin-w256's and spin-w512's CPU ns.
+    pub weights: Option<(u64, u64, u64)>,
+    /// Ten `oxl list`, each in microseconds (a clock read included): dom0 alone, beside spin-cli.
+    pub alone_us: Vec<u64>,
+    pub beside_us: Vec<u64>,
+    pub clock_us: Option<u64>,
+    pub cli_ran_ns: Option<u64>,
+}
+
+impl SchedFigures {
+    fn reading(&self, name: &str) -> Option<&SchedCounters> {
+        self.readings
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+    }
+    /// The counters' difference between readings `a` and `b`.
+    fn between(&self, a: &str, b: &str) -> Option<SchedCounters> {
+        Some(self.reading(b)?.since(self.reading(a)?))
+    }
+    /// spin-w512's CPU time over spin-w256's.
+    fn ratio(&self) -> Option<f64> {
+        let (_, a, b) = self.weights?;
+        (a > 0).then(|| b as f64 / a as f64)
+    }
+}
+
+fn parse_counters(line: &str) -> Option<SchedCounters> {
+    let re = Regex::new(
+        r"\(oxen\) sched: (\d+) vCPU switches, \d+ TSC cycles each .*; (\d+) wake-ups, \d+ us mean / (\d+) us max .*\(sums: (\d+) TSC cycles, (\d+) ns\)",
+    )
+    .ok()?;
+    let c = re.captures(line)?;
+    Some(SchedCounters {
+        switches: c[1].parse().ok()?,
+        wakeups: c[2].parse().ok()?,
+        wakeup_max_us: c[3].parse().ok()?,
+        switch_cycles: c[4].parse().ok()?,
+        wakeup_ns: c[5].parse().ok()?,
+    })
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// The `sched-bench: ` lines of dom0's output and the hypervisor's counter lines
+/// answering them (each reading is the first counter line after its request).
+fn parse_sched(serial: &str) -> SchedFigures {
+    let mut f = SchedFigures::default();
+    let ask = Regex::new(r"sched-bench: counters (\S+)").expect("regex");
+    let weights = Regex::new(r"sched-bench: weights wall_us=(\d+) w256_ns=(\d+) w512_ns=(\d+)")
+        .expect("regex");
+    let lists =
+        Regex::new(r"sched-bench: oxl-list (alone|beside spin-cli) us=(.*)$").expect("regex");
+    let clock = Regex::new(r"sched-bench: clock overhead_us=(\d+)").expect("regex");
+    let ran = Regex::new(r"sched-bench: spin-cli ran_ns=(\d+)").expect("regex");
+    let mut asked: Option<String> = None;
+    for l in crate::util::log_lines(serial) {
+        if let Some(c) = ask.captures(l) {
+            asked = Some(c[1].to_string());
+        } else if let Some(counters) = parse_counters(l) {
+            if let Some(name) = asked.take() {
+                f.readings.push((name, counters));
+            }
+        } else if let Some(c) = weights.captures(l) {
+            let n = |i: usize| c[i].parse().unwrap_or(0);
+            f.weights = Some((n(1), n(2), n(3)));
+        } else if let Some(c) = lists.captures(l) {
+            if &c[1] == "alone" {
+                f.alone_us = numbers(&c[2]);
+            } else {
+                f.beside_us = numbers(&c[2]);
+            }
+        } else if let Some(c) = clock.captures(l) {
+            f.clock_us = c[1].parse().ok();
+        } else if let Some(c) = ran.captures(l) {
+            f.cli_ran_ns = c[1].parse().ok();
+        }
+    }
+    f
+}
+
+/// One boot of dom0 running sched-bench.sh.
+pub struct SchedRun {
+    pub icount: bool,
+    pub window: u32,
+    pub figures: SchedFigures,
+    pub command: String,
+}
+
+/// Boots Oxen with dom0 (`extra` added to its kernel arguments) in QEMU TCG `-cpu
+/// max`, 2 CPUs, 512 MiB, with `-icount shift=0` or without, under target/bench/`name`.
+fn boot_dom0_script(
+    elf: &Path,
+    icount: bool,
+    name: &str,
+    extra: &str,
+    watch: &Watch,
+    timeout: Duration,
+) -> Result<(crate::emu::Boot, std::path::PathBuf)> {
+    let dom0 = crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?;
+    let dir = target_dir().join("bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut modules = dom0.modules();
+    modules[0].args = format!("{} {extra}", modules[0].args);
+    let iso = dir.join("oxen.iso");
+    make_iso(&IsoSpec {
+        elf,
+        cmdline: DOM0_CMDLINE,
+        modules: &modules,
+        name: &format!("bench-{name}"),
+        output: &iso,
+    })?;
+    let m = Machine {
+        emulator: Emulator::Qemu,
+        cpu: Some("max".into()),
+        smp: 2,
+        memory_mib: 512,
+        accel: Accel::Tcg,
+        icount,
+        bochs_ips: BOCHS_IPS,
+        disk: None,
+    };
+    let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), timeout, watch)?;
+    Ok((boot, dir))
+}
+
+/// Boots dom0 running sched-bench.sh, typing the `s` key at each of its requests.
+fn sched_dom0(elf: &Path, icount: bool) -> Result<SchedRun> {
+    let window = if icount {
+        SCHED_WINDOW_ICOUNT
+    } else {
+        SCHED_WINDOW_TCG
+    };
+    let mut inputs = Vec::new();
+    for name in SCHED_READINGS {
+        inputs.push(Input {
+            after: Regex::new(&format!(r"sched-bench: counters {name}"))?,
+            send: STATS_KEYS.into(),
+        });
+    }
+    let watch = Watch {
+        done: Some(Regex::new(SCHED_DONE)?),
+        inputs,
+        ..Watch::default()
+    };
+    step(format!(
+        "scheduler: QEMU TCG -cpu max{}, 2 CPUs: dom0 runs sched-bench.sh, window {window} s (up to {}s)",
+        if icount { " -icount shift=0" } else { "" },
+        INSIDE_TIMEOUT.as_secs()
+    ));
+    let (boot, dir) = boot_dom0_script(
+        elf,
+        icount,
+        if icount { "sched-icount" } else { "sched-tcg" },
+        &format!("{SCHED_ARGS} sched_window={window}"),
+        &watch,
+        INSIDE_TIMEOUT,
+    )?;
+    let figures = parse_sched(&boot.serial);
+    let missing: Vec<&str> = SCHED_READINGS
+        .iter()
+        .copied()
+        .filter(|n| figures.reading(n).is_none())
+        .collect();
+    if !matches!(boot.ending, Ending::Done)
+        || figures.weights.is_none()
+        || figures.beside_us.is_empty()
+        || !missing.is_empty()
+    {
+        let how = match boot.ending {
+            Ending::Halted => "the hypervisor halted".to_string(),
+            Ending::Done => format!(
+                "sched-bench.sh ended without its figures{}",
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (no `(oxen) sched: ... (sums: ...)` line after: {})",
+                        missing.join(", ")
+                    )
+                }
+            ),
+            Ending::TimedOut => format!("timed out after {}s", INSIDE_TIMEOUT.as_secs()),
+            Ending::Exited(s) => format!("QEMU exited ({s})"),
+        };
+        bail!(
+            "dom0's sched-bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",
+            boot.command,
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        );
+    }
+    println!(
+        "     done in {:.0}s: weights ratio {}",
+        boot.elapsed.as_secs_f64(),
+        figures.ratio().map_or("–".into(), |r| format!("{r:.3}"))
+    );
+    Ok(SchedRun {
+        icount,
+        window,
+        figures,
+        command: relative(&boot.command),
+    })
+}
+
+/// The host simulation's figures (`sched/sim.rs`): the 1:2 weights and dom0's
+/// wake-up latency against a spinner.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SimFigures {
+    /// Shares (%) of the weight-256 and weight-512 spinners, their ratio and its error (%).
+    pub weights: Option<(f64, f64, f64, f64)>,
+    /// Mean and max wake-up latency (ns) of the dom0-like vCPU beside a spinner.
+    pub dom0_latency: Option<(u64, u64)>,
+}
+
+fn parse_sim(out: &str) -> SimFigures {
+    let w = Regex::new(
+        r"weights 256:512 on cpu0, cpu1 None: ([\d.]+)% vs ([\d.]+)%, ratio ([\d.]+), error ([\d.]+)%",
+    )
+    .expect("regex");
+    let l = Regex::new(r"dom0 \(20% load\) vs spinner: latency mean (\d+) ns max (\d+) ns")
+        .expect("regex");
+    let mut f = SimFigures::default();
+    for line in out.lines() {
+        if let Some(c) = w.captures(line) {
+            let n = |i: usize| c[i].parse().unwrap_or(0.0);
+            f.weights = Some((n(1), n(2), n(3), n(4)));
+        } else if let Some(c) = l.captures(line) {
+            f.dom0_latency = Some((c[1].parse().unwrap_or(0), c[2].parse().unwrap_or(0)));
+        }
+    }
+    f
+}
+
+/// Runs the scheduler's host simulation.
+fn sched_sim() -> Result<SimFigures> {
+    step(format!(
+        "scheduler simulation: cargo {}",
+        SIM_ARGS.join(" ")
+    ));
+    let out = run_captured(
+        crate::util::cargo().args(SIM_ARGS),
+        "the scheduler simulation",
+    )?;
+    let f = parse_sim(&out);
+    if f.weights.is_none() {
+        bail!(
+            "the scheduler simulation printed no `weights 256:512 on cpu0, cpu1 None: ...` line:\n{}",
+            tail(&out, 20)
+        );
+    }
+    Ok(f)
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+/// The BENCHMARKS.md section on the credit scheduler.
+fn sched_section(runs: &[SchedRun], sim: Option<&SimFigures>, footer: &str) -> String {
+    let clock_name = |r: &SchedRun| {
+        if r.icount {
+            "QEMU `-icount shift=0`"
+        } else {
+            "QEMU TCG"
+        }
+    };
+    // 1. Fairness.
+    let mut fair = String::from(
+        "| where | window | spin-w256 CPU time | spin-w512 CPU time | ratio | error vs 2.0 | pCPU 1 busy |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        if let (Some((wall, a, b)), Some(ratio)) = (r.figures.weights, r.figures.ratio()) {
+            fair.push_str(&format!(
+                "| {} ({}) | {:.2} s of dom0's clock | {} | {} | **{ratio:.3}** | **{:.1} %** | {:.0} % |\n",
+                clock_name(r),
+                if r.icount {
+                    "virtual time: 1 s = 10⁹ instructions"
+                } else {
+                    "emulator time"
+                },
+                wall as f64 / 1e6,
+                ms(a / 1000),
+                ms(b / 1000),
+                100.0 * (ratio - 2.0).abs() / 2.0,
+                100.0 * (a + b) as f64 / 1000.0 / wall.max(1) as f64,
+            ));
+        }
+    }
+    if let Some((a, b, ratio, err)) = sim.and_then(|s| s.weights) {
+        fair.push_str(&format!(
+            "| host simulation (`sched/sim.rs`, the pCPU beside idle) | 10 simulated s | {a:.2} % | {b:.2} % | \
+             **{ratio:.3}** | **{err:.1} %** | 100 % |\n"
+        ));
+    }
+    // 2. Switch path and 3. wake-ups, from the counters' differences.
+    let mut switch = String::from(
+        "| run | window | vCPU switches | per switch | wake-ups | wake-up mean | wake-up max |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let unit = |r: &SchedRun| {
+        if r.icount {
+            "instructions"
+        } else {
+            "host cycles"
+        }
+    };
+    let mut icount_pair: Option<(f64, f64)> = None;
+    for r in runs {
+        for (what, a, b) in [
+            (
+                "spin-w256 and spin-w512 on pCPU 1 (dom0 idle-ish on pCPU 0)",
+                "weights-start",
+                "weights-end",
+            ),
+            (
+                "dom0 (10 `oxl list`) beside spin-cli on pCPU 0",
+                "cli-start",
+                "cli-end",
+            ),
+        ] {
+            let (Some(d), Some(start)) = (r.figures.between(a, b), r.figures.reading(a)) else {
+                continue;
+            };
+            let max = if d.wakeup_max_us > start.wakeup_max_us {
+                format!("{} µs, in the window", d.wakeup_max_us)
+            } else {
+                format!(
+                    "none new in the window ({} µs before it)",
+                    start.wakeup_max_us
+                )
+            };
+            let per = d.per_switch();
+            if r.icount {
+                let e = icount_pair.get_or_insert((0.0, 0.0));
+                if a == "weights-start" {
+                    e.0 = per.unwrap_or(0.0);
+                } else {
+                    e.1 = per.unwrap_or(0.0);
+                }
+            }
+            let mean = d.wakeup_mean_ns().map_or("–".into(), |ns| {
+                if r.icount {
+                    format!(
+                        "{:.1} µs = {} instructions",
+                        ns / 1000.0,
+                        thousands(ns as u64)
+                    )
+                } else {
+                    format!("{:.1} µs emulator time", ns / 1000.0)
+                }
+            });
+            switch.push_str(&format!(
+                "| {} | {what} | {} | **{}** {} | {} | {mean} | {max} |\n",
+                clock_name(r),
+                thousands(d.switches),
+                per.map_or("–".into(), |p| thousands(p as u64)),
+                unit(r),
+                thousands(d.wakeups),
+            ));
+        }
+    }
+    // 3b. The interactive side.
+    let mut lists = String::from(
+        "| run | 10 `oxl list`, dom0 alone: median / slowest | the same beside spin-cli: median / slowest | \
+         one clock read (in each figure) | spin-cli's CPU time by the end |\n|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let f = &r.figures;
+        let mm = |v: &[u64]| {
+            format!(
+                "{} / **{}**",
+                ms(median(v.to_vec())),
+                ms(v.iter().copied().max().unwrap_or(0))
+            )
+        };
+        lists.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            clock_name(r),
+            mm(&f.alone_us),
+            mm(&f.beside_us),
+            f.clock_us.map_or("–".into(), ms),
+            f.cli_ran_ns.map_or("–".into(), |n| ms(n / 1000)),
+        ));
+    }
+    let sim_latency = sim
+        .and_then(|s| s.dom0_latency)
+        .map_or(String::new(), |(mean, max)| {
+            format!(
+                " The host simulation's dom0-like vCPU (4 ms of work every 20 ms) beside a spinner on one pCPU \
+                 waits {:.1} µs mean, {:.1} µs max from its wake-up to running: the IPI, modelled as 2 µs; the \
+                 simulation has no path lengths.",
+                mean as f64 / 1000.0,
+                max as f64 / 1000.0
+            )
+        });
+    let pair = icount_pair.map_or(String::new(), |(domu, dom0)| {
+        format!(
+            " Under icount a switch between the two domU spinners costs {} instructions; with dom0 on one side \
+             {} (dom0's `poll` services its virtual devices).",
+            thousands(domu as u64),
+            thousands(dom0 as u64)
+        )
+    });
+    let commands: Vec<String> = runs.iter().map(|r| r.command.clone()).collect();
+    let windows: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} s under {}", r.window, clock_name(r)))
+        .collect();
+    format!(
+        "## Credit scheduler\n\n\
+         Measured in dom0 by `dom0-bootstrap/tests/sched-bench.sh`, with the system test's domains \
+         (`dom0-bootstrap/domains/spin-*.cfg`, the minimal guest spinning) on 2 pCPUs, dom0 with one vCPU on pCPU 0: \
+         (1) spin-w256 and spin-w512 (weights 256 and 512) pinned to pCPU 1, their CPU time (the \
+         hypervisor's, `oxl list --json`'s `cpu_time_ns`) over a window of dom0's clock ({}), as sched.sh's \
+         weights check; (2) ten `oxl list` timed one by one (`adjtimex`, µs, a clock read included) with dom0 \
+         alone, then beside spin-cli, a spinner with interrupts off pinned to dom0's pCPU 0, as sched.sh's \
+         last check. Around each part's steady state the script asks for the hypervisor's scheduler counters \
+         (`sched::run::STATS`, console key `s`: `cargo xtask bench` types Ctrl-A three times, `s`, Ctrl-A three \
+         times while dom0 sleeps) and the tables give the difference of two readings.\n\n\
+         ### Fairness: weights 256:512 sharing one pCPU\n\n\
+         The credit scheduler should give spin-w512 twice spin-w256's CPU time. Under TCG dom0's clock and the \
+         CPU time are the host's time as the emulator sees it, shared with other jobs on 2 host cores; under \
+         icount they are virtual (instructions). The simulation is `{}` (the first of its \
+         `weights 256:512` lines; docs/architecture.md, \"Scheduler (credit)\").\n\n{fair}\n\
+         ### vCPU switch path\n\n\
+         What a switch covers (`cpu_loop` in `hypervisor/src/sched/run.rs`): from the TSC read right after one \
+         vCPU's `Runnable::run` returns to the TSC read just before the next `run` of a *different* vCPU on the \
+         same pCPU: the poll of the vCPU that ran (`DomUVcpu::poll`: the domain table's lock and state), \
+         blocking it in the scheduler if it halted, `release` (nothing on SVM), putting it back in `VCPUS`, the \
+         loop's turn (the time, flushing the console, polling the blocked vCPUs this pCPU watches, `schedule` \
+         under the scheduler's lock, kicks), taking the next out of `VCPUS` (`adopt` if it ran elsewhere). Not \
+         in it: the exit that ended the run (the host timer's interrupt and `exit::handle`), what `run` does \
+         around `VMRUN` (`DomUVcpu::run` clones the domain's name and memory handle and arms the timer before, \
+         takes the domain table's lock to add CPU time after) and the world switch itself (section \"Null \
+         hypercall\"). Under `-icount shift=0` the TSC counts instructions (all CPUs' instructions: a figure \
+         can hold the other pCPU's if QEMU ran it in between; in the first row that pCPU is dom0's, idle but \
+         for its ticks); under TCG it is the host's TSC, so host cycles of emulation, noisy. The \
+         windows hold no idle pCPU between two different vCPUs: the counters would count the idle time as part \
+         of that switch (a pCPU keeps the vCPU it ran last across a halt), which is why the console's running \
+         figure since boot reads far higher than these differences.{pair}\n\n{switch}\n\
+         ### Wake-up latency\n\n\
+         The counters' wake-ups are blocked vCPUs found ready by their pCPU's poll, timed from that poll to the \
+         vCPU's `run`: in these windows dom0's own (the spinners never block), beside an idle pCPU 0 or beside \
+         spin-cli. It is the scheduler's part only: a wake-up is noticed when the pCPU next polls (its vCPU's \
+         run ends at the earliest time a blocked vCPU wants polling, dom0's next timer or its 10 ms console \
+         poll), and that wait is not in it. Under TCG µs of emulator time (host time, noisy); under icount \
+         1 µs = 1,000 instructions. The counters keep one maximum, since boot (dom0's boot \
+         included), so a window's maximum shows only when it is a new one.{sim_latency}\n\n\
+         The interactive side, what dom0's user waits for: `oxl list` (start oxl, a few hypercalls, print) \
+         with dom0 alone on pCPU 0 and beside spin-cli, which with interrupts off leaves only the \
+         hypervisor's timer to take the pCPU back (sched.sh checks the slowest is under 1 s).\n\n{lists}\n\
+         Command: `cargo xtask bench` (or `cargo xtask bench --only sched`), which ran the simulation as \
+         `cargo {}` and booted dom0 with `{SCHED_ARGS} sched_window=SECONDS` on its kernel command line in\n\n\
+         ```\n{}\n```\n\n{footer}",
+        windows.join(", "),
+        format_args!("cargo {}", SIM_ARGS.join(" ")),
+        SIM_ARGS.join(" "),
+        commands.join("\n"),
+    )
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -1118,7 +1629,33 @@ fn update_section(doc: &str, key: &str, body: &str) -> String {
     format!("{}\n\n{section}\n", doc.trim_end())
 }
 
-pub fn bench(elf: &Path) -> Result<()> {
+/// A part of the benchmark to run alone (`cargo xtask bench --only PART`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The credit scheduler: fairness, switch path, wake-ups (section `sched`).
+    Sched,
+}
+
+/// The scheduler measurements (the simulation, then dom0 under icount and under
+/// TCG), written to `doc`'s `sched` section if dom0's runs both succeed.
+fn sched_part(elf: &Path, doc: &mut String, footer: &str) -> Result<()> {
+    let sim = sched_sim();
+    if let Err(e) = &sim {
+        println!("     the simulation failed, its figures are left out: {e:#}");
+    }
+    let mut runs = Vec::new();
+    for icount in [true, false] {
+        runs.push(sched_dom0(elf, icount)?);
+    }
+    *doc = update_section(
+        doc,
+        "sched",
+        &sched_section(&runs, sim.as_ref().ok(), footer),
+    );
+    Ok(())
+}
+
+pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     let date = today();
     let rustc = tool_version("rustc", &["--version"]);
     let qemu = tool_version("qemu-system-x86_64", &["--version"]);
@@ -1140,6 +1677,17 @@ pub fn bench(elf: &Path) -> Result<()> {
          again, and kept as it was when its measurement fails.\n"
             .to_string()
     });
+    let sched_footer = format!(
+        "On {date}, source {source}, 2 CPUs (dom0's one vCPU on the first), 512 MiB, hypervisor command line \
+         `{DOM0_CMDLINE}`.  \n{qemu}; built with {rustc}; host: {host}.\n"
+    );
+    if only == Some(Part::Sched) {
+        let r = sched_part(elf, &mut doc, &sched_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return r
+            .context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)");
+    }
 
     step(format!("image size of {}", show(elf)));
     let sizes = image_sizes(elf)?;
@@ -1253,6 +1801,8 @@ pub fn bench(elf: &Path) -> Result<()> {
             doc = update_section(&doc, "costs", &body);
         }
     }
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    let sched = sched_part(elf, &mut doc, &sched_footer);
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
@@ -1264,6 +1814,7 @@ pub fn bench(elf: &Path) -> Result<()> {
             "the benchmark inside dom0 failed (BENCHMARKS.md keeps the previous figures it could not measure)",
         ));
     }
+    sched.context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     if exits_missing {
         bail!(
             "an Oxen boot of dom0 printed no `(oxen) dom0: N exits (first idle stretch|console)` line within {}s of \
@@ -1366,6 +1917,50 @@ mod tests {
         );
         assert_eq!(median(vec![5, 1, 3]), 3);
         assert_eq!(median(Vec::new()), 0);
+    }
+
+    #[test]
+    fn sched_lines_are_parsed() {
+        let log = "(oxen) (d0) sched-bench: start (window 6 s)\n\
+                   (oxen) (d0) sched-bench: clock overhead_us=3760\n\
+                   (oxen) (d0) sched-bench: counters weights-start\n\
+                   (oxen) console: input now goes to the hypervisor (Ctrl-A three times for dom0); keys: ...\n\
+                   (oxen) sched: 1 vCPU switches, 9000 TSC cycles each from one guest's exit to the next one's entry; 5000 wake-ups, 3 us mean / 40 us max from ready to running (sums: 9000 TSC cycles, 15000000 ns)\r\n\
+                   (oxen) (d0) sched-bench: counters weights-end\n\
+                   (oxen) sched: 101 vCPU switches, 9090 TSC cycles each from one guest's exit to the next one's entry; 6000 wake-ups, 2 us mean / 40 us max from ready to running (sums: 918000 TSC cycles, 17000000 ns)\n\
+                   (oxen) (d0) sched-bench: weights wall_us=6000000 w256_ns=2000000000 w512_ns=3960000000\n\
+                   (oxen) (d0) sched-bench: oxl-list alone us= 2100 2200 2000\n\
+                   (oxen) (d0) sched-bench: counters cli-start\n\
+                   (oxen) (d0) sched-bench: oxl-list beside spin-cli us= 5000 9000 7000\n\
+                   (oxen) (d0) sched-bench: spin-cli ran_ns=4000000000\n\
+                   (oxen) (d0) sched-bench: done\n";
+        let f = parse_sched(log);
+        assert_eq!(f.readings.len(), 2, "cli-start has no answer");
+        let d = f.between("weights-start", "weights-end").unwrap();
+        assert_eq!(
+            (d.switches, d.switch_cycles, d.wakeups, d.wakeup_ns),
+            (100, 909_000, 1000, 2_000_000)
+        );
+        assert_eq!(d.per_switch(), Some(9090.0));
+        assert_eq!(d.wakeup_mean_ns(), Some(2000.0));
+        assert_eq!(d.wakeup_max_us, 40);
+        assert!(f.between("cli-start", "cli-end").is_none());
+        assert_eq!(f.weights, Some((6_000_000, 2_000_000_000, 3_960_000_000)));
+        assert_eq!(f.ratio(), Some(1.98));
+        assert_eq!(f.alone_us, [2100, 2200, 2000]);
+        assert_eq!(f.beside_us, [5000, 9000, 7000]);
+        assert_eq!(
+            (f.clock_us, f.cli_ran_ns),
+            (Some(3760), Some(4_000_000_000))
+        );
+
+        let sim = parse_sim(
+            "test sched::sim::tests::weights_share_a_pinned_cpu_1_to_2 ... weights 256:512 on cpu0, cpu1 None: 33.70% vs 66.30%, ratio 1.9674, error 1.63%\n\
+             weights 256:512 on cpu0, cpu1 Some((Spin, CpuMask(2))): 33.80% vs 66.20%, ratio 1.9586, error 2.07%\n\
+             test sched::sim::tests::dom0_stays_responsive_against_a_spinner ... dom0 (20% load) vs spinner: latency mean 2000 ns max 2500 ns, dom0 20.00%, spinner 80.00%\n",
+        );
+        assert_eq!(sim.weights, Some((33.70, 66.30, 1.9674, 1.63)));
+        assert_eq!(sim.dom0_latency, Some((2000, 2500)));
     }
 
     #[test]

@@ -49,8 +49,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run the host unit tests and the system tests of tests/system.toml.
     Test(TestArgs),
-    /// Measure image size and null-hypercall cost; update BENCHMARKS.md.
-    Bench(BuildArgs),
+    /// Measure image size, hypercall, dom0 and scheduler costs; update BENCHMARKS.md.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +58,15 @@ struct BuildArgs {
     /// Build without optimizations (target/x86_64-unknown-none/debug/oxen-hv).
     #[arg(long)]
     debug: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Measure only this part (its BENCHMARKS.md section; the others are kept).
+    #[arg(long, value_enum)]
+    only: Option<bench::Part>,
 }
 
 #[derive(Args)]
@@ -198,8 +207,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Test(t) => return test(t),
         Cmd::Bench(b) => {
-            let elf = image::build(b.debug)?;
-            bench::bench(&elf)?;
+            let elf = image::build(b.build.debug)?;
+            bench::bench(&elf, b.only)?;
         }
     }
     Ok(ExitCode::SUCCESS)
