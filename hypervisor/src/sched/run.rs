@@ -342,6 +342,8 @@ pub fn cpu_loop() -> ! {
             (a, b) => a.or(b),
         };
         let Some(id) = d.run else {
+            // An idle stretch is not a switch: the next run starts a new count.
+            last = None;
             // Nothing to run: sleep until the earliest deadline or a kick.
             if until.is_none_or(|t| t > now_ns()) {
                 apic::arm_timer(until.map(ns_to_tsc));
