@@ -1360,8 +1360,8 @@ fn create_section(runs: &[&Inside], footer: &str) -> (String, String) {
         why = format!(
             "Where the time goes (icount figures, so instructions: 1 ms = 1 M): `oxl create` takes {:.2} ms once \
              the clock read is taken out. {:.2} ms of it is inside its hypercalls, mostly {}: the hypervisor \
-             zeroes the domain's 16 MiB when `CREATE` takes the memory and again in `BUILD` (`hypervisor/src/domain/control.rs`: \
-             `create` gets zeroed frames from `mem::alloc_frames`, `build` calls `zero_ram`), and every store \
+             zeroes the domain's 16 MiB when `CREATE` takes the memory (`mem::alloc_frames`; `BUILD` zeroes it \
+             again only for a second build, `hypervisor/src/domain/control.rs`), and every store \
              instruction of that counts here. The rest, about {:.2} ms, is dom0's: starting the static 1.5 MiB oxl \
              (one `oxl info` costs {}), reading and checking the config, reading the kernel file, and the \
              ioctl path (each hypercall also crosses the system call and the driver's copies, see the section \
@@ -1469,8 +1469,8 @@ fn costs_section(
          driver copying the request in and checking it |\n\
          | starting an oxl command (`oxl info`) | {:.1} M instructions | Linux's fork and exec of a static \
          1.5 MiB binary, and its page faults: dom0's own cost, not Oxen's |\n\
-         | `oxl create` of a 16 MiB domU | {:.1} M instructions, {:.1} M of them in `CREATE` and `BUILD` | both \
-         zero the domain's 16 MiB (`alloc_frames`, then `zero_ram`): the memory is zeroed twice |\n",
+         | `oxl create` of a 16 MiB domU | {:.1} M instructions, {:.1} M of them in `CREATE` and `BUILD` | \
+         `CREATE` zeroes the domain's 16 MiB (`alloc_frames`); `BUILD` copies the kernel and boot structures |\n",
         oxl_start / 1000.0,
         create_us as f64 / 1000.0,
         zeroing / 1000.0,
