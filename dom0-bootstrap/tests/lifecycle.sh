@@ -30,6 +30,8 @@ boots_at_least() { [ "$(boots "$1")" -ge "$2" ]; }
 
 free0=$(free_kib)
 echo "lifecycle: free memory at start: $free0 KiB"
+check "dmesg starts with the hypervisor's first line" "$(oxl dmesg | head -n 1)" \
+    sh -c 'oxl dmesg | head -n 1 | grep -q "Oxen hypervisor v.* booting"'
 
 for n in 1 2 3; do
     check "create minimal-$n" "oxl create failed" oxl create "/etc/oxen/minimal-$n.cfg"

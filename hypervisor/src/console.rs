@@ -32,17 +32,17 @@ static SERIAL: Mutex<Serial> = Mutex::new(Serial(None));
 
 /// The hypervisor's own lines, for `oxl dmesg` (domctl DMESG). Taken only
 /// under `SERIAL`'s lock.
-static LOG: Mutex<Option<crate::domain::ring::Ring>> = Mutex::new(None);
-const LOG_BYTES: usize = 64 * 1024;
+/// A static (it records from the first line, before the heap exists), of
+/// Xen's default console-ring size times two.
+static LOG: Mutex<crate::domain::ring::Ring<[u8; LOG_BYTES]>> = Mutex::new(crate::domain::ring::Ring::new_array());
+const LOG_BYTES: usize = 32 * 1024;
 
 /// Copies what is written to the log ring as well as to COM1.
 struct Tee<'a>(&'a mut Serial);
 
 impl Write for Tee<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if let Some(ring) = LOG.lock().as_mut() {
-            ring.write(s.as_bytes());
-        }
+        LOG.lock().write(s.as_bytes());
         self.0.write_str(s)
     }
 }
@@ -50,10 +50,7 @@ impl Write for Tee<'_> {
 /// Reads the hypervisor's log from `offset` (see `Ring::read`).
 pub fn read_log(offset: u64, out: &mut [u8]) -> crate::domain::ring::ReadResult {
     let _serial = SERIAL.lock();
-    match LOG.lock().as_ref() {
-        Some(ring) => ring.read(offset, out),
-        None => crate::domain::ring::ReadResult { copied: 0, next: 0, lost: 0 },
-    }
+    LOG.lock().read(offset, out)
 }
 /// Whether a guest's console line is open (printed without its newline yet):
 /// a hypervisor line then starts on a fresh line, and the guest's next byte
@@ -81,9 +78,7 @@ fn hypervisor_line(serial: &mut Serial, args: fmt::Arguments, may_hold: bool) {
     if hold && pending.len() < PENDING_MAX {
         let mut line = alloc::string::String::new();
         let _ = writeln!(line, "{args}");
-        if let Some(ring) = LOG.lock().as_mut() {
-            ring.write(line.as_bytes());
-        }
+        LOG.lock().write(line.as_bytes());
         pending.push_str(&line);
         HAS_PENDING.store(true, Ordering::Relaxed);
         return;
@@ -160,15 +155,7 @@ pub fn init() {
     });
     SERIAL.lock().0 = uart;
     let _ = log::set_logger(&LOGGER);
-    // The heap is not up yet: the ring comes with `init_log_ring`.
     log::set_max_level(log::LevelFilter::Info);
-}
-
-/// Starts keeping the log for `oxl dmesg`, once the heap exists.
-pub fn init_log_ring() {
-    let ring = crate::domain::ring::Ring::new(LOG_BYTES);
-    let _serial = SERIAL.lock();
-    *LOG.lock() = Some(ring);
 }
 
 /// Prints `(oxen) ` and `args` whatever the log level: for the lines that

@@ -129,7 +129,6 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
     };
     // SAFETY: the heap frames were just taken from the allocator and are never freed.
     unsafe { mem::heap::init(heap.as_ptr(), mem::heap::HEAP_SIZE) };
-    crate::console::init_log_ring();
     info!(
         "memory: {} MiB usable, {} MiB free after hypervisor image ({:#x}-{:#x}) and heap",
         frames.total_frames() * 4 / 1024,

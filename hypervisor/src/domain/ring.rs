@@ -6,8 +6,10 @@
 use alloc::boxed::Box;
 use alloc::vec;
 
-pub struct Ring {
-    buf: Box<[u8]>,
+/// Over any byte storage: a boxed slice (domain consoles) or an array (the
+/// hypervisor's log, a static that exists before the heap does).
+pub struct Ring<B = Box<[u8]>> {
+    buf: B,
     /// Bytes ever written; the newest is at `(written - 1) % len`.
     written: u64,
 }
@@ -28,18 +30,29 @@ impl Ring {
         assert!(capacity > 0);
         Self { buf: vec![0; capacity].into_boxed_slice(), written: 0 }
     }
+}
 
+impl<const N: usize> Ring<[u8; N]> {
+    /// A ring in an array, for statics.
+    pub const fn new_array() -> Self {
+        assert!(N > 0);
+        Self { buf: [0; N], written: 0 }
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Ring<B> {
     pub fn written(&self) -> u64 {
         self.written
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
-        let cap = self.buf.len();
+        let buf = self.buf.as_mut();
+        let cap = buf.len();
         // Only the last `cap` bytes can survive.
         let skip = bytes.len().saturating_sub(cap);
         self.written += skip as u64;
         for &b in &bytes[skip..] {
-            self.buf[(self.written % cap as u64) as usize] = b;
+            buf[(self.written % cap as u64) as usize] = b;
             self.written += 1;
         }
     }
@@ -47,13 +60,14 @@ impl Ring {
     /// Copies bytes from `offset` on into `out`. An offset past the end reads
     /// nothing and returns the current end.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> ReadResult {
-        let cap = self.buf.len() as u64;
+        let buf = self.buf.as_ref();
+        let cap = buf.len() as u64;
         let oldest = self.written.saturating_sub(cap);
         let start = offset.clamp(oldest, self.written);
         let lost = start - offset.min(start);
         let n = ((self.written - start) as usize).min(out.len());
         for (i, o) in out[..n].iter_mut().enumerate() {
-            *o = self.buf[((start + i as u64) % cap) as usize];
+            *o = buf[((start + i as u64) % cap) as usize];
         }
         ReadResult { copied: n, next: start + n as u64, lost }
     }
@@ -88,6 +102,16 @@ mod tests {
         let got = r.read(6, &mut out);
         assert_eq!(&out[..got.copied], b"6789");
         assert_eq!((got.next, got.lost), (16, 6));
+    }
+
+    #[test]
+    fn array_rings_behave_the_same() {
+        let mut r = Ring::<[u8; 4]>::new_array();
+        r.write(b"abcdef");
+        let mut out = [0u8; 8];
+        let got = r.read(0, &mut out);
+        assert_eq!(&out[..got.copied], b"cdef");
+        assert_eq!((got.next, got.lost), (6, 2));
     }
 
     #[test]
