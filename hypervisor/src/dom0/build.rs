@@ -389,6 +389,9 @@ impl GuestEnv for Env<'_> {
         // (leaf 1's APIC ID, leaf 0xb) describe it as they are.
         crate::arch::x86_64::cpuid(leaf, subleaf)
     }
+    fn tsc_hz(&self) -> u64 {
+        crate::arch::x86_64::time::tsc_hz()
+    }
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
         if !VirtualLapic::owns_msr(msr) {
             return None;

@@ -222,6 +222,9 @@ impl GuestEnv for DomUEnv {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         crate::arch::x86_64::cpuid(leaf, subleaf)
     }
+    fn tsc_hz(&self) -> u64 {
+        crate::arch::x86_64::time::tsc_hz()
+    }
     fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
         let mut ram = RamView(&self.ram);
         let mut caller = Caller { domid: self.domid, privileged: false, ram: &mut ram };

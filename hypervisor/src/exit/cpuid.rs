@@ -46,6 +46,33 @@ pub fn with_osxsave(leaf1: CpuidResult, guest_cr4_osxsave: bool) -> CpuidResult 
     CpuidResult { ecx: if guest_cr4_osxsave { ecx | LEAF1_ECX_OSXSAVE } else { ecx }, ..leaf1 }
 }
 
+/// Intel's TSC leaves: 0x15 (TSC/crystal ratio and crystal Hz) and 0x16
+/// (processor base/max MHz).
+pub const TSC_RATIO_LEAF: u32 = 0x15;
+pub const FREQ_LEAF: u32 = 0x16;
+
+/// Leaves 0x15 and 0x16 saying the TSC runs at `tsc_hz`, the rate the
+/// hypervisor calibrated, rather than what the (possibly emulated) CPU's
+/// model claims: a guest that trusts them (Linux on Intel) keeps time right.
+/// Other leaves pass unchanged.
+pub fn with_tsc_rate(leaf: u32, r: CpuidResult, tsc_hz: u64) -> CpuidResult {
+    if tsc_hz == 0 {
+        return r;
+    }
+    match leaf {
+        TSC_RATIO_LEAF => {
+            // TSC = crystal * EBX / EAX, with the crystal (ECX, Hz) fitting 32 bits.
+            let k = tsc_hz.div_ceil(u64::from(u32::MAX)).max(1);
+            CpuidResult { eax: 1, ebx: k as u32, ecx: (tsc_hz / k) as u32, edx: r.edx }
+        }
+        FREQ_LEAF => {
+            let mhz = (tsc_hz / 1_000_000).min(0xffff) as u32;
+            CpuidResult { eax: mhz, ebx: mhz, ..r }
+        }
+        _ => r,
+    }
+}
+
 /// The guest's answer to CPUID(`leaf`, `subleaf`) given the host's answer `host`.
 pub fn guest_view(leaf: u32, _subleaf: u32, host: CpuidResult) -> CpuidResult {
     match leaf {
@@ -65,6 +92,24 @@ pub fn guest_view(leaf: u32, _subleaf: u32, host: CpuidResult) -> CpuidResult {
         CPUID_VERSION_LEAF => CpuidResult { eax: ABI_VERSION, ..CpuidResult::default() },
         0x4000_0002..=0x4000_00ff => CpuidResult::default(),
         _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tsc_tests {
+    use super::*;
+
+    #[test]
+    fn tsc_leaves_give_the_calibrated_rate() {
+        let host = CpuidResult { eax: 2, ebx: 292, ecx: 24_000_000, edx: 0 };
+        let r = with_tsc_rate(TSC_RATIO_LEAF, host, 200_000_000);
+        assert_eq!(u64::from(r.ecx) * u64::from(r.ebx) / u64::from(r.eax), 200_000_000);
+        let r = with_tsc_rate(TSC_RATIO_LEAF, host, 5_000_000_000);
+        assert_eq!(u64::from(r.ecx) * u64::from(r.ebx) / u64::from(r.eax), 5_000_000_000);
+        let f = with_tsc_rate(FREQ_LEAF, CpuidResult { eax: 3500, ebx: 3500, ecx: 100, edx: 0 }, 200_000_000);
+        assert_eq!((f.eax, f.ebx, f.ecx), (200, 200, 100));
+        assert_eq!(with_tsc_rate(1, host, 1), host);
+        assert_eq!(with_tsc_rate(TSC_RATIO_LEAF, host, 0), host);
     }
 }
 

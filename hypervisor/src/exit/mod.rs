@@ -50,6 +50,10 @@ pub trait GuestEnv {
     fn msr_write(&mut self, _msr: u32, _value: u64) -> bool {
         false
     }
+    /// The TSC rate guests are told (CPUID 0x15/0x16); 0: leave the host's.
+    fn tsc_hz(&self) -> u64 {
+        0
+    }
     /// A hypercall from CPL 0. Without domains (the self-test guests) only
     /// `VERSION` and `NULL` exist.
     fn hypercall(&mut self, args: &crate::hypercall::Args) -> (Result<u64, oxen_abi::Error>, crate::hypercall::After) {
@@ -71,6 +75,9 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
     match exit {
         VmExit::Cpuid { leaf, subleaf } => {
             let mut r = cpuid::guest_view(leaf, subleaf, env.host_cpuid(leaf, subleaf));
+            if matches!(leaf, cpuid::TSC_RATIO_LEAF | cpuid::FREQ_LEAF) && env.host_cpuid(0, 0).eax >= leaf {
+                r = cpuid::with_tsc_rate(leaf, r, env.tsc_hz());
+            }
             if leaf == 1 {
                 let osxsave = vcpu.cpu_state().is_some_and(|s| {
                     s.paging.cr4.contains(x86_64::registers::control::Cr4Flags::OSXSAVE)
