@@ -115,8 +115,12 @@ impl Runnable for DomUVcpu {
         let start = now_ns();
         let mut exits = 0u64;
         let (domid, name) = (self.domid, self.name.clone());
-        let mut env = DomUEnv { domid, ram: self.ram.clone(), ports: NoPorts };
-        let Some(vcpu) = self.make_vcpu() else { return };
+        if self.make_vcpu().is_none() {
+            return;
+        }
+        let Some(vcpu) = self.vcpu.as_mut() else { return };
+        // Borrowed, not copied: this runs at every slice and wake-up.
+        let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts };
         let mut blocked = None;
         loop {
             crate::arch::x86_64::apic::arm_timer(Some(ns_to_tsc(until)));
@@ -193,9 +197,9 @@ impl Runnable for DomUVcpu {
 }
 
 /// What a domU's exits reach.
-struct DomUEnv {
+struct DomUEnv<'a> {
     domid: u32,
-    ram: GuestMemory,
+    ram: &'a GuestMemory,
     ports: NoPorts,
 }
 
@@ -215,7 +219,7 @@ impl PortBus for NoPorts {
     }
 }
 
-impl GuestEnv for DomUEnv {
+impl GuestEnv for DomUEnv<'_> {
     fn ports(&mut self) -> &mut dyn PortBus {
         &mut self.ports
     }
@@ -226,7 +230,7 @@ impl GuestEnv for DomUEnv {
         crate::arch::x86_64::time::tsc_hz()
     }
     fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
-        let mut ram = RamView(&self.ram);
+        let mut ram = RamView(self.ram);
         let mut caller = Caller { domid: self.domid, privileged: false, ram: &mut ram };
         hypercall::dispatch(&mut caller, &mut control::Hv, args)
     }
