@@ -163,6 +163,26 @@ enum PendingEvent {
     Reinject { info: InterruptionInfo, error_code: u32, instruction_len: u32 },
 }
 
+/// `w!(write16, Field, value)`: one VMWRITE into the current VMCS, or return
+/// `Err((field name, error))` from the enclosing function. Used only in
+/// `unsafe fn`s whose callers made this vCPU's VMCS current; each group of
+/// writes names the SDM rule its values follow.
+macro_rules! w {
+    ($f:ident, $field:ident, $v:expr) => {
+        // SAFETY: the enclosing function's contract: the VMCS is current, and
+        // the values follow the SDM rules named beside the writes.
+        unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
+    };
+}
+
+/// The field enum a `write*` function takes.
+macro_rules! vmcs_field {
+    (write16, $field:ident) => { Field16::$field };
+    (write32, $field:ident) => { Field32::$field };
+    (write64, $field:ident) => { Field64::$field };
+    (write_nat, $field:ident) => { FieldNat::$field };
+}
+
 pub struct VmxVcpu {
     gprs: GuestGprs,
     /// The VMCS and bitmap frames (see `FRAMES`).
@@ -279,20 +299,6 @@ impl VmxVcpu {
         vpid: u16,
         frame: impl Fn(u64) -> u64,
     ) -> Result<(), (&'static str, VmxError)> {
-        macro_rules! w {
-            ($f:ident, $field:ident, $v:expr) => {
-                // SAFETY: the caller made the VMCS current; the values are checked
-                // against the SDM rules named at each group below.
-                unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
-            };
-        }
-        macro_rules! vmcs_field {
-            (write16, $field:ident) => { Field16::$field };
-            (write32, $field:ident) => { Field32::$field };
-            (write64, $field:ident) => { Field64::$field };
-            (write_nat, $field:ident) => { FieldNat::$field };
-        }
-
         // SAFETY: the caller made the VMCS current.
         unsafe { Self::write_host_state() }?;
 
@@ -561,19 +567,6 @@ impl VmxVcpu {
     /// # Safety
     /// This vCPU's VMCS must be current.
     unsafe fn write_host_state() -> Result<(), (&'static str, VmxError)> {
-        macro_rules! w {
-            ($f:ident, $field:ident, $v:expr) => {
-                // SAFETY: the caller made the VMCS current; the values are this
-                // CPU's own (SDM Vol. 3C §27.2.3).
-                unsafe { vmcs::$f(vmcs_field!($f, $field), $v) }.map_err(|e| (stringify!($field), e))?
-            };
-        }
-        macro_rules! vmcs_field {
-            (write16, $field:ident) => { Field16::$field };
-            (write32, $field:ident) => { Field32::$field };
-            (write64, $field:ident) => { Field64::$field };
-            (write_nat, $field:ident) => { FieldNat::$field };
-        }
         // Host state, loaded at every VM exit (SDM Vol. 3C §25.5, checked per §27.2.3).
         let h = HostState::current();
         w!(write_nat, HostCr0, h.cr0);
