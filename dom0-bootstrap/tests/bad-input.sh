@@ -3,10 +3,7 @@
 # `dom0-badinput-svm` (tests/system.toml): each must fail with a message that
 # says what was wrong (the test checks the messages) and change nothing.
 # Prints "check: NAME: ok|FAILED (why)" like lifecycle.sh.
-failed=0
-ok() { echo "check: $1: ok"; }
-bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
-free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
+. "$(dirname "$0")/lib.sh"
 # refused NAME COMMAND...: COMMAND must exit non-zero; its message is shown.
 refused() {
     name=$1; shift

@@ -5,17 +5,8 @@
 # time it must get errors or die alone while a minimal domU and dom0 run on.
 # Prints "check: NAME: ok|FAILED (why)" like lifecycle.sh. Arguments are expanded
 # once, so what wait_for polls is always a function, never a "$(...)".
-failed=0
-ok() { echo "check: $1: ok"; }
-bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
-check() { name=$1; why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
-wait_for() { t=$1; shift; while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 1; t=$((t - 1)); done; "$@"; }
-free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
-field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
-gone() { [ -z "$(field "$1" 2)" ]; }
+. "$(dirname "$0")/lib.sh"
 state_is() { [ "$(field "$1" 5)" = "$2" ]; }
-last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
-ticked_past() { t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "$2" ]; }
 
 free0=$(free_kib)
 check "create minimal-1" "oxl create failed" oxl create /etc/oxen/minimal-1.cfg

@@ -4,9 +4,7 @@
 # (why)" like lifecycle.sh. CPU time comes from the hypervisor (oxl list
 # --json, cpu_time_ns); wall time from dom0's /proc/uptime.
 window=${1:-12}
-failed=0
-ok() { echo "check: $1: ok"; }
-bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
+. "$(dirname "$0")/lib.sh"
 cpu_ns() { oxl list --json "$1" | sed -n 's/.*"cpu_time_ns": *\([0-9]*\).*/\1/p'; }
 uptime_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
 

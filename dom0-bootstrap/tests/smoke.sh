@@ -8,20 +8,9 @@
 # Prints "check: NAME: ok|FAILED (why)" like lifecycle.sh, then
 # "smoke: done, N failed". Waits are in dom0's seconds, which under Bochs are
 # emulated ones; the guest ticks every 500 ms (minimal-1.cfg).
-failed=0
-ok() { echo "check: $1: ok"; }
-bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
-check() { name=$1; why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
-wait_for() { t=$1; shift; while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 1; t=$((t - 1)); done; "$@"; }
-# Both readings exist and are equal (no tick in between).
-same_tick() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+. "$(dirname "$0")/lib.sh"
 
-free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
-field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
-gone() { [ -z "$(field "$1" 2)" ]; }
 up() { oxl console --dump "$1" | grep -q "minimal: domain [0-9]* up,"; }
-last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
-ticked_past() { t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "$2" ]; }
 
 oxl info
 free0=$(free_kib)
