@@ -27,6 +27,11 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
             0o755,
             &kmod.null_bench,
         ),
+        (
+            crate::kmod::USER_PROBE_PATH.to_owned(),
+            0o755,
+            &kmod.user_probe,
+        ),
     ] {
         files.push(ExtraFile {
             dest,

@@ -9,12 +9,14 @@
 //! where the few paths that assume `/usr/src` are made relative. The module sources are
 //! copied to `target/dom0/kmod-build/` and built there with
 //! `make -C <headers> M=<copy> modules`, giving `target/dom0/oxen.ko`; its user-space
-//! test program (`ioctl-test.c`) and benchmark (`null-bench.c`) are compiled beside it:
+//! test program (`ioctl-test.c`), benchmark (`null-bench.c`) and the hostile user-space
+//! probe (`user-probe.c`, static glibc) are compiled beside it:
 //!
 //! ```text
 //! target/dom0/linux-headers-RELEASE/usr/src/linux-headers-RELEASE   make -C here
 //! target/dom0/kmod-build/                                           M=, a copy of the sources
-//! target/dom0/oxen.ko, oxen-ioctl-test, oxen-null-bench             what goes into the initramfs
+//! target/dom0/oxen.ko, oxen-ioctl-test, oxen-null-bench,            what goes into the initramfs
+//!   oxen-user-probe
 //! target/dom0/oxen.ko.inputs                                        what they were built from
 //! ```
 
@@ -40,6 +42,8 @@ pub const MODULE_PATH: &str = "extra/oxen.ko";
 pub const IOCTL_TEST_PATH: &str = "usr/lib/oxen/ioctl-test";
 /// Where its null-hypercall benchmark goes (`cargo xtask bench` runs it).
 pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
+/// Where the hostile user-space probe goes (`dom0-bootstrap/tests/hostile-user.sh` runs it).
+pub const USER_PROBE_PATH: &str = "usr/lib/oxen/user-probe";
 
 /// What `build` made.
 pub struct Built {
@@ -49,6 +53,9 @@ pub struct Built {
     pub ioctl_test: PathBuf,
     /// `oxen-null-bench` (`null-bench.c`): times null hypercalls from dom0's user space.
     pub null_bench: PathBuf,
+    /// `oxen-user-probe` (`user-probe.c`): VMX/SVM and privileged instructions from an
+    /// unprivileged dom0 process, each of which must only signal that process.
+    pub user_probe: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -59,6 +66,7 @@ pub fn build(release: &str) -> Result<Built> {
         module: dir.join("oxen.ko"),
         ioctl_test: dir.join("oxen-ioctl-test"),
         null_bench: dir.join("oxen-null-bench"),
+        user_probe: dir.join("oxen-user-probe"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -68,6 +76,7 @@ pub fn build(release: &str) -> Result<Built> {
     if ko.is_file()
         && out.ioctl_test.is_file()
         && out.null_bench.is_file()
+        && out.user_probe.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -161,6 +170,12 @@ pub fn build(release: &str) -> Result<Built> {
             std::fs::metadata(program)?.len() / 1024
         ));
     }
+    build_static_glibc(&cc, &build.join("user-probe.c"), &out.user_probe)?;
+    step(format!(
+        "dom0 kernel module: hostile user-space probe {} ({} KiB)",
+        show(&out.user_probe),
+        std::fs::metadata(&out.user_probe)?.len() / 1024
+    ));
     std::fs::write(&stamp, &inputs)?;
     Ok(out)
 }
@@ -184,6 +199,25 @@ fn build_freestanding(cc: &str, source: &Path, out: &Path) -> Result<()> {
     let output = run_output(&mut cmd, &what).map_err(|e| {
         e.context("(it needs the kernel's user-space headers: `apt-get install linux-libc-dev`)")
     })?;
+    show_warnings(&output);
+    Ok(())
+}
+
+/// Compiles a user-space program against static glibc (libc6-dev, which xtask already
+/// installs for `oxl`): for `user-probe.c`, whose signal handling (sigsetjmp/siglongjmp)
+/// is not worth rewriting freestanding.
+fn build_static_glibc(cc: &str, source: &Path, out: &Path) -> Result<()> {
+    let mut cmd = Command::new(cc);
+    cmd.args(["-O2", "-s", "-static", "-Wall", "-Wextra"])
+        .arg("-o")
+        .arg(out)
+        .arg(source);
+    let what = format!(
+        "building dom0's {}",
+        source.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let output = run_output(&mut cmd, &what)
+        .map_err(|e| e.context("(it needs static glibc: `apt-get install libc6-dev`)"))?;
     show_warnings(&output);
     Ok(())
 }

@@ -10,6 +10,12 @@
 //! - `final=wild-write`: write the first byte past the end of its RAM, likewise.
 //! - `final=triple-fault`: load an empty IDT and fault.
 //! - `final=none`: print `hostile: done` and tick like `minimal`.
+//! - `final=ac-loop`, `final=db-loop`, `final=cr8-spin`, `final=cr8-hlt`:
+//!   never end on their own; dom0 must still be able to destroy the domain at
+//!   once (`loops.rs`).
+//! - `insns`: also run the instruction probes (`insns.rs`: VMX and SVM
+//!   instructions, INVD, WBINVD, MONITOR, MWAIT, RDPMC, MOV CR8 at CPL 0 and 3)
+//!   before the summary.
 //! - `flood=N`: NULL hypercalls in the flood probe (default 100000).
 //! - `interval_ms=N`: tick interval once done (default 1000).
 //!
@@ -17,6 +23,8 @@
 //! (`UNEXPECTED`) and ticks on, so a test can tell "killed" from "hung".
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+mod insns;
+mod loops;
 mod pages;
 mod ring3;
 
@@ -35,6 +43,10 @@ enum Final {
     WildWrite,
     TripleFault,
     None,
+    AcLoop,
+    DbLoop,
+    Cr8Spin,
+    Cr8Hlt,
 }
 
 /// What a probe should get back.
@@ -69,13 +81,13 @@ impl fmt::Display for Expect {
 }
 
 #[derive(Default)]
-struct Probes {
+pub(crate) struct Probes {
     count: u32,
     unexpected: u32,
 }
 
 impl Probes {
-    fn report(&mut self, probe: &str, got: fmt::Arguments<'_>, expected: fmt::Arguments<'_>, ok: bool) {
+    pub(crate) fn report(&mut self, probe: &str, got: fmt::Arguments<'_>, expected: fmt::Arguments<'_>, ok: bool) {
         self.count += 1;
         if !ok {
             self.unexpected += 1;
@@ -103,6 +115,7 @@ fn guest_main(info: &'static StartInfo) -> ! {
     println!("hostile: domain {} up, {} MiB, cmdline '{line}'", Rax(hypercall::domain_id()), info.memory_bytes >> 20);
     let mut act = Final::OobRead;
     let mut flood: u64 = 100_000;
+    let mut insns = false;
     let mut config = ticker::Config::default();
     for opt in cmdline::options(line) {
         match (opt.key, opt.value) {
@@ -110,6 +123,11 @@ fn guest_main(info: &'static StartInfo) -> ! {
             ("final", Some("wild-write")) => act = Final::WildWrite,
             ("final", Some("triple-fault")) => act = Final::TripleFault,
             ("final", Some("none")) => act = Final::None,
+            ("final", Some("ac-loop")) => act = Final::AcLoop,
+            ("final", Some("db-loop")) => act = Final::DbLoop,
+            ("final", Some("cr8-spin")) => act = Final::Cr8Spin,
+            ("final", Some("cr8-hlt")) => act = Final::Cr8Hlt,
+            ("insns", None) => insns = true,
             ("flood", Some(v)) => match cmdline::parse_u64(v) {
                 Some(n) => flood = n,
                 None => println!("hostile: warning: bad flood count '{v}', keeping {flood}"),
@@ -211,6 +229,10 @@ fn guest_main(info: &'static StartInfo) -> ! {
         Expect::Errno(22),
     );
 
+    if insns {
+        insns::run(&mut p);
+    }
+
     println!("hostile: summary: {} probes, {} unexpected", p.count, p.unexpected);
     final_act(act, ram);
     ticker::tick(config)
@@ -223,6 +245,10 @@ fn final_act(act: Final, ram: u64) {
             println!("hostile: done");
             return;
         }
+        Final::AcLoop => loops::ac_loop(),
+        Final::DbLoop => loops::db_loop(),
+        Final::Cr8Spin => loops::cr8_spin(),
+        Final::Cr8Hlt => loops::cr8_hlt(),
         Final::TripleFault => {
             println!("hostile: final: triple-fault (this must end the domain)");
             trap::triple_fault()

@@ -1,9 +1,15 @@
-//! A hypercall made from CPL 3. The guest builds its own GDT (the boot one
-//! has no user segments), a TSS whose RSP0 receives the return to CPL 0, and
-//! sets the U bit throughout its page tables; then it IRETQs to a stub at CPL 3
-//! that makes the hypercall, stores RAX and raises INT 0x80. The trap hook sends
-//! any trap from CPL 3 (INT 0x80, or an exception if the hypercall instruction
-//! faulted) back to the code that entered, with the vector in RAX.
+//! Code run at CPL 3, and the trap hook that brings the guest back from it.
+//! The guest builds its own GDT (the boot one has no user segments), a TSS
+//! whose RSP0 receives the return to CPL 0, and sets the U bit throughout its
+//! page tables; then it IRETQs to a stub at CPL 3 that does its work, stores
+//! RAX and raises INT 0x80. The trap hook sends any trap from CPL 3 (INT 0x80,
+//! or an exception the stub took) back to the code that entered, with the
+//! vector in RAX.
+//!
+//! The hook also serves `insns` (exceptions taken at CPL 0 inside an
+//! instruction stub come back as the stub's return value) and `loops` (the #AC
+//! loop returns to the faulting instruction; a #DB that reaches its handler is
+//! counted), according to `MODE`.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +46,14 @@ static TSS: Shared<[u8; TSS_SIZE]> = Shared(UnsafeCell::new([0; TSS_SIZE]));
 /// CPL 0 stack for traps from CPL 3 (TSS.RSP0), and the CPL 3 stub's stack.
 static RSP0_STACK: Shared<[u8; 16384]> = Shared(UnsafeCell::new([0; 16384]));
 static USER_STACK: Shared<[u8; 4096]> = Shared(UnsafeCell::new([0; 4096]));
+/// TSS.IST1: the stack `loops` gives #DB, so that every #DB is delivered to
+/// the same addresses.
+static IST1_STACK: Shared<[u8; 4096]> = Shared(UnsafeCell::new([0; 4096]));
+
+/// The top of the IST1 stack (16-byte aligned).
+pub fn ist1_top() -> u64 {
+    top(&IST1_STACK)
+}
 
 /// Where `hostile_ring3_enter` left its stack, for the way back.
 static KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
@@ -84,6 +98,14 @@ core::arch::global_asm!(
     "mov [rip + {user_rax}], rax",
     "int {ret_vector}",
     "ud2",
+    // Calls the stub whose address is in RAX (an `insns` stub: it returns
+    // its result in RAX), then back as above.
+    ".global hostile_user_call",
+    "hostile_user_call:",
+    "call rax",
+    "mov [rip + {user_rax}], rax",
+    "int {ret_vector}",
+    "ud2",
     ".popsection",
     user_ds = const USER_DS,
     user_cs = const USER_CS,
@@ -98,11 +120,56 @@ unsafe extern "C" {
     fn hostile_ring3_resume();
     fn hostile_user_vmcall();
     fn hostile_user_vmmcall();
+    fn hostile_user_call();
 }
 
-/// Sends every trap from CPL 3 back to `hostile_ring3_enter`'s caller.
+/// What the hook does besides the trip back from CPL 3.
+pub const MODE_NONE: u64 = 0;
+/// An exception at CPL 0 returns from the `insns` stub that took it, with
+/// `FAULTED | vector` in RAX.
+pub const MODE_KERNEL_PROBE: u64 = 1;
+/// An #AC from CPL 3 goes back to the instruction that raised it (the loop).
+pub const MODE_AC_LOOP: u64 = 2;
+/// A #DB handler that is reached at all is counted and returns.
+pub const MODE_DB_LOOP: u64 = 3;
+pub static MODE: AtomicU64 = AtomicU64::new(MODE_NONE);
+/// The stub's result when it took an exception: this bit, plus the vector.
+pub const FAULTED: u64 = 1 << 63;
+/// #AC delivered by the loop, and #DB handlers reached, so far.
+pub static AC_COUNT: AtomicU64 = AtomicU64::new(0);
+pub static DB_COUNT: AtomicU64 = AtomicU64::new(0);
+const VECTOR_DB: u64 = 1;
+const VECTOR_AC: u64 = 17;
+
+/// Sends every trap from CPL 3 back to `hostile_ring3_enter`'s caller, after
+/// what `MODE` asks for.
 fn hook(frame: &mut TrapFrame) -> bool {
+    let mode = MODE.load(Ordering::SeqCst);
+    if mode == MODE_AC_LOOP && frame.vector == VECTOR_AC && frame.cs & 3 == 3 {
+        let n = AC_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() && n >= 1024 {
+            oxen_guest_rt::println!("hostile: ac-loop: {n} #AC so far");
+        }
+        // Unchanged frame: IRETQ to the misaligned access, AC still set.
+        return true;
+    }
+    if mode == MODE_DB_LOOP && frame.vector == VECTOR_DB {
+        let n = DB_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            oxen_guest_rt::println!("hostile: db-loop: #DB handler reached {n} times (delivery did not re-trigger #DB)");
+        }
+        return true;
+    }
     if frame.cs & 3 != 3 {
+        if mode == MODE_KERNEL_PROBE && frame.vector < 32 {
+            // An `insns` stub pushes nothing: the return address is on top.
+            // SAFETY: RSP is the stub's stack, whose top holds its caller's
+            // return address (the stubs are leaf code that never push).
+            frame.rip = unsafe { (frame.rsp as *const u64).read() };
+            frame.rsp += 8;
+            frame.rax = FAULTED | frame.vector;
+            return true;
+        }
         return false;
     }
     frame.rax = frame.vector;
@@ -120,13 +187,15 @@ fn top<const N: usize>(stack: &Shared<[u8; N]>) -> u64 {
 
 /// Loads the GDT with user segments and the TSS, sets the U bit in every
 /// present page-table entry, opens the return vector to CPL 3 and installs the
-/// hook. Once.
+/// hook. Once; `prepared` calls it.
 fn prepare() {
     let tss = TSS.0.get();
     // SAFETY: one vCPU, interrupts off; the TSS is not loaded yet. RSP0 is at
     // offset 4, the I/O map base at 102 (past the limit: no I/O bitmap).
     let bytes = unsafe { &mut *tss };
     bytes[4..12].copy_from_slice(&top(&RSP0_STACK).to_le_bytes());
+    // IST1 at offset 36 (SDM Vol. 3A §8.7, Figure 8-11).
+    bytes[36..44].copy_from_slice(&top(&IST1_STACK).to_le_bytes());
     bytes[102..104].copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
     let base = tss as u64;
     let limit = (TSS_SIZE - 1) as u64;
@@ -185,19 +254,35 @@ pub enum Outcome {
     Trapped(u64),
 }
 
-/// Makes hypercall `number` (no arguments) at CPL 3.
-pub fn hypercall(number: u64) -> Outcome {
+/// Makes sure `prepare` ran (user segments, TSS, U bits, the hook).
+pub fn prepared() {
     static PREPARED: AtomicU64 = AtomicU64::new(0);
     if PREPARED.swap(1, Ordering::SeqCst) == 0 {
         prepare();
     }
-    USER_RAX.store(NOT_STORED, Ordering::SeqCst);
+}
+
+/// Makes hypercall `number` (no arguments) at CPL 3.
+pub fn hypercall(number: u64) -> Outcome {
     let stub = if oxen_guest_rt::hypercall::uses_vmmcall() { hostile_user_vmmcall } else { hostile_user_vmcall };
-    // SAFETY: `prepare` made the stub, its stack and the way back reachable from
-    // CPL 3; the stub touches nothing but USER_RAX, and every trap it
-    // can take comes back here through the hook with the callee-saved registers
-    // restored.
-    let vector = unsafe { hostile_ring3_enter(stub as *const () as u64, top(&USER_STACK), number) };
+    enter(stub as *const () as u64, number)
+}
+
+/// Calls `stub` (an `insns` stub: leaf code, result in RAX) at CPL 3.
+pub fn call(stub: u64) -> Outcome {
+    enter(hostile_user_call as *const () as u64, stub)
+}
+
+/// Runs the CPL 3 code at `user_rip` with `rax`, on the user stack; it ends
+/// with INT 0x80 after storing RAX, or with the exception it took.
+pub fn enter(user_rip: u64, rax: u64) -> Outcome {
+    prepared();
+    USER_RAX.store(NOT_STORED, Ordering::SeqCst);
+    // SAFETY: `prepare` made the code, its stack and the way back reachable
+    // from CPL 3; the stubs touch nothing but USER_RAX (and the `insns`
+    // operand page), and every trap they can take comes back here through the
+    // hook with the callee-saved registers restored.
+    let vector = unsafe { hostile_ring3_enter(user_rip, top(&USER_STACK), rax) };
     let rax = USER_RAX.load(Ordering::SeqCst);
     if vector == u64::from(RETURN_VECTOR) && rax != NOT_STORED {
         Outcome::Returned(rax)
