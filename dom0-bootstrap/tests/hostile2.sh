@@ -33,19 +33,32 @@ check "every instruction probe got what a CPU without VMX and SVM gives" "see it
 check "hostile-insns lives on after its probes" "state $(field hostile-insns 5)" \
     wait_for 20 said hostile-insns '^hostile: done'
 check "hostile-insns is still running" "state $(field hostile-insns 5)" alive hostile-insns
-check "destroy hostile-insns" "oxl destroy failed" oxl destroy hostile-insns
+# For comparison with the destroys below: a domain that behaves.
+timed ms oxl destroy hostile-insns
+rc=$?
+echo "hostile2: oxl destroy hostile-insns took $ms ms (status $rc)"
+check "destroy hostile-insns" "status $rc" [ "$rc" = 0 ]
 
 for act in ac-loop db-loop cr8-spin cr8-hlt; do
     d=hostile-$act
     check "create $d" "oxl create failed" oxl create "/etc/oxen/$d.cfg"
     check "$d started its final act" "state $(field $d 5)" wait_for 120 said "$d" "^hostile: final: $act"
     sleep 2
+    # What the (emulated) CPU made of the two exception loops is its business,
+    # not the hypervisor's: said here, and matched by the system tests where
+    # the emulator is known to do it (QEMU TCG checks no alignment at all).
     case $act in
-    ac-loop) check "ac-loop: the #AC loop runs" "no '#AC so far' line" \
-        wait_for 30 said "$d" '^hostile: ac-loop: [0-9]+ #AC so far' ;;
-    db-loop) # Whether the emulated CPU re-raises #DB in its own delivery is its business; say what it did.
+    ac-loop)
+        if said "$d" '^hostile: ac-loop: [0-9]+ #AC so far'; then
+            echo "hostile2: ac-loop: the #AC loop runs"
+        else
+            echo "hostile2: ac-loop: no #AC seen: this CPU does not check alignment"
+        fi ;;
+    db-loop)
         if said "$d" '^hostile: db-loop: #DB handler reached'; then
             echo "hostile2: db-loop: the #DB handler ran: this CPU did not re-raise #DB during delivery"
+        elif said "$d" '^hostile: db-loop: the write came back'; then
+            echo "hostile2: db-loop: no #DB at all: this CPU ignored the data breakpoint"
         else
             echo "hostile2: db-loop: the #DB handler never ran: every #DB delivery raised the next"
         fi ;;
