@@ -3,7 +3,7 @@
 
 use super::vmcb::{exit_code as code, Vmcb};
 use crate::mem::GuestPhysAddr;
-use crate::virt::{Access, VmExit};
+use crate::virt::{Access, Insn, VmExit};
 
 /// IOIO EXITINFO1 fields (APM Vol. 2 §15.10.2).
 mod ioio {
@@ -27,6 +27,8 @@ const HLT_LEN: u64 = 1;
 const VMMCALL_LEN: u64 = 3;
 const RDWRMSR_LEN: u64 = 2;
 const XSETBV_LEN: u64 = 3;
+/// INVD (0f 08) and WBINVD (0f 09).
+const INVD_LEN: u64 = 2;
 
 /// Exceptions carrying an error code (vectors 8, 10-14, 17, 21, 29, 30).
 const ERROR_CODE_VECTORS: u32 = 0x6022_7d00;
@@ -84,6 +86,14 @@ pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
             (VmExit::NestedPageFault { gpa: GuestPhysAddr::new(c.exit_info2), access }, None)
         }
         code::SHUTDOWN => (VmExit::TripleFault, None),
+        code::VMRUN | code::VMLOAD | code::VMSAVE | code::STGI | code::CLGI | code::SKINIT | code::INVLPGA => {
+            (VmExit::Instruction(Insn::Virtualization), None)
+        }
+        code::INVD => (VmExit::Instruction(Insn::Invd), after(INVD_LEN)),
+        code::WBINVD => (VmExit::Instruction(Insn::Wbinvd), after(INVD_LEN)),
+        code::MONITOR => (VmExit::Instruction(Insn::Monitor), None),
+        code::MWAIT | code::MWAIT_CONDITIONAL => (VmExit::Instruction(Insn::Mwait), None),
+        code::RDPMC => (VmExit::Instruction(Insn::Rdpmc), None),
         code::VINTR => (VmExit::InterruptWindow, None),
         v @ code::EXCP_BASE..=0x5f => {
             let vector = (v - code::EXCP_BASE) as u8;

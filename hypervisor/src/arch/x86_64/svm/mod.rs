@@ -36,6 +36,32 @@ struct CpuPages {
 const NO_PAGES: CpuPages = CpuPages { hsave: AtomicU64::new(0), host_vmcb: AtomicU64::new(0) };
 static CPU_PAGES: [CpuPages; MAX_CPUS] = [NO_PAGES; MAX_CPUS];
 
+/// Per CPU: the IA32_TSC_AUX value last loaded for a guest (`NO_TSC_AUX`: the
+/// CPU has none, or nothing loaded yet). The host never reads TSC_AUX, so a
+/// guest's value stays until another guest's replaces it.
+static TSC_AUX_LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(NO_TSC_AUX) }; MAX_CPUS];
+const NO_TSC_AUX: u64 = u64::MAX;
+static HAS_TSC_AUX: spin::Once<bool> = spin::Once::new();
+
+/// Loads a guest's TSC_AUX into this CPU if it does not hold it already.
+fn load_tsc_aux(value: u32) {
+    if !*HAS_TSC_AUX.call_once(super::cpu::has_tsc_aux) {
+        return;
+    }
+    let slot = &TSC_AUX_LOADED[super::cpu_id() as usize];
+    if slot.load(Ordering::Relaxed) != u64::from(value) {
+        // SAFETY: the MSR exists (checked above) and takes any 32-bit value;
+        // the hypervisor does not use it.
+        unsafe { wrmsr(msr::IA32_TSC_AUX, value.into()) };
+        slot.store(value.into(), Ordering::Relaxed);
+    }
+}
+
+/// Whether guests have a TSC_AUX of their own (see `load_tsc_aux`).
+fn has_tsc_aux() -> bool {
+    *HAS_TSC_AUX.call_once(super::cpu::has_tsc_aux)
+}
+
 /// Number of ASIDs (CPUID.8000000AH:EBX), read by `probe`.
 static NUM_ASIDS: AtomicU64 = AtomicU64::new(0);
 
