@@ -37,7 +37,9 @@ const ERROR_CODE_VECTORS: u32 = 0x6022_7d00;
 pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
     let c = &vmcb.control;
     let rip = vmcb.save.rip;
-    let after = |len: u64| Some(rip.wrapping_add(len));
+    // Where the CPU saves the next RIP it is right even with prefixes (a
+    // WBNOINVD is an F3-prefixed WBINVD); otherwise the length the exit implies.
+    let after = |len: u64| Some(if super::has_nrips() { c.next_rip } else { rip.wrapping_add(len) });
     match c.exit_code {
         code::CPUID => {
             // The guest's RAX lives in the VMCB; RCX in the saved GPRs (filled by the caller).

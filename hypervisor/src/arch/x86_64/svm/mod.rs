@@ -2,7 +2,8 @@
 //! (AMD APM Vol. 2, chapter 15).
 //!
 //! QEMU's TCG SVM has no next-RIP save and no decode assists, so instruction
-//! lengths come from `exit::translate`, never from the VMCB's next-RIP field.
+//! lengths come from `exit::translate`, from the VMCB's next-RIP field only
+//! where the CPU fills it.
 mod exit;
 pub mod vmcb;
 mod vcpu;
@@ -62,6 +63,14 @@ fn has_tsc_aux() -> bool {
     *HAS_TSC_AUX.call_once(super::cpu::has_tsc_aux)
 }
 
+/// Whether the CPU saves the next RIP in the VMCB on instruction intercepts
+/// (APM Vol. 2 §15.7.1); QEMU's does not.
+static HAS_NRIPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn has_nrips() -> bool {
+    HAS_NRIPS.load(Ordering::Relaxed)
+}
+
 /// Number of ASIDs (CPUID.8000000AH:EBX), read by `probe`.
 static NUM_ASIDS: AtomicU64 = AtomicU64::new(0);
 
@@ -79,6 +88,7 @@ pub fn probe() -> Result<&'static str, &'static str> {
         return Err("no nested paging (NPT)");
     }
     NUM_ASIDS.store(f.ebx.into(), Ordering::Relaxed);
+    HAS_NRIPS.store(f.edx & SVM_FEATURE_NRIPS != 0, Ordering::Relaxed);
     log::info!(
         "svm: revision {}, {} ASIDs, nested paging, next-RIP save {}, flush-by-ASID {}",
         f.eax & 0xff,
