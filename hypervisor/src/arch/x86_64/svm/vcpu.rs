@@ -451,6 +451,22 @@ impl Vcpu for SvmVcpu {
                 Err(_) => false,
             };
         }
+        // Addresses must be canonical and SFMASK's upper half is reserved, or
+        // WRMSR would #GP on a real CPU (APM Vol. 2 §6.1.1, §3.2.2); nothing
+        // checks what VMLOAD/VMRUN later load.
+        let address = matches!(
+            m,
+            msr::IA32_FS_BASE
+                | msr::IA32_GS_BASE
+                | msr::IA32_KERNEL_GS_BASE
+                | msr::IA32_LSTAR
+                | msr::IA32_CSTAR
+                | msr::IA32_SYSENTER_ESP
+                | msr::IA32_SYSENTER_EIP
+        );
+        if (address && !crate::virt::vmx_decode::is_canonical(v)) || (m == msr::IA32_FMASK && v >> 32 != 0) {
+            return false;
+        }
         let s = &mut self.vmcb_mut().save;
         match m {
             msr::IA32_EFER => {

@@ -1088,12 +1088,12 @@ impl Vcpu for VmxVcpu {
 
     fn set_guest_msr(&mut self, index: u32, value: u64) -> bool {
         if let Some(p) = self.switched_msr(index) {
-            // STAR holds selectors, not addresses; TSC_AUX has bits 63:32
-            // reserved (#GP); the rest must be canonical or the VM-entry MSR
+            // STAR holds selectors, not addresses; TSC_AUX and FMASK have bits
+            // 63:32 reserved (#GP); the rest must be canonical or the VM-entry MSR
             // load fails (SDM Vol. 3C §27.4).
             let valid = match index {
                 msr::IA32_STAR => true,
-                msr::IA32_TSC_AUX => value >> 32 == 0,
+                msr::IA32_TSC_AUX | msr::IA32_FMASK => value >> 32 == 0,
                 _ => is_canonical(value),
             };
             if !valid {
