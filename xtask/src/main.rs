@@ -278,17 +278,9 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 .filter(|t| t.machine.emulator == Emulator::Qemu)
                 .count();
             let bochs = tests.len() - qemu;
-            let mut plan = Vec::new();
-            if qemu > 0 {
-                plan.push(format!("{qemu} under QEMU, up to 2 at a time"));
-            }
-            if bochs > 0 {
-                plan.push(format!("{bochs} under Bochs, one at a time"));
-            }
             step(format!(
-                "{} system test(s): {}; serial logs in {}/<test>/serial.log",
+                "{} system test(s), {bochs} under Bochs and {qemu} under QEMU, two at a time (Bochs first); serial logs in {}/<test>/serial.log",
                 tests.len(),
-                plan.join(", then "),
                 show(&image::target_dir().join("systest"))
             ));
             systest::run_all(&tests, &elf)?

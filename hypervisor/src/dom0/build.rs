@@ -401,6 +401,12 @@ impl GuestEnv for Env<'_> {
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
         VirtualLapic::owns_msr(msr) && self.dom0.bus.lock().lapic(self.vcpu).msr_write(msr, value, now_ns()).is_ok()
     }
+    fn wbinvd(&mut self) {
+        // dom0 drives the machine's devices: a driver that flushes caches for
+        // a device's sake gets the real flush.
+        // SAFETY: WBINVD writes caches back; it changes no hypervisor state.
+        unsafe { core::arch::asm!("wbinvd", options(nostack, preserves_flags)) };
+    }
     fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
         let mut ram = control::RamView(&self.dom0.ram);
         let mut caller = Caller { domid: control::DOM0_ID, privileged: true, ram: &mut ram };
@@ -503,6 +509,7 @@ fn debug_key(key: u8, dom0: &Dom0) {
                     info!("console: cpu{cpu}: dom0 vcpu{cpu} {}", s.state_name());
                 }
             }
+            info!("console: {} physical NMI(s) taken since boot", crate::arch::x86_64::idt::nmi_count());
         }
         b's' => sched::log_stats(),
         b'e' => {
@@ -532,6 +539,21 @@ impl crate::devices::MmioDevice for Blocked {
         u64::MAX
     }
     fn mmio_write(&mut self, _offset: u64, _size: u8, _value: u64) {}
+}
+
+/// An exit nothing emulates, by dom0 (an MMIO instruction the emulator does
+/// not decode, string I/O on an emulated port, an exit no handler knows):
+/// dom0 gets #UD, as from a CPU that cannot run the instruction, and runs on.
+/// Logged up to `BLOCKED_LOG_LIMIT` times, then counted.
+fn refuse(vcpu: &mut AnyVcpu, count: &mut u64, what: core::fmt::Arguments<'_>) {
+    const UD: u8 = 6;
+    *count += 1;
+    if *count <= BLOCKED_LOG_LIMIT {
+        warn!("{what} at rip {:#x}: #UD injected", vcpu.rip());
+    } else if *count == BLOCKED_LOG_LIMIT + 1 {
+        warn!("dom0: further exits answered with #UD are counted, not logged");
+    }
+    vcpu.inject_exception(UD, None);
 }
 
 /// Most blocked accesses logged one by one; after that only counted.
@@ -612,6 +634,8 @@ struct Dom0Vcpu {
     halted_since: Option<u64>,
     stall_reported: bool,
     blocked: u64,
+    /// Exits answered with #UD because nothing emulates them (see `refuse`).
+    refused: u64,
 }
 
 // SAFETY: a dom0 vCPU is queued on its CPU before it has guest state and never
@@ -621,7 +645,18 @@ unsafe impl Send for Dom0Vcpu {}
 
 impl Dom0Vcpu {
     fn new(index: usize, dom0: &'static Dom0, vcpu: Option<AnyVcpu>) -> Self {
-        Self { index, dom0, vcpu, inits_seen: 0, exits: 0, halted: false, halted_since: None, stall_reported: false, blocked: 0 }
+        Self {
+            index,
+            dom0,
+            vcpu,
+            inits_seen: 0,
+            exits: 0,
+            halted: false,
+            halted_since: None,
+            stall_reported: false,
+            blocked: 0,
+            refused: 0,
+        }
     }
 
     fn stats(&self) -> &VcpuStats {
@@ -812,11 +847,10 @@ impl Runnable for Dom0Vcpu {
             if let VmExit::NestedPageFault { gpa, access } = exit {
                 match emulate_mmio(vcpu, self.dom0, self.index, gpa) {
                     Some(Ok(())) => {}
-                    Some(Err(e)) => fatal(format_args!(
-                        "{}: cannot emulate MMIO at {gpa:?} (rip {:#x}): {e:?}",
-                        self.dom0.label(self.index),
-                        vcpu.rip()
-                    )),
+                    Some(Err(e)) => {
+                        let label = self.dom0.label(self.index);
+                        refuse(vcpu, &mut self.refused, format_args!("{label}: cannot emulate MMIO at {gpa:?}: {e:?}"));
+                    }
                     None => blocked_access(vcpu, &self.dom0.gm, gpa, access, &mut self.blocked),
                 }
                 continue;
@@ -829,13 +863,19 @@ impl Runnable for Dom0Vcpu {
                 Outcome::Preempted => break,
                 Outcome::Halted => self.halted = true,
                 Outcome::Yield | Outcome::Block { .. } => break,
-                other => {
+                // What dom0 does can stop the host only as a real machine
+                // stops: a triple fault (or dom0 shutting itself down).
+                stop @ (Outcome::TripleFault | Outcome::Shutdown(_)) => {
                     let rip = vcpu.rip();
                     fatal(format_args!(
-                        "{} stopped after {} exits at rip {rip:#x}: {other:?}",
+                        "{} stopped after {} exits at rip {rip:#x}: {stop:?}",
                         self.dom0.label(self.index),
                         self.exits
                     ));
+                }
+                other => {
+                    let label = self.dom0.label(self.index);
+                    refuse(vcpu, &mut self.refused, format_args!("{label}: {other:?}"));
                 }
             }
         }

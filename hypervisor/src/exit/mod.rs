@@ -10,7 +10,7 @@ pub mod msr;
 pub mod xcr;
 
 use crate::mem::GuestPhysAddr;
-use crate::virt::{Access, Vcpu, VmExit};
+use crate::virt::{Access, Insn, Vcpu, VmExit};
 use cpuid::CpuidResult;
 
 /// What to do with the vCPU after an exit.
@@ -64,10 +64,44 @@ pub trait GuestEnv {
         };
         (result, crate::hypercall::After::Continue)
     }
+    /// WBINVD (or INVD, which is answered as WBINVD) at CPL 0. Only a domain
+    /// that drives devices needs the host's caches written back (a device
+    /// doing non-coherent DMA); for others it is a no-op, so a guest cannot
+    /// stall a CPU with cache flushes.
+    fn wbinvd(&mut self) {}
     /// A hypercall from CPL > 0 was refused.
     fn refused_cpl(&mut self, cpl: u8, number: u64) {
         log::warn!("hypercall {number:#x} from CPL {cpl} refused");
     }
+}
+
+/// Exception vectors (SDM Vol. 3A §6.15).
+const DB: u8 = 1;
+const UD: u8 = 6;
+const GP: u8 = 13;
+const AC: u8 = 17;
+
+/// The instructions answered by policy: what a CPU without the feature (or
+/// without the privilege) would do.
+fn instruction(vcpu: &mut impl Vcpu, insn: Insn, env: &mut dyn GuestEnv) -> Outcome {
+    match insn {
+        // No nested virtualization, and MONITOR/MWAIT are not in the guest's
+        // CPUID: #UD, as on a CPU without them (SDM Vol. 2: #UD when
+        // CPUID.1:ECX.VMX/MONITOR = 0; APM Vol. 3: #UD when EFER.SVME = 0).
+        Insn::Virtualization | Insn::Monitor | Insn::Mwait => vcpu.inject_exception(UD, None),
+        // No counters: #GP(0), as for a counter index the CPU does not have.
+        Insn::Rdpmc => vcpu.inject_exception(GP, Some(0)),
+        // Privileged: #GP(0) above CPL 0 (the CPU checks before the exit on
+        // VT-x; checked again here for the backends that do not).
+        Insn::Invd | Insn::Wbinvd if vcpu.cpl() != 0 => vcpu.inject_exception(GP, Some(0)),
+        // INVD would throw away dirty lines of other domains: written back
+        // instead (as Xen does).
+        Insn::Invd | Insn::Wbinvd => {
+            env.wbinvd();
+            vcpu.skip_instruction();
+        }
+    }
+    Outcome::Continue
 }
 
 /// Handles one exit.
@@ -105,6 +139,60 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             vcpu.request_interrupt_window(false);
             Outcome::Continue
         }
+        VmExit::Instruction(insn) => instruction(vcpu, insn, env),
+        // Only #DB and #AC are intercepted: they exit so that an exception
+        // raised while delivering itself (XSA-156) gives the hypervisor control
+        // at every round instead of hanging the CPU in microcode.
+        VmExit::Exception { vector: DB | AC, .. } => {
+            vcpu.reflect_exception();
+            Outcome::Continue
+        }
         other => Outcome::Unhandled(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::io::tests::{FakeEnv, FakeVcpu};
+
+    fn run(insn: Insn, cpl: u8) -> FakeVcpu {
+        let mut v = FakeVcpu { cpl, ..Default::default() };
+        assert_eq!(handle(&mut v, VmExit::Instruction(insn), &mut FakeEnv::default()), Outcome::Continue);
+        v
+    }
+
+    #[test]
+    fn policy_instructions_fault_as_on_a_cpu_without_them() {
+        for cpl in [0, 3] {
+            for insn in [Insn::Virtualization, Insn::Monitor, Insn::Mwait] {
+                let v = run(insn, cpl);
+                assert_eq!((v.injected, v.skipped), (Some((UD, None)), 0), "{insn:?} at CPL {cpl}");
+            }
+            let v = run(Insn::Rdpmc, cpl);
+            assert_eq!((v.injected, v.skipped), (Some((GP, Some(0))), 0));
+        }
+    }
+
+    #[test]
+    fn cache_flushes_complete_at_cpl0_only() {
+        for insn in [Insn::Invd, Insn::Wbinvd] {
+            let v = run(insn, 0);
+            assert_eq!((v.injected, v.skipped), (None, 1));
+            let v = run(insn, 3);
+            assert_eq!((v.injected, v.skipped), (Some((GP, Some(0))), 0));
+        }
+    }
+
+    #[test]
+    fn db_and_ac_are_reflected_others_unhandled() {
+        for vector in [DB, AC] {
+            let mut v = FakeVcpu::default();
+            let exit = VmExit::Exception { vector, error_code: (vector == AC).then_some(0) };
+            assert_eq!(handle(&mut v, exit, &mut FakeEnv::default()), Outcome::Continue);
+            assert_eq!((v.reflected, v.injected), (1, None));
+        }
+        let exit = VmExit::Exception { vector: 14, error_code: Some(2) };
+        assert_eq!(handle(&mut FakeVcpu::default(), exit, &mut FakeEnv::default()), Outcome::Unhandled(exit));
     }
 }

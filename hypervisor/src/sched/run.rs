@@ -332,6 +332,7 @@ pub fn cpu_loop() -> ! {
             f(now);
         }
         crate::console::flush_pending();
+        crate::arch::x86_64::idt::report_nmis();
         let wake = poll_blocked(cpu, now);
         let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
             crate::start::fatal(format_args!("sched: no scheduler"));

@@ -229,6 +229,9 @@ impl Vcpu for AnyVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         dispatch!(self, v => v.inject_exception(vector, error_code))
     }
+    fn reflect_exception(&mut self) {
+        dispatch!(self, v => v.reflect_exception())
+    }
     fn interrupt_ready(&self) -> bool {
         dispatch!(self, v => v.interrupt_ready())
     }

@@ -11,6 +11,8 @@ pub struct FakeVcpu {
     pub rsp: u64,
     pub skipped: u32,
     pub injected: Option<(u8, Option<u32>)>,
+    /// `reflect_exception` calls.
+    pub reflected: u32,
     /// One MSR the fake backend keeps: (number, value).
     pub msr: Option<(u32, u64)>,
 }
@@ -39,6 +41,9 @@ impl Vcpu for FakeVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.injected = Some((vector, error_code));
+    }
+    fn reflect_exception(&mut self) {
+        self.reflected += 1;
     }
     fn guest_msr(&self, msr: u32) -> Option<u64> {
         self.msr.filter(|m| m.0 == msr).map(|m| m.1)

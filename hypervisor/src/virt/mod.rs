@@ -7,7 +7,7 @@ pub mod guest_mem;
 pub mod vcpu;
 pub mod vmx_decode;
 
-pub use exit::{Access, VmExit};
+pub use exit::{Access, Insn, VmExit};
 pub use guest_mem::GuestMemory;
 pub use vcpu::{EntryMode, GuestGprs, InitialState, Vcpu};
 

@@ -65,6 +65,11 @@ pub trait Vcpu {
     fn skip_instruction(&mut self);
     /// Delivers exception `vector` at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Delivers the exception whose interception caused the last exit
+    /// (`VmExit::Exception`) as the CPU would have delivered it without the
+    /// intercept: same vector, error code and event type, with the debug
+    /// status (DR6) the exception set.
+    fn reflect_exception(&mut self);
     /// Whether an external interrupt can be injected now: RFLAGS.IF set, no
     /// interrupt shadow (STI/MOV SS), no other event pending injection.
     fn interrupt_ready(&self) -> bool {

@@ -6,7 +6,7 @@
 //! Appendices A (capability MSRs) and C (exit reasons).
 
 use crate::mem::GuestPhysAddr;
-use crate::virt::{Access, VmExit};
+use crate::virt::{Access, Insn, VmExit};
 
 // ---------------------------------------------------------------------------
 // Capability MSRs and control adjustment (SDM Vol. 3D App. A.3-A.5)
@@ -459,6 +459,8 @@ pub enum Decoded {
     /// A host interrupt arrived while the guest ran: the backend handles it and
     /// re-enters. `vector` is set when the CPU acknowledged the interrupt on exit.
     ExternalInterrupt { vector: Option<u8> },
+    /// A physical NMI arrived while the guest ran (NMI exiting): the host's.
+    Nmi,
     /// VM entry failed after loading guest state: the guest cannot run.
     EntryFailure { reason: ExitReason, qualification: u64 },
 }
@@ -487,6 +489,9 @@ impl RawExit {
                 if !info.valid() {
                     return unsupported;
                 }
+                if info.kind() == InterruptionType::Nmi {
+                    return Decoded::Nmi;
+                }
                 VmExit::Exception {
                     vector: info.vector(),
                     error_code: info.error_code_valid().then_some(self.interruption_error_code),
@@ -513,6 +518,27 @@ impl RawExit {
                 access: EptViolationQualification(self.qualification).access(),
             },
             ExitReason::PreemptionTimerExpired => VmExit::Preempted,
+            // The VMX instructions exit at every CPL (SDM Vol. 3C §26.1.2);
+            // VMFUNC only with a function the VMCS does not enable, and GETSEC
+            // (SMX, which guests are not given) always.
+            ExitReason::Vmclear
+            | ExitReason::Vmlaunch
+            | ExitReason::Vmptrld
+            | ExitReason::Vmptrst
+            | ExitReason::Vmread
+            | ExitReason::Vmresume
+            | ExitReason::Vmwrite
+            | ExitReason::Vmxoff
+            | ExitReason::Vmxon
+            | ExitReason::Invept
+            | ExitReason::Invvpid
+            | ExitReason::Vmfunc
+            | ExitReason::Getsec => VmExit::Instruction(Insn::Virtualization),
+            ExitReason::Invd => VmExit::Instruction(Insn::Invd),
+            ExitReason::Wbinvd => VmExit::Instruction(Insn::Wbinvd),
+            ExitReason::Monitor => VmExit::Instruction(Insn::Monitor),
+            ExitReason::Mwait => VmExit::Instruction(Insn::Mwait),
+            ExitReason::Rdpmc => VmExit::Instruction(Insn::Rdpmc),
             ExitReason::InterruptWindow => VmExit::InterruptWindow,
             _ => return unsupported,
         };
@@ -659,6 +685,24 @@ mod tests {
         assert_eq!(raw.decode(), Decoded::Exit(VmExit::Exception { vector: 13, error_code: Some(0x18) }));
         let raw = RawExit { reason: 1, interruption_info: 0x8000_0020, ..Default::default() };
         assert_eq!(raw.decode(), Decoded::ExternalInterrupt { vector: Some(0x20) });
+    }
+
+    #[test]
+    fn decode_policy_instructions_and_nmi() {
+        for reason in [19, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59, 11] {
+            assert_eq!(decode(reason, 0), Decoded::Exit(VmExit::Instruction(Insn::Virtualization)), "reason {reason}");
+        }
+        assert_eq!(decode(13, 0), Decoded::Exit(VmExit::Instruction(Insn::Invd)));
+        assert_eq!(decode(54, 0), Decoded::Exit(VmExit::Instruction(Insn::Wbinvd)));
+        assert_eq!(decode(39, 0), Decoded::Exit(VmExit::Instruction(Insn::Monitor)));
+        assert_eq!(decode(36, 0), Decoded::Exit(VmExit::Instruction(Insn::Mwait)));
+        assert_eq!(decode(15, 0), Decoded::Exit(VmExit::Instruction(Insn::Rdpmc)));
+        // NMI: vector 2, type 2.
+        let raw = RawExit { reason: 0, interruption_info: 0x8000_0202, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::Nmi);
+        // #DB from a data breakpoint: a hardware exception, for the guest.
+        let raw = RawExit { reason: 0, interruption_info: 0x8000_0301, ..Default::default() };
+        assert_eq!(raw.decode(), Decoded::Exit(VmExit::Exception { vector: 1, error_code: None }));
     }
 
     #[test]

@@ -53,3 +53,65 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
             options(nostack))
     };
 }
+
+/// A vCPU's debug registers that no VMCS/VMCB field holds: the breakpoint
+/// addresses DR0-DR3 and (VT-x only: the VMCB has it) the status DR6. The
+/// hypervisor never uses hardware breakpoints, so whatever the registers hold
+/// belongs to the guest that ran last: each vCPU's values are loaded before
+/// it runs and read back after, so no guest sees or arms another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugRegs {
+    pub dr: [u64; 4],
+    pub dr6: u64,
+}
+
+impl DebugRegs {
+    /// Power-on values (SDM Vol. 3B §19.2: DR6 reads 0xFFFF0FF0).
+    pub const RESET: Self = Self { dr: [0; 4], dr6: 0xffff_0ff0 };
+
+    /// Loads DR0-DR3 (and DR6 if `with_dr6`) into the CPU.
+    ///
+    /// # Safety
+    /// Only between guest runs: the hypervisor sets no breakpoints, and the
+    /// guest's DR7 (switched by VM entry) decides whether these arm anything.
+    /// Values are not checked: DR0-DR3 accept any 64-bit value, and DR6 is
+    /// only ever written from what the CPU or `set_dr6` produced.
+    pub unsafe fn load(&self, with_dr6: bool) {
+        // SAFETY: the caller's contract; MOV to DR0-3 cannot fault at CPL 0
+        // with CR4.DE irrelevant for DR0-3, and DR6's upper half is written 0.
+        unsafe {
+            core::arch::asm!(
+                "mov dr0, {0}", "mov dr1, {1}", "mov dr2, {2}", "mov dr3, {3}",
+                in(reg) self.dr[0], in(reg) self.dr[1], in(reg) self.dr[2], in(reg) self.dr[3],
+                options(nomem, nostack, preserves_flags)
+            );
+            if with_dr6 {
+                core::arch::asm!("mov dr6, {}", in(reg) self.dr6 & 0xffff_ffff, options(nomem, nostack, preserves_flags));
+            }
+        }
+    }
+
+    /// Reads them back after the guest ran.
+    pub fn store(&mut self, with_dr6: bool) {
+        // SAFETY: reading debug registers at CPL 0 has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
+                out(reg) self.dr[0], out(reg) self.dr[1], out(reg) self.dr[2], out(reg) self.dr[3],
+                options(nomem, nostack, preserves_flags)
+            );
+            if with_dr6 {
+                core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack, preserves_flags));
+            }
+        }
+    }
+}
+
+/// Whether IA32_TSC_AUX exists: CPUID.80000001H:EDX.RDTSCP or CPUID.7:ECX.RDPID
+/// (SDM Vol. 4 Table 2-2).
+pub fn has_tsc_aux() -> bool {
+    const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+    const LEAF7_ECX_RDPID: u32 = 1 << 22;
+    cpuid(0x8000_0001, 0).edx & EXT1_EDX_RDTSCP != 0
+        || (cpuid(0, 0).eax >= 7 && cpuid(7, 0).ecx & LEAF7_ECX_RDPID != 0)
+}

@@ -1,10 +1,15 @@
 //! The IDT (shared by all CPUs) and the exception entry stubs. Any exception in
 //! the hypervisor is a bug: the handler prints a crash report naming the CPU,
-//! vector, error code, RIP, CR2 and all registers, then halts that CPU.
+//! vector, error code, RIP, CR2 and all registers, then halts that CPU. NMIs
+//! are not exceptions of the hypervisor's: they are counted and dismissed.
 
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
 use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
+
+/// The NMI's vector (SDM Vol. 3A §6.3.1).
+const NMI_VECTOR: u64 = 2;
 
 /// Registers saved by the entry stubs, in push order reversed.
 #[repr(C)]
@@ -86,7 +91,34 @@ const NAMES: [&str; 32] = [
     "#VC VMM communication", "#SX security", "reserved 31",
 ];
 
+/// NMIs taken so far (all CPUs), and how many of them were reported.
+static NMIS: AtomicU64 = AtomicU64::new(0);
+static NMIS_REPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// Says, from a context that may take the console's lock, that NMIs came: the
+/// first time, and then not again (the count is in the `c` console key's
+/// output). The NMI handler itself only counts: it may have interrupted the
+/// console's lock holder.
+pub fn report_nmis() {
+    let n = NMIS.load(Ordering::Relaxed);
+    if n != 0 && NMIS_REPORTED.swap(n, Ordering::Relaxed) == 0 {
+        log::warn!("cpu: {n} physical NMI(s) taken and dismissed (watchdog, IPI or platform error); further ones are counted only");
+    }
+}
+
+/// Physical NMIs taken since boot.
+pub fn nmi_count() -> u64 {
+    NMIS.load(Ordering::Relaxed)
+}
+
 extern "C" fn exception_handler(f: &mut TrapFrame) {
+    if f.vector == NMI_VECTOR {
+        // A physical NMI (or `int 2` after an NMI exit, vmx::vcpu): the
+        // hypervisor has no NMI source of its own to service, so it is
+        // counted and dismissed, never fatal.
+        NMIS.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let cr3 = x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64();
     let name = NAMES.get(f.vector as usize).copied().unwrap_or("?");

@@ -3,7 +3,7 @@
 
 use super::vmcb::{exit_code as code, Vmcb};
 use crate::mem::GuestPhysAddr;
-use crate::virt::{Access, VmExit};
+use crate::virt::{Access, Insn, VmExit};
 
 /// IOIO EXITINFO1 fields (APM Vol. 2 §15.10.2).
 mod ioio {
@@ -27,6 +27,8 @@ const HLT_LEN: u64 = 1;
 const VMMCALL_LEN: u64 = 3;
 const RDWRMSR_LEN: u64 = 2;
 const XSETBV_LEN: u64 = 3;
+/// INVD (0f 08) and WBINVD (0f 09).
+const INVD_LEN: u64 = 2;
 
 /// Exceptions carrying an error code (vectors 8, 10-14, 17, 21, 29, 30).
 const ERROR_CODE_VECTORS: u32 = 0x6022_7d00;
@@ -35,7 +37,9 @@ const ERROR_CODE_VECTORS: u32 = 0x6022_7d00;
 pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
     let c = &vmcb.control;
     let rip = vmcb.save.rip;
-    let after = |len: u64| Some(rip.wrapping_add(len));
+    // Where the CPU saves the next RIP it is right even with prefixes (a
+    // WBNOINVD is an F3-prefixed WBINVD); otherwise the length the exit implies.
+    let after = |len: u64| Some(if super::has_nrips() { c.next_rip } else { rip.wrapping_add(len) });
     match c.exit_code {
         code::CPUID => {
             // The guest's RAX lives in the VMCB; RCX in the saved GPRs (filled by the caller).
@@ -84,6 +88,14 @@ pub fn translate(vmcb: &Vmcb) -> (VmExit, Option<u64>) {
             (VmExit::NestedPageFault { gpa: GuestPhysAddr::new(c.exit_info2), access }, None)
         }
         code::SHUTDOWN => (VmExit::TripleFault, None),
+        code::VMRUN | code::VMLOAD | code::VMSAVE | code::STGI | code::CLGI | code::SKINIT | code::INVLPGA => {
+            (VmExit::Instruction(Insn::Virtualization), None)
+        }
+        code::INVD => (VmExit::Instruction(Insn::Invd), after(INVD_LEN)),
+        code::WBINVD => (VmExit::Instruction(Insn::Wbinvd), after(INVD_LEN)),
+        code::MONITOR => (VmExit::Instruction(Insn::Monitor), None),
+        code::MWAIT | code::MWAIT_CONDITIONAL => (VmExit::Instruction(Insn::Mwait), None),
+        code::RDPMC => (VmExit::Instruction(Insn::Rdpmc), None),
         code::VINTR => (VmExit::InterruptWindow, None),
         v @ code::EXCP_BASE..=0x5f => {
             let vector = (v - code::EXCP_BASE) as u8;

@@ -2,7 +2,8 @@
 //! (AMD APM Vol. 2, chapter 15).
 //!
 //! QEMU's TCG SVM has no next-RIP save and no decode assists, so instruction
-//! lengths come from `exit::translate`, never from the VMCB's next-RIP field.
+//! lengths come from `exit::translate`, from the VMCB's next-RIP field only
+//! where the CPU fills it.
 mod exit;
 pub mod vmcb;
 mod vcpu;
@@ -36,6 +37,40 @@ struct CpuPages {
 const NO_PAGES: CpuPages = CpuPages { hsave: AtomicU64::new(0), host_vmcb: AtomicU64::new(0) };
 static CPU_PAGES: [CpuPages; MAX_CPUS] = [NO_PAGES; MAX_CPUS];
 
+/// Per CPU: the IA32_TSC_AUX value last loaded for a guest (`NO_TSC_AUX`: the
+/// CPU has none, or nothing loaded yet). The host never reads TSC_AUX, so a
+/// guest's value stays until another guest's replaces it.
+static TSC_AUX_LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(NO_TSC_AUX) }; MAX_CPUS];
+const NO_TSC_AUX: u64 = u64::MAX;
+static HAS_TSC_AUX: spin::Once<bool> = spin::Once::new();
+
+/// Loads a guest's TSC_AUX into this CPU if it does not hold it already.
+fn load_tsc_aux(value: u32) {
+    if !*HAS_TSC_AUX.call_once(super::cpu::has_tsc_aux) {
+        return;
+    }
+    let slot = &TSC_AUX_LOADED[super::cpu_id() as usize];
+    if slot.load(Ordering::Relaxed) != u64::from(value) {
+        // SAFETY: the MSR exists (checked above) and takes any 32-bit value;
+        // the hypervisor does not use it.
+        unsafe { wrmsr(msr::IA32_TSC_AUX, value.into()) };
+        slot.store(value.into(), Ordering::Relaxed);
+    }
+}
+
+/// Whether guests have a TSC_AUX of their own (see `load_tsc_aux`).
+fn has_tsc_aux() -> bool {
+    *HAS_TSC_AUX.call_once(super::cpu::has_tsc_aux)
+}
+
+/// Whether the CPU saves the next RIP in the VMCB on instruction intercepts
+/// (APM Vol. 2 §15.7.1); QEMU's does not.
+static HAS_NRIPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn has_nrips() -> bool {
+    HAS_NRIPS.load(Ordering::Relaxed)
+}
+
 /// Number of ASIDs (CPUID.8000000AH:EBX), read by `probe`.
 static NUM_ASIDS: AtomicU64 = AtomicU64::new(0);
 
@@ -53,6 +88,7 @@ pub fn probe() -> Result<&'static str, &'static str> {
         return Err("no nested paging (NPT)");
     }
     NUM_ASIDS.store(f.ebx.into(), Ordering::Relaxed);
+    HAS_NRIPS.store(f.edx & SVM_FEATURE_NRIPS != 0, Ordering::Relaxed);
     log::info!(
         "svm: revision {}, {} ASIDs, nested paging, next-RIP save {}, flush-by-ASID {}",
         f.eax & 0xff,

@@ -1,7 +1,7 @@
 //! An SVM vCPU: its VMCB, permission maps and the world switch.
 
 use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
-use crate::arch::x86_64::cpu::msr;
+use crate::arch::x86_64::cpu::{msr, DebugRegs};
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
@@ -27,6 +27,9 @@ const EFER_SVME: u64 = 1 << 12;
 const RFLAGS_FIXED: u64 = 1 << 1;
 /// Power-on PAT (SDM Vol. 3 §13.12.4).
 const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
+/// The exceptions intercepted and reflected (#DB, #AC).
+const DB_VECTOR: u8 = 1;
+const AC_VECTOR: u8 = 17;
 
 pub struct SvmVcpu {
     vmcb: HostPhysAddr,
@@ -37,6 +40,13 @@ pub struct SvmVcpu {
     next_rip: Option<u64>,
     /// The CPU it last ran on (`u32::MAX`: none yet).
     cpu: u32,
+    /// DR0-DR3 (DR6 and DR7 are in the VMCB).
+    debug: DebugRegs,
+    /// The guest's IA32_TSC_AUX (what RDTSCP and RDPID return), loaded into
+    /// the CPU before each run when it differs from what the CPU holds.
+    tsc_aux: u32,
+    /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
+    intercepted: Option<(u8, Option<u32>)>,
 }
 
 impl SvmVcpu {
@@ -73,11 +83,28 @@ impl SvmVcpu {
             core::ptr::write_bytes(iopm.as_ptr::<u8>(), 0xff, IOPM_PAGES * 4096);
             core::ptr::write_bytes(msrpm.as_ptr::<u8>(), 0xff, MSRPM_PAGES * 4096);
         }
-        let mut v = SvmVcpu { vmcb, iopm, msrpm, gprs: GuestGprs::default(), next_rip: None, cpu: crate::arch::x86_64::cpu_id() };
+        let mut v = SvmVcpu {
+            vmcb,
+            iopm,
+            msrpm,
+            gprs: GuestGprs::default(),
+            next_rip: None,
+            cpu: crate::arch::x86_64::cpu_id(),
+            debug: DebugRegs::RESET,
+            tsc_aux: 0,
+            intercepted: None,
+        };
         let c = &mut v.vmcb_mut().control;
-        c.intercept1 = i1::INTR | i1::NMI | i1::SMI | i1::INIT | i1::CPUID | i1::INVD | i1::HLT | i1::INVLPGA
-            | i1::IOIO_PROT | i1::MSR_PROT | i1::TASK_SWITCH | i1::SHUTDOWN;
-        c.intercept2 = i2::VMRUN | i2::VMMCALL | i2::VMLOAD | i2::VMSAVE | i2::STGI | i2::CLGI | i2::SKINIT | i2::XSETBV;
+        // Every instruction that could reach the host or other guests exits:
+        // the SVM instructions, INVD/WBINVD, MONITOR/MWAIT, RDPMC (see
+        // `exit::instruction` for what the guest gets).
+        c.intercept1 = i1::INTR | i1::NMI | i1::SMI | i1::INIT | i1::RDPMC | i1::CPUID | i1::INVD | i1::HLT
+            | i1::INVLPGA | i1::IOIO_PROT | i1::MSR_PROT | i1::TASK_SWITCH | i1::SHUTDOWN;
+        c.intercept2 = i2::VMRUN | i2::VMMCALL | i2::VMLOAD | i2::VMSAVE | i2::STGI | i2::CLGI | i2::SKINIT
+            | i2::WBINVD | i2::MONITOR | i2::MWAIT | i2::XSETBV;
+        // #DB and #AC exit, so an exception that recurs while being delivered
+        // (XSA-156) cannot hold the CPU in microcode: see `exit::handle`.
+        c.intercept_exceptions = (1 << DB_VECTOR) | (1 << AC_VECTOR);
         c.iopm_base_pa = iopm.as_u64();
         c.msrpm_base_pa = msrpm.as_u64();
         c.guest_asid = asid.into();
@@ -247,6 +274,10 @@ impl Vcpu for SvmVcpu {
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = super::host_vmcb().as_u64();
+            super::load_tsc_aux(self.tsc_aux);
+            // SAFETY: between guest runs; this guest's DR7 (in the VMCB)
+            // decides what these arm, and only while it runs.
+            unsafe { self.debug.load(false) };
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
             // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
             // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
@@ -258,6 +289,7 @@ impl Vcpu for SvmVcpu {
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
                 core::arch::asm!("stgi", "cli", options(nomem, nostack));
             }
+            self.debug.store(false);
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
             // An event whose delivery the exit interrupted is in EXITINTINFO (same
@@ -272,7 +304,10 @@ impl Vcpu for SvmVcpu {
                 // Physical interrupts are the host's and were taken through its IDT
                 // after STGI; the caller may have timers to look at.
                 VmExit::Unsupported { reason: exit_code::INTR, .. } => return VmExit::Preempted,
+                // A physical NMI or SMI is taken by the host once STGI above
+                // lets it in (an NMI through the IDT's NMI gate): the guest runs on.
                 VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
+                VmExit::Exception { vector, error_code } => self.intercepted = Some((*vector, *error_code)),
                 VmExit::Cpuid { subleaf, .. } => *subleaf = self.gprs.rcx as u32,
                 VmExit::MsrRead { msr } => *msr = self.gprs.rcx as u32,
                 VmExit::Xsetbv { xcr, value } => {
@@ -333,6 +368,18 @@ impl Vcpu for SvmVcpu {
         self.vmcb_mut().control.event_inj = ev;
     }
 
+    fn reflect_exception(&mut self) {
+        // The CPU updated the VMCB's DR6 before the #DB intercept (APM Vol. 2
+        // §15.12); the exception goes in as it came.
+        if let Some((vector, error_code)) = self.intercepted.take() {
+            let s = &mut self.vmcb_mut().save;
+            if vector == DB_VECTOR && crate::virt::exit::debug::is_fault(s.dr6, s.dr7) {
+                s.rflags |= crate::virt::exit::debug::RFLAGS_RF;
+            }
+            self.inject_exception(vector, error_code);
+        }
+    }
+
     fn interrupt_ready(&self) -> bool {
         const RFLAGS_IF: u64 = 1 << 9;
         let v = self.vmcb();
@@ -388,11 +435,38 @@ impl Vcpu for SvmVcpu {
             msr::IA32_SYSENTER_CS => s.sysenter_cs,
             msr::IA32_SYSENTER_ESP => s.sysenter_esp,
             msr::IA32_SYSENTER_EIP => s.sysenter_eip,
+            msr::IA32_TSC_AUX if super::has_tsc_aux() => u64::from(self.tsc_aux),
             _ => return None,
         })
     }
 
     fn set_guest_msr(&mut self, m: u32, v: u64) -> bool {
+        if m == msr::IA32_TSC_AUX && super::has_tsc_aux() {
+            // Bits 63:32 are reserved (#GP), APM Vol. 2 §13.2.2.
+            return match u32::try_from(v) {
+                Ok(aux) => {
+                    self.tsc_aux = aux;
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        // Addresses must be canonical and SFMASK's upper half is reserved, or
+        // WRMSR would #GP on a real CPU (APM Vol. 2 §6.1.1, §3.2.2); nothing
+        // checks what VMLOAD/VMRUN later load.
+        let address = matches!(
+            m,
+            msr::IA32_FS_BASE
+                | msr::IA32_GS_BASE
+                | msr::IA32_KERNEL_GS_BASE
+                | msr::IA32_LSTAR
+                | msr::IA32_CSTAR
+                | msr::IA32_SYSENTER_ESP
+                | msr::IA32_SYSENTER_EIP
+        );
+        if (address && !crate::virt::vmx_decode::is_canonical(v)) || (m == msr::IA32_FMASK && v >> 32 != 0) {
+            return false;
+        }
         let s = &mut self.vmcb_mut().save;
         match m {
             msr::IA32_EFER => {

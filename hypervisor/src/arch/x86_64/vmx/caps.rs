@@ -33,6 +33,7 @@ pub mod feature_control {
 /// Pin-based VM-execution controls (SDM Vol. 3C §25.6.1, Table 25-5).
 pub mod pin {
     pub const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+    pub const NMI_EXITING: u32 = 1 << 3;
     pub const PREEMPTION_TIMER: u32 = 1 << 6;
 }
 
@@ -40,8 +41,12 @@ pub mod pin {
 pub mod proc {
     pub const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
     pub const HLT_EXITING: u32 = 1 << 7;
+    pub const MWAIT_EXITING: u32 = 1 << 10;
+    pub const RDPMC_EXITING: u32 = 1 << 11;
+    pub const USE_TPR_SHADOW: u32 = 1 << 21;
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
+    pub const MONITOR_EXITING: u32 = 1 << 29;
     pub const SECONDARY_CONTROLS: u32 = 1 << 31;
 }
 
@@ -50,12 +55,14 @@ pub mod proc2 {
     pub const ENABLE_EPT: u32 = 1 << 1;
     pub const ENABLE_RDTSCP: u32 = 1 << 3;
     pub const ENABLE_VPID: u32 = 1 << 5;
+    pub const WBINVD_EXITING: u32 = 1 << 6;
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
     pub const ENABLE_INVPCID: u32 = 1 << 12;
 }
 
 /// VM-exit controls (SDM Vol. 3C §25.7.1, Table 25-13).
 pub mod exit {
+    pub const SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
     pub const SAVE_PAT: u32 = 1 << 18;
     pub const LOAD_PAT: u32 = 1 << 19;
@@ -65,6 +72,7 @@ pub mod exit {
 
 /// VM-entry controls (SDM Vol. 3C §25.8.1, Table 25-15).
 pub mod entry {
+    pub const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const IA32E_MODE_GUEST: u32 = 1 << 9;
     pub const LOAD_PAT: u32 = 1 << 14;
     pub const LOAD_EFER: u32 = 1 << 15;
@@ -137,32 +145,49 @@ impl VmxCaps {
         let ept_vpid = r(msr::IA32_VMX_EPT_VPID_CAP);
         ept_vpid_cap::check(ept_vpid)?;
 
+        // Physical NMIs are the host's: they exit rather than reach the guest's IDT.
         let pin = pin_allowed
-            .adjust(pin::EXTERNAL_INTERRUPT_EXITING, 0)
-            .map_err(|_| "pin-based controls: no external-interrupt exiting")?;
+            .adjust(pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, 0)
+            .map_err(|_| "pin-based controls: no external-interrupt or NMI exiting")?;
+        // MONITOR/MWAIT and RDPMC would otherwise run on the host's hardware;
+        // the TPR shadow keeps a guest's MOV to CR8 off the physical TPR (every
+        // CPU with EPT has it).
         let proc = proc_allowed
-            .adjust(proc::HLT_EXITING | proc::USE_IO_BITMAPS | proc::USE_MSR_BITMAPS | proc::SECONDARY_CONTROLS, 0)
-            .map_err(|_| "processor-based controls: no HLT exiting or I/O/MSR bitmaps")?;
-        // RDTSCP and INVPCID would #UD in the guest without their enables.
+            .adjust(
+                proc::HLT_EXITING
+                    | proc::MWAIT_EXITING
+                    | proc::RDPMC_EXITING
+                    | proc::USE_TPR_SHADOW
+                    | proc::USE_IO_BITMAPS
+                    | proc::USE_MSR_BITMAPS
+                    | proc::MONITOR_EXITING
+                    | proc::SECONDARY_CONTROLS,
+                0,
+            )
+            .map_err(|_| "processor-based controls: no HLT/MWAIT/MONITOR/RDPMC exiting, TPR shadow or I/O/MSR bitmaps")?;
+        // RDTSCP and INVPCID would #UD in the guest without their enables;
+        // WBINVD exits where the CPU can make it (see `exit::instruction`).
         let proc2 = proc2_allowed
             .adjust(
                 proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::UNRESTRICTED_GUEST,
-                proc2::ENABLE_RDTSCP | proc2::ENABLE_INVPCID,
+                proc2::ENABLE_RDTSCP | proc2::ENABLE_INVPCID | proc2::WBINVD_EXITING,
             )
             .map_err(|_| "secondary controls")?;
+        // Debug controls: DR7 and IA32_DEBUGCTL are switched by entry and exit.
         let exit = exit_allowed
             .adjust(
-                exit::HOST_ADDRESS_SPACE_SIZE
+                exit::SAVE_DEBUG_CONTROLS
+                    | exit::HOST_ADDRESS_SPACE_SIZE
                     | exit::SAVE_PAT
                     | exit::LOAD_PAT
                     | exit::SAVE_EFER
                     | exit::LOAD_EFER,
                 0,
             )
-            .map_err(|_| "exit controls: no 64-bit host or PAT/EFER switching")?;
+            .map_err(|_| "exit controls: no 64-bit host or debug-control/PAT/EFER switching")?;
         let entry = entry_allowed
-            .adjust(entry::LOAD_PAT | entry::LOAD_EFER, 0)
-            .map_err(|_| "entry controls: no PAT/EFER loading")?;
+            .adjust(entry::LOAD_DEBUG_CONTROLS | entry::LOAD_PAT | entry::LOAD_EFER, 0)
+            .map_err(|_| "entry controls: no debug-control/PAT/EFER loading")?;
         if !entry_allowed.allows(entry::IA32E_MODE_GUEST) {
             return Err("entry controls: no IA-32e mode guest");
         }

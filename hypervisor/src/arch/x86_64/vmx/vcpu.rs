@@ -2,7 +2,7 @@
 
 use super::caps::{entry, pin, proc, VmxCaps};
 use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
-use crate::arch::x86_64::{cpu::msr, cpu_id, rdmsr};
+use crate::arch::x86_64::{cpu::msr, cpu::DebugRegs, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
 use crate::virt::vmx_decode::{
     access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
@@ -21,7 +21,10 @@ const IO_BITMAP_B_FRAME: u64 = 2;
 const MSR_BITMAP_FRAME: u64 = 3;
 /// The guest's MSRs the VMCS has no field for: loaded at entry, stored at exit.
 const MSR_AREA_FRAME: u64 = 4;
-const FRAMES: usize = 5;
+/// The virtual-APIC page behind the TPR shadow: MOV to/from CR8 reads and
+/// writes its TPR (offset 0x80) instead of the physical one (§30.1.1).
+const VIRTUAL_APIC_FRAME: u64 = 5;
+const FRAMES: usize = 6;
 
 /// One entry of a VM-entry MSR-load / VM-exit MSR-store area (SDM Vol. 3C §25.7.2).
 #[repr(C)]
@@ -37,9 +40,26 @@ const _: () = assert!(core::mem::size_of::<MsrEntry>() == 16);
 /// SWAPGS), so the same area serves as entry-load and exit-store list and the
 /// host needs no exit-load list: each guest's values round-trip through it and
 /// the next guest's entry overwrites them.
-const SWITCHED_MSRS: [u32; 5] =
-    [msr::IA32_KERNEL_GS_BASE, msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK];
+/// IA32_TSC_AUX (what RDTSCP and RDPID return) comes last and only where the
+/// CPU has it (`switched_msrs`): loading a missing MSR would fail VM entry.
+const SWITCHED_MSRS: [u32; 6] =
+    [msr::IA32_KERNEL_GS_BASE, msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK, msr::IA32_TSC_AUX];
 const _: () = assert!(SWITCHED_MSRS.len() * core::mem::size_of::<MsrEntry>() <= PAGE_SIZE as usize);
+
+/// The MSRs this CPU switches through the load/store area.
+fn switched_msrs() -> &'static [u32] {
+    static HAS_TSC_AUX: spin::Once<bool> = spin::Once::new();
+    if *HAS_TSC_AUX.call_once(crate::arch::x86_64::cpu::has_tsc_aux) {
+        &SWITCHED_MSRS
+    } else {
+        &SWITCHED_MSRS[..SWITCHED_MSRS.len() - 1]
+    }
+}
+
+/// Exceptions intercepted and reflected: #DB and #AC (see `exit::handle`).
+const DB_VECTOR: u8 = 1;
+const AC_VECTOR: u8 = 17;
+const EXCEPTION_BITMAP: u32 = (1 << DB_VECTOR) | (1 << AC_VECTOR);
 
 /// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
 const RESET_RFLAGS: u64 = 1 << 1;
@@ -211,6 +231,19 @@ pub struct VmxVcpu {
     /// Its EPT pointer and VPID, for the flushes when it moves to a CPU.
     eptp: u64,
     vpid: u16,
+    /// DR0-DR3 and DR6, which no VMCS field holds (DR7 is in the VMCS).
+    debug: DebugRegs,
+    /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
+    intercepted: Option<Intercepted>,
+}
+
+/// An intercepted exception as the exit reported it.
+#[derive(Clone, Copy, Debug)]
+struct Intercepted {
+    info: InterruptionInfo,
+    error_code: u32,
+    instruction_len: u32,
+    qualification: u64,
 }
 
 impl VmxVcpu {
@@ -236,6 +269,8 @@ impl VmxVcpu {
             for i in [IO_BITMAP_A_FRAME, IO_BITMAP_B_FRAME, MSR_BITMAP_FRAME] {
                 core::ptr::write_bytes(frame(i) as *mut u8, 0xff, PAGE_SIZE as usize);
             }
+            // TPR 0 at reset (SDM Vol. 3A §12.4.7.1).
+            core::ptr::write_bytes(frame(VIRTUAL_APIC_FRAME) as *mut u8, 0, PAGE_SIZE as usize);
             (frame(VMCS_FRAME) as *mut u32).write(caps.basic.revision());
             let area = frame(MSR_AREA_FRAME) as *mut MsrEntry;
             for (i, &index) in SWITCHED_MSRS.iter().enumerate() {
@@ -260,6 +295,8 @@ impl VmxVcpu {
             interrupt_window: false,
             eptp: ept_pointer(ept_root),
             vpid,
+            debug: DebugRegs::RESET,
+            intercepted: None,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -315,14 +352,18 @@ impl VmxVcpu {
         w!(write32, SecondaryProcControls, caps.proc2);
         w!(write32, ExitControls, caps.exit);
         w!(write32, EntryControls, caps.entry | if long.is_some() { entry::IA32E_MODE_GUEST } else { 0 });
-        w!(write32, ExceptionBitmap, 0);
+        w!(write32, ExceptionBitmap, EXCEPTION_BITMAP);
         w!(write32, PageFaultErrorCodeMask, 0);
         w!(write32, PageFaultErrorCodeMatch, 0);
         w!(write32, Cr3TargetCount, 0);
         w!(write64, VmExitMsrStoreAddr, frame(MSR_AREA_FRAME));
         w!(write64, VmEntryMsrLoadAddr, frame(MSR_AREA_FRAME));
-        w!(write32, ExitMsrStoreCount, SWITCHED_MSRS.len() as u32);
-        w!(write32, EntryMsrLoadCount, SWITCHED_MSRS.len() as u32);
+        w!(write32, ExitMsrStoreCount, switched_msrs().len() as u32);
+        w!(write32, EntryMsrLoadCount, switched_msrs().len() as u32);
+        // TPR shadow: threshold 0, so lowering the TPR never exits (§27.2.1.1:
+        // bits 3:0 may not exceed VTPR[7:4], which starts at 0).
+        w!(write64, VirtualApicAddr, frame(VIRTUAL_APIC_FRAME));
+        w!(write32, TprThreshold, 0);
         w!(write32, ExitMsrLoadCount, 0);
         w!(write32, EntryInterruptionInfo, 0);
         w!(write64, IoBitmapA, frame(IO_BITMAP_A_FRAME));
@@ -461,7 +502,7 @@ impl VmxVcpu {
             msr::IA32_SYSENTER_ESP,
             msr::IA32_SYSENTER_EIP,
         ];
-        for m in VMCS_MSRS.into_iter().chain(SWITCHED_MSRS) {
+        for &m in VMCS_MSRS.iter().chain(switched_msrs()) {
             self.pass_through_msr(m);
         }
     }
@@ -655,7 +696,7 @@ impl VmxVcpu {
 
     /// The guest's copy of `index` in the switched-MSR area.
     fn switched_msr(&self, index: u32) -> Option<*mut u64> {
-        let i = SWITCHED_MSRS.iter().position(|&m| m == index)?;
+        let i = switched_msrs().iter().position(|&m| m == index)?;
         let area = (self.frames.as_u64() + MSR_AREA_FRAME * PAGE_SIZE) as *mut MsrEntry;
         // SAFETY: `i` is within the area, which this vCPU owns.
         Some(unsafe { core::ptr::addr_of_mut!((*area.add(i)).value) })
@@ -874,9 +915,13 @@ impl Vcpu for VmxVcpu {
         if let Err((what, e)) = self.prepare_entry() {
             return self.entry_failed(what, e);
         }
+        // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
+        // at entry) decides what these arm, and only while it runs.
+        unsafe { self.debug.load(true) };
         // SAFETY: the VMCS is current and fully set up; its host state is this
         // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
         let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
+        self.debug.store(true);
         match rc {
             ENTER_EXITED => {}
             ENTER_FAIL_VALID => {
@@ -906,6 +951,14 @@ impl Vcpu for VmxVcpu {
                 // SAFETY: the hypervisor's IDT handles every vector the host
                 // APIC raises; interrupts are off again right after.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                VmExit::Preempted
+            }
+            Decoded::Nmi => {
+                // The NMI was the host's and is consumed by the exit, which
+                // leaves NMIs blocked until the next IRET: INT 2 runs the
+                // host's NMI handler (counted there), whose IRET unblocks them.
+                // SAFETY: the IDT's NMI gate handles vector 2 and returns.
+                unsafe { core::arch::asm!("int 2", options(nomem)) };
                 VmExit::Preempted
             }
             Decoded::EntryFailure { reason, qualification } => {
@@ -942,6 +995,29 @@ impl Vcpu for VmxVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         self.pending = Some(PendingEvent::Exception { vector, error_code });
+    }
+
+    fn reflect_exception(&mut self) {
+        let Some(x) = self.intercepted.take() else { return };
+        if x.info.vector() == DB_VECTOR {
+            // A #DB that exits leaves DR6 alone and reports its causes in the
+            // exit qualification (SDM Vol. 3C §28.1, §28.2.1).
+            self.debug.dr6 = crate::virt::exit::debug::dr6_after(self.debug.dr6, x.qualification);
+            let dr7 = self.make_current().ok().and_then(|()| vmcs::read_nat(FieldNat::GuestDr7).ok()).unwrap_or(0);
+            if crate::virt::exit::debug::is_fault(x.qualification, dr7) {
+                // Fault-like: RF in the pushed RFLAGS, as the CPU would set it.
+                if let Ok(rflags) = vmcs::read_nat(FieldNat::GuestRflags) {
+                    let _ = guest_write_nat(FieldNat::GuestRflags, rflags | crate::virt::exit::debug::RFLAGS_RF, "guest RFLAGS");
+                }
+            }
+        }
+        // Re-delivered with the type it came with (INT1 is a privileged
+        // software exception and needs the instruction length).
+        self.pending = Some(PendingEvent::Reinject {
+            info: x.info.for_reinjection(),
+            error_code: x.error_code,
+            instruction_len: x.instruction_len,
+        });
     }
 
     fn interrupt_ready(&self) -> bool {
@@ -1012,9 +1088,15 @@ impl Vcpu for VmxVcpu {
 
     fn set_guest_msr(&mut self, index: u32, value: u64) -> bool {
         if let Some(p) = self.switched_msr(index) {
-            // STAR holds selectors, not addresses; the rest must be canonical
-            // or the VM-entry MSR load fails (SDM Vol. 3C §27.4).
-            if index != msr::IA32_STAR && !is_canonical(value) {
+            // STAR holds selectors, not addresses; TSC_AUX and FMASK have bits
+            // 63:32 reserved (#GP); the rest must be canonical or the VM-entry MSR
+            // load fails (SDM Vol. 3C §27.4).
+            let valid = match index {
+                msr::IA32_STAR => true,
+                msr::IA32_TSC_AUX | msr::IA32_FMASK => value >> 32 == 0,
+                _ => is_canonical(value),
+            };
+            if !valid {
                 return false;
             }
             // SAFETY: as in `guest_msr`; the next entry loads the new value.
@@ -1045,6 +1127,12 @@ impl VmxVcpu {
         self.regs_dirty = false;
         self.cpl = ar::dpl(exit.ss_access_rights);
         self.exit_instruction_len = exit.instruction_len;
+        self.intercepted = (exit.raw.basic_reason() == 0).then(|| Intercepted {
+            info: InterruptionInfo(exit.raw.interruption_info),
+            error_code: exit.raw.interruption_error_code,
+            instruction_len: exit.instruction_len,
+            qualification: exit.raw.qualification,
+        });
         if exit.idt_vectoring.valid() {
             self.pending = Some(PendingEvent::Reinject {
                 info: exit.idt_vectoring.for_reinjection(),

@@ -102,6 +102,8 @@ vmcs_fields!(
         VmExitMsrLoadAddr = 0x2008,
         VmEntryMsrLoadAddr = 0x200a,
         TscOffset = 0x2010,
+        /// Virtual-APIC page, read by the TPR shadow (§25.6.8).
+        VirtualApicAddr = 0x2012,
         /// EPT pointer (§25.6.11).
         EptPointer = 0x201a,
         /// Must be all ones when VMCS shadowing is off (§25.4.2).
@@ -139,6 +141,8 @@ vmcs_fields!(
         EntryInterruptionInfo = 0x4016,
         EntryExceptionErrorCode = 0x4018,
         EntryInstructionLength = 0x401a,
+        /// TPR threshold (§25.6.8).
+        TprThreshold = 0x401c,
         SecondaryProcControls = 0x401e,
         GuestEsLimit = 0x4800,
         GuestCsLimit = 0x4802,
