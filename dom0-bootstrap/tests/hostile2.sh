@@ -9,7 +9,10 @@
 #     (an #AC loop, a #DB delivery loop, MOV CR8 <- 15 then a spin or a HLT with
 #     interrupts off): dom0 keeps answering, minimal-cpu1 keeps ticking on the
 #     same pCPU, and `oxl destroy` ends each within a second (timed).
-# Prints "check: NAME: ok|FAILED (why)" (lib.sh).
+# Prints "check: NAME: ok|FAILED (why)" (lib.sh). Arguments: the endless acts
+# to try (default all four; QEMU 7.2 TCG itself aborts on db-loop, an
+# assertion in its watchpoint handling, so the AMD-V test leaves it out).
+acts=${*:-ac-loop db-loop cr8-spin cr8-hlt}
 . "$(dirname "$0")/lib.sh"
 uptime_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
 cpu_ns() { oxl list --json "$1" | sed -n 's/.*"cpu_time_ns": *\([0-9]*\).*/\1/p'; }
@@ -39,7 +42,7 @@ rc=$?
 echo "hostile2: oxl destroy hostile-insns took $ms ms (status $rc)"
 check "destroy hostile-insns" "status $rc" [ "$rc" = 0 ]
 
-for act in ac-loop db-loop cr8-spin cr8-hlt; do
+for act in $acts; do
     d=hostile-$act
     check "create $d" "oxl create failed" oxl create "/etc/oxen/$d.cfg"
     check "$d started its final act" "state $(field $d 5)" wait_for 120 said "$d" "^hostile: final: $act"
