@@ -57,8 +57,8 @@ n=$(answers)
 fails=$(grep -c '^failed ' "$lat")
 worst=$(awk '{ if ($2 > w) w = $2 } END { print w + 0 }' "$lat")
 echo "hostile-user: oxl list answered $n times, $fails failed, slowest $worst ms"
-answered_throughout() { [ "$n" -gt 0 ] && [ "$fails" = 0 ] && [ "$worst" -lt 1000 ]; }
-check "oxl list answered throughout (none failed, each within 1 s)" "$fails failed, slowest $worst ms" \
+answered_throughout() { [ "$n" -gt 0 ] && [ "$fails" = 0 ] && [ "$worst" -lt 2000 ]; }
+check "oxl list answered throughout (none failed, each within 2 s)" "$fails failed, slowest $worst ms" \
     answered_throughout
 check "minimal-1 still ticks" "stuck at tick $t" wait_for 20 ticked_past minimal-1 "$t"
 junk=$(oxl console --dump minimal-1 | grep -v -c -E "^minimal: (domain [0-9]+ up, |TSC runs at |tick [0-9]+$)")
