@@ -247,10 +247,10 @@ unsafe fn set_user_bits(table: u64, level: u32) {
 
 /// How a trip to CPL 3 ended.
 pub enum Outcome {
-    /// The hypercall returned this RAX.
+    /// The CPL 3 code stored this RAX and came back with INT 0x80.
     Returned(u64),
-    /// CPL 3 took this exception (the hypercall instruction faulted, or the
-    /// stub never reached INT 0x80).
+    /// CPL 3 took this exception (the instruction under test faulted, or
+    /// the stub never reached INT 0x80).
     Trapped(u64),
 }
 
