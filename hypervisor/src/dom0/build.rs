@@ -476,7 +476,7 @@ impl VcpuStats {
 const TALLY_EVERY: u64 = 1 << 18;
 
 /// The hypervisor console's keys.
-const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler";
+const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler, n NMI to the other CPUs";
 
 /// Answers one key on the hypervisor's console.
 fn debug_key(key: u8, dom0: &Dom0) {
@@ -512,6 +512,7 @@ fn debug_key(key: u8, dom0: &Dom0) {
             info!("console: {} physical NMI(s) taken since boot", crate::arch::x86_64::idt::nmi_count());
         }
         b's' => sched::log_stats(),
+        b'n' => info!("console: sent an NMI to {} other CPU(s)", smp::nmi_others()),
         b'e' => {
             let mut total = [0u64; 10];
             for s in &dom0.stats {
