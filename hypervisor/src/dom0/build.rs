@@ -189,7 +189,7 @@ pub fn boot(info: &BootInfo) -> ! {
         rip: plan.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
         rsp: 0,
     };
-    let mut vcpu = AnyVcpu::new(&tables, &entry, DOM0_TAG).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
+    let mut vcpu = AnyVcpu::new(&tables, &entry).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
     vcpu.gprs().rsi = layout::BOOT_PARAMS;
     vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
     mask_legacy_pic();
@@ -272,9 +272,6 @@ const RTE_MASKED: u64 = 1 << 16;
 /// The UART's ISA IRQ, wired to IOAPIC pin 4 as on a PC.
 const UART_PIN: u8 = 4;
 
-/// dom0's TLB tag (VPID / ASID), shared by its vCPUs: they use the same nested
-/// tables, and tags name TLB contexts of one CPU, each vCPU on its own CPU.
-const DOM0_TAG: u16 = 1;
 
 impl Devices {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
@@ -683,7 +680,7 @@ impl Dom0Vcpu {
         }
         if let Some(page) = startup {
             let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
-            match AnyVcpu::with_root(self.dom0.root, &entry, DOM0_TAG) {
+            match AnyVcpu::with_root(self.dom0.root, &entry) {
                 Ok(mut v) => {
                     v.pass_through_dom0_io(&[COM1], &PIC_PORTS);
                     self.vcpu = Some(v);

@@ -10,7 +10,7 @@ use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::sched::run as sched;
 use crate::virt::guest_mem::GuestRegion;
-use crate::virt::{AnyVcpu, GuestMemory, InitialState, NestedTables};
+use crate::virt::{GuestMemory, InitialState, NestedTables};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -73,7 +73,6 @@ pub struct Resources {
     pub home_cpu: u32,
     /// vCPU 0's pCPU affinity until it starts (then the scheduler keeps it).
     pub affinity: u64,
-    pub tag: u16,
     refusals: u64,
 }
 
@@ -90,7 +89,6 @@ impl Resources {
             line: Vec::new(),
             home_cpu: 0,
             affinity: u64::MAX,
-            tag: 0,
             refusals: 0,
         }
     }
@@ -115,36 +113,15 @@ impl Resources {
         for s in self.images.iter_mut().filter_map(Option::take) {
             mem::free_frames(s.base, s.frames);
         }
-        free_tag(self.tag);
     }
 }
 
 pub static DOMAINS: Mutex<Table<Resources>> = Mutex::new(Table::new());
 
-/// TLB tags (ASIDs / VPIDs) of live domU vCPUs, one bit each: two live vCPUs
-/// never share one, so no guest ever sees another's cached translations (a
-/// reused tag is flushed when its new vCPU is made). Tag 1 is dom0's.
-static TAGS: Mutex<[u64; 64]> = Mutex::new([0b11; 64]);
-
-fn alloc_tag() -> Option<u16> {
-    let max = u32::from(AnyVcpu::max_tag()).min(64 * 64 - 1);
-    let mut t = TAGS.lock();
-    let tag = (2..=max).find(|&i| t[(i / 64) as usize] & (1 << (i % 64)) == 0)?;
-    t[(tag / 64) as usize] |= 1 << (tag % 64);
-    Some(tag as u16)
-}
-
-fn free_tag(tag: u16) {
-    if tag >= 2 {
-        TAGS.lock()[usize::from(tag / 64)] &= !(1 << (tag % 64));
-    }
-}
-
 /// Puts dom0 in the table. `ram` is its RAM (hypercall buffers must be in it).
 pub fn register_dom0(ram: GuestMemory, vcpus: u32) {
     let kib = ram.regions().iter().map(|r| r.len / 1024).sum();
-    let mut res = Resources::new(ram);
-    res.tag = 1;
+    let res = Resources::new(ram);
     DOMAINS.lock().add_dom0(kib, vcpus, res);
     if let Err(e) = sched::add_domain(DOM0, oxen_abi::DEFAULT_WEIGHT, 0) {
         crate::start::fatal(format_args!("dom0: cannot add it to the scheduler: {e:?}"));
@@ -453,10 +430,6 @@ fn create(cfg: &Config) -> Result<u64, Error> {
     match NestedTables::build(&res.ram) {
         Ok(t) => res.tables = Some(t),
         Err(_) => return fail(res, Error::NoMem),
-    }
-    match alloc_tag() {
-        Some(tag) => res.tag = tag,
-        None => return fail(res, Error::NoSpc),
     }
     // Cannot fail: `can_create` held under the same lock.
     let id = t.create(cfg, res)?;

@@ -24,7 +24,6 @@ pub struct DomUVcpu {
     domid: u32,
     name: String,
     root: u64,
-    tag: u16,
     ram: GuestMemory,
     boot: BootSpec,
     vcpu: Option<AnyVcpu>,
@@ -42,12 +41,12 @@ impl DomUVcpu {
     pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
         let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
         let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
-        Ok(Self { domid: d.id, name: d.name.clone(), root, tag: d.res.tag, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
+        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
     }
 
     fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
         if self.vcpu.is_none() {
-            match AnyVcpu::with_root(self.root, &self.boot.entry, self.tag) {
+            match AnyVcpu::with_root(self.root, &self.boot.entry) {
                 Ok(mut v) => {
                     v.gprs().rdi = self.boot.rdi;
                     self.vcpu = Some(v);

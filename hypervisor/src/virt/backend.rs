@@ -123,17 +123,18 @@ pub enum AnyVcpu {
 }
 
 impl AnyVcpu {
-    /// A vCPU on `tables` starting in `state`, tagged `tag` (VPID / ASID, >= 1).
-    pub fn new(tables: &NestedTables, state: &InitialState, tag: u16) -> Result<Self, &'static str> {
-        Self::with_root(tables.root(), state, tag)
+    /// A vCPU on `tables` starting in `state`. Its TLB tag (VPID / ASID) comes
+    /// from the CPU that runs it (`virt::tlb_tag`).
+    pub fn new(tables: &NestedTables, state: &InitialState) -> Result<Self, &'static str> {
+        Self::with_root(tables.root(), state)
     }
 
     /// The same, from the nested tables' root address (the tables must outlive
     /// the vCPU).
-    pub fn with_root(root: u64, state: &InitialState, tag: u16) -> Result<Self, &'static str> {
+    pub fn with_root(root: u64, state: &InitialState) -> Result<Self, &'static str> {
         Ok(match backend() {
-            Backend::Vmx => AnyVcpu::Vmx(vmx::VmxVcpu::new(root, state, tag)?),
-            Backend::Svm => AnyVcpu::Svm(svm::SvmVcpu::new(root, state, tag)?),
+            Backend::Vmx => AnyVcpu::Vmx(vmx::VmxVcpu::new(root, state)?),
+            Backend::Svm => AnyVcpu::Svm(svm::SvmVcpu::new(root, state)?),
         })
     }
 
@@ -155,14 +156,6 @@ impl AnyVcpu {
                 v.adopt();
                 Ok(())
             }
-        }
-    }
-
-    /// Highest TLB tag (VPID / ASID) a vCPU may use.
-    pub fn max_tag() -> u16 {
-        match backend() {
-            Backend::Vmx => u16::MAX,
-            Backend::Svm => svm::num_asids().saturating_sub(1).min(u64::from(u16::MAX)) as u16,
         }
     }
 }
