@@ -4,7 +4,9 @@
 //! domain's console and for the hypervisor's log (`oxl console`, `oxl dmesg`).
 
 use alloc::boxed::Box;
+use alloc::collections::TryReserveError;
 use alloc::vec;
+use alloc::vec::Vec;
 
 /// Over any byte storage: a boxed slice (domain consoles) or an array (the
 /// hypervisor's log, a static that exists before the heap does).
@@ -29,6 +31,15 @@ impl Ring {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0);
         Self { buf: vec![0; capacity].into_boxed_slice(), written: 0 }
+    }
+
+    /// As `new`, but an allocation failure is an error, not a halt (a
+    /// domain's console is made on dom0's request).
+    pub fn try_new(capacity: usize) -> Result<Self, TryReserveError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(capacity.max(1))?;
+        v.resize(capacity.max(1), 0);
+        Ok(Self { buf: v.into_boxed_slice(), written: 0 })
     }
 }
 
