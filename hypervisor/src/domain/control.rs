@@ -96,6 +96,12 @@ pub struct Resources {
     pub affinity: u64,
     pub tag: u16,
     refusals: u64,
+    /// Console writes, their bytes, and the longest the table's lock was
+    /// held by one (logged when the domain goes: `dom0-flood-svm` reads it).
+    console_writes: u64,
+    console_bytes: u64,
+    console_max_hold_ns: u64,
+    console_hold_ns: u64,
 }
 
 impl Resources {
@@ -117,6 +123,10 @@ impl Resources {
             affinity: u64::MAX,
             tag: 0,
             refusals: 0,
+            console_writes: 0,
+            console_bytes: 0,
+            console_max_hold_ns: 0,
+            console_hold_ns: 0,
         })
     }
 
@@ -225,12 +235,17 @@ impl Services for Hv {
         // Only copies under the table's lock: into the ring, and what the
         // domain's share allows into its echo queue. The UART is written
         // later, without this lock (`drain_echo`).
-        let now = sched::now_ns();
         let mut t = DOMAINS.lock();
+        let now = sched::now_ns();
         let Some(d) = t.get_mut(domid) else { return };
         d.res.console.write(bytes);
         d.res.echo.write(now, bytes);
         let again = d.res.echo.again_ns();
+        d.res.console_writes += 1;
+        d.res.console_bytes += bytes.len() as u64;
+        let held = sched::now_ns().saturating_sub(now);
+        d.res.console_max_hold_ns = d.res.console_max_hold_ns.max(held);
+        d.res.console_hold_ns += held;
         drop(t);
         echo_wanted(again.min(now));
     }
@@ -273,8 +288,10 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     d.res.home_cpu = cpu;
                     let v = super::domu::DomUVcpu::new(d)?;
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
-                    info!("d{id} ({}): started (vCPU 0 first on cpu{cpu})", d.name);
+                    let name = d.name.clone();
+                    // Logged without the table's lock: the UART may be slow.
                     drop(t);
+                    info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
                     sched::add_vcpu(VcpuId { dom: id, vcpu: 0 }, affinity, cpu, alloc::boxed::Box::new(v))?;
                 }
                 _ => {
@@ -292,9 +309,9 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
         Command::Shutdown { domid, reason } => {
             let mut t = DOMAINS.lock();
             t.request_shutdown(*domid, *reason, sched::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
-            let d = t.get(*domid).ok_or(Error::NoEnt)?;
-            info!("d{domid} ({}): asked to {}", d.name, if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
+            let name = t.get(*domid).ok_or(Error::NoEnt)?.name.clone();
             drop(t);
+            info!("d{domid} ({name}): asked to {}", if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
             nudge(*domid);
             Ok(0)
         }
@@ -307,8 +324,8 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     release(d);
                 }
                 None => {
-                    info!("d{id}: destroying");
                     drop(t);
+                    info!("d{id}: destroying");
                     nudge(*id);
                 }
             }
@@ -574,18 +591,30 @@ fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
     if d.state != oxen_abi::DomainState::Created {
         return Err(Error::Busy);
     }
-    d.res.cmdline = cmdline.into();
+    let mut line = String::new();
+    line.try_reserve_exact(cmdline.len()).map_err(|_| Error::NoMem)?;
+    line.push_str(cmdline);
+    d.res.cmdline = line;
     // Fresh RAM came zeroed from the pool; only a second BUILD finds it used.
     if d.res.boot.is_some() {
         d.res.zero_ram();
     }
-    let spec = super::build::lay_out(&mut d.res, d.vcpus).inspect_err(|e| {
-        warn!("d{domid} ({}): build failed: {}", d.name, e.why);
-    }).map_err(|e| e.error)?;
-    d.res.boot = Some(spec);
-    d.built = true;
-    info!("d{domid} ({}): kernel laid out, entry {:#x}", d.name, spec.entry.rip);
-    Ok(0)
+    let name = d.name.clone();
+    // Logged without the table's lock: the UART may be slow.
+    match super::build::lay_out(&mut d.res, d.vcpus) {
+        Ok(spec) => {
+            d.res.boot = Some(spec);
+            d.built = true;
+            drop(t);
+            info!("d{domid} ({name}): kernel laid out, entry {:#x}", spec.entry.rip);
+            Ok(0)
+        }
+        Err(e) => {
+            drop(t);
+            warn!("d{domid} ({name}): build failed: {}", e.why);
+            Err(e.error)
+        }
+    }
 }
 
 /// Frees a domain that left the table.
@@ -607,6 +636,17 @@ pub fn release(mut d: Domain<Resources>) {
     }
     if d.res.log_limit.suppressed() > 0 {
         warn!("d{}: {} log lines it caused were suppressed (rate limit)", d.id, d.res.log_limit.suppressed());
+    }
+    if d.res.console_writes > 0 {
+        info!(
+            "d{} ({}): console: {} bytes in {} writes, the domain table held {} us by one on average, at most {} us",
+            d.id,
+            d.name,
+            d.res.console_bytes,
+            d.res.console_writes,
+            (d.res.console_hold_ns / d.res.console_writes).div_ceil(1000),
+            d.res.console_max_hold_ns.div_ceil(1000)
+        );
     }
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);
     d.res.free();

@@ -14,6 +14,9 @@
 //! - `flood_rounds=N`: the flood N times, 200 ms apart (default 1), so it
 //!   lasts long enough to measure what it does to others; only the last
 //!   round ends in the marker
+//! - `refusals=N`: after the flood, N calls of a hypercall that does not
+//!   exist, each of which must fail with -ENOSYS (for the log rate-limit test);
+//!   then `minimal: refusals done, N calls, K unexpected`
 //!
 //! Unknown options and bad values get a warning and are otherwise ignored.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -41,6 +44,7 @@ fn guest_main(info: &'static StartInfo) -> ! {
     let mut mode = Mode::Tick;
     let mut flood: u64 = 0;
     let mut rounds: u64 = 1;
+    let mut refusals: u64 = 0;
     for opt in cmdline::options(line) {
         match (opt.key, opt.value) {
             ("interval_ms", Some(v)) => match cmdline::parse_u64(v) {
@@ -56,6 +60,10 @@ fn guest_main(info: &'static StartInfo) -> ! {
                 Some(n) => flood = n,
                 None => println!("minimal: warning: bad flood size '{v}', no flood"),
             },
+            ("refusals", Some(v)) => match cmdline::parse_u64(v) {
+                Some(n) => refusals = n,
+                None => println!("minimal: warning: bad refusals count '{v}', none"),
+            },
             ("flood_rounds", Some(v)) => match cmdline::parse_u64(v) {
                 Some(n) if n > 0 => rounds = n,
                 _ => println!("minimal: warning: bad flood_rounds '{v}', keeping {rounds}"),
@@ -66,11 +74,30 @@ fn guest_main(info: &'static StartInfo) -> ! {
     if flood > 0 {
         flood_console(flood, rounds);
     }
+    if refusals > 0 {
+        refused_calls(refusals);
+    }
     match mode {
         Mode::Tick => ticker::tick(config),
         Mode::Spin => ticker::spin(config, false),
         Mode::SpinCli => ticker::spin(config, true),
     }
+}
+
+/// Makes `n` calls of a hypercall number that does not exist; each must
+/// fail with -ENOSYS (and the hypervisor logs each refusal, rate limited).
+fn refused_calls(n: u64) {
+    const ENOSYS: u64 = 38;
+    let mut unexpected = 0;
+    for i in 0..n {
+        // SAFETY: no such hypercall: the hypervisor refuses it without
+        // reading the arguments (none name memory anyway).
+        let rax = unsafe { hypercall::call(0x0bad_0000 + (i & 0xff), [0; 5]) };
+        if rax != ENOSYS.wrapping_neg() {
+            unexpected += 1;
+        }
+    }
+    println!("minimal: refusals done, {n} calls, {unexpected} unexpected");
 }
 
 /// The last bytes of a flood, so a reader of the ring can tell they survived.
