@@ -190,7 +190,7 @@ impl Echo {
         }
         let mut marker = [0u8; MARKER_ROOM];
         let mut w = SliceWriter { buf: &mut marker, len: 0 };
-        let _ = write!(w, "... {} bytes suppressed\n", self.suppressed);
+        let _ = writeln!(w, "... {} bytes suppressed", self.suppressed);
         let len = w.len;
         if self.queue.len() + len <= self.queue_max {
             self.queue.extend_from_slice(&marker[..len]);
@@ -434,7 +434,7 @@ mod tests {
             e.write(0, b"0123456789012345678\n");
         }
         let out = drain(&mut e);
-        assert!(out.len() <= 1024 && out.len() % 20 == 0, "{}", out.len());
+        assert!(out.len() <= 1024 && out.len().is_multiple_of(20), "{}", out.len());
         assert_eq!(out.len() as u64 + e.suppressed(), 2000);
         e.tick(1);
         assert!(drain(&mut e).starts_with(b"... "));
