@@ -64,6 +64,9 @@ impl DomUVcpu {
 
 impl Runnable for DomUVcpu {
     fn poll(&mut self, now: u64) -> Poll {
+        // Consoles' serial echoes are printed here, between turns, with no
+        // lock held; a domain writing its console never waits for the UART.
+        let echo_at = control::drain_echo(now);
         let mut t = DOMAINS.lock();
         let Some(d) = t.get_mut(self.domid) else { return Poll::Gone };
         if d.state == oxen_abi::DomainState::Dying {
@@ -80,18 +83,36 @@ impl Runnable for DomUVcpu {
             // kernel, a new vCPU.
             self.vcpu = None;
             self.blocked = None;
-            d.res.zero_ram();
+            // Zeroing takes long (about 0.1 s a GiB), so not under the table's
+            // lock: `restart_pending` keeps the domain from running and from
+            // ending again, and its vCPU, held here, keeps its memory from
+            // being freed (a destroy meanwhile only marks it dying).
+            drop(t);
+            for r in self.ram.regions() {
+                // SAFETY: the region is this domain's RAM (its own chunks,
+                // identity mapped), alive while this vCPU is; no vCPU of the
+                // domain runs while it restarts.
+                unsafe { core::ptr::write_bytes(r.hpa.as_u64() as *mut u8, 0, r.len as usize) };
+            }
+            t = DOMAINS.lock();
+            let Some(d) = t.get_mut(self.domid) else { return Poll::Gone };
+            if !d.restart_pending {
+                // Destroyed meanwhile: the next poll lets it go.
+                return Poll::Sleep(Some(now));
+            }
             match super::build::lay_out(&mut d.res, d.vcpus) {
                 Ok(spec) => {
                     self.boot = spec;
                     d.res.boot = Some(spec);
                     t.finish_restart(self.domid);
-                    log::info!("d{} ({}): rebooted", self.domid, self.name);
+                    drop(t);
+                    control::guest_log(self.domid, log::Level::Info, format_args!("d{} ({}): rebooted", self.domid, self.name));
                 }
                 Err(e) => {
-                    warn!("d{} ({}): cannot boot it again: {}", self.domid, self.name, e.why);
                     d.restart_pending = false;
                     d.state = oxen_abi::DomainState::Dying;
+                    drop(t);
+                    warn!("d{} ({}): cannot boot it again: {}", self.domid, self.name, e.why);
                     return Poll::Sleep(Some(now));
                 }
             }
@@ -102,7 +123,11 @@ impl Runnable for DomUVcpu {
         }
         let pending = d.request != request::NONE;
         match self.blocked {
-            Some(until) if !pending && now < until => Poll::Sleep((until != FOREVER).then_some(until)),
+            // Woken for a due echo too (a muted echo's "suppressed" line).
+            Some(until) if !pending && now < until => {
+                let at = until.min(echo_at);
+                Poll::Sleep((at != FOREVER).then_some(at))
+            }
             _ => {
                 self.blocked = None;
                 Poll::Run
