@@ -179,17 +179,20 @@ impl Runnable for DomUVcpu {
                     break;
                 }
                 Outcome::MemoryFault { gpa, access } => {
-                    warn!("d{domid} ({name}): {access:?} of {:#x}, not its memory, at rip {:#x}", gpa.as_u64(), vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): {access:?} of {:#x}, not its memory, at rip {rip:#x}", gpa.as_u64()));
                     control::end(domid, ShutdownReason::Crash, "crashed (memory outside its own)");
                     break;
                 }
                 Outcome::TripleFault => {
-                    warn!("d{domid} ({name}): triple fault at rip {:#x}", vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): triple fault at rip {rip:#x}"));
                     control::end(domid, ShutdownReason::Crash, "crashed (triple fault)");
                     break;
                 }
                 Outcome::Unhandled(e) => {
-                    warn!("d{domid} ({name}): unhandled exit {e:?} at rip {:#x}", vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): unhandled exit {e:?} at rip {rip:#x}"));
                     control::end(domid, ShutdownReason::Crash, "crashed (unhandled exit)");
                     break;
                 }
