@@ -12,6 +12,7 @@ use super::table::Domain;
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::hypercall::{self, After, Args, Caller};
 use crate::sched::run::{now_ns, ns_to_tsc, Poll, Runnable};
+use crate::arch::x86_64::xstate::XState;
 use crate::virt::{AnyVcpu, GuestMemory, Vcpu};
 use alloc::string::String;
 use log::warn;
@@ -28,6 +29,9 @@ pub struct DomUVcpu {
     ram: GuestMemory,
     boot: BootSpec,
     vcpu: Option<AnyVcpu>,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running; made
+    /// (in the reset state) with the vCPU.
+    xstate: Option<XState>,
     /// Sleeping until this time (`FOREVER`: until a request comes).
     blocked: Option<u64>,
 }
@@ -42,15 +46,16 @@ impl DomUVcpu {
     pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
         let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
         let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
-        Ok(Self { domid: d.id, name: d.name.clone(), root, tag: d.res.tag, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
+        Ok(Self { domid: d.id, name: d.name.clone(), root, tag: d.res.tag, ram: d.res.ram.clone(), boot, vcpu: None, xstate: None, blocked: None })
     }
 
     fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
         if self.vcpu.is_none() {
-            match AnyVcpu::with_root(self.root, &self.boot.entry, self.tag) {
-                Ok(mut v) => {
+            match AnyVcpu::with_root(self.root, &self.boot.entry, self.tag).and_then(|v| Ok((v, XState::new().ok_or("no memory for its XSAVE area")?))) {
+                Ok((mut v, x)) => {
                     v.gprs().rdi = self.boot.rdi;
                     self.vcpu = Some(v);
+                    self.xstate = Some(x);
                 }
                 Err(e) => {
                     warn!("d{} ({}): cannot make its vCPU: {e}", self.domid, self.name);
@@ -118,7 +123,8 @@ impl Runnable for DomUVcpu {
         if self.make_vcpu().is_none() {
             return;
         }
-        let Some(vcpu) = self.vcpu.as_mut() else { return };
+        let (Some(vcpu), Some(xstate)) = (self.vcpu.as_mut(), self.xstate.as_mut()) else { return };
+        xstate.load();
         // Borrowed, not copied: this runs at every slice and wake-up.
         let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts };
         let mut blocked = None;
@@ -171,6 +177,7 @@ impl Runnable for DomUVcpu {
                 }
             }
         }
+        xstate.save();
         self.blocked = blocked;
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = DOMAINS.lock().get_mut(domid) {
