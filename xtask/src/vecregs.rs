@@ -34,9 +34,17 @@ pub fn offenders(code: &[u8], ip: u64) -> Vec<String> {
             continue;
         }
         let explicit = (0..ins.op_count()).map(|i| ins.op_register(i));
-        let implicit = info.info(&ins).used_registers().iter().map(|u| u.register());
+        let implicit = info
+            .info(&ins)
+            .used_registers()
+            .iter()
+            .map(|u| u.register());
         let m = format!("{:?}", ins.mnemonic()).to_lowercase();
-        let saves = ["fxsave", "fxrstor", "xsave", "xrstor", "fsave", "frstor", "fnsave"].iter().any(|s| m.starts_with(s));
+        let saves = [
+            "fxsave", "fxrstor", "xsave", "xrstor", "fsave", "frstor", "fnsave",
+        ]
+        .iter()
+        .any(|s| m.starts_with(s));
         if saves || explicit.chain(implicit).any(is_vector) {
             found.push(format!("{:#x}: {ins}", ins.ip()));
         }
@@ -56,7 +64,10 @@ pub fn check(path: &Path) -> Result<()> {
             continue;
         }
         let name = sym.name().unwrap_or("?");
-        let Some(section) = sym.section_index().and_then(|i| elf.section_by_index(i).ok()) else {
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+        else {
             continue;
         };
         if section.kind() != SectionKind::Text {
@@ -71,9 +82,17 @@ pub fn check(path: &Path) -> Result<()> {
         if name.contains(EXEMPT) {
             continue;
         }
-        bad.extend(offenders(code, sym.address()).into_iter().map(|o| format!("{name}: {o}")));
+        bad.extend(
+            offenders(code, sym.address())
+                .into_iter()
+                .map(|o| format!("{name}: {o}")),
+        );
     }
-    anyhow::ensure!(checked > 100, "{}: only {checked} functions found; no symbols?", path.display());
+    anyhow::ensure!(
+        checked > 100,
+        "{}: only {checked} functions found; no symbols?",
+        path.display()
+    );
     anyhow::ensure!(
         bad.is_empty(),
         "{} uses x87/MMX/SSE/AVX registers outside arch::x86_64::xstate (they hold guest state):\n  {}",
@@ -90,11 +109,19 @@ mod tests {
     #[test]
     fn finds_vector_registers() {
         // movaps xmm0, xmm1; vmovdqu64 zmm1, [rax]; fld st(1); kmovw k1, eax; emms
-        for code in [&[0x0f, 0x28, 0xc1][..], &[0x62, 0xf1, 0xfe, 0x48, 0x6f, 0x08], &[0xd9, 0xc1], &[0xc5, 0xf8, 0x92, 0xc8]] {
+        for code in [
+            &[0x0f, 0x28, 0xc1][..],
+            &[0x62, 0xf1, 0xfe, 0x48, 0x6f, 0x08],
+            &[0xd9, 0xc1],
+            &[0xc5, 0xf8, 0x92, 0xc8],
+        ] {
             assert_eq!(offenders(code, 0).len(), 1, "{code:x?}");
         }
         // fxsave64 [rdi] and xrstor [rsi] name no register but replace them all.
-        assert_eq!(offenders(&[0x48, 0x0f, 0xae, 0x07, 0x0f, 0xae, 0x2e], 0).len(), 2);
+        assert_eq!(
+            offenders(&[0x48, 0x0f, 0xae, 0x07, 0x0f, 0xae, 0x2e], 0).len(),
+            2
+        );
         let plain = [0x48, 0x89, 0xf8, 0x0f, 0x01, 0xd1, 0xc3]; // mov rax, rdi; xsetbv; ret
         assert!(offenders(&plain, 0x1000).is_empty());
     }
