@@ -25,8 +25,12 @@ for d in regs-1 regs-2; do
     oxl console --dump "$d"
     check "$d: 0 mismatches" "$(done_line "$d")" \
         sh -c "oxl console --dump $d | grep -q 'regs: done: .*, [1-9][0-9]* checks, 0 mismatches'"
-    check "$d: every invalid XCR0 gave #GP and left XCR0 alone" "see its console above" \
-        sh -c "oxl console --dump $d | grep -q 'regs: xsetbv checks passed'"
+    if oxl console --dump "$d" | grep -q "regs: xsetbv checks skipped (no XSAVE)"; then
+        echo "check: $d: XSETBV not tested: the CPU has no XSAVE"
+    else
+        check "$d: every invalid XCR0 gave #GP and left XCR0 alone" "see its console above" \
+            sh -c "oxl console --dump $d | grep -q 'regs: xsetbv checks passed'"
+    fi
 done
 oxl vcpu-list
 oxl destroy regs-1; oxl destroy regs-2

@@ -9,10 +9,10 @@
 
 use super::control::{self, BootSpec, RamView, Resources, DOMAINS};
 use super::table::Domain;
+use crate::arch::x86_64::xstate::XState;
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::hypercall::{self, After, Args, Caller};
 use crate::sched::run::{now_ns, ns_to_tsc, Poll, Runnable};
-use crate::arch::x86_64::xstate::XState;
 use crate::virt::{AnyVcpu, GuestMemory, Vcpu};
 use alloc::string::String;
 use log::warn;
