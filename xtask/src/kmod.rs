@@ -40,6 +40,8 @@ pub const MODULE_PATH: &str = "extra/oxen.ko";
 pub const IOCTL_TEST_PATH: &str = "usr/lib/oxen/ioctl-test";
 /// Where its null-hypercall benchmark goes (`cargo xtask bench` runs it).
 pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
+/// Where dom0's half of the cross-domain register test goes (tests/xstate.sh).
+pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
 
 /// What `build` made.
 pub struct Built {
@@ -49,6 +51,8 @@ pub struct Built {
     pub ioctl_test: PathBuf,
     /// `oxen-null-bench` (`null-bench.c`): times null hypercalls from dom0's user space.
     pub null_bench: PathBuf,
+    /// `oxen-xstate-test` (`xstate-test.c`): checks its vector registers survive domUs.
+    pub xstate_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -59,6 +63,7 @@ pub fn build(release: &str) -> Result<Built> {
         module: dir.join("oxen.ko"),
         ioctl_test: dir.join("oxen-ioctl-test"),
         null_bench: dir.join("oxen-null-bench"),
+        xstate_test: dir.join("oxen-xstate-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -68,6 +73,7 @@ pub fn build(release: &str) -> Result<Built> {
     if ko.is_file()
         && out.ioctl_test.is_file()
         && out.null_bench.is_file()
+        && out.xstate_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -153,6 +159,7 @@ pub fn build(release: &str) -> Result<Built> {
     for (source, program, what) in [
         ("ioctl-test.c", &out.ioctl_test, "test program"),
         ("null-bench.c", &out.null_bench, "benchmark"),
+        ("xstate-test.c", &out.xstate_test, "register test"),
     ] {
         build_freestanding(&cc, &build.join(source), program)?;
         step(format!(

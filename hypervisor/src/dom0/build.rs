@@ -3,7 +3,7 @@
 
 use super::apic_bus::{bits, ApicBus, Power, Vectors, Wake};
 use super::layout::{self, Layout};
-use crate::arch::x86_64::{apic, irq, smp, time};
+use crate::arch::x86_64::{apic, irq, smp, time, xstate::XState};
 use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::ioapic::{Delivery, IoApic, IOAPIC_PINS};
 use crate::devices::lapic::{LapicClock, VirtualLapic};
@@ -634,6 +634,8 @@ struct Dom0Vcpu {
     blocked: u64,
     /// Exits answered with #UD because nothing emulates them (see `refuse`).
     refused: u64,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running.
+    xstate: XState,
 }
 
 // SAFETY: a dom0 vCPU is queued on its CPU before it has guest state and never
@@ -643,6 +645,7 @@ unsafe impl Send for Dom0Vcpu {}
 
 impl Dom0Vcpu {
     fn new(index: usize, dom0: &'static Dom0, vcpu: Option<AnyVcpu>) -> Self {
+        let xstate = XState::new().unwrap_or_else(|| fatal(format_args!("dom0: no memory for vCPU {index}'s XSAVE area")));
         Self {
             index,
             dom0,
@@ -654,6 +657,7 @@ impl Dom0Vcpu {
             stall_reported: false,
             blocked: 0,
             refused: 0,
+            xstate,
         }
     }
 
@@ -827,6 +831,7 @@ impl Runnable for Dom0Vcpu {
         let start = now_ns();
         let exits_before = self.exits;
         self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
+        self.xstate.load();
         loop {
             let now = now_ns();
             let Serviced::Run { timer } = self.service(now) else { break };
@@ -877,6 +882,7 @@ impl Runnable for Dom0Vcpu {
                 }
             }
         }
+        self.xstate.save();
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = control::DOMAINS.lock().get_mut(control::DOM0_ID) {
             d.cpu_time_ns += ran;

@@ -9,6 +9,7 @@
 
 use super::control::{self, BootSpec, RamView, Resources, DOMAINS};
 use super::table::Domain;
+use crate::arch::x86_64::xstate::XState;
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::hypercall::{self, After, Args, Caller};
 use crate::sched::run::{now_ns, ns_to_tsc, Poll, Runnable};
@@ -27,6 +28,9 @@ pub struct DomUVcpu {
     ram: GuestMemory,
     boot: BootSpec,
     vcpu: Option<AnyVcpu>,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running; made
+    /// (in the reset state) with the vCPU.
+    xstate: Option<XState>,
     /// Sleeping until this time (`FOREVER`: until a request comes).
     blocked: Option<u64>,
 }
@@ -41,15 +45,16 @@ impl DomUVcpu {
     pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
         let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
         let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
-        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
+        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, xstate: None, blocked: None })
     }
 
     fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
         if self.vcpu.is_none() {
-            match AnyVcpu::with_root(self.root, &self.boot.entry) {
-                Ok(mut v) => {
+            match AnyVcpu::with_root(self.root, &self.boot.entry).and_then(|v| Ok((v, XState::new().ok_or("no memory for its XSAVE area")?))) {
+                Ok((mut v, x)) => {
                     v.gprs().rdi = self.boot.rdi;
                     self.vcpu = Some(v);
+                    self.xstate = Some(x);
                 }
                 Err(e) => {
                     warn!("d{} ({}): cannot make its vCPU: {e}", self.domid, self.name);
@@ -142,7 +147,8 @@ impl Runnable for DomUVcpu {
         if self.make_vcpu().is_none() {
             return;
         }
-        let Some(vcpu) = self.vcpu.as_mut() else { return };
+        let (Some(vcpu), Some(xstate)) = (self.vcpu.as_mut(), self.xstate.as_mut()) else { return };
+        xstate.load();
         // Borrowed, not copied: this runs at every slice and wake-up.
         let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts };
         let mut blocked = None;
@@ -198,6 +204,7 @@ impl Runnable for DomUVcpu {
                 }
             }
         }
+        xstate.save();
         self.blocked = blocked;
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = DOMAINS.lock().get_mut(domid) {

@@ -52,20 +52,12 @@ pub fn init_bsp() {
     }
 }
 
-/// CPUID.1:ECX.XSAVE.
-const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
-
 /// Turns virtualization on for the calling CPU (VMXON / EFER.SVME).
 pub fn init_cpu() {
-    // Guests' XSETBV is completed by the hypervisor executing XSETBV itself
-    // (exit::xcr), which needs CR4.OSXSAVE on the host; set it before the
-    // backends record the host's CR4.
-    if crate::arch::x86_64::cpuid(1, 0).ecx & CPUID_1_ECX_XSAVE != 0 {
-        use x86_64::registers::control::{Cr4, Cr4Flags};
-        // SAFETY: the CPU supports XSAVE; OSXSAVE only permits XGETBV/XSETBV and
-        // changes nothing the hypervisor (which uses no extended state) relies on.
-        unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSXSAVE)) };
-    }
+    // CR4.OSFXSR/OSXSAVE for switching guests' extended state (and for the
+    // XSETBV that completes a guest's, exit::xcr); before the backends record
+    // the host's CR0/CR4.
+    crate::arch::x86_64::xstate::init_cpu();
     let r = match backend() {
         Backend::Vmx => vmx::enable_cpu(),
         Backend::Svm => svm::enable_cpu(),
