@@ -1161,7 +1161,7 @@ impl VmxVcpu {
         self.regs_dirty = false;
         self.cpl = ar::dpl(exit.ss_access_rights);
         self.exit_instruction_len = exit.instruction_len;
-        self.intercepted = (exit.raw.basic_reason() == 0).then(|| Intercepted {
+        self.intercepted = (exit.raw.basic_reason() == 0).then_some(Intercepted {
             info: InterruptionInfo(exit.raw.interruption_info),
             error_code: exit.raw.interruption_error_code,
             instruction_len: exit.instruction_len,
