@@ -123,18 +123,20 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
     let bitmap = unsafe { core::slice::from_raw_parts_mut(home.start as *mut u64, words) };
     let mut frames = FrameAllocator::new(usable, bitmap);
     frames.reserve(home);
-    let heap_frames = mem::heap::HEAP_SIZE / PAGE_SIZE as usize;
-    let Some(heap) = frames.alloc_contiguous(heap_frames, 1) else {
+    // Sized from the RAM, so domUs' metadata never outgrows it (mem::heap_size_for).
+    let heap_size = mem::heap_size_for(frames.total_frames() as u64 * PAGE_SIZE);
+    let Some(heap) = frames.alloc_contiguous(heap_size / PAGE_SIZE as usize, 1) else {
         fatal(format_args!("not enough memory for the hypervisor heap"));
     };
     // SAFETY: the heap frames were just taken from the allocator and are never freed.
-    unsafe { mem::heap::init(heap.as_ptr(), mem::heap::HEAP_SIZE) };
+    unsafe { mem::heap::init(heap.as_ptr(), heap_size) };
     info!(
-        "memory: {} MiB usable, {} MiB free after hypervisor image ({:#x}-{:#x}) and heap",
+        "memory: {} MiB usable, {} MiB free after hypervisor image ({:#x}-{:#x}) and heap ({} KiB)",
         frames.total_frames() * 4 / 1024,
         frames.free_frames() * 4 / 1024,
         img_start,
-        img_end
+        img_end,
+        heap_size / 1024
     );
     *mem::FRAMES.lock() = Some(frames);
 

@@ -32,6 +32,11 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
             0o755,
             &kmod.user_probe,
         ),
+        (
+            crate::kmod::XSTATE_TEST_PATH.to_owned(),
+            0o755,
+            &kmod.xstate_test,
+        ),
     ] {
         files.push(ExtraFile {
             dest,

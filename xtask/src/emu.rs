@@ -2,6 +2,7 @@
 //! ISO while watching its serial log for the hypervisor's last line.
 
 use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,7 +113,7 @@ pub struct Machine {
 
 /// Where the guest's COM1 goes.
 pub enum Serial<'a> {
-    /// The terminal, multiplexed with the QEMU monitor (Ctrl-A X quits, Ctrl-A C: monitor).
+    /// The terminal, multiplexed with the QEMU monitor (escape key `QEMU_ESCAPE`: Ctrl-] x quits, Ctrl-] c: monitor).
     Terminal,
     File(&'a Path),
     /// A Unix socket QEMU listens on (and waits for a client before starting the
@@ -195,7 +196,9 @@ impl Machine {
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         match serial {
             Serial::Terminal => {
-                c.args(["-nographic", "-serial", "mon:stdio"]);
+                // QEMU's escape key moves from Ctrl-A (which the hypervisor's
+                // console uses: Ctrl-A three times) to Ctrl-]: Ctrl-] x quits.
+                c.args(["-nographic", "-serial", "mon:stdio", "-echr", &QEMU_ESCAPE.to_string()]);
             }
             Serial::File(path) => {
                 c.args(["-display", "none", "-monitor", "none", "-parallel", "none"]);
@@ -214,12 +217,12 @@ impl Machine {
     }
 
     /// A bochsrc (from `qemu/bochsrc.in`) for running Bochs from the ISO's directory.
-    pub fn bochsrc(&self, iso_name: &str, serial_name: &str) -> Result<String> {
+    pub fn bochsrc(&self, iso_name: &str, com1: BochsCom1) -> Result<String> {
         let path = repo_root().join("qemu/bochsrc.in");
         let t = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         Ok(t.replace("@MEMORY_MIB@", &self.memory_mib.to_string())
-            .replace("@SERIAL@", serial_name)
+            .replace("@COM1@", &com1.bochsrc())
             .replace("@ISO@", iso_name)
             .replace("@CPU_MODEL@", &self.cpu_model())
             .replace("@SMP@", &self.smp.to_string())
@@ -227,8 +230,8 @@ impl Machine {
     }
 
     /// Writes bochsrc and dbg.rc into `dir`; returns the Bochs command to run there.
-    pub fn bochs(&self, dir: &Path, iso_name: &str, serial_name: &str) -> Result<Command> {
-        std::fs::write(dir.join("bochsrc"), self.bochsrc(iso_name, serial_name)?)?;
+    pub fn bochs(&self, dir: &Path, iso_name: &str, com1: BochsCom1) -> Result<Command> {
+        std::fs::write(dir.join("bochsrc"), self.bochsrc(iso_name, com1)?)?;
         // Bochs here is built with its debugger: `c` lets it run.
         std::fs::write(dir.join("dbg.rc"), "c\n")?;
         let mut c = Command::new("bochs");
@@ -236,6 +239,82 @@ impl Machine {
             .current_dir(dir);
         Ok(c)
     }
+}
+
+/// QEMU's escape key under `cargo xtask run`: Ctrl-] (0x1d), so Ctrl-A reaches
+/// the guest as typed (the hypervisor's console switch is Ctrl-A three times).
+pub const QEMU_ESCAPE: u8 = 0x1d;
+
+/// Where Bochs' COM1 goes.
+#[derive(Clone, Copy)]
+pub enum BochsCom1<'a> {
+    /// Output into a file in the run directory (input impossible).
+    File(&'a str),
+    /// A TCP server on 127.0.0.1:port; Bochs waits for one client before it
+    /// starts, and COM1 is then both ways through it.
+    Socket(u16),
+}
+
+impl BochsCom1<'_> {
+    fn bochsrc(self) -> String {
+        match self {
+            Self::File(name) => format!("mode=file, dev={name}"),
+            Self::Socket(port) => format!("mode=socket-server, dev=127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// A loopback TCP port nobody listens on now (the OS picks it; Bochs binds it
+/// right after, so the window for another taker is small).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// COM1 as a stream xtask reads and types into: QEMU's Unix socket or Bochs' TCP one.
+pub enum Com1Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Com1Stream {
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+        })
+    }
+}
+
+impl std::io::Read for Com1Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(buf),
+            Self::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for Com1Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.write(buf),
+            Self::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Unix(s) => s.flush(),
+            Self::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// Where the emulator serves COM1 for `connect`.
+#[derive(Clone)]
+pub enum Com1Server {
+    Unix(PathBuf),
+    Tcp(u16),
 }
 
 /// How a watched boot ended.
@@ -333,21 +412,26 @@ fn socket_path() -> PathBuf {
     ))
 }
 
-/// Connects to QEMU's serial socket once QEMU has made it (it waits for us).
-fn connect(path: &Path, proc: &mut Proc) -> Result<UnixStream> {
+/// Connects to the emulator's serial socket once it has made it (it waits for us).
+pub fn connect(server: &Com1Server, proc: &mut Proc) -> Result<Com1Stream> {
     let start = Instant::now();
     loop {
-        match UnixStream::connect(path) {
+        let attempt = match server {
+            Com1Server::Unix(path) => UnixStream::connect(path).map(Com1Stream::Unix),
+            Com1Server::Tcp(port) => TcpStream::connect(("127.0.0.1", *port)).map(Com1Stream::Tcp),
+        };
+        match attempt {
             Ok(s) => return Ok(s),
             Err(e) => {
                 if let Some(status) = proc.try_wait() {
-                    bail!("QEMU exited ({status}) before opening its serial socket");
+                    bail!("the emulator exited ({status}) before opening its serial socket");
                 }
                 if start.elapsed() > Duration::from_secs(30) {
-                    bail!(
-                        "QEMU did not open its serial socket {} in 30s: {e}",
-                        path.display()
-                    );
+                    let at = match server {
+                        Com1Server::Unix(p) => p.display().to_string(),
+                        Com1Server::Tcp(port) => format!("127.0.0.1:{port}"),
+                    };
+                    bail!("the emulator did not open its serial socket {at} in 30s: {e}");
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -363,8 +447,8 @@ pub fn boot_and_watch(m: &Machine, dir: &Path, iso: &Path, timeout: Duration) ->
 }
 
 /// Like `boot_and_watch`, for any media; also stops when `watch.done` matches, and
-/// types `watch.inputs` into COM1 (QEMU only: COM1 is then a socket xtask relays
-/// into `dir/serial.log`).
+/// types `watch.inputs` into COM1 (COM1 is then a socket — QEMU's Unix socket,
+/// Bochs' loopback TCP server — that xtask relays into `dir/serial.log`).
 pub fn boot_and_watch_with(
     m: &Machine,
     dir: &Path,
@@ -375,16 +459,18 @@ pub fn boot_and_watch_with(
     let serial_path: PathBuf = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial_path);
     std::fs::File::create(&serial_path)?;
-    let socket = (!watch.inputs.is_empty()).then(socket_path);
+    let typed = !watch.inputs.is_empty();
+    let socket = match m.emulator {
+        Emulator::Qemu if typed => Some(Com1Server::Unix(socket_path())),
+        Emulator::Bochs if typed => Some(Com1Server::Tcp(free_port()?)),
+        _ => None,
+    };
     let mut cmd = match (m.emulator, media) {
         (Emulator::Qemu, _) => match &socket {
-            Some(sock) => m.qemu_media(media, Serial::Socket(sock)),
-            None => m.qemu_media(media, Serial::File(&serial_path)),
+            Some(Com1Server::Unix(sock)) => m.qemu_media(media, Serial::Socket(sock)),
+            _ => m.qemu_media(media, Serial::File(&serial_path)),
         },
         (Emulator::Bochs, Media::Iso(iso)) => {
-            if socket.is_some() {
-                bail!("typing into the serial console is implemented for QEMU only");
-            }
             let iso_name = iso
                 .file_name()
                 .context("ISO path has no file name")?
@@ -393,7 +479,11 @@ pub fn boot_and_watch_with(
             if iso.parent() != Some(dir) {
                 std::fs::copy(iso, dir.join(&iso_name))?;
             }
-            m.bochs(dir, &iso_name, "serial.log")?
+            let com1 = match &socket {
+                Some(Com1Server::Tcp(port)) => BochsCom1::Socket(*port),
+                _ => BochsCom1::File("serial.log"),
+            };
+            m.bochs(dir, &iso_name, com1)?
         }
         (Emulator::Bochs, Media::Linux { .. }) => {
             bail!("booting a kernel without the hypervisor is implemented for QEMU only")
@@ -403,7 +493,7 @@ pub fn boot_and_watch_with(
         Some(d) => format!("cd {} && {}", d.display(), crate::util::render(&cmd)),
         None => crate::util::render(&cmd),
     };
-    if let Some(sock) = &socket {
+    if let Some(Com1Server::Unix(sock)) = &socket {
         let _ = std::fs::remove_file(sock);
     }
     let start = Instant::now();
@@ -411,9 +501,11 @@ pub fn boot_and_watch_with(
     // With a socket: a thread copies COM1's output into serial.log; we keep a writer.
     let mut relay = None;
     let mut writer = None;
-    if let Some(sock) = &socket {
-        let stream = connect(sock, &mut proc);
-        let _ = std::fs::remove_file(sock);
+    if let Some(server) = &socket {
+        let stream = connect(server, &mut proc);
+        if let Com1Server::Unix(sock) = server {
+            let _ = std::fs::remove_file(sock);
+        }
         let stream = stream?;
         writer = Some(stream.try_clone()?);
         let mut log = std::fs::OpenOptions::new()

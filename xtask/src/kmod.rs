@@ -44,6 +44,8 @@ pub const IOCTL_TEST_PATH: &str = "usr/lib/oxen/ioctl-test";
 pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
 /// Where the hostile user-space probe goes (`dom0-bootstrap/tests/hostile-user.sh` runs it).
 pub const USER_PROBE_PATH: &str = "usr/lib/oxen/user-probe";
+/// Where dom0's half of the cross-domain register test goes (tests/xstate.sh).
+pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
 
 /// What `build` made.
 pub struct Built {
@@ -56,6 +58,8 @@ pub struct Built {
     /// `oxen-user-probe` (`user-probe.c`): VMX/SVM and privileged instructions from an
     /// unprivileged dom0 process, each of which must only signal that process.
     pub user_probe: PathBuf,
+    /// `oxen-xstate-test` (`xstate-test.c`): checks its vector registers survive domUs.
+    pub xstate_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -67,6 +71,7 @@ pub fn build(release: &str) -> Result<Built> {
         ioctl_test: dir.join("oxen-ioctl-test"),
         null_bench: dir.join("oxen-null-bench"),
         user_probe: dir.join("oxen-user-probe"),
+        xstate_test: dir.join("oxen-xstate-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -77,6 +82,7 @@ pub fn build(release: &str) -> Result<Built> {
         && out.ioctl_test.is_file()
         && out.null_bench.is_file()
         && out.user_probe.is_file()
+        && out.xstate_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -162,6 +168,7 @@ pub fn build(release: &str) -> Result<Built> {
     for (source, program, what) in [
         ("ioctl-test.c", &out.ioctl_test, "test program"),
         ("null-bench.c", &out.null_bench, "benchmark"),
+        ("xstate-test.c", &out.xstate_test, "register test"),
     ] {
         build_freestanding(&cc, &build.join(source), program)?;
         step(format!(

@@ -16,6 +16,7 @@ mod run;
 mod setup;
 mod systest;
 mod util;
+mod vecregs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -271,8 +272,16 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         }
         ok
     };
+    let mut vec_ok = true;
     let summary = match image::build(false) {
         Ok(elf) => {
+            // Host tier, but it needs the built image: seconds, so always run.
+            if let Err(e) = vecregs::check(&elf) {
+                println!("vector-register check FAILED: {e:#}");
+                vec_ok = false;
+            } else {
+                step("vector-register check: no x87/SSE/AVX register use outside arch::x86_64::xstate");
+            }
             let qemu = tests
                 .iter()
                 .filter(|t| t.machine.emulator == Emulator::Qemu)
@@ -310,7 +319,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         println!("failed system tests: {}", summary.failed.join(" "));
     }
     println!("{} passed, {} failed", summary.passed, summary.failed.len());
-    Ok(if unit_ok && summary.failed.is_empty() {
+    Ok(if unit_ok && vec_ok && summary.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

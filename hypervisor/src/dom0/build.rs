@@ -3,7 +3,7 @@
 
 use super::apic_bus::{bits, ApicBus, Power, Vectors, Wake};
 use super::layout::{self, Layout};
-use crate::arch::x86_64::{apic, irq, smp, time};
+use crate::arch::x86_64::{apic, irq, smp, time, xstate::XState};
 use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::ioapic::{Delivery, IoApic, IOAPIC_PINS};
 use crate::devices::lapic::{LapicClock, VirtualLapic};
@@ -189,7 +189,7 @@ pub fn boot(info: &BootInfo) -> ! {
         rip: plan.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
         rsp: 0,
     };
-    let mut vcpu = AnyVcpu::new(&tables, &entry, DOM0_TAG).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
+    let mut vcpu = AnyVcpu::new(&tables, &entry).unwrap_or_else(|e| fatal(format_args!("dom0: vCPU: {e}")));
     vcpu.gprs().rsi = layout::BOOT_PARAMS;
     vcpu.pass_through_dom0_io(&[COM1], &PIC_PORTS);
     mask_legacy_pic();
@@ -272,9 +272,6 @@ const RTE_MASKED: u64 = 1 << 16;
 /// The UART's ISA IRQ, wired to IOAPIC pin 4 as on a PC.
 const UART_PIN: u8 = 4;
 
-/// dom0's TLB tag (VPID / ASID), shared by its vCPUs: they use the same nested
-/// tables, and tags name TLB contexts of one CPU, each vCPU on its own CPU.
-const DOM0_TAG: u16 = 1;
 
 impl Devices {
     /// Prints what dom0 wrote to its UART, each line tagged `(d0)`.
@@ -476,7 +473,7 @@ impl VcpuStats {
 const TALLY_EVERY: u64 = 1 << 18;
 
 /// The hypervisor console's keys.
-const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler";
+const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler, n NMI to the other CPUs";
 
 /// Answers one key on the hypervisor's console.
 fn debug_key(key: u8, dom0: &Dom0) {
@@ -512,6 +509,7 @@ fn debug_key(key: u8, dom0: &Dom0) {
             info!("console: {} physical NMI(s) taken since boot", crate::arch::x86_64::idt::nmi_count());
         }
         b's' => sched::log_stats(),
+        b'n' => info!("console: sent an NMI to {} other CPU(s)", smp::nmi_others()),
         b'e' => {
             let mut total = [0u64; 10];
             for s in &dom0.stats {
@@ -636,6 +634,8 @@ struct Dom0Vcpu {
     blocked: u64,
     /// Exits answered with #UD because nothing emulates them (see `refuse`).
     refused: u64,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running.
+    xstate: XState,
 }
 
 // SAFETY: a dom0 vCPU is queued on its CPU before it has guest state and never
@@ -645,6 +645,7 @@ unsafe impl Send for Dom0Vcpu {}
 
 impl Dom0Vcpu {
     fn new(index: usize, dom0: &'static Dom0, vcpu: Option<AnyVcpu>) -> Self {
+        let xstate = XState::new().unwrap_or_else(|| fatal(format_args!("dom0: no memory for vCPU {index}'s XSAVE area")));
         Self {
             index,
             dom0,
@@ -656,6 +657,7 @@ impl Dom0Vcpu {
             stall_reported: false,
             blocked: 0,
             refused: 0,
+            xstate,
         }
     }
 
@@ -682,7 +684,7 @@ impl Dom0Vcpu {
         }
         if let Some(page) = startup {
             let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
-            match AnyVcpu::with_root(self.dom0.root, &entry, DOM0_TAG) {
+            match AnyVcpu::with_root(self.dom0.root, &entry) {
                 Ok(mut v) => {
                     v.pass_through_dom0_io(&[COM1], &PIC_PORTS);
                     self.vcpu = Some(v);
@@ -829,6 +831,7 @@ impl Runnable for Dom0Vcpu {
         let start = now_ns();
         let exits_before = self.exits;
         self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
+        self.xstate.load();
         loop {
             let now = now_ns();
             let Serviced::Run { timer } = self.service(now) else { break };
@@ -879,6 +882,7 @@ impl Runnable for Dom0Vcpu {
                 }
             }
         }
+        self.xstate.save();
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = control::DOMAINS.lock().get_mut(control::DOM0_ID) {
             d.cpu_time_ns += ran;

@@ -3,6 +3,7 @@
 //! hypercall services that act on them. Rules about states live in `table`;
 //! argument checking in `crate::hypercall`; this file does the work.
 
+use super::ratelimit::{Echo, LineLimit};
 use super::ring::Ring;
 use super::table::{Config, Domain, Effect, Table, DOM0};
 use crate::hypercall::{Command, GuestRam, Services};
@@ -10,10 +11,11 @@ use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::sched::run as sched;
 use crate::virt::guest_mem::GuestRegion;
-use crate::virt::{AnyVcpu, GuestMemory, InitialState, NestedTables};
+use crate::virt::{GuestMemory, InitialState, NestedTables};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use log::{info, warn};
 use crate::sched::credit::{CpuMask, VcpuId};
 use oxen_abi::{image_kind, request, Action, DomainInfo, Error, PhysInfo, Pod, ShutdownReason, VcpuInfo, ABI_VERSION};
@@ -27,8 +29,25 @@ const CHUNK_FRAMES: usize = (CHUNK / PAGE_SIZE) as usize;
 const CONSOLE_BYTES: usize = 16 * 1024;
 /// How long a guest has to honour a shutdown or reboot request.
 pub const SHUTDOWN_TIMEOUT_NS: u64 = 30_000_000_000;
-/// Refusals logged per domain one by one; after that, every 1024th.
-const REFUSALS_LOGGED: u64 = 32;
+/// Each domain's share of the serial line for its console's echo: the UART
+/// carries about 11.5 KB/s at 115200 baud for the whole machine. A domain may
+/// print `ECHO_BURST` bytes at once, then `ECHO_RATE` a second; beyond that
+/// its output is only in its ring (`oxl console`), and the echo resumes with
+/// a "... N bytes suppressed" line once `ECHO_RESUME` bytes of share are back
+/// (at most one such line every half second).
+const ECHO_RATE: u64 = 2048;
+const ECHO_BURST: u64 = 8 * 1024;
+const ECHO_RESUME: u64 = 1024;
+/// Echo lines queued per domain and not printed yet.
+const ECHO_QUEUE: usize = 8 * 1024;
+/// Echo bytes one look prints at most: ~90 ms of a real 115200-baud UART for
+/// the CPU that looks (QEMU's UART does not wait).
+const ECHO_LOOK_BYTES: usize = 1024;
+/// Log lines a guest can cause (refusals, crashes, restarts): `LOG_BURST`
+/// at once, then `LOG_PER_S` a second; the rest are counted and the count is
+/// logged with the next line printed.
+const LOG_BURST: u64 = 32;
+const LOG_PER_S: u64 = 2;
 
 /// A kernel or ramdisk dom0 handed over, kept for reboots.
 pub struct Staged {
@@ -68,31 +87,45 @@ pub struct Resources {
     pub console: Ring,
     /// The kernel command line `BUILD` was given, kept for restarts.
     pub cmdline: String,
-    /// A console line not yet printed on the serial line.
-    line: Vec<u8>,
+    /// The console's serial echo, not yet printed (`drain_echo`).
+    echo: Echo,
+    /// Guest-triggered log lines (`guest_log`).
+    log_limit: LineLimit,
     pub home_cpu: u32,
     /// vCPU 0's pCPU affinity until it starts (then the scheduler keeps it).
     pub affinity: u64,
-    pub tag: u16,
     refusals: u64,
+    /// Console writes, their bytes, and the longest the table's lock was
+    /// held by one (logged when the domain goes: `dom0-flood-svm` reads it).
+    console_writes: u64,
+    console_bytes: u64,
+    console_max_hold_ns: u64,
+    console_hold_ns: u64,
 }
 
 impl Resources {
-    fn new(ram: GuestMemory) -> Self {
-        Self {
+    /// Fallible: a domain's buffers come from the heap, and a create that
+    /// does not fit must fail with -ENOMEM, not halt the host.
+    fn try_new(ram: GuestMemory) -> Result<Self, Error> {
+        let now = sched::now_ns();
+        Ok(Self {
             chunks: Vec::new(),
             ram,
             tables: None,
             images: [None, None],
             boot: None,
-            console: Ring::new(CONSOLE_BYTES),
+            console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
-            line: Vec::new(),
+            echo: Echo::try_new(ECHO_RATE, ECHO_BURST, ECHO_RESUME, ECHO_QUEUE, now).map_err(|_| Error::NoMem)?,
+            log_limit: LineLimit::new(LOG_PER_S, LOG_BURST, now),
             home_cpu: 0,
             affinity: u64::MAX,
-            tag: 0,
             refusals: 0,
-        }
+            console_writes: 0,
+            console_bytes: 0,
+            console_max_hold_ns: 0,
+            console_hold_ns: 0,
+        })
     }
 
     /// Zeroes the domain's RAM (before reuse, and before it is freed).
@@ -115,36 +148,16 @@ impl Resources {
         for s in self.images.iter_mut().filter_map(Option::take) {
             mem::free_frames(s.base, s.frames);
         }
-        free_tag(self.tag);
     }
 }
 
 pub static DOMAINS: Mutex<Table<Resources>> = Mutex::new(Table::new());
 
-/// TLB tags (ASIDs / VPIDs) of live domU vCPUs, one bit each: two live vCPUs
-/// never share one, so no guest ever sees another's cached translations (a
-/// reused tag is flushed when its new vCPU is made). Tag 1 is dom0's.
-static TAGS: Mutex<[u64; 64]> = Mutex::new([0b11; 64]);
-
-fn alloc_tag() -> Option<u16> {
-    let max = u32::from(AnyVcpu::max_tag()).min(64 * 64 - 1);
-    let mut t = TAGS.lock();
-    let tag = (2..=max).find(|&i| t[(i / 64) as usize] & (1 << (i % 64)) == 0)?;
-    t[(tag / 64) as usize] |= 1 << (tag % 64);
-    Some(tag as u16)
-}
-
-fn free_tag(tag: u16) {
-    if tag >= 2 {
-        TAGS.lock()[usize::from(tag / 64)] &= !(1 << (tag % 64));
-    }
-}
-
 /// Puts dom0 in the table. `ram` is its RAM (hypercall buffers must be in it).
 pub fn register_dom0(ram: GuestMemory, vcpus: u32) {
     let kib = ram.regions().iter().map(|r| r.len / 1024).sum();
-    let mut res = Resources::new(ram);
-    res.tag = 1;
+    let res = Resources::try_new(ram)
+        .unwrap_or_else(|_| crate::start::fatal(format_args!("dom0: no heap for its console")));
     DOMAINS.lock().add_dom0(kib, vcpus, res);
     if let Err(e) = sched::add_domain(DOM0, oxen_abi::DEFAULT_WEIGHT, 0) {
         crate::start::fatal(format_args!("dom0: cannot add it to the scheduler: {e:?}"));
@@ -196,19 +209,22 @@ pub struct Hv;
 
 impl Services for Hv {
     fn console_write(&mut self, domid: u32, bytes: &[u8]) {
+        // Only copies under the table's lock: into the ring, and what the
+        // domain's share allows into its echo queue. The UART is written
+        // later, without this lock (`drain_echo`).
         let mut t = DOMAINS.lock();
+        let now = sched::now_ns();
         let Some(d) = t.get_mut(domid) else { return };
         d.res.console.write(bytes);
-        // Whole lines to the serial console, tagged with the domain.
-        for &b in bytes {
-            if b == b'\n' || d.res.line.len() >= 200 {
-                let line = String::from_utf8_lossy(&d.res.line);
-                crate::console::domain_line(format_args!("(d{domid}) {}", line.trim_end_matches('\r')));
-                d.res.line.clear();
-            } else {
-                d.res.line.push(b);
-            }
-        }
+        d.res.echo.write(now, bytes);
+        let again = d.res.echo.again_ns();
+        d.res.console_writes += 1;
+        d.res.console_bytes += bytes.len() as u64;
+        let held = sched::now_ns().saturating_sub(now);
+        d.res.console_max_hold_ns = d.res.console_max_hold_ns.max(held);
+        d.res.console_hold_ns += held;
+        drop(t);
+        echo_wanted(again.min(now));
     }
 
     fn control_request(&self, domid: u32) -> u64 {
@@ -230,9 +246,7 @@ impl Services for Hv {
                 None => 1,
             }
         };
-        if n <= REFUSALS_LOGGED || n.is_multiple_of(1024) {
-            warn!("d{domid}: hypercall refused: {what} (refusal {n})");
-        }
+        guest_log(domid, log::Level::Warn, format_args!("d{domid}: hypercall refused: {what} (refusal {n})"));
     }
 }
 
@@ -251,8 +265,10 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     d.res.home_cpu = cpu;
                     let v = super::domu::DomUVcpu::new(d)?;
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
-                    info!("d{id} ({}): started (vCPU 0 first on cpu{cpu})", d.name);
+                    let name = d.name.clone();
+                    // Logged without the table's lock: the UART may be slow.
                     drop(t);
+                    info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
                     sched::add_vcpu(VcpuId { dom: id, vcpu: 0 }, affinity, cpu, alloc::boxed::Box::new(v))?;
                 }
                 _ => {
@@ -270,9 +286,9 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
         Command::Shutdown { domid, reason } => {
             let mut t = DOMAINS.lock();
             t.request_shutdown(*domid, *reason, sched::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
-            let d = t.get(*domid).ok_or(Error::NoEnt)?;
-            info!("d{domid} ({}): asked to {}", d.name, if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
+            let name = t.get(*domid).ok_or(Error::NoEnt)?.name.clone();
             drop(t);
+            info!("d{domid} ({name}): asked to {}", if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
             nudge(*domid);
             Ok(0)
         }
@@ -285,8 +301,8 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     release(d);
                 }
                 None => {
-                    info!("d{id}: destroying");
                     drop(t);
+                    info!("d{id}: destroying");
                     nudge(*id);
                 }
             }
@@ -428,38 +444,74 @@ fn create(cfg: &Config) -> Result<u64, Error> {
     // Held throughout, so the name checked here is still free at the end.
     let mut t = DOMAINS.lock();
     t.can_create(&cfg.name)?;
+    // Every heap allocation the new domain makes, now and when it starts, is
+    // covered by this check (the ones that can fail cleanly also use
+    // `try_reserve`): the create that does not fit gets -ENOMEM, the host
+    // never an allocation failure. With the heap sized from the RAM
+    // (`mem::heap_size_for`), the frame pool below runs out first.
+    let heap_free = mem::heap::free_bytes();
+    if let Err(e) = super::table::heap_fits(cfg.memory_mib, heap_free) {
+        drop(t);
+        warn!(
+            "create {}: the hypervisor heap has {} KiB free, {} KiB needed with its reserve",
+            cfg.name,
+            heap_free / 1024,
+            (super::table::metadata_bytes(cfg.memory_mib) + super::table::HEAP_RESERVE) / 1024
+        );
+        return Err(e);
+    }
     let want = u64::from(cfg.memory_mib).div_ceil(2) * CHUNK;
-    let mut res = Resources::new(GuestMemory::new());
+    let mut res = Resources::try_new(GuestMemory::new())?;
     // On any failure below, `res.free()` gives back what was taken.
     let fail = |res: Resources, e: Error| {
         res.free();
         Err(e)
     };
+    if res.chunks.try_reserve_exact((want / CHUNK) as usize).is_err() {
+        return fail(res, Error::NoMem);
+    }
     while (res.chunks.len() as u64) * CHUNK < want {
         match mem::alloc_frames(CHUNK_FRAMES, CHUNK_FRAMES) {
             Some(c) => res.chunks.push(c),
             None => {
-                warn!("create {}: {} MiB wanted, the pool has not enough free 2 MiB chunks", cfg.name, cfg.memory_mib);
-                return fail(res, Error::NoMem);
+                let have = res.chunks.len() as u64 * CHUNK / MIB;
+                res.free();
+                drop(t);
+                warn!("create {}: {} MiB wanted, the pool had only {have} MiB free in 2 MiB chunks", cfg.name, cfg.memory_mib);
+                return Err(Error::NoMem);
             }
         }
     }
-    for (i, c) in res.chunks.iter().enumerate() {
-        let r = GuestRegion { gpa: GuestPhysAddr::new(i as u64 * CHUNK), hpa: *c, len: CHUNK, flags: MapFlags::RWX };
+    // Chunks that follow each other in host memory make one region: the map
+    // (and its copies) stays short however large the domain.
+    let mut i = 0;
+    while i < res.chunks.len() {
+        let run = res.chunks[i..]
+            .iter()
+            .enumerate()
+            .take_while(|&(k, c)| c.as_u64() == res.chunks[i].as_u64() + k as u64 * CHUNK)
+            .count();
+        let r = GuestRegion {
+            gpa: GuestPhysAddr::new(i as u64 * CHUNK),
+            hpa: res.chunks[i],
+            len: run as u64 * CHUNK,
+            flags: MapFlags::RWX,
+        };
         if res.ram.add(r).is_err() {
             return fail(res, Error::Inval);
         }
+        i += run;
     }
     match NestedTables::build(&res.ram) {
         Ok(t) => res.tables = Some(t),
         Err(_) => return fail(res, Error::NoMem),
     }
-    match alloc_tag() {
-        Some(tag) => res.tag = tag,
-        None => return fail(res, Error::NoSpc),
-    }
-    // Cannot fail: `can_create` held under the same lock.
-    let id = t.create(cfg, res)?;
+    // Fails only if the heap cannot hold its name or table entry (the
+    // checks of `can_create` held under the same lock); `res` is then freed.
+    let id = match t.create_or_return(cfg, res) {
+        Ok(id) => id,
+        Err((e, res)) => return fail(res, e),
+    };
     drop(t);
     if let Err(e) = sched::add_domain(id, oxen_abi::DEFAULT_WEIGHT, 0) {
         if let Ok(Some(d)) = DOMAINS.lock().destroy(id) {
@@ -512,23 +564,63 @@ fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
     if d.state != oxen_abi::DomainState::Created {
         return Err(Error::Busy);
     }
-    d.res.cmdline = cmdline.into();
+    let mut line = String::new();
+    line.try_reserve_exact(cmdline.len()).map_err(|_| Error::NoMem)?;
+    line.push_str(cmdline);
+    d.res.cmdline = line;
     // Fresh RAM came zeroed from the pool; only a second BUILD finds it used.
     if d.res.boot.is_some() {
         d.res.zero_ram();
     }
-    let spec = super::build::lay_out(&mut d.res, d.vcpus).inspect_err(|e| {
-        warn!("d{domid} ({}): build failed: {}", d.name, e.why);
-    }).map_err(|e| e.error)?;
-    d.res.boot = Some(spec);
-    d.built = true;
-    info!("d{domid} ({}): kernel laid out, entry {:#x}", d.name, spec.entry.rip);
-    Ok(0)
+    let name = d.name.clone();
+    // Logged without the table's lock: the UART may be slow.
+    match super::build::lay_out(&mut d.res, d.vcpus) {
+        Ok(spec) => {
+            d.res.boot = Some(spec);
+            d.built = true;
+            drop(t);
+            info!("d{domid} ({name}): kernel laid out, entry {:#x}", spec.entry.rip);
+            Ok(0)
+        }
+        Err(e) => {
+            drop(t);
+            warn!("d{domid} ({name}): build failed: {}", e.why);
+            Err(e.error)
+        }
+    }
 }
 
 /// Frees a domain that left the table.
-pub fn release(d: Domain<Resources>) {
+pub fn release(mut d: Domain<Resources>) {
     sched::remove_domain(d.id);
+    // Its last words (a panic message, say) are echoed even if no CPU looked
+    // since they were written; what was over its share is only counted.
+    d.res.echo.close_line();
+    let mut buf = [0u8; ECHO_LOOK_BYTES];
+    loop {
+        let n = d.res.echo.take(&mut buf);
+        if n == 0 {
+            break;
+        }
+        print_echo(d.id, &buf[..n]);
+    }
+    if d.res.echo.suppressed() > 0 {
+        crate::console::domain_line(format_args!("(d{}) ... {} bytes suppressed", d.id, d.res.echo.suppressed()));
+    }
+    if d.res.log_limit.suppressed() > 0 {
+        warn!("d{}: {} log lines it caused were suppressed (rate limit)", d.id, d.res.log_limit.suppressed());
+    }
+    if d.res.console_writes > 0 {
+        info!(
+            "d{} ({}): console: {} bytes in {} writes, the domain table held {} us by one on average, at most {} us",
+            d.id,
+            d.name,
+            d.res.console_bytes,
+            d.res.console_writes,
+            (d.res.console_hold_ns / d.res.console_writes).div_ceil(1000),
+            d.res.console_max_hold_ns.div_ceil(1000)
+        );
+    }
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);
     d.res.free();
 }
@@ -544,16 +636,149 @@ pub fn end(domid: u32, reason: ShutdownReason, why: &str) {
                 Action::Restart => "restarting it",
                 Action::Preserve => "keeping it (preserve)",
             };
-            info!("d{domid} ({name}): {why}: {what}");
             drop(t);
             nudge(domid);
+            guest_log(domid, log::Level::Info, format_args!("d{domid} ({name}): {why}: {what}"));
         }
-        Err(e) => warn!("d{domid} ({name}): {why}, but it cannot end now: {e:?}"),
+        Err(e) => {
+            drop(t);
+            guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): {why}, but it cannot end now: {e:?}"));
+        }
     }
+}
+
+/// Set when a domain's echo (or log limit) has something for `drain_echo`.
+static ECHO_DIRTY: AtomicBool = AtomicBool::new(false);
+/// When a muted echo or a count of suppressed log lines is due to be printed
+/// even if no guest writes anything (`u64::MAX`: nothing due).
+static ECHO_AGAIN_NS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// One CPU prints echoes at a time; the others do not wait for it.
+static ECHO_PRINTER: Mutex<()> = Mutex::new(());
+
+/// Asks for a look by `drain_echo` at `at` (now if it is in the past).
+fn echo_wanted(at: u64) {
+    if at != u64::MAX {
+        ECHO_AGAIN_NS.fetch_min(at, Ordering::Relaxed);
+        ECHO_DIRTY.store(true, Ordering::Release);
+    }
+}
+
+/// A guest-triggered log line (a refusal, a crash, a restart), at most
+/// `LOG_BURST` at once and `LOG_PER_S` a second per domain; a line printed
+/// after some were dropped is preceded by their count. Never call it with the
+/// domain table locked.
+pub fn guest_log(domid: u32, level: log::Level, args: fmt::Arguments) {
+    let now = sched::now_ns();
+    let verdict = DOMAINS.lock().get_mut(domid).map(|d| (d.res.log_limit.allow(now), d.res.log_limit.again_ns()));
+    match verdict {
+        // Not (or no longer) in the table: nothing to limit per domain.
+        None => log::log!(level, "{args}"),
+        Some((Some(dropped), _)) => {
+            if dropped > 0 {
+                warn!("d{domid}: {dropped} log lines it caused were suppressed (rate limit)");
+            }
+            log::log!(level, "{args}");
+        }
+        Some((None, again)) => echo_wanted(again),
+    }
+}
+
+/// Bytes shown as text, invalid UTF-8 as U+FFFD, without allocating.
+struct Lossy<'a>(&'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prints queued echo lines (each ending in `\n`), tagged with the domain.
+fn print_echo(domid: u32, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        crate::console::domain_line(format_args!("(d{domid}) {}", Lossy(line)));
+    }
+}
+
+/// What one look at the table found to print.
+enum EchoWork {
+    Lines(u32, usize),
+    /// A domain's count of suppressed log lines, due now.
+    Dropped(u32, u64),
+}
+
+/// Prints the domains' console echoes (and counts of suppressed log lines)
+/// that are due, at most `ECHO_LOOK_BYTES` per call. Called between turns by
+/// dom0's CPU (`housekeeping`) and by each domU's CPU (`DomUVcpu::poll`),
+/// never with the domain table locked: the table's lock is held only to copy
+/// lines out, the UART is written without it. Returns when it wants to be
+/// called again (`u64::MAX`: only after the next console write).
+pub fn drain_echo(now: u64) -> u64 {
+    let again = ECHO_AGAIN_NS.load(Ordering::Relaxed);
+    if !ECHO_DIRTY.load(Ordering::Acquire) && now < again {
+        return again;
+    }
+    // Another CPU is printing: it takes what is queued.
+    let Some(_printer) = ECHO_PRINTER.try_lock() else { return again };
+    ECHO_DIRTY.store(false, Ordering::Relaxed);
+    ECHO_AGAIN_NS.store(u64::MAX, Ordering::Relaxed);
+    let mut buf = [0u8; ECHO_LOOK_BYTES];
+    let mut used = 0;
+    let mut next = u64::MAX;
+    let mut from_id = 0;
+    loop {
+        let work = {
+            let mut t = DOMAINS.lock();
+            let mut work = None;
+            for d in t.iter_mut().filter(|d| d.id >= from_id) {
+                d.res.echo.tick(now);
+                if let Some(n) = d.res.log_limit.flush(now) {
+                    work = Some(EchoWork::Dropped(d.id, n));
+                } else if d.res.echo.has_lines() {
+                    let n = d.res.echo.take(&mut buf[used..]);
+                    if n == 0 {
+                        // No room left this time.
+                        next = now;
+                        break;
+                    }
+                    work = Some(EchoWork::Lines(d.id, n));
+                }
+                next = next.min(d.res.echo.again_ns()).min(d.res.log_limit.again_ns());
+                if d.res.echo.has_lines() {
+                    next = now;
+                }
+                if work.is_some() {
+                    break;
+                }
+            }
+            work
+        };
+        match work {
+            None => break,
+            Some(EchoWork::Dropped(id, n)) => {
+                warn!("d{id}: {n} log lines it caused were suppressed (rate limit)");
+                from_id = id;
+            }
+            Some(EchoWork::Lines(id, n)) => {
+                print_echo(id, &buf[used..used + n]);
+                used += n;
+                from_id = id + 1;
+            }
+        }
+    }
+    // Only the time: a console write meanwhile set the flag itself.
+    ECHO_AGAIN_NS.fetch_min(next, Ordering::Relaxed);
+    ECHO_AGAIN_NS.load(Ordering::Relaxed)
 }
 
 /// dom0's CPU, between turns: carries out requests not honoured in time.
 pub fn housekeeping(now: u64) {
+    drain_echo(now);
     let overdue = DOMAINS.lock().overdue(now);
     for (id, reason) in overdue {
         let why = alloc::format!("did not {} within {} s", if reason == ShutdownReason::Reboot { "reboot" } else { "power off" }, SHUTDOWN_TIMEOUT_NS / 1_000_000_000);

@@ -9,6 +9,7 @@
 
 use super::control::{self, BootSpec, RamView, Resources, DOMAINS};
 use super::table::Domain;
+use crate::arch::x86_64::xstate::XState;
 use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, Outcome};
 use crate::hypercall::{self, After, Args, Caller};
 use crate::sched::run::{now_ns, ns_to_tsc, Poll, Runnable};
@@ -24,10 +25,12 @@ pub struct DomUVcpu {
     domid: u32,
     name: String,
     root: u64,
-    tag: u16,
     ram: GuestMemory,
     boot: BootSpec,
     vcpu: Option<AnyVcpu>,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running; made
+    /// (in the reset state) with the vCPU.
+    xstate: Option<XState>,
     /// Sleeping until this time (`FOREVER`: until a request comes).
     blocked: Option<u64>,
 }
@@ -42,15 +45,16 @@ impl DomUVcpu {
     pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
         let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
         let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
-        Ok(Self { domid: d.id, name: d.name.clone(), root, tag: d.res.tag, ram: d.res.ram.clone(), boot, vcpu: None, blocked: None })
+        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, xstate: None, blocked: None })
     }
 
     fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
         if self.vcpu.is_none() {
-            match AnyVcpu::with_root(self.root, &self.boot.entry, self.tag) {
-                Ok(mut v) => {
+            match AnyVcpu::with_root(self.root, &self.boot.entry).and_then(|v| Ok((v, XState::new().ok_or("no memory for its XSAVE area")?))) {
+                Ok((mut v, x)) => {
                     v.gprs().rdi = self.boot.rdi;
                     self.vcpu = Some(v);
+                    self.xstate = Some(x);
                 }
                 Err(e) => {
                     warn!("d{} ({}): cannot make its vCPU: {e}", self.domid, self.name);
@@ -65,6 +69,9 @@ impl DomUVcpu {
 
 impl Runnable for DomUVcpu {
     fn poll(&mut self, now: u64) -> Poll {
+        // Consoles' serial echoes are printed here, between turns, with no
+        // lock held; a domain writing its console never waits for the UART.
+        let echo_at = control::drain_echo(now);
         let mut t = DOMAINS.lock();
         let Some(d) = t.get_mut(self.domid) else { return Poll::Gone };
         if d.state == oxen_abi::DomainState::Dying {
@@ -81,18 +88,36 @@ impl Runnable for DomUVcpu {
             // kernel, a new vCPU.
             self.vcpu = None;
             self.blocked = None;
-            d.res.zero_ram();
+            // Zeroing takes long (about 0.1 s a GiB), so not under the table's
+            // lock: `restart_pending` keeps the domain from running and from
+            // ending again, and its vCPU, held here, keeps its memory from
+            // being freed (a destroy meanwhile only marks it dying).
+            drop(t);
+            for r in self.ram.regions() {
+                // SAFETY: the region is this domain's RAM (its own chunks,
+                // identity mapped), alive while this vCPU is; no vCPU of the
+                // domain runs while it restarts.
+                unsafe { core::ptr::write_bytes(r.hpa.as_u64() as *mut u8, 0, r.len as usize) };
+            }
+            t = DOMAINS.lock();
+            let Some(d) = t.get_mut(self.domid) else { return Poll::Gone };
+            if !d.restart_pending {
+                // Destroyed meanwhile: the next poll lets it go.
+                return Poll::Sleep(Some(now));
+            }
             match super::build::lay_out(&mut d.res, d.vcpus) {
                 Ok(spec) => {
                     self.boot = spec;
                     d.res.boot = Some(spec);
                     t.finish_restart(self.domid);
-                    log::info!("d{} ({}): rebooted", self.domid, self.name);
+                    drop(t);
+                    control::guest_log(self.domid, log::Level::Info, format_args!("d{} ({}): rebooted", self.domid, self.name));
                 }
                 Err(e) => {
-                    warn!("d{} ({}): cannot boot it again: {}", self.domid, self.name, e.why);
                     d.restart_pending = false;
                     d.state = oxen_abi::DomainState::Dying;
+                    drop(t);
+                    warn!("d{} ({}): cannot boot it again: {}", self.domid, self.name, e.why);
                     return Poll::Sleep(Some(now));
                 }
             }
@@ -103,7 +128,11 @@ impl Runnable for DomUVcpu {
         }
         let pending = d.request != request::NONE;
         match self.blocked {
-            Some(until) if !pending && now < until => Poll::Sleep((until != FOREVER).then_some(until)),
+            // Woken for a due echo too (a muted echo's "suppressed" line).
+            Some(until) if !pending && now < until => {
+                let at = until.min(echo_at);
+                Poll::Sleep((at != FOREVER).then_some(at))
+            }
             _ => {
                 self.blocked = None;
                 Poll::Run
@@ -118,7 +147,8 @@ impl Runnable for DomUVcpu {
         if self.make_vcpu().is_none() {
             return;
         }
-        let Some(vcpu) = self.vcpu.as_mut() else { return };
+        let (Some(vcpu), Some(xstate)) = (self.vcpu.as_mut(), self.xstate.as_mut()) else { return };
+        xstate.load();
         // Borrowed, not copied: this runs at every slice and wake-up.
         let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts };
         let mut blocked = None;
@@ -155,22 +185,26 @@ impl Runnable for DomUVcpu {
                     break;
                 }
                 Outcome::MemoryFault { gpa, access } => {
-                    warn!("d{domid} ({name}): {access:?} of {:#x}, not its memory, at rip {:#x}", gpa.as_u64(), vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): {access:?} of {:#x}, not its memory, at rip {rip:#x}", gpa.as_u64()));
                     control::end(domid, ShutdownReason::Crash, "crashed (memory outside its own)");
                     break;
                 }
                 Outcome::TripleFault => {
-                    warn!("d{domid} ({name}): triple fault at rip {:#x}", vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): triple fault at rip {rip:#x}"));
                     control::end(domid, ShutdownReason::Crash, "crashed (triple fault)");
                     break;
                 }
                 Outcome::Unhandled(e) => {
-                    warn!("d{domid} ({name}): unhandled exit {e:?} at rip {:#x}", vcpu.rip());
+                    let rip = vcpu.rip();
+                    control::guest_log(domid, log::Level::Warn, format_args!("d{domid} ({name}): unhandled exit {e:?} at rip {rip:#x}"));
                     control::end(domid, ShutdownReason::Crash, "crashed (unhandled exit)");
                     break;
                 }
             }
         }
+        xstate.save();
         self.blocked = blocked;
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = DOMAINS.lock().get_mut(domid) {

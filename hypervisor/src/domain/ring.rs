@@ -4,7 +4,9 @@
 //! domain's console and for the hypervisor's log (`oxl console`, `oxl dmesg`).
 
 use alloc::boxed::Box;
+use alloc::collections::TryReserveError;
 use alloc::vec;
+use alloc::vec::Vec;
 
 /// Over any byte storage: a boxed slice (domain consoles) or an array (the
 /// hypervisor's log, a static that exists before the heap does).
@@ -30,6 +32,15 @@ impl Ring {
         assert!(capacity > 0);
         Self { buf: vec![0; capacity].into_boxed_slice(), written: 0 }
     }
+
+    /// As `new`, but an allocation failure is an error, not a halt (a
+    /// domain's console is made on dom0's request).
+    pub fn try_new(capacity: usize) -> Result<Self, TryReserveError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(capacity.max(1))?;
+        v.resize(capacity.max(1), 0);
+        Ok(Self { buf: v.into_boxed_slice(), written: 0 })
+    }
 }
 
 impl<const N: usize> Ring<[u8; N]> {
@@ -51,10 +62,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Ring<B> {
         // Only the last `cap` bytes can survive.
         let skip = bytes.len().saturating_sub(cap);
         self.written += skip as u64;
-        for &b in &bytes[skip..] {
-            buf[(self.written % cap as u64) as usize] = b;
-            self.written += 1;
-        }
+        let bytes = &bytes[skip..];
+        // Two copies at most (up to the end, then from the start): a guest's
+        // console write is done under the domain table's lock.
+        let at = (self.written % cap as u64) as usize;
+        let first = bytes.len().min(cap - at);
+        buf[at..at + first].copy_from_slice(&bytes[..first]);
+        buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+        self.written += bytes.len() as u64;
     }
 
     /// Copies bytes from `offset` on into `out`. An offset past the end reads
@@ -102,6 +117,30 @@ mod tests {
         let got = r.read(6, &mut out);
         assert_eq!(&out[..got.copied], b"6789");
         assert_eq!((got.next, got.lost), (16, 6));
+    }
+
+    #[test]
+    fn writes_wrap_at_every_position() {
+        // Against a byte-by-byte model, for every start offset and length.
+        for cap in 1..6usize {
+            for pre in 0..2 * cap {
+                for len in 0..3 * cap {
+                    let mut r = Ring::new(cap);
+                    let mut model = Vec::new();
+                    let head: Vec<u8> = (0..pre as u8).collect();
+                    let data: Vec<u8> = (100..100 + len as u8).collect();
+                    r.write(&head);
+                    r.write(&data);
+                    model.extend_from_slice(&head);
+                    model.extend_from_slice(&data);
+                    let mut out = [0u8; 8];
+                    let got = r.read(0, &mut out);
+                    let keep = model.len().min(cap);
+                    assert_eq!(&out[..got.copied], &model[model.len() - keep..], "cap {cap} pre {pre} len {len}");
+                    assert_eq!(got.next, model.len() as u64);
+                }
+            }
+        }
     }
 
     #[test]

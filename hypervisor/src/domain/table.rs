@@ -20,6 +20,33 @@ pub const MAX_DOMAINS: usize = 64;
 /// Highest domain ID before IDs wrap around (Xen's DOMID_FIRST_RESERVED).
 const MAX_ID: u32 = 0x7fef;
 
+/// Heap bytes a domU's metadata may take, at most, apart from its memory:
+/// its console ring (16 KiB) and echo queue (8 KiB), its entry here, its
+/// vCPU objects and the scheduler's, with room to spare.
+pub const DOMAIN_HEAP_BYTES: usize = 48 * 1024;
+/// Heap bytes per 2 MiB of a domU's RAM, at most: its chunk list (8 bytes),
+/// its memory map (a 32-byte region, in a vector that may be twice as long as
+/// it needs and is reallocated while it grows) and its vCPU's copy (32 bytes).
+pub const CHUNK_HEAP_BYTES: usize = 8 + 3 * 32 + 32;
+/// Heap kept free for the hypervisor's own work (log lines, hypercall
+/// buffers, the scheduler): a create never takes it.
+pub const HEAP_RESERVE: usize = 1 << 20;
+
+/// Heap bytes a domU of `memory_mib` needs (see `DOMAIN_HEAP_BYTES`).
+pub fn metadata_bytes(memory_mib: u32) -> usize {
+    DOMAIN_HEAP_BYTES + (memory_mib as usize).div_ceil(2) * CHUNK_HEAP_BYTES
+}
+
+/// Whether the heap, with `heap_free` bytes free, can hold a domU of
+/// `memory_mib` and still keep `HEAP_RESERVE`: -ENOMEM if not, so the host
+/// never halts on an allocation a create made.
+pub fn heap_fits(memory_mib: u32, heap_free: usize) -> Result<(), Error> {
+    match metadata_bytes(memory_mib).checked_add(HEAP_RESERVE) {
+        Some(need) if need <= heap_free => Ok(()),
+        _ => Err(Error::NoMem),
+    }
+}
+
 /// What a domU is created with (validated by the caller against the ABI limits).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -149,6 +176,10 @@ impl<R> Table<R> {
         self.doms.iter()
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain<R>> {
+        self.doms.iter_mut()
+    }
+
     /// Adds dom0, running.
     pub fn add_dom0(&mut self, memory_kib: u64, vcpus: u32, res: R) {
         let cfg = Config {
@@ -159,7 +190,7 @@ impl<R> Table<R> {
             on_reboot: Action::Preserve,
             on_crash: Action::Preserve,
         };
-        let mut d = Self::new_domain(DOM0, &cfg, res);
+        let mut d = Self::new_domain(DOM0, cfg.name.clone(), &cfg, res);
         d.privileged = true;
         d.built = true;
         d.memory_kib = memory_kib;
@@ -168,10 +199,10 @@ impl<R> Table<R> {
         self.doms.insert(0, d);
     }
 
-    fn new_domain(id: u32, cfg: &Config, res: R) -> Domain<R> {
+    fn new_domain(id: u32, name: String, cfg: &Config, res: R) -> Domain<R> {
         Domain {
             id,
-            name: cfg.name.clone(),
+            name,
             state: DomainState::Created,
             privileged: false,
             built: false,
@@ -206,14 +237,28 @@ impl<R> Table<R> {
     /// A new domU in state `Created`; IDs grow until they wrap, as in Xen, so a
     /// stale ID rarely names a new domain.
     pub fn create(&mut self, cfg: &Config, res: R) -> Result<u32, Error> {
-        self.can_create(&cfg.name)?;
+        self.create_or_return(cfg, res).map_err(|(e, _)| e)
+    }
+
+    /// As `create`, but hands `res` back when it fails, so the caller can
+    /// free what it holds.
+    pub fn create_or_return(&mut self, cfg: &Config, res: R) -> Result<u32, (Error, R)> {
+        if let Err(e) = self.can_create(&cfg.name) {
+            return Err((e, res));
+        }
+        let mut name = String::new();
+        if self.doms.try_reserve(1).is_err() || name.try_reserve_exact(cfg.name.len()).is_err() {
+            return Err((Error::NoMem, res));
+        }
+        name.push_str(&cfg.name);
         let mut id = self.next_id;
         while self.get(id).is_some() {
             id = if id >= MAX_ID { 1 } else { id + 1 };
         }
         self.next_id = if id >= MAX_ID { 1 } else { id + 1 };
-        let d = Self::new_domain(id, cfg, res);
+        let d = Self::new_domain(id, name, cfg, res);
         let at = self.doms.iter().position(|o| o.id > id).unwrap_or(self.doms.len());
+        // Within the capacity reserved above: no allocation.
         self.doms.insert(at, d);
         Ok(id)
     }
@@ -387,6 +432,47 @@ mod tests {
             t.create(&cfg(&alloc::format!("d{i}")), ()).unwrap();
         }
         assert_eq!(t.create(&cfg("one-more"), ()), Err(Error::NoSpc));
+    }
+
+    #[test]
+    fn a_create_the_heap_cannot_hold_fails_with_nomem() {
+        // Exactly enough: fits; a byte less: -ENOMEM.
+        let need = metadata_bytes(64) + HEAP_RESERVE;
+        assert_eq!(heap_fits(64, need), Ok(()));
+        assert_eq!(heap_fits(64, need - 1), Err(Error::NoMem));
+        // The largest domU the ABI allows: no overflow, just -ENOMEM.
+        assert_eq!(heap_fits(u32::MAX, 8 << 20), Err(Error::NoMem));
+        // Per 2 MiB of RAM, what the metadata really takes (a chunk address,
+        // a region in the domain's map and in its vCPU's copy) fits.
+        let region = core::mem::size_of::<crate::virt::guest_mem::GuestRegion>();
+        assert!(CHUNK_HEAP_BYTES >= 8 + 3 * region + region, "a region is {region} bytes");
+    }
+
+    #[test]
+    fn a_failed_create_leaves_the_table_as_it_was() {
+        // Filling a simulated heap: every create is checked first, and the
+        // one that does not fit leaves no trace.
+        let mut t = table();
+        let mut heap_free = 4 << 20;
+        let mut made = 0;
+        loop {
+            let c = cfg(&alloc::format!("d{made}"));
+            match heap_fits(c.memory_mib, heap_free) {
+                Ok(()) => {
+                    t.create(&c, ()).unwrap();
+                    heap_free -= metadata_bytes(c.memory_mib);
+                    made += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, Error::NoMem);
+                    break;
+                }
+            }
+        }
+        assert!(made > 0 && heap_free >= HEAP_RESERVE);
+        assert_eq!(t.len(), made + 1);
+        // The next free ID is still the next one: nothing was half made.
+        assert_eq!(t.create(&cfg("after"), ()), Ok(made as u32 + 1));
     }
 
     #[test]

@@ -131,7 +131,12 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             Outcome::Halted
         }
         VmExit::Hypercall => hypercall::handle(vcpu, env),
-        VmExit::Xsetbv { xcr, value } => xcr::xsetbv(vcpu, xcr, value, env.host_cpuid(0xd, 0)),
+        VmExit::Xsetbv { xcr, value } => {
+            // Only components both the CPU and the guest's CPUID view report.
+            let host = env.host_cpuid(0xd, 0);
+            let supported = xcr::components(host) & xcr::components(cpuid::guest_view(0xd, 0, host));
+            xcr::xsetbv(vcpu, xcr, value, supported)
+        }
         VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
         VmExit::TripleFault => Outcome::TripleFault,
         VmExit::Preempted => Outcome::Preempted,

@@ -12,7 +12,6 @@
 
 pub mod domctl;
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use oxen_abi::{nr, sched_op, Error, ShutdownReason, ABI_VERSION, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX};
@@ -122,18 +121,29 @@ fn console_write(caller: &mut Caller, svc: &mut dyn Services, gpa: u64, len: u64
         svc.refused(caller.domid, format_args!("console_write: length {len:#x} over {CONSOLE_WRITE_MAX}"));
         return Err(Error::TooBig);
     }
-    let mut bytes = vec![0u8; len as usize];
-    if let Err(e) = caller.ram.read(gpa, &mut bytes) {
+    // On the stack: a guest's console output never needs the heap.
+    let mut copy = [0u8; CONSOLE_WRITE_MAX as usize];
+    let bytes = &mut copy[..len as usize];
+    if let Err(e) = caller.ram.read(gpa, bytes) {
         svc.refused(caller.domid, format_args!("console_write: {gpa:#x}+{len:#x} is not the caller's memory"));
         return Err(e);
     }
-    svc.console_write(caller.domid, &bytes);
+    svc.console_write(caller.domid, bytes);
     Ok(len)
+}
+
+/// `len` zero bytes on the heap, or -ENOMEM: a full heap fails the call,
+/// never the host.
+fn zeroed(len: u64) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len as usize).map_err(|_| Error::NoMem)?;
+    v.resize(len as usize, 0);
+    Ok(v)
 }
 
 /// Copies `len` bytes at `gpa` in, with the length already bounded.
 fn copy_in(caller: &Caller, gpa: u64, len: u64) -> Result<Vec<u8>, Error> {
-    let mut v = vec![0u8; len as usize];
+    let mut v = zeroed(len)?;
     if len > 0 {
         caller.ram.read(gpa, &mut v)?;
     }
@@ -162,7 +172,7 @@ fn domctl_call(
     let mut buf = if command.reads_buffer() {
         copy_in(caller, buf_gpa, buf_len)
     } else {
-        Ok(vec![0u8; buf_len as usize])
+        zeroed(buf_len)
     }
     .inspect_err(|_| svc.refused(id, format_args!("domctl {cmd}: buffer at {buf_gpa:#x}+{buf_len:#x} is not dom0's memory")))?;
     // A buffer to be written must be writable before anything is done.

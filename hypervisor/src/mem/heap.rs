@@ -1,13 +1,10 @@
-//! The hypervisor heap: one contiguous run of frames behind `linked_list_allocator`.
+//! The hypervisor heap: one contiguous run of frames behind `linked_list_allocator`,
+//! sized at boot from the machine's memory (`super::heap_size_for`).
 
 use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
-
-/// Heap size. Domain memory never comes from here (it comes from the frame
-/// allocator); the heap holds hypervisor objects only.
-pub const HEAP_SIZE: usize = 8 << 20;
 
 /// Hands `[start, start + size)` to the heap.
 ///
@@ -17,4 +14,15 @@ pub const HEAP_SIZE: usize = 8 << 20;
 pub unsafe fn init(start: *mut u8, size: usize) {
     // SAFETY: guaranteed by the caller.
     unsafe { HEAP.lock().init(start, size) };
+}
+
+/// Heap bytes free now (fragmentation aside: a create checks this with a
+/// generous margin, `domain::table::HEAP_RESERVE`).
+pub fn free_bytes() -> usize {
+    HEAP.lock().free()
+}
+
+/// The heap's size.
+pub fn size() -> usize {
+    HEAP.lock().size()
 }

@@ -13,6 +13,42 @@ pub use addr::{GuestPhysAddr, HostPhysAddr};
 /// Size of the smallest page, on the host and in EPT/NPT.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The heap's floor: what the hypervisor needs with no domU at all (dom0's
+/// devices and vCPUs, the log) plus the 64 domains' fixed metadata
+/// (`domain::table::DOMAIN_HEAP_BYTES` each).
+pub const HEAP_MIN: usize = 8 << 20;
+/// Bytes of RAM per byte of heap above the floor: 1/8192 is 256 bytes per
+/// 2 MiB chunk, more than the metadata a chunk of domU RAM costs
+/// (`domain::table::CHUNK_HEAP_BYTES`), so the frame pool, not the heap,
+/// runs out first however the RAM is split.
+pub const RAM_PER_HEAP_BYTE: u64 = 8192;
+
+/// The heap's size for a machine with `ram_bytes` of usable RAM, in whole pages.
+pub fn heap_size_for(ram_bytes: u64) -> usize {
+    let extra = usize::try_from(ram_bytes / RAM_PER_HEAP_BYTE).unwrap_or(usize::MAX);
+    HEAP_MIN.saturating_add(extra).next_multiple_of(PAGE_SIZE as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::table::{CHUNK_HEAP_BYTES, DOMAIN_HEAP_BYTES, HEAP_RESERVE, MAX_DOMAINS};
+
+    #[test]
+    fn heap_grows_with_ram_past_what_domains_take() {
+        assert_eq!(heap_size_for(0), HEAP_MIN);
+        assert_eq!(heap_size_for(512 << 20), HEAP_MIN + (64 << 10));
+        assert_eq!(heap_size_for((1 << 40) + 1) % PAGE_SIZE as usize, 0);
+        // Any split of the RAM into domUs (at most MAX_DOMAINS of them) has
+        // its metadata fit, with the reserve and dom0's share of the floor.
+        for ram in [256u64 << 20, 4 << 30, 1 << 40, 64 << 40] {
+            let chunks = (ram / (2 << 20)) as usize;
+            let worst = MAX_DOMAINS * DOMAIN_HEAP_BYTES + chunks * CHUNK_HEAP_BYTES + HEAP_RESERVE;
+            assert!(worst + (2 << 20) <= heap_size_for(ram), "{ram}: {worst} > {}", heap_size_for(ram));
+        }
+    }
+}
+
 #[cfg(target_os = "none")]
 mod global {
     use super::frame::FrameAllocator;

@@ -100,6 +100,11 @@ impl Ipi {
         Self { dest, low: icr::FIXED | icr::LEVEL_ASSERT | icr::TRIGGER_EDGE | vector as u32 }
     }
 
+    /// An NMI (the vector field is ignored for NMI delivery, SDM §11.6.1).
+    pub const fn nmi(dest: u32) -> Self {
+        Self { dest, low: icr::NMI | icr::LEVEL_ASSERT | icr::TRIGGER_EDGE }
+    }
+
     /// The ICR_HIGH value in xAPIC mode (8-bit destination).
     pub const fn xapic_high(self) -> u32 {
         (self.dest & 0xff) << icr::XAPIC_DEST_SHIFT

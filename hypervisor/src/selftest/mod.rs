@@ -92,7 +92,7 @@ fn run_guest(blob: &[u8], entry: u64, long_mode: bool, max_halts: u32) -> GuestR
             };
             let rip = if long_mode { LOAD_GPA + entry } else { entry };
             let tables = NestedTables::build(&gm).map_err(|_| "out of memory for nested tables")?;
-            let result = AnyVcpu::new(&tables, &InitialState { mode, rip, rsp: GUEST_STACK_TOP }, 1).map(|mut vcpu| {
+            let result = AnyVcpu::new(&tables, &InitialState { mode, rip, rsp: GUEST_STACK_TOP }).map(|mut vcpu| {
                 let (mut halts, mut exits) = (0, 0);
                 loop {
                     let exit = vcpu.run();

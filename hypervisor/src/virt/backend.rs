@@ -52,20 +52,12 @@ pub fn init_bsp() {
     }
 }
 
-/// CPUID.1:ECX.XSAVE.
-const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
-
 /// Turns virtualization on for the calling CPU (VMXON / EFER.SVME).
 pub fn init_cpu() {
-    // Guests' XSETBV is completed by the hypervisor executing XSETBV itself
-    // (exit::xcr), which needs CR4.OSXSAVE on the host; set it before the
-    // backends record the host's CR4.
-    if crate::arch::x86_64::cpuid(1, 0).ecx & CPUID_1_ECX_XSAVE != 0 {
-        use x86_64::registers::control::{Cr4, Cr4Flags};
-        // SAFETY: the CPU supports XSAVE; OSXSAVE only permits XGETBV/XSETBV and
-        // changes nothing the hypervisor (which uses no extended state) relies on.
-        unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSXSAVE)) };
-    }
+    // CR4.OSFXSR/OSXSAVE for switching guests' extended state (and for the
+    // XSETBV that completes a guest's, exit::xcr); before the backends record
+    // the host's CR0/CR4.
+    crate::arch::x86_64::xstate::init_cpu();
     let r = match backend() {
         Backend::Vmx => vmx::enable_cpu(),
         Backend::Svm => svm::enable_cpu(),
@@ -123,17 +115,18 @@ pub enum AnyVcpu {
 }
 
 impl AnyVcpu {
-    /// A vCPU on `tables` starting in `state`, tagged `tag` (VPID / ASID, >= 1).
-    pub fn new(tables: &NestedTables, state: &InitialState, tag: u16) -> Result<Self, &'static str> {
-        Self::with_root(tables.root(), state, tag)
+    /// A vCPU on `tables` starting in `state`. Its TLB tag (VPID / ASID) comes
+    /// from the CPU that runs it (`virt::tlb_tag`).
+    pub fn new(tables: &NestedTables, state: &InitialState) -> Result<Self, &'static str> {
+        Self::with_root(tables.root(), state)
     }
 
     /// The same, from the nested tables' root address (the tables must outlive
     /// the vCPU).
-    pub fn with_root(root: u64, state: &InitialState, tag: u16) -> Result<Self, &'static str> {
+    pub fn with_root(root: u64, state: &InitialState) -> Result<Self, &'static str> {
         Ok(match backend() {
-            Backend::Vmx => AnyVcpu::Vmx(vmx::VmxVcpu::new(root, state, tag)?),
-            Backend::Svm => AnyVcpu::Svm(svm::SvmVcpu::new(root, state, tag)?),
+            Backend::Vmx => AnyVcpu::Vmx(vmx::VmxVcpu::new(root, state)?),
+            Backend::Svm => AnyVcpu::Svm(svm::SvmVcpu::new(root, state)?),
         })
     }
 
@@ -155,14 +148,6 @@ impl AnyVcpu {
                 v.adopt();
                 Ok(())
             }
-        }
-    }
-
-    /// Highest TLB tag (VPID / ASID) a vCPU may use.
-    pub fn max_tag() -> u16 {
-        match backend() {
-            Backend::Vmx => u16::MAX,
-            Backend::Svm => svm::num_asids().saturating_sub(1).min(u64::from(u16::MAX)) as u16,
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod exit;
 #[cfg(test)]
 pub mod fake;
 pub mod guest_mem;
+pub mod tlb_tag;
 pub mod vcpu;
 pub mod vmx_decode;
 

@@ -295,6 +295,21 @@ pub fn start_on(cpu: u32, f: fn() -> !) {
 
 /// Sends CPU `cpu` a wake IPI: it leaves `hlt`, or its guest exits, and it
 /// looks at its run queue again.
+/// Sends a physical NMI to every other online CPU (the hypervisor console's
+/// `n` key, as Xen's debug key: checks that an NMI arriving while a guest runs
+/// is the host's, counted and dismissed). Returns how many were sent.
+pub fn nmi_others() -> u32 {
+    let mut sent = 0;
+    for cpu in (0..cpu_count()).filter(|&c| c != super::cpu_id()) {
+        let target = CPUS[cpu as usize].apic_id.load(Ordering::Relaxed);
+        match apic::send(Ipi::nmi(target)) {
+            Ok(()) => sent += 1,
+            Err(why) => warn!("smp: cannot send an NMI to cpu{cpu} (apic id {target}): {why}"),
+        }
+    }
+    sent
+}
+
 pub fn kick(cpu: u32) {
     if cpu == super::cpu_id() || cpu >= cpu_count() {
         return;

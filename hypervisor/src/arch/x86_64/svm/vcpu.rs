@@ -3,6 +3,7 @@
 use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
 use crate::arch::x86_64::cpu::{msr, DebugRegs};
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
+use crate::virt::tlb_tag::{self, Held};
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
 
@@ -47,6 +48,8 @@ pub struct SvmVcpu {
     tsc_aux: u32,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<(u8, Option<u32>)>,
+    /// Its ASID: from the per-CPU cache of the CPU it runs on (`virt::tlb_tag`).
+    asid: Option<Held>,
 }
 
 impl SvmVcpu {
@@ -61,10 +64,11 @@ impl SvmVcpu {
         unsafe { &mut *self.vmcb.as_ptr::<Vmcb>() }
     }
 
-    /// A vCPU on the nested tables at `npt_root`, tagged with `asid` (>= 1).
-    pub fn new(npt_root: u64, state: &InitialState, asid: u16) -> Result<Self, &'static str> {
-        if asid == 0 || u64::from(asid) >= super::num_asids() {
-            return Err("ASID out of range");
+    /// A vCPU on the nested tables at `npt_root`. Its ASID comes from the CPU
+    /// that runs it, at each entry (`take_asid`).
+    pub fn new(npt_root: u64, state: &InitialState) -> Result<Self, &'static str> {
+        if super::num_asids() < 2 {
+            return Err("the CPU has no ASID for guests");
         }
         let vmcb = alloc_frames(1, 1).ok_or("out of memory for a VMCB")?;
         let Some(iopm) = alloc_frames(IOPM_PAGES, 1) else {
@@ -93,6 +97,7 @@ impl SvmVcpu {
             debug: DebugRegs::RESET,
             tsc_aux: 0,
             intercepted: None,
+            asid: None,
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -107,9 +112,8 @@ impl SvmVcpu {
         c.intercept_exceptions = (1 << DB_VECTOR) | (1 << AC_VECTOR);
         c.iopm_base_pa = iopm.as_u64();
         c.msrpm_base_pa = msrpm.as_u64();
-        c.guest_asid = asid.into();
-        // The ASID may have been used by an earlier guest: flush before first entry.
-        c.tlb_control = vmcb::TLB_CONTROL_FLUSH_ALL;
+        // An ASID is assigned before each entry (`take_asid`).
+        c.tlb_control = vmcb::TLB_CONTROL_NONE;
         // Guest RFLAGS.IF must not mask host interrupts.
         c.int_ctl = vmcb::V_INTR_MASKING;
         c.np_enable = vmcb::NP_ENABLE;
@@ -145,6 +149,23 @@ impl SvmVcpu {
 }
 
 impl SvmVcpu {
+    /// Makes sure the VMCB holds an ASID valid on this CPU in its current
+    /// generation: kept while it is, else the next one, with a flush of every
+    /// ASID when the CPU starts a new generation.
+    fn take_asid(&mut self) {
+        let here = crate::arch::x86_64::cpu_id();
+        let max = super::num_asids().saturating_sub(1).min(u64::from(u16::MAX)) as u16;
+        let a = tlb_tag::assign(here, max, self.asid);
+        self.asid = Some(a.held);
+        if a.changed {
+            let c = &mut self.vmcb_mut().control;
+            c.guest_asid = a.held.tag.into();
+            if a.flush_all {
+                c.tlb_control = vmcb::TLB_CONTROL_FLUSH_ALL;
+            }
+        }
+    }
+
     fn long_mode(s: &mut vmcb::SaveArea, cr3: u64, cs: u16, ds: u16) {
         let data = Segment { selector: ds, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
         s.cs = Segment { selector: cs, attrib: attrib::CODE64, limit: 0xffff_ffff, base: 0 };
@@ -209,17 +230,15 @@ fn pat_valid(pat: u64) -> bool {
 }
 
 impl SvmVcpu {
-    /// Makes the vCPU runnable on the calling CPU. A VMCB is not tied to a CPU,
-    /// but this CPU's TLB may hold translations tagged with the vCPU's ASID from
-    /// an earlier user: flush them at the next VMRUN, and drop the VMCB clean
-    /// bits (they describe what *this* CPU cached).
+    /// Makes the vCPU runnable on the calling CPU. A VMCB is not tied to a CPU;
+    /// its clean bits describe what the *last* CPU cached, so they go.
     pub fn adopt(&mut self) {
         let here = crate::arch::x86_64::cpu_id();
         if self.cpu != here {
+            // Its ASID was the other CPU's: `take_asid` gives it one of this
+            // CPU's, fresh in its generation, so nothing cached needs a flush.
             self.cpu = here;
-            let c = &mut self.vmcb_mut().control;
-            c.tlb_control = vmcb::TLB_CONTROL_FLUSH_ALL;
-            c.clean_bits = 0;
+            self.vmcb_mut().control.clean_bits = 0;
         }
     }
 }
@@ -274,6 +293,7 @@ impl Vcpu for SvmVcpu {
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = super::host_vmcb().as_u64();
+            self.take_asid();
             super::load_tsc_aux(self.tsc_aux);
             // SAFETY: between guest runs; this guest's DR7 (in the VMCB)
             // decides what these arm, and only while it runs.

@@ -213,8 +213,4 @@ impl VmxCaps {
     pub fn invept_single_context(&self) -> bool {
         self.ept_vpid & ept_vpid_cap::INVEPT_SINGLE_CONTEXT != 0
     }
-
-    pub fn invvpid_single_context(&self) -> bool {
-        self.ept_vpid & ept_vpid_cap::INVVPID_SINGLE_CONTEXT != 0
-    }
 }

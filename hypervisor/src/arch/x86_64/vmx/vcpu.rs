@@ -8,6 +8,7 @@ use crate::virt::vmx_decode::{
     access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
     InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
+use crate::virt::tlb_tag::{self, Held};
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
 use core::sync::atomic::Ordering;
@@ -228,9 +229,10 @@ pub struct VmxVcpu {
     /// code wants an interrupt-window exit.
     proc_controls: u32,
     interrupt_window: bool,
-    /// Its EPT pointer and VPID, for the flushes when it moves to a CPU.
+    /// Its EPT pointer, for the flush when it moves to a CPU.
     eptp: u64,
-    vpid: u16,
+    /// Its VPID, valid on the CPU and in the generation it was handed out.
+    vpid_held: Held,
     /// DR0-DR3 and DR6, which no VMCS field holds (DR7 is in the VMCS).
     debug: DebugRegs,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
@@ -248,16 +250,19 @@ struct Intercepted {
 
 impl VmxVcpu {
     /// Builds a VMCS on the calling CPU for a guest whose EPT PML4 is at
-    /// `ept_root`, starting in `state`, with translations tagged `vpid` (>= 1).
-    pub fn new(ept_root: u64, state: &InitialState, vpid: u16) -> Result<Self, &'static str> {
+    /// `ept_root`, starting in `state`. Its VPID comes from this CPU's cache
+    /// (`virt::tlb_tag`), and again from the next CPU's when it moves.
+    pub fn new(ept_root: u64, state: &InitialState) -> Result<Self, &'static str> {
         let caps = super::caps()?;
         let cpu = super::this_cpu()?;
         if cpu.vmxon_region.load(Ordering::Relaxed) == 0 {
             return Err("VMX is not enabled on this CPU");
         }
-        if vpid == 0 {
-            return Err("VPID 0 belongs to the host");
+        let tag = tlb_tag::assign(cpu_id(), u16::MAX, None);
+        if tag.flush_all {
+            flush_all_vpids(caps)?;
         }
+        let vpid = tag.held.tag;
         if ept_root == 0 || !ept_root.is_multiple_of(PAGE_SIZE) {
             return Err("EPT root not page aligned");
         }
@@ -294,9 +299,9 @@ impl VmxVcpu {
             proc_controls: caps.proc,
             interrupt_window: false,
             eptp: ept_pointer(ept_root),
-            vpid,
             debug: DebugRegs::RESET,
             intercepted: None,
+            vpid_held: tag.held,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -312,13 +317,12 @@ impl VmxVcpu {
             log::error!("cpu{}: writing VMCS field {field} failed: {e}", vcpu.cpu);
             "cannot set up the VMCS"
         })?;
-        // A VPID or EPT root used before (by a destroyed guest) may still have
-        // translations cached: this guest must not see them (SDM Vol. 3C §29.4.3).
+        // An EPT root used before (by a destroyed guest) may still have
+        // guest-physical translations cached, tagged by the root alone: this
+        // guest must not see them (SDM Vol. 3C §29.4.3). The VPID is fresh.
         let ept_flush = if caps.invept_single_context() { vmcs::InveptType::SingleContext } else { vmcs::InveptType::AllContexts };
-        let vpid_flush =
-            if caps.invvpid_single_context() { vmcs::InvvpidType::SingleContext } else { vmcs::InvvpidType::AllContexts };
-        vmcs::invept(ept_flush, eptp).and_then(|()| vmcs::invvpid(vpid_flush, vpid)).map_err(|e| {
-            log::error!("cpu{}: INVEPT/INVVPID failed: {e}", vcpu.cpu);
+        vmcs::invept(ept_flush, eptp).map_err(|e| {
+            log::error!("cpu{}: INVEPT failed: {e}", vcpu.cpu);
             "cannot flush guest translations"
         })?;
         Ok(vcpu)
@@ -540,6 +544,7 @@ impl VmxVcpu {
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
         self.make_current()?;
+        self.take_vpid()?;
         if self.regs_dirty {
             guest_write_nat(FieldNat::GuestRip, self.rip, "guest RIP")?;
             guest_write_nat(FieldNat::GuestRsp, self.rsp, "guest RSP")?;
@@ -670,12 +675,28 @@ impl VmxVcpu {
         self.make_current().map_err(|_| "cannot load the VMCS")?;
         // SAFETY: the VMCS is current (above).
         unsafe { Self::write_host_state() }.map_err(|_| "cannot write the host state")?;
+        // Guest-physical translations are tagged by the EPT root only; the
+        // VPID is replaced by one of this CPU's at the next entry (`take_vpid`).
         let caps = super::caps()?;
-        let (eptp, vpid) = (self.eptp, self.vpid);
         let ept_flush = if caps.invept_single_context() { vmcs::InveptType::SingleContext } else { vmcs::InveptType::AllContexts };
-        let vpid_flush =
-            if caps.invvpid_single_context() { vmcs::InvvpidType::SingleContext } else { vmcs::InvvpidType::AllContexts };
-        vmcs::invept(ept_flush, eptp).and_then(|()| vmcs::invvpid(vpid_flush, vpid)).map_err(|_| "INVEPT/INVVPID")
+        vmcs::invept(ept_flush, self.eptp).map_err(|_| "INVEPT")
+    }
+
+    /// Keeps the VMCS's VPID valid on this CPU in its current generation, or
+    /// takes the next one (flushing every VPID when the CPU starts a new
+    /// generation). The VMCS is current.
+    fn take_vpid(&mut self) -> Result<(), (&'static str, VmxError)> {
+        let a = tlb_tag::assign(cpu_id(), u16::MAX, Some(self.vpid_held));
+        if a.changed {
+            if a.flush_all {
+                let caps = super::caps().map_err(|_| ("VMX capabilities", VmxError::FailInvalid))?;
+                flush_all_vpids(caps).map_err(|_| ("INVVPID", VmxError::FailInvalid))?;
+            }
+            // SAFETY: a VPID other than 0, handed out by this CPU's cache.
+            unsafe { vmcs::write16(Field16::Vpid, a.held.tag) }.map_err(|e| ("VPID", e))?;
+            self.vpid_held = a.held;
+        }
+        Ok(())
     }
 
     /// Makes this vCPU's VMCS the current one on this CPU (another vCPU's may
@@ -773,6 +794,19 @@ impl VmxVcpu {
         };
         VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info }
     }
+}
+
+/// Drops every VPID's cached translations on this CPU (a new generation of
+/// its VPIDs): all-context INVVPID, or one single-context INVVPID per VPID
+/// where the CPU has only that.
+fn flush_all_vpids(caps: &super::caps::VmxCaps) -> Result<(), &'static str> {
+    if caps.ept_vpid & crate::virt::vmx_decode::ept_vpid_cap::INVVPID_ALL_CONTEXT != 0 {
+        return vmcs::invvpid(vmcs::InvvpidType::AllContexts, 0).map_err(|_| "INVVPID");
+    }
+    for vpid in 1..=u16::MAX {
+        vmcs::invvpid(vmcs::InvvpidType::SingleContext, vpid).map_err(|_| "INVVPID")?;
+    }
+    Ok(())
 }
 
 /// VMWRITE of a guest-state or event-injection field, which decide what the
@@ -1127,7 +1161,7 @@ impl VmxVcpu {
         self.regs_dirty = false;
         self.cpl = ar::dpl(exit.ss_access_rights);
         self.exit_instruction_len = exit.instruction_len;
-        self.intercepted = (exit.raw.basic_reason() == 0).then(|| Intercepted {
+        self.intercepted = (exit.raw.basic_reason() == 0).then_some(Intercepted {
             info: InterruptionInfo(exit.raw.interruption_info),
             error_code: exit.raw.interruption_error_code,
             instruction_len: exit.instruction_len,
