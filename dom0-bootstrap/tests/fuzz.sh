@@ -1,5 +1,5 @@
 #!/bin/sh
-# fuzz.sh N [SEED]: N random hypercalls, half from a domU kernel (the `fuzz`
+# fuzz.sh [N [SEED]]: N random hypercalls, half from a domU kernel (the `fuzz`
 # guest, tests/guests/fuzz) and half from dom0's user space through /dev/oxen
 # (/usr/lib/oxen/fuzz), both at once, beside a bystander domU (minimal-1).
 # Run by `cargo xtask fuzz` and the system test `dom0-fuzz-svm`. Then checks
@@ -8,9 +8,12 @@
 # fuzzers made is gone with the free memory back to the byte, and that the
 # hypervisor's log has no FATAL or panic line. Prints "check: NAME: ok|FAILED"
 # lines like the other scripts, then the calls and the time they took.
+# Without arguments N and SEED come from `fuzz_calls=` and `fuzz_seed=` on dom0's
+# kernel command line (the kernel hands them to init as environment variables),
+# for Bochs, where nothing can be typed; else 50000 and 1.
 . "$(dirname "$0")/lib.sh"
-n=${1:-50000}
-seed=${2:-1}
+n=${1:-${fuzz_calls:-50000}}
+seed=${2:-${fuzz_seed:-1}}
 domu_calls=$((n / 2))
 dom0_calls=$((n - domu_calls))
 state_is() { [ "$(field "$1" 5)" = "$2" ]; }

@@ -852,3 +852,64 @@ fn phys_free(f: &mut Fuzzer) -> u64 {
         Err(_) => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fuzzer(seed: u64) -> Fuzzer {
+        Fuzzer {
+            fd: -1,
+            rng: Rng(seed),
+            arg: Area::new(),
+            buf: Area::new(),
+            protected: vec![0, 1, 2],
+            ours: vec![(7, 0)],
+            destroyed: Vec::new(),
+            image: Vec::new(),
+            names: 0,
+            t: Tally::default(),
+        }
+    }
+
+    #[test]
+    fn protected_domains_are_never_harmed() {
+        let mut f = fuzzer(5);
+        let mut to_dom0 = 0;
+        for _ in 0..100_000 {
+            let cmd = f.rng.pick(&[domctl::PAUSE, domctl::DESTROY, domctl::SHUTDOWN, domctl::SCHED_CREDIT,
+                domctl::VCPU_AFFINITY]);
+            let mut s = f.structure(cmd);
+            if f.rng.percent(60) {
+                f.mutate(&mut s);
+            }
+            f.protect(cmd, &mut s);
+            if s.len() != Fuzzer::target_size(cmd) {
+                continue;
+            }
+            let domid = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let sets = cmd == domctl::SCHED_CREDIT && s[4] & 3 != 0;
+            match domid {
+                0 => {
+                    assert!(!sets, "a weight or cap change for dom0: {s:?}");
+                    to_dom0 += 1;
+                }
+                1 | 2 => assert!(cmd == domctl::SCHED_CREDIT && !sets, "cmd {cmd} for domain {domid}: {s:?}"),
+                _ => {}
+            }
+        }
+        // dom0 stays a target of what the hypervisor must refuse.
+        assert!(to_dom0 > 1000 && f.t.redirected > 1000, "{to_dom0} {}", f.t.redirected);
+    }
+
+    #[test]
+    fn wants() {
+        assert!(Want::Errno(libc::EFAULT).accepts(Err(libc::EFAULT)));
+        assert!(Want::Errno(libc::EFAULT).accepts(Err(libc::ENOMEM)));
+        assert!(!Want::Errno(libc::EFAULT).accepts(Ok(0)));
+        assert!(!Want::Refused(&[libc::EPERM]).accepts(Ok(0)));
+        assert!(Want::Any.accepts(Ok(u64::MAX)));
+        assert!(!Want::Any.accepts(Err(libc::EIO)));
+        assert!(!Want::Value(0).accepts(Ok(1)));
+    }
+}
