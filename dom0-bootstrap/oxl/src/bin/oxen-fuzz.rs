@@ -261,7 +261,7 @@ impl Fuzzer {
         }
     }
 
-    /// One random request. Returns its kind for the tally.
+    /// One random request, recorded in the tally by kind and answer.
     fn one(&mut self, i: u64) {
         match self.rng.below(100) {
             0..=3 => self.random_ioctl(i),
@@ -740,17 +740,16 @@ impl Fuzzer {
                 self.destroyed.push(id);
             }
         }
+        // A domain made here is destroyed by a later lifecycle step (MAX_OURS) or the cleanup.
         self.record("domctl", i, &req, got, want);
-        // A created domain that would not be destroyed later must not outlive us:
-        // the next lifecycle step makes room (MAX_OURS).
     }
 
     /// Destroys every domain of ours and waits until each is gone. Returns the
     /// ones still there after the wait.
     fn cleanup(&mut self) -> Vec<u32> {
-        // Domains we made by a random CREATE whose ID we missed: none, since every
-        // successful CREATE's answer is recorded; but a domain of a shut-down
-        // request may linger (its guest ignores requests? minimal does not).
+        // Every successful CREATE's ID was recorded, so this is all of them; a
+        // domain asked to shut down is in `destroyed` and destroyed below if its
+        // guest has not powered off by then.
         let ours: Vec<u32> = self.ours.drain(..).map(|o| o.0).collect();
         for id in ours {
             let _ = self.domctl(domctl::DESTROY, DomainRef { domid: id, _pad: 0 }.as_bytes(), 0);
