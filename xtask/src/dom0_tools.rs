@@ -52,6 +52,14 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         bytes: std::fs::read(&oxl).with_context(|| format!("reading {}", oxl.display()))?,
     });
 
+    // The dom0 side of `cargo xtask fuzz` (dom0-bootstrap/tests/fuzz.sh runs it).
+    let fuzzer = crate::oxl::fuzzer()?;
+    files.push(ExtraFile {
+        dest: "usr/lib/oxen/fuzz".into(),
+        mode: 0o755,
+        bytes: std::fs::read(&fuzzer).with_context(|| format!("reading {}", fuzzer.display()))?,
+    });
+
     files.extend(crate::guests::collect()?);
 
     // The shell scripts system tests run in dom0 (dom0-bootstrap/tests/).

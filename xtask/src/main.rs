@@ -8,6 +8,7 @@ mod cpio;
 mod dom0;
 mod dom0_tools;
 mod emu;
+mod fuzz;
 mod guests;
 mod image;
 mod kmod;
@@ -52,6 +53,8 @@ enum Cmd {
     Test(TestArgs),
     /// Measure image size, hypercall, dom0 and scheduler costs; update BENCHMARKS.md.
     Bench(BenchArgs),
+    /// Random hypercalls from a domU and from dom0 beside a bystander domU (QEMU, SVM).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Args)]
@@ -211,6 +214,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let elf = image::build(b.build.debug)?;
             bench::bench(&elf, b.only)?;
         }
+        Cmd::Fuzz(f) => return fuzz::fuzz(&f),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -250,7 +254,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p oxen-guest-rt -p xtask");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p oxen-guest-rt -p oxen-guest-fuzz -p xtask");
         let ok = cargo()
             .args([
                 "test",
@@ -262,6 +266,8 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 "oxl",
                 "-p",
                 "oxen-guest-rt",
+                "-p",
+                "oxen-guest-fuzz",
                 "-p",
                 "xtask",
             ])

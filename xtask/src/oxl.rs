@@ -51,6 +51,16 @@ pub fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `oxen-fuzz` (`dom0-bootstrap/oxl/src/bin/oxen-fuzz.rs`, the dom0 hypercall
+/// fuzzer), which `build` built beside oxl with the same static flags.
+pub fn fuzzer() -> Result<PathBuf> {
+    let bin = target_dir().join("oxl").join(TARGET).join("release").join("oxen-fuzz");
+    let data = std::fs::read(&bin)
+        .with_context(|| format!("building oxl should have built {}", bin.display()))?;
+    check_static(&bin, &data)?;
+    Ok(bin)
+}
+
 /// Fails unless the ELF file asks for no program interpreter (the dynamic
 /// loader), which is what makes it run without a C library beside it.
 fn check_static(path: &Path, data: &[u8]) -> Result<()> {

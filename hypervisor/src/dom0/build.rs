@@ -381,6 +381,9 @@ impl GuestEnv for Env<'_> {
     fn ports(&mut self) -> &mut dyn PortBus {
         self
     }
+    fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
+        Some(&self.dom0.gm)
+    }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         // vCPU i runs on CPU i and has its APIC ID: the host's topology leaves
         // (leaf 1's APIC ID, leaf 0xb) describe it as they are.

@@ -257,6 +257,9 @@ impl GuestEnv for DomUEnv<'_> {
     fn ports(&mut self) -> &mut dyn PortBus {
         &mut self.ports
     }
+    fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
+        Some(self.ram)
+    }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         crate::arch::x86_64::cpuid(leaf, subleaf)
     }

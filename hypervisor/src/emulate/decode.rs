@@ -754,3 +754,48 @@ mod tests {
         assert!(ok > 1000, "only {ok} decoded: the fuzz input misses the decoder");
     }
 }
+
+/// Whether `bytes` (the instruction stream at a guest's RIP) start with an
+/// AMD-V instruction — VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT,
+/// INVLPGA: `0F 01 D8..DF` (AMD APM Vol. 3) — after any legacy prefixes and,
+/// in 64-bit code, a REX prefix.
+pub fn is_svm_instruction(bytes: &[u8], code: CodeSize) -> bool {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 => i += 1,
+            0x40..=0x4f if code == CodeSize::Bits64 => {
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+        if i >= MAX_LEN {
+            return false;
+        }
+    }
+    matches!(bytes.get(i..i + 3), Some([0x0f, 0x01, 0xd8..=0xdf]))
+}
+
+#[cfg(test)]
+mod svm_tests {
+    use super::*;
+
+    #[test]
+    fn svm_instructions_are_recognised_behind_prefixes() {
+        // vmrun rax; stgi; invlpga.
+        assert!(is_svm_instruction(&[0x0f, 0x01, 0xd8], CodeSize::Bits64));
+        assert!(is_svm_instruction(&[0x0f, 0x01, 0xdc, 0x90], CodeSize::Bits32));
+        assert!(is_svm_instruction(&[0x0f, 0x01, 0xdf], CodeSize::Bits16));
+        // addr32 / REX.W prefixed.
+        assert!(is_svm_instruction(&[0x67, 0x0f, 0x01, 0xda], CodeSize::Bits64));
+        assert!(is_svm_instruction(&[0x48, 0x0f, 0x01, 0xdb], CodeSize::Bits64));
+        // Not: vmcall (0f 01 c1), lgdt, a REX byte outside 64-bit code (inc eax).
+        assert!(!is_svm_instruction(&[0x0f, 0x01, 0xc1], CodeSize::Bits64));
+        assert!(!is_svm_instruction(&[0x0f, 0x01, 0x10], CodeSize::Bits64));
+        assert!(!is_svm_instruction(&[0x48, 0x0f, 0x01, 0xd8], CodeSize::Bits32));
+        // Truncated, or only prefixes.
+        assert!(!is_svm_instruction(&[0x0f, 0x01], CodeSize::Bits64));
+        assert!(!is_svm_instruction(&[0x66; 20], CodeSize::Bits64));
+    }
+}

@@ -81,13 +81,19 @@ pub fn host_phys_bits() -> u8 {
     36
 }
 
-pub fn fetch_and_decode(mem: &impl GuestPhysRead, cpu: &CpuState, rip: u64) -> Result<MmioInsn, EmulateError> {
+/// Reads up to `buf.len()` bytes of the instruction stream at the guest's
+/// RIP; returns how many it could read, and the fault that stopped it.
+pub fn fetch(mem: &(impl GuestPhysRead + ?Sized), cpu: &CpuState, rip: u64, buf: &mut [u8]) -> (usize, Result<(), WalkError>) {
     let linear = match cpu.code {
         CodeSize::Bits64 => rip,
         _ => cpu.cs_base.wrapping_add(rip) & 0xffff_ffff,
     };
+    read_linear_partial(mem, &cpu.paging, linear, buf)
+}
+
+pub fn fetch_and_decode(mem: &impl GuestPhysRead, cpu: &CpuState, rip: u64) -> Result<MmioInsn, EmulateError> {
     let mut buf = [0; decode::MAX_LEN];
-    let (n, fetched) = read_linear_partial(mem, &cpu.paging, linear, &mut buf);
+    let (n, fetched) = fetch(mem, cpu, rip, &mut buf);
     match (decode::decode(&buf[..n], cpu.code), fetched) {
         (Ok(insn), _) => Ok(insn),
         (Err(DecodeError::Truncated), Err(fault)) => Err(EmulateError::Fetch(fault)),

@@ -22,9 +22,9 @@ pub mod walk;
 mod iced_diff;
 
 pub use decode::{
-    decode, CodeSize, DecodeError, Extend, Gpr, MemOperand, MmioAccess, MmioInsn, RegOperand, Segment, Source,
+    decode, is_svm_instruction, CodeSize, DecodeError, Extend, Gpr, MemOperand, MmioAccess, MmioInsn, RegOperand, Segment, Source,
 };
-pub use mmio::{emulate_mmio, fetch_and_decode, CpuState, EmulateError};
+pub use mmio::{emulate_mmio, fetch, fetch_and_decode, CpuState, EmulateError};
 pub use walk::{read_linear, translate, PagingMode, PagingState, WalkError};
 
 use crate::mem::GuestPhysAddr;

@@ -101,7 +101,7 @@ impl PagingState {
 }
 
 /// Translates one linear address.
-pub fn translate(mem: &impl GuestPhysRead, paging: &PagingState, linear: u64) -> Result<GuestPhysAddr, WalkError> {
+pub fn translate(mem: &(impl GuestPhysRead + ?Sized), paging: &PagingState, linear: u64) -> Result<GuestPhysAddr, WalkError> {
     match paging.mode() {
         PagingMode::Off => Ok(GuestPhysAddr::new(linear & 0xffff_ffff)),
         PagingMode::Bits32 { pse } => walk32(mem, paging, linear as u32, pse),
@@ -111,13 +111,13 @@ pub fn translate(mem: &impl GuestPhysRead, paging: &PagingState, linear: u64) ->
     }
 }
 
-fn read_u32(mem: &impl GuestPhysRead, gpa: u64) -> Result<u64, WalkError> {
+fn read_u32(mem: &(impl GuestPhysRead + ?Sized), gpa: u64) -> Result<u64, WalkError> {
     let mut b = [0; 4];
     mem.read(GuestPhysAddr::new(gpa), &mut b)?;
     Ok(u32::from_le_bytes(b).into())
 }
 
-fn read_u64(mem: &impl GuestPhysRead, gpa: u64) -> Result<u64, WalkError> {
+fn read_u64(mem: &(impl GuestPhysRead + ?Sized), gpa: u64) -> Result<u64, WalkError> {
     let mut b = [0; 8];
     mem.read(GuestPhysAddr::new(gpa), &mut b)?;
     Ok(u64::from_le_bytes(b))
@@ -125,7 +125,7 @@ fn read_u64(mem: &impl GuestPhysRead, gpa: u64) -> Result<u64, WalkError> {
 
 /// 32-bit paging (SDM §4.3): 4-byte entries, two levels, optional 4 MiB pages
 /// whose PDE bits 20:13 give physical bits 39:32 (PSE-36).
-fn walk32(mem: &impl GuestPhysRead, p: &PagingState, la: u32, pse: bool) -> Result<GuestPhysAddr, WalkError> {
+fn walk32(mem: &(impl GuestPhysRead + ?Sized), p: &PagingState, la: u32, pse: bool) -> Result<GuestPhysAddr, WalkError> {
     let la = u64::from(la);
     let pde = read_u32(mem, (p.cr3 & 0xffff_f000) + ((la >> 22) << 2))?;
     if pde & PRESENT == 0 {
@@ -148,7 +148,7 @@ fn walk32(mem: &impl GuestPhysRead, p: &PagingState, la: u32, pse: bool) -> Resu
 
 /// PAE paging (SDM §4.4): a 4-entry PDPT at CR3[31:5], then the long-mode
 /// directory and table formats.
-fn walk_pae(mem: &impl GuestPhysRead, p: &PagingState, la: u32) -> Result<GuestPhysAddr, WalkError> {
+fn walk_pae(mem: &(impl GuestPhysRead + ?Sized), p: &PagingState, la: u32) -> Result<GuestPhysAddr, WalkError> {
     let la = u64::from(la);
     let pdpte = read_u64(mem, (p.cr3 & 0xffff_ffe0) + ((la >> 30) << 3))?;
     if pdpte & PRESENT == 0 {
@@ -162,7 +162,7 @@ fn walk_pae(mem: &impl GuestPhysRead, p: &PagingState, la: u32) -> Result<GuestP
 }
 
 /// 4- or 5-level paging (SDM §4.5).
-fn walk_long(mem: &impl GuestPhysRead, p: &PagingState, la: u64, levels: u8) -> Result<GuestPhysAddr, WalkError> {
+fn walk_long(mem: &(impl GuestPhysRead + ?Sized), p: &PagingState, la: u64, levels: u8) -> Result<GuestPhysAddr, WalkError> {
     let va_bits = 12 + 9 * u32::from(levels);
     let shift = 64 - va_bits;
     if (((la << shift) as i64) >> shift) as u64 != la {
@@ -173,7 +173,7 @@ fn walk_long(mem: &impl GuestPhysRead, p: &PagingState, la: u64, levels: u8) -> 
 
 /// The 8-byte-entry levels shared by PAE and long mode, from `level` down.
 fn walk_tables(
-    mem: &impl GuestPhysRead,
+    mem: &(impl GuestPhysRead + ?Sized),
     p: &PagingState,
     la: u64,
     mut table: u64,
@@ -215,7 +215,7 @@ fn walk_tables(
 /// maps to. Stops at the first failure and reports how many bytes it did read
 /// (an instruction may fit before an unmapped page).
 pub fn read_linear_partial(
-    mem: &impl GuestPhysRead,
+    mem: &(impl GuestPhysRead + ?Sized),
     paging: &PagingState,
     linear: u64,
     buf: &mut [u8],
@@ -240,7 +240,7 @@ pub fn read_linear_partial(
 
 /// Reads `buf.len()` bytes at linear address `linear`: all or an error.
 pub fn read_linear(
-    mem: &impl GuestPhysRead,
+    mem: &(impl GuestPhysRead + ?Sized),
     paging: &PagingState,
     linear: u64,
     buf: &mut [u8],

@@ -64,6 +64,11 @@ pub trait GuestEnv {
         };
         (result, crate::hypercall::After::Continue)
     }
+    /// The guest's RAM, for reading the instruction at its RIP; `None` where
+    /// the hypervisor has no view of it (the self-test guests).
+    fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
+        None
+    }
     /// WBINVD (or INVD, which is answered as WBINVD) at CPL 0. Only a domain
     /// that drives devices needs the host's caches written back (a device
     /// doing non-coherent DMA); for others it is a no-op, so a guest cannot
@@ -100,6 +105,30 @@ fn instruction(vcpu: &mut impl Vcpu, insn: Insn, env: &mut dyn GuestEnv) -> Outc
             env.wbinvd();
             vcpu.skip_instruction();
         }
+    }
+    Outcome::Continue
+}
+
+/// An intercepted #GP (AMD-V only). A guest runs with EFER.SVME set, which
+/// VMRUN requires, while it reads EFER.SVME as clear; so an SVM instruction
+/// above CPL 0 takes the CPU's own #GP(0) for CPL before any intercept, where a
+/// CPU without SVM gives #UD. That #GP is answered with #UD; every other goes
+/// into the guest as it came.
+fn general_protection(vcpu: &mut impl Vcpu, error_code: Option<u32>, env: &mut dyn GuestEnv) -> Outcome {
+    let svm = vcpu.cpl() != 0
+        && error_code == Some(0)
+        && match (env.memory(), vcpu.cpu_state()) {
+            (Some(mem), Some(cpu)) => {
+                let mut buf = [0u8; crate::emulate::decode::MAX_LEN];
+                let (n, _) = crate::emulate::fetch(mem, &cpu, vcpu.rip(), &mut buf);
+                crate::emulate::is_svm_instruction(&buf[..n], cpu.code)
+            }
+            _ => false,
+        };
+    if svm {
+        vcpu.inject_exception(UD, None);
+    } else {
+        vcpu.inject_exception(GP, error_code);
     }
     Outcome::Continue
 }
@@ -152,6 +181,7 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             vcpu.reflect_exception();
             Outcome::Continue
         }
+        VmExit::Exception { vector: GP, error_code } => general_protection(vcpu, error_code, env),
         other => Outcome::Unhandled(other),
     }
 }
@@ -197,6 +227,12 @@ mod tests {
             assert_eq!(handle(&mut v, exit, &mut FakeEnv::default()), Outcome::Continue);
             assert_eq!((v.reflected, v.injected), (1, None));
         }
+        // #GP goes back in as it came when it is not an SVM instruction (here:
+        // no view of the guest's memory).
+        let mut v = FakeVcpu { cpl: 3, ..Default::default() };
+        let gp = VmExit::Exception { vector: GP, error_code: Some(0x18) };
+        assert_eq!(handle(&mut v, gp, &mut FakeEnv::default()), Outcome::Continue);
+        assert_eq!(v.injected, Some((GP, Some(0x18))));
         let exit = VmExit::Exception { vector: 14, error_code: Some(2) };
         assert_eq!(handle(&mut FakeVcpu::default(), exit, &mut FakeEnv::default()), Outcome::Unhandled(exit));
     }

@@ -30,6 +30,7 @@ const RFLAGS_FIXED: u64 = 1 << 1;
 const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 /// The exceptions intercepted and reflected (#DB, #AC).
 const DB_VECTOR: u8 = 1;
+const GP_VECTOR: u8 = 13;
 const AC_VECTOR: u8 = 17;
 
 pub struct SvmVcpu {
@@ -109,7 +110,9 @@ impl SvmVcpu {
             | i2::WBINVD | i2::MONITOR | i2::MWAIT | i2::XSETBV;
         // #DB and #AC exit, so an exception that recurs while being delivered
         // (XSA-156) cannot hold the CPU in microcode: see `exit::handle`.
-        c.intercept_exceptions = (1 << DB_VECTOR) | (1 << AC_VECTOR);
+        // #GP exits so that an SVM instruction above CPL 0 gets #UD, as on a
+        // CPU without SVM (`exit::general_protection`).
+        c.intercept_exceptions = (1 << DB_VECTOR) | (1 << GP_VECTOR) | (1 << AC_VECTOR);
         c.iopm_base_pa = iopm.as_u64();
         c.msrpm_base_pa = msrpm.as_u64();
         // An ASID is assigned before each entry (`take_asid`).
