@@ -70,6 +70,54 @@ pub enum VmExit {
     Unsupported { reason: u64, info: u64 },
 }
 
+/// What the CPU makes of an exception raised while it delivers another
+/// (SDM Vol. 3A §6.15, Tables 6-4 and 6-5). A backend that intercepts a
+/// contributory exception (#GP) must apply this itself, or a guest whose
+/// delivery of #GP faults would loop instead of reaching #DF and shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combined {
+    /// Deliver the second exception.
+    Serial,
+    /// Deliver #DF (error code 0) instead.
+    DoubleFault,
+    /// The CPU shuts down: a triple fault.
+    TripleFault,
+}
+
+/// `Combined` for exception `second` raised while delivering exception `first`.
+pub const fn combine(first: u8, second: u8) -> Combined {
+    const fn contributory(v: u8) -> bool {
+        matches!(v, 0 | 10 | 11 | 12 | 13)
+    }
+    const PF: u8 = 14;
+    const DF: u8 = 8;
+    let second_bad = contributory(second) || second == PF;
+    match first {
+        DF if second_bad => Combined::TripleFault,
+        PF if second_bad => Combined::DoubleFault,
+        f if contributory(f) && contributory(second) => Combined::DoubleFault,
+        _ => Combined::Serial,
+    }
+}
+
+#[cfg(test)]
+mod combine_tests {
+    use super::*;
+
+    #[test]
+    fn double_and_triple_faults() {
+        assert_eq!(combine(13, 13), Combined::DoubleFault);
+        assert_eq!(combine(0, 11), Combined::DoubleFault);
+        assert_eq!(combine(14, 13), Combined::DoubleFault);
+        assert_eq!(combine(14, 14), Combined::DoubleFault);
+        assert_eq!(combine(13, 14), Combined::Serial);
+        assert_eq!(combine(8, 13), Combined::TripleFault);
+        assert_eq!(combine(8, 14), Combined::TripleFault);
+        assert_eq!(combine(1, 13), Combined::Serial);
+        assert_eq!(combine(32, 13), Combined::Serial);
+    }
+}
+
 /// Debug-exception bookkeeping shared by the backends when they reflect an
 /// intercepted #DB (SDM Vol. 3B §19.2.3-19.2.4, §19.3.1).
 pub mod debug {

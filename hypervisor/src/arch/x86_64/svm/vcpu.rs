@@ -3,6 +3,7 @@
 use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
 use crate::arch::x86_64::cpu::{msr, DebugRegs};
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
+use crate::virt::exit::Combined;
 use crate::virt::tlb_tag::{self, Held};
 use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
@@ -31,6 +32,7 @@ const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 /// The exceptions intercepted and reflected (#DB, #AC).
 const DB_VECTOR: u8 = 1;
 const GP_VECTOR: u8 = 13;
+const DF_VECTOR: u8 = 8;
 const AC_VECTOR: u8 = 17;
 
 pub struct SvmVcpu {
@@ -330,7 +332,22 @@ impl Vcpu for SvmVcpu {
                 // A physical NMI or SMI is taken by the host once STGI above
                 // lets it in (an NMI through the IDT's NMI gate): the guest runs on.
                 VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
-                VmExit::Exception { vector, error_code } => self.intercepted = Some((*vector, *error_code)),
+                VmExit::Exception { vector, error_code } => {
+                    // Raised while delivering another exception (now in
+                    // EVENTINJ for re-injection): combined as the CPU would.
+                    let first = pending & 0xff;
+                    if pending & vmcb::EVENT_VALID != 0 && pending & vmcb::EVENT_TYPE_MASK == vmcb::EVENT_TYPE_EXCEPTION {
+                        match crate::virt::exit::combine(first as u8, *vector) {
+                            Combined::TripleFault => return VmExit::TripleFault,
+                            Combined::DoubleFault => {
+                                self.inject_exception(DF_VECTOR, Some(0));
+                                continue;
+                            }
+                            Combined::Serial => {}
+                        }
+                    }
+                    self.intercepted = Some((*vector, *error_code));
+                }
                 VmExit::Cpuid { subleaf, .. } => *subleaf = self.gprs.rcx as u32,
                 VmExit::MsrRead { msr } => *msr = self.gprs.rcx as u32,
                 VmExit::Xsetbv { xcr, value } => {

@@ -83,6 +83,8 @@ pub const TLB_CONTROL_FLUSH_ALL: u8 = 1;
 /// `event_inj`: valid bit and the exception type (APM Vol. 2 §15.20).
 pub const EVENT_VALID: u64 = 1 << 31;
 pub const EVENT_TYPE_EXCEPTION: u64 = 3 << 8;
+/// `event_inj` / EXITINTINFO bits 10:8: the event type.
+pub const EVENT_TYPE_MASK: u64 = 7 << 8;
 pub const EVENT_ERROR_CODE_VALID: u64 = 1 << 11;
 
 #[repr(C)]
