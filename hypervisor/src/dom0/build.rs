@@ -384,6 +384,12 @@ impl GuestEnv for Env<'_> {
     fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
         Some(&self.dom0.gm)
     }
+    fn refused_cpl(&mut self, cpl: u8, number: u64) {
+        // dom0's unprivileged processes are as untrusted as a domU: their
+        // refusals count against dom0's log limit like a domU's.
+        use crate::hypercall::Services;
+        control::Hv.refused(control::DOM0_ID, format_args!("hypercall {number:#x} from CPL {cpl}"));
+    }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         // vCPU i runs on CPU i and has its APIC ID: the host's topology leaves
         // (leaf 1's APIC ID, leaf 0xb) describe it as they are.
