@@ -13,7 +13,8 @@ use crate::setup::TARGET;
 use crate::util::{cargo, repo_root, run_inherit, show, step};
 
 /// (package, binary) of every guest.
-const GUESTS: [(&str, &str); 2] = [("oxen-guest-minimal", "minimal"), ("oxen-guest-hostile", "hostile")];
+const GUESTS: [(&str, &str); 3] =
+    [("oxen-guest-minimal", "minimal"), ("oxen-guest-hostile", "hostile"), ("oxen-guest-cpuinfo", "cpuinfo")];
 /// Where the domU boot state lets a kernel load (docs/hypercalls.md).
 const KERNEL_MIN: u64 = 0x10_0000;
 

@@ -62,6 +62,9 @@ pub mod nr {
     pub const IA32_ARCH_CAPABILITIES: u32 = 0x10a;
     pub const IA32_FLUSH_CMD: u32 = 0x10b;
     pub const AMD_VIRT_SPEC_CTRL: u32 = 0xc001_011f;
+    pub const AMD_HWCR: u32 = 0xc001_0015;
+    pub const AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
+    pub const AMD_NB_CFG: u32 = 0xc001_001f;
 }
 
 /// A vCPU's own values of the MSRs the hypervisor virtualizes.
@@ -355,6 +358,18 @@ pub fn model(msr: u32) -> Option<Model> {
         // Fast-string enable (bit 0), as firmware leaves it.
         IA32_MISC_ENABLE => Model::Fixed(1),
         IA32_TSC_AUX => Model::Ignored,
+        // AMD only (`amd_only`). Linux reads HWCR unchecked on family > 0x10
+        // with an invariant TSC: TscFreqSel (bit 24) says the TSC counts at
+        // the P0 rate, as on every such CPU.
+        AMD_HWCR => Model::Fixed(1 << 24),
+        // Linux reads it unchecked on CPUs with erratum 400 (family 0xF/0x10,
+        // which QEMU's `max` and `qemu64` claim to be): C1E is never active.
+        AMD_INT_PENDING_MSG => Model::Fixed(0),
+        // Linux (arch/x86/pci/amd_bus.c) sets EnableCf8ExtCfg (bit 46) on
+        // families 0x10-0x17, unchecked. It is a per-node northbridge setting
+        // the firmware or dom0's PCI write to the northbridge enables; no
+        // guest changes it here.
+        AMD_NB_CFG => Model::Ignored,
         _ => return None,
     })
 }
@@ -369,6 +384,7 @@ pub fn read(vcpu: &mut impl Vcpu, msr: u32, env: &mut dyn GuestEnv) -> Outcome {
                 _ => None,
             }
         }
+        None if amd_only(msr) && !is_amd(env) => None,
         None => model_read(msr),
     };
     match value {
@@ -400,7 +416,7 @@ pub fn write(vcpu: &mut impl Vcpu, msr: u32, value: u64, env: &mut dyn GuestEnv)
                 SpecAccess::Fault | SpecAccess::NotOurs => false,
             }
         } else {
-            matches!(model(msr), Some(Model::Ignored | Model::Fixed(_)))
+            matches!(model(msr), Some(Model::Ignored | Model::Fixed(_))) && (!amd_only(msr) || is_amd(env))
         };
     if ok {
         vcpu.skip_instruction();
@@ -409,6 +425,17 @@ pub fn write(vcpu: &mut impl Vcpu, msr: u32, value: u64, env: &mut dyn GuestEnv)
         vcpu.inject_exception(GP, Some(0));
     }
     Outcome::Continue
+}
+
+/// MSRs of the model that only AMD CPUs have (#GP elsewhere).
+fn amd_only(msr: u32) -> bool {
+    (0xc001_0000..=0xc001_ffff).contains(&msr)
+}
+
+fn is_amd(env: &dyn GuestEnv) -> bool {
+    let v = env.host_cpuid(0, 0);
+    (v.ebx, v.edx, v.ecx) == (u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"enti"), u32::from_le_bytes(*b"cAMD"))
+        || (v.ebx, v.edx, v.ecx) == (u32::from_le_bytes(*b"Hygo"), u32::from_le_bytes(*b"nGen"), u32::from_le_bytes(*b"uine"))
 }
 
 fn model_read(msr: u32) -> Option<u64> {
@@ -582,6 +609,26 @@ mod tests {
             read(&mut v, msr, &mut FakeEnv::default());
             assert_eq!(v.injected, Some((13, Some(0))), "rdmsr {msr:#x}");
         }
+    }
+
+    #[test]
+    fn amd_model_msrs_only_on_amd() {
+        struct Amd(FakeEnv);
+        impl GuestEnv for Amd {
+            fn ports(&mut self) -> &mut dyn crate::exit::io::PortBus {
+                self.0.ports()
+            }
+            fn host_cpuid(&self, _leaf: u32, _subleaf: u32) -> CpuidResult {
+                let r = |s: &[u8; 4]| u32::from_le_bytes(*s);
+                CpuidResult { eax: 0, ebx: r(b"Auth"), edx: r(b"enti"), ecx: r(b"cAMD") }
+            }
+        }
+        let mut v = FakeVcpu::default();
+        read(&mut v, nr::AMD_HWCR, &mut Amd(FakeEnv::default()));
+        assert_eq!((v.gprs.rax, v.gprs.rdx, v.injected), (1 << 24, 0, None));
+        let mut v = FakeVcpu::default();
+        read(&mut v, nr::AMD_INT_PENDING_MSG, &mut FakeEnv::default());
+        assert_eq!(v.injected, Some((13, Some(0))), "not on Intel");
     }
 
     #[test]
