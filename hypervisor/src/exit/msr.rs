@@ -228,7 +228,7 @@ pub fn spec_write(spec: &Spec, msrs: Option<&mut VcpuMsrs>, msr: u32, value: u64
     use nr::*;
     let valid = |mask: u64| mask != 0 && value & !mask == 0;
     match msr {
-        IA32_SPEC_CTRL if valid(spec.spec_ctrl) || (spec.spec_ctrl != 0 && value == 0) => match msrs {
+        IA32_SPEC_CTRL if valid(spec.spec_ctrl) => match msrs {
             Some(m) => {
                 m.spec_ctrl = value;
                 SpecAccess::Done(value)
