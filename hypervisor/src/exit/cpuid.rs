@@ -184,6 +184,7 @@ pub mod e21a {
 /// (8), PASID (10), CET (11, 12), HDC (13), UINTR (14), LBR (15), HWP (16),
 /// AMX (17, 18). Supervisor components go with XSAVES.
 const XSTATE_HIDDEN: u64 = (1 << 3) | (1 << 4) | (1 << 8) | (0x7f << 10) | (1 << 17) | (1 << 18);
+const PKRU: u64 = 1 << 9;
 /// CPUID.(EAX=0DH,ECX=1):EAX.
 const XSAVES: u32 = bit(3);
 const XFD: u32 = bit(4);
@@ -301,7 +302,12 @@ pub fn guest_view(kind: Kind, state: &GuestState, leaf: u32, subleaf: u32, host:
                         | l7::C_KL
                         | l7::C_ENQCMD
                         | l7::C_SGX_LC);
-                if state.pke && r.ecx & l7::C_PKU != 0 {
+                // PKU needs its XSAVE component (PKRU, 9) where XSAVE exists.
+                let host_xsave = max_basic >= XSTATE_LEAF && host(1, 0).ecx & l1c::XSAVE != 0;
+                if host_xsave && guest_xcr0_mask(host) & PKRU == 0 {
+                    ecx &= !l7::C_PKU;
+                }
+                if state.pke && ecx & l7::C_PKU != 0 {
                     ecx |= l7::C_OSPKE;
                 }
                 let edx = r.edx
@@ -399,9 +405,24 @@ fn topology(vcpu: u32, vcpus: u32, subleaf: u32) -> CpuidResult {
 
 /// XCR0 bits the guest may set: what the host supports less `XSTATE_HIDDEN`.
 /// `exit::xcr` validates XSETBV against this.
+/// A component whose own subleaf gives it no size is left out too: it could
+/// not be saved (Bochs' Ice Lake/Tiger Lake models list PKRU in XCR0 with an
+/// empty subleaf 9, which Linux reports as "misordered xstate").
 pub fn guest_xcr0_mask(host: Host<'_>) -> u64 {
     let d = host(XSTATE_LEAF, 0);
-    (u64::from(d.eax) | (u64::from(d.edx) << 32)) & !XSTATE_HIDDEN
+    let mask = (u64::from(d.eax) | (u64::from(d.edx) << 32)) & !XSTATE_HIDDEN;
+    (2..63u32).filter(|&i| mask & (1 << i) != 0 && host(XSTATE_LEAF, i).eax == 0).fold(mask, |m, i| m & !(1 << i))
+}
+
+/// Bytes of a compacted-format XSAVE area (XSAVEC) holding the components in
+/// `mask` (SDM Vol. 1 §13.4.3: after 576 bytes, each component in order,
+/// 64-byte aligned where its subleaf's ECX bit 1 says so).
+fn xsave_compacted_size(mask: u64, host: Host<'_>) -> u32 {
+    (2..63u32).filter(|&i| mask & (1 << i) != 0).fold(576u32, |at, i| {
+        let c = host(XSTATE_LEAF, i);
+        let at = if c.ecx & 2 != 0 { at.next_multiple_of(64) } else { at };
+        at.saturating_add(c.eax)
+    })
 }
 
 /// Bytes of a standard-format XSAVE area holding the components in `mask`
@@ -430,7 +451,13 @@ fn xstate(state: &GuestState, subleaf: u32, host: Host<'_>) -> CpuidResult {
             ecx: xsave_size(allowed, host),
             edx: (allowed >> 32) as u32,
         },
-        1 => CpuidResult { eax: r.eax & !(XSAVES | XFD), ebx: r.ebx, ecx: 0, edx: 0 },
+        // EBX: the XSAVEC size for XCR0 | IA32_XSS, and XSS is always 0 here.
+        1 => CpuidResult {
+            eax: r.eax & !(XSAVES | XFD),
+            ebx: xsave_compacted_size(state.xcr0 & allowed, host),
+            ecx: 0,
+            edx: 0,
+        },
         i if i < 63 && allowed & (1 << i) != 0 => r,
         _ => CpuidResult::default(),
     }
@@ -627,6 +654,14 @@ mod tests {
         // Without XSAVE in the host there is no XCR0 to read.
         let no_xsave = |l: u32, s: u32| CpuidResult { ecx: 0, ..all_ones(l, s) };
         assert_eq!(current_xcr0(&no_xsave), 0);
+        // XSAVEC size: components 2, 5-7 and 9 (3-4 hidden), 64 bytes each, none aligned.
+        let s = GuestState { xcr0: 0x2ff, ..s };
+        assert_eq!(guest_view(DOMU, &s, 0xd, 1, &all_ones).ebx, 576 + 5 * 64);
+        // A component with an empty subleaf is not offered; PKU goes with PKRU.
+        let no_pkru = |l: u32, s: u32| if (l, s) == (0xd, 9) { CpuidResult::default() } else { all_ones(l, s) };
+        assert_eq!(guest_xcr0_mask(&no_pkru) & PKRU, 0);
+        assert_eq!(guest_view(DOMU, &GuestState { pke: true, ..NONE }, 7, 0, &no_pkru).ecx & (l7::C_PKU | l7::C_OSPKE), 0);
+        assert_eq!(guest_view(DOMU, &NONE, 0xd, 9, &no_pkru), CpuidResult::default());
         // PKU absent: no OSPKE whatever CR4 says.
         let no_pku = |l: u32, s: u32| {
             if l == 7 {
