@@ -16,7 +16,12 @@
 //!   IBPB/IBRS/STIBP/SSBD and VIRT_SSBD): `exit::msr` virtualizes SPEC_CTRL
 //!   and VIRT_SPEC_CTRL per vCPU and executes IBPB and L1D flushes.
 //! - Mirrors of guest state follow the guest: leaf 1's OSXSAVE (CR4.OSXSAVE),
-//!   leaf 7's OSPKE (CR4.PKE), leaf 0xD.0's EBX (the guest's XCR0).
+//!   leaf 7's OSPKE (CR4.PKE), leaf 0xD.0's EBX and 0xD.1's EBX (the XSAVE
+//!   and XSAVEC sizes for the guest's XCR0).
+//! - Leaf 0xD offers only components with a size of their own (so PKU goes
+//!   when PKRU has none), and its sizes are computed from the components'
+//!   subleaves rather than copied, so they agree with each other even where
+//!   the CPU model's do not.
 //! - Topology: dom0's vCPU i runs on CPU i and keeps that CPU's APIC IDs, so
 //!   the host's answers stand. A domU sees its own: vCPU n has (x2)APIC ID n
 //!   in leaves 1, 0xB, 0x1F and AMD's 0x8000001E, one thread per core, one
