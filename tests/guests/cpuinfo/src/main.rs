@@ -81,7 +81,7 @@ mod guest {
         SetBits(u64),
     }
 
-    /// Register `r` (0 EAX .. 3 EDX) bit `b` of CPUID(leaf, sub), if the leaf exists.
+    /// What the probes are chosen by.
     struct Cpu {
         max: u32,
         max_ext: u32,
@@ -89,6 +89,7 @@ mod guest {
     }
 
     impl Cpu {
+        /// Register `r` (0 EAX .. 3 EDX) bit `b` of CPUID(leaf, sub), if the leaf exists.
         fn has(&self, leaf: u32, sub: u32, r: usize, b: u32) -> bool {
             let exists = if leaf >= 0x8000_0000 { leaf <= self.max_ext } else { leaf <= self.max };
             exists && cpuid(leaf, sub)[r] & (1 << b) != 0
@@ -101,7 +102,9 @@ mod guest {
     const D: usize = 3;
 
     /// (feature, shown?, MSRs and what to do with each).
-    fn probes(cpu: &Cpu) -> [(&'static str, bool, &'static [(u32, Op)]); 50] {
+    type Probe = (&'static str, bool, &'static [(u32, Op)]);
+
+    fn probes(cpu: &Cpu) -> [Probe; 50] {
         let intel = !cpu.amd;
         let spec_ctrl = cpu.has(7, 0, D, 26) || cpu.has(0x8000_0008, 0, B, 14);
         let family = {
@@ -176,7 +179,7 @@ mod guest {
     }
 
     /// AMD-only features and their MSRs (APM Vol. 2 App. A).
-    fn amd_probes(cpu: &Cpu) -> [(&'static str, bool, &'static [(u32, Op)]); 6] {
+    fn amd_probes(cpu: &Cpu) -> [Probe; 6] {
         [
             ("virt-ssbd", cpu.has(0x8000_0008, 0, B, 25), &[(0xc001_011f, Op::ReadWrite), (0xc001_011f, Op::SetBits(4))]),
             ("osvw", cpu.has(0x8000_0001, 0, C, 9), &[(0xc001_0140, Op::Read)]),
