@@ -349,6 +349,7 @@ impl Devices {
 struct Env<'a> {
     dom0: &'a Dom0,
     vcpu: usize,
+    msrs: &'a mut exit::msr::VcpuMsrs,
 }
 
 impl PortBus for Env<'_> {
@@ -394,6 +395,12 @@ impl GuestEnv for Env<'_> {
         // vCPU i runs on CPU i and has its APIC ID: the host's topology leaves
         // (leaf 1's APIC ID, leaf 0xb) describe it as they are.
         crate::arch::x86_64::cpuid(leaf, subleaf)
+    }
+    fn cpuid_kind(&self) -> exit::cpuid::Kind {
+        exit::cpuid::Kind::Dom0
+    }
+    fn vcpu_msrs(&mut self) -> Option<&mut exit::msr::VcpuMsrs> {
+        Some(self.msrs)
     }
     fn tsc_hz(&self) -> u64 {
         crate::arch::x86_64::time::tsc_hz()
@@ -645,6 +652,8 @@ struct Dom0Vcpu {
     refused: u64,
     /// Its x87/SSE/AVX/… registers and XCR0 while it is not running.
     xstate: XState,
+    /// SPEC_CTRL and the other MSRs virtualized per vCPU.
+    msrs: exit::msr::VcpuMsrs,
 }
 
 // SAFETY: a dom0 vCPU is queued on its CPU before it has guest state and never
@@ -667,6 +676,7 @@ impl Dom0Vcpu {
             blocked: 0,
             refused: 0,
             xstate,
+            msrs: Default::default(),
         }
     }
 
@@ -850,6 +860,7 @@ impl Runnable for Dom0Vcpu {
             let stop = if self.index == 0 { until.min(now + SERIAL_POLL_NS) } else { until };
             apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
             let Some(vcpu) = self.vcpu.as_mut() else { break };
+            exit::msr::load_for_guest(&self.msrs, control::DOM0_ID);
             let exit = vcpu.run();
             self.exits += 1;
             self.dom0.stats[self.index].tally[tally_index(&exit)].fetch_add(1, Ordering::Relaxed);
@@ -867,7 +878,7 @@ impl Runnable for Dom0Vcpu {
                 }
                 continue;
             }
-            let mut env = Env { dom0: self.dom0, vcpu: self.index };
+            let mut env = Env { dom0: self.dom0, vcpu: self.index, msrs: &mut self.msrs };
             match exit::handle(vcpu, exit, &mut env) {
                 Outcome::Continue => {}
                 // A physical interrupt (the timer, a kick, a device): back to

@@ -33,6 +33,8 @@ pub struct DomUVcpu {
     xstate: Option<XState>,
     /// Sleeping until this time (`FOREVER`: until a request comes).
     blocked: Option<u64>,
+    /// SPEC_CTRL and the other MSRs virtualized per vCPU.
+    msrs: exit::msr::VcpuMsrs,
 }
 
 // SAFETY: a DomUVcpu is used by one CPU at a time (the scheduler loop takes it
@@ -45,7 +47,7 @@ impl DomUVcpu {
     pub fn new(d: &Domain<Resources>) -> Result<Self, oxen_abi::Error> {
         let boot = d.res.boot.ok_or(oxen_abi::Error::Busy)?;
         let root = d.res.tables.as_ref().ok_or(oxen_abi::Error::Busy)?.root();
-        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, xstate: None, blocked: None })
+        Ok(Self { domid: d.id, name: d.name.clone(), root, ram: d.res.ram.clone(), boot, vcpu: None, xstate: None, blocked: None, msrs: Default::default() })
     }
 
     fn make_vcpu(&mut self) -> Option<&mut AnyVcpu> {
@@ -150,10 +152,11 @@ impl Runnable for DomUVcpu {
         let (Some(vcpu), Some(xstate)) = (self.vcpu.as_mut(), self.xstate.as_mut()) else { return };
         xstate.load();
         // Borrowed, not copied: this runs at every slice and wake-up.
-        let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts };
+        let mut env = DomUEnv { domid, ram: &self.ram, ports: NoPorts, msrs: &mut self.msrs };
         let mut blocked = None;
         loop {
             crate::arch::x86_64::apic::arm_timer(Some(ns_to_tsc(until)));
+            exit::msr::load_for_guest(env.msrs, domid);
             let exit = vcpu.run();
             exits += 1;
             let outcome = exit::handle(vcpu, exit, &mut env);
@@ -235,6 +238,7 @@ struct DomUEnv<'a> {
     domid: u32,
     ram: &'a GuestMemory,
     ports: NoPorts,
+    msrs: &'a mut exit::msr::VcpuMsrs,
 }
 
 /// No ports: reads find nothing (all ones), writes go nowhere.
@@ -262,6 +266,13 @@ impl GuestEnv for DomUEnv<'_> {
     }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         crate::arch::x86_64::cpuid(leaf, subleaf)
+    }
+    fn cpuid_kind(&self) -> exit::cpuid::Kind {
+        // One vCPU, number 0.
+        exit::cpuid::Kind::DomU { vcpu: 0, vcpus: 1 }
+    }
+    fn vcpu_msrs(&mut self) -> Option<&mut exit::msr::VcpuMsrs> {
+        Some(self.msrs)
     }
     fn tsc_hz(&self) -> u64 {
         crate::arch::x86_64::time::tsc_hz()

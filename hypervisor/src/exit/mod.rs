@@ -40,8 +40,18 @@ pub enum Outcome {
 pub trait GuestEnv {
     /// The guest's port-I/O devices.
     fn ports(&mut self) -> &mut dyn io::PortBus;
-    /// The host CPU's own CPUID, as filtered by `cpuid::guest_view`.
+    /// The host CPU's own CPUID, which `cpuid::guest_view` filters.
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+    /// Which CPUID policy the guest gets. Without a domain (the self-test
+    /// guests): a one-vCPU domU's.
+    fn cpuid_kind(&self) -> cpuid::Kind {
+        cpuid::Kind::DomU { vcpu: 0, vcpus: 1 }
+    }
+    /// This vCPU's virtualized MSRs (SPEC_CTRL, …), if it keeps them; without
+    /// them those MSRs give #GP.
+    fn vcpu_msrs(&mut self) -> Option<&mut msr::VcpuMsrs> {
+        None
+    }
     /// An MSR backed by one of the guest's devices (the local APIC), if any.
     fn msr_read(&mut self, _msr: u32) -> Option<u64> {
         None
@@ -137,22 +147,25 @@ fn general_protection(vcpu: &mut impl Vcpu, error_code: Option<u32>, env: &mut d
 pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Outcome {
     match exit {
         VmExit::Cpuid { leaf, subleaf } => {
-            let mut r = cpuid::guest_view(leaf, subleaf, env.host_cpuid(leaf, subleaf));
+            let host = |l: u32, s: u32| env.host_cpuid(l, s);
+            let cr4 = vcpu.cpu_state().map(|s| s.paging.cr4);
+            let state = cpuid::GuestState {
+                osxsave: cr4.is_some_and(|c| c.contains(x86_64::registers::control::Cr4Flags::OSXSAVE)),
+                pke: cr4.is_some_and(|c| c.contains(x86_64::registers::control::Cr4Flags::PROTECTION_KEY_USER)),
+                xcr0: if leaf == 0xd { cpuid::current_xcr0(&host) } else { 0 },
+            };
+            let mut r = cpuid::guest_view(env.cpuid_kind(), &state, leaf, subleaf, &host);
             if matches!(leaf, cpuid::TSC_RATIO_LEAF | cpuid::FREQ_LEAF) && env.host_cpuid(0, 0).eax >= leaf {
                 r = cpuid::with_tsc_rate(leaf, r, env.tsc_hz());
-            }
-            if leaf == 1 {
-                let osxsave = vcpu.cpu_state().is_some_and(|s| {
-                    s.paging.cr4.contains(x86_64::registers::control::Cr4Flags::OSXSAVE)
-                });
-                r = cpuid::with_osxsave(r, osxsave);
             }
             let g = vcpu.gprs();
             (g.rax, g.rbx, g.rcx, g.rdx) = (r.eax.into(), r.ebx.into(), r.ecx.into(), r.edx.into());
             vcpu.skip_instruction();
             Outcome::Continue
         }
-        VmExit::Io { port, size, write, string, rep } => io::handle(vcpu, port, size, write, string || rep, env.ports()),
+        VmExit::Io { port, size, write, string, rep } => {
+            io::handle(vcpu, port, size, write, string || rep, env.ports())
+        }
         VmExit::MsrRead { msr } => msr::read(vcpu, msr, env),
         VmExit::MsrWrite { msr, value } => msr::write(vcpu, msr, value, env),
         VmExit::Hlt => {
@@ -161,9 +174,11 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
         }
         VmExit::Hypercall => hypercall::handle(vcpu, env),
         VmExit::Xsetbv { xcr, value } => {
-            // Only components both the CPU and the guest's CPUID view report.
-            let host = env.host_cpuid(0xd, 0);
-            let supported = xcr::components(host) & xcr::components(cpuid::guest_view(0xd, 0, host));
+            // Only components both the CPU and the guest's CPUID view report
+            // (leaf 0xD.0's EAX/EDX, which mirror no guest state).
+            let host = |l: u32, s: u32| env.host_cpuid(l, s);
+            let shown = cpuid::guest_view(env.cpuid_kind(), &cpuid::GuestState::default(), 0xd, 0, &host);
+            let supported = xcr::components(host(0xd, 0)) & xcr::components(shown);
             xcr::xsetbv(vcpu, xcr, value, supported)
         }
         VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
