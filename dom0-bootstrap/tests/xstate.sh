@@ -11,8 +11,19 @@ done_line() { oxl console --dump "$1" | grep "regs: done:"; }
 finished() { [ -n "$(done_line "$1")" ]; }
 
 free0=$(free_kib)
-check "create regs-1" "oxl create failed" oxl create /etc/oxen/regs-1.cfg
-check "create regs-2" "oxl create failed" oxl create /etc/oxen/regs-2.cfg
+# QEMU 7.2's TCG has no XSETBV intercept: its own check (against the CPU model's
+# components) answers a guest's XSETBV, never Oxen's. There the regs guests try
+# only values of the components their CPUID offers; Oxen's own check is what
+# dom0-xstate-vmx (Bochs) tests.
+for d in regs-1 regs-2; do
+    cfg=/etc/oxen/$d.cfg
+    if grep -q "QEMU TCG" /proc/cpuinfo; then
+        sed 's/^extra = "\(.*\)"/extra = "\1 native_xsetbv=1"/' "$cfg" > "/tmp/$d.cfg"
+        cfg=/tmp/$d.cfg
+        echo "xstate: QEMU TCG answers XSETBV itself (no intercept): $d tries only offered components"
+    fi
+    check "create $d" "oxl create failed" oxl create "$cfg"
+done
 /usr/lib/oxen/xstate-test 10 > /tmp/xstate-test.out 2>&1 &
 pid=$!
 wait "$pid"
