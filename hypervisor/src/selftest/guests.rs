@@ -139,6 +139,9 @@ vendor_is_amd:
     xor %eax, %eax
     cmp $0x68747541, %ebx             /* "Auth" */
     sete %al
+    cmp $0x6f677948, %ebx             /* "Hygo" */
+    sete %cl
+    or %cl, %al
     pop %rbx
     ret
 

@@ -35,7 +35,8 @@ pub fn init_bsp() {
     let vendor = cpu_vendor();
     let result = match &vendor {
         b"GenuineIntel" => vmx::probe().map(|desc| (Backend::Vmx, desc)),
-        b"AuthenticAMD" => svm::probe().map(|desc| (Backend::Svm, desc)),
+        // Hygon's CPUs are AMD's design, with AMD-V as AMD documents it.
+        b"AuthenticAMD" | b"HygonGenuine" => svm::probe().map(|desc| (Backend::Svm, desc)),
         _ => Err("unknown CPU vendor"),
     };
     let vendor = core::str::from_utf8(&vendor).unwrap_or("?");
