@@ -11,71 +11,13 @@
 #include <linux/errno.h>
 #include <linux/fcntl.h>
 #include "oxen_abi.h"
-
-typedef unsigned long size_t;
-
-static long sys3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	asm volatile("syscall"
-		     : "=a"(ret)
-		     : "a"(nr), "D"(a), "S"(b), "d"(c)
-		     : "rcx", "r11", "memory");
-	return ret;
-}
-
-#define SYS_write 1
-#define SYS_open 2
-#define SYS_ioctl 16
-#define SYS_exit_group 231
-
-/* gcc may emit calls to these for structure copies and initializers. */
-void *memset(void *d, int c, size_t n)
-{
-	unsigned char *p = d;
-
-	while (n--)
-		*p++ = (unsigned char)c;
-	return d;
-}
-
-void *memcpy(void *d, const void *s, size_t n)
-{
-	unsigned char *p = d;
-	const unsigned char *q = s;
-
-	while (n--)
-		*p++ = *q++;
-	return d;
-}
-
-static size_t len(const char *s)
-{
-	size_t n = 0;
-
-	while (s[n])
-		n++;
-	return n;
-}
-
-static void put(const char *s)
-{
-	sys3(SYS_write, 1, (long)s, (long)len(s));
-}
+#include "freestanding.h"
 
 static void put_num(long v)
 {
-	char buf[24], *p = buf + sizeof(buf) - 1;
-	unsigned long u = v < 0 ? -(unsigned long)v : (unsigned long)v;
-
-	*p = 0;
-	do
-		*--p = (char)('0' + u % 10);
-	while (u /= 10);
 	if (v < 0)
-		*--p = '-';
-	put(p);
+		put("-");
+	put_u(v < 0 ? -(unsigned long)v : (unsigned long)v);
 }
 
 static int passed, failed;

@@ -25,70 +25,7 @@
 #include <linux/errno.h>
 #include <linux/fcntl.h>
 #include "oxen_abi.h"
-
-typedef unsigned long size_t;
-
-static long sys3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	asm volatile("syscall"
-		     : "=a"(ret)
-		     : "a"(nr), "D"(a), "S"(b), "d"(c)
-		     : "rcx", "r11", "memory");
-	return ret;
-}
-
-#define SYS_write 1
-#define SYS_open 2
-#define SYS_ioctl 16
-#define SYS_getppid 110
-#define SYS_exit_group 231
-
-/* gcc may emit calls to these for structure copies and initializers. */
-void *memset(void *d, int c, size_t n)
-{
-	unsigned char *p = d;
-
-	while (n--)
-		*p++ = (unsigned char)c;
-	return d;
-}
-
-void *memcpy(void *d, const void *s, size_t n)
-{
-	unsigned char *p = d;
-	const unsigned char *q = s;
-
-	while (n--)
-		*p++ = *q++;
-	return d;
-}
-
-static size_t len(const char *s)
-{
-	size_t n = 0;
-
-	while (s[n])
-		n++;
-	return n;
-}
-
-static void put(const char *s)
-{
-	sys3(SYS_write, 1, (long)s, (long)len(s));
-}
-
-static void put_num(unsigned long u)
-{
-	char buf[24], *p = buf + sizeof(buf) - 1;
-
-	*p = 0;
-	do
-		*--p = (char)('0' + u % 10);
-	while (u /= 10);
-	put(p);
-}
+#include "freestanding.h"
 
 /* Serialized: LFENCE keeps RDTSC from running ahead of earlier instructions. */
 static unsigned long rdtsc(void)
@@ -137,17 +74,17 @@ static int time_calls(const char *name, enum kind kind, unsigned long n)
 	put("oxen-null-bench: ");
 	put(name);
 	put(" ");
-	put_num(n);
+	put_u(n);
 	put(" calls ");
-	put_num(d);
+	put_u(d);
 	put(" cycles ");
-	put_num(d / n);
+	put_u(d / n);
 	put(".");
-	put_num(d * 10 / n % 10);
+	put_u(d * 10 / n % 10);
 	put(" cycles/call");
 	if (bad) {
 		put(" (");
-		put_num(bad);
+		put_u(bad);
 		put(" calls failed)");
 	}
 	put("\n");

@@ -17,66 +17,11 @@
  */
 #pragma GCC target("general-regs-only")
 
-typedef unsigned long size_t;
-typedef unsigned long u64;
+#include "freestanding.h"
 
-static long sys3(long nr, long a, long b, long c)
-{
-	long ret;
-
-	asm volatile("syscall"
-		     : "=a"(ret)
-		     : "a"(nr), "D"(a), "S"(b), "d"(c)
-		     : "rcx", "r11", "memory");
-	return ret;
-}
-
-#define SYS_write 1
-#define SYS_getpid 39
-#define SYS_clock_gettime 228
-#define SYS_exit_group 231
 #define CLOCK_MONOTONIC 1
 
-void *memset(void *d, int c, size_t n)
-{
-	unsigned char *p = d;
-
-	while (n--)
-		*p++ = (unsigned char)c;
-	return d;
-}
-
-void *memcpy(void *d, const void *s, size_t n)
-{
-	unsigned char *p = d;
-	const unsigned char *q = s;
-
-	while (n--)
-		*p++ = *q++;
-	return d;
-}
-
-static void put(const char *s)
-{
-	size_t n = 0;
-
-	while (s[n])
-		n++;
-	sys3(SYS_write, 1, (long)s, (long)n);
-}
-
-static void put_u(u64 v)
-{
-	char b[24];
-	int i = sizeof(b) - 1;
-
-	b[i] = 0;
-	do {
-		b[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	put(b + i);
-}
+typedef unsigned long u64;
 
 static u64 now_ms(void)
 {
