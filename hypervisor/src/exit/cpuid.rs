@@ -17,7 +17,7 @@
 //!   and VIRT_SPEC_CTRL per vCPU and executes IBPB and L1D flushes.
 //! - Mirrors of guest state follow the guest: leaf 1's OSXSAVE (CR4.OSXSAVE),
 //!   leaf 7's OSPKE (CR4.PKE), leaf 0xD.0's EBX and 0xD.1's EBX (the XSAVE
-//!   and XSAVEC sizes for the guest's XCR0).
+//!   and compacted sizes for the guest's XCR0; XSAVEC itself is hidden).
 //! - Leaf 0xD offers only components with a size of their own (so PKU goes
 //!   when PKRU has none), and its sizes are computed from the components'
 //!   subleaves rather than copied, so they agree with each other even where
@@ -192,6 +192,13 @@ const XSTATE_HIDDEN: u64 = (1 << 3) | (1 << 4) | (1 << 8) | (0x7f << 10) | (1 <<
 const PKRU: u64 = 1 << 9;
 /// CPUID.(EAX=0DH,ECX=1):EAX.
 const XSAVES: u32 = bit(3);
+/// XSAVEC: hidden, so guests use the standard format, whose layout is the
+/// CPU's own (each component at the offset its subleaf gives), rather than a
+/// compacted layout the guest computes from alignment bits that the CPU's own
+/// XSAVEC must then agree with. Bochs' Skylake-X reports a leaf 0xD its own
+/// XSAVE does not match; with XSAVEC shown, dom0 there ran compacted and one
+/// of its processes died of a corrupted TLS pointer (not proven to be this).
+const XSAVEC: u32 = bit(1);
 const XFD: u32 = bit(4);
 
 /// Leaf 6 (thermal and power management): only ARAT (EAX bit 2, "the APIC
@@ -458,7 +465,7 @@ fn xstate(state: &GuestState, subleaf: u32, host: Host<'_>) -> CpuidResult {
         },
         // EBX: the XSAVEC size for XCR0 | IA32_XSS, and XSS is always 0 here.
         1 => CpuidResult {
-            eax: r.eax & !(XSAVES | XFD),
+            eax: r.eax & !(XSAVES | XSAVEC | XFD),
             ebx: xsave_compacted_size(state.xcr0 & allowed, host),
             ecx: 0,
             edx: 0,
@@ -596,6 +603,7 @@ mod tests {
         (0xd, 1, 'a', 3, false, false),          // XSAVES
         (0xd, 1, 'a', 4, false, false),          // XFD
         (0xd, 1, 'a', 0, true, true),            // XSAVEOPT
+        (0xd, 1, 'a', 1, false, false),          // XSAVEC
         (0xd, 0, 'a', 3, false, false),          // MPX state
         (0xd, 0, 'a', 17, false, false),         // AMX state
         (0xd, 0, 'a', 9, true, true),            // PKRU state
