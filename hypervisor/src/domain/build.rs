@@ -66,5 +66,6 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         rip: kernel.entry,
         rsp: layout.stack_top.as_u64(),
     };
-    Ok(BootSpec { entry, rdi: layout.start_info.as_u64() })
+    let gprs = crate::virt::GuestGprs { rdi: layout.start_info.as_u64(), ..Default::default() };
+    Ok(BootSpec { entry, gprs })
 }

@@ -66,12 +66,13 @@ impl Staged {
     }
 }
 
-/// Where a built domain's vCPU 0 starts.
+/// Where a built domain's vCPU 0 starts: its mode, RIP and RSP, and the
+/// general-purpose registers the kernel's boot protocol passes (RDI for Oxen's
+/// `StartInfo`, RSI for Linux's zero page, EAX/EBX for Multiboot).
 #[derive(Clone, Copy, Debug)]
 pub struct BootSpec {
     pub entry: InitialState,
-    /// RDI at entry: the `StartInfo`'s guest-physical address.
-    pub rdi: u64,
+    pub gprs: crate::virt::GuestGprs,
 }
 
 /// What the hypervisor holds for a domain.

@@ -54,7 +54,7 @@ impl DomUVcpu {
         if self.vcpu.is_none() {
             match AnyVcpu::with_root(self.root, &self.boot.entry).and_then(|v| Ok((v, XState::new().ok_or("no memory for its XSAVE area")?))) {
                 Ok((mut v, x)) => {
-                    v.gprs().rdi = self.boot.rdi;
+                    *v.gprs() = self.boot.gprs;
                     self.vcpu = Some(v);
                     self.xstate = Some(x);
                 }
