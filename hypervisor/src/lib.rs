@@ -12,6 +12,8 @@
 //!   timer and SMP code.
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
 //! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
+//! - `vm`: a domain's virtual machine — its platform (devices on per-domain buses,
+//!   the APIC bus) and the one vCPU path every domain's vCPUs take.
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
 //! - `domain`: domains: the table and its state rules, consoles, domU kernels and boot layout,
 //!   and on the target their resources and vCPUs.
@@ -35,6 +37,7 @@ pub mod mem;
 pub mod platform;
 pub mod sched;
 pub mod virt;
+pub mod vm;
 
 #[cfg(target_os = "none")]
 pub mod arch;

@@ -4,13 +4,15 @@
 //! dom0's RAM is identity mapped (guest-physical = host-physical) so the devices
 //! it drives can DMA; its nested tables map everything else the machine has
 //! (firmware tables, device MMIO) except the hypervisor's own RAM and the
-//! interrupt controllers the hypervisor owns. Its vCPU `i` runs on CPU `i`;
-//! `apic_bus` routes their interrupts.
-pub mod apic_bus;
+//! interrupt controllers the hypervisor owns. Its vCPU `i` runs on CPU `i`.
+//! It runs on the same platform and vCPU path as every domain (`crate::vm`),
+//! as `Role::Dom0`.
 pub mod layout;
 
 #[cfg(target_os = "none")]
 mod build;
+#[cfg(target_os = "none")]
+pub mod keys;
 #[cfg(target_os = "none")]
 pub use build::boot;
 

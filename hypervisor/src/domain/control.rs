@@ -12,6 +12,9 @@ use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::sched::run as sched;
 use crate::virt::guest_mem::GuestRegion;
 use crate::virt::{GuestMemory, InitialState, NestedTables};
+use crate::vm::platform::{Platform, Role};
+use crate::vm::vcpu::GuestVcpu;
+use alloc::sync::Arc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -93,7 +96,8 @@ pub struct Resources {
     /// Guest-triggered log lines (`guest_log`).
     log_limit: LineLimit,
     pub home_cpu: u32,
-    /// vCPU 0's pCPU affinity until it starts (then the scheduler keeps it).
+    /// Its vCPUs' pCPU affinity until they start (then the scheduler keeps
+    /// each vCPU's).
     pub affinity: u64,
     refusals: u64,
     /// Console writes, their bytes, and the longest the table's lock was
@@ -262,15 +266,26 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             match t.unpause(id)? {
                 Effect::Start => {
                     let d = t.get_mut(id).ok_or(Error::NoEnt)?;
-                    let cpu = sched::pick_cpu();
-                    d.res.home_cpu = cpu;
-                    let v = super::domu::DomUVcpu::new(d)?;
+                    let boot = d.res.boot.ok_or(Error::Busy)?;
+                    let root = d.res.tables.as_ref().ok_or(Error::Busy)?.root();
+                    // A domU's APIC IDs are its vCPU numbers (CPUID says so too).
+                    let apic_ids: Vec<u32> = (0..d.vcpus).collect();
+                    let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
-                    let name = d.name.clone();
+                    let (name, vcpus) = (d.name.clone(), d.vcpus);
                     // Logged without the table's lock: the UART may be slow.
                     drop(t);
-                    info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
-                    sched::add_vcpu(VcpuId { dom: id, vcpu: 0 }, affinity, cpu, alloc::boxed::Box::new(v))?;
+                    for v in 0..vcpus {
+                        let cpu = sched::pick_cpu();
+                        if v == 0 {
+                            info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
+                            if let Some(d) = DOMAINS.lock().get_mut(id) {
+                                d.res.home_cpu = cpu;
+                            }
+                        }
+                        let vcpu = GuestVcpu::new(v as usize, platform.clone(), (v == 0).then_some(boot));
+                        sched::add_vcpu(VcpuId { dom: id, vcpu: v }, affinity, cpu, true, alloc::boxed::Box::new(vcpu))?;
+                    }
                 }
                 _ => {
                     drop(t);
@@ -372,12 +387,13 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 return Err(Error::Perm);
             }
             let started = d.live_vcpus > 0;
-            if *vcpu == 0 {
+            if !started {
+                // Before the start: every vCPU's (the config's `cpus`).
                 d.res.affinity = *cpus;
             }
             drop(t);
-            if started && *vcpu == 0 {
-                sched::set_affinity(VcpuId { dom: *domid, vcpu: 0 }, CpuMask(*cpus))?;
+            if started {
+                sched::set_affinity(VcpuId { dom: *domid, vcpu: *vcpu }, CpuMask(*cpus))?;
             }
             info!("d{domid}: vCPU {vcpu} may run on pCPUs {cpus:#x}");
             Ok(0)

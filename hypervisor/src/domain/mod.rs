@@ -2,8 +2,8 @@
 //! byte rings behind consoles and `dmesg` (`ring`, pure), the rate limits on
 //! what guests make the hypervisor print (`ratelimit`, pure), the domU kernel
 //! loader and boot layout (`elf`, `boot`, pure); on the target, the domains'
-//! resources and the hypercall services (`control`), the kernel layout into a
-//! domain's memory (`build`) and a domU's vCPU on a run queue (`domu`).
+//! resources and the hypercall services (`control`) and the kernel layout into
+//! a domain's memory (`build`). A domain's platform and vCPUs: `crate::vm`.
 pub mod boot;
 pub mod elf;
 pub mod ratelimit;
@@ -14,5 +14,3 @@ pub mod table;
 pub mod build;
 #[cfg(target_os = "none")]
 pub mod control;
-#[cfg(target_os = "none")]
-pub mod domu;

@@ -269,7 +269,8 @@ impl<R> Table<R> {
         match d.state {
             DomainState::Created if d.built => {
                 d.state = DomainState::Running;
-                d.live_vcpus = 1;
+                // Each vCPU releases itself when the domain dies.
+                d.live_vcpus = d.vcpus;
                 Ok(Effect::Start)
             }
             DomainState::Paused => {
@@ -493,7 +494,7 @@ mod tests {
         t.get_mut(id).unwrap().built = true;
         assert_eq!(t.pause(id), Err(Error::Busy));
         assert_eq!(t.unpause(id), Ok(Effect::Start));
-        assert_eq!(t.get(id).unwrap().live_vcpus, 1);
+        assert_eq!(t.get(id).unwrap().live_vcpus, t.get(id).unwrap().vcpus);
         assert!(t.runnable(id));
         assert_eq!(t.pause(id), Ok(Effect::Kick));
         assert!(!t.runnable(id));

@@ -91,7 +91,7 @@ pub fn fetch(mem: &(impl GuestPhysRead + ?Sized), cpu: &CpuState, rip: u64, buf:
     read_linear_partial(mem, &cpu.paging, linear, buf)
 }
 
-pub fn fetch_and_decode(mem: &impl GuestPhysRead, cpu: &CpuState, rip: u64) -> Result<MmioInsn, EmulateError> {
+pub fn fetch_and_decode(mem: &(impl GuestPhysRead + ?Sized), cpu: &CpuState, rip: u64) -> Result<MmioInsn, EmulateError> {
     let mut buf = [0; decode::MAX_LEN];
     let (n, fetched) = fetch(mem, cpu, rip, &mut buf);
     match (decode::decode(&buf[..n], cpu.code), fetched) {
@@ -108,7 +108,7 @@ pub fn fetch_and_decode(mem: &impl GuestPhysRead, cpu: &CpuState, rip: u64) -> R
 /// decides between #UD, #GP or killing the guest.
 pub fn emulate_mmio(
     vcpu: &mut impl Vcpu,
-    mem: &impl GuestPhysRead,
+    mem: &(impl GuestPhysRead + ?Sized),
     cpu: &CpuState,
     gpa: GuestPhysAddr,
     base: GuestPhysAddr,

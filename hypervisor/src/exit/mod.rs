@@ -22,8 +22,13 @@ pub enum Outcome {
     Halted,
     /// The time slice ended.
     Preempted,
-    /// The guest touched guest-physical memory it does not have: it is killed.
+    /// The guest touched guest-physical memory that is neither its RAM nor a
+    /// device of its buses; its domain's policy decides (dom0: nothing there;
+    /// a domU: it crashed).
     MemoryFault { gpa: GuestPhysAddr, access: Access },
+    /// An access to a device's MMIO range that could not be completed (an
+    /// instruction the emulator does not decode, an access across pages).
+    Unemulated { gpa: GuestPhysAddr, error: crate::emulate::mmio::EmulateError },
     /// The guest triple-faulted: it is dead.
     TripleFault,
     /// An exit the hypervisor does not handle: the guest is killed.
@@ -79,6 +84,13 @@ pub trait GuestEnv {
     fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
         None
     }
+    /// The guest's MMIO bus: calls `access` with the device whose range holds
+    /// `gpa`, the start of that range and the guest's memory (for the page walk
+    /// and the instruction fetch), and returns true; false if no device claims
+    /// `gpa`.
+    fn mmio(&mut self, _gpa: GuestPhysAddr, _access: MmioAccess<'_>) -> bool {
+        false
+    }
     /// WBINVD (or INVD, which is answered as WBINVD) at CPL 0. Only a domain
     /// that drives devices needs the host's caches written back (a device
     /// doing non-coherent DMA); for others it is a no-op, so a guest cannot
@@ -87,6 +99,25 @@ pub trait GuestEnv {
     /// A hypercall from CPL > 0 was refused.
     fn refused_cpl(&mut self, cpl: u8, number: u64) {
         log::warn!("hypercall {number:#x} from CPL {cpl} refused");
+    }
+}
+
+/// What `GuestEnv::mmio` calls with the claiming device.
+pub type MmioAccess<'a> =
+    &'a mut dyn FnMut(&dyn crate::emulate::GuestPhysRead, GuestPhysAddr, &mut dyn crate::devices::MmioDevice);
+
+/// A nested-page fault: an access to a device on the guest's MMIO bus is
+/// completed by emulating the instruction; anything else is a memory fault.
+fn mmio(vcpu: &mut impl Vcpu, gpa: GuestPhysAddr, access: Access, env: &mut dyn GuestEnv) -> Outcome {
+    let Some(cpu) = vcpu.cpu_state() else { return Outcome::MemoryFault { gpa, access } };
+    let mut result = None;
+    let claimed = env.mmio(gpa, &mut |mem, base, device| {
+        result = Some(crate::emulate::mmio::emulate_mmio(vcpu, mem, &cpu, gpa, base, device));
+    });
+    match result {
+        _ if !claimed => Outcome::MemoryFault { gpa, access },
+        Some(Err(error)) => Outcome::Unemulated { gpa, error },
+        _ => Outcome::Continue,
     }
 }
 
@@ -181,7 +212,7 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             let supported = xcr::components(host(0xd, 0)) & xcr::components(shown);
             xcr::xsetbv(vcpu, xcr, value, supported)
         }
-        VmExit::NestedPageFault { gpa, access } => Outcome::MemoryFault { gpa, access },
+        VmExit::NestedPageFault { gpa, access } => mmio(vcpu, gpa, access, env),
         VmExit::TripleFault => Outcome::TripleFault,
         VmExit::Preempted => Outcome::Preempted,
         VmExit::InterruptWindow => {

@@ -312,7 +312,7 @@ pub fn load_for_guest(msrs: &VcpuMsrs, domain: u32) {
         return;
     };
     let (spec, virt, ibpb) = plan(state, msrs, domain, host_has_ibpb_cached());
-    // SAFETY (all three): each MSR exists — SPEC_CTRL and VIRT_SPEC_CTRL
+    // SAFETY: (all three) each MSR exists — SPEC_CTRL and VIRT_SPEC_CTRL
     // values other than 0 were accepted only with the bits CPUID shows (a
     // subset of the host's), and a 0 after a non-0 means the MSR was written
     // before; IBPB only where the host has it. They change speculation

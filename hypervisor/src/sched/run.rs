@@ -131,11 +131,9 @@ pub fn set_params(dom: u32, weight: u32, cap: u32) -> Result<(), oxen_abi::Error
 }
 
 /// Adds vCPU `id` allowed on `affinity`, first watched by `first_cpu`, and
-/// lets it run.
-pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, v: Box<dyn Runnable>) -> Result<(), oxen_abi::Error> {
-    // dom0's vCPUs stay on their CPUs; a domU's may move (released after
-    // every run, so any CPU can adopt it).
-    let movable = id.dom != 0;
+/// lets it run. A `movable` vCPU is released after every run, so any CPU of
+/// its affinity can adopt it; one that is not stays on `first_cpu`.
+pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, movable: bool, v: Box<dyn Runnable>) -> Result<(), oxen_abi::Error> {
     let added = with_sched(|s, _| s.add_vcpu(id, affinity)).ok_or(oxen_abi::Error::Inval)?;
     if added.is_err() {
         return Err(oxen_abi::Error::Inval);
@@ -150,17 +148,14 @@ pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, v: Box<dyn Runnab
 /// dom0's vCPU `cpu`, pinned to that CPU.
 pub fn enqueue(cpu: u32, v: Box<dyn Runnable>) {
     let id = VcpuId { dom: 0, vcpu: cpu };
-    if let Err(e) = add_vcpu(id, CpuMask::one(cpu), cpu, v) {
+    if let Err(e) = add_vcpu(id, CpuMask::one(cpu), cpu, false, v) {
         crate::start::fatal(format_args!("sched: cannot add dom0's vCPU {cpu}: {e:?}"));
     }
 }
 
 /// Pins a vCPU to `cpus` (which must name an online CPU).
+/// (Callers refuse it for dom0, whose vCPU i is bound to CPU i.)
 pub fn set_affinity(id: VcpuId, cpus: CpuMask) -> Result<(), oxen_abi::Error> {
-    if id.dom == 0 {
-        // dom0's vCPU i is bound to CPU i (its interrupts are routed there).
-        return Err(oxen_abi::Error::Perm);
-    }
     if cpus.and(all_cpus()).is_empty() {
         return Err(oxen_abi::Error::Inval);
     }

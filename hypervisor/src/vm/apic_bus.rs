@@ -1,5 +1,5 @@
-//! dom0's local APICs as one bus: where its IPIs and its IOAPIC's interrupts
-//! go, and each vCPU's INIT / START-UP state.
+//! A domain's local APICs as one bus: where its IPIs and its IOAPIC's
+//! interrupts go, and each vCPU's INIT / START-UP state.
 //!
 //! Pure logic (host-tested). The caller keeps the bus behind one lock, drives
 //! the time (`VirtualLapic::tick`) and acts on what the calls return: a
@@ -10,14 +10,14 @@
 //! vCPU whose APIC [`VirtualLapic::matches`] its destination (each APIC's own
 //! DFR model for logical destinations), except that a lowest-priority message
 //! goes to one of them, the lowest arbitration priority (first on ties).
-//! dom0's messages only ever reach dom0's own vCPUs: nothing here knows of any
-//! other APIC.
+//! A domain's messages only ever reach its own vCPUs: nothing here knows of
+//! any other domain's APIC.
 //!
 //! INIT and START-UP (§9.4.4 "MP Initialization Example"): INIT resets the
 //! target's APIC (`init_reset`) and parks the vCPU in wait-for-SIPI; the first
 //! START-UP after it gives the start page, later ones are ignored until the
-//! next INIT, as on hardware. INIT to vCPU 0, dom0's boot CPU, would be a reset
-//! of dom0, which is not modelled: it is ignored. NMI and SMI messages are not
+//! next INIT, as on hardware. INIT to vCPU 0, the boot CPU, would be a reset
+//! of the whole domain, which is not modelled: it is ignored. NMI and SMI messages are not
 //! delivered (the vCPU interface has no NMI injection yet); the first of each
 //! is logged.
 
@@ -80,7 +80,7 @@ pub struct Undelivered {
     pub other_mode: u64,
 }
 
-/// dom0's vCPUs' local APICs.
+/// A domain's vCPUs' local APICs.
 pub struct ApicBus {
     slots: Vec<Slot>,
     undelivered: Undelivered,
@@ -171,7 +171,7 @@ impl ApicBus {
                 IpiAction::Init if i == 0 => {
                     self.undelivered.bsp_init += 1;
                     if self.undelivered.bsp_init == 1 {
-                        log::warn!("dom0: INIT to its boot vCPU ignored (a reset of dom0 is not modelled)");
+                        log::warn!("apic bus: INIT to the boot vCPU ignored (a reset of the domain is not modelled)");
                     }
                 }
                 IpiAction::Init => {
@@ -191,13 +191,13 @@ impl ApicBus {
                 IpiAction::Nmi => {
                     self.undelivered.nmi += 1;
                     if self.undelivered.nmi == 1 {
-                        log::warn!("dom0: NMI IPIs are not delivered (first one to vCPU {i})");
+                        log::warn!("apic bus: NMI IPIs are not delivered (first one to vCPU {i})");
                     }
                 }
                 IpiAction::Smi => {
                     self.undelivered.smi += 1;
                     if self.undelivered.smi == 1 {
-                        log::warn!("dom0: SMI IPIs are not delivered (first one to vCPU {i})");
+                        log::warn!("apic bus: SMI IPIs are not delivered (first one to vCPU {i})");
                     }
                 }
             }
@@ -214,7 +214,7 @@ impl ApicBus {
             other => {
                 self.undelivered.other_mode += 1;
                 if self.undelivered.other_mode == 1 {
-                    log::warn!("dom0: IOAPIC pin {} delivery mode {other:?} is not delivered", d.pin);
+                    log::warn!("apic bus: IOAPIC pin {} delivery mode {other:?} is not delivered", d.pin);
                 }
                 return 0;
             }

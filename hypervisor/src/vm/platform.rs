@@ -1,0 +1,397 @@
+//! A domain's virtual platform (target only): the devices its vCPUs share —
+//! the 16550 UART as COM1, the IOAPIC, the masked PICs, the PCI configuration
+//! ports, one local APIC per vCPU on the domain's APIC bus — on its port and
+//! MMIO buses, with its memory views.
+//!
+//! Every domain has one; what differs is data (`Role`): dom0's devices pass
+//! through but for the ports and pages registered here, the machine's
+//! interrupts are forwarded into its IOAPIC, its UART is the machine's console
+//! and it owns the serial input; a domU has only what is registered here, and
+//! its UART writes its console ring.
+//!
+//! Locks: `devices` and `apics` are never held together (each is taken, used
+//! and let go) and never across a guest entry; the domain table's lock is
+//! never taken while either is held.
+
+use super::apic_bus::ApicBus;
+use super::bus::Bus;
+use crate::arch::x86_64::irq;
+use crate::console_switch::{ConsoleSwitch, Focus, Input};
+use crate::devices::ioapic::IoApic;
+use crate::devices::lapic::LapicClock;
+use crate::devices::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
+use crate::devices::PortDevice;
+use crate::domain::control;
+use crate::mem::{GuestPhysAddr, PAGE_SIZE};
+use crate::virt::GuestMemory;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use log::info;
+use spin::{Mutex, MutexGuard};
+
+/// Where the local APIC and the IOAPIC sit in every domain's address space.
+pub const LAPIC_PAGE: u64 = 0xfee0_0000;
+pub const IOAPIC_PAGE: u64 = 0xfec0_0000;
+/// The PCI configuration mechanism #1 ports (address at 0xCF8, data at 0xCFC).
+const PCI_CONFIG: u16 = 0xcf8;
+/// The masks of the two 8259s: read back, never acted on (no PIC is modelled;
+/// the hypervisor keeps the physical ones masked).
+const PIC_MASKS: [u16; 2] = [0x21, 0xa1];
+/// The ports dom0 does not reach directly: COM1 is the hypervisor's, the
+/// PICs stay masked (`AnyVcpu::pass_through_dom0_io`).
+pub const DOM0_KEPT_PORTS: core::ops::RangeInclusive<u16> = COM1_BASE..=COM1_BASE + 7;
+pub const DOM0_KEPT_PIC_PORTS: [u16; 4] = [0x20, 0x21, 0xa0, 0xa1];
+
+/// What a domain's platform is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The management domain: privileged, its vCPU i pinned to CPU i, the
+    /// machine's devices passed through.
+    Dom0,
+    /// An unprivileged domain: only the devices registered on its buses.
+    DomU,
+}
+
+/// A device on a port bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortDev {
+    Uart,
+    PicMask(u8),
+    PciConfig,
+}
+
+/// A device on an MMIO bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioDev {
+    /// The local APIC of whichever vCPU touches it.
+    Lapic,
+    IoApic,
+}
+
+/// Redirection-entry bits dom0's physical routing depends on.
+const RTE_ACTIVE_LOW: u64 = 1 << 13;
+const RTE_LEVEL: u64 = 1 << 15;
+const RTE_MASKED: u64 = 1 << 16;
+
+/// dom0's link to the machine: serial input, and the physical interrupt
+/// lines mirrored from its IOAPIC.
+pub struct HostLink {
+    pub switch: ConsoleSwitch,
+    /// Redirection entries last mirrored onto the physical I/O APIC.
+    routed: [u64; irq::PINS as usize],
+    /// The physical APIC id forwarded interrupts are sent to (the boot CPU's,
+    /// where dom0's vCPU 0 runs).
+    host_apic_id: u32,
+}
+
+/// The devices but the local APICs.
+pub struct Devices {
+    pub uart: Uart16550,
+    uart_irq: bool,
+    pic_masks: [u8; 2],
+    pub ioapic: IoApic,
+    /// The last address written to 0xCF8.
+    pci_address: u32,
+    /// dom0 only.
+    host: Option<HostLink>,
+}
+
+impl Devices {
+    fn new(role: Role) -> Self {
+        Self {
+            uart: Uart16550::com1(),
+            uart_irq: false,
+            pic_masks: [0xff; 2],
+            ioapic: IoApic::new(0),
+            pci_address: 0,
+            host: (role == Role::Dom0).then(|| HostLink {
+                switch: ConsoleSwitch::default(),
+                routed: [RTE_MASKED; irq::PINS as usize],
+                host_apic_id: crate::arch::x86_64::apic::id(),
+            }),
+        }
+    }
+
+    /// The IOAPIC's input lines: the UART's, and for dom0 the physical
+    /// interrupts forwarded to it (a pulse on the virtual pin; a level line
+    /// stays masked on the physical side until dom0's EOI, then is unmasked).
+    pub fn update_lines(&mut self) {
+        let level = self.uart.irq_level();
+        if level != self.uart_irq {
+            self.uart_irq = level;
+            self.ioapic.set_irq(COM1_IRQ, level);
+        }
+        let Some(host) = self.host.as_ref() else { return };
+        let pending = irq::take_pending();
+        for pin in (0..irq::PINS).filter(|p| pending & (1 << p) != 0) {
+            self.ioapic.set_irq(pin, true);
+            self.ioapic.set_irq(pin, false);
+        }
+        let eoied = self.ioapic.take_eoied_pins();
+        for pin in (0..irq::PINS).filter(|p| eoied & (1 << p) != 0 && *p != COM1_IRQ) {
+            let e = host.routed[usize::from(pin)];
+            if e & RTE_LEVEL != 0 && e & RTE_MASKED == 0 {
+                irq::unmask_level(pin, e & RTE_ACTIVE_LOW != 0, host.host_apic_id);
+            }
+        }
+    }
+
+    /// dom0: mirrors the pins it enabled or changed on its IOAPIC onto the
+    /// physical one. Pin 4 is its virtual UART, never a physical line.
+    fn sync_routes(&mut self) {
+        let Some(host) = self.host.as_mut() else { return };
+        for pin in (0..irq::PINS).filter(|&p| p != COM1_IRQ) {
+            let Some(e) = self.ioapic.redirection_entry(pin) else { continue };
+            let e = e & (RTE_ACTIVE_LOW | RTE_LEVEL | RTE_MASKED);
+            if e != host.routed[usize::from(pin)] {
+                host.routed[usize::from(pin)] = e;
+                irq::route(pin, e & RTE_MASKED == 0, e & RTE_LEVEL != 0, e & RTE_ACTIVE_LOW != 0, host.host_apic_id);
+            }
+        }
+    }
+
+    /// dom0: moves serial input from the machine's COM1 into its UART, or to
+    /// the hypervisor's console after Ctrl-A three times. Returns the keys
+    /// for the hypervisor's console.
+    pub fn poll_serial_input(&mut self, help: &str) -> Vec<u8> {
+        let mut keys = Vec::new();
+        let Some(host) = self.host.as_mut() else { return keys };
+        while self.uart.rx_space() > 2 {
+            let Some(b) = crate::console::try_read_byte() else { break };
+            match host.switch.feed(b) {
+                None => {}
+                Some(Input::ToDom0(bytes)) => {
+                    self.uart.push_input(&bytes);
+                }
+                Some(Input::ToHypervisor(bytes)) => keys.extend(bytes),
+                Some(Input::Switched(Focus::Hypervisor)) => {
+                    info!("console: input now goes to the hypervisor (Ctrl-A three times for dom0); keys: {help}")
+                }
+                Some(Input::Switched(Focus::Dom0)) => info!("console: input now goes to dom0"),
+            }
+        }
+        keys
+    }
+}
+
+/// What the console and the log see of one vCPU: its CPU counts, others read.
+#[derive(Default)]
+pub struct VcpuStats {
+    pub tally: [AtomicU64; TALLY_LEN],
+    /// `STATE_*`.
+    pub state: AtomicU8,
+}
+
+pub const STATE_WAIT_FOR_SIPI: u8 = 0;
+pub const STATE_RUNNING: u8 = 1;
+pub const STATE_HALTED: u8 = 2;
+
+/// VM exits counted by kind, for the log and the boot benchmark.
+pub const TALLY_LEN: usize = 10;
+pub const TALLY_NAMES: [&str; TALLY_LEN] =
+    ["cpuid", "io", "msr-read", "msr-write", "hlt", "hypercall", "npf", "preempted", "intr-window", "other"];
+
+impl VcpuStats {
+    pub fn counts(&self) -> [u64; TALLY_LEN] {
+        core::array::from_fn(|i| self.tally[i].load(Ordering::Relaxed))
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            STATE_WAIT_FOR_SIPI => "waiting for START-UP",
+            STATE_HALTED => "halted",
+            _ => "running",
+        }
+    }
+}
+
+/// `(oxen) LABEL: N exits (WHY): name=count ...` (the boot benchmark reads
+/// dom0's `first idle stretch` and `console` lines).
+pub fn log_tally(label: &str, why: &str, counts: [u64; TALLY_LEN]) {
+    let total: u64 = counts.iter().sum();
+    let mut s = String::new();
+    for (name, n) in TALLY_NAMES.iter().zip(counts) {
+        if n > 0 {
+            let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
+        }
+    }
+    info!("{label}: {total} exits ({why}):{s}");
+}
+
+/// One domain's platform, shared by its vCPUs.
+pub struct Platform {
+    pub domid: u32,
+    pub role: Role,
+    name: String,
+    pub devices: Mutex<Devices>,
+    apics: Mutex<ApicBus>,
+    /// The APIC ids the bus was made with (kept for a reset).
+    apic_ids: Vec<u32>,
+    clock: LapicClock,
+    pub stats: Vec<VcpuStats>,
+    ports: Bus<PortDev>,
+    mmio: Bus<MmioDev>,
+    /// Everything the domain may touch (for MMIO emulation's page walks).
+    pub gm: GuestMemory,
+    /// Its RAM only: where hypercall arguments may be.
+    pub ram: GuestMemory,
+    /// The nested tables' root, for the vCPUs it makes.
+    pub root: u64,
+    /// Boots so far: a restart makes every vCPU drop its state.
+    generation: AtomicU32,
+}
+
+impl Platform {
+    /// The platform of domain `domid` with one vCPU per entry of `apic_ids`
+    /// (vCPU 0 the boot processor).
+    pub fn new(domid: u32, role: Role, name: &str, apic_ids: &[u32], gm: GuestMemory, ram: GuestMemory, root: u64) -> Self {
+        let clock = LapicClock {
+            bus_hz: crate::arch::x86_64::apic::timer_hz().max(1),
+            tsc_hz: crate::arch::x86_64::time::tsc_hz().max(1),
+        };
+        let mut ports = Bus::new();
+        let mut mmio = Bus::new();
+        // Fixed, distinct ranges: registration cannot fail.
+        let _ = ports.insert(u64::from(COM1_BASE), 8, PortDev::Uart);
+        for (i, p) in PIC_MASKS.iter().enumerate() {
+            let _ = ports.insert(u64::from(*p), 1, PortDev::PicMask(i as u8));
+        }
+        if role == Role::DomU {
+            // dom0 reaches the real configuration space.
+            let _ = ports.insert(u64::from(PCI_CONFIG), 8, PortDev::PciConfig);
+        }
+        let _ = mmio.insert(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic);
+        let _ = mmio.insert(IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic);
+        Self {
+            domid,
+            role,
+            name: name.into(),
+            devices: Mutex::new(Devices::new(role)),
+            apics: Mutex::new(ApicBus::new(apic_ids, clock)),
+            apic_ids: apic_ids.into(),
+            clock,
+            stats: (0..apic_ids.len()).map(|_| VcpuStats::default()).collect(),
+            ports,
+            mmio,
+            gm,
+            ram,
+            root,
+            generation: AtomicU32::new(0),
+        }
+    }
+
+    pub fn vcpus(&self) -> usize {
+        self.stats.len()
+    }
+
+    pub fn privileged(&self) -> bool {
+        self.role == Role::Dom0
+    }
+
+    /// How vCPU `i` is named in the log: "dom0" or "d3 (name)", with
+    /// "vcpuN" when the domain has more than one.
+    pub fn label(&self, i: usize) -> String {
+        let base = match self.role {
+            Role::Dom0 => String::from("dom0"),
+            Role::DomU => alloc::format!("d{} ({})", self.domid, self.name),
+        };
+        if self.vcpus() == 1 {
+            base
+        } else {
+            alloc::format!("{base} vcpu{i}")
+        }
+    }
+
+    pub fn apics(&self) -> MutexGuard<'_, ApicBus> {
+        self.apics.lock()
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Back to power-on for a reboot: fresh devices and APICs (vCPU 0 running,
+    /// the others waiting for START-UP); every vCPU drops its state when it
+    /// sees the new generation.
+    pub fn reset(&self) {
+        *self.devices.lock() = Devices::new(self.role);
+        *self.apics.lock() = ApicBus::new(&self.apic_ids, self.clock);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Port read by vCPU `vcpu`; `None` if no device claims the port.
+    pub fn port_read(&self, port: u16, size: u8) -> Option<u32> {
+        let (_, dev) = self.ports.find(u64::from(port))?;
+        let mut d = self.devices.lock();
+        Some(match dev {
+            PortDev::Uart => d.uart.port_read(port, size),
+            PortDev::PicMask(i) => d.pic_masks[usize::from(i)].into(),
+            PortDev::PciConfig => match (port - PCI_CONFIG, size) {
+                (0, 4) => d.pci_address,
+                // No device answers: all ones (PCI Local Bus 3.0 §6.1).
+                _ => u32::MAX,
+            },
+        })
+    }
+
+    /// Port write; false if no device claims the port.
+    pub fn port_write(&self, port: u16, size: u8, value: u32) -> bool {
+        let Some((_, dev)) = self.ports.find(u64::from(port)) else { return false };
+        let mut d = self.devices.lock();
+        match dev {
+            PortDev::Uart => {
+                d.uart.port_write(port, size, value);
+                self.flush_console(d);
+            }
+            PortDev::PicMask(i) => d.pic_masks[usize::from(i)] = value as u8,
+            PortDev::PciConfig => {
+                if port == PCI_CONFIG && size == 4 {
+                    d.pci_address = value;
+                }
+            }
+        }
+        true
+    }
+
+    /// What the domain wrote to its UART goes to its console: dom0's straight
+    /// to the machine's serial line tagged `(d0)` (under the lock, so lines
+    /// of two vCPUs keep their order) and its ring; a domU's into its ring
+    /// and its rate-limited echo (`control`), after the lock is let go.
+    pub fn flush_console(&self, mut d: MutexGuard<'_, Devices>) {
+        let out: Vec<u8> = d.uart.take_output().collect();
+        if out.is_empty() {
+            return;
+        }
+        match self.role {
+            Role::Dom0 => {
+                crate::console::write_guest("(oxen) (d0) ", out.iter().copied());
+                if let Some(dom) = control::DOMAINS.lock().get_mut(self.domid) {
+                    dom.res.console.write(&out);
+                }
+            }
+            Role::DomU => {
+                drop(d);
+                use crate::hypercall::Services;
+                control::Hv.console_write(self.domid, &out);
+            }
+        }
+    }
+
+    /// Completes an access by vCPU `vcpu` to a device on the MMIO bus:
+    /// calls `access` with the device, its base and the domain's memory.
+    /// False if nothing claims `gpa`.
+    pub fn mmio(&self, vcpu: usize, gpa: GuestPhysAddr, now: u64, access: crate::exit::MmioAccess<'_>) -> bool {
+        let Some((base, dev)) = self.mmio.find(gpa.as_u64()) else { return false };
+        let base = GuestPhysAddr::new(base);
+        match dev {
+            MmioDev::Lapic => access(&self.gm, base, &mut self.apics.lock().lapic(vcpu).mmio(now)),
+            MmioDev::IoApic => {
+                let mut d = self.devices.lock();
+                access(&self.gm, base, &mut d.ioapic);
+                d.sync_routes();
+            }
+        }
+        true
+    }
+}

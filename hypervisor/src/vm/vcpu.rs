@@ -1,0 +1,723 @@
+//! A guest vCPU on the scheduler's run queues (target only): the one path
+//! every domain's vCPUs take, dom0's and domUs'. What differs is the
+//! platform's data (`Role`): who may do what, what a fault ends, whether the
+//! vCPU is pinned.
+//!
+//! Its life: vCPU 0 starts from the domain's boot state (`BootSpec`), the
+//! others wait for INIT / START-UP on the domain's APIC bus. The vCPU object
+//! (VMCS / VMCB) is made on the CPU that runs it, in `run`; a movable vCPU
+//! is released after every run and adopted by whichever CPU runs it next
+//! (`sched::run`), so nothing here touches it outside `run` but on a pinned
+//! vCPU's own CPU.
+//!
+//! `poll` (on the CPU watching it, or after a run): the domain's state
+//! (dying, restarting, paused), INIT / START-UP, interrupts moved from the
+//! devices to its APIC; it runs if it has work. `run`: interrupts injected
+//! when the guest can take them, the guest entered until its slice ends, it
+//! halts or blocks; each exit handled by `exit::handle` with this vCPU's view
+//! of the platform (`VcpuEnv`).
+
+use super::apic_bus::{bits, Power, Vectors, Wake};
+use super::platform::{self, log_tally, Platform, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
+use crate::arch::x86_64::{apic, xstate::XState};
+use crate::devices::ioapic::{Delivery, IOAPIC_PINS};
+use crate::devices::lapic::VirtualLapic;
+use crate::domain::control::{self, BootSpec, DOMAINS};
+use crate::emulate::mmio::{self, EmulateError};
+use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, MmioAccess, Outcome};
+use crate::hypercall::{self, After, Args, Caller};
+use crate::mem::{GuestPhysAddr, PAGE_SIZE};
+use crate::sched::credit::VcpuId;
+use crate::sched::run::{self as sched, now_ns, ns_to_tsc, Poll, Runnable};
+use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VmExit};
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use log::{info, warn};
+use oxen_abi::{request, DomainState, ShutdownReason};
+
+/// Stands for "until woken" in `blocked_until`.
+const FOREVER: u64 = u64::MAX;
+/// Exits between two tallies in the log.
+const TALLY_EVERY: u64 = 1 << 18;
+/// A halted dom0 vCPU with nothing delivered this long is reported (once):
+/// normal at an idle shell, and the state to look at when it is not.
+const STALL_NS: u64 = 5_000_000_000;
+/// How often dom0's vCPU 0 looks at serial input while it idles.
+const SERIAL_POLL_NS: u64 = 10_000_000;
+/// Most refused exits / blocked accesses logged one by one; then counted.
+const LOG_LIMIT: u64 = 16;
+const UD: u8 = 6;
+const GP: u8 = 13;
+
+/// What `service` found.
+enum Serviced {
+    /// Run on; the vCPU's APIC timer fires next at this time.
+    Run { timer: Option<u64> },
+    /// INIT or START-UP came for this vCPU: `follow_power` first.
+    PowerChanged,
+}
+
+pub struct GuestVcpu {
+    index: usize,
+    platform: Arc<Platform>,
+    /// `None` while waiting for START-UP or before its first run.
+    vcpu: Option<AnyVcpu>,
+    /// Where vCPU 0 starts at its next run, while it has no vCPU object.
+    boot: Option<BootSpec>,
+    /// A START-UP page taken from the bus: the vCPU is made at the next run.
+    startup: Option<u8>,
+    /// The platform generation this vCPU belongs to.
+    generation: u32,
+    /// The bus's INIT count this vCPU last acted on.
+    inits_seen: u32,
+    exits: u64,
+    halted: bool,
+    /// Halted with interrupts off while one was pending: only INIT, a reset or
+    /// the domain's end moves it.
+    stuck: bool,
+    /// Sleeping after SCHED_OP block until this time (`FOREVER`: a request).
+    blocked_until: Option<u64>,
+    halted_since: Option<u64>,
+    stall_reported: bool,
+    blocked_accesses: u64,
+    /// Exits answered with #UD because nothing emulates them (dom0).
+    refused: u64,
+    /// Its x87/SSE/AVX/… registers and XCR0 while it is not running.
+    xstate: Option<XState>,
+    /// SPEC_CTRL and the other MSRs virtualized per vCPU.
+    msrs: exit::msr::VcpuMsrs,
+}
+
+// SAFETY: a GuestVcpu is used by one CPU at a time (the scheduler takes it out
+// of its map to poll or run it). Its vCPU object is made in `run` on the CPU
+// running it; a pinned vCPU never leaves that CPU, a movable one moves only
+// through `release` (VMCLEAR on VT-x) on the CPU that ran it and `adopt` on
+// the next. The rest is plain data and the shared, locked platform.
+unsafe impl Send for GuestVcpu {}
+
+impl GuestVcpu {
+    /// vCPU `index` of the platform's domain; vCPU 0 gets the boot state.
+    pub fn new(index: usize, platform: Arc<Platform>, boot: Option<BootSpec>) -> Self {
+        let generation = platform.generation();
+        Self {
+            index,
+            platform,
+            vcpu: None,
+            boot,
+            startup: None,
+            generation,
+            inits_seen: 0,
+            exits: 0,
+            halted: false,
+            stuck: false,
+            blocked_until: None,
+            halted_since: None,
+            stall_reported: false,
+            blocked_accesses: 0,
+            refused: 0,
+            xstate: None,
+            msrs: Default::default(),
+        }
+    }
+
+    fn label(&self) -> alloc::string::String {
+        self.platform.label(self.index)
+    }
+
+    fn stats(&self) -> &platform::VcpuStats {
+        &self.platform.stats[self.index]
+    }
+
+    /// Drops the guest state (INIT, a restart): the vCPU object goes (made
+    /// again at the next START-UP or boot), and with it what it was doing.
+    fn power_off(&mut self) {
+        self.vcpu = None;
+        self.startup = None;
+        (self.halted, self.stuck, self.blocked_until) = (false, false, None);
+        (self.halted_since, self.stall_reported) = (None, false);
+    }
+
+    /// Makes the vCPU object on this CPU if it has none and should run.
+    fn make_vcpu(&mut self) -> bool {
+        if self.vcpu.is_some() {
+            return true;
+        }
+        let (entry, gprs) = if let Some(page) = self.startup.take() {
+            let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
+            info!("{}: START-UP: real mode at {:#x} on cpu{}", self.label(), u32::from(page) << 12, crate::arch::x86_64::cpu_id());
+            (entry, Default::default())
+        } else if let Some(b) = self.boot.take() {
+            (b.entry, b.gprs)
+        } else {
+            return false;
+        };
+        let made = AnyVcpu::with_root(self.platform.root, &entry).and_then(|v| {
+            let x = match self.xstate.take() {
+                Some(x) => x,
+                None => XState::new().ok_or("no memory for its XSAVE area")?,
+            };
+            Ok((v, x))
+        });
+        match made {
+            Ok((mut v, x)) => {
+                *v.gprs() = gprs;
+                if self.platform.role == Role::Dom0 {
+                    v.pass_through_dom0_io(&[platform::DOM0_KEPT_PORTS], &platform::DOM0_KEPT_PIC_PORTS);
+                }
+                self.vcpu = Some(v);
+                self.xstate = Some(x);
+                true
+            }
+            Err(e) => {
+                warn!("{}: cannot make its vCPU: {e}", self.label());
+                match self.platform.role {
+                    Role::Dom0 => crate::start::fatal(format_args!("{}: no vCPU: {e}", self.label())),
+                    Role::DomU => control::end(self.platform.domid, ShutdownReason::Crash, "no vCPU"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Acts on INIT (the guest state goes; wait for START-UP) and START-UP
+    /// (taken now, the vCPU is made in real mode at the next run).
+    fn follow_power(&mut self) {
+        let (reset, startup) = {
+            let mut bus = self.platform.apics();
+            let inits = bus.inits(self.index);
+            let reset = inits != self.inits_seen;
+            self.inits_seen = inits;
+            (reset, bus.take_startup(self.index))
+        };
+        if reset {
+            if self.vcpu.is_some() {
+                info!("{}: INIT: waiting for START-UP", self.label());
+            }
+            self.power_off();
+        }
+        if startup.is_some() {
+            self.startup = startup;
+        }
+        let state = match (&self.vcpu, self.halted) {
+            (None, _) if self.startup.is_none() && self.boot.is_none() => STATE_WAIT_FOR_SIPI,
+            (Some(_), true) => STATE_HALTED,
+            _ => STATE_RUNNING,
+        };
+        self.stats().state.store(state, Ordering::Relaxed);
+    }
+
+    /// Whether it has guest code to run (or a vCPU to make).
+    fn powered(&self) -> bool {
+        self.vcpu.is_some() || self.startup.is_some() || self.boot.is_some()
+    }
+
+    /// Serial input (dom0's vCPU 0), interrupts moved from the devices to the
+    /// APICs, this APIC's timer, and — when `inject` (in `run`, where the
+    /// vCPU object is loaded) — an interrupt injected if one is due and the
+    /// guest can take it. Without `inject`, a pending interrupt ends a halt.
+    fn service(&mut self, now: u64, inject: bool) -> Serviced {
+        let (p, i) = (&*self.platform, self.index);
+        if p.role == Role::Dom0 && i == 0 {
+            let keys = p.devices.lock().poll_serial_input(crate::dom0::keys::HELP);
+            for key in keys {
+                crate::dom0::keys::debug_key(key, p);
+            }
+        }
+        let mut wake: Wake = 0;
+        let mut eois = Vectors::default();
+        let mut first = true;
+        let result = loop {
+            // The IOAPIC: EOIs from the last round, input lines, what it sends.
+            let mut out: [Option<Delivery>; IOAPIC_PINS] = [None; IOAPIC_PINS];
+            {
+                let mut dev = p.devices.lock();
+                for v in eois.iter() {
+                    dev.ioapic.eoi(v);
+                }
+                dev.update_lines();
+                for slot in out.iter_mut() {
+                    let Some(d) = dev.ioapic.pop_delivery() else { break };
+                    *slot = Some(d);
+                }
+            }
+            eois = Vectors::default();
+            // The APICs: the IOAPIC's messages, this APIC's timer and what it sends.
+            let mut bus = p.apics();
+            for d in out.iter().flatten() {
+                wake |= bus.deliver(d);
+            }
+            if first {
+                bus.lapic(i).tick(now);
+                first = false;
+            }
+            wake |= bus.drain(i, &mut eois);
+            if !eois.is_empty() {
+                // A level EOI may let the IOAPIC send again: another round.
+                continue;
+            }
+            if bus.inits(i) != self.inits_seen || matches!(bus.power(i), Power::StartUp(_)) {
+                break Serviced::PowerChanged;
+            }
+            let lapic = bus.lapic(i);
+            if let Some(vector) = lapic.pending() {
+                match self.vcpu.as_mut() {
+                    Some(vcpu) if inject => {
+                        if vcpu.interrupt_ready() {
+                            vcpu.inject_interrupt(vector);
+                            lapic.ack();
+                            (self.halted, self.stuck, self.halted_since) = (false, false, None);
+                        } else if self.halted {
+                            // HLT with interrupts off: nothing but INIT or
+                            // an NMI (not modelled) wakes it, as on a CPU.
+                            self.stuck = true;
+                        } else {
+                            vcpu.request_interrupt_window(true);
+                        }
+                    }
+                    _ if !self.stuck => self.halted = false,
+                    _ => {}
+                }
+            }
+            break Serviced::Run { timer: lapic.timer_deadline() };
+        };
+        // The others that got something look again.
+        for j in bits(wake & !(1 << i)) {
+            sched::nudge(VcpuId { dom: p.domid, vcpu: j as u32 });
+        }
+        result
+    }
+
+    /// A domU's state in the domain table: `Some` if it decides the poll.
+    fn follow_domain(&mut self, now: u64) -> Option<Poll> {
+        let domid = self.platform.domid;
+        let mut t = DOMAINS.lock();
+        let Some(d) = t.get_mut(domid) else { return Some(Poll::Gone) };
+        if d.state == DomainState::Dying {
+            // This CPU may drop the vCPU (released, or its own), then maybe
+            // the domain.
+            self.vcpu = None;
+            if let Some(dead) = t.release_vcpu(domid) {
+                drop(t);
+                control::release(dead);
+            }
+            return Some(Poll::Gone);
+        }
+        if d.restart_pending {
+            if self.index != 0 {
+                // vCPU 0 boots it again; this one waits for START-UP then.
+                drop(t);
+                self.power_off();
+                return Some(Poll::Sleep(None));
+            }
+            drop(t);
+            return Some(self.restart(now));
+        }
+        if !matches!(d.state, DomainState::Running | DomainState::ShuttingDown) {
+            return Some(Poll::Sleep(None));
+        }
+        let request = d.request != request::NONE;
+        drop(t);
+        match self.blocked_until {
+            // A request wakes a vCPU blocked in SCHED_OP (the guest asks for
+            // it then).
+            Some(until) if !request && now < until => {
+                let at = until.min(control::drain_echo(now));
+                Some(Poll::Sleep((at != FOREVER).then_some(at)))
+            }
+            _ => {
+                self.blocked_until = None;
+                None
+            }
+        }
+    }
+
+    /// vCPU 0 of a domU boots it again: memory zeroed and laid out again from
+    /// the staged kernel, devices and APICs back to power-on, every vCPU's
+    /// state dropped.
+    fn restart(&mut self, now: u64) -> Poll {
+        let domid = self.platform.domid;
+        self.power_off();
+        self.xstate = None;
+        self.msrs = Default::default();
+        // Zeroing takes long (about 0.1 s a GiB), so not under the table's
+        // lock: `restart_pending` keeps the domain from running and from
+        // ending again, and this vCPU keeps its memory from being freed (a
+        // destroy meanwhile only marks it dying).
+        for r in self.platform.ram.regions() {
+            // SAFETY: the region is this domain's RAM (its own chunks, identity
+            // mapped), alive while this vCPU is; no vCPU of the domain runs
+            // while it restarts.
+            unsafe { core::ptr::write_bytes(r.hpa.as_u64() as *mut u8, 0, r.len as usize) };
+        }
+        self.platform.reset();
+        self.generation = self.platform.generation();
+        self.inits_seen = 0;
+        let mut t = DOMAINS.lock();
+        let Some(d) = t.get_mut(domid) else { return Poll::Gone };
+        if !d.restart_pending {
+            // Destroyed meanwhile: the next poll lets it go.
+            return Poll::Sleep(Some(now));
+        }
+        match crate::domain::build::lay_out(&mut d.res, d.vcpus) {
+            Ok(spec) => {
+                self.boot = Some(spec);
+                d.res.boot = Some(spec);
+                let vcpus = d.vcpus;
+                t.finish_restart(domid);
+                drop(t);
+                // The others drop their state when they see the new generation.
+                for j in 1..vcpus {
+                    sched::nudge(VcpuId { dom: domid, vcpu: j });
+                }
+                control::guest_log(domid, log::Level::Info, format_args!("{}: rebooted", self.platform.label(0)));
+                Poll::Run
+            }
+            Err(e) => {
+                d.restart_pending = false;
+                d.state = DomainState::Dying;
+                drop(t);
+                warn!("{}: cannot boot it again: {}", self.platform.label(0), e.why);
+                Poll::Sleep(Some(now))
+            }
+        }
+    }
+
+    fn report_stall(&mut self, now: u64) {
+        let since = *self.halted_since.get_or_insert(now);
+        if self.stall_reported || now - since <= STALL_NS || self.platform.role != Role::Dom0 {
+            return;
+        }
+        self.stall_reported = true;
+        let label = self.label();
+        log_tally(&label, "first idle stretch", self.stats().counts());
+        let Some(vcpu) = self.vcpu.as_ref() else { return };
+        let (rip, exits) = (vcpu.rip(), self.exits);
+        let mut bus = self.platform.apics();
+        let l = bus.lapic(self.index);
+        let isr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x100 + 0x10 * i as u32, now));
+        let irr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x200 + 0x10 * i as u32, now));
+        info!(
+            "{label}: idle for {} s (nothing to deliver): rip {rip:#x}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
+            (now - since) / 1_000_000_000,
+            l.pending(),
+            l.ppr(),
+            l.timer_deadline(),
+            l.read_register(0x320, now),
+        );
+    }
+
+    /// The guest ended itself, faulted, or did what nothing emulates. dom0
+    /// gets the answer a machine would give (#UD, all ones); its triple fault
+    /// or shutdown stops the host, as a real machine stops. A domU's ends
+    /// the domain (its `on_*` action) and nothing else.
+    fn settle(&mut self, outcome: Outcome) -> bool {
+        let Some(vcpu) = self.vcpu.as_mut() else { return true };
+        let (domid, label, rip) = (self.platform.domid, self.platform.label(self.index), vcpu.rip());
+        if self.platform.role == Role::Dom0 {
+            match outcome {
+                Outcome::MemoryFault { gpa, access } => blocked_access(vcpu, &self.platform, gpa, access, &mut self.blocked_accesses),
+                Outcome::TripleFault | Outcome::Shutdown(_) => {
+                    crate::start::fatal(format_args!("{label} stopped after {} exits at rip {rip:#x}: {outcome:?}", self.exits))
+                }
+                Outcome::Unemulated { gpa, error } => {
+                    refuse(vcpu, &mut self.refused, format_args!("{label}: cannot emulate MMIO at {gpa:?}: {error:?}"))
+                }
+                other => refuse(vcpu, &mut self.refused, format_args!("{label}: {other:?}")),
+            }
+            return false;
+        }
+        let (reason, why) = match outcome {
+            Outcome::Shutdown(reason) => (
+                reason,
+                match reason {
+                    ShutdownReason::Poweroff => "powered off",
+                    ShutdownReason::Reboot => "asked to reboot",
+                    ShutdownReason::Crash => "reported a crash",
+                },
+            ),
+            Outcome::MemoryFault { gpa, access } => {
+                control::guest_log(domid, log::Level::Warn, format_args!("{label}: {access:?} of {:#x}, not its memory, at rip {rip:#x}", gpa.as_u64()));
+                (ShutdownReason::Crash, "crashed (memory outside its own)")
+            }
+            Outcome::TripleFault => {
+                control::guest_log(domid, log::Level::Warn, format_args!("{label}: triple fault at rip {rip:#x}"));
+                (ShutdownReason::Crash, "crashed (triple fault)")
+            }
+            Outcome::Unemulated { gpa, error } => {
+                control::guest_log(domid, log::Level::Warn, format_args!("{label}: cannot emulate MMIO at {gpa:?} ({error:?}) at rip {rip:#x}"));
+                (ShutdownReason::Crash, "crashed (MMIO the hypervisor cannot complete)")
+            }
+            other => {
+                control::guest_log(domid, log::Level::Warn, format_args!("{label}: unhandled exit {other:?} at rip {rip:#x}"));
+                (ShutdownReason::Crash, "crashed (unhandled exit)")
+            }
+        };
+        control::end(domid, reason, why);
+        true
+    }
+}
+
+impl Runnable for GuestVcpu {
+    fn poll(&mut self, now: u64) -> Poll {
+        if self.platform.role == Role::DomU {
+            // Consoles' serial echoes are printed here, between turns, with
+            // no lock held; a domain writing its console never waits for the
+            // UART.
+            control::drain_echo(now);
+            if let Some(p) = self.follow_domain(now) {
+                return p;
+            }
+        }
+        if self.generation != self.platform.generation() {
+            // The domain rebooted: back to power-on (vCPU 0 got its boot state
+            // in `restart`).
+            self.generation = self.platform.generation();
+            self.inits_seen = 0;
+            self.power_off();
+            self.xstate = None;
+            self.msrs = Default::default();
+        }
+        let timer = loop {
+            self.follow_power();
+            if !self.powered() {
+                // Waiting for START-UP: only a kick (from the IPI) changes that.
+                return Poll::Sleep(None);
+            }
+            if let Serviced::Run { timer } = self.service(now, false) {
+                break timer;
+            }
+        };
+        if !self.halted || self.vcpu.is_none() {
+            return Poll::Run;
+        }
+        self.stats().state.store(STATE_HALTED, Ordering::Relaxed);
+        self.report_stall(now);
+        // While halted, sleep until its timer, a kick, or (dom0's vCPU 0) the
+        // next look at serial input.
+        let serial = (self.platform.role == Role::Dom0 && self.index == 0).then_some(now + SERIAL_POLL_NS);
+        Poll::Sleep(match (timer, serial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    fn run(&mut self, until: u64) {
+        let start = now_ns();
+        let exits_before = self.exits;
+        let domid = self.platform.domid;
+        if !self.make_vcpu() {
+            return;
+        }
+        self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
+        if let Some(x) = self.xstate.as_mut() {
+            x.load();
+        }
+        let serial = self.platform.role == Role::Dom0 && self.index == 0;
+        loop {
+            let now = now_ns();
+            let Serviced::Run { timer } = self.service(now, true) else { break };
+            if self.halted || now >= until {
+                break;
+            }
+            let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
+            apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
+            let Some(vcpu) = self.vcpu.as_mut() else { break };
+            exit::msr::load_for_guest(&self.msrs, domid);
+            let exit = vcpu.run();
+            self.exits += 1;
+            let stats = &self.platform.stats[self.index];
+            stats.tally[tally_index(&exit)].fetch_add(1, Ordering::Relaxed);
+            if self.exits.is_multiple_of(TALLY_EVERY) {
+                log_tally(&self.platform.label(self.index), "so far", stats.counts());
+            }
+            let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs };
+            match exit::handle(vcpu, exit, &mut env) {
+                Outcome::Continue => {}
+                // A physical interrupt (the timer, a kick, a device): back to
+                // the scheduler, which may have another vCPU to run here.
+                Outcome::Preempted | Outcome::Yield => break,
+                Outcome::Halted => self.halted = true,
+                Outcome::Block { timeout_ns } => {
+                    self.blocked_until = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
+                    break;
+                }
+                other => {
+                    if self.settle(other) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(x) = self.xstate.as_mut() {
+            x.save();
+        }
+        let ran = now_ns().saturating_sub(start);
+        if let Some(d) = DOMAINS.lock().get_mut(domid) {
+            d.cpu_time_ns += ran;
+            d.exits += self.exits - exits_before;
+            d.res.home_cpu = crate::arch::x86_64::cpu_id();
+        }
+    }
+
+    fn adopt(&mut self) {
+        if let Some(v) = self.vcpu.as_mut() {
+            if let Err(e) = v.adopt() {
+                warn!("{}: cannot move its vCPU here: {e}", self.platform.label(self.index));
+                control::end(self.platform.domid, ShutdownReason::Crash, "its vCPU could not move");
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(v) = self.vcpu.as_mut() {
+            v.release();
+        }
+    }
+}
+
+fn tally_index(exit: &VmExit) -> usize {
+    match exit {
+        VmExit::Cpuid { .. } => 0,
+        VmExit::Io { .. } => 1,
+        VmExit::MsrRead { .. } => 2,
+        VmExit::MsrWrite { .. } => 3,
+        VmExit::Hlt => 4,
+        VmExit::Hypercall => 5,
+        VmExit::NestedPageFault { .. } => 6,
+        VmExit::Preempted => 7,
+        VmExit::InterruptWindow => 8,
+        _ => 9,
+    }
+}
+
+/// What one vCPU's exits reach: its domain's platform and its own APIC.
+struct VcpuEnv<'a> {
+    platform: &'a Platform,
+    index: usize,
+    msrs: &'a mut exit::msr::VcpuMsrs,
+}
+
+impl PortBus for VcpuEnv<'_> {
+    fn read(&mut self, port: u16, size: u8) -> Option<u32> {
+        self.platform.port_read(port, size)
+    }
+    fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
+        self.platform.port_write(port, size, value)
+    }
+}
+
+impl GuestEnv for VcpuEnv<'_> {
+    fn ports(&mut self) -> &mut dyn PortBus {
+        self
+    }
+    fn memory(&self) -> Option<&dyn crate::emulate::GuestPhysRead> {
+        Some(&self.platform.gm)
+    }
+    fn mmio(&mut self, gpa: GuestPhysAddr, access: MmioAccess<'_>) -> bool {
+        self.platform.mmio(self.index, gpa, now_ns(), access)
+    }
+    fn refused_cpl(&mut self, cpl: u8, number: u64) {
+        // dom0's unprivileged processes are as untrusted as a domU: their
+        // refusals count against the domain's log limit alike.
+        use crate::hypercall::Services;
+        control::Hv.refused(self.platform.domid, format_args!("hypercall {number:#x} from CPL {cpl}"));
+    }
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        crate::arch::x86_64::cpuid(leaf, subleaf)
+    }
+    fn cpuid_kind(&self) -> exit::cpuid::Kind {
+        match self.platform.role {
+            // vCPU i runs on CPU i with its APIC ID: the host's topology
+            // leaves describe it as they are.
+            Role::Dom0 => exit::cpuid::Kind::Dom0,
+            Role::DomU => exit::cpuid::Kind::DomU { vcpu: self.index as u32, vcpus: self.platform.vcpus() as u32 },
+        }
+    }
+    fn vcpu_msrs(&mut self) -> Option<&mut exit::msr::VcpuMsrs> {
+        Some(self.msrs)
+    }
+    fn tsc_hz(&self) -> u64 {
+        crate::arch::x86_64::time::tsc_hz()
+    }
+    fn msr_read(&mut self, msr: u32) -> Option<u64> {
+        if !VirtualLapic::owns_msr(msr) {
+            return None;
+        }
+        self.platform.apics().lapic(self.index).msr_read(msr, now_ns()).ok()
+    }
+    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        VirtualLapic::owns_msr(msr) && self.platform.apics().lapic(self.index).msr_write(msr, value, now_ns()).is_ok()
+    }
+    fn wbinvd(&mut self) {
+        // dom0 drives the machine's devices: a driver that flushes caches for
+        // a device's sake gets the real flush. Others' is a no-op.
+        if self.platform.privileged() {
+            // SAFETY: WBINVD writes caches back; it changes no hypervisor state.
+            unsafe { core::arch::asm!("wbinvd", options(nostack, preserves_flags)) };
+        }
+    }
+    fn hypercall(&mut self, args: &Args) -> (Result<u64, oxen_abi::Error>, After) {
+        let mut ram = control::RamView(&self.platform.ram);
+        let mut caller = Caller { domid: self.platform.domid, privileged: self.platform.privileged(), ram: &mut ram };
+        hypercall::dispatch(&mut caller, &mut control::Hv, args)
+    }
+}
+
+/// An exit nothing emulates, by dom0 (an MMIO instruction the emulator does
+/// not decode, string I/O on an emulated port, an exit no handler knows):
+/// dom0 gets #UD, as from a CPU that cannot run the instruction, and runs on.
+/// Logged up to `LOG_LIMIT` times, then counted.
+fn refuse(vcpu: &mut AnyVcpu, count: &mut u64, what: core::fmt::Arguments<'_>) {
+    *count += 1;
+    if *count <= LOG_LIMIT {
+        warn!("{what} at rip {:#x}: #UD injected", vcpu.rip());
+    } else if *count == LOG_LIMIT + 1 {
+        warn!("dom0: further exits answered with #UD are counted, not logged");
+    }
+    vcpu.inject_exception(UD, None);
+}
+
+/// What dom0 sees where it has no memory (hypervisor RAM, or nothing): reads
+/// return all ones, writes are dropped, as on a bus where nothing answers.
+struct Nothing;
+
+impl crate::devices::MmioDevice for Nothing {
+    fn mmio_read(&mut self, _offset: u64, _size: u8) -> u64 {
+        u64::MAX
+    }
+    fn mmio_write(&mut self, _offset: u64, _size: u8, _value: u64) {}
+}
+
+/// dom0 touched guest-physical memory it does not have. The access fails
+/// inside dom0 and dom0 runs on: a plain MOV completes against `Nothing`,
+/// anything else (string copies, as from /dev/mem) gets #GP, which Linux's
+/// exception fixups turn into an error for the caller.
+fn blocked_access(vcpu: &mut AnyVcpu, p: &Platform, gpa: GuestPhysAddr, access: Access, count: &mut u64) {
+    *count += 1;
+    let page = GuestPhysAddr::new(gpa.as_u64() & !(PAGE_SIZE - 1));
+    let rip = vcpu.rip();
+    let result = match vcpu.cpu_state() {
+        Some(cpu) => mmio::emulate_mmio(vcpu, &p.gm, &cpu, gpa, page, &mut Nothing).map(|_| ()),
+        None => Err(EmulateError::Decode(crate::emulate::decode::DecodeError::Unsupported)),
+    };
+    let kind = if access.contains(Access::EXEC) {
+        "execute"
+    } else if access.contains(Access::WRITE) {
+        "write"
+    } else {
+        "read"
+    };
+    let what = match (&result, kind) {
+        (Err(_), _) => "refused with #GP",
+        (Ok(()), "write") => "dropped",
+        (Ok(()), _) => "reads all ones",
+    };
+    if *count <= LOG_LIMIT {
+        warn!("dom0: {kind} of {:#x} (not dom0 memory) at rip {rip:#x}: {what}", gpa.as_u64());
+    } else if *count == LOG_LIMIT + 1 {
+        warn!("dom0: further blocked accesses are counted, not logged");
+    }
+    if result.is_err() {
+        vcpu.inject_exception(GP, Some(0));
+    }
+}
