@@ -5,6 +5,8 @@
 use super::boot;
 use super::control::{BootSpec, RamView, Resources};
 use super::elf;
+use super::linux;
+use crate::linux::{boot_params, bzimage::BzImage};
 use crate::hypercall::GuestRam;
 use crate::virt::{EntryMode, InitialState};
 use alloc::string::{String, ToString};
@@ -22,6 +24,7 @@ fn err(error: Error, why: impl ToString) -> BuildError {
 /// Copies the kernel's segments, the ramdisk, page tables, GDT and
 /// `StartInfo` into the domain's RAM and returns where its vCPU starts.
 pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> {
+    // Borrowed from `res` only while laying out; the staged images stay.
     let image = res.images[0]
         .as_ref()
         .filter(|s| s.loaded == s.len)
@@ -31,6 +34,9 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         r => r.as_ref(),
     };
     let memory: u64 = res.ram.regions().iter().map(|r| r.len).sum();
+    if let Ok(bz) = BzImage::parse(image.bytes()) {
+        return lay_out_linux(res, &bz, ramdisk.map(|r| r.bytes()), memory, vcpus);
+    }
     let layout = boot::plan(memory, ramdisk.map_or(0, |r| r.len)).map_err(|e| err(Error::NoMem, e))?;
     let kernel = elf::parse(image.bytes(), layout.kernel_window()).map_err(|e| err(Error::NoExec, e))?;
     layout.check_kernel(&kernel).map_err(|e| err(Error::NoExec, e))?;
@@ -67,5 +73,44 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         rsp: layout.stack_top.as_u64(),
     };
     let gprs = crate::virt::GuestGprs { rdi: layout.start_info.as_u64(), ..Default::default() };
+    Ok(BootSpec { entry, gprs })
+}
+
+/// A bzImage: Linux's 64-bit boot protocol (`domain::linux` has the layout),
+/// with the ACPI tables of the domain's platform.
+fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: u64, _vcpus: u32) -> Result<BootSpec, BuildError> {
+    let initrd_len = ramdisk.map_or(0, |r| r.len() as u64);
+    let layout = linux::plan(memory, bz.pref_address(), bz.alignment(), bz.init_size(), initrd_len, u64::from(bz.initrd_addr_max()))
+        .map_err(|e| err(Error::NoMem, e))?;
+    let cmdline = res.cmdline.as_bytes();
+    let limit = (bz.cmdline_size() as usize).min(linux::CMDLINE_MAX as usize - 1);
+    if cmdline.len() > limit {
+        return Err(err(Error::Inval, alloc::format!("the command line is {} bytes; this kernel takes at most {limit}", cmdline.len())));
+    }
+    let mut ram = RamView(&res.ram);
+    let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
+    ram.write(layout.kernel_load, bz.kernel()).map_err(fault)?;
+    if let Some(r) = ramdisk {
+        ram.write(layout.initrd, r).map_err(fault)?;
+    }
+    ram.write(linux::CMDLINE, cmdline).map_err(fault)?;
+    ram.write(linux::CMDLINE + cmdline.len() as u64, &[0]).map_err(fault)?;
+    ram.write(linux::GDT, &boot::gdt_image()).map_err(fault)?;
+    let tables = crate::dom0::layout::identity_map(linux::PAGE_TABLES, layout.identity_top);
+    ram.write(linux::PAGE_TABLES, &tables).map_err(fault)?;
+    let mut zero_page = [0u8; boot_params::ZERO_PAGE_SIZE];
+    let at = boot_params::Placement {
+        cmdline: linux::CMDLINE,
+        initrd: (layout.initrd_len > 0).then_some((layout.initrd, layout.initrd_len)),
+        rsdp: None,
+    };
+    boot_params::build(&mut zero_page, bz, &layout.e820(), &at);
+    ram.write(linux::BOOT_PARAMS, &zero_page).map_err(fault)?;
+    let entry = InitialState {
+        mode: EntryMode::Linux64 { cr3: linux::PAGE_TABLES, gdt_base: linux::GDT, gdt_limit: linux::GDT_LIMIT },
+        rip: layout.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
+        rsp: 0,
+    };
+    let gprs = crate::virt::GuestGprs { rsi: linux::BOOT_PARAMS, ..Default::default() };
     Ok(BootSpec { entry, gprs })
 }

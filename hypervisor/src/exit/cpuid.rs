@@ -25,7 +25,9 @@
 //! - Topology: dom0's vCPU i runs on CPU i and keeps that CPU's APIC IDs, so
 //!   the host's answers stand. A domU sees its own: vCPU n has (x2)APIC ID n
 //!   in leaves 1, 0xB, 0x1F and AMD's 0x8000001E, one thread per core, one
-//!   package; and no local APIC (x2APIC, TSC-deadline) since it has none.
+//!   package. Every domain's platform has a virtual local APIC with x2APIC
+//!   and TSC-deadline modes (`devices::lapic`): a domU is shown them whatever
+//!   the host has.
 //! - Oxen's own leaves at 0x40000000 (signature "OxenOxenOxen") and
 //!   0x40000001 (ABI version); 0x40000002..0x400000ff read as zero.
 
@@ -45,7 +47,8 @@ pub struct CpuidResult {
 pub enum Kind {
     /// dom0: vCPU i on CPU i, with a virtual local APIC carrying that CPU's ID.
     Dom0,
-    /// A domU: `vcpus` vCPUs numbered from 0, this is `vcpu`; no local APIC.
+    /// A domU: `vcpus` vCPUs numbered from 0, this is `vcpu`, each with a
+    /// virtual local APIC whose ID is its number.
     DomU { vcpu: u32, vcpus: u32 },
 }
 
@@ -280,8 +283,9 @@ pub fn guest_view(kind: Kind, state: &GuestState, leaf: u32, subleaf: u32, host:
             let mut edx = r.edx & !(l1d::MCE | l1d::MTRR | l1d::MCA | l1d::DS | l1d::ACPI | l1d::TM | l1d::PBE);
             let mut ebx = r.ebx;
             if let Some((vcpu, vcpus)) = domu {
-                ecx &= !(l1c::X2APIC | l1c::TSC_DEADLINE);
-                edx &= !(l1d::APIC | l1d::HTT);
+                // The virtual LAPIC has both modes whatever the host has.
+                ecx |= l1c::X2APIC | l1c::TSC_DEADLINE;
+                edx = (edx & !l1d::HTT) | l1d::APIC;
                 if vcpus > 1 {
                     edx |= l1d::HTT;
                 }
@@ -359,7 +363,8 @@ pub fn guest_view(kind: Kind, state: &GuestState, leaf: u32, subleaf: u32, host:
                     | e1c::MONITORX);
             let mut edx = r.edx & !(l1d::MCE | l1d::MTRR | l1d::MCA);
             if domu.is_some() {
-                edx &= !l1d::APIC;
+                // AMD mirrors leaf 1's APIC bit here.
+                edx |= l1d::APIC;
             }
             CpuidResult { ecx, edx, ..r }
         }
@@ -565,12 +570,12 @@ mod tests {
         (1, 0, 'c', 3, false, false),            // MONITOR
         (1, 0, 'c', 7, false, false),            // EIST
         (1, 0, 'c', 15, false, false),           // PDCM
-        (1, 0, 'c', 21, true, false),            // x2APIC: dom0 has a virtual LAPIC
-        (1, 0, 'c', 24, true, false),            // TSC deadline
+        (1, 0, 'c', 21, true, true),             // x2APIC: every domain has a virtual LAPIC
+        (1, 0, 'c', 24, true, true),             // TSC deadline
         (1, 0, 'c', 31, true, true),             // hypervisor
         (1, 0, 'c', 26, true, true),             // XSAVE
         (1, 0, 'c', 27, false, false),           // OSXSAVE: the guest's CR4 (here clear)
-        (1, 0, 'd', 9, true, false),             // APIC
+        (1, 0, 'd', 9, true, true),              // APIC
         (1, 0, 'd', 12, false, false),           // MTRR
         (1, 0, 'd', 7, false, false),            // MCE
         (1, 0, 'd', 21, false, false),           // DS
