@@ -24,6 +24,7 @@
 
 extern crate alloc;
 
+pub mod arch;
 pub mod cmdline;
 pub mod console_switch;
 pub mod devices;
@@ -39,8 +40,6 @@ pub mod sched;
 pub mod virt;
 pub mod vm;
 
-#[cfg(target_os = "none")]
-pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]

@@ -67,6 +67,15 @@ impl HostPhysAddr {
     }
 }
 
+/// Whether `addr` is canonical for 48-bit linear addresses (SDM Vol. 1
+/// §3.3.7.1): bits 63:47 all equal. VM entry checks guest segment bases,
+/// SYSENTER_ESP/EIP and MSR-load values for this, so guest writes are checked
+/// before they reach the VMCS / VMCB.
+pub const fn is_canonical(addr: u64) -> bool {
+    let top = (addr as i64) >> 47;
+    top == 0 || top == -1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

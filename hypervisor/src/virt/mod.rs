@@ -6,7 +6,6 @@ pub mod fake;
 pub mod guest_mem;
 pub mod tlb_tag;
 pub mod vcpu;
-pub mod vmx_decode;
 
 pub use exit::{Access, Insn, VmExit};
 pub use guest_mem::GuestMemory;

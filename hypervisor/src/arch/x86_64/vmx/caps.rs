@@ -2,7 +2,7 @@
 //! once at boot to what the CPU allows (SDM Vol. 3D Appendix A).
 
 use crate::arch::x86_64::rdmsr;
-use crate::virt::vmx_decode::{ept_vpid_cap, AllowedBits, VmxBasic};
+use crate::arch::x86_64::vmx::decode::{ept_vpid_cap, AllowedBits, VmxBasic};
 
 /// Capability MSRs (SDM Vol. 4 Table 2-2, Vol. 3D Appendix A).
 pub mod msr {

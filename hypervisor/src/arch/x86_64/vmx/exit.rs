@@ -1,8 +1,8 @@
 //! Reading one VM exit out of the VMCS, and the exits the backend handles itself
-//! (host interrupts). Decoding into `VmExit` is pure: `virt::vmx_decode`.
+//! (host interrupts). Decoding into `VmExit` is pure: `vmx::decode`.
 
 use super::vmcs::{self, ReadOnly32, ReadOnly64, ReadOnlyNat, FieldNat, Field32, VmxError};
-use crate::virt::vmx_decode::{ExitReason, InterruptionInfo, RawExit};
+use crate::arch::x86_64::vmx::decode::{ExitReason, InterruptionInfo, RawExit};
 use crate::virt::GuestGprs;
 
 /// What the VMCS says about one exit, plus the guest state `VmxVcpu` caches.

@@ -4,12 +4,13 @@
 //! - `vmcs`: VMX instructions and typed VMCS fields.
 //! - `vcpu`: `VmxVcpu`, its VMCS set-up and the world switch.
 //! - `exit`: reading an exit out of the VMCS and handling what is VMX-only.
-//! - pure decoding lives in `crate::virt::vmx_decode`, tested on the host.
+//! - pure decoding lives in `crate::arch::x86_64::vmx::decode`, tested on the host.
 //!
 //! Per-CPU VMX state (the VMXON region, the current VMCS) is in `CPUS`, indexed
 //! by `cpu_id()`; a vCPU is created, run and dropped on one CPU.
 
 mod caps;
+pub mod decode;
 mod exit;
 mod vcpu;
 mod vmcs;
@@ -17,7 +18,7 @@ mod vmcs;
 pub use vcpu::VmxVcpu;
 
 use crate::arch::x86_64::{cpu_id, cpuid, rdmsr, wrmsr, cpu::msr};
-use crate::virt::vmx_decode::{apply_fixed_bits, ept_vpid_cap};
+use crate::arch::x86_64::vmx::decode::{apply_fixed_bits, ept_vpid_cap};
 use caps::{feature_control, VmxCaps};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;

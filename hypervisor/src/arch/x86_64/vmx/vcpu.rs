@@ -4,7 +4,7 @@ use super::caps::{entry, pin, proc, VmxCaps};
 use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
 use crate::arch::x86_64::{cpu::msr, cpu::DebugRegs, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
-use crate::virt::vmx_decode::{
+use crate::arch::x86_64::vmx::decode::{
     access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
     InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
@@ -800,7 +800,7 @@ impl VmxVcpu {
 /// its VPIDs): all-context INVVPID, or one single-context INVVPID per VPID
 /// where the CPU has only that.
 fn flush_all_vpids(caps: &super::caps::VmxCaps) -> Result<(), &'static str> {
-    if caps.ept_vpid & crate::virt::vmx_decode::ept_vpid_cap::INVVPID_ALL_CONTEXT != 0 {
+    if caps.ept_vpid & crate::arch::x86_64::vmx::decode::ept_vpid_cap::INVVPID_ALL_CONTEXT != 0 {
         return vmcs::invvpid(vmcs::InvvpidType::AllContexts, 0).map_err(|_| "INVVPID");
     }
     for vpid in 1..=u16::MAX {
@@ -1153,7 +1153,7 @@ impl VmxVcpu {
     /// Caches the guest state the `Vcpu` accessors report and notes an
     /// interrupted event delivery for re-injection.
     fn after_exit(&mut self, exit: &super::exit::ExitState) -> Result<(), (&'static str, VmxError)> {
-        if exit.raw.reason & crate::virt::vmx_decode::EXIT_REASON_ENTRY_FAILURE == 0 {
+        if exit.raw.reason & crate::arch::x86_64::vmx::decode::EXIT_REASON_ENTRY_FAILURE == 0 {
             self.launched = true;
         }
         self.rip = exit.rip;

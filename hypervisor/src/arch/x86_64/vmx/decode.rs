@@ -122,13 +122,9 @@ pub const fn ept_pointer(root: u64) -> u64 {
     (root & !0xfff) | MEMORY_TYPE_WB | ((4 - 1) << WALK_LENGTH_SHIFT)
 }
 
-/// Whether `addr` is canonical for 48-bit linear addresses; VM entry checks
-/// guest segment bases, SYSENTER_ESP/EIP and MSR-load values for this
-/// (SDM Vol. 3C §27.3.1), so guest writes are checked before they reach the VMCS.
-pub const fn is_canonical(addr: u64) -> bool {
-    let top = (addr as i64) >> 47;
-    top == 0 || top == -1
-}
+/// VM entry checks guest segment bases, SYSENTER_ESP/EIP and MSR-load values
+/// for this (SDM Vol. 3C §27.3.1).
+pub use crate::mem::addr::is_canonical;
 
 /// Whether every entry of a PAT value is a valid memory type (0, 1, 4-7);
 /// VM entry checks the guest PAT for this (SDM Vol. 3C §27.3.1.1).
