@@ -70,7 +70,7 @@ const PENDING_MAX: usize = 16 * 1024;
 
 /// Writes one hypervisor line now, or holds it back (see `PENDING`).
 fn hypervisor_line(serial: &mut Serial, args: fmt::Arguments, may_hold: bool) {
-    let now = crate::sched::run::now_ns();
+    let now = crate::arch::x86_64::time::now_ns();
     let hold = may_hold
         && GUEST_LINE_OPEN.load(Ordering::Relaxed)
         && now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS;
@@ -103,7 +103,7 @@ pub fn flush_pending() {
     if !HAS_PENDING.load(Ordering::Relaxed) {
         return;
     }
-    let now = crate::sched::run::now_ns();
+    let now = crate::arch::x86_64::time::now_ns();
     if now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS {
         return;
     }
@@ -191,7 +191,7 @@ pub fn write_guest(tag: &str, bytes: impl Iterator<Item = u8>) {
             flush_held(&mut serial, &mut PENDING.lock());
         }
     }
-    GUEST_LAST_NS.store(crate::sched::run::now_ns(), Ordering::Relaxed);
+    GUEST_LAST_NS.store(crate::arch::x86_64::time::now_ns(), Ordering::Relaxed);
 }
 
 /// One byte of serial input, if COM1 has one.
@@ -206,4 +206,17 @@ pub fn emergency_print(args: fmt::Arguments) {
     // is better than deadlocking on the lock the crashed code may hold.
     unsafe { SERIAL.force_unlock() };
     let _ = SERIAL.lock().write_fmt(args);
+}
+
+/// Prints `FATAL: ...` and stops this CPU: for what the hypervisor cannot go
+/// on without (never for anything a guest did but dom0's own end).
+pub fn fatal(args: fmt::Arguments) -> ! {
+    always(format_args!("FATAL: {args}"));
+    halt("fatal error")
+}
+
+/// Prints the final `(oxen) halt:` line and stops this CPU.
+pub fn halt(reason: &str) -> ! {
+    always(format_args!("halt: {reason}"));
+    crate::arch::x86_64::halt_forever()
 }

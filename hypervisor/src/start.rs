@@ -171,16 +171,7 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
 }
 
 /// Prints a `FATAL` line and the final `halt:` line, then stops.
-pub fn fatal(args: core::fmt::Arguments) -> ! {
-    crate::console::always(format_args!("FATAL: {args}"));
-    halt("fatal error")
-}
-
-/// Prints the final `(oxen) halt:` line and stops this CPU.
-pub fn halt(reason: &str) -> ! {
-    crate::console::always(format_args!("halt: {reason}"));
-    arch::halt_forever()
-}
+pub use crate::console::{fatal, halt};
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

@@ -112,7 +112,7 @@ impl Resources {
     /// Fallible: a domain's buffers come from the heap, and a create that
     /// does not fit must fail with -ENOMEM, not halt the host.
     fn try_new(ram: GuestMemory) -> Result<Self, Error> {
-        let now = sched::now_ns();
+        let now = crate::arch::x86_64::time::now_ns();
         Ok(Self {
             chunks: Vec::new(),
             ram,
@@ -162,10 +162,10 @@ pub static DOMAINS: Mutex<Table<Resources>> = Mutex::new(Table::new());
 pub fn register_dom0(ram: GuestMemory, vcpus: u32) {
     let kib = ram.regions().iter().map(|r| r.len / 1024).sum();
     let res = Resources::try_new(ram)
-        .unwrap_or_else(|_| crate::start::fatal(format_args!("dom0: no heap for its console")));
+        .unwrap_or_else(|_| crate::console::fatal(format_args!("dom0: no heap for its console")));
     DOMAINS.lock().add_dom0(kib, vcpus, res);
     if let Err(e) = sched::add_domain(DOM0, oxen_abi::DEFAULT_WEIGHT, 0) {
-        crate::start::fatal(format_args!("dom0: cannot add it to the scheduler: {e:?}"));
+        crate::console::fatal(format_args!("dom0: cannot add it to the scheduler: {e:?}"));
     }
 }
 
@@ -218,14 +218,14 @@ impl Services for Hv {
         // domain's share allows into its echo queue. The UART is written
         // later, without this lock (`drain_echo`).
         let mut t = DOMAINS.lock();
-        let now = sched::now_ns();
+        let now = crate::arch::x86_64::time::now_ns();
         let Some(d) = t.get_mut(domid) else { return };
         d.res.console.write(bytes);
         d.res.echo.write(now, bytes);
         let again = d.res.echo.again_ns();
         d.res.console_writes += 1;
         d.res.console_bytes += bytes.len() as u64;
-        let held = sched::now_ns().saturating_sub(now);
+        let held = crate::arch::x86_64::time::now_ns().saturating_sub(now);
         d.res.console_max_hold_ns = d.res.console_max_hold_ns.max(held);
         d.res.console_hold_ns += held;
         drop(t);
@@ -301,7 +301,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
         }
         Command::Shutdown { domid, reason } => {
             let mut t = DOMAINS.lock();
-            t.request_shutdown(*domid, *reason, sched::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
+            t.request_shutdown(*domid, *reason, crate::arch::x86_64::time::now_ns() + SHUTDOWN_TIMEOUT_NS)?;
             let name = t.get(*domid).ok_or(Error::NoEnt)?.name.clone();
             drop(t);
             info!("d{domid} ({name}): asked to {}", if *reason == ShutdownReason::Reboot { "reboot" } else { "power off" });
@@ -685,7 +685,7 @@ fn echo_wanted(at: u64) {
 /// after some were dropped is preceded by their count. Never call it with the
 /// domain table locked.
 pub fn guest_log(domid: u32, level: log::Level, args: fmt::Arguments) {
-    let now = sched::now_ns();
+    let now = crate::arch::x86_64::time::now_ns();
     let verdict = DOMAINS.lock().get_mut(domid).map(|d| (d.res.log_limit.allow(now), d.res.log_limit.again_ns()));
     match verdict {
         // Not (or no longer) in the table: nothing to limit per domain.

@@ -35,7 +35,7 @@ impl AcpiHandler for IdentityMap {
             if size > ZERO_PAGE.0.len() {
                 // Only reachable if a header inside the map claims a length reaching
                 // past it; `acpi` maps headers (36 bytes) before whole tables.
-                crate::start::fatal(format_args!("acpi: table at {start:#x} runs past the end of memory"));
+                crate::console::fatal(format_args!("acpi: table at {start:#x} runs past the end of memory"));
             }
             ZERO_PAGE.0.as_ptr() as *mut T
         };

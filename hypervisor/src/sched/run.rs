@@ -74,15 +74,7 @@ fn key(id: VcpuId) -> u64 {
     (u64::from(id.dom) << 32) | u64::from(id.vcpu)
 }
 
-/// Nanoseconds since boot, from the TSC.
-pub fn now_ns() -> u64 {
-    let hz = time::tsc_hz().max(1);
-    (u128::from(time::rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64
-}
-
-pub fn ns_to_tsc(ns: u64) -> u64 {
-    (u128::from(ns) * u128::from(time::tsc_hz()) / 1_000_000_000) as u64
-}
+pub use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
 
 /// Makes the scheduler for the online CPUs, with a time slice of `slice_ms`.
 pub fn init(slice_ms: Option<u64>) {
@@ -95,7 +87,7 @@ pub fn init(slice_ms: Option<u64>) {
             log::info!("sched: credit scheduler on {} CPUs, {} ms slices", smp::cpu_count(), params.slice_ns / 1_000_000);
             *SCHED.lock() = Some(s);
         }
-        Err(e) => crate::start::fatal(format_args!("sched: {e:?}")),
+        Err(e) => crate::console::fatal(format_args!("sched: {e:?}")),
     }
 }
 
@@ -149,7 +141,7 @@ pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, movable: bool, v:
 pub fn enqueue(cpu: u32, v: Box<dyn Runnable>) {
     let id = VcpuId { dom: 0, vcpu: cpu };
     if let Err(e) = add_vcpu(id, CpuMask::one(cpu), cpu, false, v) {
-        crate::start::fatal(format_args!("sched: cannot add dom0's vCPU {cpu}: {e:?}"));
+        crate::console::fatal(format_args!("sched: cannot add dom0's vCPU {cpu}: {e:?}"));
     }
 }
 
@@ -330,7 +322,7 @@ pub fn cpu_loop() -> ! {
         crate::arch::x86_64::idt::report_nmis();
         let wake = poll_blocked(cpu, now);
         let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
-            crate::start::fatal(format_args!("sched: no scheduler"));
+            crate::console::fatal(format_args!("sched: no scheduler"));
         };
         kick_all(d.kick);
         let until = match (d.until_ns, wake) {

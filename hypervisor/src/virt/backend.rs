@@ -46,7 +46,7 @@ pub fn init_bsp() {
             BACKEND.call_once(|| backend);
             init_cpu();
         }
-        Err(why) => crate::start::fatal(format_args!(
+        Err(why) => crate::console::fatal(format_args!(
             "no hardware virtualization: {vendor} CPU lacks {} ({why}); Oxen needs Intel VT-x with EPT or AMD-V with NPT",
             if vendor == "GenuineIntel" { "usable VT-x" } else { "usable AMD-V" }
         )),
@@ -64,7 +64,7 @@ pub fn init_cpu() {
         Backend::Svm => svm::enable_cpu(),
     };
     if let Err(why) = r {
-        crate::start::fatal(format_args!("cpu{}: cannot enable virtualization: {why}", crate::arch::x86_64::cpu_id()));
+        crate::console::fatal(format_args!("cpu{}: cannot enable virtualization: {why}", crate::arch::x86_64::cpu_id()));
     }
 }
 

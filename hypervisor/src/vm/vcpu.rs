@@ -28,7 +28,8 @@ use crate::exit::{self, cpuid::CpuidResult, io::PortBus, GuestEnv, MmioAccess, O
 use crate::hypercall::{self, After, Args, Caller};
 use crate::mem::{GuestPhysAddr, PAGE_SIZE};
 use crate::sched::credit::VcpuId;
-use crate::sched::run::{self as sched, now_ns, ns_to_tsc, Poll, Runnable};
+use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
+use crate::sched::run::{self as sched, Poll, Runnable};
 use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VmExit};
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
@@ -171,7 +172,7 @@ impl GuestVcpu {
             Err(e) => {
                 warn!("{}: cannot make its vCPU: {e}", self.label());
                 match self.platform.role {
-                    Role::Dom0 => crate::start::fatal(format_args!("{}: no vCPU: {e}", self.label())),
+                    Role::Dom0 => crate::console::fatal(format_args!("{}: no vCPU: {e}", self.label())),
                     Role::DomU => control::end(self.platform.domid, ShutdownReason::Crash, "no vCPU"),
                 }
                 false
@@ -417,7 +418,7 @@ impl GuestVcpu {
             match outcome {
                 Outcome::MemoryFault { gpa, access } => blocked_access(vcpu, &self.platform, gpa, access, &mut self.blocked_accesses),
                 Outcome::TripleFault | Outcome::Shutdown(_) => {
-                    crate::start::fatal(format_args!("{label} stopped after {} exits at rip {rip:#x}: {outcome:?}", self.exits))
+                    crate::console::fatal(format_args!("{label} stopped after {} exits at rip {rip:#x}: {outcome:?}", self.exits))
                 }
                 Outcome::Unemulated { gpa, error } => {
                     refuse(vcpu, &mut self.refused, format_args!("{label}: cannot emulate MMIO at {gpa:?}: {error:?}"))

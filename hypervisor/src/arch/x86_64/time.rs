@@ -160,3 +160,15 @@ impl RefClock {
         }
     }
 }
+
+/// Nanoseconds since boot, from the TSC: the hypervisor's one clock (the
+/// scheduler, the virtual devices' timers and the logs all read it).
+pub fn now_ns() -> u64 {
+    let hz = tsc_hz().max(1);
+    (u128::from(rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64
+}
+
+/// The TSC value `ns` nanoseconds after boot.
+pub fn ns_to_tsc(ns: u64) -> u64 {
+    (u128::from(ns) * u128::from(tsc_hz()) / 1_000_000_000) as u64
+}
