@@ -96,4 +96,14 @@ pub trait Vcpu {
     fn set_guest_msr(&mut self, _msr: u32, _value: u64) -> bool {
         false
     }
+    /// The vCPU's architectural state as a value (`virt::state`), read from
+    /// the VMCS / VMCB; `None` if the backend cannot read it now.
+    fn state(&self) -> Option<super::VcpuState> {
+        None
+    }
+    /// Loads `state` into the vCPU, for its next entry. Pending events and
+    /// an interrupt shadow are dropped, as at INIT.
+    fn set_state(&mut self, _state: &super::VcpuState) -> Result<(), &'static str> {
+        Err("this vCPU cannot load a state")
+    }
 }

@@ -30,7 +30,7 @@ use crate::mem::{GuestPhysAddr, PAGE_SIZE};
 use crate::sched::credit::VcpuId;
 use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
 use crate::sched::run::{self as sched, Poll, Runnable};
-use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VmExit};
+use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VcpuState, VmExit};
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use log::{info, warn};
@@ -61,12 +61,14 @@ enum Serviced {
 pub struct GuestVcpu {
     index: usize,
     platform: Arc<Platform>,
-    /// `None` while waiting for START-UP or before its first run.
+    /// The VMCS / VMCB, made at its first run on the CPU running it and kept
+    /// until the domain goes (INIT and reboots load a new state into it).
     vcpu: Option<AnyVcpu>,
-    /// Where vCPU 0 starts at its next run, while it has no vCPU object.
-    boot: Option<BootSpec>,
-    /// A START-UP page taken from the bus: the vCPU is made at the next run.
-    startup: Option<u8>,
+    /// The state to load at the next run (`Vcpu::set_state`): vCPU 0's boot
+    /// state, or real mode at a START-UP's page.
+    start: Option<BootSpec>,
+    /// Waiting for START-UP (after power-on or INIT): no guest code to run.
+    parked: bool,
     /// The platform generation this vCPU belongs to.
     generation: u32,
     /// The bus's INIT count this vCPU last acted on.
@@ -104,8 +106,8 @@ impl GuestVcpu {
             index,
             platform,
             vcpu: None,
-            boot,
-            startup: None,
+            parked: boot.is_none(),
+            start: boot,
             generation,
             inits_seen: 0,
             exits: 0,
@@ -129,48 +131,42 @@ impl GuestVcpu {
         &self.platform.stats[self.index]
     }
 
-    /// Drops the guest state (INIT, a restart): the vCPU object goes (made
-    /// again at the next START-UP or boot), and with it what it was doing.
+    /// Parks the vCPU (INIT, a restart): its guest code stops until a
+    /// START-UP or a boot state is loaded.
     fn power_off(&mut self) {
-        self.vcpu = None;
-        self.startup = None;
+        self.parked = true;
+        self.start = None;
         (self.halted, self.stuck, self.blocked_until) = (false, false, None);
         (self.halted_since, self.stall_reported) = (None, false);
     }
 
-    /// Makes the vCPU object on this CPU if it has none and should run.
+    /// Loads the state waiting in `start`, making the vCPU object on this CPU
+    /// first if it has none. False if there is no guest code to run.
     fn make_vcpu(&mut self) -> bool {
-        if self.vcpu.is_some() {
-            return true;
-        }
-        let (entry, gprs) = if let Some(page) = self.startup.take() {
-            let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
-            info!("{}: START-UP: real mode at {:#x} on cpu{}", self.label(), u32::from(page) << 12, crate::arch::x86_64::cpu_id());
-            (entry, Default::default())
-        } else if let Some(b) = self.boot.take() {
-            (b.entry, b.gprs)
-        } else {
-            return false;
-        };
-        let made = AnyVcpu::with_root(self.platform.root, &entry).and_then(|v| {
-            let x = match self.xstate.take() {
-                Some(x) => x,
-                None => XState::new().ok_or("no memory for its XSAVE area")?,
-            };
-            Ok((v, x))
-        });
-        match made {
-            Ok((mut v, x)) => {
-                *v.gprs() = gprs;
+        let Some(start) = self.start.take() else { return self.vcpu.is_some() && !self.parked };
+        let made = match self.vcpu.as_mut() {
+            Some(v) => v.set_state(&VcpuState { gprs: start.gprs, ..VcpuState::from_entry(&start.entry) }),
+            None => AnyVcpu::with_root(self.platform.root, &start.entry).map(|mut v| {
+                *v.gprs() = start.gprs;
                 if self.platform.role == Role::Dom0 {
                     v.pass_through_dom0_io(&[platform::DOM0_KEPT_PORTS], &platform::DOM0_KEPT_PIC_PORTS);
                 }
                 self.vcpu = Some(v);
-                self.xstate = Some(x);
+            }),
+        };
+        let made = made.and_then(|()| {
+            if self.xstate.is_none() {
+                self.xstate = Some(XState::new().ok_or("no memory for its XSAVE area")?);
+            }
+            Ok(())
+        });
+        match made {
+            Ok(()) => {
+                self.parked = false;
                 true
             }
             Err(e) => {
-                warn!("{}: cannot make its vCPU: {e}", self.label());
+                warn!("{}: cannot start its vCPU: {e}", self.label());
                 match self.platform.role {
                     Role::Dom0 => crate::console::fatal(format_args!("{}: no vCPU: {e}", self.label())),
                     Role::DomU => control::end(self.platform.domid, ShutdownReason::Crash, "no vCPU"),
@@ -191,25 +187,29 @@ impl GuestVcpu {
             (reset, bus.take_startup(self.index))
         };
         if reset {
-            if self.vcpu.is_some() {
+            if !self.parked {
                 info!("{}: INIT: waiting for START-UP", self.label());
             }
             self.power_off();
         }
-        if startup.is_some() {
-            self.startup = startup;
+        if let Some(page) = startup {
+            info!("{}: START-UP: real mode at {:#x}", self.label(), u32::from(page) << 12);
+            let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
+            self.start = Some(BootSpec { entry, gprs: Default::default() });
         }
-        let state = match (&self.vcpu, self.halted) {
-            (None, _) if self.startup.is_none() && self.boot.is_none() => STATE_WAIT_FOR_SIPI,
-            (Some(_), true) => STATE_HALTED,
-            _ => STATE_RUNNING,
+        let state = if !self.powered() {
+            STATE_WAIT_FOR_SIPI
+        } else if self.halted {
+            STATE_HALTED
+        } else {
+            STATE_RUNNING
         };
         self.stats().state.store(state, Ordering::Relaxed);
     }
 
-    /// Whether it has guest code to run (or a vCPU to make).
+    /// Whether it has guest code to run (or a state to load).
     fn powered(&self) -> bool {
-        self.vcpu.is_some() || self.startup.is_some() || self.boot.is_some()
+        self.start.is_some() || (self.vcpu.is_some() && !self.parked)
     }
 
     /// Serial input (dom0's vCPU 0), interrupts moved from the devices to the
@@ -361,7 +361,7 @@ impl GuestVcpu {
         }
         match crate::domain::build::lay_out(&mut d.res, d.vcpus) {
             Ok(spec) => {
-                self.boot = Some(spec);
+                self.start = Some(spec);
                 d.res.boot = Some(spec);
                 let vcpus = d.vcpus;
                 t.finish_restart(domid);

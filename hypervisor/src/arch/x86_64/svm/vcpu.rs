@@ -1,11 +1,12 @@
 //! An SVM vCPU: its VMCB, permission maps and the world switch.
 
-use super::vmcb::{self, attrib, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
+use super::vmcb::{self, intercept1 as i1, intercept2 as i2, exit_code, Segment, Vmcb};
 use crate::arch::x86_64::cpu::{msr, DebugRegs};
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
 use crate::virt::exit::Combined;
 use crate::virt::tlb_tag::{self, Held};
-use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
+use crate::virt::state::{self, VcpuState};
+use crate::virt::{GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
 
 /// I/O permission map: 12 KiB, one bit per port (APM Vol. 2 §15.10.1).
@@ -13,22 +14,12 @@ const IOPM_PAGES: usize = 3;
 /// MSR permission map: 8 KiB (APM Vol. 2 §15.11).
 const MSRPM_PAGES: usize = 2;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
 /// The guest's EFER must have SVME set or VMRUN fails its consistency checks
 /// (APM Vol. 2 §15.5.1); RDMSR of EFER is intercepted, so the guest never sees it.
 const EFER_SVME: u64 = 1 << 12;
-/// RFLAGS bit 1 is reserved and always 1.
-const RFLAGS_FIXED: u64 = 1 << 1;
-/// Power-on PAT (SDM Vol. 3 §13.12.4).
-const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 /// The exceptions intercepted and reflected (#DB, #AC).
 const DB_VECTOR: u8 = 1;
 const GP_VECTOR: u8 = 13;
@@ -124,31 +115,11 @@ impl SvmVcpu {
         c.np_enable = vmcb::NP_ENABLE;
         c.n_cr3 = npt_root;
 
-        let s = &mut v.vmcb_mut().save;
-        s.rip = state.rip;
-        s.rsp = state.rsp;
-        s.rflags = RFLAGS_FIXED;
-        s.g_pat = PAT_DEFAULT;
-        s.dr7 = 0x400;
-        s.dr6 = 0xffff_0ff0;
-        s.ldtr = Segment { selector: 0, attrib: attrib::LDT, limit: 0xffff, base: 0 };
-        s.tr = Segment { selector: 0, attrib: attrib::TSS_BUSY, limit: 0xffff, base: 0 };
-        s.gdtr = Segment { limit: 0, ..Segment::default() };
-        s.idtr = Segment { limit: 0, ..Segment::default() };
-        match state.mode {
-            EntryMode::Real { cs_selector } => {
-                let data = Segment { selector: 0, attrib: attrib::DATA16, limit: 0xffff, base: 0 };
-                s.cs = Segment { selector: cs_selector, attrib: attrib::CODE16, limit: 0xffff, base: u64::from(cs_selector) << 4 };
-                (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
-                s.cr0 = CR0_ET | CR0_NE;
-                s.efer = EFER_SVME;
-            }
-            EntryMode::Long64 { cr3 } => Self::long_mode(s, cr3, 0x08, 0x10),
-            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => {
-                Self::long_mode(s, cr3, 0x10, 0x18);
-                s.gdtr = Segment { selector: 0, attrib: 0, limit: gdt_limit.into(), base: gdt_base };
-            }
+        {
+            let s = &mut v.vmcb_mut().save;
+            s.dr6 = 0xffff_0ff0;
         }
+        v.load_state(&VcpuState::from_entry(state));
         Ok(v)
     }
 }
@@ -171,14 +142,29 @@ impl SvmVcpu {
         }
     }
 
-    fn long_mode(s: &mut vmcb::SaveArea, cr3: u64, cs: u16, ds: u16) {
-        let data = Segment { selector: ds, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
-        s.cs = Segment { selector: cs, attrib: attrib::CODE64, limit: 0xffff_ffff, base: 0 };
-        (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
-        s.cr0 = CR0_PG | CR0_WP | CR0_NE | CR0_ET | CR0_PE;
-        s.cr3 = cr3;
-        s.cr4 = CR4_PAE;
-        s.efer = EFER_SVME | EFER_LME | EFER_LMA | EFER_NXE;
+    /// Writes `st` into the VMCB's save area (and the GPR block).
+    fn load_state(&mut self, st: &VcpuState) {
+        self.gprs = st.gprs;
+        self.next_rip = None;
+        let s = &mut self.vmcb_mut().save;
+        (s.rip, s.rsp, s.rflags, s.rax) = (st.rip, st.rsp, st.rflags, st.gprs.rax);
+        // The guest never sees EFER.SVME, which VMRUN requires.
+        (s.cr0, s.cr2, s.cr3, s.cr4, s.efer) = (st.cr0, st.cr2, st.cr3, st.cr4, st.efer | EFER_SVME);
+        (s.cs, s.ds, s.es, s.fs, s.gs, s.ss) =
+            (seg_to_vmcb(&st.cs), seg_to_vmcb(&st.ds), seg_to_vmcb(&st.es), seg_to_vmcb(&st.fs), seg_to_vmcb(&st.gs), seg_to_vmcb(&st.ss));
+        (s.tr, s.ldtr) = (seg_to_vmcb(&st.tr), seg_to_vmcb(&st.ldtr));
+        s.gdtr = Segment { selector: 0, attrib: 0, limit: st.gdtr.limit.into(), base: st.gdtr.base };
+        s.idtr = Segment { selector: 0, attrib: 0, limit: st.idtr.limit.into(), base: st.idtr.base };
+        // CPL is SS.DPL (APM Vol. 2 §15.5.1).
+        s.cpl = ((st.ss.ar >> 5) & 3) as u8;
+        (s.dr7, s.g_pat) = (st.dr7, st.pat);
+        (s.sysenter_cs, s.sysenter_esp, s.sysenter_eip) = (st.sysenter_cs, st.sysenter_esp, st.sysenter_eip);
+        (s.star, s.lstar, s.cstar, s.sfmask, s.kernel_gs_base) = (st.star, st.lstar, st.cstar, st.sfmask, st.kernel_gs_base);
+        // Events pending from the old state are dropped, as at INIT.
+        let c = &mut self.vmcb_mut().control;
+        c.event_inj = 0;
+        c.int_shadow = 0;
+        self.intercepted = None;
     }
 
     /// Lets the guest reach ports `ports` directly (clears their IOPM bits).
@@ -532,4 +518,59 @@ impl Vcpu for SvmVcpu {
         }
         true
     }
+
+    fn state(&self) -> Option<VcpuState> {
+        let s = &self.vmcb().save;
+        let mut gprs = self.gprs;
+        gprs.rax = s.rax;
+        Some(VcpuState {
+            gprs,
+            rsp: s.rsp,
+            rip: s.rip,
+            rflags: s.rflags,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer & !EFER_SVME,
+            cs: seg_from_vmcb(&s.cs),
+            ds: seg_from_vmcb(&s.ds),
+            es: seg_from_vmcb(&s.es),
+            fs: seg_from_vmcb(&s.fs),
+            gs: seg_from_vmcb(&s.gs),
+            ss: seg_from_vmcb(&s.ss),
+            tr: seg_from_vmcb(&s.tr),
+            ldtr: seg_from_vmcb(&s.ldtr),
+            gdtr: state::Table { base: s.gdtr.base, limit: s.gdtr.limit as u16 },
+            idtr: state::Table { base: s.idtr.base, limit: s.idtr.limit as u16 },
+            dr7: s.dr7,
+            pat: s.g_pat,
+            sysenter_cs: s.sysenter_cs,
+            sysenter_esp: s.sysenter_esp,
+            sysenter_eip: s.sysenter_eip,
+            star: s.star,
+            lstar: s.lstar,
+            cstar: s.cstar,
+            sfmask: s.sfmask,
+            kernel_gs_base: s.kernel_gs_base,
+        })
+    }
+
+    fn set_state(&mut self, state: &VcpuState) -> Result<(), &'static str> {
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+/// The VMCB packs access rights into 12 bits: type/S/DPL/P in 7:0, AVL/L/D/G
+/// in 11:8 (APM Vol. 2 §15.5.1); an unusable segment is a not-present one.
+fn seg_to_vmcb(s: &state::Segment) -> Segment {
+    let ar = if s.ar & state::ar::UNUSABLE != 0 { 0 } else { (s.ar & 0xff) | ((s.ar >> 4) & 0xf00) };
+    Segment { selector: s.selector, attrib: ar as u16, limit: s.limit, base: s.base }
+}
+
+fn seg_from_vmcb(s: &Segment) -> state::Segment {
+    let a = u32::from(s.attrib);
+    let ar = (a & 0xff) | ((a & 0xf00) << 4);
+    state::Segment { selector: s.selector, base: s.base, limit: s.limit, ar: if a & 0x80 == 0 { ar | state::ar::UNUSABLE } else { ar } }
 }

@@ -9,7 +9,8 @@ use crate::arch::x86_64::vmx::decode::{
     InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
 use crate::virt::tlb_tag::{self, Held};
-use crate::virt::{EntryMode, GuestGprs, InitialState, Vcpu, VmExit};
+use crate::virt::state::{self, VcpuState};
+use crate::virt::{GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
 use core::sync::atomic::Ordering;
 use x86_64::registers::control::{Cr0Flags, Cr4Flags};
@@ -62,12 +63,8 @@ const DB_VECTOR: u8 = 1;
 const AC_VECTOR: u8 = 17;
 const EXCEPTION_BITMAP: u32 = (1 << DB_VECTOR) | (1 << AC_VECTOR);
 
-/// Power-on values (SDM Vol. 3A §10.1.1, Table 10-1).
-const RESET_RFLAGS: u64 = 1 << 1;
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3).
 const RFLAGS_IF: u64 = 1 << 9;
-const RESET_DR7: u64 = 0x400;
-const RESET_PAT: u64 = 0x0007_0406_0007_0406;
 /// EFER bits (SDM Vol. 3A §2.2.1).
 const EFER_SCE: u64 = 1 << 0;
 const EFER_LME: u64 = 1 << 8;
@@ -81,17 +78,6 @@ const NO_VMCS_LINK: u64 = u64::MAX;
 const BLOCKING_BY_STI_OR_MOV_SS: u32 = 0b11;
 /// Guest activity state "active" (SDM Vol. 3C §25.4.2).
 const ACTIVITY_ACTIVE: u32 = 0;
-/// Selectors the 64-bit guest's segment registers report (it has no GDT).
-const LONG_CS: u16 = 0x08;
-const LONG_DS: u16 = 0x10;
-/// Selectors of Linux's 64-bit boot protocol (Documentation/arch/x86/boot.rst).
-const LINUX_CS: u16 = 0x10;
-const LINUX_DS: u16 = 0x18;
-/// A real-mode segment spans 64 KiB; a flat one 4 GiB.
-const REAL_LIMIT: u32 = 0xffff;
-const FLAT_LIMIT: u32 = 0xffff_ffff;
-/// 64-bit TSS limit (104 bytes, SDM Vol. 3A §9.7).
-const TSS64_LIMIT: u32 = 0x67;
 
 /// Return values of `oxen_vmx_enter`.
 const ENTER_EXITED: u32 = 0;
@@ -343,19 +329,12 @@ impl VmxVcpu {
         // SAFETY: the caller made the VMCS current.
         unsafe { Self::write_host_state() }?;
 
-        // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
-        // Long-mode entries: (CR3, CS, data selectors, GDT base and limit).
-        let long = match state.mode {
-            EntryMode::Real { .. } => None,
-            // No IDT or GDT: any exception escalates to a triple fault.
-            EntryMode::Long64 { cr3 } => Some((cr3, LONG_CS, LONG_DS, 0, 0)),
-            EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => Some((cr3, LINUX_CS, LINUX_DS, gdt_base, u32::from(gdt_limit))),
-        };
+        // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`;
+        // the entry control IA-32e mode follows the guest state (below).
         w!(write32, PinBasedControls, self.pin_controls);
         w!(write32, PrimaryProcControls, self.proc_controls);
         w!(write32, SecondaryProcControls, caps.proc2);
         w!(write32, ExitControls, caps.exit);
-        w!(write32, EntryControls, caps.entry | if long.is_some() { entry::IA32E_MODE_GUEST } else { 0 });
         w!(write32, ExceptionBitmap, EXCEPTION_BITMAP);
         w!(write32, PageFaultErrorCodeMask, 0);
         w!(write32, PageFaultErrorCodeMatch, 0);
@@ -377,95 +356,9 @@ impl VmxVcpu {
         w!(write16, Vpid, vpid);
         w!(write64, VmcsLinkPointer, NO_VMCS_LINK);
 
-        // Guest control registers. The guest owns CR0 (unrestricted guest lets it
-        // clear PE and PG, §26.3); CR4.VMXE must stay set in VMX operation, so it
-        // is host-owned and reads as 0 through the shadow (§25.6.6).
-        let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
-        let cr0_base = Cr0Flags::NUMERIC_ERROR.bits() | Cr0Flags::EXTENSION_TYPE.bits();
-        let (cr0, cr4, efer, cr3) = match long {
-            None => (cr0_base, 0, 0, 0),
-            Some((cr3, ..)) => (
-                cr0_base | pe_pg | Cr0Flags::WRITE_PROTECT.bits(),
-                Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits(),
-                EFER_LME | EFER_LMA | EFER_NXE,
-                cr3,
-            ),
-        };
-        let cr0_fixed0 = if long.is_some() { caps.cr0_fixed0 } else { caps.cr0_fixed0 & !pe_pg };
-        let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
-        w!(write_nat, GuestCr0, (cr0 | cr0_fixed0) & caps.cr0_fixed1);
-        w!(write_nat, Cr0GuestHostMask, 0);
-        w!(write_nat, Cr0ReadShadow, cr0);
-        w!(write_nat, GuestCr4, (cr4 | vmxe | caps.cr4_fixed0) & caps.cr4_fixed1);
-        w!(write_nat, Cr4GuestHostMask, vmxe);
-        w!(write_nat, Cr4ReadShadow, cr4);
-        w!(write_nat, GuestCr3, cr3);
-        w!(write64, GuestIa32Efer, efer);
-        w!(write64, GuestIa32Pat, RESET_PAT);
         w!(write64, GuestIa32Debugctl, 0);
-        w!(write_nat, GuestDr7, RESET_DR7);
-
-        // Guest segments (§25.4.1, checked per §27.3.1.2).
-        let (cs, data, tr_limit, (gdt_base, gdt_limit), idt_limit) = match (state.mode, long) {
-            (EntryMode::Real { cs_selector }, _) => (
-                Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: REAL_LIMIT, ar: ar::REAL_CODE },
-                Segment { selector: 0, base: 0, limit: REAL_LIMIT, ar: ar::REAL_DATA },
-                REAL_LIMIT,
-                (0, REAL_LIMIT),
-                REAL_LIMIT,
-            ),
-            (_, Some((_, cs, ds, gdt_base, gdt_limit))) => (
-                Segment { selector: cs, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
-                Segment { selector: ds, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
-                TSS64_LIMIT,
-                (gdt_base, gdt_limit),
-                0,
-            ),
-            (_, None) => unreachable!("only real mode has no long-mode parameters"),
-        };
-        w!(write16, GuestCsSelector, cs.selector);
-        w!(write_nat, GuestCsBase, cs.base);
-        w!(write32, GuestCsLimit, cs.limit);
-        w!(write32, GuestCsAccessRights, cs.ar);
-        macro_rules! data_segment {
-            ($sel:ident, $base:ident, $limit:ident, $ar:ident) => {
-                w!(write16, $sel, data.selector);
-                w!(write_nat, $base, data.base);
-                w!(write32, $limit, data.limit);
-                w!(write32, $ar, data.ar);
-            };
-        }
-        data_segment!(GuestSsSelector, GuestSsBase, GuestSsLimit, GuestSsAccessRights);
-        data_segment!(GuestDsSelector, GuestDsBase, GuestDsLimit, GuestDsAccessRights);
-        data_segment!(GuestEsSelector, GuestEsBase, GuestEsLimit, GuestEsAccessRights);
-        data_segment!(GuestFsSelector, GuestFsBase, GuestFsLimit, GuestFsAccessRights);
-        data_segment!(GuestGsSelector, GuestGsBase, GuestGsLimit, GuestGsAccessRights);
-        // VM entry needs a usable, busy TSS in TR even though the guest never
-        // switches tasks, and accepts an unusable LDTR (§27.3.1.2).
-        w!(write16, GuestTrSelector, 0);
-        w!(write_nat, GuestTrBase, 0);
-        w!(write32, GuestTrLimit, tr_limit);
-        w!(write32, GuestTrAccessRights, ar::TSS_BUSY);
-        w!(write16, GuestLdtrSelector, 0);
-        w!(write_nat, GuestLdtrBase, 0);
-        w!(write32, GuestLdtrLimit, 0);
-        w!(write32, GuestLdtrAccessRights, ar::UNUSABLE);
-        w!(write_nat, GuestGdtrBase, gdt_base);
-        w!(write32, GuestGdtrLimit, gdt_limit);
-        w!(write_nat, GuestIdtrBase, 0);
-        w!(write32, GuestIdtrLimit, idt_limit);
-
-        // Remaining guest state (§25.4.2).
-        w!(write_nat, GuestRip, state.rip);
-        w!(write_nat, GuestRsp, state.rsp);
-        w!(write_nat, GuestRflags, RESET_RFLAGS);
-        w!(write32, GuestSysenterCs, 0);
-        w!(write_nat, GuestSysenterEsp, 0);
-        w!(write_nat, GuestSysenterEip, 0);
-        w!(write32, GuestInterruptibility, 0);
-        w!(write32, GuestActivityState, ACTIVITY_ACTIVE);
-        w!(write_nat, GuestPendingDebugExceptions, 0);
-        Ok(())
+        // SAFETY: the caller made the VMCS current.
+        unsafe { self.write_guest_state(caps, &VcpuState::from_entry(state)) }
     }
 
     /// Lets the guest reach `ports` directly: clears their I/O-bitmap bits
@@ -831,14 +724,6 @@ enum MsrField {
     Nat(FieldNat),
 }
 
-/// One guest segment register's VMCS fields.
-struct Segment {
-    selector: u16,
-    base: u64,
-    limit: u32,
-    ar: u32,
-}
-
 /// The host state VM exits restore: this CPU as it runs now.
 struct HostState {
     cr0: u64,
@@ -937,6 +822,132 @@ impl Drop for VmxVcpu {
             let _ = cpu.current_vmcs.compare_exchange(vmcs, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
         mem::free_frames(self.frames, FRAMES);
+    }
+}
+
+impl VmxVcpu {
+    /// Writes `st` into the VMCS's guest-state area and the entry control
+    /// that follows it (SDM Vol. 3C §25.4, checked per §27.3.1).
+    ///
+    /// # Safety
+    /// This vCPU's VMCS must be current.
+    unsafe fn write_guest_state(&mut self, caps: &VmxCaps, st: &VcpuState) -> Result<(), (&'static str, VmxError)> {
+        let long = st.efer & state::EFER_LMA != 0;
+        w!(write32, EntryControls, caps.entry | if long { entry::IA32E_MODE_GUEST } else { 0 });
+        // The guest owns CR0 (unrestricted guest lets it clear PE and PG,
+        // §26.3); CR4.VMXE must stay set in VMX operation, so it is
+        // host-owned and reads as 0 through the shadow (§25.6.6).
+        let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
+        let cr0_fixed0 = caps.cr0_fixed0 & !pe_pg;
+        let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        w!(write_nat, GuestCr0, (st.cr0 | cr0_fixed0) & caps.cr0_fixed1);
+        w!(write_nat, Cr0GuestHostMask, 0);
+        w!(write_nat, Cr0ReadShadow, st.cr0);
+        w!(write_nat, GuestCr4, (st.cr4 | vmxe | caps.cr4_fixed0) & caps.cr4_fixed1);
+        w!(write_nat, Cr4GuestHostMask, vmxe);
+        w!(write_nat, Cr4ReadShadow, st.cr4 & !vmxe);
+        w!(write_nat, GuestCr3, st.cr3);
+        w!(write64, GuestIa32Efer, st.efer);
+        w!(write64, GuestIa32Pat, st.pat);
+        w!(write_nat, GuestDr7, st.dr7);
+        macro_rules! segment {
+            ($s:expr, $sel:ident, $base:ident, $limit:ident, $ar:ident) => {
+                w!(write16, $sel, $s.selector);
+                w!(write_nat, $base, $s.base);
+                w!(write32, $limit, $s.limit);
+                w!(write32, $ar, $s.ar);
+            };
+        }
+        segment!(st.cs, GuestCsSelector, GuestCsBase, GuestCsLimit, GuestCsAccessRights);
+        segment!(st.ss, GuestSsSelector, GuestSsBase, GuestSsLimit, GuestSsAccessRights);
+        segment!(st.ds, GuestDsSelector, GuestDsBase, GuestDsLimit, GuestDsAccessRights);
+        segment!(st.es, GuestEsSelector, GuestEsBase, GuestEsLimit, GuestEsAccessRights);
+        segment!(st.fs, GuestFsSelector, GuestFsBase, GuestFsLimit, GuestFsAccessRights);
+        segment!(st.gs, GuestGsSelector, GuestGsBase, GuestGsLimit, GuestGsAccessRights);
+        // VM entry needs a usable, busy TSS in TR even though the guest never
+        // switches tasks, and accepts an unusable LDTR (§27.3.1.2).
+        segment!(st.tr, GuestTrSelector, GuestTrBase, GuestTrLimit, GuestTrAccessRights);
+        segment!(st.ldtr, GuestLdtrSelector, GuestLdtrBase, GuestLdtrLimit, GuestLdtrAccessRights);
+        w!(write_nat, GuestGdtrBase, st.gdtr.base);
+        w!(write32, GuestGdtrLimit, u32::from(st.gdtr.limit));
+        w!(write_nat, GuestIdtrBase, st.idtr.base);
+        w!(write32, GuestIdtrLimit, u32::from(st.idtr.limit));
+        w!(write_nat, GuestRip, st.rip);
+        w!(write_nat, GuestRsp, st.rsp);
+        w!(write_nat, GuestRflags, st.rflags);
+        w!(write32, GuestSysenterCs, st.sysenter_cs as u32);
+        w!(write_nat, GuestSysenterEsp, st.sysenter_esp);
+        w!(write_nat, GuestSysenterEip, st.sysenter_eip);
+        // Nothing pending, no shadow, active (§25.4.2), as at INIT.
+        w!(write32, GuestInterruptibility, 0);
+        w!(write32, GuestActivityState, ACTIVITY_ACTIVE);
+        w!(write_nat, GuestPendingDebugExceptions, 0);
+        w!(write32, EntryInterruptionInfo, 0);
+        self.pending = None;
+        self.intercepted = None;
+        (self.rip, self.rsp, self.regs_dirty) = (st.rip, st.rsp, false);
+        self.cpl = ((st.ss.ar >> 5) & 3) as u8;
+        self.gprs = st.gprs;
+        for (m, v) in [
+            (msr::IA32_KERNEL_GS_BASE, st.kernel_gs_base),
+            (msr::IA32_STAR, st.star),
+            (msr::IA32_LSTAR, st.lstar),
+            (msr::IA32_CSTAR, st.cstar),
+            (msr::IA32_FMASK, st.sfmask),
+        ] {
+            if let Some(p) = self.switched_msr(m) {
+                // SAFETY: the MSR area is ours; the next entry loads it.
+                unsafe { p.write_volatile(v) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the guest-state area back (`write_guest_state`'s inverse).
+    fn read_guest_state(&self) -> Result<VcpuState, (&'static str, VmxError)> {
+        self.make_current()?;
+        let n = |f: FieldNat| vmcs::read_nat(f).map_err(|e| ("VMREAD", e));
+        let r32 = |f: Field32| vmcs::read32_rw(f).map_err(|e| ("VMREAD", e));
+        let r16 = |f: Field16| vmcs::read16(f).map_err(|e| ("VMREAD", e));
+        let seg = |sel, base, limit, ar| -> Result<state::Segment, (&'static str, VmxError)> {
+            Ok(state::Segment { selector: r16(sel)?, base: n(base)?, limit: r32(limit)?, ar: r32(ar)? })
+        };
+        let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        let msr = |m: u32| self.switched_msr(m).map_or(0, |p| {
+            // SAFETY: the MSR area is ours; the CPU wrote it at the last exit.
+            unsafe { p.read_volatile() }
+        });
+        Ok(VcpuState {
+            gprs: self.gprs,
+            rsp: self.rsp,
+            rip: self.rip,
+            rflags: n(FieldNat::GuestRflags)?,
+            cr0: n(FieldNat::GuestCr0)?,
+            cr2: 0,
+            cr3: n(FieldNat::GuestCr3)?,
+            cr4: n(FieldNat::GuestCr4)? & !vmxe,
+            efer: vmcs::read64_rw(Field64::GuestIa32Efer).map_err(|e| ("VMREAD", e))?,
+            cs: seg(Field16::GuestCsSelector, FieldNat::GuestCsBase, Field32::GuestCsLimit, Field32::GuestCsAccessRights)?,
+            ss: seg(Field16::GuestSsSelector, FieldNat::GuestSsBase, Field32::GuestSsLimit, Field32::GuestSsAccessRights)?,
+            ds: seg(Field16::GuestDsSelector, FieldNat::GuestDsBase, Field32::GuestDsLimit, Field32::GuestDsAccessRights)?,
+            es: seg(Field16::GuestEsSelector, FieldNat::GuestEsBase, Field32::GuestEsLimit, Field32::GuestEsAccessRights)?,
+            fs: seg(Field16::GuestFsSelector, FieldNat::GuestFsBase, Field32::GuestFsLimit, Field32::GuestFsAccessRights)?,
+            gs: seg(Field16::GuestGsSelector, FieldNat::GuestGsBase, Field32::GuestGsLimit, Field32::GuestGsAccessRights)?,
+            tr: seg(Field16::GuestTrSelector, FieldNat::GuestTrBase, Field32::GuestTrLimit, Field32::GuestTrAccessRights)?,
+            ldtr: seg(Field16::GuestLdtrSelector, FieldNat::GuestLdtrBase, Field32::GuestLdtrLimit, Field32::GuestLdtrAccessRights)?,
+            gdtr: state::Table { base: n(FieldNat::GuestGdtrBase)?, limit: r32(Field32::GuestGdtrLimit)? as u16 },
+            idtr: state::Table { base: n(FieldNat::GuestIdtrBase)?, limit: r32(Field32::GuestIdtrLimit)? as u16 },
+            dr7: n(FieldNat::GuestDr7)?,
+            pat: vmcs::read64_rw(Field64::GuestIa32Pat).map_err(|e| ("VMREAD", e))?,
+            sysenter_cs: u64::from(r32(Field32::GuestSysenterCs)?),
+            sysenter_esp: n(FieldNat::GuestSysenterEsp)?,
+            sysenter_eip: n(FieldNat::GuestSysenterEip)?,
+            star: msr(msr::IA32_STAR),
+            lstar: msr(msr::IA32_LSTAR),
+            cstar: msr(msr::IA32_CSTAR),
+            sfmask: msr(msr::IA32_FMASK),
+            kernel_gs_base: msr(msr::IA32_KERNEL_GS_BASE),
+        })
     }
 }
 
@@ -1145,6 +1156,20 @@ impl Vcpu for VmxVcpu {
         self.write_msr_field(index, f, value).unwrap_or_else(|e| {
             log::error!("cpu{}: vmx: writing guest MSR {index:#x}: {e}", self.cpu);
             false
+        })
+    }
+
+    fn state(&self) -> Option<VcpuState> {
+        self.read_guest_state().map_err(|(what, e)| log::error!("cpu{}: vmx: reading the guest state: {what}: {e}", self.cpu)).ok()
+    }
+
+    fn set_state(&mut self, st: &VcpuState) -> Result<(), &'static str> {
+        let caps = super::caps()?;
+        self.make_current().map_err(|_| "cannot load the VMCS")?;
+        // SAFETY: the VMCS is current (above).
+        unsafe { self.write_guest_state(caps, st) }.map_err(|(field, e)| {
+            log::error!("cpu{}: writing VMCS field {field} failed: {e}", self.cpu);
+            "cannot write the guest state"
         })
     }
 }

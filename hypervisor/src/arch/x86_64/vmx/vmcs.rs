@@ -266,6 +266,9 @@ unsafe fn vmwrite(encoding: u32, value: u64) -> Result<(), VmxError> {
     check(cf, zf)
 }
 
+pub fn read16(f: Field16) -> Result<u16, VmxError> {
+    vmread(f as u32).map(|v| v as u16)
+}
 pub fn read32(f: ReadOnly32) -> Result<u32, VmxError> {
     vmread(f as u32).map(|v| v as u32)
 }
