@@ -21,4 +21,5 @@ pub trait MmioDevice {
 }
 
 pub mod ioapic;
+pub mod kvmclock;
 pub mod uart16550;
