@@ -55,10 +55,10 @@ pub const PVCLOCK_GUEST_STOPPED: u8 = 1 << 1;
 /// Bit 0 of the system-time MSR: the structure at the rest of the address is live.
 const SYSTEM_TIME_ENABLE: u64 = 1;
 
-/// `struct pvclock_vcpu_time_info` (Linux `asm/pvclock-abi.h`), packed, 32 bytes.
+/// `struct pvclock_vcpu_time_info` (Linux `asm/pvclock-abi.h`), packed, 32 bytes;
+/// the version is at 0.
 mod pvti {
     pub const SIZE: usize = 32;
-    pub const VERSION: usize = 0;
     pub const TSC_TIMESTAMP: usize = 8;
     pub const SYSTEM_TIME: usize = 16;
     pub const MUL: usize = 24;
@@ -474,7 +474,7 @@ mod tests {
         let mut ram = Ram::new(0x1000);
         let mut c = KvmClock::new();
         // The record would cross the end of RAM: nothing is written, not even the version.
-        for gpa in [0x1000 - 8, 0x1000, u64::MAX & !1, u64::MAX - 3] {
+        for gpa in [0x1000 - 8, 0x1000, !1, u64::MAX - 3] {
             assert_eq!(c.msr_write(MSR_KVM_SYSTEM_TIME_NEW, gpa | 1, &mut ram, &now(1)), Ok(()));
             assert_eq!(c.msr_write(MSR_KVM_WALL_CLOCK_NEW, gpa, &mut ram, &now(1)), Ok(()));
         }
