@@ -118,11 +118,7 @@ impl Scale {
     /// Nanoseconds for `ticks`, exactly as the guest computes them
     /// (`pvclock_scale_delta`).
     pub fn ticks_to_ns(self, ticks: u64) -> u64 {
-        let shifted = if self.shift < 0 {
-            ticks >> self.shift.unsigned_abs()
-        } else {
-            ticks << self.shift
-        };
+        let shifted = if self.shift < 0 { ticks >> self.shift.unsigned_abs() } else { ticks << self.shift };
         ((u128::from(shifted) * u128::from(self.mul)) >> 32) as u64
     }
 

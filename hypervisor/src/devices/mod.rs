@@ -23,4 +23,5 @@ pub trait MmioDevice {
 pub mod i8042;
 pub mod ioapic;
 pub mod kvmclock;
+pub mod rtc;
 pub mod uart16550;
