@@ -13,6 +13,7 @@ pub mod svm;
 pub mod time;
 mod trampoline;
 pub mod vmx;
+pub mod wallclock;
 pub mod xstate;
 
 pub use cpu::{cpuid, rdmsr, wrmsr, CpuidResult};
