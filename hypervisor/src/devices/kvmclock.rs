@@ -378,6 +378,9 @@ mod tests {
         // 100 MHz: 10 ns per tick.
         let s = Scale::for_tsc_hz(100_000_000).unwrap();
         assert_eq!((s.shift, s.ticks_to_ns(7)), (4, 70));
+        // Bochs' 20 MHz TSC (its default IPS): 50 ns per tick.
+        let s = Scale::for_tsc_hz(20_000_000).unwrap();
+        assert_eq!((s.ticks_to_ns(1), s.ticks_to_ns(20_000_000), s.guest_tsc_khz()), (50, 1_000_000_000, 20_000));
         // 10 GHz shifts right.
         assert!(Scale::for_tsc_hz(10_000_000_000).unwrap().shift < 0);
         for bad in [0, 1, MIN_TSC_HZ - 1, MAX_TSC_HZ + 1, u64::MAX] {
