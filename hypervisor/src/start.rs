@@ -53,6 +53,7 @@ pub extern "C" fn kmain(magic: u32, mbi: u32) -> ! {
     crate::virt::init_bsp();
     let platform = crate::platform::acpi::discover(boot.rsdp, arch::paging::identity_end(boot.ram_end));
     arch::smp::init(&platform);
+    arch::wallclock::init();
     if boot.options.selftest {
         let cpus: Vec<u32> = (0..arch::smp::cpu_count()).collect();
         crate::selftest::run(&cpus, arch::smp::run_on);

@@ -20,5 +20,8 @@ pub trait MmioDevice {
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
 }
 
+pub mod i8042;
 pub mod ioapic;
+pub mod kvmclock;
+pub mod rtc;
 pub mod uart16550;

@@ -30,6 +30,10 @@
 //!   the host has.
 //! - Oxen's own leaves at 0x40000000 (signature "OxenOxenOxen") and
 //!   0x40000001 (ABI version); 0x40000002..0x400000ff read as zero.
+//! - A domU also finds KVM's leaves at 0x40000100 ("KVMKVMKVM", max leaf
+//!   0x40000101) and 0x40000101 (features: the kvmclock MSRs and their stable
+//!   bit only; no hints), so Linux takes its TSC rate and wall clock from
+//!   `devices::kvmclock` on both vendors. The rest of the range reads as zero.
 
 use oxen_abi::{ABI_VERSION, CPUID_MAX_LEAF, CPUID_SIGNATURE, CPUID_SIGNATURE_LEAF, CPUID_VERSION_LEAF};
 
@@ -243,6 +247,22 @@ const TOPOLOGY_LEAF: u32 = 0xb;
 const TOPOLOGY_V2_LEAF: u32 = 0x1f;
 const AMD_TOPOLOGY_LEAF: u32 = 0x8000_001e;
 
+/// KVM's leaves, one block of 0x100 above Oxen's own: Linux's
+/// `hypervisor_cpuid_base` walks 0x40000000..0x40010000 in steps of 0x100 and
+/// compares each block's signature, whatever the EAX of the blocks before
+/// says, so Oxen's leaves at 0x40000000 hide nothing. KVM's own leaves: Linux
+/// `Documentation/virt/kvm/x86/cpuid.rst`.
+pub const KVM_SIGNATURE_LEAF: u32 = 0x4000_0100;
+/// EAX: the paravirtual features; EDX: hints.
+pub const KVM_FEATURES_LEAF: u32 = 0x4000_0101;
+const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+/// Only the clock (`devices::kvmclock`): the new MSRs and the stable bit. No
+/// other feature, so Linux makes no KVM hypercall and touches no other KVM
+/// MSR (no async PF, steal time, PV EOI, PV IPIs/TLB flush/spinlocks, poll
+/// control, MSI extended destination ID).
+const KVM_FEATURES: u32 =
+    crate::devices::kvmclock::KVM_FEATURE_CLOCKSOURCE2 | crate::devices::kvmclock::KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
+
 fn le(bytes: &[u8]) -> u32 {
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
@@ -396,6 +416,14 @@ pub fn guest_view(kind: Kind, state: &GuestState, leaf: u32, subleaf: u32, host:
             edx: le(&CPUID_SIGNATURE[8..12]),
         },
         CPUID_VERSION_LEAF => CpuidResult { eax: ABI_VERSION, ..CpuidResult::default() },
+        KVM_SIGNATURE_LEAF if domu.is_some() => CpuidResult {
+            eax: KVM_FEATURES_LEAF,
+            ebx: le(&KVM_SIGNATURE[0..4]),
+            ecx: le(&KVM_SIGNATURE[4..8]),
+            edx: le(&KVM_SIGNATURE[8..12]),
+        },
+        // EDX: no hints (KVM_HINTS_REALTIME would promise dedicated pCPUs).
+        KVM_FEATURES_LEAF if domu.is_some() => CpuidResult { eax: KVM_FEATURES, ..CpuidResult::default() },
         // The rest of the hypervisor range (Linux looks for other hypervisors'
         // signatures every 0x100 leaves).
         0x4000_0002..=0x4fff_ffff => CpuidResult::default(),
@@ -735,7 +763,52 @@ mod tests {
         assert_eq!(&s, b"OxenOxenOxen");
         assert_eq!(view(DOMU, 0x4000_0001, 0).eax, ABI_VERSION);
         assert_eq!(view(DOMU, 0x4000_0042, 0), CpuidResult::default());
-        assert_eq!(view(DOMU, 0x4000_0100, 0), CpuidResult::default(), "no other hypervisor's signature");
+        assert_eq!(view(DOMU, 0x4000_0102, 0), CpuidResult::default());
+        assert_eq!(view(DOMU, 0x4000_0200, 0), CpuidResult::default(), "no third signature");
+    }
+
+    fn signature(r: CpuidResult) -> [u8; 12] {
+        let mut s = [0u8; 12];
+        s[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+        s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+        s[8..12].copy_from_slice(&r.edx.to_le_bytes());
+        s
+    }
+
+    /// Linux's `hypervisor_cpuid_base(sig, leaves)` (arch/x86/include/asm/cpuid.h):
+    /// every 0x100 leaves from 0x40000000 below 0x40010000, the first block whose
+    /// signature matches and (if `leaves` > 0) whose EAX - base >= `leaves`.
+    fn linux_cpuid_base(kind: Kind, sig: &[u8; 12], leaves: u32) -> Option<u32> {
+        (0x4000_0000u32..0x4001_0000).step_by(0x100).find(|&base| {
+            let r = view(kind, base, 0);
+            &signature(r) == sig && (leaves == 0 || r.eax.wrapping_sub(base) >= leaves)
+        })
+    }
+
+    #[test]
+    fn a_domu_finds_kvm_with_the_clock_only() {
+        for kind in [DOMU, Kind::DomU { vcpu: 3, vcpus: 4 }] {
+            // kvm_cpuid_base() needs X86_FEATURE_HYPERVISOR, then scans.
+            assert_ne!(view(kind, 1, 0).ecx & l1c::HYPERVISOR, 0);
+            assert_eq!(linux_cpuid_base(kind, b"KVMKVMKVM\0\0\0", 0), Some(KVM_SIGNATURE_LEAF));
+            // Oxen's block is still the first and still says what it did.
+            assert_eq!(linux_cpuid_base(kind, b"OxenOxenOxen", 1), Some(0x4000_0000));
+            assert_eq!(view(kind, 0x4000_0000, 0).eax, CPUID_MAX_LEAF);
+            // No other hypervisor Linux knows (Xen asks for 2 leaves; VMware and
+            // Hyper-V look at 0x40000000 only).
+            assert_eq!(linux_cpuid_base(kind, b"XenVMMXenVMM", 2), None);
+            // kvm_arch_para_features() = EAX of base | 1; hints = its EDX.
+            let f = view(kind, KVM_SIGNATURE_LEAF | 1, 0);
+            assert_eq!(f.eax, (1 << 3) | (1 << 24), "CLOCKSOURCE2 and CLOCKSOURCE_STABLE_BIT");
+            assert_eq!(f.edx, 0, "no hints");
+            assert_eq!((f.ebx, f.ecx), (0, 0));
+            assert_eq!(view(kind, KVM_SIGNATURE_LEAF, 0).eax, KVM_FEATURES_LEAF);
+        }
+        // dom0 keeps today's view: Oxen's leaves only.
+        assert_eq!(linux_cpuid_base(Kind::Dom0, b"KVMKVMKVM\0\0\0", 0), None);
+        assert_eq!(view(Kind::Dom0, KVM_SIGNATURE_LEAF, 0), CpuidResult::default());
+        assert_eq!(view(Kind::Dom0, KVM_FEATURES_LEAF, 0), CpuidResult::default());
+        assert_eq!(linux_cpuid_base(Kind::Dom0, b"OxenOxenOxen", 1), Some(0x4000_0000));
     }
 
     #[test]

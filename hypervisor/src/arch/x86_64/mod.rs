@@ -24,6 +24,8 @@ pub mod svm;
 #[cfg(target_os = "none")]
 pub mod time;
 #[cfg(target_os = "none")]
+pub mod wallclock;
+#[cfg(target_os = "none")]
 pub mod xstate;
 #[cfg(target_os = "none")]
 mod trampoline;
