@@ -1,7 +1,9 @@
 //! A domain's virtual platform (target only): the devices its vCPUs share —
-//! the 16550 UART as COM1, the IOAPIC, the masked PICs, the PCI configuration
-//! ports, one local APIC per vCPU on the domain's APIC bus — on its port and
-//! MMIO buses, with its memory views.
+//! the 16550 UART as COM1, the IOAPIC, the masked PICs, one local APIC per
+//! vCPU on the domain's APIC bus, and for domUs the PCI configuration ports
+//! (no device), the i8042 keyboard controller and the CMOS clock — on its
+//! port and MMIO buses, with its memory views. (Each vCPU's KVM-compatible
+//! clock MSRs are the vCPU's: `vm::vcpu`.)
 //!
 //! Every domain has one; what differs is data (`Role`): dom0's devices pass
 //! through but for the ports and pages registered here, the machine's
@@ -19,6 +21,8 @@ use crate::arch::x86_64::irq;
 use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::LapicClock;
+use crate::devices::i8042::{self, I8042, KBD_IRQ};
+use crate::devices::rtc::Rtc;
 use crate::devices::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
 use crate::devices::PortDevice;
 use crate::domain::control;
@@ -29,6 +33,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use log::info;
 use spin::{Mutex, MutexGuard};
+
+/// The host's wall clock now, in Unix nanoseconds.
+fn wall_ns() -> u64 {
+    crate::arch::x86_64::wallclock::unix_ns(crate::arch::x86_64::time::now_ns())
+}
 
 /// Where the local APIC and the IOAPIC sit in every domain's address space.
 pub const LAPIC_PAGE: u64 = 0xfee0_0000;
@@ -59,6 +68,17 @@ pub enum PortDev {
     Uart,
     PicMask(u8),
     PciConfig,
+    /// The PS/2 controller (its two ports, 0x60 and 0x64).
+    Keyboard,
+    Rtc,
+}
+
+/// What a guest asked of the machine through a device (the i8042's reset
+/// line, ACPI's sleep and reset registers): its vCPU ends the domain so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerEvent {
+    Reset,
+    PowerOff,
 }
 
 /// A device on an MMIO bus.
@@ -93,6 +113,12 @@ pub struct Devices {
     pub ioapic: IoApic,
     /// The last address written to 0xCF8.
     pci_address: u32,
+    /// domUs: the PS/2 controller (Ctrl-Alt-Del for `oxl shutdown`, its reset
+    /// line for reboots) and the CMOS clock.
+    pub keyboard: I8042,
+    rtc: Rtc,
+    /// What a device asked of the machine, for the vCPU to act on.
+    power: Option<PowerEvent>,
     /// dom0 only.
     host: Option<HostLink>,
 }
@@ -105,6 +131,9 @@ impl Devices {
             pic_masks: [0xff; 2],
             ioapic: IoApic::new(0),
             pci_address: 0,
+            keyboard: I8042::default(),
+            rtc: Rtc::new(),
+            power: None,
             host: (role == Role::Dom0).then(|| HostLink {
                 switch: ConsoleSwitch::default(),
                 routed: [RTE_MASKED; irq::PINS as usize],
@@ -122,7 +151,10 @@ impl Devices {
             self.uart_irq = level;
             self.ioapic.set_irq(COM1_IRQ, level);
         }
-        let Some(host) = self.host.as_ref() else { return };
+        let Some(host) = self.host.as_ref() else {
+            self.keyboard_line();
+            return;
+        };
         let pending = irq::take_pending();
         for pin in (0..irq::PINS).filter(|p| pending & (1 << p) != 0) {
             self.ioapic.set_irq(pin, true);
@@ -135,6 +167,15 @@ impl Devices {
                 irq::unmask_level(pin, e & RTE_ACTIVE_LOW != 0, host.host_apic_id);
             }
         }
+    }
+
+    /// The keyboard's IRQ 1: each byte is its own edge, since Linux reads one
+    /// byte per interrupt (`I8042::service` loads the next one only after the
+    /// line was seen low).
+    fn keyboard_line(&mut self) {
+        self.ioapic.set_irq(KBD_IRQ, self.keyboard.irq_level());
+        self.keyboard.service();
+        self.ioapic.set_irq(KBD_IRQ, self.keyboard.irq_level());
     }
 
     /// dom0: mirrors the pins it enabled or changed on its IOAPIC onto the
@@ -258,8 +299,12 @@ impl Platform {
             let _ = ports.insert(u64::from(*p), 1, PortDev::PicMask(i as u8));
         }
         if role == Role::DomU {
-            // dom0 reaches the real configuration space.
+            // dom0 reaches the real configuration space, keyboard controller
+            // and clock.
             let _ = ports.insert(u64::from(PCI_CONFIG), 8, PortDev::PciConfig);
+            let _ = ports.insert(u64::from(i8042::DATA_PORT), 1, PortDev::Keyboard);
+            let _ = ports.insert(u64::from(i8042::COMMAND_PORT), 1, PortDev::Keyboard);
+            let _ = ports.insert(0x70, 2, PortDev::Rtc);
         }
         let _ = mmio.insert(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic);
         let _ = mmio.insert(IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic);
@@ -332,6 +377,12 @@ impl Platform {
                 // No device answers: all ones (PCI Local Bus 3.0 §6.1).
                 _ => u32::MAX,
             },
+            PortDev::Keyboard => {
+                let v = d.keyboard.port_read(port, size);
+                d.keyboard_line();
+                v
+            }
+            PortDev::Rtc => d.rtc.ports(wall_ns()).port_read(port, size),
         })
     }
 
@@ -350,8 +401,30 @@ impl Platform {
                     d.pci_address = value;
                 }
             }
+            PortDev::Keyboard => {
+                d.keyboard.port_write(port, size, value);
+                if d.keyboard.take_event() == Some(i8042::Event::CpuReset) {
+                    d.power = Some(PowerEvent::Reset);
+                }
+                d.keyboard_line();
+            }
+            PortDev::Rtc => d.rtc.ports(wall_ns()).port_write(port, size, value),
         }
         true
+    }
+
+    /// What a device asked of the machine since the last look.
+    pub fn take_power_event(&self) -> Option<PowerEvent> {
+        self.devices.lock().power.take()
+    }
+
+    /// Presses Ctrl-Alt-Del on the domain's keyboard; false if its driver is
+    /// not listening (yet).
+    pub fn ctrl_alt_del(&self) -> bool {
+        let mut d = self.devices.lock();
+        let sent = d.keyboard.ctrl_alt_del();
+        d.keyboard_line();
+        sent
     }
 
     /// What the domain wrote to its UART goes to its console: dom0's straight

@@ -18,7 +18,8 @@
 //! of the platform (`VcpuEnv`).
 
 use super::apic_bus::{bits, Power, Vectors, Wake};
-use super::platform::{self, log_tally, Platform, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
+use super::platform::{self, log_tally, Platform, PowerEvent, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
+use crate::devices::kvmclock::{ClockNow, KvmClock};
 use crate::arch::x86_64::{apic, xstate::XState};
 use crate::devices::ioapic::{Delivery, IOAPIC_PINS};
 use crate::devices::lapic::VirtualLapic;
@@ -89,6 +90,11 @@ pub struct GuestVcpu {
     xstate: Option<XState>,
     /// SPEC_CTRL and the other MSRs virtualized per vCPU.
     msrs: exit::msr::VcpuMsrs,
+    /// A domU's KVM-compatible clock (its two MSRs).
+    kvmclock: KvmClock,
+    /// vCPU 0 of a domU: the shutdown request last passed to the guest as
+    /// Ctrl-Alt-Del.
+    request_sent: u64,
 }
 
 // SAFETY: a GuestVcpu is used by one CPU at a time (the scheduler takes it out
@@ -120,6 +126,8 @@ impl GuestVcpu {
             refused: 0,
             xstate: None,
             msrs: Default::default(),
+            kvmclock: KvmClock::new(),
+            request_sent: request::NONE,
         }
     }
 
@@ -136,6 +144,8 @@ impl GuestVcpu {
     fn power_off(&mut self) {
         self.parked = true;
         self.start = None;
+        // Nothing more is written into the old kernel's memory.
+        self.kvmclock.reset();
         (self.halted, self.stuck, self.blocked_until) = (false, false, None);
         (self.halted_since, self.stall_reported) = (None, false);
     }
@@ -317,7 +327,18 @@ impl GuestVcpu {
             return Some(Poll::Sleep(None));
         }
         let request = d.request != request::NONE;
+        let asked = d.request;
         drop(t);
+        if self.index == 0 && asked != self.request_sent {
+            // A guest without Oxen's control hypercalls (Linux) learns of
+            // `oxl shutdown` / `reboot` as Ctrl-Alt-Del, as Firecracker does;
+            // its init shuts down and the power-off that follows is taken as
+            // what was asked (`settle`). Until its driver listens, the 30 s
+            // fallback stands.
+            if asked == request::NONE || self.platform.ctrl_alt_del() {
+                self.request_sent = asked;
+            }
+        }
         match self.blocked_until {
             // A request wakes a vCPU blocked in SCHED_OP (the guest asks for
             // it then).
@@ -428,6 +449,11 @@ impl GuestVcpu {
             return false;
         }
         let (reason, why) = match outcome {
+            // A power-off while a reboot was asked for (the guest shut down
+            // on Ctrl-Alt-Del): the reboot it was asked for, as xl does.
+            Outcome::Shutdown(ShutdownReason::Poweroff) if self.request_sent == request::REBOOT => {
+                (ShutdownReason::Reboot, "shut down as asked, to reboot")
+            }
             Outcome::Shutdown(reason) => (
                 reason,
                 match reason {
@@ -531,8 +557,18 @@ impl Runnable for GuestVcpu {
             if self.exits.is_multiple_of(TALLY_EVERY) {
                 log_tally(&self.platform.label(self.index), "so far", stats.counts());
             }
-            let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs };
-            match exit::handle(vcpu, exit, &mut env) {
+            let io = matches!(exit, VmExit::Io { .. });
+            let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
+            let mut outcome = exit::handle(vcpu, exit, &mut env);
+            if io && outcome == Outcome::Continue {
+                // The keyboard's reset line, ACPI's sleep or reset register.
+                match self.platform.take_power_event() {
+                    Some(PowerEvent::Reset) => outcome = Outcome::Shutdown(ShutdownReason::Reboot),
+                    Some(PowerEvent::PowerOff) => outcome = Outcome::Shutdown(ShutdownReason::Poweroff),
+                    None => {}
+                }
+            }
+            match outcome {
                 Outcome::Continue => {}
                 // A physical interrupt (the timer, a kick, a device): back to
                 // the scheduler, which may have another vCPU to run here.
@@ -596,6 +632,26 @@ struct VcpuEnv<'a> {
     platform: &'a Platform,
     index: usize,
     msrs: &'a mut exit::msr::VcpuMsrs,
+    kvmclock: &'a mut KvmClock,
+}
+
+impl VcpuEnv<'_> {
+    /// A domU's KVM-compatible clock owns the MSR.
+    fn kvmclock_msr(&self, msr: u32) -> bool {
+        self.platform.role == Role::DomU && KvmClock::claims(msr)
+    }
+}
+
+/// The hypervisor's clock now, for the KVM-compatible clock.
+fn clock_now() -> ClockNow {
+    let ns = now_ns();
+    ClockNow {
+        tsc_hz: crate::arch::x86_64::time::tsc_hz(),
+        // `now_ns` counts from TSC 0.
+        tsc_at_zero: 0,
+        ns,
+        unix_ns: crate::arch::x86_64::wallclock::unix_ns(ns),
+    }
 }
 
 impl PortBus for VcpuEnv<'_> {
@@ -641,12 +697,19 @@ impl GuestEnv for VcpuEnv<'_> {
         crate::arch::x86_64::time::tsc_hz()
     }
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
+        if self.kvmclock_msr(msr) {
+            return self.kvmclock.msr_read(msr).ok();
+        }
         if !VirtualLapic::owns_msr(msr) {
             return None;
         }
         self.platform.apics().lapic(self.index).msr_read(msr, now_ns()).ok()
     }
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        if self.kvmclock_msr(msr) {
+            let mut ram = control::RamView(&self.platform.ram);
+            return self.kvmclock.msr_write(msr, value, &mut ram, &clock_now()).is_ok();
+        }
         VirtualLapic::owns_msr(msr) && self.platform.apics().lapic(self.index).msr_write(msr, value, now_ns()).is_ok()
     }
     fn wbinvd(&mut self) {
