@@ -84,7 +84,7 @@ fn kernel_problem(head: &[u8]) -> Option<&'static str> {
     const EM_X86_64: u16 = 62;
     if head.starts_with(b"\x7fELF") {
         if head.get(4) != Some(&2) {
-            return Some("is a 32-bit ELF file; Oxen boots ELF64 x86-64 kernels");
+            return Some("is a 32-bit ELF file; Oxen boots ELF64 x86-64 kernels and Linux bzImages");
         }
         if head.get(5) != Some(&1) {
             return Some("is a big-endian ELF file; Oxen boots ELF64 x86-64 kernels");
@@ -95,12 +95,11 @@ fn kernel_problem(head: &[u8]) -> Option<&'static str> {
         }
         return None;
     }
+    // A Linux bzImage (vmlinuz): booted through Linux's 64-bit boot protocol.
     if head.get(0x202..0x206) == Some(b"HdrS") {
-        return Some(
-            "is a Linux bzImage; Oxen boots ELF64 kernels (for Linux: vmlinux, not vmlinuz)",
-        );
+        return None;
     }
-    Some("is not an ELF file; Oxen boots ELF64 x86-64 kernels")
+    Some("is neither an ELF file nor a Linux bzImage; Oxen boots ELF64 x86-64 kernels and Linux bzImages (vmlinuz)")
 }
 
 /// Creates, loads, builds, applies `sched` and (unless `paused`) starts the
@@ -282,12 +281,12 @@ mod tests {
         assert!(kernel_problem(&elf).unwrap().contains("32-bit"));
         let mut bz = vec![0u8; 0x210];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert!(kernel_problem(&bz)
-            .unwrap()
-            .contains("vmlinux, not vmlinuz"));
+        assert_eq!(kernel_problem(&bz), None, "a Linux bzImage is booted");
         assert!(kernel_problem(b"#!/bin/sh")
             .unwrap()
-            .contains("not an ELF file"));
-        assert!(kernel_problem(b"").unwrap().contains("not an ELF file"));
+            .contains("neither an ELF file nor a Linux bzImage"));
+        assert!(kernel_problem(b"")
+            .unwrap()
+            .contains("neither an ELF file nor a Linux bzImage"));
     }
 }
