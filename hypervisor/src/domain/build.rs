@@ -5,6 +5,7 @@
 use super::boot;
 use super::control::{BootSpec, RamView, Resources};
 use super::elf;
+use super::multiboot;
 use crate::hypercall::GuestRam;
 use crate::virt::{EntryMode, InitialState};
 use alloc::string::{String, ToString};
@@ -31,6 +32,13 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         r => r.as_ref(),
     };
     let memory: u64 = res.ram.regions().iter().map(|r| r.len).sum();
+    if multiboot::detect(image.bytes()) {
+        let mut ram = RamView(&res.ram);
+        let cmdline = res.cmdline.as_bytes();
+        let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
+            .map_err(|e| err(e.errno(), e))?;
+        return Ok(BootSpec { entry, gprs });
+    }
     let layout = boot::plan(memory, ramdisk.map_or(0, |r| r.len)).map_err(|e| err(Error::NoMem, e))?;
     let kernel = elf::parse(image.bytes(), layout.kernel_window()).map_err(|e| err(Error::NoExec, e))?;
     layout.check_kernel(&kernel).map_err(|e| err(Error::NoExec, e))?;

@@ -6,6 +6,7 @@
 //! domain's memory (`build`) and a domU's vCPU on a run queue (`domu`).
 pub mod boot;
 pub mod elf;
+pub mod multiboot;
 pub mod ratelimit;
 pub mod ring;
 pub mod table;

@@ -27,6 +27,9 @@ const EFER_NXE: u64 = 1 << 11;
 const EFER_SVME: u64 = 1 << 12;
 /// RFLAGS bit 1 is reserved and always 1.
 const RFLAGS_FIXED: u64 = 1 << 1;
+/// 32-bit flat code: `attrib::CODE16` with G = 1, D/B = 1 (the VMCB's packing
+/// of descriptor bits 55:52 and 47:40, APM Vol. 2 Appendix B).
+const CODE32_ATTRIB: u16 = attrib::CODE16 | 0x0c00;
 /// Power-on PAT (SDM Vol. 3 §13.12.4).
 const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 /// The exceptions intercepted and reflected (#DB, #AC).
@@ -141,6 +144,14 @@ impl SvmVcpu {
                 s.cs = Segment { selector: cs_selector, attrib: attrib::CODE16, limit: 0xffff, base: u64::from(cs_selector) << 4 };
                 (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
                 s.cr0 = CR0_ET | CR0_NE;
+                s.efer = EFER_SVME;
+            }
+            EntryMode::Protected32 => {
+                // Flat 4 GiB segments, D/B = 1, G = 1 (Multiboot §3.2); no paging.
+                let data = Segment { selector: 0x10, attrib: attrib::DATA32, limit: 0xffff_ffff, base: 0 };
+                s.cs = Segment { selector: 0x08, attrib: CODE32_ATTRIB, limit: 0xffff_ffff, base: 0 };
+                (s.ds, s.es, s.ss, s.fs, s.gs) = (data, data, data, data, data);
+                s.cr0 = CR0_ET | CR0_NE | CR0_PE;
                 s.efer = EFER_SVME;
             }
             EntryMode::Long64 { cr3 } => Self::long_mode(s, cr3, 0x08, 0x10),

@@ -87,6 +87,11 @@ const LONG_DS: u16 = 0x10;
 /// Selectors of Linux's 64-bit boot protocol (Documentation/arch/x86/boot.rst).
 const LINUX_CS: u16 = 0x10;
 const LINUX_DS: u16 = 0x18;
+/// Selectors of the Multiboot entry (`EntryMode::Protected32`; no GDT).
+const PROTECTED_CS: u16 = 0x08;
+const PROTECTED_DS: u16 = 0x10;
+/// Flat 32-bit code, 4 KiB granular (0xc09b).
+const FLAT_CODE32: u32 = ar::REAL_CODE | ar::DEFAULT_32 | ar::GRANULARITY_4K;
 /// A real-mode segment spans 64 KiB; a flat one 4 GiB.
 const REAL_LIMIT: u32 = 0xffff;
 const FLAT_LIMIT: u32 = 0xffff_ffff;
@@ -346,7 +351,7 @@ impl VmxVcpu {
         // Execution, exit and entry controls (§25.6-§25.8), fixed by `caps`.
         // Long-mode entries: (CR3, CS, data selectors, GDT base and limit).
         let long = match state.mode {
-            EntryMode::Real { .. } => None,
+            EntryMode::Real { .. } | EntryMode::Protected32 => None,
             // No IDT or GDT: any exception escalates to a triple fault.
             EntryMode::Long64 { cr3 } => Some((cr3, LONG_CS, LONG_DS, 0, 0)),
             EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => Some((cr3, LINUX_CS, LINUX_DS, gdt_base, u32::from(gdt_limit))),
@@ -383,6 +388,7 @@ impl VmxVcpu {
         let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
         let cr0_base = Cr0Flags::NUMERIC_ERROR.bits() | Cr0Flags::EXTENSION_TYPE.bits();
         let (cr0, cr4, efer, cr3) = match long {
+            None if state.mode == EntryMode::Protected32 => (cr0_base | Cr0Flags::PROTECTED_MODE_ENABLE.bits(), 0, 0, 0),
             None => (cr0_base, 0, 0, 0),
             Some((cr3, ..)) => (
                 cr0_base | pe_pg | Cr0Flags::WRITE_PROTECT.bits(),
@@ -413,6 +419,15 @@ impl VmxVcpu {
                 REAL_LIMIT,
                 (0, REAL_LIMIT),
                 REAL_LIMIT,
+            ),
+            // Multiboot's flat 32-bit segments; a busy 32-bit TSS in TR, as
+            // outside IA-32e mode the type must be 3 or 11 (§27.3.1.2).
+            (EntryMode::Protected32, _) => (
+                Segment { selector: PROTECTED_CS, base: 0, limit: FLAT_LIMIT, ar: FLAT_CODE32 },
+                Segment { selector: PROTECTED_DS, base: 0, limit: FLAT_LIMIT, ar: ar::FLAT_DATA },
+                TSS64_LIMIT,
+                (0, 0),
+                0,
             ),
             (_, Some((_, cs, ds, gdt_base, gdt_limit))) => (
                 Segment { selector: cs, base: 0, limit: FLAT_LIMIT, ar: ar::LONG_CODE },
