@@ -1,6 +1,7 @@
 //! Lays a domU's staged kernel (and ramdisk) out in its memory, with the boot
 //! structures of docs/hypercalls.md "domU boot state" (`boot::plan`), ready
-//! for its first vCPU entry. Used by `domctl BUILD` and on every restart.
+//! for its first vCPU entry; a kernel with a Multiboot header goes to
+//! `multiboot::lay_out` instead. Used by `domctl BUILD` and on every restart.
 
 use super::boot;
 use super::control::{BootSpec, RamView, Resources};

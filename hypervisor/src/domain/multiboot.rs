@@ -867,7 +867,7 @@ mod tests {
         let (state, gprs) = lay_out(&kernel, Some(&ramdisk), memory, b"console=x a=b\0junk", &mut ram).unwrap();
         assert_eq!(state.mode, EntryMode::Protected32);
         assert_eq!((state.rip, state.rsp), (0x10_0080, 0));
-        assert_eq!((gprs.rax, gprs.rbx), (0x2bad_b002, INFO_ADDR));
+        assert_eq!((gprs.rax, gprs.rbx), (0x2bad_b002, 0x8000));
         assert_eq!(GuestGprs { rax: 0, rbx: 0, ..gprs }, GuestGprs::default());
         let ram = ram.0;
         // The kernel, then its bss zeroed over the old contents.
@@ -877,6 +877,7 @@ mod tests {
         let s = seen(&ram, gprs.rbx);
         let want = info_flags::MEMORY | info_flags::CMDLINE | info_flags::MODS | info_flags::MMAP | info_flags::BOOT_LOADER_NAME;
         assert_eq!(s.flags, want);
+        assert_eq!(want, 0x24d, "docs/hypercalls.md says so");
         assert_eq!((s.mem_lower, s.mem_upper), (640, 63 * 1024));
         assert_eq!(s.cmdline, b"console=x a=b");
         assert_eq!(s.name, b"Oxen");
