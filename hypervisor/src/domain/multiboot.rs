@@ -140,7 +140,7 @@ pub enum MultibootError {
     OutsideRam { start: u64, end: u64, ram_end: u64 },
     /// The entry point is not in what is loaded.
     EntryOutside { entry: u64 },
-    /// The ramdisk does not fit between the kernel and the end of RAM (or 4 GiB).
+    /// The ramdisk does not fit between the kernel and the end of RAM (or 4 GiB - 1).
     ModuleTooLarge { len: u64, room: u64 },
     /// The memory size is not whole pages, or leaves no room above 1 MiB.
     BadMemory { memory: u64 },
@@ -468,7 +468,8 @@ fn elf_plan(image: &[u8]) -> Result<LoadPlan, MultibootError> {
 /// free memory after them is one piece (and flag 0 always holds).
 pub fn module_place(plan: &LoadPlan, len: u64, memory: u64) -> Result<Range<u64>, MultibootError> {
     let start = plan.end().next_multiple_of(PAGE);
-    let room = ram_end(memory).saturating_sub(start);
+    // `mod_end` (one past the last byte) must fit in 32 bits too.
+    let room = ram_end(memory).min(FOUR_GIB - 1).saturating_sub(start);
     if len > room {
         return Err(MultibootError::ModuleTooLarge { len, room });
     }
@@ -911,7 +912,8 @@ mod tests {
         assert_eq!(module_place(&plan, 3 * MIB - 0x1000, 4 * MIB), Ok(0x10_1000..4 * MIB));
         assert_eq!(module_place(&plan, 3 * MIB, 4 * MIB), Err(MultibootError::ModuleTooLarge { len: 3 * MIB, room: 3 * MIB - 0x1000 }));
         // A module never reaches past 4 GiB, however big the domain.
-        let room = (1u64 << 32) - 0x10_1000;
+        let room = (1u64 << 32) - 1 - 0x10_1000;
+        assert_eq!(module_place(&plan, room, 8 << 30), Ok(0x10_1000..0xffff_ffff));
         assert_eq!(module_place(&plan, room + 1, 8 << 30), Err(MultibootError::ModuleTooLarge { len: room + 1, room }));
         let mut ram = FakeRam(vec![0; 4 * MIB as usize]);
         let e = lay_out(&kernel, Some(&vec![0; 3 * MIB as usize]), 4 * MIB, b"", &mut ram).unwrap_err();
