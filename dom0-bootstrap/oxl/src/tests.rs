@@ -232,7 +232,7 @@ fn create_rolls_back_a_failed_build() {
     assert_eq!(
         err,
         format!(
-            "create: kernel {}: not a kernel Oxen can boot (an ELF64 x86-64 executable); \
+            "create: kernel {}: not a kernel Oxen can boot (an ELF64 x86-64 executable, a Linux bzImage or a Multiboot image); \
              the domain was destroyed again, nothing is left behind",
             cfg.with_file_name("k.elf").display()
         )

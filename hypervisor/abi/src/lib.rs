@@ -303,7 +303,7 @@ pub struct LoadImage {
 
 /// `LoadImage::kind`.
 pub mod image_kind {
-    /// The kernel, an ELF64 x86-64 executable.
+    /// The kernel: an ELF64 x86-64 executable, a Linux bzImage or a Multiboot (v1) image.
     pub const KERNEL: u32 = 0;
     /// An opaque blob placed in guest memory (`StartInfo::ramdisk_addr`).
     pub const RAMDISK: u32 = 1;
@@ -506,7 +506,7 @@ impl Error {
             Self::Inval => "invalid argument",
             Self::NoSpc => "too many domains or vCPUs",
             Self::NoSys => "no such hypercall",
-            Self::NoExec => "not a kernel Oxen can boot (an ELF64 x86-64 executable)",
+            Self::NoExec => "not a kernel Oxen can boot (an ELF64 x86-64 executable, a Linux bzImage or a Multiboot image)",
             Self::TooBig => "too large",
         }
     }

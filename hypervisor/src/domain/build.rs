@@ -1,12 +1,14 @@
 //! Lays a domU's staged kernel (and ramdisk) out in its memory, with the boot
 //! structures of docs/hypercalls.md "domU boot state" (`boot::plan`), ready
-//! for its first vCPU entry. Used by `domctl BUILD` and on every restart.
+//! for its first vCPU entry; a kernel with a Multiboot header goes to
+//! `multiboot::lay_out` instead. Used by `domctl BUILD` and on every restart.
 
 use super::boot;
 use super::control::{BootSpec, RamView, Resources};
 use super::elf;
 use super::linux;
 use crate::linux::{boot_params, bzimage::BzImage};
+use super::multiboot;
 use crate::hypercall::GuestRam;
 use crate::virt::{EntryMode, InitialState};
 use alloc::string::{String, ToString};
@@ -36,6 +38,13 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     let memory: u64 = res.ram.regions().iter().map(|r| r.len).sum();
     if let Ok(bz) = BzImage::parse(image.bytes()) {
         return lay_out_linux(res, &bz, ramdisk.map(|r| r.bytes()), memory, vcpus);
+    }
+    if multiboot::detect(image.bytes()) {
+        let mut ram = RamView(&res.ram);
+        let cmdline = res.cmdline.as_bytes();
+        let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
+            .map_err(|e| err(e.errno(), e))?;
+        return Ok(BootSpec { entry, gprs });
     }
     let layout = boot::plan(memory, ramdisk.map_or(0, |r| r.len)).map_err(|e| err(Error::NoMem, e))?;
     let kernel = elf::parse(image.bytes(), layout.kernel_window()).map_err(|e| err(Error::NoExec, e))?;

@@ -157,6 +157,23 @@ impl VcpuState {
                     ..Self::reset_common()
                 }
             }
+            // Multiboot's entry (Multiboot 0.6.96 §3.2): flat 4 GiB 32-bit
+            // segments, CS 0x08, data 0x10, protection on, paging off; no GDT
+            // or IDT loaded (the kernel sets its own).
+            EntryMode::Protected32 => {
+                let data = Segment { selector: 0x10, base: 0, limit: FLAT_LIMIT, ar: ar::DATA32 };
+                Self {
+                    cr0: CR0_ET | CR0_NE | CR0_PE,
+                    cs: Segment { selector: 0x08, base: 0, limit: FLAT_LIMIT, ar: ar::CODE32 },
+                    ds: data,
+                    es: data,
+                    fs: data,
+                    gs: data,
+                    ss: data,
+                    tr: Segment { selector: 0, base: 0, limit: TSS64_LIMIT, ar: ar::TSS_BUSY },
+                    ..Self::reset_common()
+                }
+            }
             // No GDT or IDT: any exception escalates to a triple fault.
             EntryMode::Long64 { cr3 } => Self::long(cr3, 0x08, 0x10),
             EntryMode::Linux64 { cr3, gdt_base, gdt_limit } => {
@@ -194,6 +211,16 @@ mod tests {
         assert_eq!((s.rip, s.cr3, s.gdtr), (0x100_0200, 0x13000, Table { base: 0x12000, limit: 31 }));
         assert_eq!(s.ldtr.ar, ar::UNUSABLE);
         assert_eq!(s.tr.ar, ar::TSS_BUSY);
+    }
+
+    #[test]
+    fn multiboot_state_is_flat_protected_mode() {
+        let s = VcpuState::from_entry(&InitialState { mode: EntryMode::Protected32, rip: 0x10_0000, rsp: 0 });
+        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE);
+        assert_eq!((s.cs.selector, s.cs.limit, s.cs.ar), (0x08, 0xffff_ffff, 0xc09b));
+        assert_eq!((s.ds.selector, s.ss.ar), (0x10, 0xc093));
+        assert!(!s.long_mode());
+        assert_eq!((s.rip, s.rflags), (0x10_0000, RESET_RFLAGS));
     }
 
     #[test]

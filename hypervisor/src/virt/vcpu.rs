@@ -39,6 +39,13 @@ pub enum EntryMode {
     /// `gdt_base`/`gdt_limit` (guest-physical), CS = 0x10, DS/ES/SS = 0x18,
     /// interrupts off (Documentation/arch/x86/boot.rst).
     Linux64 { cr3: u64, gdt_base: u64, gdt_limit: u16 },
+    /// The Multiboot (v1) boot state (Multiboot Specification 0.6.96 §3.2):
+    /// 32-bit protected mode, paging off (CR0.PE = 1, PG = 0), flat 4 GiB
+    /// code (CS = 0x08) and data (DS/ES/FS/GS/SS = 0x10) segments, interrupts
+    /// off. No GDT or IDT is loaded (limits 0): the specification leaves GDTR
+    /// and IDTR undefined, and the kernel loads its own before it reloads a
+    /// segment register.
+    Protected32,
 }
 
 /// A vCPU's state at its first entry.
