@@ -467,7 +467,16 @@ impl GuestVcpu {
                 (ShutdownReason::Crash, "crashed (memory outside its own)")
             }
             Outcome::TripleFault => {
-                control::guest_log(domid, log::Level::Warn, format_args!("{label}: triple fault at rip {rip:#x}"));
+                // The state it died in, for whoever debugs the guest.
+                let st = vcpu.state().unwrap_or_default();
+                control::guest_log(
+                    domid,
+                    log::Level::Warn,
+                    format_args!(
+                        "{label}: triple fault at rip {rip:#x} (rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} gdtr {:#x}/{:#x} idtr {:#x}/{:#x} tr {:#x}/{:#x})",
+                        st.rsp, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.cs.selector, st.gdtr.base, st.gdtr.limit, st.idtr.base, st.idtr.limit, st.tr.selector, st.tr.base
+                    ),
+                );
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
             Outcome::Unemulated { gpa, error } => {
