@@ -236,4 +236,10 @@ impl Vcpu for AnyVcpu {
     fn set_guest_msr(&mut self, msr: u32, value: u64) -> bool {
         dispatch!(self, v => v.set_guest_msr(msr, value))
     }
+    fn state(&self) -> Option<crate::virt::VcpuState> {
+        dispatch!(self, v => v.state())
+    }
+    fn set_state(&mut self, state: &crate::virt::VcpuState) -> Result<(), &'static str> {
+        dispatch!(self, v => v.set_state(state))
+    }
 }
