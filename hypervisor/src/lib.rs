@@ -11,7 +11,8 @@
 //!   the local APIC's programming model and clock arithmetic, for `arch`'s APIC,
 //!   timer and SMP code.
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
-//! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
+//! - `devices`: guest device models (16550A UART, IOAPIC, local APIC, ACPI PM registers).
+//! - `firmware`: the ACPI tables (and the AML inside them) a domain boots with.
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
 //! - `domain`: domains: the table and its state rules, consoles, domU kernels and boot layout,
 //!   and on the target their resources and vCPUs.
@@ -29,6 +30,7 @@ pub mod dom0;
 pub mod domain;
 pub mod emulate;
 pub mod exit;
+pub mod firmware;
 pub mod hypercall;
 pub mod linux;
 pub mod mem;
