@@ -20,5 +20,6 @@ pub trait MmioDevice {
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
 }
 
+pub mod acpi_pm;
 pub mod ioapic;
 pub mod uart16550;

@@ -272,7 +272,7 @@ impl Builder {
 
     /// Lays the tables out from `tables_gpa` and fills in their addresses and checksums.
     pub fn finish(mut self, tables_gpa: u64) -> Result<Tables, Error> {
-        if tables_gpa % TABLE_ALIGN as u64 != 0 {
+        if !tables_gpa.is_multiple_of(TABLE_ALIGN as u64) {
             return Err(Error::Misaligned);
         }
         let mut dsdt = Vec::with_capacity(HEADER_LEN + self.dsdt.len());
