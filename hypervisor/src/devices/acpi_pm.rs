@@ -2,7 +2,8 @@
 //! Sleep Control, Sleep Status and Reset registers that the FADT built by
 //! `firmware::acpi` points at (ACPI 6.5 §4.8.3.6 "Reset Register", §4.8.3.7
 //! "Sleep Control and Status Registers"). With them a guest powers off
-//! (`poweroff`: S5) and resets (`reboot`: Linux's default `reboot=acpi`).
+//! (`poweroff`: S5) and resets (`reboot`, with `reboot=acpi` on a Linux guest's
+//! command line: see `firmware::acpi`).
 //!
 //! Ports, one byte each ([`PORTS`]); 0x600 is above the ISA range and clear of
 //! PCI configuration (0xCF8-0xCFF):
