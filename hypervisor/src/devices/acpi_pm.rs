@@ -236,6 +236,7 @@ mod tests {
             uart: None,
             i8042: false,
             rtc: None,
+            power_button: None,
             pm: PORTS,
         };
         let t = acpi::build(&cfg, 0x1000).unwrap();

@@ -9,7 +9,7 @@
 //! | XSDT  | at `tables_gpa`: the FADT, the MADT and any table added with [`Builder::add_table`] |
 //! | FADT  | revision 6 (§5.2.9): `HW_REDUCED_ACPI`, `RESET_REG_SUP`, no fixed power/sleep buttons; the sleep control, sleep status and reset registers as byte-wide SystemIO addresses; `X_DSDT`; no FACS (allowed when hardware-reduced, §5.2.9) |
 //! | MADT  | §5.2.12: one enabled Local APIC entry per vCPU (Local x2APIC for APIC IDs above 254, §5.2.12.12), the IOAPIC; `PCAT_COMPAT` clear (no 8259s) |
-//! | DSDT  | `\_S5` and, under `\_SB`, COM1, the PS/2 keyboard and the CMOS RTC when present, then whatever [`Builder::add_dsdt`] added |
+//! | DSDT  | `\_S5` and, under `\_SB`, COM1, the PS/2 keyboard, the CMOS RTC and a power button (with its Generic Event Device) when present, then whatever [`Builder::add_dsdt`] added |
 //!
 //! Each table starts 8-byte aligned and is checksummed (§5.2.6). The 36-byte
 //! ACPI 2.0+ RSDP (§5.2.5.3) comes back separately: the caller copies it where
@@ -26,7 +26,11 @@
 //! these tables loaded at 0xE0000/0xE1000): no ACPI warnings, "ACPI: PM: (supports
 //! S0 S5)", both CPUs from the MADT, ttyS0 and the keyboard found through PnP ACPI
 //! (GSIs 4 and 1 as Linux IRQs 24 and 25), `poweroff` writes 0x34 to the sleep
-//! control register. What such a guest still needs on its command line:
+//! control register, and an edge on the power button's GSI (COM2's IRQ 3 in the
+//! experiment) reaches user space as `KEY_POWER` through the GED. Debian builds
+//! the button driver and evdev as modules (`button.ko`, `evdev.ko`): an initramfs
+//! that wants the button loads them and runs something that acts on `KEY_POWER`.
+//! What such a guest still needs on its command line:
 //! - `reboot=acpi`: on a hardware-reduced platform Linux prefers an EFI reset
 //!   (`reboot_init` and `efi_reboot_required` in arch/x86/kernel/reboot.c) and,
 //!   with no EFI, jumps to the BIOS reset vector; any `reboot=` skips that choice,
@@ -41,8 +45,8 @@
 //! listed in the XSDT (an MCFG for a PCI host bridge, an SSDT).
 
 use super::aml::{
-    self, Aml, Device, EisaId, Io, Irq, Name, Package, Raw, Resource, ResourceTemplate, Scope,
-    Trigger,
+    self, Aml, Device, EisaId, Interrupt, Io, Irq, Method, Name, Notify, Package, Raw, Resource, ResourceTemplate,
+    Scope, Trigger,
 };
 use alloc::vec::Vec;
 
@@ -145,6 +149,16 @@ pub struct Rtc {
     pub irq: Option<u8>,
 }
 
+/// An ACPI power button (PNP0C0C) behind a Generic Event Device (ACPI0013,
+/// §5.6.9): an edge on `gsi` makes the guest run the GED's `_EVT`, which
+/// notifies the button (0x80, "pressed"), and the guest's OSPM shuts down
+/// (systemd-logind or acpid on `KEY_POWER`). Press it by raising and lowering
+/// the IOAPIC input `gsi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerButton {
+    pub gsi: u32,
+}
+
 /// The hardware-reduced power-management registers (byte-wide, SystemIO): where
 /// they are and the values the guest writes to them. `devices::acpi_pm` decodes
 /// the same description.
@@ -175,6 +189,7 @@ pub struct Config<'a> {
     /// An i8042 with a keyboard at ports 0x60 (data) and 0x64 (command), IRQ 1.
     pub i8042: bool,
     pub rtc: Option<Rtc>,
+    pub power_button: Option<PowerButton>,
     pub pm: PmPorts,
 }
 
@@ -237,12 +252,7 @@ impl Builder {
     /// The FADT, MADT and DSDT for `cfg`.
     pub fn new(cfg: &Config) -> Result<Self, Error> {
         check_pm(&cfg.pm)?;
-        Ok(Builder {
-            fadt: fadt(cfg),
-            madt: madt(cfg)?,
-            dsdt: dsdt(cfg)?,
-            extra: Vec::new(),
-        })
+        Ok(Builder { fadt: fadt(cfg), madt: madt(cfg)?, dsdt: dsdt(cfg)?, extra: Vec::new() })
     }
 
     /// Appends `obj` to the DSDT's root, after the built-in objects. Give
@@ -265,12 +275,7 @@ impl Builder {
     }
 
     /// Adds a table listed in the XSDT: `body` is what follows the 36-byte header.
-    pub fn add_table(
-        &mut self,
-        signature: [u8; 4],
-        revision: u8,
-        body: &[u8],
-    ) -> Result<(), Error> {
+    pub fn add_table(&mut self, signature: [u8; 4], revision: u8, body: &[u8]) -> Result<(), Error> {
         if [*b"XSDT", *b"RSDT", *b"FACP", *b"APIC", *b"DSDT", *b"FACS"].contains(&signature) {
             return Err(Error::ReservedSignature(signature));
         }
@@ -299,10 +304,7 @@ impl Builder {
         let xsdt_len = HEADER_LEN + 8 * listed;
         let mut offsets = Vec::with_capacity(listed + 1);
         let mut end = align(xsdt_len);
-        for len in [self.fadt.len(), self.madt.len()]
-            .into_iter()
-            .chain(self.extra.iter().map(Vec::len))
-        {
+        for len in [self.fadt.len(), self.madt.len()].into_iter().chain(self.extra.iter().map(Vec::len)) {
             offsets.push(end);
             end = align(end.checked_add(len).ok_or(Error::TooLarge)?);
         }
@@ -311,11 +313,7 @@ impl Builder {
         let gpa = |off: usize| tables_gpa.checked_add(off as u64).ok_or(Error::TooLarge);
         gpa(total)?;
 
-        put(
-            &mut self.fadt,
-            fadt_off::X_DSDT,
-            &gpa(dsdt_off)?.to_le_bytes(),
-        );
+        put(&mut self.fadt, fadt_off::X_DSDT, &gpa(dsdt_off)?.to_le_bytes());
         let mut xsdt = Vec::with_capacity(xsdt_len);
         xsdt.extend_from_slice(b"XSDT");
         xsdt.resize(HEADER_LEN, 0);
@@ -325,20 +323,14 @@ impl Builder {
         }
 
         let mut out = Vec::with_capacity(total);
-        let tables = [xsdt, self.fadt, self.madt]
-            .into_iter()
-            .chain(self.extra)
-            .chain([dsdt]);
+        let tables = [xsdt, self.fadt, self.madt].into_iter().chain(self.extra).chain([dsdt]);
         for mut t in tables {
             seal(&mut t)?;
             out.resize(align(out.len()), 0);
             out.extend_from_slice(&t);
         }
         debug_assert_eq!(out.len(), total);
-        Ok(Tables {
-            rsdp: rsdp(tables_gpa),
-            tables: out,
-        })
+        Ok(Tables { rsdp: rsdp(tables_gpa), tables: out })
     }
 }
 
@@ -425,24 +417,14 @@ fn fadt(cfg: &Config) -> Vec<u8> {
         boot |= iapc_boot_arch::CMOS_RTC_NOT_PRESENT;
     }
     put(&mut f, fadt_off::IAPC_BOOT_ARCH, &boot.to_le_bytes());
-    let flags = fadt_flags::HW_REDUCED_ACPI
-        | fadt_flags::RESET_REG_SUP
-        | fadt_flags::PWR_BUTTON
-        | fadt_flags::SLP_BUTTON;
+    let flags =
+        fadt_flags::HW_REDUCED_ACPI | fadt_flags::RESET_REG_SUP | fadt_flags::PWR_BUTTON | fadt_flags::SLP_BUTTON;
     put(&mut f, fadt_off::FLAGS, &flags.to_le_bytes());
     put(&mut f, fadt_off::RESET_REG, &gas_io_byte(cfg.pm.reset));
     f[fadt_off::RESET_VALUE] = cfg.pm.reset_value;
     f[fadt_off::MINOR_VERSION] = FADT_MINOR_REVISION;
-    put(
-        &mut f,
-        fadt_off::SLEEP_CONTROL_REG,
-        &gas_io_byte(cfg.pm.sleep_control),
-    );
-    put(
-        &mut f,
-        fadt_off::SLEEP_STATUS_REG,
-        &gas_io_byte(cfg.pm.sleep_status),
-    );
+    put(&mut f, fadt_off::SLEEP_CONTROL_REG, &gas_io_byte(cfg.pm.sleep_control));
+    put(&mut f, fadt_off::SLEEP_STATUS_REG, &gas_io_byte(cfg.pm.sleep_status));
     put(&mut f, fadt_off::HYPERVISOR_VENDOR_ID, b"OXEN    ");
     f
 }
@@ -497,13 +479,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     // their children, which live only as long as that statement.
     let mut devices: Vec<Vec<u8>> = Vec::new();
     if let Some(uart) = cfg.uart {
-        let crs = [
-            &Io::fixed(uart.port, 8) as &dyn Resource,
-            &Irq {
-                irq: uart.irq,
-                trigger: Trigger::ISA,
-            },
-        ];
+        let crs = [&Io::fixed(uart.port, 8) as &dyn Resource, &Irq { irq: uart.irq, trigger: Trigger::ISA }];
         devices.push(aml::to_bytes(&Device::new(
             "COM1",
             &[
@@ -516,14 +492,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     }
     if cfg.i8042 {
         // Data port first, command/status second: the order Linux's i8042 PNP probe expects.
-        let crs = [
-            &Io::fixed(0x60, 1) as &dyn Resource,
-            &Io::fixed(0x64, 1),
-            &Irq {
-                irq: 1,
-                trigger: Trigger::ISA,
-            },
-        ];
+        let crs = [&Io::fixed(0x60, 1) as &dyn Resource, &Io::fixed(0x64, 1), &Irq { irq: 1, trigger: Trigger::ISA }];
         devices.push(aml::to_bytes(&Device::new(
             "KBD",
             &[
@@ -534,10 +503,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     }
     if let Some(rtc) = cfg.rtc {
         let io = Io::fixed(rtc.port, 2);
-        let irq = rtc.irq.map(|irq| Irq {
-            irq,
-            trigger: Trigger::ISA,
-        });
+        let irq = rtc.irq.map(|irq| Irq { irq, trigger: Trigger::ISA });
         let mut crs: Vec<&dyn Resource> = Vec::from([&io as &dyn Resource]);
         if let Some(irq) = &irq {
             crs.push(irq);
@@ -547,6 +513,23 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
             &[
                 &Name::new("_HID", &EisaId("PNP0B00")), // AT real-time clock
                 &Name::new("_CRS", &ResourceTemplate(&crs)),
+            ],
+        ))?);
+    }
+    if let Some(button) = cfg.power_button {
+        devices.push(aml::to_bytes(&Device::new(
+            "PWRB",
+            &[&Name::new("_HID", &EisaId("PNP0C0C")), &Name::new("_UID", &0u8)],
+        ))?);
+        let irq = Interrupt { gsi: button.gsi, trigger: Trigger::ISA };
+        devices.push(aml::to_bytes(&Device::new(
+            "GED",
+            &[
+                &Name::new("_HID", &"ACPI0013"),
+                &Name::new("_UID", &0u8),
+                &Name::new("_CRS", &ResourceTemplate(&[&irq])),
+                // One interrupt, one event: `_EVT(gsi)` needs not look at its argument.
+                &Method::new("_EVT", 1, false, &[&Notify::new("\\_SB.PWRB", 0x80)]),
             ],
         ))?);
     }
@@ -571,29 +554,18 @@ mod tests {
     const GPA: u64 = 0x000e_1000;
     const RSDP_GPA: u64 = 0x000e_0000;
 
-    pub(crate) const PM: PmPorts = PmPorts {
-        sleep_control: 0x600,
-        sleep_status: 0x601,
-        reset: 0x602,
-        reset_value: 0x06,
-        s5_slp_typ: 5,
-    };
+    const PM: PmPorts =
+        PmPorts { sleep_control: 0x600, sleep_status: 0x601, reset: 0x602, reset_value: 0x06, s5_slp_typ: 5 };
 
     fn config(apic_ids: &[u32]) -> Config<'_> {
         Config {
             apic_ids,
             local_apic_address: 0xfee0_0000,
-            io_apic: IoApic {
-                id: 0,
-                address: 0xfec0_0000,
-                gsi_base: 0,
-            },
-            uart: Some(Uart {
-                port: 0x3f8,
-                irq: 4,
-            }),
+            io_apic: IoApic { id: 0, address: 0xfec0_0000, gsi_base: 0 },
+            uart: Some(Uart { port: 0x3f8, irq: 4 }),
             i8042: true,
             rtc: None,
+            power_button: None,
             pm: PM,
         }
     }
@@ -604,38 +576,23 @@ mod tests {
 
     impl Memory {
         fn new(t: &Tables, gpa: u64) -> Self {
-            Memory(Rc::new(vec![
-                (RSDP_GPA, t.rsdp.to_vec()),
-                (gpa, t.tables.clone()),
-            ]))
+            Memory(Rc::new(vec![(RSDP_GPA, t.rsdp.to_vec()), (gpa, t.tables.clone())]))
         }
     }
 
     impl AcpiHandler for Memory {
-        unsafe fn map_physical_region<T>(
-            &self,
-            physical_address: usize,
-            size: usize,
-        ) -> PhysicalMapping<Self, T> {
+        unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
             let pa = physical_address as u64;
             let (base, bytes) = self
                 .0
                 .iter()
                 .find(|(base, b)| pa >= *base && pa + size as u64 <= base + b.len() as u64)
-                .unwrap_or_else(|| {
-                    panic!("the tables point outside themselves: {pa:#x} +{size:#x}")
-                });
+                .unwrap_or_else(|| panic!("the tables point outside themselves: {pa:#x} +{size:#x}"));
             let ptr = bytes[(pa - base) as usize..].as_ptr() as *mut T;
             // SAFETY: `size` bytes from `ptr` lie inside a vector that `self` keeps
             // alive for as long as the mapping (which holds a clone of `self`).
             unsafe {
-                PhysicalMapping::new(
-                    physical_address,
-                    core::ptr::NonNull::new(ptr).unwrap(),
-                    size,
-                    size,
-                    self.clone(),
-                )
+                PhysicalMapping::new(physical_address, core::ptr::NonNull::new(ptr).unwrap(), size, size, self.clone())
             }
         }
 
@@ -675,11 +632,7 @@ mod tests {
         assert_eq!(sum(&t.rsdp[..20]), 0, "RSDP checksum (first 20 bytes)");
         assert_eq!(sum(&t.rsdp), 0, "RSDP extended checksum");
         assert_eq!(t.rsdp[15], 2, "ACPI 2.0+ RSDP");
-        assert_eq!(
-            u64::from_le_bytes(t.rsdp[24..32].try_into().unwrap()),
-            GPA,
-            "XSDT at tables_gpa"
-        );
+        assert_eq!(u64::from_le_bytes(t.rsdp[24..32].try_into().unwrap()), GPA, "XSDT at tables_gpa");
         let list = table_list(&t, GPA);
         let sigs: Vec<&[u8; 4]> = list.iter().map(|x| &x.0).collect();
         assert_eq!(sigs, [b"XSDT", b"FACP", b"APIC", b"DSDT"]);
@@ -703,37 +656,18 @@ mod tests {
         assert!(flags.supports_system_reset_via_fadt());
         assert!(flags.power_button_is_control_method() && flags.sleep_button_is_control_method());
         let reset = fadt.reset_register().unwrap();
-        assert_eq!(
-            (reset.address_space, reset.address, reset.bit_width),
-            (AddressSpace::SystemIo, 0x602, 8)
-        );
+        assert_eq!((reset.address_space, reset.address, reset.bit_width), (AddressSpace::SystemIo, 0x602, 8));
         assert_eq!(reset.access_size, AccessSize::ByteAccess);
         assert_eq!({ fadt.reset_value }, 0x06);
         let sleep_control = fadt.sleep_control_register().unwrap().unwrap();
-        assert_eq!(
-            (sleep_control.address_space, sleep_control.address),
-            (AddressSpace::SystemIo, 0x600)
-        );
+        assert_eq!((sleep_control.address_space, sleep_control.address), (AddressSpace::SystemIo, 0x600));
         let sleep_status = fadt.sleep_status_register().unwrap().unwrap();
-        assert_eq!(
-            (sleep_status.address_space, sleep_status.address),
-            (AddressSpace::SystemIo, 0x601)
-        );
+        assert_eq!((sleep_status.address_space, sleep_status.address), (AddressSpace::SystemIo, 0x601));
         assert_eq!(fadt.pm_timer_block().unwrap(), None, "no PM timer");
         let boot = { fadt.iapc_boot_arch };
-        assert!(
-            boot.motherboard_implements_8042()
-                && boot.legacy_devices_are_accessible()
-                && boot.dont_probe_vga()
-        );
+        assert!(boot.motherboard_implements_8042() && boot.legacy_devices_are_accessible() && boot.dont_probe_vga());
         assert_eq!({ fadt.sci_interrupt }, 0);
-        assert!(
-            matches!(
-                fadt.facs_address(),
-                Err(::acpi::AcpiError::InvalidFacsAddress)
-            ),
-            "no FACS"
-        );
+        assert!(matches!(fadt.facs_address(), Err(::acpi::AcpiError::InvalidFacsAddress)), "no FACS");
 
         let madt = tables.find_table::<Madt>().unwrap();
         assert_eq!({ madt.get().local_apic_address }, 0xfee0_0000);
@@ -743,9 +677,9 @@ mod tests {
         for e in madt.get().entries() {
             match e {
                 MadtEntry::LocalApic(l) => cpus.push((l.processor_id, l.apic_id, { l.flags })),
-                MadtEntry::IoApic(io) => io_apics.push((io.io_apic_id, { io.io_apic_address }, {
-                    io.global_system_interrupt_base
-                })),
+                MadtEntry::IoApic(io) => {
+                    io_apics.push((io.io_apic_id, { io.io_apic_address }, { io.global_system_interrupt_base }))
+                }
                 other => panic!("unexpected MADT entry {other:?}"),
             }
         }
@@ -756,10 +690,7 @@ mod tests {
         let (_, off, len) = *table_list(&t, GPA).last().unwrap();
         assert_eq!(dsdt.address as u64, GPA + off as u64 + HEADER_LEN as u64);
         assert_eq!(dsdt.length as usize, len - HEADER_LEN);
-        assert!(
-            len > HEADER_LEN + 100,
-            "the DSDT holds _S5, COM1 and the keyboard ({len} bytes)"
-        );
+        assert!(len > HEADER_LEN + 100, "the DSDT holds _S5, COM1 and the keyboard ({len} bytes)");
     }
 
     #[test]
@@ -771,9 +702,7 @@ mod tests {
         for e in madt.get().entries() {
             match e {
                 MadtEntry::LocalApic(l) => xapic.push((l.processor_id, l.apic_id)),
-                MadtEntry::LocalX2Apic(l) => {
-                    x2apic.push(({ l.processor_uid }, { l.x2apic_id }, { l.flags }))
-                }
+                MadtEntry::LocalX2Apic(l) => x2apic.push(({ l.processor_uid }, { l.x2apic_id }, { l.flags })),
                 _ => {}
             }
         }
@@ -783,11 +712,7 @@ mod tests {
 
     #[test]
     fn optional_devices_and_flags_follow_the_config() {
-        let bare = Config {
-            uart: None,
-            i8042: false,
-            ..config(&[0])
-        };
+        let bare = Config { uart: None, i8042: false, ..config(&[0]) };
         let t = build(&bare, GPA).unwrap();
         let tables = parse(&t, GPA);
         let fadt = tables.find_table::<Fadt>().unwrap();
@@ -796,61 +721,29 @@ mod tests {
         // Only \_S5 is left: Name (_S5, Package (0x02) {5, 5}).
         assert_eq!(tables.dsdt().unwrap().length, 12);
 
-        let with_rtc = Config {
-            rtc: Some(Rtc {
-                port: 0x70,
-                irq: Some(8),
-            }),
-            ..bare
-        };
+        let with_rtc = Config { rtc: Some(Rtc { port: 0x70, irq: Some(8) }), ..bare };
         let fadt_boot = |t: &Tables| {
             let (_, off, _) = table_list(t, GPA)[1];
             u16::from_le_bytes(t.tables[off + 109..off + 111].try_into().unwrap())
         };
-        assert_eq!(
-            fadt_boot(&t) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT,
-            iapc_boot_arch::CMOS_RTC_NOT_PRESENT
-        );
-        assert_eq!(
-            fadt_boot(&build(&with_rtc, GPA).unwrap()) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT,
-            0
-        );
+        assert_eq!(fadt_boot(&t) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT, iapc_boot_arch::CMOS_RTC_NOT_PRESENT);
+        assert_eq!(fadt_boot(&build(&with_rtc, GPA).unwrap()) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT, 0);
     }
 
     #[test]
     fn bad_configs_are_errors() {
         assert_eq!(build(&config(&[]), GPA), Err(Error::NoVcpus));
-        assert_eq!(
-            build(&config(&[0, 3, 1, 3]), GPA),
-            Err(Error::DuplicateApicId(3))
-        );
+        assert_eq!(build(&config(&[0, 3, 1, 3]), GPA), Err(Error::DuplicateApicId(3)));
         assert_eq!(build(&config(&[0]), GPA + 4), Err(Error::Misaligned));
         assert_eq!(build(&config(&[0]), u64::MAX - 7), Err(Error::TooLarge));
-        let same_port = Config {
-            pm: PmPorts { reset: 0x600, ..PM },
-            ..config(&[0])
-        };
+        let same_port = Config { pm: PmPorts { reset: 0x600, ..PM }, ..config(&[0]) };
         assert_eq!(build(&same_port, GPA), Err(Error::BadPmPorts));
-        let wide_typ = Config {
-            pm: PmPorts {
-                s5_slp_typ: 8,
-                ..PM
-            },
-            ..config(&[0])
-        };
+        let wide_typ = Config { pm: PmPorts { s5_slp_typ: 8, ..PM }, ..config(&[0]) };
         assert_eq!(build(&wide_typ, GPA), Err(Error::BadPmPorts));
-        let high_irq = Config {
-            uart: Some(Uart {
-                port: 0x3f8,
-                irq: 16,
-            }),
-            ..config(&[0])
-        };
+        let high_irq = Config { uart: Some(Uart { port: 0x3f8, irq: 16 }), ..config(&[0]) };
         assert_eq!(build(&high_irq, GPA), Err(Error::Aml(aml::Error::BadIrq)));
         // 300 vCPUs with xAPIC IDs: the 256th has no 8-bit processor UID left.
-        let ids: Vec<u32> = (0..300)
-            .map(|i| if i < 45 { 300 + i } else { i - 45 })
-            .collect();
+        let ids: Vec<u32> = (0..300).map(|i| if i < 45 { 300 + i } else { i - 45 }).collect();
         assert_eq!(build(&config(&ids), GPA), Err(Error::ProcessorUid(256)));
     }
 
@@ -859,61 +752,34 @@ mod tests {
         let cfg = config(&[0, 1]);
         let plain = build(&cfg, GPA).unwrap();
         let mut b = Builder::new(&cfg).unwrap();
-        let mmio = aml::Memory32Fixed {
-            writable: true,
-            base: 0xd000_0000,
-            length: 0x200,
-        };
-        let irq = aml::Interrupt {
-            gsi: 5,
-            trigger: Trigger::ISA,
-        };
+        let mmio = aml::Memory32Fixed { writable: true, base: 0xd000_0000, length: 0x200 };
+        let irq = aml::Interrupt { gsi: 5, trigger: Trigger::ISA };
         let crs = [&mmio as &dyn Resource, &irq];
         let hid = "LNRO0005"; // virtio-mmio's ACPI _HID
         let dev = aml::to_bytes(&Device::new(
             "\\_SB.VR00",
-            &[
-                &Name::new("_HID", &hid),
-                &Name::new("_CRS", &ResourceTemplate(&crs)),
-            ],
+            &[&Name::new("_HID", &hid), &Name::new("_CRS", &ResourceTemplate(&crs))],
         ))
         .unwrap();
         b.add_dsdt(&Raw(&dev)).unwrap();
         // A Local APIC NMI structure (§5.2.12.7): all processors, LINT1, flags 0.
         b.add_madt_entry(&[4, 6, 0xff, 0, 0, 1]).unwrap();
-        assert_eq!(
-            b.add_madt_entry(&[4, 7, 0xff, 0, 0, 1]),
-            Err(Error::BadMadtEntry)
-        );
-        assert_eq!(
-            b.add_table(*b"APIC", 1, &[]),
-            Err(Error::ReservedSignature(*b"APIC"))
-        );
+        assert_eq!(b.add_madt_entry(&[4, 7, 0xff, 0, 0, 1]), Err(Error::BadMadtEntry));
+        assert_eq!(b.add_table(*b"APIC", 1, &[]), Err(Error::ReservedSignature(*b"APIC")));
         b.add_table(*b"OEMX", 1, &[1, 2, 3, 4]).unwrap();
         let t = b.finish(GPA).unwrap();
 
         let tables = parse(&t, GPA);
-        let sigs: Vec<[u8; 4]> = tables
-            .headers()
-            .map(|h| *h.signature.as_str().as_bytes().first_chunk().unwrap())
-            .collect();
+        let sigs: Vec<[u8; 4]> =
+            tables.headers().map(|h| *h.signature.as_str().as_bytes().first_chunk().unwrap()).collect();
         assert_eq!(sigs, [*b"FACP", *b"APIC", *b"OEMX"]);
         let madt = tables.find_table::<Madt>().unwrap();
-        assert!(madt
-            .get()
-            .entries()
-            .any(|e| matches!(e, MadtEntry::LocalApicNmi(n) if n.nmi_line == 1)));
+        assert!(madt.get().entries().any(|e| matches!(e, MadtEntry::LocalApicNmi(n) if n.nmi_line == 1)));
         let grown = tables.dsdt().unwrap().length;
         let before = parse(&plain, GPA).dsdt().unwrap().length;
         assert_eq!(grown - before, dev.len() as u32);
         for (sig, off, len) in table_list(&t, GPA) {
-            assert_eq!(
-                t.tables[off..off + len]
-                    .iter()
-                    .fold(0u8, |s, &x| s.wrapping_add(x)),
-                0,
-                "{sig:?}"
-            );
+            assert_eq!(t.tables[off..off + len].iter().fold(0u8, |s, &x| s.wrapping_add(x)), 0, "{sig:?}");
         }
     }
 
@@ -927,11 +793,7 @@ mod tests {
             let name = String::from_utf8_lossy(&sig).into_owned();
             let aml = dir.join(format!("{name}.aml"));
             std::fs::write(&aml, &t.tables[off..off + len]).unwrap();
-            let run = Command::new("iasl")
-                .arg("-d")
-                .arg(&aml)
-                .current_dir(&dir)
-                .output();
+            let run = Command::new("iasl").arg("-d").arg(&aml).current_dir(&dir).output();
             let run = match run {
                 Ok(r) => r,
                 Err(e) => panic!(
@@ -939,8 +801,7 @@ mod tests {
                      (`sudo apt-get install -y acpica-tools`; `cargo xtask` installs it too)"
                 ),
             };
-            let log = String::from_utf8_lossy(&run.stdout).into_owned()
-                + &String::from_utf8_lossy(&run.stderr);
+            let log = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
             assert!(run.status.success(), "iasl -d {name}.aml failed:\n{log}");
             let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
             out.push((sig, dsl));
@@ -986,24 +847,14 @@ mod tests {
 
     #[test]
     fn iasl_disassembles_the_tables() {
-        let rtc = Some(Rtc {
-            port: 0x70,
-            irq: Some(8),
-        });
-        let t = build(
-            &Config {
-                rtc,
-                ..config(&[0, 1, 300])
-            },
-            GPA,
-        )
-        .unwrap();
+        let rtc = Some(Rtc { port: 0x70, irq: Some(8) });
+        let power_button = Some(PowerButton { gsi: 9 });
+        let t = build(&Config { rtc, power_button, ..config(&[0, 1, 300]) }, GPA).unwrap();
         let text = iasl_disassemble(&t, GPA, "all");
         let get = |sig: &[u8; 4]| &text.iter().find(|(s, _)| s == sig).unwrap().1;
 
         let dsdt = asl_lines(get(b"DSDT"));
-        let has =
-            |block: &str| assert!(dsdt.contains(block), "the DSDT lacks\n{block}\nin\n{dsdt}");
+        let has = |block: &str| assert!(dsdt.contains(block), "the DSDT lacks\n{block}\nin\n{dsdt}");
         has("DefinitionBlock (\"\", \"DSDT\", 2, \"OXEN  \", \"OXENVM  \", 0x00000001)\n{\n");
         has("Name (_S5, Package (0x02)\n{\n0x05,\n0x05\n})\nScope (\\_SB)\n{\n");
         has(concat!(
@@ -1034,6 +885,21 @@ mod tests {
             "})\n}\n",
         ));
 
+        has(concat!(
+            "Device (PWRB)\n{\n",
+            "Name (_HID, EisaId (\"PNP0C0C\"))\n",
+            "Name (_UID, Zero)\n",
+            "}\n",
+            "Device (GED)\n{\n",
+            "Name (_HID, \"ACPI0013\")\n",
+            "Name (_UID, Zero)\n",
+            "Name (_CRS, ResourceTemplate ()\n{\n",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n{\n0x00000009,\n}\n",
+            "})\n",
+            "Method (_EVT, 1, NotSerialized)\n{\nNotify (\\_SB.PWRB, 0x80)\n}\n",
+            "}\n",
+        ));
+
         // iasl decodes the data tables field by field.
         let fadt = get(b"FACP");
         for (name, want) in [
@@ -1049,23 +915,12 @@ mod tests {
         ] {
             assert_eq!(field(fadt, name), want, "FADT {name}");
         }
-        let dsdt_gpa = format!(
-            "{:016X}",
-            GPA + table_list(&t, GPA).last().unwrap().1 as u64
-        );
-        assert!(
-            fadt.contains(&format!("DSDT Address : {dsdt_gpa}")),
-            "X_DSDT {dsdt_gpa}:\n{fadt}"
-        );
-        for (reg, port) in [
-            ("Reset Register", 0x602),
-            ("Sleep Control Register", 0x600),
-            ("Sleep Status Register", 0x601),
-        ] {
-            let block = fadt
-                .split_once(&format!("{reg} : [Generic Address Structure]"))
-                .expect(reg)
-                .1;
+        let dsdt_gpa = format!("{:016X}", GPA + table_list(&t, GPA).last().unwrap().1 as u64);
+        assert!(fadt.contains(&format!("DSDT Address : {dsdt_gpa}")), "X_DSDT {dsdt_gpa}:\n{fadt}");
+        for (reg, port) in
+            [("Reset Register", 0x602), ("Sleep Control Register", 0x600), ("Sleep Status Register", 0x601)]
+        {
+            let block = fadt.split_once(&format!("{reg} : [Generic Address Structure]")).expect(reg).1;
             assert_eq!(field(block, "Space ID"), "01 [SystemIO]", "{reg}");
             assert_eq!(field(block, "Bit Width"), "08", "{reg}");
             assert_eq!(field(block, "Address"), format!("{port:016X}"), "{reg}");
@@ -1073,35 +928,15 @@ mod tests {
 
         let madt = get(b"APIC");
         assert_eq!(field(madt, "PC-AT Compatibility"), "0");
-        assert_eq!(
-            madt.matches("Subtable Type : 00 [Processor Local APIC]")
-                .count(),
-            2,
-            "{madt}"
-        );
-        assert_eq!(
-            madt.matches("Subtable Type : 09 [Processor Local x2APIC]")
-                .count(),
-            1,
-            "{madt}"
-        );
-        assert_eq!(
-            madt.matches("Subtable Type : 01 [I/O APIC]").count(),
-            1,
-            "{madt}"
-        );
+        assert_eq!(madt.matches("Subtable Type : 00 [Processor Local APIC]").count(), 2, "{madt}");
+        assert_eq!(madt.matches("Subtable Type : 09 [Processor Local x2APIC]").count(), 1, "{madt}");
+        assert_eq!(madt.matches("Subtable Type : 01 [I/O APIC]").count(), 1, "{madt}");
         assert_eq!(madt.matches("Processor Enabled : 1").count(), 3, "{madt}");
         assert_eq!(field(madt, "Processor x2Apic ID"), "0000012C");
         assert_eq!(field(madt, "I/O Apic ID"), "00");
-        assert_eq!(
-            field(madt.split_once("[I/O APIC]").unwrap().1, "Address"),
-            "FEC00000"
-        );
+        assert_eq!(field(madt.split_once("[I/O APIC]").unwrap().1, "Address"), "FEC00000");
         for (sig, dsl) in &text {
-            assert!(
-                !dsl.contains("Unknown") && !dsl.contains("Invalid"),
-                "{sig:?}:\n{dsl}"
-            );
+            assert!(!dsl.contains("Unknown") && !dsl.contains("Invalid"), "{sig:?}:\n{dsl}");
         }
     }
 }

@@ -72,6 +72,7 @@ const DEVICE_OP: u8 = 0x82; // after EXT_OP_PREFIX
 const ROOT_CHAR: u8 = b'\\';
 const PARENT_PREFIX_CHAR: u8 = b'^';
 const NULL_NAME: u8 = 0x00;
+const NOTIFY_OP: u8 = 0x86;
 const RETURN_OP: u8 = 0xa4;
 
 /// Largest value a `PkgLength` encodes: 28 bits (§20.2.4).
@@ -165,8 +166,7 @@ impl Aml for Path<'_> {
             3..=255 => out.extend_from_slice(&[MULTI_NAME_PREFIX, count as u8]),
             _ => return Err(Error::BadName),
         }
-        s.split(|&c| c == b'.')
-            .try_for_each(|seg| name_seg(seg, out))
+        s.split(|&c| c == b'.').try_for_each(|seg| name_seg(seg, out))
     }
 }
 
@@ -248,12 +248,7 @@ impl EisaId<'_> {
         };
         let vendor = (letter(l0)? << 10) | (letter(l1)? << 5) | letter(l2)?;
         let [v_hi, v_lo] = vendor.to_be_bytes();
-        let bytes = [
-            v_hi,
-            v_lo,
-            (hex(h0)? << 4) | hex(h1)?,
-            (hex(h2)? << 4) | hex(h3)?,
-        ];
+        let bytes = [v_hi, v_lo, (hex(h0)? << 4) | hex(h1)?, (hex(h2)? << 4) | hex(h3)?];
         Ok(u32::from_le_bytes(bytes))
     }
 }
@@ -286,10 +281,7 @@ pub struct Name<'a> {
 
 impl<'a> Name<'a> {
     pub fn new(path: &'a str, value: &'a dyn Aml) -> Self {
-        Name {
-            path: Path(path),
-            value,
-        }
+        Name { path: Path(path), value }
     }
 }
 
@@ -321,10 +313,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(path: &'a str, terms: &'a [&'a dyn Aml]) -> Self {
-        Scope {
-            path: Path(path),
-            terms,
-        }
+        Scope { path: Path(path), terms }
     }
 }
 
@@ -345,10 +334,7 @@ pub struct Device<'a> {
 
 impl<'a> Device<'a> {
     pub fn new(path: &'a str, terms: &'a [&'a dyn Aml]) -> Self {
-        Device {
-            path: Path(path),
-            terms,
-        }
+        Device { path: Path(path), terms }
     }
 }
 
@@ -371,12 +357,7 @@ pub struct Method<'a> {
 
 impl<'a> Method<'a> {
     pub fn new(path: &'a str, args: u8, serialized: bool, terms: &'a [&'a dyn Aml]) -> Self {
-        Method {
-            path: Path(path),
-            args,
-            serialized,
-            terms,
-        }
+        Method { path: Path(path), args, serialized, terms }
     }
 }
 
@@ -402,6 +383,27 @@ impl Aml for Return<'_> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
         out.push(RETURN_OP);
         self.0.encode(out)
+    }
+}
+
+/// `Notify(object, value)` (§20.2.5.3 `DefNotify`), e.g. 0x80 to a power button
+/// device: "button pressed" (§4.8.3.1.1).
+pub struct Notify<'a> {
+    object: Path<'a>,
+    value: u64,
+}
+
+impl<'a> Notify<'a> {
+    pub fn new(object: &'a str, value: u64) -> Self {
+        Notify { object: Path(object), value }
+    }
+}
+
+impl Aml for Notify<'_> {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        out.push(NOTIFY_OP);
+        self.object.encode(out)?;
+        self.value.encode(out)
     }
 }
 
@@ -444,12 +446,7 @@ pub struct Io {
 impl Io {
     /// `length` ports fixed at `base`.
     pub fn fixed(base: u16, length: u8) -> Self {
-        Io {
-            min: base,
-            max: base,
-            alignment: 1,
-            length,
-        }
+        Io { min: base, max: base, alignment: 1, length }
     }
 }
 
@@ -477,11 +474,7 @@ pub struct Trigger {
 
 impl Trigger {
     /// An ISA device's line: edge-triggered, active high, not shared.
-    pub const ISA: Trigger = Trigger {
-        edge: true,
-        active_low: false,
-        shared: false,
-    };
+    pub const ISA: Trigger = Trigger { edge: true, active_low: false, shared: false };
 }
 
 /// `IRQ(Edge|Level, ActiveHigh|ActiveLow, Exclusive|Shared) { irq }`: the small
@@ -519,8 +512,7 @@ impl Resource for Interrupt {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
         let t = self.trigger;
         // Flags: bit 0 consumer, bit 1 _HE (edge), bit 2 _LL, bit 3 _SHR.
-        let flags =
-            1 | (u8::from(t.edge) << 1) | (u8::from(t.active_low) << 2) | (u8::from(t.shared) << 3);
+        let flags = 1 | (u8::from(t.edge) << 1) | (u8::from(t.active_low) << 2) | (u8::from(t.shared) << 3);
         // Large item 0x09; length 6: flags, table length 1, one dword.
         out.extend_from_slice(&[0x89, 0x06, 0x00, flags, 0x01]);
         out.extend_from_slice(&self.gsi.to_le_bytes());
@@ -539,11 +531,7 @@ pub struct Memory32Fixed {
 
 impl Resource for Memory32Fixed {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
-        if self
-            .base
-            .checked_add(self.length.saturating_sub(1))
-            .is_none()
-        {
+        if self.base.checked_add(self.length.saturating_sub(1)).is_none() {
             return Err(Error::BadResource);
         }
         // Large item 0x06, length 9; information bit 0: read/write.
@@ -570,10 +558,7 @@ mod tests {
         assert_eq!(enc(&0x3f8u16), [0x0b, 0xf8, 0x03]); // WordPrefix
         assert_eq!(enc(&0x1234_5678u32), [0x0c, 0x78, 0x56, 0x34, 0x12]); // DWordPrefix
         assert_eq!(enc(&0x1_0000_0000u64), [0x0e, 0, 0, 0, 0, 1, 0, 0, 0]); // QWordPrefix
-        assert_eq!(
-            enc(&u64::MAX),
-            [0x0e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
-        );
+        assert_eq!(enc(&u64::MAX), [0x0e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     }
 
     #[test]
@@ -605,9 +590,7 @@ mod tests {
         assert_eq!(enc(&Path("^^FOO")), *b"^^FOO_");
         assert_eq!(enc(&Path("\\")), [b'\\', 0x00]);
         assert_eq!(enc(&Path("\\_SB_")), *b"\\_SB_");
-        for bad in [
-            "", "^", "COM12", "1COM", "_SB..X", "com1", "\\^A", "A.", "A-B",
-        ] {
+        for bad in ["", "^", "COM12", "1COM", "_SB..X", "com1", "\\^A", "A.", "A-B"] {
             assert_eq!(to_bytes(&Path(bad)), Err(Error::BadName), "{bad:?}");
         }
     }
@@ -631,61 +614,44 @@ mod tests {
         out.clear();
         pkg_length(PKG_LENGTH_MAX - 4, &mut out).unwrap();
         assert_eq!(out, [0xcf, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            pkg_length(PKG_LENGTH_MAX - 3, &mut Vec::new()),
-            Err(Error::TooLong)
-        );
+        assert_eq!(pkg_length(PKG_LENGTH_MAX - 3, &mut Vec::new()), Err(Error::TooLong));
     }
 
     #[test]
     fn name_of_a_sleep_package() {
         // Name (_S5, Package (0x02) { 0x05, 0x05 })
         let s5 = enc(&Name::new("_S5", &Package(&[&5u8, &5u8])));
-        assert_eq!(
-            s5,
-            [0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, 0x05, 0x0a, 0x05]
-        );
+        assert_eq!(s5, [0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, 0x05, 0x0a, 0x05]);
     }
 
     #[test]
     fn device_scope_and_method() {
         // Device (DEV0) { Name (_UID, Zero) }
         let dev = enc(&Device::new("DEV0", &[&Name::new("_UID", &0u8)]));
-        assert_eq!(
-            dev,
-            [0x5b, 0x82, 0x0b, b'D', b'E', b'V', b'0', 0x08, b'_', b'U', b'I', b'D', 0x00]
-        );
+        assert_eq!(dev, [0x5b, 0x82, 0x0b, b'D', b'E', b'V', b'0', 0x08, b'_', b'U', b'I', b'D', 0x00]);
         // Scope (\_SB) { }
-        assert_eq!(
-            enc(&Scope::new("\\_SB", &[])),
-            [0x10, 0x06, b'\\', b'_', b'S', b'B', b'_']
-        );
+        assert_eq!(enc(&Scope::new("\\_SB", &[])), [0x10, 0x06, b'\\', b'_', b'S', b'B', b'_']);
         // Method (_STA, 0, NotSerialized) { Return (0x0F) }
         let sta = enc(&Method::new("_STA", 0, false, &[&Return(&0x0fu8)]));
-        assert_eq!(
-            sta,
-            [0x14, 0x09, b'_', b'S', b'T', b'A', 0x00, 0xa4, 0x0a, 0x0f]
-        );
+        assert_eq!(sta, [0x14, 0x09, b'_', b'S', b'T', b'A', 0x00, 0xa4, 0x0a, 0x0f]);
+        // Method (_EVT, 1, NotSerialized) { Notify (\_SB.PWRB, 0x80) }
+        let evt = enc(&Method::new("_EVT", 1, false, &[&Notify::new("\\_SB.PWRB", 0x80)]));
+        #[rustfmt::skip]
+        assert_eq!(evt, [
+            0x14, 0x13, b'_', b'E', b'V', b'T', 0x01,
+            0x86, b'\\', 0x2e, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0a, 0x80,
+        ]);
         // Serialized, 2 arguments: flags 0x0A.
         let m = Method::new("MTHD", 2, true, &[]);
         assert_eq!(enc(&m), [0x14, 0x06, b'M', b'T', b'H', b'D', 0x0a]);
-        assert_eq!(
-            to_bytes(&Method::new("MTHD", 8, false, &[])),
-            Err(Error::BadMethodFlags)
-        );
+        assert_eq!(to_bytes(&Method::new("MTHD", 8, false, &[])), Err(Error::BadMethodFlags));
     }
 
     #[test]
     fn resource_template_of_a_serial_port() {
         // ResourceTemplate () { IO (Decode16, 0x03F8, 0x03F8, 0x01, 0x08)
         //                       IRQ (Edge, ActiveHigh, Exclusive) {4} }
-        let crs = enc(&ResourceTemplate(&[
-            &Io::fixed(0x3f8, 8),
-            &Irq {
-                irq: 4,
-                trigger: Trigger::ISA,
-            },
-        ]));
+        let crs = enc(&ResourceTemplate(&[&Io::fixed(0x3f8, 8), &Irq { irq: 4, trigger: Trigger::ISA }]));
         #[rustfmt::skip]
         let want = [
             0x11, 0x11, 0x0a, 0x0e,                         // Buffer, PkgLength 17, size 14
@@ -698,65 +664,26 @@ mod tests {
 
     #[test]
     fn irq_descriptor_flags_and_limits() {
-        let level_low_shared = Trigger {
-            edge: false,
-            active_low: true,
-            shared: true,
-        };
+        let level_low_shared = Trigger { edge: false, active_low: true, shared: true };
         let mut out = Vec::new();
-        Irq {
-            irq: 15,
-            trigger: level_low_shared,
-        }
-        .encode(&mut out)
-        .unwrap();
+        Irq { irq: 15, trigger: level_low_shared }.encode(&mut out).unwrap();
         assert_eq!(out, [0x23, 0x00, 0x80, 0x18]);
-        assert_eq!(
-            Irq {
-                irq: 16,
-                trigger: Trigger::ISA
-            }
-            .encode(&mut Vec::new()),
-            Err(Error::BadIrq)
-        );
+        assert_eq!(Irq { irq: 16, trigger: Trigger::ISA }.encode(&mut Vec::new()), Err(Error::BadIrq));
     }
 
     #[test]
     fn extended_interrupt_and_memory() {
         let mut out = Vec::new();
         // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 0x21 }
-        Interrupt {
-            gsi: 0x21,
-            trigger: Trigger::ISA,
-        }
-        .encode(&mut out)
-        .unwrap();
+        Interrupt { gsi: 0x21, trigger: Trigger::ISA }.encode(&mut out).unwrap();
         assert_eq!(out, [0x89, 0x06, 0x00, 0x03, 0x01, 0x21, 0x00, 0x00, 0x00]);
         out.clear();
         // Memory32Fixed (ReadWrite, 0xD0000000, 0x00000200)
-        Memory32Fixed {
-            writable: true,
-            base: 0xd000_0000,
-            length: 0x200,
-        }
-        .encode(&mut out)
-        .unwrap();
-        assert_eq!(
-            out,
-            [0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x02, 0x00, 0x00]
-        );
-        let wraps = Memory32Fixed {
-            writable: true,
-            base: 0xffff_f000,
-            length: 0x2000,
-        };
+        Memory32Fixed { writable: true, base: 0xd000_0000, length: 0x200 }.encode(&mut out).unwrap();
+        assert_eq!(out, [0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x02, 0x00, 0x00]);
+        let wraps = Memory32Fixed { writable: true, base: 0xffff_f000, length: 0x2000 };
         assert_eq!(wraps.encode(&mut Vec::new()), Err(Error::BadResource));
-        let inverted = Io {
-            min: 0x60,
-            max: 0x50,
-            alignment: 1,
-            length: 1,
-        };
+        let inverted = Io { min: 0x60, max: 0x50, alignment: 1, length: 1 };
         assert_eq!(inverted.encode(&mut Vec::new()), Err(Error::BadResource));
     }
 
