@@ -217,8 +217,11 @@ pub enum Error {
     BadPmPorts,
     /// `tables_gpa` is not 8-byte aligned.
     Misaligned,
-    /// The tables would run past the end of the address space, or a table past 4 GiB.
+    /// The tables would run past the end of the address space, or a table is
+    /// longer than its 32-bit length field holds.
     TooLarge,
+    /// Two devices described on this GSI; each line here is exclusive.
+    SharedIrq(u32),
     /// A MADT entry whose length byte does not match its size.
     BadMadtEntry,
     /// A table this module builds itself (XSDT, RSDT, FACP, APIC, DSDT, FACS).
@@ -252,6 +255,7 @@ impl Builder {
     /// The FADT, MADT and DSDT for `cfg`.
     pub fn new(cfg: &Config) -> Result<Self, Error> {
         check_pm(&cfg.pm)?;
+        check_irqs(cfg)?;
         Ok(Builder { fadt: fadt(cfg), madt: madt(cfg)?, dsdt: dsdt(cfg)?, extra: Vec::new() })
     }
 
@@ -385,6 +389,21 @@ fn check_pm(pm: &PmPorts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The GSIs the DSDT's devices use (ISA IRQs are GSIs here, see the module doc)
+/// must differ: their `_CRS` say "exclusive".
+fn check_irqs(cfg: &Config) -> Result<(), Error> {
+    let uart = cfg.uart.map(|u| u32::from(u.irq));
+    let kbd = cfg.i8042.then_some(1);
+    let rtc = cfg.rtc.and_then(|r| r.irq).map(u32::from);
+    let button = cfg.power_button.map(|b| b.gsi);
+    let mut gsis: Vec<u32> = [uart, kbd, rtc, button].into_iter().flatten().collect();
+    gsis.sort_unstable();
+    match gsis.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(Error::SharedIrq(w[0])),
+        None => Ok(()),
+    }
+}
+
 /// A Generic Address Structure (§5.2.3.2) for a byte-wide register at I/O `port`.
 fn gas_io_byte(port: u16) -> [u8; 12] {
     const SYSTEM_IO: u8 = 1;
@@ -479,7 +498,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     // their children, which live only as long as that statement.
     let mut devices: Vec<Vec<u8>> = Vec::new();
     if let Some(uart) = cfg.uart {
-        let crs = [&Io::fixed(uart.port, 8) as &dyn Resource, &Irq { irq: uart.irq, trigger: Trigger::ISA }];
+        let crs = [&Io::fixed(uart.port, 8) as &dyn Resource, &Irq { irq: uart.irq, trigger: Trigger::EDGE_HIGH }];
         devices.push(aml::to_bytes(&Device::new(
             "COM1",
             &[
@@ -492,7 +511,8 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     }
     if cfg.i8042 {
         // Data port first, command/status second: the order Linux's i8042 PNP probe expects.
-        let crs = [&Io::fixed(0x60, 1) as &dyn Resource, &Io::fixed(0x64, 1), &Irq { irq: 1, trigger: Trigger::ISA }];
+        let crs =
+            [&Io::fixed(0x60, 1) as &dyn Resource, &Io::fixed(0x64, 1), &Irq { irq: 1, trigger: Trigger::EDGE_HIGH }];
         devices.push(aml::to_bytes(&Device::new(
             "KBD",
             &[
@@ -503,7 +523,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
     }
     if let Some(rtc) = cfg.rtc {
         let io = Io::fixed(rtc.port, 2);
-        let irq = rtc.irq.map(|irq| Irq { irq, trigger: Trigger::ISA });
+        let irq = rtc.irq.map(|irq| Irq { irq, trigger: Trigger::EDGE_HIGH });
         let mut crs: Vec<&dyn Resource> = Vec::from([&io as &dyn Resource]);
         if let Some(irq) = &irq {
             crs.push(irq);
@@ -521,7 +541,7 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
             "PWRB",
             &[&Name::new("_HID", &EisaId("PNP0C0C")), &Name::new("_UID", &0u8)],
         ))?);
-        let irq = Interrupt { gsi: button.gsi, trigger: Trigger::ISA };
+        let irq = Interrupt { gsi: button.gsi, trigger: Trigger::EDGE_HIGH };
         devices.push(aml::to_bytes(&Device::new(
             "GED",
             &[
@@ -740,6 +760,8 @@ mod tests {
         assert_eq!(build(&same_port, GPA), Err(Error::BadPmPorts));
         let wide_typ = Config { pm: PmPorts { s5_slp_typ: 8, ..PM }, ..config(&[0]) };
         assert_eq!(build(&wide_typ, GPA), Err(Error::BadPmPorts));
+        let button_on_com1 = Config { power_button: Some(PowerButton { gsi: 4 }), ..config(&[0]) };
+        assert_eq!(build(&button_on_com1, GPA), Err(Error::SharedIrq(4)));
         let high_irq = Config { uart: Some(Uart { port: 0x3f8, irq: 16 }), ..config(&[0]) };
         assert_eq!(build(&high_irq, GPA), Err(Error::Aml(aml::Error::BadIrq)));
         // 300 vCPUs with xAPIC IDs: the 256th has no 8-bit processor UID left.
@@ -753,7 +775,7 @@ mod tests {
         let plain = build(&cfg, GPA).unwrap();
         let mut b = Builder::new(&cfg).unwrap();
         let mmio = aml::Memory32Fixed { writable: true, base: 0xd000_0000, length: 0x200 };
-        let irq = aml::Interrupt { gsi: 5, trigger: Trigger::ISA };
+        let irq = aml::Interrupt { gsi: 5, trigger: Trigger::EDGE_HIGH };
         let crs = [&mmio as &dyn Resource, &irq];
         let hid = "LNRO0005"; // virtio-mmio's ACPI _HID
         let dev = aml::to_bytes(&Device::new(

@@ -387,7 +387,7 @@ impl Aml for Return<'_> {
 }
 
 /// `Notify(object, value)` (§20.2.5.3 `DefNotify`), e.g. 0x80 to a power button
-/// device: "button pressed" (§4.8.3.1.1).
+/// device: "button pressed" (§5.6.6, device-specific notification values).
 pub struct Notify<'a> {
     object: Path<'a>,
     value: u64,
@@ -473,8 +473,8 @@ pub struct Trigger {
 }
 
 impl Trigger {
-    /// An ISA device's line: edge-triggered, active high, not shared.
-    pub const ISA: Trigger = Trigger { edge: true, active_low: false, shared: false };
+    /// Edge-triggered, active high, not shared: an ISA device's line.
+    pub const EDGE_HIGH: Trigger = Trigger { edge: true, active_low: false, shared: false };
 }
 
 /// `IRQ(Edge|Level, ActiveHigh|ActiveLow, Exclusive|Shared) { irq }`: the small
@@ -651,7 +651,7 @@ mod tests {
     fn resource_template_of_a_serial_port() {
         // ResourceTemplate () { IO (Decode16, 0x03F8, 0x03F8, 0x01, 0x08)
         //                       IRQ (Edge, ActiveHigh, Exclusive) {4} }
-        let crs = enc(&ResourceTemplate(&[&Io::fixed(0x3f8, 8), &Irq { irq: 4, trigger: Trigger::ISA }]));
+        let crs = enc(&ResourceTemplate(&[&Io::fixed(0x3f8, 8), &Irq { irq: 4, trigger: Trigger::EDGE_HIGH }]));
         #[rustfmt::skip]
         let want = [
             0x11, 0x11, 0x0a, 0x0e,                         // Buffer, PkgLength 17, size 14
@@ -668,14 +668,14 @@ mod tests {
         let mut out = Vec::new();
         Irq { irq: 15, trigger: level_low_shared }.encode(&mut out).unwrap();
         assert_eq!(out, [0x23, 0x00, 0x80, 0x18]);
-        assert_eq!(Irq { irq: 16, trigger: Trigger::ISA }.encode(&mut Vec::new()), Err(Error::BadIrq));
+        assert_eq!(Irq { irq: 16, trigger: Trigger::EDGE_HIGH }.encode(&mut Vec::new()), Err(Error::BadIrq));
     }
 
     #[test]
     fn extended_interrupt_and_memory() {
         let mut out = Vec::new();
         // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 0x21 }
-        Interrupt { gsi: 0x21, trigger: Trigger::ISA }.encode(&mut out).unwrap();
+        Interrupt { gsi: 0x21, trigger: Trigger::EDGE_HIGH }.encode(&mut out).unwrap();
         assert_eq!(out, [0x89, 0x06, 0x00, 0x03, 0x01, 0x21, 0x00, 0x00, 0x00]);
         out.clear();
         // Memory32Fixed (ReadWrite, 0xD0000000, 0x00000200)
