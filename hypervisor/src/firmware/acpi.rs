@@ -828,6 +828,7 @@ mod tests {
             let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
             out.push((sig, dsl));
         }
+        // OXEN_KEEP_IASL=1 keeps the .aml and .dsl files to read (their directory is in the panic messages).
         if std::env::var_os("OXEN_KEEP_IASL").is_none() {
             std::fs::remove_dir_all(&dir).unwrap();
         }
