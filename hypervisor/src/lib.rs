@@ -11,7 +11,9 @@
 //!   the local APIC's programming model and clock arithmetic, for `arch`'s APIC,
 //!   timer and SMP code.
 //! - `emulate`: guest page walk and instruction decoding to complete MMIO accesses.
-//! - `devices`: guest device models (16550A UART, IOAPIC, local APIC).
+//! - `devices`: guest device models (16550A UART, IOAPIC, local APIC, i8042,
+//!   CMOS RTC, KVM-compatible clock, ACPI PM registers).
+//! - `firmware`: the ACPI tables (and the AML inside them) a domain boots with.
 //! - `vm`: a domain's virtual machine — its platform (devices on per-domain buses,
 //!   the APIC bus) and the one vCPU path every domain's vCPUs take.
 //! - `linux`, `dom0`: the Linux boot protocol and the dom0 builder.
@@ -32,6 +34,7 @@ pub mod dom0;
 pub mod domain;
 pub mod emulate;
 pub mod exit;
+pub mod firmware;
 pub mod hypercall;
 pub mod linux;
 pub mod mem;

@@ -29,6 +29,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("linux-libc-dev", "dom0's kernel module"),
     // glibc's libc.a: dom0's oxl is linked statically (xtask/src/oxl.rs).
     ("libc6-dev", "the static oxl for dom0"),
+    // iasl: the hypervisor's host tests disassemble the ACPI tables it builds for
+    // domains (hypervisor/src/firmware/acpi.rs) to check them against ACPICA.
+    ("acpica-tools", "iasl, for the ACPI table tests"),
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
@@ -40,6 +43,7 @@ const PROGRAMS: &[&str] = &[
     "mformat",
     "gcc",
     "make",
+    "iasl",
 ];
 
 pub const TARGET: &str = "x86_64-unknown-none";

@@ -20,6 +20,7 @@ pub trait MmioDevice {
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
 }
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod ioapic;
 pub mod kvmclock;
