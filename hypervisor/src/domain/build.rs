@@ -41,6 +41,7 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     }
     if multiboot::detect(image.bytes()) {
         let mut ram = RamView(&res.ram);
+        write_acpi(&mut ram, vcpus)?;
         let cmdline = res.cmdline.as_bytes();
         let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
             .map_err(|e| err(e.errno(), e))?;
@@ -87,7 +88,7 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
 
 /// A bzImage: Linux's 64-bit boot protocol (`domain::linux` has the layout),
 /// with the ACPI tables of the domain's platform.
-fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: u64, _vcpus: u32) -> Result<BootSpec, BuildError> {
+fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: u64, vcpus: u32) -> Result<BootSpec, BuildError> {
     let initrd_len = ramdisk.map_or(0, |r| r.len() as u64);
     let layout = linux::plan(memory, bz.pref_address(), bz.alignment(), bz.init_size(), initrd_len, u64::from(bz.initrd_addr_max()))
         .map_err(|e| err(Error::NoMem, e))?;
@@ -107,11 +108,12 @@ fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: 
     ram.write(linux::GDT, &boot::gdt_image()).map_err(fault)?;
     let tables = crate::dom0::layout::identity_map(linux::PAGE_TABLES, layout.identity_top);
     ram.write(linux::PAGE_TABLES, &tables).map_err(fault)?;
+    write_acpi(&mut ram, vcpus)?;
     let mut zero_page = [0u8; boot_params::ZERO_PAGE_SIZE];
     let at = boot_params::Placement {
         cmdline: linux::CMDLINE,
         initrd: (layout.initrd_len > 0).then_some((layout.initrd, layout.initrd_len)),
-        rsdp: None,
+        rsdp: Some(linux::RSDP),
     };
     boot_params::build(&mut zero_page, bz, &layout.e820(), &at);
     ram.write(linux::BOOT_PARAMS, &zero_page).map_err(fault)?;
@@ -122,4 +124,31 @@ fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: 
     };
     let gprs = crate::virt::GuestGprs { rsi: linux::BOOT_PARAMS, ..Default::default() };
     Ok(BootSpec { entry, gprs })
+}
+
+/// The ACPI tables describing the domain's platform (`vm::platform`): its
+/// vCPUs' local APICs, the IOAPIC, COM1, the keyboard controller, the CMOS
+/// clock and the PM registers, with the RSDP in the BIOS area where Linux and
+/// Multiboot kernels look for it (both formats reserve that area).
+fn write_acpi(ram: &mut RamView, vcpus: u32) -> Result<(), BuildError> {
+    use crate::devices::{acpi_pm, uart16550};
+    use crate::firmware::acpi;
+    let apic_ids: alloc::vec::Vec<u32> = (0..vcpus).collect();
+    let cfg = acpi::Config {
+        apic_ids: &apic_ids,
+        local_apic_address: crate::vm::LAPIC_PAGE as u32,
+        io_apic: acpi::IoApic { id: 0, address: crate::vm::IOAPIC_PAGE as u32, gsi_base: 0 },
+        uart: Some(acpi::Uart { port: uart16550::COM1_BASE, irq: uart16550::COM1_IRQ }),
+        i8042: true,
+        rtc: Some(acpi::Rtc { port: 0x70, irq: None }),
+        power_button: None,
+        pm: acpi_pm::PORTS,
+    };
+    let tables = acpi::build(&cfg, linux::ACPI_TABLES).map_err(|e| err(Error::Inval, alloc::format!("ACPI tables: {e:?}")))?;
+    if tables.tables.len() as u64 > linux::ACPI_END - linux::ACPI_TABLES {
+        return Err(err(Error::Inval, "the ACPI tables do not fit below 1 MiB"));
+    }
+    let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
+    ram.write(linux::RSDP, &tables.rsdp).map_err(fault)?;
+    ram.write(linux::ACPI_TABLES, &tables.tables).map_err(fault)
 }

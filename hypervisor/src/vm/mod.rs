@@ -10,6 +10,11 @@
 pub mod apic_bus;
 pub mod bus;
 
+/// Where every domain's local APIC and IOAPIC sit (the platform emulates
+/// them; the ACPI tables describe them).
+pub const LAPIC_PAGE: u64 = 0xfee0_0000;
+pub const IOAPIC_PAGE: u64 = 0xfec0_0000;
+
 #[cfg(target_os = "none")]
 pub mod platform;
 #[cfg(target_os = "none")]

@@ -22,6 +22,7 @@ use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::LapicClock;
 use crate::devices::i8042::{self, I8042, KBD_IRQ};
+use crate::devices::acpi_pm::{self, AcpiPm, PmEvent};
 use crate::devices::rtc::Rtc;
 use crate::devices::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
 use crate::devices::PortDevice;
@@ -39,9 +40,7 @@ fn wall_ns() -> u64 {
     crate::arch::x86_64::wallclock::unix_ns(crate::arch::x86_64::time::now_ns())
 }
 
-/// Where the local APIC and the IOAPIC sit in every domain's address space.
-pub const LAPIC_PAGE: u64 = 0xfee0_0000;
-pub const IOAPIC_PAGE: u64 = 0xfec0_0000;
+pub use super::{IOAPIC_PAGE, LAPIC_PAGE};
 /// The PCI configuration mechanism #1 ports (address at 0xCF8, data at 0xCFC).
 const PCI_CONFIG: u16 = 0xcf8;
 /// The masks of the two 8259s: read back, never acted on (no PIC is modelled;
@@ -71,6 +70,8 @@ pub enum PortDev {
     /// The PS/2 controller (its two ports, 0x60 and 0x64).
     Keyboard,
     Rtc,
+    /// ACPI's sleep control / status and reset registers.
+    AcpiPm,
 }
 
 /// What a guest asked of the machine through a device (the i8042's reset
@@ -117,6 +118,7 @@ pub struct Devices {
     /// line for reboots) and the CMOS clock.
     pub keyboard: I8042,
     rtc: Rtc,
+    acpi_pm: AcpiPm,
     /// What a device asked of the machine, for the vCPU to act on.
     power: Option<PowerEvent>,
     /// dom0 only.
@@ -133,6 +135,7 @@ impl Devices {
             pci_address: 0,
             keyboard: I8042::default(),
             rtc: Rtc::new(),
+            acpi_pm: AcpiPm::default(),
             power: None,
             host: (role == Role::Dom0).then(|| HostLink {
                 switch: ConsoleSwitch::default(),
@@ -305,6 +308,7 @@ impl Platform {
             let _ = ports.insert(u64::from(i8042::DATA_PORT), 1, PortDev::Keyboard);
             let _ = ports.insert(u64::from(i8042::COMMAND_PORT), 1, PortDev::Keyboard);
             let _ = ports.insert(0x70, 2, PortDev::Rtc);
+            let _ = ports.insert(u64::from(acpi_pm::PORTS.sleep_control), u64::from(acpi_pm::PORT_COUNT), PortDev::AcpiPm);
         }
         let _ = mmio.insert(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic);
         let _ = mmio.insert(IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic);
@@ -383,6 +387,7 @@ impl Platform {
                 v
             }
             PortDev::Rtc => d.rtc.ports(wall_ns()).port_read(port, size),
+            PortDev::AcpiPm => d.acpi_pm.read(port, size),
         })
     }
 
@@ -409,6 +414,11 @@ impl Platform {
                 d.keyboard_line();
             }
             PortDev::Rtc => d.rtc.ports(wall_ns()).port_write(port, size, value),
+            PortDev::AcpiPm => match d.acpi_pm.write(port, size, value) {
+                Some(PmEvent::PowerOff) => d.power = Some(PowerEvent::PowerOff),
+                Some(PmEvent::Reset) => d.power = Some(PowerEvent::Reset),
+                None => {}
+            },
         }
         true
     }
