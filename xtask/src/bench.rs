@@ -200,7 +200,7 @@ fn exit_reason(name: &str) -> &'static str {
 
 /// A command as it reads on every machine: paths relative to the repo root, and
 /// the serial socket's per-run name replaced.
-fn relative(command: &str) -> String {
+pub(crate) fn relative(command: &str) -> String {
     let c = command.replace(&format!("{}/", repo_root().display()), "");
     match Regex::new(r"path=\S*oxen-serial-\S*\.sock") {
         Ok(re) => re.replace_all(&c, "path=SOCKET").into_owned(),
