@@ -11,7 +11,9 @@
 //! target/dom0/initrd.gz   /init (dom0-bootstrap/init), /bin/busybox, /dev/console,
 //!                         /lib/modules/<release>/: the modules of MODULES that the
 //!                         kernel has as `=m`, their dependencies, modules.dep, and
-//!                         modules.dom0 (the load order /init follows)
+//!                         modules.dom0 (the load order /init follows); Oxen's
+//!                         own files (dom0_tools.rs) and the Linux domU's kernel
+//!                         and initramfs (linux_domu.rs)
 //! ```
 //! Nothing is installed on the host and nothing outside `target/` is written (except
 //! apt's own package lists, refreshed with `apt-get update` when they are empty).
