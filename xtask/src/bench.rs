@@ -200,7 +200,7 @@ fn exit_reason(name: &str) -> &'static str {
 
 /// A command as it reads on every machine: paths relative to the repo root, and
 /// the serial socket's per-run name replaced.
-fn relative(command: &str) -> String {
+pub(crate) fn relative(command: &str) -> String {
     let c = command.replace(&format!("{}/", repo_root().display()), "");
     match Regex::new(r"path=\S*oxen-serial-\S*\.sock") {
         Ok(re) => re.replace_all(&c, "path=SOCKET").into_owned(),
@@ -1601,7 +1601,7 @@ fn host() -> String {
     format!("{cpu}, {cores} cores; {}", tool_version("uname", &["-srm"]))
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -1634,6 +1634,8 @@ fn update_section(doc: &str, key: &str, body: &str) -> String {
 pub enum Part {
     /// The credit scheduler: fairness, switch path, wake-ups (section `sched`).
     Sched,
+    /// The Linux domU's kernel and initramfs booted bare, the baseline (section `linux-bare`).
+    LinuxBare,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -1681,6 +1683,19 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         "On {date}, source {source}, 2 CPUs (dom0's one vCPU on the first), 512 MiB, hypervisor command line \
          `{DOM0_CMDLINE}`.  \n{qemu}; built with {rustc}; host: {host}.\n"
     );
+    let bare_footer =
+        format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
+    if only == Some(Part::LinuxBare) {
+        let r = crate::linux_domu::bench_bare(&bare_footer);
+        if let Ok((_, body)) = &r {
+            doc = update_section(&doc, "linux-bare", body);
+            std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+            step(format!("updated {}", show(&path)));
+        }
+        return r.map(drop).context(
+            "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
+        );
+    }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
@@ -1766,6 +1781,13 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     }
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
 
+    let linux_bare = crate::linux_domu::bench_bare(&bare_footer);
+    if let Ok((row, body)) = &linux_bare {
+        table.push_str(row);
+        doc = update_section(&doc, "linux-bare", body);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    }
+
     // Inside dom0: first under -icount shift=0 (deterministic), then plain TCG.
     let mut inside = Vec::new();
     let mut inside_errors = Vec::new();
@@ -1815,6 +1837,9 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         ));
     }
     sched.context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
+    linux_bare.map(drop).context(
+        "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
+    )?;
     if exits_missing {
         bail!(
             "an Oxen boot of dom0 printed no `(oxen) dom0: N exits (first idle stretch|console)` line within {}s of \

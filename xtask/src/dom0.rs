@@ -11,7 +11,9 @@
 //! target/dom0/initrd.gz   /init (dom0-bootstrap/init), /bin/busybox, /dev/console,
 //!                         /lib/modules/<release>/: the modules of MODULES that the
 //!                         kernel has as `=m`, their dependencies, modules.dep, and
-//!                         modules.dom0 (the load order /init follows)
+//!                         modules.dom0 (the load order /init follows); Oxen's
+//!                         own files (dom0_tools.rs) and the Linux domU's kernel
+//!                         and initramfs (linux_domu.rs)
 //! ```
 //! Nothing is installed on the host and nothing outside `target/` is written (except
 //! apt's own package lists, refreshed with `apt-get update` when they are empty).
@@ -82,6 +84,8 @@ pub const MODULES: &[(&str, &str, &str)] = &[
 pub struct Dom0 {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The Linux domU dom0 carries (its kernel is `kernel`).
+    pub linux: crate::linux_domu::LinuxDomu,
 }
 
 impl Dom0 {
@@ -138,9 +142,11 @@ pub fn prepare() -> Result<Dom0> {
         ));
     }
     let mods = resolve_modules(&moddir, &wanted)?;
-    let extras = crate::dom0_tools::collect(&release)?;
-
+    let mut extras = crate::dom0_tools::collect(&release)?;
     let busybox = broot.join("bin/busybox");
+    let linux = crate::linux_domu::build(&kernel, &busybox)?;
+    extras.extend(linux.dom0_files()?);
+
     let initrd = dir.join("initrd.gz");
     let init_path = repo_root().join("dom0-bootstrap/init");
     let init = std::fs::read(&init_path)
@@ -179,7 +185,11 @@ pub fn prepare() -> Result<Dom0> {
         show(&kernel),
         show(&initrd)
     ));
-    Ok(Dom0 { kernel, initrd })
+    Ok(Dom0 {
+        kernel,
+        initrd,
+        linux,
+    })
 }
 
 /// A package version to fetch, as apt names it; `cached_only` is set when apt could not

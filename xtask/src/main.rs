@@ -12,6 +12,7 @@ mod fuzz;
 mod guests;
 mod image;
 mod kmod;
+mod linux_domu;
 mod oxl;
 mod run;
 mod setup;
