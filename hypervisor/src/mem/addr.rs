@@ -72,8 +72,32 @@ impl HostPhysAddr {
 /// SYSENTER_ESP/EIP and MSR-load values for this, so guest writes are checked
 /// before they reach the VMCS / VMCB.
 pub const fn is_canonical(addr: u64) -> bool {
-    let top = (addr as i64) >> 47;
+    is_canonical_bits(addr, 48)
+}
+
+/// Whether `addr` is canonical for `bits`-bit linear addresses (48, or 57
+/// with 5-level paging): bits 63:`bits - 1` all equal.
+pub const fn is_canonical_bits(addr: u64, bits: u32) -> bool {
+    let bits = if bits < 32 || bits > 64 { 48 } else { bits };
+    let top = (addr as i64) >> (bits - 1);
     top == 0 || top == -1
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    #[test]
+    fn five_level_addresses_are_canonical_only_with_57_bits() {
+        // Linux's direct map under 5-level paging.
+        assert!(!is_canonical(0xff11_0000_0b60_0000));
+        assert!(is_canonical_bits(0xff11_0000_0b60_0000, 57));
+        assert!(is_canonical_bits(0xffff_8000_0000_0000, 57));
+        assert!(!is_canonical_bits(0xfe00_0000_0000_0000, 57));
+        assert!(is_canonical_bits(0x00ff_ffff_ffff_ffff, 57));
+        assert!(!is_canonical_bits(0x0100_0000_0000_0000, 57));
+        assert_eq!(is_canonical_bits(0x0000_8000_0000_0000, 7), is_canonical(0x0000_8000_0000_0000));
+    }
 }
 
 #[cfg(test)]

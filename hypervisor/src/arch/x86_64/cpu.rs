@@ -107,6 +107,24 @@ impl DebugRegs {
     }
 }
 
+/// The CPU's linear-address width (CPUID.80000008H:EAX[15:8]): 57 where it
+/// has 5-level paging, else 48.
+pub fn linear_address_bits() -> u32 {
+    static BITS: spin::Once<u32> = spin::Once::new();
+    *BITS.call_once(|| {
+        let bits = if cpuid(0x8000_0000, 0).eax >= 0x8000_0008 { (cpuid(0x8000_0008, 0).eax >> 8) & 0xff } else { 48 };
+        if bits == 57 { 57 } else { 48 }
+    })
+}
+
+/// Whether `addr` is canonical on this CPU. WRMSR to the FS/GS/KERNEL_GS
+/// bases, LSTAR and friends checks against the CPU's linear-address width
+/// whatever the guest's CR4.LA57 (SDM Vol. 3A §4.5.1 on 5-level paging), and
+/// so does VM entry for the values the VMCS / VMCB loads.
+pub fn is_canonical(addr: u64) -> bool {
+    crate::mem::addr::is_canonical_bits(addr, linear_address_bits())
+}
+
 /// Whether IA32_TSC_AUX exists: CPUID.80000001H:EDX.RDTSCP or CPUID.7:ECX.RDPID
 /// (SDM Vol. 4 Table 2-2).
 pub fn has_tsc_aux() -> bool {

@@ -490,7 +490,7 @@ impl Vcpu for SvmVcpu {
                 | msr::IA32_SYSENTER_ESP
                 | msr::IA32_SYSENTER_EIP
         );
-        if (address && !crate::mem::addr::is_canonical(v)) || (m == msr::IA32_FMASK && v >> 32 != 0) {
+        if (address && !crate::arch::x86_64::cpu::is_canonical(v)) || (m == msr::IA32_FMASK && v >> 32 != 0) {
             return false;
         }
         let s = &mut self.vmcb_mut().save;

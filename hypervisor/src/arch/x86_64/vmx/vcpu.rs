@@ -5,10 +5,11 @@ use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
 use crate::arch::x86_64::{cpu::msr, cpu::DebugRegs, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
 use crate::arch::x86_64::vmx::decode::{
-    access_rights as ar, ept_pointer, exception_injection, is_canonical, pat_valid, Decoded, InterruptionInfo,
+    access_rights as ar, ept_pointer, exception_injection, pat_valid, Decoded, InterruptionInfo,
     InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
 use crate::virt::tlb_tag::{self, Held};
+use crate::arch::x86_64::cpu::is_canonical;
 use crate::virt::state::{self, VcpuState};
 use crate::virt::{GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
