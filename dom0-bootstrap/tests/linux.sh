@@ -1,0 +1,86 @@
+#!/bin/sh
+# A Linux domU (issue 10), run in dom0 by the system tests `dom0-linux-svm`
+# and `dom0-linux-vmx`: Debian's kernel with the busybox initramfs of
+# /etc/oxen/linux.cfg (2 vCPUs) boots to its banner and shell; commands typed
+# through `oxl console` (piped: oxl sends them and detaches once the output is
+# quiet) answer; its clock starts at dom0's time and runs at dom0's rate; its
+# two vCPUs both run a load; `oxl shutdown -w` and `oxl reboot -w` go through
+# its init (Ctrl-Alt-Del on its keyboard), `reboot` and `poweroff` typed in it
+# apply on_reboot / on_poweroff; memory is back at the end. Prints
+# "check: NAME: ok|FAILED (why)" (lib.sh) and "linux: done, N failed".
+# Argument: seconds to wait for a boot (default 240).
+. "$(dirname "$0")/lib.sh"
+boot_s=${1:-240}
+cfg=/etc/oxen/linux.cfg
+out=/tmp/linux.out
+
+# ask CMD: types CMD into the domU's shell; its console (from the first byte
+# kept) lands in $out.
+ask() { printf '%s\n' "$1" | oxl console linux > "$out" 2>&1; }
+# The last "KEY value" the guest printed (KEY chosen so the typed command line,
+# which shows "$(...)", cannot match).
+answer() { sed -n "s/.*$1 \([^ ]*\) END.*/\1/p" "$out" | tail -n 1; }
+banners() { oxl console --dump linux 2>/dev/null | grep -c "Oxen domU: Linux .* on 2 CPU(s)"; }
+booted() { [ "$(banners)" -ge "${1:-1}" ] && oxl console --dump linux | tail -n 3 | grep -q 'domU:.*# '; }
+uptime_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+
+free0=$(free_kib)
+echo "linux: dom0 up $(cut -d ' ' -f 1 /proc/uptime) s, $free0 KiB free"
+check "create linux" "oxl create failed" oxl create "$cfg"
+check "linux boots to its shell on 2 CPUs" "no banner and prompt in $boot_s s" wait_for "$boot_s" booted 1
+oxl console --dump linux | grep -E "Linux version|smp: Brought up|clocksource: Switched|rtc_cmos|i8042|ttyS0 at" | head -n 8
+
+ask 'echo "ANSWER $((6*7)) END"'
+check "a command typed through oxl console answers" "no ANSWER 42 in: $(tail -n 3 $out)" [ "$(answer ANSWER)" = 42 ]
+ask 'echo "CPUS $(nproc) END"'
+check "nproc is 2" "nproc said '$(answer CPUS)'" [ "$(answer CPUS)" = 2 ]
+
+# The wall clock at boot: the domU's time (RTC and kvmclock) is dom0's.
+ask 'echo "EPOCH $(date +%s) END"'
+d=$(answer EPOCH); h=$(date +%s)
+echo "linux: domU date $d, dom0 date $h"
+check "its clock is the host's" "domU $d, dom0 $h" [ -n "$d" ] && [ $((h - d)) -le 3 ] && [ $((d - h)) -le 3 ]
+
+# The rate: 20 s of dom0's uptime against the domU's, both read the same way.
+ask 'echo "UP $(cut -d " " -f 1 /proc/uptime) END"'
+u0=$(answer UP); t0=$(uptime_cs)
+sleep 20
+ask 'echo "UP $(cut -d " " -f 1 /proc/uptime) END"'
+u1=$(answer UP); t1=$(uptime_cs)
+du=$(echo "$u0 $u1" | awk '{ printf "%d\n", ($2 - $1) * 100 }'); dt=$((t1 - t0))
+echo "linux: over ${dt}0 ms of dom0's time the domU's uptime advanced ${du}0 ms"
+check "its clock runs at dom0's rate (1 %)" "domU ${du}0 ms, dom0 ${dt}0 ms" \
+    [ "$du" -gt 0 ] && [ $(( (du - dt) * 100 )) -le "$dt" ] && [ $(( (dt - du) * 100 )) -le "$dt" ]
+
+# Two spinners keep both vCPUs busy: both gain CPU time in vcpu-list.
+vcpu_time() { oxl vcpu-list linux | awk -v v="$1" '$1 == "linux" && $3 == v { print $6 }'; }
+ask '(while :; do :; done) & (while :; do :; done) & echo "SPIN started END"'
+a0=$(vcpu_time 0); b0=$(vcpu_time 1)
+sleep 6
+a1=$(vcpu_time 0); b1=$(vcpu_time 1)
+oxl vcpu-list linux
+busy() { echo "$1 $2" | awk '{ exit !($2 - $1 >= 2.0) }'; }
+check "both vCPUs run the two-thread load" "vCPU 0 $a0 -> $a1 s, vCPU 1 $b0 -> $b1 s" busy "$a0" "$a1" && busy "$b0" "$b1"
+ask 'kill %1 %2; echo "SPIN stopped END"'
+
+# oxl shutdown: Ctrl-Alt-Del, its init powers off; on_poweroff = destroy.
+check "oxl shutdown -w ends it" "still there" oxl shutdown -w linux
+check "through its init" "no shutdown lines" sh -c 'oxl dmesg | grep -q "d[0-9]* (linux): shut down as asked\|d[0-9]* (linux): powered off"'
+check "it is gone" "still listed" gone linux
+
+# oxl reboot: Ctrl-Alt-Del again, the power-off taken as the reboot asked for.
+check "create linux again" "oxl create failed" oxl create "$cfg"
+check "it boots again" "no prompt in $boot_s s" wait_for "$boot_s" booted 1
+check "oxl reboot -w reboots it" "oxl reboot failed" oxl reboot -w linux
+check "it boots a second time" "no second banner in $boot_s s" wait_for "$boot_s" booted 2
+# `reboot` typed inside: on_reboot = restart; `poweroff`: on_poweroff = destroy.
+ask 'reboot'
+check "reboot typed inside restarts it" "no third banner in $boot_s s" wait_for "$boot_s" booted 3
+ask 'poweroff'
+check "poweroff typed inside destroys it" "still listed after 60 s" wait_for 60 gone linux
+
+# Memory: a destroyed domain's memory is scrubbed and freed by the CPU that
+# held it, shortly after it leaves the list.
+back() { [ "$(free_kib)" = "$free0" ]; }
+check "memory back" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 back
+echo "linux: done, $failed failed"
