@@ -59,15 +59,16 @@ fn guest_main(_info: &'static StartInfo) -> ! {
     }
 }
 
-/// Acts on dom0's power-off or reboot request, if one is pending.
+/// Acts on dom0's power-off or reboot request, if one is pending. (Its
+/// line starts after the prompt or what was typed so far.)
 fn control_requests() {
     match hypercall::control_request() {
         request::POWEROFF => {
-            println!("echo: powering off");
+            println!("\necho: powering off");
             hypercall::shutdown(ShutdownReason::Poweroff);
         }
         request::REBOOT => {
-            println!("echo: rebooting");
+            println!("\necho: rebooting");
             hypercall::shutdown(ShutdownReason::Reboot);
         }
         _ => {}
