@@ -48,7 +48,7 @@ pub mod nr {
     /// Takes bytes from the caller's console input (what dom0 sent with
     /// `domctl::CONSOLE_INPUT`): RDI = guest-physical address, RSI = length
     /// (at most `CONSOLE_READ_MAX`). Never waits: returns the bytes copied, 0
-    /// when none are queued. `SCHED_OP` `BLOCK` ends when input arrives.
+    /// when none are queued. `SCHED_OP` `BLOCK` ends when new input arrives.
     /// domUs only (dom0 reads its console through its UART: `-EPERM`). (1.3)
     pub const CONSOLE_READ: u64 = 6;
     /// Domain control; dom0 only (anyone else gets `-EPERM`). RDI = command
@@ -85,7 +85,8 @@ pub mod sched_op {
     /// Gives up the rest of the time slice.
     pub const YIELD: u64 = 0;
     /// Sleeps until RSI nanoseconds have passed (0: until woken), a control
-    /// request arrives or (1.3) console input is queued. Returns 0.
+    /// request arrives or (1.3) console input arrives that came after the
+    /// domain's last `nr::CONSOLE_READ`. Returns 0.
     pub const BLOCK: u64 = 1;
     /// Ends the domain: RSI = a `ShutdownReason`. Does not return.
     pub const SHUTDOWN: u64 = 2;

@@ -133,10 +133,19 @@ impl Resources {
         })
     }
 
-    /// Whether console input is queued: a domU blocked in `SCHED_OP` `BLOCK`
-    /// (or halted) wakes for it (`DomUVcpu::poll`).
+    /// Whether console input is queued (a UART's "data ready").
     pub fn has_console_input(&self) -> bool {
         !self.console_in.is_empty()
+    }
+
+    /// Whether console input came since the domain last read its queue or
+    /// was woken for it, and forgets it: a blocked (or halted) domU's vCPU
+    /// wakes once for new input (`DomUVcpu::poll`). Ask only for a vCPU that
+    /// is blocked: a running one reads the queue anyway (guests read until it
+    /// is empty, then block), and asking then would lose the wake-up of a
+    /// vCPU that blocks next.
+    pub fn take_input_wake(&mut self) -> bool {
+        self.console_in.take_wake()
     }
 
     /// Zeroes the domain's RAM (before reuse, and before it is freed).

@@ -128,7 +128,7 @@ impl Runnable for DomUVcpu {
         if !matches!(d.state, oxen_abi::DomainState::Running | oxen_abi::DomainState::ShuttingDown) {
             return Poll::Sleep(None);
         }
-        let pending = d.request != request::NONE || d.res.has_console_input();
+        let pending = d.request != request::NONE || (self.blocked.is_some() && d.res.take_input_wake());
         match self.blocked {
             // Woken for a due echo too (a muted echo's "suppressed" line).
             Some(until) if !pending && now < until => {

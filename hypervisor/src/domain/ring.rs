@@ -99,11 +99,15 @@ pub struct InputQueue {
     ring: Ring,
     /// Offset of the next byte to take: `ring.written() - read` are queued.
     read: u64,
+    /// Bytes came since the last `take` or `take_wake`: the reader, if it
+    /// sleeps, is to be woken once (an edge, not the queue's level, so a
+    /// reader that never reads still sleeps).
+    wake: bool,
 }
 
 impl InputQueue {
     pub fn try_new(capacity: usize) -> Result<Self, TryReserveError> {
-        Ok(Self { ring: Ring::try_new(capacity)?, read: 0 })
+        Ok(Self { ring: Ring::try_new(capacity)?, read: 0, wake: false })
     }
 
     fn capacity(&self) -> usize {
@@ -123,11 +127,23 @@ impl InputQueue {
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.capacity() - self.len());
         self.ring.write(&bytes[..n]);
+        self.wake |= n > 0;
         n
     }
 
+    /// Whether bytes came since the reader last took or was woken, and
+    /// forgets it. Ask only for a reader that sleeps: one that runs reads
+    /// the queue anyway, and asking then would lose the wake-up of a reader
+    /// that goes to sleep next.
+    pub fn take_wake(&mut self) -> bool {
+        core::mem::take(&mut self.wake)
+    }
+
     /// Moves up to `out.len()` queued bytes, oldest first, into `out`.
+    /// Whatever it gets, the reader has looked: only bytes that come after
+    /// it wake the reader again.
     pub fn take(&mut self, out: &mut [u8]) -> usize {
+        self.wake = false;
         let got = self.ring.read(self.read, out);
         // Never `lost`: `push` does not overwrite what is unread.
         debug_assert_eq!(got.lost, 0);
@@ -157,6 +173,26 @@ mod tests {
         assert_eq!(&out[..n], b"d123");
         assert_eq!(q.take(&mut out), 0);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn input_queue_wakes_once_per_arrival_not_while_bytes_wait() {
+        let mut q = InputQueue::try_new(4).unwrap();
+        assert!(!q.take_wake());
+        q.push(b"ab");
+        assert!(q.take_wake());
+        // Still queued (the reader never reads), but no new arrival.
+        assert!(!q.take_wake());
+        q.push(b"c");
+        // The reader read before it slept: no wake-up for what it has seen.
+        let mut out = [0u8; 1];
+        q.take(&mut out);
+        assert!(!q.take_wake());
+        // A full queue takes nothing: nothing new to wake for.
+        q.push(b"xyz");
+        q.take_wake();
+        assert_eq!(q.push(b"!"), 0);
+        assert!(!q.take_wake());
     }
 
     #[test]

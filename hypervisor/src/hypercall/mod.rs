@@ -34,7 +34,7 @@ pub enum After {
     /// Give up the rest of the time slice.
     Yield,
     /// Sleep until `timeout_ns` passed (0: no timeout), a request arrives or
-    /// console input is queued.
+    /// new console input does.
     Block { timeout_ns: u64 },
     /// The domain ends itself.
     Shutdown(ShutdownReason),

@@ -584,7 +584,9 @@ impl Fuzzer {
     /// The structure size of a command that could harm the domain it names (0: not one).
     fn target_size(cmd: u64) -> usize {
         match cmd {
-            domctl::PAUSE | domctl::DESTROY => size_of::<DomainRef>(),
+            // Input to a protected domain would reach the domU fuzzer, which
+            // expects none.
+            domctl::PAUSE | domctl::DESTROY | domctl::CONSOLE_INPUT => size_of::<DomainRef>(),
             domctl::SHUTDOWN => size_of::<ShutdownDomain>(),
             domctl::SCHED_CREDIT => size_of::<SchedCredit>(),
             domctl::VCPU_AFFINITY => size_of::<VcpuAffinity>(),
@@ -721,8 +723,13 @@ impl Fuzzer {
             } else if Self::target_size(cmd) > 0 && s.len() == Self::target_size(cmd) && cmd != domctl::SCHED_CREDIT
                 && u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == 0
             {
-                // dom0 cannot be paused, shut down, destroyed or re-pinned.
-                Want::Refused(&[libc::EPERM, libc::EINVAL])
+                // dom0 cannot be paused, shut down, destroyed or re-pinned, nor
+                // sent console input (whose buffer may also be empty or too long).
+                if cmd == domctl::CONSOLE_INPUT {
+                    Want::Refused(&[libc::EPERM, libc::EINVAL, libc::E2BIG])
+                } else {
+                    Want::Refused(&[libc::EPERM, libc::EINVAL])
+                }
             } else {
                 Want::Any
             }
