@@ -13,13 +13,14 @@ use crate::setup::TARGET;
 use crate::util::{cargo, repo_root, run_inherit, show, step};
 
 /// (package, binary) of every guest.
-const GUESTS: [(&str, &str); 6] = [
+const GUESTS: [(&str, &str); 7] = [
     ("oxen-guest-minimal", "minimal"),
     ("oxen-guest-hostile", "hostile"),
     ("oxen-guest-regs", "regs"),
     ("oxen-guest-fuzz", "fuzz"),
     ("oxen-guest-cpuinfo", "cpuinfo"),
     ("oxen-guest-multiboot", "multiboot"),
+    ("oxen-guest-echo", "echo"),
 ];
 /// Where the domU boot state lets a kernel load (docs/hypercalls.md).
 const KERNEL_MIN: u64 = 0x10_0000;

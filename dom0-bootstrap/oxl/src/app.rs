@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::Path;
 
 use oxen_abi::{
-    abi_major, domctl, DomainInfo, Error as HvError, ShutdownReason, VcpuInfo, ABI_VERSION,
+    abi_major, domctl, info_flags, DomainInfo, Error as HvError, ShutdownReason, VcpuInfo,
+    ABI_CONSOLE_INPUT, ABI_VERSION,
 };
 
 use crate::cli::{Cmd, Vcpus};
@@ -262,25 +263,51 @@ fn cmd_console(env: &mut Env, dom: &str, dump: bool) -> Result {
         ring::console_dump(&mut *hv, &d, env.out)?;
         return Ok(());
     }
+    if d.flags & info_flags::PRIVILEGED != 0 {
+        return Err(Error::Command(format!(
+            "domain {} is dom0: its console is the serial line this shell runs on \
+             ('oxl console' is for domUs, see 'oxl list'; 'oxl dmesg' shows the hypervisor's log)",
+            label(&d)
+        )));
+    }
     attach(env, &mut *hv, &d)
 }
 
-/// Shows `d`'s console until Ctrl-] or until it is gone.
+/// Shows `d`'s console until Ctrl-] or until it is gone, and sends it what is
+/// typed (or piped in) if the hypervisor has console input.
 fn attach(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo) -> Result {
+    let v = hv::version(hv).map_err(|e| call_failed("ask the hypervisor's ABI version", e))?;
+    let input = v >= ABI_CONSOLE_INPUT;
+    let mut keys = (env.keyboard)(Mode::Raw);
+    let how = match (input, keys.is_terminal()) {
+        (false, _) => format!(
+            ", output only: console input needs ABI {} or later and the hypervisor has {} \
+             (boot the hypervisor built with this oxl to type into domains)",
+            abi(ABI_CONSOLE_INPUT),
+            abi(v)
+        ),
+        (true, true) => String::new(),
+        (true, false) => format!(
+            "; standard input is sent to it, and once it ends oxl detaches when the output \
+             has been quiet for {} s (at most {} s)",
+            (ring::CONSOLE_POLL * ring::QUIET_POLLS).as_secs(),
+            (ring::CONSOLE_POLL * ring::LINGER_POLLS).as_secs()
+        ),
+    };
     note(
         env,
-        &format!(
-            "Console of domain {} (output only: Oxen has no console input for domains yet). Ctrl-] detaches.",
-            label(d)
-        ),
+        &format!("Console of domain {}{how}. Ctrl-] detaches.", label(d)),
     );
-    let mut keys = (env.keyboard)(Mode::Raw);
-    let r = ring::console(hv, d, &mut *keys, env.out);
+    let r = ring::console(hv, d, &mut *keys, env.out, input);
     drop(keys);
     match r? {
         Detached::Key | Detached::Signal => {
             note(env, &format!("\nDetached from domain {}.", label(d)))
         }
+        Detached::InputEnded => note(
+            env,
+            &format!("\nInput ended; detached from domain {}.", label(d)),
+        ),
         Detached::Gone => note(env, &format!("\nDomain {} is gone.", label(d))),
     }
     Ok(())

@@ -84,7 +84,20 @@ pub enum Cmd {
         #[arg(value_name = "DOM")]
         domain: String,
     },
-    /// Show a domain's console output as it comes (Ctrl-] detaches).
+    /// Attach to a domain's console: its output as it comes, what you type to it (Ctrl-] detaches).
+    #[command(
+        long_about = "Attach to a domain's console, as 'xl console': its output from the oldest \
+                      byte the hypervisor keeps, as it comes, and what you type to the domain \
+                      (the terminal is raw while attached, so Ctrl-C goes to the domain too; \
+                      it is restored when oxl ends, also on SIGTERM or SIGHUP). Ctrl-] detaches.\n\n\
+                      When standard input is not a terminal (a pipe or a file), its bytes are \
+                      sent as the domain takes them, and the output is shown until the domain \
+                      ends, or until the input ends (or brings a Ctrl-] byte) and the output \
+                      has then been quiet for 1 s (at most 10 s after the end of the input).\n\n\
+                      Console input needs a hypervisor with ABI 1.3 or later; with an older one \
+                      oxl says so and shows the output only. dom0's console is the serial line: \
+                      DOM must be a domU."
+    )]
     Console {
         /// Print what the console ring holds now and exit, without attaching
         /// (for scripts: no terminal needed).

@@ -14,8 +14,9 @@ use std::time::Duration;
 use oxen_abi::{
     c_str, domctl, info_flags, name_bytes, nr, sched_flags, valid_name, vcpu_state, Action,
     BuildDomain, CreateDomain, DomainInfo, DomainRef, DomainState, Error, LoadImage, PhysInfo, Pod,
-    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, ABI_VERSION,
-    ALL_DOMAINS, DEFAULT_WEIGHT, DOMCTL_BUF_MAX, IMAGE_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
+    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo,
+    ABI_CONSOLE_INPUT, ABI_VERSION, ALL_DOMAINS, CONSOLE_INPUT_MAX, DEFAULT_WEIGHT, DOMCTL_BUF_MAX,
+    IMAGE_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
 
 use crate::cpulist::online_mask;
@@ -49,6 +50,8 @@ pub struct FakeDomain {
     pub cmdline: String,
     /// Every console byte ever written (the ring keeps the last `State::ring`).
     pub console: Vec<u8>,
+    /// Console input sent and not read by the guest (`State::input_room` at most).
+    pub input: Vec<u8>,
     dying_until: Option<Duration>,
     shutdown_at: Option<(Duration, ShutdownReason)>,
 }
@@ -75,6 +78,8 @@ pub struct State {
     pub ring: usize,
     /// Most bytes one LOAD_IMAGE takes.
     pub max_take: usize,
+    /// Bytes a domain's console input queue holds.
+    pub input_room: usize,
 }
 
 #[derive(Clone)]
@@ -98,6 +103,7 @@ impl Fake {
             dmesg: Vec::new(),
             ring: 1024,
             max_take: usize::MAX,
+            input_room: 4096,
         };
         let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3], s.cpus);
         dom0.info.state = DomainState::Running as u32;
@@ -197,6 +203,7 @@ fn domain(
         ramdisk: Staged::default(),
         cmdline: String::new(),
         console: Vec::new(),
+        input: Vec::new(),
         dying_until: None,
         shutdown_at: None,
     }
@@ -466,6 +473,35 @@ impl State {
                 };
                 put(a, &r);
                 Ok(n)
+            }
+            domctl::CONSOLE_INPUT if self.version < ABI_CONSOLE_INPUT => {
+                Err(CallError::Hv(Error::NoSys))
+            }
+            domctl::CONSOLE_INPUT => {
+                let r: DomainRef = arg(a)?;
+                if buf.is_empty() || buf.len() as u64 > CONSOLE_INPUT_MAX {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                let room = self.input_room;
+                let d = self.dom(r.domid)?;
+                if d.info.flags & info_flags::PRIVILEGED != 0 {
+                    return Err(CallError::Hv(Error::Perm));
+                }
+                if matches!(
+                    DomainState::from_u32(d.info.state),
+                    Some(DomainState::Dying | DomainState::Shutdown)
+                ) {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let n = buf.len().min(room - d.input.len());
+                d.input.extend_from_slice(&buf[..n]);
+                let line = format!(
+                    "INPUT {} {:?} took {n}",
+                    r.domid,
+                    String::from_utf8_lossy(buf)
+                );
+                self.calls.push(line);
+                Ok(n as u64)
             }
             domctl::PHYS_INFO => {
                 self.calls.push("PHYS".into());

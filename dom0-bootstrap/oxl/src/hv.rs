@@ -137,6 +137,7 @@ pub fn call_name(nr: u64, cmd: u64) -> String {
                 domctl::CONSOLE_READ => "console_read",
                 domctl::DMESG => "dmesg",
                 domctl::PHYS_INFO => "phys_info",
+                domctl::CONSOLE_INPUT => "console_input",
                 _ => return format!("domctl-{cmd}"),
             };
             return format!("domctl-{c}");
@@ -352,6 +353,14 @@ pub fn ring_read(
         next: arg.next,
         lost: arg.lost,
     })
+}
+
+/// Sends `bytes` (at most `CONSOLE_INPUT_MAX`) to a domain's console input;
+/// returns how many it took (fewer when its queue is full). ABI 1.3.
+pub fn console_input(hv: &mut dyn Hypervisor, domid: u32, bytes: &[u8]) -> CallResult<usize> {
+    let mut buf = bytes.to_vec();
+    let n = domctl(hv, domctl::CONSOLE_INPUT, &mut domref(domid), &mut buf)? as usize;
+    Ok(n.min(bytes.len()))
 }
 
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {

@@ -12,6 +12,18 @@ pub trait Input {
     /// Waits up to `timeout` for key presses and returns them (empty: none, or
     /// the wait was interrupted by a signal).
     fn wait(&mut self, timeout: Duration) -> io::Result<Vec<u8>>;
+
+    /// Whether the input has ended (end of file on a pipe, a hung-up
+    /// terminal): `wait` then only sleeps.
+    fn ended(&self) -> bool {
+        false
+    }
+
+    /// Whether a person types (a terminal) rather than a script (a pipe or
+    /// file, whose bytes `wait` returns as they come; see `Mode::Raw`).
+    fn is_terminal(&self) -> bool {
+        true
+    }
 }
 
 /// How `Keyboard` sets up the terminal.
@@ -19,6 +31,8 @@ pub trait Input {
 pub enum Mode {
     /// Every byte as typed, nothing echoed, no signals from keys (Ctrl-C is a
     /// byte); output processing stays on so "\n" still returns the carriage.
+    /// When standard input is not a terminal its bytes are read all the same
+    /// (`console` sends them to the domain).
     Raw,
     /// Keys without Enter and without echo; Ctrl-C still interrupts.
     Keys,
@@ -27,10 +41,15 @@ pub enum Mode {
 /// The settings to put back, also for the panic hook.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
 
-/// Standard input as keys. When it is not a terminal nothing is read and
-/// `wait` only sleeps.
+/// Standard input as keys. When it is not a terminal, in `Mode::Raw` its
+/// bytes are read as they come; in `Mode::Keys` nothing is read and `wait`
+/// only sleeps.
 pub struct Keyboard {
     tty: bool,
+    /// Read standard input even though it is not a terminal.
+    pipe: bool,
+    /// End of input seen.
+    ended: bool,
 }
 
 impl Keyboard {
@@ -58,7 +77,11 @@ impl Keyboard {
                 unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &new) };
             }
         }
-        Self { tty }
+        Self {
+            tty,
+            pipe: !tty && mode == Mode::Raw,
+            ended: false,
+        }
     }
 }
 
@@ -78,8 +101,16 @@ pub fn restore() {
 }
 
 impl Input for Keyboard {
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.tty
+    }
+
     fn wait(&mut self, timeout: Duration) -> io::Result<Vec<u8>> {
-        if !self.tty {
+        if self.ended || !(self.tty || self.pipe) {
             std::thread::sleep(timeout);
             return Ok(Vec::new());
         }
@@ -102,11 +133,18 @@ impl Input for Keyboard {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut buf = [0u8; 64];
+        // A pipe may bring a script's worth at once; keys come a few at a time.
+        let mut buf = [0u8; 4096];
         // SAFETY: reads at most buf.len() bytes into `buf`.
         let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            // A signal: nothing typed; the caller looks at the stop flag.
+            return Ok(Vec::new());
+        }
         if got <= 0 {
-            // End of input (or EINTR): nothing typed; don't spin on a hung-up terminal.
+            // End of input (a pipe's end, a hung-up terminal, EIO): from now
+            // on only sleep, so a caller never spins on it.
+            self.ended = true;
             std::thread::sleep(timeout);
             return Ok(Vec::new());
         }

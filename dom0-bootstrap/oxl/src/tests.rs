@@ -38,10 +38,13 @@ impl Run {
 }
 
 /// Keys typed during `console`/`top`: called before each wait with the wait's
-/// number (0, 1, ...), may change the fake, returns what was typed.
+/// number (0, 1, ...), may change the fake, returns what was typed. As a
+/// pipe (`tty` false) it ends after `ends_after` waits.
 struct Script<F: FnMut(u32) -> Vec<u8>> {
     n: u32,
     f: F,
+    tty: bool,
+    ends_after: Option<u32>,
 }
 
 impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
@@ -49,9 +52,37 @@ impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
         self.n += 1;
         Ok((self.f)(self.n - 1))
     }
+
+    fn ended(&self) -> bool {
+        self.ends_after.is_some_and(|n| self.n >= n)
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.tty
+    }
 }
 
 fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static) -> Run {
+    oxl_input(fake, args, keys, true, None)
+}
+
+/// `oxl_keys` with standard input a pipe that ends after `ends_after` reads.
+fn oxl_pipe(
+    fake: &Fake,
+    args: &[&str],
+    keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static,
+    ends_after: u32,
+) -> Run {
+    oxl_input(fake, args, keys, false, Some(ends_after))
+}
+
+fn oxl_input(
+    fake: &Fake,
+    args: &[&str],
+    keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static,
+    tty: bool,
+    ends_after: Option<u32>,
+) -> Run {
     let cli = Cli::try_parse_from(std::iter::once("oxl").chain(args.iter().copied()))
         .expect("valid usage");
     let (mut out, mut note) = (Vec::new(), Vec::new());
@@ -61,6 +92,8 @@ fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone
         Box::new(Script {
             n: 0,
             f: keys.clone(),
+            tty,
+            ends_after,
         }) as Box<dyn Input>
     };
     let result = app::run(
@@ -610,7 +643,7 @@ fn console_dump_prints_the_ring_and_exits() {
 }
 
 #[test]
-fn console_shows_output_until_detached() {
+fn console_shows_output_and_sends_keys_until_detached() {
     let fake = Fake::new();
     let web = fake.add("web", DomainState::Running);
     fake.state().doms.get_mut(&web).unwrap().console = b"boot\r\n".to_vec();
@@ -625,30 +658,241 @@ fn console_shows_output_until_detached() {
                 .console
                 .extend_from_slice(b"login: "),
             1 => return b"ls\r".to_vec(),
-            _ => return vec![b'x', crate::ring::DETACH],
+            // What comes before Ctrl-] in the same read is still sent; after it, not.
+            _ => return vec![b'x', crate::ring::DETACH, b'y'],
         }
         Vec::new()
     });
     assert_eq!(run.ok(), "boot\r\nlogin: ");
+    assert_eq!(
+        run.note,
+        "Console of domain 'web' (id 1). Ctrl-] detaches.\n\nDetached from domain 'web' (id 1).\n"
+    );
+    assert_eq!(fake.state().doms[&web].input, b"ls\rx");
+    let calls: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("CONSOLE") || c.starts_with("INPUT"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "CONSOLE 1 @0",
+            "CONSOLE 1 @6",
+            "CONSOLE 1 @13",
+            "INPUT 1 \"ls\\r\" took 3",
+            "INPUT 1 \"x\" took 1"
+        ]
+    );
+}
+
+#[test]
+fn console_input_waits_for_room_in_the_domains_queue() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().input_room = 4;
+    let f = fake.clone();
+    // The guest reads its queue (and answers in capitals) between oxl's looks.
+    let run = oxl_keys(&fake, &["console", "web"], move |n| {
+        let mut s = f.state();
+        let d = s.doms.get_mut(&1).unwrap();
+        let got: Vec<u8> = d.input.drain(..).collect();
+        d.console.extend(got.to_ascii_uppercase());
+        match n {
+            0 => b"hello oxen\r".to_vec(),
+            1..=5 => Vec::new(),
+            _ => vec![crate::ring::DETACH],
+        }
+    });
+    assert_eq!(run.ok(), "HELLO OXEN\r");
+    let inputs: Vec<String> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("INPUT"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "INPUT 1 \"hello oxen\\r\" took 4",
+            "INPUT 1 \"o oxen\\r\" took 4",
+            "INPUT 1 \"en\\r\" took 3"
+        ]
+    );
+}
+
+#[test]
+fn console_on_an_older_hypervisor_shows_output_only() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    fake.state().version = 0x0001_0002;
+    fake.state().doms.get_mut(&web).unwrap().console = b"tick 1\n".to_vec();
+    let run = oxl_keys(&fake, &["console", "web"], |n| match n {
+        0 => b"typed".to_vec(),
+        _ => vec![crate::ring::DETACH],
+    });
+    assert_eq!(run.ok(), "tick 1\n");
     assert!(
+        run.note.starts_with(
+            "Console of domain 'web' (id 1), output only: console input needs ABI 1.3 or later \
+             and the hypervisor has 1.2 (boot the hypervisor built with this oxl to type into domains). \
+             Ctrl-] detaches.\n"
+        ),
+        "{}",
         run.note
-            .starts_with("Console of domain 'web' (id 1) (output only"),
+    );
+    assert!(fake.state().calls.iter().all(|c| !c.starts_with("INPUT")));
+}
+
+#[test]
+fn console_refuses_dom0_and_missing_domains() {
+    let fake = Fake::new();
+    assert_eq!(
+        oxl(&fake, &["console", "0"]).err(),
+        "console: domain 'Domain-0' (id 0) is dom0: its console is the serial line this shell runs on \
+         ('oxl console' is for domUs, see 'oxl list'; 'oxl dmesg' shows the hypervisor's log)"
+    );
+    assert_eq!(
+        oxl(&fake, &["console", "Domain-0"]).err(),
+        oxl(&fake, &["console", "0"]).err()
+    );
+    assert_eq!(
+        oxl(&fake, &["console", "nosuch"]).err(),
+        "console: no domain 'nosuch' (see 'oxl list')"
+    );
+    assert_eq!(
+        oxl(&fake, &["console", "7"]).err(),
+        "console: no domain with id 7 (see 'oxl list')"
+    );
+    // dom0's ring may still be dumped.
+    assert!(oxl(&fake, &["console", "--dump", "0"]).result.is_ok());
+}
+
+#[test]
+fn console_tells_when_an_ended_domain_takes_no_input() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Shutdown);
+    fake.state().doms.get_mut(&web).unwrap().console = b"bye\r\n".to_vec();
+    let run = oxl_keys(&fake, &["console", "web"], |n| match n {
+        0 => b"ls\r".to_vec(),
+        1 => b"more".to_vec(),
+        _ => vec![crate::ring::DETACH],
+    });
+    assert_eq!(
+        run.ok(),
+        "bye\r\n\r\n[oxl: domain 'web' (id 1) takes no console input any more (it has ended): 3 bytes not sent]\r\n"
+    );
+    // Told once; nothing reached it.
+    assert!(fake.state().doms[&web].input.is_empty());
+}
+
+#[test]
+fn console_from_a_pipe_sends_it_and_detaches_when_output_goes_quiet() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let f = fake.clone();
+    // The pipe brings two lines in two reads, then ends; the guest answers
+    // each line a few looks later, then says nothing.
+    let run = oxl_pipe(
+        &fake,
+        &["console", "web"],
+        move |n| {
+            let mut s = f.state();
+            let d = s.doms.get_mut(&1).unwrap();
+            if n == 4 {
+                let got: Vec<u8> = d.input.drain(..).collect();
+                d.console.extend(got.to_ascii_uppercase());
+            }
+            match n {
+                0 => b"one\n".to_vec(),
+                1 => b"two\n".to_vec(),
+                _ => Vec::new(),
+            }
+        },
+        2,
+    );
+    assert_eq!(run.ok(), "ONE\nTWO\n");
+    assert!(
+        run.note.contains(
+            "; standard input is sent to it, and once it ends oxl detaches when the output has been quiet for 1 s (at most 10 s)"
+        ),
         "{}",
         run.note
     );
     assert!(
-        run.note.ends_with("\nDetached from domain 'web' (id 1).\n"),
+        run.note
+            .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"),
         "{}",
         run.note
     );
-    let reads: Vec<String> = fake
+    // The answer shows at the 6th look (after the 5th read of the pipe);
+    // oxl stays QUIET_POLLS quiet looks more, not fewer.
+    let looks = fake
         .state()
         .calls
         .iter()
         .filter(|c| c.starts_with("CONSOLE"))
-        .cloned()
-        .collect();
-    assert_eq!(reads, ["CONSOLE 1 @0", "CONSOLE 1 @6", "CONSOLE 1 @13"]);
+        .count();
+    assert_eq!(looks as u32, 6 + crate::ring::QUIET_POLLS);
+}
+
+#[test]
+fn console_from_a_pipe_stops_reading_it_at_ctrl_bracket() {
+    let fake = Fake::new();
+    let web = fake.add("web", DomainState::Running);
+    // What follows Ctrl-] is not sent, and the pipe is not read again.
+    let run = oxl_pipe(
+        &fake,
+        &["console", "web"],
+        |n| match n {
+            0 => vec![b'a', crate::ring::DETACH, b'b'],
+            _ => panic!("read after Ctrl-]"),
+        },
+        u32::MAX,
+    );
+    run.ok();
+    assert_eq!(fake.state().doms[&web].input, b"a");
+    assert!(run
+        .note
+        .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
+    let looks = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("CONSOLE"))
+        .count();
+    assert_eq!(looks as u32, 1 + crate::ring::QUIET_POLLS);
+}
+
+#[test]
+fn console_from_a_pipe_lingers_at_most_10_s_after_it_ends() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    let f = fake.clone();
+    // A guest that prints between every two looks never goes quiet.
+    let run = oxl_pipe(
+        &fake,
+        &["console", "web"],
+        move |_| {
+            f.state().doms.get_mut(&1).unwrap().console.push(b'.');
+            Vec::new()
+        },
+        1,
+    );
+    run.ok();
+    assert!(run
+        .note
+        .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
+    let looks = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("CONSOLE"))
+        .count();
+    assert_eq!(looks as u32, 1 + crate::ring::LINGER_POLLS);
 }
 
 #[test]

@@ -12,7 +12,11 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0002;
+pub const ABI_VERSION: u32 = 0x0001_0003;
+
+/// The first version with console input (`nr::CONSOLE_READ`,
+/// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
+pub const ABI_CONSOLE_INPUT: u32 = 0x0001_0003;
 
 pub const fn abi_major(v: u32) -> u16 {
     (v >> 16) as u16
@@ -41,6 +45,12 @@ pub mod nr {
     /// Returns the control request pending for the caller's domain, one of
     /// `request` (0 when none). Reading it does not clear it.
     pub const CONTROL_REQUEST: u64 = 5;
+    /// Takes bytes from the caller's console input (what dom0 sent with
+    /// `domctl::CONSOLE_INPUT`): RDI = guest-physical address, RSI = length
+    /// (at most `CONSOLE_READ_MAX`). Never waits: returns the bytes copied, 0
+    /// when none are queued. `SCHED_OP` `BLOCK` ends when new input arrives.
+    /// domUs only (dom0 reads its console through its UART: `-EPERM`). (1.3)
+    pub const CONSOLE_READ: u64 = 6;
     /// Domain control; dom0 only (anyone else gets `-EPERM`). RDI = command
     /// (`domctl`), RSI/RDX = guest-physical address and length of the command's
     /// argument structure, R10/R8 = address and length of its data buffer (0/0
@@ -50,6 +60,13 @@ pub mod nr {
 
 /// Most bytes one `CONSOLE_WRITE` takes.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
+/// Most bytes one `nr::CONSOLE_READ` copies.
+pub const CONSOLE_READ_MAX: u64 = 4096;
+/// Most bytes one `domctl::CONSOLE_INPUT` sends (its buffer's length).
+pub const CONSOLE_INPUT_MAX: u64 = 4096;
+/// Bytes of each domU's console input queue: what dom0 sent and the domain
+/// has not read yet. A `CONSOLE_INPUT` into a full queue takes fewer bytes.
+pub const CONSOLE_INPUT_QUEUE: usize = 4096;
 /// Largest argument structure and largest data buffer of one `DOMCTL`.
 pub const DOMCTL_ARG_MAX: u64 = 4096;
 pub const DOMCTL_BUF_MAX: u64 = 64 * 1024;
@@ -67,8 +84,9 @@ pub const MIN_MEMORY_MIB: u32 = 4;
 pub mod sched_op {
     /// Gives up the rest of the time slice.
     pub const YIELD: u64 = 0;
-    /// Sleeps until RSI nanoseconds have passed (0: until woken) or a control
-    /// request arrives. Returns 0.
+    /// Sleeps until RSI nanoseconds have passed (0: until woken), a control
+    /// request arrives or (1.3) console input arrives that came after the
+    /// domain's last `nr::CONSOLE_READ`. Returns 0.
     pub const BLOCK: u64 = 1;
     /// Ends the domain: RSI = a `ShutdownReason`. Does not return.
     pub const SHUTDOWN: u64 = 2;
@@ -208,6 +226,11 @@ pub mod domctl {
     /// Arg `DomainRef` (domid `ALL_DOMAINS` for every domain); buffer receives
     /// `VcpuInfo`s. Returns how many vCPUs there are (more than fit if short). (1.2)
     pub const VCPU_LIST: u64 = 15;
+    /// Arg `DomainRef`, buffer = 1..=`CONSOLE_INPUT_MAX` bytes for the domain's
+    /// console input (what an admin typed). Returns how many were taken:
+    /// fewer, even 0, when its queue is full (never waits). A domU only:
+    /// dom0 gets `-EPERM`; a dying or ended domain `-EBUSY`. (1.3)
+    pub const CONSOLE_INPUT: u64 = 16;
 }
 
 /// `DomainRef::domid` meaning every domain (`domctl::VCPU_LIST`).

@@ -4,7 +4,7 @@
 //! argument checking in `crate::hypercall`; this file does the work.
 
 use super::ratelimit::{Echo, LineLimit};
-use super::ring::Ring;
+use super::ring::{InputQueue, Ring};
 use super::table::{Config, Domain, Effect, Table, DOM0};
 use crate::hypercall::{Command, GuestRam, Services};
 use crate::mem::paging::MapFlags;
@@ -89,6 +89,9 @@ pub struct Resources {
     pub images: [Option<Staged>; 2],
     pub boot: Option<BootSpec>,
     pub console: Ring,
+    /// What dom0 sent to the domain's console and the domain has not read
+    /// (`take_console_input`).
+    console_in: InputQueue,
     /// The kernel command line `BUILD` was given, kept for restarts.
     pub cmdline: String,
     /// The console's serial echo, not yet printed (`drain_echo`).
@@ -120,6 +123,7 @@ impl Resources {
             images: [None, None],
             boot: None,
             console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
+            console_in: InputQueue::try_new(oxen_abi::CONSOLE_INPUT_QUEUE).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
             echo: Echo::try_new(ECHO_RATE, ECHO_BURST, ECHO_RESUME, ECHO_QUEUE, now).map_err(|_| Error::NoMem)?,
             log_limit: LineLimit::new(LOG_PER_S, LOG_BURST, now),
@@ -131,6 +135,26 @@ impl Resources {
             console_max_hold_ns: 0,
             console_hold_ns: 0,
         })
+    }
+
+    /// Whether console input is queued (a UART's "data ready").
+    pub fn has_console_input(&self) -> bool {
+        !self.console_in.is_empty()
+    }
+
+    /// Takes queued console input (oldest first) into `out` (a domU's UART).
+    pub fn take_console_input(&mut self, out: &mut [u8]) -> usize {
+        self.console_in.take(out)
+    }
+
+    /// Whether console input came since the domain last read its queue or
+    /// was woken for it, and forgets it: a blocked (or halted) domU's vCPU
+    /// wakes once for new input (`vm::vcpu::GuestVcpu::poll`). Ask only for a vCPU that
+    /// is blocked: a running one reads the queue anyway (guests read until it
+    /// is empty, then block), and asking then would lose the wake-up of a
+    /// vCPU that blocks next.
+    pub fn take_input_wake(&mut self) -> bool {
+        self.console_in.take_wake()
     }
 
     /// Zeroes the domain's RAM (before reuse, and before it is freed).
@@ -230,6 +254,10 @@ impl Services for Hv {
         d.res.console_hold_ns += held;
         drop(t);
         echo_wanted(again.min(now));
+    }
+
+    fn console_read(&mut self, domid: u32, out: &mut [u8]) -> usize {
+        take_console_input(domid, out)
     }
 
     fn control_request(&self, domid: u32) -> u64 {
@@ -433,6 +461,24 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             }
             Ok(n as u64)
         }
+        Command::ConsoleInput(id) => {
+            let mut t = DOMAINS.lock();
+            let d = t.get_mut(*id).ok_or(Error::NoEnt)?;
+            // dom0's console input is the serial line's, through its UART.
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            if matches!(d.state, oxen_abi::DomainState::Dying | oxen_abi::DomainState::Shutdown) {
+                return Err(Error::Busy);
+            }
+            let n = d.res.console_in.push(buf);
+            drop(t);
+            // A vCPU blocked until input comes looks again.
+            if n > 0 {
+                nudge(*id);
+            }
+            Ok(n as u64)
+        }
         Command::PhysInfo => {
             let info = PhysInfo {
                 abi_version: ABI_VERSION,
@@ -450,6 +496,20 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             Ok(0)
         }
     }
+}
+
+/// Moves up to `out.len()` bytes of domain `domid`'s console input (oldest
+/// first) into `out`; returns how many (0: none queued, or no such domain).
+/// For `nr::CONSOLE_READ` and for a domU's UART model (its receive buffer).
+/// Takes the domain table's lock: never call it with the table locked.
+pub fn take_console_input(domid: u32, out: &mut [u8]) -> usize {
+    DOMAINS.lock().get_mut(domid).map_or(0, |d| d.res.console_in.take(out))
+}
+
+/// Whether domain `domid` has console input queued (a UART model's "data
+/// ready"). Takes the domain table's lock, as `take_console_input`.
+pub fn has_console_input(domid: u32) -> bool {
+    DOMAINS.lock().get(domid).is_some_and(|d| d.res.has_console_input())
 }
 
 /// Makes the CPU holding the domain's vCPU look at it again.

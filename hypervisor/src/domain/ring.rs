@@ -2,6 +2,9 @@
 //! offsets (bytes ever written), so readers need no state in the ring: a reader
 //! passes the offset it reached and learns what it missed. Used for each
 //! domain's console and for the hypervisor's log (`oxl console`, `oxl dmesg`).
+//!
+//! `InputQueue` is the same ring with one reader that consumes: a domain's
+//! console input, where a byte must never be overwritten before it is read.
 
 use alloc::boxed::Box;
 use alloc::collections::TryReserveError;
@@ -88,9 +91,145 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Ring<B> {
     }
 }
 
+/// A first-in first-out byte queue over a `Ring`: writers add only what fits
+/// (never overwriting unread bytes), the one reader takes them in order. A
+/// domain's console input, filled by dom0 (`domctl::CONSOLE_INPUT`) and read
+/// by the domain (`nr::CONSOLE_READ`, or its UART model).
+pub struct InputQueue {
+    ring: Ring,
+    /// Offset of the next byte to take: `ring.written() - read` are queued.
+    read: u64,
+    /// Bytes came since the last `take` or `take_wake`: the reader, if it
+    /// sleeps, is to be woken once (an edge, not the queue's level, so a
+    /// reader that never reads still sleeps).
+    wake: bool,
+}
+
+impl InputQueue {
+    pub fn try_new(capacity: usize) -> Result<Self, TryReserveError> {
+        Ok(Self { ring: Ring::try_new(capacity)?, read: 0, wake: false })
+    }
+
+    fn capacity(&self) -> usize {
+        self.ring.buf.len()
+    }
+
+    /// Bytes queued and not taken yet.
+    pub fn len(&self) -> usize {
+        (self.ring.written() - self.read) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends what fits of `bytes`, from the front; returns how many.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.capacity() - self.len());
+        self.ring.write(&bytes[..n]);
+        self.wake |= n > 0;
+        n
+    }
+
+    /// Whether bytes came since the reader last took or was woken, and
+    /// forgets it. Ask only for a reader that sleeps: one that runs reads
+    /// the queue anyway, and asking then would lose the wake-up of a reader
+    /// that goes to sleep next.
+    pub fn take_wake(&mut self) -> bool {
+        core::mem::take(&mut self.wake)
+    }
+
+    /// Moves up to `out.len()` queued bytes, oldest first, into `out`.
+    /// Whatever it gets, the reader has looked: only bytes that come after
+    /// it wake the reader again.
+    pub fn take(&mut self, out: &mut [u8]) -> usize {
+        self.wake = false;
+        let got = self.ring.read(self.read, out);
+        // Never `lost`: `push` does not overwrite what is unread.
+        debug_assert_eq!(got.lost, 0);
+        self.read = got.next;
+        got.copied
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_queue_is_fifo_and_never_overwrites() {
+        let mut q = InputQueue::try_new(4).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(q.push(b"abcdef"), 4);
+        assert_eq!(q.push(b"x"), 0);
+        assert_eq!(q.len(), 4);
+        let mut out = [0u8; 3];
+        assert_eq!(q.take(&mut out), 3);
+        assert_eq!(&out, b"abc");
+        // Room for three again, across the ring's end.
+        assert_eq!(q.push(b"123456"), 3);
+        let mut out = [0u8; 8];
+        let n = q.take(&mut out);
+        assert_eq!(&out[..n], b"d123");
+        assert_eq!(q.take(&mut out), 0);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn input_queue_wakes_once_per_arrival_not_while_bytes_wait() {
+        let mut q = InputQueue::try_new(4).unwrap();
+        assert!(!q.take_wake());
+        q.push(b"ab");
+        assert!(q.take_wake());
+        // Still queued (the reader never reads), but no new arrival.
+        assert!(!q.take_wake());
+        q.push(b"c");
+        // The reader read before it slept: no wake-up for what it has seen.
+        let mut out = [0u8; 1];
+        q.take(&mut out);
+        assert!(!q.take_wake());
+        // A full queue takes nothing: nothing new to wake for.
+        q.push(b"xyz");
+        q.take_wake();
+        assert_eq!(q.push(b"!"), 0);
+        assert!(!q.take_wake());
+    }
+
+    #[test]
+    fn input_queue_against_a_model() {
+        // Random pushes and takes of every size against a VecDeque.
+        let mut q = InputQueue::try_new(7).unwrap();
+        let mut model = std::collections::VecDeque::new();
+        let mut x: u32 = 12345;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut byte = 0u8;
+        for _ in 0..5000 {
+            if next() % 2 == 0 {
+                let len = (next() % 10) as usize;
+                let data: Vec<u8> = (0..len).map(|_| {
+                    byte = byte.wrapping_add(1);
+                    byte
+                }).collect();
+                let n = q.push(&data);
+                assert_eq!(n, len.min(7 - model.len()));
+                model.extend(&data[..n]);
+                // Bytes not taken are not queued: the next push starts after them.
+                byte = byte.wrapping_sub((len - n) as u8);
+            } else {
+                let mut out = vec![0u8; (next() % 10) as usize];
+                let n = q.take(&mut out);
+                let want: Vec<u8> = model.drain(..n.min(model.len())).collect();
+                assert_eq!(&out[..n], &want[..]);
+                assert_eq!(n, want.len());
+            }
+            assert_eq!(q.len(), model.len());
+        }
+    }
 
     #[test]
     fn reads_what_was_written() {

@@ -7,7 +7,7 @@ use core::mem::size_of;
 use oxen_abi::{
     c_str, domctl, image_kind, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
     LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, IMAGE_MAX,
-    MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
+    CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
 
 /// Largest domU, in MiB (the pool's size is the practical limit).
@@ -33,12 +33,14 @@ pub enum Command {
     VcpuAffinity { domid: u32, vcpu: u32, cpus: u64 },
     /// `ALL_DOMAINS` or one domain.
     VcpuList(u32),
+    /// The buffer holds the bytes for the domain's console input.
+    ConsoleInput(u32),
 }
 
 impl Command {
     /// Whether the command takes its data from the buffer (else it fills it).
     pub fn reads_buffer(&self) -> bool {
-        matches!(self, Command::LoadImage { .. })
+        matches!(self, Command::LoadImage { .. } | Command::ConsoleInput(_))
     }
 
     pub fn writes_buffer(&self) -> bool {
@@ -228,6 +230,16 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
         domctl::VCPU_LIST => {
             let r: DomainRef = arg(a)?;
             Command::VcpuList(r.domid)
+        }
+        domctl::CONSOLE_INPUT => {
+            let r: DomainRef = arg(a)?;
+            if buf_len > CONSOLE_INPUT_MAX {
+                return Err(bad(Error::TooBig, alloc::format!("{buf_len} bytes of console input (at most {CONSOLE_INPUT_MAX})")));
+            }
+            if buf_len == 0 {
+                return Err(bad(Error::Inval, "no console input bytes in the buffer"));
+            }
+            Command::ConsoleInput(r.domid)
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

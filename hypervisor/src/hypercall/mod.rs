@@ -14,7 +14,9 @@ pub mod domctl;
 
 use alloc::vec::Vec;
 use core::fmt;
-use oxen_abi::{nr, sched_op, Error, ShutdownReason, ABI_VERSION, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX};
+use oxen_abi::{
+    nr, sched_op, Error, ShutdownReason, ABI_VERSION, CONSOLE_READ_MAX, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX,
+};
 
 pub use domctl::Command;
 
@@ -31,7 +33,8 @@ pub enum After {
     Continue,
     /// Give up the rest of the time slice.
     Yield,
-    /// Sleep until `timeout_ns` passed (0: no timeout) or a request arrives.
+    /// Sleep until `timeout_ns` passed (0: no timeout), a request arrives or
+    /// new console input does.
     Block { timeout_ns: u64 },
     /// The domain ends itself.
     Shutdown(ShutdownReason),
@@ -48,6 +51,9 @@ pub trait GuestRam {
 pub trait Services {
     /// Appends to the caller's console.
     fn console_write(&mut self, domid: u32, bytes: &[u8]);
+    /// Takes up to `out.len()` bytes of the caller's console input; returns
+    /// how many (0: none queued).
+    fn console_read(&mut self, domid: u32, out: &mut [u8]) -> usize;
     /// The control request pending for `domid` (`oxen_abi::request`).
     fn control_request(&self, domid: u32) -> u64;
     /// Carries out a validated domain-control command for dom0; output goes
@@ -75,6 +81,7 @@ pub fn dispatch(caller: &mut Caller, svc: &mut dyn Services, args: &Args) -> (Re
         nr::DOMAIN_ID => Ok(caller.domid.into()),
         nr::CONSOLE_WRITE => console_write(caller, svc, a0, a1),
         nr::CONTROL_REQUEST => Ok(svc.control_request(caller.domid)),
+        nr::CONSOLE_READ => console_read(caller, svc, a0, a1),
         nr::SCHED_OP => match (a0, caller.privileged) {
             (sched_op::YIELD, _) => {
                 after = After::Yield;
@@ -130,6 +137,28 @@ fn console_write(caller: &mut Caller, svc: &mut dyn Services, gpa: u64, len: u64
     }
     svc.console_write(caller.domid, bytes);
     Ok(len)
+}
+
+fn console_read(caller: &mut Caller, svc: &mut dyn Services, gpa: u64, len: u64) -> Result<u64, Error> {
+    if caller.privileged {
+        svc.refused(caller.domid, format_args!("console_read from dom0 (its console input is its UART)"));
+        return Err(Error::Perm);
+    }
+    if len > CONSOLE_READ_MAX {
+        svc.refused(caller.domid, format_args!("console_read: length {len:#x} over {CONSOLE_READ_MAX}"));
+        return Err(Error::TooBig);
+    }
+    let mut copy = [0u8; CONSOLE_READ_MAX as usize];
+    let bytes = &mut copy[..len as usize];
+    // Probed before a byte is taken: input taken for a buffer that cannot
+    // receive it would be lost. The buffer is output, so zeroing it is fine.
+    if let Err(e) = caller.ram.write(gpa, bytes) {
+        svc.refused(caller.domid, format_args!("console_read: {gpa:#x}+{len:#x} is not the caller's memory"));
+        return Err(e);
+    }
+    let n = svc.console_read(caller.domid, bytes);
+    caller.ram.write(gpa, &bytes[..n])?;
+    Ok(n as u64)
 }
 
 /// `len` zero bytes on the heap, or -ENOMEM: a full heap fails the call,

@@ -24,6 +24,10 @@ impl GuestRam for FakeRam {
 #[derive(Default)]
 struct FakeServices {
     console: Vec<u8>,
+    /// Console input not read yet.
+    input: Vec<u8>,
+    /// Bytes each `ConsoleInput` command brought.
+    sent: Vec<Vec<u8>>,
     commands: Vec<Command>,
     refusals: Vec<String>,
 }
@@ -31,6 +35,12 @@ struct FakeServices {
 impl Services for FakeServices {
     fn console_write(&mut self, _domid: u32, bytes: &[u8]) {
         self.console.extend_from_slice(bytes);
+    }
+    fn console_read(&mut self, _domid: u32, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.input.len());
+        out[..n].copy_from_slice(&self.input[..n]);
+        self.input.drain(..n);
+        n
     }
     fn control_request(&self, domid: u32) -> u64 {
         if domid == 7 { request::REBOOT } else { request::NONE }
@@ -55,6 +65,11 @@ impl Services for FakeServices {
                 Ok(0)
             }
             Command::GetInfo(_) => Err(Error::NoEnt),
+            Command::ConsoleInput(_) => {
+                self.sent.push(buf.to_vec());
+                // A queue with room for 3 bytes.
+                Ok(buf.len().min(3) as u64)
+            }
             Command::ConsoleRead(r) => {
                 buf[..2].copy_from_slice(b"hi");
                 r.next = r.offset + 2;
@@ -307,4 +322,63 @@ fn scheduler_commands_are_checked() {
     put(&mut r, 0x100, &VcpuAffinity { domid: 1, vcpu: 0, cpus: 2 });
     assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_AFFINITY, 0x100, len, 0, 0]).0, Ok(0));
     assert_eq!(s.commands.last(), Some(&Command::VcpuAffinity { domid: 1, vcpu: 0, cpus: 2 }));
+}
+
+#[test]
+fn console_read_copies_what_is_queued_and_never_waits() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    s.input = b"hello".to_vec();
+    r.0[0x200..0x208].copy_from_slice(b"XXXXXXXX");
+    assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_READ, [0x200, 3, 0, 0, 0]), (Ok(3), After::Continue));
+    assert_eq!(&r.0[0x200..0x203], b"hel");
+    assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_READ, [0x200, 100, 0, 0, 0]).0, Ok(2));
+    assert_eq!(&r.0[0x200..0x202], b"lo");
+    // Nothing queued: 0 at once.
+    assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_READ, [0x200, 100, 0, 0, 0]), (Ok(0), After::Continue));
+    assert!(s.refusals.is_empty());
+}
+
+#[test]
+fn console_read_checks_pointer_length_and_caller() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    s.input = b"keep".to_vec();
+    for (gpa, len, err) in [
+        (0x2_0000, 4, Error::Fault),
+        (0xfffe, 4, Error::Fault),
+        (u64::MAX - 1, 4, Error::Fault),
+        (0, u64::MAX, Error::TooBig),
+        (0, CONSOLE_READ_MAX + 1, Error::TooBig),
+    ] {
+        assert_eq!(call(false, &mut r, &mut s, nr::CONSOLE_READ, [gpa, len, 0, 0, 0]).0, Err(err), "{gpa:#x}+{len:#x}");
+    }
+    // dom0 reads its console through its UART.
+    assert_eq!(call(true, &mut r, &mut s, nr::CONSOLE_READ, [0x200, 4, 0, 0, 0]).0, Err(Error::Perm));
+    // No refused call took a byte.
+    assert_eq!(s.input, b"keep");
+    assert_eq!(s.refusals.len(), 6);
+    assert!(s.refusals[5].contains("console_read from dom0"));
+}
+
+#[test]
+fn console_input_is_dom0s_bounded_and_copied_once() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &DomainRef { domid: 4, _pad: 0 });
+    r.0[0x400..0x405].copy_from_slice(b"ls -l");
+    // The service took 3 of 5: the caller learns it.
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::CONSOLE_INPUT, 0x100, len, 0x400, 5]).0, Ok(3));
+    assert_eq!(s.commands.last(), Some(&Command::ConsoleInput(4)));
+    assert_eq!(s.sent, [b"ls -l".to_vec()]);
+    // The buffer is only read: dom0's memory is left as it was.
+    assert_eq!(&r.0[0x400..0x405], b"ls -l");
+    for (a, err) in [
+        ([dc::CONSOLE_INPUT, 0x100, len, 0x400, 0], Error::Inval),
+        ([dc::CONSOLE_INPUT, 0x100, len, 0x400, oxen_abi::CONSOLE_INPUT_MAX + 1], Error::TooBig),
+        ([dc::CONSOLE_INPUT, 0x100, len - 1, 0x400, 5], Error::Inval),
+        ([dc::CONSOLE_INPUT, 0x100, len, 0xfffe, 5], Error::Fault),
+    ] {
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, a).0, Err(err), "{a:x?}");
+    }
+    // A domU may not send input anywhere.
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::CONSOLE_INPUT, 0x100, len, 0x400, 5]).0, Err(Error::Perm));
+    assert_eq!(s.sent.len(), 1, "no refused call reached the service");
 }

@@ -423,6 +423,16 @@ impl Platform {
         true
     }
 
+    /// Room in the UART's receive FIFO.
+    pub fn uart_rx_space(&self) -> usize {
+        self.devices.lock().uart.rx_space()
+    }
+
+    /// Console input into the UART (the IRQ follows at the next service).
+    pub fn push_uart_input(&self, bytes: &[u8]) {
+        self.devices.lock().uart.push_input(bytes);
+    }
+
     /// What a device asked of the machine since the last look.
     pub fn take_power_event(&self) -> Option<PowerEvent> {
         self.devices.lock().power.take()

@@ -301,6 +301,10 @@ impl GuestVcpu {
     /// A domU's state in the domain table: `Some` if it decides the poll.
     fn follow_domain(&mut self, now: u64) -> Option<Poll> {
         let domid = self.platform.domid;
+        // Console input goes to vCPU 0's UART as its FIFO has room (the domain
+        // table's lock is never held with a device's).
+        let mut input = [0u8; crate::devices::uart16550::FIFO_SIZE];
+        let room = if self.index == 0 { self.platform.uart_rx_space().min(input.len()) } else { 0 };
         let mut t = DOMAINS.lock();
         let Some(d) = t.get_mut(domid) else { return Some(Poll::Gone) };
         if d.state == DomainState::Dying {
@@ -326,9 +330,16 @@ impl GuestVcpu {
         if !matches!(d.state, DomainState::Running | DomainState::ShuttingDown) {
             return Some(Poll::Sleep(None));
         }
-        let request = d.request != request::NONE;
+        let got = if room > 0 && d.res.has_console_input() { d.res.take_console_input(&mut input[..room]) } else { 0 };
+        // A request wakes a vCPU blocked in SCHED_OP, and so does console
+        // input (once per arrival) for the test kernels that read it through
+        // CONSOLE_READ.
+        let request = d.request != request::NONE || (self.blocked_until.is_some() && d.res.take_input_wake());
         let asked = d.request;
         drop(t);
+        if got > 0 {
+            self.platform.push_uart_input(&input[..got]);
+        }
         if self.index == 0 && asked != self.request_sent {
             // A guest without Oxen's control hypercalls (Linux) learns of
             // `oxl shutdown` / `reboot` as Ctrl-Alt-Del, as Firecracker does;

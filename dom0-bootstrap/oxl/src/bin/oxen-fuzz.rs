@@ -584,7 +584,9 @@ impl Fuzzer {
     /// The structure size of a command that could harm the domain it names (0: not one).
     fn target_size(cmd: u64) -> usize {
         match cmd {
-            domctl::PAUSE | domctl::DESTROY => size_of::<DomainRef>(),
+            // Input to a protected domain would reach the domU fuzzer, which
+            // expects none.
+            domctl::PAUSE | domctl::DESTROY | domctl::CONSOLE_INPUT => size_of::<DomainRef>(),
             domctl::SHUTDOWN => size_of::<ShutdownDomain>(),
             domctl::SCHED_CREDIT => size_of::<SchedCredit>(),
             domctl::VCPU_AFFINITY => size_of::<VcpuAffinity>(),
@@ -601,6 +603,7 @@ impl Fuzzer {
             domctl::VCPU_LIST => self.rng.pick(&[0, 32, 31, 320]),
             domctl::CONSOLE_READ | domctl::DMESG => self.rng.range(1, 65536) as usize,
             domctl::LOAD_IMAGE => self.rng.pick(&[1, 4096, 65536]),
+            domctl::CONSOLE_INPUT => self.rng.pick(&[0, 1, 64, 4096, 4097]),
             _ => self.rng.pick(&[0, 0, 0, 1, 80]),
         }
     }
@@ -608,9 +611,9 @@ impl Fuzzer {
     /// A DOMCTL with a mutated structure at a good, bad or straddling address.
     fn random_domctl(&mut self, i: u64) {
         let cmd = match self.rng.below(20) {
-            0..=16 => self.rng.range(1, 15),
-            17 => self.rng.pick(&[0, 16, 17, 255]),
-            18 => self.rng.range(1, 15) | (self.rng.range(1, 0xffff_ffff) << 32),
+            0..=16 => self.rng.range(1, 16),
+            17 => self.rng.pick(&[0, 17, 18, 255]),
+            18 => self.rng.range(1, 16) | (self.rng.range(1, 0xffff_ffff) << 32),
             _ => self.rng.next_u64(),
         };
         let mut s = self.structure(cmd);
@@ -715,13 +718,18 @@ impl Fuzzer {
         }
         // Only the hypervisor is left to answer.
         let want = want.unwrap_or_else(|| {
-            if !(1..=15).contains(&cmd) {
+            if !(1..=domctl::CONSOLE_INPUT).contains(&cmd) {
                 Want::Errno(libc::ENOSYS)
             } else if Self::target_size(cmd) > 0 && s.len() == Self::target_size(cmd) && cmd != domctl::SCHED_CREDIT
                 && u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == 0
             {
-                // dom0 cannot be paused, shut down, destroyed or re-pinned.
-                Want::Refused(&[libc::EPERM, libc::EINVAL])
+                // dom0 cannot be paused, shut down, destroyed or re-pinned, nor
+                // sent console input (whose buffer may also be empty or too long).
+                if cmd == domctl::CONSOLE_INPUT {
+                    Want::Refused(&[libc::EPERM, libc::EINVAL, libc::E2BIG])
+                } else {
+                    Want::Refused(&[libc::EPERM, libc::EINVAL])
+                }
             } else {
                 Want::Any
             }

@@ -4,7 +4,7 @@
 //! each call made by a domU (docs/hypercalls.md). Pure, so the host tests it.
 
 use oxen_abi::{domctl, nr, sched_op, CreateDomain, DomainRef, LoadImage, Pod, RingRead, ShutdownDomain,
-    CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX, ABI_VERSION};
+    CONSOLE_READ_MAX, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX, ABI_VERSION};
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one u64 of state, every seed is good,
 /// and the same seed gives the same calls on every run.
@@ -75,8 +75,16 @@ impl Layout {
 }
 
 /// The hypercall numbers the ABI defines (`oxen_abi::nr`).
-pub const VALID_NRS: [u64; 7] =
-    [nr::VERSION, nr::NULL, nr::CONSOLE_WRITE, nr::DOMAIN_ID, nr::SCHED_OP, nr::CONTROL_REQUEST, nr::DOMCTL];
+pub const VALID_NRS: [u64; 8] = [
+    nr::VERSION,
+    nr::NULL,
+    nr::CONSOLE_WRITE,
+    nr::DOMAIN_ID,
+    nr::SCHED_OP,
+    nr::CONTROL_REQUEST,
+    nr::DOMCTL,
+    nr::CONSOLE_READ,
+];
 
 /// The longest `BLOCK` the fuzzer sleeps (ns): a block without a timeout, or
 /// one of seconds, would stall the fuzzer (legitimately), so timeouts are
@@ -243,7 +251,7 @@ pub fn call(rng: &mut Rng, l: &Layout) -> Call {
     let mut adjusted = Adjusted::No;
     let mut domctl_arg = None;
     match nr {
-        nr::CONSOLE_WRITE => {
+        nr::CONSOLE_WRITE | nr::CONSOLE_READ => {
             a[0] = address(rng, l);
             a[1] = length(rng);
         }
@@ -281,11 +289,11 @@ pub fn call(rng: &mut Rng, l: &Layout) -> Call {
         a[1] = rng.range(1, BLOCK_MAX_NS);
         adjusted = Adjusted::Block;
     }
-    // The hypervisor must not write a domU's memory for any of its calls, but
-    // were it to, it must only ever hit scratch: a range over the fuzzer's own
-    // memory is moved to just above it (same length).
+    // The hypervisor must not write a domU's memory for any of its calls but
+    // CONSOLE_READ's buffer, and were it to, it must only ever hit scratch: a
+    // range over the fuzzer's own memory is moved to just above it (same length).
     let ranges: &[(usize, usize)] = match nr {
-        nr::CONSOLE_WRITE => &[(0, 1)],
+        nr::CONSOLE_WRITE | nr::CONSOLE_READ => &[(0, 1)],
         nr::DOMCTL => &[(1, 2), (3, 4)],
         _ => &[],
     };
@@ -323,6 +331,17 @@ pub fn expected(c: &Call, l: &Layout, domid: u64) -> u64 {
                 err(Error::TooBig)
             } else if len == 0 || l.in_ram(gpa, len) {
                 len
+            } else {
+                err(Error::Fault)
+            }
+        }
+        // Nobody sends the fuzzer console input: nothing is ever queued.
+        nr::CONSOLE_READ => {
+            let (gpa, len) = (c.a[0], c.a[1]);
+            if len > CONSOLE_READ_MAX {
+                err(Error::TooBig)
+            } else if len == 0 || l.in_ram(gpa, len) {
+                0
             } else {
                 err(Error::Fault)
             }
@@ -366,7 +385,7 @@ mod tests {
             if c.nr == nr::SCHED_OP && c.a[0] == sched_op::BLOCK {
                 assert!((1..=BLOCK_MAX_NS).contains(&c.a[1]), "{c:?}");
             }
-            if c.nr == nr::CONSOLE_WRITE {
+            if c.nr == nr::CONSOLE_WRITE || c.nr == nr::CONSOLE_READ {
                 assert!(!L.touches_image(c.a[0], c.a[1]), "{c:?}");
             }
             if c.nr == nr::DOMCTL {
@@ -392,7 +411,7 @@ mod tests {
     #[test]
     fn every_number_is_generated() {
         let mut rng = Rng::new(3);
-        let mut seen = [false; 7];
+        let mut seen = [false; VALID_NRS.len()];
         let mut other = 0;
         for _ in 0..10_000 {
             match VALID_NRS.iter().position(|&n| n == number(&mut rng)) {
@@ -416,6 +435,10 @@ mod tests {
         assert_eq!(cw(u64::MAX, 0), 0);
         assert_eq!(cw(0, CONSOLE_WRITE_MAX + 1), Error::TooBig.to_rax());
         assert_eq!(expected(&c(nr::SCHED_OP, [9, 0, 0, 0, 0]), &L, 5), Error::Inval.to_rax());
+        let cr = |gpa, len| expected(&c(nr::CONSOLE_READ, [gpa, len, 0, 0, 0]), &L, 5);
+        assert_eq!(cr(L.ram - 16, 16), 0);
+        assert_eq!(cr(L.ram - 16, 17), Error::Fault.to_rax());
+        assert_eq!(cr(0, CONSOLE_READ_MAX + 1), Error::TooBig.to_rax());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU8, Ordering};
-use oxen_abi::{nr, request, sched_op, ShutdownReason, CONSOLE_WRITE_MAX};
+use oxen_abi::{nr, request, sched_op, ShutdownReason, CONSOLE_READ_MAX, CONSOLE_WRITE_MAX};
 
 const UNKNOWN: u8 = 0;
 const INTEL: u8 = 1;
@@ -89,8 +89,8 @@ pub fn control_request() -> u64 {
     simple(nr::CONTROL_REQUEST, 0, 0)
 }
 
-/// Sleeps until `ns` nanoseconds passed (0: until woken) or a control request
-/// arrives.
+/// Sleeps until `ns` nanoseconds passed (0: until woken), a control request
+/// arrives or console input is queued.
 pub fn block(ns: u64) -> u64 {
     simple(nr::SCHED_OP, sched_op::BLOCK, ns)
 }
@@ -119,6 +119,17 @@ pub fn console_write(mut bytes: &[u8]) {
             _ => return,
         }
     }
+}
+
+/// Takes up to `buf.len()` bytes (at most `CONSOLE_READ_MAX`) of the domain's
+/// console input into `buf`; never waits (`Ok(0)`: nothing queued; `block`
+/// wakes when input comes). ABI 1.3.
+pub fn console_read(buf: &mut [u8]) -> Result<usize, i64> {
+    let n = buf.len().min(CONSOLE_READ_MAX as usize);
+    // SAFETY: `buf[..n]` is ours and writable; the hypervisor writes at most
+    // `n` bytes into it.
+    let r = unsafe { call(nr::CONSOLE_READ, [buf.as_mut_ptr() as u64, n as u64, 0, 0, 0]) };
+    result(r).map(|got| (got as usize).min(n))
 }
 
 /// The short name of a (positive) Linux errno the ABI uses.
