@@ -113,7 +113,7 @@ pub struct Machine {
 
 /// Where the guest's COM1 goes.
 pub enum Serial<'a> {
-    /// The terminal, multiplexed with the QEMU monitor (escape key `QEMU_ESCAPE`: Ctrl-] x quits, Ctrl-] c: monitor).
+    /// The terminal, multiplexed with the QEMU monitor (escape key `QEMU_ESCAPE`: Ctrl-\ x quits, Ctrl-\ c: monitor).
     Terminal,
     File(&'a Path),
     /// A Unix socket QEMU listens on (and waits for a client before starting the
@@ -197,7 +197,7 @@ impl Machine {
         match serial {
             Serial::Terminal => {
                 // QEMU's escape key moves from Ctrl-A (which the hypervisor's
-                // console uses: Ctrl-A three times) to Ctrl-]: Ctrl-] x quits.
+                // console uses: Ctrl-A three times) to Ctrl-\: Ctrl-\ x quits.
                 c.args(["-nographic", "-serial", "mon:stdio", "-echr", &QEMU_ESCAPE.to_string()]);
             }
             Serial::File(path) => {
@@ -241,9 +241,10 @@ impl Machine {
     }
 }
 
-/// QEMU's escape key under `cargo xtask run`: Ctrl-] (0x1d), so Ctrl-A reaches
-/// the guest as typed (the hypervisor's console switch is Ctrl-A three times).
-pub const QEMU_ESCAPE: u8 = 0x1d;
+/// QEMU's escape key under `cargo xtask run`: Ctrl-\ (0x1c), so Ctrl-A reaches
+/// the guest as typed (the hypervisor's console switch is Ctrl-A three times)
+/// and so does Ctrl-] (`oxl console`'s detach key, as `xl console`'s).
+pub const QEMU_ESCAPE: u8 = 0x1c;
 
 /// Where Bochs' COM1 goes.
 #[derive(Clone, Copy)]

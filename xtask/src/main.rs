@@ -115,8 +115,8 @@ struct RunArgs {
     /// CPU model (QEMU -cpu / Bochs cpu model); default: max (TCG), host (KVM), corei7_skylake_x (Bochs).
     #[arg(long)]
     cpu: Option<String>,
-    /// Number of CPUs.
-    #[arg(long, default_value_t = 1)]
+    /// Number of CPUs (2: the Linux domU of /etc/oxen/linux.cfg has 2 vCPUs).
+    #[arg(long, default_value_t = 2)]
     smp: u32,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]

@@ -29,7 +29,7 @@ pub fn run(m: &mut Machine, accel: Option<Accel>, iso: &Path) -> Result<()> {
             };
             let mut cmd = m.qemu(iso, Serial::Terminal);
             step(format!(
-                "booting under QEMU (quit: Ctrl-] x; QEMU monitor: Ctrl-] c): {}",
+                "booting under QEMU (quit: Ctrl-\\ x; QEMU monitor: Ctrl-\\ c): {}",
                 render(&cmd)
             ));
             // QEMU stays in our process group so it can read the terminal.
@@ -48,7 +48,7 @@ pub fn run(m: &mut Machine, accel: Option<Accel>, iso: &Path) -> Result<()> {
             let mut cmd = m.bochs(dir, "oxen.iso", BochsCom1::Socket(port))?;
             let serial = dir.join("serial.log");
             step(format!(
-                "booting under Bochs in {} (`{}`); COM1 on this terminal (a copy in {}), Ctrl-] quits",
+                "booting under Bochs in {} (`{}`); COM1 on this terminal (a copy in {}), Ctrl-\\ quits",
                 show(dir),
                 render(&cmd),
                 show(&serial)
@@ -64,9 +64,10 @@ pub fn run(m: &mut Machine, accel: Option<Accel>, iso: &Path) -> Result<()> {
 
 /// COM1 on the terminal: what Bochs prints goes to stdout (and `log`), what
 /// the user types goes to COM1 byte by byte (raw mode, so Ctrl-A and Ctrl-C
-/// reach the guest), until Ctrl-], the hypervisor's halt line or Bochs' exit.
+/// reach the guest), until Ctrl-\, the hypervisor's halt line or Bochs' exit.
 fn relay_terminal(stream: Com1Stream, log: &Path, proc: &mut Proc) -> Result<()> {
-    const QUIT: u8 = 0x1d; // Ctrl-]
+    // Ctrl-\, as QEMU's escape under `cargo xtask run`; Ctrl-] is oxl console's.
+    const QUIT: u8 = 0x1c;
     let done = Arc::new(AtomicBool::new(false));
     let mut reader = stream.try_clone()?;
     let mut writer = stream;
@@ -99,7 +100,7 @@ fn relay_terminal(stream: Com1Stream, log: &Path, proc: &mut Proc) -> Result<()>
     // Standard input is read on its own thread; this one watches for the end.
     let in_done = done.clone();
     std::thread::spawn(move || {
-        // End of input (not a terminal) only stops typing; Ctrl-] stops the run.
+        // End of input (not a terminal) only stops typing; Ctrl-\ stops the run.
         let mut byte = [0u8; 1];
         while std::io::stdin().read(&mut byte).map(|n| n == 1).unwrap_or(false) {
             if byte[0] == QUIT {
@@ -125,7 +126,7 @@ fn relay_terminal(stream: Com1Stream, log: &Path, proc: &mut Proc) -> Result<()>
     if output.is_finished() {
         step("the hypervisor halted (or COM1 closed); stopped Bochs");
     } else {
-        step("Ctrl-]: stopped Bochs");
+        step("Ctrl-\\: stopped Bochs");
     }
     Ok(())
 }
