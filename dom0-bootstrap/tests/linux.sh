@@ -94,6 +94,21 @@ check "reboot typed inside restarts it" "no new boot in $boot_s s" wait_for "$bo
 check "a fresh boot again" "the mark is still there" fresh
 ask 'poweroff'
 check "poweroff typed inside destroys it" "still listed after 60 s" wait_for 60 gone linux
+
+# Pause, unpause and destroy at any moment of a boot: paused 1 s at a few
+# points of the kernel's start, then destroyed before its shell is up.
+check "create linux to interrupt" "oxl create failed" oxl create "$cfg"
+paused_ok=1
+for s in 1 2 3 4; do
+    sleep "$s"
+    oxl pause linux || paused_ok=0
+    [ "$(field linux 5)" = paused ] || paused_ok=0
+    sleep 1
+    oxl unpause linux || paused_ok=0
+done
+check "paused and unpaused during its boot" "pause/unpause failed or not shown" [ "$paused_ok" = 1 ]
+check "destroyed during its boot" "oxl destroy failed" oxl destroy linux
+check "it is gone at once" "still listed after 30 s" wait_for 30 gone linux
 fi
 
 # Memory: a destroyed domain's memory is scrubbed and freed by the CPU that
