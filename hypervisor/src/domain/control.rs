@@ -512,9 +512,15 @@ pub fn has_console_input(domid: u32) -> bool {
     DOMAINS.lock().get(domid).is_some_and(|d| d.res.has_console_input())
 }
 
-/// Makes the CPU holding the domain's vCPU look at it again.
+/// Makes the CPUs holding the domain's vCPUs look at them again (its state
+/// changed: paused, ending, dying), every vCPU: a halted or parked one would
+/// otherwise sleep on, and a dying domain is freed only when each vCPU let
+/// go of it.
 fn nudge(id: u32) {
-    sched::nudge(VcpuId { dom: id, vcpu: 0 });
+    let vcpus = DOMAINS.lock().get(id).map_or(0, |d| d.vcpus);
+    for vcpu in 0..vcpus {
+        sched::nudge(VcpuId { dom: id, vcpu });
+    }
 }
 
 fn create(cfg: &Config) -> Result<u64, Error> {
