@@ -145,10 +145,16 @@ fn write_acpi(ram: &mut RamView, vcpus: u32) -> Result<(), BuildError> {
         pm: acpi_pm::PORTS,
     };
     let tables = acpi::build(&cfg, linux::ACPI_TABLES).map_err(|e| err(Error::Inval, alloc::format!("ACPI tables: {e:?}")))?;
-    if tables.tables.len() as u64 > linux::ACPI_END - linux::ACPI_TABLES {
+    if tables.tables.len() as u64 > linux::RESET_VECTOR - linux::ACPI_TABLES {
         return Err(err(Error::Inval, "the ACPI tables do not fit below 1 MiB"));
     }
     let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
     ram.write(linux::RSDP, &tables.rsdp).map_err(fault)?;
-    ram.write(linux::ACPI_TABLES, &tables.tables).map_err(fault)
+    ram.write(linux::ACPI_TABLES, &tables.tables).map_err(fault)?;
+    // The reset vector (0xFFFF0, what a CPU runs after reset, and where Linux
+    // jumps for a "BIOS" reboot): a PC's firmware would reset the machine
+    // from there; this stub does, through the keyboard controller's reset
+    // line (MOV AL, 0xFE; OUT 0x64, AL; HLT; JMP to the HLT).
+    const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+    ram.write(linux::RESET_VECTOR, &RESET_STUB).map_err(fault)
 }

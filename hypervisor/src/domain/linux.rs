@@ -35,6 +35,8 @@ pub const LOW_RAM_END: u64 = 0x9_f000;
 pub const RSDP: u64 = 0xe_0000;
 pub const ACPI_TABLES: u64 = 0xe_1000;
 pub const ACPI_END: u64 = 0x10_0000;
+/// The x86 reset vector (F000:FFF0), in the reserved BIOS area.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// GDTR limit of the boot GDT.
 pub const GDT_LIMIT: u16 = (GDT_ENTRIES.len() * 8 - 1) as u16;
 /// The least RAM a Linux domU is laid out in (the kernel needs far more to
@@ -135,6 +137,8 @@ impl Layout {
         ]
     }
 }
+
+const _: () = assert!(ACPI_TABLES < RESET_VECTOR && RESET_VECTOR + 16 == ACPI_END);
 
 /// The page tables must end below the reserved area: `[0, 4 GiB)` at most
 /// needs 7 pages.
