@@ -620,6 +620,7 @@ impl Runnable for GuestVcpu {
         if let Some(x) = self.xstate.as_mut() {
             x.save();
         }
+        self.platform.flush_pending_console();
         let ran = now_ns().saturating_sub(start);
         if let Some(d) = DOMAINS.lock().get_mut(domid) {
             d.cpu_time_ns += ran;
