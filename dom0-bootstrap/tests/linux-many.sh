@@ -73,6 +73,8 @@ while [ "$i" -lt "$cycles" ]; do
     wait_for "$boot_s" booted linux-a || { bad_cycles=$((bad_cycles + 1)); echo "linux-many: cycle $i: no shell"; }
     oxl destroy linux-a
     wait_for 30 gone linux-a
+    # Its memory is freed just after it leaves the list.
+    wait_for 30 back
     echo "linux-many: cycle $i done, $(free_kib) KiB free"
 done
 check "$cycles create-boot-destroy cycles" "$bad_cycles failed" [ "$bad_cycles" = 0 ]

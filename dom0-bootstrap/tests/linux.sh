@@ -96,7 +96,11 @@ ask 'poweroff'
 check "poweroff typed inside destroys it" "still listed after 60 s" wait_for 60 gone linux
 
 # Pause, unpause and destroy at any moment of a boot: paused 1 s at a few
-# points of the kernel's start, then destroyed before its shell is up.
+# points of the kernel's start, then destroyed before its shell is up. (A
+# domain leaves `oxl list` just before the CPU that held it has scrubbed and
+# freed its memory: wait for that first.)
+settled() { [ "$(free_kib)" = "$free0" ]; }
+wait_for 30 settled
 check "create linux to interrupt" "oxl create failed" oxl create "$cfg"
 paused_ok=1
 for s in 1 2 3 4; do
