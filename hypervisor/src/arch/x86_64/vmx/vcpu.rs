@@ -222,6 +222,8 @@ pub struct VmxVcpu {
     vpid_held: Held,
     /// DR0-DR3 and DR6, which no VMCS field holds (DR7 is in the VMCS).
     debug: DebugRegs,
+    /// The guest's CR2, which no VMCS field holds either.
+    cr2: u64,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<Intercepted>,
 }
@@ -287,6 +289,7 @@ impl VmxVcpu {
             interrupt_window: false,
             eptp: ept_pointer(ept_root),
             debug: DebugRegs::RESET,
+            cr2: 0,
             intercepted: None,
             vpid_held: tag.held,
         };
@@ -889,6 +892,7 @@ impl VmxVcpu {
         (self.rip, self.rsp, self.regs_dirty) = (st.rip, st.rsp, false);
         self.cpl = ((st.ss.ar >> 5) & 3) as u8;
         self.gprs = st.gprs;
+        self.cr2 = st.cr2;
         for (m, v) in [
             (msr::IA32_KERNEL_GS_BASE, st.kernel_gs_base),
             (msr::IA32_STAR, st.star),
@@ -924,7 +928,7 @@ impl VmxVcpu {
             rip: self.rip,
             rflags: n(FieldNat::GuestRflags)?,
             cr0: n(FieldNat::GuestCr0)?,
-            cr2: 0,
+            cr2: self.cr2,
             cr3: n(FieldNat::GuestCr3)?,
             cr4: n(FieldNat::GuestCr4)? & !vmxe,
             efer: vmcs::read64_rw(Field64::GuestIa32Efer).map_err(|e| ("VMREAD", e))?,
@@ -964,9 +968,20 @@ impl Vcpu for VmxVcpu {
         // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
         // at entry) decides what these arm, and only while it runs.
         unsafe { self.debug.load(true) };
+        // CR2 is not in the VMCS: the guest's goes in with it and comes back
+        // out, so no guest sees (or loses to another) a page-fault address
+        // another one took on this CPU.
+        // SAFETY: CR2 holds only the last page-fault address; the hypervisor
+        // takes no page faults it reads it for.
+        unsafe {
+            if x86_64::registers::control::Cr2::read_raw() != self.cr2 {
+                core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nostack, preserves_flags));
+            }
+        }
         // SAFETY: the VMCS is current and fully set up; its host state is this
         // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
         let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
+        self.cr2 = x86_64::registers::control::Cr2::read_raw();
         self.debug.store(true);
         match rc {
             ENTER_EXITED => {}
