@@ -26,6 +26,9 @@ ask() { printf '%s\n' "$1" | oxl console linux > "$out" 2>&1; }
 answer() { sed -n "s/.*$1 \([^ ]*\) END.*/\1/p" "$out" | tail -n 1; }
 booted() { oxl console --dump linux 2>/dev/null | grep -q "Oxen domU: Linux .* on 2 CPU(s)" && oxl console --dump linux | tail -n 3 | grep -q 'domU:.*# '; }
 uptime_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+# A destroyed domain leaves `oxl list` just before the CPU that held it has
+# scrubbed and freed its memory: wait for that before the next create.
+settled() { [ "$(free_kib)" = "$free0" ]; }
 
 free0=$(free_kib)
 echo "linux: dom0 up $(cut -d ' ' -f 1 /proc/uptime) s, $free0 KiB free"
@@ -81,6 +84,7 @@ if [ -z "$short" ]; then
 reboots() { oxl list --json linux | sed -n 's/.*"restarts": *\([0-9]*\).*/\1/p'; }
 fresh() { ask 'echo "MARKS $(ls /tmp/oxen-mark 2>/dev/null | wc -l) END"'; [ "$(answer MARKS)" = 0 ]; }
 rebooted_since() { [ "$(reboots)" -gt "$1" ] 2>/dev/null && oxl console --dump linux | tail -n 3 | grep -q 'domU:.*# '; }
+wait_for 30 settled
 check "create linux again" "oxl create failed" oxl create "$cfg"
 check "it boots again" "no prompt in $boot_s s" wait_for "$boot_s" booted
 ask 'touch /tmp/oxen-mark'
@@ -97,10 +101,7 @@ ask 'poweroff'
 check "poweroff typed inside destroys it" "still listed after 60 s" wait_for 60 gone linux
 
 # Pause, unpause and destroy at any moment of a boot: paused 1 s at a few
-# points of the kernel's start, then destroyed before its shell is up. (A
-# domain leaves `oxl list` just before the CPU that held it has scrubbed and
-# freed its memory: wait for that first.)
-settled() { [ "$(free_kib)" = "$free0" ]; }
+# points of the kernel's start, then destroyed before its shell is up.
 wait_for 30 settled
 check "create linux to interrupt" "oxl create failed" oxl create "$cfg"
 paused_ok=1
