@@ -166,6 +166,18 @@ impl Resources {
         }
     }
 
+    /// Takes the domain's memory (RAM chunks, nested tables, staged images)
+    /// out of it, for its last vCPU to give back (`MemoryToFree::free`) while
+    /// the dying domain is still listed: once it leaves `oxl list`, its
+    /// memory is back in the pool.
+    pub fn take_memory(&mut self) -> MemoryToFree {
+        MemoryToFree {
+            chunks: core::mem::take(&mut self.chunks),
+            tables: self.tables.take(),
+            images: [self.images[0].take(), self.images[1].take()],
+        }
+    }
+
     /// Gives everything back to the pool (`free_frames` scrubs it).
     fn free(mut self) {
         for c in self.chunks.drain(..) {
@@ -175,6 +187,28 @@ impl Resources {
             t.destroy();
         }
         for s in self.images.iter_mut().filter_map(Option::take) {
+            mem::free_frames(s.base, s.frames);
+        }
+    }
+}
+
+/// A dying domain's memory, taken out of it (`Resources::take_memory`).
+pub struct MemoryToFree {
+    chunks: Vec<HostPhysAddr>,
+    tables: Option<NestedTables>,
+    images: [Option<Staged>; 2],
+}
+
+impl MemoryToFree {
+    /// Scrubs and frees it (slow: call it without the table's lock).
+    pub fn free(self) {
+        for c in self.chunks {
+            mem::free_frames(c, CHUNK_FRAMES);
+        }
+        if let Some(t) = self.tables {
+            t.destroy();
+        }
+        for s in self.images.into_iter().flatten() {
             mem::free_frames(s.base, s.frames);
         }
     }

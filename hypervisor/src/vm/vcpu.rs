@@ -309,8 +309,15 @@ impl GuestVcpu {
         let Some(d) = t.get_mut(domid) else { return Some(Poll::Gone) };
         if d.state == DomainState::Dying {
             // This CPU may drop the vCPU (released, or its own), then maybe
-            // the domain.
+            // the domain. The last vCPU gives the memory back first, while the
+            // domain is still listed (dying), then lets it go.
             self.vcpu = None;
+            if d.live_vcpus == 1 {
+                let memory = d.res.take_memory();
+                drop(t);
+                memory.free();
+                t = DOMAINS.lock();
+            }
             let dead = t.release_vcpu(domid);
             drop(t);
             // Its exits by reason, for `cargo xtask bench` and whoever wonders
