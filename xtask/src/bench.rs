@@ -1629,6 +1629,421 @@ fn update_section(doc: &str, key: &str, body: &str) -> String {
     format!("{}\n\n{section}\n", doc.trim_end())
 }
 
+// ---- `linux`: a Linux domU's boot under Oxen against the same kernel bare ----
+
+/// dom0's kernel arguments for the Linux domU's boot: init runs
+/// `dom0-bootstrap/tests/linux-bench.sh`, whose domU has `linux_vcpus` vCPUs.
+const LINUX_ARGS: &str = "nr_cpus=1 dom0_run=/usr/lib/oxen/tests/linux-bench.sh";
+/// linux-bench.sh's last line.
+const LINUX_DONE: &str = r"^\(oxen\) \(d0\) linux-bench: done";
+/// A boot of dom0, then the domU's, under either clock.
+const LINUX_TIMEOUT: Duration = Duration::from_secs(1200);
+/// A bare boot to the TSC line.
+const LINUX_BARE_TIMEOUT: Duration = Duration::from_secs(300);
+/// rcS's line after the banner (`oxen.tsc`), as in `linux_domu`.
+const LINUX_TSC_LINE: &str = r"Oxen domU: TSC (\d+), monotonic clock (\d+) ns at the banner";
+
+/// A vCPU's index, its total exits, and its exits by reason.
+pub type VcpuExits = (u32, u64, Vec<(String, u64)>);
+
+/// What linux-bench.sh and the hypervisor printed in one run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinuxFigures {
+    /// dom0's TSC and monotonic clock (ns) just before `oxl create`, after it
+    /// returned, and once the banner was seen.
+    pub before: Option<(u64, u64)>,
+    pub created: Option<(u64, u64)>,
+    pub seen: Option<(u64, u64)>,
+    /// The domU's TSC and monotonic clock at its banner.
+    pub guest: Option<(u64, u64)>,
+    pub banner: String,
+    /// Per vCPU: its index, total exits, and exits by reason.
+    pub exits: Vec<VcpuExits>,
+    /// Bytes the domU wrote to its console (the hypervisor's count at the destroy).
+    pub console_bytes: Option<u64>,
+}
+
+impl LinuxFigures {
+    /// TSC ticks from before `oxl create` to the banner.
+    fn to_banner(&self) -> Option<u64> {
+        self.guest?.0.checked_sub(self.before?.0)
+    }
+    /// TSC ticks per ns of dom0's clock over the run (1 under icount).
+    fn rate(&self) -> Option<f64> {
+        let (b, s) = (self.before?, self.seen?);
+        let ns = s.1.checked_sub(b.1)?;
+        (ns > 0).then(|| s.0.saturating_sub(b.0) as f64 / ns as f64)
+    }
+    /// `oxl create` → banner in ns of dom0's clock.
+    fn to_banner_ns(&self) -> Option<f64> {
+        Some(self.to_banner()? as f64 / self.rate()?)
+    }
+    fn create_ns(&self) -> Option<f64> {
+        Some(self.created?.0.checked_sub(self.before?.0)? as f64 / self.rate()?)
+    }
+    /// Exits by reason summed over the vCPUs, most frequent first.
+    fn exits_by_reason(&self) -> Vec<(String, u64)> {
+        let mut sum: Vec<(String, u64)> = Vec::new();
+        for (_, _, by) in &self.exits {
+            for (name, n) in by {
+                match sum.iter_mut().find(|(m, _)| m == name) {
+                    Some(e) => e.1 += n,
+                    None => sum.push((name.clone(), *n)),
+                }
+            }
+        }
+        sum.sort_by_key(|e| std::cmp::Reverse(e.1));
+        sum
+    }
+}
+
+fn parse_linux(serial: &str) -> LinuxFigures {
+    let pair = |key: &str| -> Option<(u64, u64)> {
+        let re = Regex::new(&format!(r"linux-bench: {key} tsc=(\d+) mono=(\d+)")).ok()?;
+        let c = serial.lines().find_map(|l| re.captures(l))?;
+        Some((c[1].parse().ok()?, c[2].parse().ok()?))
+    };
+    let mut f = LinuxFigures {
+        before: pair("before"),
+        created: pair("create returned"),
+        seen: pair("seen"),
+        ..LinuxFigures::default()
+    };
+    if let Ok(re) = Regex::new(&format!(r"linux-bench: guest .*{LINUX_TSC_LINE}")) {
+        f.guest = serial
+            .lines()
+            .find_map(|l| re.captures(l))
+            .and_then(|c| Some((c[1].parse().ok()?, c[2].parse().ok()?)));
+    }
+    if let Ok(re) = Regex::new(r"\(oxen\) d\d+ \(linux\): console: (\d+) bytes") {
+        f.console_bytes = serial
+            .lines()
+            .find_map(|l| re.captures(l))
+            .and_then(|c| c[1].parse().ok());
+    }
+    f.banner = serial
+        .lines()
+        .find_map(|l| l.split_once("linux-bench: banner "))
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    // A one-vCPU domain's line has no `vcpuI` (`Platform::label`).
+    if let Ok(re) =
+        Regex::new(r"\(oxen\) d\d+ \(linux\)(?: vcpu(\d+))?: (\d+) exits \(at its end\):(.*)")
+    {
+        for c in serial.lines().filter_map(|l| re.captures(l)) {
+            let by = c[3]
+                .split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect();
+            let i = c.get(1).map_or(Ok(0), |m| m.as_str().parse());
+            if let (Ok(i), Ok(n)) = (i, c[2].parse()) {
+                f.exits.push((i, n, by));
+            }
+        }
+    }
+    f
+}
+
+pub struct LinuxRun {
+    pub icount: bool,
+    pub vcpus: u32,
+    pub figures: LinuxFigures,
+    pub command: String,
+}
+
+/// Boots Oxen and dom0, which runs linux-bench.sh: a Linux domU of `vcpus` vCPUs
+/// created, timed to its banner, destroyed.
+fn linux_oxen(elf: &Path, icount: bool, vcpus: u32) -> Result<LinuxRun> {
+    step(format!(
+        "Linux domU under Oxen: QEMU TCG -cpu max{}, 2 CPUs: dom0 runs linux-bench.sh, {vcpus} vCPU(s) (up to {}s)",
+        if icount { " -icount shift=0" } else { "" },
+        LINUX_TIMEOUT.as_secs()
+    ));
+    let watch = Watch {
+        done: Some(Regex::new(LINUX_DONE)?),
+        ..Watch::default()
+    };
+    let (boot, dir) = boot_dom0_script(
+        elf,
+        icount,
+        if icount { "linux-icount" } else { "linux-tcg" },
+        &format!("{LINUX_ARGS} linux_vcpus={vcpus}"),
+        &watch,
+        LINUX_TIMEOUT,
+    )?;
+    let figures = parse_linux(&boot.serial);
+    if !matches!(boot.ending, Ending::Done) || figures.to_banner().is_none() || figures.rate().is_none() {
+        let how = match boot.ending {
+            Ending::Halted => "the hypervisor halted".to_string(),
+            Ending::Done => "linux-bench.sh ended without its figures".to_string(),
+            Ending::TimedOut => format!("timed out after {}s", LINUX_TIMEOUT.as_secs()),
+            Ending::Exited(s) => format!("QEMU exited ({s})"),
+        };
+        bail!(
+            "dom0's linux-bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",
+            boot.command,
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        );
+    }
+    println!(
+        "     done in {:.0}s: {} TSC ticks oxl create → banner, guest clock {} ns, {} exits",
+        boot.elapsed.as_secs_f64(),
+        thousands(figures.to_banner().unwrap_or(0)),
+        thousands(figures.guest.map_or(0, |g| g.1)),
+        thousands(figures.exits.iter().map(|e| e.1).sum())
+    );
+    Ok(LinuxRun {
+        icount,
+        vcpus,
+        figures,
+        command: relative(&boot.command),
+    })
+}
+
+pub struct LinuxBare {
+    pub icount: bool,
+    pub smp: u32,
+    /// QEMU's start → banner.
+    pub wall: f64,
+    /// TSC and monotonic clock at the banner.
+    pub tsc: (u64, u64),
+    pub command: String,
+}
+
+/// The same kernel and initramfs booted by QEMU without Oxen, with linux.cfg's
+/// command line plus `oxen.tsc`, to rcS's TSC line.
+fn linux_bare(icount: bool, smp: u32) -> Result<LinuxBare> {
+    let dom0 = crate::dom0::prepare().context("preparing dom0 and the Linux domU")?;
+    let (mut append, memory) = crate::linux_domu::config()?;
+    append.push_str(" oxen.tsc");
+    let dir = target_dir()
+        .join("bench/linux")
+        .join(if icount { "bare-icount" } else { "bare-tcg" });
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    step(format!(
+        "Linux domU bare: QEMU TCG -cpu max{} -smp {smp} -m {memory} (up to {}s)",
+        if icount { " -icount shift=0" } else { "" },
+        LINUX_BARE_TIMEOUT.as_secs()
+    ));
+    let m = Machine {
+        emulator: Emulator::Qemu,
+        cpu: Some("max".into()),
+        smp,
+        memory_mib: memory,
+        accel: Accel::Tcg,
+        icount,
+        bochs_ips: BOCHS_IPS,
+        disk: None,
+    };
+    let tsc_re = Regex::new(LINUX_TSC_LINE)?;
+    let watch = Watch {
+        done: Some(tsc_re.clone()),
+        marks: vec![Regex::new(crate::linux_domu::BANNER)?],
+        ..Watch::default()
+    };
+    let boot = boot_and_watch_with(
+        &m,
+        &dir,
+        Media::Linux {
+            kernel: &dom0.linux.kernel,
+            initrd: &dom0.linux.cpio,
+            append: &append,
+        },
+        LINUX_BARE_TIMEOUT,
+        &watch,
+    )?;
+    let tsc = boot
+        .serial
+        .lines()
+        .find_map(|l| tsc_re.captures(l))
+        .and_then(|c| Some((c[1].parse().ok()?, c[2].parse().ok()?)));
+    match (boot.marks[0], tsc) {
+        (Some(w), Some(tsc)) => {
+            println!(
+                "     {:.1}s to the banner, TSC {}, monotonic {} ns",
+                w.as_secs_f64(),
+                thousands(tsc.0),
+                thousands(tsc.1)
+            );
+            Ok(LinuxBare {
+                icount,
+                smp,
+                wall: w.as_secs_f64(),
+                tsc,
+                command: relative(&boot.command),
+            })
+        }
+        _ => bail!(
+            "the Linux domU booted bare printed no banner and TSC line. Command:\n    {}\nlast lines of {}:\n{}",
+            boot.command,
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        ),
+    }
+}
+
+/// Why a Linux domU exits for each reason (hypervisor/src/vm/, hypervisor/src/exit/).
+fn linux_exit_reason(name: &str) -> &'static str {
+    match name {
+        "io" => "every port is intercepted and its device emulated (`vm/bus.rs`): each byte the kernel (earlyprintk, \
+                 then the 8250 console, which replays the log) and the shell write to COM1 is an OUT to the 16550's THR, \
+                 after at least one IN of its LSR, and each console write saves and restores the IER; the PIT, CMOS/RTC, \
+                 PIC and i8042 probes are the rest",
+        "msr-write" => "the domU's kernel switches its local APIC to x2APIC mode and uses the TSC-deadline timer \
+                        (both shown in CPUID): arming the timer (MSR 0x6E0), EOI (0x80B) and IPIs (ICR, 0x830) are \
+                        WRMSRs to the virtual local APIC (`devices/lapic.rs`); kvmclock's MSRs at each vCPU's start",
+        "msr-read" => "MSRs the backend does not switch in hardware exit (`exit/msr.rs`): APIC base, x2APIC registers, \
+                       MTRR/PAT and feature MSRs read at boot",
+        "hlt" => "the guest idles: HLT hands the pCPU back until its next timer or interrupt",
+        "cpuid" => "CPUID always exits: the hypervisor filters the leaves the domU sees (`exit/cpuid.rs`); the kernel \
+                    runs it many times at boot on each CPU (features, cache and topology leaves, hypervisor detection)",
+        "preempted" => "the hypervisor's own timer or a physical interrupt took the pCPU back (time slice, a kick from \
+                        the other pCPU, dom0 to run)",
+        "intr-window" => "an interrupt was pending while the guest had interrupts off: exit when it can take it",
+        "npf" => "MMIO to emulated devices faults in the nested page table: the IOAPIC (0xFEC00000, its \
+                  index/data window, one exit per access) and the xAPIC page before the kernel switches to x2APIC",
+        "hypercall" => "the guest called the hypervisor (VMMCALL/VMCALL)",
+        _ => "other exits (exceptions, XSETBV, INIT/SIPI, shutdown)",
+    }
+}
+
+fn linux_section(runs: &[LinuxRun], bare: &[LinuxBare], footer: &str) -> String {
+    let ic = runs.iter().find(|r| r.icount);
+    let tcg = runs.iter().find(|r| !r.icount);
+    let bic = bare.iter().find(|b| b.icount);
+    let btcg = bare.iter().find(|b| !b.icount);
+    let mut s = String::from(
+        "## Linux domU boot under Oxen\n\n\
+         dom0 runs `dom0-bootstrap/tests/linux-bench.sh`: `oxl create` of a copy of `/etc/oxen/linux.cfg` (Debian's kernel, the \
+         same as dom0's, and the busybox initramfs `initrd.cpio`, 128 MiB) with `oxen.tsc` added to `extra`, so rcS prints \
+         the TSC and its monotonic clock at the banner; then `oxl destroy`. dom0 reads the TSC just before `oxl create` with \
+         the same freestanding reader (`/usr/lib/oxen/tsc`, taken out of the domU's initramfs); Oxen does not offset a guest's \
+         TSC, so the domU's TSC at its banner less dom0's is the time between them. Under `-icount shift=0` the TSC counts \
+         instructions, of the whole machine (both CPUs: the domU's, dom0's, Oxen's; plus virtual time while all CPUs idle). \
+         The bare boots are the same kernel, initramfs and command line (with `oxen.tsc`) booted by QEMU without Oxen, in \
+         this run (section `linux-bare` has more).\n\n",
+    );
+    if let (Some(r), Some(b)) = (ic, bic) {
+        let f = &r.figures;
+        let whole = f.to_banner().unwrap_or(0);
+        let created = f.created.zip(f.before).map(|(c, b)| c.0.saturating_sub(b.0));
+        let guest = f.guest.map_or(0, |g| g.1);
+        s.push_str(&format!(
+            "### Instructions, `-icount shift=0`, {} vCPU (bare: `-smp {}`)\n\n\
+             QEMU 7.2's TCG under `-icount` never brings a bare Linux's second CPU up (section `linux-bare`), so both boots \
+             here have one CPU for the domU's kernel: the domU one vCPU (`vcpus = 1` in the copy), the bare machine `-smp 1`.\n\n\
+             | figure | under Oxen | bare | Oxen ÷ bare |\n|---|---|---|---|\n\
+             | the kernel's own boot: its monotonic clock at the banner (from its clock start in `start_kernel`) | {} | {} | **{:.2}×** |\n\
+             | `oxl create` → banner, the whole machine (under Oxen); reset → banner (bare: firmware, decompression included) | {} | {} | {:.2}× |\n\
+             | of which `oxl create` until it returned | {} | | |\n\
+             | before the kernel's clock starts: whole less the kernel's own (its decompression and earliest setup; \
+             Oxen: `oxl create`, dom0's polls; bare: the firmware) | {} | {} | {:.2}× |\n\n",
+            r.vcpus,
+            b.smp,
+            thousands(guest),
+            thousands(b.tsc.1),
+            guest as f64 / b.tsc.1 as f64,
+            thousands(whole),
+            thousands(b.tsc.0),
+            whole as f64 / b.tsc.0 as f64,
+            created.map_or("–".into(), thousands),
+            thousands(whole.saturating_sub(guest)),
+            thousands(b.tsc.0.saturating_sub(b.tsc.1)),
+            whole.saturating_sub(guest) as f64 / b.tsc.0.saturating_sub(b.tsc.1).max(1) as f64,
+        ));
+    }
+    if let (Some(r), Some(b)) = (tcg, btcg) {
+        let f = &r.figures;
+        let wall = f.to_banner_ns().unwrap_or(0.0) / 1e9;
+        let guest = f.guest.map_or(0, |g| g.1) as f64 / 1e9;
+        let bguest = b.tsc.1 as f64 / 1e9;
+        s.push_str(&format!(
+            "### Wall time, plain TCG, {} vCPUs (bare: `-smp {}`)\n\n\
+             The time from the TSC (host cycles under TCG), at the rate dom0's clock measured over the same stretch \
+             ({:.0} MHz). Emulator wall time is noisy (2 host cores shared with other jobs): one run each.\n\n\
+             | figure | under Oxen | bare | Oxen ÷ bare |\n|---|---|---|---|\n\
+             | the kernel's own boot: its monotonic clock at the banner | {guest:.1} s | {bguest:.1} s | **{:.2}×** |\n\
+             | `oxl create` → banner (under Oxen); QEMU's start → banner (bare: firmware included) | {wall:.1} s | {:.1} s | {:.2}× |\n\
+             | of which `oxl create` until it returned | {} | | |\n\n",
+            r.vcpus,
+            b.smp,
+            f.rate().unwrap_or(0.0) * 1000.0,
+            guest / bguest,
+            b.wall,
+            wall / b.wall,
+            f.create_ns().map_or("–".into(), |n| format!("{:.2} s", n / 1e9)),
+        ));
+    }
+    for r in runs {
+        let by = r.figures.exits_by_reason();
+        if by.is_empty() {
+            continue;
+        }
+        let total: u64 = by.iter().map(|e| e.1).sum();
+        let per_vcpu: Vec<String> = r
+            .figures
+            .exits
+            .iter()
+            .map(|(i, n, _)| format!("vCPU {i}: {}", thousands(*n)))
+            .collect();
+        s.push_str(&format!(
+            "### VM exits, {} run ({} vCPU(s)), `oxl create` to `oxl destroy`\n\n\
+             From the hypervisor's `(oxen) dN (linux)[ vcpuI]: … exits (at its end): …` lines at the destroy ({}): the \
+             boot to the banner, then the shell's prompt and the script's polls (0.2 s) until it destroys the domain.\n\n\
+             | reason | exits | share | why |\n|---|---|---|---|\n",
+            if r.icount { "`-icount shift=0`" } else { "TCG" },
+            r.vcpus,
+            per_vcpu.join(", ")
+        ));
+        for (name, n) in &by {
+            s.push_str(&format!(
+                "| {name} | {} | {:.1} % | {} |\n",
+                thousands(*n),
+                *n as f64 * 100.0 / total.max(1) as f64,
+                linux_exit_reason(name)
+            ));
+        }
+        s.push_str(&format!("| total | **{}** | 100 % | |\n\n", thousands(total)));
+        if let (Some(bytes), Some((_, io))) =
+            (r.figures.console_bytes, by.iter().find(|(n, _)| n == "io"))
+        {
+            s.push_str(&format!(
+                "The domU wrote {} bytes to its console (the hypervisor's count at the destroy): {:.1} port-I/O \
+                 exits per byte.\n\n",
+                thousands(bytes),
+                *io as f64 / bytes.max(1) as f64
+            ));
+        }
+    }
+    let banner = runs
+        .iter()
+        .map(|r| r.figures.banner.trim_end_matches('\r').to_string())
+        .filter(|b| !b.is_empty())
+        .collect::<Vec<_>>()
+        .join("`, `");
+    s.push_str(&format!(
+        "Banner: `{banner}`.  \nCommand: `cargo xtask bench --only linux`, which ran (dom0 with `{LINUX_ARGS} linux_vcpus=N` \
+         on its kernel command line)\n\n```\n{}\n{}\n```\n\n{footer}",
+        runs.iter().map(|r| r.command.as_str()).collect::<Vec<_>>().join("\n"),
+        bare.iter().map(|b| b.command.as_str()).collect::<Vec<_>>().join("\n"),
+    ));
+    s
+}
+
+/// The Linux domU under Oxen (icount with 1 vCPU, TCG with 2) and bare (the same),
+/// written to `doc`'s `linux` section if all four boots succeed.
+fn linux_part(elf: &Path, doc: &mut String, footer: &str) -> Result<()> {
+    let runs = vec![linux_oxen(elf, true, 1)?, linux_oxen(elf, false, 2)?];
+    let bare = vec![linux_bare(true, 1)?, linux_bare(false, 2)?];
+    *doc = update_section(doc, "linux", &linux_section(&runs, &bare, footer));
+    Ok(())
+}
+
 /// A part of the benchmark to run alone (`cargo xtask bench --only PART`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
@@ -1636,6 +2051,8 @@ pub enum Part {
     Sched,
     /// The Linux domU's kernel and initramfs booted bare, the baseline (section `linux-bare`).
     LinuxBare,
+    /// A Linux domU's boot under Oxen against the same kernel bare (section `linux`).
+    Linux,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -1694,6 +2111,14 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         }
         return r.map(drop).context(
             "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
+        );
+    }
+    if only == Some(Part::Linux) {
+        let r = linux_part(elf, &mut doc, &sched_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return r.context(
+            "the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
         );
     }
     if only == Some(Part::Sched) {
@@ -1825,6 +2250,8 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     }
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
     let sched = sched_part(elf, &mut doc, &sched_footer);
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    let linux = linux_part(elf, &mut doc, &sched_footer);
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
@@ -1837,6 +2264,7 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         ));
     }
     sched.context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
+    linux.context("the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     linux_bare.map(drop).context(
         "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
     )?;
@@ -1986,6 +2414,35 @@ mod tests {
         );
         assert_eq!(sim.weights, Some((33.70, 66.30, 1.9674, 1.63)));
         assert_eq!(sim.dom0_latency, Some((2000, 2500)));
+    }
+
+    #[test]
+    fn linux_bench_lines_are_parsed() {
+        let serial = "(oxen) (d0) linux-bench: start vcpus=1\n\
+(oxen) (d0) linux-bench: create returned tsc=1500 mono=700\n\
+(oxen) (d0) linux-bench: before tsc=1000 mono=500\n\
+(oxen) (d0) linux-bench: seen tsc=9000 mono=4500\n\
+(oxen) (d0) linux-bench: banner Oxen domU: Linux 6.1.0-57-amd64 on 1 CPU(s)\r\n\
+(oxen) (d0) linux-bench: guest Oxen domU: TSC 8000, monotonic clock 3000 ns at the banner\n\
+(oxen) d1 (linux): console: 20 bytes in 20 writes\n\
+[  1.0] (oxen) d1 (linux) vcpu0: 30 exits (at its end): cpuid=5 io=20 hlt=5\n\
+[  1.0] (oxen) d1 (linux) vcpu1: 4 exits (at its end): io=1 hlt=3\n";
+        let f = parse_linux(serial);
+        assert_eq!(f.before, Some((1000, 500)));
+        assert_eq!(f.created, Some((1500, 700)));
+        assert_eq!(f.guest, Some((8000, 3000)));
+        assert_eq!(f.to_banner(), Some(7000));
+        assert_eq!(f.rate(), Some(2.0));
+        assert_eq!(f.to_banner_ns(), Some(3500.0));
+        assert_eq!(f.banner, "Oxen domU: Linux 6.1.0-57-amd64 on 1 CPU(s)");
+        assert_eq!(f.exits.len(), 2);
+        assert_eq!(f.console_bytes, Some(20));
+        let one = parse_linux("(oxen) d3 (linux): 9 exits (at its end): io=9\n");
+        assert_eq!(one.exits, vec![(0, 9, vec![("io".to_string(), 9)])]);
+        assert_eq!(
+            f.exits_by_reason(),
+            vec![("io".to_string(), 21), ("hlt".to_string(), 8), ("cpuid".to_string(), 5)]
+        );
     }
 
     #[test]
