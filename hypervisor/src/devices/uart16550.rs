@@ -272,6 +272,13 @@ impl Uart16550 {
         accepted
     }
 
+    /// Whether a driver has the receiver going: its data-available interrupt
+    /// enabled (IER.ERBFI, PC16550D §8.4), as Linux's 8250 driver has while
+    /// the port is open. Host-side input waits until then.
+    pub fn receiving(&self) -> bool {
+        self.ier & ier::ERBFI != 0
+    }
+
     /// How many bytes [`Self::push_input`] would take now without an overrun.
     pub fn rx_space(&self) -> usize {
         if self.loopback() {
