@@ -40,6 +40,10 @@ check "the hypervisor logged the crash" "no such line in the log" \
     logged "($dom): reported a crash: keeping it (preserve)"
 check "destroy $dom" "oxl destroy failed" oxl destroy $dom
 check "$dom is gone" "still listed" wait_for 30 gone $dom
+# A destroyed domain's memory is scrubbed and freed shortly after it leaves
+# the list; the next one needs it.
+back() { [ "$(free_kib)" = "$free0" ]; }
+check "its memory is back" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 back
 
 # on_crash = "restart": the panic reboots it.
 dom=linux-restart
@@ -56,7 +60,5 @@ oxl list
 check "destroy $dom" "oxl destroy failed" oxl destroy $dom
 check "$dom is gone" "still listed" wait_for 30 gone $dom
 
-# A destroyed domain's memory is scrubbed and freed shortly after it leaves the list.
-back() { [ "$(free_kib)" = "$free0" ]; }
 check "memory back" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 back
 echo "linux-crash: done, $failed failed"

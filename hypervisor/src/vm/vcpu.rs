@@ -311,8 +311,16 @@ impl GuestVcpu {
             // This CPU may drop the vCPU (released, or its own), then maybe
             // the domain.
             self.vcpu = None;
-            if let Some(dead) = t.release_vcpu(domid) {
-                drop(t);
+            let dead = t.release_vcpu(domid);
+            drop(t);
+            // Its siblings may be asleep with nothing to wake them: a domain
+            // kept after a crash (on_crash = "preserve") has every vCPU
+            // sleeping, and a destroy nudges vCPU 0 only. Each looks now and
+            // lets its own go, or the domain's memory is never freed.
+            for j in (0..self.platform.vcpus()).filter(|&j| j != self.index) {
+                sched::nudge(VcpuId { dom: domid, vcpu: j as u32 });
+            }
+            if let Some(dead) = dead {
                 control::release(dead);
             }
             return Some(Poll::Gone);
