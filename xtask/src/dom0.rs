@@ -144,7 +144,7 @@ pub fn prepare() -> Result<Dom0> {
     let mods = resolve_modules(&moddir, &wanted)?;
     let mut extras = crate::dom0_tools::collect(&release)?;
     let busybox = broot.join("bin/busybox");
-    let linux = crate::linux_domu::build(&kernel, &busybox)?;
+    let linux = crate::linux_domu::build(&kernel, &busybox, &moddir)?;
     extras.extend(linux.dom0_files()?);
 
     let initrd = dir.join("initrd.gz");
@@ -627,7 +627,7 @@ fn split_depends(values: &[String]) -> Vec<String> {
 
 /// `wanted` and everything they depend on, each once, dependencies first.
 /// (The package has no modules.dep: depmod writes it at install time.)
-fn resolve_modules(moddir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>> {
+pub(crate) fn resolve_modules(moddir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>> {
     let index = index_modules(moddir)?;
     let read = |name: &str| -> Result<KernelModule> {
         let path = index.get(name).with_context(|| {

@@ -7,7 +7,8 @@
 //! ```text
 //! target/linux-domu/initrd.cpio      /init = busybox init, /etc/inittab, /etc/init.d/rcS,
 //! target/linux-domu/initrd.cpio.gz   /etc/profile, /etc/passwd, /etc/group, /bin/busybox,
-//!                                    /bin/sh, /dev/console, /usr/lib/oxen/tsc
+//!                                    /bin/sh, /dev/console, /usr/lib/oxen/tsc,
+//!                                    /lib/modules/*.ko and /lib/modules/load (MODULES)
 //! ```
 //!
 //! In dom0's initramfs (`dom0_files`): the kernel at `KERNEL_PATH`, the uncompressed
@@ -52,6 +53,11 @@ const TSC_LINE: &str = r"^Oxen domU: TSC (\d+), monotonic clock (\d+) ns at the 
 const PROMPT: &str = r"domU:\S*# ";
 /// What busybox's shell prints when it has no controlling terminal.
 const NO_JOB_CONTROL: &str = "job control turned off";
+/// Modules the domU loads (Debian builds them as `=m`), with their dependencies:
+/// `pvpanic_mmio` binds the platform's pvpanic device (ACPI QEMU0001) so a panic
+/// reaches the hypervisor and the domain's `on_crash` (it needs `pvpanic`).
+/// rcS `insmod`s the files named in /lib/modules/load, in that order.
+const MODULES: &[&str] = &["pvpanic_mmio"];
 
 /// The domU's kernel and its initramfs in both forms.
 pub struct LinuxDomu {
@@ -80,8 +86,9 @@ impl LinuxDomu {
 }
 
 /// Writes `target/linux-domu/initrd.cpio{,.gz}` around the busybox binary at `busybox`,
-/// for the kernel at `kernel` (dom0's, `target/dom0/vmlinuz`).
-pub fn build(kernel: &Path, busybox: &Path) -> Result<LinuxDomu> {
+/// for the kernel at `kernel` (dom0's, `target/dom0/vmlinuz`), whose modules are in
+/// `moddir` (`lib/modules/RELEASE` of its package).
+pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> {
     let dir = target_dir().join("linux-domu");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let src = repo_root().join(SOURCES);
@@ -93,7 +100,15 @@ pub fn build(kernel: &Path, busybox: &Path) -> Result<LinuxDomu> {
     build_tsc(&src.join("tsc.c"), &tsc)?;
     let busybox_bytes =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    let mut modules = Vec::new();
+    for m in crate::dom0::resolve_modules(moddir, MODULES)? {
+        let path = moddir.join(&m.path);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file = Path::new(&m.path).file_name().map(|f| f.to_string_lossy().into_owned());
+        modules.push((file.with_context(|| format!("module path {}", m.path))?, bytes));
+    }
     let cpio = archive(&Files {
+        modules: &modules,
         busybox: &busybox_bytes,
         inittab: &read("inittab")?,
         rcs: &read("rcS")?,
@@ -114,16 +129,19 @@ pub fn build(kernel: &Path, busybox: &Path) -> Result<LinuxDomu> {
         }
     }
     step(format!(
-        "Linux domU initramfs: {} ({} KiB; {} KiB gzip-compressed: busybox init, rcS, a shell on the console)",
+        "Linux domU initramfs: {} ({} KiB; {} KiB gzip-compressed: busybox init, rcS, a shell on the console, modules: {})",
         show(&out.cpio),
         cpio.len() / 1024,
-        gz.len() / 1024
+        gz.len() / 1024,
+        modules.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" ")
     ));
     Ok(out)
 }
 
 /// The files of the domU's initramfs that are not written here.
 struct Files<'a> {
+    /// Kernel modules (file name, bytes), in load order.
+    modules: &'a [(String, Vec<u8>)],
     busybox: &'a [u8],
     inittab: &'a [u8],
     rcs: &'a [u8],
@@ -167,6 +185,15 @@ fn archive(f: &Files) -> Result<Vec<u8>> {
     a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     a.file("etc/group", 0o644, b"root:x:0:\n")?;
     a.file("usr/lib/oxen/tsc", 0o755, f.tsc)?;
+    a.dir("lib", 0o755)?;
+    a.dir("lib/modules", 0o755)?;
+    let mut load = String::new();
+    for (name, bytes) in f.modules {
+        a.file(&format!("lib/modules/{name}"), 0o644, bytes)?;
+        load.push_str(name);
+        load.push('\n');
+    }
+    a.file("lib/modules/load", 0o644, load.as_bytes())?;
     Ok(a.finish())
 }
 
@@ -512,7 +539,9 @@ mod tests {
 
     #[test]
     fn the_archive_boots_busybox_init() {
+        let modules = [("pvpanic.ko".to_string(), b"ko".to_vec())];
         let f = Files {
+            modules: &modules,
             busybox: b"bb",
             inittab: b"::sysinit:/etc/init.d/rcS\n",
             rcs: b"#!/bin/sh\n",
@@ -528,6 +557,8 @@ mod tests {
             "etc/inittab",
             "etc/init.d/rcS",
             "dev/console",
+            "lib/modules/pvpanic.ko",
+            "lib/modules/load",
             "TRAILER!!!",
         ] {
             assert!(text.contains(needle), "{needle} missing");

@@ -237,6 +237,7 @@ mod tests {
             i8042: false,
             rtc: None,
             power_button: None,
+            pvpanic: None,
             pm: PORTS,
         };
         let t = acpi::build(&cfg, 0x1000).unwrap();

@@ -24,5 +24,6 @@ pub mod acpi_pm;
 pub mod i8042;
 pub mod ioapic;
 pub mod kvmclock;
+pub mod pvpanic;
 pub mod rtc;
 pub mod uart16550;

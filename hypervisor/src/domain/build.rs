@@ -142,6 +142,7 @@ fn write_acpi(ram: &mut RamView, vcpus: u32) -> Result<(), BuildError> {
         i8042: true,
         rtc: Some(acpi::Rtc { port: 0x70, irq: None }),
         power_button: None,
+        pvpanic: Some(crate::devices::pvpanic::PORT),
         pm: acpi_pm::PORTS,
     };
     let tables = acpi::build(&cfg, linux::ACPI_TABLES).map_err(|e| err(Error::Inval, alloc::format!("ACPI tables: {e:?}")))?;

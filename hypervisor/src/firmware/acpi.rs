@@ -9,7 +9,7 @@
 //! | XSDT  | at `tables_gpa`: the FADT, the MADT and any table added with [`Builder::add_table`] |
 //! | FADT  | revision 6 (§5.2.9): `HW_REDUCED_ACPI`, `RESET_REG_SUP`, no fixed power/sleep buttons; the sleep control, sleep status and reset registers as byte-wide SystemIO addresses; `X_DSDT`; no FACS (allowed when hardware-reduced, §5.2.9) |
 //! | MADT  | §5.2.12: one enabled Local APIC entry per vCPU (Local x2APIC for APIC IDs above 254, §5.2.12.12), the IOAPIC; `PCAT_COMPAT` clear (no 8259s) |
-//! | DSDT  | `\_S5` and, under `\_SB`, COM1, the PS/2 keyboard, the CMOS RTC and a power button (with its Generic Event Device) when present, then whatever [`Builder::add_dsdt`] added |
+//! | DSDT  | `\_S5` and, under `\_SB`, COM1, the PS/2 keyboard, the CMOS RTC, a power button (with its Generic Event Device) and a pvpanic device when present, then whatever [`Builder::add_dsdt`] added |
 //!
 //! Each table starts 8-byte aligned and is checksummed (§5.2.6). The 36-byte
 //! ACPI 2.0+ RSDP (§5.2.5.3) comes back separately: the caller copies it where
@@ -190,6 +190,10 @@ pub struct Config<'a> {
     pub i8042: bool,
     pub rtc: Option<Rtc>,
     pub power_button: Option<PowerButton>,
+    /// A pvpanic device (`devices::pvpanic`) at this port: ACPI `QEMU0001`,
+    /// which Linux's `pvpanic-mmio` driver binds (it takes an I/O resource
+    /// as well as a memory one).
+    pub pvpanic: Option<u16>,
     pub pm: PmPorts,
 }
 
@@ -553,6 +557,17 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
             ],
         ))?);
     }
+    if let Some(port) = cfg.pvpanic {
+        // QEMU's ISA pvpanic as QEMU describes it (docs/specs/pvpanic.rst,
+        // "ACPI Interface"; its device is named PEVT too): the ID and the one
+        // port. QEMU's RDPT/WRPT methods are for ACPI-only guests; Linux
+        // reads and writes the port from `_CRS` directly.
+        let crs = [&Io::fixed(port, 1) as &dyn Resource];
+        devices.push(aml::to_bytes(&Device::new(
+            "PEVT",
+            &[&Name::new("_HID", &"QEMU0001"), &Name::new("_CRS", &ResourceTemplate(&crs))],
+        ))?);
+    }
     if !devices.is_empty() {
         let raw: Vec<Raw> = devices.iter().map(|d| Raw(d)).collect();
         let terms: Vec<&dyn Aml> = raw.iter().map(|r| r as &dyn Aml).collect();
@@ -586,6 +601,7 @@ mod tests {
             i8042: true,
             rtc: None,
             power_button: None,
+            pvpanic: None,
             pm: PM,
         }
     }
@@ -748,6 +764,16 @@ mod tests {
         };
         assert_eq!(fadt_boot(&t) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT, iapc_boot_arch::CMOS_RTC_NOT_PRESENT);
         assert_eq!(fadt_boot(&build(&with_rtc, GPA).unwrap()) & iapc_boot_arch::CMOS_RTC_NOT_PRESENT, 0);
+
+        // A pvpanic device is one more object in \_SB, and only that.
+        let with_pvpanic = build(&Config { pvpanic: Some(0x505), ..bare }, GPA).unwrap();
+        let dsdt = parse(&with_pvpanic, GPA).dsdt().unwrap().length;
+        assert!(dsdt > 12, "{dsdt}");
+        let (_, off, len) = *table_list(&with_pvpanic, GPA).last().unwrap();
+        let body = &with_pvpanic.tables[off..off + len];
+        assert!(body.windows(8).any(|w| w == b"QEMU0001"), "the _HID string");
+        // The IO descriptor (ACPI 6.5 §6.4.2.5): 16-bit decode, min = max = 0x505, align 1, length 1.
+        assert!(body.windows(8).any(|w| w == [0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]), "the IO descriptor");
     }
 
     #[test]
@@ -872,7 +898,7 @@ mod tests {
     fn iasl_disassembles_the_tables() {
         let rtc = Some(Rtc { port: 0x70, irq: Some(8) });
         let power_button = Some(PowerButton { gsi: 9 });
-        let t = build(&Config { rtc, power_button, ..config(&[0, 1, 300]) }, GPA).unwrap();
+        let t = build(&Config { rtc, power_button, pvpanic: Some(0x505), ..config(&[0, 1, 300]) }, GPA).unwrap();
         let text = iasl_disassemble(&t, GPA, "all");
         let get = |sig: &[u8; 4]| &text.iter().find(|(s, _)| s == sig).unwrap().1;
 
@@ -921,6 +947,13 @@ mod tests {
             "})\n",
             "Method (_EVT, 1, NotSerialized)\n{\nNotify (\\_SB.PWRB, 0x80)\n}\n",
             "}\n",
+        ));
+        has(concat!(
+            "Device (PEVT)\n{\n",
+            "Name (_HID, \"QEMU0001\")\n",
+            "Name (_CRS, ResourceTemplate ()\n{\n",
+            "IO (Decode16,\n0x0505,\n0x0505,\n0x01,\n0x01,\n)\n",
+            "})\n}\n",
         ));
 
         // iasl decodes the data tables field by field.

@@ -23,6 +23,7 @@ use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::LapicClock;
 use crate::devices::i8042::{self, I8042, KBD_IRQ};
 use crate::devices::acpi_pm::{self, AcpiPm, PmEvent};
+use crate::devices::pvpanic::{self, PvPanic};
 use crate::devices::rtc::Rtc;
 use crate::devices::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
 use crate::devices::PortDevice;
@@ -72,14 +73,19 @@ pub enum PortDev {
     Rtc,
     /// ACPI's sleep control / status and reset registers.
     AcpiPm,
+    /// The pvpanic port (`devices::pvpanic`): the guest's kernel reports a panic.
+    PvPanic,
 }
 
 /// What a guest asked of the machine through a device (the i8042's reset
-/// line, ACPI's sleep and reset registers): its vCPU ends the domain so.
+/// line, ACPI's sleep and reset registers, the pvpanic port): its vCPU ends
+/// the domain so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerEvent {
     Reset,
     PowerOff,
+    /// The guest's kernel panicked (pvpanic PANICKED): its `on_crash`.
+    Crash,
 }
 
 /// A device on an MMIO bus.
@@ -312,6 +318,7 @@ impl Platform {
             let _ = ports.insert(u64::from(i8042::COMMAND_PORT), 1, PortDev::Keyboard);
             let _ = ports.insert(0x70, 2, PortDev::Rtc);
             let _ = ports.insert(u64::from(acpi_pm::PORTS.sleep_control), u64::from(acpi_pm::PORT_COUNT), PortDev::AcpiPm);
+            let _ = ports.insert(u64::from(pvpanic::PORT), 1, PortDev::PvPanic);
         }
         let _ = mmio.insert(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic);
         let _ = mmio.insert(IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic);
@@ -391,6 +398,7 @@ impl Platform {
             }
             PortDev::Rtc => d.rtc.ports(wall_ns()).port_read(port, size),
             PortDev::AcpiPm => d.acpi_pm.read(port, size),
+            PortDev::PvPanic => PvPanic.read(port, size),
         })
     }
 
@@ -427,6 +435,20 @@ impl Platform {
             PortDev::AcpiPm => match d.acpi_pm.write(port, size, value) {
                 Some(PmEvent::PowerOff) => d.power = Some(PowerEvent::PowerOff),
                 Some(PmEvent::Reset) => d.power = Some(PowerEvent::Reset),
+                None => {}
+            },
+            PortDev::PvPanic => match PvPanic.write(port, size, value) {
+                Some(pvpanic::Event::Panicked) => d.power = Some(PowerEvent::Crash),
+                // Its own crash kernel takes over (kdump): noted (rate-limited,
+                // and not under the devices' lock), the guest runs on.
+                Some(pvpanic::Event::CrashLoaded) => {
+                    drop(d);
+                    control::guest_log(
+                        self.domid,
+                        log::Level::Info,
+                        format_args!("d{} ({}): its kernel panicked; the crash kernel it loaded takes over (pvpanic)", self.domid, self.name),
+                    );
+                }
                 None => {}
             },
         }

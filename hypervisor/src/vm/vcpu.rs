@@ -600,10 +600,12 @@ impl Runnable for GuestVcpu {
             let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
             let mut outcome = exit::handle(vcpu, exit, &mut env);
             if io && outcome == Outcome::Continue {
-                // The keyboard's reset line, ACPI's sleep or reset register.
+                // The keyboard's reset line, ACPI's sleep or reset register,
+                // the pvpanic port.
                 match self.platform.take_power_event() {
                     Some(PowerEvent::Reset) => outcome = Outcome::Shutdown(ShutdownReason::Reboot),
                     Some(PowerEvent::PowerOff) => outcome = Outcome::Shutdown(ShutdownReason::Poweroff),
+                    Some(PowerEvent::Crash) => outcome = Outcome::Shutdown(ShutdownReason::Crash),
                     None => {}
                 }
             }
