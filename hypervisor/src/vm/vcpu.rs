@@ -203,7 +203,7 @@ impl GuestVcpu {
             self.power_off();
         }
         if let Some(page) = startup {
-            info!("{}: START-UP: real mode at {:#x}", self.label(), u32::from(page) << 12);
+            info!("{}: START-UP: real mode at {:#x} on cpu{}", self.label(), u32::from(page) << 12, crate::arch::x86_64::cpu_id());
             let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
             self.start = Some(BootSpec { entry, gprs: Default::default() });
         }
