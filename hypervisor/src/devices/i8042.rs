@@ -631,23 +631,11 @@ impl PortDevice for I8042 {
     /// the ISA bus does; ports not the controller's read as all ones. Sizes
     /// other than 1, 2 or 4 read as all ones with no effect.
     fn port_read(&mut self, port: u16, size: u8) -> u32 {
-        if !matches!(size, 1 | 2 | 4) {
-            return u32::MAX;
-        }
-        let mut bytes = [0; 4];
-        for (i, byte) in bytes.iter_mut().enumerate().take(usize::from(size)) {
-            *byte = self.read_port(port.wrapping_add(i as u16));
-        }
-        u32::from_le_bytes(bytes)
+        super::read_bytewise(port, size, |p| self.read_port(p))
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32) {
-        if !matches!(size, 1 | 2 | 4) {
-            return;
-        }
-        for (i, byte) in value.to_le_bytes().into_iter().enumerate().take(usize::from(size)) {
-            self.write_port(port.wrapping_add(i as u16), byte);
-        }
+        super::write_bytewise(port, size, value, |p, b| self.write_port(p, b))
     }
 }
 

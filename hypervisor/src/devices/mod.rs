@@ -14,6 +14,30 @@ pub trait PortDevice {
     fn port_write(&mut self, port: u16, size: u8, value: u32);
 }
 
+/// An access of `size` bytes to byte-wide registers: split into bytes at
+/// successive ports, as the ISA bus does. Sizes other than 1, 2 or 4 read as
+/// all ones and write nothing.
+pub fn read_bytewise(port: u16, size: u8, mut read: impl FnMut(u16) -> u8) -> u32 {
+    if !matches!(size, 1 | 2 | 4) {
+        return u32::MAX;
+    }
+    let mut bytes = [0; 4];
+    for (i, byte) in bytes.iter_mut().enumerate().take(usize::from(size)) {
+        *byte = read(port.wrapping_add(i as u16));
+    }
+    u32::from_le_bytes(bytes)
+}
+
+/// The write side of [`read_bytewise`].
+pub fn write_bytewise(port: u16, size: u8, value: u32, mut write: impl FnMut(u16, u8)) {
+    if !matches!(size, 1 | 2 | 4) {
+        return;
+    }
+    for (i, byte) in value.to_le_bytes().into_iter().enumerate().take(usize::from(size)) {
+        write(port.wrapping_add(i as u16), byte);
+    }
+}
+
 /// A device behind guest MMIO; `offset` is from the device's base address.
 pub trait MmioDevice {
     fn mmio_read(&mut self, offset: u64, size: u8) -> u64;
