@@ -262,14 +262,17 @@ impl VcpuStats {
 /// `(oxen) LABEL: N exits (WHY): name=count ...` (the boot benchmark reads
 /// dom0's `first idle stretch` and `console` lines).
 pub fn log_tally(label: &str, why: &str, counts: [u64; TALLY_LEN]) {
-    let total: u64 = counts.iter().sum();
+    let (total, by) = tally_text(counts);
+    info!("{label}: {total} exits ({why}):{by}");
+}
+
+/// The total and ` name=count` for each reason seen.
+pub fn tally_text(counts: [u64; TALLY_LEN]) -> (u64, String) {
     let mut s = String::new();
-    for (name, n) in TALLY_NAMES.iter().zip(counts) {
-        if n > 0 {
-            let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
-        }
+    for (name, n) in TALLY_NAMES.iter().zip(counts).filter(|(_, n)| *n > 0) {
+        let _ = core::fmt::Write::write_fmt(&mut s, format_args!(" {name}={n}"));
     }
-    info!("{label}: {total} exits ({why}):{s}");
+    (counts.iter().sum(), s)
 }
 
 /// One domain's platform, shared by its vCPUs.

@@ -323,12 +323,7 @@ impl GuestVcpu {
             // Its exits by reason, for `cargo xtask bench` and whoever wonders
             // what the guest cost (rate-limited as every guest-caused line).
             if self.exits > 0 {
-                let counts = self.stats().counts();
-                let total: u64 = counts.iter().sum();
-                let mut by = alloc::string::String::new();
-                for (name, n) in platform::TALLY_NAMES.iter().zip(counts).filter(|(_, n)| *n > 0) {
-                    let _ = core::fmt::Write::write_fmt(&mut by, format_args!(" {name}={n}"));
-                }
+                let (total, by) = platform::tally_text(self.stats().counts());
                 control::guest_log(domid, log::Level::Info, format_args!("{}: {total} exits (at its end):{by}", self.label()));
             }
             if let Some(dead) = dead {
