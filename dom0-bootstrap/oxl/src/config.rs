@@ -15,11 +15,16 @@
 //! cap     = 50                 # at most 50% of one pCPU (0 = no cap, the default)
 //! cpus    = "0-1,3"            # pCPUs every vCPU may run on ("all": no pinning),
 //! # or one list per vCPU:  cpus = ["0", "1-3"]  (vCPUs past the list are not pinned)
+//! disk    = ['/srv/web.img,raw,xvda,rw']          # xl's disk specs (devspec.rs)
+//! vif     = ['mac=00:16:3e:01:02:03,bridge=xenbr0'] # xl's vif specs (devspec.rs)
 //! ```
+//!
+//! `disk` and `vif` are parsed and checked here; `create` refuses them until
+//! Oxen has the device model that serves them (issue 11).
 //!
 //! One `key = value` per line. Strings are in double or single quotes, with no
 //! escapes (use the other quote to include one); numbers are plain decimal;
-//! lists (`cpus` only) are strings in `[ ]`, on one line.
+//! lists (`cpus`, `disk`, `vif`) are strings in `[ ]`, on one line.
 //! Relative paths are relative to the config file's directory. Everything
 //! wrong is an error naming the file and line: nothing is silently ignored.
 
@@ -29,6 +34,7 @@ use std::path::{Path, PathBuf};
 use oxen_abi::{valid_name, Action, CMDLINE_LEN, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB};
 
 use crate::cpulist::{self, CpuList};
+use crate::devspec::{self, DiskSpec, VifSpec};
 
 pub const DEFAULT_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -51,6 +57,10 @@ pub struct Config {
     pub cap: Option<Setting<u32>>,
     /// `cpus`, if set. Whether its pCPUs exist depends on the host.
     pub cpus: Option<Setting<Cpus>>,
+    /// `disk`: checked specs, with the line they are on.
+    pub disks: Vec<Setting<DiskSpec>>,
+    /// `vif`: checked specs (MACs filled in), with the line they are on.
+    pub vifs: Vec<Setting<VifSpec>>,
 }
 
 /// A value whose check needs the host, with the line it is on for the error.
@@ -152,6 +162,9 @@ impl Config {
         if let Some(r) = &mut self.ramdisk {
             fix(r);
         }
+        for d in &mut self.disks {
+            fix(&mut d.value.target);
+        }
     }
 }
 
@@ -189,6 +202,8 @@ const KEYS: &[&str] = &[
     "cpu_weight",
     "cap",
     "cpus",
+    "disk",
+    "vif",
 ];
 
 /// Keys that are two names for one setting: (alias, canonical, what it is).
@@ -209,8 +224,6 @@ const XL_ONLY_KEYS: &[&str] = &[
     "type",
     "builder",
     "maxmem",
-    "disk",
-    "vif",
     "pci",
     "bootloader",
     "root",
@@ -248,6 +261,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut weight = None;
     let mut cap = None;
     let mut cpus = None;
+    let mut disks = Vec::new();
+    let mut vif_specs: Vec<(String, usize)> = Vec::new();
     // (key, line) of every setting seen, for duplicates.
     let mut seen: Vec<(&str, usize)> = Vec::new();
 
@@ -424,6 +439,20 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 };
                 cpus = Some(Setting { value, line: n });
             }
+            "disk" => {
+                let items = spec_list(key, value).map_err(|m| err(n, m))?;
+                for (i, item) in items.iter().enumerate() {
+                    let d = devspec::parse_disk(item)
+                        .map_err(|e| err(n, format!("disk {} ('{item}'): {e}", i + 1)))?;
+                    disks.push(Setting { value: d, line: n });
+                }
+                let specs: Vec<DiskSpec> = disks.iter().map(|d| d.value.clone()).collect();
+                devspec::check_disks(&specs).map_err(|e| err(n, format!("disk: {e}")))?;
+            }
+            "vif" => {
+                let items = spec_list(key, value).map_err(|m| err(n, m))?;
+                vif_specs.extend(items.into_iter().map(|s| (s, n)));
+            }
             _ => return Err(err(n, unknown_key(key))),
         }
         seen.push((key, n));
@@ -443,6 +472,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 ),
             ));
         }
+    }
+
+    // A vif's default MAC comes from the domain's name, known only now.
+    let dom_name = name.clone().unwrap_or_default();
+    let mut vifs = Vec::new();
+    for (i, (spec, line)) in vif_specs.iter().enumerate() {
+        let v = devspec::parse_vif(spec, &dom_name, i as u32)
+            .map_err(|e| err(*line, format!("vif {} ('{spec}'): {e}", i + 1)))?;
+        vifs.push(Setting { value: v, line: *line });
+    }
+    let specs: Vec<VifSpec> = vifs.iter().map(|v| v.value.clone()).collect();
+    if let (Err(e), Some(v)) = (devspec::check_vifs(&specs), vifs.last()) {
+        return Err(err(v.line, format!("vif: {e}")));
     }
 
     let missing = |what: &str| ConfigError {
@@ -467,7 +509,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         weight,
         cap,
         cpus,
+        disks,
+        vifs,
     })
+}
+
+/// `disk` and `vif` take a list of spec strings, as in xl (one string alone is
+/// taken as a list of one).
+fn spec_list(key: &str, value: Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::List(items) => Ok(items),
+        Value::Str(s) => Ok(vec![s]),
+        Value::Int(i) => Err(format!("{key} takes a list of specs in quotes (['...']), not the number {i}")),
+    }
 }
 
 /// The value after `=`, and nothing but a comment after it.
@@ -669,7 +723,44 @@ on_crash = "restart"
                 weight: None,
                 cap: None,
                 cpus: None,
+                disks: Vec::new(),
+                vifs: Vec::new(),
             }
+        );
+    }
+
+    #[test]
+    fn disks_and_vifs() {
+        let c = ok("name = \"web\"\nkernel = \"k\"\n\
+                    disk = ['img/web.img,raw,xvda,rw', 'phy:/dev/vg0/data,xvdb,r']\n\
+                    vif = ['bridge=xenbr0', 'mac=00:16:3e:0a:0b:0c,bridge=br1']\n");
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!((c.disks[0].line, c.disks[1].value.index), (3, 1));
+        assert_eq!(c.vifs.len(), 2);
+        assert_eq!(c.vifs[0].value.mac, crate::devspec::default_mac("web", 0));
+        assert_eq!(c.vifs[1].value.mac, [0, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]);
+        let mut c = c;
+        c.resolve_paths(Path::new("/etc/oxen"));
+        assert_eq!(c.disks[0].value.target, PathBuf::from("/etc/oxen/img/web.img"));
+        assert_eq!(c.disks[1].value.target, PathBuf::from("/dev/vg0/data"));
+
+        assert_eq!(
+            fail("name = \"a\"\nkernel = \"k\"\ndisk = ['/a.img,raw,xvda,rw', '/b.img,qcow2,xvdb,rw']"),
+            "vm.cfg:3: disk 2 ('/b.img,qcow2,xvdb,rw'): format=qcow2: Oxen serves raw images only \
+             (convert with qemu-img convert -O raw)"
+        );
+        assert_eq!(
+            fail("name = \"a\"\nkernel = \"k\"\ndisk = ['/a.img,raw,xvda,rw', '/b.img,raw,xvda,ro']"),
+            "vm.cfg:3: disk: vdev xvda is used twice (/a.img and /b.img): give each disk its own"
+        );
+        assert_eq!(
+            fail("name = \"a\"\nkernel = \"k\"\nvif = ['mac=ff:ff:ff:ff:ff:ff']"),
+            "vm.cfg:3: vif 1 ('mac=ff:ff:ff:ff:ff:ff'): mac 'ff:ff:ff:ff:ff:ff' is a multicast address \
+             (the first octet is odd): a NIC needs a unicast one"
+        );
+        assert_eq!(
+            fail("name = \"a\"\nkernel = \"k\"\ndisk = 3"),
+            "vm.cfg:3: disk takes a list of specs in quotes (['...']), not the number 3"
         );
     }
 
@@ -722,11 +813,11 @@ on_crash = "restart"
         assert_eq!(
             fail("colour = \"red\""),
             "vm.cfg:1: unknown key 'colour' (known: name, memory, vcpus, kernel, ramdisk, extra, cmdline, \
-             on_poweroff, on_reboot, on_crash, weight, cpu_weight, cap, cpus)"
+             on_poweroff, on_reboot, on_crash, weight, cpu_weight, cap, cpus, disk, vif)"
         );
         assert_eq!(
-            fail("\ndisk = \"x\""),
-            "vm.cfg:2: 'disk' is an xl setting that Oxen's domains do not have"
+            fail("\npci = ['01:00.0']"),
+            "vm.cfg:2: 'pci' is an xl setting that Oxen's domains do not have"
         );
     }
 
@@ -779,8 +870,8 @@ on_crash = "restart"
             "vm.cfg:1: name: unexpected ';' after the value"
         );
         assert_eq!(
-            fail("disk = [ \"x\" ]"),
-            "vm.cfg:1: 'disk' is an xl setting that Oxen's domains do not have"
+            fail("pci = [ \"x\" ]"),
+            "vm.cfg:1: 'pci' is an xl setting that Oxen's domains do not have"
         );
         assert_eq!(
             fail("cpus = [ \"0\""),

@@ -15,6 +15,7 @@ mod config;
 mod cpulist;
 mod create;
 mod device;
+mod devspec;
 mod domain;
 mod hv;
 mod ring;
