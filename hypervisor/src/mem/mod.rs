@@ -1,6 +1,8 @@
 //! Memory management: address newtypes, the physical memory map, the frame
-//! allocator, the heap and the page-table walker shared by host tables, EPT and NPT.
+//! allocator, the heap, the page-table walker shared by host tables, EPT and NPT,
+//! and the dirty-page log.
 pub mod addr;
+pub mod dirty;
 pub mod frame;
 pub mod memmap;
 pub mod paging;

@@ -213,6 +213,8 @@ pub enum MapError {
     Misaligned,
     /// Something is already mapped there.
     AlreadyMapped,
+    /// Nothing is mapped there.
+    NotMapped,
 }
 
 /// A 4-level page table of format `F`, identified by its root frame.
@@ -320,6 +322,83 @@ impl<F: EntryFormat> PageTable<F> {
         None
     }
 
+    /// The leaf entry mapping `virt`: (its table, its slot, its level).
+    fn leaf_slot(&self, mem: &mut impl TableMemory, virt: u64) -> Option<(u64, usize, usize)> {
+        let mut table = self.root;
+        for level in (1..=4).rev() {
+            let slot = index(virt, level);
+            // SAFETY: table frames reached from the root are ours.
+            let entry = unsafe { (*mem.entries(table))[slot] };
+            if !F::present(entry) {
+                return None;
+            }
+            if level == 1 || entry & HUGE != 0 {
+                return Some((table, slot, level));
+            }
+            table = entry & ADDR_MASK;
+        }
+        None
+    }
+
+    /// Makes the page that maps `virt` a 4 KiB one: a 1 GiB or 2 MiB leaf
+    /// becomes a table of 512 leaves one level down with the same flags (and
+    /// again, down to 4 KiB). What the guest sees is unchanged; the caller
+    /// flushes the TLB before relying on per-4 KiB permissions.
+    pub fn split_to_4k(&mut self, mem: &mut impl TableMemory, virt: u64) -> Result<(), MapError> {
+        loop {
+            let (table, slot, level) = self.leaf_slot(mem, virt).ok_or(MapError::NotMapped)?;
+            if level == 1 {
+                return Ok(());
+            }
+            // SAFETY: table frames reached from the root are ours.
+            let entry = unsafe { (*mem.entries(table))[slot] };
+            let size = 1u64 << (12 + 9 * (level - 1));
+            let base = entry & ADDR_MASK & !(size - 1);
+            let flags = F::flags(entry);
+            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+            let step = size / 512;
+            // SAFETY: `new` is a fresh table frame from `mem`.
+            let leaves = unsafe { &mut *mem.entries(new) };
+            for (i, e) in leaves.iter_mut().enumerate() {
+                *e = F::leaf(base + i as u64 * step, flags, level - 1);
+            }
+            // SAFETY: as above; one store replaces the huge leaf with the table
+            // that maps the same memory.
+            unsafe { (*mem.entries(table))[slot] = F::table(new) };
+        }
+    }
+
+    /// Sets the flags of the 4 KiB page at `virt` (splitting a huge page that
+    /// holds it first) and returns its old flags. Log-dirty mode write-protects
+    /// a guest's pages with it and gives write access back page by page.
+    pub fn set_flags(&mut self, mem: &mut impl TableMemory, virt: u64, flags: MapFlags) -> Result<MapFlags, MapError> {
+        self.split_to_4k(mem, virt)?;
+        let (table, slot, _) = self.leaf_slot(mem, virt).ok_or(MapError::NotMapped)?;
+        // SAFETY: table frames reached from the root are ours.
+        let entries = unsafe { &mut *mem.entries(table) };
+        let old = F::flags(entries[slot]);
+        entries[slot] = F::leaf(entries[slot] & ADDR_MASK, flags, 1);
+        Ok(old)
+    }
+
+    /// Removes the leaf of `size` at `virt` and returns the address it mapped.
+    /// Table frames stay until `destroy`; the caller flushes the TLB.
+    pub fn unmap(&mut self, mem: &mut impl TableMemory, virt: u64, size: PageSize) -> Result<u64, MapError> {
+        if !virt.is_multiple_of(size.bytes()) {
+            return Err(MapError::Misaligned);
+        }
+        let (table, slot, level) = self.leaf_slot(mem, virt).ok_or(MapError::NotMapped)?;
+        if level != size.level() {
+            // A bigger page holds it (split it first), or a smaller one is there.
+            return Err(MapError::Misaligned);
+        }
+        // SAFETY: table frames reached from the root are ours.
+        let entries = unsafe { &mut *mem.entries(table) };
+        let phys = entries[slot] & ADDR_MASK;
+        entries[slot] = 0;
+        Ok(phys)
+    }
+
     /// Frees every table frame (not the mapped memory itself).
     pub fn destroy(self, mem: &mut impl TableMemory) {
         fn free_level<F: EntryFormat>(mem: &mut impl TableMemory, table: u64, level: usize) {
@@ -422,6 +501,79 @@ mod tests {
         ept.map_range(&mut mem, 0, 0x80_0000, 0x10_0000, MapFlags::RWX, PageSize::Size2M).unwrap();
         assert_eq!(ept.translate(&mut mem, 0xabc), Some((0x80_0abc, MapFlags::RWX)));
         assert_eq!(ept.translate(&mut mem, 0x10_0000), None);
+    }
+
+    #[test]
+    fn split_keeps_every_translation_and_flag() {
+        fn check<F: EntryFormat>() {
+            let mut mem = MockMemory::default();
+            let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+            pt.map(&mut mem, 0x4000_0000, 0x8000_0000, PageSize::Size1G, MapFlags::RWX).unwrap();
+            pt.map(&mut mem, 0x20_0000, 0x60_0000, PageSize::Size2M, MapFlags::RW).unwrap();
+            let before = mem.tables.len();
+            pt.split_to_4k(&mut mem, 0x4012_3456).unwrap();
+            // 1 GiB -> 512 x 2 MiB -> one of them 512 x 4 KiB: two new tables.
+            assert_eq!(mem.tables.len(), before + 2);
+            for v in [0x4000_0000u64, 0x4012_3456, 0x4012_3fff, 0x4020_0000, 0x7fff_ffff] {
+                assert_eq!(pt.translate(&mut mem, v), Some((v + 0x4000_0000, MapFlags::RWX)), "{v:#x}");
+            }
+            let (_, _, level) = pt.leaf_slot(&mut mem, 0x4012_3000).unwrap();
+            assert_eq!(level, 1);
+            let (_, _, level) = pt.leaf_slot(&mut mem, 0x4040_0000).unwrap();
+            assert_eq!(level, 2, "only the page holding the address is split down to 4 KiB");
+            // Splitting a 4 KiB page again does nothing; an unmapped one is an error.
+            pt.split_to_4k(&mut mem, 0x4012_3000).unwrap();
+            assert_eq!(mem.tables.len(), before + 2);
+            assert_eq!(pt.split_to_4k(&mut mem, 0x1000_0000), Err(MapError::NotMapped));
+            pt.destroy(&mut mem);
+            assert!(mem.tables.is_empty());
+        }
+        check::<Host>();
+        check::<Npt>();
+        check::<Ept>();
+    }
+
+    #[test]
+    fn write_protect_and_give_back_one_page() {
+        fn check<F: EntryFormat>() {
+            let mut mem = MockMemory::default();
+            let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+            pt.map_range(&mut mem, 0, 0x100_0000, 0x40_0000, MapFlags::RWX, PageSize::Size2M).unwrap();
+            // Log-dirty: every page read-only, then one written page writable again.
+            for page in (0..0x40_0000u64).step_by(0x1000) {
+                assert_eq!(pt.set_flags(&mut mem, page, MapFlags::RX), Ok(MapFlags::RWX));
+            }
+            assert_eq!(pt.translate(&mut mem, 0x12_3456), Some((0x112_3456, MapFlags::RX)));
+            assert_eq!(pt.set_flags(&mut mem, 0x12_3000, MapFlags::RWX), Ok(MapFlags::RX));
+            assert_eq!(pt.translate(&mut mem, 0x12_3fff), Some((0x112_3fff, MapFlags::RWX)));
+            assert_eq!(pt.translate(&mut mem, 0x12_4000), Some((0x112_4000, MapFlags::RX)));
+            assert_eq!(pt.translate(&mut mem, 0x12_2fff), Some((0x112_2fff, MapFlags::RX)));
+            assert_eq!(pt.set_flags(&mut mem, 0x40_0000, MapFlags::RX), Err(MapError::NotMapped));
+            pt.destroy(&mut mem);
+        }
+        check::<Npt>();
+        check::<Ept>();
+    }
+
+    #[test]
+    fn unmap_one_page() {
+        let mut mem = MockMemory::default();
+        let mut pt = PageTable::<Npt>::new(&mut mem).unwrap();
+        pt.map_range(&mut mem, 0x10_0000, 0x50_0000, 0x3000, MapFlags::RW, PageSize::Size4K).unwrap();
+        pt.map(&mut mem, 0x20_0000, 0x60_0000, PageSize::Size2M, MapFlags::RW).unwrap();
+        assert_eq!(pt.unmap(&mut mem, 0x10_1000, PageSize::Size4K), Ok(0x50_1000));
+        assert_eq!(pt.translate(&mut mem, 0x10_1000), None);
+        assert_eq!(pt.translate(&mut mem, 0x10_2000).map(|t| t.0), Some(0x50_2000));
+        assert_eq!(pt.unmap(&mut mem, 0x10_1000, PageSize::Size4K), Err(MapError::NotMapped));
+        assert_eq!(pt.unmap(&mut mem, 0x10_0800, PageSize::Size4K), Err(MapError::Misaligned));
+        // A 4 KiB unmap inside a 2 MiB page needs the page split first.
+        assert_eq!(pt.unmap(&mut mem, 0x20_1000, PageSize::Size4K), Err(MapError::Misaligned));
+        assert_eq!(pt.unmap(&mut mem, 0x20_0000, PageSize::Size2M), Ok(0x60_0000));
+        // Mapped again after the unmap.
+        pt.map(&mut mem, 0x10_1000, 0x70_1000, PageSize::Size4K, MapFlags::RW).unwrap();
+        assert_eq!(pt.translate(&mut mem, 0x10_1000).map(|t| t.0), Some(0x70_1000));
+        pt.destroy(&mut mem);
+        assert!(mem.tables.is_empty());
     }
 
     #[test]
