@@ -41,6 +41,8 @@ pub struct Defaults {
     pub forbid: Vec<String>,
     pub timeout_secs: Timeouts,
     pub bochs_ips: u64,
+    /// Put before each test's own `dom0_args`, by emulator.
+    pub dom0_args: EmulatorArgs,
 }
 
 impl Default for Defaults {
@@ -50,8 +52,16 @@ impl Default for Defaults {
             forbid: vec!["PANIC".into(), "EXCEPTION".into(), "FAIL".into()],
             timeout_secs: Timeouts::default(),
             bochs_ips: BOCHS_IPS,
+            dom0_args: EmulatorArgs::default(),
         }
     }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorArgs {
+    pub qemu: String,
+    pub bochs: String,
 }
 
 #[derive(Deserialize, Debug)]
@@ -284,7 +294,18 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             xfail: t.xfail,
             cmdline: t.cmdline,
             dom0: t.dom0,
-            dom0_args: t.dom0_args,
+            dom0_args: {
+                let common = match t.emulator {
+                    Emulator::Qemu => &m.defaults.dom0_args.qemu,
+                    Emulator::Bochs => &m.defaults.dom0_args.bochs,
+                };
+                [common.as_str(), t.dom0_args.as_str()]
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
             bare: t.bare,
             watch: Watch {
                 done,
