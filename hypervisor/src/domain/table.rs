@@ -15,10 +15,12 @@ use oxen_abi::{request, Action, DomainInfo, DomainState, Error, ShutdownReason, 
 
 /// dom0's ID.
 pub const DOM0: u32 = 0;
-/// Most domains at once, dom0 included.
-pub const MAX_DOMAINS: usize = 64;
 /// Highest domain ID before IDs wrap around (Xen's DOMID_FIRST_RESERVED).
-const MAX_ID: u32 = 0x7fef;
+pub const MAX_ID: u32 = 0x7fef;
+/// Most domains at once, dom0 included: every ID but one, so that the search
+/// for a free ID in `create` always ends. What bounds a host in practice is
+/// its heap (`heap_fits`, -ENOMEM) and its RAM, not this.
+pub const MAX_DOMAINS: usize = MAX_ID as usize;
 
 /// Heap bytes a domU's metadata may take, at most, apart from its memory:
 /// its console ring (16 KiB) and echo queue (8 KiB), its entry here, its
@@ -131,8 +133,14 @@ pub enum Effect {
     Kick,
 }
 
+/// Sorted by ID, so that a lookup by ID (every hypercall naming a domain,
+/// every poll of a blocked vCPU) is a binary search, and with an index by name
+/// so that a create's uniqueness check is one too: neither grows with the
+/// number of domains beyond log n.
 pub struct Table<R> {
     doms: Vec<Domain<R>>,
+    /// The IDs in `doms`, ordered by name.
+    by_name: Vec<u32>,
     next_id: u32,
 }
 
@@ -144,7 +152,7 @@ impl<R> Default for Table<R> {
 
 impl<R> Table<R> {
     pub const fn new() -> Self {
-        Self { doms: Vec::new(), next_id: 1 }
+        Self { doms: Vec::new(), by_name: Vec::new(), next_id: 1 }
     }
 
     pub fn len(&self) -> usize {
@@ -155,12 +163,26 @@ impl<R> Table<R> {
         self.doms.is_empty()
     }
 
+    fn index(&self, id: u32) -> Result<usize, usize> {
+        self.doms.binary_search_by_key(&id, |d| d.id)
+    }
+
     pub fn get(&self, id: u32) -> Option<&Domain<R>> {
-        self.doms.iter().find(|d| d.id == id)
+        self.index(id).ok().map(|i| &self.doms[i])
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Domain<R>> {
-        self.doms.iter_mut().find(|d| d.id == id)
+        self.index(id).ok().map(|i| &mut self.doms[i])
+    }
+
+    /// Where `name` is, or would go, in `by_name`.
+    fn name_index(&self, name: &str) -> Result<usize, usize> {
+        self.by_name.binary_search_by(|&id| self.get(id).map_or("", |d| d.name.as_str()).cmp(name))
+    }
+
+    /// The domain named `name`.
+    pub fn find(&self, name: &str) -> Option<&Domain<R>> {
+        self.name_index(name).ok().and_then(|i| self.get(self.by_name[i]))
     }
 
     fn domu_mut(&mut self, id: u32) -> Result<&mut Domain<R>, Error> {
@@ -196,7 +218,9 @@ impl<R> Table<R> {
         d.memory_kib = memory_kib;
         d.state = DomainState::Running;
         d.live_vcpus = vcpus;
+        let at = self.name_index(&d.name).unwrap_or_else(|at| at);
         self.doms.insert(0, d);
+        self.by_name.insert(at, DOM0);
     }
 
     fn new_domain(id: u32, name: String, cfg: &Config, res: R) -> Domain<R> {
@@ -225,7 +249,7 @@ impl<R> Table<R> {
 
     /// Checks that a domain named `name` could be created now.
     pub fn can_create(&self, name: &str) -> Result<(), Error> {
-        if self.doms.iter().any(|d| d.name == name) {
+        if self.name_index(name).is_ok() {
             return Err(Error::Exist);
         }
         if self.doms.len() >= MAX_DOMAINS {
@@ -247,7 +271,10 @@ impl<R> Table<R> {
             return Err((e, res));
         }
         let mut name = String::new();
-        if self.doms.try_reserve(1).is_err() || name.try_reserve_exact(cfg.name.len()).is_err() {
+        if self.doms.try_reserve(1).is_err()
+            || self.by_name.try_reserve(1).is_err()
+            || name.try_reserve_exact(cfg.name.len()).is_err()
+        {
             return Err((Error::NoMem, res));
         }
         name.push_str(&cfg.name);
@@ -257,9 +284,11 @@ impl<R> Table<R> {
         }
         self.next_id = if id >= MAX_ID { 1 } else { id + 1 };
         let d = Self::new_domain(id, name, cfg, res);
-        let at = self.doms.iter().position(|o| o.id > id).unwrap_or(self.doms.len());
+        let at = self.index(id).unwrap_err();
+        let name_at = self.name_index(&cfg.name).unwrap_err();
         // Within the capacity reserved above: no allocation.
         self.doms.insert(at, d);
+        self.by_name.insert(name_at, id);
         Ok(id)
     }
 
@@ -360,7 +389,10 @@ impl<R> Table<R> {
     }
 
     fn remove(&mut self, id: u32) -> Option<Domain<R>> {
-        let i = self.doms.iter().position(|d| d.id == id)?;
+        let i = self.index(id).ok()?;
+        if let Ok(n) = self.name_index(&self.doms[i].name) {
+            self.by_name.remove(n);
+        }
         Some(self.doms.remove(i))
     }
 
@@ -433,6 +465,28 @@ mod tests {
             t.create(&cfg(&alloc::format!("d{i}")), ()).unwrap();
         }
         assert_eq!(t.create(&cfg("one-more"), ()), Err(Error::NoSpc));
+    }
+
+    #[test]
+    fn lookups_by_id_and_name_agree_through_creates_and_destroys() {
+        // Names out of ID order, destroys in the middle: the indexes follow.
+        let mut t = table();
+        let names = ["m", "b", "z", "a", "q", "c"];
+        for n in names {
+            t.create(&cfg(n), ()).unwrap();
+        }
+        assert!(t.destroy(t.find("z").unwrap().id).unwrap().is_some());
+        assert!(t.destroy(t.find("a").unwrap().id).unwrap().is_some());
+        assert_eq!(t.create(&cfg("a"), ()), Ok(7));
+        assert_eq!(t.create(&cfg("b"), ()), Err(Error::Exist));
+        for d in t.iter() {
+            assert_eq!(t.find(&d.name).map(|f| f.id), Some(d.id), "{}", d.name);
+            assert_eq!(t.get(d.id).map(|g| g.name.as_str()), Some(d.name.as_str()));
+        }
+        assert!(t.find("z").is_none() && t.get(3).is_none());
+        assert_eq!(t.find("Domain-0").map(|d| d.id), Some(DOM0));
+        let ids: Vec<u32> = t.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [0, 1, 2, 5, 6, 7]);
     }
 
     #[test]
