@@ -337,6 +337,12 @@ fn create_errors_before_anything_is_created() {
         .iter()
         .any(|c| c.starts_with("LOAD") || c.starts_with("DESTROY")));
     assert_eq!(fake.state().doms.len(), 2);
+    // -ENOMEM with the RAM free: the hypervisor's heap is what ran out.
+    fake.state().fail.push((domctl::CREATE, Error::NoMem));
+    let cfg = setup("heap", "name = \"small\"\nmemory = 4\n", 100);
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(err.contains("its heap for domain metadata is full with 2 domains"), "{err}");
+    assert!(err.ends_with("destroy a domain, or give the host more RAM (the heap grows with it)"), "{err}");
 }
 
 #[test]
