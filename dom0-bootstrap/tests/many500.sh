@@ -71,14 +71,15 @@ echo "many500: $listed domUs listed"
 check "all $n listed" "$listed listed" [ "$listed" = "$n" ]
 
 # Each one's console ring shows a tick (they tick every 10 s).
-not_ticked() {
+all_ticked() {
     left=
     for j in $todo; do ticked_past "m500-$j" 0 || left="$left $j"; done
     todo=$left
     [ -z "$todo" ]
 }
-todo=$(seq 1 "$n")
-check "every one of the $n ticks" "not ticking:$todo" wait_for 60 not_ticked
+todo=$(seq 1 "$n" | tr '\n' ' ')
+wait_for 60 all_ticked
+check "every one of the $n ticks" "not ticking: $todo" [ -z "$todo" ]
 
 # Destroyed from the last: the costs at 500, 100 and 10 domUs.
 i=$n

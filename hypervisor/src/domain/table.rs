@@ -141,6 +141,9 @@ pub struct Table<R> {
     doms: Vec<Domain<R>>,
     /// The IDs in `doms`, ordered by name.
     by_name: Vec<u32>,
+    /// How many domains have a shutdown deadline: `overdue`, which dom0's
+    /// CPU calls every turn, looks at the table only when some do.
+    deadlines: usize,
     next_id: u32,
 }
 
@@ -152,7 +155,7 @@ impl<R> Default for Table<R> {
 
 impl<R> Table<R> {
     pub const fn new() -> Self {
-        Self { doms: Vec::new(), by_name: Vec::new(), next_id: 1 }
+        Self { doms: Vec::new(), by_name: Vec::new(), deadlines: 0, next_id: 1 }
     }
 
     pub fn len(&self) -> usize {
@@ -332,7 +335,9 @@ impl<R> Table<R> {
                 d.state = DomainState::ShuttingDown;
                 d.request = if reason == ShutdownReason::Reboot { request::REBOOT } else { request::POWEROFF };
                 d.shutdown_reason = Some(reason);
-                d.deadline = Some(deadline);
+                if d.deadline.replace(deadline).is_none() {
+                    self.deadlines += 1;
+                }
                 Ok(Effect::Kick)
             }
             _ => Err(Error::Busy),
@@ -349,11 +354,14 @@ impl<R> Table<R> {
         let action = d.action_for(reason);
         d.shutdown_reason = Some(reason);
         d.request = request::NONE;
-        d.deadline = None;
+        let had_deadline = d.deadline.take().is_some();
         match action {
             Action::Destroy => d.state = DomainState::Dying,
             Action::Preserve => d.state = DomainState::Shutdown,
             Action::Restart => d.restart_pending = true,
+        }
+        if had_deadline {
+            self.deadlines -= 1;
         }
         Ok(action)
     }
@@ -393,12 +401,18 @@ impl<R> Table<R> {
         if let Ok(n) = self.name_index(&self.doms[i].name) {
             self.by_name.remove(n);
         }
+        if self.doms[i].deadline.is_some() {
+            self.deadlines -= 1;
+        }
         Some(self.doms.remove(i))
     }
 
     /// Domains whose shutdown request has passed its deadline, with the reason
     /// asked for (the caller ends them).
     pub fn overdue(&self, now: u64) -> Vec<(u32, ShutdownReason)> {
+        if self.deadlines == 0 {
+            return Vec::new();
+        }
         self.doms
             .iter()
             .filter(|d| d.state == DomainState::ShuttingDown && d.deadline.is_some_and(|t| now >= t))
@@ -591,6 +605,15 @@ mod tests {
         t.request_shutdown(b, ShutdownReason::Poweroff, 200).unwrap();
         assert_eq!(t.overdue(150), [(a, ShutdownReason::Reboot)]);
         assert_eq!(t.overdue(200).len(), 2);
+        // The count that spares `overdue` its walk follows ends and destroys.
+        assert_eq!(t.deadlines, 2);
+        t.end(a, ShutdownReason::Reboot).unwrap();
+        assert_eq!(t.deadlines, 1);
+        t.destroy(b).unwrap();
+        assert_eq!(t.deadlines, 1, "dying, its vCPU still held: listed");
+        assert!(t.release_vcpu(b).is_some());
+        assert_eq!(t.deadlines, 0);
+        assert!(t.overdue(u64::MAX).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const HEAP_MIN: usize = 8 << 20;
 /// however the RAM is split. A host of 4 MiB domUs (the smallest) gets 32 KiB
 /// per domU from this and the floor's spare room for the rest: on 3 GiB that
 /// is about 600 domUs before a create gets -ENOMEM for the heap.
-pub const RAM_PER_HEAP_BYTE: u64 = 128;
+pub const RAM_PER_HEAP_BYTE: u64 = 64;
 
 /// The heap's size for a machine with `ram_bytes` of usable RAM, in whole pages.
 pub fn heap_size_for(ram_bytes: u64) -> usize {
