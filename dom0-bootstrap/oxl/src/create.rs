@@ -159,12 +159,14 @@ fn create_failed(hv: &mut dyn Hypervisor, cfg: &Config, e: CallError) -> String 
         CallError::Hv(Error::NoMem) => {
             let info = hv::phys_info(hv).ok();
             match info {
-                // The RAM is there: what ran out is the hypervisor's heap, which
-                // holds every domain's metadata (console ring, vCPUs, tables).
+                // The RAM is there, but not as the hypervisor needs it: its heap,
+                // which holds every domain's metadata (console ring, vCPUs), or
+                // its free memory in whole 2 MiB chunks ran out.
                 Some(p) if p.free_kib >= u64::from(cfg.memory_mib) * 1024 => format!(
-                    "cannot create domain '{name}': the hypervisor has {} MiB free but its heap for \
-                     domain metadata is full with {} domains (see 'oxl dmesg'): destroy a domain, or \
-                     give the host more RAM (the heap grows with it)",
+                    "cannot create domain '{name}': the hypervisor has {} MiB free but no room for \
+                     another domain with {} there (its heap for domain metadata, or free memory in \
+                     whole 2 MiB chunks, ran out: 'oxl dmesg' says which): destroy a domain, or give \
+                     the host more RAM (the heap grows with it)",
                     p.free_kib >> 10,
                     p.domains
                 ),

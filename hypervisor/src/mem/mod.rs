@@ -21,9 +21,11 @@ pub const HEAP_MIN: usize = 8 << 20;
 /// more than an 8 MiB domU's metadata (`domain::table::metadata_bytes`), so
 /// with domUs of 8 MiB or more the frame pool, not the heap, runs out first
 /// however the RAM is split. A host of 4 MiB domUs (the smallest) gets 32 KiB
-/// per domU from this and the floor's spare room for the rest: on 3 GiB that
-/// is about 600 domUs before a create gets -ENOMEM for the heap.
-pub const RAM_PER_HEAP_BYTE: u64 = 64;
+/// per domU from this and the floor's spare room for the rest; a minimal
+/// 4 MiB domU was measured to take 33 KiB (`dom0-500-domus-svm`'s create log
+/// lines), so on 3 GiB about 900 fit, and the create that does not gets
+/// -ENOMEM from `heap_fits`, which counts 48 KiB each.
+pub const RAM_PER_HEAP_BYTE: u64 = 128;
 
 /// The heap's size for a machine with `ram_bytes` of usable RAM, in whole pages.
 pub fn heap_size_for(ram_bytes: u64) -> usize {
