@@ -27,22 +27,25 @@ now_us() {
 at_point() { [ "$1" = 10 ] || [ "$1" = 100 ] || [ "$1" = "$n" ]; }
 in_window() { for p in 10 100 "$n"; do [ "$1" -gt $((p - 5)) ] && [ "$1" -le "$p" ] && return 0; done; return 1; }
 
-sed -e 's/^name = .*/name = "NAME"/' /etc/oxen/minimal-4m.cfg > /tmp/m500.cfg
+# Forks are what a shell loop of 500 pays most for under an emulator: the
+# configs are written with shell built-ins, and the clock is read only around
+# the operations measured.
+tmpl=$(sed -e 's/^name = .*/name = "NAME"/' /etc/oxen/minimal-4m.cfg)
 free0=$(free_kib)
 echo "many500: start, $n domUs, $free0 KiB free"
 i=1
 created=0
 sum=0
 while [ "$i" -le "$n" ]; do
-    sed "s/NAME/m500-$i/" /tmp/m500.cfg > "/tmp/m500-$i.cfg"
-    t0=$(now_us)
+    printf '%s\n' "${tmpl%%NAME*}m500-$i${tmpl#*NAME}" > "/tmp/m500-$i.cfg"
+    timed=
+    if in_window "$i"; then timed=1; t0=$(now_us); fi
     if oxl create "/tmp/m500-$i.cfg" > /tmp/m500.out 2>&1; then
         created=$((created + 1))
     else
         echo "many500: create m500-$i: $(cat /tmp/m500.out)"
     fi
-    t1=$(now_us)
-    if in_window "$i"; then sum=$((sum + t1 - t0)); fi
+    if [ -n "$timed" ]; then t1=$(now_us); sum=$((sum + t1 - t0)); fi
     if at_point "$i"; then
         echo "many500: cost create at=$i us=$((sum / 5))"
         sum=0
@@ -75,9 +78,10 @@ echo "many500: $listed domUs listed"
 check "all $n listed" "$listed listed" [ "$listed" = "$n" ]
 
 # Each one's console ring shows a tick (they tick every 10 s).
+has_tick() { case "$(oxl console --dump "$1")" in *"minimal: tick "[0-9]*) return 0 ;; esac; return 1; }
 all_ticked() {
     left=
-    for j in $todo; do ticked_past "m500-$j" 0 || left="$left $j"; done
+    for j in $todo; do has_tick "m500-$j" || left="$left $j"; done
     todo=$left
     [ -z "$todo" ]
 }
@@ -89,10 +93,11 @@ check "every one of the $n ticks" "not ticking: $todo" [ -z "$todo" ]
 i=$n
 sum=0
 while [ "$i" -ge 1 ]; do
-    t0=$(now_us)
+    timed=
+    if in_window "$i"; then timed=1; t0=$(now_us); fi
     oxl destroy "m500-$i" > /dev/null || echo "many500: destroy m500-$i failed"
-    t1=$(now_us)
-    if in_window "$i"; then
+    if [ -n "$timed" ]; then
+        t1=$(now_us)
         sum=$((sum + t1 - t0))
         for p in 10 100 "$n"; do
             if [ "$i" = $((p - 4)) ]; then echo "many500: cost destroy at=$p us=$((sum / 5))"; sum=0; fi
