@@ -103,7 +103,10 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
     let complete = POINTS.iter().all(|&at| {
         ["create", "list-all", "list-one", "destroy"].iter().all(|w| f.cost(w, at).is_some()) && f.decisions(at).is_some()
     });
-    if !matches!(boot.ending, Ending::Done) || !complete || !f.failed.is_empty() {
+    if !f.failed.is_empty() {
+        println!("     many500.sh's checks that failed (the system test dom0-500-domus-svm judges them): {:?}", f.failed);
+    }
+    if !matches!(boot.ending, Ending::Done) || !complete {
         bail!(
             "dom0's many500.sh did not finish with its figures ({}; failed checks: {:?}). Command:\n    {}\nlast lines of {}:\n{}",
             match boot.ending {
@@ -156,7 +159,7 @@ pub(super) fn scale_section(f: &ScaleFigures, command: &str, footer: &str) -> St
     ));
     format!(
         "## Hundreds of domUs\n\n\
-         One host, 2 pCPUs, dom0 creating 500 minimal 4 MiB domUs (`/etc/oxen/minimal-4m.cfg`, one tick every 10 s) \
+         One host, 2 pCPUs, dom0 creating 500 minimal 4 MiB domUs (`/etc/oxen/minimal-4m.cfg`, one tick every 5 s) \
          one after another, then destroying them from the last. Each time is the mean of 5 operations ending at the \
          10th, 100th and 500th domU (the destroys: the 5 starting there, going down), timed in dom0 (`adjtimex`, \
          1 µs) around the whole `oxl` command, so a fork and exec of `oxl` is in every figure. QEMU TCG wall time on \
