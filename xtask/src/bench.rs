@@ -18,6 +18,8 @@ use crate::emu::{
 use crate::image::{make_iso, target_dir, IsoSpec};
 use crate::util::{repo_root, run_captured, show, step, tail, tool_version};
 
+mod scale;
+
 const BENCH_CMDLINE: &str = "console=com1,115200 bench";
 const BENCH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -2053,6 +2055,8 @@ pub enum Part {
     LinuxBare,
     /// A Linux domU's boot under Oxen against the same kernel bare (section `linux`).
     Linux,
+    /// Hundreds of domUs: create/list/destroy and scheduler costs at 10, 100, 500 (section `scale`).
+    Scale,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -2120,6 +2124,15 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         return r.context(
             "the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
         );
+    }
+    if only == Some(Part::Scale) {
+        let footer = format!(
+            "On {date}, source {source}, 2 CPUs, 3072 MiB.  \n{qemu}; built with {rustc}; host: {host}.\n"
+        );
+        let r = scale::scale_part(elf, &mut doc, &footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return r.context("the hundreds-of-domUs benchmark failed (BENCHMARKS.md keeps its previous figures)");
     }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);

@@ -157,12 +157,28 @@ fn create_failed(hv: &mut dyn Hypervisor, cfg: &Config, e: CallError) -> String 
             "a domain named '{name}' already exists (see 'oxl list'): change 'name', or 'oxl destroy {name}' first"
         ),
         CallError::Hv(Error::NoMem) => {
-            let free = hv::phys_info(hv).map_or_else(|_| "less".to_owned(), |p| format!("{} MiB", p.free_kib >> 10));
-            format!(
-                "domain '{name}' needs {} MiB but the hypervisor has {free} free (see 'oxl info'): \
-                 lower 'memory' or destroy a domain",
-                cfg.memory_mib
-            )
+            let info = hv::phys_info(hv).ok();
+            match info {
+                // The RAM is there, but not as the hypervisor needs it: its heap,
+                // which holds every domain's metadata (console ring, vCPUs), or
+                // its free memory in whole 2 MiB chunks ran out.
+                Some(p) if p.free_kib >= u64::from(cfg.memory_mib) * 1024 => format!(
+                    "cannot create domain '{name}': the hypervisor has {} MiB free but no room for \
+                     another domain with {} there (its heap for domain metadata, or free memory in \
+                     whole 2 MiB chunks, ran out: 'oxl dmesg' says which): destroy a domain, or give \
+                     the host more RAM (the heap grows with it)",
+                    p.free_kib >> 10,
+                    p.domains
+                ),
+                _ => {
+                    let free = info.map_or_else(|| "less".to_owned(), |p| format!("{} MiB", p.free_kib >> 10));
+                    format!(
+                        "domain '{name}' needs {} MiB but the hypervisor has {free} free (see 'oxl info'): \
+                         lower 'memory' or destroy a domain",
+                        cfg.memory_mib
+                    )
+                }
+            }
         }
         CallError::Hv(Error::NoSpc) => format!(
             "cannot create domain '{name}': {e} (vcpus = {}; see 'oxl list' for the domains there are)",

@@ -337,6 +337,12 @@ fn create_errors_before_anything_is_created() {
         .iter()
         .any(|c| c.starts_with("LOAD") || c.starts_with("DESTROY")));
     assert_eq!(fake.state().doms.len(), 2);
+    // -ENOMEM with the RAM free: the hypervisor's heap is what ran out.
+    fake.state().fail.push((domctl::CREATE, Error::NoMem));
+    let cfg = setup("heap", "name = \"small\"\nmemory = 4\n", 100);
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(err.contains("no room for another domain with 2 there (its heap for domain metadata, or free memory"), "{err}");
+    assert!(err.ends_with("destroy a domain, or give the host more RAM (the heap grows with it)"), "{err}");
 }
 
 #[test]

@@ -15,10 +15,12 @@ use oxen_abi::{request, Action, DomainInfo, DomainState, Error, ShutdownReason, 
 
 /// dom0's ID.
 pub const DOM0: u32 = 0;
-/// Most domains at once, dom0 included.
-pub const MAX_DOMAINS: usize = 64;
 /// Highest domain ID before IDs wrap around (Xen's DOMID_FIRST_RESERVED).
-const MAX_ID: u32 = 0x7fef;
+pub const MAX_ID: u32 = 0x7fef;
+/// Most domains at once, dom0 included: every ID but one, so that the search
+/// for a free ID in `create` always ends. What bounds a host in practice is
+/// its heap (`heap_fits`, -ENOMEM) and its RAM, not this.
+pub const MAX_DOMAINS: usize = MAX_ID as usize;
 
 /// Heap bytes a domU's metadata may take, at most, apart from its memory:
 /// its console ring (16 KiB) and echo queue (8 KiB), its entry here, its
@@ -131,8 +133,17 @@ pub enum Effect {
     Kick,
 }
 
+/// Sorted by ID, so that a lookup by ID (every hypercall naming a domain,
+/// every poll of a blocked vCPU) is a binary search, and with an index by name
+/// so that a create's uniqueness check is one too: neither grows with the
+/// number of domains beyond log n.
 pub struct Table<R> {
     doms: Vec<Domain<R>>,
+    /// The IDs in `doms`, ordered by name.
+    by_name: Vec<u32>,
+    /// How many domains have a shutdown deadline: `overdue`, which dom0's
+    /// CPU calls every turn, looks at the table only when some do.
+    deadlines: usize,
     next_id: u32,
 }
 
@@ -144,7 +155,7 @@ impl<R> Default for Table<R> {
 
 impl<R> Table<R> {
     pub const fn new() -> Self {
-        Self { doms: Vec::new(), next_id: 1 }
+        Self { doms: Vec::new(), by_name: Vec::new(), deadlines: 0, next_id: 1 }
     }
 
     pub fn len(&self) -> usize {
@@ -155,12 +166,26 @@ impl<R> Table<R> {
         self.doms.is_empty()
     }
 
+    fn index(&self, id: u32) -> Result<usize, usize> {
+        self.doms.binary_search_by_key(&id, |d| d.id)
+    }
+
     pub fn get(&self, id: u32) -> Option<&Domain<R>> {
-        self.doms.iter().find(|d| d.id == id)
+        self.index(id).ok().map(|i| &self.doms[i])
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Domain<R>> {
-        self.doms.iter_mut().find(|d| d.id == id)
+        self.index(id).ok().map(|i| &mut self.doms[i])
+    }
+
+    /// Where `name` is, or would go, in `by_name`.
+    fn name_index(&self, name: &str) -> Result<usize, usize> {
+        self.by_name.binary_search_by(|&id| self.get(id).map_or("", |d| d.name.as_str()).cmp(name))
+    }
+
+    /// The domain named `name`.
+    pub fn find(&self, name: &str) -> Option<&Domain<R>> {
+        self.name_index(name).ok().and_then(|i| self.get(self.by_name[i]))
     }
 
     fn domu_mut(&mut self, id: u32) -> Result<&mut Domain<R>, Error> {
@@ -196,7 +221,9 @@ impl<R> Table<R> {
         d.memory_kib = memory_kib;
         d.state = DomainState::Running;
         d.live_vcpus = vcpus;
+        let at = self.name_index(&d.name).unwrap_or_else(|at| at);
         self.doms.insert(0, d);
+        self.by_name.insert(at, DOM0);
     }
 
     fn new_domain(id: u32, name: String, cfg: &Config, res: R) -> Domain<R> {
@@ -225,7 +252,7 @@ impl<R> Table<R> {
 
     /// Checks that a domain named `name` could be created now.
     pub fn can_create(&self, name: &str) -> Result<(), Error> {
-        if self.doms.iter().any(|d| d.name == name) {
+        if self.name_index(name).is_ok() {
             return Err(Error::Exist);
         }
         if self.doms.len() >= MAX_DOMAINS {
@@ -247,7 +274,10 @@ impl<R> Table<R> {
             return Err((e, res));
         }
         let mut name = String::new();
-        if self.doms.try_reserve(1).is_err() || name.try_reserve_exact(cfg.name.len()).is_err() {
+        if self.doms.try_reserve(1).is_err()
+            || self.by_name.try_reserve(1).is_err()
+            || name.try_reserve_exact(cfg.name.len()).is_err()
+        {
             return Err((Error::NoMem, res));
         }
         name.push_str(&cfg.name);
@@ -257,9 +287,11 @@ impl<R> Table<R> {
         }
         self.next_id = if id >= MAX_ID { 1 } else { id + 1 };
         let d = Self::new_domain(id, name, cfg, res);
-        let at = self.doms.iter().position(|o| o.id > id).unwrap_or(self.doms.len());
+        let at = self.index(id).unwrap_err();
+        let name_at = self.name_index(&cfg.name).unwrap_err();
         // Within the capacity reserved above: no allocation.
         self.doms.insert(at, d);
+        self.by_name.insert(name_at, id);
         Ok(id)
     }
 
@@ -303,7 +335,9 @@ impl<R> Table<R> {
                 d.state = DomainState::ShuttingDown;
                 d.request = if reason == ShutdownReason::Reboot { request::REBOOT } else { request::POWEROFF };
                 d.shutdown_reason = Some(reason);
-                d.deadline = Some(deadline);
+                if d.deadline.replace(deadline).is_none() {
+                    self.deadlines += 1;
+                }
                 Ok(Effect::Kick)
             }
             _ => Err(Error::Busy),
@@ -320,11 +354,14 @@ impl<R> Table<R> {
         let action = d.action_for(reason);
         d.shutdown_reason = Some(reason);
         d.request = request::NONE;
-        d.deadline = None;
+        let had_deadline = d.deadline.take().is_some();
         match action {
             Action::Destroy => d.state = DomainState::Dying,
             Action::Preserve => d.state = DomainState::Shutdown,
             Action::Restart => d.restart_pending = true,
+        }
+        if had_deadline {
+            self.deadlines -= 1;
         }
         Ok(action)
     }
@@ -360,13 +397,22 @@ impl<R> Table<R> {
     }
 
     fn remove(&mut self, id: u32) -> Option<Domain<R>> {
-        let i = self.doms.iter().position(|d| d.id == id)?;
+        let i = self.index(id).ok()?;
+        if let Ok(n) = self.name_index(&self.doms[i].name) {
+            self.by_name.remove(n);
+        }
+        if self.doms[i].deadline.is_some() {
+            self.deadlines -= 1;
+        }
         Some(self.doms.remove(i))
     }
 
     /// Domains whose shutdown request has passed its deadline, with the reason
     /// asked for (the caller ends them).
     pub fn overdue(&self, now: u64) -> Vec<(u32, ShutdownReason)> {
+        if self.deadlines == 0 {
+            return Vec::new();
+        }
         self.doms
             .iter()
             .filter(|d| d.state == DomainState::ShuttingDown && d.deadline.is_some_and(|t| now >= t))
@@ -433,6 +479,28 @@ mod tests {
             t.create(&cfg(&alloc::format!("d{i}")), ()).unwrap();
         }
         assert_eq!(t.create(&cfg("one-more"), ()), Err(Error::NoSpc));
+    }
+
+    #[test]
+    fn lookups_by_id_and_name_agree_through_creates_and_destroys() {
+        // Names out of ID order, destroys in the middle: the indexes follow.
+        let mut t = table();
+        let names = ["m", "b", "z", "a", "q", "c"];
+        for n in names {
+            t.create(&cfg(n), ()).unwrap();
+        }
+        assert!(t.destroy(t.find("z").unwrap().id).unwrap().is_some());
+        assert!(t.destroy(t.find("a").unwrap().id).unwrap().is_some());
+        assert_eq!(t.create(&cfg("a"), ()), Ok(7));
+        assert_eq!(t.create(&cfg("b"), ()), Err(Error::Exist));
+        for d in t.iter() {
+            assert_eq!(t.find(&d.name).map(|f| f.id), Some(d.id), "{}", d.name);
+            assert_eq!(t.get(d.id).map(|g| g.name.as_str()), Some(d.name.as_str()));
+        }
+        assert!(t.find("z").is_none() && t.get(3).is_none());
+        assert_eq!(t.find("Domain-0").map(|d| d.id), Some(DOM0));
+        let ids: Vec<u32> = t.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [0, 1, 2, 5, 6, 7]);
     }
 
     #[test]
@@ -537,6 +605,15 @@ mod tests {
         t.request_shutdown(b, ShutdownReason::Poweroff, 200).unwrap();
         assert_eq!(t.overdue(150), [(a, ShutdownReason::Reboot)]);
         assert_eq!(t.overdue(200).len(), 2);
+        // The count that spares `overdue` its walk follows ends and destroys.
+        assert_eq!(t.deadlines, 2);
+        t.end(a, ShutdownReason::Reboot).unwrap();
+        assert_eq!(t.deadlines, 1);
+        t.destroy(b).unwrap();
+        assert_eq!(t.deadlines, 1, "dying, its vCPU still held: listed");
+        assert!(t.release_vcpu(b).is_some());
+        assert_eq!(t.deadlines, 0);
+        assert!(t.overdue(u64::MAX).is_empty());
     }
 
     #[test]

@@ -98,7 +98,14 @@ impl FrameAllocator {
                         for j in i..i + count {
                             self.set_free(j, false);
                         }
-                        self.hint = i + count;
+                        // Only single frames move the hint: were it set past
+                        // a domU's 2 MiB chunk, the page tables and the like
+                        // allocated next would each take a frame of the next
+                        // 2 MiB region and spoil it for chunks. Single frames
+                        // pack from the bottom instead, a region at a time.
+                        if count == 1 {
+                            self.hint = i + 1;
+                        }
                         return Some(self.addr(i));
                     }
                     Some(used) => i = used + 1,
@@ -190,6 +197,24 @@ mod tests {
         fa.free(a, 3);
         fa.free(b, 8);
         assert_eq!(fa.free_frames(), 15);
+    }
+
+    #[test]
+    fn single_frames_do_not_spoil_2mib_chunks() {
+        // 64 MiB; each "domain" takes a 2 MiB chunk, then 5 single frames
+        // (its tables): the singles pack into as few regions as they fill,
+        // so all but those regions still go as chunks.
+        let regions = [Region::new(0, 64 << 20)];
+        let mut fa = allocator(&regions);
+        let mut made = 0;
+        while fa.alloc_contiguous(512, 512).is_some() {
+            for _ in 0..5 {
+                fa.alloc().unwrap();
+            }
+            made += 1;
+        }
+        // 32 regions: one spoiled by the singles (5 * 31 < 512).
+        assert_eq!(made, 31);
     }
 
     #[test]

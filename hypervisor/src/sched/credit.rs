@@ -298,6 +298,8 @@ struct Vcpu {
     /// Credit taken in the accounting under way.
     intake: u64,
     cpu_time: u64,
+    /// In `CreditScheduler::active`: accounting looks at it.
+    active: bool,
     /// Run-queue links (slots in `vcpus`).
     prev: u32,
     next: u32,
@@ -363,6 +365,15 @@ pub struct CreditScheduler {
     /// Sorted by ID, for lookups: (ID, slot).
     vcpu_index: Vec<(VcpuId, u32)>,
     domain_index: Vec<(u32, u32)>,
+    /// The vCPUs accounting must look at (Xen's active list): those that ran,
+    /// want to run or owe credit since the last accounting. A vCPU blocked
+    /// for a whole period with no debt takes no credit and changes no class,
+    /// so accounting costs O(active vCPUs), not O(all): a host of hundreds of
+    /// mostly idle domUs pays for the few that ran. Its capacity covers every
+    /// vCPU, so adding to it never allocates.
+    active: Vec<u32>,
+    /// Slots of the domains with a cap, which accounting refills.
+    capped: Vec<u32>,
     next_acct: u64,
     last_acct: u64,
     /// How many vCPUs are `Run::Parked`.
@@ -405,6 +416,8 @@ impl CreditScheduler {
             free_domains: Vec::new(),
             vcpu_index: Vec::new(),
             domain_index: Vec::new(),
+            active: Vec::new(),
+            capped: Vec::new(),
             next_acct: now + params.accounting_period_ns,
             last_acct: now,
             parked: 0,
@@ -443,6 +456,9 @@ impl CreditScheduler {
         let d = Domain { weight, cap, budget: self.full_budget(cap), vcpus: Vec::new(), cpu_time: 0 };
         let slot = fill_slot(&mut self.domains, &mut self.free_domains, d);
         self.domain_index.insert(at, (dom, slot));
+        if cap != 0 {
+            self.capped.push(slot);
+        }
         Ok(())
     }
 
@@ -459,6 +475,10 @@ impl CreditScheduler {
         }
         d.cap = cap;
         d.budget = budget;
+        self.capped.retain(|&c| c != ds);
+        if cap != 0 {
+            self.capped.push(ds);
+        }
         Ok(self.unpark(ds, now))
     }
 
@@ -473,6 +493,7 @@ impl CreditScheduler {
         }
         self.domains[ds as usize] = None;
         self.free_domains.push(ds);
+        self.capped.retain(|&c| c != ds);
         let at = self.domain_index.binary_search_by_key(&dom, |e| e.0).expect("indexed domain");
         self.domain_index.remove(at);
         Ok(kick)
@@ -558,12 +579,14 @@ impl CreditScheduler {
             slept: false,
             intake: 0,
             cpu_time: 0,
+            active: false,
             prev: NIL,
             next: NIL,
         };
         let slot = fill_slot(&mut self.vcpus, &mut self.free_vcpus, v);
         self.vcpu_index.insert(at, (id, slot));
         self.dom_mut(ds).vcpus.push(slot);
+        self.active.reserve(self.vcpu_index.len().saturating_sub(self.active.len()));
         Ok(())
     }
 
@@ -588,6 +611,10 @@ impl CreditScheduler {
             Run::Off => CpuMask::EMPTY,
         };
         let ds = self.vcpu(vs).dom;
+        if self.vcpu(vs).active {
+            let at = self.active.iter().position(|&s| s == vs).expect("active vCPU listed");
+            self.active.swap_remove(at);
+        }
         let members = &mut self.dom_mut(ds).vcpus;
         members.retain(|&s| s != vs);
         self.vcpus[vs as usize] = None;
@@ -931,6 +958,16 @@ impl CreditScheduler {
         }
     }
 
+    /// Puts a vCPU on the active list (it ran or is queued).
+    fn activate(&mut self, vs: u32) {
+        let v = self.vcpu_mut(vs);
+        if !v.active {
+            v.active = true;
+            // Within the capacity `add_vcpu` reserved: no allocation.
+            self.active.push(vs);
+        }
+    }
+
     fn kick(&mut self, cpu: u32) -> CpuMask {
         self.cpus[cpu as usize].kicked = true;
         CpuMask::one(cpu)
@@ -952,6 +989,7 @@ impl CreditScheduler {
         p.busy_ns += ns;
         p.period_busy += ns;
         let vs = p.current;
+        self.activate(vs);
         let v = self.vcpu_mut(vs);
         v.cpu_time += ns;
         v.credit = v.credit.saturating_sub(ns as i64);
@@ -1028,7 +1066,8 @@ impl CreditScheduler {
         // that much is refilled, so a capped domain cannot burst.
         let refill_ns = elapsed.min(self.params.accounting_period_ns + self.params.slice_ns);
         let mut kick = CpuMask::EMPTY;
-        for ds in 0..self.domains.len() as u32 {
+        for k in 0..self.capped.len() {
+            let ds = self.capped[k];
             let Some(d) = self.domains[ds as usize].as_mut() else { continue };
             if d.cap == 0 {
                 continue;
@@ -1095,11 +1134,15 @@ impl CreditScheduler {
         let room = |v: &Vcpu| (ceiling(v) - v.credit).max(0) as u64;
         let takes_part = |v: &Vcpu, cpu: u32| v.affinity.contains(cpu) && room(v) != 0 && v.intake < elapsed;
 
-        for v in self.vcpus.iter_mut().flatten() {
-            v.intake = 0;
+        let vcpus = &mut self.vcpus;
+        let active = &self.active;
+        for &vs in active {
+            vcpus[vs as usize].as_mut().expect("active vCPU").intake = 0;
         }
         for cpu in 0..self.ncpus {
-            self.takers[cpu as usize] = self.vcpus.iter().flatten().filter(|v| takes_part(v, cpu)).count() as u32;
+            self.takers[cpu as usize] =
+                active.iter().filter(|&&vs| takes_part(vcpus[vs as usize].as_ref().expect("active vCPU"), cpu)).count()
+                    as u32;
             self.order[cpu as usize] = cpu;
         }
         let takers = &self.takers;
@@ -1114,12 +1157,21 @@ impl CreditScheduler {
                 if supply == 0 {
                     continue;
                 }
-                let total: u64 = self.vcpus.iter().flatten().filter(|v| takes_part(v, cpu)).map(weight).sum();
+                let total: u64 = active
+                    .iter()
+                    .map(|&vs| vcpus[vs as usize].as_ref().expect("active vCPU"))
+                    .filter(|v| takes_part(v, cpu))
+                    .map(weight)
+                    .sum();
                 if total == 0 {
                     continue;
                 }
                 let mut spent = 0;
-                for v in self.vcpus.iter_mut().flatten().filter(|v| takes_part(v, cpu)) {
+                for &vs in active {
+                    let v = vcpus[vs as usize].as_mut().expect("active vCPU");
+                    if !takes_part(v, cpu) {
+                        continue;
+                    }
                     let share = (supply as u128 * weight(v) as u128 / total as u128) as u64;
                     let (room, demand) = (room(v), elapsed - v.intake);
                     let take = share.min(room).min(demand);
@@ -1137,16 +1189,22 @@ impl CreditScheduler {
                 break;
             }
         }
-        for v in self.vcpus.iter_mut().flatten() {
+        // Who neither runs nor waits to, and owes nothing, takes no part in
+        // the next accounting: off the list until it runs or queues again.
+        self.active.retain(|&vs| {
+            let v = vcpus[vs as usize].as_mut().expect("active vCPU");
             v.credit = v.credit.max(-limit);
             v.ran = false;
             v.slept = false;
-        }
+            v.active = v.wants_cpu() || v.credit < 0;
+            v.active
+        });
     }
 
     // ---- Run queues ---------------------------------------------------------
 
     fn enqueue(&mut self, cpu: u32, vs: u32, prio: Prio) {
+        self.activate(vs);
         let q = self.cpus[cpu as usize].queues[prio as usize];
         let v = self.vcpu_mut(vs);
         debug_assert_eq!(v.run, Run::Off);
@@ -1283,6 +1341,19 @@ impl CreditScheduler {
                     assert!(!v.blocked, "{} running while blocked", v.id);
                 }
             }
+            // Whoever accounting would give or take credit from is listed.
+            if v.wants_cpu() || v.ran || v.credit < 0 {
+                assert!(v.active, "{} takes part in accounting but is not active", v.id);
+            }
+            assert_eq!(v.active, self.active.contains(&(vs as u32)), "{} active flag/list", v.id);
+        }
+        assert!(self.active.capacity() >= self.vcpu_index.len(), "active list may allocate");
+        let mut sorted = self.active.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), self.active.len(), "a vCPU listed active twice");
+        for (dom, ds) in &self.domain_index {
+            assert_eq!(self.dom(*ds).cap != 0, self.capped.contains(ds), "d{dom} capped list");
         }
         assert_eq!(self.parked, parked, "parked count");
         assert_eq!(self.domain_index.len(), self.domains.iter().flatten().count());
@@ -1329,6 +1400,56 @@ mod tests {
 
     fn state(s: &CreditScheduler, v: VcpuId, now: u64) -> VcpuState {
         s.vcpu_info(v, now).unwrap().state
+    }
+
+    #[test]
+    fn accounting_looks_only_at_vcpus_that_ran_queued_or_owe() {
+        // 500 domUs that ran once and blocked, and one spinner on each pCPU:
+        // after a period's accounting only the spinners (and none of the
+        // sleepers, whose credit is non-negative) are left on the active
+        // list, so the next accounting walks 2 vCPUs, not 502.
+        let mut s = CreditScheduler::new(2, Params::default(), 0).unwrap();
+        for dom in 1..=502u32 {
+            s.add_domain(dom, DEFAULT_WEIGHT, 0).unwrap();
+            s.add_vcpu(id(dom, 0), ALL).unwrap();
+            let _ = s.unpause(id(dom, 0), 0).unwrap();
+        }
+        let mut now = 0;
+        // Each sleeper runs a little, then blocks; the spinners stay.
+        for _ in 0..600 {
+            now += 10_000;
+            for cpu in 0..2 {
+                let d = s.schedule(cpu, now);
+                if let Some(v) = d.run {
+                    if v.dom <= 500 {
+                        now += 1_000;
+                        s.block(v, now).unwrap();
+                    }
+                }
+            }
+        }
+        s.check_invariants(0);
+        // Two accountings: the first hands out what the sleepers ran, the
+        // second finds them with nothing to take.
+        for _ in 0..2 {
+            now += s.params().accounting_period_ns;
+            for cpu in 0..2 {
+                let _ = s.schedule(cpu, now);
+            }
+        }
+        s.check_invariants(0);
+        let active: Vec<u32> = s.active.iter().map(|&vs| s.vcpu(vs).id.dom).collect();
+        assert!(active.iter().all(|&d| d > 500), "sleepers still active: {active:?}");
+        assert_eq!(active.len(), 2);
+        // A sleeper woken joins the list again.
+        let _ = s.wake(id(7, 0), now).unwrap();
+        assert_eq!(s.active.len(), 3);
+        s.check_invariants(0);
+        // Removing domains keeps the lists right.
+        for dom in 1..=502u32 {
+            let _ = s.remove_domain(dom, now).unwrap();
+        }
+        assert!(s.active.is_empty() && s.capped.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use super::credit::{CpuMask, CreditScheduler, Params, VcpuId, VcpuState};
 use crate::arch::x86_64::{apic, cpu_id, smp, time};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use log::warn;
 use spin::Mutex;
@@ -65,6 +65,13 @@ struct Entry {
 
 /// vCPUs not running right now.
 static VCPUS: Mutex<BTreeMap<VcpuId, Entry>> = Mutex::new(BTreeMap::new());
+/// When each CPU polls which blocked vCPUs: (watcher, time, vCPU), time 0 for
+/// "next turn" (new, just blocked, or nudged). A CPU's turn polls only the
+/// vCPUs due, and sleeps until its first key, both O(log n): with hundreds
+/// of blocked domUs a turn does not poll them all. A key may be stale (the
+/// vCPU ran, moved or went since): the poll checks and skips it. Taken after
+/// `VCPUS` or alone.
+static DUE: Mutex<BTreeSet<(u32, u64, VcpuId)>> = Mutex::new(BTreeSet::new());
 static SCHED: Mutex<Option<CreditScheduler>> = Mutex::new(None);
 /// Per CPU: the vCPU it runs now, for `vcpu_list` (`u64::MAX`: none).
 static RUNNING: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] =
@@ -133,6 +140,7 @@ pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, movable: bool, v:
     // New vCPUs start paused in the scheduler; the watcher's first poll that
     // finds it ready unpauses it.
     VCPUS.lock().insert(id, Entry { v, woken_at: None, blocked: true, watcher: first_cpu, movable, started: false });
+    DUE.lock().insert((first_cpu, 0, id));
     smp::kick(first_cpu);
     Ok(())
 }
@@ -162,13 +170,17 @@ pub fn set_affinity(id: VcpuId, cpus: CpuMask) -> Result<(), oxen_abi::Error> {
 pub fn nudge(id: VcpuId) {
     let watcher = VCPUS.lock().get(&id).map(|e| e.watcher);
     match watcher {
-        Some(cpu) => smp::kick(cpu),
-        // Running: kick the CPU running it, so it exits and is polled.
+        Some(cpu) => {
+            DUE.lock().insert((cpu, 0, id));
+            smp::kick(cpu);
+        }
+        // Running, or out of `VCPUS` for a moment (being polled, or between
+        // its run and its return): every CPU looks at it on its next turn,
+        // and the one running it exits, so the change is never missed.
         None => {
             for cpu in 0..smp::cpu_count() {
-                if RUNNING[cpu as usize].load(core::sync::atomic::Ordering::Relaxed) == key(id) {
-                    smp::kick(cpu);
-                }
+                DUE.lock().insert((cpu, 0, id));
+                smp::kick(cpu);
             }
         }
     }
@@ -223,10 +235,26 @@ pub fn set_housekeeping(f: fn(u64)) {
 /// Polls the blocked vCPUs this CPU watches: wakes the ready ones, drops the
 /// gone ones, and returns the earliest time one wants to be polled again.
 fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
-    let ids: Vec<VcpuId> = VCPUS.lock().iter().filter(|(_, e)| e.blocked && e.watcher == cpu).map(|(id, _)| *id).collect();
-    let mut next: Option<u64> = None;
+    let min = VcpuId { dom: 0, vcpu: 0 };
+    let ids: Vec<VcpuId> = {
+        let mut due = DUE.lock();
+        let mut ids = Vec::new();
+        while let Some(&k) = due.range((cpu, 0, min)..).next() {
+            if k.0 != cpu || k.1 > now {
+                break;
+            }
+            due.remove(&k);
+            ids.push(k.2);
+        }
+        ids
+    };
     for id in ids {
         let Some(mut e) = VCPUS.lock().remove(&id) else { continue };
+        if !e.blocked || e.watcher != cpu {
+            // A stale key: it runs, or another CPU watches it now.
+            VCPUS.lock().insert(id, e);
+            continue;
+        }
         match e.v.poll(now) {
             Poll::Run => {
                 e.blocked = false;
@@ -241,16 +269,17 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
                 }
             }
             Poll::Sleep(at) => {
-                next = match (next, at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                VCPUS.lock().insert(id, e);
+                let mut v = VCPUS.lock();
+                v.insert(id, e);
+                if let Some(at) = at {
+                    DUE.lock().insert((cpu, at.max(1), id));
+                }
             }
             Poll::Gone => remove(id, e),
         }
     }
-    next
+    // The earliest poll this CPU owes.
+    DUE.lock().range((cpu, 0, min)..).next().filter(|k| k.0 == cpu).map(|k| k.1)
 }
 
 /// Forgets a domain once its last vCPU is gone.
@@ -282,6 +311,10 @@ pub struct Stats {
     pub wakeups: core::sync::atomic::AtomicU64,
     pub wakeup_ns: core::sync::atomic::AtomicU64,
     pub wakeup_max_ns: core::sync::atomic::AtomicU64,
+    /// Scheduler decisions (a CPU's turn: polling the blocked vCPUs due,
+    /// then `schedule`, accounting included when due) and their TSC cycles.
+    pub decisions: core::sync::atomic::AtomicU64,
+    pub decision_cycles: core::sync::atomic::AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -290,6 +323,8 @@ pub static STATS: Stats = Stats {
     wakeups: core::sync::atomic::AtomicU64::new(0),
     wakeup_ns: core::sync::atomic::AtomicU64::new(0),
     wakeup_max_ns: core::sync::atomic::AtomicU64::new(0),
+    decisions: core::sync::atomic::AtomicU64::new(0),
+    decision_cycles: core::sync::atomic::AtomicU64::new(0),
 };
 
 /// Logs the counters (hypervisor console key `s`); the sums at the end let
@@ -298,11 +333,13 @@ pub fn log_stats() {
     use core::sync::atomic::Ordering::Relaxed;
     let (n, c) = (STATS.switches.load(Relaxed), STATS.switch_cycles.load(Relaxed));
     let (w, wns, wmax) = (STATS.wakeups.load(Relaxed), STATS.wakeup_ns.load(Relaxed), STATS.wakeup_max_ns.load(Relaxed));
+    let (dn, dc) = (STATS.decisions.load(Relaxed), STATS.decision_cycles.load(Relaxed));
     log::info!(
-        "sched: {n} vCPU switches, {} TSC cycles each from one guest's exit to the next one's entry; {w} wake-ups, {} us mean / {} us max from ready to running (sums: {c} TSC cycles, {wns} ns)",
+        "sched: {n} vCPU switches, {} TSC cycles each from one guest's exit to the next one's entry; {w} wake-ups, {} us mean / {} us max from ready to running (sums: {c} TSC cycles, {wns} ns); {dn} decisions, {} TSC cycles each (sum {dc})",
         c.checked_div(n).unwrap_or(0),
         wns.checked_div(w).unwrap_or(0) / 1000,
-        wmax / 1000
+        wmax / 1000,
+        dc.checked_div(dn).unwrap_or(0)
     );
 }
 
@@ -320,10 +357,13 @@ pub fn cpu_loop() -> ! {
         }
         crate::console::flush_pending();
         crate::arch::x86_64::idt::report_nmis();
+        let t0 = time::rdtsc();
         let wake = poll_blocked(cpu, now);
         let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
             crate::console::fatal(format_args!("sched: no scheduler"));
         };
+        STATS.decisions.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        STATS.decision_cycles.fetch_add(time::rdtsc().saturating_sub(t0), core::sync::atomic::Ordering::Relaxed);
         kick_all(d.kick);
         let until = match (d.until_ns, wake) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -378,6 +418,9 @@ pub fn cpu_loop() -> ! {
                 if let Some(Err(err)) = with_sched(|s, now| s.block(id, now)) {
                     warn!("sched: {id}: block: {err:?}");
                 }
+                // Polled again on this CPU's next turn, as a vCPU just
+                // blocked always was: that poll sets its wake-up time.
+                DUE.lock().insert((cpu, 0, id));
             }
             Poll::Gone => {
                 remove(id, e);
