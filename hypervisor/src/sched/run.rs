@@ -16,7 +16,7 @@
 //! here (domain control drops it first).
 
 use super::credit::{CpuMask, CreditScheduler, Params, VcpuId, VcpuState};
-use crate::arch::x86_64::{apic, cpu_id, smp, time};
+use crate::arch::x86_64::{apic, cpu_id, irq, smp, time};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -358,6 +358,13 @@ pub fn cpu_loop() -> ! {
         crate::console::flush_pending();
         crate::arch::x86_64::idt::report_nmis();
         let t0 = time::rdtsc();
+        // A device interrupt forwarded to dom0 (`arch::x86_64::irq`, routed to
+        // this CPU) wakes the CPU but makes no vCPU due: dom0's vCPU pinned
+        // here takes it, so it is polled this turn (a stale key if dom0 has
+        // no vCPU here: skipped).
+        if irq::any_pending() {
+            DUE.lock().insert((cpu, 0, VcpuId { dom: 0, vcpu: cpu }));
+        }
         let wake = poll_blocked(cpu, now);
         let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
             crate::console::fatal(format_args!("sched: no scheduler"));

@@ -99,6 +99,11 @@ pub fn unmask_level(pin: u8, active_low: bool, dest: u32) {
     route(pin, true, true, active_low, dest);
 }
 
+/// Whether an interrupt waits for dom0 (without taking it).
+pub fn any_pending() -> bool {
+    PENDING.load(Ordering::Acquire) != 0
+}
+
 /// Pins whose interrupt arrived since the last call.
 pub fn take_pending() -> u32 {
     PENDING.swap(0, Ordering::AcqRel)
