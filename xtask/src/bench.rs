@@ -673,7 +673,7 @@ pub struct SchedRun {
 
 /// Boots Oxen with dom0 (`extra` added to its kernel arguments) in QEMU TCG `-cpu
 /// max`, 2 CPUs, 512 MiB, with `-icount shift=0` or without, under target/bench/`name`.
-fn boot_dom0_script(
+pub(crate) fn boot_dom0_script(
     elf: &Path,
     icount: bool,
     name: &str,
@@ -2053,6 +2053,10 @@ pub enum Part {
     LinuxBare,
     /// A Linux domU's boot under Oxen against the same kernel bare (section `linux`).
     Linux,
+    /// A null hypercall from dom0's kernel under `-icount` (section `null-dom0`).
+    Null,
+    /// Idle exits per second of dom0 and a domU, by reason (section `idle`).
+    Idle,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -2120,6 +2124,13 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         return r.context(
             "the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
         );
+    }
+    if only == Some(Part::Null) {
+        let r = crate::bench_exits::null_dom0(elf)?;
+        doc = update_section(&doc, "null-dom0", &crate::bench_exits::null_section(&r, &sched_footer));
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return Ok(());
     }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);

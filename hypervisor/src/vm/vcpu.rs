@@ -570,20 +570,41 @@ impl Runnable for GuestVcpu {
             return;
         }
         self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
+        // What the vCPU keeps in the CPU for the whole slice, switched here
+        // and at its end, not around each exit: its x87/SSE/AVX state, its
+        // speculation-control MSRs, its debug registers, TSC_AUX, TLB tag.
+        // The hypervisor itself uses none of them (`cargo xtask vecregs`
+        // checks the vector registers), so exits in between are handled with
+        // the guest's values in place, and `leave` below reads them back
+        // before any other vCPU can run on this CPU.
         if let Some(x) = self.xstate.as_mut() {
             x.load();
         }
+        exit::msr::load_for_guest(&self.msrs, domid);
+        if let Some(v) = self.vcpu.as_mut() {
+            v.enter();
+        }
         let serial = self.platform.role == Role::Dom0 && self.index == 0;
+        // Whether the last exit may have changed what the vCPU is to be
+        // given (devices, its APIC, its timer, halting): then the devices
+        // and APICs are looked at and the hypervisor's timer re-armed before
+        // the guest is entered again. A hypercall, CPUID or an MSR read
+        // changes none of that; what another CPU posts comes with a kick (a
+        // physical interrupt, so a `Preempted` exit), and time is kept by the
+        // timer armed at the last service: it fires at the guest's next timer
+        // deadline or at the slice's end (`Preempted` again).
+        let mut stale = true;
         loop {
-            let now = now_ns();
-            let Serviced::Run { timer } = self.service(now, true) else { break };
-            if self.halted || now >= until {
-                break;
+            if stale {
+                let now = now_ns();
+                let Serviced::Run { timer } = self.service(now, true) else { break };
+                if self.halted || now >= until {
+                    break;
+                }
+                let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
+                apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
             }
-            let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
-            apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
             let Some(vcpu) = self.vcpu.as_mut() else { break };
-            exit::msr::load_for_guest(&self.msrs, domid);
             let exit = vcpu.run();
             self.exits += 1;
             let stats = &self.platform.stats[self.index];
@@ -592,8 +613,14 @@ impl Runnable for GuestVcpu {
                 log_tally(&self.platform.label(self.index), "so far", stats.counts());
             }
             let io = matches!(exit, VmExit::Io { .. });
+            let msr_write = matches!(exit, VmExit::MsrWrite { .. });
+            stale = !matches!(exit, VmExit::Hypercall | VmExit::Cpuid { .. } | VmExit::MsrRead { .. } | VmExit::Xsetbv { .. });
             let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
             let mut outcome = exit::handle(vcpu, exit, &mut env);
+            if msr_write {
+                // SPEC_CTRL and its kin take effect now, as on a CPU.
+                exit::msr::load_for_guest(&self.msrs, domid);
+            }
             if io && outcome == Outcome::Continue {
                 // The keyboard's reset line, ACPI's sleep or reset register,
                 // the pvpanic port.
@@ -609,17 +636,24 @@ impl Runnable for GuestVcpu {
                 // A physical interrupt (the timer, a kick, a device): back to
                 // the scheduler, which may have another vCPU to run here.
                 Outcome::Preempted | Outcome::Yield => break,
-                Outcome::Halted => self.halted = true,
+                Outcome::Halted => {
+                    self.halted = true;
+                    stale = true;
+                }
                 Outcome::Block { timeout_ns } => {
                     self.blocked_until = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
                     break;
                 }
                 other => {
+                    stale = true;
                     if self.settle(other) {
                         break;
                     }
                 }
             }
+        }
+        if let Some(v) = self.vcpu.as_mut() {
+            v.leave();
         }
         if let Some(x) = self.xstate.as_mut() {
             x.save();

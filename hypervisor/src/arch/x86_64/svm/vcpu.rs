@@ -44,6 +44,10 @@ pub struct SvmVcpu {
     intercepted: Option<(u8, Option<u32>)>,
     /// Its ASID: from the per-CPU cache of the CPU it runs on (`virt::tlb_tag`).
     asid: Option<Held>,
+    /// Between `enter` and `leave`: its DR0-DR3 and TSC_AUX are in the CPU
+    /// (exits in between are handled without switching them), and this CPU's
+    /// host save area.
+    entered: Option<HostPhysAddr>,
 }
 
 impl SvmVcpu {
@@ -92,6 +96,7 @@ impl SvmVcpu {
             tsc_aux: 0,
             intercepted: None,
             asid: None,
+            entered: None,
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -230,6 +235,10 @@ impl SvmVcpu {
             // CPU's, fresh in its generation, so nothing cached needs a flush.
             self.cpu = here;
             self.vmcb_mut().control.clean_bits = 0;
+            // Left without `leave` on the other CPU: its debug registers stay
+            // there (lost, never read into another vCPU), and this CPU's host
+            // area is looked up again.
+            self.entered = None;
         }
     }
 }
@@ -280,15 +289,32 @@ global_asm!(
 );
 
 impl Vcpu for SvmVcpu {
+    fn enter(&mut self) {
+        if self.entered.is_some() {
+            return;
+        }
+        self.take_asid();
+        super::load_tsc_aux(self.tsc_aux);
+        // SAFETY: before this vCPU's runs on this CPU; its DR7 (in the VMCB)
+        // decides what these arm, and only while it runs. The hypervisor sets
+        // no breakpoints, and #VMEXIT loads the host's DR7 (APM Vol. 2
+        // §15.5.1, "host state"), so they arm nothing while exits are handled.
+        unsafe { self.debug.load(false) };
+        self.entered = Some(super::host_vmcb());
+    }
+
+    fn leave(&mut self) {
+        if self.entered.take().is_some() {
+            // Read back before another vCPU's are loaded over them.
+            self.debug.store(false);
+        }
+    }
+
     fn run(&mut self) -> VmExit {
+        self.enter();
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
-            let host = super::host_vmcb().as_u64();
-            self.take_asid();
-            super::load_tsc_aux(self.tsc_aux);
-            // SAFETY: between guest runs; this guest's DR7 (in the VMCB)
-            // decides what these arm, and only while it runs.
-            unsafe { self.debug.load(false) };
+            let host = self.entered.map_or_else(|| super::host_vmcb().as_u64(), |h| h.as_u64());
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
             // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
             // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
@@ -300,7 +326,6 @@ impl Vcpu for SvmVcpu {
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
                 core::arch::asm!("stgi", "cli", options(nomem, nostack));
             }
-            self.debug.store(false);
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
             // An event whose delivery the exit interrupted is in EXITINTINFO (same
@@ -472,6 +497,10 @@ impl Vcpu for SvmVcpu {
             return match u32::try_from(v) {
                 Ok(aux) => {
                     self.tsc_aux = aux;
+                    if self.entered.is_some() {
+                        // The CPU holds the guest's between exits.
+                        super::load_tsc_aux(aux);
+                    }
                     true
                 }
                 Err(_) => false,

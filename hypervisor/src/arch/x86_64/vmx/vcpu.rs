@@ -226,6 +226,10 @@ pub struct VmxVcpu {
     cr2: u64,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<Intercepted>,
+    /// Between `enter` and `leave`: its DR0-DR3 and DR6 are in the CPU and
+    /// its VPID is this CPU's (exits in between are handled without
+    /// switching them).
+    entered: bool,
 }
 
 /// An intercepted exception as the exit reported it.
@@ -292,6 +296,7 @@ impl VmxVcpu {
             cr2: 0,
             intercepted: None,
             vpid_held: tag.held,
+            entered: false,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -441,7 +446,6 @@ impl VmxVcpu {
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
         self.make_current()?;
-        self.take_vpid()?;
         if self.regs_dirty {
             guest_write_nat(FieldNat::GuestRip, self.rip, "guest RIP")?;
             guest_write_nat(FieldNat::GuestRsp, self.rsp, "guest RSP")?;
@@ -555,6 +559,7 @@ impl VmxVcpu {
         }
         self.launched = false;
         self.cpu = u32::MAX;
+        self.entered = false;
     }
 
     /// Makes this (released) vCPU runnable on the calling CPU: loads its VMCS
@@ -956,18 +961,45 @@ impl VmxVcpu {
     }
 }
 
+impl VmxVcpu {
+    /// `enter`'s work: its VPID made valid here, its debug registers loaded.
+    fn enter_here(&mut self) -> Result<(), (&'static str, VmxError)> {
+        if self.entered {
+            return Ok(());
+        }
+        self.make_current()?;
+        self.take_vpid()?;
+        // SAFETY: before this vCPU's runs on this CPU; its DR7 (loaded from
+        // the VMCS at entry) decides what these arm, and only while it runs.
+        // The hypervisor sets no breakpoints, and VM exit sets DR7 to 400H
+        // (SDM Vol. 3C §28.5.1), so they arm nothing while exits are handled.
+        unsafe { self.debug.load(true) };
+        self.entered = true;
+        Ok(())
+    }
+}
+
 impl Vcpu for VmxVcpu {
+    fn enter(&mut self) {
+        // A failure shows again at `run`, which reports it.
+        let _ = self.enter_here();
+    }
+
+    fn leave(&mut self) {
+        if core::mem::take(&mut self.entered) {
+            // Read back before another vCPU's are loaded over them.
+            self.debug.store(true);
+        }
+    }
+
     fn run(&mut self) -> VmExit {
         if cpu_id() != self.cpu {
             log::error!("vmx: vCPU of cpu{} run on cpu{}", self.cpu, cpu_id());
             return VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info: 0 };
         }
-        if let Err((what, e)) = self.prepare_entry() {
+        if let Err((what, e)) = self.enter_here().and_then(|()| self.prepare_entry()) {
             return self.entry_failed(what, e);
         }
-        // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
-        // at entry) decides what these arm, and only while it runs.
-        unsafe { self.debug.load(true) };
         // CR2 is not in the VMCS: the guest's goes in with it and comes back
         // out, so no guest sees (or loses to another) a page-fault address
         // another one took on this CPU.
@@ -982,7 +1014,6 @@ impl Vcpu for VmxVcpu {
         // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
         let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
         self.cr2 = x86_64::registers::control::Cr2::read_raw();
-        self.debug.store(true);
         match rc {
             ENTER_EXITED => {}
             ENTER_FAIL_VALID => {
@@ -1064,6 +1095,12 @@ impl Vcpu for VmxVcpu {
             // A #DB that exits leaves DR6 alone and reports its causes in the
             // exit qualification (SDM Vol. 3C §28.1, §28.2.1).
             self.debug.dr6 = crate::virt::exit::debug::dr6_after(self.debug.dr6, x.qualification);
+            if self.entered {
+                // Between exits the CPU holds the guest's DR6: the next entry
+                // must see this one.
+                // SAFETY: as in `enter_here`; DR6 only from `dr6_after`.
+                unsafe { self.debug.load(true) };
+            }
             let dr7 = self.make_current().ok().and_then(|()| vmcs::read_nat(FieldNat::GuestDr7).ok()).unwrap_or(0);
             if crate::virt::exit::debug::is_fault(x.qualification, dr7) {
                 // Fault-like: RF in the pushed RFLAGS, as the CPU would set it.
