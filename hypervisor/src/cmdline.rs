@@ -8,6 +8,8 @@
 //! - `dom0_mem=SIZE[K|M|G]`: RAM for dom0 (default: half of what is free).
 //! - `dom0_max_vcpus=N`: dom0's vCPUs (default 1).
 //! - `sched_slice_ms=N`: the credit scheduler's time slice (1..=1000, default 30).
+//! - `exit_tally_s=N`: log every vCPU's exits by reason every N seconds
+//!   (1..=3600; for `cargo xtask bench --only idle`).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -31,11 +33,12 @@ pub struct Options {
     pub dom0_mem: Option<u64>,
     pub dom0_max_vcpus: u32,
     pub sched_slice_ms: Option<u64>,
+    pub exit_tally_s: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None }
     }
 }
 
@@ -102,6 +105,10 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
             ("sched_slice_ms", Some(v)) => match v.parse::<u64>() {
                 Ok(n @ 1..=1000) => o.sched_slice_ms = Some(n),
                 _ => bad(BadOption { word, why: "sched_slice_ms takes a number of milliseconds from 1 to 1000" }),
+            },
+            ("exit_tally_s", Some(v)) => match v.parse::<u64>() {
+                Ok(n @ 1..=3600) => o.exit_tally_s = Some(n),
+                _ => bad(BadOption { word, why: "exit_tally_s takes a number of seconds from 1 to 3600" }),
             },
             ("dom0_max_vcpus", Some(v)) => match v.parse::<u32>() {
                 Ok(n @ 1..=64) => o.dom0_max_vcpus = n,

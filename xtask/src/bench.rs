@@ -2132,6 +2132,18 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         step(format!("updated {}", show(&path)));
         return Ok(());
     }
+    if only == Some(Part::Idle) {
+        use crate::emu::Emulator;
+        let mut runs = vec![crate::bench_exits::idle_run(elf, Emulator::Qemu, 20, true, Duration::from_secs(1200))?];
+        match crate::bench_exits::idle_run(elf, Emulator::Bochs, 10, false, Duration::from_secs(1800)) {
+            Ok(r) => runs.push(r),
+            Err(e) => println!("     the Bochs run failed, its figures are left out: {e:#}"),
+        }
+        doc = update_section(&doc, "idle", &crate::bench_exits::idle_section(&runs, &sched_footer));
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return Ok(());
+    }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;

@@ -87,3 +87,233 @@ pub fn null_section(r: &NullDom0, footer: &str) -> String {
         r.command
     )
 }
+
+// ---- `idle`: exits per second of idle domains, by reason ----
+
+/// Every vCPU logs its tally this often (`exit_tally_s`), in seconds.
+const TALLY_PERIOD_S: u64 = 5;
+const IDLE_DONE: &str = r"\(d0\) idle-bench: done";
+
+/// One emulator's idle run.
+pub struct IdleRun {
+    /// "QEMU AMD-V" / "Bochs VT-x".
+    pub vendor: &'static str,
+    pub windows: Vec<IdleWindow>,
+    pub command: String,
+    pub dom0_args: String,
+}
+
+/// One window of idle-bench.sh.
+pub struct IdleWindow {
+    /// dom0, minimal, linux.
+    pub name: String,
+    pub seconds: f64,
+    /// Exits over the window (`oxl list --json`): dom0's and the domU's.
+    pub dom0: u64,
+    pub domu: u64,
+    /// Per label (`dom0`, `d1 (idle)`, `d2 (linux) vcpu0`, …): exits per second
+    /// by reason between the first and last periodic tally inside the window.
+    pub by_reason: Vec<(String, Vec<(String, f64)>)>,
+}
+
+/// A `(periodic)` tally line: label, total, ` name=count` list.
+fn tally_line(l: &str) -> Option<(String, Vec<(String, u64)>)> {
+    let re = Regex::new(r"^\(oxen\) (.+): (\d+) exits \(periodic\):(.*)$").ok()?;
+    let c = re.captures(l)?;
+    let counts = c[3]
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    Some((c[1].to_string(), counts))
+}
+
+/// The windows in a serial log of idle-bench.sh.
+fn parse_idle(serial: &str) -> Vec<IdleWindow> {
+    let mark = Regex::new(r"idle-bench: window (\w+) (start|end)$").expect("regex");
+    let result =
+        Regex::new(r"idle-bench: window (\w+) us=(\d+) dom0=(\d+) domu=(\d+)").expect("regex");
+    let mut windows = Vec::new();
+    // Periodic tallies seen since the current window's start, per label.
+    let mut inside: Option<Vec<(String, Vec<(String, u64)>, usize)>> = None;
+    let mut firsts: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+    let mut spans: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    for l in crate::util::log_lines(serial) {
+        if let Some(c) = mark.captures(l) {
+            if &c[2] == "start" {
+                inside = Some(Vec::new());
+                firsts.clear();
+            } else if let Some(seen) = inside.take() {
+                // First and last tally of each label inside the window.
+                spans = seen
+                    .into_iter()
+                    .filter(|(_, _, n)| *n > 1)
+                    .filter_map(|(label, last, n)| {
+                        let first = &firsts.iter().find(|(f, _)| *f == label)?.1;
+                        let secs = ((n - 1) as u64 * TALLY_PERIOD_S) as f64;
+                        let rates = last
+                            .iter()
+                            .map(|(k, v)| {
+                                let before = first.iter().find(|(f, _)| f == k).map_or(0, |x| x.1);
+                                (k.clone(), v.saturating_sub(before) as f64 / secs)
+                            })
+                            .filter(|(_, r)| *r > 0.0)
+                            .collect();
+                        Some((label, rates))
+                    })
+                    .collect();
+            }
+        } else if let Some((label, counts)) = tally_line(l) {
+            if let Some(seen) = inside.as_mut() {
+                match seen.iter_mut().find(|(s, _, _)| *s == label) {
+                    Some(e) => {
+                        e.1 = counts;
+                        e.2 += 1;
+                    }
+                    None => {
+                        firsts.push((label.clone(), counts.clone()));
+                        seen.push((label, counts, 1));
+                    }
+                }
+            }
+        } else if let Some(c) = result.captures(l) {
+            windows.push(IdleWindow {
+                name: c[1].to_string(),
+                seconds: c[2].parse::<f64>().unwrap_or(0.0) / 1e6,
+                dom0: c[3].parse().unwrap_or(0),
+                domu: c[4].parse().unwrap_or(0),
+                by_reason: core::mem::take(&mut spans),
+            });
+        }
+    }
+    windows
+}
+
+/// Boots Oxen with `exit_tally_s` and dom0 running idle-bench.sh.
+pub fn idle_run(
+    elf: &Path,
+    emulator: crate::emu::Emulator,
+    window_s: u32,
+    linux: bool,
+    timeout: Duration,
+) -> Result<IdleRun> {
+    use crate::emu::{boot_and_watch_with, Machine, Media};
+    use crate::image::{make_iso, target_dir, IsoSpec};
+    let bochs = matches!(emulator, crate::emu::Emulator::Bochs);
+    let (vendor, name) = if bochs { ("Bochs VT-x", "idle-vmx") } else { ("QEMU AMD-V", "idle-svm") };
+    step(format!(
+        "idle exits: {vendor}, dom0 runs idle-bench.sh, windows of {window_s} s (up to {}s)",
+        timeout.as_secs()
+    ));
+    let dom0 = crate::dom0::prepare()?;
+    let dir = target_dir().join("bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut modules = dom0.modules();
+    // dom0_run takes no arguments: the window and the Linux domU go through
+    // the environment the kernel gives init (its unknown `key=value` words).
+    let dom0_args = format!(
+        "nr_cpus=1 dom0_run=/usr/lib/oxen/tests/idle-bench.sh idle_window={window_s}{}",
+        if linux { " idle_linux=linux" } else { "" }
+    );
+    modules[0].args = format!("{} {dom0_args}", modules[0].args);
+    let iso = dir.join("oxen.iso");
+    let cmdline = format!("console=com1,115200 dom0_mem=256M exit_tally_s={TALLY_PERIOD_S}");
+    make_iso(&IsoSpec {
+        elf,
+        cmdline: &cmdline,
+        modules: &modules,
+        name: &format!("bench-{name}"),
+        output: &iso,
+    })?;
+    let m = Machine {
+        emulator,
+        cpu: Some(if bochs { "corei7_skylake_x" } else { "max" }.into()),
+        smp: if bochs { 1 } else { 2 },
+        memory_mib: 512,
+        accel: crate::emu::Accel::Tcg,
+        icount: false,
+        bochs_ips: crate::emu::BOCHS_IPS,
+        disk: None,
+    };
+    let watch = Watch {
+        done: Some(Regex::new(IDLE_DONE)?),
+        ..Watch::default()
+    };
+    let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), timeout, &watch)?;
+    let windows = parse_idle(&boot.serial);
+    if !matches!(boot.ending, Ending::Done) || windows.len() < 2 {
+        bail!(
+            "idle-bench.sh did not finish. Command:\n    {}\nlast lines of {}:\n{}",
+            boot.command,
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        );
+    }
+    Ok(IdleRun {
+        vendor,
+        windows,
+        command: relative(&boot.command),
+        dom0_args,
+    })
+}
+
+/// Section `idle`.
+pub fn idle_section(runs: &[IdleRun], footer: &str) -> String {
+    let mut table = String::from(
+        "| machine | state | domain | exits/s (`oxl list`, whole window) | by reason, /s (periodic tallies) |\n|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        for w in &r.windows {
+            let state = match w.name.as_str() {
+                "dom0" => "dom0 alone at its prompt",
+                "minimal" => "dom0 + a minimal domU asleep",
+                "linux" => "dom0 + a Linux domU at its shell",
+                other => other,
+            };
+            let reasons = |pred: &dyn Fn(&str) -> bool| {
+                w.by_reason
+                    .iter()
+                    .filter(|(l, _)| pred(l))
+                    .map(|(l, rs)| {
+                        let list: Vec<String> = rs.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+                        format!("{l}: {}", if list.is_empty() { "none".into() } else { list.join(", ") })
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let per = |n: u64| n as f64 / w.seconds.max(1e-9);
+            table.push_str(&format!(
+                "| {} | {state} | dom0 | {:.1} | {} |\n",
+                r.vendor,
+                per(w.dom0),
+                reasons(&|l: &str| l.starts_with("dom0"))
+            ));
+            if w.name != "dom0" {
+                table.push_str(&format!(
+                    "| {} | {state} | domU | {:.1} | {} |\n",
+                    r.vendor,
+                    per(w.domu),
+                    reasons(&|l: &str| !l.starts_with("dom0"))
+                ));
+            }
+            step(format!("idle {} {}: dom0 {:.1}/s, domU {:.1}/s over {:.1} s", r.vendor, w.name, per(w.dom0), per(w.domu), w.seconds));
+        }
+    }
+    let commands: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{}: dom0 `{}`, hypervisor `exit_tally_s={TALLY_PERIOD_S}`\n\n```\n{}\n```\n", r.vendor, r.dom0_args, r.command))
+        .collect();
+    format!(
+        "## Idle exits per second (`--only idle`)\n\n\
+         dom0 runs `dom0-bootstrap/tests/idle-bench.sh`: windows in which nothing is asked of any domain, \
+         timed with dom0's clock (guest time: under Bochs the emulated clock), the exits over each read from \
+         `oxl list --json` before and after. The hypervisor runs with `exit_tally_s={TALLY_PERIOD_S}`: every \
+         vCPU logs its tally by reason every {TALLY_PERIOD_S} s (a poll, not an exit), and the reasons column \
+         is the difference between the first and last tally inside the window.\n\n{table}\n\
+         Command: `cargo xtask bench --only idle`, which ran\n\n{}\n{footer}",
+        commands.join("\n"),
+    )
+}

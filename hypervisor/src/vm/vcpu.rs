@@ -33,7 +33,7 @@ use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
 use crate::sched::run::{self as sched, Poll, Runnable};
 use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VcpuState, VmExit};
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use log::{info, warn};
 use oxen_abi::{request, DomainState, ShutdownReason};
 
@@ -46,6 +46,15 @@ const TALLY_EVERY: u64 = 1 << 18;
 const STALL_NS: u64 = 5_000_000_000;
 /// How often dom0's vCPU 0 looks at serial input while it idles.
 const SERIAL_POLL_NS: u64 = 10_000_000;
+/// `exit_tally_s=N` in ns (0: off): every vCPU logs its exits by reason
+/// this often, for `cargo xtask bench --only idle`.
+static TALLY_PERIOD_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the period of `exit_tally_s` (at boot, before any vCPU runs).
+pub fn set_tally_period(seconds: Option<u64>) {
+    TALLY_PERIOD_NS.store(seconds.map_or(0, |s| s * 1_000_000_000), Ordering::Relaxed);
+}
+
 /// Most refused exits / blocked accesses logged one by one; then counted.
 const LOG_LIMIT: u64 = 16;
 const UD: u8 = 6;
@@ -95,6 +104,8 @@ pub struct GuestVcpu {
     /// vCPU 0 of a domU: the shutdown request last passed to the guest as
     /// Ctrl-Alt-Del.
     request_sent: u64,
+    /// When `exit_tally_s` logs its tally next.
+    tally_at: Option<u64>,
 }
 
 // SAFETY: a GuestVcpu is used by one CPU at a time (the scheduler takes it out
@@ -128,6 +139,7 @@ impl GuestVcpu {
             msrs: Default::default(),
             kvmclock: KvmClock::new(),
             request_sent: request::NONE,
+            tally_at: None,
         }
     }
 
@@ -518,8 +530,26 @@ impl GuestVcpu {
     }
 }
 
-impl Runnable for GuestVcpu {
-    fn poll(&mut self, now: u64) -> Poll {
+impl GuestVcpu {
+    /// `exit_tally_s`: logs the tally when it is due; the time it is due
+    /// next (a sleeping vCPU is polled then, not run: no exit is added).
+    fn periodic_tally(&mut self, now: u64) -> Option<u64> {
+        let period = TALLY_PERIOD_NS.load(Ordering::Relaxed);
+        if period == 0 {
+            return None;
+        }
+        let at = *self.tally_at.get_or_insert(now);
+        if now >= at {
+            // Logged directly, not through the domain's rate-limited log: an
+            // option for measurements, off by default.
+            log_tally(&self.label(), "periodic", self.stats().counts());
+            self.tally_at = Some(now + period);
+        }
+        self.tally_at
+    }
+
+    /// The poll itself: the domain's state, INIT / START-UP, interrupts.
+    fn poll_state(&mut self, now: u64) -> Poll {
         if self.platform.role == Role::DomU {
             // Consoles' serial echoes are printed here, between turns, with
             // no lock held; a domain writing its console never waits for the
@@ -560,6 +590,19 @@ impl Runnable for GuestVcpu {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
+    }
+}
+
+impl Runnable for GuestVcpu {
+    fn poll(&mut self, now: u64) -> Poll {
+        let tally = self.periodic_tally(now);
+        match self.poll_state(now) {
+            Poll::Sleep(at) => Poll::Sleep(match (at, tally) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+            p => p,
+        }
     }
 
     fn run(&mut self, until: u64) {
