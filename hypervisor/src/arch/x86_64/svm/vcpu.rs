@@ -318,13 +318,17 @@ impl Vcpu for SvmVcpu {
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
             // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
             // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
-            // it there); STGI then lets the host IDT take it, and CLI restores the
-            // hypervisor's usual interrupts-off state. The world switch restores
-            // every callee-saved register and the host's VMSAVE state.
+            // it there). #VMEXIT restores that IF = 1: CLI before STGI keeps a
+            // physical interrupt pending (taken below only after an INTR exit),
+            // so one that arrives with another exit is not consumed unseen: it
+            // makes the next VMRUN exit at once, and the caller sees `Preempted`
+            // (the caller handles most exits without looking at the time). The
+            // world switch restores every callee-saved register and the host's
+            // VMSAVE state.
             unsafe {
                 core::arch::asm!("clgi", "sti", options(nomem, nostack));
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
-                core::arch::asm!("stgi", "cli", options(nomem, nostack));
+                core::arch::asm!("cli", "stgi", options(nomem, nostack));
             }
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
@@ -337,9 +341,14 @@ impl Vcpu for SvmVcpu {
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
             match &mut exit {
-                // Physical interrupts are the host's and were taken through its IDT
-                // after STGI; the caller may have timers to look at.
-                VmExit::Unsupported { reason: exit_code::INTR, .. } => return VmExit::Preempted,
+                // Physical interrupts are the host's: a one-instruction window
+                // lets the host IDT take it; the caller may have timers to look at.
+                VmExit::Unsupported { reason: exit_code::INTR, .. } => {
+                    // SAFETY: the hypervisor's IDT handles every vector the host
+                    // APIC raises; interrupts are off again right after.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    return VmExit::Preempted;
+                }
                 // A physical NMI or SMI is taken by the host once STGI above
                 // lets it in (an NMI through the IDT's NMI gate): the guest runs on.
                 VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
