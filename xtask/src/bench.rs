@@ -2135,7 +2135,7 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     if only == Some(Part::Idle) {
         use crate::emu::Emulator;
         let mut runs = vec![crate::bench_exits::idle_run(elf, Emulator::Qemu, 20, true, Duration::from_secs(1200))?];
-        match crate::bench_exits::idle_run(elf, Emulator::Bochs, 10, false, Duration::from_secs(1800)) {
+        match crate::bench_exits::idle_run(elf, Emulator::Bochs, 20, false, Duration::from_secs(1800)) {
             Ok(r) => runs.push(r),
             Err(e) => println!("     the Bochs run failed, its figures are left out: {e:#}"),
         }
