@@ -116,8 +116,11 @@ pub struct IdleWindow {
     pub by_reason: Vec<(String, Vec<(String, f64)>)>,
 }
 
+/// Exit counts by reason name.
+type Counts = Vec<(String, u64)>;
+
 /// A `(periodic)` tally line: label, total, ` name=count` list.
-fn tally_line(l: &str) -> Option<(String, Vec<(String, u64)>)> {
+fn tally_line(l: &str) -> Option<(String, Counts)> {
     let re = Regex::new(r"^\(oxen\) (.+): (\d+) exits \(periodic\):(.*)$").ok()?;
     let c = re.captures(l)?;
     let counts = c[3]
@@ -137,8 +140,9 @@ fn parse_idle(serial: &str) -> Vec<IdleWindow> {
         Regex::new(r"idle-bench: window (\w+) us=(\d+) dom0=(\d+) domu=(\d+)").expect("regex");
     let mut windows = Vec::new();
     // Periodic tallies seen since the current window's start, per label.
-    let mut inside: Option<Vec<(String, Vec<(String, u64)>, usize)>> = None;
-    let mut firsts: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+    // Per label: its last tally and how many were seen.
+    let mut inside: Option<Vec<(String, Counts, usize)>> = None;
+    let mut firsts: Vec<(String, Counts)> = Vec::new();
     let mut spans: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     for l in crate::util::log_lines(serial) {
         if let Some(c) = mark.captures(l) {
