@@ -279,7 +279,7 @@ pub fn idle_section(runs: &[IdleRun], footer: &str) -> String {
             };
             let per = |n: u64| n as f64 / w.seconds.max(1e-9);
             for (label, rates) in &w.by_reason {
-                let total: f64 = rates.iter().map(|(_, v)| v).sum();
+                let total: f64 = rates.iter().map(|(_, v)| v).sum::<f64>() + 0.0;
                 let list: Vec<String> = rates.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
                 let counted = if label.starts_with("dom0") { per(w.dom0) } else { per(w.domu) };
                 table.push_str(&format!(
