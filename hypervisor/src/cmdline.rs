@@ -148,6 +148,14 @@ mod tests {
     }
 
     #[test]
+    fn exit_tally_period() {
+        let mut bad = vec![];
+        let o = parse("exit_tally_s=0 exit_tally_s=3601 exit_tally_s=5", |b| bad.push(b.word));
+        assert_eq!(o.exit_tally_s, Some(5));
+        assert_eq!(bad, vec!["exit_tally_s=0", "exit_tally_s=3601"]);
+    }
+
+    #[test]
     fn dom0_options() {
         let mut bad = vec![];
         let o = parse("dom0_mem=512M dom0_max_vcpus=2 dom0_mem=x dom0_max_vcpus=0 dom0_mem=0", |b| bad.push(b.word));
