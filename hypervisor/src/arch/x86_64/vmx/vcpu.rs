@@ -226,9 +226,8 @@ pub struct VmxVcpu {
     cr2: u64,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<Intercepted>,
-    /// Between `enter` and `leave`: its DR0-DR3 and DR6 are in the CPU and
-    /// its VPID is this CPU's (exits in between are handled without
-    /// switching them).
+    /// Between `enter` and `leave`: its VPID is this CPU's (not looked up
+    /// again around each exit).
     entered: bool,
 }
 
@@ -962,18 +961,13 @@ impl VmxVcpu {
 }
 
 impl VmxVcpu {
-    /// `enter`'s work: its VPID made valid here, its debug registers loaded.
+    /// `enter`'s work: its VPID made valid here (once per slice).
     fn enter_here(&mut self) -> Result<(), (&'static str, VmxError)> {
         if self.entered {
             return Ok(());
         }
         self.make_current()?;
         self.take_vpid()?;
-        // SAFETY: before this vCPU's runs on this CPU; its DR7 (loaded from
-        // the VMCS at entry) decides what these arm, and only while it runs.
-        // The hypervisor sets no breakpoints, and VM exit sets DR7 to 400H
-        // (SDM Vol. 3C §28.5.1), so they arm nothing while exits are handled.
-        unsafe { self.debug.load(true) };
         self.entered = true;
         Ok(())
     }
@@ -986,10 +980,7 @@ impl Vcpu for VmxVcpu {
     }
 
     fn leave(&mut self) {
-        if core::mem::take(&mut self.entered) {
-            // Read back before another vCPU's are loaded over them.
-            self.debug.store(true);
-        }
+        self.entered = false;
     }
 
     fn run(&mut self) -> VmExit {
@@ -1000,6 +991,13 @@ impl Vcpu for VmxVcpu {
         if let Err((what, e)) = self.enter_here().and_then(|()| self.prepare_entry()) {
             return self.entry_failed(what, e);
         }
+        // Still around each entry on VT-x (not per slice as on AMD-V): with
+        // them kept per slice, dom0-hostile-vmx's db-loop guest (a #DB that
+        // each delivery raises again) never left its CPU under Bochs; not
+        // understood yet.
+        // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
+        // at entry) decides what these arm, and only while it runs.
+        unsafe { self.debug.load(true) };
         // CR2 is not in the VMCS: the guest's goes in with it and comes back
         // out, so no guest sees (or loses to another) a page-fault address
         // another one took on this CPU.
@@ -1014,6 +1012,7 @@ impl Vcpu for VmxVcpu {
         // CPU's and HOST_RIP is `oxen_vmx_exit`, which returns here.
         let rc = unsafe { oxen_vmx_enter(&mut self.gprs, u8::from(self.launched)) };
         self.cr2 = x86_64::registers::control::Cr2::read_raw();
+        self.debug.store(true);
         match rc {
             ENTER_EXITED => {}
             ENTER_FAIL_VALID => {
@@ -1095,12 +1094,6 @@ impl Vcpu for VmxVcpu {
             // A #DB that exits leaves DR6 alone and reports its causes in the
             // exit qualification (SDM Vol. 3C §28.1, §28.2.1).
             self.debug.dr6 = crate::virt::exit::debug::dr6_after(self.debug.dr6, x.qualification);
-            if self.entered {
-                // Between exits the CPU holds the guest's DR6: the next entry
-                // must see this one.
-                // SAFETY: as in `enter_here`; DR6 only from `dr6_after`.
-                unsafe { self.debug.load(true) };
-            }
             let dr7 = self.make_current().ok().and_then(|()| vmcs::read_nat(FieldNat::GuestDr7).ok()).unwrap_or(0);
             if crate::virt::exit::debug::is_fault(x.qualification, dr7) {
                 // Fault-like: RF in the pushed RFLAGS, as the CPU would set it.
