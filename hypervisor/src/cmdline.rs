@@ -8,6 +8,8 @@
 //! - `dom0_mem=SIZE[K|M|G]`: RAM for dom0 (default: half of what is free).
 //! - `dom0_max_vcpus=N`: dom0's vCPUs (default 1).
 //! - `sched_slice_ms=N`: the credit scheduler's time slice (1..=1000, default 30).
+//! - `exit_tally_s=N`: log every vCPU's exits by reason every N seconds
+//!   (1..=3600; for `cargo xtask bench --only idle`).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -31,11 +33,12 @@ pub struct Options {
     pub dom0_mem: Option<u64>,
     pub dom0_max_vcpus: u32,
     pub sched_slice_ms: Option<u64>,
+    pub exit_tally_s: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None }
     }
 }
 
@@ -103,6 +106,10 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
                 Ok(n @ 1..=1000) => o.sched_slice_ms = Some(n),
                 _ => bad(BadOption { word, why: "sched_slice_ms takes a number of milliseconds from 1 to 1000" }),
             },
+            ("exit_tally_s", Some(v)) => match v.parse::<u64>() {
+                Ok(n @ 1..=3600) => o.exit_tally_s = Some(n),
+                _ => bad(BadOption { word, why: "exit_tally_s takes a number of seconds from 1 to 3600" }),
+            },
             ("dom0_max_vcpus", Some(v)) => match v.parse::<u32>() {
                 Ok(n @ 1..=64) => o.dom0_max_vcpus = n,
                 _ => bad(BadOption { word, why: "dom0_max_vcpus takes a number from 1 to 64" }),
@@ -138,6 +145,14 @@ mod tests {
         let o = parse("  loglvl=loud console=com2 frobnicate bench baud console=com1,7 ", |b| bad.push(b.word));
         assert_eq!(bad, vec!["loglvl=loud", "console=com2", "frobnicate", "baud", "console=com1,7"]);
         assert_eq!(o, Options { bench: true, ..Options::default() });
+    }
+
+    #[test]
+    fn exit_tally_period() {
+        let mut bad = vec![];
+        let o = parse("exit_tally_s=0 exit_tally_s=3601 exit_tally_s=5", |b| bad.push(b.word));
+        assert_eq!(o.exit_tally_s, Some(5));
+        assert_eq!(bad, vec!["exit_tally_s=0", "exit_tally_s=3601"]);
     }
 
     #[test]

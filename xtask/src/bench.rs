@@ -675,7 +675,7 @@ pub struct SchedRun {
 
 /// Boots Oxen with dom0 (`extra` added to its kernel arguments) in QEMU TCG `-cpu
 /// max`, 2 CPUs, 512 MiB, with `-icount shift=0` or without, under target/bench/`name`.
-fn boot_dom0_script(
+pub(crate) fn boot_dom0_script(
     elf: &Path,
     icount: bool,
     name: &str,
@@ -2057,6 +2057,10 @@ pub enum Part {
     Linux,
     /// Hundreds of domUs: create/list/destroy and scheduler costs at 10, 100, 500 (section `scale`).
     Scale,
+    /// A null hypercall from dom0's kernel under `-icount` (section `null-dom0`).
+    Null,
+    /// Idle exits per second of dom0 and a domU, by reason (section `idle`).
+    Idle,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -2133,6 +2137,25 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         step(format!("updated {}", show(&path)));
         return r.context("the hundreds-of-domUs benchmark failed (BENCHMARKS.md keeps its previous figures)");
+    }
+    if only == Some(Part::Null) {
+        let r = crate::bench_exits::null_dom0(elf)?;
+        doc = update_section(&doc, "null-dom0", &crate::bench_exits::null_section(&r, &sched_footer));
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return Ok(());
+    }
+    if only == Some(Part::Idle) {
+        use crate::emu::Emulator;
+        let mut runs = vec![crate::bench_exits::idle_run(elf, Emulator::Qemu, 20, true, Duration::from_secs(1200))?];
+        match crate::bench_exits::idle_run(elf, Emulator::Bochs, 20, false, Duration::from_secs(1800)) {
+            Ok(r) => runs.push(r),
+            Err(e) => println!("     the Bochs run failed, its figures are left out: {e:#}"),
+        }
+        doc = update_section(&doc, "idle", &crate::bench_exits::idle_section(&runs, &sched_footer));
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return Ok(());
     }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);

@@ -4,6 +4,7 @@
 //! and the `x86_64-unknown-none` Rust target) and installs what is missing.
 
 mod bench;
+mod bench_exits;
 mod cpio;
 mod dom0;
 mod dom0_tools;

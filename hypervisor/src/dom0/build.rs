@@ -191,6 +191,7 @@ pub fn boot(info: &BootInfo) -> ! {
     let root = tables.root();
     let _ = tables;
     sched::init(info.options.sched_slice_ms);
+    crate::vm::vcpu::set_tally_period(info.options.exit_tally_s);
     run(boot, vcpus, root, gm, ram_map)
 }
 

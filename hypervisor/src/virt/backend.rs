@@ -191,6 +191,12 @@ macro_rules! dispatch {
 }
 
 impl Vcpu for AnyVcpu {
+    fn enter(&mut self) {
+        dispatch!(self, v => v.enter())
+    }
+    fn leave(&mut self) {
+        dispatch!(self, v => v.leave())
+    }
     fn run(&mut self) -> VmExit {
         dispatch!(self, v => v.run())
     }

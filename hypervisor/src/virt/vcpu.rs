@@ -58,6 +58,14 @@ pub struct InitialState {
 
 /// One virtual CPU. Methods take effect at the next `run`.
 pub trait Vcpu {
+    /// Before a run slice on this CPU: loads what the vCPU keeps in the CPU
+    /// across its exits (debug registers, TSC_AUX, its TLB tag), so that
+    /// `run` after an exit only switches worlds. `run` enters on its own if
+    /// this was not called.
+    fn enter(&mut self) {}
+    /// After the slice's last `run`, before another vCPU runs here: reads
+    /// that state back out of the CPU.
+    fn leave(&mut self) {}
     /// Enters the guest and returns at the next exit the common code must handle.
     fn run(&mut self) -> crate::virt::VmExit;
     /// General-purpose registers (not RSP).

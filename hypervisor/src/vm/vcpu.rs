@@ -33,7 +33,7 @@ use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
 use crate::sched::run::{self as sched, Poll, Runnable};
 use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VcpuState, VmExit};
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use log::{info, warn};
 use oxen_abi::{request, DomainState, ShutdownReason};
 
@@ -46,6 +46,15 @@ const TALLY_EVERY: u64 = 1 << 18;
 const STALL_NS: u64 = 5_000_000_000;
 /// How often dom0's vCPU 0 looks at serial input while it idles.
 const SERIAL_POLL_NS: u64 = 10_000_000;
+/// `exit_tally_s=N` in ns (0: off): every vCPU logs its exits by reason
+/// this often, for `cargo xtask bench --only idle`.
+static TALLY_PERIOD_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the period of `exit_tally_s` (at boot, before any vCPU runs).
+pub fn set_tally_period(seconds: Option<u64>) {
+    TALLY_PERIOD_NS.store(seconds.map_or(0, |s| s * 1_000_000_000), Ordering::Relaxed);
+}
+
 /// Most refused exits / blocked accesses logged one by one; then counted.
 const LOG_LIMIT: u64 = 16;
 const UD: u8 = 6;
@@ -95,6 +104,8 @@ pub struct GuestVcpu {
     /// vCPU 0 of a domU: the shutdown request last passed to the guest as
     /// Ctrl-Alt-Del.
     request_sent: u64,
+    /// When `exit_tally_s` logs its tally next.
+    tally_at: Option<u64>,
 }
 
 // SAFETY: a GuestVcpu is used by one CPU at a time (the scheduler takes it out
@@ -128,6 +139,7 @@ impl GuestVcpu {
             msrs: Default::default(),
             kvmclock: KvmClock::new(),
             request_sent: request::NONE,
+            tally_at: None,
         }
     }
 
@@ -518,8 +530,26 @@ impl GuestVcpu {
     }
 }
 
-impl Runnable for GuestVcpu {
-    fn poll(&mut self, now: u64) -> Poll {
+impl GuestVcpu {
+    /// `exit_tally_s`: logs the tally when it is due; the time it is due
+    /// next (a sleeping vCPU is polled then, not run: no exit is added).
+    fn periodic_tally(&mut self, now: u64) -> Option<u64> {
+        let period = TALLY_PERIOD_NS.load(Ordering::Relaxed);
+        if period == 0 {
+            return None;
+        }
+        let at = *self.tally_at.get_or_insert(now);
+        if now >= at {
+            // Logged directly, not through the domain's rate-limited log: an
+            // option for measurements, off by default.
+            log_tally(&self.label(), "periodic", self.stats().counts());
+            self.tally_at = Some(now + period);
+        }
+        self.tally_at
+    }
+
+    /// The poll itself: the domain's state, INIT / START-UP, interrupts.
+    fn poll_state(&mut self, now: u64) -> Poll {
         if self.platform.role == Role::DomU {
             // Consoles' serial echoes are printed here, between turns, with
             // no lock held; a domain writing its console never waits for the
@@ -561,6 +591,19 @@ impl Runnable for GuestVcpu {
             (a, b) => a.or(b),
         })
     }
+}
+
+impl Runnable for GuestVcpu {
+    fn poll(&mut self, now: u64) -> Poll {
+        let tally = self.periodic_tally(now);
+        match self.poll_state(now) {
+            Poll::Sleep(at) => Poll::Sleep(match (at, tally) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+            p => p,
+        }
+    }
 
     fn run(&mut self, until: u64) {
         let start = now_ns();
@@ -570,20 +613,41 @@ impl Runnable for GuestVcpu {
             return;
         }
         self.stats().state.store(STATE_RUNNING, Ordering::Relaxed);
+        // What the vCPU keeps in the CPU for the whole slice, switched here
+        // and at its end, not around each exit: its x87/SSE/AVX state, its
+        // speculation-control MSRs, its debug registers, TSC_AUX, TLB tag.
+        // The hypervisor itself uses none of them (`cargo xtask vecregs`
+        // checks the vector registers), so exits in between are handled with
+        // the guest's values in place, and `leave` below reads them back
+        // before any other vCPU can run on this CPU.
         if let Some(x) = self.xstate.as_mut() {
             x.load();
         }
+        exit::msr::load_for_guest(&self.msrs, domid);
+        if let Some(v) = self.vcpu.as_mut() {
+            v.enter();
+        }
         let serial = self.platform.role == Role::Dom0 && self.index == 0;
+        // Whether the last exit may have changed what the vCPU is to be
+        // given (devices, its APIC, its timer, halting): then the devices
+        // and APICs are looked at and the hypervisor's timer re-armed before
+        // the guest is entered again. A hypercall, CPUID or an MSR read
+        // changes none of that; what another CPU posts comes with a kick (a
+        // physical interrupt, so a `Preempted` exit), and time is kept by the
+        // timer armed at the last service: it fires at the guest's next timer
+        // deadline or at the slice's end (`Preempted` again).
+        let mut stale = true;
         loop {
-            let now = now_ns();
-            let Serviced::Run { timer } = self.service(now, true) else { break };
-            if self.halted || now >= until {
-                break;
+            if stale {
+                let now = now_ns();
+                let Serviced::Run { timer } = self.service(now, true) else { break };
+                if self.halted || now >= until {
+                    break;
+                }
+                let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
+                apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
             }
-            let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
-            apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
             let Some(vcpu) = self.vcpu.as_mut() else { break };
-            exit::msr::load_for_guest(&self.msrs, domid);
             let exit = vcpu.run();
             self.exits += 1;
             let stats = &self.platform.stats[self.index];
@@ -592,8 +656,14 @@ impl Runnable for GuestVcpu {
                 log_tally(&self.platform.label(self.index), "so far", stats.counts());
             }
             let io = matches!(exit, VmExit::Io { .. });
+            let msr_write = matches!(exit, VmExit::MsrWrite { .. });
+            stale = !matches!(exit, VmExit::Hypercall | VmExit::Cpuid { .. } | VmExit::MsrRead { .. } | VmExit::Xsetbv { .. });
             let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
             let mut outcome = exit::handle(vcpu, exit, &mut env);
+            if msr_write {
+                // SPEC_CTRL and its kin take effect now, as on a CPU.
+                exit::msr::load_for_guest(&self.msrs, domid);
+            }
             if io && outcome == Outcome::Continue {
                 // The keyboard's reset line, ACPI's sleep or reset register,
                 // the pvpanic port.
@@ -609,17 +679,24 @@ impl Runnable for GuestVcpu {
                 // A physical interrupt (the timer, a kick, a device): back to
                 // the scheduler, which may have another vCPU to run here.
                 Outcome::Preempted | Outcome::Yield => break,
-                Outcome::Halted => self.halted = true,
+                Outcome::Halted => {
+                    self.halted = true;
+                    stale = true;
+                }
                 Outcome::Block { timeout_ns } => {
                     self.blocked_until = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
                     break;
                 }
                 other => {
+                    stale = true;
                     if self.settle(other) {
                         break;
                     }
                 }
             }
+        }
+        if let Some(v) = self.vcpu.as_mut() {
+            v.leave();
         }
         if let Some(x) = self.xstate.as_mut() {
             x.save();

@@ -44,6 +44,10 @@ pub struct SvmVcpu {
     intercepted: Option<(u8, Option<u32>)>,
     /// Its ASID: from the per-CPU cache of the CPU it runs on (`virt::tlb_tag`).
     asid: Option<Held>,
+    /// Between `enter` and `leave`: its DR0-DR3 and TSC_AUX are in the CPU
+    /// (exits in between are handled without switching them), and this CPU's
+    /// host save area.
+    entered: Option<HostPhysAddr>,
 }
 
 impl SvmVcpu {
@@ -92,6 +96,7 @@ impl SvmVcpu {
             tsc_aux: 0,
             intercepted: None,
             asid: None,
+            entered: None,
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -230,6 +235,10 @@ impl SvmVcpu {
             // CPU's, fresh in its generation, so nothing cached needs a flush.
             self.cpu = here;
             self.vmcb_mut().control.clean_bits = 0;
+            // Left without `leave` on the other CPU: its debug registers stay
+            // there (lost, never read into another vCPU), and this CPU's host
+            // area is looked up again.
+            self.entered = None;
         }
     }
 }
@@ -280,27 +289,47 @@ global_asm!(
 );
 
 impl Vcpu for SvmVcpu {
+    fn enter(&mut self) {
+        if self.entered.is_some() {
+            return;
+        }
+        self.take_asid();
+        super::load_tsc_aux(self.tsc_aux);
+        // SAFETY: before this vCPU's runs on this CPU; its DR7 (in the VMCB)
+        // decides what these arm, and only while it runs. The hypervisor sets
+        // no breakpoints, and #VMEXIT loads the host's DR7 (APM Vol. 2
+        // §15.5.1, "host state"), so they arm nothing while exits are handled.
+        unsafe { self.debug.load(false) };
+        self.entered = Some(super::host_vmcb());
+    }
+
+    fn leave(&mut self) {
+        if self.entered.take().is_some() {
+            // Read back before another vCPU's are loaded over them.
+            self.debug.store(false);
+        }
+    }
+
     fn run(&mut self) -> VmExit {
+        self.enter();
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
-            let host = super::host_vmcb().as_u64();
-            self.take_asid();
-            super::load_tsc_aux(self.tsc_aux);
-            // SAFETY: between guest runs; this guest's DR7 (in the VMCB)
-            // decides what these arm, and only while it runs.
-            unsafe { self.debug.load(false) };
+            let host = self.entered.map_or_else(|| super::host_vmcb().as_u64(), |h| h.as_u64());
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
             // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
             // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
-            // it there); STGI then lets the host IDT take it, and CLI restores the
-            // hypervisor's usual interrupts-off state. The world switch restores
-            // every callee-saved register and the host's VMSAVE state.
+            // it there). #VMEXIT restores that IF = 1: CLI before STGI keeps a
+            // physical interrupt pending (taken below only after an INTR exit),
+            // so one that arrives with another exit is not consumed unseen: it
+            // makes the next VMRUN exit at once, and the caller sees `Preempted`
+            // (the caller handles most exits without looking at the time). The
+            // world switch restores every callee-saved register and the host's
+            // VMSAVE state.
             unsafe {
                 core::arch::asm!("clgi", "sti", options(nomem, nostack));
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
-                core::arch::asm!("stgi", "cli", options(nomem, nostack));
+                core::arch::asm!("cli", "stgi", options(nomem, nostack));
             }
-            self.debug.store(false);
             let vmcb = self.vmcb_mut();
             vmcb.control.tlb_control = vmcb::TLB_CONTROL_NONE;
             // An event whose delivery the exit interrupted is in EXITINTINFO (same
@@ -312,9 +341,14 @@ impl Vcpu for SvmVcpu {
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
             match &mut exit {
-                // Physical interrupts are the host's and were taken through its IDT
-                // after STGI; the caller may have timers to look at.
-                VmExit::Unsupported { reason: exit_code::INTR, .. } => return VmExit::Preempted,
+                // Physical interrupts are the host's: a one-instruction window
+                // lets the host IDT take it; the caller may have timers to look at.
+                VmExit::Unsupported { reason: exit_code::INTR, .. } => {
+                    // SAFETY: the hypervisor's IDT handles every vector the host
+                    // APIC raises; interrupts are off again right after.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    return VmExit::Preempted;
+                }
                 // A physical NMI or SMI is taken by the host once STGI above
                 // lets it in (an NMI through the IDT's NMI gate): the guest runs on.
                 VmExit::Unsupported { reason: exit_code::NMI | exit_code::SMI, .. } => continue,
@@ -472,6 +506,10 @@ impl Vcpu for SvmVcpu {
             return match u32::try_from(v) {
                 Ok(aux) => {
                     self.tsc_aux = aux;
+                    if self.entered.is_some() {
+                        // The CPU holds the guest's between exits.
+                        super::load_tsc_aux(aux);
+                    }
                     true
                 }
                 Err(_) => false,

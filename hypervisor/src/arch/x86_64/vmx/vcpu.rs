@@ -226,6 +226,9 @@ pub struct VmxVcpu {
     cr2: u64,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<Intercepted>,
+    /// Between `enter` and `leave`: its VPID is this CPU's (not looked up
+    /// again around each exit).
+    entered: bool,
 }
 
 /// An intercepted exception as the exit reported it.
@@ -292,6 +295,7 @@ impl VmxVcpu {
             cr2: 0,
             intercepted: None,
             vpid_held: tag.held,
+            entered: false,
         };
         // From here on, `Drop` clears the VMCS and frees the frames on failure.
         // SAFETY: a fresh VMCS region of ours: VMCLEAR initialises its launch state
@@ -441,7 +445,6 @@ impl VmxVcpu {
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
         self.make_current()?;
-        self.take_vpid()?;
         if self.regs_dirty {
             guest_write_nat(FieldNat::GuestRip, self.rip, "guest RIP")?;
             guest_write_nat(FieldNat::GuestRsp, self.rsp, "guest RSP")?;
@@ -555,6 +558,7 @@ impl VmxVcpu {
         }
         self.launched = false;
         self.cpu = u32::MAX;
+        self.entered = false;
     }
 
     /// Makes this (released) vCPU runnable on the calling CPU: loads its VMCS
@@ -956,15 +960,41 @@ impl VmxVcpu {
     }
 }
 
+impl VmxVcpu {
+    /// `enter`'s work: its VPID made valid here (once per slice).
+    fn enter_here(&mut self) -> Result<(), (&'static str, VmxError)> {
+        if self.entered {
+            return Ok(());
+        }
+        self.make_current()?;
+        self.take_vpid()?;
+        self.entered = true;
+        Ok(())
+    }
+}
+
 impl Vcpu for VmxVcpu {
+    fn enter(&mut self) {
+        // A failure shows again at `run`, which reports it.
+        let _ = self.enter_here();
+    }
+
+    fn leave(&mut self) {
+        self.entered = false;
+    }
+
     fn run(&mut self) -> VmExit {
         if cpu_id() != self.cpu {
             log::error!("vmx: vCPU of cpu{} run on cpu{}", self.cpu, cpu_id());
             return VmExit::Unsupported { reason: REASON_ENTRY_INSTRUCTION_FAILED, info: 0 };
         }
-        if let Err((what, e)) = self.prepare_entry() {
+        if let Err((what, e)) = self.enter_here().and_then(|()| self.prepare_entry()) {
             return self.entry_failed(what, e);
         }
+        // Still around each entry on VT-x (not per slice as on AMD-V): with
+        // them kept per slice, dom0-hostile-vmx's db-loop guest (a #DB that
+        // each delivery raises again) never left its CPU under Bochs; not
+        // understood yet.
         // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
         // at entry) decides what these arm, and only while it runs.
         unsafe { self.debug.load(true) };
