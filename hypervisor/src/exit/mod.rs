@@ -215,6 +215,7 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
         VmExit::NestedPageFault { gpa, access } => mmio(vcpu, gpa, access, env),
         VmExit::TripleFault => Outcome::TripleFault,
         VmExit::Preempted => Outcome::Preempted,
+        VmExit::ControlRegister => Outcome::Continue,
         VmExit::InterruptWindow => {
             vcpu.request_interrupt_window(false);
             Outcome::Continue

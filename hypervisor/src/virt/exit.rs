@@ -65,6 +65,11 @@ pub enum VmExit {
     /// The guest can take an external interrupt now (after
     /// `Vcpu::request_interrupt_window`).
     InterruptWindow,
+    /// A control-register write the backend emulated itself (VT-x: a write
+    /// to a bit VMX operation fixes, which the guest/host mask keeps the
+    /// hypervisor's, e.g. Linux clearing CR0.NE on its way to real mode):
+    /// nothing left for the common code.
+    ControlRegister,
     /// Anything the backends do not translate: the raw exit reason and
     /// qualification / EXITINFO1, for the log.
     Unsupported { reason: u64, info: u64 },

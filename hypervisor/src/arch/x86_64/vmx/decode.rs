@@ -447,6 +447,72 @@ pub struct RawExit {
     pub rdx: u64,
 }
 
+/// A control-register access exit's qualification (SDM Vol. 3C §28.2.1,
+/// Table 28-3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrAccess(pub u64);
+
+impl CrAccess {
+    pub const MOV_TO_CR: u8 = 0;
+    /// The control register (0, 3, 4 or 8).
+    pub const fn cr(self) -> u8 {
+        (self.0 & 0xf) as u8
+    }
+    /// 0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW.
+    pub const fn kind(self) -> u8 {
+        ((self.0 >> 4) & 3) as u8
+    }
+    /// The general-purpose register of a MOV (0 RAX ... 15 R15).
+    pub const fn gpr(self) -> u8 {
+        ((self.0 >> 8) & 0xf) as u8
+    }
+}
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// A guest's MOV to CR0 that exited because it changes a bit the guest/host
+/// mask keeps the hypervisor's (the ones VMX operation fixes; §25.6.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cr0Write {
+    /// What CR0 really holds: `value` with the fixed bits VMX needs.
+    pub real: u64,
+    /// What the guest reads back: `value`.
+    pub shadow: u64,
+    /// The new EFER.LMA (and "IA-32e mode guest" entry control) when paging
+    /// turns on with EFER.LME or off in long mode (SDM Vol. 3A §10.8.5).
+    pub lma: Option<bool>,
+}
+
+/// Checks a guest's CR0 value as MOV to CR0 does (None: #GP; SDM Vol. 3A
+/// §2.5 and the MOV CR instruction) and says what to load. `fixed0`/`fixed1`
+/// are IA32_VMX_CR0_FIXED0/1; PE and PG are the guest's own (unrestricted
+/// guest), CD and NW are never checked at VM entry (§27.3.1.1).
+pub fn mov_to_cr0(value: u64, old_real: u64, efer: u64, cr4: u64, fixed0: u64, fixed1: u64) -> Option<Cr0Write> {
+    if value >> 32 != 0 || (value & CR0_PG != 0 && value & CR0_PE == 0) || (value & CR0_NW != 0 && value & CR0_CD == 0) {
+        return None;
+    }
+    let paging_on = value & CR0_PG != 0 && old_real & CR0_PG == 0;
+    let paging_off = value & CR0_PG == 0 && old_real & CR0_PG != 0;
+    if paging_on && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0 {
+        return None;
+    }
+    let lma = if paging_on && efer & EFER_LME != 0 {
+        Some(true)
+    } else if paging_off && efer & EFER_LMA != 0 {
+        Some(false)
+    } else {
+        None
+    };
+    let forced = fixed0 & !(CR0_PE | CR0_PG);
+    Some(Cr0Write { real: (value | forced) & (fixed1 | CR0_CD | CR0_NW), shadow: value, lma })
+}
+
 /// One exit, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decoded {
@@ -459,6 +525,9 @@ pub enum Decoded {
     Nmi,
     /// VM entry failed after loading guest state: the guest cannot run.
     EntryFailure { reason: ExitReason, qualification: u64 },
+    /// A control-register access the guest/host masks made exit: the
+    /// backend emulates it (`mov_to_cr0`).
+    CrAccess(CrAccess),
 }
 
 impl RawExit {
@@ -536,6 +605,7 @@ impl RawExit {
             ExitReason::Mwait => VmExit::Instruction(Insn::Mwait),
             ExitReason::Rdpmc => VmExit::Instruction(Insn::Rdpmc),
             ExitReason::InterruptWindow => VmExit::InterruptWindow,
+            ExitReason::ControlRegisterAccess => return Decoded::CrAccess(CrAccess(self.qualification)),
             _ => return unsupported,
         };
         Decoded::Exit(exit)
@@ -545,6 +615,37 @@ impl RawExit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cr_access_qualification() {
+        // MOV to CR0 from RAX; MOV to CR4 from RBX (Table 28-3).
+        assert_eq!(decode(28, 0x0), Decoded::CrAccess(CrAccess(0)));
+        let q = CrAccess(0x304);
+        assert_eq!((q.cr(), q.kind(), q.gpr()), (4, CrAccess::MOV_TO_CR, 3));
+        assert_eq!(CrAccess(0x30).kind(), 3);
+    }
+
+    #[test]
+    fn mov_to_cr0_as_the_cpu_checks_it() {
+        // Skylake's fixed bits: PE, NE, PG must be 1; all may be 1.
+        let (f0, f1) = (0x8000_0021, 0xffff_ffff);
+        // Linux's way to real mode (arch/x86/realmode/rm/reboot.S): paging
+        // already off, then CD|NW on and NE off: NE stays set underneath,
+        // the guest reads its own value back.
+        let w = mov_to_cr0(0x6000_0011, 0x5_0033, 0, 0x20, f0, f1).unwrap();
+        assert_eq!((w.real, w.shadow, w.lma), (0x6000_0031, 0x6000_0011, None));
+        // Paging on with LME: long mode becomes active; off again: inactive.
+        let w = mov_to_cr0(0x8000_0011, 0x11, EFER_LME, CR4_PAE, f0, f1).unwrap();
+        assert_eq!((w.real, w.lma), (0x8000_0031, Some(true)));
+        let w = mov_to_cr0(0x11, 0x8000_0031, EFER_LME | EFER_LMA, CR4_PAE, f0, f1).unwrap();
+        assert_eq!((w.real, w.lma), (0x31, Some(false)));
+        // #GP: PG without PE, NW without CD, reserved high bits, long mode
+        // without PAE.
+        assert_eq!(mov_to_cr0(0x8000_0000, 0x11, 0, 0, f0, f1), None);
+        assert_eq!(mov_to_cr0(0x2000_0011, 0x11, 0, 0, f0, f1), None);
+        assert_eq!(mov_to_cr0(1 << 32 | 0x11, 0x11, 0, 0, f0, f1), None);
+        assert_eq!(mov_to_cr0(0x8000_0011, 0x11, EFER_LME, 0, f0, f1), None);
+    }
 
     #[test]
     fn adjust_applies_fixed_bits_and_reports_missing() {

@@ -5,7 +5,7 @@ use super::vmcs::{self, Field16, Field32, Field64, FieldNat, VmxError};
 use crate::arch::x86_64::{cpu::msr, cpu::DebugRegs, cpu_id, rdmsr};
 use crate::mem::{self, HostPhysAddr, PAGE_SIZE};
 use crate::arch::x86_64::vmx::decode::{
-    access_rights as ar, ept_pointer, exception_injection, pat_valid, Decoded, InterruptionInfo,
+    access_rights as ar, ept_pointer, exception_injection, mov_to_cr0, pat_valid, CrAccess, Decoded, InterruptionInfo,
     InterruptionType, FIRST_EXTERNAL_VECTOR, REASON_ENTRY_INSTRUCTION_FAILED,
 };
 use crate::virt::tlb_tag::{self, Held};
@@ -843,13 +843,16 @@ impl VmxVcpu {
         let long = st.efer & state::EFER_LMA != 0;
         w!(write32, EntryControls, caps.entry | if long { entry::IA32E_MODE_GUEST } else { 0 });
         // The guest owns CR0 (unrestricted guest lets it clear PE and PG,
-        // §26.3); CR4.VMXE must stay set in VMX operation, so it is
-        // host-owned and reads as 0 through the shadow (§25.6.6).
+        // §26.3) except the bits VMX operation fixes at 1 (NE): those are
+        // host-owned, the guest reads its own value through the shadow, and
+        // a write that changes them exits (`cr_access`: Linux clears NE on
+        // its way to real mode to reboot). CR4.VMXE must stay set in VMX
+        // operation, so it is host-owned and reads as 0 (§25.6.6).
         let pe_pg = Cr0Flags::PROTECTED_MODE_ENABLE.bits() | Cr0Flags::PAGING.bits();
         let cr0_fixed0 = caps.cr0_fixed0 & !pe_pg;
         let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
         w!(write_nat, GuestCr0, (st.cr0 | cr0_fixed0) & caps.cr0_fixed1);
-        w!(write_nat, Cr0GuestHostMask, 0);
+        w!(write_nat, Cr0GuestHostMask, cr0_fixed0);
         w!(write_nat, Cr0ReadShadow, st.cr0);
         w!(write_nat, GuestCr4, (st.cr4 | vmxe | caps.cr4_fixed0) & caps.cr4_fixed1);
         w!(write_nat, Cr4GuestHostMask, vmxe);
@@ -931,7 +934,11 @@ impl VmxVcpu {
             rsp: self.rsp,
             rip: self.rip,
             rflags: n(FieldNat::GuestRflags)?,
-            cr0: n(FieldNat::GuestCr0)?,
+            // The host-owned bits as the guest set them (its shadow).
+            cr0: {
+                let mask = n(FieldNat::Cr0GuestHostMask)?;
+                (n(FieldNat::GuestCr0)? & !mask) | (n(FieldNat::Cr0ReadShadow)? & mask)
+            },
             cr2: self.cr2,
             cr3: n(FieldNat::GuestCr3)?,
             cr4: n(FieldNat::GuestCr4)? & !vmxe,
@@ -1052,6 +1059,7 @@ impl Vcpu for VmxVcpu {
                 unsafe { core::arch::asm!("int 2", options(nomem)) };
                 VmExit::Preempted
             }
+            Decoded::CrAccess(q) => self.cr_access(q),
             Decoded::EntryFailure { reason, qualification } => {
                 log::error!(
                     "cpu{}: vmx: VM entry failed: {reason:?} (exit reason {:#x}, qualification {qualification:#x})",
@@ -1221,6 +1229,78 @@ impl Vcpu for VmxVcpu {
 }
 
 impl VmxVcpu {
+    /// A control-register access the guest/host masks made exit (only
+    /// writes: reads of the masked bits come from the read shadows). MOV to
+    /// CR0 changing NE is emulated as the CPU would run it (`mov_to_cr0`);
+    /// MOV to CR4 exits only to set VMXE, which guests are not shown: #GP.
+    fn cr_access(&mut self, q: CrAccess) -> VmExit {
+        let gp = |v: &mut Self| {
+            v.inject_exception(13, Some(0));
+            VmExit::ControlRegister
+        };
+        if q.kind() != CrAccess::MOV_TO_CR || !matches!(q.cr(), 0 | 4) {
+            log::debug!("cpu{}: vmx: unexpected CR access {:#x}", self.cpu, q.0);
+            return VmExit::Unsupported { reason: 28, info: q.0 };
+        }
+        if q.cr() == 4 {
+            return gp(self);
+        }
+        let g = &self.gprs;
+        let value = match q.gpr() {
+            0 => g.rax,
+            1 => g.rcx,
+            2 => g.rdx,
+            3 => g.rbx,
+            4 => self.rsp,
+            5 => g.rbp,
+            6 => g.rsi,
+            7 => g.rdi,
+            8 => g.r8,
+            9 => g.r9,
+            10 => g.r10,
+            11 => g.r11,
+            12 => g.r12,
+            13 => g.r13,
+            14 => g.r14,
+            _ => g.r15,
+        };
+        let done = (|| -> Result<bool, VmxError> {
+            let caps = super::caps().map_err(|_| VmxError::FailInvalid)?;
+            let old = vmcs::read_nat(FieldNat::GuestCr0)?;
+            let efer = vmcs::read64_rw(Field64::GuestIa32Efer)?;
+            let cr4 = vmcs::read_nat(FieldNat::GuestCr4)?;
+            let Some(w) = mov_to_cr0(value, old, efer, cr4, caps.cr0_fixed0, caps.cr0_fixed1) else {
+                return Ok(false);
+            };
+            // SAFETY: the VMCS is current; the values follow the VM-entry
+            // checks (§27.3.1.1): the fixed bits, and EFER.LMA with the
+            // "IA-32e mode guest" control when paging turns on or off.
+            unsafe {
+                vmcs::write_nat(FieldNat::GuestCr0, w.real)?;
+                vmcs::write_nat(FieldNat::Cr0ReadShadow, w.shadow)?;
+                if let Some(lma) = w.lma {
+                    let lma_bit = 1 << 10;
+                    vmcs::write64(Field64::GuestIa32Efer, if lma { efer | lma_bit } else { efer & !lma_bit })?;
+                    let ctl = vmcs::read32_rw(Field32::EntryControls)?;
+                    let ia32e = entry::IA32E_MODE_GUEST;
+                    vmcs::write32(Field32::EntryControls, if lma { ctl | ia32e } else { ctl & !ia32e })?;
+                }
+            }
+            Ok(true)
+        })();
+        match done {
+            Ok(true) => {
+                self.skip_instruction();
+                VmExit::ControlRegister
+            }
+            Ok(false) => gp(self),
+            Err(e) => {
+                log::error!("cpu{}: vmx: CR0 write: {e:?}", self.cpu);
+                VmExit::Unsupported { reason: 28, info: q.0 }
+            }
+        }
+    }
+
     /// Caches the guest state the `Vcpu` accessors report and notes an
     /// interrupted event delivery for re-injection.
     fn after_exit(&mut self, exit: &super::exit::ExitState) -> Result<(), (&'static str, VmxError)> {
