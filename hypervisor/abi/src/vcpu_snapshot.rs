@@ -95,8 +95,10 @@ pub const ARCH_FIELDS: [&str; ARCH_WORDS] = join(&[
 
 /// `EVENTS`: `pending` is 0 (nothing) or `1 | kind << 8 | vector << 16 |
 /// has_error_code << 24` (`event_kind`); `error_code`, `insn_len` (software
-/// events' length); `shadow` bit 0 STI, bit 1 MOV SS blocking; `nmi_blocked`.
-pub const EVENTS_FIELDS: [&str; 5] = ["pending", "error_code", "insn_len", "shadow", "nmi_blocked"];
+/// events' length); `shadow` bit 0 STI, bit 1 MOV SS blocking; `nmi_blocked`;
+/// `pending_debug`: debug exceptions pending (VMX's field layout, SDM Vol. 3C
+/// §25.4.2: B3-B0 3:0, enabled breakpoint 12, BS 14, RTM 16; 0 on AMD-V).
+pub const EVENTS_FIELDS: [&str; 6] = ["pending", "error_code", "insn_len", "shadow", "nmi_blocked", "pending_debug"];
 /// Event kinds in `EVENTS.pending` bits 15:8.
 pub mod event_kind {
     pub const EXTERNAL_INTERRUPT: u64 = 0;
@@ -146,7 +148,7 @@ pub const WORD_RECORDS: [(u16, &str, &[&str]); 7] = [
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuStateRecord<'a> {
     pub arch: [u64; ARCH_WORDS],
-    pub events: [u64; 5],
+    pub events: [u64; 6],
     pub debug: [u64; 5],
     pub msrs: [u64; 3],
     pub lapic: [u64; LAPIC_WORDS],
@@ -161,7 +163,7 @@ impl Default for VcpuStateRecord<'_> {
     fn default() -> Self {
         Self {
             arch: [0; ARCH_WORDS],
-            events: [0; 5],
+            events: [0; 6],
             debug: [0; 5],
             msrs: [0; 3],
             lapic: [0; LAPIC_WORDS],
@@ -429,7 +431,7 @@ mod tests {
         for (i, w) in r.arch.iter_mut().enumerate() {
             *w = 0x1111_0000_0000_0000 ^ (i as u64 * 0x0101_0101);
         }
-        r.events = [1 | (3 << 8) | (14 << 16) | (1 << 24), 2, 0, 1, 0];
+        r.events = [1 | (3 << 8) | (14 << 16) | (1 << 24), 2, 0, 1, 0, 0];
         r.debug = [1, 2, 3, 4, 0xffff_0ff0];
         r.msrs = [5, 1, 0];
         for (i, w) in r.lapic.iter_mut().enumerate() {
@@ -614,7 +616,7 @@ mod tests {
         *r.word_mut("lapic.timer.current").unwrap() = 9;
         assert_eq!(r.lapic[LAPIC_FIELDS.len() + 1], 9);
         assert!(r.word_mut("arch.nope").is_none() && r.word_mut("nope").is_none());
-        assert_eq!(r.words().count(), ARCH_WORDS + 5 + 5 + 3 + 1 + LAPIC_WORDS + 2 + 3 + 2);
+        assert_eq!(r.words().count(), ARCH_WORDS + 6 + 5 + 3 + 1 + LAPIC_WORDS + 2 + 3 + 2);
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
     }
 }

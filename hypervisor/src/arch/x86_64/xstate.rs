@@ -198,6 +198,76 @@ impl XState {
     }
 }
 
+/// The XSAVE header's offset in the area (SDM Vol. 1 §13.4.2), and the end
+/// of its bytes that must be zero.
+const XSAVE_HEADER: usize = FXSAVE_SIZE;
+const XSAVE_HEADER_END: usize = XSAVE_HEADER + 64;
+const MXCSR_MASK_OFFSET: usize = 28;
+
+/// The XCR0 components this host saves for guests (0 without XSAVE).
+pub fn host_components() -> u64 {
+    host().full
+}
+
+/// MXCSR bits this CPU accepts (FXSAVE's MXCSR_MASK, 0xFFBF if it reports
+/// 0: SDM Vol. 1 §11.6.6).
+fn mxcsr_mask() -> u32 {
+    static MASK: Once<u32> = Once::new();
+    *MASK.call_once(|| {
+        #[repr(C, align(16))]
+        struct Area([u8; FXSAVE_SIZE]);
+        let mut a = Area([0; FXSAVE_SIZE]);
+        // SAFETY: FXSAVE writes 512 bytes to a 16-byte-aligned buffer of
+        // that size; CR4.OSFXSR is set (`init_cpu`).
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) a.0.as_mut_ptr(), options(nostack, preserves_flags)) };
+        let o = MXCSR_MASK_OFFSET;
+        let m = u32::from_le_bytes([a.0[o], a.0[o + 1], a.0[o + 2], a.0[o + 3]]);
+        if m == 0 { 0xffbf } else { m }
+    })
+}
+
+impl XState {
+    /// The guest's XCR0 and its saved area (`save`'s image; the host's size).
+    pub fn image(&self) -> (u64, &[u8]) {
+        // SAFETY: the area is ours, identity mapped, `host().size` bytes long
+        // at least; nothing writes it while this borrow lives (`&self`).
+        (self.xcr0, unsafe { core::slice::from_raw_parts(self.area.as_ptr::<u8>(), host().size) })
+    }
+
+    /// Takes an image `image` returned (a saved vCPU state's). Refused unless
+    /// the next `load` cannot fault: the host's size, XCR0 made of the host's
+    /// components (the caller checks XSETBV's rules, `exit::xcr::valid`), an
+    /// XSAVE header XRSTOR accepts in standard form (XSTATE_BV within the
+    /// host's components, XCOMP_BV and the reserved bytes zero) and MXCSR
+    /// without reserved bits (SDM Vol. 1 §13.8, Vol. 2D XRSTOR/FXRSTOR).
+    pub fn load_image(&mut self, xcr0: u64, bytes: &[u8]) -> Result<(), &'static str> {
+        let h = host();
+        if bytes.len() != h.size {
+            return Err("the XSAVE area's size is not this CPU's");
+        }
+        if h.xsave {
+            if xcr0 & !h.full != 0 || xcr0 & XCR0_RESET == 0 {
+                return Err("XCR0 with components this CPU does not save for guests");
+            }
+            let header = &bytes[XSAVE_HEADER..XSAVE_HEADER_END];
+            let xstate_bv = u64::from_le_bytes(header[..8].try_into().map_err(|_| "short header")?);
+            if xstate_bv & !h.full != 0 || header[8..].iter().any(|&b| b != 0) {
+                return Err("an XSAVE header XRSTOR would refuse");
+            }
+        } else if xcr0 != XCR0_RESET {
+            return Err("XCR0 on a CPU without XSAVE");
+        }
+        let mxcsr = u32::from_le_bytes(bytes[MXCSR_OFFSET..MXCSR_OFFSET + 4].try_into().map_err(|_| "short area")?);
+        if mxcsr & !mxcsr_mask() != 0 {
+            return Err("MXCSR with reserved bits");
+        }
+        // SAFETY: the area is ours and `h.size` bytes long (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.area.as_ptr::<u8>(), h.size) };
+        self.xcr0 = xcr0;
+        Ok(())
+    }
+}
+
 static MEASURED: Once<()> = Once::new();
 
 impl Drop for XState {
