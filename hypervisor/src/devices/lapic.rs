@@ -1583,7 +1583,10 @@ mod tests {
         assert_eq!(m.save_state(1_000_000_000), words);
         assert_eq!(m.read_register(reg::TIMER_CURRENT, 1_000_000_000), 600);
         assert_eq!(m.timer_deadline(), Some(1_000_000_000 + 96_000));
-        assert_eq!((m.tpr(), m.pending()), (0x20, Some(0x41)));
+        // 0x52 in service holds 0x41 back until its EOI.
+        assert_eq!((m.tpr(), m.pending()), (0x20, None));
+        m.eoi();
+        assert_eq!(m.pending(), Some(0x41));
         // Another vCPU's APIC, or reserved bits, are refused with nothing changed.
         let mut other = lapic(2);
         let before = other.save_state(0);
