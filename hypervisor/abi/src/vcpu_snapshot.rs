@@ -336,10 +336,10 @@ impl<'a> VcpuStateRecord<'a> {
                 kind::TSC => &mut r.tsc,
                 kind::POWER => &mut r.power,
                 _ => {
-                    // XSTATE: XCR0, then a whole number of 64-byte lines
-                    // at least the legacy area and XSAVE header long.
+                    // XSTATE: XCR0, then the area: at least FXSAVE's legacy
+                    // region (CPUID 0xD's sizes need not be whole lines).
                     let area = len.checked_sub(8).ok_or(DecodeError::RecordLength(k))?;
-                    if area > XSAVE_MAX || area % 64 != 0 || area < 512 {
+                    if !(512..=XSAVE_MAX).contains(&area) {
                         return Err(DecodeError::RecordLength(k));
                     }
                     r.xcr0 = le64(&payload[..8]);

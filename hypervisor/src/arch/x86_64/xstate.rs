@@ -188,6 +188,15 @@ impl XState {
         };
         let narrow = pair(XCR0_RESET);
         let full = if h.xsave { pair(h.full) } else { narrow };
+        // After a save with every component (SSE's included, or FXSAVE):
+        // the legacy region holds MXCSR_MASK.
+        if !h.xsave {
+            pair(XCR0_RESET);
+        }
+        // SAFETY: the area is ours and at least 512 bytes; `save` just wrote
+        // its legacy region (MXCSR_MASK included).
+        let mask = unsafe { self.area.as_ptr::<u8>().add(MXCSR_MASK_OFFSET).cast::<u32>().read() };
+        MXCSR_MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
         log::info!(
             "xstate: {} of {} bytes per vCPU (components {:#x}); one save+restore ≈ {full} TSC ticks \
              (guest XCR0 = all of them), {narrow} (XCR0 = 1)",
@@ -209,21 +218,15 @@ pub fn host_components() -> u64 {
     host().full
 }
 
-/// MXCSR bits this CPU accepts (FXSAVE's MXCSR_MASK, 0xFFBF if it reports
-/// 0: SDM Vol. 1 §11.6.6).
+/// MXCSR bits this CPU accepts: the MXCSR_MASK field of the first image
+/// `measure` saved (0xFFBF if it reads 0 or none was saved: SDM Vol. 1 §11.6.6).
+static MXCSR_MASK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 fn mxcsr_mask() -> u32 {
-    static MASK: Once<u32> = Once::new();
-    *MASK.call_once(|| {
-        #[repr(C, align(16))]
-        struct Area([u8; FXSAVE_SIZE]);
-        let mut a = Area([0; FXSAVE_SIZE]);
-        // SAFETY: FXSAVE writes 512 bytes to a 16-byte-aligned buffer of
-        // that size; CR4.OSFXSR is set (`init_cpu`).
-        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) a.0.as_mut_ptr(), options(nostack, preserves_flags)) };
-        let o = MXCSR_MASK_OFFSET;
-        let m = u32::from_le_bytes([a.0[o], a.0[o + 1], a.0[o + 2], a.0[o + 3]]);
-        if m == 0 { 0xffbf } else { m }
-    })
+    match MXCSR_MASK.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => 0xffbf,
+        m => m,
+    }
 }
 
 impl XState {
