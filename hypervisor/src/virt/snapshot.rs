@@ -335,7 +335,7 @@ impl VcpuSnapshot {
                 Some(event)
             }
         };
-        if shadow > 0b11 || shadow == 0b11 {
+        if shadow >= 0b11 {
             return Err("events.shadow: STI and MOV SS blocking at once, or reserved bits");
         }
         // VM entry: no STI blocking with IF clear, no external interrupt
@@ -571,7 +571,8 @@ mod tests {
 
     #[test]
     fn unloadable_values_are_refused() {
-        let bad: [(&str, fn(&mut VcpuSnapshot)); 12] = [
+        type Breaks = fn(&mut VcpuSnapshot);
+        let bad: [(&str, Breaks); 12] = [
             ("rip", |s| s.arch.rip = 0x8000_0000_0000_0000),
             ("rflags", |s| s.arch.rflags = 0),
             ("efer", |s| s.arch.efer |= 1 << 12),

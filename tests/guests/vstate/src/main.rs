@@ -104,3 +104,9 @@ fn guest_main(_info: &'static StartInfo) -> ! {
         println!("vstate: round {round} marker {marker:#x} spins {spins}, {verdict}");
     }
 }
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("vstate is an Oxen domU kernel: `cargo xtask` builds it for x86_64-unknown-none");
+    std::process::exit(1);
+}
