@@ -368,6 +368,21 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_state_parses() {
+        match parse(&["vcpu-state", "web", "1", "--reg", "arch.rip=0x10", "--reg", "arch.rax=1"]).unwrap() {
+            Cmd::VcpuState { domain, vcpu, output, set, reg } => {
+                assert_eq!((domain.as_str(), vcpu, output, set), ("web", 1, None, None));
+                assert_eq!(reg, ["arch.rip=0x10", "arch.rax=1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["vcpu-state", "web", "0", "-o", "f"]).unwrap(), Cmd::VcpuState { output: Some(_), .. }));
+        // Saving and loading at once makes no sense.
+        assert_eq!(kind(&["vcpu-state", "web", "0", "-o", "f", "--set", "g"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["vcpu-state", "web", "x"]), ErrorKind::ValueValidation);
+    }
+
+    #[test]
     fn usage_errors() {
         assert_eq!(
             kind(&[]),
