@@ -33,7 +33,7 @@ pause_in_loop() {
     oxl unpause $d
     return 1
 }
-check "vstate: paused inside its loop" "rip never in $lo-$hi" wait_for 20 pause_in_loop
+check "vstate: paused inside its loop" "rip $(field_of arch.rip /tmp/vs.txt) never in $lo-$hi" wait_for 20 pause_in_loop
 echo "vstate: paused at rip $(field_of arch.rip /tmp/vs.txt), r15 $(field_of arch.r15 /tmp/vs.txt), cr0 $(field_of arch.cr0 /tmp/vs.txt), efer $(field_of arch.efer /tmp/vs.txt), xcr0 $(field_of xstate.xcr0 /tmp/vs.txt), $(grep -c . /tmp/vs.txt) fields"
 check "vstate: state saved" "oxl vcpu-state -o failed" oxl vcpu-state $d 0 -o /tmp/vs.bin
 echo "vstate: its encoding is $(wc -c < /tmp/vs.bin) bytes"
@@ -44,7 +44,7 @@ same_state() { grep -v '^tsc\.tsc \|^lapic\.timer\.current ' "$1" > /tmp/a.txt; 
 check "vstate: read back equal after the write" "$(diff /tmp/vs.txt /tmp/vs-after.txt | head -n 6 | tr '\n' ' ')" same_state /tmp/vs.txt /tmp/vs-after.txt
 r0=$(round)
 oxl unpause $d
-check "vstate: it goes on after the write" "round stayed at $r0" wait_for 60 rounds_past $((r0 + 1))
+check "vstate: it goes on after the write" "round stayed at $r0" wait_for 30 rounds_past $((r0 + 2))
 last_line
 check "vstate: same marker, registers ok" "$(last_line)" sh -c "oxl console --dump $d | tail -n 3 | grep -q 'marker 0x11110000 spins [1-9][0-9]*, registers ok'"
 check "vstate: not paused: refused" "vcpu-state worked on a running domain" sh -c "! oxl vcpu-state $d 0 > /dev/null 2>&1"
@@ -52,7 +52,7 @@ check "vstate: paused inside its loop again" "rip never in $lo-$hi" wait_for 20 
 check "vstate: R15 set to 0x5eed5eed" "oxl vcpu-state --reg failed" oxl vcpu-state $d 0 --reg arch.r15=0x5eed5eed
 r0=$(round)
 oxl unpause $d
-check "vstate: it goes on after the change" "round stayed at $r0" wait_for 60 rounds_past $((r0 + 1))
+check "vstate: it goes on after the change" "round stayed at $r0" wait_for 30 rounds_past $((r0 + 1))
 last_line
 check "vstate: it reports the new marker, registers ok" "$(last_line)" sh -c "oxl console --dump $d | tail -n 2 | grep -q 'marker 0x5eed5eed spins [1-9][0-9]*, registers ok'"
 oxl pause $d
@@ -69,7 +69,7 @@ oxl dmesg | grep "state refused" | tail -n 2
 check "vstate: the log says why" "no reason in oxl dmesg" sh -c "oxl dmesg | grep -q 'vCPU 0: state refused: truncated' && oxl dmesg | grep -q 'vCPU 0: state refused: checksum mismatch'"
 r0=$(round)
 oxl unpause $d
-check "vstate: unaffected by the refused states" "round stayed at $r0" wait_for 60 rounds_past $((r0 + 1))
+check "vstate: unaffected by the refused states" "round stayed at $r0" wait_for 30 rounds_past $((r0 + 1))
 check "vstate: still its marker, registers ok" "$(last_line)" sh -c "oxl console --dump $d | tail -n 2 | grep -q 'marker 0x5eed5eed spins [1-9][0-9]*, registers ok'"
 check "vstate: every round had its registers ok" "a round reported a failure: see its console" sh -c "! oxl console --dump $d | grep -q 'registers FAILED\|, FAILED'"
 oxl destroy $d
