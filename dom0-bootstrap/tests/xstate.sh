@@ -47,8 +47,4 @@ oxl vcpu-list
 oxl destroy regs-1; oxl destroy regs-2
 free_back() { [ "$(free_kib)" = "$free0" ]; }
 check "memory back" "$free0 KiB before, $(free_kib) KiB after" wait_for 10 free_back
-# vCPU state as a value (get, set unchanged, a changed register, refused
-# encodings): sourced, so its checks count here; under Bochs this is its
-# VT-x run (dom0-xstate-vmx), beside the AMD-V one of dom0-vcpu-state-svm.
-. "$(dirname "$0")/vcpu-state.sh"
 echo "xstate: done, $failed failed"
