@@ -23,6 +23,7 @@ core::arch::global_asm!(
     // R12 and R13 = !R12 are checked on every pass: a state written back
     // unchanged must keep them; a broken pair ends the loop with R14 = 0.
     "vstate_spin:",
+    "push rbx",
     "push r15",
     "push r14",
     "push r13",
@@ -34,6 +35,14 @@ core::arch::global_asm!(
     "not r13",
     "vstate_loop:",
     "inc r14",
+    // A CPUID (which always exits) every 65536 passes: a pause lands in
+    // this loop even where a kicked CPU leaves the guest only at its next
+    // exit (Bochs' VT-x).
+    "test r14d, 0xffff",
+    "jnz 4f",
+    "mov eax, 0",
+    "cpuid",
+    "4:",
     "mov rax, r12",
     "not rax",
     "cmp rax, r13",
@@ -53,6 +62,7 @@ core::arch::global_asm!(
     "pop r13",
     "pop r14",
     "pop r15",
+    "pop rbx",
     "ret",
 );
 
