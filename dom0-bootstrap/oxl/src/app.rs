@@ -102,6 +102,13 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
         } => cmd_sched_credit(env, domain.as_deref(), *weight, *cap, *json),
         Cmd::VcpuPin { domain, vcpu, cpus } => cmd_vcpu_pin(env, domain, *vcpu, cpus),
         Cmd::VcpuList { json, domains } => cmd_vcpu_list(env, *json, domains),
+        Cmd::VcpuState {
+            domain,
+            vcpu,
+            output,
+            set,
+            reg,
+        } => cmd_vcpu_state(env, domain, *vcpu, output.as_deref(), set.as_deref(), reg),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -456,6 +463,89 @@ fn cmd_vcpu_pin(env: &mut Env, dom: &str, vcpu: Vcpus, cpus: &CpuList) -> Result
         })?;
     }
     Ok(())
+}
+
+/// How long `vcpu-state` waits for a paused vCPU to stop or load a state.
+const VCPU_STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the state, asking again while the hypervisor says "not yet".
+fn vcpu_state_wait(hv: &mut dyn Hypervisor, d: &DomainInfo, vcpu: u32) -> Result<Vec<u8>> {
+    let start = hv.now();
+    loop {
+        match hv::vcpu_state_get(hv, d.domid, vcpu) {
+            Err(CallError::Hv(HvError::Again)) if hv.now() - start < VCPU_STATE_WAIT => {
+                hv.sleep(std::time::Duration::from_millis(10))
+            }
+            Err(CallError::Hv(HvError::Busy)) => {
+                return Err(format!("domain {} is not paused (run 'oxl pause' first)", label(d)).into())
+            }
+            r => return r.map_err(|e| dom_failed(d, &format!("read vCPU {vcpu}'s state of"), e).into()),
+        }
+    }
+}
+
+fn cmd_vcpu_state(
+    env: &mut Env,
+    dom: &str,
+    vcpu: u32,
+    output: Option<&Path>,
+    set: Option<&Path>,
+    regs: &[String],
+) -> Result {
+    use oxen_abi::vcpu_snapshot::VcpuStateRecord;
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    not_dom0(&d, "read or set a vCPU state of")?;
+    if vcpu >= d.vcpus {
+        return Err(format!("domain {} has no vCPU {vcpu}", label(&d)).into());
+    }
+    let new = if let Some(path) = set {
+        Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), os_error(&e)))?)
+    } else if !regs.is_empty() {
+        let bytes = vcpu_state_wait(&mut *hv, &d, vcpu)?;
+        let mut r = VcpuStateRecord::decode(&bytes)
+            .map_err(|e| format!("the hypervisor's state does not decode: {}", e.describe()))?;
+        for a in regs {
+            let (name, value) = a.split_once('=').ok_or_else(|| format!("--reg {a}: NAME=VALUE expected"))?;
+            let v = match value.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => value.parse(),
+            }
+            .map_err(|_| format!("--reg {a}: {value} is not a number"))?;
+            *r.word_mut(name).ok_or_else(|| format!("--reg {a}: no field {name} (see 'oxl vcpu-state DOM VCPU')"))? = v;
+        }
+        let mut out = vec![0u8; r.encoded_len()];
+        r.encode(&mut out);
+        Some(out)
+    } else {
+        None
+    };
+    if let Some(bytes) = new {
+        hv::vcpu_state_set(&mut *hv, d.domid, vcpu, &bytes).map_err(|e| match e {
+            CallError::Hv(HvError::Inval) => format!(
+                "the hypervisor refused the state for vCPU {vcpu} of {}: malformed or not loadable here (the reason is in 'oxl dmesg')",
+                label(&d)
+            ),
+            CallError::Hv(HvError::Busy) => format!("domain {} is not paused (run 'oxl pause' first)", label(&d)),
+            e => dom_failed(&d, &format!("set vCPU {vcpu}'s state of"), e),
+        })?;
+        // Read back once loaded: what the vCPU holds now.
+        vcpu_state_wait(&mut *hv, &d, vcpu)?;
+        note(env, &format!("vCPU {vcpu} of {}: state loaded", label(&d)));
+        return Ok(());
+    }
+    let bytes = vcpu_state_wait(&mut *hv, &d, vcpu)?;
+    if let Some(path) = output {
+        std::fs::write(path, &bytes).map_err(|e| format!("cannot write {}: {}", path.display(), os_error(&e)))?;
+        return Ok(());
+    }
+    let r = VcpuStateRecord::decode(&bytes).map_err(|e| format!("the hypervisor's state does not decode: {}", e.describe()))?;
+    let mut text = String::new();
+    for (rec, field, v) in r.words() {
+        text += &format!("{rec}.{field} {v:#x}\n");
+    }
+    text += &format!("xstate.size {}\n", r.xsave.len());
+    out(env, &text)
 }
 
 fn cmd_vcpu_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {

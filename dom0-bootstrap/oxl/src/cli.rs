@@ -159,6 +159,32 @@ pub enum Cmd {
         #[arg(value_name = "DOM")]
         domains: Vec<String>,
     },
+    /// Read or set a paused domU vCPU's complete state (a debugging aid; the
+    /// bytes are what save/restore will carry).
+    #[command(
+        hide = true,
+        long_about = "Read or set a paused domU vCPU's complete state: registers, segments, control \
+                      registers, MSRs, extended state, pending events, its local APIC and KVM clock.\n\n\
+                      Without options: prints every field as NAME VALUE. -o FILE: writes the state's \
+                      bytes (docs/hypercalls.md, \"vCPU state encoding\"). --set FILE: loads a state \
+                      from such a file. --reg NAME=VALUE (repeatable): changes fields of the current \
+                      state and loads it. The domain must be paused ('oxl pause') and stays paused."
+    )]
+    VcpuState {
+        #[arg(value_name = "DOM")]
+        domain: String,
+        #[arg(value_name = "VCPU")]
+        vcpu: u32,
+        /// Write the state's bytes to FILE instead of printing its fields.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Load the state in FILE into the vCPU.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "reg"])]
+        set: Option<PathBuf>,
+        /// Change a field of the current state and load it (e.g. arch.rbx=0x10).
+        #[arg(long, value_name = "NAME=VALUE", conflicts_with = "output")]
+        reg: Vec<String>,
+    },
     /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
     VcpuPin {
         #[arg(value_name = "DOM")]
@@ -197,6 +223,7 @@ impl Cmd {
             Cmd::SchedCredit { .. } => "sched-credit",
             Cmd::VcpuPin { .. } => "vcpu-pin",
             Cmd::VcpuList { .. } => "vcpu-list",
+            Cmd::VcpuState { .. } => "vcpu-state",
         }
     }
 }
@@ -338,6 +365,21 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
+    }
+
+    #[test]
+    fn vcpu_state_parses() {
+        match parse(&["vcpu-state", "web", "1", "--reg", "arch.rip=0x10", "--reg", "arch.rax=1"]).unwrap() {
+            Cmd::VcpuState { domain, vcpu, output, set, reg } => {
+                assert_eq!((domain.as_str(), vcpu, output, set), ("web", 1, None, None));
+                assert_eq!(reg, ["arch.rip=0x10", "arch.rax=1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["vcpu-state", "web", "0", "-o", "f"]).unwrap(), Cmd::VcpuState { output: Some(_), .. }));
+        // Saving and loading at once makes no sense.
+        assert_eq!(kind(&["vcpu-state", "web", "0", "-o", "f", "--set", "g"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["vcpu-state", "web", "x"]), ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use oxen_abi::{
     domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
-    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, ALL_DOMAINS,
+    RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, VcpuStateRef, ALL_DOMAINS,
     CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
 
@@ -240,6 +240,21 @@ pub fn build(hv: &mut dyn Hypervisor, domid: u32, cmdline: &str) -> CallResult<(
     }
     arg.cmdline[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
     domctl(hv, domctl::BUILD, &mut arg, &mut []).map(drop)
+}
+
+/// A paused domU vCPU's state (`oxen_abi::vcpu_snapshot` bytes); `Again`
+/// while the vCPU has not stopped or is loading a state.
+pub fn vcpu_state_get(hv: &mut dyn Hypervisor, domid: u32, vcpu: u32) -> CallResult<Vec<u8>> {
+    let mut buf = vec![0u8; DOMCTL_BUF_MAX as usize];
+    let n = domctl(hv, domctl::VCPU_STATE_GET, &mut VcpuStateRef { domid, vcpu }, &mut buf)?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Posts a state for a paused domU vCPU; it is loaded before the vCPU runs.
+pub fn vcpu_state_set(hv: &mut dyn Hypervisor, domid: u32, vcpu: u32, bytes: &[u8]) -> CallResult<()> {
+    let mut buf = bytes.to_vec();
+    domctl(hv, domctl::VCPU_STATE_SET, &mut VcpuStateRef { domid, vcpu }, &mut buf).map(drop)
 }
 
 /// `UNPAUSE`, `PAUSE` or `DESTROY`: the commands that only name a domain.

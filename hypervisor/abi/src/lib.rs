@@ -12,11 +12,16 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0003;
+pub const ABI_VERSION: u32 = 0x0001_0004;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
 pub const ABI_CONSOLE_INPUT: u32 = 0x0001_0003;
+
+/// The first version with `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`.
+pub const ABI_VCPU_STATE: u32 = 0x0001_0004;
+
+pub mod vcpu_snapshot;
 
 pub const fn abi_major(v: u32) -> u16 {
     (v >> 16) as u16
@@ -231,6 +236,24 @@ pub mod domctl {
     /// fewer, even 0, when its queue is full (never waits). A domU only:
     /// dom0 gets `-EPERM`; a dying or ended domain `-EBUSY`. (1.3)
     pub const CONSOLE_INPUT: u64 = 16;
+    /// Arg `VcpuStateRef`; buffer receives the vCPU's state in the
+    /// `vcpu_snapshot` encoding. Returns its length. A paused domU only
+    /// (`-EBUSY` otherwise, dom0 `-EPERM`); `-EAGAIN` while the vCPU has not
+    /// stopped yet or a state set is still being loaded: ask again. (1.4)
+    pub const VCPU_STATE_GET: u64 = 17;
+    /// Arg `VcpuStateRef`, buffer = a state in the `vcpu_snapshot` encoding,
+    /// checked whole before anything changes (`-EINVAL` if malformed or not
+    /// loadable on this host). Loaded into the paused vCPU before it runs
+    /// again; `VCPU_STATE_GET` answers `-EAGAIN` until it is. (1.4)
+    pub const VCPU_STATE_SET: u64 = 18;
+}
+
+/// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct VcpuStateRef {
+    pub domid: u32,
+    pub vcpu: u32,
 }
 
 /// `DomainRef::domid` meaning every domain (`domctl::VCPU_LIST`).
@@ -491,6 +514,8 @@ pub enum Error {
     NoExec = 8,
     /// A data buffer too big for one call.
     TooBig = 7,
+    /// Not yet: ask again shortly (a paused vCPU still stopping). (1.4)
+    Again = 11,
 }
 
 impl Error {
@@ -506,6 +531,7 @@ impl Error {
             2 => Self::NoEnt,
             7 => Self::TooBig,
             8 => Self::NoExec,
+            11 => Self::Again,
             12 => Self::NoMem,
             14 => Self::Fault,
             16 => Self::Busy,
@@ -531,6 +557,7 @@ impl Error {
             Self::NoSys => "no such hypercall",
             Self::NoExec => "not a kernel Oxen can boot (an ELF64 x86-64 executable, a Linux bzImage or a Multiboot image)",
             Self::TooBig => "too large",
+            Self::Again => "not ready yet, try again",
         }
     }
 }
@@ -603,6 +630,7 @@ pod! {
     SchedCredit = 16,
     VcpuAffinity = 16,
     VcpuInfo = 32,
+    VcpuStateRef = 8,
 }
 
 #[cfg(test)]

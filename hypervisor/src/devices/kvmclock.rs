@@ -218,6 +218,21 @@ impl KvmClock {
         }
     }
 
+    /// The two MSRs as last written: system time, wall clock (a vCPU
+    /// state's `KVMCLOCK` record).
+    pub const fn registration(&self) -> [u64; 2] {
+        [self.system_time, self.wall_clock]
+    }
+
+    /// Takes a saved registration: the system-time structure is written
+    /// again for `now`, so the guest's clock goes on from the host's; the
+    /// wall-clock structure, written once when the guest registered it, is
+    /// left as the guest's memory has it.
+    pub fn restore(&mut self, registration: [u64; 2], ram: &mut dyn GuestRam, now: &ClockNow) {
+        [self.system_time, self.wall_clock] = registration;
+        self.refresh(ram, now);
+    }
+
     /// Forgets the registered structures: on the vCPU's INIT or the domain's
     /// reset, so that nothing is written into the next kernel's memory.
     pub fn reset(&mut self) {

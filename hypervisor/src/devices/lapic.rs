@@ -35,6 +35,7 @@
 //! spurious-interrupt race, APIC base relocation (refused with #GP).
 
 use super::MmioDevice;
+use oxen_abi::vcpu_snapshot::LAPIC_WORDS;
 
 /// Register offsets in the xAPIC page (SDM Vol. 3A §12.4.1, Table 12-1
 /// "Local APIC Register Address Map"). The x2APIC MSR of a register is
@@ -203,6 +204,7 @@ pub enum Lvt {
 
 impl Lvt {
     const COUNT: usize = 7;
+    const ALL: [Lvt; Lvt::COUNT] = [Lvt::Cmci, Lvt::Timer, Lvt::Thermal, Lvt::Perf, Lvt::Lint0, Lvt::Lint1, Lvt::Error];
 
     fn from_offset(offset: u32) -> Option<Self> {
         Some(match offset {
@@ -1217,6 +1219,106 @@ impl VirtualLapic {
         }
     }
 
+    // ----- State as a value (virt::snapshot, oxen_abi::vcpu_snapshot) -----
+
+    /// The APIC as `oxen_abi::vcpu_snapshot`'s `LAPIC` words, at `now_ns`
+    /// (expiries due by then are taken into IRR first). The timer is kept
+    /// relative: a one-shot or periodic count as the count left, a
+    /// TSC-deadline as the guest-TSC value it fires at. Queued outgoing
+    /// events are not part of it (the platform drains them each turn).
+    pub fn save_state(&mut self, now_ns: u64) -> [u64; LAPIC_WORDS] {
+        self.catch_up(now_ns);
+        let mode = self.timer_mode();
+        let mut w = [0u64; LAPIC_WORDS];
+        let regs = [
+            self.apic_base(),
+            u64::from(self.id),
+            u64::from(self.tpr),
+            u64::from(self.ldr),
+            u64::from(self.dfr),
+            u64::from(self.svr),
+            u64::from(self.esr),
+            u64::from(self.esr_pending),
+            u64::from(self.icr_low),
+            u64::from(self.icr_high),
+        ];
+        w[..10].copy_from_slice(&regs);
+        for (i, l) in self.lvt.iter().enumerate() {
+            w[10 + i] = u64::from(*l);
+        }
+        for (k, bits) in [&self.isr, &self.tmr, &self.irr].into_iter().enumerate() {
+            for i in 0..4 {
+                w[17 + 4 * k + i] = u64::from(bits[2 * i]) | (u64::from(bits[2 * i + 1]) << 32);
+            }
+        }
+        w[29] = u64::from(self.timer.initial);
+        w[30] = u64::from(self.timer.divide);
+        w[31] = u64::from(self.timer.countdown.is_some());
+        w[32] = u64::from(self.timer.current(now_ns, mode));
+        w[33] = self.timer.tsc_deadline;
+        w
+    }
+
+    /// Loads `save_state`'s words at `now_ns`. Refused whole, the APIC left
+    /// as it was, unless every value is one the registers can hold: this
+    /// APIC's ID and BSP bit (the hypervisor's), the default base, each
+    /// register within its writable bits.
+    pub fn load_state(&mut self, w: &[u64; LAPIC_WORDS], now_ns: u64) -> Result<(), &'static str> {
+        let u32_of = |v: u64| u32::try_from(v).map_err(|_| "a LAPIC register over 32 bits");
+        let base = w[0];
+        let known = base::BSP | base::EXTD | base::ENABLE | base::ADDRESS_MASK;
+        let mode = match (base & base::ENABLE != 0, base & base::EXTD != 0) {
+            _ if base & !known != 0 || base & base::ADDRESS_MASK != base::DEFAULT_ADDRESS => {
+                return Err("LAPIC base: reserved bits or not the default address")
+            }
+            (false, false) => ApicMode::Disabled,
+            (true, false) => ApicMode::XApic,
+            (true, true) => ApicMode::X2Apic,
+            (false, true) => return Err("LAPIC base: x2APIC without enable"),
+        };
+        if (base & base::BSP != 0) != self.bsp || u32_of(w[1])? != self.id {
+            return Err("LAPIC: another vCPU's APIC ID or BSP flag");
+        }
+        let tpr = u8::try_from(w[2]).map_err(|_| "LAPIC TPR over 8 bits")?;
+        let (ldr, dfr, svr) = (u32_of(w[3])?, u32_of(w[4])?, u32_of(w[5])?);
+        if ldr & !XAPIC_LDR_MASK != 0 || dfr & DFR_RESERVED_ONES != DFR_RESERVED_ONES || svr & !svr::WRITABLE != 0 {
+            return Err("LAPIC LDR, DFR or SVR with reserved bits");
+        }
+        let (esr, esr_pending, icr_low, icr_high) = (u32_of(w[6])?, u32_of(w[7])?, u32_of(w[8])?, u32_of(w[9])?);
+        let mut lvt = [0u32; Lvt::COUNT];
+        for (i, l) in Lvt::ALL.iter().enumerate() {
+            lvt[i] = u32_of(w[10 + i])?;
+            if lvt[i] & !l.writable() != 0 {
+                return Err("a LAPIC LVT entry with reserved bits");
+            }
+        }
+        let mut vec_bits = [[0u32; 8]; 3];
+        for (k, bits) in vec_bits.iter_mut().enumerate() {
+            for i in 0..4 {
+                let v = w[17 + 4 * k + i];
+                (bits[2 * i], bits[2 * i + 1]) = (v as u32, (v >> 32) as u32);
+            }
+        }
+        let (initial, divide) = (u32_of(w[29])?, u32_of(w[30])?);
+        if divide & !DIVIDE_MASK != 0 {
+            return Err("LAPIC divide configuration with reserved bits");
+        }
+        let (armed, current, tsc_deadline) = (w[31], u32_of(w[32])?, w[33]);
+        if armed > 1 || (armed == 1 && current == 0) || (armed == 0 && current != 0) {
+            return Err("LAPIC timer: armed must be 0 or 1, with a count only when armed");
+        }
+        let [isr, tmr, irr] = vec_bits;
+        (self.mode, self.tpr, self.ldr, self.dfr, self.svr) = (mode, tpr, ldr, dfr, svr);
+        (self.esr, self.esr_pending, self.icr_low, self.icr_high) = (esr, esr_pending, icr_low, icr_high);
+        (self.lvt, self.isr, self.tmr, self.irr) = (lvt, isr, tmr, irr);
+        self.timer.reset();
+        (self.timer.initial, self.timer.divide, self.timer.tsc_deadline) = (initial, divide, tsc_deadline);
+        // The count goes on from where it was; a periodic one reloads
+        // `initial` after it (`Timer::current`).
+        self.timer.countdown = (armed == 1).then_some(Countdown { base_ns: now_ns, base_count: current, fired: 0 });
+        Ok(())
+    }
+
     // ----- Timer -----
 
     fn timer_mode(&self) -> TimerMode {
@@ -1461,6 +1563,42 @@ mod tests {
     fn esr_of(l: &mut VirtualLapic) -> u32 {
         wr(l, reg::ESR, 0);
         rd(l, reg::ESR)
+    }
+
+    #[test]
+    fn state_round_trips_with_the_timer_relative() {
+        let mut l = lapic(1);
+        wr(&mut l, reg::TPR, 0x20);
+        l.accept(0x41, true);
+        l.accept(0x52, false);
+        l.ack();
+        wr(&mut l, reg::TIMER_DIVIDE, 0b0011); // ÷16: one count per 160 ns
+        wr(&mut l, reg::LVT_TIMER, 0x30 | lvt::TIMER_PERIODIC);
+        l.write_register(reg::TIMER_INITIAL, 1000, 0);
+        // 400 counts gone at 64 µs; saved then, loaded into a fresh APIC at
+        // 1 s: the count goes on from 600, and fires 96 µs later.
+        let words = l.save_state(64_000);
+        let mut m = VirtualLapic::new(1, false, CLOCK);
+        m.load_state(&words, 1_000_000_000).unwrap();
+        assert_eq!(m.save_state(1_000_000_000), words);
+        assert_eq!(m.read_register(reg::TIMER_CURRENT, 1_000_000_000), 600);
+        assert_eq!(m.timer_deadline(), Some(1_000_000_000 + 96_000));
+        // 0x52 in service holds 0x41 back until its EOI.
+        assert_eq!((m.tpr(), m.pending()), (0x20, None));
+        m.eoi();
+        assert_eq!(m.pending(), Some(0x41));
+        // Another vCPU's APIC, or reserved bits, are refused with nothing changed.
+        let mut other = lapic(2);
+        let before = other.save_state(0);
+        assert!(other.load_state(&words, 0).is_err());
+        let mut bad = words;
+        bad[10 + Lvt::Timer as usize] |= 1 << 31;
+        assert!(m.load_state(&bad, 0).is_err());
+        let mut bad = words;
+        bad[31] = 1;
+        bad[32] = 0;
+        assert!(m.load_state(&bad, 0).is_err());
+        assert_eq!(other.save_state(0), before);
     }
 
     fn ipi(l: &mut VirtualLapic) -> Option<Ipi> {

@@ -11,7 +11,8 @@ use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::sched::run as sched;
 use crate::virt::guest_mem::GuestRegion;
-use crate::virt::{GuestMemory, InitialState, NestedTables};
+use crate::virt::snapshot::{Got, Mailbox};
+use crate::virt::{GuestMemory, InitialState, NestedTables, VcpuSnapshot};
 use crate::vm::platform::{Platform, Role};
 use crate::vm::vcpu::GuestVcpu;
 use alloc::sync::Arc;
@@ -88,6 +89,8 @@ pub struct Resources {
     /// Staged kernel and ramdisk (`image_kind`).
     pub images: [Option<Staged>; 2],
     pub boot: Option<BootSpec>,
+    /// Its vCPUs' states for `VCPU_STATE_GET/SET`, from its start.
+    pub vcpu_states: Option<Arc<Mailbox>>,
     pub console: Ring,
     /// What dom0 sent to the domain's console and the domain has not read
     /// (`take_console_input`).
@@ -122,6 +125,7 @@ impl Resources {
             tables: None,
             images: [None, None],
             boot: None,
+            vcpu_states: None,
             console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
             console_in: InputQueue::try_new(oxen_abi::CONSOLE_INPUT_QUEUE).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
@@ -325,6 +329,13 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
         Command::Unpause(id) => {
             let id = *id;
             let mut t = DOMAINS.lock();
+            // A state posted with VCPU_STATE_SET is loaded while paused.
+            if t.get(id).and_then(|d| d.res.vcpu_states.as_ref()).is_some_and(|m| m.loading()) {
+                return Err(Error::Again);
+            }
+            if let Some(m) = t.get(id).and_then(|d| d.res.vcpu_states.as_ref()) {
+                m.clear();
+            }
             match t.unpause(id)? {
                 Effect::Start => {
                     let d = t.get_mut(id).ok_or(Error::NoEnt)?;
@@ -335,6 +346,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
                     let (name, vcpus) = (d.name.clone(), d.vcpus);
+                    d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
                     // Logged without the table's lock: the UART may be slow.
                     drop(t);
                     for v in 0..vcpus {
@@ -357,8 +369,47 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             Ok(0)
         }
         Command::Pause(id) => {
-            DOMAINS.lock().pause(*id)?;
+            let mut t = DOMAINS.lock();
+            t.pause(*id)?;
+            // Each vCPU takes its state afresh as it stops.
+            if let Some(m) = t.get(*id).and_then(|d| d.res.vcpu_states.as_ref()) {
+                m.clear();
+            }
+            drop(t);
             nudge(*id);
+            Ok(0)
+        }
+        Command::VcpuStateGet { domid, vcpu } => {
+            let mailbox = paused_domu(*domid, *vcpu)?;
+            match mailbox.get(*vcpu as usize, buf) {
+                Got::Bytes(n) => Ok(n as u64),
+                Got::NotYet => Err(Error::Again),
+                Got::Short(n) => {
+                    warn!("d{domid}: vCPU {vcpu}'s state is {n} bytes, more than the buffer");
+                    Err(Error::Inval)
+                }
+                Got::Failed(why) => {
+                    warn!("d{domid}: vCPU {vcpu} could not give its state: {why}");
+                    Err(Error::Inval)
+                }
+            }
+        }
+        Command::VcpuStateSet { domid, vcpu } => {
+            let mailbox = paused_domu(*domid, *vcpu)?;
+            let refuse = |why: &str| {
+                warn!("d{domid}: vCPU {vcpu}: state refused: {why}");
+                Error::Inval
+            };
+            let record = oxen_abi::vcpu_snapshot::VcpuStateRecord::decode(buf).map_err(|e| refuse(e.describe()))?;
+            let snap = VcpuSnapshot::from_record(&record).map_err(refuse)?;
+            // Guests see the host's TSC: a state from a clock of another rate
+            // or offset waits for issue 12's TSC scaling.
+            if snap.tsc_offset != 0 || snap.tsc_hz != crate::arch::x86_64::time::tsc_hz() {
+                return Err(refuse("its TSC rate or offset is not this host's"));
+            }
+            mailbox.post(*vcpu as usize, snap);
+            sched::nudge(VcpuId { dom: *domid, vcpu: *vcpu });
+            info!("d{domid}: vCPU {vcpu}: a new state posted, loaded before it runs again");
             Ok(0)
         }
         Command::Shutdown { domid, reason } => {
@@ -530,6 +581,23 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             Ok(0)
         }
     }
+}
+
+/// A paused domU's vCPU states, for `VCPU_STATE_GET/SET`: dom0's own are
+/// refused (its vCPUs are never paused), as is any domain not paused.
+fn paused_domu(domid: u32, vcpu: u32) -> Result<Arc<Mailbox>, Error> {
+    let t = DOMAINS.lock();
+    let d = t.get(domid).ok_or(Error::NoEnt)?;
+    if d.privileged {
+        return Err(Error::Perm);
+    }
+    if vcpu >= d.vcpus {
+        return Err(Error::Inval);
+    }
+    if d.state != oxen_abi::DomainState::Paused {
+        return Err(Error::Busy);
+    }
+    d.res.vcpu_states.clone().ok_or(Error::Busy)
 }
 
 /// Moves up to `out.len()` bytes of domain `domid`'s console input (oldest

@@ -6,7 +6,7 @@ use alloc::string::{String, ToString};
 use core::mem::size_of;
 use oxen_abi::{
     c_str, domctl, image_kind, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
-    LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, IMAGE_MAX,
+    LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuStateRef, IMAGE_MAX,
     CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
 
@@ -35,12 +35,16 @@ pub enum Command {
     VcpuList(u32),
     /// The buffer holds the bytes for the domain's console input.
     ConsoleInput(u32),
+    /// The buffer receives the vCPU's state (`oxen_abi::vcpu_snapshot`).
+    VcpuStateGet { domid: u32, vcpu: u32 },
+    /// The buffer holds a state for the vCPU, checked by the service.
+    VcpuStateSet { domid: u32, vcpu: u32 },
 }
 
 impl Command {
     /// Whether the command takes its data from the buffer (else it fills it).
     pub fn reads_buffer(&self) -> bool {
-        matches!(self, Command::LoadImage { .. } | Command::ConsoleInput(_))
+        matches!(self, Command::LoadImage { .. } | Command::ConsoleInput(_) | Command::VcpuStateSet { .. })
     }
 
     pub fn writes_buffer(&self) -> bool {
@@ -52,6 +56,7 @@ impl Command {
                 | Command::Dmesg(_)
                 | Command::PhysInfo
                 | Command::VcpuList(_)
+                | Command::VcpuStateGet { .. }
         )
     }
 
@@ -240,6 +245,22 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                 return Err(bad(Error::Inval, "no console input bytes in the buffer"));
             }
             Command::ConsoleInput(r.domid)
+        }
+        domctl::VCPU_STATE_GET | domctl::VCPU_STATE_SET => {
+            let r: VcpuStateRef = arg(a)?;
+            if r.vcpu >= MAX_VCPUS {
+                return Err(bad(Error::Inval, alloc::format!("vCPU {} (at most {})", r.vcpu, MAX_VCPUS - 1)));
+            }
+            let header = oxen_abi::vcpu_snapshot::HEADER_LEN;
+            if cmd == domctl::VCPU_STATE_GET {
+                buffer_at_least(buf_len, header)?;
+                Command::VcpuStateGet { domid: r.domid, vcpu: r.vcpu }
+            } else {
+                if buf_len < header as u64 {
+                    return Err(bad(Error::Inval, alloc::format!("a vCPU state of {buf_len} bytes (its header alone is {header})")));
+                }
+                Command::VcpuStateSet { domid: r.domid, vcpu: r.vcpu }
+            }
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

@@ -65,6 +65,14 @@ impl Services for FakeServices {
                 Ok(0)
             }
             Command::GetInfo(_) => Err(Error::NoEnt),
+            Command::VcpuStateGet { .. } => {
+                buf[..4].copy_from_slice(b"OXVS");
+                Ok(4)
+            }
+            Command::VcpuStateSet { .. } => {
+                self.sent.push(buf.to_vec());
+                Ok(0)
+            }
             Command::ConsoleInput(_) => {
                 self.sent.push(buf.to_vec());
                 // A queue with room for 3 bytes.
@@ -381,4 +389,31 @@ fn console_input_is_dom0s_bounded_and_copied_once() {
     // A domU may not send input anywhere.
     assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::CONSOLE_INPUT, 0x100, len, 0x400, 5]).0, Err(Error::Perm));
     assert_eq!(s.sent.len(), 1, "no refused call reached the service");
+}
+
+#[test]
+fn vcpu_state_is_dom0s_and_its_arguments_checked() {
+    use oxen_abi::VcpuStateRef;
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &VcpuStateRef { domid: 4, vcpu: 1 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_STATE_GET, 0x100, len, 0x400, 64]).0, Ok(4));
+    assert_eq!(s.commands.last(), Some(&Command::VcpuStateGet { domid: 4, vcpu: 1 }));
+    assert_eq!(&r.0[0x400..0x404], b"OXVS", "the state is copied out");
+    r.0[0x800..0x810].copy_from_slice(&[7; 16]);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_STATE_SET, 0x100, len, 0x800, 16]).0, Ok(0));
+    assert_eq!(s.sent, [vec![7u8; 16]], "the state is copied in once, as it was");
+    let n = s.commands.len();
+    let big = put(&mut r, 0x200, &VcpuStateRef { domid: 4, vcpu: oxen_abi::MAX_VCPUS });
+    for (a, err) in [
+        ([dc::VCPU_STATE_GET, 0x100, len, 0x400, 15], Error::Inval),
+        ([dc::VCPU_STATE_SET, 0x100, len, 0x800, 15], Error::Inval),
+        ([dc::VCPU_STATE_GET, 0x100, len - 1, 0x400, 64], Error::Inval),
+        ([dc::VCPU_STATE_GET, 0x200, big, 0x400, 64], Error::Inval),
+        ([dc::VCPU_STATE_SET, 0x100, len, 0xfff8, 16], Error::Fault),
+        ([dc::VCPU_STATE_GET, 0x100, len, 0x400, oxen_abi::DOMCTL_BUF_MAX + 1], Error::TooBig),
+    ] {
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, a).0, Err(err), "{a:x?}");
+    }
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_STATE_GET, 0x100, len, 0x400, 64]).0, Err(Error::Perm));
+    assert_eq!(s.commands.len(), n, "no refused call reached the service");
 }

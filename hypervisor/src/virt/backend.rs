@@ -131,6 +131,15 @@ impl AnyVcpu {
         })
     }
 
+    /// Whether it can be used on this CPU as it is (VMX: its VMCS is loaded
+    /// here, not released); else `adopt` first.
+    pub fn loaded_here(&self) -> bool {
+        match self {
+            AnyVcpu::Vmx(v) => v.loaded_here(),
+            AnyVcpu::Svm(_) => true,
+        }
+    }
+
     /// After its last run on this CPU for now: lets another CPU run it next
     /// (VMX: VMCLEAR; nothing to do for a VMCB).
     pub fn release(&mut self) {
@@ -247,5 +256,11 @@ impl Vcpu for AnyVcpu {
     }
     fn set_state(&mut self, state: &crate::virt::VcpuState) -> Result<(), &'static str> {
         dispatch!(self, v => v.set_state(state))
+    }
+    fn aux_state(&self) -> Option<crate::virt::snapshot::AuxState> {
+        dispatch!(self, v => v.aux_state())
+    }
+    fn set_aux_state(&mut self, aux: &crate::virt::snapshot::AuxState) -> Result<(), &'static str> {
+        dispatch!(self, v => v.set_aux_state(aux))
     }
 }

@@ -5,12 +5,14 @@ pub mod exit;
 #[cfg(test)]
 pub mod fake;
 pub mod guest_mem;
+pub mod snapshot;
 pub mod state;
 pub mod tlb_tag;
 pub mod vcpu;
 
 pub use exit::{Access, Insn, VmExit};
 pub use guest_mem::GuestMemory;
+pub use snapshot::VcpuSnapshot;
 pub use state::VcpuState;
 pub use vcpu::{EntryMode, GuestGprs, InitialState, Vcpu};
 

@@ -121,4 +121,14 @@ pub trait Vcpu {
     fn set_state(&mut self, _state: &super::VcpuState) -> Result<(), &'static str> {
         Err("this vCPU cannot load a state")
     }
+    /// What the backend keeps beside `state`: the event pending injection,
+    /// the interrupt shadow, DR0-3/DR6, TSC_AUX (`virt::snapshot`).
+    fn aux_state(&self) -> Option<super::snapshot::AuxState> {
+        None
+    }
+    /// Loads it, after `set_state` (which drops pending events). The caller
+    /// checked it (`VcpuSnapshot::from_record`).
+    fn set_aux_state(&mut self, _aux: &super::snapshot::AuxState) -> Result<(), &'static str> {
+        Err("this vCPU cannot load a state")
+    }
 }

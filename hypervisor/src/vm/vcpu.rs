@@ -17,6 +17,8 @@
 //! halts or blocks; each exit handled by `exit::handle` with this vCPU's view
 //! of the platform (`VcpuEnv`).
 
+mod state_io;
+
 use super::apic_bus::{bits, Power, Vectors, Wake};
 use super::platform::{self, log_tally, Platform, PowerEvent, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
 use crate::devices::kvmclock::{ClockNow, KvmClock};
@@ -354,6 +356,12 @@ impl GuestVcpu {
             return Some(self.restart(now));
         }
         if !matches!(d.state, DomainState::Running | DomainState::ShuttingDown) {
+            // Paused: its state for VCPU_STATE_GET/SET (`state_io`).
+            let states = (d.state == DomainState::Paused).then(|| d.res.vcpu_states.clone()).flatten();
+            drop(t);
+            if let Some(m) = states {
+                self.serve_state(&m);
+            }
             return Some(Poll::Sleep(None));
         }
         let got = if room > 0 && d.res.has_console_input() { d.res.take_console_input(&mut input[..room]) } else { 0 };

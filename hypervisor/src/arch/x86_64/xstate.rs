@@ -188,6 +188,15 @@ impl XState {
         };
         let narrow = pair(XCR0_RESET);
         let full = if h.xsave { pair(h.full) } else { narrow };
+        // After a save with every component (SSE's included, or FXSAVE):
+        // the legacy region holds MXCSR_MASK.
+        if !h.xsave {
+            pair(XCR0_RESET);
+        }
+        // SAFETY: the area is ours and at least 512 bytes; `save` just wrote
+        // its legacy region (MXCSR_MASK included).
+        let mask = unsafe { self.area.as_ptr::<u8>().add(MXCSR_MASK_OFFSET).cast::<u32>().read() };
+        MXCSR_MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
         log::info!(
             "xstate: {} of {} bytes per vCPU (components {:#x}); one save+restore ≈ {full} TSC ticks \
              (guest XCR0 = all of them), {narrow} (XCR0 = 1)",
@@ -195,6 +204,70 @@ impl XState {
             h.size,
             h.full
         );
+    }
+}
+
+/// The XSAVE header's offset in the area (SDM Vol. 1 §13.4.2), and the end
+/// of its bytes that must be zero.
+const XSAVE_HEADER: usize = FXSAVE_SIZE;
+const XSAVE_HEADER_END: usize = XSAVE_HEADER + 64;
+const MXCSR_MASK_OFFSET: usize = 28;
+
+/// The XCR0 components this host saves for guests (0 without XSAVE).
+pub fn host_components() -> u64 {
+    host().full
+}
+
+/// MXCSR bits this CPU accepts: the MXCSR_MASK field of the first image
+/// `measure` saved (0xFFBF if it reads 0 or none was saved: SDM Vol. 1 §11.6.6).
+static MXCSR_MASK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+fn mxcsr_mask() -> u32 {
+    match MXCSR_MASK.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => 0xffbf,
+        m => m,
+    }
+}
+
+impl XState {
+    /// The guest's XCR0 and its saved area (`save`'s image; the host's size).
+    pub fn image(&self) -> (u64, &[u8]) {
+        // SAFETY: the area is ours, identity mapped, `host().size` bytes long
+        // at least; nothing writes it while this borrow lives (`&self`).
+        (self.xcr0, unsafe { core::slice::from_raw_parts(self.area.as_ptr::<u8>(), host().size) })
+    }
+
+    /// Takes an image `image` returned (a saved vCPU state's). Refused unless
+    /// the next `load` cannot fault: the host's size, XCR0 made of the host's
+    /// components (the caller checks XSETBV's rules, `exit::xcr::valid`), an
+    /// XSAVE header XRSTOR accepts in standard form (XSTATE_BV within the
+    /// host's components, XCOMP_BV and the reserved bytes zero) and MXCSR
+    /// without reserved bits (SDM Vol. 1 §13.8, Vol. 2D XRSTOR/FXRSTOR).
+    pub fn load_image(&mut self, xcr0: u64, bytes: &[u8]) -> Result<(), &'static str> {
+        let h = host();
+        if bytes.len() != h.size {
+            return Err("the XSAVE area's size is not this CPU's");
+        }
+        if h.xsave {
+            if xcr0 & !h.full != 0 || xcr0 & XCR0_RESET == 0 {
+                return Err("XCR0 with components this CPU does not save for guests");
+            }
+            let header = &bytes[XSAVE_HEADER..XSAVE_HEADER_END];
+            let xstate_bv = u64::from_le_bytes(header[..8].try_into().map_err(|_| "short header")?);
+            if xstate_bv & !h.full != 0 || header[8..].iter().any(|&b| b != 0) {
+                return Err("an XSAVE header XRSTOR would refuse");
+            }
+        } else if xcr0 != XCR0_RESET {
+            return Err("XCR0 on a CPU without XSAVE");
+        }
+        let mxcsr = u32::from_le_bytes(bytes[MXCSR_OFFSET..MXCSR_OFFSET + 4].try_into().map_err(|_| "short area")?);
+        if mxcsr & !mxcsr_mask() != 0 {
+            return Err("MXCSR with reserved bits");
+        }
+        // SAFETY: the area is ours and `h.size` bytes long (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.area.as_ptr::<u8>(), h.size) };
+        self.xcr0 = xcr0;
+        Ok(())
     }
 }
 

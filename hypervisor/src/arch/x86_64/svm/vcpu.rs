@@ -5,7 +5,9 @@ use crate::arch::x86_64::cpu::{msr, DebugRegs};
 use crate::mem::{alloc_frames, free_frames, HostPhysAddr};
 use crate::virt::exit::Combined;
 use crate::virt::tlb_tag::{self, Held};
+use crate::virt::snapshot::{self, AuxState};
 use crate::virt::state::{self, VcpuState};
+use oxen_abi::vcpu_snapshot::event_kind;
 use crate::virt::{GuestGprs, InitialState, Vcpu, VmExit};
 use core::arch::global_asm;
 
@@ -598,7 +600,79 @@ impl Vcpu for SvmVcpu {
         self.load_state(state);
         Ok(())
     }
+
+    /// EVENTINJ holds what the next VMRUN delivers: an injected event, or the
+    /// one an exit interrupted (EXITINTINFO, copied there after each exit).
+    /// The interrupt shadow is STI's (the VMCB does not say which); NMI
+    /// blocking and pending debug exceptions have no VMCB field without vNMI
+    /// and read as none.
+    fn aux_state(&self) -> Option<AuxState> {
+        let v = self.vmcb();
+        let ev = v.control.event_inj;
+        let pending = (ev & vmcb::EVENT_VALID != 0).then(|| {
+            let vector = ev as u8;
+            let kind = match (ev & vmcb::EVENT_TYPE_MASK) >> 8 {
+                EVENTINJ_NMI => event_kind::NMI,
+                EVENTINJ_EXCEPTION => event_kind::HARDWARE_EXCEPTION,
+                EVENTINJ_SOFT_INT => event_kind::SOFTWARE_INTERRUPT,
+                _ => event_kind::EXTERNAL_INTERRUPT,
+            };
+            snapshot::PendingEvent {
+                kind: kind as u8,
+                vector,
+                error_code: (ev & vmcb::EVENT_ERROR_CODE_VALID != 0).then_some((ev >> 32) as u32),
+                insn_len: 0,
+            }
+        });
+        Some(AuxState {
+            pending,
+            shadow: u8::from(v.control.int_shadow & vmcb::INT_SHADOW != 0),
+            nmi_blocked: false,
+            pending_debug: 0,
+            dr: self.debug.dr,
+            dr6: v.save.dr6,
+            tsc_aux: u64::from(self.tsc_aux),
+        })
+    }
+
+    fn set_aux_state(&mut self, aux: &AuxState) -> Result<(), &'static str> {
+        let tsc_aux = u32::try_from(aux.tsc_aux).map_err(|_| "TSC_AUX over 32 bits")?;
+        if tsc_aux != 0 && !super::has_tsc_aux() {
+            return Err("TSC_AUX set, and this CPU has none");
+        }
+        let ev = match aux.pending {
+            None => 0,
+            Some(p) => {
+                // EVENTINJ's types (APM Vol. 2 §15.20): software exceptions
+                // (#BP, #OF) go in as exceptions.
+                let t = match u64::from(p.kind) {
+                    event_kind::EXTERNAL_INTERRUPT => EVENTINJ_INTR,
+                    event_kind::NMI => EVENTINJ_NMI,
+                    event_kind::SOFTWARE_INTERRUPT => EVENTINJ_SOFT_INT,
+                    _ => EVENTINJ_EXCEPTION,
+                };
+                let code = p.error_code.map_or(0, |c| vmcb::EVENT_ERROR_CODE_VALID | (u64::from(c) << 32));
+                vmcb::EVENT_VALID | (t << 8) | u64::from(p.vector) | code
+            }
+        };
+        // A pending interrupt window is asked for again by the caller.
+        self.request_interrupt_window(false);
+        self.intercepted = None;
+        self.debug.dr = aux.dr;
+        self.tsc_aux = tsc_aux;
+        let v = self.vmcb_mut();
+        v.control.event_inj = ev;
+        v.control.int_shadow = if aux.shadow != 0 { vmcb::INT_SHADOW } else { 0 };
+        v.save.dr6 = aux.dr6;
+        Ok(())
+    }
 }
+
+/// EVENTINJ types (APM Vol. 2 §15.20).
+const EVENTINJ_INTR: u64 = 0;
+const EVENTINJ_NMI: u64 = 2;
+const EVENTINJ_EXCEPTION: u64 = 3;
+const EVENTINJ_SOFT_INT: u64 = 4;
 
 /// The VMCB packs access rights into 12 bits: type/S/DPL/P in 7:0, AVL/L/D/G
 /// in 11:8 (APM Vol. 2 §15.5.1); an unusable segment is a not-present one.

@@ -809,7 +809,8 @@ mod tests {
             Decoded::EntryFailure { reason: ExitReason::EntryFailInvalidGuestState, qualification: 0 }
         );
         assert_eq!(decode(49, 0), Decoded::Exit(VmExit::Unsupported { reason: 49, info: 0 }));
-        assert_eq!(decode(28, 0x14), Decoded::Exit(VmExit::Unsupported { reason: 28, info: 0x14 }));
+        // A CR access is the backend's to emulate (`mov_to_cr0`), with its qualification.
+        assert_eq!(decode(28, 0x14), Decoded::CrAccess(CrAccess(0x14)));
         assert_eq!(decode(0xffff, 1), Decoded::Exit(VmExit::Unsupported { reason: 0xffff, info: 1 }));
     }
 }

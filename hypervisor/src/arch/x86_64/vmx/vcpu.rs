@@ -10,8 +10,10 @@ use crate::arch::x86_64::vmx::decode::{
 };
 use crate::virt::tlb_tag::{self, Held};
 use crate::arch::x86_64::cpu::is_canonical;
+use crate::virt::snapshot::{self, AuxState};
 use crate::virt::state::{self, VcpuState};
 use crate::virt::{GuestGprs, InitialState, Vcpu, VmExit};
+use oxen_abi::vcpu_snapshot::event_kind;
 use core::arch::global_asm;
 use core::sync::atomic::Ordering;
 use x86_64::registers::control::{Cr0Flags, Cr4Flags};
@@ -1217,6 +1219,17 @@ impl Vcpu for VmxVcpu {
         self.read_guest_state().map_err(|(what, e)| log::error!("cpu{}: vmx: reading the guest state: {what}: {e}", self.cpu)).ok()
     }
 
+    fn aux_state(&self) -> Option<AuxState> {
+        self.read_aux_state().map_err(|(what, e)| log::error!("cpu{}: vmx: reading the guest's events: {what}: {e}", self.cpu)).ok()
+    }
+
+    fn set_aux_state(&mut self, aux: &AuxState) -> Result<(), &'static str> {
+        self.write_aux_state(aux).map_err(|(what, e)| {
+            log::error!("cpu{}: vmx: loading the guest's events: {what}: {e}", self.cpu);
+            "cannot write the guest's events"
+        })?
+    }
+
     fn set_state(&mut self, st: &VcpuState) -> Result<(), &'static str> {
         let caps = super::caps()?;
         self.make_current().map_err(|_| "cannot load the VMCS")?;
@@ -1227,6 +1240,9 @@ impl Vcpu for VmxVcpu {
         })
     }
 }
+
+/// Blocking by NMI in the interruptibility state (SDM Vol. 3C §25.4.2).
+const BLOCKING_BY_NMI: u32 = 1 << 3;
 
 impl VmxVcpu {
     /// A control-register access the guest/host masks made exit (only
@@ -1299,6 +1315,100 @@ impl VmxVcpu {
                 VmExit::Unsupported { reason: 28, info: q.0 }
             }
         }
+    }
+
+    /// Whether its VMCS is loaded on this CPU (not released).
+    pub fn loaded_here(&self) -> bool {
+        self.cpu == cpu_id()
+    }
+
+    /// `Vcpu::aux_state`: the event waiting in `pending` (delivered at the
+    /// next entry by `prepare_entry`), the interruptibility state and pending
+    /// debug exceptions from the VMCS, DR0-3/DR6 and TSC_AUX.
+    fn read_aux_state(&self) -> Result<AuxState, (&'static str, VmxError)> {
+        self.make_current()?;
+        let blocking = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+        let pending_debug = vmcs::read_nat(FieldNat::GuestPendingDebugExceptions).map_err(|e| ("pending debug", e))?;
+        let protected = vmcs::read_nat(FieldNat::GuestCr0).map_err(|e| ("guest CR0", e))? & Cr0Flags::PROTECTED_MODE_ENABLE.bits() != 0;
+        let pending = self.pending.map(|p| match p {
+            // Delivered as `exception_injection` will: without an error code
+            // where the exception (or real mode) has none.
+            PendingEvent::Exception { vector, error_code } => snapshot::PendingEvent {
+                kind: InterruptionType::HardwareException as u8,
+                vector,
+                error_code: error_code.filter(|_| protected && crate::arch::x86_64::vmx::decode::exception_has_error_code(vector)),
+                insn_len: 0,
+            },
+            PendingEvent::Interrupt { vector } => {
+                snapshot::PendingEvent { kind: InterruptionType::ExternalInterrupt as u8, vector, error_code: None, insn_len: 0 }
+            }
+            PendingEvent::Reinject { info, error_code, instruction_len } => snapshot::PendingEvent {
+                kind: info.kind() as u8,
+                vector: info.vector(),
+                error_code: info.error_code_valid().then_some(error_code),
+                insn_len: if info.needs_instruction_length() { instruction_len } else { 0 },
+            },
+        });
+        let shadow = if self.clear_interrupt_shadow { 0 } else { (blocking & BLOCKING_BY_STI_OR_MOV_SS) as u8 };
+        let tsc_aux = self.switched_msr(msr::IA32_TSC_AUX).map_or(0, |p| {
+            // SAFETY: the MSR area is ours; the CPU wrote it at the last exit.
+            unsafe { p.read_volatile() }
+        });
+        Ok(AuxState {
+            pending,
+            shadow,
+            nmi_blocked: blocking & BLOCKING_BY_NMI != 0,
+            pending_debug,
+            dr: self.debug.dr,
+            dr6: self.debug.dr6,
+            tsc_aux,
+        })
+    }
+
+    /// `Vcpu::set_aux_state`. The outer `Err` is a VMWRITE failing, the
+    /// inner one a value this CPU cannot hold.
+    fn write_aux_state(&mut self, aux: &AuxState) -> Result<Result<(), &'static str>, (&'static str, VmxError)> {
+        let pending = match aux.pending {
+            None => None,
+            Some(p) => {
+                let kind = match u64::from(p.kind) {
+                    event_kind::EXTERNAL_INTERRUPT => InterruptionType::ExternalInterrupt,
+                    event_kind::NMI => InterruptionType::Nmi,
+                    event_kind::HARDWARE_EXCEPTION => InterruptionType::HardwareException,
+                    event_kind::SOFTWARE_INTERRUPT => InterruptionType::SoftwareInterrupt,
+                    event_kind::PRIVILEGED_SOFTWARE_EXCEPTION => InterruptionType::PrivilegedSoftwareException,
+                    event_kind::SOFTWARE_EXCEPTION => InterruptionType::SoftwareException,
+                    _ => return Ok(Err("no such event kind")),
+                };
+                let info = InterruptionInfo::new(p.vector, kind, p.error_code.is_some());
+                // VM entry needs a software event's length (SDM Vol. 3C §27.2.1.3).
+                if info.needs_instruction_length() && !(1..=15).contains(&p.insn_len) {
+                    return Ok(Err("a software event without its instruction length"));
+                }
+                Some(PendingEvent::Reinject { info, error_code: p.error_code.unwrap_or(0), instruction_len: p.insn_len })
+            }
+        };
+        let aux_msr = self.switched_msr(msr::IA32_TSC_AUX);
+        if aux_msr.is_none() && aux.tsc_aux != 0 {
+            return Ok(Err("TSC_AUX set, and this CPU has none"));
+        }
+        self.make_current()?;
+        let old = vmcs::read32_rw(Field32::GuestInterruptibility).map_err(|e| ("interruptibility", e))?;
+        let blocking = (old & !(BLOCKING_BY_STI_OR_MOV_SS | BLOCKING_BY_NMI))
+            | (u32::from(aux.shadow) & BLOCKING_BY_STI_OR_MOV_SS)
+            | if aux.nmi_blocked { BLOCKING_BY_NMI } else { 0 };
+        guest_write32(Field32::GuestInterruptibility, blocking, "interruptibility")?;
+        guest_write_nat(FieldNat::GuestPendingDebugExceptions, aux.pending_debug, "pending debug exceptions")?;
+        self.pending = pending;
+        self.clear_interrupt_shadow = false;
+        self.intercepted = None;
+        self.debug.dr = aux.dr;
+        self.debug.dr6 = aux.dr6;
+        if let Some(p) = aux_msr {
+            // SAFETY: the MSR area is ours; the next entry loads it.
+            unsafe { p.write_volatile(aux.tsc_aux) };
+        }
+        Ok(Ok(()))
     }
 
     /// Caches the guest state the `Vcpu` accessors report and notes an
