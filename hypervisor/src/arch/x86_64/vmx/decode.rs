@@ -468,13 +468,13 @@ impl CrAccess {
     }
 }
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+use crate::virt::state::{EFER_LMA, EFER_LME};
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+const CR0_PE: u64 = Cr0Flags::PROTECTED_MODE_ENABLE.bits();
+const CR0_NW: u64 = Cr0Flags::NOT_WRITE_THROUGH.bits();
+const CR0_CD: u64 = Cr0Flags::CACHE_DISABLE.bits();
+const CR0_PG: u64 = Cr0Flags::PAGING.bits();
+const CR4_PAE: u64 = Cr4Flags::PHYSICAL_ADDRESS_EXTENSION.bits();
 
 /// A guest's MOV to CR0 that exited because it changes a bit the guest/host
 /// mask keeps the hypervisor's (the ones VMX operation fixes; §25.6.6).

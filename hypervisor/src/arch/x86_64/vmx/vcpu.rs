@@ -1295,7 +1295,7 @@ impl VmxVcpu {
                 vmcs::write_nat(FieldNat::GuestCr0, w.real)?;
                 vmcs::write_nat(FieldNat::Cr0ReadShadow, w.shadow)?;
                 if let Some(lma) = w.lma {
-                    let lma_bit = 1 << 10;
+                    let lma_bit = state::EFER_LMA;
                     vmcs::write64(Field64::GuestIa32Efer, if lma { efer | lma_bit } else { efer & !lma_bit })?;
                     let ctl = vmcs::read32_rw(Field32::EntryControls)?;
                     let ia32e = entry::IA32E_MODE_GUEST;
