@@ -615,11 +615,7 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     // starting them early keeps both cores busy to the end. Bochs' guest time
     // follows its instruction count (`clock: sync=none`), so sharing a core
     // slows its wall time, not what the guest measures.
-    let queue: Vec<&Test> = tests
-        .iter()
-        .filter(|t| t.machine.emulator == Emulator::Bochs)
-        .chain(tests.iter().filter(|t| t.machine.emulator != Emulator::Bochs))
-        .collect();
+    let queue = run_order(tests);
     let passed = AtomicUsize::new(0);
     let failed = Mutex::new(Vec::new());
     let xfailed = Mutex::new(Vec::new());
@@ -660,6 +656,16 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     })
 }
 
+/// The order tests start in: Bochs before QEMU, and within each the longest
+/// timeout first (the longest run first, as far as the manifest tells), so
+/// that a long run never starts last and leaves one core idle while it ends.
+fn run_order(tests: &[Test]) -> Vec<&Test> {
+    let mut queue: Vec<&Test> = tests.iter().collect();
+    // Stable: equal timeouts keep the manifest's order.
+    queue.sort_by_key(|t| (t.machine.emulator != Emulator::Bochs, std::cmp::Reverse(t.timeout)));
+    queue
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +675,26 @@ mod tests {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         std::env::temp_dir().join(format!("xtask-manifest-{}-{n}.toml", std::process::id()))
+    }
+
+    #[test]
+    fn bochs_first_then_the_longest_timeout_first() {
+        let one = |name: &str, emulator: &str, timeout: u32| {
+            format!(
+                "[[test]]\nname = \"{name}\"\nemulator = \"{emulator}\"\ncpu = \"max\"\ncmdline = \"selftest\"\ntimeout_secs = {timeout}\nexpect = ['x']\n"
+            )
+        };
+        let text = [
+            one("q-short", "qemu", 100),
+            one("b-short", "bochs", 300),
+            one("q-long", "qemu", 900),
+            one("b-long", "bochs", 2400),
+            one("b-short-2", "bochs", 300),
+        ]
+        .concat();
+        let tests = manifest(&text);
+        let names: Vec<&str> = run_order(&tests).iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b-long", "b-short", "b-short-2", "q-long", "q-short"]);
     }
 
     fn manifest(text: &str) -> Vec<Test> {
