@@ -4,17 +4,21 @@
 failed=0
 ok() { echo "check: $1: ok"; }
 bad() { echo "check: $1: FAILED ($2)"; failed=$((failed + 1)); }
+# The helpers keep their variables `local` (busybox sh has it): a global of
+# the same name in a script, or in the command wait_for polls, would change
+# under them (ticked_past's reading once became wait_for's count of seconds
+# left, so a domU not ticking yet ended a 60 s wait after one try).
 # check NAME WHY-IF-NOT COMMAND...
-check() { name=$1; why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
+check() { local name=$1 why=$2; shift 2; if "$@"; then ok "$name"; else bad "$name" "$why"; fi; }
 # wait_for SECONDS COMMAND...: true as soon as COMMAND is, false after SECONDS.
 # Its arguments are expanded once: what it polls must be a function.
-wait_for() { t=$1; shift; while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 1; t=$((t - 1)); done; "$@"; }
+wait_for() { local left=$1; shift; while [ "$left" -gt 0 ]; do "$@" && return 0; sleep 1; left=$((left - 1)); done; "$@"; }
 free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
 # Columns of `oxl list`: Name ID Mem(MiB) VCPUs State Time(s).
 field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
 gone() { [ -z "$(field "$1" 2)" ]; }
 # The minimal guest's last "minimal: tick N", from its console ring.
 last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
-ticked_past() { t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "$2" ]; }
+ticked_past() { local tick; tick=$(last_tick "$1"); [ -n "$tick" ] && [ "$tick" -gt "$2" ]; }
 # Both readings exist and are equal (no tick in between).
 same_tick() { [ -n "$1" ] && [ "$1" = "$2" ]; }

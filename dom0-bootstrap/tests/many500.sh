@@ -78,9 +78,8 @@ echo "many500: $listed domUs listed"
 check "all $n listed" "$listed listed" [ "$listed" = "$n" ]
 
 # Each one's console ring shows a tick (they tick every 5 s). Up to 5 min:
-# the minimal guest times its ticks with a TSC rate it measured against a
-# 10 ms BLOCK at its start, and when the emulator's host stalls there (seen:
-# a BLOCK taking 270 ms) its ticks come that many times slower.
+# 500 guests printing their first lines through the rate-limited console,
+# on an emulator whose host may stall (seen: a BLOCK taking 270 ms).
 has_tick() { case "$(oxl console --dump "$1")" in *"minimal: tick "[0-9]*) return 0 ;; esac; return 1; }
 all_ticked() {
     left=

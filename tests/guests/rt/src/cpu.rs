@@ -96,3 +96,13 @@ pub fn halt() {
     // SAFETY: HLT only waits; the hypervisor sees it as an idle vCPU.
     unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
 }
+
+/// WRMSR.
+///
+/// # Safety
+/// `msr` must be one the caller knows the hypervisor offers, and `value`
+/// must not break what the guest relies on.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller's.
+    unsafe { asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags)) };
+}
