@@ -646,6 +646,17 @@ impl Runnable for GuestVcpu {
         // deadline or at the slice's end (`Preempted` again).
         let mut stale = true;
         loop {
+            // After a light exit, a host interrupt that came meanwhile is
+            // pending (interrupts are off here). Real CPUs exit right after
+            // the next entry for it (external-interrupt exiting; AMD-V's
+            // physical INTR intercept), but under Bochs a kick that came this
+            // way was left pending for the guest's whole run (a paused domU
+            // ran on, `dom0-vcpu-state-vmx`). So it is taken here, on both
+            // vendors, for the price of STI; NOP; CLI, and ends the run like
+            // a `Preempted` exit.
+            if !stale && apic::take_pending() {
+                break;
+            }
             if stale {
                 let now = now_ns();
                 let Serviced::Run { timer } = self.service(now, true) else { break };
@@ -665,13 +676,7 @@ impl Runnable for GuestVcpu {
             }
             let io = matches!(exit, VmExit::Io { .. });
             let msr_write = matches!(exit, VmExit::MsrWrite { .. });
-            // VT-x (under Bochs) keeps the service after every exit: with
-            // light exits re-entered directly, a kick or the slice's timer was
-            // not seen there (a paused domU kept running, `dom0-vcpu-state-vmx`;
-            // a domU's BLOCK never woke, `dom0-flood-oom-vmx`); not understood
-            // yet, so AMD-V alone takes the shortcut.
-            stale = !light_exits_reenter()
-                || !matches!(exit, VmExit::Hypercall | VmExit::Cpuid { .. } | VmExit::MsrRead { .. } | VmExit::Xsetbv { .. });
+            stale = !matches!(exit, VmExit::Hypercall | VmExit::Cpuid { .. } | VmExit::MsrRead { .. } | VmExit::Xsetbv { .. });
             let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
             let mut outcome = exit::handle(vcpu, exit, &mut env);
             if msr_write {
@@ -738,12 +743,6 @@ impl Runnable for GuestVcpu {
             v.release();
         }
     }
-}
-
-/// Whether a light exit (hypercall, CPUID, MSR read, XSETBV) re-enters the
-/// guest without servicing devices and re-arming the timer (AMD-V only).
-fn light_exits_reenter() -> bool {
-    matches!(crate::virt::backend(), crate::virt::Backend::Svm)
 }
 
 fn tally_index(exit: &VmExit) -> usize {

@@ -47,6 +47,8 @@ static MODE: Once<Mode> = Once::new();
 static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 /// Whether `arm_timer` has set this CPU's timer divide and LVT (per CPU).
 static TIMER_CONFIGURED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Host interrupts taken, per CPU (see `take_pending`).
+static TAKEN: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 /// Wake interrupts taken, per CPU (see `wakes_taken`).
 static WAKES: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
@@ -151,9 +153,24 @@ pub fn id() -> u32 {
     lapic::apic_id_from_reg(read(reg::ID), mode() == Mode::X2Apic)
 }
 
-/// Signals the end of the interrupt being handled (SDM §11.8.5).
+/// Signals the end of the interrupt being handled (SDM §11.8.5). Every host
+/// interrupt handler ends here, so it also counts them for `take_pending`.
 pub fn eoi() {
+    TAKEN[super::cpu_id() as usize % MAX_CPUS].fetch_add(1, Ordering::Relaxed);
     write(reg::EOI, 0);
+}
+
+/// Lets a host interrupt that is pending (the hypervisor runs with interrupts
+/// off) be taken in a one-instruction window, and says whether one was: a
+/// kick, the timer, or a device's interrupt for dom0.
+pub fn take_pending() -> bool {
+    let taken = &TAKEN[super::cpu_id() as usize % MAX_CPUS];
+    let before = taken.load(Ordering::Relaxed);
+    // SAFETY: the hypervisor's IDT handles every vector the host APIC raises;
+    // interrupts are off again right after (STI's shadow covers the NOP, so
+    // a pending interrupt is taken between NOP and CLI).
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    taken.load(Ordering::Relaxed) != before
 }
 
 /// Sends `ipi`; in xAPIC mode waits until the APIC has accepted it.
