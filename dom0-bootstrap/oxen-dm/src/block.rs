@@ -1,0 +1,279 @@
+//! virtio-blk (virtio spec v1.2 §5.2) over a dom0 file: a raw image or a block device.
+//!
+//! One request queue. Each request is a descriptor chain: a 16-byte device-readable header
+//! (type, reserved, sector), the data (device-readable for OUT, device-writable for IN and
+//! GET_ID), and a 1-byte device-writable status last (§5.2.6). The chain is read and written only
+//! through virtio-queue's `Reader`/`Writer`, which check every descriptor against guest RAM; every
+//! file offset is checked against the disk's size before any I/O, so a guest can reach nothing
+//! outside its disk, and a request of the wrong shape completes with IOERR (or, with no status
+//! byte to write, with a 0-length used entry) instead of stopping the device model.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+
+use crate::mmio::{ActivateError, VirtioDevice};
+use crate::GuestMemoryMmap;
+
+/// virtio-blk sectors are 512 bytes whatever the backing store's block size (§5.2.6).
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the request queue: Linux's default, and what QEMU offers.
+pub const QUEUE_SIZE: u16 = 256;
+/// Request header: le32 type, le32 reserved, le64 sector (§5.2.6, struct virtio_blk_req).
+const HEADER_SIZE: usize = 16;
+/// Data is moved through a bounded buffer, so a chain naming gigabytes (the same guest page
+/// many times over) costs time, not dom0 memory.
+const CHUNK: usize = 128 * 1024;
+/// Bytes of `struct virtio_blk_config` (§5.2.4) up to `num_queues`, the fields Linux may read.
+const CONFIG_SIZE: usize = 36;
+
+/// A virtio block device backed by `file`.
+pub struct Block {
+    file: File,
+    read_only: bool,
+    /// Disk size in whole sectors; a trailing partial sector of the file is not exposed.
+    capacity: u64,
+    serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    queue_sizes: [u16; 1],
+    state: Option<Active>,
+}
+
+/// What the device has between DRIVER_OK and reset.
+struct Active {
+    mem: Arc<GuestMemoryMmap>,
+    queue: Queue,
+}
+
+impl Block {
+    /// A disk over `file`, which must be open for reading, and for writing unless `read_only`.
+    /// Its size is taken by seeking to the end, which works for block devices too (their
+    /// metadata length is 0). `serial` is what GET_ID returns, cut to 20 bytes (§5.2.6).
+    pub fn new(mut file: File, read_only: bool, serial: &str) -> io::Result<Self> {
+        let len = file.seek(SeekFrom::End(0))?;
+        let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+        let n = serial.len().min(id.len());
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        Ok(Self {
+            file,
+            read_only,
+            capacity: len / SECTOR_SIZE,
+            serial: id,
+            queue_sizes: [QUEUE_SIZE],
+            state: None,
+        })
+    }
+
+    /// Disk size in 512-byte sectors, as the config space reports it.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let mut c = [0u8; CONFIG_SIZE];
+        c[0..8].copy_from_slice(&self.capacity.to_le_bytes());
+        // seg_max: data descriptors per request, the queue less header and status.
+        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        c
+    }
+
+    /// Handles one request; returns the number of bytes written into the chain (the used
+    /// length, §2.7.8), status included.
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        // Descriptors outside guest RAM or lengths that overflow: nothing can be written back.
+        let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
+            return 0;
+        };
+        let Ok(mut writer) = Writer::new(mem, chain) else {
+            return 0;
+        };
+        let writable = writer.available_bytes();
+        if writable == 0 {
+            // No status byte: the driver cannot be told anything (§5.2.6 requires one).
+            return 0;
+        }
+        let Ok(mut status_w) = writer.split_at(writable - 1) else {
+            return 0;
+        };
+        let status = self.execute(&mut reader, &mut writer);
+        if status_w.write_all(&[status as u8]).is_err() {
+            return 0;
+        }
+        u32::try_from(writer.bytes_written() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Executes the request whose header is next in `reader`; `data_w` is the writable data
+    /// area (status byte excluded). Returns the status.
+    fn execute(&mut self, reader: &mut Reader<'_>, data_w: &mut Writer<'_>) -> u32 {
+        let mut hdr = [0u8; HEADER_SIZE];
+        if reader.read_exact(&mut hdr).is_err() {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = hdr;
+        let req_type = u32::from_le_bytes([t0, t1, t2, t3]);
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        match req_type {
+            VIRTIO_BLK_T_IN => {
+                let len = data_w.available_bytes();
+                match self.range(sector, len) {
+                    Some(off) => status(self.read_to_guest(off, len, data_w)),
+                    None => VIRTIO_BLK_S_IOERR,
+                }
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.read_only {
+                    return VIRTIO_BLK_S_IOERR;
+                }
+                let len = reader.available_bytes();
+                match self.range(sector, len) {
+                    Some(off) => status(self.write_from_guest(off, len, reader)),
+                    None => VIRTIO_BLK_S_IOERR,
+                }
+            }
+            // With FLUSH negotiated, completed writes may sit in dom0's page cache; a flush
+            // completes only once they are on the file (§5.2.6.2, issue 11: flushed writes survive
+            // the domain).
+            VIRTIO_BLK_T_FLUSH => status(self.file.sync_data()),
+            VIRTIO_BLK_T_GET_ID => {
+                // The driver's buffer is VIRTIO_BLK_ID_BYTES; a shorter one cannot hold the id.
+                if data_w.available_bytes() < self.serial.len() {
+                    return VIRTIO_BLK_S_IOERR;
+                }
+                status(data_w.write_all(&self.serial))
+            }
+            _ => VIRTIO_BLK_S_UNSUPP,
+        }
+    }
+
+    /// The file offset of a `len`-byte transfer at `sector`, if it is whole sectors
+    /// (§5.2.6.1: data is a multiple of 512 bytes) inside the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let len = u64::try_from(len).ok()?;
+        if len % SECTOR_SIZE != 0 {
+            return None;
+        }
+        let end = sector.checked_add(len / SECTOR_SIZE)?;
+        (end <= self.capacity).then(|| sector * SECTOR_SIZE)
+    }
+
+    fn read_to_guest(&self, mut off: u64, mut len: usize, w: &mut Writer<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; len.min(CHUNK)];
+        while len > 0 {
+            let n = len.min(CHUNK);
+            self.file.read_exact_at(&mut buf[..n], off)?;
+            w.write_all(&buf[..n])?;
+            off += n as u64;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    fn write_from_guest(&self, mut off: u64, mut len: usize, r: &mut Reader<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; len.min(CHUNK)];
+        while len > 0 {
+            let n = len.min(CHUNK);
+            r.read_exact(&mut buf[..n])?;
+            self.file.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+            len -= n;
+        }
+        Ok(())
+    }
+}
+
+fn status(r: io::Result<()>) -> u32 {
+    match r {
+        Ok(()) => VIRTIO_BLK_S_OK,
+        Err(_) => VIRTIO_BLK_S_IOERR,
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX;
+        if self.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| c.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE, not offered.
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        let Some(queue) = queues.into_iter().next() else {
+            return Err(ActivateError::QueueNotReady(0));
+        };
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        self.state = Some(Active { mem, queue });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: u16) -> bool {
+        if index != 0 {
+            return false;
+        }
+        let Some(mut active) = self.state.take() else {
+            return false;
+        };
+        let mem = Arc::clone(&active.mem);
+        let mut used = false;
+        // Bounded by what the driver made available when each chain is popped: virtio-queue
+        // refuses an avail index more than the queue size ahead (InvalidAvailRingIndex).
+        while let Some(chain) = active.queue.pop_descriptor_chain(&*mem) {
+            let head = chain.head_index();
+            let len = self.handle(&mem, chain);
+            // Fails only for a head index ≥ queue size, which pop_descriptor_chain never returns.
+            if active.queue.add_used(&*mem, head, len).is_ok() {
+                used = true;
+            }
+        }
+        let notify = used && active.queue.needs_notification(&*mem).unwrap_or(true);
+        self.state = Some(active);
+        notify
+    }
+
+    fn reset(&mut self) {
+        self.state = None;
+    }
+}
