@@ -206,7 +206,7 @@ impl MmioTransport {
             return self.read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), size);
         }
         // §4.2.2.2: the driver MUST use 32-bit wide, aligned accesses for control registers.
-        if size != 4 || offset % 4 != 0 {
+        if size != 4 || !offset.is_multiple_of(4) {
             return 0;
         }
         let Ok(offset) = u32::try_from(offset) else {
@@ -245,7 +245,7 @@ impl MmioTransport {
             self.write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), size, value);
             return Effect::None;
         }
-        if size != 4 || offset % 4 != 0 {
+        if size != 4 || !offset.is_multiple_of(4) {
             return Effect::None;
         }
         let (Ok(offset), v) = (u32::try_from(offset), value as u32) else {
@@ -269,11 +269,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.set_queue_addr(v, true, |q| &mut q.driver),
             VIRTIO_MMIO_QUEUE_USED_LOW => self.set_queue_addr(v, false, |q| &mut q.device),
             VIRTIO_MMIO_QUEUE_USED_HIGH => self.set_queue_addr(v, true, |q| &mut q.device),
-            VIRTIO_MMIO_QUEUE_NOTIFY => {
-                // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (§4.2.2).
-                if self.activated && (v as usize) < self.queues.len() {
-                    return Effect::QueueNotify(v as u16);
-                }
+            // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (§4.2.2).
+            VIRTIO_MMIO_QUEUE_NOTIFY if self.activated && (v as usize) < self.queues.len() => {
+                return Effect::QueueNotify(v as u16);
             }
             VIRTIO_MMIO_INTERRUPT_ACK => {
                 let was = self.interrupt_pending();
@@ -451,7 +449,7 @@ impl MmioTransport {
     /// some drivers), naturally aligned; others read 0.
     fn config_access_ok(offset: u64, size: u8) -> bool {
         matches!(size, 1 | 2 | 4 | 8)
-            && offset % u64::from(size) == 0
+            && offset.is_multiple_of(u64::from(size))
             && offset + u64::from(size) <= MMIO_WINDOW_SIZE - u64::from(VIRTIO_MMIO_CONFIG)
     }
 
