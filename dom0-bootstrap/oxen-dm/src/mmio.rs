@@ -122,8 +122,10 @@ impl QueueRegs {
         let mut q = Queue::new(self.max_size).ok()?;
         q.try_set_size(self.size).ok()?;
         q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
-        q.try_set_avail_ring_address(GuestAddress(self.driver)).ok()?;
-        q.try_set_used_ring_address(GuestAddress(self.device)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(self.driver))
+            .ok()?;
+        q.try_set_used_ring_address(GuestAddress(self.device))
+            .ok()?;
         q.set_ready(true);
         q.is_valid(mem).then_some(q)
     }
@@ -362,7 +364,11 @@ impl MmioTransport {
         if v == 0 {
             let was = self.interrupt_pending();
             self.reset();
-            return if was { Effect::Interrupt(false) } else { Effect::None };
+            return if was {
+                Effect::Interrupt(false)
+            } else {
+                Effect::None
+            };
         }
         let v = v & 0xff;
         if v & self.status != self.status {
@@ -371,7 +377,8 @@ impl MmioTransport {
         let added = v & !self.status;
         // FEATURES_OK is only kept if the driver accepted a subset of what was offered and, on a
         // version 2 transport, VERSION_1 (§6.1: the device MAY fail a driver without it).
-        let mut new = self.status | (added & !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK));
+        let mut new =
+            self.status | (added & !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK));
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.features_acceptable() {
             new |= VIRTIO_CONFIG_S_FEATURES_OK;
         }
@@ -450,7 +457,9 @@ impl MmioTransport {
     fn config_access_ok(offset: u64, size: u8) -> bool {
         matches!(size, 1 | 2 | 4 | 8)
             && offset.is_multiple_of(u64::from(size))
-            && offset + u64::from(size) <= MMIO_WINDOW_SIZE - u64::from(VIRTIO_MMIO_CONFIG)
+            && offset
+                .checked_add(u64::from(size))
+                .is_some_and(|end| end <= MMIO_WINDOW_SIZE - u64::from(VIRTIO_MMIO_CONFIG))
     }
 
     fn read_config(&self, offset: u64, size: u8) -> u64 {
@@ -458,7 +467,8 @@ impl MmioTransport {
             return 0;
         }
         let mut buf = [0u8; 8];
-        self.device.read_config(offset, &mut buf[..usize::from(size)]);
+        self.device
+            .read_config(offset, &mut buf[..usize::from(size)]);
         u64::from_le_bytes(buf)
     }
 

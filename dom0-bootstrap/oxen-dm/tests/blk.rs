@@ -8,7 +8,6 @@ use common::*;
 use oxen_dm::mmio::Effect;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_mmio::*;
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
@@ -18,7 +17,7 @@ const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 #[test]
 fn write_sectors_then_read_them_back() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (_tmp, file) = image(64, 0);
     let mut t = blk_up(&mem, &vq, file, false);
 
@@ -37,18 +36,22 @@ fn write_sectors_then_read_them_back() {
     // The neighbouring sectors were not touched.
     let (_, st) = request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 9, 512, true);
     assert_eq!(st, OK);
-    mem.read_slice(&mut back[..512], GuestAddress(DATA)).unwrap();
+    mem.read_slice(&mut back[..512], GuestAddress(DATA))
+        .unwrap();
     assert!(back[..512].iter().all(|&b| b == 0));
 }
 
 #[test]
 fn flush_returns_ok_and_the_data_is_in_the_file() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (tmp, file) = image(16, 0);
     let mut t = blk_up(&mem, &vq, file, false);
     mem.write_slice(&[0xa5; 1024], GuestAddress(DATA)).unwrap();
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 3, 1024, false).1, OK);
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 3, 1024, false).1,
+        OK
+    );
     let (len, st) = request(&mut t, &mem, &vq, VIRTIO_BLK_T_FLUSH, 0, 0, false);
     assert_eq!((len, st), (1, OK));
     let on_disk = std::fs::read(tmp.as_path()).unwrap();
@@ -61,25 +64,37 @@ fn flush_returns_ok_and_the_data_is_in_the_file() {
 #[test]
 fn read_only_disk_refuses_writes_and_file_is_unchanged() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (tmp, file) = image(16, 0x11);
     let mut t = blk_up(&mem, &vq, file, true);
     let _ = wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-    assert_ne!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES) & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_ne!(
+        rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES) & (1 << VIRTIO_BLK_F_RO),
+        0
+    );
     mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 0, 512, false), (1, IOERR));
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 0, 512, false),
+        (1, IOERR)
+    );
     // Reads still work.
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 0, 512, true), (513, OK));
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 0, 512, true),
+        (513, OK)
+    );
     let mut b = [0u8; 512];
     mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
     assert!(b.iter().all(|&x| x == 0x11));
-    assert!(std::fs::read(tmp.as_path()).unwrap().iter().all(|&x| x == 0x11));
+    assert!(std::fs::read(tmp.as_path())
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0x11));
 }
 
 #[test]
 fn rw_disk_does_not_offer_ro() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (_tmp, file) = image(1, 0);
     let mut t = blk_up(&mem, &vq, file, false);
     assert_eq!(offered(&mut t) & (1 << VIRTIO_BLK_F_RO), 0);
@@ -89,19 +104,52 @@ fn rw_disk_does_not_offer_ro() {
 #[test]
 fn out_of_range_and_partial_sectors_are_ioerr() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (tmp, file) = image(8, 0x22);
     let mut t = blk_up(&mem, &vq, file, false);
     // Last sector is fine, one past it is not; a transfer straddling the end is not.
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 7, 512, true).1, OK);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 8, 512, true).1, IOERR);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 7, 1024, true).1, IOERR);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 7, 1024, false).1, IOERR);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, u64::MAX, 512, false).1, IOERR);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, u64::MAX / 512, 512, true).1, IOERR);
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 7, 512, true).1,
+        OK
+    );
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 8, 512, true).1,
+        IOERR
+    );
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 7, 1024, true).1,
+        IOERR
+    );
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 7, 1024, false).1,
+        IOERR
+    );
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, u64::MAX, 512, false).1,
+        IOERR
+    );
+    assert_eq!(
+        request(
+            &mut t,
+            &mem,
+            &vq,
+            VIRTIO_BLK_T_IN,
+            u64::MAX / 512,
+            512,
+            true
+        )
+        .1,
+        IOERR
+    );
     // Not a whole number of sectors (§5.2.6.1).
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 0, 100, false).1, IOERR);
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 0, 513, true).1, IOERR);
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 0, 100, false).1,
+        IOERR
+    );
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 0, 513, true).1,
+        IOERR
+    );
     let f = std::fs::read(tmp.as_path()).unwrap();
     assert_eq!(f.len(), 8 * 512, "nothing written past the end");
     assert!(f.iter().all(|&b| b == 0x22));
@@ -110,7 +158,7 @@ fn out_of_range_and_partial_sectors_are_ioerr() {
 #[test]
 fn get_id_returns_the_serial() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (_tmp, file) = image(1, 0);
     let mut t = blk_up(&mem, &vq, file, false);
     let (len, st) = request(&mut t, &mem, &vq, VIRTIO_BLK_T_GET_ID, 0, 20, true);
@@ -120,24 +168,36 @@ fn get_id_returns_the_serial() {
     assert_eq!(&id[..11], b"oxen-disk-0");
     assert!(id[11..].iter().all(|&b| b == 0), "NUL-padded");
     // A buffer too short for the id is an error, not a truncated id.
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_GET_ID, 0, 8, true).1, IOERR);
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_GET_ID, 0, 8, true).1,
+        IOERR
+    );
 }
 
 #[test]
 fn unsupported_request_types_are_unsupp() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (_tmp, file) = image(4, 0);
     let mut t = blk_up(&mem, &vq, file, false);
-    for ty in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_T_SCSI_CMD, 0xdead_beef] {
-        assert_eq!(request(&mut t, &mem, &vq, ty, 0, 0, false), (1, UNSUPP), "type {ty:#x}");
+    for ty in [
+        VIRTIO_BLK_T_DISCARD,
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        VIRTIO_BLK_T_SCSI_CMD,
+        0xdead_beef,
+    ] {
+        assert_eq!(
+            request(&mut t, &mem, &vq, ty, 0, 0, false),
+            (1, UNSUPP),
+            "type {ty:#x}"
+        );
     }
 }
 
 #[test]
 fn malformed_chains_do_not_panic() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (tmp, file) = image(4, 0x33);
     let mut t = blk_up(&mem, &vq, file, false);
     let status = |m: &oxen_dm::GuestMemoryMmap| m.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
@@ -153,7 +213,10 @@ fn malformed_chains_do_not_panic() {
     assert_eq!(status(&mem), IOERR);
 
     // Header device-writable (not readable): IOERR, the device reads no request.
-    let c = [desc(HDR, 16, F_WRITE | F_NEXT, 1), desc(STATUS, 1, F_WRITE, 0)];
+    let c = [
+        desc(HDR, 16, F_WRITE | F_NEXT, 1),
+        desc(STATUS, 1, F_WRITE, 0),
+    ];
     let (_, len) = submit(&mut t, &mem, &vq, &c);
     assert!(len >= 1);
     assert_eq!(status(&mem), IOERR);
@@ -163,7 +226,11 @@ fn malformed_chains_do_not_panic() {
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     let c = [desc(HDR, 16, F_NEXT, 1), desc(STATUS, 1, 0, 0)];
     assert_eq!(submit(&mut t, &mem, &vq, &c), (0, 0));
-    assert_eq!(status(&mem), 0xff, "a read-only descriptor is never written");
+    assert_eq!(
+        status(&mem),
+        0xff,
+        "a read-only descriptor is never written"
+    );
 
     // Read whose status descriptor is read-only: the last writable byte becomes the status,
     // leaving 511 data bytes, not whole sectors: IOERR there, nothing else written.
@@ -187,13 +254,19 @@ fn malformed_chains_do_not_panic() {
 
     // A descriptor pointing at itself (a loop): virtio-queue's TTL ends the chain.
     let c = [desc(HDR, 16, F_NEXT, 0)];
-    vq.add_desc_chains(&c, 0).unwrap();
-    assert_eq!(wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0), Effect::QueueNotify(0));
+    vq.add_desc_chains(&c, 0);
+    assert_eq!(
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0),
+        Effect::QueueNotify(0)
+    );
     let _ = t.process_queue(0);
 
     // The device still works afterwards.
     mem.write_slice(&[0x44; 512], GuestAddress(DATA)).unwrap();
-    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 1, 512, false), (1, OK));
+    assert_eq!(
+        request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, 1, 512, false),
+        (1, OK)
+    );
     let f = std::fs::read(tmp.as_path()).unwrap();
     assert_eq!(f.len(), 4 * 512);
     assert!(f[512..1024].iter().all(|&b| b == 0x44));
@@ -203,7 +276,7 @@ fn malformed_chains_do_not_panic() {
 #[test]
 fn indirect_descriptors_work() {
     let mem = mem();
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+    let vq = Vq::new(&mem, GuestAddress(0));
     let (tmp, file) = image(4, 0);
     let mut t = blk_up(&mem, &vq, file, false);
     header(&mem, VIRTIO_BLK_T_OUT, 2);
@@ -215,7 +288,8 @@ fn indirect_descriptors_work() {
         desc(STATUS, 1, F_WRITE, 0),
     ];
     for (i, d) in inner.iter().enumerate() {
-        mem.write_obj(*d, GuestAddress(table + 16 * i as u64)).unwrap();
+        mem.write_obj(*d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
     }
     const F_INDIRECT: u16 = 4;
     let (_, len) = submit(&mut t, &mem, &vq, &[desc(table, 48, F_INDIRECT, 0)]);
@@ -224,4 +298,32 @@ fn indirect_descriptors_work() {
     let mut b = [0u8; 512];
     tmp.as_file().read_exact_at(&mut b, 1024).unwrap();
     assert!(b.iter().all(|&x| x == 0x55));
+}
+
+#[test]
+fn many_requests_wrap_the_rings() {
+    let mem = mem();
+    let vq = Vq::new(&mem, GuestAddress(0));
+    let (tmp, file) = image(64, 0);
+    let mut t = blk_up(&mem, &vq, file, false);
+    // 3 × the queue size: ring indices wrap (§2.7.6), every request still lands.
+    for s in 0..3 * u64::from(QSIZE) {
+        mem.write_slice(&[s as u8 + 1; 512], GuestAddress(DATA))
+            .unwrap();
+        assert_eq!(
+            request(&mut t, &mem, &vq, VIRTIO_BLK_T_OUT, s, 512, false),
+            (1, OK)
+        );
+    }
+    for s in 0..3 * u64::from(QSIZE) {
+        assert_eq!(
+            request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, s, 512, true),
+            (513, OK)
+        );
+        let mut b = [0u8; 512];
+        mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+        assert!(b.iter().all(|&x| x == s as u8 + 1), "sector {s}");
+    }
+    let f = std::fs::read(tmp.as_path()).unwrap();
+    assert!(f[48 * 512..].iter().all(|&x| x == 0));
 }
