@@ -47,6 +47,8 @@ pub struct Block {
     serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
     queue_sizes: [u16; 1],
     state: Option<Active>,
+    /// Data moves between the file and guest memory through this buffer of `CHUNK` bytes.
+    buf: Vec<u8>,
 }
 
 /// What the device has between DRIVER_OK and reset.
@@ -71,6 +73,7 @@ impl Block {
             serial: id,
             queue_sizes: [QUEUE_SIZE],
             state: None,
+            buf: Vec::new(),
         })
     }
 
@@ -166,8 +169,13 @@ impl Block {
         (end <= self.capacity).then(|| sector * SECTOR_SIZE)
     }
 
-    fn read_to_guest(&self, mut off: u64, mut len: usize, w: &mut Writer<'_>) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(CHUNK)];
+    fn read_to_guest(
+        &mut self,
+        mut off: u64,
+        mut len: usize,
+        w: &mut Writer<'_>,
+    ) -> io::Result<()> {
+        let buf = bounce(&mut self.buf);
         while len > 0 {
             let n = len.min(CHUNK);
             self.file.read_exact_at(&mut buf[..n], off)?;
@@ -178,8 +186,13 @@ impl Block {
         Ok(())
     }
 
-    fn write_from_guest(&self, mut off: u64, mut len: usize, r: &mut Reader<'_>) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(CHUNK)];
+    fn write_from_guest(
+        &mut self,
+        mut off: u64,
+        mut len: usize,
+        r: &mut Reader<'_>,
+    ) -> io::Result<()> {
+        let buf = bounce(&mut self.buf);
         while len > 0 {
             let n = len.min(CHUNK);
             r.read_exact(&mut buf[..n])?;
@@ -189,6 +202,14 @@ impl Block {
         }
         Ok(())
     }
+}
+
+/// The bounce buffer, allocated on first use and kept: one allocation per disk, not per request.
+fn bounce(buf: &mut Vec<u8>) -> &mut [u8] {
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    buf
 }
 
 fn status(r: io::Result<()>) -> u32 {

@@ -9,13 +9,53 @@
 //!
 //! Nothing in this crate may panic on a guest-provided value: a bad access reads as 0 or is
 //! ignored, a bad request completes with an error status.
+//!
+//! # How the ioreq side drives a device
+//!
+//! ```
+//! use std::sync::Arc;
+//! use oxen_dm::{Block, Effect, GuestMemoryMmap, MmioTransport};
+//! use vm_memory::GuestAddress;
+//!
+//! # let path = std::env::temp_dir().join(format!("oxen-dm-doc-{}", std::process::id()));
+//! # std::fs::write(&path, vec![0u8; 4096]).unwrap();
+//! // The domU's RAM as mapped into dom0 (here: anonymous memory).
+//! let ram = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+//! let file = std::fs::File::options().read(true).write(true).open(&path).unwrap();
+//! let disk = Block::new(file, false, "xvda").unwrap();
+//! let mut dev = MmioTransport::new(Box::new(disk), ram).unwrap();
+//! let set_irq = |level: bool| { /* hypercall: set the domU's IOAPIC line to `level` */ };
+//!
+//! // An ioreq for offset 0 (MagicValue) of this device's window, a 4-byte read:
+//! assert_eq!(dev.read(0, 4), 0x7472_6976);
+//! // A write: answer the vCPU first, then do what the effect says.
+//! match dev.write(0x70, 4, 1) {
+//!     Effect::None => {}
+//!     Effect::Interrupt(level) => set_irq(level),
+//!     Effect::QueueNotify(q) => {
+//!         if let Effect::Interrupt(level) = dev.process_queue(q) {
+//!             set_irq(level);
+//!         }
+//!     }
+//! }
+//! # std::fs::remove_file(&path).unwrap();
+//! ```
 
 pub mod block;
 pub mod mmio;
 
 pub use block::Block;
+pub use mmio::ActivateError;
 pub use mmio::{Effect, MmioTransport, VirtioDevice};
+/// Re-exported so that users build guest memory with the exact version the queues use.
+pub use vm_memory;
 
 /// The guest memory a device model works on: the domU's RAM, mapped into dom0 (later through
 /// `mmap` on `/dev/oxen`; in tests, anonymous memory).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// The ioreq loop may run devices on threads of its own.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<MmioTransport>();
+};
