@@ -203,7 +203,8 @@ impl MmioTransport {
     }
 
     /// A guest read of `size` bytes at `offset` in the MMIO window. Bad accesses read as 0.
-    pub fn read(&mut self, offset: u64, size: u8) -> u64 {
+    /// Reads have no side effects (none of §4.2.2's registers clears on read).
+    pub fn read(&self, offset: u64, size: u8) -> u64 {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             return self.read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), size);
         }
