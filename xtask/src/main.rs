@@ -256,7 +256,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         step("host unit tests skipped (--filter/--no-unit)");
         true
     } else {
-        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p oxen-guest-rt -p oxen-guest-fuzz -p xtask");
+        step("host unit tests: cargo test -p oxen-hypervisor -p oxen-abi -p oxl -p oxen-dm -p oxen-guest-rt -p oxen-guest-fuzz -p xtask");
         let ok = cargo()
             .args([
                 "test",
@@ -266,6 +266,8 @@ fn test(args: TestArgs) -> Result<ExitCode> {
                 "oxen-abi",
                 "-p",
                 "oxl",
+                "-p",
+                "oxen-dm",
                 "-p",
                 "oxen-guest-rt",
                 "-p",
