@@ -646,17 +646,6 @@ impl Runnable for GuestVcpu {
         // deadline or at the slice's end (`Preempted` again).
         let mut stale = true;
         loop {
-            // After a light exit, a host interrupt that came meanwhile is
-            // pending (interrupts are off here). Real CPUs exit right after
-            // the next entry for it (external-interrupt exiting; AMD-V's
-            // physical INTR intercept), but under Bochs a kick that came this
-            // way was left pending for the guest's whole run (a paused domU
-            // ran on, `dom0-vcpu-state-vmx`). So it is taken here, on both
-            // vendors, for the price of STI; NOP; CLI, and ends the run like
-            // a `Preempted` exit.
-            if !stale && apic::take_pending() {
-                break;
-            }
             if stale {
                 let now = now_ns();
                 let Serviced::Run { timer } = self.service(now, true) else { break };
@@ -665,6 +654,18 @@ impl Runnable for GuestVcpu {
                 }
                 let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
                 apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
+            }
+            // A host interrupt that came since the last exit (a kick, the
+            // slice's timer) is pending: interrupts are off here. Real CPUs
+            // exit right after the entry for it (external-interrupt exiting,
+            // AMD-V's physical INTR intercept), but Bochs (VT-x) was seen to
+            // enter and run the guest on: a paused domU kept running
+            // (`dom0-vcpu-state-vmx`), a spinning Linux domU held its pCPU for
+            // 12 s (`dom0-linux-lifecycle-vmx`). So it is taken here before
+            // every entry, on both vendors, for the price of STI; NOP; CLI,
+            // and ends the run as a `Preempted` exit would.
+            if apic::take_pending() {
+                break;
             }
             let Some(vcpu) = self.vcpu.as_mut() else { break };
             let exit = vcpu.run();
