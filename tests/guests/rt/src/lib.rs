@@ -1,7 +1,8 @@
 //! Runtime of Oxen's own test guests (`tests/guests/`): the entry point the
 //! domU boot state jumps to, hypercall wrappers, a line-buffered console with
 //! `print!`/`println!`, an IDT that reports exceptions, TSC time at the rate
-//! the KVM clock publishes (else measured against `BLOCK`), command-line options, and the tick/spin loops guests end in.
+//! the KVM clock publishes (else measured against `BLOCK`), command-line
+//! options, and the tick/spin loops guests end in.
 //!
 //! A guest is a `no_std` binary that names itself and its main function:
 //!
