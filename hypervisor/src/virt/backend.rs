@@ -242,6 +242,9 @@ impl Vcpu for AnyVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         dispatch!(self, v => v.request_interrupt_window(on))
     }
+    fn set_deadline(&mut self, tsc: Option<u64>) {
+        dispatch!(self, v => v.set_deadline(tsc))
+    }
     fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {
         dispatch!(self, v => v.cpu_state())
     }

@@ -96,6 +96,11 @@ pub trait Vcpu {
     /// Asks for a `VmExit::InterruptWindow` as soon as the guest can take an
     /// interrupt (`true`), or stops asking (`false`).
     fn request_interrupt_window(&mut self, _on: bool) {}
+    /// The host TSC by which the guest must be out again (the slice's end,
+    /// the vLAPIC's next timer), also if the host timer's interrupt does not
+    /// make it exit; `None`: no bound but the interrupts. The host timer is
+    /// armed for it as well: this is the backstop, not the timer.
+    fn set_deadline(&mut self, _tsc: Option<u64>) {}
     /// What instruction emulation needs of the guest's CPU state: control
     /// registers, EFER, CS (for RIP's meaning). `None` if the backend cannot say.
     fn cpu_state(&self) -> Option<crate::emulate::mmio::CpuState> {

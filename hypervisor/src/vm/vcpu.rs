@@ -653,7 +653,16 @@ impl Runnable for GuestVcpu {
                     break;
                 }
                 let stop = if serial { until.min(now + SERIAL_POLL_NS) } else { until };
-                apic::arm_timer(Some(ns_to_tsc(timer.map_or(stop, |d| d.min(stop)))));
+                let deadline = ns_to_tsc(timer.map_or(stop, |d| d.min(stop)));
+                apic::arm_timer(Some(deadline));
+                // The same deadline as a bound the backend enforces itself
+                // (VT-x: the preemption timer): under Bochs a timer interrupt
+                // that should have ended the run was not seen for seconds
+                // (`dom0-linux-lifecycle-vmx`: one spinning Linux vCPU kept
+                // pCPU 1 for 20 s, its siblings starved).
+                if let Some(v) = self.vcpu.as_mut() {
+                    v.set_deadline(Some(deadline));
+                }
             }
             // A host interrupt that came since the last exit (a kick, the
             // slice's timer) is pending: interrupts are off here. Real CPUs

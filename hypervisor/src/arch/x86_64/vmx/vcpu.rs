@@ -213,6 +213,9 @@ pub struct VmxVcpu {
     pending: Option<PendingEvent>,
     /// Armed preemption timer in timer ticks, and whether the pin control is on.
     preemption_timer: Option<u32>,
+    /// `Vcpu::set_deadline`: the host TSC by which the guest must be out
+    /// again; each entry arms the preemption timer for what is left of it.
+    deadline_tsc: Option<u64>,
     pin_controls: u32,
     /// Primary processor-based controls as in the VMCS, and whether the common
     /// code wants an interrupt-window exit.
@@ -289,6 +292,7 @@ impl VmxVcpu {
             clear_interrupt_shadow: false,
             pending: None,
             preemption_timer: None,
+            deadline_tsc: None,
             pin_controls: caps.pin,
             proc_controls: caps.proc,
             interrupt_window: false,
@@ -482,7 +486,19 @@ impl VmxVcpu {
                 guest_write32(Field32::EntryInstructionLength, len, "entry instruction length")?;
             }
         }
-        let want_pin = match self.preemption_timer {
+        // The deadline's backstop: the timer counts only while the guest
+        // runs, from what is left now (a deadline already past: 0, an exit
+        // right after the entry).
+        let deadline_ticks = self.deadline_tsc.and_then(|d| {
+            let caps = super::caps().ok().filter(|c| c.has_preemption_timer)?;
+            let left = d.saturating_sub(crate::arch::x86_64::time::rdtsc()) >> caps.preemption_timer_shift;
+            Some(u32::try_from(left).unwrap_or(u32::MAX))
+        });
+        let timer = match (self.preemption_timer, deadline_ticks) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let want_pin = match timer {
             Some(ticks) => {
                 guest_write32(Field32::PreemptionTimerValue, ticks, "preemption timer")?;
                 self.pin_controls | pin::PREEMPTION_TIMER
@@ -501,8 +517,9 @@ impl VmxVcpu {
             self.proc_controls = want_proc;
         }
         if want_pin != self.pin_controls {
-            // SAFETY: only the preemption-timer bit changes, and `set_preemption_timer`
-            // checked the CPU allows it; the timer causes VM exits, nothing on the host.
+            // SAFETY: only the preemption-timer bit changes, set only where the
+            // CPU allows it (checked by `set_preemption_timer` and for the
+            // deadline above); the timer causes VM exits, nothing on the host.
             unsafe { vmcs::write32(Field32::PinBasedControls, want_pin) }.map_err(|e| ("pin controls", e))?;
             self.pin_controls = want_pin;
         }
@@ -983,6 +1000,10 @@ impl VmxVcpu {
 }
 
 impl Vcpu for VmxVcpu {
+    fn set_deadline(&mut self, tsc: Option<u64>) {
+        self.deadline_tsc = tsc;
+    }
+
     fn enter(&mut self) {
         // A failure shows again at `run`, which reports it.
         let _ = self.enter_here();
