@@ -63,6 +63,9 @@ struct Entry {
     started: bool,
 }
 
+/// How soon `poll_blocked` looks again at a due vCPU it found out of `VCPUS`.
+const RETRY_NS: u64 = 1_000_000;
+
 /// vCPUs not running right now.
 static VCPUS: Mutex<BTreeMap<VcpuId, Entry>> = Mutex::new(BTreeMap::new());
 /// When each CPU polls which blocked vCPUs: (watcher, time, vCPU), time 0 for
@@ -249,7 +252,15 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
         ids
     };
     for id in ids {
-        let Some(mut e) = VCPUS.lock().remove(&id) else { continue };
+        let taken = VCPUS.lock().remove(&id);
+        let Some(mut e) = taken else {
+            // Out of `VCPUS`: running elsewhere, or being polled by another
+            // CPU through a stale key of its own. In the second case this may
+            // be the vCPU's only real key: dropped, it would never be polled
+            // again. Looked at again shortly (a stale key is dropped then).
+            DUE.lock().insert((cpu, now + RETRY_NS, id));
+            continue;
+        };
         if !e.blocked || e.watcher != cpu {
             // A stale key: it runs, or another CPU watches it now.
             VCPUS.lock().insert(id, e);
