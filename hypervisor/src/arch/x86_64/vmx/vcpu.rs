@@ -211,8 +211,6 @@ pub struct VmxVcpu {
     /// Set by `skip_instruction`: STI/MOV SS blocking ends with the instruction.
     clear_interrupt_shadow: bool,
     pending: Option<PendingEvent>,
-    /// Armed preemption timer in timer ticks, and whether the pin control is on.
-    preemption_timer: Option<u32>,
     /// `Vcpu::set_deadline`: the host TSC by which the guest must be out
     /// again; each entry arms the preemption timer for what is left of it.
     deadline_tsc: Option<u64>,
@@ -291,7 +289,6 @@ impl VmxVcpu {
             exit_instruction_len: 0,
             clear_interrupt_shadow: false,
             pending: None,
-            preemption_timer: None,
             deadline_tsc: None,
             pin_controls: caps.pin,
             proc_controls: caps.proc,
@@ -436,17 +433,6 @@ impl VmxVcpu {
         }
     }
 
-    /// Arms the VMX-preemption timer to expire after `ticks` timer ticks (TSC >>
-    /// the rate in IA32_VMX_MISC) of guest execution per entry, or disarms it.
-    /// An expiry returns `VmExit::Preempted`. VMX-only, so not in `Vcpu`.
-    pub fn set_preemption_timer(&mut self, ticks: Option<u32>) -> Result<(), &'static str> {
-        if ticks.is_some() && !super::caps()?.has_preemption_timer {
-            return Err("no VMX-preemption timer");
-        }
-        self.preemption_timer = ticks;
-        Ok(())
-    }
-
     /// Makes this vCPU's VMCS current on this CPU and writes what changed since
     /// the last exit. `Err` names the failing step.
     fn prepare_entry(&mut self) -> Result<(), (&'static str, VmxError)> {
@@ -494,11 +480,7 @@ impl VmxVcpu {
             let left = d.saturating_sub(crate::arch::x86_64::time::rdtsc()) >> caps.preemption_timer_shift;
             Some(u32::try_from(left).unwrap_or(u32::MAX))
         });
-        let timer = match (self.preemption_timer, deadline_ticks) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let want_pin = match timer {
+        let want_pin = match deadline_ticks {
             Some(ticks) => {
                 guest_write32(Field32::PreemptionTimerValue, ticks, "preemption timer")?;
                 self.pin_controls | pin::PREEMPTION_TIMER
@@ -518,8 +500,8 @@ impl VmxVcpu {
         }
         if want_pin != self.pin_controls {
             // SAFETY: only the preemption-timer bit changes, set only where the
-            // CPU allows it (checked by `set_preemption_timer` and for the
-            // deadline above); the timer causes VM exits, nothing on the host.
+            // CPU allows it (checked for the deadline above); the timer causes
+            // VM exits, nothing on the host.
             unsafe { vmcs::write32(Field32::PinBasedControls, want_pin) }.map_err(|e| ("pin controls", e))?;
             self.pin_controls = want_pin;
         }
