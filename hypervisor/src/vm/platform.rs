@@ -296,6 +296,11 @@ pub struct Platform {
     pub root: u64,
     /// Boots so far: a restart makes every vCPU drop its state.
     generation: AtomicU32,
+    /// Tickets for the UART's output, taken under the devices' lock with it
+    /// (kept here, so a reset of the devices does not restart them), and the
+    /// one whose bytes go to the ring next (`flush_console`).
+    console_next: AtomicU64,
+    console_turn: AtomicU64,
 }
 
 impl Platform {
@@ -340,6 +345,8 @@ impl Platform {
             ram,
             root,
             generation: AtomicU32::new(0),
+            console_next: AtomicU64::new(0),
+            console_turn: AtomicU64::new(0),
         }
     }
 
@@ -515,9 +522,20 @@ impl Platform {
                 }
             }
             Role::DomU => {
+                // Written to the ring outside the devices' lock (the domain
+                // table's is never held with a device's), but in the order
+                // the bytes were taken: two vCPUs flushing at once once put a
+                // banner's "Oxen " after its "domU: Linux". A ticket taken
+                // under the lock says when it is this flush's turn; the one
+                // before is on another CPU, between here and its store below.
+                let ticket = self.console_next.fetch_add(1, Ordering::Relaxed);
                 drop(d);
+                while self.console_turn.load(Ordering::Acquire) != ticket {
+                    core::hint::spin_loop();
+                }
                 use crate::hypercall::Services;
                 control::Hv.console_write(self.domid, &out);
+                self.console_turn.store(ticket + 1, Ordering::Release);
             }
         }
     }
