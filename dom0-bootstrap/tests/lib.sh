@@ -17,6 +17,18 @@ free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
 # Columns of `oxl list`: Name ID Mem(MiB) VCPUs State Time(s).
 field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
 gone() { [ -z "$(field "$1" 2)" ]; }
+# The Linux domU's config: /etc/oxen/linux.cfg, or a copy of it that boots the
+# same kernel uncompressed (/usr/lib/oxen/linux/vmlinux) when dom0's command
+# line has linux_kernel=vmlinux: the Bochs tests, where the guest's own XZ
+# unpacking of the bzImage takes about 230 s of every boot.
+linux_cfg() {
+    case " $(cat /proc/cmdline) " in
+    *" linux_kernel=vmlinux "*)
+        sed 's|^kernel = .*|kernel = "/usr/lib/oxen/linux/vmlinux"|' /etc/oxen/linux.cfg > /tmp/linux-base.cfg
+        echo /tmp/linux-base.cfg ;;
+    *) echo /etc/oxen/linux.cfg ;;
+    esac
+}
 # The minimal guest's last "minimal: tick N", from its console ring.
 last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | tail -n 1; }
 ticked_past() { local tick; tick=$(last_tick "$1"); [ -n "$tick" ] && [ "$tick" -gt "$2" ]; }

@@ -32,7 +32,7 @@ echo "linux-crash: dom0 up $(cut -d ' ' -f 1 /proc/uptime) s, $free0 KiB free"
 # on_crash = "preserve": the panic leaves it shut down, kept.
 dom=linux-preserve
 sed -e "s/^name = .*/name = \"$dom\"/" -e 's/^on_crash = .*/on_crash = "preserve"/' \
-    /etc/oxen/linux.cfg > /tmp/$dom.cfg
+    "$(linux_cfg)" > /tmp/$dom.cfg
 check "create $dom" "oxl create failed" oxl create /tmp/$dom.cfg
 check "$dom boots to its shell" "no banner and prompt in $boot_s s" wait_for "$boot_s" booted 1
 at "booted"
@@ -57,7 +57,7 @@ check "its memory is back" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 ba
 # on_crash = "restart": the panic reboots it.
 dom=linux-restart
 sed -e "s/^name = .*/name = \"$dom\"/" -e 's/^on_crash = .*/on_crash = "restart"/' \
-    /etc/oxen/linux.cfg > /tmp/$dom.cfg
+    "$(linux_cfg)" > /tmp/$dom.cfg
 check "create $dom" "oxl create failed" oxl create /tmp/$dom.cfg
 check "$dom boots to its shell" "no banner and prompt in $boot_s s" wait_for "$boot_s" booted 1
 at "booted"

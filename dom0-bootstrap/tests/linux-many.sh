@@ -15,7 +15,7 @@ out=/tmp/linux-many.out
 config() {
     sed -e "s/^name = .*/name = \"$1\"/" \
         -e "s/^extra = .*/extra = \"console=ttyS0,115200 8250.nr_uarts=1 quiet oxen.who=$1\"/" \
-        /etc/oxen/linux.cfg > "/tmp/$1.cfg"
+        "$(linux_cfg)" > "/tmp/$1.cfg"
 }
 ask() { printf '%s\n' "$2" | oxl console "$1" > "$out" 2>&1; }
 answer() { sed -n "s/.*$1 \([^ ]*\) END.*/\1/p" "$out" | tail -n 1; }

@@ -15,7 +15,7 @@
 boot_s=${1:-600}
 short=
 case " $(cat /proc/cmdline) " in *" linux_test=short "*) short=1 ;; esac
-cfg=/etc/oxen/linux.cfg
+cfg=$(linux_cfg)
 out=/tmp/linux.out
 
 # ask CMD: types CMD into the domU's shell; its console (from the first byte

@@ -225,7 +225,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
     make_iso(&IsoSpec {
         elf,
         cmdline: DOM0_CMDLINE,
-        modules: &dom0.modules(),
+        modules: &dom0.modules(crate::systest::Dom0Kernel::BzImage),
         name: "bench-dom0",
         output: &iso,
     })?;
@@ -687,7 +687,7 @@ pub(crate) fn boot_dom0_script(
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut modules = dom0.modules();
+    let mut modules = dom0.modules(crate::systest::Dom0Kernel::BzImage);
     modules[0].args = format!("{} {extra}", modules[0].args);
     let iso = dir.join("oxen.iso");
     make_iso(&IsoSpec {

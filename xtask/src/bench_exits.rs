@@ -215,7 +215,7 @@ pub fn idle_run(
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut modules = dom0.modules();
+    let mut modules = dom0.modules(crate::systest::Dom0Kernel::BzImage);
     // dom0_run takes no arguments: the window and the Linux domU go through
     // the environment the kernel gives init (its unknown `key=value` words).
     let dom0_args = format!(

@@ -90,12 +90,17 @@ pub struct Dom0 {
 
 impl Dom0 {
     /// The two multiboot2 modules, in the order the hypervisor expects them:
-    /// `module2 /boot/vmlinuz vmlinuz ARGS` then `module2 /boot/initrd.gz initrd`.
-    pub fn modules(&self) -> Vec<Module> {
+    /// `module2 /boot/vmlinuz vmlinuz ARGS` (or `/boot/vmlinux vmlinux ARGS`,
+    /// the same kernel unpacked) then `module2 /boot/initrd.gz initrd`.
+    pub fn modules(&self, kernel: crate::systest::Dom0Kernel) -> Vec<Module> {
+        let (file, name) = match kernel {
+            crate::systest::Dom0Kernel::BzImage => (&self.kernel, "vmlinuz"),
+            crate::systest::Dom0Kernel::Vmlinux => (&self.linux.vmlinux, "vmlinux"),
+        };
         vec![
             Module {
-                file: self.kernel.clone(),
-                args: format!("vmlinuz {KERNEL_ARGS}"),
+                file: file.clone(),
+                args: format!("{name} {KERNEL_ARGS}"),
             },
             Module {
                 file: self.initrd.clone(),

@@ -43,6 +43,9 @@ const SOURCES: &str = "dom0-bootstrap/linux-domu";
 pub const CONFIG: &str = "dom0-bootstrap/domains/linux.cfg";
 /// Where dom0 finds the domU's kernel (`kernel` in linux.cfg).
 pub const KERNEL_PATH: &str = "usr/lib/oxen/linux/vmlinuz";
+/// Where dom0 finds the same kernel uncompressed (`crate::vmlinux`), which the
+/// Linux domU tests that run under Bochs boot (linux-vmlinux.cfg).
+pub const VMLINUX_PATH: &str = "usr/lib/oxen/linux/vmlinux";
 /// Where dom0 finds the domU's initramfs (`ramdisk` in linux.cfg).
 pub const INITRD_PATH: &str = "usr/lib/oxen/linux/initrd.cpio";
 /// rcS's banner, the end of a timed boot.
@@ -62,6 +65,8 @@ const MODULES: &[&str] = &["pvpanic_mmio"];
 /// The domU's kernel and its initramfs in both forms.
 pub struct LinuxDomu {
     pub kernel: PathBuf,
+    /// `kernel` unpacked: its `vmlinux`, compacted (`crate::vmlinux`).
+    pub vmlinux: PathBuf,
     /// The uncompressed newc archive: what dom0 carries.
     pub cpio: PathBuf,
     /// The same, gzip-compressed, for the comparison in `bench_bare`.
@@ -71,7 +76,7 @@ pub struct LinuxDomu {
 impl LinuxDomu {
     /// The kernel and the uncompressed initramfs, for dom0's initramfs.
     pub fn dom0_files(&self) -> Result<Vec<ExtraFile>> {
-        [(KERNEL_PATH, &self.kernel), (INITRD_PATH, &self.cpio)]
+        [(KERNEL_PATH, &self.kernel), (VMLINUX_PATH, &self.vmlinux), (INITRD_PATH, &self.cpio)]
             .into_iter()
             .map(|(dest, path)| {
                 Ok(ExtraFile {
@@ -115,8 +120,11 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
         profile: &read("profile")?,
         tsc: &std::fs::read(&tsc)?,
     })?;
+    let vmlinux = dir.join("vmlinux");
+    write_vmlinux(kernel, &vmlinux)?;
     let out = LinuxDomu {
         kernel: kernel.to_path_buf(),
+        vmlinux,
         cpio: dir.join("initrd.cpio"),
         cpio_gz: dir.join("initrd.cpio.gz"),
     };
@@ -136,6 +144,32 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
         modules.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" ")
     ));
     Ok(out)
+}
+
+/// Unpacks the bzImage at `kernel` into `out` (`crate::vmlinux`), unless `out`
+/// was made from these very bytes (its stamp `out.inputs` holds their hash).
+fn write_vmlinux(kernel: &Path, out: &Path) -> Result<()> {
+    use std::hash::{Hash as _, Hasher as _};
+    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let inputs = format!("{} {:016x}\n", kernel.display(), h.finish());
+    let stamp = out.with_extension("inputs");
+    if out.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs) {
+        return Ok(());
+    }
+    let elf = crate::vmlinux::unpack(&bytes)
+        .and_then(|payload| crate::vmlinux::compact(&payload))
+        .with_context(|| format!("unpacking the vmlinux inside {}", kernel.display()))?;
+    std::fs::write(out, &elf).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(&stamp, inputs)?;
+    step(format!(
+        "Linux domU kernel, uncompressed: {} ({} KiB, from {})",
+        show(out),
+        elf.len() / 1024,
+        show(kernel)
+    ));
+    Ok(())
 }
 
 /// The files of the domU's initramfs that are not written here.

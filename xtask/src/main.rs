@@ -19,6 +19,7 @@ mod run;
 mod setup;
 mod systest;
 mod util;
+mod vmlinux;
 mod vecregs;
 
 use std::path::PathBuf;
@@ -225,7 +226,7 @@ fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
     let elf = image::build(a.build.debug)?;
     let mut modules = Vec::new();
     if !a.no_dom0 {
-        modules.extend(dom0::prepare()?.modules());
+        modules.extend(dom0::prepare()?.modules(systest::Dom0Kernel::BzImage));
     }
     modules.extend(a.modules.iter().cloned());
     step(format!(

@@ -43,6 +43,8 @@ pub struct Defaults {
     pub bochs_ips: u64,
     /// Put before each test's own `dom0_args`, by emulator.
     pub dom0_args: EmulatorArgs,
+    /// Which form of dom0's kernel GRUB loads, by emulator.
+    pub dom0_kernel: EmulatorKernels,
 }
 
 impl Default for Defaults {
@@ -53,8 +55,29 @@ impl Default for Defaults {
             timeout_secs: Timeouts::default(),
             bochs_ips: BOCHS_IPS,
             dom0_args: EmulatorArgs::default(),
+            dom0_kernel: EmulatorKernels::default(),
         }
     }
+}
+
+/// The form of dom0's kernel a test boots.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dom0Kernel {
+    /// The bzImage, as Debian ships it (what `cargo xtask run` boots).
+    #[default]
+    #[serde(rename = "bzImage")]
+    BzImage,
+    /// The same kernel unpacked (`crate::vmlinux`): no XZ unpacking in the guest
+    /// (about 40 s of every dom0 boot under Bochs).
+    #[serde(rename = "vmlinux")]
+    Vmlinux,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorKernels {
+    pub qemu: Dom0Kernel,
+    pub bochs: Dom0Kernel,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -101,6 +124,9 @@ pub struct TestDef {
     /// Extra arguments for dom0's kernel command line (with `dom0 = true`).
     #[serde(default)]
     pub dom0_args: String,
+    /// dom0's kernel as a bzImage or a vmlinux, instead of
+    /// `[defaults.dom0_kernel]` for the emulator.
+    pub dom0_kernel: Option<Dom0Kernel>,
     /// Boot dom0's kernel and initramfs directly under QEMU, without the hypervisor;
     /// `cmdline` is then the kernel's command line.
     #[serde(default)]
@@ -163,6 +189,7 @@ pub struct Test {
     pub dom0: bool,
     /// Appended to dom0's kernel command line.
     pub dom0_args: String,
+    pub dom0_kernel: Dom0Kernel,
     pub bare: bool,
     pub watch: Watch,
     pub timeout: Duration,
@@ -306,6 +333,10 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                     .collect::<Vec<_>>()
                     .join(" ")
             },
+            dom0_kernel: t.dom0_kernel.unwrap_or(match t.emulator {
+                Emulator::Qemu => m.defaults.dom0_kernel.qemu,
+                Emulator::Bochs => m.defaults.dom0_kernel.bochs,
+            }),
             bare: t.bare,
             watch: Watch {
                 done,
@@ -581,7 +612,7 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     } else {
         None
     };
-    let dom0_modules = dom0.as_ref().map(Dom0::modules).unwrap_or_default();
+    let dom0_modules = |kernel| dom0.as_ref().map(|d| d.modules(kernel)).unwrap_or_default();
     for t in tests {
         let dir = target_dir().join("systest").join(&t.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -594,7 +625,7 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
             continue;
         }
         let mut modules = if t.dom0 {
-            dom0_modules.clone()
+            dom0_modules(t.dom0_kernel)
         } else {
             Vec::new()
         };

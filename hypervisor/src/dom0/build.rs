@@ -4,6 +4,7 @@
 use super::layout::{self, Layout};
 use crate::arch::x86_64::{irq, smp};
 use crate::domain::control::{self, BootSpec};
+use crate::domain::elf;
 use crate::linux::{boot_params, bzimage::BzImage, e820};
 use crate::mem::memmap::{self, Region};
 use crate::mem::paging::MapFlags;
@@ -78,13 +79,107 @@ fn copy_to(gpa: u64, data: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), gpa as *mut u8, data.len()) };
 }
 
+/// dom0's kernel, as GRUB loaded it: a bzImage, or its `vmlinux` (the ELF a
+/// bzImage unpacks, as `domain::build` boots it for domUs), which skips the
+/// unpacking: under Bochs about 40 s of every boot.
+enum Kernel<'a> {
+    BzImage(BzImage<'a>),
+    /// Segments at their offset from the lowest (2 MiB aligned), wherever the
+    /// layout puts it: `startup_64` finds its physical base from where it runs.
+    Vmlinux { image: &'a [u8], elf: elf::Kernel, start: u64, span: u64 },
+}
+
+/// `startup_64` runs only 2 MiB aligned (arch/x86/kernel/head_64.S).
+const VMLINUX_ALIGN: u64 = 2 * MIB;
+
+impl<'a> Kernel<'a> {
+    fn parse(image: &'a [u8]) -> Result<Self, alloc::string::String> {
+        use alloc::string::ToString;
+        let any = GuestPhysAddr::new(0)..GuestPhysAddr::new(1 << 52);
+        if let Some(elf) = elf::parse(image, any).ok().filter(elf::Kernel::is_linux) {
+            let extent = elf.extent();
+            let (start, end) = (extent.start.as_u64(), extent.end.as_u64());
+            if !start.is_multiple_of(VMLINUX_ALIGN) {
+                return Err(alloc::format!("vmlinux: its lowest segment ({start:#x}) is not 2 MiB aligned"));
+            }
+            return Ok(Self::Vmlinux { image, elf, start, span: end - start });
+        }
+        BzImage::parse(image).map(Self::BzImage).map_err(|e| e.to_string())
+    }
+
+    /// (alignment, preferred address, bytes needed from the load address).
+    fn placement(&self) -> (u64, u64, u64) {
+        match self {
+            Self::BzImage(bz) => (bz.alignment(), bz.pref_address(), bz.init_size()),
+            Self::Vmlinux { start, span, .. } => (VMLINUX_ALIGN, *start, *span),
+        }
+    }
+
+    /// Copies it to `load`; returns the 64-bit entry point there.
+    fn copy(&self, load: u64) -> u64 {
+        match self {
+            Self::BzImage(bz) => {
+                copy_to(load, bz.kernel());
+                load + crate::linux::bzimage::ENTRY_64_OFFSET
+            }
+            Self::Vmlinux { image, elf, start, .. } => {
+                for s in &elf.segments {
+                    let at = load + (s.paddr.as_u64() - start);
+                    copy_to(at, &image[s.file_range()]);
+                    // SAFETY: as `copy_to`: the segment's memory is inside the
+                    // span `layout::plan` placed in dom0's RAM.
+                    unsafe { core::ptr::write_bytes((at + s.filesz) as *mut u8, 0, (s.memsz - s.filesz) as usize) };
+                }
+                load + (elf.entry - start)
+            }
+        }
+    }
+
+    /// The setup header for the zero page.
+    fn header(&self) -> HeaderBytes<'a> {
+        match self {
+            Self::BzImage(bz) => HeaderBytes::Image(bz.setup_header()),
+            Self::Vmlinux { .. } => HeaderBytes::Made(boot_params::vmlinux_header(VMLINUX_ALIGN as u32)),
+        }
+    }
+
+    fn cmdline_size(&self) -> usize {
+        match self {
+            Self::BzImage(bz) => bz.cmdline_size() as usize,
+            Self::Vmlinux { .. } => 2047,
+        }
+    }
+
+    /// For the log.
+    fn describe(&self) -> alloc::string::String {
+        match self {
+            Self::BzImage(bz) => alloc::format!("bzImage, boot protocol {}.{:02}", bz.version() >> 8, bz.version() & 0xff),
+            Self::Vmlinux { span, .. } => alloc::format!("vmlinux, {} MiB", span.div_ceil(MIB)),
+        }
+    }
+}
+
+enum HeaderBytes<'a> {
+    Image(&'a [u8]),
+    Made([u8; boot_params::VMLINUX_HEADER_LEN]),
+}
+
+impl HeaderBytes<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Image(b) => b,
+            Self::Made(b) => b,
+        }
+    }
+}
+
 /// Builds dom0 from the boot modules and runs it. Does not return.
 pub fn boot(info: &BootInfo) -> ! {
     let kmod = &info.modules[0];
     // SAFETY: GRUB loaded the module there; its pages are reserved from the frame
     // allocator and identity mapped.
     let image = unsafe { core::slice::from_raw_parts(kmod.start as *const u8, (kmod.end - kmod.start) as usize) };
-    let bz = BzImage::parse(image).unwrap_or_else(|e| fatal(format_args!("dom0 kernel: {e}")));
+    let kernel = Kernel::parse(image).unwrap_or_else(|e| fatal(format_args!("dom0 kernel: {e}")));
     let initrd = info.modules.get(1).map(|m| Region::new(m.start, m.end));
     let module_pages: Vec<Region> = info
         .modules
@@ -115,11 +210,12 @@ pub fn boot(info: &BootInfo) -> ! {
         );
     }
 
-    let plan: Layout = layout::plan(&ram, &module_pages, bz.alignment(), bz.pref_address(), bz.init_size())
+    let (align, pref, init_size) = kernel.placement();
+    let plan: Layout = layout::plan(&ram, &module_pages, align, pref, init_size)
         .unwrap_or_else(|e| fatal(format_args!("dom0: cannot lay out the kernel in dom0's memory: {e:?}")));
 
     // Boot structures, all in dom0's own (identity-mapped) RAM.
-    copy_to(plan.kernel_load, bz.kernel());
+    let entry_rip = kernel.copy(plan.kernel_load);
     let given = kmod.cmdline.split_once(' ').map_or("", |(_, args)| args);
     // MSIs from dom0's devices are not delivered yet (they would reach the
     // physical APIC with vectors only dom0 knows): dom0 uses INTx lines, which
@@ -128,7 +224,7 @@ pub fn boot(info: &BootInfo) -> ! {
     // it has no vCPU for.
     let cmdline = alloc::format!("{given} {DOM0_FORCED_ARGS} nr_cpus={vcpus}");
     let mut cl = [0u8; layout::CMDLINE_MAX];
-    let n = cmdline.len().min((bz.cmdline_size() as usize).min(layout::CMDLINE_MAX - 1));
+    let n = cmdline.len().min(kernel.cmdline_size().min(layout::CMDLINE_MAX - 1));
     cl[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
     copy_to(layout::CMDLINE, &cl);
     let gdt: Vec<u8> = layout::GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -144,7 +240,7 @@ pub fn boot(info: &BootInfo) -> ! {
         initrd: initrd.map(|r| (r.start, r.len())),
         rsdp: firmware_rsdp(),
     };
-    boot_params::build(&mut zero_page, &bz, &e820, &at);
+    boot_params::build(&mut zero_page, kernel.header().bytes(), &e820, &at);
     copy_to(layout::BOOT_PARAMS, &zero_page);
 
     // Nested tables: the whole physical address space but the hypervisor's RAM
@@ -161,12 +257,11 @@ pub fn boot(info: &BootInfo) -> ! {
     }
     let ram_bytes: u64 = ram.iter().map(|r| r.len()).sum();
     info!(
-        "dom0: {} MiB RAM in {} ranges, kernel at {:#x} (boot protocol {}.{:02}), initrd {} KiB, cmdline \"{cmdline}\"",
+        "dom0: {} MiB RAM in {} ranges, kernel at {:#x} ({}), initrd {} KiB, cmdline \"{cmdline}\"",
         ram_bytes / MIB,
         ram.len(),
         plan.kernel_load,
-        bz.version() >> 8,
-        bz.version() & 0xff,
+        kernel.describe(),
         initrd.map_or(0, |r| r.len() / 1024),
     );
     for w in &withheld {
@@ -175,10 +270,11 @@ pub fn boot(info: &BootInfo) -> ! {
     let tables = NestedTables::build(&gm).unwrap_or_else(|_| fatal(format_args!("dom0: out of memory for nested tables")));
     let entry = InitialState {
         mode: EntryMode::Linux64 { cr3: layout::PAGE_TABLES, gdt_base: layout::GDT, gdt_limit: (gdt.len() - 1) as u16 },
-        rip: plan.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
+        rip: entry_rip,
         rsp: 0,
     };
-    let boot = BootSpec { entry, gprs: GuestGprs { rsi: layout::BOOT_PARAMS, ..Default::default() } };
+    let format = if matches!(kernel, Kernel::Vmlinux { .. }) { "vmlinux" } else { "bzImage" };
+    let boot = BootSpec { entry, gprs: GuestGprs { rsi: layout::BOOT_PARAMS, ..Default::default() }, format };
     mask_legacy_pic();
     let mut ram_map = GuestMemory::new();
     for r in &ram {

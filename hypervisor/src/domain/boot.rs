@@ -379,6 +379,7 @@ mod tests {
                 .iter()
                 .map(|&(paddr, memsz)| Segment {
                     paddr: GuestPhysAddr::new(paddr),
+                    vaddr: paddr,
                     file_offset: 0,
                     filesz: 0,
                     memsz,

@@ -10,6 +10,7 @@ use super::linux;
 use crate::linux::{boot_params, bzimage::BzImage};
 use super::multiboot;
 use crate::hypercall::GuestRam;
+use crate::mem::GuestPhysAddr;
 use crate::virt::{EntryMode, InitialState};
 use alloc::string::{String, ToString};
 use oxen_abi::{Error, Pod};
@@ -39,13 +40,20 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     if let Ok(bz) = BzImage::parse(image.bytes()) {
         return lay_out_linux(res, &bz, ramdisk.map(|r| r.bytes()), memory, vcpus);
     }
+    // An ELF linked where x86-64 Linux runs: an uncompressed `vmlinux`. Told
+    // apart before its segments are checked against any window, so that one
+    // that does not fit says so as a Linux kernel.
+    let any = GuestPhysAddr::new(0)..GuestPhysAddr::new(1 << 52);
+    if let Some(kernel) = elf::parse(image.bytes(), any).ok().filter(elf::Kernel::is_linux) {
+        return lay_out_vmlinux(res, &kernel, image.bytes(), ramdisk.map(|r| r.bytes()), memory, vcpus);
+    }
     if multiboot::detect(image.bytes()) {
         let mut ram = RamView(&res.ram);
         write_acpi(&mut ram, vcpus)?;
         let cmdline = res.cmdline.as_bytes();
         let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
             .map_err(|e| err(e.errno(), e))?;
-        return Ok(BootSpec { entry, gprs });
+        return Ok(BootSpec { entry, gprs, format: "Multiboot" });
     }
     let layout = boot::plan(memory, ramdisk.map_or(0, |r| r.len)).map_err(|e| err(Error::NoMem, e))?;
     let kernel = elf::parse(image.bytes(), layout.kernel_window()).map_err(|e| err(Error::NoExec, e))?;
@@ -58,14 +66,7 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     for s in &kernel.segments {
         ram.write(s.paddr.as_u64(), &bytes[s.file_range()]).map_err(fault)?;
         // The rest of the segment (.bss) is zero, even if the RAM was used.
-        let zeros = [0u8; 4096];
-        let mut at = s.paddr.as_u64() + s.filesz;
-        let end = s.paddr.as_u64() + s.memsz;
-        while at < end {
-            let n = (end - at).min(zeros.len() as u64);
-            ram.write(at, &zeros[..n as usize]).map_err(fault)?;
-            at += n;
-        }
+        zero(&mut ram, s.paddr.as_u64() + s.filesz, s.paddr.as_u64() + s.memsz).map_err(fault)?;
     }
     if let Some(r) = ramdisk {
         ram.write(layout.ramdisk.as_u64(), r.bytes()).map_err(fault)?;
@@ -83,7 +84,7 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         rsp: layout.stack_top.as_u64(),
     };
     let gprs = crate::virt::GuestGprs { rdi: layout.start_info.as_u64(), ..Default::default() };
-    Ok(BootSpec { entry, gprs })
+    Ok(BootSpec { entry, gprs, format: "ELF" })
 }
 
 /// A bzImage: Linux's 64-bit boot protocol (`domain::linux` has the layout),
@@ -92,14 +93,79 @@ fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: 
     let initrd_len = ramdisk.map_or(0, |r| r.len() as u64);
     let layout = linux::plan(memory, bz.pref_address(), bz.alignment(), bz.init_size(), initrd_len, u64::from(bz.initrd_addr_max()))
         .map_err(|e| err(Error::NoMem, e))?;
-    let cmdline = res.cmdline.as_bytes();
     let limit = (bz.cmdline_size() as usize).min(linux::CMDLINE_MAX as usize - 1);
-    if cmdline.len() > limit {
-        return Err(err(Error::Inval, alloc::format!("the command line is {} bytes; this kernel takes at most {limit}", cmdline.len())));
-    }
     let mut ram = RamView(&res.ram);
     let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
     ram.write(layout.kernel_load, bz.kernel()).map_err(fault)?;
+    let entry = layout.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET;
+    boot_linux(res, &layout, bz.setup_header(), limit, entry, ramdisk, vcpus).map(|b| BootSpec { format: "bzImage", ..b })
+}
+
+/// An uncompressed `vmlinux` (the ELF inside a bzImage, as `extract-vmlinux`
+/// gives it): its segments at their physical addresses, entered at its
+/// `startup_64` with the zero page, as the bzImage's decompressor enters it
+/// once it has unpacked it. The decompression, a few billion instructions
+/// for Debian's XZ-packed kernel, is what this saves.
+fn lay_out_vmlinux(
+    res: &Resources,
+    kernel: &elf::Kernel,
+    image: &[u8],
+    ramdisk: Option<&[u8]>,
+    memory: u64,
+    vcpus: u32,
+) -> Result<BootSpec, BuildError> {
+    /// `startup_64` runs only 2 MiB aligned (arch/x86/kernel/head_64.S).
+    const ALIGN: u64 = 2 << 20;
+    let extent = kernel.extent();
+    let (start, end) = (extent.start.as_u64(), extent.end.as_u64());
+    if start < linux::ACPI_END || !start.is_multiple_of(ALIGN) {
+        return Err(err(Error::NoExec, alloc::format!("vmlinux: loads at {start:#x}, not at a 2 MiB boundary above 1 MiB")));
+    }
+    let initrd_len = ramdisk.map_or(0, |r| r.len() as u64);
+    let layout = linux::plan(memory, start, ALIGN, end - start, initrd_len, linux::VMLINUX_INITRD_MAX)
+        .map_err(|e| err(Error::NoMem, e))?;
+    let mut ram = RamView(&res.ram);
+    let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
+    for s in &kernel.segments {
+        ram.write(s.paddr.as_u64(), &image[s.file_range()]).map_err(fault)?;
+        zero(&mut ram, s.paddr.as_u64() + s.filesz, s.paddr.as_u64() + s.memsz).map_err(fault)?;
+    }
+    let header = boot_params::vmlinux_header(ALIGN as u32);
+    boot_linux(res, &layout, &header, linux::CMDLINE_MAX as usize - 1, kernel.entry, ramdisk, vcpus)
+        .map(|b| BootSpec { format: "vmlinux", ..b })
+}
+
+/// Zeroes `[at, end)` of the domain's RAM (a segment's .bss: RAM reused by a
+/// restart is not zero).
+fn zero(ram: &mut RamView, mut at: u64, end: u64) -> Result<(), Error> {
+    let zeros = [0u8; 4096];
+    while at < end {
+        let n = (end - at).min(zeros.len() as u64);
+        ram.write(at, &zeros[..n as usize])?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// What both Linux formats share once the kernel is in place: the initrd, the
+/// command line (at most `cmdline_limit` bytes), the boot GDT and identity
+/// tables, the ACPI tables and the zero page with `header`; the vCPU starts
+/// at `entry` in 64-bit mode with RSI = the zero page.
+fn boot_linux(
+    res: &Resources,
+    layout: &linux::Layout,
+    header: &[u8],
+    cmdline_limit: usize,
+    entry: u64,
+    ramdisk: Option<&[u8]>,
+    vcpus: u32,
+) -> Result<BootSpec, BuildError> {
+    let cmdline = res.cmdline.as_bytes();
+    if cmdline.len() > cmdline_limit {
+        return Err(err(Error::Inval, alloc::format!("the command line is {} bytes; this kernel takes at most {cmdline_limit}", cmdline.len())));
+    }
+    let mut ram = RamView(&res.ram);
+    let fault = |_| err(Error::Fault, "laid out outside the domain's memory");
     if let Some(r) = ramdisk {
         ram.write(layout.initrd, r).map_err(fault)?;
     }
@@ -115,15 +181,15 @@ fn lay_out_linux(res: &Resources, bz: &BzImage, ramdisk: Option<&[u8]>, memory: 
         initrd: (layout.initrd_len > 0).then_some((layout.initrd, layout.initrd_len)),
         rsdp: Some(linux::RSDP),
     };
-    boot_params::build(&mut zero_page, bz, &layout.e820(), &at);
+    boot_params::build(&mut zero_page, header, &layout.e820(), &at);
     ram.write(linux::BOOT_PARAMS, &zero_page).map_err(fault)?;
     let entry = InitialState {
         mode: EntryMode::Linux64 { cr3: linux::PAGE_TABLES, gdt_base: linux::GDT, gdt_limit: linux::GDT_LIMIT },
-        rip: layout.kernel_load + crate::linux::bzimage::ENTRY_64_OFFSET,
+        rip: entry,
         rsp: 0,
     };
     let gprs = crate::virt::GuestGprs { rsi: linux::BOOT_PARAMS, ..Default::default() };
-    Ok(BootSpec { entry, gprs })
+    Ok(BootSpec { entry, gprs, format: "Linux" })
 }
 
 /// The ACPI tables describing the domain's platform (`vm::platform`): its

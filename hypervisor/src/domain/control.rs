@@ -77,6 +77,8 @@ impl Staged {
 pub struct BootSpec {
     pub entry: InitialState,
     pub gprs: crate::virt::GuestGprs,
+    /// What the kernel image was, for the log: "bzImage", "vmlinux", ...
+    pub format: &'static str,
 }
 
 /// What the hypervisor holds for a domain.
@@ -766,7 +768,7 @@ fn build(domid: u32, cmdline: &str) -> Result<u64, Error> {
             d.res.boot = Some(spec);
             d.built = true;
             drop(t);
-            info!("d{domid} ({name}): kernel laid out, entry {:#x}", spec.entry.rip);
+            info!("d{domid} ({name}): kernel laid out ({}), entry {:#x}", spec.format, spec.entry.rip);
             Ok(0)
         }
         Err(e) => {

@@ -45,6 +45,9 @@ pub const MAX_PROGRAM_HEADERS: u16 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub paddr: GuestPhysAddr,
+    /// Where the image is linked to run (`p_vaddr`); Oxen's own kernels run
+    /// identity mapped, Linux's `vmlinux` in its kernel mapping.
+    pub vaddr: u64,
     pub file_offset: u64,
     pub filesz: u64,
     pub memsz: u64,
@@ -75,7 +78,22 @@ pub struct Kernel {
     pub segments: Vec<Segment>,
 }
 
+/// Where x86-64 Linux maps its kernel image: virtual `KERNEL_MAP + physical`
+/// (`__START_KERNEL_map`, Documentation/arch/x86/x86_64/mm.rst).
+pub const LINUX_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
 impl Kernel {
+    /// Whether this is an x86-64 Linux `vmlinux`: its entry point's segment is
+    /// linked in Linux's kernel mapping (its other segments may not be:
+    /// `.data..percpu` is linked at 0).
+    pub fn is_linux(&self) -> bool {
+        self.segments.iter().any(|s| {
+            s.flags & PF_X != 0
+                && (s.paddr.as_u64()..s.paddr.as_u64() + s.filesz).contains(&self.entry)
+                && s.vaddr == LINUX_KERNEL_MAP.wrapping_add(s.paddr.as_u64())
+        })
+    }
+
     /// The lowest and the end of the highest guest-physical byte it loads.
     pub fn extent(&self) -> Range<GuestPhysAddr> {
         let start = self.segments.iter().map(|s| s.paddr).min().unwrap_or_default();
@@ -247,6 +265,7 @@ pub fn parse(image: &[u8], window: Range<GuestPhysAddr>) -> Result<Kernel, ElfEr
         }
         let flags = u32_at(ph, 4);
         let offset = u64_at(ph, 8);
+        let vaddr = u64_at(ph, 16);
         let paddr = u64_at(ph, 24);
         let filesz = u64_at(ph, 32);
         let memsz = u64_at(ph, 40);
@@ -262,7 +281,7 @@ pub fn parse(image: &[u8], window: Range<GuestPhysAddr>) -> Result<Kernel, ElfEr
         if paddr < lo || paddr.checked_add(memsz).is_none_or(|end| end > hi) {
             return Err(ElfError::SegmentOutsideWindow { index, paddr, memsz, window: (lo, hi) });
         }
-        segments.push(Segment { paddr: GuestPhysAddr::new(paddr), file_offset: offset, filesz, memsz, flags });
+        segments.push(Segment { paddr: GuestPhysAddr::new(paddr), vaddr, file_offset: offset, filesz, memsz, flags });
         indices.push(index);
     }
     if segments.is_empty() {
@@ -366,6 +385,19 @@ mod tests {
         assert_eq!(&image[data.file_range()], b"hello");
         assert_eq!((data.filesz, data.memsz), (5, 0x3000));
         assert_eq!(k.extent(), GuestPhysAddr::new(MIB)..GuestPhysAddr::new(MIB + 0x4000));
+    }
+
+    #[test]
+    fn tells_a_linux_vmlinux_by_its_kernel_mapping() {
+        assert!(!parse(&sample(), window()).unwrap().is_linux());
+        // The code segment linked at __START_KERNEL_map + its physical address.
+        let image = patched(ph(0, 16), &(LINUX_KERNEL_MAP + MIB).to_le_bytes());
+        let k = parse(&image, window()).unwrap();
+        assert!(k.is_linux());
+        assert_eq!(k.segments[0].vaddr, LINUX_KERNEL_MAP + MIB);
+        // Only the data segment there: the entry's segment decides.
+        let image = patched(ph(1, 16), &(LINUX_KERNEL_MAP + MIB + 0x1000).to_le_bytes());
+        assert!(!parse(&image, window()).unwrap().is_linux());
     }
 
     /// `sample()` with one header field changed.

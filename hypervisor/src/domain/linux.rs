@@ -11,11 +11,12 @@
 //! | 0x12000 | the boot GDT (as dom0's: CS 0x10, DS 0x18) |
 //! | 0x13000 | identity page tables for `[0, min(memory, 4 GiB))` (CR3) |
 //! | 0x9f000 – 1 MiB | reserved in the e820 map: the BIOS area, where the RSDP (0xE0000) and the ACPI tables are |
-//! | `kernel_load` | the protected-mode kernel, at its preferred address (rounded to its alignment), `init_size` bytes reserved |
+//! | `kernel_load` | a bzImage's protected-mode kernel, at its preferred address (rounded to its alignment), `init_size` bytes reserved; or a `vmlinux`'s segments, at their physical addresses |
 //! | top of the low 4 GiB (or of RAM) | the initrd, page aligned, below the kernel's `initrd_addr_max` |
 //!
-//! The kernel is entered at `kernel_load + 0x200` in 64-bit mode with paging
-//! on those tables, interrupts off, RSI = the zero page.
+//! A bzImage is entered at `kernel_load + 0x200`, a `vmlinux` at its ELF entry
+//! (`startup_64`), in 64-bit mode with paging on those tables, interrupts off,
+//! RSI = the zero page.
 
 use crate::dom0::layout::{identity_map_bytes, GDT_ENTRIES};
 use core::fmt;
@@ -39,6 +40,9 @@ pub const ACPI_END: u64 = 0x10_0000;
 pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// GDTR limit of the boot GDT.
 pub const GDT_LIMIT: u16 = (GDT_ENTRIES.len() * 8 - 1) as u16;
+/// The highest byte of a `vmlinux`'s initrd: what x86-64 bzImages say in
+/// `initrd_addr_max`; a `vmlinux` has no header to say it.
+pub const VMLINUX_INITRD_MAX: u64 = 0x7fff_ffff;
 /// The least RAM a Linux domU is laid out in (the kernel needs far more to
 /// boot; this only keeps the layout meaningful).
 pub const MIN_MEMORY: u64 = 16 * MIB;

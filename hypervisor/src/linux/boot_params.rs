@@ -1,7 +1,7 @@
 //! The zero page (`struct boot_params`, Documentation/arch/x86/zero-page.rst) a
 //! boot loader hands the kernel in RSI at the 64-bit entry point.
 
-use super::bzimage::{off, BzImage};
+use super::bzimage::{off, LOADED_HIGH, XLF_KERNEL_64};
 use super::e820::{Entry, MAX_ENTRIES};
 
 /// Zero-page offsets outside the setup header.
@@ -32,10 +32,33 @@ fn put32(p: &mut [u8], o: usize, v: u32) {
     p[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Fills `page` (zeroed first) for `kernel` with `e820` and `at`.
-pub fn build(page: &mut [u8; ZERO_PAGE_SIZE], kernel: &BzImage, e820: &[Entry], at: &Placement) {
+/// The setup header for a kernel that has none of its own: an uncompressed
+/// `vmlinux` entered at its 64-bit `startup_64`, as the kernel's decompressor
+/// does. What Linux reads of it is what its own PVH entry writes
+/// (arch/x86/platform/pvh/enlighten.c): the magic numbers and protocol 2.12;
+/// the alignment and flags say what such a kernel is.
+pub fn vmlinux_header(alignment: u32) -> [u8; VMLINUX_HEADER_LEN] {
+    let mut h = [0u8; VMLINUX_HEADER_LEN];
+    let mut put = |o: usize, v: &[u8]| h[o - off::SETUP_SECTS..o - off::SETUP_SECTS + v.len()].copy_from_slice(v);
+    put(off::BOOT_FLAG, &0xaa55u16.to_le_bytes());
+    put(off::HEADER, b"HdrS");
+    put(off::VERSION, &0x020cu16.to_le_bytes());
+    put(off::LOADFLAGS, &[LOADED_HIGH]);
+    put(off::KERNEL_ALIGNMENT, &alignment.to_le_bytes());
+    put(off::XLOADFLAGS, &XLF_KERNEL_64.to_le_bytes());
+    // COMMAND_LINE_SIZE on x86 is 2048, with its NUL.
+    put(off::CMDLINE_SIZE, &2047u32.to_le_bytes());
+    h
+}
+
+/// `vmlinux_header`'s length: 0x1f1 up to the end of `cmdline_size`.
+pub const VMLINUX_HEADER_LEN: usize = off::CMDLINE_SIZE + 4 - off::SETUP_SECTS;
+
+/// Fills `page` (zeroed first) with the kernel's setup header `hdr` (from
+/// 0x1f1: `BzImage::setup_header` or `vmlinux_header`), `e820` and `at`.
+pub fn build(page: &mut [u8; ZERO_PAGE_SIZE], hdr: &[u8], e820: &[Entry], at: &Placement) {
     page.fill(0);
-    let hdr = kernel.setup_header();
+    let hdr = &hdr[..hdr.len().min(ZERO_PAGE_SIZE - off::SETUP_SECTS)];
     page[off::SETUP_SECTS..off::SETUP_SECTS + hdr.len()].copy_from_slice(hdr);
     page[off::TYPE_OF_LOADER] = LOADER_UNDEFINED;
     put32(page, off::CMD_LINE_PTR, at.cmdline as u32);
@@ -61,7 +84,7 @@ pub fn build(page: &mut [u8; ZERO_PAGE_SIZE], kernel: &BzImage, e820: &[Entry], 
 
 #[cfg(test)]
 mod tests {
-    use super::super::bzimage::{test_image, u32_at, u64_at};
+    use super::super::bzimage::{test_image, u16_at, u32_at, u64_at, BzImage};
     use super::super::e820::Kind;
     use super::*;
 
@@ -75,7 +98,7 @@ mod tests {
             Entry { start: 0x10_0000, end: 0x1_2000_0000, kind: Kind::Ram },
         ];
         let at = Placement { cmdline: 0x2_0000, initrd: Some((0x1_0000_0000, 0x1234)), rsdp: Some(0xf_5a40) };
-        build(&mut page, &bz, &e820, &at);
+        build(&mut page, bz.setup_header(), &e820, &at);
         assert_eq!(&page[0x202..0x206], b"HdrS");
         assert_eq!(page[off::TYPE_OF_LOADER], 0xff);
         assert_eq!(u32_at(&page, off::CMD_LINE_PTR), 0x2_0000);
@@ -90,6 +113,23 @@ mod tests {
         // Everything not written is zero (the page was filled with 0xaa before).
         assert!(page[0x100..0x1e8].iter().all(|&b| b == 0));
         assert!(page[zp::E820_TABLE + 40..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn vmlinux_header_is_a_valid_2_12_header() {
+        let mut page = [0xaau8; ZERO_PAGE_SIZE];
+        let at = Placement { cmdline: 0x1_1000, initrd: None, rsdp: None };
+        build(&mut page, &vmlinux_header(0x20_0000), &[], &at);
+        assert_eq!(u16_at(&page, off::BOOT_FLAG), 0xaa55);
+        assert_eq!(&page[off::HEADER..off::HEADER + 4], b"HdrS");
+        assert_eq!(u16_at(&page, off::VERSION), 0x020c);
+        assert_eq!(page[off::TYPE_OF_LOADER], 0xff);
+        assert_eq!(u32_at(&page, off::KERNEL_ALIGNMENT), 0x20_0000);
+        assert_eq!(u16_at(&page, off::XLOADFLAGS), XLF_KERNEL_64);
+        assert_eq!(u32_at(&page, off::CMD_LINE_PTR), 0x1_1000);
+        assert_eq!(u32_at(&page, off::RAMDISK_SIZE), 0);
+        // No sentinel (0x1ef): the kernel keeps what the loader wrote.
+        assert_eq!(page[0x1ef], 0);
     }
 }
 

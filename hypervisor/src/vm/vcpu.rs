@@ -219,7 +219,7 @@ impl GuestVcpu {
         if let Some(page) = startup {
             info!("{}: START-UP: real mode at {:#x} on cpu{}", self.label(), u32::from(page) << 12, crate::arch::x86_64::cpu_id());
             let entry = InitialState { mode: EntryMode::Real { cs_selector: u16::from(page) << 8 }, rip: 0, rsp: 0 };
-            self.start = Some(BootSpec { entry, gprs: Default::default() });
+            self.start = Some(BootSpec { entry, gprs: Default::default(), format: "START-UP" });
         }
         let state = if !self.powered() {
             STATE_WAIT_FOR_SIPI

@@ -73,7 +73,7 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
     let dir = target_dir().join("bench").join("scale");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut modules = dom0.modules();
+    let mut modules = dom0.modules(crate::systest::Dom0Kernel::BzImage);
     modules[0].args = format!("{} {SCALE_ARGS}", modules[0].args);
     let iso = dir.join("oxen.iso");
     make_iso(&IsoSpec { elf, cmdline: DOM0_CMDLINE, modules: &modules, name: "bench-scale", output: &iso })?;
