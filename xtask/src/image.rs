@@ -85,9 +85,19 @@ fn grub_cfg(cmdline: &str, module_lines: &str) -> Result<String> {
     if cmdline.contains(['\n', '"', '\'', '\\', '$', ';', '{', '}']) {
         bail!("the hypervisor command line must not contain newlines, quotes, `\\`, `$`, `;` or braces: {cmdline:?}");
     }
-    Ok(template
-        .replace("@CMDLINE@", cmdline)
-        .replace("@MODULES@", module_lines))
+    // Only outside comments: the header names the placeholders, and a module
+    // list put there left its second line uncommented (a `module2` GRUB ran
+    // before the menu entry, failing).
+    let mut out = String::new();
+    for line in template.lines() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str(&line.replace("@CMDLINE@", cmdline).replace("@MODULES@", module_lines));
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Stages the files and runs `grub-mkrescue`.
@@ -135,4 +145,32 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
         .arg(&staging);
     run_captured(&mut cmd, "grub-mkrescue (making the boot ISO)")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod grub_tests {
+    use super::grub_cfg;
+
+    #[test]
+    fn placeholders_are_filled_in_the_menu_entry_only() {
+        let cfg = grub_cfg(
+            "console=com1",
+            "module2 /boot/vmlinux vmlinux quiet\n    module2 /boot/initrd.gz initrd",
+        )
+        .unwrap();
+        let code: Vec<&str> = cfg
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let entry = code.iter().position(|l| l.starts_with("menuentry")).unwrap();
+        // Every module line is inside the menu entry, right after multiboot2.
+        assert_eq!(code[entry + 1], "multiboot2 /boot/oxen.elf console=com1");
+        assert_eq!(code[entry + 2], "module2 /boot/vmlinux vmlinux quiet");
+        assert_eq!(code[entry + 3], "module2 /boot/initrd.gz initrd");
+        assert!(!code[..entry].iter().any(|l| l.contains("module2")));
+        // The header still names the placeholders.
+        assert!(cfg.contains("#   @MODULES@"));
+        assert!(grub_cfg("a;b", "").is_err());
+    }
 }

@@ -376,6 +376,10 @@ pub struct CreditScheduler {
     capped: Vec<u32>,
     next_acct: u64,
     last_acct: u64,
+    /// Accountings that came so late that capped domains were refilled less
+    /// than the time that passed (`late_refills`): how many, the latest gap.
+    late_refills: u64,
+    last_late_gap_ns: u64,
     /// How many vCPUs are `Run::Parked`.
     parked: u32,
     /// Accounting's per-pCPU scratch, kept to avoid allocating there: busy
@@ -418,6 +422,8 @@ impl CreditScheduler {
             domain_index: Vec::new(),
             active: Vec::new(),
             capped: Vec::new(),
+            late_refills: 0,
+            last_late_gap_ns: 0,
             next_acct: now + params.accounting_period_ns,
             last_acct: now,
             parked: 0,
@@ -522,6 +528,14 @@ impl CreditScheduler {
             kick = kick.union(op(self, id, now)?);
         }
         Ok(kick)
+    }
+
+    /// How many accountings refilled capped domains for less than the time
+    /// since the last one (nobody scheduled for longer than a period and a
+    /// slice: the capped domains get less than their cap then), and the
+    /// latest such gap.
+    pub fn late_refills(&self) -> (u64, u64) {
+        (self.late_refills, self.last_late_gap_ns)
     }
 
     /// A domain's weight and cap.
@@ -1065,6 +1079,10 @@ impl CreditScheduler {
         // is up to a slice late loses nothing; after a long idle time only
         // that much is refilled, so a capped domain cannot burst.
         let refill_ns = elapsed.min(self.params.accounting_period_ns + self.params.slice_ns);
+        if refill_ns < elapsed && !self.capped.is_empty() {
+            self.late_refills += 1;
+            self.last_late_gap_ns = elapsed;
+        }
         let mut kick = CpuMask::EMPTY;
         for k in 0..self.capped.len() {
             let ds = self.capped[k];
@@ -1567,6 +1585,26 @@ mod tests {
         assert_eq!(s.schedule(0, 37_500_000).run, None);
         assert_eq!(s.set_params(1, DEFAULT_WEIGHT, 0, 38 * MS), Ok(CpuMask::one(0)));
         assert_eq!(state(&s, v, 38 * MS), VcpuState::Queued { cpu: 0 });
+        s.check_invariants(0);
+    }
+
+    #[test]
+    fn a_late_accounting_refills_at_most_a_period_and_a_slice_and_says_so() {
+        let mut s = setup(1, 25, 1);
+        let v = id(1, 0);
+        s.unpause(v, 0).unwrap();
+        s.schedule(0, 0);
+        assert_eq!(s.schedule(0, 7_500_000).run, None);
+        // On time: nothing lost.
+        assert_eq!(s.schedule(0, 30 * MS).until_ns, Some(37_500_000));
+        assert_eq!(s.late_refills(), (0, 0));
+        s.schedule(0, 37_500_000);
+        // 100 ms late (the pCPU did not look for 130 ms): 60 ms refilled,
+        // 15 ms to run (the first 10 of them boosted).
+        let d = s.schedule(0, 160 * MS);
+        assert_eq!((d.run, d.until_ns), (Some(v), Some(170 * MS)));
+        assert_eq!(s.late_refills(), (1, 130 * MS));
+        assert_eq!(s.schedule(0, 170 * MS).until_ns, Some(175 * MS));
         s.check_invariants(0);
     }
 

@@ -354,6 +354,18 @@ pub fn log_stats() {
     );
 }
 
+/// Says when capped domains lost budget because accounting came late (a
+/// pCPU that did not schedule for longer than a period and a slice: under an
+/// emulator, the host not running it), so a cap that measures low says why.
+/// The first few, then every 100th.
+fn note_late_refills((count, gap_ns): (u64, u64)) {
+    static SEEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let seen = SEEN.load(core::sync::atomic::Ordering::Relaxed);
+    if count > seen && SEEN.compare_exchange(seen, count, core::sync::atomic::Ordering::Relaxed, core::sync::atomic::Ordering::Relaxed).is_ok() && (count <= 5 || count % 100 == 0) {
+        warn!("sched: accounting came {} ms after the last (late #{count}): capped domains got less than their cap", gap_ns / 1_000_000);
+    }
+}
+
 /// This CPU's scheduler loop, for good. Interrupts stay off except in `hlt`.
 pub fn cpu_loop() -> ! {
     interrupts::disable();
@@ -377,9 +389,10 @@ pub fn cpu_loop() -> ! {
             DUE.lock().insert((cpu, 0, VcpuId { dom: 0, vcpu: cpu }));
         }
         let wake = poll_blocked(cpu, now);
-        let Some(d) = with_sched(|s, now| s.schedule(cpu, now)) else {
+        let Some((d, late)) = with_sched(|s, now| (s.schedule(cpu, now), s.late_refills())) else {
             crate::console::fatal(format_args!("sched: no scheduler"));
         };
+        note_late_refills(late);
         STATS.decisions.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         STATS.decision_cycles.fetch_add(time::rdtsc().saturating_sub(t0), core::sync::atomic::Ordering::Relaxed);
         kick_all(d.kick);
