@@ -6,7 +6,9 @@
  * it: xtask builds it beside oxen.ko and puts it in dom0's initramfs as
  * /usr/lib/oxen/ioctl-test; the dom0-devoxen-svm system test runs it. One line
  * per check, then "oxen-ioctl-test: N passed, M failed"; exit status 0 when
- * none failed.
+ * none failed. `ioctl-test events` instead waits for console events three
+ * times (a domU writing its console must be running) and says how long each
+ * took.
  */
 #include <linux/errno.h>
 #include <linux/fcntl.h>
@@ -58,16 +60,84 @@ static void refused(const char *name, struct oxen_hypercall hc, long err)
 	check(name, r == -err && hc.result == 0x5a5a, r, -err);
 }
 
+static long event_wait(struct oxen_event_wait *w)
+{
+	return sys3(SYS_ioctl, fd, OXEN_IOCTL_EVENT_WAIT, (long)w);
+}
+
+/* CLOCK_MONOTONIC in milliseconds. */
+static unsigned long ms_now(void)
+{
+	long ts[2] = {0, 0};
+
+	sys3(SYS_clock_gettime, 1, (long)ts, 0);
+	return (unsigned long)ts[0] * 1000 + (unsigned long)ts[1] / 1000000;
+}
+
+/* The event wait's refusals, and a wait with nothing to wake it. */
+static void event_checks(void)
+{
+	struct oxen_event_wait w;
+	unsigned long t0, took;
+	long r;
+
+	w = (struct oxen_event_wait){ .mask = 0, .timeout_ms = 10 };
+	check("EVENT_WAIT for no event is EINVAL", event_wait(&w) == -EINVAL, event_wait(&w), -EINVAL);
+	w = (struct oxen_event_wait){ .mask = 1ULL << 40, .timeout_ms = 10 };
+	check("EVENT_WAIT for an unknown event is EINVAL", event_wait(&w) == -EINVAL, event_wait(&w), -EINVAL);
+	w = (struct oxen_event_wait){ .mask = OXEN_EVENT_CONSOLE, .timeout_ms = 1ULL << 40 };
+	check("EVENT_WAIT over an hour is EINVAL", event_wait(&w) == -EINVAL, event_wait(&w), -EINVAL);
+	r = sys3(SYS_ioctl, fd, OXEN_IOCTL_EVENT_WAIT, 0x1000);
+	check("EVENT_WAIT unmapped is EFAULT", r == -EFAULT, r, -EFAULT);
+	/* No domU: the first wait gives the count so far, the next times out on it. */
+	w = (struct oxen_event_wait){ .mask = OXEN_EVENT_CONSOLE, .count = ~0ULL, .timeout_ms = 10 };
+	r = event_wait(&w);
+	check("EVENT_WAIT returns the count so far", r == 0 && w.count != ~0ULL, r, 0);
+	t0 = ms_now();
+	r = event_wait(&(struct oxen_event_wait){ .mask = OXEN_EVENT_CONSOLE, .count = w.count, .timeout_ms = 300 });
+	took = ms_now() - t0;
+	check("EVENT_WAIT with nothing happening times out after 300 ms", r == 0 && took >= 290, (long)took, 300);
+	refused("hypercall 7 (EVENTS, the driver's own) is EINVAL",
+		(struct oxen_hypercall){ .nr = OXEN_HC_EVENTS }, EINVAL);
+}
+
+/* `events`: three console events, each within 5 s. */
+static void events(void)
+{
+	struct oxen_event_wait w = { .mask = OXEN_EVENT_CONSOLE, .count = ~0ULL, .timeout_ms = 10 };
+	unsigned long t0, took, before;
+	long r;
+	int i;
+
+	r = event_wait(&w);
+	check("EVENT_WAIT answers", r == 0, r, 0);
+	for (i = 0; i < 3 && r == 0; i++) {
+		before = w.count;
+		w.timeout_ms = 5000;
+		t0 = ms_now();
+		r = event_wait(&w);
+		took = ms_now() - t0;
+		put("oxen-ioctl-test: console event after ");
+		put_u(took);
+		put(" ms, count ");
+		put_u(w.count);
+		put("\n");
+		check("a domU's console output wakes EVENT_WAIT", r == 0 && w.count != before, r, 0);
+	}
+}
+
 /* A full DOMCTL buffer, and one byte more for the too-big case. */
 static unsigned char big[OXEN_DOMCTL_BUF_MAX + 1];
 
 /* A DOMCTL command no hypervisor has. */
 #define NO_SUCH_DOMCTL 0x7fff0000
 
-__attribute__((noreturn, used)) void start(void)
+/* `sp` is the initial stack: argc, then argv. */
+__attribute__((noreturn, used)) void start(long *sp)
 {
 	struct oxen_hypercall hc = {0};
 	unsigned char arg[16];
+	char **argv = (char **)(sp + 1);
 	long r;
 	int i, same;
 
@@ -75,6 +145,10 @@ __attribute__((noreturn, used)) void start(void)
 	check("open /dev/oxen", fd >= 0, fd, 0);
 	if (fd < 0)
 		goto out;
+	if (sp[0] > 1 && argv[1][0] == 'e') {
+		events();
+		goto out;
+	}
 
 	hc.nr = OXEN_HC_VERSION;
 	r = hypercall(&hc);
@@ -132,6 +206,7 @@ __attribute__((noreturn, used)) void start(void)
 	check("unmapped request is EFAULT", r == -EFAULT, r, -EFAULT);
 	r = sys3(SYS_ioctl, fd, OXEN_IOCTL_HYPERCALL + 1, (long)&hc);
 	check("unknown ioctl is ENOTTY", r == -ENOTTY, r, -ENOTTY);
+	event_checks();
 
 out:
 	put("oxen-ioctl-test: ");
@@ -145,4 +220,4 @@ out:
 }
 
 /* exec leaves RSP 16-byte aligned, as the C ABI wants it before a call. */
-asm(".globl _start\n_start:\n\tcall start\n\thlt\n");
+asm(".globl _start\n_start:\n\tmov %rsp, %rdi\n\tcall start\n\thlt\n");

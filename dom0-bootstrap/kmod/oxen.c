@@ -2,8 +2,9 @@
 /*
  * /dev/oxen: dom0's door to the Oxen hypervisor.
  *
- * One ioctl, OXEN_IOCTL_HYPERCALL, makes one hypercall for a CAP_SYS_ADMIN
- * caller. The driver only moves bytes: it copies the caller's argument
+ * OXEN_IOCTL_HYPERCALL makes one hypercall for a CAP_SYS_ADMIN caller;
+ * OXEN_IOCTL_EVENT_WAIT sleeps until the hypervisor signals an event on
+ * dom0's event line (below). The driver only moves bytes: it copies the caller's argument
  * structure and data buffer into physically contiguous kernel buffers, passes
  * their physical addresses (dom0 is identity mapped, so guest-physical is
  * host-physical) and lengths to the hypervisor, which validates everything,
@@ -12,12 +13,16 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/acpi.h>
+#include <linux/atomic.h>
 #include <linux/build_bug.h>
 #include <linux/capability.h>
 #include <linux/err.h>
 #include <linux/errno.h>
 #include <linux/fs.h>
+#include <linux/interrupt.h>
 #include <linux/io.h>
+#include <linux/jiffies.h>
 #include <linux/kernel.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -25,6 +30,7 @@
 #include <linux/stddef.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/wait.h>
 #include <asm/processor.h>
 
 #include "oxen_abi.h"
@@ -32,6 +38,7 @@
 /* The header's layout is HypercallIoctl's: seven 64-bit fields, no padding. */
 static_assert(sizeof(struct oxen_hypercall) == 7 * sizeof(__u64));
 static_assert(offsetof(struct oxen_hypercall, result) == 6 * sizeof(__u64));
+static_assert(sizeof(struct oxen_event_wait) == 3 * sizeof(__u64));
 
 /* CPUID.1:ECX bit 31: a hypervisor is present. */
 #define CPUID_1_ECX_HYPERVISOR BIT(31)
@@ -200,11 +207,148 @@ out:
 	return ret;
 }
 
+/*
+ * dom0's event line (ABI 1.5): the hypervisor raises GSI OXEN_EVENT_GSI while
+ * an event the driver asked for is pending; the handler takes them with the
+ * EVENTS hypercall (which lowers the line), counts them per bit and wakes
+ * whoever waits in OXEN_IOCTL_EVENT_WAIT. The driver asks only for the events
+ * someone waits for, so an idle dom0 takes no interrupts for them.
+ */
+#define OXEN_EVENT_COUNT 1
+static_assert(OXEN_EVENT_ALL == (1ULL << OXEN_EVENT_COUNT) - 1);
+
+static int oxen_event_irq = -1;
+static DECLARE_WAIT_QUEUE_HEAD(oxen_event_wq);
+static atomic64_t oxen_event_counts[OXEN_EVENT_COUNT];
+static atomic_t oxen_event_waiters[OXEN_EVENT_COUNT];
+/* One EVENTS call at a time, so "wanted" is never set from a stale reading. */
+static DEFINE_SPINLOCK(oxen_event_lock);
+
+static u64 oxen_events_wanted(void)
+{
+	u64 want = 0;
+	int i;
+
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (atomic_read(&oxen_event_waiters[i]))
+			want |= BIT_ULL(i);
+	return want;
+}
+
+/* Takes the pending events, telling the hypervisor what is wanted now. */
+static void oxen_events_take(void)
+{
+	unsigned long flags, rax;
+	u64 bits;
+	int i;
+
+	spin_lock_irqsave(&oxen_event_lock, flags);
+	rax = oxen_hypercall(OXEN_HC_EVENTS, oxen_events_wanted(), 0, 0, 0, 0);
+	spin_unlock_irqrestore(&oxen_event_lock, flags);
+	if (IS_ERR_VALUE(rax))
+		return;
+	bits = rax & OXEN_EVENT_ALL;
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (bits & BIT_ULL(i))
+			atomic64_inc(&oxen_event_counts[i]);
+	if (bits)
+		wake_up_all(&oxen_event_wq);
+}
+
+/*
+ * Always handled: the line is the driver's alone, and EVENTS has lowered it
+ * (another CPU's EVENTS may have taken the bits first).
+ */
+static irqreturn_t oxen_event_handler(int irq, void *dev_id)
+{
+	oxen_events_take();
+	return IRQ_HANDLED;
+}
+
+static u64 oxen_event_count(u64 mask)
+{
+	u64 n = 0;
+	int i;
+
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (mask & BIT_ULL(i))
+			n += atomic64_read(&oxen_event_counts[i]);
+	return n;
+}
+
+/* At most an hour per wait; the caller loops for longer. */
+#define OXEN_EVENT_WAIT_MAX_MS (3600 * 1000)
+
+static long oxen_ioctl_event_wait(struct oxen_event_wait __user *uw)
+{
+	struct oxen_event_wait w;
+	long left;
+	int i;
+
+	if (oxen_event_irq < 0)
+		return -ENODEV;
+	if (copy_from_user(&w, uw, sizeof(w)))
+		return -EFAULT;
+	if (!w.mask || (w.mask & ~(u64)OXEN_EVENT_ALL) || w.timeout_ms > OXEN_EVENT_WAIT_MAX_MS)
+		return -EINVAL;
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (w.mask & BIT_ULL(i))
+			atomic_inc(&oxen_event_waiters[i]);
+	/* Asks for them, and counts any that came while nobody asked. */
+	oxen_events_take();
+	left = wait_event_interruptible_timeout(oxen_event_wq,
+						oxen_event_count(w.mask) != w.count,
+						msecs_to_jiffies(w.timeout_ms));
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (w.mask & BIT_ULL(i))
+			atomic_dec(&oxen_event_waiters[i]);
+	if (left < 0)
+		return left;
+	if (put_user(oxen_event_count(w.mask), &uw->count))
+		return -EFAULT;
+	return 0;
+}
+
+/* Hooks the event line up when the hypervisor has one (ABI 1.5). */
+static void oxen_events_init(unsigned int minor)
+{
+	int irq, err;
+
+	if (minor < 5) {
+		pr_info("hypervisor ABI 1.%u has no event line: tools poll\n", minor);
+		return;
+	}
+	irq = acpi_register_gsi(NULL, OXEN_EVENT_GSI, ACPI_LEVEL_SENSITIVE, ACPI_ACTIVE_HIGH);
+	if (irq < 0) {
+		pr_warn("cannot map GSI %u for the event line (%d): tools poll\n", OXEN_EVENT_GSI, irq);
+		return;
+	}
+	err = request_irq(irq, oxen_event_handler, 0, "oxen-events", NULL);
+	if (err) {
+		pr_warn("cannot take IRQ %d for the event line (%d): tools poll\n", irq, err);
+		acpi_unregister_gsi(OXEN_EVENT_GSI);
+		return;
+	}
+	oxen_event_irq = irq;
+	pr_info("events on GSI %u (IRQ %d)\n", OXEN_EVENT_GSI, irq);
+}
+
+static void oxen_events_exit(void)
+{
+	if (oxen_event_irq < 0)
+		return;
+	free_irq(oxen_event_irq, NULL);
+	acpi_unregister_gsi(OXEN_EVENT_GSI);
+	oxen_event_irq = -1;
+}
+
 static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
 	case OXEN_IOCTL_HYPERCALL:
 		return oxen_ioctl_hypercall((struct oxen_hypercall __user *)arg);
+	case OXEN_IOCTL_EVENT_WAIT:
+		return oxen_ioctl_event_wait((struct oxen_event_wait __user *)arg);
 	default:
 		return -ENOTTY;
 	}
@@ -294,9 +438,11 @@ static int __init oxen_init(void)
 		return -EPROTONOSUPPORT;
 	}
 
+	oxen_events_init(minor);
 	err = misc_register(&oxen_miscdev);
 	if (err) {
 		pr_err("cannot register /dev/%s: %d\n", OXEN_DEVICE_NAME, err);
+		oxen_events_exit();
 		return err;
 	}
 	pr_info("hypervisor ABI %u.%u, /dev/%s ready\n", major, minor, OXEN_DEVICE_NAME);
@@ -306,6 +452,7 @@ static int __init oxen_init(void)
 static void __exit oxen_exit(void)
 {
 	misc_deregister(&oxen_miscdev);
+	oxen_events_exit();
 }
 
 module_init(oxen_init);

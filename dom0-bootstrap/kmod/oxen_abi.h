@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 
 /* ABI_VERSION: major in bits 31:16, minor in 15:0. Callers check the major. */
-#define OXEN_ABI_VERSION 0x00010004
+#define OXEN_ABI_VERSION 0x00010005
 #define OXEN_ABI_MAJOR 1
 
 /* CPUID: signature in EBX, ECX, EDX of the signature leaf. */
@@ -26,6 +26,14 @@
 #define OXEN_HC_VERSION 0
 #define OXEN_HC_NULL 1
 #define OXEN_HC_DOMCTL 16
+/* The driver's own: takes dom0's events, says which it wants (1.5). */
+#define OXEN_HC_EVENTS 7
+
+/* dom0's event line: this GSI of its IOAPIC, level, active high (1.5). */
+#define OXEN_EVENT_GSI 24
+/* Event bits. */
+#define OXEN_EVENT_CONSOLE 0x1
+#define OXEN_EVENT_ALL 0x1
 
 /* Largest DOMCTL argument structure and data buffer, in bytes. */
 #define OXEN_DOMCTL_ARG_MAX 4096
@@ -49,5 +57,18 @@ struct oxen_hypercall {
 };
 
 #define OXEN_IOCTL_HYPERCALL _IOWR('O', 1, struct oxen_hypercall)
+
+/*
+ * EventWaitIoctl (1.5): sleeps until the driver's count of the events in
+ * `mask` differs from `count`, or `timeout_ms` passed; `count` comes back as
+ * the count now. ENODEV: no event line.
+ */
+struct oxen_event_wait {
+	__u64 mask;
+	__u64 count;
+	__u64 timeout_ms;
+};
+
+#define OXEN_IOCTL_EVENT_WAIT _IOWR('O', 2, struct oxen_event_wait)
 
 #endif /* OXEN_ABI_H */

@@ -3,7 +3,8 @@
 # (tests/system.toml) under Bochs, where everything is slow: dom0's init starts
 # it from the kernel command line (`dom0_run=`, dom0-bootstrap/init), since
 # Bochs tests cannot type into the console. One minimal domU: create, see it
-# tick, pause/unpause, destroy, free memory back to where it started.
+# tick, its console output waking an event waiter (dom0's event line),
+# pause/unpause, destroy, free memory back to where it started.
 #
 # Prints "check: NAME: ok|FAILED (why)" like lifecycle.sh, then
 # "smoke: done, N failed". Waits are in dom0's seconds, which under Bochs are
@@ -22,6 +23,11 @@ check "minimal-1 says it is up" "no banner: $(oxl console --dump minimal-1 | tai
 check "console shows minimal-1 ticking" "no ticks: $(oxl console --dump minimal-1 | tail -n 2)" \
     wait_for 30 ticked_past minimal-1 1
 oxl list
+# dom0's event line: the guest's console output wakes a waiter in
+# /dev/oxen's EVENT_WAIT (ioctl-test prints "N passed, 0 failed").
+check "minimal-1's console output wakes an event waiter" "$(/usr/lib/oxen/ioctl-test events | tail -n 1)" \
+    sh -c '/usr/lib/oxen/ioctl-test events | grep -q " 0 failed"'
+grep oxen-events /proc/interrupts
 
 oxl pause minimal-1
 check "pause: state paused" "state $(field minimal-1 5)" [ "$(field minimal-1 5)" = paused ]

@@ -725,20 +725,37 @@ mod tests {
             ("OXEN_HC_VERSION", Define::Int(nr::VERSION)),
             ("OXEN_HC_NULL", Define::Int(nr::NULL)),
             ("OXEN_HC_DOMCTL", Define::Int(nr::DOMCTL)),
+            ("OXEN_HC_EVENTS", Define::Int(nr::EVENTS)),
+            ("OXEN_EVENT_GSI", Define::Int(EVENT_GSI.into())),
+            ("OXEN_EVENT_CONSOLE", Define::Int(event::CONSOLE)),
+            ("OXEN_EVENT_ALL", Define::Int(event::ALL)),
             ("OXEN_DOMCTL_ARG_MAX", Define::Int(DOMCTL_ARG_MAX)),
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
             ("OXEN_DEVICE_NAME", Define::Str(device.into())),
         ];
+        let (fields, wait_size) = parse_struct(&h, "oxen_event_wait");
+        let w = EventWaitIoctl::default();
+        let expected_wait = [
+            ("mask", offset_of!(EventWaitIoctl, mask), c_type(&w.mask)),
+            ("count", offset_of!(EventWaitIoctl, count), c_type(&w.count)),
+            ("timeout_ms", offset_of!(EventWaitIoctl, timeout_ms), c_type(&w.timeout_ms)),
+        ];
+        let got: Vec<(&str, usize, &str)> = fields.iter().map(|(f, o, t)| (f.as_str(), *o, t.as_str())).collect();
+        let want: Vec<(&str, usize, &str)> = expected_wait.iter().map(|(f, o, t)| (*f, *o, t.as_str())).collect();
+        assert_eq!(got, want, "struct oxen_event_wait against EventWaitIoctl");
+        assert_eq!(wait_size, size_of::<EventWaitIoctl>());
+
         let defines = parse_defines(&h);
         for (name, def) in &defines {
             if let Define::Iowr(ty, nr, strukt) = def {
-                assert_eq!(strukt, "oxen_hypercall", "{name}");
+                let (size, expected) = match strukt.as_str() {
+                    "oxen_hypercall" => (size, ("OXEN_IOCTL_HYPERCALL", IOCTL_HYPERCALL)),
+                    "oxen_event_wait" => (wait_size, ("OXEN_IOCTL_EVENT_WAIT", IOCTL_EVENT_WAIT)),
+                    other => panic!("{name}: an ioctl on struct {other} is not checked here"),
+                };
                 // <asm-generic/ioctl.h>: dir (read|write = 3) << 30 | size << 16 | type << 8 | nr.
                 let value = (3 << 30) | ((size as u64) << 16) | (u64::from(*ty) << 8) | nr;
-                assert_eq!(
-                    (name.as_str(), value),
-                    ("OXEN_IOCTL_HYPERCALL", IOCTL_HYPERCALL)
-                );
+                assert_eq!((name.as_str(), value), expected);
                 continue;
             }
             let want = expected.iter().find(|(n, _)| n == name).unwrap_or_else(|| {
@@ -753,5 +770,6 @@ mod tests {
             );
         }
         assert!(defines.iter().any(|(n, _)| n == "OXEN_IOCTL_HYPERCALL"));
+        assert!(defines.iter().any(|(n, _)| n == "OXEN_IOCTL_EVENT_WAIT"));
     }
 }

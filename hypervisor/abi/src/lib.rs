@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0004;
+pub const ABI_VERSION: u32 = 0x0001_0005;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -20,6 +20,9 @@ pub const ABI_CONSOLE_INPUT: u32 = 0x0001_0003;
 
 /// The first version with `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`.
 pub const ABI_VCPU_STATE: u32 = 0x0001_0004;
+
+/// The first version with dom0's event line (`nr::EVENTS`, `EVENT_GSI`).
+pub const ABI_EVENTS: u32 = 0x0001_0005;
 
 pub mod vcpu_snapshot;
 
@@ -56,6 +59,13 @@ pub mod nr {
     /// when none are queued. `SCHED_OP` `BLOCK` ends when new input arrives.
     /// domUs only (dom0 reads its console through its UART: `-EPERM`). (1.3)
     pub const CONSOLE_READ: u64 = 6;
+    /// dom0 only (anyone else gets `-EPERM`): takes the events pending for dom0
+    /// (bits of `event`), which lowers its event line (`EVENT_GSI`), and says
+    /// which it wants from now on: RDI = those bits (0: none; bits outside
+    /// `event::ALL` give `-EINVAL`). Returns the bits that were pending. The
+    /// line is raised (level, active high) when an event dom0 wants happens
+    /// while none it wants is pending. (1.5)
+    pub const EVENTS: u64 = 7;
     /// Domain control; dom0 only (anyone else gets `-EPERM`). RDI = command
     /// (`domctl`), RSI/RDX = guest-physical address and length of the command's
     /// argument structure, R10/R8 = address and length of its data buffer (0/0
@@ -84,6 +94,18 @@ pub const CMDLINE_LEN: usize = 256;
 /// Limits on `CreateDomain`.
 pub const MAX_VCPUS: u32 = 8;
 pub const MIN_MEMORY_MIB: u32 = 4;
+
+/// dom0's event line: a pin of its IOAPIC beyond the machine's 24, level
+/// triggered, active high (its MADT names the IOAPIC; its version register
+/// says it has 32 pins). (1.5)
+pub const EVENT_GSI: u32 = 24;
+
+/// What raises dom0's event line (`nr::EVENTS`). (1.5)
+pub mod event {
+    /// A domU wrote to its console.
+    pub const CONSOLE: u64 = 1 << 0;
+    pub const ALL: u64 = CONSOLE;
+}
 
 /// `nr::SCHED_OP` operations.
 pub mod sched_op {
@@ -485,6 +507,25 @@ pub struct HypercallIoctl {
 pub const IOCTL_HYPERCALL: u64 =
     (3 << 30) | ((core::mem::size_of::<HypercallIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 1;
 
+/// `/dev/oxen`'s event wait (1.5): sleeps until the driver has counted a
+/// different number of the events in `mask` (bits of `event`) than `count`
+/// (what the caller saw last; 0 at first), or `timeout_ms` passed. `count`
+/// comes back as the driver's count now (unchanged: the wait timed out). The
+/// driver counts what dom0's event line tells it (`nr::EVENTS`), and asks for
+/// an event only while someone waits for it. Fails with `ENODEV` where the
+/// driver has no event line (a hypervisor older than 1.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EventWaitIoctl {
+    pub mask: u64,
+    pub count: u64,
+    pub timeout_ms: u64,
+}
+
+/// `_IOWR('O', 2, struct oxen_event_wait)`.
+pub const IOCTL_EVENT_WAIT: u64 =
+    (3 << 30) | ((core::mem::size_of::<EventWaitIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 2;
+
 /// The device node.
 pub const DEVICE_PATH: &str = "/dev/oxen";
 
@@ -627,6 +668,7 @@ pod! {
     PhysInfo = 40,
     StartInfo = 304,
     HypercallIoctl = 56,
+    EventWaitIoctl = 24,
     SchedCredit = 16,
     VcpuAffinity = 16,
     VcpuInfo = 32,
@@ -654,6 +696,7 @@ mod tests {
     fn ioctl_number_matches_linux_iowr() {
         // _IOWR('O', 1, 56-byte struct) = 0xc038_4f01.
         assert_eq!(IOCTL_HYPERCALL, 0xc038_4f01);
+        assert_eq!(IOCTL_EVENT_WAIT, 0xc018_4f02);
     }
 
     #[test]

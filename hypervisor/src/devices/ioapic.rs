@@ -35,6 +35,9 @@ pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 pub const IOAPIC_MMIO_SIZE: u64 = 0x1000;
 /// Input pins: 24, as on the 82093AA and the PC chipsets after it.
 pub const IOAPIC_PINS: usize = 24;
+/// The most pins an instance may have (`IoApic::with_pins`): dom0's has 24
+/// for the machine's lines and more for the hypervisor's own (`vm::platform`).
+pub const MAX_IOAPIC_PINS: usize = 32;
 /// The version reported; 0x20 tells the guest the EOI register exists.
 pub const IOAPIC_VERSION: u8 = 0x20;
 
@@ -57,14 +60,13 @@ const IND_VERSION: u8 = 0x01;
 const IND_ARBITRATION: u8 = 0x02;
 /// Redirection entry n: its low dword at 0x10 + 2n, its high dword at 0x11 + 2n.
 const IND_REDIR_FIRST: u8 = 0x10;
-const IND_REDIR_END: u8 = IND_REDIR_FIRST + 2 * IOAPIC_PINS as u8;
+const IND_REDIR_END: u8 = IND_REDIR_FIRST + 2 * MAX_IOAPIC_PINS as u8;
 
 /// IOAPICID and IOAPICARB: a 4-bit ID in bits 27:24 (82093AA §3.2.1, §3.2.3).
 const ID_SHIFT: u32 = 24;
 const ID_MASK: u8 = 0x0f;
 /// IOAPICVER: version in bits 7:0, maximum redirection entry in bits 23:16 (82093AA §3.2.2).
 const VERSION_MAX_REDIR_SHIFT: u32 = 16;
-const MAX_REDIRECTION_ENTRY: u32 = IOAPIC_PINS as u32 - 1;
 
 /// Redirection table entry fields (82093AA §3.2.4).
 mod rte {
@@ -162,16 +164,19 @@ pub struct Delivery {
     pub trigger_mode: TriggerMode,
 }
 
-/// A 24-pin IOAPIC, version 0x20. See the module documentation for the API contract.
+/// An IOAPIC of 24 pins (or up to 32), version 0x20. See the module
+/// documentation for the API contract.
 #[derive(Clone, Debug)]
 pub struct IoApic {
     id: u8,
+    /// Input pins (its version register says so).
+    pins: u8,
     ioregsel: u8,
-    redirection: [u64; IOAPIC_PINS],
+    redirection: [u64; MAX_IOAPIC_PINS],
     /// Pin n asserted, as last set by `set_irq`.
     asserted: u32,
     /// Deliveries raised and not yet taken, one slot per pin.
-    queued: [Option<Delivery>; IOAPIC_PINS],
+    queued: [Option<Delivery>; MAX_IOAPIC_PINS],
     /// Pins whose remote IRR the guest cleared since the last `take_eoied_pins`.
     eoied: u32,
 }
@@ -180,14 +185,26 @@ impl IoApic {
     /// An IOAPIC after reset with APIC ID `id` (4 bits; higher bits are dropped, as
     /// the ID register holds no more).
     pub const fn new(id: u8) -> Self {
+        Self::with_pins(id, IOAPIC_PINS as u8)
+    }
+
+    /// The same with `pins` input pins (1 to `MAX_IOAPIC_PINS`, clamped).
+    pub const fn with_pins(id: u8, pins: u8) -> Self {
+        let pins = if pins == 0 { 1 } else if pins as usize > MAX_IOAPIC_PINS { MAX_IOAPIC_PINS as u8 } else { pins };
         Self {
             id: id & ID_MASK,
+            pins,
             ioregsel: 0,
-            redirection: [rte::RESET; IOAPIC_PINS],
+            redirection: [rte::RESET; MAX_IOAPIC_PINS],
             asserted: 0,
-            queued: [None; IOAPIC_PINS],
+            queued: [None; MAX_IOAPIC_PINS],
             eoied: 0,
         }
+    }
+
+    /// Its input pins.
+    pub const fn pins(&self) -> u8 {
+        self.pins
     }
 
     /// The APIC ID, as the guest last programmed it.
@@ -200,7 +217,7 @@ impl IoApic {
     /// bit 16). Level-triggered pins deliver while asserted, unmasked and with remote
     /// IRR clear. Pins beyond the last are ignored.
     pub fn set_irq(&mut self, pin: u8, asserted: bool) {
-        let Some(index) = pin_index(pin) else { return };
+        let Some(index) = self.pin_index(pin) else { return };
         let bit = 1 << index;
         let was_asserted = self.asserted & bit != 0;
         if !asserted {
@@ -216,7 +233,7 @@ impl IoApic {
     /// End of interrupt for `vector`: clears remote IRR on every pin that carries it,
     /// and delivers again from a level-triggered pin that is still asserted.
     pub fn eoi(&mut self, vector: u8) {
-        for index in 0..IOAPIC_PINS {
+        for index in 0..usize::from(self.pins) {
             let entry = self.redirection[index];
             if entry & rte::VECTOR_MASK != u64::from(vector) || entry & rte::REMOTE_IRR == 0 {
                 continue;
@@ -240,7 +257,7 @@ impl IoApic {
 
     /// Redirection entry of `pin` as the guest reads it.
     pub fn redirection_entry(&self, pin: u8) -> Option<u64> {
-        let index = pin_index(pin)?;
+        let index = self.pin_index(pin)?;
         let pending = if self.queued[index].is_some() { rte::DELIVERY_STATUS } else { 0 };
         Some(self.redirection[index] | pending)
     }
@@ -286,8 +303,8 @@ impl IoApic {
     fn read_indirect(&self) -> u32 {
         match self.ioregsel {
             IND_ID | IND_ARBITRATION => u32::from(self.id) << ID_SHIFT,
-            IND_VERSION => u32::from(IOAPIC_VERSION) | (MAX_REDIRECTION_ENTRY << VERSION_MAX_REDIR_SHIFT),
-            sel @ IND_REDIR_FIRST..IND_REDIR_END => {
+            IND_VERSION => u32::from(IOAPIC_VERSION) | ((u32::from(self.pins) - 1) << VERSION_MAX_REDIR_SHIFT),
+            sel @ IND_REDIR_FIRST..IND_REDIR_END if self.decodes(sel) => {
                 let (index, high) = redir_slot(sel);
                 let entry = self.redirection_entry(index as u8).unwrap_or_default();
                 if high {
@@ -306,7 +323,7 @@ impl IoApic {
             IND_ID => self.id = (value >> ID_SHIFT) as u8 & ID_MASK,
             // The version and arbitration ID are read-only.
             IND_VERSION | IND_ARBITRATION => {}
-            sel @ IND_REDIR_FIRST..IND_REDIR_END => {
+            sel @ IND_REDIR_FIRST..IND_REDIR_END if self.decodes(sel) => {
                 let (index, high) = redir_slot(sel);
                 self.write_redirection(index, high, value);
             }
@@ -363,9 +380,15 @@ impl IoApic {
     }
 }
 
-fn pin_index(pin: u8) -> Option<usize> {
-    let index = usize::from(pin);
-    (index < IOAPIC_PINS).then_some(index)
+impl IoApic {
+    fn pin_index(&self, pin: u8) -> Option<usize> {
+        (pin < self.pins).then_some(usize::from(pin))
+    }
+
+    /// Whether indirect register `sel` is one of its pins' redirection entries.
+    fn decodes(&self, sel: u8) -> bool {
+        sel < IND_REDIR_FIRST + 2 * self.pins
+    }
 }
 
 fn delivery_mode(entry: u64) -> DeliveryMode {
@@ -498,6 +521,25 @@ mod tests {
         assert_eq!(read_entry(&mut a, 5), programmed);
         assert_eq!(a.redirection_entry(5), Some(programmed));
         assert_eq!(a.redirection_entry(IOAPIC_PINS as u8), None);
+    }
+
+    #[test]
+    fn a_32_pin_instance_says_so_and_decodes_its_pins_only() {
+        let mut a = IoApic::with_pins(0, 32);
+        assert_eq!((io_apic_read(&mut a, IND_VERSION) >> 16) & 0xff, 31);
+        let programmed = entry(0x41, 0) | LEVEL;
+        write_entry(&mut a, 24, programmed);
+        assert_eq!(read_entry(&mut a, 24), programmed);
+        a.set_irq(24, true);
+        assert_eq!(a.pop_delivery().map(|d| d.vector), Some(0x41));
+        assert_eq!(a.redirection_entry(32), None);
+        // 24 pins: entry 24 does not decode (reads float high, writes vanish).
+        let mut b = IoApic::new(0);
+        write_entry(&mut b, 24, programmed);
+        assert_eq!(b.redirection_entry(24), None);
+        assert_eq!(io_apic_read(&mut b, IND_REDIR_FIRST + 48), u32::MAX);
+        assert_eq!(IoApic::with_pins(0, 200).pins(), 32);
+        assert_eq!(IoApic::with_pins(0, 0).pins(), 1);
     }
 
     #[test]

@@ -309,6 +309,7 @@ fn run(boot: BootSpec, vcpus: u32, root: u64, gm: GuestMemory, ram: GuestMemory)
     // agrees with it.
     let apic_ids: Vec<u32> = (0..vcpus).map(smp::apic_id).collect();
     let platform = Arc::new(Platform::new(control::DOM0_ID, Role::Dom0, "dom0", &apic_ids, gm, ram.clone(), root));
+    crate::vm::platform::set_dom0(platform.clone());
     irq::init(IOAPIC_PAGE);
     control::register_dom0(ram, vcpus);
     sched::set_housekeeping(control::housekeeping);

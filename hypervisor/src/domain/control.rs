@@ -294,6 +294,13 @@ impl Services for Hv {
         d.res.console_hold_ns += held;
         drop(t);
         echo_wanted(again.min(now));
+        if domid != DOM0 {
+            crate::vm::platform::post_dom0_events(oxen_abi::event::CONSOLE);
+        }
+    }
+
+    fn take_events(&mut self, want: u64) -> u64 {
+        crate::vm::platform::take_dom0_events(want)
     }
 
     fn console_read(&mut self, domid: u32, out: &mut [u8]) -> usize {

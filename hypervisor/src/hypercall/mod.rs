@@ -61,6 +61,9 @@ pub trait Services {
     fn domctl(&mut self, cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error>;
     /// Logs a refused call (rate limited by the implementation).
     fn refused(&mut self, domid: u32, what: fmt::Arguments);
+    /// dom0's events: takes the pending bits (lowering its event line) and
+    /// notes which it wants from now on (`nr::EVENTS`).
+    fn take_events(&mut self, want: u64) -> u64;
 }
 
 /// Who is calling.
@@ -82,6 +85,15 @@ pub fn dispatch(caller: &mut Caller, svc: &mut dyn Services, args: &Args) -> (Re
         nr::CONSOLE_WRITE => console_write(caller, svc, a0, a1),
         nr::CONTROL_REQUEST => Ok(svc.control_request(caller.domid)),
         nr::CONSOLE_READ => console_read(caller, svc, a0, a1),
+        nr::EVENTS if !caller.privileged => {
+            svc.refused(caller.domid, format_args!("events: dom0 only"));
+            Err(Error::Perm)
+        }
+        nr::EVENTS if a0 & !oxen_abi::event::ALL != 0 => {
+            svc.refused(caller.domid, format_args!("events: unknown bits {:#x}", a0 & !oxen_abi::event::ALL));
+            Err(Error::Inval)
+        }
+        nr::EVENTS => Ok(svc.take_events(a0)),
         nr::SCHED_OP => match (a0, caller.privileged) {
             (sched_op::YIELD, _) => {
                 after = After::Yield;

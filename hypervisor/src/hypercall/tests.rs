@@ -30,6 +30,9 @@ struct FakeServices {
     sent: Vec<Vec<u8>>,
     commands: Vec<Command>,
     refusals: Vec<String>,
+    /// dom0's pending events and what it last said it wants.
+    events: u64,
+    events_wanted: u64,
 }
 
 impl Services for FakeServices {
@@ -44,6 +47,10 @@ impl Services for FakeServices {
     }
     fn control_request(&self, domid: u32) -> u64 {
         if domid == 7 { request::REBOOT } else { request::NONE }
+    }
+    fn take_events(&mut self, want: u64) -> u64 {
+        self.events_wanted = want;
+        core::mem::take(&mut self.events)
     }
     fn domctl(&mut self, cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
         self.commands.push(cmd.clone());
@@ -111,6 +118,20 @@ fn simple_calls() {
     assert_eq!(call(false, &mut r, &mut s, 0x99, [0; 5]).0, Err(Error::NoSys));
     assert_eq!(s.refusals.len(), 1);
     assert!(s.refusals[0].contains("no hypercall 0x99"));
+}
+
+#[test]
+fn events_are_dom0s_and_take_only_known_bits() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    s.events = oxen_abi::event::CONSOLE;
+    assert_eq!(call(false, &mut r, &mut s, nr::EVENTS, [oxen_abi::event::CONSOLE, 0, 0, 0, 0]).0, Err(Error::Perm));
+    assert_eq!(call(true, &mut r, &mut s, nr::EVENTS, [1 << 40, 0, 0, 0, 0]).0, Err(Error::Inval));
+    // Neither refusal took or changed anything.
+    assert_eq!((s.events, s.events_wanted, s.refusals.len()), (oxen_abi::event::CONSOLE, 0, 2));
+    assert_eq!(call(true, &mut r, &mut s, nr::EVENTS, [oxen_abi::event::CONSOLE, 0, 0, 0, 0]).0, Ok(oxen_abi::event::CONSOLE));
+    assert_eq!((s.events, s.events_wanted), (0, oxen_abi::event::CONSOLE));
+    assert_eq!(call(true, &mut r, &mut s, nr::EVENTS, [0; 5]).0, Ok(0));
+    assert_eq!(s.events_wanted, 0);
 }
 
 #[test]

@@ -112,6 +112,56 @@ pub struct HostLink {
     host_apic_id: u32,
 }
 
+/// dom0's IOAPIC: the machine's 24 lines (mirrored), then the hypervisor's.
+pub const DOM0_IOAPIC_PINS: u8 = 32;
+/// dom0's event line (`oxen_abi::EVENT_GSI`).
+const EVENT_PIN: u8 = oxen_abi::EVENT_GSI as u8;
+const _: () = assert!(EVENT_PIN >= irq::PINS && EVENT_PIN < DOM0_IOAPIC_PINS);
+
+/// dom0's platform, for events posted from any CPU (`post_dom0_events`).
+static DOM0: spin::Once<alloc::sync::Arc<Platform>> = spin::Once::new();
+
+/// Remembers dom0's platform (once, when dom0 is built).
+pub fn set_dom0(platform: alloc::sync::Arc<Platform>) {
+    DOM0.call_once(|| platform);
+}
+
+/// Events pending for dom0 (`oxen_abi::event`) and those it wants
+/// (`nr::EVENTS`); its event line is up while the two share a bit. Atomics, so
+/// that a domU's console write does not take dom0's devices' lock.
+static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
+static DOM0_EVENTS_WANTED: AtomicU64 = AtomicU64::new(0);
+
+fn dom0_event_line() -> bool {
+    DOM0_EVENTS.load(Ordering::Acquire) & DOM0_EVENTS_WANTED.load(Ordering::Acquire) != 0
+}
+
+/// Notes events for dom0. When one it wants becomes pending, its event
+/// line goes up at its vCPU 0's next look at its devices, which this asks
+/// for; more while it is up only add bits (one interrupt for the lot).
+pub fn post_dom0_events(bits: u64) {
+    let Some(p) = DOM0.get() else { return };
+    let old = DOM0_EVENTS.fetch_or(bits, Ordering::AcqRel);
+    let wanted = DOM0_EVENTS_WANTED.load(Ordering::Acquire);
+    if old & wanted == 0 && bits & wanted != 0 {
+        crate::sched::run::nudge(crate::sched::credit::VcpuId { dom: p.domid, vcpu: 0 });
+    }
+}
+
+/// `nr::EVENTS`: takes dom0's pending events, lowers its line at once (so
+/// the EOI that follows its handler does not deliver again for these) and
+/// notes what it wants from now on. Under the devices' lock, as the line's
+/// update (`Devices::update_lines`): an event posted after the swap raises
+/// the line again at the service its nudge brings.
+pub fn take_dom0_events(want: u64) -> u64 {
+    let Some(p) = DOM0.get() else { return 0 };
+    let mut d = p.devices.lock();
+    DOM0_EVENTS_WANTED.store(want, Ordering::Release);
+    let got = DOM0_EVENTS.swap(0, Ordering::AcqRel);
+    d.ioapic.set_irq(EVENT_PIN, false);
+    got
+}
+
 /// The devices but the local APICs.
 pub struct Devices {
     pub uart: Uart16550,
@@ -140,7 +190,7 @@ impl Devices {
             uart_irq: false,
             uart_unflushed: 0,
             pic_masks: [0xff; 2],
-            ioapic: IoApic::new(0),
+            ioapic: if role == Role::Dom0 { IoApic::with_pins(0, DOM0_IOAPIC_PINS) } else { IoApic::new(0) },
             pci_address: 0,
             keyboard: I8042::default(),
             rtc: Rtc::new(),
@@ -167,6 +217,7 @@ impl Devices {
             self.keyboard_line();
             return;
         };
+        self.ioapic.set_irq(EVENT_PIN, dom0_event_line());
         let pending = irq::take_pending();
         for pin in (0..irq::PINS).filter(|p| pending & (1 << p) != 0) {
             self.ioapic.set_irq(pin, true);

@@ -23,7 +23,7 @@ use super::apic_bus::{bits, Power, Vectors, Wake};
 use super::platform::{self, log_tally, Platform, PowerEvent, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
 use crate::devices::kvmclock::{ClockNow, KvmClock};
 use crate::arch::x86_64::{apic, xstate::XState};
-use crate::devices::ioapic::{Delivery, IOAPIC_PINS};
+use crate::devices::ioapic::{Delivery, MAX_IOAPIC_PINS};
 use crate::devices::lapic::VirtualLapic;
 use crate::domain::control::{self, BootSpec, DOMAINS};
 use crate::emulate::mmio::{self, EmulateError};
@@ -253,7 +253,7 @@ impl GuestVcpu {
         let mut first = true;
         let result = loop {
             // The IOAPIC: EOIs from the last round, input lines, what it sends.
-            let mut out: [Option<Delivery>; IOAPIC_PINS] = [None; IOAPIC_PINS];
+            let mut out: [Option<Delivery>; MAX_IOAPIC_PINS] = [None; MAX_IOAPIC_PINS];
             {
                 let mut dev = p.devices.lock();
                 for v in eois.iter() {
