@@ -40,13 +40,6 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     if let Ok(bz) = BzImage::parse(image.bytes()) {
         return lay_out_linux(res, &bz, ramdisk.map(|r| r.bytes()), memory, vcpus);
     }
-    // An ELF linked where x86-64 Linux runs: an uncompressed `vmlinux`. Told
-    // apart before its segments are checked against any window, so that one
-    // that does not fit says so as a Linux kernel.
-    let any = GuestPhysAddr::new(0)..GuestPhysAddr::new(1 << 52);
-    if let Some(kernel) = elf::parse(image.bytes(), any).ok().filter(elf::Kernel::is_linux) {
-        return lay_out_vmlinux(res, &kernel, image.bytes(), ramdisk.map(|r| r.bytes()), memory, vcpus);
-    }
     if multiboot::detect(image.bytes()) {
         let mut ram = RamView(&res.ram);
         write_acpi(&mut ram, vcpus)?;
@@ -54,6 +47,14 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
         let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
             .map_err(|e| err(e.errno(), e))?;
         return Ok(BootSpec { entry, gprs, format: "Multiboot" });
+    }
+    // An ELF linked where x86-64 Linux runs, without a Multiboot header (a
+    // higher-half Multiboot kernel may be linked so too): an uncompressed
+    // `vmlinux`. Told apart before its segments are checked against any
+    // window, so that one that does not fit says so as a Linux kernel.
+    let any = GuestPhysAddr::new(0)..GuestPhysAddr::new(1 << 52);
+    if let Some(kernel) = elf::parse(image.bytes(), any).ok().filter(elf::Kernel::is_linux) {
+        return lay_out_vmlinux(res, &kernel, image.bytes(), ramdisk.map(|r| r.bytes()), memory, vcpus);
     }
     let layout = boot::plan(memory, ramdisk.map_or(0, |r| r.len)).map_err(|e| err(Error::NoMem, e))?;
     let kernel = elf::parse(image.bytes(), layout.kernel_window()).map_err(|e| err(Error::NoExec, e))?;
