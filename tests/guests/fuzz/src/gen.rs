@@ -75,7 +75,7 @@ impl Layout {
 }
 
 /// The hypercall numbers the ABI defines (`oxen_abi::nr`).
-pub const VALID_NRS: [u64; 8] = [
+pub const VALID_NRS: [u64; 9] = [
     nr::VERSION,
     nr::NULL,
     nr::CONSOLE_WRITE,
@@ -84,6 +84,7 @@ pub const VALID_NRS: [u64; 8] = [
     nr::CONTROL_REQUEST,
     nr::DOMCTL,
     nr::CONSOLE_READ,
+    nr::EVENTS,
 ];
 
 /// The longest `BLOCK` the fuzzer sleeps (ns): a block without a timeout, or
@@ -351,8 +352,8 @@ pub fn expected(c: &Call, l: &Layout, domid: u64) -> u64 {
             // Valid reasons were replaced: every SHUTDOWN that returns is refused.
             _ => err(Error::Inval),
         },
-        // Refused before any argument is looked at.
-        nr::DOMCTL => err(Error::Perm),
+        // dom0's only: refused before any argument is looked at.
+        nr::DOMCTL | nr::EVENTS => err(Error::Perm),
         _ => err(Error::NoSys),
     }
 }

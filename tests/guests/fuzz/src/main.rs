@@ -223,8 +223,8 @@ extern "C" fn fuzz() -> ! {
     }
     println!(", other {}", t.other);
     println!(
-        "fuzz: calls: version {} null {} console_write {} domain_id {} sched_op {} control_request {} domctl {} console_read {} other {}",
-        t.by_nr[0], t.by_nr[1], t.by_nr[2], t.by_nr[3], t.by_nr[4], t.by_nr[5], t.by_nr[6], t.by_nr[7], t.by_nr[8]
+        "fuzz: calls: version {} null {} console_write {} domain_id {} sched_op {} control_request {} domctl {} console_read {} events {} other {}",
+        t.by_nr[0], t.by_nr[1], t.by_nr[2], t.by_nr[3], t.by_nr[4], t.by_nr[5], t.by_nr[6], t.by_nr[7], t.by_nr[8], t.by_nr[9]
     );
     println!(
         "fuzz: adjusted: shutdown {} block {} own-memory {} console-budget {} ({} console bytes taken)",
