@@ -13,6 +13,7 @@ typedef unsigned long size_t;
 
 #define SYS_write 1
 #define SYS_open 2
+#define SYS_poll 7
 #define SYS_ioctl 16
 #define SYS_getpid 39
 #define SYS_getppid 110

@@ -101,6 +101,14 @@ static void event_checks(void)
 		(struct oxen_hypercall){ .nr = OXEN_HC_EVENTS }, EINVAL);
 }
 
+/* poll(2) on /dev/oxen for `ms`: 1 readable, 0 not, or -errno. */
+static long poll_in(int ms)
+{
+	struct { int fd; short events, revents; } p = { fd, 1 /* POLLIN */, 0 };
+
+	return sys3(SYS_poll, (long)&p, 1, ms);
+}
+
 /* `events`: three console events, each within 5 s. */
 static void events(void)
 {
@@ -124,6 +132,26 @@ static void events(void)
 		put("\n");
 		check("a domU's console output wakes EVENT_WAIT", r == 0 && w.count != before, r, 0);
 	}
+	/*
+	 * poll(2): the file stays subscribed after its waits. Right after a
+	 * look (EVENT_WAIT with no timeout) it is not readable (a tick may fall
+	 * in between: three tries), then the next console output makes it so.
+	 */
+	for (i = 0; i < 3; i++) {
+		w.timeout_ms = 0;
+		event_wait(&w);
+		r = poll_in(0);
+		if (r == 0)
+			break;
+	}
+	check("poll: not readable right after a look", r == 0, r, 0);
+	t0 = ms_now();
+	r = poll_in(5000);
+	took = ms_now() - t0;
+	put("oxen-ioctl-test: poll readable after ");
+	put_u(took);
+	put(" ms\n");
+	check("poll: a domU's console output makes /dev/oxen readable", r == 1 && took < 5000, r, 1);
 }
 
 /* A full DOMCTL buffer, and one byte more for the too-big case. */

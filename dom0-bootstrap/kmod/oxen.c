@@ -26,6 +26,8 @@
 #include <linux/kernel.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/poll.h>
 #include <linux/slab.h>
 #include <linux/stddef.h>
 #include <linux/string.h>
@@ -212,7 +214,9 @@ out:
  * an event the driver asked for is pending; the handler takes them with the
  * EVENTS hypercall (which lowers the line), counts them per bit and wakes
  * whoever waits in OXEN_IOCTL_EVENT_WAIT. The driver asks only for the events
- * someone waits for, so an idle dom0 takes no interrupts for them.
+ * someone waits for (an open file that waited for one keeps it asked for
+ * until it is closed, so poll(2) can watch it), so an idle dom0 takes no
+ * interrupts for them.
  */
 #define OXEN_EVENT_COUNT 1
 static_assert(OXEN_EVENT_ALL == (1ULL << OXEN_EVENT_COUNT) - 1);
@@ -279,9 +283,21 @@ static u64 oxen_event_count(u64 mask)
 /* At most an hour per wait; the caller loops for longer. */
 #define OXEN_EVENT_WAIT_MAX_MS (3600 * 1000)
 
-static long oxen_ioctl_event_wait(struct oxen_event_wait __user *uw)
+/*
+ * An open /dev/oxen: the events it waited for (it stays subscribed to them
+ * until it is closed, so poll(2) can watch them between waits) and their
+ * count when it last looked (what poll compares with).
+ */
+struct oxen_file {
+	struct mutex lock;
+	u64 mask;
+	u64 seen;
+};
+
+static long oxen_ioctl_event_wait(struct oxen_file *f, struct oxen_event_wait __user *uw)
 {
 	struct oxen_event_wait w;
+	u64 added;
 	long left;
 	int i;
 
@@ -291,22 +307,39 @@ static long oxen_ioctl_event_wait(struct oxen_event_wait __user *uw)
 		return -EFAULT;
 	if (!w.mask || (w.mask & ~(u64)OXEN_EVENT_ALL) || w.timeout_ms > OXEN_EVENT_WAIT_MAX_MS)
 		return -EINVAL;
+	mutex_lock(&f->lock);
+	added = w.mask & ~f->mask;
+	f->mask |= w.mask;
+	mutex_unlock(&f->lock);
 	for (i = 0; i < OXEN_EVENT_COUNT; i++)
-		if (w.mask & BIT_ULL(i))
+		if (added & BIT_ULL(i))
 			atomic_inc(&oxen_event_waiters[i]);
 	/* Asks for them, and counts any that came while nobody asked. */
 	oxen_events_take();
 	left = wait_event_interruptible_timeout(oxen_event_wq,
 						oxen_event_count(w.mask) != w.count,
 						msecs_to_jiffies(w.timeout_ms));
-	for (i = 0; i < OXEN_EVENT_COUNT; i++)
-		if (w.mask & BIT_ULL(i))
-			atomic_dec(&oxen_event_waiters[i]);
 	if (left < 0)
 		return left;
+	mutex_lock(&f->lock);
+	f->seen = oxen_event_count(f->mask);
+	mutex_unlock(&f->lock);
 	if (put_user(oxen_event_count(w.mask), &uw->count))
 		return -EFAULT;
 	return 0;
+}
+
+/* Readable once an event it waited for came after its last EVENT_WAIT. */
+static __poll_t oxen_poll(struct file *file, poll_table *wait)
+{
+	struct oxen_file *f = file->private_data;
+	__poll_t ready;
+
+	poll_wait(file, &oxen_event_wq, wait);
+	mutex_lock(&f->lock);
+	ready = f->mask && oxen_event_count(f->mask) != f->seen ? EPOLLIN | EPOLLRDNORM : 0;
+	mutex_unlock(&f->lock);
+	return ready;
 }
 
 /* Hooks the event line up when the hypervisor has one (ABI 1.5). */
@@ -348,7 +381,7 @@ static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case OXEN_IOCTL_HYPERCALL:
 		return oxen_ioctl_hypercall((struct oxen_hypercall __user *)arg);
 	case OXEN_IOCTL_EVENT_WAIT:
-		return oxen_ioctl_event_wait((struct oxen_event_wait __user *)arg);
+		return oxen_ioctl_event_wait(file->private_data, (struct oxen_event_wait __user *)arg);
 	default:
 		return -ENOTTY;
 	}
@@ -357,14 +390,36 @@ static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 /* Only root with CAP_SYS_ADMIN may open it (the node is also mode 0600). */
 static int oxen_open(struct inode *inode, struct file *file)
 {
+	struct oxen_file *f;
+
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
+	f = kzalloc(sizeof(*f), GFP_KERNEL);
+	if (!f)
+		return -ENOMEM;
+	mutex_init(&f->lock);
+	file->private_data = f;
 	return nonseekable_open(inode, file);
+}
+
+/* Its subscriptions end with it. */
+static int oxen_release(struct inode *inode, struct file *file)
+{
+	struct oxen_file *f = file->private_data;
+	int i;
+
+	for (i = 0; i < OXEN_EVENT_COUNT; i++)
+		if (f->mask & BIT_ULL(i))
+			atomic_dec(&oxen_event_waiters[i]);
+	kfree(f);
+	return 0;
 }
 
 static const struct file_operations oxen_fops = {
 	.owner = THIS_MODULE,
 	.open = oxen_open,
+	.release = oxen_release,
+	.poll = oxen_poll,
 	.unlocked_ioctl = oxen_ioctl,
 	/* Every field is 64-bit, so 32-bit callers share the layout. */
 	.compat_ioctl = compat_ptr_ioctl,
