@@ -89,8 +89,7 @@ enum Kernel<'a> {
     Vmlinux { image: &'a [u8], elf: elf::Kernel, start: u64, span: u64 },
 }
 
-/// `startup_64` runs only 2 MiB aligned (arch/x86/kernel/head_64.S).
-const VMLINUX_ALIGN: u64 = 2 * MIB;
+use crate::linux::boot_params::VMLINUX_ALIGN;
 
 impl<'a> Kernel<'a> {
     fn parse(image: &'a [u8]) -> Result<Self, alloc::string::String> {
@@ -146,7 +145,7 @@ impl<'a> Kernel<'a> {
     fn cmdline_size(&self) -> usize {
         match self {
             Self::BzImage(bz) => bz.cmdline_size() as usize,
-            Self::Vmlinux { .. } => 2047,
+            Self::Vmlinux { .. } => boot_params::VMLINUX_CMDLINE_MAX as usize,
         }
     }
 

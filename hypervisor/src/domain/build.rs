@@ -115,8 +115,7 @@ fn lay_out_vmlinux(
     memory: u64,
     vcpus: u32,
 ) -> Result<BootSpec, BuildError> {
-    /// `startup_64` runs only 2 MiB aligned (arch/x86/kernel/head_64.S).
-    const ALIGN: u64 = 2 << 20;
+    use boot_params::VMLINUX_ALIGN as ALIGN;
     let extent = kernel.extent();
     let (start, end) = (extent.start.as_u64(), extent.end.as_u64());
     if start < linux::ACPI_END || !start.is_multiple_of(ALIGN) {

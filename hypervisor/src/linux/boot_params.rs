@@ -37,6 +37,13 @@ fn put32(p: &mut [u8], o: usize, v: u32) {
 /// does. What Linux reads of it is what its own PVH entry writes
 /// (arch/x86/platform/pvh/enlighten.c): the magic numbers and protocol 2.12;
 /// the alignment and flags say what such a kernel is.
+/// Where a `vmlinux`'s `startup_64` may run: 2 MiB aligned
+/// (arch/x86/kernel/head_64.S), for domUs and dom0 alike.
+pub const VMLINUX_ALIGN: u64 = 2 << 20;
+/// The longest command line a `vmlinux` takes: x86's COMMAND_LINE_SIZE
+/// (2048) less its NUL.
+pub const VMLINUX_CMDLINE_MAX: u32 = 2047;
+
 pub fn vmlinux_header(alignment: u32) -> [u8; VMLINUX_HEADER_LEN] {
     let mut h = [0u8; VMLINUX_HEADER_LEN];
     let mut put = |o: usize, v: &[u8]| h[o - off::SETUP_SECTS..o - off::SETUP_SECTS + v.len()].copy_from_slice(v);
@@ -46,8 +53,7 @@ pub fn vmlinux_header(alignment: u32) -> [u8; VMLINUX_HEADER_LEN] {
     put(off::LOADFLAGS, &[LOADED_HIGH]);
     put(off::KERNEL_ALIGNMENT, &alignment.to_le_bytes());
     put(off::XLOADFLAGS, &XLF_KERNEL_64.to_le_bytes());
-    // COMMAND_LINE_SIZE on x86 is 2048, with its NUL.
-    put(off::CMDLINE_SIZE, &2047u32.to_le_bytes());
+    put(off::CMDLINE_SIZE, &VMLINUX_CMDLINE_MAX.to_le_bytes());
     h
 }
 
