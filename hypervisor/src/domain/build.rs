@@ -131,7 +131,7 @@ fn lay_out_vmlinux(
         zero(&mut ram, s.paddr.as_u64() + s.filesz, s.paddr.as_u64() + s.memsz).map_err(fault)?;
     }
     let header = boot_params::vmlinux_header(ALIGN as u32);
-    boot_linux(res, &layout, &header, linux::CMDLINE_MAX as usize - 1, kernel.entry, ramdisk, vcpus)
+    boot_linux(res, &layout, &header, boot_params::VMLINUX_CMDLINE_MAX as usize, kernel.entry, ramdisk, vcpus)
         .map(|b| BootSpec { format: "vmlinux", ..b })
 }
 
