@@ -675,6 +675,16 @@ mod tests {
         format!("__{}{bits}", if sign == "i" { "s" } else { "u" })
     }
 
+    /// Checks that `struct NAME` in `h` has `expected` (field, offset, C type)
+    /// and returns its size.
+    fn assert_struct(h: &str, name: &str, expected: &[(&str, usize, String)]) -> usize {
+        let (fields, size) = parse_struct(h, name);
+        let got: Vec<(&str, usize, &str)> = fields.iter().map(|(f, o, t)| (f.as_str(), *o, t.as_str())).collect();
+        let want: Vec<(&str, usize, &str)> = expected.iter().map(|(f, o, t)| (*f, *o, t.as_str())).collect();
+        assert_eq!(got, want, "struct {name} against oxen-abi");
+        size
+    }
+
     #[test]
     fn abi_header_matches_oxen_abi() {
         use oxen_abi::{HypercallIoctl as H, *};
@@ -683,28 +693,19 @@ mod tests {
         let path = repo_root().join(SOURCES).join("oxen_abi.h");
         let h = std::fs::read_to_string(&path).unwrap();
 
-        let (fields, size) = parse_struct(&h, "oxen_hypercall");
         let v = H::default();
-        let expected = [
-            ("nr", offset_of!(H, nr), c_type(&v.nr)),
-            ("cmd", offset_of!(H, cmd), c_type(&v.cmd)),
-            ("arg", offset_of!(H, arg), c_type(&v.arg)),
-            ("arg_len", offset_of!(H, arg_len), c_type(&v.arg_len)),
-            ("buf", offset_of!(H, buf), c_type(&v.buf)),
-            ("buf_len", offset_of!(H, buf_len), c_type(&v.buf_len)),
-            ("result", offset_of!(H, result), c_type(&v.result)),
-        ];
-        let expected: Vec<(&str, usize, &str)> = expected
-            .iter()
-            .map(|(f, o, t)| (*f, *o, t.as_str()))
-            .collect();
-        let fields: Vec<(&str, usize, &str)> = fields
-            .iter()
-            .map(|(f, o, t)| (f.as_str(), *o, t.as_str()))
-            .collect();
-        assert_eq!(
-            fields, expected,
-            "struct oxen_hypercall against HypercallIoctl"
+        let size = assert_struct(
+            &h,
+            "oxen_hypercall",
+            &[
+                ("nr", offset_of!(H, nr), c_type(&v.nr)),
+                ("cmd", offset_of!(H, cmd), c_type(&v.cmd)),
+                ("arg", offset_of!(H, arg), c_type(&v.arg)),
+                ("arg_len", offset_of!(H, arg_len), c_type(&v.arg_len)),
+                ("buf", offset_of!(H, buf), c_type(&v.buf)),
+                ("buf_len", offset_of!(H, buf_len), c_type(&v.buf_len)),
+                ("result", offset_of!(H, result), c_type(&v.result)),
+            ],
         );
         assert_eq!(size, size_of::<H>());
 
@@ -733,16 +734,16 @@ mod tests {
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
             ("OXEN_DEVICE_NAME", Define::Str(device.into())),
         ];
-        let (fields, wait_size) = parse_struct(&h, "oxen_event_wait");
         let w = EventWaitIoctl::default();
-        let expected_wait = [
-            ("mask", offset_of!(EventWaitIoctl, mask), c_type(&w.mask)),
-            ("count", offset_of!(EventWaitIoctl, count), c_type(&w.count)),
-            ("timeout_ms", offset_of!(EventWaitIoctl, timeout_ms), c_type(&w.timeout_ms)),
-        ];
-        let got: Vec<(&str, usize, &str)> = fields.iter().map(|(f, o, t)| (f.as_str(), *o, t.as_str())).collect();
-        let want: Vec<(&str, usize, &str)> = expected_wait.iter().map(|(f, o, t)| (*f, *o, t.as_str())).collect();
-        assert_eq!(got, want, "struct oxen_event_wait against EventWaitIoctl");
+        let wait_size = assert_struct(
+            &h,
+            "oxen_event_wait",
+            &[
+                ("mask", offset_of!(EventWaitIoctl, mask), c_type(&w.mask)),
+                ("count", offset_of!(EventWaitIoctl, count), c_type(&w.count)),
+                ("timeout_ms", offset_of!(EventWaitIoctl, timeout_ms), c_type(&w.timeout_ms)),
+            ],
+        );
         assert_eq!(wait_size, size_of::<EventWaitIoctl>());
 
         let defines = parse_defines(&h);
