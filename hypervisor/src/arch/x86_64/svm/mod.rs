@@ -123,6 +123,16 @@ fn host_vmcb() -> HostPhysAddr {
     HostPhysAddr::new(CPU_PAGES[super::cpu_id() as usize].host_vmcb.load(Ordering::Acquire))
 }
 
+/// Every CPU's host save area (VM_HSAVE_PA) and host VMSAVE page, for the log
+/// when a guest's VMCB is found holding host state.
+fn host_save_areas() -> alloc::vec::Vec<(u64, u64)> {
+    CPU_PAGES
+        .iter()
+        .map(|p| (p.hsave.load(Ordering::Relaxed), p.host_vmcb.load(Ordering::Relaxed)))
+        .filter(|&(h, _)| h != 0)
+        .collect()
+}
+
 /// How many ASIDs this CPU has (ASID 0 is the host's).
 pub fn num_asids() -> u64 {
     NUM_ASIDS.load(Ordering::Relaxed)

@@ -50,6 +50,9 @@ pub struct SvmVcpu {
     /// (exits in between are handled without switching them), and this CPU's
     /// host save area.
     entered: Option<HostPhysAddr>,
+    /// The exit before the last one (code, EXITINFO1, EXITINFO2): what the
+    /// vCPU was doing when `host_state_check` finds its state lost.
+    previous_exit: (u64, u64, u64),
 }
 
 impl SvmVcpu {
@@ -99,6 +102,7 @@ impl SvmVcpu {
             intercepted: None,
             asid: None,
             entered: None,
+            previous_exit: (0, 0, 0),
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -245,6 +249,46 @@ impl SvmVcpu {
     }
 }
 
+/// Where the host resumes after #VMEXIT (`svm_vmrun_resume`).
+fn resume_rip() -> u64 {
+    // Only the label's address is taken, never its bytes.
+    core::ptr::addr_of!(svm_vmrun_resume) as u64
+}
+
+impl SvmVcpu {
+    /// The VMCB's guest state is the host's own as VMRUN left it: the RIP
+    /// right after `vmrun` and the hypervisor's CR3. No guest of this vCPU
+    /// can have that state (its CR3 would point at the hypervisor's page
+    /// tables, which are outside every guest's memory), so its own state is
+    /// lost: written over by a #VMEXIT the CPU took while the host already
+    /// ran, or by a VMRUN whose host save area is this VMCB. Seen twice under
+    /// QEMU 7.2 TCG (dom0's vCPU, while many domUs ran): the vCPU then loops
+    /// on nested-page faults walking the host's page tables. It is ended as
+    /// by a triple fault (a domU crashes; dom0 stops the host), with what the
+    /// log needs to tell the two causes apart: whose stack the saved RSP is
+    /// on, and whether the VMCB is a CPU's host save area.
+    #[cold]
+    fn host_state_found(&mut self) -> VmExit {
+        let (vmcb, save, c) = (self.vmcb.as_u64(), &self.vmcb().save, &self.vmcb().control);
+        let rsp: u64;
+        // SAFETY: reads the stack pointer.
+        unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+        log::error!(
+            "svm: cpu{}: host state in a guest's VMCB: the VMCB at {vmcb:#x} holds the host's own state after #VMEXIT (rip {:#x}, cr3 {:#x}, rsp {:#x}; this CPU's rsp is {rsp:#x}); exit {:#x} {:#x} {:#x}, the one before {:#x?}; host save areas {:#x?}; the guest's own state is lost",
+            crate::arch::x86_64::cpu_id(),
+            save.rip,
+            save.cr3,
+            save.rsp,
+            c.exit_code,
+            c.exit_info1,
+            c.exit_info2,
+            self.previous_exit,
+            super::host_save_areas(),
+        );
+        VmExit::TripleFault
+    }
+}
+
 impl Drop for SvmVcpu {
     fn drop(&mut self) {
         free_frames(self.vmcb, 1);
@@ -257,6 +301,9 @@ extern "C" {
     /// Runs the guest: VMSAVE host, load guest GPRs, VMLOAD/VMRUN/VMSAVE guest,
     /// store guest GPRs, VMLOAD host.
     fn svm_world_switch(gprs: *mut GuestGprs, vmcb: u64, host_vmcb: u64);
+    /// The instruction after `vmrun` in `svm_world_switch`: where the host
+    /// resumes after #VMEXIT (the RIP VMRUN saved in the host save area).
+    static svm_vmrun_resume: u8;
 }
 
 // The guest GPR offsets below follow `GuestGprs` (layout asserted in virt/vcpu.rs).
@@ -275,6 +322,8 @@ global_asm!(
     "mov r15, [rdi + 0x70]", "mov rdi, [rdi + 0x30]",
     "vmload rax",
     "vmrun rax",
+    ".global svm_vmrun_resume",
+    "svm_vmrun_resume:",
     "vmsave rax",
     "push rdi",                     // guest RDI
     "mov rdi, [rsp + 8]",
@@ -340,6 +389,11 @@ impl Vcpu for SvmVcpu {
             let pending = vmcb.control.exit_int_info;
             vmcb.control.event_inj = if pending & vmcb::EVENT_VALID != 0 { pending } else { 0 };
             self.gprs.rax = self.vmcb().save.rax;
+            if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
+                return self.host_state_found();
+            }
+            let c = &self.vmcb().control;
+            self.previous_exit = (c.exit_code, c.exit_info1, c.exit_info2);
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
             match &mut exit {
