@@ -274,7 +274,7 @@ impl SvmVcpu {
         // SAFETY: reads the stack pointer.
         unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
         log::error!(
-            "svm: cpu{}: host state in a guest's VMCB: the VMCB at {vmcb:#x} holds the host's own state after #VMEXIT (rip {:#x}, cr3 {:#x}, rsp {:#x}; this CPU's rsp is {rsp:#x}); exit {:#x} {:#x} {:#x}, the one before {:#x?}; host save areas {:#x?}; the guest's own state is lost",
+            "svm: cpu{}: host state in a guest's VMCB: the VMCB at {vmcb:#x} holds the host's own state after #VMEXIT (rip {:#x}, cr3 {:#x}, rsp {:#x}; this CPU's rsp is {rsp:#x}); exit {:#x} {:#x} {:#x}, the one before {:x?}; host save areas (hsave, vmsave) {:x?}; the guest's own state is lost",
             crate::arch::x86_64::cpu_id(),
             save.rip,
             save.cr3,
@@ -376,6 +376,9 @@ impl Vcpu for SvmVcpu {
             // (the caller handles most exits without looking at the time). The
             // world switch restores every callee-saved register and the host's
             // VMSAVE state.
+            if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
+                log::error!("svm: host state in a guest's VMCB before VMRUN (VMCB {:#x})", self.vmcb.as_u64());
+            }
             unsafe {
                 core::arch::asm!("clgi", "sti", options(nomem, nostack));
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
