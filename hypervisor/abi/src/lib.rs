@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0005;
+pub const ABI_VERSION: u32 = 0x0001_0007;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -24,6 +24,11 @@ pub const ABI_VCPU_STATE: u32 = 0x0001_0004;
 /// The first version with dom0's event line (`nr::EVENTS`, `EVENT_GSI`).
 pub const ABI_EVENTS: u32 = 0x0001_0005;
 
+/// The first version with `domctl::PLATFORM_STATE_GET` / `PLATFORM_STATE_SET`.
+pub const ABI_PLATFORM_STATE: u32 = 0x0001_0007;
+
+pub mod envelope;
+pub mod platform_state;
 pub mod vcpu_snapshot;
 
 pub const fn abi_major(v: u32) -> u16 {
@@ -268,6 +273,18 @@ pub mod domctl {
     /// loadable on this host). Loaded into the paused vCPU before it runs
     /// again; `VCPU_STATE_GET` answers `-EAGAIN` until it is. (1.4)
     pub const VCPU_STATE_SET: u64 = 18;
+    /// Arg `DomainRef`; buffer (at least `platform_state::ENCODED_LEN`
+    /// bytes) receives the domU's platform devices' state (IOAPIC, UART, CMOS
+    /// clock, i8042, ACPI sleep registers, PIC masks) in the
+    /// `platform_state` encoding; its UART's unwritten output goes to the
+    /// console first. Returns the length. A paused domU that has started
+    /// (`-EBUSY` otherwise, dom0 `-EPERM`). (1.7)
+    pub const PLATFORM_STATE_GET: u64 = 26;
+    /// Arg `DomainRef`, buffer = a state in the `platform_state` encoding,
+    /// checked whole (structure, then every device's values, on copies)
+    /// before any device changes: `-EINVAL` if it is not one the devices
+    /// can hold. A paused domU that has started. (1.7)
+    pub const PLATFORM_STATE_SET: u64 = 27;
 }
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.

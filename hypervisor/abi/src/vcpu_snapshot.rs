@@ -21,8 +21,8 @@
 pub const MAGIC: [u8; 4] = *b"OXVS";
 /// The version this code writes and the only one it reads.
 pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 16;
-pub const RECORD_HEADER_LEN: usize = 8;
+pub use crate::envelope::{crc32, DecodeError, HEADER_LEN, RECORD_HEADER_LEN};
+use crate::envelope::{le64, Seen, Writer};
 /// Largest XSAVE area accepted (the architectural maximum today is below 12 KiB).
 pub const XSAVE_MAX: usize = 16 * 1024;
 
@@ -176,61 +176,10 @@ impl Default for VcpuStateRecord<'_> {
     }
 }
 
-/// Why bytes were refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    /// Shorter than its header or than the length it states.
-    Truncated,
-    BadMagic,
-    /// A version this code does not read.
-    Version(u16),
-    /// Flags or a record's reserved field not zero.
-    Reserved,
-    /// The stated total length is not the buffer's.
-    Length,
-    /// The checksum does not match the contents.
-    Checksum,
-    UnknownRecord(u16),
-    DuplicateRecord(u16),
-    MissingRecord(u16),
-    /// A record whose length is not its kind's.
-    RecordLength(u16),
-}
-
-impl DecodeError {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Truncated => "truncated",
-            Self::BadMagic => "not a vCPU state (bad magic)",
-            Self::Version(_) => "unsupported version",
-            Self::Reserved => "reserved field not zero",
-            Self::Length => "stated length is not the data's",
-            Self::Checksum => "checksum mismatch (corrupted)",
-            Self::UnknownRecord(_) => "unknown record",
-            Self::DuplicateRecord(_) => "record repeated",
-            Self::MissingRecord(_) => "record missing",
-            Self::RecordLength(_) => "record of the wrong length",
-        }
-    }
-}
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib's), bit by bit: small, and the
-/// state is a few KiB.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 impl<'a> VcpuStateRecord<'a> {
     /// The encoding's length.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.records().map(|(_, p)| RECORD_HEADER_LEN + p.len()).sum::<usize>()
+        crate::envelope::encoded_len(self.records().map(|(_, p)| p.len()))
     }
 
     fn records(&self) -> impl Iterator<Item = (u16, Payload<'_>)> {
@@ -251,81 +200,27 @@ impl<'a> VcpuStateRecord<'a> {
     /// Writes the encoding into `out`; returns its length, or `None` if `out`
     /// is too short (nothing meaningful is left in it then).
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        let total = self.encoded_len();
-        let out = out.get_mut(..total)?;
-        let mut at = HEADER_LEN;
+        let mut w = Writer::new(out)?;
         for (k, p) in self.records() {
-            let len = p.len();
-            out[at..at + 2].copy_from_slice(&k.to_le_bytes());
-            out[at + 2..at + 4].fill(0);
-            out[at + 4..at + 8].copy_from_slice(&(len as u32).to_le_bytes());
-            at += RECORD_HEADER_LEN;
             match p {
-                Payload::Words(w) => {
-                    for (i, v) in w.iter().enumerate() {
-                        out[at + 8 * i..at + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
-                    }
-                }
+                Payload::Words(words) => w.words(k, words)?,
                 Payload::Xstate(xcr0, area) => {
-                    out[at..at + 8].copy_from_slice(&xcr0.to_le_bytes());
-                    out[at + 8..at + len].copy_from_slice(area);
+                    let payload = w.record(k, p.len())?;
+                    payload[..8].copy_from_slice(&xcr0.to_le_bytes());
+                    payload[8..].copy_from_slice(area);
                 }
             }
-            at += len;
         }
-        out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        out[6..8].fill(0);
-        out[8..12].copy_from_slice(&(total as u32).to_le_bytes());
-        let crc = crc32(&out[HEADER_LEN..]);
-        out[12..16].copy_from_slice(&crc.to_le_bytes());
-        Some(total)
+        Some(w.finish(MAGIC, VERSION))
     }
 
     /// Reads an encoding; every malformation is an error, never a panic.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
-        if header[0..4] != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let version = u16::from_le_bytes([header[4], header[5]]);
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        if header[6..8] != [0, 0] {
-            return Err(DecodeError::Reserved);
-        }
-        let total = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
-        if total > bytes.len() {
-            return Err(DecodeError::Truncated);
-        }
-        if total != bytes.len() {
-            return Err(DecodeError::Length);
-        }
-        let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
-        if crc32(&bytes[HEADER_LEN..]) != crc {
-            return Err(DecodeError::Checksum);
-        }
         let mut r = VcpuStateRecord::default();
-        let mut seen = 0u32;
-        let mut rest = &bytes[HEADER_LEN..];
-        while !rest.is_empty() {
-            let h = rest.get(..RECORD_HEADER_LEN).ok_or(DecodeError::Truncated)?;
-            let k = u16::from_le_bytes([h[0], h[1]]);
-            if h[2..4] != [0, 0] {
-                return Err(DecodeError::Reserved);
-            }
-            let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-            let payload = rest.get(RECORD_HEADER_LEN..).and_then(|p| p.get(..len)).ok_or(DecodeError::Truncated)?;
-            rest = &rest[RECORD_HEADER_LEN + len..];
-            let bit = match k {
-                1..=9 => 1u32 << k,
-                _ => return Err(DecodeError::UnknownRecord(k)),
-            };
-            if seen & bit != 0 {
-                return Err(DecodeError::DuplicateRecord(k));
-            }
-            seen |= bit;
+        let mut seen = Seen::new(kind::POWER);
+        for record in crate::envelope::read(bytes, MAGIC, VERSION)? {
+            let (k, payload) = record?;
+            seen.see(k)?;
             let words: &mut [u64] = match k {
                 kind::ARCH => &mut r.arch,
                 kind::EVENTS => &mut r.events,
@@ -338,7 +233,7 @@ impl<'a> VcpuStateRecord<'a> {
                 _ => {
                     // XSTATE: XCR0, then the area: at least FXSAVE's legacy
                     // region (CPUID 0xD's sizes need not be whole lines).
-                    let area = len.checked_sub(8).ok_or(DecodeError::RecordLength(k))?;
+                    let area = payload.len().checked_sub(8).ok_or(DecodeError::RecordLength(k))?;
                     if !(512..=XSAVE_MAX).contains(&area) {
                         return Err(DecodeError::RecordLength(k));
                     }
@@ -347,18 +242,9 @@ impl<'a> VcpuStateRecord<'a> {
                     continue;
                 }
             };
-            if len != 8 * words.len() {
-                return Err(DecodeError::RecordLength(k));
-            }
-            for (w, chunk) in words.iter_mut().zip(payload.chunks_exact(8)) {
-                *w = le64(chunk);
-            }
+            crate::envelope::words_from(k, payload, words)?;
         }
-        for k in 1..=9u16 {
-            if seen & (1 << k) == 0 {
-                return Err(DecodeError::MissingRecord(k));
-            }
-        }
+        seen.all()?;
         Ok(r)
     }
 
@@ -413,11 +299,6 @@ impl Payload<'_> {
     }
 }
 
-fn le64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
 
 #[cfg(test)]
 mod tests {

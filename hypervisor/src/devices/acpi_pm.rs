@@ -86,6 +86,24 @@ impl AcpiPm {
         AcpiPm { ports, slp_typ: 0, pending: None }
     }
 
+    /// Its state, for save and migration (`oxen_abi::platform_state`'s
+    /// `ACPI_PM` words). An event raised and not yet taken is not part of it.
+    pub fn save(&self) -> [u64; 1] {
+        [self.slp_typ.into()]
+    }
+
+    /// Takes a state `save` gave; refuses (and keeps its own) a sleep type
+    /// the register cannot hold.
+    pub fn restore(&mut self, w: &[u64; 1]) -> Result<(), &'static str> {
+        let max = u64::from(sleep_control::SLP_TYP_MASK >> sleep_control::SLP_TYP_SHIFT);
+        if w[0] > max {
+            return Err("ACPI PM: a sleep type the register cannot hold");
+        }
+        self.slp_typ = w[0] as u8;
+        self.pending = None;
+        Ok(())
+    }
+
     /// IN of `size` bytes at `port`: byte `k` of the result is port `port + k`.
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
         (0..size.min(4)).fold(0, |acc, k| {

@@ -260,6 +260,29 @@ impl<const N: usize> Queue<N> {
     fn room(&self) -> usize {
         N - self.len
     }
+    /// Its length, then its bytes oldest first, packed low byte first (N ≤ 7).
+    fn save(&self) -> u64 {
+        (0..self.len).fold(self.len as u64, |w, i| w | u64::from(self.buf[(self.head + i) % N]) << (8 * (i + 1)))
+    }
+    /// What `save` gave, if it fits.
+    fn restore(word: u64) -> Option<Self> {
+        let len = (word & 0xff) as usize;
+        if len > N || N > 7 || word >> (8 * (len + 1)) != 0 {
+            return None;
+        }
+        let mut q = Self::new();
+        for i in 0..len {
+            q.push((word >> (8 * (i + 1))) as u8);
+        }
+        Some(q)
+    }
+    /// Its bytes oldest first, into `out` (at least N long); its length.
+    fn save_bytes(&self, out: &mut [u8]) -> usize {
+        for (i, d) in out.iter_mut().take(self.len).enumerate() {
+            *d = self.buf[(self.head + i) % N];
+        }
+        self.len
+    }
     fn clear(&mut self) {
         self.len = 0;
     }
@@ -394,6 +417,93 @@ pub struct I8042 {
     xlate_break: bool,
     keyboard: Keyboard,
     event: Option<Event>,
+}
+
+/// The controller's state as `oxen_abi::platform_state`'s `I8042` words.
+pub type I8042State = [u64; oxen_abi::platform_state::I8042_FIELDS.len()];
+
+impl I8042 {
+    /// Its state, for save and migration. A reset it raised and nobody took
+    /// is not part of it (the vCPU takes events before it stops).
+    pub fn save(&self) -> I8042State {
+        use oxen_abi::platform_state::pack;
+        let mut w = [0u64; oxen_abi::platform_state::I8042_FIELDS.len()];
+        for (d, chunk) in w[..4].iter_mut().zip(self.ram.chunks_exact(8)) {
+            *d = pack(chunk);
+        }
+        w[4] = pack(&[
+            self.output_port,
+            self.obf.is_some().into(),
+            self.obf.unwrap_or(0),
+            self.last_read,
+            self.awaiting.is_some().into(),
+            self.awaiting.unwrap_or(0),
+            self.last_was_command.into(),
+            self.xlate_break.into(),
+        ]);
+        w[5] = self.replies.save();
+        let k = &self.keyboard;
+        w[6] = pack(&[k.awaiting.is_some().into(), k.awaiting.unwrap_or(0), k.scanning.into(), k.set, k.leds, k.last_sent]);
+        w[7] = k.replies.save();
+        let mut keys = [0u8; KBD_BUFFER];
+        w[8] = k.keys.save_bytes(&mut keys) as u64;
+        w[9] = pack(&keys[..8]);
+        w[10] = pack(&keys[8..]);
+        w
+    }
+
+    /// Takes a state `save` gave; refuses (and keeps its own) one it could
+    /// not have been in.
+    pub fn restore(&mut self, w: &I8042State) -> Result<(), &'static str> {
+        use oxen_abi::platform_state::byte;
+        let flag = |word: u64, i: usize| match byte(word, i) {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        };
+        let opt = |word: u64, i: usize| flag(word, i).map(|full| full.then_some(byte(word, i + 1)));
+        let (Some(obf), Some(awaiting), Some(last_was_command), Some(xlate_break)) =
+            (opt(w[4], 1), opt(w[4], 4), flag(w[4], 6), flag(w[4], 7))
+        else {
+            return Err("i8042: a controller flag that is not 0 or 1");
+        };
+        let (Some(kbd_awaiting), Some(scanning), 1..=3, 0, 0) =
+            (opt(w[6], 0), flag(w[6], 2), byte(w[6], 3), w[6] >> 48, w[8] & !0xff)
+        else {
+            return Err("i8042: a keyboard flag or scan-code set out of range");
+        };
+        let (Some(replies), Some(kbd_replies), true) =
+            (Queue::<CTL_BUFFER>::restore(w[5]), Queue::<4>::restore(w[7]), w[8] <= KBD_BUFFER as u64)
+        else {
+            return Err("i8042: a queue longer than it holds");
+        };
+        let mut keys = Queue::<KBD_BUFFER>::new();
+        let key_bytes = [w[9].to_le_bytes(), w[10].to_le_bytes()];
+        for &b in key_bytes.iter().flatten().take(w[8] as usize) {
+            keys.push(b);
+        }
+        for (chunk, word) in self.ram.chunks_exact_mut(8).zip(&w[..4]) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        self.output_port = byte(w[4], 0);
+        self.obf = obf;
+        self.last_read = byte(w[4], 3);
+        self.replies = replies;
+        self.awaiting = awaiting;
+        self.last_was_command = last_was_command;
+        self.xlate_break = xlate_break;
+        self.keyboard = Keyboard {
+            replies: kbd_replies,
+            keys,
+            awaiting: kbd_awaiting,
+            scanning,
+            set: byte(w[6], 3),
+            leds: byte(w[6], 4),
+            last_sent: byte(w[6], 5),
+        };
+        self.event = None;
+        Ok(())
+    }
 }
 
 impl Default for I8042 {
@@ -859,6 +969,36 @@ mod tests {
         // Ctrl, Alt, E0 Del pressed; E0 Del, Alt, Ctrl released (set 1: bit 7).
         assert_eq!(got, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
         assert_eq!(irq.edges - before, 8, "one edge per byte");
+    }
+
+    #[test]
+    fn saved_state_carries_keys_in_flight_and_the_drivers_setup() {
+        let mut k = I8042::new();
+        let mut irq = Irq1::default();
+        linux_keyboard(&mut k, &mut irq);
+        assert!(k.ctrl_alt_del());
+        irq.forward(&mut k);
+        // One byte read; the other seven (in the controller and keyboard)
+        // move with the state.
+        let first = inb(&mut k, DATA_PORT);
+        let saved = k.save();
+        let mut m = I8042::new();
+        assert_eq!(m.restore(&saved), Ok(()));
+        assert_eq!(m.save(), saved);
+        assert!(m.listening());
+        let mut irq2 = Irq1::default();
+        irq2.forward(&mut m);
+        let mut got = vec![first];
+        got.extend(drain_by_interrupt(&mut m, &mut irq2));
+        assert_eq!(got, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+        // A scan-code set 4, a flag of 2, a queue longer than it holds: refused, kept.
+        let before = m.save();
+        for (word, value) in [(6, saved[6] & !(0xff << 24) | 4 << 24), (4, saved[4] | 2 << 8), (8, 17), (5, 5)] {
+            let mut bad = saved;
+            bad[word] = value;
+            assert!(m.restore(&bad).is_err(), "word {word} = {value:#x} accepted");
+            assert_eq!(m.save(), before);
+        }
     }
 
     #[test]

@@ -286,7 +286,14 @@ impl IoApic {
             }
             self.redirection[index] |= rte::REMOTE_IRR;
         }
-        self.queued[index] = Some(Delivery {
+        self.queued[index] = Some(self.delivery_for(index));
+    }
+
+    /// The interrupt message pin `index`'s entry sends.
+    fn delivery_for(&self, index: usize) -> Delivery {
+        let entry = self.redirection[index];
+        let level = self.is_level(index);
+        Delivery {
             pin: index as u8,
             vector: (entry & rte::VECTOR_MASK) as u8,
             destination: (entry >> rte::DESTINATION_SHIFT) as u8,
@@ -297,7 +304,7 @@ impl IoApic {
             },
             delivery_mode: delivery_mode(entry),
             trigger_mode: if level { TriggerMode::Level } else { TriggerMode::Edge },
-        });
+        }
     }
 
     fn read_indirect(&self) -> u32 {
@@ -377,6 +384,56 @@ impl IoApic {
             REG_EOI if lanes & EOI_VECTOR_MASK != 0 => self.eoi((value & EOI_VECTOR_MASK) as u8),
             _ => {}
         }
+    }
+}
+
+/// Its state as `oxen_abi::platform_state`'s `IOAPIC` words.
+pub type IoApicState = [u64; oxen_abi::platform_state::IOAPIC_FIELDS.len()];
+
+impl IoApic {
+    /// Its state, for save and migration.
+    pub fn save(&self) -> IoApicState {
+        let mut w = [0u64; oxen_abi::platform_state::IOAPIC_FIELDS.len()];
+        let queued = self.queued.iter().enumerate().filter(|(_, q)| q.is_some()).fold(0u32, |m, (i, _)| m | 1 << i);
+        w[..6].copy_from_slice(&[
+            self.id.into(),
+            self.ioregsel.into(),
+            self.pins.into(),
+            self.asserted.into(),
+            queued.into(),
+            self.eoied.into(),
+        ]);
+        w[6..6 + usize::from(self.pins)].copy_from_slice(&self.redirection[..usize::from(self.pins)]);
+        w
+    }
+
+    /// Takes a state `save` gave, on an IOAPIC with as many pins; refuses
+    /// (and keeps its own) one it could not have been in.
+    pub fn restore(&mut self, w: &IoApicState) -> Result<(), &'static str> {
+        let pins = usize::from(self.pins);
+        let pin_bits = if pins == 32 { u64::from(u32::MAX) } else { (1u64 << pins) - 1 };
+        if w[2] != u64::from(self.pins) {
+            return Err("IOAPIC: another pin count");
+        }
+        if w[0] > u64::from(ID_MASK) || w[1] > u64::from(IOREGSEL_MASK) {
+            return Err("IOAPIC: ID or IOREGSEL out of range");
+        }
+        if w[3..6].iter().any(|&m| m & !pin_bits != 0) {
+            return Err("IOAPIC: a pin bit past its pins");
+        }
+        let entries = &w[6..6 + pins];
+        if entries.iter().any(|e| e & rte::DELIVERY_STATUS != 0) || w[6 + pins..].iter().any(|&e| e != 0) {
+            return Err("IOAPIC: a redirection entry it could not hold");
+        }
+        self.id = w[0] as u8;
+        self.ioregsel = w[1] as u8;
+        self.asserted = w[3] as u32;
+        self.eoied = w[5] as u32;
+        self.redirection[..pins].copy_from_slice(entries);
+        for i in 0..pins {
+            self.queued[i] = (w[4] & (1 << i) != 0).then(|| self.delivery_for(i));
+        }
+        Ok(())
     }
 }
 
@@ -487,6 +544,48 @@ mod tests {
             delivery_mode: DeliveryMode::Fixed,
             trigger_mode,
         }
+    }
+
+    #[test]
+    fn saved_state_restores_entries_lines_and_a_waiting_delivery() {
+        let mut a = IoApic::new(1);
+        write_entry(&mut a, 4, entry(0x24, 1));
+        write_entry(&mut a, 9, entry(0x39, 0) | LEVEL);
+        a.set_irq(9, true);
+        a.set_irq(4, true);
+        a.mmio_write(REG_IOREGSEL, 4, u64::from(IND_REDIR_FIRST + 8));
+        let saved = a.save();
+        let mut b = IoApic::new(0);
+        assert_eq!(b.restore(&saved), Ok(()));
+        assert_eq!(b.save(), saved);
+        for pin in 0..24 {
+            assert_eq!(read_entry(&mut b, pin), read_entry(&mut a, pin), "pin {pin}");
+        }
+        assert_eq!(b.pop_delivery(), Some(fixed(4, 0x24, 1, TriggerMode::Edge)));
+        assert_eq!(b.pop_delivery(), Some(fixed(9, 0x39, 0, TriggerMode::Level)));
+        assert_eq!(b.pop_delivery(), None);
+        // Still asserted and in service: the EOI delivers again.
+        b.eoi(0x39);
+        assert_eq!(b.pop_delivery(), Some(fixed(9, 0x39, 0, TriggerMode::Level)));
+    }
+
+    #[test]
+    fn a_state_it_could_not_hold_is_refused_and_changes_nothing() {
+        let a = IoApic::new(1);
+        let good = a.save();
+        let mut bad = [good; 5];
+        bad[0][2] = 32; // another pin count
+        bad[1][3] = 1 << 30; // a line past its pins
+        bad[2][6] |= rte::DELIVERY_STATUS;
+        bad[3][6 + 30] = 1; // an entry past its pins
+        bad[4][1] = 0x100; // IOREGSEL
+        let mut b = IoApic::new(3);
+        let before = b.save();
+        for w in &bad {
+            assert!(b.restore(w).is_err());
+            assert_eq!(b.save(), before);
+        }
+        assert_eq!(IoApic::with_pins(0, 32).restore(&good), Err("IOAPIC: another pin count"));
     }
 
     #[test]

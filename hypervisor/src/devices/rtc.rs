@@ -265,6 +265,9 @@ pub fn encode_registers(t: &DateTime, reg_b: u8) -> RawTime {
 
 // ----- The device -----
 
+/// The clock's state as `oxen_abi::platform_state`'s `RTC` words.
+pub type RtcState = [u64; oxen_abi::platform_state::RTC_FIELDS.len()];
+
 /// The MC146818 and its CMOS RAM. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Rtc {
@@ -308,6 +311,48 @@ impl Rtc {
     /// Restores an offset (a restored or migrated domain).
     pub fn set_offset_ns(&mut self, offset_ns: i64) {
         self.offset_ns = offset_ns;
+    }
+
+    /// Its state, for save and migration (`oxen_abi::platform_state`'s `RTC`
+    /// words). The guest's time is kept as its offset from the host's wall
+    /// clock, so a domain restored later, or on another host with a right
+    /// clock, reads the time it would have read without the pause.
+    pub fn save(&self) -> RtcState {
+        let mut w = [0u64; oxen_abi::platform_state::RTC_FIELDS.len()];
+        w[0] = self.index.into();
+        w[1] = self.offset_ns as u64;
+        if let Some(t) = self.frozen {
+            w[2] = 1;
+            w[3] = oxen_abi::platform_state::pack(&[t.second, t.minute, t.hour, t.day, t.month, t.year, t.century]);
+        }
+        for (d, chunk) in w[4..].iter_mut().zip(self.cmos.chunks_exact(8)) {
+            *d = oxen_abi::platform_state::pack(chunk);
+        }
+        w
+    }
+
+    /// Takes a state `save` gave; refuses (and keeps its own) one it could
+    /// not have been in.
+    pub fn restore(&mut self, w: &RtcState) -> Result<(), &'static str> {
+        if w[0] >= CMOS_SIZE as u64 || w[2] > 1 || (w[2] == 0 && w[3] != 0) || w[3] >> 56 != 0 {
+            return Err("RTC: index, SET latch or held time out of range");
+        }
+        let b = |i| oxen_abi::platform_state::byte(w[3], i);
+        self.index = w[0] as u8;
+        self.offset_ns = w[1] as i64;
+        self.frozen = (w[2] == 1).then(|| RawTime {
+            second: b(0),
+            minute: b(1),
+            hour: b(2),
+            day: b(3),
+            month: b(4),
+            year: b(5),
+            century: b(6),
+        });
+        for (chunk, word) in self.cmos.chunks_exact_mut(8).zip(&w[4..]) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(())
     }
 
     /// The ports at host time `unix_ns`, as a [`PortDevice`].
@@ -543,6 +588,39 @@ mod tests {
         wr(r, CENTURY_REGISTER, f((t.year / 100) as u32), at);
         wr(r, reg::B, save_control, at);
         wr(r, reg::A, save_freq, at);
+    }
+
+    #[test]
+    fn saved_state_keeps_the_guests_time_its_ram_and_a_held_set() {
+        let mut r = Rtc::new();
+        let t = DateTime { year: 2031, month: 7, day: 4, hour: 9, minute: 30, second: 0 };
+        linux_set_time(&mut r, &t, NOW);
+        wr(&mut r, 0x40, 0x5a, NOW);
+        let saved = r.save();
+        let mut s = Rtc::new();
+        assert_eq!(s.restore(&saved), Ok(()));
+        assert_eq!(s.save(), saved);
+        let later = NOW + 10 * NS_PER_SEC;
+        assert_eq!(linux_get_time(&mut s, later), linux_get_time(&mut r, later));
+        assert_eq!(linux_get_time(&mut s, later).0, 2031);
+        assert_eq!(rd(&mut s, 0x40, later), 0x5a);
+        // SET on: the held registers travel with it.
+        let control = rd(&mut r, reg::B, NOW);
+        wr(&mut r, reg::B, control | b::SET, NOW);
+        wr(&mut r, reg::MINUTES, 0x45, NOW);
+        let held = r.save();
+        assert_eq!(held[2], 1);
+        assert_eq!(s.restore(&held), Ok(()));
+        assert_eq!(rd(&mut s, reg::MINUTES, later), 0x45);
+        // An index past the RAM, a latch that is not 0/1: refused, kept.
+        let before = s.save();
+        let mut bad = held;
+        bad[0] = 128;
+        assert!(s.restore(&bad).is_err());
+        let mut bad = held;
+        bad[2] = 2;
+        assert!(s.restore(&bad).is_err());
+        assert_eq!(s.save(), before);
     }
 
     #[test]

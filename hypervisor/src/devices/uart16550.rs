@@ -184,7 +184,14 @@ impl<const N: usize> Ring<N> {
         self.head = 0;
         self.len = 0;
     }
+    /// Its bytes, oldest first.
+    fn contents(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..self.len).map(|i| self.buf[(self.head + i) % N])
+    }
 }
+
+/// A UART's state as `oxen_abi::platform_state`'s `UART` words.
+pub type UartState = [u64; oxen_abi::platform_state::UART_FIELDS.len()];
 
 /// A 16550A UART with 16-byte FIFOs. See the module documentation for the model.
 #[derive(Clone, Debug)]
@@ -481,6 +488,71 @@ impl Uart16550 {
         self.fcr = fcr::ENABLE | (value & trigger_mask);
     }
 
+    /// Its state, for save and migration (`oxen_abi::platform_state`'s `UART`
+    /// words). Output not yet taken is not part of it: the caller takes it
+    /// first.
+    pub fn save(&self) -> UartState {
+        let mut rx = [0u8; FIFO_SIZE];
+        for (d, b) in rx.iter_mut().zip(self.rx.contents()) {
+            *d = b;
+        }
+        [
+            self.ier.into(),
+            self.lcr.into(),
+            self.mcr.into(),
+            self.scr.into(),
+            self.divisor.into(),
+            self.fcr.into(),
+            self.line_errors.into(),
+            self.modem_deltas.into(),
+            self.thre_pending.into(),
+            self.last_rx.into(),
+            self.rx.len as u64,
+            oxen_abi::platform_state::pack(&rx[..8]),
+            oxen_abi::platform_state::pack(&rx[8..]),
+        ]
+    }
+
+    /// Takes a state `save` gave; refuses (and keeps its own) one with a
+    /// register value the UART could not hold.
+    pub fn restore(&mut self, w: &UartState) -> Result<(), &'static str> {
+        let byte = |v: u64, mask: u8| (v & !u64::from(mask) == 0).then_some(v as u8);
+        let fcr_mask = fcr::ENABLE | (0b11 << fcr::TRIGGER_SHIFT);
+        let (Some(ier), Some(lcr), Some(mcr), Some(scr), Some(fcr_v), Some(errors), Some(deltas), Some(last_rx)) = (
+            byte(w[0], ier::WRITABLE),
+            byte(w[1], 0xff),
+            byte(w[2], mcr::WRITABLE),
+            byte(w[3], 0xff),
+            byte(w[5], fcr_mask),
+            byte(w[6], lsr::ERRORS),
+            byte(w[7], msr::DELTAS),
+            byte(w[9], 0xff),
+        ) else {
+            return Err("UART: a register value it could not hold");
+        };
+        let (Ok(divisor), true, true) = (u16::try_from(w[4]), w[8] <= 1, w[10] <= FIFO_SIZE as u64) else {
+            return Err("UART: divisor, THRE latch or FIFO length out of range");
+        };
+        let mut rx = [0u8; FIFO_SIZE];
+        rx[..8].copy_from_slice(&w[11].to_le_bytes());
+        rx[8..].copy_from_slice(&w[12].to_le_bytes());
+        self.ier = ier;
+        self.lcr = lcr;
+        self.mcr = mcr;
+        self.scr = scr;
+        self.divisor = divisor;
+        self.fcr = fcr_v;
+        self.line_errors = errors;
+        self.modem_deltas = deltas;
+        self.thre_pending = w[8] == 1;
+        self.last_rx = last_rx;
+        self.rx.clear();
+        for &b in &rx[..w[10] as usize] {
+            self.rx.push(b);
+        }
+        Ok(())
+    }
+
     fn offset(&self, port: u16) -> Option<u16> {
         let offset = port.wrapping_sub(self.base);
         (offset < PORT_COUNT).then_some(offset)
@@ -565,6 +637,41 @@ mod tests {
     }
     fn output(u: &mut Uart16550) -> Vec<u8> {
         u.take_output().collect()
+    }
+
+    #[test]
+    fn saved_state_restores_registers_and_the_receive_fifo() {
+        let mut u = Uart16550::com1();
+        outb(&mut u, UART_FCR, 0xc1);
+        outb(&mut u, UART_LCR, 0x83);
+        outb(&mut u, UART_DLL, 0x01);
+        outb(&mut u, UART_LCR, 0x03);
+        outb(&mut u, UART_IER, UART_IER_RDI | UART_IER_THRI);
+        outb(&mut u, UART_MCR, UART_MCR_DTR | UART_MCR_OUT2);
+        // Wrap the FIFO's ring so the saved order is not the buffer's.
+        assert_eq!(u.push_input(b"0123456789"), 10);
+        for _ in 0..8 {
+            inb(&mut u, UART_RX);
+        }
+        assert_eq!(u.push_input(b"abcdefghijkl"), 12);
+        let saved = u.save();
+        let mut v = Uart16550::com1();
+        assert_eq!(v.restore(&saved), Ok(()));
+        assert_eq!(v.save(), saved);
+        for port in [UART_IER, UART_LCR, UART_MCR, UART_LSR, UART_IIR] {
+            assert_eq!(inb(&mut v, port), inb(&mut u.clone(), port), "port {port:#x}");
+        }
+        let rest: Vec<u8> = (0..14).map(|_| inb(&mut v, UART_RX)).collect();
+        assert_eq!(rest, b"89abcdefghijkl");
+        // A value no register holds, and a FIFO longer than 16: refused, kept.
+        let before = v.save();
+        let mut bad = saved;
+        bad[2] = 0xff;
+        assert!(v.restore(&bad).is_err());
+        let mut bad = saved;
+        bad[10] = 17;
+        assert!(v.restore(&bad).is_err());
+        assert_eq!(v.save(), before);
     }
 
     /// `autoconfig()` up to the IIR-based type switch (drivers/tty/serial/8250/8250_port.c).

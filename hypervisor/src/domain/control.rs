@@ -93,6 +93,8 @@ pub struct Resources {
     pub boot: Option<BootSpec>,
     /// Its vCPUs' states for `VCPU_STATE_GET/SET`, from its start.
     pub vcpu_states: Option<Arc<Mailbox>>,
+    /// Its platform, from its start (`PLATFORM_STATE_GET/SET`).
+    platform: Option<Arc<Platform>>,
     pub console: Ring,
     /// What dom0 sent to the domain's console and the domain has not read
     /// (`take_console_input`).
@@ -128,6 +130,7 @@ impl Resources {
             images: [None, None],
             boot: None,
             vcpu_states: None,
+            platform: None,
             console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
             console_in: InputQueue::try_new(oxen_abi::CONSOLE_INPUT_QUEUE).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
@@ -356,6 +359,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
                     let (name, vcpus) = (d.name.clone(), d.vcpus);
                     d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
+                    d.res.platform = Some(platform.clone());
                     // Logged without the table's lock: the UART may be slow.
                     drop(t);
                     for v in 0..vcpus {
@@ -402,6 +406,17 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     Err(Error::Inval)
                 }
             }
+        }
+        Command::PlatformStateGet(domid) => {
+            let platform = paused_platform(*domid)?;
+            platform.save_state(buf).map(|n| n as u64).ok_or(Error::Inval)
+        }
+        Command::PlatformStateSet(domid) => {
+            let platform = paused_platform(*domid)?;
+            platform.restore_state(buf).map(|()| 0).map_err(|why| {
+                warn!("d{domid}: platform state refused: {why}");
+                Error::Inval
+            })
         }
         Command::VcpuStateSet { domid, vcpu } => {
             let mailbox = paused_domu(*domid, *vcpu)?;
@@ -607,6 +622,13 @@ fn paused_domu(domid: u32, vcpu: u32) -> Result<Arc<Mailbox>, Error> {
         return Err(Error::Busy);
     }
     d.res.vcpu_states.clone().ok_or(Error::Busy)
+}
+
+/// A paused domU's platform, for `PLATFORM_STATE_GET/SET`: refused as
+/// `paused_domu` refuses, and before the domain's start (it has none yet).
+fn paused_platform(domid: u32) -> Result<Arc<Platform>, Error> {
+    paused_domu(domid, 0)?;
+    DOMAINS.lock().get(domid).and_then(|d| d.res.platform.clone()).ok_or(Error::Busy)
 }
 
 /// Moves up to `out.len()` bytes of domain `domid`'s console input (oldest

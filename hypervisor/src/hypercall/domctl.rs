@@ -39,12 +39,19 @@ pub enum Command {
     VcpuStateGet { domid: u32, vcpu: u32 },
     /// The buffer holds a state for the vCPU, checked by the service.
     VcpuStateSet { domid: u32, vcpu: u32 },
+    /// The buffer receives the domain's platform state (`oxen_abi::platform_state`).
+    PlatformStateGet(u32),
+    /// The buffer holds a platform state, checked by the service.
+    PlatformStateSet(u32),
 }
 
 impl Command {
     /// Whether the command takes its data from the buffer (else it fills it).
     pub fn reads_buffer(&self) -> bool {
-        matches!(self, Command::LoadImage { .. } | Command::ConsoleInput(_) | Command::VcpuStateSet { .. })
+        matches!(
+            self,
+            Command::LoadImage { .. } | Command::ConsoleInput(_) | Command::VcpuStateSet { .. } | Command::PlatformStateSet(_)
+        )
     }
 
     pub fn writes_buffer(&self) -> bool {
@@ -57,6 +64,7 @@ impl Command {
                 | Command::PhysInfo
                 | Command::VcpuList(_)
                 | Command::VcpuStateGet { .. }
+                | Command::PlatformStateGet(_)
         )
     }
 
@@ -261,6 +269,19 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                 }
                 Command::VcpuStateSet { domid: r.domid, vcpu: r.vcpu }
             }
+        }
+        domctl::PLATFORM_STATE_GET => {
+            let r: DomainRef = arg(a)?;
+            buffer_at_least(buf_len, oxen_abi::platform_state::ENCODED_LEN)?;
+            Command::PlatformStateGet(r.domid)
+        }
+        domctl::PLATFORM_STATE_SET => {
+            let r: DomainRef = arg(a)?;
+            let len = oxen_abi::platform_state::ENCODED_LEN as u64;
+            if buf_len != len {
+                return Err(bad(Error::Inval, alloc::format!("a platform state of {buf_len} bytes (it is {len})")));
+            }
+            Command::PlatformStateSet(r.domid)
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

@@ -76,7 +76,11 @@ impl Services for FakeServices {
                 buf[..4].copy_from_slice(b"OXVS");
                 Ok(4)
             }
-            Command::VcpuStateSet { .. } => {
+            Command::PlatformStateGet(_) => {
+                buf[..4].copy_from_slice(b"OXPS");
+                Ok(4)
+            }
+            Command::VcpuStateSet { .. } | Command::PlatformStateSet(_) => {
                 self.sent.push(buf.to_vec());
                 Ok(0)
             }
@@ -437,4 +441,29 @@ fn vcpu_state_is_dom0s_and_its_arguments_checked() {
     }
     assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::VCPU_STATE_GET, 0x100, len, 0x400, 64]).0, Err(Error::Perm));
     assert_eq!(s.commands.len(), n, "no refused call reached the service");
+}
+
+#[test]
+fn platform_state_is_dom0s_and_its_buffer_sized() {
+    use oxen_abi::platform_state::ENCODED_LEN;
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &DomainRef { domid: 4, _pad: 0 });
+    let n = ENCODED_LEN as u64;
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::PLATFORM_STATE_GET, 0x100, len, 0x1000, n]).0, Ok(4));
+    assert_eq!(s.commands.last(), Some(&Command::PlatformStateGet(4)));
+    assert_eq!(&r.0[0x1000..0x1004], b"OXPS", "the state is copied out");
+    r.0[0x2000..0x2000 + ENCODED_LEN].fill(9);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::PLATFORM_STATE_SET, 0x100, len, 0x2000, n]).0, Ok(0));
+    assert_eq!(s.sent, [vec![9u8; ENCODED_LEN]], "the state is copied in once, as it was");
+    let before = s.commands.len();
+    for (a, err) in [
+        ([dc::PLATFORM_STATE_GET, 0x100, len, 0x1000, n - 1], Error::Inval),
+        ([dc::PLATFORM_STATE_SET, 0x100, len, 0x2000, n - 1], Error::Inval),
+        ([dc::PLATFORM_STATE_SET, 0x100, len, 0x2000, n + 1], Error::Inval),
+        ([dc::PLATFORM_STATE_GET, 0x100, len - 1, 0x1000, n], Error::Inval),
+    ] {
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, a).0, Err(err), "{a:x?}");
+    }
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::PLATFORM_STATE_GET, 0x100, len, 0x1000, n]).0, Err(Error::Perm));
+    assert_eq!(s.commands.len(), before, "no refused call reached the service");
 }

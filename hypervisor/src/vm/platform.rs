@@ -516,6 +516,51 @@ impl Platform {
         true
     }
 
+    /// The devices' state in `oxen_abi::platform_state`'s encoding, into
+    /// `out` (at least `ENCODED_LEN` bytes); its length. For a paused domU:
+    /// what its UART wrote goes to its console first, so the state holds no
+    /// output. (Its local APICs are its vCPUs' state.)
+    pub fn save_state(&self, out: &mut [u8]) -> Option<usize> {
+        let mut d = self.devices.lock();
+        d.uart_unflushed = 0;
+        self.flush_console(d);
+        let d = self.devices.lock();
+        let r = oxen_abi::platform_state::PlatformStateRecord {
+            ioapic: d.ioapic.save(),
+            uart: d.uart.save(),
+            rtc: d.rtc.save(),
+            i8042: d.keyboard.save(),
+            acpi_pm: d.acpi_pm.save(),
+            pic: d.pic_masks.map(u64::from),
+        };
+        drop(d);
+        r.encode(out)
+    }
+
+    /// Loads a state `save_state` gave (here or on another host): every
+    /// device's part is checked, on copies, before any device changes; the
+    /// reason for a refusal.
+    pub fn restore_state(&self, bytes: &[u8]) -> Result<(), &'static str> {
+        let r = oxen_abi::platform_state::PlatformStateRecord::decode(bytes).map_err(|e| e.describe())?;
+        let [Ok(mask0), Ok(mask1)] = r.pic.map(u8::try_from) else { return Err("PIC: a mask wider than a byte") };
+        let mut d = self.devices.lock();
+        let (mut ioapic, mut uart, mut rtc, mut keyboard, mut acpi_pm) =
+            (d.ioapic.clone(), d.uart.clone(), d.rtc.clone(), d.keyboard.clone(), d.acpi_pm.clone());
+        ioapic.restore(&r.ioapic)?;
+        uart.restore(&r.uart)?;
+        rtc.restore(&r.rtc)?;
+        keyboard.restore(&r.i8042)?;
+        acpi_pm.restore(&r.acpi_pm)?;
+        // The UART's line as the IOAPIC last saw it: `update_lines` then
+        // acts on a change from there.
+        d.uart_irq = ioapic.save()[3] & (1 << COM1_IRQ) != 0;
+        (d.ioapic, d.uart, d.rtc, d.keyboard, d.acpi_pm) = (ioapic, uart, rtc, keyboard, acpi_pm);
+        d.pic_masks = [mask0, mask1];
+        d.uart_unflushed = 0;
+        d.power = None;
+        Ok(())
+    }
+
     /// Sends what the UART holds to the console (a domU's partial line, as
     /// its prompt, at the end of a run).
     pub fn flush_pending_console(&self) {
