@@ -366,6 +366,9 @@ impl Vcpu for SvmVcpu {
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = self.entered.map_or_else(|| super::host_vmcb().as_u64(), |h| h.as_u64());
+            if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
+                log::error!("svm: host state in a guest's VMCB before VMRUN (VMCB {:#x})", self.vmcb.as_u64());
+            }
             // SAFETY: the VMCB, its maps and nested tables are valid and owned by
             // this vCPU; CLGI masks everything across the switch. Host RFLAGS.IF
             // is set at VMRUN so a physical interrupt exits the guest (QEMU samples
@@ -376,9 +379,6 @@ impl Vcpu for SvmVcpu {
             // (the caller handles most exits without looking at the time). The
             // world switch restores every callee-saved register and the host's
             // VMSAVE state.
-            if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
-                log::error!("svm: host state in a guest's VMCB before VMRUN (VMCB {:#x})", self.vmcb.as_u64());
-            }
             unsafe {
                 core::arch::asm!("clgi", "sti", options(nomem, nostack));
                 svm_world_switch(&mut self.gprs, self.vmcb.as_u64(), host);
