@@ -29,6 +29,7 @@ pub const ABI_PLATFORM_STATE: u32 = 0x0001_0007;
 
 pub mod envelope;
 pub mod platform_state;
+pub mod save_stream;
 pub mod vcpu_snapshot;
 
 pub const fn abi_major(v: u32) -> u16 {
