@@ -286,6 +286,11 @@ pub mod domctl {
     /// before any device changes: `-EINVAL` if it is not one the devices
     /// can hold. A paused domU that has started. (1.7)
     pub const PLATFORM_STATE_SET: u64 = 27;
+    /// Arg `DomainRef`: starts a built domain as `UNPAUSE` would, but paused:
+    /// its vCPUs exist and run nothing, so a saved memory and state can be
+    /// loaded (`VCPU_STATE_SET`, `PLATFORM_STATE_SET`) before `UNPAUSE` runs
+    /// it. `-EBUSY` unless built and never started. (1.7)
+    pub const START_PAUSED: u64 = 28;
 }
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.

@@ -349,37 +349,18 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 m.clear();
             }
             match t.unpause(id)? {
-                Effect::Start => {
-                    let d = t.get_mut(id).ok_or(Error::NoEnt)?;
-                    let boot = d.res.boot.ok_or(Error::Busy)?;
-                    let root = d.res.tables.as_ref().ok_or(Error::Busy)?.root();
-                    // A domU's APIC IDs are its vCPU numbers (CPUID says so too).
-                    let apic_ids: Vec<u32> = (0..d.vcpus).collect();
-                    let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
-                    let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
-                    let (name, vcpus) = (d.name.clone(), d.vcpus);
-                    d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
-                    d.res.platform = Some(platform.clone());
-                    // Logged without the table's lock: the UART may be slow.
-                    drop(t);
-                    for v in 0..vcpus {
-                        let cpu = sched::pick_cpu();
-                        if v == 0 {
-                            info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
-                            if let Some(d) = DOMAINS.lock().get_mut(id) {
-                                d.res.home_cpu = cpu;
-                            }
-                        }
-                        let vcpu = GuestVcpu::new(v as usize, platform.clone(), (v == 0).then_some(boot));
-                        sched::add_vcpu(VcpuId { dom: id, vcpu: v }, affinity, cpu, true, alloc::boxed::Box::new(vcpu))?;
-                    }
-                }
+                Effect::Start => start(t, id),
                 _ => {
                     drop(t);
                     nudge(id);
+                    Ok(0)
                 }
             }
-            Ok(0)
+        }
+        Command::StartPaused(id) => {
+            let mut t = DOMAINS.lock();
+            t.start_paused(*id)?;
+            start(t, *id)
         }
         Command::Pause(id) => {
             let mut t = DOMAINS.lock();
@@ -622,6 +603,36 @@ fn paused_domu(domid: u32, vcpu: u32) -> Result<Arc<Mailbox>, Error> {
         return Err(Error::Busy);
     }
     d.res.vcpu_states.clone().ok_or(Error::Busy)
+}
+
+/// Makes a domain's platform and vCPUs and queues them (the table says
+/// `Running`, or `Paused` for `START_PAUSED`: then each vCPU stops before its
+/// first instruction, when it first looks at its domain).
+fn start(mut t: spin::MutexGuard<'_, Table<Resources>>, id: u32) -> Result<u64, Error> {
+    let d = t.get_mut(id).ok_or(Error::NoEnt)?;
+    let boot = d.res.boot.ok_or(Error::Busy)?;
+    let root = d.res.tables.as_ref().ok_or(Error::Busy)?.root();
+    // A domU's APIC IDs are its vCPU numbers (CPUID says so too).
+    let apic_ids: Vec<u32> = (0..d.vcpus).collect();
+    let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
+    let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
+    let (name, vcpus) = (d.name.clone(), d.vcpus);
+    d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
+    d.res.platform = Some(platform.clone());
+    // Logged without the table's lock: the UART may be slow.
+    drop(t);
+    for v in 0..vcpus {
+        let cpu = sched::pick_cpu();
+        if v == 0 {
+            info!("d{id} ({name}): started (vCPU 0 first on cpu{cpu})");
+            if let Some(d) = DOMAINS.lock().get_mut(id) {
+                d.res.home_cpu = cpu;
+            }
+        }
+        let vcpu = GuestVcpu::new(v as usize, platform.clone(), (v == 0).then_some(boot));
+        sched::add_vcpu(VcpuId { dom: id, vcpu: v }, affinity, cpu, true, alloc::boxed::Box::new(vcpu))?;
+    }
+    Ok(0)
 }
 
 /// A paused domU's platform, for `PLATFORM_STATE_GET/SET`: refused as

@@ -313,6 +313,20 @@ impl<R> Table<R> {
         }
     }
 
+    /// Starts a built domain that never ran straight into `Paused` (its
+    /// vCPUs are made and stop before their first instruction).
+    pub fn start_paused(&mut self, id: u32) -> Result<Effect, Error> {
+        let d = self.domu_mut(id)?;
+        match d.state {
+            DomainState::Created if d.built => {
+                d.state = DomainState::Paused;
+                d.live_vcpus = d.vcpus;
+                Ok(Effect::Start)
+            }
+            _ => Err(Error::Busy),
+        }
+    }
+
     pub fn pause(&mut self, id: u32) -> Result<Effect, Error> {
         let d = self.domu_mut(id)?;
         match d.state {
@@ -569,6 +583,23 @@ mod tests {
         assert_eq!(t.pause(id), Err(Error::Busy));
         assert_eq!(t.unpause(id), Ok(Effect::Kick));
         assert_eq!(t.get(id).unwrap().state, DomainState::Running);
+    }
+
+    #[test]
+    fn a_start_paused_domain_waits_for_its_unpause() {
+        let mut t = table();
+        let id = t.create(&cfg("r"), ()).unwrap();
+        assert_eq!(t.start_paused(id), Err(Error::Busy), "not built");
+        t.get_mut(id).unwrap().built = true;
+        assert_eq!(t.start_paused(id), Ok(Effect::Start));
+        assert_eq!(t.get(id).unwrap().state, DomainState::Paused);
+        assert_eq!(t.get(id).unwrap().live_vcpus, t.get(id).unwrap().vcpus);
+        assert!(!t.runnable(id));
+        assert_eq!(t.start_paused(id), Err(Error::Busy), "started already");
+        assert_eq!(t.unpause(id), Ok(Effect::Kick), "then runs as a resumed domain");
+        assert!(t.runnable(id));
+        assert_eq!(t.start_paused(id), Err(Error::Busy));
+        assert_eq!(t.start_paused(0), Err(Error::Perm), "dom0 is out of reach");
     }
 
     fn running(t: &mut Table<()>, name: &str) -> u32 {

@@ -19,6 +19,8 @@ pub enum Command {
     LoadImage { domid: u32, kind: u32, offset: u64, total: u64 },
     Build { domid: u32, cmdline: String },
     Unpause(u32),
+    /// Start a built domain with its vCPUs paused (restore).
+    StartPaused(u32),
     Pause(u32),
     Shutdown { domid: u32, reason: ShutdownReason },
     Destroy(u32),
@@ -180,7 +182,7 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
             let cmdline = c_str(&b.cmdline).ok_or_else(|| bad(Error::Inval, "command line is not UTF-8"))?;
             Command::Build { domid: b.domid, cmdline: cmdline.into() }
         }
-        domctl::UNPAUSE | domctl::PAUSE | domctl::DESTROY | domctl::GET_INFO => {
+        domctl::UNPAUSE | domctl::PAUSE | domctl::DESTROY | domctl::GET_INFO | domctl::START_PAUSED => {
             let r: DomainRef = arg(a)?;
             match cmd {
                 domctl::GET_INFO => {
@@ -191,6 +193,7 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                     no_buffer(buf_len)?;
                     match cmd {
                         domctl::UNPAUSE => Command::Unpause(r.domid),
+                        domctl::START_PAUSED => Command::StartPaused(r.domid),
                         domctl::PAUSE => Command::Pause(r.domid),
                         _ => Command::Destroy(r.domid),
                     }
