@@ -19,6 +19,8 @@ mod devspec;
 mod domain;
 mod hv;
 mod ring;
+#[allow(dead_code)] // wired to `oxl save` / `restore` once dom0 can map a domU's memory (issue 11)
+mod save;
 mod show;
 mod term;
 mod top;

@@ -1,0 +1,330 @@
+//! The save stream's I/O (issue 12): writing a paused domain's memory and
+//! state as `oxen_abi::save_stream` lays it out, and reading it back with
+//! every check the format has. The hypervisor side (pausing, getting and
+//! setting state, mapping the domain's memory) is the caller's, behind
+//! `GuestPages` and the byte slices passed in; this module only moves bytes,
+//! so it is host-tested whole. docs/migration.md describes the format.
+
+use oxen_abi::save_stream::{
+    end_payload, kind, pages_payload, pages_payload_max, CpuidEntry, Order, Record, RecordHeader, StreamError,
+    StreamHeader, HEADER_LEN, MAX_BATCH, PAGE_SIZE, RECORD_HEADER_LEN,
+};
+use std::io::{self, Read, Write};
+
+/// A domain's memory, a page at a time (a foreign mapping in dom0).
+pub trait GuestPages {
+    /// Copies page `gfn` into `out` (`PAGE_SIZE` bytes).
+    fn read_page(&mut self, gfn: u64, out: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` (`PAGE_SIZE` bytes) into page `gfn`.
+    fn write_page(&mut self, gfn: u64, data: &[u8]) -> io::Result<()>;
+    /// Zeroes page `gfn` (a restored domain's memory may hold its kernel).
+    fn zero_page(&mut self, gfn: u64) -> io::Result<()> {
+        self.write_page(gfn, &[0; PAGE_SIZE])
+    }
+}
+
+/// What a domain's state is made of, besides its memory.
+pub struct DomainState<'a> {
+    pub config: &'a str,
+    pub cpuid: &'a [CpuidEntry],
+    /// Each vCPU's `vcpu_snapshot` encoding, vCPU 0 first.
+    pub vcpus: &'a [Vec<u8>],
+    /// The `platform_state` encoding.
+    pub platform: &'a [u8],
+}
+
+/// What was written or read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub pages: u64,
+    /// Pages of zeros (sent as an entry without data).
+    pub zero_pages: u64,
+    pub bytes: u64,
+}
+
+/// Counts what goes through a writer.
+struct Counted<W> {
+    w: W,
+    bytes: u64,
+    records: u64,
+}
+
+impl<W: Write> Counted<W> {
+    fn record(&mut self, kind: u16, payload: &[u8]) -> io::Result<()> {
+        let h = RecordHeader::of(kind, payload);
+        self.w.write_all(&h.encode())?;
+        self.w.write_all(payload)?;
+        self.w.write_all(&[0; 8][..h.padding()])?;
+        self.bytes += (RECORD_HEADER_LEN + payload.len() + h.padding()) as u64;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+/// Writes a whole (not live) stream: `header`, the state, every page of the
+/// domain's memory; `progress(pages done, pages in all)` after each batch.
+pub fn write_stream(
+    w: impl Write,
+    header: &StreamHeader,
+    state: &DomainState<'_>,
+    mem: &mut dyn GuestPages,
+    mut progress: impl FnMut(u64, u64),
+) -> io::Result<Summary> {
+    let mut out = Counted { w, bytes: HEADER_LEN as u64, records: 0 };
+    out.w.write_all(&header.encode())?;
+    out.record(kind::CONFIG, state.config.as_bytes())?;
+    let cpuid: Vec<u8> = state.cpuid.iter().flat_map(CpuidEntry::encode).collect();
+    out.record(kind::CPUID, &cpuid)?;
+    let total = header.pages();
+    let mut summary = Summary::default();
+    let mut pages = vec![0u8; MAX_BATCH * PAGE_SIZE];
+    let mut payload = vec![0u8; pages_payload_max(MAX_BATCH)];
+    let mut gfn = 0;
+    while gfn < total {
+        let n = (total - gfn).min(MAX_BATCH as u64) as usize;
+        for (i, page) in pages.chunks_exact_mut(PAGE_SIZE).take(n).enumerate() {
+            mem.read_page(gfn + i as u64, page)?;
+        }
+        let batch: Vec<(u64, &[u8])> = pages.chunks_exact(PAGE_SIZE).take(n).enumerate().map(|(i, p)| (gfn + i as u64, p)).collect();
+        let len = pages_payload(&batch, &mut payload).ok_or_else(|| io::Error::other("a page batch did not fit"))?;
+        summary.zero_pages += batch.iter().filter(|(_, p)| p.iter().all(|&b| b == 0)).count() as u64;
+        out.record(kind::PAGES, &payload[..len])?;
+        gfn += n as u64;
+        summary.pages += n as u64;
+        progress(gfn, total);
+    }
+    for (i, v) in state.vcpus.iter().enumerate() {
+        let mut p = Vec::with_capacity(8 + v.len());
+        p.extend_from_slice(&(i as u32).to_le_bytes());
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(v);
+        out.record(kind::VCPU, &p)?;
+    }
+    out.record(kind::PLATFORM, state.platform)?;
+    let end = end_payload(out.records, summary.pages);
+    out.record(kind::END, &end)?;
+    out.w.flush()?;
+    summary.bytes = out.bytes;
+    Ok(summary)
+}
+
+/// Why reading a stream failed.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Stream(StreamError),
+    /// The caller refused the stream (another vendor, too little memory, …).
+    Refused(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => f.write_str(&StreamError::Truncated.to_string()),
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Stream(e) => write!(f, "{e}"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<StreamError> for ReadError {
+    fn from(e: StreamError) -> Self {
+        Self::Stream(e)
+    }
+}
+
+/// Where a stream's contents go, in the order they come.
+pub trait Loader {
+    /// The header, config and the CPUID the guest saw: check them (vendor,
+    /// features, memory) and make the domain; the memory its pages go to.
+    fn begin(&mut self, header: &StreamHeader, config: &str, cpuid: &[CpuidEntry]) -> Result<(), String>;
+    fn memory(&mut self) -> &mut dyn GuestPages;
+    fn vcpu(&mut self, index: u32, state: &[u8]) -> Result<(), String>;
+    fn platform(&mut self, state: &[u8]) -> Result<(), String>;
+    fn device(&mut self, index: u32, kind: u32, state: &[u8]) -> Result<(), String>;
+    /// A live stream's round ended (for progress lines).
+    fn round(&mut self, _round: u32, _sent: u64, _dirtied: u64) {}
+}
+
+/// Reads a stream to its `END` and hands everything to `loader`, checking
+/// it all: nothing is loaded past the first error, and the caller then
+/// destroys what `begin` made. Bytes after `END` are an error too.
+pub fn read_stream(mut r: impl Read, loader: &mut dyn Loader, mut progress: impl FnMut(u64, u64)) -> Result<Summary, ReadError> {
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head)?;
+    let header = StreamHeader::decode(&head)?;
+    let mut order = Order::new(header);
+    let mut summary = Summary { bytes: HEADER_LEN as u64, ..Default::default() };
+    let mut payload = Vec::new();
+    let mut config = String::new();
+    loop {
+        let mut rh = [0u8; RECORD_HEADER_LEN];
+        match r.read_exact(&mut rh) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && order.ended() => {
+                // Read nothing at all: the stream ended right after END.
+                return Ok(summary);
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(StreamError::Truncated.into()),
+            Err(e) => return Err(e.into()),
+            Ok(()) if order.ended() => return Err(StreamError::Trailing.into()),
+            Ok(()) => {}
+        }
+        let rh = RecordHeader::decode(&rh)?;
+        payload.resize(rh.len as usize, 0);
+        r.read_exact(&mut payload)?;
+        rh.check(&payload)?;
+        let mut pad = [0u8; 8];
+        r.read_exact(&mut pad[..rh.padding()])?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err(StreamError::Reserved.into());
+        }
+        summary.bytes += (RECORD_HEADER_LEN + payload.len() + rh.padding()) as u64;
+        match order.take(rh.kind, &payload)? {
+            Record::Config(c) => config = c.to_string(),
+            Record::Cpuid(bytes) => {
+                let cpuid: Vec<CpuidEntry> = CpuidEntry::decode_all(bytes)?.collect();
+                loader.begin(&header, &config, &cpuid).map_err(ReadError::Refused)?;
+            }
+            Record::Pages(p) => {
+                let mem = loader.memory();
+                for (gfn, data) in p.iter() {
+                    match data {
+                        Some(d) => mem.write_page(gfn, d)?,
+                        None => {
+                            mem.zero_page(gfn)?;
+                            summary.zero_pages += 1;
+                        }
+                    }
+                }
+                summary.pages += p.len() as u64;
+                progress(summary.pages, header.pages());
+            }
+            Record::Round(r) => loader.round(r.round, r.sent, r.dirtied),
+            Record::Vcpu(i, s) => loader.vcpu(i, s).map_err(ReadError::Refused)?,
+            Record::Platform(s) => loader.platform(s).map_err(ReadError::Refused)?,
+            Record::Device(i, k, s) => loader.device(i, k, s).map_err(ReadError::Refused)?,
+            Record::End => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxen_abi::save_stream::vendor;
+
+    /// A memory of `pages` pages.
+    struct Mem(Vec<u8>);
+
+    impl GuestPages for Mem {
+        fn read_page(&mut self, gfn: u64, out: &mut [u8]) -> io::Result<()> {
+            let at = gfn as usize * PAGE_SIZE;
+            out.copy_from_slice(self.0.get(at..at + PAGE_SIZE).ok_or_else(|| io::Error::other("past the memory"))?);
+            Ok(())
+        }
+        fn write_page(&mut self, gfn: u64, data: &[u8]) -> io::Result<()> {
+            let at = gfn as usize * PAGE_SIZE;
+            self.0.get_mut(at..at + PAGE_SIZE).ok_or_else(|| io::Error::other("past the memory"))?.copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Target {
+        mem: Option<Mem>,
+        config: String,
+        vcpus: Vec<(u32, Vec<u8>)>,
+        platform: Vec<u8>,
+        refuse_memory_over: Option<u32>,
+    }
+
+    impl Loader for Target {
+        fn begin(&mut self, h: &StreamHeader, config: &str, cpuid: &[CpuidEntry]) -> Result<(), String> {
+            if self.refuse_memory_over.is_some_and(|m| h.memory_mib > m) {
+                return Err(format!("{} MiB wanted, {} free", h.memory_mib, self.refuse_memory_over.unwrap()));
+            }
+            assert_eq!(cpuid.len(), 1);
+            self.config = config.to_string();
+            // Memory as a fresh build leaves it: not zero (a kernel in it).
+            self.mem = Some(Mem(vec![0xee; h.pages() as usize * PAGE_SIZE]));
+            Ok(())
+        }
+        fn memory(&mut self) -> &mut dyn GuestPages {
+            self.mem.as_mut().unwrap()
+        }
+        fn vcpu(&mut self, index: u32, state: &[u8]) -> Result<(), String> {
+            self.vcpus.push((index, state.to_vec()));
+            Ok(())
+        }
+        fn platform(&mut self, state: &[u8]) -> Result<(), String> {
+            self.platform = state.to_vec();
+            Ok(())
+        }
+        fn device(&mut self, _: u32, _: u32, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn saved() -> (Vec<u8>, Mem, Summary) {
+        // 8 MiB: two full batches; every third page zero.
+        let pages = 2048;
+        let mut mem = Mem(vec![0; pages * PAGE_SIZE]);
+        for (i, p) in mem.0.chunks_exact_mut(PAGE_SIZE).enumerate().filter(|(i, _)| i % 3 != 0) {
+            p.fill(i as u8 | 1);
+        }
+        let h = StreamHeader { flags: 0, abi_version: oxen_abi::ABI_VERSION, vendor: vendor::AMD, memory_mib: 8, vcpus: 2, tsc_hz: 1_000_000_000 };
+        let vcpus = vec![b"vcpu0-state".to_vec(), b"vcpu1".to_vec()];
+        let cpuid = [CpuidEntry { leaf: 1, subleaf: 0, regs: [1, 2, 3, 4] }];
+        let state = DomainState { config: "name = \"web\"\n", cpuid: &cpuid, vcpus: &vcpus, platform: b"OXPS..." };
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        let s = write_stream(&mut out, &h, &state, &mut mem, |d, t| steps.push((d, t))).unwrap();
+        assert_eq!(steps, [(1024, 2048), (2048, 2048)]);
+        (out, mem, s)
+    }
+
+    #[test]
+    fn a_saved_domain_reads_back_whole() {
+        let (bytes, mem, written) = saved();
+        assert_eq!(written.pages, 2048);
+        assert_eq!(written.zero_pages, 683);
+        assert_eq!(written.bytes, bytes.len() as u64);
+        let mut t = Target::default();
+        let read = read_stream(&bytes[..], &mut t, |_, _| {}).unwrap();
+        assert_eq!(read, written);
+        assert_eq!(t.config, "name = \"web\"\n");
+        assert!(t.mem.as_ref().unwrap().0 == mem.0, "memory differs");
+        assert_eq!(t.vcpus, [(0, b"vcpu0-state".to_vec()), (1, b"vcpu1".to_vec())]);
+        assert_eq!(t.platform, b"OXPS...");
+    }
+
+    #[test]
+    fn truncated_corrupted_and_refused_streams_fail_with_a_reason() {
+        let (bytes, _, _) = saved();
+        for n in [0, 10, HEADER_LEN, HEADER_LEN + 5, bytes.len() / 2, bytes.len() - 1] {
+            let e = read_stream(&bytes[..n], &mut Target::default(), |_, _| {}).unwrap_err();
+            assert!(e.to_string().contains("truncated"), "{n} bytes: {e}");
+        }
+        for at in [HEADER_LEN + 20, bytes.len() / 3, bytes.len() - 30] {
+            let mut b = bytes.clone();
+            b[at] ^= 0x20;
+            let e = read_stream(&b[..], &mut Target::default(), |_, _| {}).unwrap_err();
+            assert!(matches!(e, ReadError::Stream(_)), "byte {at}: {e}");
+        }
+        let mut b = bytes.clone();
+        b.extend_from_slice(&[0; 24]);
+        let e = read_stream(&b[..], &mut Target::default(), |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("after the END"), "{e}");
+        let mut t = Target { refuse_memory_over: Some(4), ..Default::default() };
+        let e = read_stream(&bytes[..], &mut t, |_, _| {}).unwrap_err();
+        assert_eq!(e.to_string(), "8 MiB wanted, 4 free");
+        assert!(t.mem.is_none(), "nothing made after a refusal");
+    }
+}
