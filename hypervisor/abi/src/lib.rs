@@ -291,7 +291,19 @@ pub mod domctl {
     /// loaded (`VCPU_STATE_SET`, `PLATFORM_STATE_SET`) before `UNPAUSE` runs
     /// it. `-EBUSY` unless built and never started. (1.7)
     pub const START_PAUSED: u64 = 28;
+    /// Arg `DomainRef`; buffer (at least `CPUID_GET_LEN` bytes) receives the
+    /// feature leaves the domain's vCPUs are shown (`save_stream::
+    /// FEATURE_REGS`' leaves, then leaves 0 and 0x80000000), as
+    /// `save_stream::CpuidEntry`s, before any bit the guest's own state
+    /// mirrors (OSXSAVE, OSPKE). Returns their count. What a save stream
+    /// carries, and what restore compares it with on the receiving host. (1.7)
+    pub const CPUID_GET: u64 = 29;
 }
+
+/// The leaves `domctl::CPUID_GET` answers with, and the buffer they need.
+pub const CPUID_GET_LEAVES: [(u32, u32); 10] =
+    [(0, 0), (1, 0), (7, 0), (7, 1), (0xd, 0), (0xd, 1), (0x8000_0000, 0), (0x8000_0001, 0), (0x8000_0008, 0), (0x8000_0007, 0)];
+pub const CPUID_GET_LEN: usize = CPUID_GET_LEAVES.len() * save_stream::CPUID_ENTRY_LEN;
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

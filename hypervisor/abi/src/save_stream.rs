@@ -768,6 +768,13 @@ mod tests {
     }
 
     #[test]
+    fn cpuid_get_answers_every_feature_leaf() {
+        for (leaf, subleaf, _, name) in FEATURE_REGS {
+            assert!(crate::CPUID_GET_LEAVES.contains(&(leaf, subleaf)), "{name} is not in CPUID_GET's answer");
+        }
+    }
+
+    #[test]
     fn missing_features_names_what_the_host_lacks() {
         let saved = [
             CpuidEntry { leaf: 1, subleaf: 0, regs: [0, 0, 0x0000_0201, 0x10] },

@@ -388,6 +388,22 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 }
             }
         }
+        Command::CpuidGet(domid) => {
+            let (kind, vcpus) = {
+                let t = DOMAINS.lock();
+                let d = t.get(*domid).ok_or(Error::NoEnt)?;
+                (d.privileged, d.vcpus)
+            };
+            let kind = if kind { crate::exit::cpuid::Kind::Dom0 } else { crate::exit::cpuid::Kind::DomU { vcpu: 0, vcpus } };
+            let host = |l: u32, sub: u32| crate::arch::x86_64::cpuid(l, sub);
+            let size = oxen_abi::save_stream::CPUID_ENTRY_LEN;
+            for (chunk, &(leaf, subleaf)) in buf.chunks_exact_mut(size).zip(oxen_abi::CPUID_GET_LEAVES.iter()) {
+                let r = crate::exit::cpuid::guest_view(kind, &Default::default(), leaf, subleaf, &host);
+                let e = oxen_abi::save_stream::CpuidEntry { leaf, subleaf, regs: [r.eax, r.ebx, r.ecx, r.edx] };
+                chunk.copy_from_slice(&e.encode());
+            }
+            Ok(oxen_abi::CPUID_GET_LEAVES.len() as u64)
+        }
         Command::PlatformStateGet(domid) => {
             let platform = paused_platform(*domid)?;
             platform.save_state(buf).map(|n| n as u64).ok_or(Error::Inval)

@@ -21,6 +21,8 @@ pub enum Command {
     Unpause(u32),
     /// Start a built domain with its vCPUs paused (restore).
     StartPaused(u32),
+    /// The buffer receives the domain's CPUID feature leaves.
+    CpuidGet(u32),
     Pause(u32),
     Shutdown { domid: u32, reason: ShutdownReason },
     Destroy(u32),
@@ -67,6 +69,7 @@ impl Command {
                 | Command::VcpuList(_)
                 | Command::VcpuStateGet { .. }
                 | Command::PlatformStateGet(_)
+                | Command::CpuidGet(_)
         )
     }
 
@@ -272,6 +275,11 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                 }
                 Command::VcpuStateSet { domid: r.domid, vcpu: r.vcpu }
             }
+        }
+        domctl::CPUID_GET => {
+            let r: DomainRef = arg(a)?;
+            buffer_at_least(buf_len, oxen_abi::CPUID_GET_LEN)?;
+            Command::CpuidGet(r.domid)
         }
         domctl::PLATFORM_STATE_GET => {
             let r: DomainRef = arg(a)?;

@@ -467,3 +467,16 @@ fn platform_state_is_dom0s_and_its_buffer_sized() {
     assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::PLATFORM_STATE_GET, 0x100, len, 0x1000, n]).0, Err(Error::Perm));
     assert_eq!(s.commands.len(), before, "no refused call reached the service");
 }
+
+#[test]
+fn cpuid_get_needs_room_for_every_leaf() {
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let len = put(&mut r, 0x100, &DomainRef { domid: 4, _pad: 0 });
+    let n = oxen_abi::CPUID_GET_LEN as u64;
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::CPUID_GET, 0x100, len, 0x1000, n]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::CpuidGet(4)));
+    let before = s.commands.len();
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::CPUID_GET, 0x100, len, 0x1000, n - 1]).0, Err(Error::Inval));
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::CPUID_GET, 0x100, len, 0x1000, n]).0, Err(Error::Perm));
+    assert_eq!(s.commands.len(), before);
+}

@@ -612,7 +612,7 @@ impl Fuzzer {
     fn random_domctl(&mut self, i: u64) {
         let cmd = match self.rng.below(20) {
             0..=16 => self.rng.range(1, 16),
-            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, 255]),
+            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, domctl::CPUID_GET, 255]),
             18 => self.rng.range(1, 16) | (self.rng.range(1, 0xffff_ffff) << 32),
             _ => self.rng.next_u64(),
         };
@@ -719,9 +719,10 @@ impl Fuzzer {
         // Only the hypervisor is left to answer.
         let want = want.unwrap_or_else(|| {
             // 17-18, VCPU_STATE_GET/SET (ABI 1.4), 26-27 PLATFORM_STATE_GET/SET
-            // and 28 START_PAUSED (1.7): checked by the hypervisor (a paused
-            // domU only, an encoding checked whole), any answer.
-            if !(1..=domctl::START_PAUSED).contains(&cmd) {
+            // 28 START_PAUSED and 29 CPUID_GET (1.7): checked by the
+            // hypervisor (a paused domU only, an encoding checked whole), any
+            // answer.
+            if !(1..=domctl::CPUID_GET).contains(&cmd) {
                 Want::Errno(libc::ENOSYS)
             } else if Self::target_size(cmd) > 0 && s.len() == Self::target_size(cmd) && cmd != domctl::SCHED_CREDIT
                 && u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == 0
