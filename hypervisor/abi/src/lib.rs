@@ -858,6 +858,7 @@ mod tests {
         // _IOWR('O', 1, 56-byte struct) = 0xc038_4f01.
         assert_eq!(IOCTL_HYPERCALL, 0xc038_4f01);
         assert_eq!(IOCTL_EVENT_WAIT, 0xc018_4f02);
+        assert_eq!((IOCTL_IOREQ_OPEN, IOCTL_IOREQ_RANGE, IOCTL_IOREQ_DONE), (0xc008_4f10, 0xc020_4f11, 0xc008_4f12));
     }
 
     #[test]
