@@ -271,7 +271,7 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
         domctl::IOREQ_SETUP => {
             let r: IoreqSetup = arg(a)?;
             no_buffer(buf_len)?;
-            if r.page % 4096 != 0 {
+            if !r.page.is_multiple_of(4096) {
                 return Err(bad(Error::Inval, alloc::format!("I/O request page {:#x} is not 4 KiB aligned", r.page)));
             }
             Command::IoreqSetup { domid: r.domid, page: r.page }
@@ -308,7 +308,7 @@ fn ioreq_range(r: &IoreqRange) -> Result<(), DecodeError> {
     match u8::try_from(r.kind) {
         Ok(ioreq::KIND_PIO) if end <= 0x1_0000 => Ok(()),
         Ok(ioreq::KIND_PIO) => Err(bad(Error::Inval, alloc::format!("ports {:#x}..{end:#x} past 0xffff", r.start))),
-        Ok(ioreq::KIND_MMIO) if r.start % 4096 == 0 && r.len % 4096 == 0 && end <= 1 << 52 => Ok(()),
+        Ok(ioreq::KIND_MMIO) if r.start.is_multiple_of(4096) && r.len.is_multiple_of(4096) && end <= 1 << 52 => Ok(()),
         Ok(ioreq::KIND_MMIO) => {
             Err(bad(Error::Inval, alloc::format!("MMIO {:#x}+{:#x}: not whole 4 KiB pages below 2^52", r.start, r.len)))
         }

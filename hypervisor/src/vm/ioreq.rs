@@ -674,6 +674,7 @@ mod tests {
         assert_eq!(f.server.access(3, KIND_PIO, 0x5000, 1, Some(1)), Some((Answer::Done(0), false)));
         assert_eq!(f.server.access(3, KIND_MMIO, 0x1000_1000, 4, Some(1)), Some((Answer::Done(0), false)));
         // No second server, and no ranges, after it.
+        // SAFETY: all-zero bytes are a valid IoreqPage (integers only).
         let mut other = unsafe { core::mem::zeroed::<IoreqPage>() };
         // SAFETY: refused before the page is touched.
         assert_eq!(unsafe { f.server.setup(NonNull::new(&mut other)) }, Err(Error::Busy));
@@ -685,6 +686,7 @@ mod tests {
     fn ranges_are_bounded_and_never_overlap() {
         let s = Server::new();
         assert_eq!(s.add_range(KIND_PIO, 0, 0x6000, 1, |_, _| false), Err(Error::Busy), "no server yet");
+        // SAFETY: all-zero bytes are a valid IoreqPage (integers only).
         let mut page = unsafe { core::mem::zeroed::<IoreqPage>() };
         // SAFETY: `page` outlives the server's use of it (torn down below).
         unsafe { s.setup(NonNull::new(&mut page)) }.unwrap();
