@@ -13,6 +13,10 @@
  * writes the EXIT register, it prints its counts and kills itself without
  * answering: the hypervisor must complete that write and every later access
  * as a dead device's. Exit status 1 if anything went wrong before.
+ *
+ * ioreq-test DOMID hang: registers the ranges, then never answers (it says
+ * which access waits, once): the vCPU must stay asleep, and its domain must
+ * still pause and be destroyed without it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -146,8 +150,10 @@ int main(int argc, char **argv)
 	int dev, second;
 	unsigned v;
 
-	if (argc != 2) {
-		fprintf(stderr, "usage: ioreq-test DOMID\n");
+	int hang = argc == 3 && !strcmp(argv[2], "hang");
+
+	if (argc != 2 && !hang) {
+		fprintf(stderr, "usage: ioreq-test DOMID [hang]\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -189,6 +195,16 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		drain();
+		if (hang) {
+			for (v = 0; v < OXEN_MAX_VCPUS; v++)
+				if (page->slots[v].state == OXEN_IOREQ_STATE_READY)
+					break;
+			if (v < OXEN_MAX_VCPUS)
+				printf("ioreq-test: hanging: vcpu %u waits on %#llx, never answered\n", v,
+				       (unsigned long long)page->slots[v].addr);
+			/* poll would say POLLIN again at once: sleep until killed. */
+			pause();
+		}
 		for (v = 0; v < OXEN_MAX_VCPUS; v++) {
 			if (__atomic_load_n(&page->slots[v].state, __ATOMIC_ACQUIRE) != OXEN_IOREQ_STATE_READY)
 				continue;
