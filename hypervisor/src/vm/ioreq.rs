@@ -426,14 +426,14 @@ pub mod service {
     use alloc::sync::Arc;
     use oxen_abi::{DomainState, Error, IoreqRange};
 
-    /// The server of a domU that is not dying.
-    fn server(domid: u32) -> Result<Arc<Server>, Error> {
+    /// The server of a domU (that is not dying, unless `dying_too`).
+    fn server(domid: u32, dying_too: bool) -> Result<Arc<Server>, Error> {
         let t = DOMAINS.lock();
         let d = t.get(domid).ok_or(Error::NoEnt)?;
         if d.privileged {
             return Err(Error::Perm);
         }
-        if d.state == DomainState::Dying {
+        if d.state == DomainState::Dying && !dying_too {
             return Err(Error::Busy);
         }
         Ok(d.res.ioreq.clone())
@@ -451,15 +451,21 @@ pub mod service {
     /// memory map holds whole (never the hypervisor's memory nor a device's).
     pub fn setup(domid: u32, page: u64) -> Result<u64, Error> {
         if page == 0 {
-            // A domain that is dying or gone has no vCPU left to wake.
-            let Ok(s) = server(domid) else { return Ok(0) };
+            // A dying domain's vCPUs may still be in an access until each
+            // has let go of it: its page is forgotten all the same, under the
+            // server's lock, before dom0 frees it. A domain no longer listed
+            // has no vCPU left.
+            let s = match server(domid, true) {
+                Err(Error::NoEnt) => return Ok(0),
+                other => other?,
+            };
             // SAFETY: `None` only forgets the page.
             let woken = unsafe { s.setup(None) }?;
             wake(domid, woken);
             crate::domain::control::guest_log(domid, log::Level::Info, format_args!("d{domid}: its device model is gone: its I/O ranges read all ones from now on"));
             return Ok(0);
         }
-        let s = server(domid)?;
+        let s = server(domid, false)?;
         let hpa = {
             let t = DOMAINS.lock();
             let dom0 = t.get(DOM0).ok_or(Error::NoEnt)?;
@@ -481,7 +487,7 @@ pub mod service {
     /// `IOREQ_RANGE`: refused over the domain's RAM or any device the
     /// hypervisor emulates for a domU.
     pub fn range(r: &IoreqRange) -> Result<u64, Error> {
-        let s = server(r.domid)?;
+        let s = server(r.domid, false)?;
         let ram = DOMAINS.lock().get(r.domid).ok_or(Error::NoEnt)?.res.ram.clone();
         let kind = r.kind as u8;
         s.add_range(kind, r.flags, r.start, r.len, |start, len| {
