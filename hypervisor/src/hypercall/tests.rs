@@ -452,7 +452,7 @@ fn ioreq_commands_are_checked_before_the_service() {
         range(mmio, 0, 0x2000_0800, 0x1000),
         range(mmio, 0, 0x2000_0000, 0x800),
         range(mmio, 0, 0x2000_0000, 0),
-        range(mmio, 0, u64::MAX & !0xfff, 0x2000),
+        range(mmio, 0, !0xfff, 0x2000),
         range(mmio, 2, 0x2000_0000, 0x1000),
         range(pio, 0, 0xfff0, 0x11),
         range(2, 0, 0x5000, 1),
