@@ -14,6 +14,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/acpi.h>
+#include <linux/anon_inodes.h>
 #include <linux/atomic.h>
 #include <linux/build_bug.h>
 #include <linux/capability.h>
@@ -25,6 +26,7 @@
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/poll.h>
@@ -218,7 +220,7 @@ out:
  * until it is closed, so poll(2) can watch it), so an idle dom0 takes no
  * interrupts for them.
  */
-#define OXEN_EVENT_COUNT 1
+#define OXEN_EVENT_COUNT 2
 static_assert(OXEN_EVENT_ALL == (1ULL << OXEN_EVENT_COUNT) - 1);
 
 static int oxen_event_irq = -1;
@@ -375,6 +377,179 @@ static void oxen_events_exit(void)
 	oxen_event_irq = -1;
 }
 
+/*
+ * I/O request servers (ABI 1.6). OXEN_IOCTL_IOREQ_OPEN gives a file of its
+ * own: it owns one zeroed page registered with DOMCTL_IOREQ_SETUP, which the
+ * device model mmaps; closing it (the device model exiting or dying) tears
+ * the server down before the page is freed, so the hypervisor never writes
+ * into a page the kernel gave to someone else. Waiting is poll(2) on the
+ * file: dom0's event line (OXEN_EVENT_IOREQ) wakes it, and it is readable
+ * while the page holds something to serve.
+ */
+static_assert(sizeof(struct oxen_domain_ref) == 8);
+static_assert(sizeof(struct oxen_ioreq_setup) == 16);
+static_assert(sizeof(struct oxen_ioreq_range) == 32);
+static_assert(sizeof(struct oxen_ioreq_done) == 8);
+static_assert(sizeof(struct oxen_ioreq_slot) == 32);
+static_assert(sizeof(struct oxen_posted_write) == 24);
+static_assert(offsetof(struct oxen_ioreq_page, posted_head) == OXEN_IOREQ_OFFSET_POSTED_HEAD);
+static_assert(offsetof(struct oxen_ioreq_page, posted_tail) == OXEN_IOREQ_OFFSET_POSTED_TAIL);
+static_assert(offsetof(struct oxen_ioreq_page, posted) == OXEN_IOREQ_OFFSET_POSTED);
+static_assert(sizeof(struct oxen_ioreq_page) == OXEN_IOREQ_PAGE_SIZE);
+static_assert(OXEN_IOREQ_PAGE_SIZE <= PAGE_SIZE);
+#define OXEN_EVENT_IOREQ_BIT 1
+static_assert(OXEN_EVENT_IOREQ == BIT(OXEN_EVENT_IOREQ_BIT));
+
+struct oxen_ioreq {
+	u32 domid;
+	struct page *page;
+	struct oxen_ioreq_page *shared;
+};
+
+/* One DOMCTL with `len` bytes of argument (copied: it must be contiguous). */
+static long oxen_domctl(u64 cmd, const void *arg, size_t len)
+{
+	void *k = kmemdup(arg, len, GFP_KERNEL);
+	unsigned long rax;
+
+	if (!k)
+		return -ENOMEM;
+	rax = oxen_hypercall(OXEN_HC_DOMCTL, cmd, virt_to_phys(k), len, 0, 0);
+	kfree(k);
+	return oxen_result_to_errno(rax);
+}
+
+static long oxen_ioreq_teardown(u32 domid)
+{
+	struct oxen_ioreq_setup s = { .domid = domid, .page = 0 };
+
+	return oxen_domctl(OXEN_DOMCTL_IOREQ_SETUP, &s, sizeof(s));
+}
+
+static int oxen_ioreq_release(struct inode *inode, struct file *file)
+{
+	struct oxen_ioreq *io = file->private_data;
+	long err = oxen_ioreq_teardown(io->domid);
+
+	atomic_dec(&oxen_event_waiters[OXEN_EVENT_IOREQ_BIT]);
+	/* The hypervisor may still hold the page: better lost than reused. */
+	if (err)
+		pr_warn("d%u: I/O server teardown failed (%ld): its page is kept\n", io->domid, err);
+	else
+		__free_page(io->page);
+	kfree(io);
+	return 0;
+}
+
+static int oxen_ioreq_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct oxen_ioreq *io = file->private_data;
+
+	if (vma->vm_pgoff || vma->vm_end - vma->vm_start != PAGE_SIZE || !(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	return remap_pfn_range(vma, vma->vm_start, page_to_pfn(io->page), PAGE_SIZE, vma->vm_page_prot);
+}
+
+/* Something to serve: a READY slot, or posted writes not consumed. */
+static bool oxen_ioreq_pending(const struct oxen_ioreq *io)
+{
+	int i;
+
+	if (READ_ONCE(io->shared->posted_head) != READ_ONCE(io->shared->posted_tail))
+		return true;
+	for (i = 0; i < OXEN_MAX_VCPUS; i++)
+		if (READ_ONCE(io->shared->slots[i].state) == OXEN_IOREQ_STATE_READY)
+			return true;
+	return false;
+}
+
+static __poll_t oxen_ioreq_poll(struct file *file, poll_table *wait)
+{
+	struct oxen_ioreq *io = file->private_data;
+
+	poll_wait(file, &oxen_event_wq, wait);
+	return oxen_ioreq_pending(io) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+static long oxen_ioreq_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct oxen_ioreq *io = file->private_data;
+	struct oxen_ioreq_range r;
+	struct oxen_ioreq_done d;
+
+	switch (cmd) {
+	case OXEN_IOCTL_IOREQ_RANGE:
+		if (copy_from_user(&r, (void __user *)arg, sizeof(r)))
+			return -EFAULT;
+		r.domid = io->domid;
+		return oxen_domctl(OXEN_DOMCTL_IOREQ_RANGE, &r, sizeof(r));
+	case OXEN_IOCTL_IOREQ_DONE:
+		if (copy_from_user(&d, (void __user *)arg, sizeof(d)))
+			return -EFAULT;
+		d.domid = io->domid;
+		return oxen_domctl(OXEN_DOMCTL_IOREQ_DONE, &d, sizeof(d));
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations oxen_ioreq_fops = {
+	.owner = THIS_MODULE,
+	.release = oxen_ioreq_release,
+	.mmap = oxen_ioreq_mmap,
+	.poll = oxen_ioreq_poll,
+	.unlocked_ioctl = oxen_ioreq_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = no_llseek,
+};
+
+static long oxen_ioctl_ioreq_open(struct oxen_domain_ref __user *uref)
+{
+	struct oxen_ioreq_setup s = {};
+	struct oxen_domain_ref ref;
+	struct oxen_ioreq *io;
+	long err;
+	int fd;
+
+	/* Waiting is on the event line: without it a device model would spin. */
+	if (oxen_event_irq < 0)
+		return -ENODEV;
+	if (copy_from_user(&ref, uref, sizeof(ref)))
+		return -EFAULT;
+	io = kzalloc(sizeof(*io), GFP_KERNEL);
+	if (!io)
+		return -ENOMEM;
+	io->domid = ref.domid;
+	io->page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!io->page) {
+		kfree(io);
+		return -ENOMEM;
+	}
+	io->shared = page_address(io->page);
+	s.domid = ref.domid;
+	s.page = page_to_phys(io->page);
+	err = oxen_domctl(OXEN_DOMCTL_IOREQ_SETUP, &s, sizeof(s));
+	if (err) {
+		__free_page(io->page);
+		kfree(io);
+		return err;
+	}
+	atomic_inc(&oxen_event_waiters[OXEN_EVENT_IOREQ_BIT]);
+	/* Tells the hypervisor the event is wanted now. */
+	oxen_events_take();
+	fd = anon_inode_getfd("oxen-ioreq", &oxen_ioreq_fops, io, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		/* As its release would. */
+		atomic_dec(&oxen_event_waiters[OXEN_EVENT_IOREQ_BIT]);
+		if (oxen_ioreq_teardown(io->domid))
+			pr_warn("d%u: I/O server teardown failed: its page is kept\n", io->domid);
+		else
+			__free_page(io->page);
+		kfree(io);
+	}
+	return fd;
+}
+
 static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
@@ -382,6 +557,8 @@ static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return oxen_ioctl_hypercall((struct oxen_hypercall __user *)arg);
 	case OXEN_IOCTL_EVENT_WAIT:
 		return oxen_ioctl_event_wait(file->private_data, (struct oxen_event_wait __user *)arg);
+	case OXEN_IOCTL_IOREQ_OPEN:
+		return oxen_ioctl_ioreq_open((struct oxen_domain_ref __user *)arg);
 	default:
 		return -ENOTTY;
 	}

@@ -46,6 +46,8 @@ pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
 pub const USER_PROBE_PATH: &str = "usr/lib/oxen/user-probe";
 /// Where dom0's half of the cross-domain register test goes (tests/xstate.sh).
 pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
+/// Where the I/O request test's device model goes (tests/ioreq.sh).
+pub const IOREQ_TEST_PATH: &str = "usr/lib/oxen/ioreq-test";
 
 /// What `build` made.
 pub struct Built {
@@ -60,6 +62,8 @@ pub struct Built {
     pub user_probe: PathBuf,
     /// `oxen-xstate-test` (`xstate-test.c`): checks its vector registers survive domUs.
     pub xstate_test: PathBuf,
+    /// `oxen-ioreq-test` (`ioreq-test.c`): the device model of the `ioreq` guest.
+    pub ioreq_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -72,6 +76,7 @@ pub fn build(release: &str) -> Result<Built> {
         null_bench: dir.join("oxen-null-bench"),
         user_probe: dir.join("oxen-user-probe"),
         xstate_test: dir.join("oxen-xstate-test"),
+        ioreq_test: dir.join("oxen-ioreq-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -83,6 +88,7 @@ pub fn build(release: &str) -> Result<Built> {
         && out.null_bench.is_file()
         && out.user_probe.is_file()
         && out.xstate_test.is_file()
+        && out.ioreq_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -178,6 +184,7 @@ pub fn build(release: &str) -> Result<Built> {
         ));
     }
     build_static_glibc(&cc, &build.join("user-probe.c"), &out.user_probe)?;
+    build_static_glibc(&cc, &build.join("ioreq-test.c"), &out.ioreq_test)?;
     step(format!(
         "dom0 kernel module: hostile user-space probe {} ({} KiB)",
         show(&out.user_probe),
@@ -729,6 +736,25 @@ mod tests {
             ("OXEN_HC_EVENTS", Define::Int(nr::EVENTS)),
             ("OXEN_EVENT_GSI", Define::Int(EVENT_GSI.into())),
             ("OXEN_EVENT_CONSOLE", Define::Int(event::CONSOLE)),
+            ("OXEN_EVENT_IOREQ", Define::Int(event::IOREQ)),
+            ("OXEN_DOMCTL_IOREQ_SETUP", Define::Int(domctl::IOREQ_SETUP)),
+            ("OXEN_DOMCTL_IOREQ_RANGE", Define::Int(domctl::IOREQ_RANGE)),
+            ("OXEN_DOMCTL_IOREQ_DONE", Define::Int(domctl::IOREQ_DONE)),
+            ("OXEN_MAX_VCPUS", Define::Int(MAX_VCPUS.into())),
+            ("OXEN_IOREQ_STATE_FREE", Define::Int(ioreq::STATE_FREE.into())),
+            ("OXEN_IOREQ_STATE_READY", Define::Int(ioreq::STATE_READY.into())),
+            ("OXEN_IOREQ_STATE_DONE", Define::Int(ioreq::STATE_DONE.into())),
+            ("OXEN_IOREQ_KIND_MMIO", Define::Int(ioreq::KIND_MMIO.into())),
+            ("OXEN_IOREQ_KIND_PIO", Define::Int(ioreq::KIND_PIO.into())),
+            ("OXEN_IOREQ_DIR_READ", Define::Int(ioreq::DIR_READ.into())),
+            ("OXEN_IOREQ_DIR_WRITE", Define::Int(ioreq::DIR_WRITE.into())),
+            ("OXEN_IOREQ_FLAG_POSTED_WRITES", Define::Int(ioreq::FLAG_POSTED_WRITES.into())),
+            ("OXEN_IOREQ_MAX_RANGES", Define::Int(ioreq::MAX_RANGES as u64)),
+            ("OXEN_IOREQ_POSTED_ENTRIES", Define::Int(ioreq::POSTED_ENTRIES.into())),
+            ("OXEN_IOREQ_OFFSET_POSTED_HEAD", Define::Int(ioreq::OFFSET_POSTED_HEAD as u64)),
+            ("OXEN_IOREQ_OFFSET_POSTED_TAIL", Define::Int(ioreq::OFFSET_POSTED_TAIL as u64)),
+            ("OXEN_IOREQ_OFFSET_POSTED", Define::Int(ioreq::OFFSET_POSTED as u64)),
+            ("OXEN_IOREQ_PAGE_SIZE", Define::Int(size_of::<IoreqPage>() as u64)),
             ("OXEN_EVENT_ALL", Define::Int(event::ALL)),
             ("OXEN_DOMCTL_ARG_MAX", Define::Int(DOMCTL_ARG_MAX)),
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
@@ -746,12 +772,48 @@ mod tests {
         );
         assert_eq!(wait_size, size_of::<EventWaitIoctl>());
 
+        // The I/O request structures (1.6); padding as the C side spells it.
+        let u32s = |names: &[&'static str], at: usize| -> Vec<(&'static str, usize, String)> {
+            names.iter().enumerate().map(|(i, n)| (*n, at + 4 * i, "__u32".to_owned())).collect()
+        };
+        let r = IoreqRange::default();
+        let mut range = u32s(&["domid", "kind", "flags", "_pad"], 0);
+        range.push(("start", offset_of!(IoreqRange, start), c_type(&r.start)));
+        range.push(("len", offset_of!(IoreqRange, len), c_type(&r.len)));
+        let range_size = assert_struct(&h, "oxen_ioreq_range", &range);
+        assert_eq!(range_size, size_of::<IoreqRange>());
+        assert_eq!(offset_of!(IoreqRange, flags), 8);
+        let done_size = assert_struct(&h, "oxen_ioreq_done", &u32s(&["domid", "vcpu"], 0));
+        assert_eq!((done_size, offset_of!(IoreqDone, vcpu)), (size_of::<IoreqDone>(), 4));
+        let ref_size = assert_struct(&h, "oxen_domain_ref", &u32s(&["domid", "_pad"], 0));
+        assert_eq!(ref_size, size_of::<DomainRef>());
+        let mut setup = u32s(&["domid", "_pad"], 0);
+        setup.push(("page", offset_of!(IoreqSetup, page), "__u64".to_owned()));
+        assert_eq!(assert_struct(&h, "oxen_ioreq_setup", &setup), size_of::<IoreqSetup>());
+        let byte = |n: &'static str, at: usize| (n, at, "__u8".to_owned());
+        let mut slot = u32s(&["state", "seq"], 0);
+        assert_eq!(offset_of!(IoreqSlot, kind), 8);
+        slot.extend([byte("kind", 8), byte("dir", 9), byte("size", 10), byte("_pad0", 11)]);
+        slot.push(("_pad1", 12, "__u32".to_owned()));
+        slot.push(("addr", offset_of!(IoreqSlot, addr), "__u64".to_owned()));
+        slot.push(("data", offset_of!(IoreqSlot, data), "__u64".to_owned()));
+        assert_eq!(assert_struct(&h, "oxen_ioreq_slot", &slot), size_of::<IoreqSlot>());
+        let mut posted = vec![byte("kind", 0), byte("size", 1), byte("vcpu", 2), byte("_pad0", 3)];
+        assert_eq!(offset_of!(PostedWrite, vcpu), 2);
+        posted.push(("_pad1", 4, "__u32".to_owned()));
+        posted.push(("addr", offset_of!(PostedWrite, addr), "__u64".to_owned()));
+        posted.push(("data", offset_of!(PostedWrite, data), "__u64".to_owned()));
+        assert_eq!(assert_struct(&h, "oxen_posted_write", &posted), size_of::<PostedWrite>());
+
         let defines = parse_defines(&h);
         for (name, def) in &defines {
             if let Define::Iowr(ty, nr, strukt) = def {
                 let (size, expected) = match strukt.as_str() {
                     "oxen_hypercall" => (size, ("OXEN_IOCTL_HYPERCALL", IOCTL_HYPERCALL)),
                     "oxen_event_wait" => (wait_size, ("OXEN_IOCTL_EVENT_WAIT", IOCTL_EVENT_WAIT)),
+                    "oxen_domain_ref" => (ref_size, ("OXEN_IOCTL_IOREQ_OPEN", IOCTL_IOREQ_OPEN)),
+                    "oxen_ioreq_range" => (range_size, ("OXEN_IOCTL_IOREQ_RANGE", IOCTL_IOREQ_RANGE)),
+                    "oxen_ioreq_done" => (done_size, ("OXEN_IOCTL_IOREQ_DONE", IOCTL_IOREQ_DONE)),
                     other => panic!("{name}: an ioctl on struct {other} is not checked here"),
                 };
                 // <asm-generic/ioctl.h>: dir (read|write = 3) << 30 | size << 16 | type << 8 | nr.

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod block;
+pub mod ioreq;
 pub mod mmio;
 
 pub use block::Block;

@@ -24,6 +24,10 @@ pub const ABI_VCPU_STATE: u32 = 0x0001_0004;
 /// The first version with dom0's event line (`nr::EVENTS`, `EVENT_GSI`).
 pub const ABI_EVENTS: u32 = 0x0001_0005;
 
+/// The first version with device models in dom0: foreign mappings, I/O
+/// request servers, interrupt lines and devices for domUs.
+pub const ABI_DEVICE_MODEL: u32 = 0x0001_0006;
+
 /// The first version with `domctl::PLATFORM_STATE_GET` / `PLATFORM_STATE_SET`.
 pub const ABI_PLATFORM_STATE: u32 = 0x0001_0007;
 
@@ -110,7 +114,10 @@ pub const EVENT_GSI: u32 = 24;
 pub mod event {
     /// A domU wrote to its console.
     pub const CONSOLE: u64 = 1 << 0;
-    pub const ALL: u64 = CONSOLE;
+    /// A domU's access waits in an I/O request slot, or a posted write is in
+    /// the ring, of an I/O server's page (`ioreq`). (1.6)
+    pub const IOREQ: u64 = 1 << 1;
+    pub const ALL: u64 = CONSOLE | IOREQ;
 }
 
 /// `nr::SCHED_OP` operations.
@@ -298,12 +305,146 @@ pub mod domctl {
     /// mirrors (OSXSAVE, OSPKE). Returns their count. What a save stream
     /// carries, and what restore compares it with on the receiving host. (1.7)
     pub const CPUID_GET: u64 = 29;
+    /// Arg `IoreqSetup`, no buffer: registers the I/O server page (one 4 KiB
+    /// page of dom0's RAM laid out as `ioreq::IoreqPage`) of a domU's device
+    /// model; `page` 0 tears it down (the device model died): from then its
+    /// ranges read as all ones and drop writes, and vCPUs waiting on a request
+    /// complete so. One server per domU: a second page, or one after a
+    /// teardown, is refused with `-EBUSY`. (1.6)
+    pub const IOREQ_SETUP: u64 = 21;
+    /// Arg `IoreqRange`, no buffer: forwards a port or MMIO range of the domU
+    /// to its server. `-EBUSY` if it overlaps the domain's RAM, a device the
+    /// hypervisor emulates or another range, or no server is set up;
+    /// `-ENOSPC` past `ioreq::MAX_RANGES`. (1.6)
+    pub const IOREQ_RANGE: u64 = 22;
+    /// Arg `IoreqDone`, no buffer: the device model completed vCPU `vcpu`'s
+    /// slot (state `DONE`): the vCPU runs again and retires its access. (1.6)
+    pub const IOREQ_DONE: u64 = 23;
 }
 
 /// The leaves `domctl::CPUID_GET` answers with, and the buffer they need.
 pub const CPUID_GET_LEAVES: [(u32, u32); 10] =
     [(0, 0), (1, 0), (7, 0), (7, 1), (0xd, 0), (0xd, 1), (0x8000_0000, 0), (0x8000_0001, 0), (0x8000_0008, 0), (0x8000_0007, 0)];
 pub const CPUID_GET_LEN: usize = CPUID_GET_LEAVES.len() * save_stream::CPUID_ENTRY_LEN;
+
+/// `domctl::IOREQ_SETUP`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoreqSetup {
+    pub domid: u32,
+    pub _pad: u32,
+    /// dom0-physical address of the page (4 KiB aligned, dom0's RAM); 0: tear
+    /// the server down.
+    pub page: u64,
+}
+
+/// `domctl::IOREQ_RANGE`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoreqRange {
+    pub domid: u32,
+    /// `ioreq::KIND_MMIO` or `ioreq::KIND_PIO`.
+    pub kind: u32,
+    /// `ioreq::FLAG_POSTED_WRITES` or 0.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Guest-physical address (MMIO: 4 KiB aligned) or port.
+    pub start: u64,
+    /// Bytes (MMIO: a multiple of 4 KiB) or ports.
+    pub len: u64,
+}
+
+/// `domctl::IOREQ_DONE`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoreqDone {
+    pub domid: u32,
+    pub vcpu: u32,
+}
+
+/// The I/O request page shared by the hypervisor and a domU's device model
+/// in dom0 (docs/hypercalls.md, "I/O requests"). (1.6)
+pub mod ioreq {
+    /// A slot's `state`: nothing asked (the hypervisor's to fill).
+    pub const STATE_FREE: u32 = 0;
+    /// Filled by the hypervisor: the device model answers it.
+    pub const STATE_READY: u32 = 1;
+    /// Answered by the device model (`data` holds a read's value): the
+    /// hypervisor's again.
+    pub const STATE_DONE: u32 = 2;
+    /// `kind`: a guest-physical address; an I/O port.
+    pub const KIND_MMIO: u8 = 0;
+    pub const KIND_PIO: u8 = 1;
+    /// `dir`.
+    pub const DIR_READ: u8 = 0;
+    pub const DIR_WRITE: u8 = 1;
+    /// `IoreqRange::flags`: writes to the range go to the posted ring and the
+    /// vCPU goes on at once (while the ring has room).
+    pub const FLAG_POSTED_WRITES: u32 = 1;
+    /// Ranges one domU may forward.
+    pub const MAX_RANGES: usize = 16;
+    /// Entries of the posted-write ring.
+    pub const POSTED_ENTRIES: u32 = 128;
+    /// Byte offsets in the page.
+    pub const OFFSET_POSTED_HEAD: usize = 256;
+    pub const OFFSET_POSTED_TAIL: usize = 320;
+    pub const OFFSET_POSTED: usize = 384;
+}
+
+/// One vCPU's request slot. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoreqSlot {
+    /// `ioreq::STATE_*`.
+    pub state: u32,
+    /// Counts the vCPU's requests (for the device model's traces).
+    pub seq: u32,
+    /// `ioreq::KIND_*`, `ioreq::DIR_*`, bytes (1, 2, 4 or 8).
+    pub kind: u8,
+    pub dir: u8,
+    pub size: u8,
+    pub _pad: [u8; 5],
+    /// Guest-physical address or port.
+    pub addr: u64,
+    /// A write's value; a read's answer (low `size` bytes count).
+    pub data: u64,
+}
+
+/// A write that needed no answer. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PostedWrite {
+    pub kind: u8,
+    pub size: u8,
+    /// The vCPU that wrote it.
+    pub vcpu: u8,
+    pub _pad: [u8; 5],
+    pub addr: u64,
+    pub data: u64,
+}
+
+/// The whole page. Slot i is vCPU i's. The ring: the hypervisor writes entry
+/// `posted_head % POSTED_ENTRIES` and then advances `posted_head`; the device
+/// model consumes up to the head and advances `posted_tail`. Both counters
+/// run freely (wrapping u32). (1.6)
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct IoreqPage {
+    pub slots: [IoreqSlot; MAX_VCPUS as usize],
+    pub posted_head: u32,
+    pub _pad_head: [u8; 60],
+    pub posted_tail: u32,
+    pub _pad_tail: [u8; 60],
+    pub posted: [PostedWrite; ioreq::POSTED_ENTRIES as usize],
+    pub _reserved: [u8; 640],
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(IoreqPage, posted_head) == ioreq::OFFSET_POSTED_HEAD);
+    assert!(core::mem::offset_of!(IoreqPage, posted_tail) == ioreq::OFFSET_POSTED_TAIL);
+    assert!(core::mem::offset_of!(IoreqPage, posted) == ioreq::OFFSET_POSTED);
+    assert!(core::mem::size_of::<IoreqPage>() == 4096);
+};
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -561,6 +702,21 @@ pub struct EventWaitIoctl {
 pub const IOCTL_EVENT_WAIT: u64 =
     (3 << 30) | ((core::mem::size_of::<EventWaitIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 2;
 
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | ((b'O' as u64) << 8) | nr
+}
+
+/// `/dev/oxen`: a new file descriptor serving domain `domid`'s I/O requests
+/// (1.6). It owns a zeroed page registered with `domctl::IOREQ_SETUP`,
+/// `mmap`s it (one page, shared), is readable (`poll`) while a slot is
+/// `READY` or the posted ring is not empty, takes `IOCTL_IOREQ_RANGE` and
+/// `IOCTL_IOREQ_DONE`, and tears the server down when closed. Returns the fd.
+pub const IOCTL_IOREQ_OPEN: u64 = iowr(0x10, core::mem::size_of::<DomainRef>());
+/// On an ioreq fd: `domctl::IOREQ_RANGE` for its domain (`domid` ignored).
+pub const IOCTL_IOREQ_RANGE: u64 = iowr(0x11, core::mem::size_of::<IoreqRange>());
+/// On an ioreq fd: `domctl::IOREQ_DONE` for its domain (`domid` ignored).
+pub const IOCTL_IOREQ_DONE: u64 = iowr(0x12, core::mem::size_of::<IoreqDone>());
+
 /// The device node.
 pub const DEVICE_PATH: &str = "/dev/oxen";
 
@@ -708,6 +864,11 @@ pod! {
     VcpuAffinity = 16,
     VcpuInfo = 32,
     VcpuStateRef = 8,
+    IoreqSetup = 16,
+    IoreqRange = 32,
+    IoreqDone = 8,
+    IoreqSlot = 32,
+    PostedWrite = 24,
 }
 
 #[cfg(test)]
@@ -732,6 +893,7 @@ mod tests {
         // _IOWR('O', 1, 56-byte struct) = 0xc038_4f01.
         assert_eq!(IOCTL_HYPERCALL, 0xc038_4f01);
         assert_eq!(IOCTL_EVENT_WAIT, 0xc018_4f02);
+        assert_eq!((IOCTL_IOREQ_OPEN, IOCTL_IOREQ_RANGE, IOCTL_IOREQ_DONE), (0xc008_4f10, 0xc020_4f11, 0xc008_4f12));
     }
 
     #[test]

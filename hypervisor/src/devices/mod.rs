@@ -42,6 +42,17 @@ pub fn write_bytewise(port: u16, size: u8, value: u32, mut write: impl FnMut(u16
 pub trait MmioDevice {
     fn mmio_read(&mut self, offset: u64, size: u8) -> u64;
     fn mmio_write(&mut self, offset: u64, size: u8, value: u64);
+    /// After a read or write: the device has not answered yet (a request to
+    /// dom0's device model, `vm::ioreq`), so the instruction is not retired
+    /// and runs again later; what the read returned is not used.
+    fn waits(&self) -> bool {
+        false
+    }
+    /// Accesses go elsewhere and may wait: an XCHG, a read and a write that
+    /// must be one, cannot be completed on it.
+    fn forwards(&self) -> bool {
+        false
+    }
 }
 
 pub mod acpi_pm;

@@ -116,6 +116,9 @@ pub struct Resources {
     console_bytes: u64,
     console_max_hold_ns: u64,
     console_hold_ns: u64,
+    /// Its device model's I/O server (`vm::ioreq`), which its platform
+    /// shares from its start.
+    pub ioreq: Arc<crate::vm::ioreq::Server>,
 }
 
 impl Resources {
@@ -143,6 +146,7 @@ impl Resources {
             console_bytes: 0,
             console_max_hold_ns: 0,
             console_hold_ns: 0,
+            ioreq: Arc::new(crate::vm::ioreq::Server::new()),
         })
     }
 
@@ -458,6 +462,9 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             }
             Ok(0)
         }
+        Command::IoreqSetup { domid, page } => crate::vm::ioreq::service::setup(*domid, *page),
+        Command::IoreqRange(r) => crate::vm::ioreq::service::range(r),
+        Command::IoreqDone { domid, vcpu } => crate::vm::ioreq::service::done(*domid, *vcpu),
         Command::GetInfo(id) => {
             let t = DOMAINS.lock();
             let d = t.get(*id).ok_or(Error::NoEnt)?;
@@ -630,7 +637,10 @@ fn start(mut t: spin::MutexGuard<'_, Table<Resources>>, id: u32) -> Result<u64, 
     let root = d.res.tables.as_ref().ok_or(Error::Busy)?.root();
     // A domU's APIC IDs are its vCPU numbers (CPUID says so too).
     let apic_ids: Vec<u32> = (0..d.vcpus).collect();
-    let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
+    let platform = Arc::new(
+        Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root)
+            .with_ioreq(d.res.ioreq.clone()),
+    );
     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
     let (name, vcpus) = (d.name.clone(), d.vcpus);
     d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
@@ -864,6 +874,13 @@ pub fn release(mut d: Domain<Resources>) {
             d.res.console_writes,
             (d.res.console_hold_ns / d.res.console_writes).div_ceil(1000),
             d.res.console_max_hold_ns.div_ceil(1000)
+        );
+    }
+    let io = d.res.ioreq.stats();
+    if io.requests + io.posted + io.dead > 0 {
+        info!(
+            "d{} ({}): I/O requests: {} answered by its device model, {} posted writes ({} found the ring full), {} after it was gone",
+            d.id, d.name, io.requests, io.posted, io.ring_full, io.dead
         );
     }
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);

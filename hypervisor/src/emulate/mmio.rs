@@ -38,6 +38,9 @@ pub enum EmulateError {
     OutsideDevice,
     /// The instruction would load RSP, which `Vcpu` cannot set.
     LoadsRsp,
+    /// The device has not answered yet (`MmioDevice::waits`): nothing in the
+    /// guest changed; the instruction runs again when it has.
+    Wait,
 }
 
 /// Fetches and decodes the instruction at `rip`. Reads up to 15 bytes but only
@@ -152,6 +155,9 @@ pub fn emulate_mmio(
         MmioAccess::Read { dest, dest_size, extend } => {
             let slot = reg_slot(vcpu.gprs(), dest.gpr).ok_or(EmulateError::LoadsRsp)?;
             let raw = device.mmio_read(offset, size);
+            if device.waits() {
+                return Err(EmulateError::Wait);
+            }
             let v = match extend {
                 Extend::Sign => sign_extend(raw, size),
                 Extend::None | Extend::Zero => raw & mask(size),
@@ -164,6 +170,12 @@ pub fn emulate_mmio(
                 Source::Imm(i) => i,
             };
             device.mmio_write(offset, size, v & mask(size));
+            if device.waits() {
+                return Err(EmulateError::Wait);
+            }
+        }
+        MmioAccess::Exchange { .. } if device.forwards() => {
+            return Err(EmulateError::Decode(DecodeError::Unsupported));
         }
         MmioAccess::Exchange { reg } => {
             let new = reg_value(reg) & mask(size);

@@ -10,6 +10,12 @@ pub trait PortBus {
     fn read(&mut self, port: u16, size: u8) -> Option<u32>;
     /// OUT of `size` bytes; returns false if no device claims the port.
     fn write(&mut self, port: u16, size: u8, value: u32) -> bool;
+    /// An access to a port forwarded to dom0's device model (`vm::ioreq`):
+    /// `None` if no range of its holds the port; else the answer (an IN's
+    /// value, or nothing for an OUT) or `Wait`.
+    fn forwarded(&mut self, _port: u16, _size: u8, _write: Option<u32>) -> Option<crate::vm::ioreq::Answer> {
+        None
+    }
 }
 
 fn mask(size: u8) -> u32 {
@@ -27,11 +33,17 @@ pub fn handle(vcpu: &mut impl Vcpu, port: u16, size: u8, write: bool, string: bo
         return Outcome::Unhandled(crate::virt::VmExit::Io { port, size, write, string, rep: string });
     }
     let m = mask(size);
-    if write {
-        let value = vcpu.gprs().rax as u32 & m;
+    let out = write.then(|| vcpu.gprs().rax as u32 & m);
+    let forwarded = match bus.forwarded(port, size, out) {
+        // The instruction runs again once dom0 answered.
+        Some(crate::vm::ioreq::Answer::Wait) => return Outcome::IoWait,
+        Some(crate::vm::ioreq::Answer::Done(v)) => Some(v as u32),
+        None => None,
+    };
+    if let (Some(value), None) = (out, forwarded) {
         bus.write(port, size, value);
-    } else {
-        let value = bus.read(port, size).unwrap_or(u32::MAX) & m;
+    } else if !write {
+        let value = forwarded.or_else(|| bus.read(port, size)).unwrap_or(u32::MAX) & m;
         let rax = &mut vcpu.gprs().rax;
         // IN to AL/AX leaves the rest of RAX alone; IN to EAX zero-extends (SDM Vol. 1 §3.4.1.1).
         *rax = if size == 4 { u64::from(value) } else { (*rax & !u64::from(m)) | u64::from(value) };
@@ -100,6 +112,51 @@ pub(crate) mod tests {
         handle(&mut v, 0x99, 1, false, false, &mut bus);
         assert_eq!(v.gprs.rax, 0x1234_56ff);
         assert_eq!(v.skipped, 4);
+    }
+
+    /// Ports 0x20..0x24 forwarded: the first access to each waits, the
+    /// second is answered.
+    #[derive(Default)]
+    struct Forwarding {
+        asked: Vec<(u16, u8, Option<u32>)>,
+        plain: Bus,
+    }
+
+    impl PortBus for Forwarding {
+        fn read(&mut self, port: u16, size: u8) -> Option<u32> {
+            self.plain.read(port, size)
+        }
+        fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
+            self.plain.write(port, size, value)
+        }
+        fn forwarded(&mut self, port: u16, size: u8, write: Option<u32>) -> Option<crate::vm::ioreq::Answer> {
+            use crate::vm::ioreq::Answer;
+            if !(0x20..0x24).contains(&port) {
+                return None;
+            }
+            let again = self.asked.contains(&(port, size, write));
+            self.asked.push((port, size, write));
+            Some(if again { Answer::Done(0xa5a5_a5a5) } else { Answer::Wait })
+        }
+    }
+
+    #[test]
+    fn forwarded_ports_wait_without_retiring_then_complete() {
+        let mut v = FakeVcpu::default();
+        let mut bus = Forwarding::default();
+        v.gprs.rax = 0x1122_3344_5566_7788;
+        assert_eq!(handle(&mut v, 0x21, 1, false, false, &mut bus), Outcome::IoWait);
+        assert_eq!((v.skipped, v.gprs.rax), (0, 0x1122_3344_5566_7788));
+        assert_eq!(handle(&mut v, 0x21, 1, false, false, &mut bus), Outcome::Continue);
+        assert_eq!((v.skipped, v.gprs.rax), (1, 0x1122_3344_5566_77a5));
+        assert_eq!(handle(&mut v, 0x22, 2, true, false, &mut bus), Outcome::IoWait);
+        assert_eq!(handle(&mut v, 0x22, 2, true, false, &mut bus), Outcome::Continue);
+        assert_eq!(bus.asked[2], (0x22, 2, Some(0x77a5)));
+        // Forwarded writes never reach the emulated devices; others do.
+        assert!(bus.plain.written.is_empty());
+        handle(&mut v, 0x10, 1, true, false, &mut bus);
+        assert_eq!(bus.plain.written, vec![(0x10, 1, 0xa5)]);
+        assert_eq!(v.skipped, 3);
     }
 
     #[test]

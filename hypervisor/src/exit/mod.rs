@@ -37,6 +37,9 @@ pub enum Outcome {
     Yield,
     /// The guest sleeps until `timeout_ns` passed (0: none) or it is woken.
     Block { timeout_ns: u64 },
+    /// An access waits for dom0's device model (`vm::ioreq`): the
+    /// instruction is not retired; the vCPU sleeps until the answer came.
+    IoWait,
     /// The guest ended itself (hypercall).
     Shutdown(oxen_abi::ShutdownReason),
 }
@@ -116,6 +119,7 @@ fn mmio(vcpu: &mut impl Vcpu, gpa: GuestPhysAddr, access: Access, env: &mut dyn 
     });
     match result {
         _ if !claimed => Outcome::MemoryFault { gpa, access },
+        Some(Err(crate::emulate::mmio::EmulateError::Wait)) => Outcome::IoWait,
         Some(Err(error)) => Outcome::Unemulated { gpa, error },
         _ => Outcome::Continue,
     }

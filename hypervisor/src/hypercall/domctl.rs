@@ -9,6 +9,7 @@ use oxen_abi::{
     LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuStateRef, IMAGE_MAX,
     CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
+use oxen_abi::{ioreq, IoreqDone, IoreqRange, IoreqSetup};
 
 /// Largest domU, in MiB (the pool's size is the practical limit).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
@@ -47,6 +48,11 @@ pub enum Command {
     PlatformStateGet(u32),
     /// The buffer holds a platform state, checked by the service.
     PlatformStateSet(u32),
+    /// `page` 0: tear the domain's I/O server down. (1.6)
+    IoreqSetup { domid: u32, page: u64 },
+    /// Kind, flags and bounds checked here; overlaps by the service.
+    IoreqRange(IoreqRange),
+    IoreqDone { domid: u32, vcpu: u32 },
 }
 
 impl Command {
@@ -294,6 +300,50 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
             }
             Command::PlatformStateSet(r.domid)
         }
+        domctl::IOREQ_SETUP => {
+            let r: IoreqSetup = arg(a)?;
+            no_buffer(buf_len)?;
+            if !r.page.is_multiple_of(4096) {
+                return Err(bad(Error::Inval, alloc::format!("I/O request page {:#x} is not 4 KiB aligned", r.page)));
+            }
+            Command::IoreqSetup { domid: r.domid, page: r.page }
+        }
+        domctl::IOREQ_RANGE => {
+            let r: IoreqRange = arg(a)?;
+            no_buffer(buf_len)?;
+            ioreq_range(&r)?;
+            Command::IoreqRange(r)
+        }
+        domctl::IOREQ_DONE => {
+            let r: IoreqDone = arg(a)?;
+            no_buffer(buf_len)?;
+            if r.vcpu >= MAX_VCPUS {
+                return Err(bad(Error::Inval, alloc::format!("vCPU {} (at most {})", r.vcpu, MAX_VCPUS - 1)));
+            }
+            Command::IoreqDone { domid: r.domid, vcpu: r.vcpu }
+        }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })
+}
+
+/// An `IoreqRange` on its own: a known kind and flags, not empty, not
+/// wrapping, ports within 16 bits, MMIO in whole pages (nested paging's
+/// granularity: the range's pages are never mapped, so every access exits).
+fn ioreq_range(r: &IoreqRange) -> Result<(), DecodeError> {
+    if r.flags & !ioreq::FLAG_POSTED_WRITES != 0 {
+        return Err(bad(Error::Inval, alloc::format!("unknown flags {:#x}", r.flags)));
+    }
+    let end = r.start.checked_add(r.len).filter(|_| r.len > 0);
+    let Some(end) = end else {
+        return Err(bad(Error::Inval, alloc::format!("range {:#x}+{:#x} is empty or wraps", r.start, r.len)));
+    };
+    match u8::try_from(r.kind) {
+        Ok(ioreq::KIND_PIO) if end <= 0x1_0000 => Ok(()),
+        Ok(ioreq::KIND_PIO) => Err(bad(Error::Inval, alloc::format!("ports {:#x}..{end:#x} past 0xffff", r.start))),
+        Ok(ioreq::KIND_MMIO) if r.start.is_multiple_of(4096) && r.len.is_multiple_of(4096) && end <= 1 << 52 => Ok(()),
+        Ok(ioreq::KIND_MMIO) => {
+            Err(bad(Error::Inval, alloc::format!("MMIO {:#x}+{:#x}: not whole 4 KiB pages below 2^52", r.start, r.len)))
+        }
+        _ => Err(bad(Error::Inval, alloc::format!("no range kind {}", r.kind))),
+    }
 }

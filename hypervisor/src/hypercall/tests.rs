@@ -480,3 +480,34 @@ fn cpuid_get_needs_room_for_every_leaf() {
     assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::CPUID_GET, 0x100, len, 0x1000, n]).0, Err(Error::Perm));
     assert_eq!(s.commands.len(), before);
 }
+
+#[test]
+fn ioreq_commands_are_checked_before_the_service() {
+    use oxen_abi::{ioreq, IoreqDone, IoreqRange, IoreqSetup};
+    let range = |kind, flags, start, len| IoreqRange { domid: 3, kind, flags, _pad: 0, start, len };
+    let decode_range = |r: IoreqRange| domctl::decode(dc::IOREQ_RANGE, r.as_bytes(), 0).map_err(|e| e.error);
+    let mmio = u32::from(ioreq::KIND_MMIO);
+    let pio = u32::from(ioreq::KIND_PIO);
+    assert!(decode_range(range(mmio, ioreq::FLAG_POSTED_WRITES, 0x2000_0000, 0x1000)).is_ok());
+    assert!(decode_range(range(pio, 0, 0xfff0, 0x10)).is_ok());
+    for bad in [
+        range(mmio, 0, 0x2000_0800, 0x1000),
+        range(mmio, 0, 0x2000_0000, 0x800),
+        range(mmio, 0, 0x2000_0000, 0),
+        range(mmio, 0, !0xfff, 0x2000),
+        range(mmio, 2, 0x2000_0000, 0x1000),
+        range(pio, 0, 0xfff0, 0x11),
+        range(2, 0, 0x5000, 1),
+        range(0x100, 0, 0x5000, 1),
+    ] {
+        assert_eq!(decode_range(bad), Err(Error::Inval), "{bad:?}");
+    }
+    let setup = |page| IoreqSetup { domid: 3, _pad: 0, page };
+    assert_eq!(domctl::decode(dc::IOREQ_SETUP, setup(0x1000).as_bytes(), 0), Ok(Command::IoreqSetup { domid: 3, page: 0x1000 }));
+    assert_eq!(domctl::decode(dc::IOREQ_SETUP, setup(0).as_bytes(), 0), Ok(Command::IoreqSetup { domid: 3, page: 0 }));
+    assert!(domctl::decode(dc::IOREQ_SETUP, setup(0x1008).as_bytes(), 0).is_err());
+    assert!(domctl::decode(dc::IOREQ_SETUP, setup(0x1000).as_bytes(), 8).is_err(), "no buffer");
+    let done = |vcpu| IoreqDone { domid: 3, vcpu };
+    assert_eq!(domctl::decode(dc::IOREQ_DONE, done(7).as_bytes(), 0), Ok(Command::IoreqDone { domid: 3, vcpu: 7 }));
+    assert!(domctl::decode(dc::IOREQ_DONE, done(8).as_bytes(), 0).is_err());
+}

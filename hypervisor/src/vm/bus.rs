@@ -32,8 +32,14 @@ impl<D: Copy> Default for Bus<D> {
 }
 
 impl<D: Copy> Bus<D> {
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self { ranges: Vec::new() }
+    }
+
+    /// Makes room for `n` more registrations (a registration that must not
+    /// abort the hypervisor when the heap is short).
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
+        self.ranges.try_reserve(n)
     }
 
     /// Registers `device` for `[start, start + len)`. Refused if empty, if it

@@ -5,10 +5,13 @@
 //!
 //! - `bus`: range → device maps (pure).
 //! - `apic_bus`: the domain's local APICs, IPIs, INIT / START-UP (pure).
+//! - `ioreq`: accesses forwarded to a device model in dom0 (pure; its
+//!   domctls target only).
 //! - `platform`: the devices a domain's vCPUs share (target only).
 //! - `vcpu`: the vCPU on the scheduler's run queues (target only).
 pub mod apic_bus;
 pub mod bus;
+pub mod ioreq;
 
 /// Where every domain's local APIC and IOAPIC sit (the platform emulates
 /// them; the ACPI tables describe them).

@@ -17,6 +17,8 @@
 
 use super::apic_bus::ApicBus;
 use super::bus::Bus;
+use super::ioreq;
+use alloc::sync::Arc;
 use crate::arch::x86_64::irq;
 use crate::console_switch::{ConsoleSwitch, Focus, Input};
 use crate::devices::ioapic::IoApic;
@@ -352,6 +354,8 @@ pub struct Platform {
     /// one whose bytes go to the ring next (`flush_console`).
     console_next: AtomicU64,
     console_turn: AtomicU64,
+    /// A domU's I/O server (`with_ioreq`).
+    ioreq: Option<Arc<ioreq::Server>>,
 }
 
 impl Platform {
@@ -365,22 +369,12 @@ impl Platform {
         let mut ports = Bus::new();
         let mut mmio = Bus::new();
         // Fixed, distinct ranges: registration cannot fail.
-        let _ = ports.insert(u64::from(COM1_BASE), 8, PortDev::Uart);
-        for (i, p) in PIC_MASKS.iter().enumerate() {
-            let _ = ports.insert(u64::from(*p), 1, PortDev::PicMask(i as u8));
+        for (start, len, dev) in fixed_ports(role) {
+            let _ = ports.insert(start, len, dev);
         }
-        if role == Role::DomU {
-            // dom0 reaches the real configuration space, keyboard controller
-            // and clock.
-            let _ = ports.insert(u64::from(PCI_CONFIG), 8, PortDev::PciConfig);
-            let _ = ports.insert(u64::from(i8042::DATA_PORT), 1, PortDev::Keyboard);
-            let _ = ports.insert(u64::from(i8042::COMMAND_PORT), 1, PortDev::Keyboard);
-            let _ = ports.insert(0x70, 2, PortDev::Rtc);
-            let _ = ports.insert(u64::from(acpi_pm::PORTS.sleep_control), u64::from(acpi_pm::PORT_COUNT), PortDev::AcpiPm);
-            let _ = ports.insert(u64::from(pvpanic::PORT), 1, PortDev::PvPanic);
+        for (start, len, dev) in FIXED_MMIO {
+            let _ = mmio.insert(start, len, dev);
         }
-        let _ = mmio.insert(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic);
-        let _ = mmio.insert(IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic);
         Self {
             domid,
             role,
@@ -398,7 +392,33 @@ impl Platform {
             generation: AtomicU32::new(0),
             console_next: AtomicU64::new(0),
             console_turn: AtomicU64::new(0),
+            ioreq: None,
         }
+    }
+
+    /// A domU's I/O server (`vm::ioreq`): the ranges its device model in
+    /// dom0 registered, tried where no device of the buses answers.
+    pub fn with_ioreq(mut self, server: Arc<ioreq::Server>) -> Self {
+        self.ioreq = Some(server);
+        self
+    }
+
+    /// vCPU `vcpu`'s port access, if a range of the I/O server holds the port.
+    pub fn ioreq_port(&self, vcpu: usize, port: u16, size: u8, write: Option<u32>) -> Option<ioreq::Answer> {
+        let server = self.ioreq.as_ref()?;
+        if self.ports.find(u64::from(port)).is_some() {
+            return None;
+        }
+        let (answer, notify) = server.access(vcpu, oxen_abi::ioreq::KIND_PIO, port.into(), size, write.map(u64::from))?;
+        if notify {
+            post_dom0_events(oxen_abi::event::IOREQ);
+        }
+        Some(answer)
+    }
+
+    /// Whether vCPU `vcpu` waits for dom0's device model to answer its access.
+    pub fn ioreq_waiting(&self, vcpu: usize) -> bool {
+        self.ioreq.as_ref().is_some_and(|s| s.waiting(vcpu))
     }
 
     pub fn vcpus(&self) -> usize {
@@ -435,6 +455,9 @@ impl Platform {
     /// the others waiting for START-UP); every vCPU drops its state when it
     /// sees the new generation.
     pub fn reset(&self) {
+        if let Some(s) = self.ioreq.as_ref() {
+            s.reset();
+        }
         *self.devices.lock() = Devices::new(self.role);
         *self.apics.lock() = ApicBus::new(&self.apic_ids, self.clock);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -640,7 +663,9 @@ impl Platform {
     /// calls `access` with the device, its base and the domain's memory.
     /// False if nothing claims `gpa`.
     pub fn mmio(&self, vcpu: usize, gpa: GuestPhysAddr, now: u64, access: crate::exit::MmioAccess<'_>) -> bool {
-        let Some((base, dev)) = self.mmio.find(gpa.as_u64()) else { return false };
+        let Some((base, dev)) = self.mmio.find(gpa.as_u64()) else {
+            return self.ioreq_mmio(vcpu, gpa, access);
+        };
         let base = GuestPhysAddr::new(base);
         match dev {
             MmioDev::Lapic => access(&self.gm, base, &mut self.apics.lock().lapic(vcpu).mmio(now)),
@@ -651,5 +676,56 @@ impl Platform {
             }
         }
         true
+    }
+
+    /// An MMIO access in a range of the I/O server: the emulator decodes it
+    /// as for any device, the device being the request to dom0.
+    fn ioreq_mmio(&self, vcpu: usize, gpa: GuestPhysAddr, access: crate::exit::MmioAccess<'_>) -> bool {
+        let Some(server) = self.ioreq.as_ref() else { return false };
+        if !server.claims(oxen_abi::ioreq::KIND_MMIO, gpa.as_u64()) {
+            return false;
+        }
+        // Offsets from 0: the device sees guest-physical addresses.
+        let mut device = ioreq::Forward::new(server, vcpu);
+        access(&self.gm, GuestPhysAddr::new(0), &mut device);
+        if device.notify {
+            post_dom0_events(oxen_abi::event::IOREQ);
+        }
+        true
+    }
+}
+
+/// The ports a domain's platform emulates.
+fn fixed_ports(role: Role) -> impl Iterator<Item = (u64, u64, PortDev)> {
+    let all = [
+        (u64::from(COM1_BASE), 8, PortDev::Uart),
+        (u64::from(PIC_MASKS[0]), 1, PortDev::PicMask(0)),
+        (u64::from(PIC_MASKS[1]), 1, PortDev::PicMask(1)),
+    ];
+    let domu = [
+        (u64::from(PCI_CONFIG), 8, PortDev::PciConfig),
+        (u64::from(i8042::DATA_PORT), 1, PortDev::Keyboard),
+        (u64::from(i8042::COMMAND_PORT), 1, PortDev::Keyboard),
+        (0x70, 2, PortDev::Rtc),
+        (u64::from(acpi_pm::PORTS.sleep_control), u64::from(acpi_pm::PORT_COUNT), PortDev::AcpiPm),
+        (u64::from(pvpanic::PORT), 1, PortDev::PvPanic),
+    ];
+    // dom0 reaches the real configuration space, keyboard controller and clock.
+    all.into_iter().chain(domu.into_iter().filter(move |_| role == Role::DomU))
+}
+
+/// The pages a domain's platform emulates.
+const FIXED_MMIO: [(u64, u64, MmioDev); 2] = [(LAPIC_PAGE, PAGE_SIZE, MmioDev::Lapic), (IOAPIC_PAGE, PAGE_SIZE, MmioDev::IoApic)];
+
+/// Whether `[start, start + len)` of ports (`pio`) or guest-physical
+/// addresses touches a device a domU's platform emulates (`IOREQ_RANGE`
+/// refuses those).
+pub fn emulated_for_domu(pio: bool, start: u64, len: u64) -> bool {
+    let end = start.saturating_add(len);
+    let hit = |(s, l): (u64, u64)| start < s + l && s < end;
+    if pio {
+        fixed_ports(Role::DomU).any(|(s, l, _)| hit((s, l)))
+    } else {
+        FIXED_MMIO.iter().any(|&(s, l, _)| hit((s, l)))
     }
 }

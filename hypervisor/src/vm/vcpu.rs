@@ -566,6 +566,11 @@ impl GuestVcpu {
             if let Some(p) = self.follow_domain(now) {
                 return p;
             }
+            // Its access waits for dom0's device model (`vm::ioreq`):
+            // IOREQ_DONE, or the device model's end, wakes it.
+            if self.platform.ioreq_waiting(self.index) {
+                return Poll::Sleep(None);
+            }
         }
         if self.generation != self.platform.generation() {
             // The domain rebooted: back to power-on (vCPU 0 got its boot state
@@ -707,7 +712,9 @@ impl Runnable for GuestVcpu {
                 Outcome::Continue => {}
                 // A physical interrupt (the timer, a kick, a device): back to
                 // the scheduler, which may have another vCPU to run here.
-                Outcome::Preempted | Outcome::Yield => break,
+                // An access waits for dom0's device model: `poll_state`
+                // keeps the vCPU asleep until the answer came.
+                Outcome::Preempted | Outcome::Yield | Outcome::IoWait => break,
                 Outcome::Halted => {
                     self.halted = true;
                     stale = true;
@@ -803,6 +810,9 @@ impl PortBus for VcpuEnv<'_> {
     }
     fn write(&mut self, port: u16, size: u8, value: u32) -> bool {
         self.platform.port_write(port, size, value)
+    }
+    fn forwarded(&mut self, port: u16, size: u8, write: Option<u32>) -> Option<crate::vm::ioreq::Answer> {
+        self.platform.ioreq_port(self.index, port, size, write)
     }
 }
 
