@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0005;
+pub const ABI_VERSION: u32 = 0x0001_0006;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -23,6 +23,10 @@ pub const ABI_VCPU_STATE: u32 = 0x0001_0004;
 
 /// The first version with dom0's event line (`nr::EVENTS`, `EVENT_GSI`).
 pub const ABI_EVENTS: u32 = 0x0001_0005;
+
+/// The first version with the device-model calls (foreign mappings, I/O
+/// requests, a domU's interrupt lines and devices).
+pub const ABI_DEVICE_MODEL: u32 = 0x0001_0006;
 
 pub mod vcpu_snapshot;
 
@@ -268,6 +272,49 @@ pub mod domctl {
     /// loadable on this host). Loaded into the paused vCPU before it runs
     /// again; `VCPU_STATE_GET` answers `-EAGAIN` until it is. (1.4)
     pub const VCPU_STATE_SET: u64 = 18;
+    /// Arg `ForeignMap` (in/out), no buffer: maps `count` pages of a domU's
+    /// RAM from guest frame `first_gfn` on, read-write and write-back, into
+    /// dom0's physical address space, in the foreign window above everything
+    /// else dom0 sees. Returns (in RAX and `addr`) the dom0-physical address
+    /// of the first page. A domU only (dom0 `-EPERM`), not dying (`-EBUSY`);
+    /// the range inside its RAM and `count` in 1..=`FOREIGN_MAP_MAX_PAGES`
+    /// (`-EINVAL`); `-ENOSPC` when the window has no room left. (1.6)
+    pub const FOREIGN_MAP: u64 = 19;
+    /// Arg `ForeignUnmap`, no buffer: removes a mapping `FOREIGN_MAP` made,
+    /// named exactly by the address and count it returned, and flushes dom0's
+    /// TLBs before the window's range is reused. When the domU dies first its
+    /// pages leave the window at once (accesses then read all ones, writes are
+    /// dropped); the range stays reserved until this call. (1.6)
+    pub const FOREIGN_UNMAP: u64 = 20;
+}
+
+/// Most pages one `domctl::FOREIGN_MAP` maps: the whole foreign window
+/// (`FOREIGN_WINDOW_BYTES`). (1.6)
+pub const FOREIGN_MAP_MAX_PAGES: u64 = FOREIGN_WINDOW_BYTES / 4096;
+/// Bytes of dom0-physical address space the hypervisor keeps for foreign
+/// mappings: every mapping dom0 holds at once fits in it. (1.6)
+pub const FOREIGN_WINDOW_BYTES: u64 = 1 << 30;
+/// Mappings dom0 may hold at once (each costs the hypervisor some heap). (1.6)
+pub const FOREIGN_MAPPINGS_MAX: usize = 1024;
+
+/// `domctl::FOREIGN_MAP`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignMap {
+    pub domid: u32,
+    pub _pad: u32,
+    pub first_gfn: u64,
+    pub count: u64,
+    /// Out: the dom0-physical address of the first page.
+    pub addr: u64,
+}
+
+/// `domctl::FOREIGN_UNMAP`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignUnmap {
+    pub addr: u64,
+    pub count: u64,
 }
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.
@@ -673,6 +720,8 @@ pod! {
     VcpuAffinity = 16,
     VcpuInfo = 32,
     VcpuStateRef = 8,
+    ForeignMap = 32,
+    ForeignUnmap = 16,
 }
 
 #[cfg(test)]

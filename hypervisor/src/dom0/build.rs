@@ -282,9 +282,19 @@ pub fn boot(info: &BootInfo) -> ! {
             fatal(format_args!("dom0: bad RAM region {:#x}-{:#x}", r.start, r.end));
         }
     }
-    // The nested tables stay as long as dom0, for good (never `destroy`ed).
+    // The nested tables stay as long as dom0, for good (never `destroy`ed),
+    // kept by `mem::foreign`, which maps domUs' pages into the window above
+    // everything they map (`top`, a 1 GiB boundary), inside the physical
+    // address width the CPU reports (and dom0's CPUID shows unchanged).
     let root = tables.root();
-    let _ = tables;
+    let phys_bits = crate::emulate::mmio::host_phys_bits();
+    match mem::foreign::place_window(top, oxen_abi::FOREIGN_WINDOW_BYTES, phys_bits) {
+        Some(base) => mem::foreign::init(tables, base),
+        None => {
+            warn!("dom0: no room for the foreign-mapping window above {top:#x} in {phys_bits} address bits");
+            mem::foreign::init_without_window(tables);
+        }
+    }
     sched::init(info.options.sched_slice_ms);
     crate::vm::vcpu::set_tally_period(info.options.exit_tally_s);
     run(boot, vcpus, root, gm, ram_map)
