@@ -46,6 +46,8 @@ pub const NULL_BENCH_PATH: &str = "usr/lib/oxen/null-bench";
 pub const USER_PROBE_PATH: &str = "usr/lib/oxen/user-probe";
 /// Where dom0's half of the cross-domain register test goes (tests/xstate.sh).
 pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
+/// Where dom0's initramfs has `oxen-foreign-test` (`foreign-test.c`).
+pub const FOREIGN_TEST_PATH: &str = "usr/lib/oxen/foreign-test";
 
 /// What `build` made.
 pub struct Built {
@@ -60,6 +62,8 @@ pub struct Built {
     pub user_probe: PathBuf,
     /// `oxen-xstate-test` (`xstate-test.c`): checks its vector registers survive domUs.
     pub xstate_test: PathBuf,
+    /// `oxen-foreign-test` (`foreign-test.c`): maps a domU's memory (ABI 1.6).
+    pub foreign_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -72,6 +76,7 @@ pub fn build(release: &str) -> Result<Built> {
         null_bench: dir.join("oxen-null-bench"),
         user_probe: dir.join("oxen-user-probe"),
         xstate_test: dir.join("oxen-xstate-test"),
+        foreign_test: dir.join("oxen-foreign-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -83,6 +88,7 @@ pub fn build(release: &str) -> Result<Built> {
         && out.null_bench.is_file()
         && out.user_probe.is_file()
         && out.xstate_test.is_file()
+        && out.foreign_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -178,6 +184,7 @@ pub fn build(release: &str) -> Result<Built> {
         ));
     }
     build_static_glibc(&cc, &build.join("user-probe.c"), &out.user_probe)?;
+    build_static_glibc(&cc, &build.join("foreign-test.c"), &out.foreign_test)?;
     step(format!(
         "dom0 kernel module: hostile user-space probe {} ({} KiB)",
         show(&out.user_probe),
@@ -733,7 +740,44 @@ mod tests {
             ("OXEN_DOMCTL_ARG_MAX", Define::Int(DOMCTL_ARG_MAX)),
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
             ("OXEN_DEVICE_NAME", Define::Str(device.into())),
+            ("OXEN_ABI_DEVICE_MODEL", Define::Int(ABI_DEVICE_MODEL.into())),
+            ("OXEN_DOMCTL_FOREIGN_MAP", Define::Int(domctl::FOREIGN_MAP)),
+            ("OXEN_DOMCTL_FOREIGN_UNMAP", Define::Int(domctl::FOREIGN_UNMAP)),
+            ("OXEN_FOREIGN_MAP_MAX_PAGES", Define::Int(FOREIGN_MAP_MAX_PAGES)),
         ];
+        let m = ForeignMap { domid: 0, _pad: 0, first_gfn: 0, count: 0, addr: 0 };
+        let map_size = assert_struct(
+            &h,
+            "oxen_foreign_map",
+            &[
+                ("domid", offset_of!(ForeignMap, domid), c_type(&m.domid)),
+                ("_pad", offset_of!(ForeignMap, _pad), c_type(&m._pad)),
+                ("first_gfn", offset_of!(ForeignMap, first_gfn), c_type(&m.first_gfn)),
+                ("count", offset_of!(ForeignMap, count), c_type(&m.count)),
+                ("addr", offset_of!(ForeignMap, addr), c_type(&m.addr)),
+            ],
+        );
+        assert_eq!(map_size, size_of::<ForeignMap>());
+        let u = ForeignUnmap { addr: 0, count: 0 };
+        let unmap_size = assert_struct(
+            &h,
+            "oxen_foreign_unmap",
+            &[
+                ("addr", offset_of!(ForeignUnmap, addr), c_type(&u.addr)),
+                ("count", offset_of!(ForeignUnmap, count), c_type(&u.count)),
+            ],
+        );
+        assert_eq!(unmap_size, size_of::<ForeignUnmap>());
+        let o = ForeignOpenIoctl::default();
+        let open_size = assert_struct(
+            &h,
+            "oxen_foreign_open",
+            &[
+                ("domid", offset_of!(ForeignOpenIoctl, domid), c_type(&o.domid)),
+                ("_pad", offset_of!(ForeignOpenIoctl, _pad), c_type(&o._pad)),
+            ],
+        );
+        assert_eq!(open_size, size_of::<ForeignOpenIoctl>());
         let w = EventWaitIoctl::default();
         let wait_size = assert_struct(
             &h,
@@ -752,6 +796,7 @@ mod tests {
                 let (size, expected) = match strukt.as_str() {
                     "oxen_hypercall" => (size, ("OXEN_IOCTL_HYPERCALL", IOCTL_HYPERCALL)),
                     "oxen_event_wait" => (wait_size, ("OXEN_IOCTL_EVENT_WAIT", IOCTL_EVENT_WAIT)),
+                    "oxen_foreign_open" => (open_size, ("OXEN_IOCTL_FOREIGN_OPEN", IOCTL_FOREIGN_OPEN)),
                     other => panic!("{name}: an ioctl on struct {other} is not checked here"),
                 };
                 // <asm-generic/ioctl.h>: dir (read|write = 3) << 30 | size << 16 | type << 8 | nr.

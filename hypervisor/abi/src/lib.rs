@@ -573,6 +573,22 @@ pub struct EventWaitIoctl {
 pub const IOCTL_EVENT_WAIT: u64 =
     (3 << 30) | ((core::mem::size_of::<EventWaitIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 2;
 
+/// `/dev/oxen`'s foreign-mapping open (1.6): returns a new file descriptor
+/// for domain `domid`'s memory. `mmap(len, offset = guest-physical address)`
+/// on it maps those pages of the domain (`domctl::FOREIGN_MAP`), shared and
+/// read-write; `munmap` or the process's end unmaps them (`FOREIGN_UNMAP`).
+/// A mapping cannot be split, moved or inherited by `fork`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignOpenIoctl {
+    pub domid: u32,
+    pub _pad: u32,
+}
+
+/// `_IOWR('O', 0x13, struct oxen_foreign_open)` (0x13 = `domctl::FOREIGN_MAP`).
+pub const IOCTL_FOREIGN_OPEN: u64 =
+    (3 << 30) | ((core::mem::size_of::<ForeignOpenIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 0x13;
+
 /// The device node.
 pub const DEVICE_PATH: &str = "/dev/oxen";
 
@@ -722,6 +738,7 @@ pod! {
     VcpuStateRef = 8,
     ForeignMap = 32,
     ForeignUnmap = 16,
+    ForeignOpenIoctl = 8,
 }
 
 #[cfg(test)]
