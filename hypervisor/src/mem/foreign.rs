@@ -115,13 +115,31 @@ impl Window {
     }
 }
 
-/// Where the window goes: the first 1 GiB boundary at or above `top` (the end
-/// of what dom0's tables map), if `bytes` fit below `1 << phys_bits`.
-pub fn place_window(top: u64, bytes: u64, phys_bits: u8) -> Option<u64> {
+/// The most guest-physical address bits the window may use: 4-level EPT and
+/// NPT tables (`mem::paging`) translate 48.
+pub const WINDOW_MAX_BITS: u8 = 48;
+
+/// Where the window goes: the highest 1 GiB-aligned run of `bytes` below
+/// `1 << phys_bits` (at most `WINDOW_MAX_BITS`) that overlaps none of the
+/// machine's memory-map entries `occupied` (RAM, reserved ranges, device
+/// memory, `[start, end)`) and lies above `floor` (dom0's RAM) and 4 GiB. The
+/// top of the address space is where firmware puts nothing in general (it
+/// assigns 64-bit BARs upwards from just above the RAM); a QEMU AMD machine
+/// has a reserved range (the HyperTransport hole) at its last 12 GiB, so the
+/// window sits just below it there.
+pub fn place_window(occupied: &[(u64, u64)], floor: u64, bytes: u64, phys_bits: u8) -> Option<u64> {
     const GIB: u64 = 1 << 30;
-    let base = top.checked_next_multiple_of(GIB)?;
-    let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
-    (base.checked_add(bytes)? <= limit).then_some(base)
+    let limit = 1u64 << phys_bits.min(WINDOW_MAX_BITS);
+    let floor = floor.max(4 * GIB).checked_next_multiple_of(GIB)?;
+    let mut base = limit.checked_sub(bytes)? & !(GIB - 1);
+    while base >= floor {
+        let end = base + bytes;
+        match occupied.iter().filter(|&&(s, e)| s < end && e > base).map(|&(s, _)| s).min() {
+            None => return Some(base),
+            Some(s) => base = s.checked_sub(bytes)? & !(GIB - 1),
+        }
+    }
+    None
 }
 
 #[cfg(target_os = "none")]
@@ -383,12 +401,19 @@ mod tests {
     }
 
     #[test]
-    fn the_window_sits_above_dom0_inside_the_address_width() {
+    fn the_window_sits_high_in_a_gap_of_the_memory_map() {
         const GIB: u64 = 1 << 30;
-        assert_eq!(place_window(5 * GIB, GIB, 40), Some(5 * GIB));
-        assert_eq!(place_window(5 * GIB + 1, GIB, 40), Some(6 * GIB));
-        assert_eq!(place_window(1023 * GIB, GIB, 40), Some(1023 * GIB));
-        assert_eq!(place_window(1023 * GIB + 4096, GIB, 40), None, "past 1 TiB");
-        assert_eq!(place_window(u64::MAX - 5, GIB, 52), None);
+        // QEMU (AMD, 40 bits): RAM, the PCI hole's devices, the HT hole.
+        let qemu = [(0, 0xa_0000), (0x10_0000, 0x2000_0000), (0xfeff_c000, 0xff00_0000), (0xfd_0000_0000, 1 << 40)];
+        assert_eq!(place_window(&qemu, 0x2000_0000, GIB, 40), Some(1011 * GIB));
+        // Nothing high: the last GiB of the address space.
+        assert_eq!(place_window(&qemu[..3], 0x2000_0000, GIB, 39), Some(511 * GIB));
+        // Never above 48 bits (4-level tables), never below 4 GiB or the RAM.
+        assert_eq!(place_window(&[], 0, GIB, 52), Some((1 << 48) - GIB));
+        assert_eq!(place_window(&[(4 * GIB, 1 << 36)], 0, GIB, 36), None);
+        assert_eq!(place_window(&[], 63 * GIB + 1, GIB, 36), None, "RAM up to the top");
+        assert_eq!(place_window(&[], 0, GIB, 32), None, "below 4 GiB only");
+        // Two entries in the way: below the lower one.
+        assert_eq!(place_window(&[(61 * GIB + 5, 62 * GIB), (62 * GIB + 5, 64 * GIB)], 0, GIB, 36), Some(60 * GIB));
     }
 }
