@@ -176,14 +176,21 @@ static int compare_segments(const unsigned char *mem, size_t mem_len, const unsi
 	return compared;
 }
 
-/* Where the hypervisor's StartInfo ("OxenBoot") is in the domain's memory. */
+/*
+ * Where the hypervisor's StartInfo is in the domain's memory: its magic
+ * ("OxenBoot") followed by the ABI version this header has (the guest may hold
+ * a copy of the magic alone, on its stack say).
+ */
 static long find_start_info(const unsigned char *mem, size_t len)
 {
 	static const char magic[8] = "OxenBoot";
+	uint32_t version;
 
-	for (size_t at = 0; at + 304 <= len; at += 8)
-		if (!memcmp(mem + at, magic, 8))
+	for (size_t at = 0; at + 304 <= len; at += 8) {
+		memcpy(&version, mem + at + 8, 4);
+		if (!memcmp(mem + at, magic, 8) && version == OXEN_ABI_VERSION)
 			return (long)at;
+	}
 	return -1;
 }
 
@@ -252,9 +259,10 @@ int main(int argc, char **argv)
 		 * guest read its command line at boot), restored afterwards.
 		 */
 		long page = si & ~(PAGE - 1);
+		size_t span = ((si + 304 + PAGE - 1) & ~(PAGE - 1)) - page;
 		int fd2 = foreign_open(domid);
-		unsigned char *one = fd2 >= 0 ? fmap(fd2, PAGE, page) : MAP_FAILED;
-		check("map-one-page", one != MAP_FAILED, "%s", strerror(errno));
+		unsigned char *one = fd2 >= 0 ? fmap(fd2, span, page) : MAP_FAILED;
+		check("map-its-pages-again", one != MAP_FAILED, "%s", strerror(errno));
 		if (one != MAP_FAILED) {
 			volatile uint64_t *pad = (volatile uint64_t *)(one + (si - page) + 48 + 256 - 8);
 			volatile uint64_t *seen = (volatile uint64_t *)(mem + si + 48 + 256 - 8);
@@ -264,7 +272,7 @@ int main(int argc, char **argv)
 			check("write-seen-through-another-mapping", before == 0 && *seen == 0x4f78656e2d4d6170ULL,
 			      "before %#llx, after %#llx", (unsigned long long)before, (unsigned long long)*seen);
 			*pad = 0;
-			munmap(one, PAGE);
+			munmap(one, span);
 		}
 		if (fd2 >= 0)
 			close(fd2);
