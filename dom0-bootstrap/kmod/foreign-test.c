@@ -19,6 +19,9 @@
  */
 #define _GNU_SOURCE
 #include <elf.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -194,6 +197,47 @@ static long find_start_info(const unsigned char *mem, size_t len)
 	return -1;
 }
 
+/*
+ * A thread on another CPU than the destroyer's reads the mapping all along,
+ * keeping its translation in that CPU's TLB: until the hypervisor empties the
+ * mapping it reads the domain's word, after that all ones. Anything else (a
+ * 0: the frame scrubbed and freed, read through a stale TLB entry) means
+ * dom0 reached memory no longer the domain's.
+ */
+struct reader {
+	volatile uint64_t *word;
+	uint64_t before;
+	int cpu;
+	atomic_int stop;
+	unsigned long reads, domain, ones, other;
+	uint64_t other_value;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(r->cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	while (!atomic_load(&r->stop)) {
+		uint64_t v = *r->word;
+
+		r->reads++;
+		if (v == r->before) {
+			r->domain++;
+		} else if (v == ~0ULL) {
+			r->ones++;
+			usleep(1000);
+		} else {
+			r->other++;
+			r->other_value = v;
+		}
+	}
+	return NULL;
+}
+
 static int domain_listed(const char *name)
 {
 	char cmd[128];
@@ -329,11 +373,37 @@ int main(int argc, char **argv)
 	uint64_t v = 0;
 	char cmd[128];
 
+	struct reader rd = { .word = word, .before = *word, .cpu = 1 };
+	pthread_t reader;
+	cpu_set_t set;
+	int threads = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+
+	/* The destroyer on CPU 0, the reader on CPU 1 (when dom0 has two). */
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	if (threads && pthread_create(&reader, NULL, reader_main, &rd) != 0)
+		threads = 0;
+	if (threads)
+		while (rd.reads < 1000)
+			usleep(1000);
 	snprintf(cmd, sizeof(cmd), "oxl destroy %s", name);
 	check("destroy-while-mapped", system(cmd) == 0, "'%s' failed", cmd);
 	for (int i = 0; i < 60 && domain_listed(name); i++)
 		sleep(1);
 	check("domain-gone", !domain_listed(name), "%s still listed after 60 s", name);
+	if (threads) {
+		sleep(1);
+		atomic_store(&rd.stop, 1);
+		pthread_join(reader, NULL);
+		printf("foreign: reader on cpu %d: %lu reads: %lu of the domain's word, %lu all ones, %lu other\n",
+		       rd.cpu, rd.reads, rd.domain, rd.ones, rd.other);
+		check("reader-on-another-cpu-saw-no-freed-memory", rd.other == 0 && rd.ones > 0,
+		      "%lu reads of something else (last %#llx), %lu all ones", rd.other,
+		      (unsigned long long)rd.other_value, rd.ones);
+	} else {
+		printf("foreign: dom0 has one CPU: no reader on another\n");
+	}
 	int sig = touch_read(word, &v);
 	if (sig)
 		printf("foreign: reading the old mapping: signal %d\n", sig);

@@ -165,7 +165,7 @@ mod tests {
             &[(0x1000, 0x800)],
             &[(0x2000, 0x1000), (0x1000, 0x1000)],
             &[(0x1000, 0x2000), (0x2000, 0x1000)],
-            &[(u64::MAX & !0xfff, 0x1000)],
+            &[(!0xfffu64, 0x1000)],
             &[],
         ] {
             assert!(matches!(dom.map(ranges), Err(ForeignError::BadRange { .. })), "{ranges:x?}");
