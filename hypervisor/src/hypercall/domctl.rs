@@ -285,7 +285,7 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
         domctl::FOREIGN_UNMAP => {
             let u: ForeignUnmap = arg(a)?;
             no_buffer(buf_len)?;
-            if u.addr % 4096 != 0 || u.count == 0 || u.count > FOREIGN_MAP_MAX_PAGES {
+            if !u.addr.is_multiple_of(4096) || u.count == 0 || u.count > FOREIGN_MAP_MAX_PAGES {
                 return Err(bad(Error::Inval, alloc::format!("unmap {:#x}+{} pages: not a mapping", u.addr, u.count)));
             }
             Command::ForeignUnmap { addr: u.addr, count: u.count }

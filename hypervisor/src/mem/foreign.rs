@@ -323,10 +323,12 @@ mod global {
         for c in 0..cpus {
             tlb_tag::request_flush(c, seq);
         }
-        if let Err(why) = apic::wake_self() {
-            warn!("foreign: cannot stop this CPU's guest for a TLB flush: {why}");
+        // Only with its own guest stopped does this CPU count as done for
+        // another CPU waiting here at the same time.
+        match apic::wake_self() {
+            Ok(()) => tlb_tag::set_waiting(me, true),
+            Err(why) => warn!("foreign: cannot stop this CPU's guest for a TLB flush: {why}"),
         }
-        tlb_tag::set_waiting(me, true);
         let seen: Vec<u32> = (0..cpus).map(apic::wakes_taken_by).collect();
         for c in (0..cpus).filter(|&c| c != me) {
             smp::kick(c);
