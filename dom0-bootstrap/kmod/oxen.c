@@ -3,6 +3,7 @@
  * /dev/oxen: dom0's door to the Oxen hypervisor.
  *
  * OXEN_IOCTL_HYPERCALL makes one hypercall for a CAP_SYS_ADMIN caller;
+ * OXEN_IOCTL_FOREIGN_OPEN gives a file whose mmap shows a domU's memory;
  * OXEN_IOCTL_EVENT_WAIT sleeps until the hypervisor signals an event on
  * dom0's event line (below). The driver only moves bytes: it copies the caller's argument
  * structure and data buffer into physically contiguous kernel buffers, passes
@@ -15,6 +16,7 @@
 
 #include <linux/acpi.h>
 #include <linux/anon_inodes.h>
+#include <linux/mm.h>
 #include <linux/atomic.h>
 #include <linux/build_bug.h>
 #include <linux/capability.h>
@@ -43,6 +45,9 @@
 static_assert(sizeof(struct oxen_hypercall) == 7 * sizeof(__u64));
 static_assert(offsetof(struct oxen_hypercall, result) == 6 * sizeof(__u64));
 static_assert(sizeof(struct oxen_event_wait) == 3 * sizeof(__u64));
+static_assert(sizeof(struct oxen_foreign_map) == 4 * sizeof(__u64));
+static_assert(sizeof(struct oxen_foreign_unmap) == 2 * sizeof(__u64));
+static_assert(sizeof(struct oxen_foreign_open) == sizeof(__u64));
 
 /* CPUID.1:ECX bit 31: a hypervisor is present. */
 #define CPUID_1_ECX_HYPERVISOR BIT(31)
@@ -162,6 +167,18 @@ static int oxen_check_request(const struct oxen_hypercall *hc)
 			return -EINVAL;
 		return 0;
 	case OXEN_HC_DOMCTL:
+		/*
+		 * Foreign mappings are made and ended only through a foreign
+		 * file's mmap and munmap (below), so each is tied to the VMA
+		 * that shows it: a raw unmap could free a window range another
+		 * process still maps, and a later mapping would appear there.
+		 * Likewise an I/O request page is only ever one the driver
+		 * allocated for an ioreq file: a raw IOREQ_SETUP would have the
+		 * hypervisor write into whatever dom0 page it named.
+		 */
+		if (hc->cmd == OXEN_DOMCTL_FOREIGN_MAP || hc->cmd == OXEN_DOMCTL_FOREIGN_UNMAP ||
+		    hc->cmd == OXEN_DOMCTL_IOREQ_SETUP)
+			return -EPERM;
 		err = oxen_check_area(hc->arg, hc->arg_len, OXEN_DOMCTL_ARG_MAX);
 		if (err)
 			return err;
@@ -547,6 +564,156 @@ static long oxen_ioctl_ioreq_open(struct oxen_domain_ref __user *uref)
 			__free_page(io->page);
 		kfree(io);
 	}
+
+ * Foreign mappings (ABI 1.6): OXEN_IOCTL_FOREIGN_OPEN gives a file for one
+ * domU's memory; each mmap on it asks the hypervisor for FOREIGN_MAP of the
+ * pages the offset (a guest-physical address) and length name, and maps the
+ * dom0-physical range it answers into the process; the VMA's close unmaps it
+ * (FOREIGN_UNMAP). A VMA is the only holder of its mapping: it cannot be
+ * split, moved, grown or copied into a child, so it is closed exactly once.
+ *
+ * Cache attributes: the pages are plain RAM the hypervisor maps write-back
+ * (its NPT/EPT entry's memory type). The range lies in no e820 RAM of dom0's,
+ * so with PAT on Linux would track it as I/O memory and, lacking MTRRs (the
+ * hypervisor hides them), give a write-back request UC- (pat_x_mtrr_type);
+ * dom0's Linux 6.1 turns PAT off when it finds no MTRRs, so the default
+ * vm_page_prot (no PCD/PWT, PAT index 0 = WB at reset) is write-back. The
+ * driver asks for that and never pgprot_noncached: the domU maps the same
+ * frames write-back, and x86 does not support one page with two memory types
+ * (SDM Vol. 3A §13.12.4). oxen-foreign-test reads the type Linux chose.
+ */
+struct oxen_foreign {
+	u32 domid;
+};
+
+struct oxen_foreign_vma {
+	u64 addr;
+	u64 count;
+};
+
+static long oxen_foreign_domctl(u64 cmd, void *arg, size_t len)
+{
+	return (long)oxen_hypercall(OXEN_HC_DOMCTL, cmd, virt_to_phys(arg), len, 0, 0);
+}
+
+static void oxen_foreign_unmap(u64 addr, u64 count)
+{
+	struct oxen_foreign_unmap *u;
+	long ret;
+
+	/* The argument must be in dom0's RAM: kmalloc, never the stack (vmapped). */
+	u = kmalloc(sizeof(*u), GFP_KERNEL | __GFP_NOFAIL);
+	u->addr = addr;
+	u->count = count;
+	ret = oxen_foreign_domctl(OXEN_DOMCTL_FOREIGN_UNMAP, u, sizeof(*u));
+	kfree(u);
+	if (ret)
+		pr_warn_ratelimited("foreign unmap of %#llx+%llu pages failed (%ld)\n", addr, count, ret);
+}
+
+static void oxen_foreign_vma_close(struct vm_area_struct *vma)
+{
+	struct oxen_foreign_vma *m = vma->vm_private_data;
+
+	if (!m)
+		return;
+	vma->vm_private_data = NULL;
+	oxen_foreign_unmap(m->addr, m->count);
+	kfree(m);
+}
+
+static int oxen_foreign_may_split(struct vm_area_struct *vma, unsigned long addr)
+{
+	return -EINVAL;
+}
+
+static int oxen_foreign_mremap(struct vm_area_struct *vma)
+{
+	return -EINVAL;
+}
+
+static const struct vm_operations_struct oxen_foreign_vm_ops = {
+	.close = oxen_foreign_vma_close,
+	.may_split = oxen_foreign_may_split,
+	.mremap = oxen_foreign_mremap,
+};
+
+static int oxen_foreign_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct oxen_foreign *f = file->private_data;
+	unsigned long pages = vma_pages(vma);
+	struct oxen_foreign_map *arg;
+	struct oxen_foreign_vma *m;
+	long ret;
+	int err;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	arg = kzalloc(sizeof(*arg), GFP_KERNEL);
+	if (!m || !arg) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	arg->domid = f->domid;
+	arg->first_gfn = vma->vm_pgoff;
+	arg->count = pages;
+	ret = oxen_foreign_domctl(OXEN_DOMCTL_FOREIGN_MAP, arg, sizeof(*arg));
+	if (IS_ERR_VALUE(ret)) {
+		err = oxen_result_to_errno(ret);
+		goto fail;
+	}
+	m->addr = arg->addr;
+	m->count = pages;
+	vma->vm_flags |= VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP | VM_IO | VM_PFNMAP;
+	vma->vm_ops = &oxen_foreign_vm_ops;
+	vma->vm_private_data = m;
+	err = remap_pfn_range(vma, vma->vm_start, m->addr >> PAGE_SHIFT, pages << PAGE_SHIFT, vma->vm_page_prot);
+	if (err) {
+		/* mmap_region does not call close for a failed mmap: undo here. */
+		vma->vm_private_data = NULL;
+		oxen_foreign_unmap(m->addr, m->count);
+		goto fail;
+	}
+	kfree(arg);
+	return 0;
+fail:
+	kfree(arg);
+	kfree(m);
+	return err;
+}
+
+/* Every VMA holds the file: by now each has been closed and unmapped. */
+static int oxen_foreign_release(struct inode *inode, struct file *file)
+{
+	kfree(file->private_data);
+	return 0;
+}
+
+static const struct file_operations oxen_foreign_fops = {
+	.owner = THIS_MODULE,
+	.mmap = oxen_foreign_mmap,
+	.release = oxen_foreign_release,
+	.llseek = no_llseek,
+};
+
+static long oxen_ioctl_foreign_open(struct oxen_foreign_open __user *uo)
+{
+	struct oxen_foreign_open o;
+	struct oxen_foreign *f;
+	int fd;
+
+	if (copy_from_user(&o, uo, sizeof(o)))
+		return -EFAULT;
+	if (o._pad)
+		return -EINVAL;
+	f = kzalloc(sizeof(*f), GFP_KERNEL);
+	if (!f)
+		return -ENOMEM;
+	f->domid = o.domid;
+	fd = anon_inode_getfd("oxen-foreign", &oxen_foreign_fops, f, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		kfree(f);
 	return fd;
 }
 
@@ -559,6 +726,8 @@ static long oxen_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return oxen_ioctl_event_wait(file->private_data, (struct oxen_event_wait __user *)arg);
 	case OXEN_IOCTL_IOREQ_OPEN:
 		return oxen_ioctl_ioreq_open((struct oxen_domain_ref __user *)arg);
+	case OXEN_IOCTL_FOREIGN_OPEN:
+		return oxen_ioctl_foreign_open((struct oxen_foreign_open __user *)arg);
 	default:
 		return -ENOTTY;
 	}

@@ -171,4 +171,41 @@ struct oxen_ioreq_page {
 #define OXEN_IOCTL_IOREQ_RANGE _IOWR('O', 0x11, struct oxen_ioreq_range)
 #define OXEN_IOCTL_IOREQ_DONE _IOWR('O', 0x12, struct oxen_ioreq_done)
 
+ * Foreign mappings (1.6): a domU's RAM pages shown to dom0. Domctls the
+ * driver makes itself (OXEN_IOCTL_HYPERCALL refuses them): a mapping is only
+ * made and ended through a foreign file's mmap and munmap.
+ */
+#define OXEN_ABI_DEVICE_MODEL 0x00010006
+#define OXEN_DOMCTL_FOREIGN_MAP 19
+#define OXEN_DOMCTL_FOREIGN_UNMAP 20
+/* Most pages one mapping holds: the hypervisor's whole window (1 GiB). */
+#define OXEN_FOREIGN_MAP_MAX_PAGES 262144
+
+/* ForeignMap: `count` pages from guest frame `first_gfn`; `addr` comes back. */
+struct oxen_foreign_map {
+	__u32 domid;
+	__u32 _pad;
+	__u64 first_gfn;
+	__u64 count;
+	__u64 addr;
+};
+
+/* ForeignUnmap: exactly what FOREIGN_MAP returned. */
+struct oxen_foreign_unmap {
+	__u64 addr;
+	__u64 count;
+};
+
+/*
+ * ForeignOpenIoctl (1.6): a new file descriptor (returned by the ioctl) for
+ * domain `domid`'s memory. mmap(len, offset = guest-physical address) on it
+ * maps those pages, shared, read-write; munmap (or the process's end) unmaps.
+ */
+struct oxen_foreign_open {
+	__u32 domid;
+	__u32 _pad;
+};
+
+#define OXEN_IOCTL_FOREIGN_OPEN _IOWR('O', 0x13, struct oxen_foreign_open)
+
 #endif /* OXEN_ABI_H */

@@ -42,6 +42,11 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
             0o755,
             &kmod.ioreq_test,
         ),
+        (
+            crate::kmod::FOREIGN_TEST_PATH.to_owned(),
+            0o755,
+            &kmod.foreign_test,
+        ),
     ] {
         files.push(ExtraFile {
             dest,

@@ -48,6 +48,8 @@ pub const USER_PROBE_PATH: &str = "usr/lib/oxen/user-probe";
 pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
 /// Where the I/O request test's device model goes (tests/ioreq.sh).
 pub const IOREQ_TEST_PATH: &str = "usr/lib/oxen/ioreq-test";
+/// Where dom0's initramfs has `oxen-foreign-test` (`foreign-test.c`).
+pub const FOREIGN_TEST_PATH: &str = "usr/lib/oxen/foreign-test";
 
 /// What `build` made.
 pub struct Built {
@@ -64,6 +66,8 @@ pub struct Built {
     pub xstate_test: PathBuf,
     /// `oxen-ioreq-test` (`ioreq-test.c`): the device model of the `ioreq` guest.
     pub ioreq_test: PathBuf,
+    /// `oxen-foreign-test` (`foreign-test.c`): maps a domU's memory (ABI 1.6).
+    pub foreign_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -77,6 +81,7 @@ pub fn build(release: &str) -> Result<Built> {
         user_probe: dir.join("oxen-user-probe"),
         xstate_test: dir.join("oxen-xstate-test"),
         ioreq_test: dir.join("oxen-ioreq-test"),
+        foreign_test: dir.join("oxen-foreign-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -89,6 +94,7 @@ pub fn build(release: &str) -> Result<Built> {
         && out.user_probe.is_file()
         && out.xstate_test.is_file()
         && out.ioreq_test.is_file()
+        && out.foreign_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -185,6 +191,7 @@ pub fn build(release: &str) -> Result<Built> {
     }
     build_static_glibc(&cc, &build.join("user-probe.c"), &out.user_probe)?;
     build_static_glibc(&cc, &build.join("ioreq-test.c"), &out.ioreq_test)?;
+    build_static_glibc(&cc, &build.join("foreign-test.c"), &out.foreign_test)?;
     step(format!(
         "dom0 kernel module: hostile user-space probe {} ({} KiB)",
         show(&out.user_probe),
@@ -759,7 +766,44 @@ mod tests {
             ("OXEN_DOMCTL_ARG_MAX", Define::Int(DOMCTL_ARG_MAX)),
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
             ("OXEN_DEVICE_NAME", Define::Str(device.into())),
+            ("OXEN_ABI_DEVICE_MODEL", Define::Int(ABI_DEVICE_MODEL.into())),
+            ("OXEN_DOMCTL_FOREIGN_MAP", Define::Int(domctl::FOREIGN_MAP)),
+            ("OXEN_DOMCTL_FOREIGN_UNMAP", Define::Int(domctl::FOREIGN_UNMAP)),
+            ("OXEN_FOREIGN_MAP_MAX_PAGES", Define::Int(FOREIGN_MAP_MAX_PAGES)),
         ];
+        let m = ForeignMap { domid: 0, _pad: 0, first_gfn: 0, count: 0, addr: 0 };
+        let map_size = assert_struct(
+            &h,
+            "oxen_foreign_map",
+            &[
+                ("domid", offset_of!(ForeignMap, domid), c_type(&m.domid)),
+                ("_pad", offset_of!(ForeignMap, _pad), c_type(&m._pad)),
+                ("first_gfn", offset_of!(ForeignMap, first_gfn), c_type(&m.first_gfn)),
+                ("count", offset_of!(ForeignMap, count), c_type(&m.count)),
+                ("addr", offset_of!(ForeignMap, addr), c_type(&m.addr)),
+            ],
+        );
+        assert_eq!(map_size, size_of::<ForeignMap>());
+        let u = ForeignUnmap { addr: 0, count: 0 };
+        let unmap_size = assert_struct(
+            &h,
+            "oxen_foreign_unmap",
+            &[
+                ("addr", offset_of!(ForeignUnmap, addr), c_type(&u.addr)),
+                ("count", offset_of!(ForeignUnmap, count), c_type(&u.count)),
+            ],
+        );
+        assert_eq!(unmap_size, size_of::<ForeignUnmap>());
+        let o = ForeignOpenIoctl::default();
+        let open_size = assert_struct(
+            &h,
+            "oxen_foreign_open",
+            &[
+                ("domid", offset_of!(ForeignOpenIoctl, domid), c_type(&o.domid)),
+                ("_pad", offset_of!(ForeignOpenIoctl, _pad), c_type(&o._pad)),
+            ],
+        );
+        assert_eq!(open_size, size_of::<ForeignOpenIoctl>());
         let w = EventWaitIoctl::default();
         let wait_size = assert_struct(
             &h,
@@ -814,6 +858,7 @@ mod tests {
                     "oxen_domain_ref" => (ref_size, ("OXEN_IOCTL_IOREQ_OPEN", IOCTL_IOREQ_OPEN)),
                     "oxen_ioreq_range" => (range_size, ("OXEN_IOCTL_IOREQ_RANGE", IOCTL_IOREQ_RANGE)),
                     "oxen_ioreq_done" => (done_size, ("OXEN_IOCTL_IOREQ_DONE", IOCTL_IOREQ_DONE)),
+                    "oxen_foreign_open" => (open_size, ("OXEN_IOCTL_FOREIGN_OPEN", IOCTL_FOREIGN_OPEN)),
                     other => panic!("{name}: an ioctl on struct {other} is not checked here"),
                 };
                 // <asm-generic/ioctl.h>: dir (read|write = 3) << 30 | size << 16 | type << 8 | nr.

@@ -42,17 +42,19 @@
 //! ```
 
 pub mod block;
+pub mod foreign;
 pub mod ioreq;
 pub mod mmio;
 
 pub use block::Block;
+pub use foreign::{ForeignDomain, ForeignError};
 pub use mmio::ActivateError;
 pub use mmio::{Effect, MmioTransport, VirtioDevice};
 /// Re-exported so that users build guest memory with the exact version the queues use.
 pub use vm_memory;
 
-/// The guest memory a device model works on: the domU's RAM, mapped into dom0 (later through
-/// `mmap` on `/dev/oxen`; in tests, anonymous memory).
+/// The guest memory a device model works on: the domU's RAM, mapped into dom0 through `mmap` on
+/// `/dev/oxen`'s foreign file ([`ForeignDomain::map`]; in tests, anonymous memory or a file).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
 /// The ioreq loop may run devices on threads of its own.

@@ -320,6 +320,49 @@ pub mod domctl {
     /// Arg `IoreqDone`, no buffer: the device model completed vCPU `vcpu`'s
     /// slot (state `DONE`): the vCPU runs again and retires its access. (1.6)
     pub const IOREQ_DONE: u64 = 23;
+    /// Arg `ForeignMap` (in/out), no buffer: maps `count` pages of a domU's
+    /// RAM from guest frame `first_gfn` on, read-write and write-back, into
+    /// dom0's physical address space, in the foreign window above everything
+    /// else dom0 sees. Returns (in RAX and `addr`) the dom0-physical address
+    /// of the first page. A domU only (dom0 `-EPERM`), not dying (`-EBUSY`);
+    /// the range inside its RAM and `count` in 1..=`FOREIGN_MAP_MAX_PAGES`
+    /// (`-EINVAL`); `-ENOSPC` when the window has no room left. (1.6)
+    pub const FOREIGN_MAP: u64 = 19;
+    /// Arg `ForeignUnmap`, no buffer: removes a mapping `FOREIGN_MAP` made,
+    /// named exactly by the address and count it returned, and flushes dom0's
+    /// TLBs before the window's range is reused. When the domU dies first its
+    /// pages leave the window at once (accesses then read all ones, writes are
+    /// dropped); the range stays reserved until this call. (1.6)
+    pub const FOREIGN_UNMAP: u64 = 20;
+}
+
+/// Most pages one `domctl::FOREIGN_MAP` maps: the whole foreign window
+/// (`FOREIGN_WINDOW_BYTES`). (1.6)
+pub const FOREIGN_MAP_MAX_PAGES: u64 = FOREIGN_WINDOW_BYTES / 4096;
+/// Bytes of dom0-physical address space the hypervisor keeps for foreign
+/// mappings: every mapping dom0 holds at once fits in it. (1.6)
+pub const FOREIGN_WINDOW_BYTES: u64 = 1 << 30;
+/// Mappings dom0 may hold at once (each costs the hypervisor some heap). (1.6)
+pub const FOREIGN_MAPPINGS_MAX: usize = 1024;
+
+/// `domctl::FOREIGN_MAP`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignMap {
+    pub domid: u32,
+    pub _pad: u32,
+    pub first_gfn: u64,
+    pub count: u64,
+    /// Out: the dom0-physical address of the first page.
+    pub addr: u64,
+}
+
+/// `domctl::FOREIGN_UNMAP`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignUnmap {
+    pub addr: u64,
+    pub count: u64,
 }
 
 /// The leaves `domctl::CPUID_GET` answers with, and the buffer they need.
@@ -717,6 +760,22 @@ pub const IOCTL_IOREQ_RANGE: u64 = iowr(0x11, core::mem::size_of::<IoreqRange>()
 /// On an ioreq fd: `domctl::IOREQ_DONE` for its domain (`domid` ignored).
 pub const IOCTL_IOREQ_DONE: u64 = iowr(0x12, core::mem::size_of::<IoreqDone>());
 
+/// `/dev/oxen`'s foreign-mapping open (1.6): returns a new file descriptor
+/// for domain `domid`'s memory. `mmap(len, offset = guest-physical address)`
+/// on it maps those pages of the domain (`domctl::FOREIGN_MAP`), shared and
+/// read-write; `munmap` or the process's end unmaps them (`FOREIGN_UNMAP`).
+/// A mapping cannot be split, moved or inherited by `fork`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ForeignOpenIoctl {
+    pub domid: u32,
+    pub _pad: u32,
+}
+
+/// `_IOWR('O', 0x13, struct oxen_foreign_open)` (0x13 = `domctl::FOREIGN_MAP`).
+pub const IOCTL_FOREIGN_OPEN: u64 =
+    (3 << 30) | ((core::mem::size_of::<ForeignOpenIoctl>() as u64) << 16) | ((b'O' as u64) << 8) | 0x13;
+
 /// The device node.
 pub const DEVICE_PATH: &str = "/dev/oxen";
 
@@ -869,6 +928,9 @@ pod! {
     IoreqDone = 8,
     IoreqSlot = 32,
     PostedWrite = 24,
+    ForeignMap = 32,
+    ForeignUnmap = 16,
+    ForeignOpenIoctl = 8,
 }
 
 #[cfg(test)]

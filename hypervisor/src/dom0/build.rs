@@ -247,6 +247,17 @@ pub fn boot(info: &BootInfo) -> ! {
     let top = plan.identity_top.max(info.host_map.iter().map(|e| e.end).max().unwrap_or(0).div_ceil(1 << 30) << 30);
     let mut hidden = withheld.clone();
     hidden.extend(EMULATED_PAGES.iter().map(|&p| Region::new(p, p + PAGE_SIZE)));
+    // The window for foreign mappings (`mem::foreign`): in no entry of the
+    // machine's map, above dom0's RAM, inside the physical address width the
+    // CPU reports (and dom0's CPUID shows unchanged). Inside `top` it is cut
+    // out of the identity map; dom0's e820 does not list it.
+    let phys_bits = crate::emulate::mmio::host_phys_bits();
+    let occupied: Vec<(u64, u64)> = info.host_map.iter().map(|e| (e.start, e.end)).collect();
+    let ram_end = ram.iter().map(|r| r.end).max().unwrap_or(0);
+    let window = mem::foreign::place_window(&occupied, ram_end, oxen_abi::FOREIGN_WINDOW_BYTES, phys_bits);
+    if let Some(base) = window {
+        hidden.push(Region::new(base, base + oxen_abi::FOREIGN_WINDOW_BYTES));
+    }
     let mut gm = GuestMemory::new();
     for r in subtract(&[Region::new(0, top)], &hidden) {
         let region = GuestRegion { gpa: GuestPhysAddr::new(r.start), hpa: HostPhysAddr::new(r.start), len: r.len(), flags: MapFlags::RWX };
@@ -282,9 +293,16 @@ pub fn boot(info: &BootInfo) -> ! {
             fatal(format_args!("dom0: bad RAM region {:#x}-{:#x}", r.start, r.end));
         }
     }
-    // The nested tables stay as long as dom0, for good (never `destroy`ed).
+    // The nested tables stay as long as dom0, for good (never `destroy`ed),
+    // kept by `mem::foreign`, which maps domUs' pages into the window.
     let root = tables.root();
-    let _ = tables;
+    match window {
+        Some(base) => mem::foreign::init(tables, base),
+        None => {
+            warn!("dom0: no room for the foreign-mapping window in {phys_bits} address bits: no foreign mappings");
+            mem::foreign::init_without_window(tables);
+        }
+    }
     sched::init(info.options.sched_slice_ms);
     crate::vm::vcpu::set_tally_period(info.options.exit_tally_s);
     run(boot, vcpus, root, gm, ram_map)

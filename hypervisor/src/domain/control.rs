@@ -83,6 +83,9 @@ pub struct BootSpec {
 
 /// What the hypervisor holds for a domain.
 pub struct Resources {
+    /// The domain's ID once it has one (`u32::MAX` before): its foreign
+    /// mappings into dom0 are emptied before its memory is freed.
+    domid: u32,
     /// 2 MiB chunks; chunk `i` backs guest-physical `i * 2 MiB`.
     chunks: Vec<HostPhysAddr>,
     /// The domain's RAM (for dom0: its RAM only, not device memory).
@@ -127,6 +130,7 @@ impl Resources {
     fn try_new(ram: GuestMemory) -> Result<Self, Error> {
         let now = crate::arch::x86_64::time::now_ns();
         Ok(Self {
+            domid: u32::MAX,
             chunks: Vec::new(),
             ram,
             tables: None,
@@ -185,14 +189,18 @@ impl Resources {
     /// memory is back in the pool.
     pub fn take_memory(&mut self) -> MemoryToFree {
         MemoryToFree {
+            domid: self.domid,
             chunks: core::mem::take(&mut self.chunks),
             tables: self.tables.take(),
             images: [self.images[0].take(), self.images[1].take()],
         }
     }
 
-    /// Gives everything back to the pool (`free_frames` scrubs it).
+    /// Gives everything back to the pool (`free_frames` scrubs it), after
+    /// dom0's foreign mappings of it are gone (`mem::foreign::revoke`).
+    /// Without the domain table's lock if it may have been mapped.
     fn free(mut self) {
+        mem::foreign::revoke(self.domid);
         for c in self.chunks.drain(..) {
             mem::free_frames(c, CHUNK_FRAMES);
         }
@@ -207,14 +215,17 @@ impl Resources {
 
 /// A dying domain's memory, taken out of it (`Resources::take_memory`).
 pub struct MemoryToFree {
+    domid: u32,
     chunks: Vec<HostPhysAddr>,
     tables: Option<NestedTables>,
     images: [Option<Staged>; 2],
 }
 
 impl MemoryToFree {
-    /// Scrubs and frees it (slow: call it without the table's lock).
+    /// Scrubs and frees it (slow: call it without the table's lock), after
+    /// dom0's foreign mappings of it are gone and dom0's TLBs flushed.
     pub fn free(self) {
+        mem::foreign::revoke(self.domid);
         for c in self.chunks {
             mem::free_frames(c, CHUNK_FRAMES);
         }
@@ -592,6 +603,13 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             }
             Ok(n as u64)
         }
+        Command::ForeignMap(m) => foreign_map(m),
+        Command::ForeignUnmap { addr, count } => {
+            mem::foreign::unmap(*addr, *count).inspect_err(|_| {
+                guest_log(DOM0, log::Level::Warn, format_args!("d0: foreign unmap {addr:#x}+{count} pages: not a mapping"))
+            })?;
+            Ok(0)
+        }
         Command::PhysInfo => {
             let info = PhysInfo {
                 abi_version: ABI_VERSION,
@@ -608,6 +626,40 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             buf[..core::mem::size_of::<PhysInfo>()].copy_from_slice(info.as_bytes());
             Ok(0)
         }
+    }
+}
+
+/// `FOREIGN_MAP`: a live domU's RAM pages into dom0's window. The domain
+/// table stays locked until the entries are made, so a domain that dies
+/// after the check finds its mapping and empties it (`mem::foreign::revoke`).
+fn foreign_map(m: &mut oxen_abi::ForeignMap) -> Result<u64, Error> {
+    let t = DOMAINS.lock();
+    let refuse = |t: spin::MutexGuard<'_, Table<Resources>>, e: Error, why: fmt::Arguments| {
+        drop(t);
+        guest_log(DOM0, log::Level::Warn, format_args!("d0: foreign map of d{} frames {:#x}+{}: {why}", m.domid, m.first_gfn, m.count));
+        Err(e)
+    };
+    let Some(d) = t.get(m.domid) else { return refuse(t, Error::NoEnt, format_args!("no such domain")) };
+    if d.privileged {
+        return refuse(t, Error::Perm, format_args!("dom0's own memory is not mapped this way"));
+    }
+    if d.state == oxen_abi::DomainState::Dying {
+        return refuse(t, Error::Busy, format_args!("the domain is dying"));
+    }
+    // A domU's RAM is one run from guest-physical 0 (`create`).
+    let pages = d.res.chunks.len() as u64 * CHUNK_FRAMES as u64;
+    // `first_gfn + count` cannot overflow (`domctl::decode` bounds both).
+    if m.first_gfn + m.count > pages {
+        return refuse(t, Error::Inval, format_args!("past its {pages} pages of RAM"));
+    }
+    let ram = &d.res.ram;
+    let first = m.first_gfn;
+    match mem::foreign::map(m.domid, m.count, |i| ram.translate(GuestPhysAddr::new((first + i) * PAGE_SIZE)).map(|(h, _)| h.as_u64())) {
+        Ok(addr) => {
+            m.addr = addr;
+            Ok(addr)
+        }
+        Err(e) => refuse(t, e, format_args!("the window has no room ({e:?})")),
     }
 }
 
@@ -765,6 +817,9 @@ fn create(cfg: &Config) -> Result<u64, Error> {
         Ok(id) => id,
         Err((e, res)) => return fail(res, e),
     };
+    if let Some(d) = t.get_mut(id) {
+        d.res.domid = id;
+    }
     drop(t);
     if let Err(e) = sched::add_domain(id, oxen_abi::DEFAULT_WEIGHT, 0) {
         if let Ok(Some(d)) = DOMAINS.lock().destroy(id) {

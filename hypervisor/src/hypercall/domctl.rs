@@ -5,7 +5,7 @@ use crate::domain::table::Config;
 use alloc::string::{String, ToString};
 use core::mem::size_of;
 use oxen_abi::{
-    c_str, domctl, image_kind, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
+    c_str, domctl, image_kind, ForeignMap, ForeignUnmap, FOREIGN_MAP_MAX_PAGES, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
     LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuStateRef, IMAGE_MAX,
     CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
@@ -53,6 +53,11 @@ pub enum Command {
     /// Kind, flags and bounds checked here; overlaps by the service.
     IoreqRange(IoreqRange),
     IoreqDone { domid: u32, vcpu: u32 },
+    /// Its `addr` is filled in by the service and copied back. `count` is in
+    /// 1..=`FOREIGN_MAP_MAX_PAGES` and `first_gfn + count` does not overflow
+    /// a page number; the service checks the range against the domain's RAM.
+    ForeignMap(ForeignMap),
+    ForeignUnmap { addr: u64, count: u64 },
 }
 
 impl Command {
@@ -84,6 +89,7 @@ impl Command {
         match self {
             Command::ConsoleRead(r) | Command::Dmesg(r) => Some(r.as_bytes()),
             Command::SchedCredit(c) => Some(c.as_bytes()),
+            Command::ForeignMap(m) => Some(m.as_bytes()),
             _ => None,
         }
     }
@@ -321,6 +327,28 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                 return Err(bad(Error::Inval, alloc::format!("vCPU {} (at most {})", r.vcpu, MAX_VCPUS - 1)));
             }
             Command::IoreqDone { domid: r.domid, vcpu: r.vcpu }
+        }
+        domctl::FOREIGN_MAP => {
+            let mut m: ForeignMap = arg(a)?;
+            no_buffer(buf_len)?;
+            if !(1..=FOREIGN_MAP_MAX_PAGES).contains(&m.count) {
+                return Err(bad(Error::Inval, alloc::format!("{} pages to map (1..={FOREIGN_MAP_MAX_PAGES})", m.count)));
+            }
+            // A page number past 2^52 is no guest's: caught here so the sum
+            // below (and the service's byte addresses) cannot overflow.
+            if m.first_gfn.checked_add(m.count).is_none_or(|end| end > 1 << 40) {
+                return Err(bad(Error::Inval, alloc::format!("frames {:#x}+{:#x} past any guest's memory", m.first_gfn, m.count)));
+            }
+            m.addr = 0;
+            Command::ForeignMap(m)
+        }
+        domctl::FOREIGN_UNMAP => {
+            let u: ForeignUnmap = arg(a)?;
+            no_buffer(buf_len)?;
+            if !u.addr.is_multiple_of(4096) || u.count == 0 || u.count > FOREIGN_MAP_MAX_PAGES {
+                return Err(bad(Error::Inval, alloc::format!("unmap {:#x}+{} pages: not a mapping", u.addr, u.count)));
+            }
+            Command::ForeignUnmap { addr: u.addr, count: u.count }
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

@@ -89,6 +89,10 @@ impl Services for FakeServices {
                 // A queue with room for 3 bytes.
                 Ok(buf.len().min(3) as u64)
             }
+            Command::ForeignMap(m) => {
+                m.addr = 0x40_0000_0000 + m.first_gfn * 4096;
+                Ok(m.addr)
+            }
             Command::ConsoleRead(r) => {
                 buf[..2].copy_from_slice(b"hi");
                 r.next = r.offset + 2;
@@ -510,4 +514,41 @@ fn ioreq_commands_are_checked_before_the_service() {
     let done = |vcpu| IoreqDone { domid: 3, vcpu };
     assert_eq!(domctl::decode(dc::IOREQ_DONE, done(7).as_bytes(), 0), Ok(Command::IoreqDone { domid: 3, vcpu: 7 }));
     assert!(domctl::decode(dc::IOREQ_DONE, done(8).as_bytes(), 0).is_err());
+}
+
+#[test]
+fn foreign_mappings_are_dom0s_bounded_and_answered_in_the_argument() {
+    use oxen_abi::{ForeignMap, ForeignUnmap, FOREIGN_MAP_MAX_PAGES};
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let m = |domid, first_gfn, count| ForeignMap { domid, _pad: 0, first_gfn, count, addr: 0 };
+    let len = put(&mut r, 0x100, &ForeignMap { addr: 0x1234, ..m(4, 2, 3) });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x100, len, 0, 0]).0, Ok(0x40_0000_2000));
+    // The input's `addr` is not trusted, the answer is copied back.
+    assert_eq!(s.commands.last(), Some(&Command::ForeignMap(m(4, 2, 3))));
+    let mut back = [0u8; 32];
+    r.read(0x100, &mut back).unwrap();
+    assert_eq!(ForeignMap::read_from(&back).unwrap().addr, 0x40_0000_2000);
+    let ulen = put(&mut r, 0x200, &ForeignUnmap { addr: 0x40_0000_2000, count: 3 });
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_UNMAP, 0x200, ulen, 0, 0]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::ForeignUnmap { addr: 0x40_0000_2000, count: 3 }));
+    let n = s.commands.len();
+    for (arg, err) in [
+        (m(4, 0, 0), Error::Inval),
+        (m(4, 0, FOREIGN_MAP_MAX_PAGES + 1), Error::Inval),
+        (m(4, u64::MAX, 1), Error::Inval),
+        (m(4, (1 << 40) - 1, 2), Error::Inval),
+    ] {
+        let len = put(&mut r, 0x300, &arg);
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x300, len, 0, 0]).0, Err(err), "{arg:?}");
+    }
+    // A buffer, a short argument, a misaligned or empty unmap.
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x100, len, 0x400, 8]).0, Err(Error::Inval));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x100, len - 8, 0, 0]).0, Err(Error::Inval));
+    for u in [ForeignUnmap { addr: 0x40_0000_2001, count: 1 }, ForeignUnmap { addr: 0x40_0000_2000, count: 0 }] {
+        let ulen = put(&mut r, 0x200, &u);
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_UNMAP, 0x200, ulen, 0, 0]).0, Err(Error::Inval));
+    }
+    // Only dom0 maps anything.
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x100, len, 0, 0]).0, Err(Error::Perm));
+    assert_eq!(s.commands.len(), n, "no refused call reached the service");
 }

@@ -3,6 +3,7 @@
 //! and the dirty-page log.
 pub mod addr;
 pub mod dirty;
+pub mod foreign;
 pub mod frame;
 pub mod memmap;
 pub mod paging;

@@ -5,6 +5,7 @@
 //! therefore only ever valid on one CPU and in one generation, and the number
 //! of tags a CPU has never limits how many domains or vCPUs exist.
 
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// One CPU's tags 1..=`max` (0 is the host's).
@@ -38,6 +39,13 @@ impl TagCache {
         Self { generation: 1, next: 1 }
     }
 
+    /// Ends the generation: the next `assign` hands out a new one with a
+    /// full flush, whatever tag the vCPU held.
+    pub fn retire(&mut self) {
+        self.generation += 1;
+        self.next = u32::MAX;
+    }
+
     /// The tag for a vCPU about to run on `cpu`, which held `held` (if any).
     /// A tag handed out in the current generation has not tagged anything on
     /// this CPU since the last full flush, so a fresh one needs no flush.
@@ -69,9 +77,41 @@ const MAX_CPUS: usize = 64;
 /// Each CPU's cache; only that CPU takes its lock (when it enters a guest).
 static CACHES: [Mutex<TagCache>; MAX_CPUS] = [const { Mutex::new(TagCache::new()) }; MAX_CPUS];
 
-/// `TagCache::assign` on `cpu`'s cache.
+/// Flushes asked of each CPU (a sequence number; `mem::foreign`'s
+/// shootdowns), and the last one its entries have honoured.
+static FLUSH_WANTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static FLUSH_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The CPU waits for others' flushes with its own guest stopped (a wake
+/// interrupt pending for its run loop): it enters no guest before `assign`.
+static WAITING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// `TagCache::assign` on `cpu`'s cache, which starts a new generation (a full
+/// flush of the CPU's guest translations, every tag's) if a flush was asked
+/// since the last. Called before a vCPU's slice on that CPU.
 pub fn assign(cpu: u32, max: u16, held: Option<Held>) -> Assigned {
-    CACHES[cpu as usize % MAX_CPUS].lock().assign(cpu, max, held)
+    let i = cpu as usize % MAX_CPUS;
+    let mut cache = CACHES[i].lock();
+    let wanted = FLUSH_WANTED[i].load(Ordering::SeqCst);
+    if wanted > FLUSH_DONE[i].load(Ordering::SeqCst) {
+        cache.retire();
+        FLUSH_DONE[i].store(wanted, Ordering::SeqCst);
+    }
+    cache.assign(cpu, max, held)
+}
+
+/// Asks `cpu` to flush at its next `assign` (flush `seq`).
+pub fn request_flush(cpu: u32, seq: u64) {
+    FLUSH_WANTED[cpu as usize % MAX_CPUS].fetch_max(seq, Ordering::SeqCst);
+}
+
+/// Whether `cpu` honoured flush `seq`, or waits with its guest stopped.
+pub fn flushed_or_waiting(cpu: u32, seq: u64) -> bool {
+    let i = cpu as usize % MAX_CPUS;
+    FLUSH_DONE[i].load(Ordering::SeqCst) >= seq || WAITING[i].load(Ordering::SeqCst)
+}
+
+pub fn set_waiting(cpu: u32, waiting: bool) {
+    WAITING[cpu as usize % MAX_CPUS].store(waiting, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -93,6 +133,17 @@ mod tests {
         // The first vCPU's tag is from the old generation: it gets a new one.
         let a2 = c.assign(0, 2, Some(a.held));
         assert_eq!((a2.held.tag, a2.changed, a2.flush_all), (2, true, false));
+    }
+
+    #[test]
+    fn a_retired_generation_flushes_even_for_a_valid_tag() {
+        let mut c = TagCache::new();
+        let a = c.assign(0, 8, None);
+        c.retire();
+        let b = c.assign(0, 8, Some(a.held));
+        assert!(b.changed && b.flush_all, "{b:?}");
+        assert_eq!(b.held.tag, 1);
+        assert_eq!(c.assign(0, 8, Some(b.held)), Assigned { held: b.held, changed: false, flush_all: false });
     }
 
     #[test]

@@ -219,6 +219,29 @@ pub fn wakes_taken() -> u32 {
     WAKES[super::cpu_id() as usize].load(Ordering::Acquire)
 }
 
+/// How many wake interrupts CPU `cpu` has taken (`mem::foreign`'s TLB
+/// shootdown waits for another CPU's count to move).
+pub fn wakes_taken_by(cpu: u32) -> u32 {
+    WAKES[cpu as usize % MAX_CPUS].load(Ordering::Acquire)
+}
+
+/// Sends the calling CPU a wake IPI and returns once it is pending in the
+/// IRR (SDM §11.8.4): with interrupts off it stays there, so the vCPU run
+/// loop's `take_pending` takes it before the next guest entry and ends the
+/// slice.
+pub fn wake_self() -> Result<(), &'static str> {
+    send(Ipi::fixed(id(), WAKE_VECTOR))?;
+    let word = crate::devices::lapic::reg::IRR + 0x10 * u32::from(WAKE_VECTOR / 32);
+    let bit = 1u32 << (WAKE_VECTOR % 32);
+    for _ in 0..1_000_000 {
+        if read(word) & bit != 0 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("the wake IPI to itself never became pending")
+}
+
 /// Measures the APIC timer and the TSC against the PM timer (else the PIT):
 /// three 20 ms runs, median of each.
 fn calibrate(platform: &Platform) {

@@ -700,8 +700,13 @@ impl VmxVcpu {
 
 /// Drops every VPID's cached translations on this CPU (a new generation of
 /// its VPIDs): all-context INVVPID, or one single-context INVVPID per VPID
-/// where the CPU has only that.
+/// where the CPU has only that. Guest-physical mappings (SDM Vol. 3C §29.4.1)
+/// go too, with an all-context INVEPT where the CPU has it: a generation is
+/// also how `mem::foreign` drops dom0's translations of an unmapped page.
 fn flush_all_vpids(caps: &super::caps::VmxCaps) -> Result<(), &'static str> {
+    if caps.ept_vpid & crate::arch::x86_64::vmx::decode::ept_vpid_cap::INVEPT_ALL_CONTEXT != 0 {
+        vmcs::invept(vmcs::InveptType::AllContexts, 0).map_err(|_| "INVEPT")?;
+    }
     if caps.ept_vpid & crate::arch::x86_64::vmx::decode::ept_vpid_cap::INVVPID_ALL_CONTEXT != 0 {
         return vmcs::invvpid(vmcs::InvvpidType::AllContexts, 0).map_err(|_| "INVVPID");
     }
