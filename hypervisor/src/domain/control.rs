@@ -99,6 +99,10 @@ pub struct Resources {
     console_in: InputQueue,
     /// The kernel command line `BUILD` was given, kept for restarts.
     pub cmdline: String,
+    /// The devices dom0 declared (`DEVICE_ADD`), in its DSDT from `BUILD` on.
+    pub devices: super::devices::DeviceList,
+    /// Its platform once started: `IRQ_LINE` drives its IOAPIC.
+    platform: Option<Arc<Platform>>,
     /// The console's serial echo, not yet printed (`drain_echo`).
     echo: Echo,
     /// Guest-triggered log lines (`guest_log`).
@@ -131,6 +135,8 @@ impl Resources {
             console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
             console_in: InputQueue::try_new(oxen_abi::CONSOLE_INPUT_QUEUE).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
+            devices: Default::default(),
+            platform: None,
             echo: Echo::try_new(ECHO_RATE, ECHO_BURST, ECHO_RESUME, ECHO_QUEUE, now).map_err(|_| Error::NoMem)?,
             log_limit: LineLimit::new(LOG_PER_S, LOG_BURST, now),
             home_cpu: 0,
@@ -353,6 +359,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                     // A domU's APIC IDs are its vCPU numbers (CPUID says so too).
                     let apic_ids: Vec<u32> = (0..d.vcpus).collect();
                     let platform = Arc::new(Platform::new(id, Role::DomU, &d.name, &apic_ids, d.res.ram.clone(), d.res.ram.clone(), root));
+                    d.res.platform = Some(platform.clone());
                     let affinity = CpuMask(d.res.affinity).and(sched::all_cpus());
                     let (name, vcpus) = (d.name.clone(), d.vcpus);
                     d.res.vcpu_states = Some(Arc::new(Mailbox::new(vcpus as usize)));
@@ -572,6 +579,54 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 nudge(*id);
             }
             Ok(n as u64)
+        }
+        Command::DeviceAdd(a) => {
+            let mut t = DOMAINS.lock();
+            let d = t.get_mut(a.domid).ok_or(Error::NoEnt)?;
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            // Declared between CREATE and BUILD: BUILD writes the DSDT.
+            if d.state != oxen_abi::DomainState::Created || d.built {
+                return Err(Error::Busy);
+            }
+            let ram_bytes = d.res.ram.regions().iter().map(|r| r.len).sum();
+            let placed = d.res.devices.add(a.kind, ram_bytes);
+            let index = d.res.devices.len().saturating_sub(1);
+            let name = d.name.clone();
+            drop(t);
+            let placed = placed.inspect_err(|e| {
+                warn!("d{} ({name}): device not added: {}", a.domid, e.describe());
+            })?;
+            (a.base, a.size, a.gsi) = (placed.base, placed.size, placed.gsi);
+            info!("d{} ({name}): virtio-mmio device {index} at {:#x}+{:#x}, GSI {}", a.domid, placed.base, placed.size, placed.gsi);
+            Ok(index as u64)
+        }
+        Command::IrqLine { domid, gsi, level } => {
+            let t = DOMAINS.lock();
+            let d = t.get(*domid).ok_or(Error::NoEnt)?;
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            if matches!(d.state, oxen_abi::DomainState::Dying | oxen_abi::DomainState::Shutdown) {
+                return Err(Error::Busy);
+            }
+            // Only a line given to one of its devices: never the UART's or the
+            // keyboard's, which the platform's own models drive.
+            if !d.res.devices.owns_gsi(*gsi) {
+                drop(t);
+                warn!("d{domid}: irq line {gsi}: not a line of a device it was given");
+                return Err(Error::Inval);
+            }
+            let platform = d.res.platform.clone().ok_or(Error::Busy)?;
+            // The devices' lock is never taken with the table's.
+            drop(t);
+            let pin = u8::try_from(*gsi).map_err(|_| Error::Inval)?;
+            platform.devices.lock().ioapic.set_irq(pin, *level);
+            // A vCPU's next service sends what the IOAPIC queued to the APICs
+            // (and wakes the vCPU it is for); vCPU 0 may be halted: nudged.
+            sched::nudge(VcpuId { dom: *domid, vcpu: 0 });
+            Ok(0)
         }
         Command::PhysInfo => {
             let info = PhysInfo {
