@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use oxen_abi::{
-    domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
+    domctl, nr, BuildDomain, CreateDomain, DeviceAdd, IrqLine, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
     RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, VcpuStateRef, ALL_DOMAINS,
     CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
@@ -138,6 +138,8 @@ pub fn call_name(nr: u64, cmd: u64) -> String {
                 domctl::DMESG => "dmesg",
                 domctl::PHYS_INFO => "phys_info",
                 domctl::CONSOLE_INPUT => "console_input",
+                domctl::IRQ_LINE => "irq_line",
+                domctl::DEVICE_ADD => "device_add",
                 _ => return format!("domctl-{cmd}"),
             };
             return format!("domctl-{c}");
@@ -376,6 +378,20 @@ pub fn console_input(hv: &mut dyn Hypervisor, domid: u32, bytes: &[u8]) -> CallR
     let mut buf = bytes.to_vec();
     let n = domctl(hv, domctl::CONSOLE_INPUT, &mut domref(domid), &mut buf)? as usize;
     Ok(n.min(bytes.len()))
+}
+
+/// Declares a device of `kind` for a created, unbuilt domain; returns where
+/// the hypervisor placed it (`base`, `size`, `gsi` filled in). ABI 1.6.
+pub fn device_add(hv: &mut dyn Hypervisor, domid: u32, kind: u32) -> CallResult<DeviceAdd> {
+    let mut a = DeviceAdd { domid, kind, ..Default::default() };
+    domctl(hv, domctl::DEVICE_ADD, &mut a, &mut [])?;
+    Ok(a)
+}
+
+/// Raises (`true`) or lowers a declared device's interrupt line. ABI 1.6.
+pub fn irq_line(hv: &mut dyn Hypervisor, domid: u32, gsi: u32, level: bool) -> CallResult<()> {
+    let mut a = IrqLine { domid, gsi, level: u32::from(level), _pad: 0 };
+    domctl(hv, domctl::IRQ_LINE, &mut a, &mut []).map(drop)
 }
 
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {

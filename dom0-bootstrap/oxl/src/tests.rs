@@ -317,6 +317,47 @@ fn create_says_when_the_rollback_fails() {
 }
 
 #[test]
+fn disks_and_vifs_are_refused_or_only_declared() {
+    let cfg = setup(
+        "declare",
+        "name = \"web\"\ndisk = ['/dev/null,raw,xvda,rw']\nvif = ['bridge=xenbr0']\n",
+        100,
+    );
+    let fake = Fake::new();
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(err.contains("vm.cfg:3: disk: this Oxen cannot give domains disks yet"), "{err}");
+    assert!(err.ends_with("('oxl create --declare-devices' only declares them, for testing)"), "{err}");
+    assert!(fake.actions().is_empty(), "nothing created: {:?}", fake.actions());
+
+    let run = oxl(&fake, &["create", "--declare-devices", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        "Created domain web (id 1)\n\
+         xvda: virtio-mmio at 0xfeb00000 (4096 bytes), GSI 16 (declared only: no device model serves it)\n\
+         vif0: virtio-mmio at 0xfeb01000 (4096 bytes), GSI 17 (declared only: no device model serves it)\n"
+    );
+    let actions = fake.actions();
+    let at = |what: &str| actions.iter().position(|a| a.starts_with(what)).unwrap();
+    assert!(at("LOAD") < at("DEVICE_ADD") && at("DEVICE_ADD") < at("BUILD"), "declared before BUILD: {actions:?}");
+    assert_eq!(actions.iter().filter(|a| a.starts_with("DEVICE_ADD 1 kind 1")).count(), 2);
+
+    // Only its devices' lines, only while it runs, never dom0's.
+    oxl(&fake, &["irq-line", "web", "17", "1"]).ok();
+    assert_eq!(fake.state().doms[&1].lines, [(16, false), (17, true)]);
+    let err = oxl(&fake, &["irq-line", "web", "4", "1"]).err();
+    assert_eq!(err, "irq-line: GSI 4 is not the line of a device of domain 'web' (id 1) (see what 'oxl create --declare-devices' printed)");
+    assert!(oxl(&fake, &["irq-line", "nope", "16", "1"]).err().contains("no domain 'nope'"));
+    assert!(oxl(&fake, &["irq-line", "0", "16", "1"]).err().contains("it is dom0"));
+
+    // A hypervisor that places no more: the domain is rolled back.
+    fake.state().fail.push((domctl::DEVICE_ADD, Error::NoSpc));
+    let cfg = setup("declare-full", "name = \"db\"\ndisk = ['/dev/null,raw,xvda,rw']\n", 100);
+    let err = oxl(&fake, &["create", "--declare-devices", p(&cfg)]).err();
+    assert!(err.starts_with("create: xvda: domain 'db' (id 2) can have at most 8 devices"), "{err}");
+    assert!(err.contains("the domain was destroyed again"), "{err}");
+}
+
+#[test]
 fn create_errors_before_anything_is_created() {
     let fake = Fake::new();
     fake.add("web", DomainState::Running);
