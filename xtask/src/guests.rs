@@ -13,7 +13,7 @@ use crate::setup::TARGET;
 use crate::util::{cargo, repo_root, run_inherit, show, step};
 
 /// (package, binary) of every guest.
-const GUESTS: [(&str, &str); 8] = [
+const GUESTS: [(&str, &str); 9] = [
     ("oxen-guest-minimal", "minimal"),
     ("oxen-guest-hostile", "hostile"),
     ("oxen-guest-regs", "regs"),
@@ -22,6 +22,7 @@ const GUESTS: [(&str, &str); 8] = [
     ("oxen-guest-multiboot", "multiboot"),
     ("oxen-guest-echo", "echo"),
     ("oxen-guest-vstate", "vstate"),
+    ("oxen-guest-irq", "irq"),
 ];
 /// Where the domU boot state lets a kernel load (docs/hypercalls.md).
 const KERNEL_MIN: u64 = 0x10_0000;
