@@ -355,8 +355,8 @@ fn attach(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo) -> Result {
         (true, false) => format!(
             "; standard input is sent to it, and once it ends oxl detaches when the output \
              has been quiet for {} s (at most {} s)",
-            (ring::CONSOLE_POLL * ring::QUIET_POLLS).as_secs(),
-            (ring::CONSOLE_POLL * ring::LINGER_POLLS).as_secs()
+            ring::QUIET.as_secs(),
+            ring::LINGER.as_secs()
         ),
     };
     note(

@@ -83,6 +83,9 @@ pub struct State {
     pub max_take: usize,
     /// Bytes a domain's console input queue holds.
     pub input_room: usize,
+    /// It has dom0's event line (`Hypervisor::console_events` answers); the
+    /// fake never makes the descriptor readable, so waits run to their timeout.
+    pub event_line: bool,
 }
 
 #[derive(Clone)]
@@ -107,6 +110,7 @@ impl Fake {
             ring: 1024,
             max_take: usize::MAX,
             input_room: 4096,
+            event_line: false,
         };
         let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3], s.cpus);
         dom0.info.state = DomainState::Running as u32;
@@ -157,7 +161,7 @@ impl Fake {
             .calls
             .iter()
             .filter(|c| {
-                !["VERSION", "LIST", "INFO", "PHYS", "VCPUS"]
+                !["VERSION", "LIST", "INFO", "PHYS", "VCPUS", "EVENTS"]
                     .iter()
                     .any(|r| c.starts_with(r))
                     && !c.ends_with(" get")
@@ -677,6 +681,13 @@ impl Hypervisor for Fake {
 
     fn sleep(&mut self, d: Duration) {
         self.state().advance(d);
+    }
+
+    fn console_events(&mut self) -> Option<std::os::fd::RawFd> {
+        let mut s = self.state();
+        s.calls.push("EVENTS console".into());
+        // -1: poll(2) ignores it; the fake's Script never polls anyway.
+        s.event_line.then_some(-1)
     }
 
     fn now(&mut self) -> Duration {

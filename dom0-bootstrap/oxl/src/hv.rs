@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::size_of;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -65,6 +66,14 @@ pub trait Hypervisor {
 
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
+    }
+
+    /// Subscribes to `event::CONSOLE` (a domU wrote to its console) and
+    /// re-arms it: returns a descriptor poll(2) finds readable once such an
+    /// event came after this call, or `None` when there is no event line (an
+    /// older hypervisor or driver; the caller polls then). ABI 1.5.
+    fn console_events(&mut self) -> Option<RawFd> {
+        None
     }
 
     /// Monotonic time since some fixed point.
@@ -149,8 +158,8 @@ pub fn call_name(nr: u64, cmd: u64) -> String {
     name.to_owned()
 }
 
-/// Whether `OXL_STATS` (its value) asks for the tally: set, not empty, not `0`.
-pub fn stats_requested(value: Option<&std::ffi::OsStr>) -> bool {
+/// Whether a flag variable (`OXL_STATS`, `OXL_NO_EVENTS`; its value) is on: set, not empty, not `0`.
+pub fn env_flag(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -178,6 +187,10 @@ impl Hypervisor for Counting {
 
     fn sleep(&mut self, d: Duration) {
         self.inner.sleep(d);
+    }
+
+    fn console_events(&mut self) -> Option<RawFd> {
+        self.inner.console_events()
     }
 
     fn now(&mut self) -> Duration {
@@ -436,11 +449,11 @@ mod tests {
     #[test]
     fn oxl_stats_is_on_when_set_and_not_zero() {
         use std::ffi::OsStr;
-        assert!(stats_requested(Some(OsStr::new("1"))));
-        assert!(stats_requested(Some(OsStr::new("yes"))));
-        assert!(!stats_requested(Some(OsStr::new("0"))));
-        assert!(!stats_requested(Some(OsStr::new(""))));
-        assert!(!stats_requested(None));
+        assert!(env_flag(Some(OsStr::new("1"))));
+        assert!(env_flag(Some(OsStr::new("yes"))));
+        assert!(!env_flag(Some(OsStr::new("0"))));
+        assert!(!env_flag(Some(OsStr::new(""))));
+        assert!(!env_flag(None));
     }
 
     #[test]

@@ -40,17 +40,31 @@ impl Run {
 /// Keys typed during `console`/`top`: called before each wait with the wait's
 /// number (0, 1, ...), may change the fake, returns what was typed. As a
 /// pipe (`tty` false) it ends after `ends_after` waits.
+///
+/// `console`'s waits (`wait_event`) take the fake's time: each runs its whole
+/// timeout on the fake's clock, then brings what `f` typed (nothing, and `f`
+/// is not called, when the caller does not read).
 struct Script<F: FnMut(u32) -> Vec<u8>> {
     n: u32,
     f: F,
     tty: bool,
     ends_after: Option<u32>,
+    clock: Fake,
 }
 
 impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
     fn wait(&mut self, _: Duration) -> io::Result<Vec<u8>> {
         self.n += 1;
         Ok((self.f)(self.n - 1))
+    }
+
+    fn wait_event(&mut self, timeout: Duration, read: bool, _: Option<std::os::fd::RawFd>) -> io::Result<Vec<u8>> {
+        self.clock.sleep(timeout);
+        if read {
+            self.wait(timeout)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     fn ended(&self) -> bool {
@@ -88,12 +102,14 @@ fn oxl_input(
     let (mut out, mut note) = (Vec::new(), Vec::new());
     let f = fake.clone();
     let mut open = move || Ok(Box::new(f.clone()) as Box<dyn Hypervisor>);
+    let clock = fake.clone();
     let mut keyboard = move |_: Mode| {
         Box::new(Script {
             n: 0,
             f: keys.clone(),
             tty,
             ends_after,
+            clock: clock.clone(),
         }) as Box<dyn Input>
     };
     let result = app::run(
@@ -736,6 +752,38 @@ fn console_shows_output_and_sends_keys_until_detached() {
 }
 
 #[test]
+fn console_with_the_event_line_sleeps_until_told_and_retries_refused_input() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().event_line = true;
+    fake.state().input_room = 2;
+    let f = fake.clone();
+    // Idle: each wait runs its whole timeout on the fake's clock.
+    let run = oxl_keys(&fake, &["console", "web"], move |n| match n {
+        0 | 1 => Vec::new(),
+        2 => b"abc".to_vec(),
+        3 | 4 => {
+            // The guest reads its queue after the first retry.
+            if n == 4 {
+                f.state().doms.get_mut(&1).unwrap().input.clear();
+            }
+            Vec::new()
+        }
+        _ => vec![crate::ring::DETACH],
+    });
+    run.ok();
+    // Three idle waits of 1 s (the third brings "abc"; the queue takes 2),
+    // then 50 ms retries until the rest is taken, then 1 s again.
+    let waits = crate::ring::CONSOLE_IDLE_LOOK * 3 + crate::ring::INPUT_RETRY * 2 + crate::ring::CONSOLE_IDLE_LOOK;
+    assert_eq!(fake.state().now, waits);
+    assert_eq!(fake.state().doms[&1].input, b"c");
+    // Subscribed (again) before every look at the ring.
+    let calls = fake.state().calls.clone();
+    let looks: Vec<&String> = calls.iter().filter(|c| c.starts_with("CONSOLE") || c.starts_with("EVENTS")).collect();
+    assert!(looks.chunks(2).all(|p| p[0] == "EVENTS console" && p[1].starts_with("CONSOLE")), "{looks:?}");
+}
+
+#[test]
 fn console_input_waits_for_room_in_the_domains_queue() {
     let fake = Fake::new();
     fake.add("web", DomainState::Running);
@@ -875,15 +923,16 @@ fn console_from_a_pipe_sends_it_and_detaches_when_output_goes_quiet() {
         "{}",
         run.note
     );
-    // The answer shows at the 6th look (after the 5th read of the pipe);
-    // oxl stays QUIET_POLLS quiet looks more, not fewer.
+    // The answer shows at the look after the 5th wait (50 ms each: the fake
+    // has no event line, so oxl polls); oxl detaches QUIET later, not sooner.
+    assert_eq!(fake.state().now, Duration::from_millis(250) + crate::ring::QUIET);
     let looks = fake
         .state()
         .calls
         .iter()
         .filter(|c| c.starts_with("CONSOLE"))
         .count();
-    assert_eq!(looks as u32, 6 + crate::ring::QUIET_POLLS);
+    assert_eq!(looks, 6 + 20, "a look every 50 ms");
 }
 
 #[test]
@@ -905,13 +954,8 @@ fn console_from_a_pipe_stops_reading_it_at_ctrl_bracket() {
     assert!(run
         .note
         .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
-    let looks = fake
-        .state()
-        .calls
-        .iter()
-        .filter(|c| c.starts_with("CONSOLE"))
-        .count();
-    assert_eq!(looks as u32, 1 + crate::ring::QUIET_POLLS);
+    // Ctrl-] came with the first wait's read (50 ms): quiet since then.
+    assert_eq!(fake.state().now, Duration::from_millis(50) + crate::ring::QUIET);
 }
 
 #[test]
@@ -933,13 +977,8 @@ fn console_from_a_pipe_lingers_at_most_10_s_after_it_ends() {
     assert!(run
         .note
         .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
-    let looks = fake
-        .state()
-        .calls
-        .iter()
-        .filter(|c| c.starts_with("CONSOLE"))
-        .count();
-    assert_eq!(looks as u32, 1 + crate::ring::LINGER_POLLS);
+    // The pipe ended at the first wait (50 ms): LINGER after that.
+    assert_eq!(fake.state().now, Duration::from_millis(50) + crate::ring::LINGER);
 }
 
 #[test]
