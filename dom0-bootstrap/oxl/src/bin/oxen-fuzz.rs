@@ -517,6 +517,23 @@ impl Fuzzer {
             }
             .as_bytes()
             .to_vec(),
+            // Lines and devices touch only domains that declared devices: the
+            // fuzzer's own, created and not built (a bystander has none).
+            domctl::IRQ_LINE => oxen_abi::IrqLine {
+                domid,
+                gsi: self.rng.pick(&[16, 17, 23, 4, 1, 24, 0, u32::MAX]),
+                level: self.rng.below(3) as u32,
+                _pad: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+            domctl::DEVICE_ADD => oxen_abi::DeviceAdd {
+                domid,
+                kind: self.rng.pick(&[oxen_abi::device_kind::VIRTIO_MMIO, 0, 2]),
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
             domctl::LIST | domctl::PHYS_INFO => Vec::new(),
             _ => DomainRef { domid, _pad: 0 }.as_bytes().to_vec(),
         }
@@ -612,7 +629,7 @@ impl Fuzzer {
     fn random_domctl(&mut self, i: u64) {
         let cmd = match self.rng.below(20) {
             0..=16 => self.rng.range(1, 16),
-            17 => self.rng.pick(&[0, 17, 18, 255]),
+            17 => self.rng.pick(&[0, 17, 18, domctl::IRQ_LINE, domctl::DEVICE_ADD, 255]),
             18 => self.rng.range(1, 16) | (self.rng.range(1, 0xffff_ffff) << 32),
             _ => self.rng.next_u64(),
         };
@@ -719,8 +736,10 @@ impl Fuzzer {
         // Only the hypervisor is left to answer.
         let want = want.unwrap_or_else(|| {
             // 17-18, VCPU_STATE_GET/SET (ABI 1.4): checked by the hypervisor
-            // (a paused domU only, an encoding checked whole), any answer.
-            if !(1..=domctl::VCPU_STATE_SET).contains(&cmd) {
+            // (a paused domU only, an encoding checked whole), any answer; so
+            // are 24-25, IRQ_LINE and DEVICE_ADD (ABI 1.6).
+            let known = (1..=domctl::VCPU_STATE_SET).contains(&cmd) || [domctl::IRQ_LINE, domctl::DEVICE_ADD].contains(&cmd);
+            if !known {
                 Want::Errno(libc::ENOSYS)
             } else if Self::target_size(cmd) > 0 && s.len() == Self::target_size(cmd) && cmd != domctl::SCHED_CREDIT
                 && u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == 0
