@@ -564,7 +564,10 @@ static long oxen_ioctl_ioreq_open(struct oxen_domain_ref __user *uref)
 			__free_page(io->page);
 		kfree(io);
 	}
+	return fd;
+}
 
+/*
  * Foreign mappings (ABI 1.6): OXEN_IOCTL_FOREIGN_OPEN gives a file for one
  * domU's memory; each mmap on it asks the hypervisor for FOREIGN_MAP of the
  * pages the offset (a guest-physical address) and length name, and maps the

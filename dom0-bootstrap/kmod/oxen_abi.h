@@ -171,6 +171,7 @@ struct oxen_ioreq_page {
 #define OXEN_IOCTL_IOREQ_RANGE _IOWR('O', 0x11, struct oxen_ioreq_range)
 #define OXEN_IOCTL_IOREQ_DONE _IOWR('O', 0x12, struct oxen_ioreq_done)
 
+/*
  * Foreign mappings (1.6): a domU's RAM pages shown to dom0. Domctls the
  * driver makes itself (OXEN_IOCTL_HYPERCALL refuses them): a mapping is only
  * made and ended through a foreign file's mmap and munmap.

@@ -6,7 +6,8 @@
 #
 # 1. dom0 alone at its shell's prompt: a window of WINDOW seconds of nothing.
 # 2. A minimal test domU that sleeps (SCHED_OP block, one line an hour), booted,
-#    then the same window.
+#    then the same window; then twice more with `oxl console` attached to it:
+#    on dom0's event line (console_events) and polling (console_poll).
 # 3. If given `linux`: a Linux domU at its shell (/etc/oxen/linux.cfg), the same.
 # Each window is timed with dom0's clock and the domains' exit counts
 # (`oxl list --json`) read before and after it.
@@ -60,6 +61,24 @@ while [ $i -lt 60 ] && ! oxl console --dump idle 2>/dev/null | grep -q "minimal:
 done
 echo "idle-bench: idle domU says: $(oxl console --dump idle | grep -m 1 'minimal: domain')"
 measure minimal idle
+
+# `oxl console` attached to that quiet domU (its input a FIFO kept open, so it
+# stays attached): sleeping in poll(2) on dom0's event line, then looking
+# every 50 ms as without one (OXL_NO_EVENTS=1, how oxl worked before).
+console_window() {
+    mkfifo /tmp/idle-in
+    env $2 oxl console idle < /tmp/idle-in > /dev/null 2>&1 &
+    pid=$!
+    exec 3> /tmp/idle-in
+    sleep 2
+    measure "$1" idle
+    kill "$pid"
+    exec 3>&-
+    wait "$pid" 2> /dev/null
+    rm -f /tmp/idle-in
+}
+console_window console_events OXL_NO_EVENTS=0
+console_window console_poll OXL_NO_EVENTS=1
 oxl destroy idle
 
 if [ "$linux" = linux ]; then

@@ -13,7 +13,7 @@ use crate::setup::TARGET;
 use crate::util::{cargo, repo_root, run_inherit, show, step};
 
 /// (package, binary) of every guest.
-const GUESTS: [(&str, &str); 9] = [
+const GUESTS: [(&str, &str); 10] = [
     ("oxen-guest-minimal", "minimal"),
     ("oxen-guest-hostile", "hostile"),
     ("oxen-guest-regs", "regs"),
@@ -23,6 +23,7 @@ const GUESTS: [(&str, &str); 9] = [
     ("oxen-guest-echo", "echo"),
     ("oxen-guest-vstate", "vstate"),
     ("oxen-guest-ioreq", "ioreq"),
+    ("oxen-guest-irq", "irq"),
 ];
 /// Where the domU boot state lets a kernel load (docs/hypercalls.md).
 const KERNEL_MIN: u64 = 0x10_0000;

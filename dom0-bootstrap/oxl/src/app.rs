@@ -68,7 +68,9 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             config,
             paused,
             console,
-        } => cmd_create(env, config, *paused, *console),
+            declare_devices,
+        } => cmd_create(env, config, *paused, *console, *declare_devices),
+        Cmd::IrqLine { domain, gsi, level } => cmd_irq_line(env, domain, *gsi, *level == 1),
         Cmd::List { json, domains } => cmd_list(env, *json, domains),
         Cmd::Info { json } => cmd_info(env, *json),
         Cmd::Pause { domain } => cmd_pause(env, domain, domctl::PAUSE),
@@ -157,13 +159,14 @@ fn refuse_devices(file: &str, cfg: &config::Config) -> Result {
     match first {
         Some((line, key, what)) => Err(format!(
             "{file}:{line}: {key}: this Oxen cannot give domains {what} yet (dom0's virtio device \
-             model is not built); remove the '{key}' line"
+             model is not built); remove the '{key}' line ('oxl create --declare-devices' only \
+             declares them, for testing)"
         ).into()),
         None => Ok(()),
     }
 }
 
-fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result {
+fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_devices: bool) -> Result {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "cannot read the config file {}: {}",
@@ -177,7 +180,9 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
     // Everything that can be checked without the hypervisor comes first, then
     // what needs to know the host, then the domain is made.
     let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
-    refuse_devices(&file, &cfg)?;
+    if !declare_devices {
+        refuse_devices(&file, &cfg)?;
+    }
     let mut hv = connect(env)?;
     let cpus = if cfg.needs_host() {
         hv::phys_info(&mut *hv)
@@ -187,8 +192,18 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
         0
     };
     let sched = cfg.sched(&file, cpus).map_err(|e| e.to_string())?;
-    let domid = create(&mut *hv, &cfg, &images, &sched, paused)?;
+    let devices = if declare_devices { device_names(&cfg) } else { Vec::new() };
+    let (domid, placed) = create(&mut *hv, &cfg, &images, &sched, paused, &devices)?;
     out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
+    for (name, d) in devices.iter().zip(&placed) {
+        out(
+            env,
+            &format!(
+                "{name}: virtio-mmio at {:#x} ({} bytes), GSI {} (declared only: no device model serves it)\n",
+                d.base, d.size, d.gsi
+            ),
+        )?;
+    }
     if paused {
         out(
             env,
@@ -199,6 +214,28 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool) -> Result
         let d = hv::info(&mut *hv, domid).map_err(|e| call_failed("find the new domain", e))?;
         attach(env, &mut *hv, &d)?;
     }
+    Ok(())
+}
+
+/// What `--declare-devices` declares, in order: each disk by its vdev, then
+/// each vif by its number (`vif0`, ...).
+fn device_names(cfg: &config::Config) -> Vec<String> {
+    let disks = cfg.disks.iter().map(|d| d.value.vdev.clone());
+    disks.chain((0..cfg.vifs.len()).map(|i| format!("vif{i}"))).collect()
+}
+
+fn cmd_irq_line(env: &mut Env, dom: &str, gsi: u32, level: bool) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    not_dom0(&d, "drive an interrupt line of")?;
+    hv::irq_line(&mut *hv, d.domid, gsi, level).map_err(|e| match e {
+        CallError::Hv(HvError::Inval) => format!(
+            "GSI {gsi} is not the line of a device of domain {} (see what 'oxl create --declare-devices' printed)",
+            label(&d)
+        ),
+        CallError::Hv(HvError::Busy) => format!("domain {} is not running (not started, dying or ended)", label(&d)),
+        e => dom_failed(&d, &format!("drive GSI {gsi} of"), e),
+    })?;
     Ok(())
 }
 
@@ -318,8 +355,8 @@ fn attach(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo) -> Result {
         (true, false) => format!(
             "; standard input is sent to it, and once it ends oxl detaches when the output \
              has been quiet for {} s (at most {} s)",
-            (ring::CONSOLE_POLL * ring::QUIET_POLLS).as_secs(),
-            (ring::CONSOLE_POLL * ring::LINGER_POLLS).as_secs()
+            ring::QUIET.as_secs(),
+            ring::LINGER.as_secs()
         ),
     };
     note(

@@ -37,6 +37,11 @@ pub enum Cmd {
         /// Attach to the domain's console once it is created.
         #[arg(short, long)]
         console: bool,
+        /// Declare each 'disk' and 'vif' as a virtio-mmio device in the domain's ACPI tables
+        /// although no device model serves it yet (for testing the hypervisor's side: the
+        /// guest must not load virtio_mmio). Without it, a config with disks or vifs is refused.
+        #[arg(long)]
+        declare_devices: bool,
     },
     /// List domains: name, ID, memory, vCPUs, state and CPU time.
     List {
@@ -105,6 +110,17 @@ pub enum Cmd {
         dump: bool,
         #[arg(value_name = "DOM")]
         domain: String,
+    },
+    /// Raise (1) or lower (0) a domain's interrupt line, as a device model does (for
+    /// debugging device models): only a line the hypervisor gave one of its devices.
+    IrqLine {
+        #[arg(value_name = "DOM")]
+        domain: String,
+        /// The line (GSI) 'oxl create --declare-devices' printed for the device.
+        #[arg(value_name = "GSI")]
+        gsi: u32,
+        #[arg(value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=1))]
+        level: u8,
     },
     /// Print the hypervisor's log.
     Dmesg {
@@ -218,6 +234,7 @@ impl Cmd {
             Cmd::Reboot { .. } => "reboot",
             Cmd::Destroy { .. } => "destroy",
             Cmd::Console { .. } => "console",
+            Cmd::IrqLine { .. } => "irq-line",
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
             Cmd::SchedCredit { .. } => "sched-credit",
@@ -272,9 +289,10 @@ mod tests {
                 config,
                 paused,
                 console,
+                declare_devices,
             } => {
                 assert_eq!(config, PathBuf::from("vm.cfg"));
-                assert!(paused && console);
+                assert!(paused && console && !declare_devices);
             }
             c => panic!("{c:?}"),
         }
@@ -284,6 +302,15 @@ mod tests {
             } => assert!(paused && !console),
             c => panic!("{c:?}"),
         }
+        assert!(matches!(
+            parse(&["create", "--declare-devices", "vm.cfg"]).unwrap(),
+            Cmd::Create { declare_devices: true, .. }
+        ));
+        match parse(&["irq-line", "web", "16", "1"]).unwrap() {
+            Cmd::IrqLine { domain, gsi, level } => assert_eq!((domain.as_str(), gsi, level), ("web", 16, 1)),
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(kind(&["irq-line", "web", "16", "2"]), ErrorKind::ValueValidation);
         match parse(&["list", "--json", "web", "3"]).unwrap() {
             Cmd::List { json, domains } => {
                 assert!(json);

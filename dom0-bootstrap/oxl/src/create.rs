@@ -1,6 +1,6 @@
 //! `oxl create`: check the images (and, if the config has `cap` or `cpus`,
 //! those against PHYS_INFO), then CREATE → LOAD_IMAGE (kernel, ramdisk) →
-//! BUILD → SCHED_CREDIT (if `weight` or `cap`) → VCPU_AFFINITY (per vCPU, if
+//! DEVICE_ADD (per disk and vif, with `--declare-devices`) → BUILD → SCHED_CREDIT (if `weight` or `cap`) → VCPU_AFFINITY (per vCPU, if
 //! `cpus`) → UNPAUSE. A domain that fails after CREATE is destroyed again, so
 //! a failed create leaves nothing behind.
 
@@ -9,8 +9,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use oxen_abi::{
-    domctl, image_kind, name_bytes, CreateDomain, DomainInfo, DomainState, Error, IMAGE_MAX,
-    NAME_LEN,
+    device_kind, domctl, image_kind, name_bytes, CreateDomain, DeviceAdd, DomainInfo, DomainState,
+    Error, IMAGE_MAX, MAX_DEVICES, NAME_LEN,
 };
 
 use crate::config::{Config, Sched};
@@ -110,7 +110,8 @@ pub fn create(
     images: &[Image],
     sched: &Sched,
     paused: bool,
-) -> Result<u32, String> {
+    devices: &[String],
+) -> Result<(u32, Vec<DeviceAdd>), String> {
     let arg = CreateDomain {
         name: name_bytes(&cfg.name).ok_or_else(|| format!("'{}' is not a valid name", cfg.name))?,
         memory_mib: cfg.memory_mib,
@@ -123,8 +124,9 @@ pub fn create(
     };
     let domid = hv::create(hv, arg).map_err(|e| create_failed(hv, cfg, e))?;
     let d = hv::info(hv, domid).unwrap_or_else(|_| placeholder(domid, arg.name));
-    let Err(why) = populate(hv, &d, cfg, images, sched, paused) else {
-        return Ok(domid);
+    let why = match populate(hv, &d, cfg, images, sched, paused, devices) {
+        Ok(placed) => return Ok((domid, placed)),
+        Err(why) => why,
     };
     Err(match destroy_and_wait(hv, &d) {
         Ok(()) => format!("{why}; the domain was destroyed again, nothing is left behind"),
@@ -196,9 +198,26 @@ fn populate(
     images: &[Image],
     sched: &Sched,
     paused: bool,
-) -> Result<(), String> {
+    devices: &[String],
+) -> Result<Vec<DeviceAdd>, String> {
     for img in images {
         load(hv, d, img)?;
+    }
+    // Declared before BUILD, which describes them in the DSDT.
+    let mut placed = Vec::with_capacity(devices.len());
+    for name in devices {
+        interrupted()?;
+        let a = hv::device_add(hv, d.domid, device_kind::VIRTIO_MMIO).map_err(|e| match e {
+            CallError::Hv(Error::NoSpc) => format!(
+                "{name}: domain {} can have at most {MAX_DEVICES} devices, and none with memory \
+                 reaching {:#x}",
+                label(d),
+                oxen_abi::DEVICE_WINDOW
+            ),
+            CallError::Hv(Error::NoSys) => format!("{name}: this hypervisor cannot declare devices (ABI 1.6 needed)"),
+            e => dom_failed(d, &format!("declare {name} for"), e),
+        })?;
+        placed.push(a);
     }
     interrupted()?;
     hv::build(hv, d.domid, &cfg.cmdline).map_err(|e| match e {
@@ -230,7 +249,7 @@ fn populate(
         interrupted()?;
         hv::domain_op(hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(d, "start", e))?;
     }
-    Ok(())
+    Ok(placed)
 }
 
 fn interrupted() -> Result<(), String> {

@@ -2,23 +2,34 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, RawFd};
 
-use oxen_abi::{HypercallIoctl, DEVICE_PATH, IOCTL_HYPERCALL};
+use oxen_abi::{event, EventWaitIoctl, HypercallIoctl, DEVICE_PATH, IOCTL_EVENT_WAIT, IOCTL_HYPERCALL};
 
 use crate::hv::{os_error, CallError, CallResult, Hypervisor};
 
 pub struct Device {
     file: File,
+    /// `IOCTL_EVENT_WAIT` failed once (no event line): not asked again.
+    no_events: bool,
 }
 
 impl Device {
     /// Opens the device; the error says what to do about it.
     pub fn open() -> Result<Self, String> {
         match OpenOptions::new().read(true).write(true).open(DEVICE_PATH) {
-            Ok(file) => Ok(Self { file }),
+            Ok(file) => Ok(Self { file, no_events: false }),
             Err(e) => Err(open_error(&e)),
         }
+    }
+}
+
+impl Device {
+    /// Never uses the event line: `console` polls as on a hypervisor without
+    /// one (`OXL_NO_EVENTS=1`, to compare the two).
+    pub fn without_events(mut self) -> Self {
+        self.no_events = true;
+        self
     }
 }
 
@@ -48,6 +59,24 @@ fn area(s: &mut [u8]) -> (u64, u64) {
 }
 
 impl Hypervisor for Device {
+    fn console_events(&mut self) -> Option<RawFd> {
+        if self.no_events {
+            return None;
+        }
+        // `count` no count can equal: returns at once, having subscribed the
+        // file and noted the count poll(2) compares with (docs/hypercalls.md,
+        // "dom0's event line").
+        let mut w = EventWaitIoctl { mask: event::CONSOLE, count: u64::MAX, timeout_ms: 0 };
+        // SAFETY: `w` is the `EventWaitIoctl` IOCTL_EVENT_WAIT's size field
+        // describes; the driver reads and writes only it.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), IOCTL_EVENT_WAIT as libc::Ioctl, &mut w as *mut EventWaitIoctl) };
+        if r < 0 {
+            self.no_events = true;
+            return None;
+        }
+        Some(self.file.as_raw_fd())
+    }
+
     fn call(&mut self, nr: u64, cmd: u64, arg: &mut [u8], buf: &mut [u8]) -> CallResult<u64> {
         let (arg_addr, arg_len) = area(arg);
         let (buf_addr, buf_len) = area(buf);

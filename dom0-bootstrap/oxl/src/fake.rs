@@ -12,7 +12,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use oxen_abi::{
-    c_str, domctl, info_flags, name_bytes, nr, sched_flags, valid_name, vcpu_state, Action,
+    c_str, device_kind, domctl, info_flags, DeviceAdd, IrqLine, DEVICE_GSI_FIRST, DEVICE_SIZE,
+    DEVICE_STRIDE, DEVICE_WINDOW, MAX_DEVICES, name_bytes, nr, sched_flags, valid_name, vcpu_state, Action,
     BuildDomain, CreateDomain, DomainInfo, DomainRef, DomainState, Error, LoadImage, PhysInfo, Pod,
     RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo,
     ABI_CONSOLE_INPUT, ABI_VERSION, ALL_DOMAINS, CONSOLE_INPUT_MAX, DEFAULT_WEIGHT, DOMCTL_BUF_MAX,
@@ -52,6 +53,8 @@ pub struct FakeDomain {
     pub console: Vec<u8>,
     /// Console input sent and not read by the guest (`State::input_room` at most).
     pub input: Vec<u8>,
+    /// Declared devices' lines (`DEVICE_ADD`), and each line's level.
+    pub lines: Vec<(u32, bool)>,
     dying_until: Option<Duration>,
     shutdown_at: Option<(Duration, ShutdownReason)>,
 }
@@ -80,6 +83,9 @@ pub struct State {
     pub max_take: usize,
     /// Bytes a domain's console input queue holds.
     pub input_room: usize,
+    /// It has dom0's event line (`Hypervisor::console_events` answers); the
+    /// fake never makes the descriptor readable, so waits run to their timeout.
+    pub event_line: bool,
 }
 
 #[derive(Clone)]
@@ -104,6 +110,7 @@ impl Fake {
             ring: 1024,
             max_take: usize::MAX,
             input_room: 4096,
+            event_line: false,
         };
         let mut dom0 = domain(0, "Domain-0", 256, 1, [Action::Destroy; 3], s.cpus);
         dom0.info.state = DomainState::Running as u32;
@@ -154,7 +161,7 @@ impl Fake {
             .calls
             .iter()
             .filter(|c| {
-                !["VERSION", "LIST", "INFO", "PHYS", "VCPUS"]
+                !["VERSION", "LIST", "INFO", "PHYS", "VCPUS", "EVENTS"]
                     .iter()
                     .any(|r| c.starts_with(r))
                     && !c.ends_with(" get")
@@ -204,6 +211,7 @@ fn domain(
         cmdline: String::new(),
         console: Vec::new(),
         input: Vec::new(),
+        lines: Vec::new(),
         dying_until: None,
         shutdown_at: None,
     }
@@ -614,6 +622,45 @@ impl State {
                 }
                 Ok(all.len() as u64)
             }
+            domctl::DEVICE_ADD => {
+                let mut v: DeviceAdd = arg(a)?;
+                self.calls.push(format!("DEVICE_ADD {} kind {}", v.domid, v.kind));
+                let d = self.dom(v.domid)?;
+                if v.kind != device_kind::VIRTIO_MMIO || v.base != 0 || v.size != 0 || v.gsi != 0 {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if d.info.flags & info_flags::PRIVILEGED != 0 {
+                    return Err(CallError::Hv(Error::Perm));
+                }
+                if state(d) != DomainState::Created || d.info.flags & info_flags::BUILT != 0 {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let i = d.lines.len() as u32;
+                if i >= MAX_DEVICES {
+                    return Err(CallError::Hv(Error::NoSpc));
+                }
+                (v.base, v.size, v.gsi) = (DEVICE_WINDOW + u64::from(i) * DEVICE_STRIDE, DEVICE_SIZE, DEVICE_GSI_FIRST + i);
+                d.lines.push((v.gsi, false));
+                put(a, &v);
+                Ok(u64::from(i))
+            }
+            domctl::IRQ_LINE => {
+                let l: IrqLine = arg(a)?;
+                self.calls.push(format!("IRQ_LINE {} {} {}", l.domid, l.gsi, l.level));
+                let d = self.dom(l.domid)?;
+                if l.level > 1 {
+                    return Err(CallError::Hv(Error::Inval));
+                }
+                if d.info.flags & info_flags::PRIVILEGED != 0 {
+                    return Err(CallError::Hv(Error::Perm));
+                }
+                if matches!(state(d), DomainState::Created | DomainState::Dying | DomainState::Shutdown) {
+                    return Err(CallError::Hv(Error::Busy));
+                }
+                let line = d.lines.iter_mut().find(|(g, _)| *g == l.gsi).ok_or(CallError::Hv(Error::Inval))?;
+                line.1 = l.level == 1;
+                Ok(0)
+            }
             _ => Err(CallError::Hv(Error::NoSys)),
         }
     }
@@ -634,6 +681,13 @@ impl Hypervisor for Fake {
 
     fn sleep(&mut self, d: Duration) {
         self.state().advance(d);
+    }
+
+    fn console_events(&mut self) -> Option<std::os::fd::RawFd> {
+        let mut s = self.state();
+        s.calls.push("EVENTS console".into());
+        // -1: poll(2) ignores it; the fake's Script never polls anyway.
+        s.event_line.then_some(-1)
     }
 
     fn now(&mut self) -> Duration {

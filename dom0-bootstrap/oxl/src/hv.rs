@@ -6,12 +6,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::size_of;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use oxen_abi::{
-    domctl, nr, BuildDomain, CreateDomain, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
+    domctl, nr, BuildDomain, CreateDomain, DeviceAdd, IrqLine, DomainInfo, DomainRef, LoadImage, PhysInfo, Pod,
     RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuInfo, VcpuStateRef, ALL_DOMAINS,
     CMDLINE_LEN, DOMCTL_BUF_MAX,
 };
@@ -65,6 +66,14 @@ pub trait Hypervisor {
 
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
+    }
+
+    /// Subscribes to `event::CONSOLE` (a domU wrote to its console) and
+    /// re-arms it: returns a descriptor poll(2) finds readable once such an
+    /// event came after this call, or `None` when there is no event line (an
+    /// older hypervisor or driver; the caller polls then). ABI 1.5.
+    fn console_events(&mut self) -> Option<RawFd> {
+        None
     }
 
     /// Monotonic time since some fixed point.
@@ -138,6 +147,8 @@ pub fn call_name(nr: u64, cmd: u64) -> String {
                 domctl::DMESG => "dmesg",
                 domctl::PHYS_INFO => "phys_info",
                 domctl::CONSOLE_INPUT => "console_input",
+                domctl::IRQ_LINE => "irq_line",
+                domctl::DEVICE_ADD => "device_add",
                 _ => return format!("domctl-{cmd}"),
             };
             return format!("domctl-{c}");
@@ -147,8 +158,8 @@ pub fn call_name(nr: u64, cmd: u64) -> String {
     name.to_owned()
 }
 
-/// Whether `OXL_STATS` (its value) asks for the tally: set, not empty, not `0`.
-pub fn stats_requested(value: Option<&std::ffi::OsStr>) -> bool {
+/// Whether a flag variable (`OXL_STATS`, `OXL_NO_EVENTS`; its value) is on: set, not empty, not `0`.
+pub fn env_flag(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -176,6 +187,10 @@ impl Hypervisor for Counting {
 
     fn sleep(&mut self, d: Duration) {
         self.inner.sleep(d);
+    }
+
+    fn console_events(&mut self) -> Option<RawFd> {
+        self.inner.console_events()
     }
 
     fn now(&mut self) -> Duration {
@@ -378,6 +393,20 @@ pub fn console_input(hv: &mut dyn Hypervisor, domid: u32, bytes: &[u8]) -> CallR
     Ok(n.min(bytes.len()))
 }
 
+/// Declares a device of `kind` for a created, unbuilt domain; returns where
+/// the hypervisor placed it (`base`, `size`, `gsi` filled in). ABI 1.6.
+pub fn device_add(hv: &mut dyn Hypervisor, domid: u32, kind: u32) -> CallResult<DeviceAdd> {
+    let mut a = DeviceAdd { domid, kind, ..Default::default() };
+    domctl(hv, domctl::DEVICE_ADD, &mut a, &mut [])?;
+    Ok(a)
+}
+
+/// Raises (`true`) or lowers a declared device's interrupt line. ABI 1.6.
+pub fn irq_line(hv: &mut dyn Hypervisor, domid: u32, gsi: u32, level: bool) -> CallResult<()> {
+    let mut a = IrqLine { domid, gsi, level: u32::from(level), _pad: 0 };
+    domctl(hv, domctl::IRQ_LINE, &mut a, &mut []).map(drop)
+}
+
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {
     let mut buf = [0u8; size_of::<PhysInfo>()];
     hv.call(nr::DOMCTL, domctl::PHYS_INFO, &mut [], &mut buf)?;
@@ -420,11 +449,11 @@ mod tests {
     #[test]
     fn oxl_stats_is_on_when_set_and_not_zero() {
         use std::ffi::OsStr;
-        assert!(stats_requested(Some(OsStr::new("1"))));
-        assert!(stats_requested(Some(OsStr::new("yes"))));
-        assert!(!stats_requested(Some(OsStr::new("0"))));
-        assert!(!stats_requested(Some(OsStr::new(""))));
-        assert!(!stats_requested(None));
+        assert!(env_flag(Some(OsStr::new("1"))));
+        assert!(env_flag(Some(OsStr::new("yes"))));
+        assert!(!env_flag(Some(OsStr::new("0"))));
+        assert!(!env_flag(Some(OsStr::new(""))));
+        assert!(!env_flag(None));
     }
 
     #[test]

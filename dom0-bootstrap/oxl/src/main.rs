@@ -57,10 +57,14 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     let mut note = std::io::stderr();
     // OXL_STATS=1: count the hypercalls (one ioctl each) and print the tally at the end.
-    let tally = hv::stats_requested(std::env::var_os("OXL_STATS").as_deref())
+    let tally = hv::env_flag(std::env::var_os("OXL_STATS").as_deref())
         .then(|| Rc::new(RefCell::new(hv::Tally::default())));
+    // OXL_NO_EVENTS=1: `console` polls every 50 ms instead of sleeping on
+    // dom0's event line (as with a hypervisor older than ABI 1.5), to compare.
+    let no_events = hv::env_flag(std::env::var_os("OXL_NO_EVENTS").as_deref());
     let mut open = || {
-        let dev = Box::new(device::Device::open()?) as Box<dyn Hypervisor>;
+        let dev = device::Device::open()?;
+        let dev = Box::new(if no_events { dev.without_events() } else { dev }) as Box<dyn Hypervisor>;
         Ok(match &tally {
             Some(t) => Box::new(hv::Counting::new(dev, t.clone())) as Box<dyn Hypervisor>,
             None => dev,

@@ -13,8 +13,16 @@ use crate::hv::{self, CallError, Hypervisor};
 use crate::show::label;
 use crate::term::{stop_requested, Input};
 
-/// How often `console` looks for output (about 20 times a second).
+/// How often `console` looks for output when the hypervisor cannot say when
+/// there is some (no event line: a hypervisor older than ABI 1.5, or an
+/// `oxen.ko` without it): about 20 times a second.
 pub const CONSOLE_POLL: Duration = Duration::from_millis(50);
+/// With the event line, `console` sleeps in poll(2) until a domU writes to its
+/// console or a key comes, but looks at least this often anyway: the domain
+/// may have gone (which raises no event).
+pub const CONSOLE_IDLE_LOOK: Duration = Duration::from_secs(1);
+/// Input the domain's queue refused (full) is offered again this often.
+pub const INPUT_RETRY: Duration = Duration::from_millis(50);
 /// How often `dmesg --follow` looks.
 pub const DMESG_POLL: Duration = Duration::from_millis(250);
 /// Ctrl-], the key that detaches from a console (as in xl and telnet).
@@ -25,15 +33,70 @@ pub fn write_failed(e: std::io::Error) -> String {
 }
 
 /// Piped input (not a terminal): once it ended, or brought Ctrl-], output is
-/// still shown until it has been quiet for `QUIET_POLLS` looks (1 s) in a
-/// row, so the domain's answer to the last line is seen ...
-pub const QUIET_POLLS: u32 = 20;
-/// ... but for at most `LINGER_POLLS` looks (10 s): a domain that never goes
-/// quiet does not keep a script attached.
-pub const LINGER_POLLS: u32 = 200;
+/// still shown until it has been quiet for `QUIET` (since the end, or since
+/// the last output after it), so the domain's answer to the last line is seen ...
+pub const QUIET: Duration = Duration::from_secs(1);
+/// ... but for at most `LINGER` after the end: a domain that never goes quiet
+/// does not keep a script attached.
+pub const LINGER: Duration = Duration::from_secs(10);
 /// Input read but not yet taken by the domain, at most: a pipe is not read
 /// further meanwhile, a terminal's further keys are dropped (and said so).
 pub const PENDING_MAX: usize = 64 * 1024;
+
+/// `console`'s clock work, on the monotonic clock the caller reads
+/// (`Hypervisor::now`): when piped input ended, when output last came, so
+/// when to detach and how long the next wait may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// When piped input ended (or brought Ctrl-]).
+    ended_at: Option<Duration>,
+    /// When output was last shown (the start, before any).
+    output_at: Duration,
+}
+
+impl Timing {
+    pub fn new(now: Duration) -> Self {
+        Self { ended_at: None, output_at: now }
+    }
+
+    /// Output was shown at `now`.
+    pub fn output(&mut self, now: Duration) {
+        self.output_at = now;
+    }
+
+    /// Piped input ended at `now` (the first time counts).
+    pub fn input_ended(&mut self, now: Duration) {
+        self.ended_at.get_or_insert(now);
+    }
+
+    /// Whether to detach: input ended and either everything was `sent` and
+    /// the output has been quiet for `QUIET`, or `LINGER` passed.
+    pub fn detach(&self, now: Duration, sent: bool) -> bool {
+        let Some(end) = self.ended_at else { return false };
+        let quiet_since = end.max(self.output_at);
+        (sent && now.saturating_sub(quiet_since) >= QUIET) || now.saturating_sub(end) >= LINGER
+    }
+
+    /// The longest the next wait may be: until the next look `events` does
+    /// not bring (with the event line the idle look, else the poll), input to
+    /// offer again (`retry`: not all sent), or a detach deadline, whichever
+    /// comes first;
+    /// at least 1 ms, so a deadline just passed cannot make oxl spin.
+    pub fn timeout(&self, now: Duration, events: bool, retry: bool) -> Duration {
+        let mut t = if events { CONSOLE_IDLE_LOOK } else { CONSOLE_POLL };
+        if retry {
+            t = t.min(INPUT_RETRY);
+        }
+        if let Some(end) = self.ended_at {
+            // The quiet deadline counts once everything is sent (`retry` off).
+            if !retry {
+                t = t.min((end.max(self.output_at) + QUIET).saturating_sub(now));
+            }
+            t = t.min((end + LINGER).saturating_sub(now));
+        }
+        t.max(Duration::from_millis(1))
+    }
+}
 
 /// Why `console` returned.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,8 +130,11 @@ pub fn console(
     let mut dropped = 0usize;
     // Piped input brought Ctrl-]: nothing after it is read.
     let mut pipe_stopped = false;
-    let (mut quiet, mut lingered) = (0u32, 0u32);
+    let mut timing = Timing::new(hv.now());
     loop {
+        // Subscribed (again) before reading: output written after the read
+        // below makes the wait return at once.
+        let events = hv.console_events();
         let mut shown = 0;
         loop {
             let c = match hv::ring_read(hv, domctl::CONSOLE_READ, d.domid, offset, &mut buf) {
@@ -93,6 +159,9 @@ pub fn console(
             }
         }
         out.flush().map_err(write_failed)?;
+        if shown > 0 {
+            timing.output(hv.now());
+        }
         if input && !pending.is_empty() {
             match send(hv, d, &mut pending) {
                 Ok(()) => {}
@@ -114,34 +183,31 @@ pub fn console(
                 Err(e) => return Err(dom_failed(d, "send console input to", e)),
             }
         }
-        // Piped input ended or brought Ctrl-]: counting looks until detaching.
+        // Piped input ended or brought Ctrl-]: detaching once quiet.
         if pipe_stopped || keys.ended() {
-            lingered += 1;
-            quiet = if shown > 0 { 0 } else { quiet + 1 };
-            let sent = pending.is_empty() || !input;
-            if (sent && quiet >= QUIET_POLLS) || lingered >= LINGER_POLLS {
-                if !pending.is_empty() {
-                    write!(
-                        out,
-                        "\r\n[oxl: {} bytes of input not sent: domain {} did not read them]\r\n",
-                        pending.len(),
-                        label(d)
-                    )
-                    .map_err(write_failed)?;
-                    out.flush().map_err(write_failed)?;
-                }
-                return Ok(Detached::InputEnded);
+            timing.input_ended(hv.now());
+        }
+        let sent = pending.is_empty() || !input;
+        if timing.detach(hv.now(), sent) {
+            if !pending.is_empty() {
+                write!(
+                    out,
+                    "\r\n[oxl: {} bytes of input not sent: domain {} did not read them]\r\n",
+                    pending.len(),
+                    label(d)
+                )
+                .map_err(write_failed)?;
+                out.flush().map_err(write_failed)?;
             }
+            return Ok(Detached::InputEnded);
         }
         // A script's input waits while the domain has not taken what came
         // before; a person's keys are read always (Ctrl-] must work).
-        let typed = if !tty && (pipe_stopped || pending.len() >= PENDING_MAX) {
-            hv.sleep(CONSOLE_POLL);
-            Vec::new()
-        } else {
-            keys.wait(CONSOLE_POLL)
-                .map_err(|e| format!("reading the keyboard: {e}"))?
-        };
+        let read = tty || !(pipe_stopped || pending.len() >= PENDING_MAX);
+        let timeout = timing.timeout(hv.now(), events.is_some(), !sent);
+        let typed = keys
+            .wait_event(timeout, read, events)
+            .map_err(|e| format!("reading the keyboard: {e}"))?;
         let (keep, detach) = match typed.iter().position(|&b| b == DETACH) {
             Some(at) => (&typed[..at], true),
             None => (&typed[..], false),
@@ -228,5 +294,46 @@ pub fn dmesg(hv: &mut dyn Hypervisor, follow: bool, out: &mut dyn Write) -> Resu
             out.flush().map_err(write_failed)?;
             hv.sleep(DMESG_POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn timing_waits_long_with_the_event_line_and_short_without() {
+        let t = Timing::new(Duration::ZERO);
+        // Idle on a terminal: the event line wakes oxl; only the idle look is timed.
+        assert_eq!(t.timeout(Duration::from_secs(5), true, false), CONSOLE_IDLE_LOOK);
+        assert_eq!(t.timeout(Duration::from_secs(5), false, false), CONSOLE_POLL);
+        // Input the domain refused is offered again soon, event line or not.
+        assert_eq!(t.timeout(Duration::from_secs(5), true, true), INPUT_RETRY);
+        assert!(!t.detach(Duration::from_secs(100), true), "input has not ended");
+    }
+
+    #[test]
+    fn timing_detaches_when_quiet_after_the_end_or_when_lingering_too_long() {
+        let mut t = Timing::new(Duration::ZERO);
+        t.output(200 * MS);
+        t.input_ended(300 * MS);
+        // A later end does not move the first.
+        t.input_ended(900 * MS);
+        // Quiet since the end (300 ms): the wait stops at the quiet deadline.
+        assert_eq!(t.timeout(800 * MS, true, false), 500 * MS);
+        assert!(!t.detach(1299 * MS, true));
+        assert!(t.detach(1300 * MS, true));
+        // Output after the end starts the quiet second again.
+        t.output(1200 * MS);
+        assert!(!t.detach(1300 * MS, true));
+        assert!(t.detach(2200 * MS, true));
+        // Not all input sent: stays, up to LINGER after the end.
+        assert!(!t.detach(5 * 1000 * MS, false));
+        assert!(t.detach(300 * MS + LINGER, false));
+        assert_eq!(t.timeout(300 * MS + LINGER - 10 * MS, true, true), 10 * MS);
+        // A deadline just passed: a short wait, never a spin.
+        assert_eq!(t.timeout(300 * MS + LINGER + MS, true, false), MS);
     }
 }

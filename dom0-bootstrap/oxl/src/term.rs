@@ -3,6 +3,7 @@
 //! that let `create` clean up instead of dying half way.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,6 +13,21 @@ pub trait Input {
     /// Waits up to `timeout` for key presses and returns them (empty: none, or
     /// the wait was interrupted by a signal).
     fn wait(&mut self, timeout: Duration) -> io::Result<Vec<u8>>;
+
+    /// Waits up to `timeout` for keys (only if `read`) or for `event` to be
+    /// readable (a descriptor poll(2) watches: `/dev/oxen` subscribed to
+    /// console events), whichever comes first; returns the keys (empty: none,
+    /// the event, the timeout or a signal). Without an event descriptor and
+    /// not reading, it just sleeps.
+    fn wait_event(&mut self, timeout: Duration, read: bool, event: Option<RawFd>) -> io::Result<Vec<u8>> {
+        let _ = event;
+        if read {
+            self.wait(timeout)
+        } else {
+            std::thread::sleep(timeout);
+            Ok(Vec::new())
+        }
+    }
 
     /// Whether the input has ended (end of file on a pipe, a hung-up
     /// terminal): `wait` then only sleeps.
@@ -110,18 +126,22 @@ impl Input for Keyboard {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<Vec<u8>> {
-        if self.ended || !(self.tty || self.pipe) {
-            std::thread::sleep(timeout);
-            return Ok(Vec::new());
+        self.wait_event(timeout, true, None)
+    }
+
+    fn wait_event(&mut self, timeout: Duration, read: bool, event: Option<RawFd>) -> io::Result<Vec<u8>> {
+        let keys = read && !self.ended && (self.tty || self.pipe);
+        let mut fds = [
+            libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: event.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ];
+        // A negative descriptor is ignored by poll(2): one call for any mix.
+        if !keys {
+            fds[0].fd = -1;
         }
-        let mut fds = libc::pollfd {
-            fd: libc::STDIN_FILENO,
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut fds, 1, ms) };
+        // SAFETY: two valid pollfds in an array we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
@@ -130,7 +150,8 @@ impl Input for Keyboard {
                 Err(e)
             };
         }
-        if n == 0 {
+        if !keys || fds[0].revents == 0 {
+            // The timeout, or the event: the caller looks at the hypervisor.
             return Ok(Vec::new());
         }
         // A pipe may bring a script's worth at once; keys come a few at a time.
@@ -143,9 +164,9 @@ impl Input for Keyboard {
         }
         if got <= 0 {
             // End of input (a pipe's end, a hung-up terminal, EIO): from now
-            // on only sleep, so a caller never spins on it.
+            // on it is not polled, so a caller never spins on it. (Returning
+            // at once: the caller's deadlines decide how long it waits next.)
             self.ended = true;
-            std::thread::sleep(timeout);
             return Ok(Vec::new());
         }
         Ok(buf[..got as usize].to_vec())

@@ -40,17 +40,31 @@ impl Run {
 /// Keys typed during `console`/`top`: called before each wait with the wait's
 /// number (0, 1, ...), may change the fake, returns what was typed. As a
 /// pipe (`tty` false) it ends after `ends_after` waits.
+///
+/// `console`'s waits (`wait_event`) take the fake's time: each runs its whole
+/// timeout on the fake's clock, then brings what `f` typed (nothing, and `f`
+/// is not called, when the caller does not read).
 struct Script<F: FnMut(u32) -> Vec<u8>> {
     n: u32,
     f: F,
     tty: bool,
     ends_after: Option<u32>,
+    clock: Fake,
 }
 
 impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
     fn wait(&mut self, _: Duration) -> io::Result<Vec<u8>> {
         self.n += 1;
         Ok((self.f)(self.n - 1))
+    }
+
+    fn wait_event(&mut self, timeout: Duration, read: bool, _: Option<std::os::fd::RawFd>) -> io::Result<Vec<u8>> {
+        self.clock.sleep(timeout);
+        if read {
+            self.wait(timeout)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     fn ended(&self) -> bool {
@@ -88,12 +102,14 @@ fn oxl_input(
     let (mut out, mut note) = (Vec::new(), Vec::new());
     let f = fake.clone();
     let mut open = move || Ok(Box::new(f.clone()) as Box<dyn Hypervisor>);
+    let clock = fake.clone();
     let mut keyboard = move |_: Mode| {
         Box::new(Script {
             n: 0,
             f: keys.clone(),
             tty,
             ends_after,
+            clock: clock.clone(),
         }) as Box<dyn Input>
     };
     let result = app::run(
@@ -314,6 +330,47 @@ fn create_says_when_the_rollback_fails() {
         "{err}"
     );
     assert!(err.ends_with("run 'oxl destroy 1'"), "{err}");
+}
+
+#[test]
+fn disks_and_vifs_are_refused_or_only_declared() {
+    let cfg = setup(
+        "declare",
+        "name = \"web\"\ndisk = ['/dev/null,raw,xvda,rw']\nvif = ['bridge=xenbr0']\n",
+        100,
+    );
+    let fake = Fake::new();
+    let err = oxl(&fake, &["create", p(&cfg)]).err();
+    assert!(err.contains("vm.cfg:3: disk: this Oxen cannot give domains disks yet"), "{err}");
+    assert!(err.ends_with("('oxl create --declare-devices' only declares them, for testing)"), "{err}");
+    assert!(fake.actions().is_empty(), "nothing created: {:?}", fake.actions());
+
+    let run = oxl(&fake, &["create", "--declare-devices", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        "Created domain web (id 1)\n\
+         xvda: virtio-mmio at 0xfeb00000 (4096 bytes), GSI 16 (declared only: no device model serves it)\n\
+         vif0: virtio-mmio at 0xfeb01000 (4096 bytes), GSI 17 (declared only: no device model serves it)\n"
+    );
+    let actions = fake.actions();
+    let at = |what: &str| actions.iter().position(|a| a.starts_with(what)).unwrap();
+    assert!(at("LOAD") < at("DEVICE_ADD") && at("DEVICE_ADD") < at("BUILD"), "declared before BUILD: {actions:?}");
+    assert_eq!(actions.iter().filter(|a| a.starts_with("DEVICE_ADD 1 kind 1")).count(), 2);
+
+    // Only its devices' lines, only while it runs, never dom0's.
+    oxl(&fake, &["irq-line", "web", "17", "1"]).ok();
+    assert_eq!(fake.state().doms[&1].lines, [(16, false), (17, true)]);
+    let err = oxl(&fake, &["irq-line", "web", "4", "1"]).err();
+    assert_eq!(err, "irq-line: GSI 4 is not the line of a device of domain 'web' (id 1) (see what 'oxl create --declare-devices' printed)");
+    assert!(oxl(&fake, &["irq-line", "nope", "16", "1"]).err().contains("no domain 'nope'"));
+    assert!(oxl(&fake, &["irq-line", "0", "16", "1"]).err().contains("it is dom0"));
+
+    // A hypervisor that places no more: the domain is rolled back.
+    fake.state().fail.push((domctl::DEVICE_ADD, Error::NoSpc));
+    let cfg = setup("declare-full", "name = \"db\"\ndisk = ['/dev/null,raw,xvda,rw']\n", 100);
+    let err = oxl(&fake, &["create", "--declare-devices", p(&cfg)]).err();
+    assert!(err.starts_with("create: xvda: domain 'db' (id 2) can have at most 8 devices"), "{err}");
+    assert!(err.contains("the domain was destroyed again"), "{err}");
 }
 
 #[test]
@@ -695,6 +752,38 @@ fn console_shows_output_and_sends_keys_until_detached() {
 }
 
 #[test]
+fn console_with_the_event_line_sleeps_until_told_and_retries_refused_input() {
+    let fake = Fake::new();
+    fake.add("web", DomainState::Running);
+    fake.state().event_line = true;
+    fake.state().input_room = 2;
+    let f = fake.clone();
+    // Idle: each wait runs its whole timeout on the fake's clock.
+    let run = oxl_keys(&fake, &["console", "web"], move |n| match n {
+        0 | 1 => Vec::new(),
+        2 => b"abc".to_vec(),
+        3 | 4 => {
+            // The guest reads its queue after the first retry.
+            if n == 4 {
+                f.state().doms.get_mut(&1).unwrap().input.clear();
+            }
+            Vec::new()
+        }
+        _ => vec![crate::ring::DETACH],
+    });
+    run.ok();
+    // Three idle waits of 1 s (the third brings "abc"; the queue takes 2),
+    // then 50 ms retries until the rest is taken, then 1 s again.
+    let waits = crate::ring::CONSOLE_IDLE_LOOK * 3 + crate::ring::INPUT_RETRY * 2 + crate::ring::CONSOLE_IDLE_LOOK;
+    assert_eq!(fake.state().now, waits);
+    assert_eq!(fake.state().doms[&1].input, b"c");
+    // Subscribed (again) before every look at the ring.
+    let calls = fake.state().calls.clone();
+    let looks: Vec<&String> = calls.iter().filter(|c| c.starts_with("CONSOLE") || c.starts_with("EVENTS")).collect();
+    assert!(looks.chunks(2).all(|p| p[0] == "EVENTS console" && p[1].starts_with("CONSOLE")), "{looks:?}");
+}
+
+#[test]
 fn console_input_waits_for_room_in_the_domains_queue() {
     let fake = Fake::new();
     fake.add("web", DomainState::Running);
@@ -834,15 +923,16 @@ fn console_from_a_pipe_sends_it_and_detaches_when_output_goes_quiet() {
         "{}",
         run.note
     );
-    // The answer shows at the 6th look (after the 5th read of the pipe);
-    // oxl stays QUIET_POLLS quiet looks more, not fewer.
+    // The answer shows at the look after the 5th wait (50 ms each: the fake
+    // has no event line, so oxl polls); oxl detaches QUIET later, not sooner.
+    assert_eq!(fake.state().now, Duration::from_millis(250) + crate::ring::QUIET);
     let looks = fake
         .state()
         .calls
         .iter()
         .filter(|c| c.starts_with("CONSOLE"))
         .count();
-    assert_eq!(looks as u32, 6 + crate::ring::QUIET_POLLS);
+    assert_eq!(looks, 6 + 20, "a look every 50 ms");
 }
 
 #[test]
@@ -864,13 +954,8 @@ fn console_from_a_pipe_stops_reading_it_at_ctrl_bracket() {
     assert!(run
         .note
         .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
-    let looks = fake
-        .state()
-        .calls
-        .iter()
-        .filter(|c| c.starts_with("CONSOLE"))
-        .count();
-    assert_eq!(looks as u32, 1 + crate::ring::QUIET_POLLS);
+    // Ctrl-] came with the first wait's read (50 ms): quiet since then.
+    assert_eq!(fake.state().now, Duration::from_millis(50) + crate::ring::QUIET);
 }
 
 #[test]
@@ -892,13 +977,8 @@ fn console_from_a_pipe_lingers_at_most_10_s_after_it_ends() {
     assert!(run
         .note
         .ends_with("\nInput ended; detached from domain 'web' (id 1).\n"));
-    let looks = fake
-        .state()
-        .calls
-        .iter()
-        .filter(|c| c.starts_with("CONSOLE"))
-        .count();
-    assert_eq!(looks as u32, 1 + crate::ring::LINGER_POLLS);
+    // The pipe ended at the first wait (50 ms): LINGER after that.
+    assert_eq!(fake.state().now, Duration::from_millis(50) + crate::ring::LINGER);
 }
 
 #[test]

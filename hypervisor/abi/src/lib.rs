@@ -334,6 +334,19 @@ pub mod domctl {
     /// pages leave the window at once (accesses then read all ones, writes are
     /// dropped); the range stays reserved until this call. (1.6)
     pub const FOREIGN_UNMAP: u64 = 20;
+    /// Arg `IrqLine`: drives an interrupt line of a domU's IOAPIC, as the
+    /// device model of one of its declared devices (`DEVICE_ADD`) does:
+    /// `level` 1 raises it, 0 lowers it. Only a line `DEVICE_ADD` gave out
+    /// (`-EINVAL` otherwise: not the UART's or the keyboard's); a domain
+    /// not started yet, dying or ended `-EBUSY`; dom0 `-EPERM`. (1.6)
+    pub const IRQ_LINE: u64 = 24;
+    /// Arg `DeviceAdd` (in/out): declares a device of `kind` for a created,
+    /// not yet built domU; the hypervisor places it (an MMIO window and an
+    /// IOAPIC line of its own) and writes `base`, `size` and `gsi` back.
+    /// `BUILD` describes it in the domU's ACPI DSDT. Returns its index
+    /// (0..`MAX_DEVICES`). `-ENOSPC` past `MAX_DEVICES` or when the
+    /// domain's RAM reaches the window; `-EBUSY` once built. (1.6)
+    pub const DEVICE_ADD: u64 = 25;
 }
 
 /// Most pages one `domctl::FOREIGN_MAP` maps: the whole foreign window
@@ -488,6 +501,54 @@ const _: () = {
     assert!(core::mem::offset_of!(IoreqPage, posted) == ioreq::OFFSET_POSTED);
     assert!(core::mem::size_of::<IoreqPage>() == 4096);
 };
+
+/// `domctl::IRQ_LINE`'s argument. (1.6)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IrqLine {
+    pub domid: u32,
+    /// The IOAPIC input (GSI) `DEVICE_ADD` gave the device.
+    pub gsi: u32,
+    /// 1: asserted, 0: not (any other value is `-EINVAL`).
+    pub level: u32,
+    pub _pad: u32,
+}
+
+/// `domctl::DEVICE_ADD`'s argument (1.6): `domid` and `kind` in (the rest
+/// zero), `base`, `size` and `gsi` out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceAdd {
+    pub domid: u32,
+    /// A `device_kind`.
+    pub kind: u32,
+    /// Out: the guest-physical address of its registers.
+    pub base: u64,
+    /// Out: their length in bytes.
+    pub size: u64,
+    /// Out: its IOAPIC input, level triggered and active high (ACPI
+    /// `Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive)`).
+    pub gsi: u32,
+    pub _pad: u32,
+}
+
+/// `DeviceAdd::kind`. (1.6)
+pub mod device_kind {
+    /// A virtio-mmio (version 2) transport, ACPI `_HID` `LNRO0005`.
+    pub const VIRTIO_MMIO: u32 = 1;
+}
+
+/// Devices one domU may declare (`domctl::DEVICE_ADD`): one per free IOAPIC
+/// line beyond the ISA range (GSIs 16-23 of its 24). (1.6)
+pub const MAX_DEVICES: u32 = 8;
+/// Where declared devices go: `DEVICE_WINDOW + i * DEVICE_STRIDE` for the
+/// i-th, `DEVICE_SIZE` bytes each, and GSI `DEVICE_GSI_FIRST + i`: below the
+/// IOAPIC (0xFEC00000), where QEMU's `microvm` puts its virtio-mmio
+/// devices. A domU with RAM reaching `DEVICE_WINDOW` can have none. (1.6)
+pub const DEVICE_WINDOW: u64 = 0xfeb0_0000;
+pub const DEVICE_STRIDE: u64 = 0x1000;
+pub const DEVICE_SIZE: u64 = 0x1000;
+pub const DEVICE_GSI_FIRST: u32 = 16;
 
 /// `domctl::VCPU_STATE_GET` / `VCPU_STATE_SET`'s argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -931,6 +992,8 @@ pod! {
     ForeignMap = 32,
     ForeignUnmap = 16,
     ForeignOpenIoctl = 8,
+    IrqLine = 16,
+    DeviceAdd = 32,
 }
 
 #[cfg(test)]

@@ -256,6 +256,7 @@ mod tests {
             rtc: None,
             power_button: None,
             pvpanic: None,
+            virtio_mmio: &[],
             pm: PORTS,
         };
         let t = acpi::build(&cfg, 0x1000).unwrap();

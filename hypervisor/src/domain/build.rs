@@ -42,7 +42,7 @@ pub fn lay_out(res: &mut Resources, vcpus: u32) -> Result<BootSpec, BuildError> 
     }
     if multiboot::detect(image.bytes()) {
         let mut ram = RamView(&res.ram);
-        write_acpi(&mut ram, vcpus)?;
+        write_acpi(&mut ram, vcpus, &res.devices)?;
         let cmdline = res.cmdline.as_bytes();
         let (entry, gprs) = multiboot::lay_out(image.bytes(), ramdisk.map(|r| r.bytes()), memory, cmdline, &mut ram)
             .map_err(|e| err(e.errno(), e))?;
@@ -174,7 +174,7 @@ fn boot_linux(
     ram.write(linux::GDT, &boot::gdt_image()).map_err(fault)?;
     let tables = crate::dom0::layout::identity_map(linux::PAGE_TABLES, layout.identity_top);
     ram.write(linux::PAGE_TABLES, &tables).map_err(fault)?;
-    write_acpi(&mut ram, vcpus)?;
+    write_acpi(&mut ram, vcpus, &res.devices)?;
     let mut zero_page = [0u8; boot_params::ZERO_PAGE_SIZE];
     let at = boot_params::Placement {
         cmdline: linux::CMDLINE,
@@ -194,12 +194,17 @@ fn boot_linux(
 
 /// The ACPI tables describing the domain's platform (`vm::platform`): its
 /// vCPUs' local APICs, the IOAPIC, COM1, the keyboard controller, the CMOS
-/// clock and the PM registers, with the RSDP in the BIOS area where Linux and
+/// clock, the PM registers and the devices dom0 declared (virtio-mmio), with the RSDP in the BIOS area where Linux and
 /// Multiboot kernels look for it (both formats reserve that area).
-fn write_acpi(ram: &mut RamView, vcpus: u32) -> Result<(), BuildError> {
+fn write_acpi(ram: &mut RamView, vcpus: u32, devices: &super::devices::DeviceList) -> Result<(), BuildError> {
     use crate::devices::{acpi_pm, uart16550};
     use crate::firmware::acpi;
     let apic_ids: alloc::vec::Vec<u32> = (0..vcpus).collect();
+    // The window is below 4 GiB (`domain::devices`): the casts keep every bit.
+    let virtio: alloc::vec::Vec<acpi::VirtioMmio> = devices
+        .iter()
+        .map(|d| acpi::VirtioMmio { base: d.base as u32, size: d.size as u32, gsi: d.gsi })
+        .collect();
     let cfg = acpi::Config {
         apic_ids: &apic_ids,
         local_apic_address: crate::vm::LAPIC_PAGE as u32,
@@ -210,6 +215,7 @@ fn write_acpi(ram: &mut RamView, vcpus: u32) -> Result<(), BuildError> {
         power_button: None,
         pvpanic: Some(crate::devices::pvpanic::PORT),
         pm: acpi_pm::PORTS,
+        virtio_mmio: &virtio,
     };
     let tables = acpi::build(&cfg, linux::ACPI_TABLES).map_err(|e| err(Error::Inval, alloc::format!("ACPI tables: {e:?}")))?;
     if tables.tables.len() as u64 > linux::RESET_VECTOR - linux::ACPI_TABLES {

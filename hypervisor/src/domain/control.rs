@@ -96,7 +96,8 @@ pub struct Resources {
     pub boot: Option<BootSpec>,
     /// Its vCPUs' states for `VCPU_STATE_GET/SET`, from its start.
     pub vcpu_states: Option<Arc<Mailbox>>,
-    /// Its platform, from its start (`PLATFORM_STATE_GET/SET`).
+    /// Its platform, from its start: `PLATFORM_STATE_GET/SET` read and set
+    /// its devices, `IRQ_LINE` drives its IOAPIC.
     platform: Option<Arc<Platform>>,
     pub console: Ring,
     /// What dom0 sent to the domain's console and the domain has not read
@@ -104,6 +105,8 @@ pub struct Resources {
     console_in: InputQueue,
     /// The kernel command line `BUILD` was given, kept for restarts.
     pub cmdline: String,
+    /// The devices dom0 declared (`DEVICE_ADD`), in its DSDT from `BUILD` on.
+    pub devices: super::devices::DeviceList,
     /// The console's serial echo, not yet printed (`drain_echo`).
     echo: Echo,
     /// Guest-triggered log lines (`guest_log`).
@@ -141,6 +144,7 @@ impl Resources {
             console: Ring::try_new(CONSOLE_BYTES).map_err(|_| Error::NoMem)?,
             console_in: InputQueue::try_new(oxen_abi::CONSOLE_INPUT_QUEUE).map_err(|_| Error::NoMem)?,
             cmdline: String::new(),
+            devices: Default::default(),
             echo: Echo::try_new(ECHO_RATE, ECHO_BURST, ECHO_RESUME, ECHO_QUEUE, now).map_err(|_| Error::NoMem)?,
             log_limit: LineLimit::new(LOG_PER_S, LOG_BURST, now),
             home_cpu: 0,
@@ -608,6 +612,54 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             mem::foreign::unmap(*addr, *count).inspect_err(|_| {
                 guest_log(DOM0, log::Level::Warn, format_args!("d0: foreign unmap {addr:#x}+{count} pages: not a mapping"))
             })?;
+            Ok(0)
+        }
+        Command::DeviceAdd(a) => {
+            let mut t = DOMAINS.lock();
+            let d = t.get_mut(a.domid).ok_or(Error::NoEnt)?;
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            // Declared between CREATE and BUILD: BUILD writes the DSDT.
+            if d.state != oxen_abi::DomainState::Created || d.built {
+                return Err(Error::Busy);
+            }
+            let ram_bytes = d.res.ram.regions().iter().map(|r| r.len).sum();
+            let placed = d.res.devices.add(a.kind, ram_bytes);
+            let index = d.res.devices.len().saturating_sub(1);
+            let name = d.name.clone();
+            drop(t);
+            let placed = placed.inspect_err(|e| {
+                warn!("d{} ({name}): device not added: {}", a.domid, e.describe());
+            })?;
+            (a.base, a.size, a.gsi) = (placed.base, placed.size, placed.gsi);
+            info!("d{} ({name}): virtio-mmio device {index} at {:#x}+{:#x}, GSI {}", a.domid, placed.base, placed.size, placed.gsi);
+            Ok(index as u64)
+        }
+        Command::IrqLine { domid, gsi, level } => {
+            let t = DOMAINS.lock();
+            let d = t.get(*domid).ok_or(Error::NoEnt)?;
+            if d.privileged {
+                return Err(Error::Perm);
+            }
+            if matches!(d.state, oxen_abi::DomainState::Dying | oxen_abi::DomainState::Shutdown) {
+                return Err(Error::Busy);
+            }
+            // Only a line given to one of its devices: never the UART's or the
+            // keyboard's, which the platform's own models drive.
+            if !d.res.devices.owns_gsi(*gsi) {
+                drop(t);
+                warn!("d{domid}: irq line {gsi}: not a line of a device it was given");
+                return Err(Error::Inval);
+            }
+            let platform = d.res.platform.clone().ok_or(Error::Busy)?;
+            // The devices' lock is never taken with the table's.
+            drop(t);
+            let pin = u8::try_from(*gsi).map_err(|_| Error::Inval)?;
+            platform.devices.lock().ioapic.set_irq(pin, *level);
+            // A vCPU's next service sends what the IOAPIC queued to the APICs
+            // (and wakes the vCPU it is for); vCPU 0 may be halted: nudged.
+            sched::nudge(VcpuId { dom: *domid, vcpu: 0 });
             Ok(0)
         }
         Command::PhysInfo => {

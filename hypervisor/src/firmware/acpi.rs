@@ -195,7 +195,27 @@ pub struct Config<'a> {
     /// as well as a memory one).
     pub pvpanic: Option<u16>,
     pub pm: PmPorts,
+    /// virtio-mmio transports, each a `LNRO0005` device (`VirtioMmio`).
+    pub virtio_mmio: &'a [VirtioMmio],
 }
+
+/// A virtio-mmio transport (virtio 1.2 §4.2) as Linux's `virtio_mmio` driver
+/// finds it through ACPI: `_HID "LNRO0005"` (its `virtio_mmio_acpi_match`),
+/// its registers as the first memory resource and its interrupt as the first
+/// IRQ of `_CRS` (`platform_get_resource(IORESOURCE_MEM, 0)`,
+/// `platform_get_irq(0)`). The line is level triggered, active high: the
+/// device holds it up while its InterruptStatus is not zero, as QEMU's ARM
+/// `virt` machine and Cloud Hypervisor describe theirs, so an interrupt the
+/// guest acknowledged late is not lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmio {
+    pub base: u32,
+    pub size: u32,
+    pub gsi: u32,
+}
+
+/// Level triggered, active high, not shared: a virtio-mmio device's line.
+const LEVEL_HIGH: Trigger = Trigger { edge: false, active_low: false, shared: false };
 
 /// What the guest is given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,6 +421,7 @@ fn check_irqs(cfg: &Config) -> Result<(), Error> {
     let rtc = cfg.rtc.and_then(|r| r.irq).map(u32::from);
     let button = cfg.power_button.map(|b| b.gsi);
     let mut gsis: Vec<u32> = [uart, kbd, rtc, button].into_iter().flatten().collect();
+    gsis.extend(cfg.virtio_mmio.iter().map(|v| v.gsi));
     gsis.sort_unstable();
     match gsis.windows(2).find(|w| w[0] == w[1]) {
         Some(w) => Err(Error::SharedIrq(w[0])),
@@ -568,6 +589,20 @@ fn dsdt(cfg: &Config) -> Result<Vec<u8>, Error> {
             &[&Name::new("_HID", &"QEMU0001"), &Name::new("_CRS", &ResourceTemplate(&crs))],
         ))?);
     }
+    for (uid, v) in cfg.virtio_mmio.iter().enumerate() {
+        // Named VR00, VR01, ...: `_UID` tells them apart for Linux
+        // (`LNRO0005:00`, `:01` in /sys/bus/acpi/devices follow the order here).
+        let uid = u8::try_from(uid).map_err(|_| Error::TooLarge)?;
+        let name = alloc::format!("VR{uid:02X}");
+        let crs = [
+            &aml::Memory32Fixed { writable: true, base: v.base, length: v.size } as &dyn Resource,
+            &Interrupt { gsi: v.gsi, trigger: LEVEL_HIGH },
+        ];
+        devices.push(aml::to_bytes(&Device::new(
+            &name,
+            &[&Name::new("_HID", &"LNRO0005"), &Name::new("_UID", &uid), &Name::new("_CRS", &ResourceTemplate(&crs))],
+        ))?);
+    }
     if !devices.is_empty() {
         let raw: Vec<Raw> = devices.iter().map(|d| Raw(d)).collect();
         let terms: Vec<&dyn Aml> = raw.iter().map(|r| r as &dyn Aml).collect();
@@ -603,6 +638,7 @@ mod tests {
             power_button: None,
             pvpanic: None,
             pm: PM,
+            virtio_mmio: &[],
         }
     }
 
@@ -994,5 +1030,32 @@ mod tests {
         for (sig, dsl) in &text {
             assert!(!dsl.contains("Unknown") && !dsl.contains("Invalid"), "{sig:?}:\n{dsl}");
         }
+    }
+
+    #[test]
+    fn virtio_mmio_devices_are_lnro0005_with_their_window_and_level_line() {
+        let vio = [
+            VirtioMmio { base: 0xfeb0_0000, size: 0x1000, gsi: 16 },
+            VirtioMmio { base: 0xfeb0_1000, size: 0x1000, gsi: 17 },
+        ];
+        let t = build(&Config { virtio_mmio: &vio, ..config(&[0, 1]) }, GPA).unwrap();
+        let text = iasl_disassemble(&t, GPA, "virtio");
+        let dsdt = asl_lines(&text.iter().find(|(s, _)| s == b"DSDT").unwrap().1);
+        for (uid, (base, gsi)) in [("Zero", ("0xFEB00000", "0x00000010")), ("One", ("0xFEB01000", "0x00000011"))] {
+            let name = if uid == "Zero" { "VR00" } else { "VR01" };
+            let block = format!(
+                "Device ({name})\n{{\nName (_HID, \"LNRO0005\")\nName (_UID, {uid})\nName (_CRS, ResourceTemplate ()\n{{\n\
+                 Memory32Fixed (ReadWrite,\n{base},\n0x00001000,\n)\n\
+                 Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )\n{{\n{gsi},\n}}\n}})\n}}\n"
+            );
+            assert!(dsdt.contains(&block), "the DSDT lacks\n{block}\nin\n{dsdt}");
+        }
+        // The `acpi` crate reads the tables as a guest's OS would.
+        assert!(parse(&t, GPA).dsdt().unwrap().length > 0);
+        // A device on COM1's line, or two on one, is refused.
+        let on_com1 = [VirtioMmio { base: 0xfeb0_0000, size: 0x1000, gsi: 4 }];
+        assert_eq!(build(&Config { virtio_mmio: &on_com1, ..config(&[0]) }, GPA), Err(Error::SharedIrq(4)));
+        let twice = [vio[0], VirtioMmio { base: 0xfeb0_2000, ..vio[0] }];
+        assert_eq!(build(&Config { virtio_mmio: &twice, ..config(&[0]) }, GPA), Err(Error::SharedIrq(16)));
     }
 }

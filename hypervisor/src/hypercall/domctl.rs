@@ -5,7 +5,7 @@ use crate::domain::table::Config;
 use alloc::string::{String, ToString};
 use core::mem::size_of;
 use oxen_abi::{
-    c_str, domctl, image_kind, ForeignMap, ForeignUnmap, FOREIGN_MAP_MAX_PAGES, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
+    c_str, device_kind, domctl, image_kind, DeviceAdd, IrqLine, ForeignMap, ForeignUnmap, FOREIGN_MAP_MAX_PAGES, sched_flags, valid_name, Action, BuildDomain, CreateDomain, DomainInfo, DomainRef, Error,
     LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuStateRef, IMAGE_MAX,
     CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
@@ -58,6 +58,10 @@ pub enum Command {
     /// a page number; the service checks the range against the domain's RAM.
     ForeignMap(ForeignMap),
     ForeignUnmap { addr: u64, count: u64 },
+    /// Drives a declared device's IOAPIC line of a domU (1.6).
+    IrqLine { domid: u32, gsi: u32, level: bool },
+    /// Declares a device; the service fills in where it put it (1.6).
+    DeviceAdd(DeviceAdd),
 }
 
 impl Command {
@@ -90,6 +94,7 @@ impl Command {
             Command::ConsoleRead(r) | Command::Dmesg(r) => Some(r.as_bytes()),
             Command::SchedCredit(c) => Some(c.as_bytes()),
             Command::ForeignMap(m) => Some(m.as_bytes()),
+            Command::DeviceAdd(d) => Some(d.as_bytes()),
             _ => None,
         }
     }
@@ -349,6 +354,32 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
                 return Err(bad(Error::Inval, alloc::format!("unmap {:#x}+{} pages: not a mapping", u.addr, u.count)));
             }
             Command::ForeignUnmap { addr: u.addr, count: u.count }
+        }
+        domctl::IRQ_LINE => {
+            let l: IrqLine = arg(a)?;
+            no_buffer(buf_len)?;
+            if l._pad != 0 {
+                return Err(bad(Error::Inval, "padding not zero"));
+            }
+            let level = match l.level {
+                0 => false,
+                1 => true,
+                v => return Err(bad(Error::Inval, alloc::format!("line level {v} (0 low, 1 high)"))),
+            };
+            // Whether the line is one of the domain's devices' is the service's to say.
+            Command::IrqLine { domid: l.domid, gsi: l.gsi, level }
+        }
+        domctl::DEVICE_ADD => {
+            let d: DeviceAdd = arg(a)?;
+            no_buffer(buf_len)?;
+            if d.kind != device_kind::VIRTIO_MMIO {
+                return Err(bad(Error::Inval, alloc::format!("no device kind {} (virtio-mmio {})", d.kind, device_kind::VIRTIO_MMIO)));
+            }
+            // The hypervisor places the device: a caller cannot ask for a place.
+            if d.base != 0 || d.size != 0 || d.gsi != 0 || d._pad != 0 {
+                return Err(bad(Error::Inval, "base, size, gsi and padding are outputs: pass 0"));
+            }
+            Command::DeviceAdd(d)
         }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })

@@ -93,6 +93,10 @@ impl Services for FakeServices {
                 m.addr = 0x40_0000_0000 + m.first_gfn * 4096;
                 Ok(m.addr)
             }
+            Command::DeviceAdd(d) => {
+                (d.base, d.size, d.gsi) = (0xfeb0_0000, 0x1000, 16);
+                Ok(0)
+            }
             Command::ConsoleRead(r) => {
                 buf[..2].copy_from_slice(b"hi");
                 r.next = r.offset + 2;
@@ -551,4 +555,35 @@ fn foreign_mappings_are_dom0s_bounded_and_answered_in_the_argument() {
     // Only dom0 maps anything.
     assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::FOREIGN_MAP, 0x100, len, 0, 0]).0, Err(Error::Perm));
     assert_eq!(s.commands.len(), n, "no refused call reached the service");
+}
+
+#[test]
+fn device_commands_are_dom0s_and_checked() {
+    use oxen_abi::{device_kind, DeviceAdd, IrqLine};
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let line = IrqLine { domid: 3, gsi: 16, level: 1, _pad: 0 };
+    let len = put(&mut r, 0x100, &line);
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::IRQ_LINE, 0x100, len, 0, 0]).0, Err(Error::Perm));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::IRQ_LINE, 0x100, len, 0, 0]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::IrqLine { domid: 3, gsi: 16, level: true }));
+    for bad in [IrqLine { level: 2, ..line }, IrqLine { _pad: 1, ..line }] {
+        put(&mut r, 0x100, &bad);
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::IRQ_LINE, 0x100, len, 0, 0]).0, Err(Error::Inval));
+    }
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::IRQ_LINE, 0x100, len - 1, 0, 0]).0, Err(Error::Inval));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::IRQ_LINE, 0x100, len, 0x200, 8]).0, Err(Error::Inval));
+
+    let add = DeviceAdd { domid: 3, kind: device_kind::VIRTIO_MMIO, ..Default::default() };
+    let len = put(&mut r, 0x100, &add);
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::DEVICE_ADD, 0x100, len, 0, 0]).0, Ok(0));
+    // Where the service put it comes back in the argument.
+    let back = DeviceAdd::read_from(&r.0[0x100..]).unwrap();
+    assert_eq!((back.base, back.size, back.gsi), (0xfeb0_0000, 0x1000, 16));
+    // A caller cannot ask for a place, nor for a kind there is not.
+    for bad in [DeviceAdd { base: 0x1000, ..add }, DeviceAdd { gsi: 4, ..add }, DeviceAdd { kind: 9, ..add }] {
+        put(&mut r, 0x100, &bad);
+        let n = s.commands.len();
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::DEVICE_ADD, 0x100, len, 0, 0]).0, Err(Error::Inval));
+        assert_eq!(s.commands.len(), n, "refused before the service acts");
+    }
 }

@@ -517,6 +517,23 @@ impl Fuzzer {
             }
             .as_bytes()
             .to_vec(),
+            // Lines and devices touch only domains that declared devices: the
+            // fuzzer's own, created and not built (a bystander has none).
+            domctl::IRQ_LINE => oxen_abi::IrqLine {
+                domid,
+                gsi: self.rng.pick(&[16, 17, 23, 4, 1, 24, 0, u32::MAX]),
+                level: self.rng.below(3) as u32,
+                _pad: 0,
+            }
+            .as_bytes()
+            .to_vec(),
+            domctl::DEVICE_ADD => oxen_abi::DeviceAdd {
+                domid,
+                kind: self.rng.pick(&[oxen_abi::device_kind::VIRTIO_MMIO, 0, 2]),
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
             domctl::LIST | domctl::PHYS_INFO => Vec::new(),
             _ => DomainRef { domid, _pad: 0 }.as_bytes().to_vec(),
         }
@@ -612,7 +629,7 @@ impl Fuzzer {
     fn random_domctl(&mut self, i: u64) {
         let cmd = match self.rng.below(20) {
             0..=16 => self.rng.range(1, 16),
-            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, domctl::CPUID_GET, 255]),
+            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, domctl::CPUID_GET, domctl::IRQ_LINE, domctl::DEVICE_ADD, 255]),
             18 => self.rng.range(1, 16) | (self.rng.range(1, 0xffff_ffff) << 32),
             _ => self.rng.next_u64(),
         };
@@ -718,9 +735,11 @@ impl Fuzzer {
         }
         // Only the hypervisor is left to answer.
         let want = want.unwrap_or_else(|| {
-            // 17-18, VCPU_STATE_GET/SET (ABI 1.4), 26-27 PLATFORM_STATE_GET/SET
-            // 28 START_PAUSED and 29 CPUID_GET (1.7): checked by the
-            // hypervisor (a paused domU only, an encoding checked whole), any
+            // 17-18, VCPU_STATE_GET/SET (ABI 1.4); 19-25, the device-model
+            // calls (1.6: the raw foreign and ioreq-setup ones the driver
+            // refuses); 26-27 PLATFORM_STATE_GET/SET, 28 START_PAUSED and 29
+            // CPUID_GET (1.7): checked by the hypervisor (a paused domU only,
+            // an encoding checked whole, a line or device it was given), any
             // answer.
             if !(1..=domctl::CPUID_GET).contains(&cmd) {
                 Want::Errno(libc::ENOSYS)
