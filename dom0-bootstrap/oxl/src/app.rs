@@ -33,6 +33,9 @@ pub struct Env<'a> {
     pub open: &'a mut dyn FnMut() -> std::result::Result<Box<dyn Hypervisor>, String>,
     /// Takes the keyboard in a mode, until the returned value is dropped.
     pub keyboard: &'a mut dyn FnMut(Mode) -> Box<dyn Input>,
+    /// Where `create` records each domain's config for `save` (`None`: not
+    /// recorded, as in the tests).
+    pub state_dir: Option<&'a Path>,
 }
 
 /// A failed command: what `main` prints after "oxl: ".
@@ -111,6 +114,8 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             set,
             reg,
         } => cmd_vcpu_state(env, domain, *vcpu, output.as_deref(), set.as_deref(), reg),
+        Cmd::Save { checkpoint, domain, file } => cmd_save(env, domain, file, *checkpoint),
+        Cmd::Restore { paused, file } => cmd_restore(env, file, *paused),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -195,6 +200,7 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
     let devices = if declare_devices { device_names(&cfg) } else { Vec::new() };
     let (domid, placed) = create(&mut *hv, &cfg, &images, &sched, paused, &devices)?;
     out(env, &format!("Created domain {} (id {domid})\n", cfg.name))?;
+    record_config(env, domid, path, &text);
     for (name, d) in devices.iter().zip(&placed) {
         out(
             env,
@@ -617,4 +623,214 @@ fn cmd_vcpu_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
         show::vcpu_table(&rows, p.cpus)
     };
     out(env, &text)
+}
+
+/// The first line of a recorded config: the file it was read from, so that
+/// relative paths in it resolve as they did.
+const CONFIG_FROM: &str = "# oxl: read from ";
+
+/// Keeps domain `domid`'s config where `save` finds it (`Env::state_dir`).
+/// A failure only costs `save` for that domain, so it is a note.
+fn record_config(env: &mut Env, domid: u32, path: &Path, text: &str) {
+    let Some(dir) = env.state_dir else { return };
+    let from = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let r = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{domid}.cfg")), format!("{CONFIG_FROM}{}\n{text}", from.display())));
+    if let Err(e) = r {
+        note(env, &format!("oxl: could not record the config in {} ({}): 'oxl save' will not know this domain's config", dir.display(), os_error(&e)));
+    }
+}
+
+/// How long `save` and `restore` wait for a paused vCPU to give or take its state.
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool) -> Result {
+    let mut hv = connect(env)?;
+    let d = find(&mut *hv, dom)?;
+    not_dom0(&d, "save")?;
+    let recorded = env.state_dir.map(|dir| dir.join(format!("{}.cfg", d.domid)));
+    let config = recorded.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).ok_or_else(|| {
+        format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be saved", label(&d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string()))
+    })?;
+    let host = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let was_running = d.state == oxen_abi::DomainState::Running as u32;
+    if was_running {
+        hv::domain_op(&mut *hv, domctl::PAUSE, d.domid).map_err(|e| dom_failed(&d, "pause", e))?;
+    }
+    let r = save_paused(env, &mut *hv, &d, file, &config, host.vendor);
+    // On failure, or with -c, the domain runs on as it was.
+    if r.is_err() || checkpoint {
+        if was_running {
+            hv::domain_op(&mut *hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(&d, "unpause", e))?;
+        }
+        r?;
+        return out(env, &format!("Saved domain {} to {} (it runs on)\n", label(&d), file.display()));
+    }
+    r?;
+    destroy_and_wait(&mut *hv, &d)?;
+    out(env, &format!("Saved domain {} to {}; it is destroyed ('oxl restore {}' brings it back)\n", label(&d), file.display(), file.display()))?;
+    Ok(())
+}
+
+/// Writes a paused domain to `file` (removed again on failure).
+fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Path, config: &str, host_vendor: u32) -> Result {
+    use oxen_abi::save_stream::{vendor, StreamHeader};
+    use oxen_abi::vcpu_snapshot::VcpuStateRecord;
+    let mut vcpus = Vec::new();
+    for v in 0..d.vcpus {
+        vcpus.push(state_wait(hv, d, |hv| hv::vcpu_state_get(hv, d.domid, v))?);
+    }
+    let tsc_hz = VcpuStateRecord::decode(&vcpus[0]).map(|r| r.tsc[1]).unwrap_or(0);
+    let platform = hv::platform_state_get(hv, d.domid).map_err(|e| dom_failed(d, "read the devices' state of", e))?;
+    let cpuid = hv::cpuid_get(hv, d.domid).map_err(|e| dom_failed(d, "read the CPUID of", e))?;
+    let memory_mib = (d.memory_kib / 1024) as u32;
+    let header = StreamHeader {
+        flags: 0,
+        abi_version: oxen_abi::ABI_VERSION,
+        vendor: if host_vendor == 0 { vendor::INTEL } else { vendor::AMD },
+        memory_mib,
+        vcpus: d.vcpus,
+        tsc_hz,
+    };
+    let mut mem = crate::foreign::ForeignMemory::open(d.domid, header.pages())
+        .map_err(|e| format!("cannot map domain {}'s memory: {}", label(d), os_error(&e)))?;
+    let f = std::fs::File::create(file).map_err(|e| format!("cannot write {}: {}", file.display(), os_error(&e)))?;
+    let state = crate::save::DomainState { config, cpuid: &cpuid, vcpus: &vcpus, platform: &platform };
+    let mut last = 0;
+    let r = crate::save::write_stream(std::io::BufWriter::new(f), &header, &state, &mut mem, |done, total| {
+        if done * 10 / total > last {
+            last = done * 10 / total;
+            let _ = writeln!(env.note, "save: {} of {} MiB", done / 256, total / 256);
+        }
+    });
+    match r {
+        Ok(s) => {
+            note(env, &format!("save: {} pages ({} of them zero), {} bytes", s.pages, s.zero_pages, s.bytes));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(file);
+            Err(format!("cannot write {}: {}", file.display(), os_error(&e)).into())
+        }
+    }
+}
+
+/// Retries `f` while the hypervisor answers -EAGAIN (a vCPU still stopping
+/// or loading), up to `STATE_WAIT`.
+fn state_wait<T>(hv: &mut dyn Hypervisor, d: &DomainInfo, mut f: impl FnMut(&mut dyn Hypervisor) -> hv::CallResult<T>) -> Result<T> {
+    let start = hv.now();
+    loop {
+        match f(hv) {
+            Err(CallError::Hv(HvError::Again)) if hv.now() - start < STATE_WAIT => hv.sleep(std::time::Duration::from_millis(10)),
+            r => return r.map_err(|e| dom_failed(d, "move the vCPU state of", e).into()),
+        }
+    }
+}
+
+/// Where a restore's records go: the domain it makes, then its memory and state.
+struct Restorer<'h> {
+    hv: &'h mut dyn Hypervisor,
+    host_vendor: u32,
+    domain: Option<DomainInfo>,
+    mem: Option<crate::foreign::ForeignMemory>,
+}
+
+impl crate::save::Loader for Restorer<'_> {
+    fn begin(&mut self, h: &oxen_abi::save_stream::StreamHeader, config: &str, cpuid: &[oxen_abi::save_stream::CpuidEntry]) -> std::result::Result<(), String> {
+        use oxen_abi::save_stream::{missing_features, vendor};
+        let here = if self.host_vendor == 0 { vendor::INTEL } else { vendor::AMD };
+        if h.vendor != here {
+            let name = |v| if v == vendor::INTEL { "Intel VT-x" } else { "AMD-V" };
+            return Err(format!("the domain was saved on {}, this host has {}: its vCPU state cannot be loaded here", name(h.vendor), name(here)));
+        }
+        let (from, text) = match config.split_once('\n') {
+            Some((first, rest)) if first.starts_with(CONFIG_FROM) => (std::path::PathBuf::from(&first[CONFIG_FROM.len()..]), rest),
+            _ => (std::path::PathBuf::from("saved-config"), config),
+        };
+        let file = from.display().to_string();
+        let mut cfg = config::parse(&file, text).map_err(|e| format!("the saved config: {e}"))?;
+        cfg.resolve_paths(from.parent().unwrap_or(Path::new("")));
+        if cfg.memory_mib != h.memory_mib || cfg.vcpus != h.vcpus {
+            return Err(format!("the saved config says {} MiB and {} vCPUs, the saved state {} MiB and {}: the file is not consistent", cfg.memory_mib, cfg.vcpus, h.memory_mib, h.vcpus));
+        }
+        let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
+        let host = hv::phys_info(self.hv).map_err(|e| call_failed("read the host's state", e))?;
+        let want_kib = u64::from(h.memory_mib) * 1024;
+        if host.free_kib < want_kib {
+            return Err(format!("the domain needs {} MiB, the host has {} MiB free", h.memory_mib, host.free_kib / 1024));
+        }
+        let sched = cfg.sched(&file, host.cpus).map_err(|e| e.to_string())?;
+        let (domid, _) = create(self.hv, &cfg, &images, &sched, true, &[])?;
+        let d = hv::info(self.hv, domid).map_err(|e| call_failed("find the new domain", e))?;
+        self.domain = Some(d);
+        hv::domain_op(self.hv, domctl::START_PAUSED, domid).map_err(|e| dom_failed(&d, "start (paused)", e))?;
+        let shown = hv::cpuid_get(self.hv, domid).map_err(|e| dom_failed(&d, "read the CPUID of", e))?;
+        let lookup = |leaf: u32, sub: u32| shown.iter().find(|e| e.leaf == leaf && e.subleaf == sub).map_or([0; 4], |e| e.regs);
+        let missing: Vec<String> = missing_features(cpuid.iter().copied(), lookup).map(|(r, bits)| format!("{r} bits {bits:#x}")).collect();
+        if !missing.is_empty() {
+            return Err(format!("this host's CPU lacks features the guest was shown: {}", missing.join(", ")));
+        }
+        let mem = crate::foreign::ForeignMemory::open(domid, h.pages()).map_err(|e| format!("cannot map the new domain's memory: {}", os_error(&e)))?;
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn memory(&mut self) -> &mut dyn crate::save::GuestPages {
+        self.mem.as_mut().expect("begin made it")
+    }
+
+    fn vcpu(&mut self, index: u32, state: &[u8]) -> std::result::Result<(), String> {
+        let d = self.domain.expect("begin made it");
+        state_wait(self.hv, &d, |hv| hv::vcpu_state_set(hv, d.domid, index, state)).map_err(|e| match e {
+            Error::Command(m) | Error::Setup(m) => m,
+        })
+    }
+
+    fn platform(&mut self, state: &[u8]) -> std::result::Result<(), String> {
+        let d = self.domain.expect("begin made it");
+        hv::platform_state_set(self.hv, d.domid, state).map_err(|e| dom_failed(&d, "load the devices' state into", e))
+    }
+
+    fn device(&mut self, index: u32, _kind: u32, _state: &[u8]) -> std::result::Result<(), String> {
+        Err(format!("the file holds the state of device {index}, and oxl cannot restore device models yet"))
+    }
+}
+
+fn cmd_restore(env: &mut Env, file: &Path, paused: bool) -> Result {
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read {}: {}", file.display(), os_error(&e)))?;
+    let mut hv = connect(env)?;
+    let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
+    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None };
+    let mut notes = Vec::new();
+    let mut last = 0;
+    let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
+        if done * 10 / total.max(1) > last {
+            last = done * 10 / total.max(1);
+            notes.push(format!("restore: {} of {} MiB", done / 256, total / 256));
+        }
+    });
+    let (domain, mem) = (r.domain, r.mem.take());
+    drop(mem);
+    for n in notes {
+        note(env, &n);
+    }
+    let d = match (read, domain) {
+        (Ok(_), Some(d)) => d,
+        (Err(e), d) => {
+            let why = format!("{}: {e}", file.display());
+            return Err(match d {
+                None => why,
+                Some(d) => match destroy_and_wait(&mut *hv, &d) {
+                    Ok(()) => format!("{why}; the half-restored domain {} was destroyed again", label(&d)),
+                    Err(e2) => format!("{why}; destroying the half-restored domain failed too ({e2}): run 'oxl destroy {}'", d.domid),
+                },
+            }
+            .into());
+        }
+        (Ok(_), None) => return Err(format!("{}: no domain in it", file.display()).into()),
+    };
+    if !paused {
+        state_wait(&mut *hv, &d, |hv| hv::domain_op(hv, domctl::UNPAUSE, d.domid))?;
+    }
+    out(env, &format!("Restored domain {} (id {}){}\n", show::name(&d), d.domid, if paused { ", paused: 'oxl unpause' runs it" } else { "" }))
 }

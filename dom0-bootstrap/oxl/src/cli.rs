@@ -201,6 +201,26 @@ pub enum Cmd {
         #[arg(long, value_name = "NAME=VALUE", conflicts_with = "output")]
         reg: Vec<String>,
     },
+    /// Save a domU to FILE: pause it, write its memory and its vCPUs' and
+    /// devices' state (docs/migration.md), then destroy it (-c: let it run on).
+    Save {
+        /// Leave the domain running after the save (a checkpoint).
+        #[arg(short = 'c', long)]
+        checkpoint: bool,
+        #[arg(value_name = "DOM")]
+        domain: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Create a domU again from a file 'oxl save' wrote: same name and
+    /// config, a new ID; it continues where it stopped.
+    Restore {
+        /// Leave it paused ('oxl unpause' runs it).
+        #[arg(short, long)]
+        paused: bool,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
     VcpuPin {
         #[arg(value_name = "DOM")]
@@ -241,6 +261,8 @@ impl Cmd {
             Cmd::VcpuPin { .. } => "vcpu-pin",
             Cmd::VcpuList { .. } => "vcpu-list",
             Cmd::VcpuState { .. } => "vcpu-state",
+            Cmd::Save { .. } => "save",
+            Cmd::Restore { .. } => "restore",
         }
     }
 }

@@ -407,6 +407,28 @@ pub fn irq_line(hv: &mut dyn Hypervisor, domid: u32, gsi: u32, level: bool) -> C
     domctl(hv, domctl::IRQ_LINE, &mut a, &mut []).map(drop)
 }
 
+/// A paused domU's platform devices' state (`oxen_abi::platform_state`). ABI 1.7.
+pub fn platform_state_get(hv: &mut dyn Hypervisor, domid: u32) -> CallResult<Vec<u8>> {
+    let mut buf = vec![0u8; oxen_abi::platform_state::ENCODED_LEN];
+    let n = domctl(hv, domctl::PLATFORM_STATE_GET, &mut domref(domid), &mut buf)?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Loads a platform state into a paused domU's devices. ABI 1.7.
+pub fn platform_state_set(hv: &mut dyn Hypervisor, domid: u32, bytes: &[u8]) -> CallResult<()> {
+    let mut buf = bytes.to_vec();
+    domctl(hv, domctl::PLATFORM_STATE_SET, &mut domref(domid), &mut buf).map(drop)
+}
+
+/// The CPUID feature leaves a domain's vCPUs are shown. ABI 1.7.
+pub fn cpuid_get(hv: &mut dyn Hypervisor, domid: u32) -> CallResult<Vec<oxen_abi::save_stream::CpuidEntry>> {
+    let mut buf = vec![0u8; oxen_abi::CPUID_GET_LEN];
+    let n = domctl(hv, domctl::CPUID_GET, &mut domref(domid), &mut buf)? as usize;
+    let bytes = &buf[..(n * oxen_abi::save_stream::CPUID_ENTRY_LEN).min(buf.len())];
+    Ok(oxen_abi::save_stream::CpuidEntry::decode_all(bytes).map(|e| e.collect()).unwrap_or_default())
+}
+
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {
     let mut buf = [0u8; size_of::<PhysInfo>()];
     hv.call(nr::DOMCTL, domctl::PHYS_INFO, &mut [], &mut buf)?;

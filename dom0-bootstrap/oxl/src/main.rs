@@ -19,7 +19,7 @@ mod devspec;
 mod domain;
 mod hv;
 mod ring;
-#[allow(dead_code)] // wired to `oxl save` / `restore` once dom0 can map a domU's memory (issue 11)
+mod foreign;
 mod save;
 mod show;
 mod term;
@@ -71,11 +71,14 @@ fn main() -> ExitCode {
         })
     };
     let mut keyboard = |mode: Mode| Box::new(Keyboard::new(mode)) as Box<dyn Input>;
+    // Where `create` records configs for `save` (OXL_STATE_DIR overrides).
+    let state_dir = std::env::var_os("OXL_STATE_DIR").map_or_else(|| std::path::PathBuf::from("/run/oxen"), Into::into);
     let mut env = app::Env {
         out: &mut out,
         note: &mut note,
         open: &mut open,
         keyboard: &mut keyboard,
+        state_dir: Some(&state_dir),
     };
     let result = app::run(&cli.cmd, &mut env);
     if let Some(t) = &tally {

@@ -119,6 +119,7 @@ fn oxl_input(
             note: &mut note,
             open: &mut open,
             keyboard: &mut keyboard,
+            state_dir: None,
         },
     );
     Run {
@@ -417,6 +418,7 @@ fn create_checks_files_before_opening_the_device() {
                 note: &mut note,
                 open: &mut open,
                 keyboard: &mut keyboard,
+                state_dir: None,
             },
         )
         .unwrap_err()
@@ -474,6 +476,7 @@ fn device_and_abi_problems_are_not_blamed_on_the_command() {
             note: &mut note,
             open: &mut open,
             keyboard: &mut keyboard,
+            state_dir: None,
         },
     );
     assert_eq!(
