@@ -27,18 +27,22 @@ check "save: save" "oxl save failed" oxl save minimal-1 /tmp/m1.save
 check "save: the domain is gone after save" "still listed" gone minimal-1
 settled() { [ "$(free_kib)" = "$free0" ]; }
 check "save: memory back after save" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
-echo "save: file of $(wc -c < /tmp/m1.save) bytes; last tick seen before the save: $t"
+size=$(wc -c < /tmp/m1.save)
+echo "save: file of $size bytes; last tick seen before the save: $t"
 
-# Refused: a corrupted copy (one byte changed in its memory) and a truncated one.
+# Refused: a corrupted copy (one byte in its middle changed: the memory's
+# pages are most of it) and one cut in half.
 cp /tmp/m1.save /tmp/bad.save
-printf 'U' | dd of=/tmp/bad.save bs=1 seek=200000 conv=notrunc 2>/dev/null
+printf 'U' | dd of=/tmp/bad.save bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+# (if that byte was a U already, a V)
+cmp -s /tmp/m1.save /tmp/bad.save && printf 'V' | dd of=/tmp/bad.save bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
 oxl restore /tmp/bad.save > /tmp/bad.out 2>&1
 status=$?
 cat /tmp/bad.out
 check "save: a corrupted file is refused" "status $status" [ "$status" -ne 0 ]
 check "save: it says why (corrupted)" "see the message above" grep -q "corrupted" /tmp/bad.out
 check "save: no domain left by the corrupted file" "minimal-1 listed" gone minimal-1
-head -c 100000 /tmp/m1.save > /tmp/short.save
+head -c $((size / 2)) /tmp/m1.save > /tmp/short.save
 oxl restore /tmp/short.save > /tmp/short.out 2>&1
 status=$?
 cat /tmp/short.out
