@@ -18,6 +18,8 @@ use crate::image::target_dir;
 use crate::util::{cargo, run_inherit, show, step};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// What a static glibc link of `TARGET` needs (Debian's libc6-dev).
+const LIBC_A: &str = "/usr/lib/x86_64-linux-gnu/libc.a";
 /// Cargo's per-target rustflags variable for `TARGET`.
 const RUSTFLAGS_VAR: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS";
 
@@ -34,10 +36,16 @@ pub fn build() -> Result<PathBuf> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     run_inherit(&mut cmd, "building oxl").map_err(|e| {
-        e.context(
-            "a static glibc build needs libc.a: on Debian `apt-get install libc6-dev` \
-             (`cargo xtask setup` does it)",
-        )
+        // The hint only where it is the cause: a compile error in oxl is
+        // not a missing libc.a.
+        if std::path::Path::new(LIBC_A).exists() {
+            e
+        } else {
+            e.context(format!(
+                "a static glibc build needs {LIBC_A}: on Debian `apt-get install libc6-dev` \
+                 (`cargo xtask setup` does it)"
+            ))
+        }
     })?;
     let bin = dir.join(TARGET).join("release").join("oxl");
     let data = std::fs::read(&bin)
