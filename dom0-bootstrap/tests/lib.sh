@@ -34,3 +34,15 @@ last_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\
 ticked_past() { local tick; tick=$(last_tick "$1"); [ -n "$tick" ] && [ "$tick" -gt "$2" ]; }
 # Both readings exist and are equal (no tick in between).
 same_tick() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+# Both domains' CPU time in ns from one listing (the same instant): "A B".
+cpu_pair() { oxl list --json "$1" "$2" | awk -v a="\"$1\"" -v b="\"$2\"" '
+    { n = $0; sub(/.*"cpu_time_ns": */, "", n); sub(/[^0-9].*/, "", n) }
+    index($0, "\"name\": " a) { ta = n } index($0, "\"name\": " b) { tb = n }
+    END { print ta, tb }'; }
+# CPU time two domains got over SECS seconds, in ns resolution (oxl list's
+# table has 0.1 s, ±6 % of a 12 s share): "A_SECONDS B_SECONDS B/A".
+share_ratio() {
+    local p0 p1
+    p0=$(cpu_pair "$1" "$2"); sleep "$3"; p1=$(cpu_pair "$1" "$2")
+    echo "$p0 $p1" | awk '{ a = ($3 - $1) / 1e9; b = ($4 - $2) / 1e9; printf "%.3f %.3f %.3f\n", a, b, (a > 0 ? b / a : 0) }'
+}

@@ -49,14 +49,11 @@ for d in linux-a linux-b; do
 done
 oxl sched-credit -d linux-a -w 256
 oxl sched-credit -d linux-b -w 512
-dom_time() { field "$1" 6; }
 sleep 2
-a0=$(dom_time linux-a); b0=$(dom_time linux-b)
-sleep 12
-a1=$(dom_time linux-a); b1=$(dom_time linux-b)
+set -- $(share_ratio linux-a linux-b 12)
+ratio=$3
 oxl vcpu-list
-ratio=$(echo "$a0 $a1 $b0 $b1" | awk '{ a = $2 - $1; b = $4 - $3; if (a > 0) printf "%.3f\n", b / a; else print 0 }')
-echo "linux-many: on pCPU 1 for 12 s: linux-a $a0 -> $a1 s, linux-b $b0 -> $b1 s, ratio $ratio (weights 256:512)"
+echo "linux-many: on pCPU 1 for 12 s: linux-a $1 s, linux-b $2 s of CPU, ratio $ratio (weights 256:512)"
 check "weights 1:2 between two SMP Linux domUs (within 10%)" "ratio $ratio" \
     awk -v r="$ratio" 'BEGIN { exit !(r >= 1.8 && r <= 2.2) }'
 check "destroy linux-a" "oxl destroy failed" oxl destroy linux-a
