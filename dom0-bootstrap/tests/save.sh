@@ -36,19 +36,18 @@ cp /tmp/m1.save /tmp/bad.save
 printf 'U' | dd of=/tmp/bad.save bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
 # (if that byte was a U already, a V)
 cmp -s /tmp/m1.save /tmp/bad.save && printf 'V' | dd of=/tmp/bad.save bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
-oxl restore /tmp/bad.save > /tmp/bad.out 2>&1
-status=$?
-cat /tmp/bad.out
-check "save: a corrupted file is refused" "status $status" [ "$status" -ne 0 ]
-check "save: it says why (corrupted)" "see the message above" grep -q "corrupted" /tmp/bad.out
-check "save: no domain left by the corrupted file" "minimal-1 listed" gone minimal-1
+# refused FILE WHAT WORD: restoring FILE fails, says WORD, leaves no domain.
+refused() {
+    oxl restore "$1" > /tmp/refused.out 2>&1
+    local status=$?
+    cat /tmp/refused.out
+    check "save: a $2 file is refused" "status $status" [ "$status" -ne 0 ]
+    check "save: it says why ($3)" "see the message above" grep -q "$3" /tmp/refused.out
+    check "save: no domain left by the $2 file" "minimal-1 listed" gone minimal-1
+}
+refused /tmp/bad.save corrupted corrupted
 head -c $((size / 2)) /tmp/m1.save > /tmp/short.save
-oxl restore /tmp/short.save > /tmp/short.out 2>&1
-status=$?
-cat /tmp/short.out
-check "save: a truncated file is refused" "status $status" [ "$status" -ne 0 ]
-check "save: it says why (truncated)" "see the message above" grep -q "truncated" /tmp/short.out
-check "save: no domain left by the truncated file" "minimal-1 listed" gone minimal-1
+refused /tmp/short.save truncated truncated
 check "save: memory back after the refusals" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
 
 # Restore: the same name, a new ID, the counter goes on.

@@ -13,6 +13,7 @@
 
 pub use crate::envelope::DecodeError;
 use crate::envelope::{Seen, Writer};
+use crate::vcpu_snapshot::join;
 
 /// `OXPS`.
 pub const MAGIC: [u8; 4] = *b"OXPS";
@@ -54,28 +55,12 @@ macro_rules! numbered {
     }};
 }
 
-const fn join<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
-    let mut out = [""; N];
-    let mut i = 0;
-    while i < a.len() {
-        out[i] = a[i];
-        i += 1;
-    }
-    let mut j = 0;
-    while j < b.len() {
-        out[i + j] = b[j];
-        j += 1;
-    }
-    assert!(i + j == N);
-    out
-}
-
 /// `IOAPIC`: its ID, IOREGSEL, pin count; `asserted` (bit n: pin n's input
 /// is high), `queued` (bit n: a delivery from pin n waits for the local
 /// APICs), `eoied` (bit n: remote IRR cleared since last looked at); then
 /// the redirection entries, pin 0 first (entries past the pin count 0).
 pub const IOAPIC_FIELDS: [&str; 6 + IOAPIC_RTES] =
-    join(&["id", "ioregsel", "pins", "asserted", "queued", "eoied"], &numbered!("rte", 32));
+    join(&[&["id", "ioregsel", "pins", "asserted", "queued", "eoied"], &numbered!("rte", 32)]);
 /// `UART`: the registers, the latches, and the receive FIFO (`rx_len`, then
 /// up to 16 bytes in `rx0` and `rx1`).
 pub const UART_FIELDS: [&str; 13] = [
@@ -86,7 +71,7 @@ pub const UART_FIELDS: [&str; 13] = [
 /// nanoseconds (two's complement); `frozen` 1 while SET holds the time
 /// registers, with them in `frozen_time` (second, minute, hour, day, month,
 /// year, century in bytes 0-6); then the 128 bytes of CMOS RAM.
-pub const RTC_FIELDS: [&str; 4 + 16] = join(&["index", "offset_ns", "frozen", "frozen_time"], &numbered!("cmos", 16));
+pub const RTC_FIELDS: [&str; 4 + 16] = join(&[&["index", "offset_ns", "frozen", "frozen_time"], &numbered!("cmos", 16)]);
 /// `I8042`: its 32 bytes of RAM; `ctl` (bytes: output port, output buffer
 /// full, the byte in it, the last byte read, a command waiting for its
 /// parameter, that command, the last port-0x64 write was a command, a break

@@ -57,7 +57,7 @@ macro_rules! seg {
     };
 }
 
-const fn join<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
+pub(crate) const fn join<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
     let mut out = [""; N];
     let mut n = 0;
     let mut i = 0;
