@@ -111,6 +111,12 @@ pub enum Cmd {
         #[arg(value_name = "DOM")]
         domain: String,
     },
+    /// List a domain's virtual disks (xl's block-list): xl's columns, then where
+    /// the device sits (MMIO base, GSI), its mode and its backing in dom0.
+    BlockList {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
     /// Raise (1) or lower (0) a domain's interrupt line, as a device model does (for
     /// debugging device models): only a line the hypervisor gave one of its devices.
     IrqLine {
@@ -255,6 +261,7 @@ impl Cmd {
             Cmd::Destroy { .. } => "destroy",
             Cmd::Console { .. } => "console",
             Cmd::IrqLine { .. } => "irq-line",
+            Cmd::BlockList { .. } => "block-list",
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
             Cmd::SchedCredit { .. } => "sched-credit",

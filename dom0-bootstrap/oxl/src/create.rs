@@ -1,8 +1,10 @@
 //! `oxl create`: check the images (and, if the config has `cap` or `cpus`,
 //! those against PHYS_INFO), then CREATE → LOAD_IMAGE (kernel, ramdisk) →
-//! DEVICE_ADD (per disk and vif, with `--declare-devices`) → BUILD → SCHED_CREDIT (if `weight` or `cap`) → VCPU_AFFINITY (per vCPU, if
-//! `cpus`) → UNPAUSE. A domain that fails after CREATE is destroyed again, so
-//! a failed create leaves nothing behind.
+//! DEVICE_ADD (per disk; per vif only with `--declare-devices`) → BUILD →
+//! SCHED_CREDIT (if `weight` or `cap`) → VCPU_AFFINITY (per vCPU, if `cpus`)
+//! → the caller's `before_start` (the device model, `dm.rs`) → UNPAUSE. A
+//! domain that fails after CREATE is destroyed again, so a failed create leaves
+//! nothing behind.
 
 use std::fs::File;
 use std::io::Read as _;
@@ -102,6 +104,10 @@ fn kernel_problem(head: &[u8]) -> Option<&'static str> {
     Some("is neither an ELF file nor a Linux bzImage; Oxen boots ELF64 x86-64 kernels and Linux bzImages (vmlinuz)")
 }
 
+/// What runs with the domain built and paused, before it starts (given the
+/// places of its devices); an error destroys the domain again.
+pub type BeforeStart<'a> = dyn FnMut(&DomainInfo, &[DeviceAdd]) -> Result<(), String> + 'a;
+
 /// Creates, loads, builds, applies `sched` and (unless `paused`) starts the
 /// domain; returns its ID. On failure after CREATE the domain is destroyed again.
 pub fn create(
@@ -111,6 +117,7 @@ pub fn create(
     sched: &Sched,
     paused: bool,
     devices: &[String],
+    before_start: &mut BeforeStart,
 ) -> Result<(u32, Vec<DeviceAdd>), String> {
     let arg = CreateDomain {
         name: name_bytes(&cfg.name).ok_or_else(|| format!("'{}' is not a valid name", cfg.name))?,
@@ -124,7 +131,7 @@ pub fn create(
     };
     let domid = hv::create(hv, arg).map_err(|e| create_failed(hv, cfg, e))?;
     let d = hv::info(hv, domid).unwrap_or_else(|_| placeholder(domid, arg.name));
-    let why = match populate(hv, &d, cfg, images, sched, paused, devices) {
+    let why = match populate(hv, &d, cfg, images, sched, paused, (devices, before_start)) {
         Ok(placed) => return Ok((domid, placed)),
         Err(why) => why,
     };
@@ -198,7 +205,7 @@ fn populate(
     images: &[Image],
     sched: &Sched,
     paused: bool,
-    devices: &[String],
+    (devices, before_start): (&[String], &mut BeforeStart),
 ) -> Result<Vec<DeviceAdd>, String> {
     for img in images {
         load(hv, d, img)?;
@@ -245,6 +252,8 @@ fn populate(
             )
         })?;
     }
+    interrupted()?;
+    before_start(d, &placed)?;
     if !paused {
         interrupted()?;
         hv::domain_op(hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(d, "start", e))?;

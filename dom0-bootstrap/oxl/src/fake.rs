@@ -72,6 +72,8 @@ pub struct State {
     pub calls: Vec<String>,
     /// The next call of this DOMCTL command fails with this error.
     pub fail: Vec<(u64, Error)>,
+    /// The next device model the tests' launcher starts fails with this.
+    pub dm_fails: Option<String>,
     /// How long a destroyed domain stays `Dying`.
     pub dying_for: Duration,
     /// How long a guest takes to act on a shutdown request.
@@ -104,6 +106,7 @@ impl Fake {
             version: ABI_VERSION,
             calls: Vec::new(),
             fail: Vec::new(),
+            dm_fails: None,
             dying_for: Duration::from_millis(300),
             shutdown_delay: Duration::from_secs(1),
             dmesg: Vec::new(),

@@ -16,6 +16,7 @@ mod cpulist;
 mod create;
 mod device;
 mod devspec;
+mod dm;
 mod domain;
 mod hv;
 mod ring;
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
         open: &mut open,
         keyboard: &mut keyboard,
         state_dir: Some(&state_dir),
+        launch: &mut dm::launch,
     };
     let result = app::run(&cli.cmd, &mut env);
     if let Some(t) = &tally {

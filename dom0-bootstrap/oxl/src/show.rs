@@ -524,3 +524,69 @@ web          3     4    0 unknown(9)        0.0 0
         );
     }
 }
+
+/// xl's number for a virtual disk (`xvda` = 51712): the Xen PV disk major 202
+/// with 16 minors per disk, or the extended form past the 16th.
+pub fn xen_vdev_number(index: u32) -> u32 {
+    if index < 16 {
+        (202 << 8) | (index << 4)
+    } else {
+        (1 << 28) | (index << 8)
+    }
+}
+
+/// `oxl block-list`: xl's columns (Vdev, BE, handle, state: 4 connected while
+/// the device model runs, 6 closed when it does not), then Oxen's.
+pub fn block_list(rec: Option<&crate::dm::Record>, running: bool) -> String {
+    let mut s = format!("{:<10}{:<4}{:<7}{:<6}{:<11}{:<4}{:<5}{}\n", "Vdev", "BE", "handle", "state", "base", "gsi", "mode", "target");
+    let Some(rec) = rec else { return s };
+    for (handle, d) in rec.disks.iter().enumerate() {
+        let index = crate::devspec::vdev_index(&d.vdev).unwrap_or(handle as u32);
+        let state = if running { 4 } else { 6 };
+        s += &format!(
+            "{:<10}{:<4}{:<7}{:<6}{:<11}{:<4}{:<5}{}\n",
+            xen_vdev_number(index),
+            0,
+            handle,
+            state,
+            format!("{:#x}", d.base),
+            d.gsi,
+            if d.read_only { "r" } else { "w" },
+            d.target.display()
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod block_list_tests {
+    use super::*;
+    use crate::dm::{Record, RecordedDisk};
+
+    #[test]
+    fn vdev_numbers_are_xls() {
+        // xl block-list prints 51712 for xvda and 51728 for xvdb.
+        assert_eq!((xen_vdev_number(0), xen_vdev_number(1)), (51712, 51728));
+        assert_eq!(xen_vdev_number(26), (1 << 28) | (26 << 8));
+    }
+
+    #[test]
+    fn block_list_has_xls_columns_then_oxens() {
+        let rec = Record {
+            pid: 7,
+            log: "/var/log/oxen/web.dm.log".into(),
+            disks: vec![
+                RecordedDisk { vdev: "xvda".into(), base: 0xfeb0_0000, gsi: 16, read_only: false, target: "/srv/web.img".into() },
+                RecordedDisk { vdev: "xvdb".into(), base: 0xfeb0_1000, gsi: 17, read_only: true, target: "/srv/data.img".into() },
+            ],
+        };
+        assert_eq!(
+            block_list(Some(&rec), true),
+            "Vdev      BE  handle state base       gsi mode target\n\
+             51712     0   0      4     0xfeb00000 16  w    /srv/web.img\n\
+             51728     0   1      4     0xfeb01000 17  r    /srv/data.img\n"
+        );
+        assert!(block_list(Some(&rec), false).lines().nth(1).unwrap().starts_with("51712     0   0      6 "));
+        assert_eq!(block_list(None, false).lines().count(), 1);
+    }
+}

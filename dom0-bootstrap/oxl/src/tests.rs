@@ -9,6 +9,7 @@ use clap::Parser as _;
 use oxen_abi::{domctl, Action, DomainState, Error, DOMCTL_BUF_MAX};
 
 use crate::app::{self, Env, Failure};
+use crate::dm;
 use crate::cli::Cli;
 use crate::fake::Fake;
 use crate::hv::Hypervisor;
@@ -76,6 +77,21 @@ impl<F: FnMut(u32) -> Vec<u8>> Input for Script<F> {
     }
 }
 
+/// The tests' device-model launcher: records the request among the fake's
+/// calls ("DM domid name --disk ARG..."), then fails if `dm_fails` says so.
+fn fake_launch(fake: &Fake) -> impl FnMut(&dm::Request) -> Result<dm::Started, String> {
+    let fake = fake.clone();
+    move |r| {
+        let mut s = fake.state();
+        let disks: Vec<String> = r.disks.iter().map(|(d, a)| format!(" --disk {}", dm::disk_arg(d, a))).collect();
+        s.calls.push(format!("DM {} {}{}", r.domid, r.name, disks.concat()));
+        match s.dm_fails.take() {
+            Some(e) => Err(e),
+            None => Ok(dm::Started { pid: 4242, log: format!("/var/log/oxen/{}.dm.log", r.name).into() }),
+        }
+    }
+}
+
 fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static) -> Run {
     oxl_input(fake, args, keys, true, None)
 }
@@ -120,6 +136,7 @@ fn oxl_input(
             open: &mut open,
             keyboard: &mut keyboard,
             state_dir: None,
+            launch: &mut fake_launch(fake),
         },
     );
     Run {
@@ -334,7 +351,7 @@ fn create_says_when_the_rollback_fails() {
 }
 
 #[test]
-fn disks_and_vifs_are_refused_or_only_declared() {
+fn vifs_are_refused_and_devices_only_declared_with_declare_devices() {
     let cfg = setup(
         "declare",
         "name = \"web\"\ndisk = ['/dev/null,raw,xvda,rw']\nvif = ['bridge=xenbr0']\n",
@@ -342,7 +359,7 @@ fn disks_and_vifs_are_refused_or_only_declared() {
     );
     let fake = Fake::new();
     let err = oxl(&fake, &["create", p(&cfg)]).err();
-    assert!(err.contains("vm.cfg:3: disk: this Oxen cannot give domains disks yet"), "{err}");
+    assert!(err.contains("vm.cfg:4: vif: this Oxen cannot give domains network interfaces yet"), "{err}");
     assert!(err.ends_with("('oxl create --declare-devices' only declares them, for testing)"), "{err}");
     assert!(fake.actions().is_empty(), "nothing created: {:?}", fake.actions());
 
@@ -372,6 +389,51 @@ fn disks_and_vifs_are_refused_or_only_declared() {
     let err = oxl(&fake, &["create", "--declare-devices", p(&cfg)]).err();
     assert!(err.starts_with("create: xvda: domain 'db' (id 2) can have at most 8 devices"), "{err}");
     assert!(err.contains("the domain was destroyed again"), "{err}");
+}
+
+#[test]
+fn a_domain_with_disks_gets_its_device_model_before_it_starts() {
+    let cfg = setup("disks", "name = \"web\"\ndisk = ['root.img,raw,xvda,rw', 'format=raw, vdev=xvdb, access=ro, target=data.img']\n", 100);
+    for img in ["root.img", "data.img"] {
+        std::fs::File::create(cfg.with_file_name(img)).unwrap().set_len(1 << 20).unwrap();
+    }
+    let dir = cfg.parent().unwrap().display().to_string();
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        format!(
+            "Created domain web (id 1)\n\
+             xvda: virtio-mmio disk at 0xfeb00000, GSI 16, read-write {dir}/root.img, served by oxen-dm (pid 4242, log /var/log/oxen/web.dm.log)\n\
+             xvdb: virtio-mmio disk at 0xfeb01000, GSI 17, read-only {dir}/data.img, served by oxen-dm (pid 4242, log /var/log/oxen/web.dm.log)\n"
+        )
+    );
+    let actions = fake.actions();
+    let at = |what: &str| actions.iter().position(|a| a.starts_with(what)).unwrap();
+    assert!(at("DEVICE_ADD") < at("BUILD") && at("BUILD") < at("DM") && at("DM") < at("UNPAUSE"), "{actions:?}");
+    assert_eq!(
+        actions[at("DM")],
+        format!(
+            "DM 1 web --disk base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target={dir}/root.img \
+             --disk base=0xfeb01000,gsi=17,access=ro,vdev=xvdb,target={dir}/data.img"
+        )
+    );
+
+    // A device model that fails: the domain goes again, with the reason.
+    fake.state().dm_fails = Some("the device model for domain db (d2) failed before it was ready (exit status: 1): no".into());
+    let db = setup("disks-fail", "name = \"db\"\ndisk = ['db.img,raw,xvda,rw']\n", 100);
+    std::fs::File::create(db.with_file_name("db.img")).unwrap().set_len(4096).unwrap();
+    let err = oxl(&fake, &["create", p(&db)]).err();
+    assert!(err.starts_with("create: the device model for domain db (d2) failed before it was ready"), "{err}");
+    assert!(err.contains("the domain was destroyed again, nothing is left behind"), "{err}");
+    assert!(!fake.actions().iter().any(|a| a == "UNPAUSE 2"), "{:?}", fake.actions());
+
+    // A missing image is refused before anything is made, with its line.
+    let gone = setup("disks-missing", "name = \"x\"\n\ndisk = ['gone.img,raw,xvda,rw']\n", 100);
+    let before = fake.actions().len();
+    let err = oxl(&fake, &["create", p(&gone)]).err();
+    assert!(err.contains("vm.cfg:4: disk 1 (xvda): ") && err.ends_with("gone.img: No such file or directory"), "{err}");
+    assert_eq!(fake.actions().len(), before);
 }
 
 #[test]
@@ -419,6 +481,7 @@ fn create_checks_files_before_opening_the_device() {
                 open: &mut open,
                 keyboard: &mut keyboard,
                 state_dir: None,
+                launch: &mut |_: &dm::Request| panic!("started a device model"),
             },
         )
         .unwrap_err()
@@ -477,6 +540,7 @@ fn device_and_abi_problems_are_not_blamed_on_the_command() {
             open: &mut open,
             keyboard: &mut keyboard,
             state_dir: None,
+            launch: &mut |_: &dm::Request| unreachable!(),
         },
     );
     assert_eq!(
