@@ -681,10 +681,8 @@ impl Platform {
     /// An MMIO access in a range of the I/O server: the emulator decodes it
     /// as for any device, the device being the request to dom0.
     fn ioreq_mmio(&self, vcpu: usize, gpa: GuestPhysAddr, access: crate::exit::MmioAccess<'_>) -> bool {
-        let Some(server) = self.ioreq.as_ref() else { return false };
-        if !server.claims(oxen_abi::ioreq::KIND_MMIO, gpa.as_u64()) {
-            return false;
-        }
+        let server = self.ioreq.as_ref().filter(|s| s.claims(oxen_abi::ioreq::KIND_MMIO, gpa.as_u64()));
+        let Some(server) = server else { return self.absent_device(gpa, access) };
         // Offsets from 0: the device sees guest-physical addresses.
         let mut device = ioreq::Forward::new(server, vcpu);
         access(&self.gm, GuestPhysAddr::new(0), &mut device);
@@ -693,6 +691,34 @@ impl Platform {
         }
         true
     }
+}
+
+impl Platform {
+    /// A domU's access to its device window (`domain::devices`) that no
+    /// device model serves — a device declared with none (`oxl create
+    /// --declare-devices`), or not declared at all — completes as on a machine
+    /// with nothing at that address: reads all ones, writes dropped. Its
+    /// drivers then find no device (virtio_mmio: "Wrong magic value"), and the
+    /// domain runs on. False outside the window: memory it does not have.
+    fn absent_device(&self, gpa: GuestPhysAddr, access: crate::exit::MmioAccess<'_>) -> bool {
+        use oxen_abi::{DEVICE_STRIDE, DEVICE_WINDOW, MAX_DEVICES};
+        let window = DEVICE_WINDOW..DEVICE_WINDOW + u64::from(MAX_DEVICES) * DEVICE_STRIDE;
+        if self.role != Role::DomU || !window.contains(&gpa.as_u64()) {
+            return false;
+        }
+        access(&self.gm, GuestPhysAddr::new(0), &mut Absent);
+        true
+    }
+}
+
+/// What answers where no device is: all ones, writes dropped.
+struct Absent;
+
+impl crate::devices::MmioDevice for Absent {
+    fn mmio_read(&mut self, _offset: u64, _size: u8) -> u64 {
+        u64::MAX
+    }
+    fn mmio_write(&mut self, _offset: u64, _size: u8, _value: u64) {}
 }
 
 /// The ports a domain's platform emulates.
