@@ -60,7 +60,18 @@ const NO_JOB_CONTROL: &str = "job control turned off";
 /// `pvpanic_mmio` binds the platform's pvpanic device (ACPI QEMU0001) so a panic
 /// reaches the hypervisor and the domain's `on_crash` (it needs `pvpanic`).
 /// rcS `insmod`s the files named in /lib/modules/load, in that order.
-const MODULES: &[&str] = &["pvpanic_mmio"];
+/// `virtio_mmio` binds the DSDT's virtio-mmio devices (LNRO0005) and `virtio_blk`
+/// drives the disks behind them (issue 11).
+const MODULES: &[&str] = &["pvpanic_mmio", "virtio_mmio", "virtio_blk"];
+/// Loaded by /init only for a disk root (`root=/dev/vdX`): ext4, and `crc32c`
+/// for its metadata checksums (the crypto API finds no module on its own here:
+/// there is no modprobe with an alias table). /lib/modules/load.ext4 lists them.
+const EXT4_MODULES: &[&str] = &["crc32c_generic", "ext4"];
+/// The root filesystem image a Linux domU boots from a virtio disk: the
+/// initramfs's tree as ext4, gzip-compressed (`ROOTFS_PATH` in dom0).
+const ROOTFS_MIB: u32 = 48;
+/// Where dom0 finds it (`gunzip -c` it to a file to attach it as a disk).
+pub const ROOTFS_PATH: &str = "usr/lib/oxen/linux/rootfs.ext4.gz";
 
 /// The domU's kernel and its initramfs in both forms.
 pub struct LinuxDomu {
@@ -71,12 +82,19 @@ pub struct LinuxDomu {
     pub cpio: PathBuf,
     /// The same, gzip-compressed, for the comparison in `bench_bare`.
     pub cpio_gz: PathBuf,
+    /// The same tree as an ext4 image, gzip-compressed: a root disk.
+    pub rootfs_gz: PathBuf,
 }
 
 impl LinuxDomu {
     /// The kernel and the uncompressed initramfs, for dom0's initramfs.
     pub fn dom0_files(&self) -> Result<Vec<ExtraFile>> {
-        [(KERNEL_PATH, &self.kernel), (VMLINUX_PATH, &self.vmlinux), (INITRD_PATH, &self.cpio)]
+        [
+            (KERNEL_PATH, &self.kernel),
+            (VMLINUX_PATH, &self.vmlinux),
+            (INITRD_PATH, &self.cpio),
+            (ROOTFS_PATH, &self.rootfs_gz),
+        ]
             .into_iter()
             .map(|(dest, path)| {
                 Ok(ExtraFile {
@@ -105,21 +123,37 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
     build_tsc(&src.join("tsc.c"), &tsc)?;
     let busybox_bytes =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-    let mut modules = Vec::new();
-    for m in crate::dom0::resolve_modules(moddir, MODULES)? {
-        let path = moddir.join(&m.path);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file = Path::new(&m.path).file_name().map(|f| f.to_string_lossy().into_owned());
-        modules.push((file.with_context(|| format!("module path {}", m.path))?, bytes));
-    }
-    let cpio = archive(&Files {
+    let read_modules = |wanted: &[&str], skip: &[(String, Vec<u8>)]| -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for m in crate::dom0::resolve_modules(moddir, wanted)? {
+            let path = moddir.join(&m.path);
+            let file = Path::new(&m.path).file_name().map(|f| f.to_string_lossy().into_owned());
+            let file = file.with_context(|| format!("module path {}", m.path))?;
+            if skip.iter().any(|(f, _)| *f == file) {
+                continue;
+            }
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push((file, bytes));
+        }
+        Ok(out)
+    };
+    let modules = read_modules(MODULES, &[])?;
+    let ext4_modules = read_modules(EXT4_MODULES, &modules)?;
+    let files = Files {
         modules: &modules,
+        ext4_modules: &ext4_modules,
         busybox: &busybox_bytes,
+        init: &read("init")?,
         inittab: &read("inittab")?,
         rcs: &read("rcS")?,
         profile: &read("profile")?,
         tsc: &std::fs::read(&tsc)?,
-    })?;
+    };
+    let mut a = Archive::new();
+    tree(&mut a, &files)?;
+    let cpio = a.finish();
+    let rootfs_gz = dir.join("rootfs.ext4.gz");
+    write_rootfs(&files, &cpio, &dir.join("rootfs"), &rootfs_gz)?;
     let vmlinux = dir.join("vmlinux");
     write_vmlinux(kernel, &vmlinux)?;
     let out = LinuxDomu {
@@ -127,6 +161,7 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
         vmlinux,
         cpio: dir.join("initrd.cpio"),
         cpio_gz: dir.join("initrd.cpio.gz"),
+        rootfs_gz,
     };
     // Written only when they change, so dom0's initramfs is not rebuilt for nothing
     // (its stamp hashes the bytes, not the times; this keeps `ls -l` honest too).
@@ -137,11 +172,13 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
         }
     }
     step(format!(
-        "Linux domU initramfs: {} ({} KiB; {} KiB gzip-compressed: busybox init, rcS, a shell on the console, modules: {})",
+        "Linux domU initramfs: {} ({} KiB; {} KiB gzip-compressed: /init, busybox init, rcS, a shell on the console, modules: {}; for a disk root: {}); the same as a root disk: {}",
         show(&out.cpio),
         cpio.len() / 1024,
         gz.len() / 1024,
-        modules.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" ")
+        modules.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" "),
+        ext4_modules.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" "),
+        show(&out.rootfs_gz)
     ));
     Ok(out)
 }
@@ -176,16 +213,70 @@ fn write_vmlinux(kernel: &Path, out: &Path) -> Result<()> {
 struct Files<'a> {
     /// Kernel modules (file name, bytes), in load order.
     modules: &'a [(String, Vec<u8>)],
+    /// Those /init loads for a disk root, in load order.
+    ext4_modules: &'a [(String, Vec<u8>)],
     busybox: &'a [u8],
+    init: &'a [u8],
     inittab: &'a [u8],
     rcs: &'a [u8],
     profile: &'a [u8],
     tsc: &'a [u8],
 }
 
-/// The newc archive: busybox init as /init, reading /etc/inittab.
-fn archive(f: &Files) -> Result<Vec<u8>> {
-    let mut a = Archive::new();
+/// Where the domU's tree is written: the initramfs (a cpio archive) or a
+/// directory that becomes its root disk.
+trait Tree {
+    fn dir(&mut self, path: &str, mode: u32) -> Result<()>;
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()>;
+    fn symlink(&mut self, path: &str, target: &str) -> Result<()>;
+    /// Only the archive has device nodes (making one in a directory needs
+    /// root); on a disk root /dev is the devtmpfs /init moves there.
+    fn console(&mut self) -> Result<()>;
+}
+
+impl Tree for Archive {
+    fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
+        Archive::dir(self, path, mode)
+    }
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        Archive::file(self, path, mode, data)
+    }
+    fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        Archive::symlink(self, path, target)
+    }
+    fn console(&mut self) -> Result<()> {
+        // The kernel opens /dev/console for init's stdio before /init mounts devtmpfs.
+        self.char_device("dev/console", 0o600, 5, 1)
+    }
+}
+
+/// A directory on the build host.
+struct DirTree(PathBuf);
+
+impl Tree for DirTree {
+    fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = self.0.join(path);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))
+    }
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = self.0.join(path);
+        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))
+    }
+    fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        let p = self.0.join(path);
+        std::os::unix::fs::symlink(target, &p).with_context(|| format!("linking {}", p.display()))
+    }
+    fn console(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The domU's tree: /init (a script) starts busybox init, which reads /etc/inittab.
+fn tree(a: &mut dyn Tree, f: &Files) -> Result<()> {
     for d in [
         "bin",
         "sbin",
@@ -205,12 +296,10 @@ fn archive(f: &Files) -> Result<Vec<u8>> {
     }
     a.dir("root", 0o700)?;
     a.dir("tmp", 0o1777)?;
-    // The kernel opens /dev/console for init's stdio before rcS mounts devtmpfs.
-    a.char_device("dev/console", 0o600, 5, 1)?;
+    a.console()?;
     a.file("bin/busybox", 0o755, f.busybox)?;
-    // busybox picks the applet by its name: the kernel runs /init, busybox runs `init`.
-    a.symlink("init", "bin/busybox")?;
-    // For rcS's `#!/bin/sh`; rcS makes the other applet links.
+    a.file("init", 0o755, f.init)?;
+    // For the scripts' `#!/bin/sh`; rcS makes the other applet links.
     a.symlink("bin/sh", "busybox")?;
     a.file("etc/inittab", 0o644, f.inittab)?;
     a.file("etc/init.d/rcS", 0o755, f.rcs)?;
@@ -221,14 +310,58 @@ fn archive(f: &Files) -> Result<Vec<u8>> {
     a.file("usr/lib/oxen/tsc", 0o755, f.tsc)?;
     a.dir("lib", 0o755)?;
     a.dir("lib/modules", 0o755)?;
-    let mut load = String::new();
-    for (name, bytes) in f.modules {
-        a.file(&format!("lib/modules/{name}"), 0o644, bytes)?;
-        load.push_str(name);
-        load.push('\n');
+    for (list, modules) in [("load", f.modules), ("load.ext4", f.ext4_modules)] {
+        let mut load = String::new();
+        for (name, bytes) in modules {
+            a.file(&format!("lib/modules/{name}"), 0o644, bytes)?;
+            load.push_str(name);
+            load.push('\n');
+        }
+        a.file(&format!("lib/modules/{list}"), 0o644, load.as_bytes())?;
     }
-    a.file("lib/modules/load", 0o644, load.as_bytes())?;
-    Ok(a.finish())
+    Ok(())
+}
+
+/// The domU's tree as an ext4 image of `ROOTFS_MIB` (Debian's `mke2fs -d`, from
+/// e2fsprogs), gzip-compressed into `out`: remade only when the initramfs
+/// (`cpio`, the same tree) changed, as its stamp `out.inputs` records.
+fn write_rootfs(f: &Files, cpio: &[u8], staging: &Path, out: &Path) -> Result<()> {
+    let stamp = out.with_extension("gz.inputs");
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    cpio.hash(&mut h);
+    let want = format!("{:016x} {ROOTFS_MIB} MiB\n", h.finish());
+    if out.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    if staging.exists() {
+        std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(staging)?;
+    tree(&mut DirTree(staging.to_path_buf()), f)?;
+    // A file that says which root this is: the disk's own.
+    std::fs::write(staging.join("etc/oxen-root"), "disk\n")?;
+    let img = staging.with_extension("ext4");
+    let _ = std::fs::remove_file(&img);
+    // Debian keeps it in /usr/sbin, which a user's PATH may not have.
+    let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mke2fs");
+    let mut cmd = Command::new(mke2fs);
+    // -d: the files; root_owner: owned by root in the guest whoever builds it;
+    // a fixed UUID and hash seed so the same tree gives the same file system.
+    cmd.args(["-q", "-F", "-t", "ext4", "-L", "oxen-root", "-U", "6f78656e-726f-6f74-6469-736b00000001"])
+        .args(["-E", "root_owner=0:0,hash_seed=6f78656e-726f-6f74-6469-736b00000002"])
+        .arg("-d")
+        .arg(staging)
+        .arg(&img)
+        .arg(format!("{ROOTFS_MIB}M"))
+        .env("E2FSPROGS_FAKE_TIME", "1");
+    run_output(&mut cmd, "making the Linux domU's root disk (mke2fs -d)")?;
+    let bytes = std::fs::read(&img).with_context(|| format!("reading {}", img.display()))?;
+    std::fs::write(out, gzip(&bytes)?).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::remove_file(&img)?;
+    std::fs::remove_dir_all(staging)?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
 }
 
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
@@ -574,19 +707,26 @@ mod tests {
     #[test]
     fn the_archive_boots_busybox_init() {
         let modules = [("pvpanic.ko".to_string(), b"ko".to_vec())];
+        let ext4 = [("ext4.ko".to_string(), b"ko".to_vec())];
         let f = Files {
             modules: &modules,
+            ext4_modules: &ext4,
             busybox: b"bb",
+            init: b"#!/bin/sh\nexec /bin/busybox init\n",
             inittab: b"::sysinit:/etc/init.d/rcS\n",
             rcs: b"#!/bin/sh\n",
             profile: b"",
             tsc: b"t",
         };
-        let a = archive(&f).unwrap();
+        let mut a = Archive::new();
+        tree(&mut a, &f).unwrap();
+        let a = a.finish();
         let text = String::from_utf8_lossy(&a);
-        // The kernel runs /init; a link to busybox makes that busybox's init applet.
+        // The kernel runs /init, which ends in busybox's init applet.
         for needle in [
             "init\0",
+            "lib/modules/ext4.ko",
+            "lib/modules/load.ext4",
             "bin/busybox",
             "etc/inittab",
             "etc/init.d/rcS",

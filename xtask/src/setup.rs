@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // iasl: the hypervisor's host tests disassemble the ACPI tables it builds for
     // domains (hypervisor/src/firmware/acpi.rs) to check them against ACPICA.
     ("acpica-tools", "iasl, for the ACPI table tests"),
+    // mke2fs -d: the Linux domU's root disk image (linux_domu.rs).
+    ("e2fsprogs", "the Linux domU's root disk"),
 ];
 
 /// Programs that stand for the packages on hosts without dpkg.
