@@ -15,6 +15,10 @@ use serde::Deserialize;
 
 use crate::util::{log_lines, read_lossy, repo_root, Emulator as Proc};
 
+/// QEMU's `-d cpu_reset` log in a test's directory: each CPU's registers at
+/// every reset (the first ones at power-on).
+pub const QEMU_RESET_LOG: &str = "qemu-reset.log";
+
 /// The line the hypervisor prints last before halting every CPU.
 pub const HALT_MARKER: &str = "(oxen) halt:";
 
@@ -203,6 +207,12 @@ impl Machine {
             Serial::File(path) => {
                 c.args(["-display", "none", "-monitor", "none", "-parallel", "none"]);
                 c.arg("-serial").arg(format!("file:{}", path.display()));
+                // Every CPU's state as it resets, beside the serial log: a
+                // machine that resets under a test (a triple fault of the
+                // host, which `-no-reboot` turns into QEMU's exit) says where.
+                if let Some(dir) = path.parent() {
+                    c.args(["-d", "cpu_reset", "-D"]).arg(dir.join(QEMU_RESET_LOG));
+                }
             }
             Serial::Socket(path) => {
                 c.args(["-display", "none", "-monitor", "none", "-parallel", "none"]);

@@ -493,8 +493,9 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
                 Emulator::Bochs => "bochs.log",
             };
             problems.push(format!(
-                "{} exited ({status}) before the hypervisor printed `{HALT_MARKER}`",
+                "{} exited ({status}) before the hypervisor printed `{HALT_MARKER}`{}",
                 t.machine.emulator,
+                reset_state(&dir),
             ));
             emulator_log = Some(dir.join(log));
         }
@@ -602,6 +603,30 @@ const EMULATOR_FAULT: &str = "host state in a guest's VMCB";
 /// Runs `t`; a QEMU run that failed on `EMULATOR_FAULT` runs once more, and
 /// the report says so and keeps the first run's line and log
 /// (`serial-first.log`). Any other failure, and a second fault, stand.
+/// Where QEMU's CPUs were when the machine last reset (its `-d cpu_reset`
+/// log, `emu::QEMU_RESET_LOG`): a host that triple-faults, which
+/// `-no-reboot` turns into QEMU's quiet exit, says nothing on its serial line.
+/// Empty without the log.
+fn reset_state(dir: &Path) -> String {
+    let path = dir.join(crate::emu::QEMU_RESET_LOG);
+    let text = crate::util::read_lossy(&path);
+    // Each dump has a line "RIP=... RFL=..." (or EIP in 32-bit modes) and one
+    // "CR0=... CR2=... CR3=... CR4=..."; the last dump of each CPU is at the reset.
+    let picked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("RIP=") || l.starts_with("EIP=") || l.starts_with("CR0="))
+        .collect();
+    if picked.is_empty() {
+        return String::new();
+    }
+    let tail = &picked[picked.len().saturating_sub(4)..];
+    format!(
+        "; CPUs at the reset ({}):\n       {}",
+        show(&path),
+        tail.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n       ")
+    )
+}
+
 fn run_retrying_emulator_fault(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     let first = run_one(t, dom0);
     if first.passed || t.machine.emulator != Emulator::Qemu {
