@@ -45,6 +45,8 @@ check "the disk's own files are its root" "it said '$(said disk-1 ROOT)'" [ "$(s
 oxl block-list disk-1
 check "oxl block-list shows the disk connected" "$(oxl block-list disk-1 | tail -n 1)" \
     sh -c "oxl block-list disk-1 | grep -q '^51712 *0 *0 *4 .* w *$img'"
+check "oxl list --json shows the disk and its device model" "$(oxl list --json disk-1)" \
+    sh -c "oxl list --json disk-1 | grep -q '\"disks\": \\[{\"vdev\": \"xvda\", \"target\": \"$img\", \"mode\": \"w\".*\"running\": true'"
 check "the device model logs where an admin looks" "no ready line in /var/log/oxen/disk-1.dm.log" \
     grep -q ready /var/log/oxen/disk-1.dm.log
 

@@ -329,7 +329,12 @@ fn cmd_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
             .collect::<std::result::Result<_, _>>()?;
     }
     let text = if json {
-        show::list_json(&doms)
+        let dir = env.state_dir;
+        show::list_json(&doms, |domid| {
+            let rec = dm::Record::parse(&std::fs::read_to_string(dm::Record::path(dir?, domid)).ok()?)?;
+            let running = dm::running(rec.pid);
+            Some((rec, running))
+        })
     } else {
         show::list_table(&doms)
     };

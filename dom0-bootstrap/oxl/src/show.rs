@@ -93,12 +93,12 @@ pub fn list_table(doms: &[DomainInfo]) -> String {
 }
 
 /// `list --json`: an array of objects, one line each.
-pub fn list_json(doms: &[DomainInfo]) -> String {
+pub fn list_json(doms: &[DomainInfo], dm: impl Fn(u32) -> Option<(crate::dm::Record, bool)>) -> String {
     json_array(doms.iter().map(|d| {
         format!(
             "{{\"id\": {}, \"name\": {}, \"state\": {}, \"memory_kib\": {}, \"vcpus\": {}, \
              \"cpu_time_ns\": {}, \"exits\": {}, \"restarts\": {}, \"privileged\": {}, \"built\": {}, \
-             \"shutdown_reason\": {}}}",
+             \"shutdown_reason\": {}, {}}}",
             d.domid,
             json_str(&name(d)),
             json_str(&state(d)),
@@ -110,8 +110,35 @@ pub fn list_json(doms: &[DomainInfo]) -> String {
             d.flags & info_flags::PRIVILEGED != 0,
             d.flags & info_flags::BUILT != 0,
             shutdown_reason(d).map_or_else(|| "null".to_owned(), json_str),
+            devices_json(dm(d.domid).as_ref()),
         )
     }))
+}
+
+/// A domain's disks and the device model serving them, for `list --json`:
+/// `"disks": [...], "device_model": {...}` (`[]` and `null` without one).
+fn devices_json(dm: Option<&(crate::dm::Record, bool)>) -> String {
+    let Some((rec, running)) = dm else { return "\"disks\": [], \"device_model\": null".into() };
+    let disks: Vec<String> = rec
+        .disks
+        .iter()
+        .map(|d| {
+            format!(
+                "{{\"vdev\": {}, \"target\": {}, \"mode\": {}, \"base\": {}, \"gsi\": {}}}",
+                json_str(&d.vdev),
+                json_str(&d.target.display().to_string()),
+                json_str(if d.read_only { "r" } else { "w" }),
+                d.base,
+                d.gsi
+            )
+        })
+        .collect();
+    format!(
+        "\"disks\": [{}], \"device_model\": {{\"pid\": {}, \"running\": {running}, \"log\": {}}}",
+        disks.join(", "),
+        rec.pid,
+        json_str(&rec.log.display().to_string())
+    )
 }
 
 /// The width of the Name column: the longest name, at least "Name".
@@ -383,14 +410,21 @@ web          3       64     2        paused        0.1
         web.shutdown_reason = ShutdownReason::Crash as u32;
         let doms = [dom(0, "Domain-0", DomainState::Running, 256, 1, 7), web];
         assert_eq!(
-            list_json(&doms),
+            list_json(&doms, |id| (id == 3).then(|| (crate::dm::Record {
+                pid: 9,
+                log: "/var/log/oxen/web.dm.log".into(),
+                disks: vec![crate::dm::RecordedDisk { vdev: "xvda".into(), base: 0xfeb0_0000, gsi: 16, read_only: false, target: "/srv/web.img".into() }],
+            }, false))),
             "[\n  \
 {\"id\": 0, \"name\": \"Domain-0\", \"state\": \"running\", \"memory_kib\": 262144, \"vcpus\": 1, \
-\"cpu_time_ns\": 7, \"exits\": 1000, \"restarts\": 0, \"privileged\": true, \"built\": true, \"shutdown_reason\": null},\n  \
+\"cpu_time_ns\": 7, \"exits\": 1000, \"restarts\": 0, \"privileged\": true, \"built\": true, \"shutdown_reason\": null, \
+\"disks\": [], \"device_model\": null},\n  \
 {\"id\": 3, \"name\": \"web\", \"state\": \"shutdown\", \"memory_kib\": 65536, \"vcpus\": 2, \
-\"cpu_time_ns\": 5, \"exits\": 1003, \"restarts\": 0, \"privileged\": false, \"built\": true, \"shutdown_reason\": \"crash\"}\n]\n"
+\"cpu_time_ns\": 5, \"exits\": 1003, \"restarts\": 0, \"privileged\": false, \"built\": true, \"shutdown_reason\": \"crash\", \
+\"disks\": [{\"vdev\": \"xvda\", \"target\": \"/srv/web.img\", \"mode\": \"w\", \"base\": 4272947200, \"gsi\": 16}], \
+\"device_model\": {\"pid\": 9, \"running\": false, \"log\": \"/var/log/oxen/web.dm.log\"}}\n]\n"
         );
-        assert_eq!(list_json(&[]), "[]\n");
+        assert_eq!(list_json(&[], |_| None), "[]\n");
     }
 
     #[test]
