@@ -770,6 +770,12 @@ mod tests {
             ("OXEN_DOMCTL_FOREIGN_MAP", Define::Int(domctl::FOREIGN_MAP)),
             ("OXEN_DOMCTL_FOREIGN_UNMAP", Define::Int(domctl::FOREIGN_UNMAP)),
             ("OXEN_FOREIGN_MAP_MAX_PAGES", Define::Int(FOREIGN_MAP_MAX_PAGES)),
+            ("OXEN_ABI_LOG_DIRTY", Define::Int(ABI_LOG_DIRTY.into())),
+            ("OXEN_DOMCTL_LOG_DIRTY", Define::Int(domctl::LOG_DIRTY)),
+            ("OXEN_LOG_DIRTY_ENABLE", Define::Int(log_dirty::ENABLE.into())),
+            ("OXEN_LOG_DIRTY_DISABLE", Define::Int(log_dirty::DISABLE.into())),
+            ("OXEN_LOG_DIRTY_CLEAN", Define::Int(log_dirty::CLEAN.into())),
+            ("OXEN_LOG_DIRTY_PEEK", Define::Int(log_dirty::PEEK.into())),
         ];
         let m = ForeignMap { domid: 0, _pad: 0, first_gfn: 0, count: 0, addr: 0 };
         let map_size = assert_struct(
@@ -848,6 +854,10 @@ mod tests {
         posted.push(("addr", offset_of!(PostedWrite, addr), "__u64".to_owned()));
         posted.push(("data", offset_of!(PostedWrite, data), "__u64".to_owned()));
         assert_eq!(assert_struct(&h, "oxen_posted_write", &posted), size_of::<PostedWrite>());
+        let mut dirty = u32s(&["domid", "op"], 0);
+        dirty.push(("first", offset_of!(LogDirty, first), "__u64".to_owned()));
+        dirty.push(("pages", offset_of!(LogDirty, pages), "__u64".to_owned()));
+        assert_eq!(assert_struct(&h, "oxen_log_dirty", &dirty), size_of::<LogDirty>());
 
         let defines = parse_defines(&h);
         for (name, def) in &defines {

@@ -826,6 +826,9 @@ impl GuestEnv for VcpuEnv<'_> {
     fn mmio(&mut self, gpa: GuestPhysAddr, access: MmioAccess<'_>) -> bool {
         self.platform.mmio(self.index, gpa, now_ns(), access)
     }
+    fn write_fault(&mut self, gpa: GuestPhysAddr) -> bool {
+        self.platform.role == Role::DomU && control::log_dirty_fault(self.platform.domid, gpa.as_u64())
+    }
     fn refused_cpl(&mut self, cpl: u8, number: u64) {
         // dom0's unprivileged processes are as untrusted as a domU: their
         // refusals count against the domain's log limit alike.
