@@ -225,6 +225,19 @@ struct oxen_foreign_open {
 #define OXEN_LOG_DIRTY_CLEAN 2
 #define OXEN_LOG_DIRTY_PEEK 3
 
+/* A domU's console, for a test that talks to its guest. */
+#define OXEN_DOMCTL_CONSOLE_READ 10
+#define OXEN_DOMCTL_CONSOLE_INPUT 16
+
+/* RingRead: DOMCTL_CONSOLE_READ's argument; `next` and `lost` come back. */
+struct oxen_ring_read {
+	__u32 domid;
+	__u32 _pad;
+	__u64 offset;
+	__u64 next;
+	__u64 lost;
+};
+
 /* LogDirty: DOMCTL_LOG_DIRTY's argument. */
 struct oxen_log_dirty {
 	__u32 domid;

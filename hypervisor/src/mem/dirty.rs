@@ -68,6 +68,8 @@ pub struct DirtyLog {
     pages: u64,
     /// Bits set now (kept so that a round's size is known without a scan).
     dirty: u64,
+    /// Write faults the log took (each one exit of the guest), for the log.
+    pub faults: u64,
 }
 
 impl DirtyLog {
@@ -78,7 +80,7 @@ impl DirtyLog {
         let mut words = Vec::new();
         words.try_reserve_exact(n).map_err(|_| DirtyError::OutOfMemory)?;
         words.resize(n, 0);
-        Ok(Self { words, pages, dirty: 0 })
+        Ok(Self { words, pages, dirty: 0, faults: 0 })
     }
 
     pub fn pages(&self) -> u64 {
