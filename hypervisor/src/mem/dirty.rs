@@ -68,8 +68,13 @@ pub struct DirtyLog {
     pages: u64,
     /// Bits set now (kept so that a round's size is known without a scan).
     dirty: u64,
-    /// Write faults the log took (each one exit of the guest), for the log.
+    /// Write faults the log took (each one exit of the guest), `CLEAN`s,
+    /// the pages they protected again and the time they took with their
+    /// TLB flushes: the figures `DISABLE` logs.
     pub faults: u64,
+    pub cleans: u64,
+    pub reprotected: u64,
+    pub clean_ns: u64,
 }
 
 impl DirtyLog {
@@ -80,7 +85,7 @@ impl DirtyLog {
         let mut words = Vec::new();
         words.try_reserve_exact(n).map_err(|_| DirtyError::OutOfMemory)?;
         words.resize(n, 0);
-        Ok(Self { words, pages, dirty: 0, faults: 0 })
+        Ok(Self { words, pages, dirty: 0, faults: 0, cleans: 0, reprotected: 0, clean_ns: 0 })
     }
 
     pub fn pages(&self) -> u64 {
