@@ -731,7 +731,7 @@ fn writable_pages(ram: &GuestMemory) -> impl Iterator<Item = u64> + '_ {
 }
 
 /// Whether guest frame `page` is writable RAM of the domain.
-fn is_writable_ram(ram: &GuestMemory, page: u64) -> bool {
+pub fn is_writable_ram(ram: &GuestMemory, page: u64) -> bool {
     let gpa = page.saturating_mul(PAGE_SIZE);
     ram.regions().iter().any(|r| r.flags.contains(MapFlags::WRITE) && (r.gpa.as_u64()..r.gpa.as_u64() + r.len).contains(&gpa))
 }
