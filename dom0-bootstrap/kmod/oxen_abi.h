@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 
 /* ABI_VERSION: major in bits 31:16, minor in 15:0. Callers check the major. */
-#define OXEN_ABI_VERSION 0x00010007
+#define OXEN_ABI_VERSION 0x00010008
 #define OXEN_ABI_MAJOR 1
 
 /* CPUID: signature in EBX, ECX, EDX of the signature leaf. */
@@ -208,5 +208,42 @@ struct oxen_foreign_open {
 };
 
 #define OXEN_IOCTL_FOREIGN_OPEN _IOWR('O', 0x13, struct oxen_foreign_open)
+
+/*
+ * Dirty-page logging (1.8): DOMCTL_LOG_DIRTY through OXEN_IOCTL_HYPERCALL
+ * (the driver forwards it as any domctl). ENABLE write-protects the domU's
+ * RAM and starts a clean log; CLEAN copies the bits of pages [first,
+ * first + pages) into the buffer (bit i of byte j: page first + 8 j + i)
+ * and clears and write-protects them again; PEEK copies without clearing;
+ * DISABLE ends it. `first` a multiple of 64; the buffer holds
+ * ceil(pages / 64) u64 words. Returns the number of dirty pages copied.
+ */
+#define OXEN_ABI_LOG_DIRTY 0x00010008
+#define OXEN_DOMCTL_LOG_DIRTY 30
+#define OXEN_LOG_DIRTY_ENABLE 0
+#define OXEN_LOG_DIRTY_DISABLE 1
+#define OXEN_LOG_DIRTY_CLEAN 2
+#define OXEN_LOG_DIRTY_PEEK 3
+
+/* A domU's console, for a test that talks to its guest. */
+#define OXEN_DOMCTL_CONSOLE_READ 10
+#define OXEN_DOMCTL_CONSOLE_INPUT 16
+
+/* RingRead: DOMCTL_CONSOLE_READ's argument; `next` and `lost` come back. */
+struct oxen_ring_read {
+	__u32 domid;
+	__u32 _pad;
+	__u64 offset;
+	__u64 next;
+	__u64 lost;
+};
+
+/* LogDirty: DOMCTL_LOG_DIRTY's argument. */
+struct oxen_log_dirty {
+	__u32 domid;
+	__u32 op;
+	__u64 first;
+	__u64 pages;
+};
 
 #endif /* OXEN_ABI_H */

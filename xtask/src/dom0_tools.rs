@@ -47,6 +47,7 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
             0o755,
             &kmod.foreign_test,
         ),
+        (crate::kmod::DIRTY_TEST_PATH.to_owned(), 0o755, &kmod.dirty_test),
     ] {
         files.push(ExtraFile {
             dest,

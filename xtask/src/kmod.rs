@@ -50,6 +50,8 @@ pub const XSTATE_TEST_PATH: &str = "usr/lib/oxen/xstate-test";
 pub const IOREQ_TEST_PATH: &str = "usr/lib/oxen/ioreq-test";
 /// Where dom0's initramfs has `oxen-foreign-test` (`foreign-test.c`).
 pub const FOREIGN_TEST_PATH: &str = "usr/lib/oxen/foreign-test";
+/// Where dom0's initramfs has `oxen-dirty-test` (`dirty-test.c`, tests/dirty.sh).
+pub const DIRTY_TEST_PATH: &str = "usr/lib/oxen/dirty-test";
 
 /// What `build` made.
 pub struct Built {
@@ -68,6 +70,8 @@ pub struct Built {
     pub ioreq_test: PathBuf,
     /// `oxen-foreign-test` (`foreign-test.c`): maps a domU's memory (ABI 1.6).
     pub foreign_test: PathBuf,
+    /// `oxen-dirty-test` (`dirty-test.c`): dirty-page logging (ABI 1.8).
+    pub dirty_test: PathBuf,
 }
 
 /// Builds (or reuses) `oxen.ko` for the dom0 kernel `release` (e.g. `6.1.0-56-amd64`),
@@ -82,6 +86,7 @@ pub fn build(release: &str) -> Result<Built> {
         xstate_test: dir.join("oxen-xstate-test"),
         ioreq_test: dir.join("oxen-ioreq-test"),
         foreign_test: dir.join("oxen-foreign-test"),
+        dirty_test: dir.join("oxen-dirty-test"),
     };
     let ko = &out.module;
     let stamp = dir.join("oxen.ko.inputs");
@@ -95,6 +100,7 @@ pub fn build(release: &str) -> Result<Built> {
         && out.xstate_test.is_file()
         && out.ioreq_test.is_file()
         && out.foreign_test.is_file()
+        && out.dirty_test.is_file()
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs)
     {
         step(format!(
@@ -192,6 +198,7 @@ pub fn build(release: &str) -> Result<Built> {
     build_static_glibc(&cc, &build.join("user-probe.c"), &out.user_probe)?;
     build_static_glibc(&cc, &build.join("ioreq-test.c"), &out.ioreq_test)?;
     build_static_glibc(&cc, &build.join("foreign-test.c"), &out.foreign_test)?;
+    build_static_glibc(&cc, &build.join("dirty-test.c"), &out.dirty_test)?;
     step(format!(
         "dom0 kernel module: hostile user-space probe {} ({} KiB)",
         show(&out.user_probe),
@@ -770,6 +777,14 @@ mod tests {
             ("OXEN_DOMCTL_FOREIGN_MAP", Define::Int(domctl::FOREIGN_MAP)),
             ("OXEN_DOMCTL_FOREIGN_UNMAP", Define::Int(domctl::FOREIGN_UNMAP)),
             ("OXEN_FOREIGN_MAP_MAX_PAGES", Define::Int(FOREIGN_MAP_MAX_PAGES)),
+            ("OXEN_ABI_LOG_DIRTY", Define::Int(ABI_LOG_DIRTY.into())),
+            ("OXEN_DOMCTL_LOG_DIRTY", Define::Int(domctl::LOG_DIRTY)),
+            ("OXEN_LOG_DIRTY_ENABLE", Define::Int(log_dirty::ENABLE.into())),
+            ("OXEN_LOG_DIRTY_DISABLE", Define::Int(log_dirty::DISABLE.into())),
+            ("OXEN_LOG_DIRTY_CLEAN", Define::Int(log_dirty::CLEAN.into())),
+            ("OXEN_LOG_DIRTY_PEEK", Define::Int(log_dirty::PEEK.into())),
+            ("OXEN_DOMCTL_CONSOLE_READ", Define::Int(domctl::CONSOLE_READ)),
+            ("OXEN_DOMCTL_CONSOLE_INPUT", Define::Int(domctl::CONSOLE_INPUT)),
         ];
         let m = ForeignMap { domid: 0, _pad: 0, first_gfn: 0, count: 0, addr: 0 };
         let map_size = assert_struct(
@@ -848,6 +863,15 @@ mod tests {
         posted.push(("addr", offset_of!(PostedWrite, addr), "__u64".to_owned()));
         posted.push(("data", offset_of!(PostedWrite, data), "__u64".to_owned()));
         assert_eq!(assert_struct(&h, "oxen_posted_write", &posted), size_of::<PostedWrite>());
+        let mut dirty = u32s(&["domid", "op"], 0);
+        dirty.push(("first", offset_of!(LogDirty, first), "__u64".to_owned()));
+        dirty.push(("pages", offset_of!(LogDirty, pages), "__u64".to_owned()));
+        assert_eq!(assert_struct(&h, "oxen_log_dirty", &dirty), size_of::<LogDirty>());
+        let mut ring = u32s(&["domid", "_pad"], 0);
+        for (f, at) in [("offset", offset_of!(RingRead, offset)), ("next", offset_of!(RingRead, next)), ("lost", offset_of!(RingRead, lost))] {
+            ring.push((f, at, "__u64".to_owned()));
+        }
+        assert_eq!(assert_struct(&h, "oxen_ring_read", &ring), size_of::<RingRead>());
 
         let defines = parse_defines(&h);
         for (name, def) in &defines {

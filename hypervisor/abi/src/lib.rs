@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0007;
+pub const ABI_VERSION: u32 = 0x0001_0008;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -30,6 +30,9 @@ pub const ABI_DEVICE_MODEL: u32 = 0x0001_0006;
 
 /// The first version with `domctl::PLATFORM_STATE_GET` / `PLATFORM_STATE_SET`.
 pub const ABI_PLATFORM_STATE: u32 = 0x0001_0007;
+
+/// The first version with `domctl::LOG_DIRTY` (dirty-page logging).
+pub const ABI_LOG_DIRTY: u32 = 0x0001_0008;
 
 pub mod envelope;
 pub mod platform_state;
@@ -347,6 +350,43 @@ pub mod domctl {
     /// (0..`MAX_DEVICES`). `-ENOSPC` past `MAX_DEVICES` or when the
     /// domain's RAM reaches the window; `-EBUSY` once built. (1.6)
     pub const DEVICE_ADD: u64 = 25;
+    /// Arg `LogDirty`: dirty-page logging of a domU's RAM, the base of live
+    /// migration's pre-copy (docs/migration.md). `op` is one of
+    /// `log_dirty::ENABLE` (write-protect every RAM page in the domain's
+    /// nested tables and start a clean log; `-EBUSY` if already on),
+    /// `DISABLE` (write access back, the log freed), `CLEAN` (the bits of
+    /// pages `[first, first + pages)` into the buffer, bit `i` of byte `j`
+    /// for page `first + 8 j + i`, then cleared and those pages
+    /// write-protected again) and `PEEK` (the same without clearing).
+    /// `first` is a multiple of 64 inside the RAM; `pages` ≥ 1 and clipped
+    /// to the RAM's end; the buffer holds at least `pages.div_ceil(64)` u64
+    /// words (`-EINVAL` otherwise). ENABLE and DISABLE take no buffer and
+    /// `first` = `pages` = 0. Returns the number of dirty pages copied
+    /// (CLEAN, PEEK) or 0. A domU only (dom0 `-EPERM`), not dying
+    /// (`-EBUSY`); CLEAN/PEEK/DISABLE while off `-EINVAL`. Translations the
+    /// CPUs cached are flushed before ENABLE or CLEAN returns. (1.8)
+    pub const LOG_DIRTY: u64 = 30;
+}
+
+/// `domctl::LOG_DIRTY`'s operations. (1.8)
+pub mod log_dirty {
+    pub const ENABLE: u32 = 0;
+    pub const DISABLE: u32 = 1;
+    pub const CLEAN: u32 = 2;
+    pub const PEEK: u32 = 3;
+}
+
+/// `domctl::LOG_DIRTY`'s argument. (1.8)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct LogDirty {
+    pub domid: u32,
+    /// `log_dirty::*`.
+    pub op: u32,
+    /// First page (guest frame number), a multiple of 64.
+    pub first: u64,
+    /// Pages of the range (CLEAN, PEEK).
+    pub pages: u64,
 }
 
 /// Most pages one `domctl::FOREIGN_MAP` maps: the whole foreign window
@@ -994,6 +1034,7 @@ pod! {
     ForeignOpenIoctl = 8,
     IrqLine = 16,
     DeviceAdd = 32,
+    LogDirty = 24,
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 use super::ratelimit::{Echo, LineLimit};
 use super::ring::{InputQueue, Ring};
 use super::table::{Config, Domain, Effect, Table, DOM0};
+use crate::hypercall::domctl::LogDirtyOp;
 use crate::hypercall::{Command, GuestRam, Services};
+use crate::mem::dirty::DirtyLog;
 use crate::mem::paging::MapFlags;
 use crate::mem::{self, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use crate::sched::run as sched;
@@ -125,6 +127,8 @@ pub struct Resources {
     /// Its device model's I/O server (`vm::ioreq`), which its platform
     /// shares from its start.
     pub ioreq: Arc<crate::vm::ioreq::Server>,
+    /// Its dirty-page log while `LOG_DIRTY` has it on (`log_dirty`).
+    dirty: Option<DirtyLog>,
 }
 
 impl Resources {
@@ -155,6 +159,7 @@ impl Resources {
             console_max_hold_ns: 0,
             console_hold_ns: 0,
             ioreq: Arc::new(crate::vm::ioreq::Server::new()),
+            dirty: None,
         })
     }
 
@@ -608,6 +613,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             Ok(n as u64)
         }
         Command::ForeignMap(m) => foreign_map(m),
+        Command::LogDirty { domid, op, first, pages } => log_dirty(*domid, *op, *first, *pages, buf),
         Command::ForeignUnmap { addr, count } => {
             mem::foreign::unmap(*addr, *count).inspect_err(|_| {
                 guest_log(DOM0, log::Level::Warn, format_args!("d0: foreign unmap {addr:#x}+{count} pages: not a mapping"))
@@ -713,6 +719,171 @@ fn foreign_map(m: &mut oxen_abi::ForeignMap) -> Result<u64, Error> {
         }
         Err(e) => refuse(t, e, format_args!("the window has no room ({e:?})")),
     }
+}
+
+/// The guest frame numbers of a domain's writable RAM (a domU's is one run
+/// from 0, `create`): what dirty-page logging protects and logs.
+fn writable_pages(ram: &GuestMemory) -> impl Iterator<Item = u64> + '_ {
+    ram.regions()
+        .iter()
+        .filter(|r| r.flags.contains(MapFlags::WRITE))
+        .flat_map(|r| r.gpa.as_u64() / PAGE_SIZE..(r.gpa.as_u64() + r.len) / PAGE_SIZE)
+}
+
+/// Whether guest frame `page` is writable RAM of the domain.
+pub fn is_writable_ram(ram: &GuestMemory, page: u64) -> bool {
+    let gpa = page.saturating_mul(PAGE_SIZE);
+    ram.regions().iter().any(|r| r.flags.contains(MapFlags::WRITE) && (r.gpa.as_u64()..r.gpa.as_u64() + r.len).contains(&gpa))
+}
+
+/// `mem::dirty::set_write` on either vendor's tables.
+fn set_write(tables: &mut NestedTables, pages: impl IntoIterator<Item = u64>, write: bool) -> Result<u64, mem::paging::MapError> {
+    match tables {
+        NestedTables::Ept(t) => mem::dirty::set_write(t, &mut mem::FrameTables, pages, write),
+        NestedTables::Npt(t) => mem::dirty::set_write(t, &mut mem::FrameTables, pages, write),
+    }
+}
+
+/// `LOG_DIRTY`: dirty-page logging of a domU's RAM. The domain table stays
+/// locked while the tables change and the log is read, so the write-fault
+/// handler (`log_dirty_fault`, under the same lock) sees both at once; the
+/// TLB flush that makes a write-protection hold on every CPU comes after the
+/// lock is dropped (`mem::foreign::shootdown` waits for other CPUs, which
+/// may be spinning on this lock) and before the call returns: a write that
+/// slips through a stale TLB entry meanwhile happened before the caller
+/// copies the page, so the copy has it.
+fn log_dirty(domid: u32, op: LogDirtyOp, first: u64, pages: u64, buf: &mut [u8]) -> Result<u64, Error> {
+    let mut t = DOMAINS.lock();
+    let refuse = |t: spin::MutexGuard<'_, Table<Resources>>, e: Error, why: fmt::Arguments| {
+        drop(t);
+        guest_log(DOM0, log::Level::Warn, format_args!("d0: log-dirty {op:?} of d{domid}: {why}"));
+        Err(e)
+    };
+    let Some(d) = t.get_mut(domid) else { return refuse(t, Error::NoEnt, format_args!("no such domain")) };
+    if d.privileged {
+        return refuse(t, Error::Perm, format_args!("dom0's own memory is not logged"));
+    }
+    if d.state == oxen_abi::DomainState::Dying {
+        return refuse(t, Error::Busy, format_args!("the domain is dying"));
+    }
+    let res = &mut d.res;
+    let Some(tables) = res.tables.as_mut() else { return refuse(t, Error::Busy, format_args!("it has no memory")) };
+    let ram_pages = res.chunks.len() as u64 * CHUNK_FRAMES as u64;
+    match op {
+        LogDirtyOp::Enable => {
+            if res.dirty.is_some() {
+                return refuse(t, Error::Busy, format_args!("already on"));
+            }
+            let log = match DirtyLog::new(ram_pages) {
+                Ok(l) => l,
+                Err(_) => return refuse(t, Error::NoMem, format_args!("no heap for a log of {ram_pages} pages")),
+            };
+            // Out of frames for a split: what was protected stays so, the
+            // log stays on (a later fault finds the page and fixes it) and
+            // the caller is told; DISABLE undoes it.
+            let start = crate::arch::x86_64::time::now_ns();
+            let r = set_write(tables, writable_pages(&res.ram), false);
+            res.dirty = Some(log);
+            match r {
+                Ok(n) => {
+                    drop(t);
+                    let took = crate::arch::x86_64::time::now_ns() - start;
+                    mem::foreign::shootdown();
+                    let all = crate::arch::x86_64::time::now_ns() - start;
+                    info!("d{domid}: log-dirty on, {n} of {ram_pages} pages write-protected in {} us (with the TLB flush {} us)", took / 1000, all / 1000);
+                    Ok(0)
+                }
+                Err(e) => {
+                    drop(t);
+                    mem::foreign::shootdown();
+                    warn!("d{domid}: log-dirty on, but write-protecting its RAM failed ({e:?})");
+                    Err(Error::NoMem)
+                }
+            }
+        }
+        LogDirtyOp::Disable => {
+            let Some(log) = res.dirty.take() else { return refuse(t, Error::Inval, format_args!("logging is off")) };
+            // Giving access back allocates nothing (the pages are split).
+            let r = set_write(tables, writable_pages(&res.ram), true);
+            drop(t);
+            info!(
+                "d{domid}: log-dirty off, {} write faults taken while on; {} cleans protected {} pages again in {} us in all (with their TLB flushes)",
+                log.faults,
+                log.cleans,
+                log.reprotected,
+                log.clean_ns / 1000
+            );
+            // Not needed for safety (a stale read-only entry faults and
+            // the handler finds the page writable), but saves those faults.
+            mem::foreign::shootdown();
+            r.map(|_| 0).map_err(|_| Error::Inval)
+        }
+        LogDirtyOp::Clean | LogDirtyOp::Peek => {
+            let start = crate::arch::x86_64::time::now_ns();
+            let Some(log) = res.dirty.as_mut() else { return refuse(t, Error::Inval, format_args!("logging is off")) };
+            if first >= ram_pages {
+                return refuse(t, Error::Inval, format_args!("first page {first:#x} past its {ram_pages} pages"));
+            }
+            // Whole words, clipped to the RAM's end (the decoder checked the
+            // buffer holds `pages`).
+            let words = pages.min(ram_pages - first).div_ceil(mem::dirty::WORD_BITS) as usize;
+            let mut out = Vec::new();
+            if out.try_reserve_exact(words).is_err() {
+                return refuse(t, Error::NoMem, format_args!("no heap for {words} words"));
+            }
+            out.resize(words, 0u64);
+            let got = if op == LogDirtyOp::Clean { log.take(first, &mut out) } else { log.peek(first, &mut out) };
+            let Ok(n) = got else { return refuse(t, Error::Inval, format_args!("range {first:#x}+{pages} refused")) };
+            for (chunk, w) in buf.chunks_exact_mut(8).zip(&out) {
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            if op == LogDirtyOp::Peek {
+                return Ok(n);
+            }
+            log.cleans += 1;
+            if n == 0 {
+                log.clean_ns += crate::arch::x86_64::time::now_ns() - start;
+                return Ok(0);
+            }
+            // The pages just reported start the next round protected.
+            let r = set_write(tables, mem::dirty::pages_in(first, &out), false);
+            if let Ok(k) = r {
+                log.reprotected += k;
+            }
+            drop(t);
+            mem::foreign::shootdown();
+            // Counted after the flush, under the lock again (the log may be
+            // gone meanwhile: then nothing is counted).
+            let took = crate::arch::x86_64::time::now_ns() - start;
+            if let Some(log) = DOMAINS.lock().get_mut(domid).and_then(|d| d.res.dirty.as_mut()) {
+                log.clean_ns += took;
+            }
+            r.map(|_| n).map_err(|_| Error::NoMem)
+        }
+    }
+}
+
+/// A write fault of a domU's vCPU at `gpa` that dirty-page logging caused:
+/// the page is marked dirty and made writable again, and the vCPU retries
+/// the write (true). Also true for writable RAM a stale TLB entry still
+/// shows read-only (after `DISABLE`, or another vCPU's fault): the fault
+/// dropped that entry. False for anything else (the MMIO path handles it).
+pub fn log_dirty_fault(domid: u32, gpa: u64) -> bool {
+    let page = gpa / PAGE_SIZE;
+    let mut t = DOMAINS.lock();
+    let Some(d) = t.get_mut(domid) else { return false };
+    let res = &mut d.res;
+    if d.privileged || !is_writable_ram(&res.ram, page) {
+        return false;
+    }
+    let Some(tables) = res.tables.as_mut() else { return false };
+    if let Some(log) = res.dirty.as_mut() {
+        log.mark(page);
+        log.faults += 1;
+    }
+    // Only protected pages change (a split cannot be needed: ENABLE split
+    // them); a failure leaves the guest to the memory-fault path.
+    set_write(tables, [page], true).is_ok()
 }
 
 /// A paused domU's vCPU states, for `VCPU_STATE_GET/SET`: dom0's own are

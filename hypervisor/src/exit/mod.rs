@@ -99,6 +99,13 @@ pub trait GuestEnv {
     /// doing non-coherent DMA); for others it is a no-op, so a guest cannot
     /// stall a CPU with cache flushes.
     fn wbinvd(&mut self) {}
+    /// A write the nested tables refused at `gpa`: true if it was to RAM
+    /// that dirty-page logging write-protects (now marked dirty and
+    /// writable again: the guest retries it), false if it is for the MMIO
+    /// path. Without domains (the self-test guests) nothing is logged.
+    fn write_fault(&mut self, _gpa: GuestPhysAddr) -> bool {
+        false
+    }
     /// A hypercall from CPL > 0 was refused.
     fn refused_cpl(&mut self, cpl: u8, number: u64) {
         log::warn!("hypercall {number:#x} from CPL {cpl} refused");
@@ -215,6 +222,11 @@ pub fn handle(vcpu: &mut impl Vcpu, exit: VmExit, env: &mut dyn GuestEnv) -> Out
             let shown = cpuid::guest_view(env.cpuid_kind(), &cpuid::GuestState::default(), 0xd, 0, &host);
             let supported = xcr::components(host(0xd, 0)) & xcr::components(shown);
             xcr::xsetbv(vcpu, xcr, value, supported)
+        }
+        // A write to write-protected RAM (log-dirty mode) resumes the guest
+        // at the same instruction, RIP not advanced: it writes again.
+        VmExit::NestedPageFault { gpa, access } if access.contains(Access::WRITE) && env.write_fault(gpa) => {
+            Outcome::Continue
         }
         VmExit::NestedPageFault { gpa, access } => mmio(vcpu, gpa, access, env),
         VmExit::TripleFault => Outcome::TripleFault,

@@ -9,7 +9,7 @@ use oxen_abi::{
     LoadImage, PhysInfo, Pod, RingRead, SchedCredit, ShutdownDomain, ShutdownReason, VcpuAffinity, VcpuStateRef, IMAGE_MAX,
     CONSOLE_INPUT_MAX, MAX_VCPUS, MAX_WEIGHT, MIN_MEMORY_MIB,
 };
-use oxen_abi::{ioreq, IoreqDone, IoreqRange, IoreqSetup};
+use oxen_abi::{ioreq, log_dirty, IoreqDone, IoreqRange, IoreqSetup, LogDirty};
 
 /// Largest domU, in MiB (the pool's size is the practical limit).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
@@ -62,6 +62,20 @@ pub enum Command {
     IrqLine { domid: u32, gsi: u32, level: bool },
     /// Declares a device; the service fills in where it put it (1.6).
     DeviceAdd(DeviceAdd),
+    /// Dirty-page logging (1.8). For CLEAN and PEEK `first` is a multiple of
+    /// 64, `pages` ≥ 1 and the buffer holds `pages` bits in whole u64 words;
+    /// the service checks `first` against the domain's RAM and clips
+    /// `pages` to it. ENABLE and DISABLE have `first` = `pages` = 0.
+    LogDirty { domid: u32, op: LogDirtyOp, first: u64, pages: u64 },
+}
+
+/// What `LOG_DIRTY` does (`oxen_abi::log_dirty`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogDirtyOp {
+    Enable,
+    Disable,
+    Clean,
+    Peek,
 }
 
 impl Command {
@@ -85,6 +99,7 @@ impl Command {
                 | Command::VcpuStateGet { .. }
                 | Command::PlatformStateGet(_)
                 | Command::CpuidGet(_)
+                | Command::LogDirty { op: LogDirtyOp::Clean | LogDirtyOp::Peek, .. }
         )
     }
 
@@ -381,8 +396,51 @@ pub fn decode(cmd: u64, a: &[u8], buf_len: u64) -> Result<Command, DecodeError> 
             }
             Command::DeviceAdd(d)
         }
+        domctl::LOG_DIRTY => {
+            let l: LogDirty = arg(a)?;
+            log_dirty_args(&l, buf_len)?
+        }
         other => return Err(bad(Error::NoSys, alloc::format!("no command {other}"))),
     })
+}
+
+/// Pages one `LOG_DIRTY` CLEAN or PEEK covers at most: the bits of a
+/// whole `DOMCTL_BUF_MAX` buffer (2 GiB of guest memory a call).
+pub const LOG_DIRTY_MAX_PAGES: u64 = oxen_abi::DOMCTL_BUF_MAX * 8;
+
+/// `LOG_DIRTY`'s argument on its own (the domain's size is the service's).
+fn log_dirty_args(l: &LogDirty, buf_len: u64) -> Result<Command, DecodeError> {
+    let op = match l.op {
+        log_dirty::ENABLE => LogDirtyOp::Enable,
+        log_dirty::DISABLE => LogDirtyOp::Disable,
+        log_dirty::CLEAN => LogDirtyOp::Clean,
+        log_dirty::PEEK => LogDirtyOp::Peek,
+        v => {
+            return Err(bad(Error::Inval, alloc::format!("no log-dirty op {v} (enable 0, disable 1, clean 2, peek 3)")))
+        }
+    };
+    if matches!(op, LogDirtyOp::Enable | LogDirtyOp::Disable) {
+        no_buffer(buf_len)?;
+        if l.first != 0 || l.pages != 0 {
+            return Err(bad(Error::Inval, "enable and disable take first = pages = 0"));
+        }
+        return Ok(Command::LogDirty { domid: l.domid, op, first: 0, pages: 0 });
+    }
+    if !l.first.is_multiple_of(64) {
+        return Err(bad(Error::Inval, alloc::format!("first page {:#x} is not a multiple of 64", l.first)));
+    }
+    if !(1..=LOG_DIRTY_MAX_PAGES).contains(&l.pages) {
+        return Err(bad(Error::Inval, alloc::format!("{} pages (1..={LOG_DIRTY_MAX_PAGES})", l.pages)));
+    }
+    // Below 2^40 pages (any guest's), so that `first + pages` cannot overflow.
+    if l.first >= 1 << 40 {
+        return Err(bad(Error::Inval, alloc::format!("first page {:#x} past any guest's memory", l.first)));
+    }
+    let need = l.pages.div_ceil(64) * 8;
+    if buf_len < need {
+        return Err(bad(Error::Inval, alloc::format!("buffer of {buf_len} bytes, {} pages need {need}", l.pages)));
+    }
+    Ok(Command::LogDirty { domid: l.domid, op, first: l.first, pages: l.pages })
 }
 
 /// An `IoreqRange` on its own: a known kind and flags, not empty, not

@@ -97,6 +97,10 @@ impl Services for FakeServices {
                 (d.base, d.size, d.gsi) = (0xfeb0_0000, 0x1000, 16);
                 Ok(0)
             }
+            Command::LogDirty { op: domctl::LogDirtyOp::Clean, .. } => {
+                buf[0] = 0b101;
+                Ok(2)
+            }
             Command::ConsoleRead(r) => {
                 buf[..2].copy_from_slice(b"hi");
                 r.next = r.offset + 2;
@@ -586,4 +590,42 @@ fn device_commands_are_dom0s_and_checked() {
         assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::DEVICE_ADD, 0x100, len, 0, 0]).0, Err(Error::Inval));
         assert_eq!(s.commands.len(), n, "refused before the service acts");
     }
+}
+
+#[test]
+fn log_dirty_arguments_are_checked_before_the_service() {
+    use oxen_abi::{log_dirty as op, LogDirty};
+    use domctl::LogDirtyOp;
+    let (mut r, mut s) = (ram(), FakeServices::default());
+    let l = |op, first, pages| LogDirty { domid: 4, op, first, pages };
+    // ENABLE and DISABLE: no buffer, no range.
+    let len = put(&mut r, 0x100, &l(op::ENABLE, 0, 0));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOG_DIRTY, 0x100, len, 0, 0]).0, Ok(0));
+    assert_eq!(s.commands.last(), Some(&Command::LogDirty { domid: 4, op: LogDirtyOp::Enable, first: 0, pages: 0 }));
+    // CLEAN: the service's bits come back in the buffer.
+    r.write(0x400, &[0xff; 16]).unwrap();
+    let len = put(&mut r, 0x100, &l(op::CLEAN, 64, 100));
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOG_DIRTY, 0x100, len, 0x400, 16]).0, Ok(2));
+    assert_eq!(s.commands.last(), Some(&Command::LogDirty { domid: 4, op: LogDirtyOp::Clean, first: 64, pages: 100 }));
+    let mut back = [0u8; 16];
+    r.read(0x400, &mut back).unwrap();
+    assert_eq!(back[..2], [0b101, 0], "written back, the rest zeroed");
+    let n = s.commands.len();
+    for (arg, buf_len, why) in [
+        (l(op::ENABLE, 0, 0), 8, "a buffer for enable"),
+        (l(op::DISABLE, 64, 0), 0, "a range for disable"),
+        (l(op::CLEAN, 3, 64), 8, "misaligned first"),
+        (l(op::PEEK, 0, 0), 8, "no pages"),
+        (l(op::PEEK, 0, 65), 8, "65 pages need two words"),
+        (l(op::CLEAN, 0, oxen_abi::DOMCTL_BUF_MAX * 8 + 1), 0x8000, "more pages than a buffer holds"),
+        (l(op::CLEAN, u64::MAX - 63, 64), 8, "first past any guest"),
+        (l(4, 0, 0), 0, "no op 4"),
+    ] {
+        let len = put(&mut r, 0x300, &arg);
+        assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOG_DIRTY, 0x300, len, 0x400, buf_len]).0, Err(Error::Inval), "{why}");
+    }
+    // A short argument; a domU calling it.
+    assert_eq!(call(true, &mut r, &mut s, nr::DOMCTL, [dc::LOG_DIRTY, 0x100, len - 8, 0, 0]).0, Err(Error::Inval));
+    assert_eq!(call(false, &mut r, &mut s, nr::DOMCTL, [dc::LOG_DIRTY, 0x100, len, 0x400, 16]).0, Err(Error::Perm));
+    assert_eq!(s.commands.len(), n, "no refused call reached the service");
 }

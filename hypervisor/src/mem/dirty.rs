@@ -7,7 +7,45 @@
 //! Pure bookkeeping: what to write-protect and when to flush TLBs is the
 //! caller's (`mem::paging::PageTable::set_flags`).
 
+use super::paging::{EntryFormat, MapError, MapFlags, PageTable, TableMemory};
 use alloc::vec::Vec;
+
+const PAGE: u64 = 4096;
+
+/// Takes write access from (`write` false) or gives it back to (`write`
+/// true) each 4 KiB page of `pages` (guest frame numbers) in `pt`: a huge
+/// page that holds one is split to 4 KiB pages first (its other pages keep
+/// their flags), so that a write fault names one page. Pages not mapped are
+/// skipped. Returns how many changed. The caller flushes the TLBs after
+/// taking access away (a page given back needs no flush: the stale
+/// read-only entry faults once and the fault handler finds it writable).
+pub fn set_write<F: EntryFormat>(
+    pt: &mut PageTable<F>,
+    mem: &mut impl TableMemory,
+    pages: impl IntoIterator<Item = u64>,
+    write: bool,
+) -> Result<u64, MapError> {
+    let mut changed = 0;
+    for page in pages {
+        let gpa = page.checked_mul(PAGE).ok_or(MapError::NotMapped)?;
+        let Some((_, flags)) = pt.translate(mem, gpa) else { continue };
+        let want = if write { flags | MapFlags::WRITE } else { flags - MapFlags::WRITE };
+        if want != flags {
+            pt.set_flags(mem, gpa, want)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// The pages whose bits are set in `words`, the first word's bit 0 being
+/// page `first`.
+pub fn pages_in(first: u64, words: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    words.iter().enumerate().flat_map(move |(i, &w)| {
+        let base = first + i as u64 * WORD_BITS;
+        BitIter(w).map(move |b| base + b)
+    })
+}
 
 /// Bits per word of the log (and of the words `take` copies out).
 pub const WORD_BITS: u64 = 64;
@@ -30,6 +68,13 @@ pub struct DirtyLog {
     pages: u64,
     /// Bits set now (kept so that a round's size is known without a scan).
     dirty: u64,
+    /// Write faults the log took (each one exit of the guest), `CLEAN`s,
+    /// the pages they protected again and the time they took with their
+    /// TLB flushes: the figures `DISABLE` logs.
+    pub faults: u64,
+    pub cleans: u64,
+    pub reprotected: u64,
+    pub clean_ns: u64,
 }
 
 impl DirtyLog {
@@ -40,7 +85,7 @@ impl DirtyLog {
         let mut words = Vec::new();
         words.try_reserve_exact(n).map_err(|_| DirtyError::OutOfMemory)?;
         words.resize(n, 0);
-        Ok(Self { words, pages, dirty: 0 })
+        Ok(Self { words, pages, dirty: 0, faults: 0, cleans: 0, reprotected: 0, clean_ns: 0 })
     }
 
     pub fn pages(&self) -> u64 {
@@ -109,10 +154,23 @@ impl DirtyLog {
 
     /// The dirty pages in order, without clearing them.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.words.iter().enumerate().flat_map(|(i, &w)| {
-            let base = i as u64 * WORD_BITS;
-            BitIter(w).map(move |b| base + b)
-        })
+        pages_in(0, &self.words)
+    }
+
+    /// Copies the bits of `[first, first + out.len() * 64)` into `out`
+    /// without clearing them (`PEEK`); same checks and clipping as `take`.
+    pub fn peek(&self, first: u64, out: &mut [u64]) -> Result<u64, DirtyError> {
+        if !first.is_multiple_of(WORD_BITS) {
+            return Err(DirtyError::Misaligned);
+        }
+        if first >= self.pages && !(first == 0 && self.pages == 0) {
+            return Err(DirtyError::OutOfRange);
+        }
+        let w0 = (first / WORD_BITS) as usize;
+        let n = out.len().min(self.words.len() - w0);
+        out[..n].copy_from_slice(&self.words[w0..w0 + n]);
+        out[n..].fill(0);
+        Ok(out.iter().map(|w| u64::from(w.count_ones())).sum())
     }
 }
 
@@ -160,6 +218,24 @@ mod tests {
         assert_eq!(out, [2, 0, 0, 0]);
         assert_eq!(log.count(), 0);
         assert_eq!(log.iter().count(), 0);
+    }
+
+    #[test]
+    fn peek_copies_without_clearing() {
+        let mut log = DirtyLog::new(200).unwrap();
+        for p in [1, 70, 199] {
+            log.mark(p);
+        }
+        let mut out = [u64::MAX; 4];
+        assert_eq!(log.peek(64, &mut out), Ok(2));
+        assert_eq!(out, [1 << 6, 0, 1 << 7, 0]);
+        assert_eq!(log.count(), 3, "nothing cleared");
+        assert_eq!(log.peek(3, &mut out), Err(DirtyError::Misaligned));
+        assert_eq!(log.peek(256, &mut out), Err(DirtyError::OutOfRange));
+        assert_eq!(pages_in(64, &out).collect::<Vec<_>>(), vec![70, 199]);
+        let mut out = [0u64; 4];
+        assert_eq!(log.take(0, &mut out), Ok(3));
+        assert_eq!(pages_in(0, &out).collect::<Vec<_>>(), vec![1, 70, 199]);
     }
 
     #[test]

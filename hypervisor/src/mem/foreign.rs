@@ -305,8 +305,9 @@ mod global {
     /// Shootdowns so far (each bumps every CPU's flush request).
     static SHOOTDOWNS: AtomicU64 = AtomicU64::new(0);
 
-    /// Makes every CPU drop what its TLBs hold of dom0's nested translations
-    /// before returning. Each CPU is asked to flush at its next guest entry
+    /// Makes every CPU drop what its TLBs hold of guests' nested translations
+    /// (dom0's here; a domU's when `LOG_DIRTY` write-protects its RAM) before
+    /// returning. Each CPU is asked to flush at its next guest entry
     /// (`tlb_tag::request_flush`); the guest it runs now is stopped by a wake
     /// IPI, whose handler counting it means the CPU is in the hypervisor and
     /// leaves its run loop before entering a guest again (`apic::take_pending`),
@@ -314,7 +315,7 @@ mod global {
     /// (a wake IPI to itself, pending until the run loop looks). Waits with
     /// no lock held and interrupts as they were (off): a CPU that is itself
     /// waiting here has done the same and counts as done.
-    fn shootdown() {
+    pub fn shootdown() {
         use crate::arch::x86_64::{apic, cpu_id, smp};
         use crate::virt::tlb_tag;
         let seq = SHOOTDOWNS.fetch_add(1, Ordering::SeqCst) + 1;

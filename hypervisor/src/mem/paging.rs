@@ -556,6 +556,39 @@ mod tests {
     }
 
     #[test]
+    fn log_dirty_protects_ram_pages_and_gives_back_one() {
+        use crate::mem::dirty::set_write;
+        fn check<F: EntryFormat>() {
+            let mut mem = MockMemory::default();
+            let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+            // 4 MiB of RWX RAM in 2 MiB pages and one read-only 4 KiB page
+            // (a ROM): only what was writable is taken and given back.
+            pt.map_range(&mut mem, 0, 0x100_0000, 0x40_0000, MapFlags::RWX, PageSize::Size2M).unwrap();
+            pt.map(&mut mem, 0x40_0000, 0x200_0000, PageSize::Size4K, MapFlags::RX).unwrap();
+            let tables = mem.tables.len();
+            // Pages 0..=1024 plus one unmapped page (skipped).
+            assert_eq!(set_write(&mut pt, &mut mem, 0..1026, false), Ok(1024));
+            assert_eq!(mem.tables.len(), tables + 2, "both 2 MiB pages split, one table each");
+            for v in [0u64, 0x1f_f000, 0x20_0000, 0x3f_ffff] {
+                assert_eq!(pt.translate(&mut mem, v), Some((v + 0x100_0000, MapFlags::RX)), "{v:#x}");
+            }
+            // Already protected: nothing changes the second time.
+            assert_eq!(set_write(&mut pt, &mut mem, 0..1026, false), Ok(0));
+            // A write fault on page 0x123 gives that page alone back.
+            assert_eq!(set_write(&mut pt, &mut mem, [0x123], true), Ok(1));
+            assert_eq!(pt.translate(&mut mem, 0x12_3000).map(|t| t.1), Some(MapFlags::RWX));
+            assert_eq!(pt.translate(&mut mem, 0x12_4000).map(|t| t.1), Some(MapFlags::RX));
+            assert_eq!(pt.translate(&mut mem, 0x12_2fff).map(|t| t.1), Some(MapFlags::RX));
+            // A page number whose address overflows is refused, not wrapped.
+            assert_eq!(set_write(&mut pt, &mut mem, [u64::MAX], true), Err(MapError::NotMapped));
+            pt.destroy(&mut mem);
+            assert!(mem.tables.is_empty(), "split tables freed with the rest");
+        }
+        check::<Npt>();
+        check::<Ept>();
+    }
+
+    #[test]
     fn unmap_one_page() {
         let mut mem = MockMemory::default();
         let mut pt = PageTable::<Npt>::new(&mut mem).unwrap();

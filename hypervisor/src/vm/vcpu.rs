@@ -826,6 +826,14 @@ impl GuestEnv for VcpuEnv<'_> {
     fn mmio(&mut self, gpa: GuestPhysAddr, access: MmioAccess<'_>) -> bool {
         self.platform.mmio(self.index, gpa, now_ns(), access)
     }
+    fn write_fault(&mut self, gpa: GuestPhysAddr) -> bool {
+        // An MMIO write (a LAPIC EOI, a device model's page) is not RAM:
+        // answered from the platform's copy of the RAM map, without the
+        // domain table's lock.
+        self.platform.role == Role::DomU
+            && control::is_writable_ram(&self.platform.ram, gpa.as_u64() / PAGE_SIZE)
+            && control::log_dirty_fault(self.platform.domid, gpa.as_u64())
+    }
     fn refused_cpl(&mut self, cpl: u8, number: u64) {
         // dom0's unprivileged processes are as untrusted as a domU: their
         // refusals count against the domain's log limit alike.

@@ -534,6 +534,15 @@ impl Fuzzer {
             }
             .as_bytes()
             .to_vec(),
+            // Logging slows a domain down only; still kept off the protected ones.
+            domctl::LOG_DIRTY => oxen_abi::LogDirty {
+                domid,
+                op: self.rng.pick(&[0, 1, 2, 3, 4, u32::MAX]),
+                first: self.rng.pick(&[0, 64, 3, 4096, r, u64::MAX - 63]),
+                pages: self.rng.pick(&[0, 1, 64, 65, 4096, 1 << 19, (1 << 19) + 1, r]),
+            }
+            .as_bytes()
+            .to_vec(),
             domctl::LIST | domctl::PHYS_INFO => Vec::new(),
             _ => DomainRef { domid, _pad: 0 }.as_bytes().to_vec(),
         }
@@ -607,6 +616,7 @@ impl Fuzzer {
             domctl::SHUTDOWN => size_of::<ShutdownDomain>(),
             domctl::SCHED_CREDIT => size_of::<SchedCredit>(),
             domctl::VCPU_AFFINITY => size_of::<VcpuAffinity>(),
+            domctl::LOG_DIRTY => size_of::<oxen_abi::LogDirty>(),
             _ => 0,
         }
     }
@@ -621,6 +631,7 @@ impl Fuzzer {
             domctl::CONSOLE_READ | domctl::DMESG => self.rng.range(1, 65536) as usize,
             domctl::LOAD_IMAGE => self.rng.pick(&[1, 4096, 65536]),
             domctl::CONSOLE_INPUT => self.rng.pick(&[0, 1, 64, 4096, 4097]),
+            domctl::LOG_DIRTY => self.rng.pick(&[0, 8, 16, 4096, 65536]),
             _ => self.rng.pick(&[0, 0, 0, 1, 80]),
         }
     }
@@ -629,7 +640,7 @@ impl Fuzzer {
     fn random_domctl(&mut self, i: u64) {
         let cmd = match self.rng.below(20) {
             0..=16 => self.rng.range(1, 16),
-            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, domctl::CPUID_GET, domctl::IRQ_LINE, domctl::DEVICE_ADD, 255]),
+            17 => self.rng.pick(&[0, 17, 18, domctl::PLATFORM_STATE_GET, domctl::PLATFORM_STATE_SET, domctl::START_PAUSED, domctl::CPUID_GET, domctl::IRQ_LINE, domctl::DEVICE_ADD, domctl::LOG_DIRTY, 255]),
             18 => self.rng.range(1, 16) | (self.rng.range(1, 0xffff_ffff) << 32),
             _ => self.rng.next_u64(),
         };
@@ -738,10 +749,10 @@ impl Fuzzer {
             // 17-18, VCPU_STATE_GET/SET (ABI 1.4); 19-25, the device-model
             // calls (1.6: the raw foreign and ioreq-setup ones the driver
             // refuses); 26-27 PLATFORM_STATE_GET/SET, 28 START_PAUSED and 29
-            // CPUID_GET (1.7): checked by the hypervisor (a paused domU only,
-            // an encoding checked whole, a line or device it was given), any
-            // answer.
-            if !(1..=domctl::CPUID_GET).contains(&cmd) {
+            // CPUID_GET (1.7), 30 LOG_DIRTY (1.8): checked by the hypervisor
+            // (a paused domU only, an encoding checked whole, a line or
+            // device it was given, a range inside its RAM), any answer.
+            if !(1..=domctl::LOG_DIRTY).contains(&cmd) {
                 Want::Errno(libc::ENOSYS)
             } else if Self::target_size(cmd) > 0 && s.len() == Self::target_size(cmd) && cmd != domctl::SCHED_CREDIT
                 && u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == 0
@@ -908,7 +919,7 @@ mod tests {
         let mut to_dom0 = 0;
         for _ in 0..100_000 {
             let cmd = f.rng.pick(&[domctl::PAUSE, domctl::DESTROY, domctl::SHUTDOWN, domctl::SCHED_CREDIT,
-                domctl::VCPU_AFFINITY]);
+                domctl::VCPU_AFFINITY, domctl::LOG_DIRTY]);
             let mut s = f.structure(cmd);
             if f.rng.percent(60) {
                 f.mutate(&mut s);

@@ -7,6 +7,12 @@
 //! Lines end at CR or LF (CR LF counts once); Backspace or DEL erases the
 //! last character; a line of `quit` powers the domain off. dom0's power-off
 //! and reboot requests are honoured.
+//!
+//! A line `dirty N M ...` (page indexes below `DIRTY_PAGES`) writes one byte
+//! in each of those pages of a page-aligned buffer and answers `DIRTIED gfn
+//! 0x.. 0x..` with their guest frame numbers (paging is an identity map):
+//! what dirty-page logging (`domctl::LOG_DIRTY`, `dirty-test.c`) must
+//! report. The buffer is in .bss, so nothing else writes it.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 use oxen_abi::{request, ShutdownReason, StartInfo};
@@ -16,6 +22,42 @@ oxen_guest_rt::entry!("echo", guest_main);
 
 /// Longest line kept; further characters are ignored until the line ends.
 const LINE_MAX: usize = 200;
+
+/// Pages of the buffer `dirty` lines write.
+const DIRTY_PAGES: usize = 64;
+
+#[repr(C, align(4096))]
+struct Pages([[u8; 4096]; DIRTY_PAGES]);
+
+/// Written only by `dirty` lines, one vCPU.
+static mut DIRTY_BUF: Pages = Pages([[0; 4096]; DIRTY_PAGES]);
+
+/// The page indexes of a `dirty` line (`None`: not one); indexes out of
+/// range or not numbers are skipped.
+fn dirty_pages(line: &[u8]) -> Option<impl Iterator<Item = usize> + '_> {
+    let rest = line.strip_prefix(b"dirty ")?;
+    Some(
+        rest.split(|&b| b == b' ')
+            .filter_map(|w| core::str::from_utf8(w).ok()?.parse::<usize>().ok())
+            .filter(|&i| i < DIRTY_PAGES),
+    )
+}
+
+/// Writes a byte in each page `dirty_pages` names and says which frames.
+fn dirty(line: &[u8]) -> bool {
+    let Some(pages) = dirty_pages(line) else { return false };
+    print!("DIRTIED gfn");
+    for i in pages {
+        // SAFETY: one vCPU, and only this function touches the buffer; a
+        // volatile write so that the store is not elided.
+        let p = unsafe { core::ptr::addr_of_mut!(DIRTY_BUF.0[i][0]) };
+        // SAFETY: `p` is inside the static buffer.
+        unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+        print!(" {:#x}", p as u64 >> 12);
+    }
+    println!();
+    true
+}
 
 fn guest_main(_info: &'static StartInfo) -> ! {
     println!(
@@ -51,7 +93,9 @@ fn guest_main(_info: &'static StartInfo) -> ! {
                         println!("echo: bye");
                         hypercall::shutdown(ShutdownReason::Poweroff);
                     }
-                    println!("ECHO: {}", Upper(&text));
+                    if !dirty(text.as_slice()) {
+                        println!("ECHO: {}", Upper(&text));
+                    }
                     print!("echo> ");
                 }
             }
@@ -181,6 +225,14 @@ mod tests {
         }
         assert_eq!(l.key(b'y'), Key::Ignore);
         assert_eq!(l.take().len, LINE_MAX);
+    }
+
+    #[test]
+    fn dirty_lines_name_pages_in_range() {
+        assert!(dirty_pages(b"dirty").is_none());
+        assert!(dirty_pages(b"hello dirty 1").is_none());
+        let got: Vec<_> = dirty_pages(b"dirty 1 63 64 x 5").unwrap().collect();
+        assert_eq!(got, [1, 63, 5]);
     }
 
     #[test]

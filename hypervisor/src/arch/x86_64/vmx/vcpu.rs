@@ -590,9 +590,17 @@ impl VmxVcpu {
     fn take_vpid(&mut self) -> Result<(), (&'static str, VmxError)> {
         let a = tlb_tag::assign(cpu_id(), u16::MAX, Some(self.vpid_held));
         if a.changed {
+            let caps = super::caps().map_err(|_| ("VMX capabilities", VmxError::FailInvalid))?;
             if a.flush_all {
-                let caps = super::caps().map_err(|_| ("VMX capabilities", VmxError::FailInvalid))?;
                 flush_all_vpids(caps).map_err(|_| ("INVVPID", VmxError::FailInvalid))?;
+            }
+            // Guest-physical mappings are tagged by the EPT root, not the
+            // VPID (SDM Vol. 3C §29.4.1): without an all-context INVEPT in
+            // `flush_all_vpids`, each vCPU drops its own when it takes a tag
+            // of a new generation, so a write-protection (`LOG_DIRTY`) or an
+            // unmapping holds for its page walks too.
+            if caps.ept_vpid & crate::arch::x86_64::vmx::decode::ept_vpid_cap::INVEPT_ALL_CONTEXT == 0 {
+                vmcs::invept(vmcs::InveptType::SingleContext, self.eptp).map_err(|_| ("INVEPT", VmxError::FailInvalid))?;
             }
             // SAFETY: a VPID other than 0, handed out by this CPU's cache.
             unsafe { vmcs::write16(Field16::Vpid, a.held.tag) }.map_err(|e| ("VPID", e))?;
