@@ -14,7 +14,10 @@ boot_s=600
 img=/var/lib/oxen/root.img
 err=/tmp/linux-disk.err
 
+# dom0's root is its initramfs, a tmpfs mostly full of what it carries: the
+# image gets a tmpfs of its own.
 mkdir -p /var/lib/oxen
+mountpoint -q /var/lib/oxen || mount -t tmpfs -o size=48m oxen-images /var/lib/oxen
 gunzip -c /usr/lib/oxen/linux/rootfs.ext4.gz > "$img"
 echo "linux-disk: $img is $(wc -c < "$img") bytes"
 # disk-1: the Linux domU's config with its root on the image.

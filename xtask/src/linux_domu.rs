@@ -69,7 +69,7 @@ const MODULES: &[&str] = &["pvpanic_mmio", "virtio_mmio", "virtio_blk"];
 const EXT4_MODULES: &[&str] = &["crc32c_generic", "ext4"];
 /// The root filesystem image a Linux domU boots from a virtio disk: the
 /// initramfs's tree as ext4, gzip-compressed (`ROOTFS_PATH` in dom0).
-const ROOTFS_MIB: u32 = 48;
+const ROOTFS_MIB: u32 = 32;
 /// Where dom0 finds it (`gunzip -c` it to a file to attach it as a disk).
 pub const ROOTFS_PATH: &str = "usr/lib/oxen/linux/rootfs.ext4.gz";
 
