@@ -17,7 +17,7 @@ err=/tmp/linux-disk.err
 # dom0's root is its initramfs, a tmpfs mostly full of what it carries: the
 # image gets a tmpfs of its own.
 mkdir -p /var/lib/oxen
-mountpoint -q /var/lib/oxen || mount -t tmpfs -o size=48m oxen-images /var/lib/oxen
+grep -q " /var/lib/oxen " /proc/mounts || mount -t tmpfs -o size=48m oxen-images /var/lib/oxen
 gunzip -c /usr/lib/oxen/linux/rootfs.ext4.gz > "$img"
 echo "linux-disk: $img is $(wc -c < "$img") bytes"
 # disk-1: the Linux domU's config with its root on the image.
@@ -83,4 +83,6 @@ check "the file is there with the same checksum" "md5 '$sum2', was '$sum1'" [ -n
 check "destroy disk-1 again" "oxl destroy failed" oxl destroy disk-1
 check "no device model left" "oxen-dm still runs" wait_for 10 no_dm
 check "memory back to the byte" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 back
+# What the device model said over both boots (requests, bytes, flushes).
+sed 's/^/linux-disk: dm log: /' /var/log/oxen/disk-1.dm.log
 echo "linux-disk: done, $failed failed"
