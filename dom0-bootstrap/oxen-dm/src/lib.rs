@@ -45,8 +45,11 @@ pub mod block;
 pub mod foreign;
 pub mod ioreq;
 pub mod mmio;
+pub mod oxen;
+pub mod serve;
+pub mod spec;
 
-pub use block::Block;
+pub use block::{Block, BlockStats};
 pub use foreign::{ForeignDomain, ForeignError};
 pub use mmio::ActivateError;
 pub use mmio::{Effect, MmioTransport, VirtioDevice};
