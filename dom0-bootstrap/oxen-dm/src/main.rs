@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use oxen_dm::block::BlockStats;
 use oxen_dm::mmio::MMIO_WINDOW_SIZE;
-use oxen_dm::oxen::{self, Ioreq, Oxen};
+use oxen_dm::oxen::{self, describe, Ioreq, Oxen};
 use oxen_dm::serve::{self, Disk, End, Router};
 use oxen_dm::spec::{Args, DiskSpec};
 use oxen_dm::{Block, ForeignDomain, MmioTransport};
@@ -56,7 +56,7 @@ fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
         .read(true)
         .write(!spec.read_only)
         .open(&spec.target)
-        .map_err(|e| format!("{}: cannot open {path}: {e}", spec.vdev))?;
+        .map_err(|e| format!("{}: cannot open {path}: {}", spec.vdev, describe(&e)))?;
     // Advisory, held for the process's life (the file stays open): two device models never write
     // one image, and nothing writes an image a domain reads. Only device models honour it.
     let op = if spec.read_only { libc::LOCK_SH } else { libc::LOCK_EX };
@@ -64,7 +64,7 @@ fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
     if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("{}: cannot lock {path}: {e}", spec.vdev));
+            return Err(format!("{}: cannot lock {path}: {}", spec.vdev, describe(&e)));
         }
         // Only a shared lock elsewhere lets us take one too: then it is attached read-only.
         // SAFETY: as above.
@@ -72,16 +72,16 @@ fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
             !spec.read_only && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
         let how = if shared_elsewhere { "read-only" } else { "read-write" };
         let why = if spec.read_only {
-            "it cannot be attached read-only while a domain writes it"
+            "a disk a domain writes is not shared"
         } else {
-            "a disk attached read-write is attached to one domain only"
+            "a read-write disk is not shared"
         };
         return Err(format!("{}: {path} is attached {how} elsewhere (locked); {why}", spec.vdev));
     }
     let sync = if spec.read_only {
         None
     } else {
-        Some(file.try_clone().map_err(|e| format!("{}: {path}: {e}", spec.vdev))?)
+        Some(file.try_clone().map_err(|e| format!("{}: {path}: {}", spec.vdev, describe(&e)))?)
     };
     Ok((file, sync))
 }
@@ -101,12 +101,12 @@ fn take_ready_fd(fd: i32) -> Result<File, String> {
 fn run(args: &Args, label: &str) -> Result<(), String> {
     let ready = args.ready_fd.map(take_ready_fd).transpose()?;
     // Blocked before anything is set up, so a stop during setup is taken by the loop's poll.
-    let signals = oxen::stop_signals().map_err(|e| format!("signals: {e}"))?;
+    let signals = oxen::stop_signals().map_err(|e| format!("signals: {}", describe(&e)))?;
     let mut opened = Vec::new();
     for spec in &args.disks {
         let (file, sync) = open_disk(spec)?;
         let block = Block::new(file, spec.read_only, &spec.vdev)
-            .map_err(|e| format!("{}: {}: size: {e}", spec.vdev, spec.target.display()))?;
+            .map_err(|e| format!("{}: {}: size: {}", spec.vdev, spec.target.display(), describe(&e)))?;
         let sectors = block.capacity();
         eprintln!(
             "{label}{}: {}, {sectors} sectors ({} MiB), {}, window {:#x}, gsi {}",
@@ -120,9 +120,11 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         opened.push((spec.clone(), block, sync));
     }
 
-    let dev = oxen::open_device().map_err(|e| format!("cannot open {}: {e}", oxen_abi::DEVICE_PATH))?;
+    let dev = oxen::open_device().map_err(|e| {
+        format!("cannot open {}: {} (dom0 under Oxen, as root)", oxen_abi::DEVICE_PATH, describe(&e))
+    })?;
     let info = oxen::domain_info(&dev, args.domid)
-        .map_err(|e| format!("GET_INFO: {e}"))?
+        .map_err(|e| format!("GET_INFO: {}", describe(&e)))?
         .ok_or_else(|| format!("no domain {}", args.domid))?;
     // A domU's RAM is guest-physical [0, memory) (hypervisor/src/domain/linux.rs, build.rs).
     let ram_bytes = info.memory_kib * 1024;
@@ -139,16 +141,18 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         disks.push(Disk::new(spec, t, stats, sync));
     }
 
-    let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {e}"))?;
+    let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
     for d in &disks {
         ioreq
             .add_mmio(d.spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES)
-            .map_err(|e| format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {e}", d.spec.vdev, d.spec.base))?;
+            .map_err(|e| {
+                format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", d.spec.vdev, d.spec.base, describe(&e))
+            })?;
     }
     let page = ioreq.page();
 
     if let Some(mut ready) = ready {
-        ready.write_all(b"ready\n").map_err(|e| format!("--ready-fd: {e}"))?;
+        ready.write_all(b"ready\n").map_err(|e| format!("--ready-fd: {}", describe(&e)))?;
         // Closed here: oxl reads the line, then EOF.
         drop(ready);
     }
@@ -166,12 +170,12 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let why = match &end {
         Ok(End::DomainGone) => "the domain is gone".to_owned(),
         Ok(End::Signal(s)) => format!("signal {s}"),
-        Err(e) => format!("waiting failed: {e}"),
+        Err(e) => format!("waiting failed: {}", describe(e)),
     };
     for d in &router.disks {
         if let Some(f) = &d.sync {
             if let Err(e) = f.sync_all() {
-                eprintln!("{label}{}: fsync {}: {e}", d.spec.vdev, d.spec.target.display());
+                eprintln!("{label}{}: fsync {}: {}", d.spec.vdev, d.spec.target.display(), describe(&e));
             }
         }
     }
@@ -193,5 +197,5 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
             BlockStats::get(&s.errors)
         );
     }
-    end.map(drop).map_err(|e| format!("waiting for requests: {e}"))
+    end.map(drop).map_err(|e| format!("waiting for requests: {}", describe(&e)))
 }

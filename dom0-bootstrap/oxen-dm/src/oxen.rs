@@ -18,6 +18,15 @@ use oxen_abi::{
 
 use crate::serve::{Host, Wake};
 
+/// An OS error's text without Rust's " (os error N)" suffix, for the log.
+pub fn describe(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
 /// `/dev/oxen`, opened read-write (root only).
 pub fn open_device() -> io::Result<File> {
     File::options().read(true).write(true).open(DEVICE_PATH)

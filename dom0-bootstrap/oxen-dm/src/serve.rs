@@ -26,6 +26,7 @@ use oxen_abi::{DomainInfo, DomainState};
 use crate::block::BlockStats;
 use crate::ioreq::{Access, IoDevice, Page};
 use crate::mmio::{Effect, MmioTransport, MMIO_WINDOW_SIZE};
+use crate::oxen::describe;
 use crate::spec::DiskSpec;
 
 /// Why [`Host::wait`] returned.
@@ -130,7 +131,7 @@ impl Router {
             }
             Err(e) => {
                 let vdev = self.disks[i].spec.vdev.clone();
-                self.failed(format_args!("{vdev}: setting gsi {gsi} to {}: {e}", u8::from(level)));
+                self.failed(format_args!("{vdev}: setting gsi {gsi} to {}: {}", u8::from(level), describe(&e)));
             }
         }
     }
@@ -143,7 +144,7 @@ impl Router {
         for v in 0..8 {
             if served.answered & (1 << v) != 0 {
                 if let Err(e) = host.ioreq_done(v) {
-                    self.failed(format_args!("IOREQ_DONE for vCPU {v}: {e}"));
+                    self.failed(format_args!("IOREQ_DONE for vCPU {v}: {}", describe(&e)));
                 }
             }
         }
@@ -233,7 +234,7 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
                     }
                     restarts = Some(info.restarts);
                 }
-                Err(e) => router.failed(format_args!("GET_INFO: {e}")),
+                Err(e) => router.failed(format_args!("GET_INFO: {}", describe(&e))),
             }
         }
     }

@@ -165,7 +165,7 @@ mod tests {
             }
         );
         // Keys in any order before target; decimal numbers too.
-        let d = spec("vdev=xvdb,access=ro,gsi=17,base=4273999872,target=/dev/vg/x").unwrap();
+        let d = spec("vdev=xvdb,access=ro,gsi=17,base=4272951296,target=/dev/vg/x").unwrap();
         assert_eq!((d.base, d.gsi, d.read_only, d.vdev.as_str()), (0xfeb0_1000, 17, true, "xvdb"));
     }
 
