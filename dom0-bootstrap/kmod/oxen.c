@@ -449,8 +449,15 @@ static int oxen_ioreq_release(struct inode *inode, struct file *file)
 	long err = oxen_ioreq_teardown(io->domid);
 
 	atomic_dec(&oxen_event_waiters[OXEN_EVENT_IOREQ_BIT]);
-	/* The hypervisor may still hold the page: better lost than reused. */
-	if (err)
+	/*
+	 * The device model usually outlives its domain. The hypervisor answers
+	 * 0 for a domain it no longer lists (vm/ioreq.rs `setup`: a domain that
+	 * is gone has no vCPU left to touch the page, and its server went with
+	 * it); -ENOENT says the same thing (no such domain), so the page is
+	 * freed then too. Any other failure: the hypervisor may still hold the
+	 * page, better lost than reused.
+	 */
+	if (err && err != -ENOENT)
 		pr_warn("d%u: I/O server teardown failed (%ld): its page is kept\n", io->domid, err);
 	else
 		__free_page(io->page);

@@ -71,6 +71,14 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         bytes: std::fs::read(&fuzzer).with_context(|| format!("reading {}", fuzzer.display()))?,
     });
 
+    // The device model `oxl create` starts for a domU with disks.
+    let dm = crate::oxl::dm()?;
+    files.push(ExtraFile {
+        dest: "usr/lib/oxen/oxen-dm".into(),
+        mode: 0o755,
+        bytes: std::fs::read(&dm).with_context(|| format!("reading {}", dm.display()))?,
+    });
+
     files.extend(crate::guests::collect()?);
 
     // The shell scripts system tests run in dom0 (dom0-bootstrap/tests/).

@@ -26,9 +26,11 @@ const RUSTFLAGS_VAR: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS";
 /// Builds the static `oxl`, checks it is static, returns its path.
 pub fn build() -> Result<PathBuf> {
     let dir = target_dir().join("oxl");
-    step(format!("building oxl for dom0 (release, {TARGET}, static)"));
+    step(format!("building oxl and oxen-dm for dom0 (release, {TARGET}, static)"));
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "oxl", "--release", "--target", TARGET, "--target-dir"])
+    // oxen-dm (the device model `oxl create` starts per domU) in the same
+    // command: same flags, one target directory, one dependency build.
+    cmd.args(["build", "-p", "oxl", "-p", "oxen-dm", "--release", "--target", TARGET, "--target-dir"])
         .arg(&dir)
         .env(RUSTFLAGS_VAR, "-C target-feature=+crt-static")
         // Either of these would replace the per-target flags and give a
@@ -63,6 +65,16 @@ pub fn build() -> Result<PathBuf> {
 /// fuzzer), which `build` built beside oxl with the same static flags.
 pub fn fuzzer() -> Result<PathBuf> {
     let bin = target_dir().join("oxl").join(TARGET).join("release").join("oxen-fuzz");
+    let data = std::fs::read(&bin)
+        .with_context(|| format!("building oxl should have built {}", bin.display()))?;
+    check_static(&bin, &data)?;
+    Ok(bin)
+}
+
+/// `oxen-dm` (`dom0-bootstrap/oxen-dm/src/main.rs`, a domU's virtio device
+/// model), which `build` built beside oxl with the same static flags.
+pub fn dm() -> Result<PathBuf> {
+    let bin = target_dir().join("oxl").join(TARGET).join("release").join("oxen-dm");
     let data = std::fs::read(&bin)
         .with_context(|| format!("building oxl should have built {}", bin.display()))?;
     check_static(&bin, &data)?;

@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -38,6 +39,32 @@ const CHUNK: usize = 128 * 1024;
 /// Bytes of `struct virtio_blk_config` (§5.2.4) up to `num_queues`, the fields Linux may read.
 const CONFIG_SIZE: usize = 36;
 
+/// What a disk did, for the device model's summary at exit. Shared (`Block::stats`) because the
+/// transport owns the device once it is built.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Requests completed (any status).
+    pub requests: AtomicU64,
+    /// Bytes read from the file into guest memory, and written from it to the file.
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// FLUSH requests.
+    pub flushes: AtomicU64,
+    /// Requests completed with IOERR (bad shape, out of range, or a failing read or write).
+    pub errors: AtomicU64,
+}
+
+impl BlockStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A counter's value now.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// A virtio block device backed by `file`.
 pub struct Block {
     file: File,
@@ -49,6 +76,7 @@ pub struct Block {
     state: Option<Active>,
     /// Data moves between the file and guest memory through this buffer of `CHUNK` bytes.
     buf: Vec<u8>,
+    stats: Arc<BlockStats>,
 }
 
 /// What the device has between DRIVER_OK and reset.
@@ -74,7 +102,13 @@ impl Block {
             queue_sizes: [QUEUE_SIZE],
             state: None,
             buf: Vec::new(),
+            stats: Arc::default(),
         })
+    }
+
+    /// Its counters, which stay readable after the device is given to a transport.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Disk size in 512-byte sectors, as the config space reports it.
@@ -109,6 +143,10 @@ impl Block {
             return 0;
         };
         let status = self.execute(&mut reader, &mut writer);
+        BlockStats::add(&self.stats.requests, 1);
+        if status == VIRTIO_BLK_S_IOERR {
+            BlockStats::add(&self.stats.errors, 1);
+        }
         if status_w.write_all(&[status as u8]).is_err() {
             return 0;
         }
@@ -146,7 +184,10 @@ impl Block {
             // With FLUSH negotiated, completed writes may sit in dom0's page cache; a flush
             // completes only once they are on the file (§5.2.6.2, issue 11: flushed writes survive
             // the domain).
-            VIRTIO_BLK_T_FLUSH => status(self.file.sync_data()),
+            VIRTIO_BLK_T_FLUSH => {
+                BlockStats::add(&self.stats.flushes, 1);
+                status(self.file.sync_data())
+            }
             VIRTIO_BLK_T_GET_ID => {
                 // The driver's buffer is VIRTIO_BLK_ID_BYTES; a shorter one cannot hold the id.
                 if data_w.available_bytes() < self.serial.len() {
@@ -180,6 +221,7 @@ impl Block {
             let n = len.min(CHUNK);
             self.file.read_exact_at(&mut buf[..n], off)?;
             w.write_all(&buf[..n])?;
+            BlockStats::add(&self.stats.bytes_read, n as u64);
             off += n as u64;
             len -= n;
         }
@@ -197,6 +239,7 @@ impl Block {
             let n = len.min(CHUNK);
             r.read_exact(&mut buf[..n])?;
             self.file.write_all_at(&buf[..n], off)?;
+            BlockStats::add(&self.stats.bytes_written, n as u64);
             off += n as u64;
             len -= n;
         }

@@ -10,6 +10,10 @@
 //! Nothing in this crate may panic on a guest-provided value: a bad access reads as 0 or is
 //! ignored, a bad request completes with an error status.
 //!
+//! The `oxen-dm` binary (`src/main.rs`) is one domU's device model: `oxl create` starts it with
+//! the domU's disks ([`spec`]); it serves them ([`serve`]) through `/dev/oxen` ([`oxen`]) until
+//! the domain is gone.
+//!
 //! # How the ioreq side drives a device
 //!
 //! ```
@@ -45,8 +49,11 @@ pub mod block;
 pub mod foreign;
 pub mod ioreq;
 pub mod mmio;
+pub mod oxen;
+pub mod serve;
+pub mod spec;
 
-pub use block::Block;
+pub use block::{Block, BlockStats};
 pub use foreign::{ForeignDomain, ForeignError};
 pub use mmio::ActivateError;
 pub use mmio::{Effect, MmioTransport, VirtioDevice};

@@ -1,0 +1,201 @@
+//! `oxen-dm`: one domU's device model in dom0, serving its virtio-mmio disks (issue 11).
+//!
+//! `oxl create` starts it with the devices `DEVICE_ADD` placed (`oxen_dm::spec`), waits for
+//! "ready" on `--ready-fd` before unpausing the domain, and sends its stderr to
+//! `/var/log/oxen/NAME.dm.log`. It ends by itself when the domain is gone.
+//!
+//! Exit status: 0 when the domain is gone or on SIGTERM/SIGINT (read-write disks fsynced first);
+//! 1 when setting up failed (before "ready": a disk that cannot be opened or is locked by
+//! another device model, no such domain, its RAM or its windows refused) or the loop's wait
+//! failed; 2 for a bad command line.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser as _;
+use oxen_dm::block::BlockStats;
+use oxen_dm::mmio::MMIO_WINDOW_SIZE;
+use oxen_dm::oxen::{self, describe, Ioreq, Oxen};
+use oxen_dm::serve::{self, Disk, End, Router};
+use oxen_dm::spec::{Args, DiskSpec};
+use oxen_dm::{Block, ForeignDomain, MmioTransport};
+
+/// How long a dead domain can go unnoticed (the loop then asks `GET_INFO`).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Windows are forwarded without `FLAG_POSTED_WRITES`: a posted InterruptACK would lower the
+/// line only when dom0 gets to it, after the guest's end-of-interrupt, so the level-triggered
+/// IOAPIC would deliver every interrupt a second time (a spurious one the driver finds nothing
+/// for). Ordering alone would be fine (`ioreq::Page::serve` drains the ring before any read).
+const POSTED_WRITES: bool = false;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let label = format!("oxen-dm: d{} ({}): ", args.domid, args.name);
+    if let Err(e) = args.check() {
+        eprintln!("{label}{e}");
+        return ExitCode::from(2);
+    }
+    match run(&args, &label) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{label}{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An open disk: the file with its lock, and a second descriptor for the final fsync.
+fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
+    let path = spec.target.display();
+    let file = File::options()
+        .read(true)
+        .write(!spec.read_only)
+        .open(&spec.target)
+        .map_err(|e| format!("{}: cannot open {path}: {}", spec.vdev, describe(&e)))?;
+    // Advisory, held for the process's life (the file stays open): two device models never write
+    // one image, and nothing writes an image a domain reads. Only device models honour it.
+    let op = if spec.read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("{}: cannot lock {path}: {}", spec.vdev, describe(&e)));
+        }
+        // Only a shared lock elsewhere lets us take one too: then it is attached read-only.
+        // SAFETY: as above.
+        let shared_elsewhere =
+            !spec.read_only && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+        let how = if shared_elsewhere { "read-only" } else { "read-write" };
+        let why = if spec.read_only {
+            "a disk a domain writes is not shared"
+        } else {
+            "a read-write disk is not shared"
+        };
+        return Err(format!("{}: {path} is attached {how} elsewhere (locked); {why}", spec.vdev));
+    }
+    let sync = if spec.read_only {
+        None
+    } else {
+        Some(file.try_clone().map_err(|e| format!("{}: {path}: {}", spec.vdev, describe(&e)))?)
+    };
+    Ok((file, sync))
+}
+
+/// Takes `--ready-fd` before anything else is opened: a descriptor oxl did not pass (closed)
+/// must be refused, not found again as one of our own files (a disk image).
+fn take_ready_fd(fd: i32) -> Result<File, String> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("--ready-fd {fd}: not an open descriptor besides stdin/stdout/stderr"));
+    }
+    // SAFETY: open (checked above) and passed by oxl for the ready line alone: ours to write and
+    // close.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn run(args: &Args, label: &str) -> Result<(), String> {
+    let ready = args.ready_fd.map(take_ready_fd).transpose()?;
+    // Blocked before anything is set up, so a stop during setup is taken by the loop's poll.
+    let signals = oxen::stop_signals().map_err(|e| format!("signals: {}", describe(&e)))?;
+    let mut opened = Vec::new();
+    for spec in &args.disks {
+        let (file, sync) = open_disk(spec)?;
+        let block = Block::new(file, spec.read_only, &spec.vdev)
+            .map_err(|e| format!("{}: {}: size: {}", spec.vdev, spec.target.display(), describe(&e)))?;
+        let sectors = block.capacity();
+        eprintln!(
+            "{label}{}: {}, {sectors} sectors ({} MiB), {}, window {:#x}, gsi {}",
+            spec.vdev,
+            spec.target.display(),
+            sectors / 2048,
+            if spec.read_only { "ro" } else { "rw" },
+            spec.base,
+            spec.gsi
+        );
+        opened.push((spec.clone(), block, sync));
+    }
+
+    let dev = oxen::open_device().map_err(|e| {
+        format!("cannot open {}: {} (dom0 under Oxen, as root)", oxen_abi::DEVICE_PATH, describe(&e))
+    })?;
+    let info = oxen::domain_info(&dev, args.domid)
+        .map_err(|e| format!("GET_INFO: {}", describe(&e)))?
+        .ok_or_else(|| format!("no domain {}", args.domid))?;
+    // A domU's RAM is guest-physical [0, memory) (hypervisor/src/domain/linux.rs, build.rs).
+    let ram_bytes = info.memory_kib * 1024;
+    let mem = ForeignDomain::open(args.domid)
+        .and_then(|d| d.map(&[(0, ram_bytes)]))
+        .map_err(|e| format!("the domain's {} MiB of RAM: {e}", ram_bytes >> 20))?;
+    let mem = Arc::new(mem);
+
+    let mut disks = Vec::new();
+    for (spec, block, sync) in opened {
+        let stats = block.stats();
+        let t = MmioTransport::new(Box::new(block), Arc::clone(&mem))
+            .map_err(|e| format!("{}: {e:?}", spec.vdev))?;
+        disks.push(Disk::new(spec, t, stats, sync));
+    }
+
+    let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
+    for d in &disks {
+        ioreq
+            .add_mmio(d.spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES)
+            .map_err(|e| {
+                format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", d.spec.vdev, d.spec.base, describe(&e))
+            })?;
+    }
+    let page = ioreq.page();
+
+    if let Some(mut ready) = ready {
+        ready.write_all(b"ready\n").map_err(|e| format!("--ready-fd: {}", describe(&e)))?;
+        // Closed here: oxl reads the line, then EOF.
+        drop(ready);
+    }
+    eprintln!(
+        "{label}ready: {} disk(s), {} MiB of RAM mapped, windows forwarded {} posted writes",
+        disks.len(),
+        ram_bytes >> 20,
+        if POSTED_WRITES { "with" } else { "without" }
+    );
+
+    let mut router = Router::new(disks, label.to_owned());
+    let mut host = Oxen { dev, ioreq, signals, domid: args.domid };
+    let end = serve::run(&page, &mut router, &mut host, TICK);
+
+    let why = match &end {
+        Ok(End::DomainGone) => "the domain is gone".to_owned(),
+        Ok(End::Signal(s)) => format!("signal {s}"),
+        Err(e) => format!("waiting failed: {}", describe(e)),
+    };
+    for d in &router.disks {
+        if let Some(f) = &d.sync {
+            if let Err(e) = f.sync_all() {
+                eprintln!("{label}{}: fsync {}: {}", d.spec.vdev, d.spec.target.display(), describe(&e));
+            }
+        }
+    }
+    let c = router.counters;
+    eprintln!(
+        "{label}exit ({why}): {} requests, {} posted writes, {} notifications, {} interrupts raised, \
+         {} accesses outside the windows, {} failed calls",
+        c.requests, c.posted, c.notifications, c.interrupts, c.unclaimed, c.call_errors
+    );
+    for d in &router.disks {
+        let s = &d.stats;
+        eprintln!(
+            "{label}{}: {} requests, {} bytes read, {} bytes written, {} flushes, {} errors",
+            d.spec.vdev,
+            BlockStats::get(&s.requests),
+            BlockStats::get(&s.bytes_read),
+            BlockStats::get(&s.bytes_written),
+            BlockStats::get(&s.flushes),
+            BlockStats::get(&s.errors)
+        );
+    }
+    end.map(drop).map_err(|e| format!("waiting for requests: {}", describe(&e)))
+}

@@ -1,0 +1,241 @@
+//! The device model's loop: wait on the ioreq fd, serve the page, act on what the devices say.
+//!
+//! Every access the hypervisor forwards goes to the disk whose window holds it ([`Bound`]); one
+//! outside every window reads all ones and a write there is dropped (counted: the hypervisor only
+//! forwards the ranges registered, so such an access means a mismatch, not a guest's doing).
+//!
+//! Order within a round (one [`Page::serve`]):
+//! - an interrupt line is lowered (InterruptACK, reset) while the access that lowers it is being
+//!   answered, before its slot is `DONE`: the guest's end-of-interrupt that follows the ACK must
+//!   find the line low, or the level-triggered IOAPIC delivers the interrupt again;
+//! - then every answered vCPU is released (`IOREQ_DONE`);
+//! - then the notified queues are processed and the line raised if a buffer was used: the vCPU
+//!   that notified runs on while dom0 does the I/O (issue 11).
+//!
+//! The hypercalls and the waiting are behind [`Host`], so that the tests drive this loop with an
+//! in-memory page and record the interrupt lines (`tests/serve.rs`); `crate::oxen` is the real one.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oxen_abi::ioreq::KIND_MMIO;
+use oxen_abi::{DomainInfo, DomainState};
+
+use crate::block::BlockStats;
+use crate::ioreq::{Access, IoDevice, Page};
+use crate::mmio::{Effect, MmioTransport, MMIO_WINDOW_SIZE};
+use crate::oxen::describe;
+use crate::spec::DiskSpec;
+
+/// Why [`Host::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The ioreq fd is readable: requests or posted writes wait.
+    Ioreq,
+    /// SIGTERM or SIGINT (the number).
+    Signal(i32),
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+/// The device model's calls out: to the kernel (the ioreq fd, signals) and the hypervisor.
+pub trait Host {
+    /// Waits until the ioreq fd is readable, a stop signal comes, or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) -> io::Result<Wake>;
+    /// `IOCTL_IOREQ_DONE`: vCPU `vcpu`'s slot is answered.
+    fn ioreq_done(&mut self, vcpu: u32) -> io::Result<()>;
+    /// `domctl::IRQ_LINE` for the domain's line `gsi`.
+    fn irq_line(&mut self, gsi: u32, level: bool) -> io::Result<()>;
+    /// `domctl::GET_INFO` for the domain; `None` once there is no such domain.
+    fn domain_info(&mut self) -> io::Result<Option<DomainInfo>>;
+}
+
+/// One virtio-blk device of the domain.
+pub struct Disk {
+    pub spec: DiskSpec,
+    pub transport: MmioTransport,
+    pub stats: Arc<BlockStats>,
+    /// A second descriptor of a read-write disk's file, for the `fsync` at exit (the transport
+    /// owns the device and its file).
+    pub sync: Option<File>,
+    /// The level last set on its line (lines start low).
+    line: bool,
+}
+
+impl Disk {
+    pub fn new(spec: DiskSpec, transport: MmioTransport, stats: Arc<BlockStats>, sync: Option<File>) -> Self {
+        Self { spec, transport, stats, sync, line: false }
+    }
+
+    fn holds(&self, a: Access) -> Option<u64> {
+        let off = a.addr.checked_sub(self.spec.base)?;
+        (a.kind == KIND_MMIO && off < MMIO_WINDOW_SIZE).then_some(off)
+    }
+}
+
+/// What the loop counted, for the summary at exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// vCPU requests answered (slots), and posted writes taken from the ring.
+    pub requests: u64,
+    pub posted: u64,
+    /// QueueNotify writes.
+    pub notifications: u64,
+    /// `IRQ_LINE` raises that took effect.
+    pub interrupts: u64,
+    /// Accesses outside every disk's window.
+    pub unclaimed: u64,
+    /// `IRQ_LINE` or `IOREQ_DONE` calls that failed.
+    pub call_errors: u64,
+}
+
+/// Failed calls logged one by one before going quiet (a guest must not fill dom0's log).
+const LOGGED_ERRORS: u64 = 10;
+
+/// The domain's disks and what is pending between the serving of a round and its end.
+pub struct Router {
+    pub disks: Vec<Disk>,
+    pub counters: Counters,
+    /// (disk, queue) notified in this round, in order, each once.
+    notified: Vec<(usize, u16)>,
+    /// The log's prefix: `oxen-dm: d5 (web): `.
+    label: String,
+}
+
+impl Router {
+    pub fn new(disks: Vec<Disk>, label: String) -> Self {
+        Self { disks, counters: Counters::default(), notified: Vec::new(), label }
+    }
+
+    fn failed(&mut self, what: std::fmt::Arguments<'_>) {
+        self.counters.call_errors += 1;
+        if self.counters.call_errors <= LOGGED_ERRORS {
+            eprintln!("{}{what}", self.label);
+        }
+    }
+
+    /// Sets disk `i`'s line to `level` if that changes it. A failed call leaves the level as it
+    /// was, so the next change tries again.
+    fn set_line(&mut self, host: &mut impl Host, i: usize, level: bool) {
+        let Some(d) = self.disks.get(i) else { return };
+        if d.line == level {
+            return;
+        }
+        let gsi = d.spec.gsi;
+        match host.irq_line(gsi, level) {
+            Ok(()) => {
+                self.disks[i].line = level;
+                self.counters.interrupts += u64::from(level);
+            }
+            Err(e) => {
+                let vdev = self.disks[i].spec.vdev.clone();
+                self.failed(format_args!("{vdev}: setting gsi {gsi} to {}: {}", u8::from(level), describe(&e)));
+            }
+        }
+    }
+
+    /// One round: serve the page, release the answered vCPUs, process the notified queues.
+    pub fn round(&mut self, page: &Page, host: &mut impl Host) {
+        let served = page.serve(&mut Bound { router: self, host });
+        self.counters.requests += u64::from(served.answered.count_ones());
+        self.counters.posted += u64::from(served.posted);
+        for v in 0..8 {
+            if served.answered & (1 << v) != 0 {
+                if let Err(e) = host.ioreq_done(v) {
+                    self.failed(format_args!("IOREQ_DONE for vCPU {v}: {}", describe(&e)));
+                }
+            }
+        }
+        let notified = std::mem::take(&mut self.notified);
+        for &(i, q) in &notified {
+            let effect = self.disks[i].transport.process_queue(q);
+            if let Effect::Interrupt(level) = effect {
+                self.set_line(host, i, level);
+            }
+        }
+        // The vector is kept: no allocation per round.
+        self.notified = notified;
+        self.notified.clear();
+    }
+}
+
+/// The router with the host it calls while a page is being served: the [`IoDevice`] of
+/// [`Page::serve`].
+pub struct Bound<'a, H: Host> {
+    pub router: &'a mut Router,
+    pub host: &'a mut H,
+}
+
+impl<H: Host> IoDevice for Bound<'_, H> {
+    fn read(&mut self, a: Access) -> u64 {
+        match self.router.disks.iter().find_map(|d| Some((d, d.holds(a)?))) {
+            Some((d, off)) => d.transport.read(off, a.size),
+            None => {
+                self.router.counters.unclaimed += 1;
+                u64::MAX
+            }
+        }
+    }
+
+    fn write(&mut self, a: Access, value: u64) {
+        let Some((i, off)) = self.router.disks.iter().enumerate().find_map(|(i, d)| Some((i, d.holds(a)?))) else {
+            self.router.counters.unclaimed += 1;
+            return;
+        };
+        match self.router.disks[i].transport.write(off, a.size, value) {
+            Effect::None => {}
+            Effect::Interrupt(level) => self.router.set_line(self.host, i, level),
+            Effect::QueueNotify(q) => {
+                self.router.counters.notifications += 1;
+                if !self.router.notified.contains(&(i, q)) {
+                    self.router.notified.push((i, q));
+                }
+            }
+        }
+    }
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The domain is no longer listed (destroyed), or is dying.
+    DomainGone,
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+}
+
+/// Serves until the domain is gone or a stop signal comes. `tick` bounds how long a dead domain
+/// goes unnoticed: after a `tick` without requests (or at least once a `tick` while busy) the
+/// domain is looked up. An error of the wait itself ends the loop (`Err`).
+pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duration) -> io::Result<End> {
+    let mut last_check = Instant::now();
+    let mut restarts = None;
+    loop {
+        let wake = host.wait(tick)?;
+        if let Wake::Signal(sig) = wake {
+            return Ok(End::Signal(sig));
+        }
+        // Also on a timeout: a wake-up lost between the driver and us costs one tick at most.
+        router.round(page, host);
+        if wake == Wake::Timeout || last_check.elapsed() >= tick {
+            last_check = Instant::now();
+            match host.domain_info() {
+                Ok(None) => return Ok(End::DomainGone),
+                Ok(Some(info)) => {
+                    if info.state == DomainState::Dying as u32 {
+                        return Ok(End::DomainGone);
+                    }
+                    // A reboot in place keeps the domain (and its memory, zeroed): the new
+                    // kernel resets each device before using it (virtio §3.1.1).
+                    if restarts.is_some_and(|r| r != info.restarts) {
+                        eprintln!("{}the domain rebooted (restart {})", router.label, info.restarts);
+                    }
+                    restarts = Some(info.restarts);
+                }
+                Err(e) => router.failed(format_args!("GET_INFO: {}", describe(&e))),
+            }
+        }
+    }
+}

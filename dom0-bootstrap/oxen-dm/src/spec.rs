@@ -1,0 +1,229 @@
+//! The `oxen-dm` command line: what `oxl create` passes for each domU (one process per domU).
+//!
+//! ```text
+//! oxen-dm --domid N --name NAME [--ready-fd FD] --disk SPEC [--disk SPEC ...]
+//! SPEC = base=0xfeb00000,gsi=16,access=rw|ro,vdev=xvda,target=/path/to/image-or-blockdev
+//! ```
+//!
+//! `base` and `gsi` are what `DEVICE_ADD` gave oxl for the device; the order of `--disk` is the
+//! order of the devices. `target=` is last and takes the rest of the string, so a path may hold
+//! commas (xl's `disk=` rule for `target=`).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+use oxen_abi::{DEVICE_GSI_FIRST, MAX_DEVICES};
+
+use crate::mmio::MMIO_WINDOW_SIZE;
+
+/// One domU's device model: its virtio-mmio disks, served until the domain is gone.
+#[derive(Clone, Debug, Parser, PartialEq, Eq)]
+#[command(name = "oxen-dm", version)]
+pub struct Args {
+    /// The domU whose devices these are.
+    #[arg(long)]
+    pub domid: u32,
+    /// Its name (for the log).
+    #[arg(long)]
+    pub name: String,
+    /// A descriptor to write "ready\n" to, then close, once every device answers.
+    #[arg(long, value_name = "FD")]
+    pub ready_fd: Option<i32>,
+    /// A disk: base=ADDR,gsi=N,access=rw|ro,vdev=NAME,target=PATH (target last).
+    #[arg(long = "disk", value_name = "SPEC", required = true)]
+    pub disks: Vec<DiskSpec>,
+}
+
+impl Args {
+    /// What no single `--disk` shows: two disks in one window, or with one name or one line.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, a) in self.disks.iter().enumerate() {
+            for b in &self.disks[..i] {
+                if a.base == b.base {
+                    return Err(format!("{} and {}: both at base={:#x}", b.vdev, a.vdev, a.base));
+                }
+                if a.gsi == b.gsi {
+                    return Err(format!("{} and {}: both on gsi={}", b.vdev, a.vdev, a.gsi));
+                }
+                if a.vdev == b.vdev {
+                    return Err(format!("two disks named vdev={}", a.vdev));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Guest-physical address of its `MMIO_WINDOW_SIZE`-byte virtio-mmio window.
+    pub base: u64,
+    /// The domU's IOAPIC input it raises.
+    pub gsi: u32,
+    pub read_only: bool,
+    /// The guest's name for it (xvda, ...): the log's, and the serial GET_ID returns.
+    pub vdev: String,
+    /// An image file or a block device in dom0.
+    pub target: PathBuf,
+}
+
+const KEYS: &str = "base, gsi, access, vdev, target";
+
+fn number(key: &str, v: &str) -> Result<u64, String> {
+    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    r.map_err(|_| format!("{key}={v}: not a number"))
+}
+
+impl FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut base, mut gsi, mut access, mut vdev, mut target) = (None, None, None, None, None);
+        let mut rest = s;
+        while !rest.is_empty() {
+            if let Some(path) = rest.strip_prefix("target=") {
+                target = Some(path);
+                break;
+            }
+            let (item, next) = rest.split_once(',').unwrap_or((rest, ""));
+            rest = next;
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(format!("`{item}`: not key=value (keys: {KEYS})"));
+            };
+            let seen = match key {
+                "base" => base.replace(number(key, value)?).is_some(),
+                "gsi" => {
+                    let n = number(key, value)?;
+                    gsi.replace(u32::try_from(n).map_err(|_| format!("gsi={value}: too large"))?).is_some()
+                }
+                "access" => {
+                    let ro = match value {
+                        "rw" => false,
+                        "ro" => true,
+                        _ => return Err(format!("access={value}: rw or ro")),
+                    };
+                    access.replace(ro).is_some()
+                }
+                "vdev" => vdev.replace(value).is_some(),
+                _ => return Err(format!("`{key}`: unknown key (keys: {KEYS})")),
+            };
+            if seen {
+                return Err(format!("{key} given twice"));
+            }
+        }
+        let missing = |k: &str| format!("no {k}= (a disk needs {KEYS}; target last)");
+        let base = base.ok_or_else(|| missing("base"))?;
+        let gsi = gsi.ok_or_else(|| missing("gsi"))?;
+        let read_only = access.ok_or_else(|| missing("access"))?;
+        let vdev = vdev.ok_or_else(|| missing("vdev"))?;
+        let target = target.ok_or_else(|| missing("target"))?;
+        if base % MMIO_WINDOW_SIZE != 0 || base.checked_add(MMIO_WINDOW_SIZE).is_none() {
+            return Err(format!("base={base:#x}: not the start of a {MMIO_WINDOW_SIZE:#x}-byte window"));
+        }
+        let lines = DEVICE_GSI_FIRST..DEVICE_GSI_FIRST + MAX_DEVICES;
+        if !lines.contains(&gsi) {
+            return Err(format!(
+                "gsi={gsi}: not a declared device's line ({}..={})",
+                lines.start,
+                lines.end - 1
+            ));
+        }
+        if vdev.is_empty() || !vdev.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("vdev={vdev}: a name of letters, digits, - and _"));
+        }
+        if target.is_empty() {
+            return Err("target= is empty".to_owned());
+        }
+        Ok(Self { base, gsi, read_only, vdev: vdev.to_owned(), target: PathBuf::from(target) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> Result<DiskSpec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn a_full_spec_and_a_target_with_commas() {
+        let d = spec("base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/srv/a,b=c.img").unwrap();
+        assert_eq!(
+            d,
+            DiskSpec {
+                base: 0xfeb0_0000,
+                gsi: 16,
+                read_only: false,
+                vdev: "xvda".into(),
+                target: "/srv/a,b=c.img".into()
+            }
+        );
+        // Keys in any order before target; decimal numbers too.
+        let d = spec("vdev=xvdb,access=ro,gsi=17,base=4272951296,target=/dev/vg/x").unwrap();
+        assert_eq!((d.base, d.gsi, d.read_only, d.vdev.as_str()), (0xfeb0_1000, 17, true, "xvdb"));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let cases = [
+            ("base=0xfeb00000,gsi=16,access=rw,vdev=xvda", "no target= (a disk needs base, gsi, access, vdev, target; target last)"),
+            ("gsi=16,access=rw,vdev=xvda,target=/x", "no base= (a disk needs base, gsi, access, vdev, target; target last)"),
+            ("base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=", "target= is empty"),
+            ("base=0xfeb00000,gsi=16,access=rx,vdev=xvda,target=/x", "access=rx: rw or ro"),
+            ("base=0xfeb00800,gsi=16,access=rw,vdev=xvda,target=/x", "base=0xfeb00800: not the start of a 0x1000-byte window"),
+            ("base=0xfffffffffffff000,gsi=16,access=rw,vdev=xvda,target=/x", "base=0xfffffffffffff000: not the start of a 0x1000-byte window"),
+            ("base=0xzz,gsi=16,access=rw,vdev=xvda,target=/x", "base=0xzz: not a number"),
+            ("base=0xfeb00000,gsi=4,access=rw,vdev=xvda,target=/x", "gsi=4: not a declared device's line (16..=23)"),
+            ("base=0xfeb00000,gsi=99999999999,access=rw,vdev=xvda,target=/x", "gsi=99999999999: too large"),
+            ("base=0xfeb00000,gsi=16,gsi=17,access=rw,vdev=xvda,target=/x", "gsi given twice"),
+            ("base=0xfeb00000,gsi=16,access=rw,vdev=xvda,format=raw,target=/x", "`format`: unknown key (keys: base, gsi, access, vdev, target)"),
+            ("base=0xfeb00000,gsi=16,rw,vdev=xvda,target=/x", "`rw`: not key=value (keys: base, gsi, access, vdev, target)"),
+            ("base=0xfeb00000,gsi=16,access=rw,vdev=../a,target=/x", "vdev=../a: a name of letters, digits, - and _"),
+            ("", "no base= (a disk needs base, gsi, access, vdev, target; target last)"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(spec(s).unwrap_err(), want, "{s}");
+        }
+    }
+
+    fn args(argv: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("oxen-dm").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_oxl_passes() {
+        let a = args(&[
+            "--domid", "5", "--name", "web", "--ready-fd", "3",
+            "--disk", "base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/srv/web.img",
+            "--disk", "base=0xfeb01000,gsi=17,access=ro,vdev=xvdb,target=/srv/iso,1.img",
+        ])
+        .unwrap();
+        assert_eq!((a.domid, a.name.as_str(), a.ready_fd), (5, "web", Some(3)));
+        assert_eq!(a.disks.len(), 2);
+        assert_eq!(a.disks[1].target, PathBuf::from("/srv/iso,1.img"));
+        assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        let d = "base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/a";
+        // No disk, no domid, a bad disk: clap's usage errors.
+        assert!(args(&["--domid", "5", "--name", "web"]).is_err());
+        assert!(args(&["--name", "web", "--disk", d]).is_err());
+        let e = args(&["--domid", "5", "--name", "web", "--disk", "base=1,gsi=16,access=rw,vdev=x,target=/a"]).unwrap_err().to_string();
+        assert!(e.contains("not the start of a 0x1000-byte window"), "{e}");
+        // Disks that clash with each other.
+        let clash = |b: &str| {
+            args(&["--domid", "5", "--name", "web", "--disk", d, "--disk", b]).unwrap().check().unwrap_err()
+        };
+        assert_eq!(clash("base=0xfeb00000,gsi=17,access=rw,vdev=xvdb,target=/b"), "xvda and xvdb: both at base=0xfeb00000");
+        assert_eq!(clash("base=0xfeb01000,gsi=16,access=rw,vdev=xvdb,target=/b"), "xvda and xvdb: both on gsi=16");
+        assert_eq!(clash("base=0xfeb01000,gsi=17,access=rw,vdev=xvda,target=/b"), "two disks named vdev=xvda");
+    }
+}

@@ -1,0 +1,371 @@
+//! The serving loop end to end (`serve::run`): a guest's accesses written into an in-memory ioreq
+//! page as the hypervisor would, two disks behind the router, and a fake host that records the
+//! `IOREQ_DONE` and `IRQ_LINE` calls in the order they came.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use oxen_abi::ioreq::{DIR_READ, DIR_WRITE, KIND_MMIO, KIND_PIO, POSTED_ENTRIES, STATE_DONE, STATE_FREE, STATE_READY};
+use oxen_abi::{DomainInfo, DomainState, IoreqPage};
+use oxen_dm::ioreq::Page;
+use oxen_dm::serve::{self, Disk, End, Host, Router, Wake};
+use oxen_dm::spec::DiskSpec;
+use oxen_dm::{Block, BlockStats, GuestMemoryMmap, MmioTransport};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use virtio_bindings::virtio_config::*;
+use virtio_bindings::virtio_mmio::*;
+use vm_memory::{Bytes, GuestAddress};
+
+const BASE_A: u64 = 0xfeb0_0000;
+const BASE_B: u64 = 0xfeb0_1000;
+
+/// What the fake saw, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Done(u32),
+    Irq(u32, bool),
+}
+
+/// One thing the guest does between two waits.
+enum Step {
+    /// vCPU, kind, address, size: a read; its answer is recorded.
+    Read(u32, u8, u64, u8),
+    /// vCPU, address, size, value: a write that waits for its answer.
+    Write(u32, u64, u8, u64),
+    /// A posted write to the ring.
+    Posted(u64, u64),
+    /// Guest memory work (a request laid out), no access.
+    Mem(Box<dyn FnOnce()>),
+    /// A wait that finds nothing (the loop then looks the domain up).
+    Idle,
+}
+
+/// The hypervisor and the guest, as the loop sees them: the script runs one step per wait.
+struct Fake {
+    page: *mut IoreqPage,
+    steps: VecDeque<Step>,
+    calls: Vec<Call>,
+    /// Answers of the reads, in order.
+    answers: Vec<u64>,
+    /// The vCPU whose access is in its slot, whether it was a read, and `calls.len()` then.
+    waiting: Option<(usize, bool, usize)>,
+    /// `domain_info` says the domain is gone after this many lookups (`None`: never).
+    alive_lookups: Option<u32>,
+    lookups: u32,
+    /// Ends the run with a signal once the script is done.
+    signal_at_end: bool,
+}
+
+impl Fake {
+    fn new(page: &mut IoreqPage, steps: Vec<Step>) -> Self {
+        Self {
+            page,
+            steps: steps.into(),
+            calls: Vec::new(),
+            answers: Vec::new(),
+            waiting: None,
+            alive_lookups: Some(0),
+            lookups: 0,
+            signal_at_end: false,
+        }
+    }
+
+    fn slot(&mut self, v: usize) -> &mut oxen_abi::IoreqSlot {
+        // SAFETY: the page outlives the fake (both in one test); one thread; no other reference
+        // to it is held across this call.
+        unsafe { &mut (*self.page).slots[v] }
+    }
+
+    /// The previous access must have been answered and released before the guest goes on.
+    fn retire(&mut self) {
+        if let Some((v, read, since)) = self.waiting.take() {
+            assert_eq!(self.slot(v).state, STATE_DONE, "vCPU {v} answered");
+            assert!(self.calls[since..].contains(&Call::Done(v as u32)), "and released");
+            if read {
+                let d = self.slot(v).data;
+                self.answers.push(d);
+            }
+            self.slot(v).state = STATE_FREE;
+        }
+    }
+
+    fn request(&mut self, v: u32, kind: u8, dir: u8, addr: u64, size: u8, data: u64) {
+        let s = self.slot(v as usize);
+        (s.kind, s.dir, s.size, s.addr, s.data, s.state) = (kind, dir, size, addr, data, STATE_READY);
+        self.waiting = Some((v as usize, dir == DIR_READ, self.calls.len()));
+    }
+}
+
+impl Host for Fake {
+    fn wait(&mut self, _timeout: Duration) -> io::Result<Wake> {
+        self.retire();
+        let Some(step) = self.steps.pop_front() else {
+            return Ok(if self.signal_at_end { Wake::Signal(15) } else { Wake::Timeout });
+        };
+        match step {
+            Step::Read(v, kind, addr, size) => self.request(v, kind, DIR_READ, addr, size, 0),
+            Step::Write(v, addr, size, value) => self.request(v, KIND_MMIO, DIR_WRITE, addr, size, value),
+            Step::Posted(addr, value) => {
+                // SAFETY: as in `slot`.
+                let p = unsafe { &mut *self.page };
+                let e = &mut p.posted[(p.posted_head % POSTED_ENTRIES) as usize];
+                (e.kind, e.size, e.vcpu, e.addr, e.data) = (KIND_MMIO, 4, 0, addr, value);
+                p.posted_head = p.posted_head.wrapping_add(1);
+            }
+            Step::Mem(f) => f(),
+            Step::Idle => return Ok(Wake::Timeout),
+        }
+        Ok(Wake::Ioreq)
+    }
+
+    fn ioreq_done(&mut self, vcpu: u32) -> io::Result<()> {
+        self.calls.push(Call::Done(vcpu));
+        Ok(())
+    }
+
+    fn irq_line(&mut self, gsi: u32, level: bool) -> io::Result<()> {
+        self.calls.push(Call::Irq(gsi, level));
+        Ok(())
+    }
+
+    fn domain_info(&mut self) -> io::Result<Option<DomainInfo>> {
+        self.lookups += 1;
+        if self.alive_lookups.is_some_and(|n| self.lookups > n) {
+            return Ok(None);
+        }
+        Ok(Some(DomainInfo {
+            domid: 5,
+            state: DomainState::Running as u32,
+            vcpus: 2,
+            flags: 0,
+            memory_kib: (MEM_SIZE / 1024) as u64,
+            cpu_time_ns: 0,
+            exits: 0,
+            restarts: 0,
+            shutdown_reason: 0,
+            name: [0; oxen_abi::NAME_LEN],
+        }))
+    }
+}
+
+fn disk(mem: &Arc<GuestMemoryMmap>, base: u64, gsi: u32, sectors: u64, fill: u8) -> (vmm_sys_util::tempfile::TempFile, Disk) {
+    let (tmp, file) = image(sectors, fill);
+    let spec = DiskSpec { base, gsi, read_only: false, vdev: format!("xvd{gsi}"), target: tmp.as_path().into() };
+    let sync = file.try_clone().unwrap();
+    let block = Block::new(file, false, &spec.vdev).unwrap();
+    let stats = block.stats();
+    let t = MmioTransport::new(Box::new(block), Arc::clone(mem)).unwrap();
+    (tmp, Disk::new(spec, t, stats, Some(sync)))
+}
+
+fn zeroed_page() -> Box<IoreqPage> {
+    // SAFETY: all-zero bytes are a valid page (integers only).
+    Box::new(unsafe { std::mem::zeroed() })
+}
+
+/// A guest's driver bringing up the disk at BASE_A (§3.1.1, §4.2.3.2) with vCPU `v`, through
+/// forwarded accesses.
+fn bring_up(v: u32, vq_desc: u64, vq_avail: u64, vq_used: u64) -> Vec<Step> {
+    let w = |off: u32, val: u64| Step::Write(v, BASE_A + u64::from(off), 4, val);
+    let split = |a: u64| (a & 0xffff_ffff, a >> 32);
+    let ack_drv = u64::from(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    let features = 1u64 << VIRTIO_F_VERSION_1;
+    let (dl, dh) = split(vq_desc);
+    let (al, ah) = split(vq_avail);
+    let (ul, uh) = split(vq_used);
+    vec![
+        w(VIRTIO_MMIO_STATUS, 0),
+        w(VIRTIO_MMIO_STATUS, u64::from(VIRTIO_CONFIG_S_ACKNOWLEDGE)),
+        w(VIRTIO_MMIO_STATUS, ack_drv),
+        w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1),
+        w(VIRTIO_MMIO_DRIVER_FEATURES, features >> 32),
+        w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0),
+        w(VIRTIO_MMIO_DRIVER_FEATURES, features & 0xffff_ffff),
+        w(VIRTIO_MMIO_STATUS, ack_drv | u64::from(VIRTIO_CONFIG_S_FEATURES_OK)),
+        w(VIRTIO_MMIO_QUEUE_SEL, 0),
+        w(VIRTIO_MMIO_QUEUE_NUM, u64::from(QSIZE)),
+        w(VIRTIO_MMIO_QUEUE_DESC_LOW, dl),
+        w(VIRTIO_MMIO_QUEUE_DESC_HIGH, dh),
+        w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, al),
+        w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, ah),
+        w(VIRTIO_MMIO_QUEUE_USED_LOW, ul),
+        w(VIRTIO_MMIO_QUEUE_USED_HIGH, uh),
+        w(VIRTIO_MMIO_QUEUE_READY, 1),
+        w(VIRTIO_MMIO_STATUS, u64::from(S_ALL)),
+        Step::Read(v, KIND_MMIO, BASE_A + u64::from(VIRTIO_MMIO_STATUS), 4),
+    ]
+}
+
+/// A three-descriptor request at table index 0 made available (the driver's side of
+/// `common::request`, without the transport calls).
+fn post_request(mem: &GuestMemoryMmap, vq: &Vq<'_>, req_type: u32, sector: u64, len: u32, device_writes: bool) {
+    header(mem, req_type, sector);
+    mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let f = if device_writes { F_WRITE } else { 0 };
+    vq.add_desc_chains(&[desc(HDR, 16, F_NEXT, 1), desc(DATA, len, F_NEXT | f, 2), desc(STATUS, 1, F_WRITE, 0)], 0);
+}
+
+#[test]
+fn a_guest_reads_and_writes_a_disk_through_the_page() {
+    let mem = mem();
+    let (_ta, a) = disk(&mem, BASE_A, 16, 64, 0x5a);
+    let (_tb, b) = disk(&mem, BASE_B, 17, 128, 0);
+    let mut router = Router::new(vec![a, b], String::from("test: "));
+    // Leaked: the steps' closures hold the queue's view of memory for the whole test.
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+
+    let notify = Step::Write(1, BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0);
+    let isr = || Step::Read(1, KIND_MMIO, BASE_A + u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), 4);
+    let ack = || Step::Write(1, BASE_A + u64::from(VIRTIO_MMIO_INTERRUPT_ACK), 4, u64::from(VIRTIO_MMIO_INT_VRING));
+    let mut steps = vec![
+        // Routing: each window answers for its own disk (capacity in its config space).
+        Step::Read(0, KIND_MMIO, BASE_A + u64::from(VIRTIO_MMIO_MAGIC_VALUE), 4),
+        Step::Read(0, KIND_MMIO, BASE_A + u64::from(VIRTIO_MMIO_CONFIG), 4),
+        Step::Read(1, KIND_MMIO, BASE_B + u64::from(VIRTIO_MMIO_CONFIG), 4),
+        // Outside both windows (and a port): all ones; a write there is dropped.
+        Step::Read(0, KIND_MMIO, BASE_B + 0x1000, 4),
+        Step::Read(0, KIND_PIO, BASE_A, 2),
+        Step::Write(0, 0xfec0_0000, 4, 1),
+    ];
+    steps.extend(bring_up(0, d, av, u));
+    steps.extend([
+        // A read of sector 1 (the image is all 0x5a).
+        Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 1, 512, true))),
+        notify,
+        isr(),
+        ack(),
+        // A write of sector 2 from guest memory, its notification posted this time, then a read
+        // that must find it done (the ring drained first).
+        Step::Mem(Box::new(move || {
+            mem_ref.write_slice(&[0xc3u8; 512], GuestAddress(DATA)).unwrap();
+            post_request(mem_ref, vq, VIRTIO_BLK_T_OUT, 2, 512, false);
+        })),
+        Step::Posted(BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 0),
+        isr(),
+        ack(),
+        Step::Idle,
+    ]);
+    let mut page = zeroed_page();
+    let mut fake = Fake::new(&mut page, steps);
+    fake.alive_lookups = Some(1);
+    // SAFETY: the box outlives `p` (both locals of this test); one thread.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    let end = serve::run(&p, &mut router, &mut fake, Duration::from_millis(1)).unwrap();
+    assert_eq!(end, End::DomainGone, "the second lookup finds no domain");
+
+    let all_ones = u64::from(u32::MAX);
+    assert_eq!(&fake.answers[..5], [0x7472_6976, 64, 128, all_ones, 0xffff]);
+    assert_eq!(fake.answers[5], u64::from(S_ALL), "DRIVER_OK accepted through the page");
+    assert_eq!(fake.answers[6], u64::from(VIRTIO_MMIO_INT_VRING), "the read completed");
+    assert_eq!(fake.answers[7], u64::from(VIRTIO_MMIO_INT_VRING), "the write completed before the read");
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), VIRTIO_BLK_S_OK as u8);
+    let mut first = [0u8; 512];
+    mem.read_slice(&mut first, GuestAddress(DATA)).unwrap();
+    assert_eq!(first, [0xc3; 512]);
+
+    // The interrupt protocol, in order: the notifying vCPU released before the queue is
+    // processed and the line raised; the ACK lowers the line before its vCPU is released.
+    let irqs: Vec<(usize, Call)> =
+        fake.calls.iter().copied().enumerate().filter(|(_, c)| matches!(c, Call::Irq(..))).collect();
+    let levels: Vec<Call> = irqs.iter().map(|&(_, c)| c).collect();
+    assert_eq!(levels, [Call::Irq(16, true), Call::Irq(16, false), Call::Irq(16, true), Call::Irq(16, false)]);
+    assert_eq!(fake.calls[irqs[0].0 - 1], Call::Done(1), "raised after the notify's release");
+    assert_eq!(fake.calls[irqs[1].0 + 1], Call::Done(1), "lowered before the ACK's release");
+
+    let c = router.counters;
+    assert_eq!((c.posted, c.notifications, c.interrupts, c.unclaimed, c.call_errors), (1, 2, 2, 3, 0));
+    let reqs = fake.calls.iter().filter(|c| matches!(c, Call::Done(_))).count() as u64;
+    assert_eq!(c.requests, reqs);
+    let s = &router.disks[0].stats;
+    assert_eq!(BlockStats::get(&s.requests), 2);
+    assert_eq!((BlockStats::get(&s.bytes_read), BlockStats::get(&s.bytes_written)), (512, 512));
+    let mut back = vec![0u8; 512];
+    use std::os::unix::fs::FileExt;
+    router.disks[0].sync.as_ref().unwrap().read_exact_at(&mut back, 1024).unwrap();
+    assert_eq!(back, [0xc3; 512], "sector 2 of the image");
+}
+
+#[test]
+fn a_reset_lowers_the_line_and_the_device_comes_up_again() {
+    // A guest rebooting in place: its new kernel resets the device with an interrupt pending,
+    // then brings it up again and uses it.
+    let mem = mem();
+    let (_ta, a) = disk(&mem, BASE_A, 16, 64, 0x11);
+    let mut router = Router::new(vec![a], String::from("test: "));
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    let mut steps = bring_up(0, d, av, u);
+    steps.push(Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 0, 512, true))));
+    steps.push(Step::Write(0, BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0));
+    // No ACK: the "reboot" comes first. A fresh queue in the zeroed memory of the new kernel.
+    let vq2: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x10000))));
+    let (d2, av2, u2) = (vq2.desc_table_addr().0, vq2.avail_addr().0, vq2.used_addr().0);
+    steps.extend(bring_up(0, d2, av2, u2));
+    steps.push(Step::Mem(Box::new(move || post_request(mem_ref, vq2, VIRTIO_BLK_T_IN, 3, 512, true))));
+    steps.push(Step::Write(0, BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0));
+    let mut page = zeroed_page();
+    let mut fake = Fake::new(&mut page, steps);
+    fake.alive_lookups = None;
+    fake.signal_at_end = true;
+    // SAFETY: as in the test above.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    let irqs: Vec<Call> = fake.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
+    assert_eq!(irqs, [Call::Irq(16, true), Call::Irq(16, false), Call::Irq(16, true)]);
+    assert_eq!(fake.answers, [u64::from(S_ALL), u64::from(S_ALL)]);
+    assert_eq!(BlockStats::get(&router.disks[0].stats.requests), 2);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), VIRTIO_BLK_S_OK as u8);
+}
+
+/// A host whose line calls fail (a domain restarting: `-EBUSY`).
+struct Refusing(Fake);
+
+impl Host for Refusing {
+    fn wait(&mut self, t: Duration) -> io::Result<Wake> {
+        self.0.wait(t)
+    }
+    fn ioreq_done(&mut self, v: u32) -> io::Result<()> {
+        self.0.ioreq_done(v)
+    }
+    fn irq_line(&mut self, gsi: u32, level: bool) -> io::Result<()> {
+        self.0.calls.push(Call::Irq(gsi, level));
+        Err(io::Error::from_raw_os_error(16))
+    }
+    fn domain_info(&mut self) -> io::Result<Option<DomainInfo>> {
+        self.0.domain_info()
+    }
+}
+
+#[test]
+fn a_refused_line_change_is_tried_again() {
+    let mem = mem();
+    let (_ta, a) = disk(&mem, BASE_A, 16, 64, 0);
+    let mut router = Router::new(vec![a], String::from("test: "));
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    let mut steps = bring_up(0, d, av, u);
+    for _ in 0..2 {
+        steps.push(Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 0, 512, true))));
+        steps.push(Step::Write(0, BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0));
+    }
+    let mut page = zeroed_page();
+    let mut host = Refusing(Fake::new(&mut page, steps));
+    host.0.alive_lookups = Some(0);
+    // SAFETY: as in the first test.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    assert_eq!(serve::run(&p, &mut router, &mut host, Duration::from_secs(60)).unwrap(), End::DomainGone);
+    // The line is still low as far as the loop knows, so the second raise is asked again.
+    let irqs: Vec<Call> = host.0.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
+    assert_eq!(irqs, [Call::Irq(16, true), Call::Irq(16, true)]);
+    assert_eq!((router.counters.interrupts, router.counters.call_errors), (0, 2));
+}
