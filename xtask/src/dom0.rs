@@ -60,6 +60,12 @@ pub const MODULES: &[(&str, &str, &str)] = &[
         "the PCI transport virtio devices sit on",
     ),
     ("virtio_net", "CONFIG_VIRTIO_NET", "virtio NIC"),
+    (
+        "bridge",
+        "CONFIG_BRIDGE",
+        "xenbr0: dom0's NIC and the domUs' vifs on one bridge",
+    ),
+    ("tun", "CONFIG_TUN", "tap devices, one per domU vif"),
     ("virtio_blk", "CONFIG_VIRTIO_BLK", "virtio disk"),
     (
         "ata_piix",

@@ -79,6 +79,14 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         bytes: std::fs::read(&dm).with_context(|| format!("reading {}", dm.display()))?,
     });
 
+    // The DHCP hook of dom0's bridge (dom0-bootstrap/init sets up xenbr0).
+    let hook = crate::util::repo_root().join("dom0-bootstrap/net/udhcpc.script");
+    files.push(ExtraFile {
+        dest: "usr/lib/oxen/udhcpc.script".into(),
+        mode: 0o755,
+        bytes: std::fs::read(&hook).with_context(|| format!("reading {}", hook.display()))?,
+    });
+
     files.extend(crate::guests::collect()?);
 
     // The shell scripts system tests run in dom0 (dom0-bootstrap/tests/).
