@@ -40,6 +40,9 @@ pub struct Env<'a> {
     /// Starts a domain's device model and waits until it serves
     /// (`dm::launch`; the tests give a fake).
     pub launch: &'a mut dyn FnMut(&dm::Request) -> std::result::Result<dm::Started, String>,
+    /// dom0's network interfaces (`/sys/class/net`): where `create` looks for
+    /// a vif's bridge.
+    pub sys_net: &'a Path,
 }
 
 /// A failed command: what `main` prints after "oxl: ".
@@ -78,7 +81,8 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             declare_devices,
         } => cmd_create(env, config, *paused, *console, *declare_devices),
         Cmd::IrqLine { domain, gsi, level } => cmd_irq_line(env, domain, *gsi, *level == 1),
-        Cmd::BlockList { domain } => cmd_block_list(env, domain),
+        Cmd::BlockList { domain } => cmd_block_list(env, domain, false),
+        Cmd::NetworkList { domain } => cmd_block_list(env, domain, true),
         Cmd::List { json, domains } => cmd_list(env, *json, domains),
         Cmd::Info { json } => cmd_info(env, *json),
         Cmd::Pause { domain } => cmd_pause(env, domain, domctl::PAUSE),
@@ -155,22 +159,6 @@ fn note(env: &mut Env, text: &str) {
     let _ = writeln!(env.note, "{text}");
 }
 
-/// `vif` is parsed and checked (config.rs, devspec.rs), but no domain can
-/// have a network yet: the virtio-net device model (issue 11) is not built.
-/// Said before anything is created.
-fn refuse_vifs(file: &str, cfg: &config::Config) -> Result {
-    match cfg.vifs.first() {
-        Some(v) => Err(format!(
-            "{file}:{}: vif: this Oxen cannot give domains network interfaces yet (dom0's virtio-net \
-             device model is not built); remove the 'vif' line ('oxl create --declare-devices' only \
-             declares them, for testing)",
-            v.line
-        )
-        .into()),
-        None => Ok(()),
-    }
-}
-
 fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_devices: bool) -> Result {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
@@ -186,8 +174,8 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
     // what needs to know the host, then the domain is made.
     let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
     if !declare_devices {
-        refuse_vifs(&file, &cfg)?;
         dm::check_disks(&file, &cfg.disks)?;
+        dm::check_vifs(&file, None, &cfg.vifs, env.sys_net)?;
     }
     let mut hv = connect(env)?;
     let cpus = if cfg.needs_host() {
@@ -198,18 +186,19 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
         0
     };
     let sched = cfg.sched(&file, cpus).map_err(|e| e.to_string())?;
-    let devices = device_names(&cfg, declare_devices);
+    let devices = device_names(&cfg);
     // With the domain built and still paused: its device model, which must
     // serve before a vCPU can touch a device.
     let mut served = None;
     let launch = &mut *env.launch;
     let mut start_dm = |d: &DomainInfo, placed: &[oxen_abi::DeviceAdd]| {
-        if declare_devices || cfg.disks.is_empty() {
+        if declare_devices || (cfg.disks.is_empty() && cfg.vifs.is_empty()) {
             return Ok(());
         }
         let disks = dm::placed(&cfg, placed);
-        let started = launch(&dm::Request { domid: d.domid, name: &cfg.name, disks: disks.clone() })?;
-        served = Some(dm::Record::new(&started, &disks));
+        let vifs = dm::placed_vifs(&cfg, d.domid, placed);
+        let started = launch(&dm::Request { domid: d.domid, name: &cfg.name, disks: disks.clone(), vifs: vifs.clone() })?;
+        served = Some(dm::Record::new(&started, &disks, &vifs));
         Ok(())
     };
     let created = create(&mut *hv, &cfg, &images, &sched, paused, &devices, &mut start_dm);
@@ -240,6 +229,21 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
                         d.target.display(),
                         r.pid,
                         r.log.display()
+                    ),
+                )?;
+            }
+            for v in &r.vifs {
+                out(
+                    env,
+                    &format!(
+                        "{}: virtio-mmio NIC at {:#x}, GSI {}, MAC {}, tap {} on bridge {}, served by oxen-dm (pid {})\n",
+                        v.name,
+                        v.base,
+                        v.gsi,
+                        crate::devspec::format_mac(&v.mac),
+                        v.name,
+                        v.bridge,
+                        r.pid
                     ),
                 )?;
             }
@@ -274,13 +278,11 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
     Ok(())
 }
 
-/// The devices a domain is given, in order: each disk by its vdev, then (with
-/// `--declare-devices`, which declares them without a device model) each vif
-/// by its number (`vif0`, ...).
-fn device_names(cfg: &config::Config, declare_devices: bool) -> Vec<String> {
+/// The devices a domain is given, in order: each disk by its vdev, then each
+/// vif by its number (`vif0`, ...).
+fn device_names(cfg: &config::Config) -> Vec<String> {
     let disks = cfg.disks.iter().map(|d| d.value.vdev.clone());
-    let vifs = if declare_devices { cfg.vifs.len() } else { 0 };
-    disks.chain((0..vifs).map(|i| format!("vif{i}"))).collect()
+    disks.chain((0..cfg.vifs.len()).map(|i| format!("vif{i}"))).collect()
 }
 
 /// Keeps what `block-list` and `destroy` need of a domain's device model. A
@@ -293,14 +295,17 @@ fn record_dm(env: &mut Env, domid: u32, r: &dm::Record) {
     }
 }
 
-fn cmd_block_list(env: &mut Env, dom: &str) -> Result {
+/// `block-list`, or with `net` `network-list`: from oxl's record of the
+/// domain's device model.
+fn cmd_block_list(env: &mut Env, dom: &str, net: bool) -> Result {
     let mut hv = connect(env)?;
     let d = find(&mut *hv, dom)?;
     let rec = env
         .state_dir
         .and_then(|dir| std::fs::read_to_string(dm::Record::path(dir, d.domid)).ok())
         .and_then(|t| dm::Record::parse(&t));
-    let text = show::block_list(rec.as_ref(), rec.as_ref().is_some_and(|r| dm::running(r.pid)));
+    let running = rec.as_ref().is_some_and(|r| dm::running(r.pid));
+    let text = if net { show::network_list(rec.as_ref(), running) } else { show::block_list(rec.as_ref(), running) };
     out(env, &text)
 }
 

@@ -117,6 +117,12 @@ pub enum Cmd {
         #[arg(value_name = "DOM")]
         domain: String,
     },
+    /// List a domain's virtual NICs (xl's network-list): xl's columns, then where
+    /// the device sits (MMIO base, GSI), its bridge and its tap device in dom0.
+    NetworkList {
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
     /// Raise (1) or lower (0) a domain's interrupt line, as a device model does (for
     /// debugging device models): only a line the hypervisor gave one of its devices.
     IrqLine {
@@ -262,6 +268,7 @@ impl Cmd {
             Cmd::Console { .. } => "console",
             Cmd::IrqLine { .. } => "irq-line",
             Cmd::BlockList { .. } => "block-list",
+            Cmd::NetworkList { .. } => "network-list",
             Cmd::Dmesg { .. } => "dmesg",
             Cmd::Top { .. } => "top",
             Cmd::SchedCredit { .. } => "sched-credit",

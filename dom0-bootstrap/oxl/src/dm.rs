@@ -1,5 +1,5 @@
 //! A domU's device model: the `oxen-dm` process that serves its virtio disks
-//! from dom0 (issue 11), as xl starts a device model per HVM domain.
+//! and NICs from dom0 (issue 11), as xl starts a device model per HVM domain.
 //!
 //! `oxl create` checks every disk before anything is made ([`check_disks`]),
 //! declares one virtio-mmio device per disk (DEVICE_ADD, before BUILD writes
@@ -11,7 +11,9 @@
 //! ends by itself when its domain is gone, and `oxl destroy` tells it to.
 //!
 //! What oxl knows of it afterwards is `DOMID.dm` in the state directory
-//! ([`Record`]): its PID, its log and the disks with their places.
+//! ([`Record`]): its PID, its log and the disks and vifs with their places. A
+//! vif is a tap device in dom0 named `vifDOMID.N` (Xen's name) unless the spec
+//! gives `vifname=`, which the device model adds to the vif's bridge.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _};
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use oxen_abi::DeviceAdd;
 
 use crate::config::{Config, Setting};
-use crate::devspec::{Access, DiskSpec};
+use crate::devspec::{format_mac, Access, DiskSpec, VifSpec};
 use crate::hv::os_error;
 
 /// Where dom0 keeps the device model (`OXEN_DM` overrides it).
@@ -111,12 +113,49 @@ fn check_target(d: &DiskSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the config's vifs before anything is created: each bridge exists in
+/// dom0 (`sys_net` is `/sys/class/net`), and no interface has a vif's name yet.
+pub fn check_vifs(file: &str, domid_hint: Option<u32>, vifs: &[Setting<VifSpec>], sys_net: &Path) -> Result<(), String> {
+    for (i, Setting { value: v, line }) in vifs.iter().enumerate() {
+        let at = |why: String| format!("{file}:{line}: vif {}: {why}", i + 1);
+        if !sys_net.join(&v.bridge).join("bridge").is_dir() {
+            let why = if sys_net.join(&v.bridge).exists() {
+                format!("'{}' is a network interface of dom0 but not a bridge", v.bridge)
+            } else {
+                format!("there is no bridge '{}' in dom0", v.bridge)
+            };
+            return Err(at(format!("{why} (dom0's init makes xenbr0; 'brctl show' lists the bridges)")));
+        }
+        let name = v.vifname.clone().or_else(|| domid_hint.map(|d| vif_name(d, i as u32, v)));
+        if let Some(n) = name.filter(|n| sys_net.join(n).exists()) {
+            return Err(at(format!("dom0 already has an interface named '{n}': give the vif another vifname=")));
+        }
+    }
+    Ok(())
+}
+
+/// A vif's tap device in dom0: its `vifname=`, or Xen's `vifDOMID.N`.
+pub fn vif_name(domid: u32, index: u32, v: &VifSpec) -> String {
+    v.vifname.clone().unwrap_or_else(|| format!("vif{domid}.{index}"))
+}
+
+/// One vif as the device model gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedVif {
+    pub spec: VifSpec,
+    /// Its tap device's name in dom0.
+    pub name: String,
+    pub add: DeviceAdd,
+}
+
 /// What the device model is started with.
 pub struct Request<'a> {
     pub domid: u32,
     pub name: &'a str,
     /// Each disk with the place DEVICE_ADD gave it, in the config's order.
     pub disks: Vec<(&'a DiskSpec, DeviceAdd)>,
+    /// Each vif, placed after the disks.
+    pub vifs: Vec<PlacedVif>,
 }
 
 /// A running device model.
@@ -133,9 +172,33 @@ pub fn disk_arg(d: &DiskSpec, a: &DeviceAdd) -> String {
     format!("base={:#x},gsi={},access={access},vdev={},target={}", a.base, a.gsi, d.vdev, d.target.display())
 }
 
-/// The disks of a config, with their places, as [`Request::disks`] wants them.
+/// `oxen-dm`'s `--vif` argument for one vif.
+pub fn vif_arg(v: &PlacedVif) -> String {
+    format!(
+        "base={:#x},gsi={},mac={},bridge={},vifname={}",
+        v.add.base,
+        v.add.gsi,
+        format_mac(&v.spec.mac),
+        v.spec.bridge,
+        v.name
+    )
+}
+
+/// The disks of a config, with their places, as [`Request::disks`] wants them
+/// (DEVICE_ADD placed the disks first).
 pub fn placed<'a>(cfg: &'a Config, added: &[DeviceAdd]) -> Vec<(&'a DiskSpec, DeviceAdd)> {
     cfg.disks.iter().map(|s| &s.value).zip(added.iter().copied()).collect()
+}
+
+/// The vifs of a config with their places (after the disks') and names.
+pub fn placed_vifs(cfg: &Config, domid: u32, added: &[DeviceAdd]) -> Vec<PlacedVif> {
+    let after_disks = added.get(cfg.disks.len()..).unwrap_or_default();
+    cfg.vifs
+        .iter()
+        .zip(after_disks)
+        .enumerate()
+        .map(|(i, (s, a))| PlacedVif { spec: s.value.clone(), name: vif_name(domid, i as u32, &s.value), add: *a })
+        .collect()
 }
 
 /// Starts `oxen-dm` for `req` and waits until it says `ready`. On failure the
@@ -157,6 +220,9 @@ pub fn launch(req: &Request) -> Result<Started, String> {
     cmd.arg("--domid").arg(req.domid.to_string()).arg("--name").arg(req.name).args(["--ready-fd", "3"]);
     for (d, a) in &req.disks {
         cmd.arg("--disk").arg(disk_arg(d, a));
+    }
+    for v in &req.vifs {
+        cmd.arg("--vif").arg(vif_arg(v));
     }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let w = ready_w.as_raw_fd();
@@ -268,6 +334,17 @@ pub struct Record {
     pub pid: u32,
     pub log: PathBuf,
     pub disks: Vec<RecordedDisk>,
+    pub vifs: Vec<RecordedVif>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedVif {
+    /// Its tap device in dom0.
+    pub name: String,
+    pub base: u64,
+    pub gsi: u32,
+    pub mac: [u8; 6],
+    pub bridge: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,8 +357,12 @@ pub struct RecordedDisk {
 }
 
 impl Record {
-    pub fn new(started: &Started, disks: &[(&DiskSpec, DeviceAdd)]) -> Self {
+    pub fn new(started: &Started, disks: &[(&DiskSpec, DeviceAdd)], vifs: &[PlacedVif]) -> Self {
         Self {
+            vifs: vifs
+                .iter()
+                .map(|v| RecordedVif { name: v.name.clone(), base: v.add.base, gsi: v.add.gsi, mac: v.spec.mac, bridge: v.spec.bridge.clone() })
+                .collect(),
             pid: started.pid,
             log: started.log.clone(),
             disks: disks
@@ -303,6 +384,9 @@ impl Record {
             let access = if d.read_only { "ro" } else { "rw" };
             s += &format!("disk {} {:#x} {} {access} {}\n", d.vdev, d.base, d.gsi, d.target.display());
         }
+        for v in &self.vifs {
+            s += &format!("vif {} {:#x} {} {} {}\n", v.name, v.base, v.gsi, format_mac(&v.mac), v.bridge);
+        }
         s
     }
 
@@ -311,6 +395,7 @@ impl Record {
         let mut pid = None;
         let mut log = None;
         let mut disks = Vec::new();
+        let mut vifs = Vec::new();
         for line in text.lines() {
             let (key, rest) = line.split_once(' ')?;
             match key {
@@ -328,10 +413,21 @@ impl Record {
                     };
                     disks.push(RecordedDisk { vdev, base, gsi, read_only, target: PathBuf::from(f.next()?) });
                 }
+                "vif" => {
+                    let f: Vec<&str> = rest.split(' ').collect();
+                    let [name, base, gsi, mac, bridge] = f[..] else { return None };
+                    vifs.push(RecordedVif {
+                        name: name.to_owned(),
+                        base: u64::from_str_radix(base.strip_prefix("0x")?, 16).ok()?,
+                        gsi: gsi.parse().ok()?,
+                        mac: crate::devspec::parse_mac(mac).ok()?,
+                        bridge: bridge.to_owned(),
+                    });
+                }
                 _ => return None,
             }
         }
-        Some(Self { pid: pid?, log: log?, disks })
+        Some(Self { pid: pid?, log: log?, disks, vifs })
     }
 
     pub fn path(dir: &Path, domid: u32) -> PathBuf {
@@ -422,6 +518,25 @@ mod tests {
     }
 
     #[test]
+    fn vifs_need_a_bridge_and_a_free_name() {
+        let net = std::env::temp_dir().join(format!("oxl-dm-net-{}", std::process::id()));
+        std::fs::create_dir_all(net.join("xenbr0/bridge")).unwrap();
+        std::fs::create_dir_all(net.join("eth0")).unwrap();
+        std::fs::create_dir_all(net.join("vif5.0")).unwrap();
+        let vif = |spec: &str, line| Setting { value: crate::devspec::parse_vif(spec, "web", 0).unwrap(), line };
+        assert_eq!(check_vifs("web.cfg", Some(4), &[vif("bridge=xenbr0", 3)], &net), Ok(()));
+        let e = check_vifs("web.cfg", None, &[vif("bridge=br9", 3)], &net).unwrap_err();
+        assert_eq!(e, "web.cfg:3: vif 1: there is no bridge 'br9' in dom0 (dom0's init makes xenbr0; 'brctl show' lists the bridges)");
+        let e = check_vifs("web.cfg", None, &[vif("bridge=eth0", 3)], &net).unwrap_err();
+        assert!(e.contains("'eth0' is a network interface of dom0 but not a bridge"), "{e}");
+        let e = check_vifs("web.cfg", None, &[vif("vifname=eth0", 3)], &net).unwrap_err();
+        assert!(e.contains("dom0 already has an interface named 'eth0'"), "{e}");
+        let e = check_vifs("web.cfg", Some(5), &[vif("", 3)], &net).unwrap_err();
+        assert!(e.contains("named 'vif5.0'"), "{e}");
+        let _ = std::fs::remove_dir_all(&net);
+    }
+
+    #[test]
     fn a_disk_held_read_write_elsewhere_is_refused() {
         let a = tmp("held.img", 4096);
         let holder = File::open(&a).unwrap();
@@ -447,9 +562,19 @@ mod tests {
         };
         let a = DeviceAdd { base: 0xfeb0_1000, size: 0x1000, gsi: 17, ..Default::default() };
         assert_eq!(disk_arg(&d, &a), "base=0xfeb01000,gsi=17,access=ro,vdev=xvdb,target=/srv/a,b.img");
-        let rec = Record::new(&Started { pid: 42, log: "/var/log/oxen/web.dm.log".into() }, &[(&d, a)]);
+        let v = PlacedVif {
+            spec: crate::devspec::parse_vif("mac=00:16:3e:01:02:03,bridge=xenbr0", "web", 0).unwrap(),
+            name: "vif3.0".into(),
+            add: DeviceAdd { base: 0xfeb0_2000, size: 0x1000, gsi: 18, ..Default::default() },
+        };
+        assert_eq!(vif_arg(&v), "base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0,vifname=vif3.0");
+        let rec = Record::new(&Started { pid: 42, log: "/var/log/oxen/web.dm.log".into() }, &[(&d, a)], &[v]);
         let text = rec.to_text();
-        assert_eq!(text, "pid 42\nlog /var/log/oxen/web.dm.log\ndisk xvdb 0xfeb01000 17 ro /srv/a,b.img\n");
+        assert_eq!(
+            text,
+            "pid 42\nlog /var/log/oxen/web.dm.log\ndisk xvdb 0xfeb01000 17 ro /srv/a,b.img\n\
+             vif vif3.0 0xfeb02000 18 00:16:3e:01:02:03 xenbr0\n"
+        );
         assert_eq!(Record::parse(&text), Some(rec));
         assert_eq!(Record::parse("pid x\n"), None);
         assert_eq!(Record::parse("something else\n"), None);
@@ -470,7 +595,7 @@ mod tests {
         }
         let d = parse_disk("/srv/web.img,raw,xvda,rw").unwrap();
         let a = DeviceAdd { base: 0xfeb0_0000, size: 0x1000, gsi: 16, ..Default::default() };
-        let req = Request { domid: 3, name: "web", disks: vec![(&d, a)] };
+        let req = Request { domid: 3, name: "web", disks: vec![(&d, a)], vifs: Vec::new() };
         // Environment variables are process-wide: both runs are in this one test.
         std::env::set_var("OXEN_LOG_DIR", &dir);
         std::env::set_var("OXEN_DM", &fail);

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         keyboard: &mut keyboard,
         state_dir: Some(&state_dir),
         launch: &mut dm::launch,
+        sys_net: std::path::Path::new("/sys/class/net"),
     };
     let result = app::run(&cli.cmd, &mut env);
     if let Some(t) = &tally {

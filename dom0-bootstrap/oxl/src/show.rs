@@ -118,7 +118,7 @@ pub fn list_json(doms: &[DomainInfo], dm: impl Fn(u32) -> Option<(crate::dm::Rec
 /// A domain's disks and the device model serving them, for `list --json`:
 /// `"disks": [...], "device_model": {...}` (`[]` and `null` without one).
 fn devices_json(dm: Option<&(crate::dm::Record, bool)>) -> String {
-    let Some((rec, running)) = dm else { return "\"disks\": [], \"device_model\": null".into() };
+    let Some((rec, running)) = dm else { return "\"disks\": [], \"vifs\": [], \"device_model\": null".into() };
     let disks: Vec<String> = rec
         .disks
         .iter()
@@ -133,9 +133,24 @@ fn devices_json(dm: Option<&(crate::dm::Record, bool)>) -> String {
             )
         })
         .collect();
+    let vifs: Vec<String> = rec
+        .vifs
+        .iter()
+        .map(|v| {
+            format!(
+                "{{\"vif\": {}, \"mac\": {}, \"bridge\": {}, \"base\": {}, \"gsi\": {}}}",
+                json_str(&v.name),
+                json_str(&crate::devspec::format_mac(&v.mac)),
+                json_str(&v.bridge),
+                v.base,
+                v.gsi
+            )
+        })
+        .collect();
     format!(
-        "\"disks\": [{}], \"device_model\": {{\"pid\": {}, \"running\": {running}, \"log\": {}}}",
+        "\"disks\": [{}], \"vifs\": [{}], \"device_model\": {{\"pid\": {}, \"running\": {running}, \"log\": {}}}",
         disks.join(", "),
+        vifs.join(", "),
         rec.pid,
         json_str(&rec.log.display().to_string())
     )
@@ -414,14 +429,15 @@ web          3       64     2        paused        0.1
                 pid: 9,
                 log: "/var/log/oxen/web.dm.log".into(),
                 disks: vec![crate::dm::RecordedDisk { vdev: "xvda".into(), base: 0xfeb0_0000, gsi: 16, read_only: false, target: "/srv/web.img".into() }],
+                vifs: Vec::new(),
             }, false))),
             "[\n  \
 {\"id\": 0, \"name\": \"Domain-0\", \"state\": \"running\", \"memory_kib\": 262144, \"vcpus\": 1, \
 \"cpu_time_ns\": 7, \"exits\": 1000, \"restarts\": 0, \"privileged\": true, \"built\": true, \"shutdown_reason\": null, \
-\"disks\": [], \"device_model\": null},\n  \
+\"disks\": [], \"vifs\": [], \"device_model\": null},\n  \
 {\"id\": 3, \"name\": \"web\", \"state\": \"shutdown\", \"memory_kib\": 65536, \"vcpus\": 2, \
 \"cpu_time_ns\": 5, \"exits\": 1003, \"restarts\": 0, \"privileged\": false, \"built\": true, \"shutdown_reason\": \"crash\", \
-\"disks\": [{\"vdev\": \"xvda\", \"target\": \"/srv/web.img\", \"mode\": \"w\", \"base\": 4272947200, \"gsi\": 16}], \
+\"disks\": [{\"vdev\": \"xvda\", \"target\": \"/srv/web.img\", \"mode\": \"w\", \"base\": 4272947200, \"gsi\": 16}], \"vifs\": [], \
 \"device_model\": {\"pid\": 9, \"running\": false, \"log\": \"/var/log/oxen/web.dm.log\"}}\n]\n"
         );
         assert_eq!(list_json(&[], |_| None), "[]\n");
@@ -592,6 +608,28 @@ pub fn block_list(rec: Option<&crate::dm::Record>, running: bool) -> String {
     s
 }
 
+/// `oxl network-list`: xl's columns (Idx, BE, Mac Addr., handle, state: 4
+/// connected while the device model runs, 6 closed when not), then Oxen's.
+pub fn network_list(rec: Option<&crate::dm::Record>, running: bool) -> String {
+    let mut s = format!("{:<4}{:<4}{:<19}{:<7}{:<6}{:<11}{:<4}{:<8}{}\n", "Idx", "BE", "Mac Addr.", "handle", "state", "base", "gsi", "bridge", "vif");
+    let Some(rec) = rec else { return s };
+    for (i, v) in rec.vifs.iter().enumerate() {
+        s += &format!(
+            "{:<4}{:<4}{:<19}{:<7}{:<6}{:<11}{:<4}{:<8}{}\n",
+            i,
+            0,
+            crate::devspec::format_mac(&v.mac),
+            i,
+            if running { 4 } else { 6 },
+            format!("{:#x}", v.base),
+            v.gsi,
+            v.bridge,
+            v.name
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod block_list_tests {
     use super::*;
@@ -607,6 +645,7 @@ mod block_list_tests {
     #[test]
     fn block_list_has_xls_columns_then_oxens() {
         let rec = Record {
+            vifs: Vec::new(),
             pid: 7,
             log: "/var/log/oxen/web.dm.log".into(),
             disks: vec![
@@ -622,5 +661,20 @@ mod block_list_tests {
         );
         assert!(block_list(Some(&rec), false).lines().nth(1).unwrap().starts_with("51712     0   0      6 "));
         assert_eq!(block_list(None, false).lines().count(), 1);
+    }
+
+    #[test]
+    fn network_list_has_xls_columns_then_oxens() {
+        let rec = Record {
+            pid: 7,
+            log: "/var/log/oxen/web.dm.log".into(),
+            disks: Vec::new(),
+            vifs: vec![crate::dm::RecordedVif { name: "vif3.0".into(), base: 0xfeb0_1000, gsi: 17, mac: [0, 0x16, 0x3e, 1, 2, 3], bridge: "xenbr0".into() }],
+        };
+        assert_eq!(
+            network_list(Some(&rec), true),
+            "Idx BE  Mac Addr.          handle state base       gsi bridge  vif\n\
+             0   0   00:16:3e:01:02:03  0      4     0xfeb01000 17  xenbr0  vif3.0\n"
+        );
     }
 }

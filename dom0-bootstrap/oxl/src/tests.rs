@@ -84,12 +84,21 @@ fn fake_launch(fake: &Fake) -> impl FnMut(&dm::Request) -> Result<dm::Started, S
     move |r| {
         let mut s = fake.state();
         let disks: Vec<String> = r.disks.iter().map(|(d, a)| format!(" --disk {}", dm::disk_arg(d, a))).collect();
-        s.calls.push(format!("DM {} {}{}", r.domid, r.name, disks.concat()));
+        let vifs: Vec<String> = r.vifs.iter().map(|v| format!(" --vif {}", dm::vif_arg(v))).collect();
+        s.calls.push(format!("DM {} {}{}{}", r.domid, r.name, disks.concat(), vifs.concat()));
         match s.dm_fails.take() {
             Some(e) => Err(e),
             None => Ok(dm::Started { pid: 4242, log: format!("/var/log/oxen/{}.dm.log", r.name).into() }),
         }
     }
+}
+
+/// dom0's /sys/class/net in the tests: a bridge xenbr0 and eth0.
+fn fake_sys_net() -> PathBuf {
+    let net = std::env::temp_dir().join(format!("oxl-tests-net-{}", std::process::id()));
+    std::fs::create_dir_all(net.join("xenbr0/bridge")).unwrap();
+    std::fs::create_dir_all(net.join("eth0")).unwrap();
+    net
 }
 
 fn oxl_keys(fake: &Fake, args: &[&str], keys: impl FnMut(u32) -> Vec<u8> + Clone + 'static) -> Run {
@@ -137,6 +146,7 @@ fn oxl_input(
             keyboard: &mut keyboard,
             state_dir: None,
             launch: &mut fake_launch(fake),
+            sys_net: &fake_sys_net(),
         },
     );
     Run {
@@ -351,16 +361,16 @@ fn create_says_when_the_rollback_fails() {
 }
 
 #[test]
-fn vifs_are_refused_and_devices_only_declared_with_declare_devices() {
+fn devices_only_declared_with_declare_devices() {
     let cfg = setup(
         "declare",
         "name = \"web\"\ndisk = ['/dev/null,raw,xvda,rw']\nvif = ['bridge=xenbr0']\n",
         100,
     );
     let fake = Fake::new();
+    // Without --declare-devices /dev/null is not a disk image.
     let err = oxl(&fake, &["create", p(&cfg)]).err();
-    assert!(err.contains("vm.cfg:4: vif: this Oxen cannot give domains network interfaces yet"), "{err}");
-    assert!(err.ends_with("('oxl create --declare-devices' only declares them, for testing)"), "{err}");
+    assert!(err.contains("vm.cfg:3: disk 1 (xvda): /dev/null is not a block device"), "{err}");
     assert!(fake.actions().is_empty(), "nothing created: {:?}", fake.actions());
 
     let run = oxl(&fake, &["create", "--declare-devices", p(&cfg)]);
@@ -437,6 +447,29 @@ fn a_domain_with_disks_gets_its_device_model_before_it_starts() {
 }
 
 #[test]
+fn a_domain_with_a_vif_gets_a_tap_on_its_bridge() {
+    let cfg = setup("vif", "name = \"web\"\nvif = ['mac=00:16:3e:01:02:03,bridge=xenbr0']\n", 100);
+    let fake = Fake::new();
+    let run = oxl(&fake, &["create", p(&cfg)]);
+    assert_eq!(
+        run.ok(),
+        "Created domain web (id 1)\n\
+         vif1.0: virtio-mmio NIC at 0xfeb00000, GSI 16, MAC 00:16:3e:01:02:03, tap vif1.0 on bridge xenbr0, served by oxen-dm (pid 4242)\n"
+    );
+    let actions = fake.actions();
+    assert!(
+        actions.contains(&"DM 1 web --vif base=0xfeb00000,gsi=16,mac=00:16:3e:01:02:03,bridge=xenbr0,vifname=vif1.0".to_string()),
+        "{actions:?}"
+    );
+    // A bridge dom0 does not have: refused with the line, nothing made.
+    let bad = setup("vif-bad", "name = \"db\"\n\nvif = ['bridge=xenbr9']\n", 100);
+    let before = fake.actions().len();
+    let err = oxl(&fake, &["create", p(&bad)]).err();
+    assert!(err.contains("vm.cfg:4: vif 1: there is no bridge 'xenbr9' in dom0"), "{err}");
+    assert_eq!(fake.actions().len(), before);
+}
+
+#[test]
 fn create_errors_before_anything_is_created() {
     let fake = Fake::new();
     fake.add("web", DomainState::Running);
@@ -482,6 +515,7 @@ fn create_checks_files_before_opening_the_device() {
                 keyboard: &mut keyboard,
                 state_dir: None,
                 launch: &mut |_: &dm::Request| panic!("started a device model"),
+                sys_net: Path::new("/nonexistent"),
             },
         )
         .unwrap_err()
@@ -541,6 +575,7 @@ fn device_and_abi_problems_are_not_blamed_on_the_command() {
             keyboard: &mut keyboard,
             state_dir: None,
             launch: &mut |_: &dm::Request| unreachable!(),
+            sys_net: Path::new("/nonexistent"),
         },
     );
     assert_eq!(
