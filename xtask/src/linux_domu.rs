@@ -62,7 +62,8 @@ const NO_JOB_CONTROL: &str = "job control turned off";
 /// rcS `insmod`s the files named in /lib/modules/load, in that order.
 /// `virtio_mmio` binds the DSDT's virtio-mmio devices (LNRO0005) and `virtio_blk`
 /// drives the disks behind them (issue 11).
-const MODULES: &[&str] = &["pvpanic_mmio", "virtio_mmio", "virtio_blk"];
+/// `virtio_net` gives a vif as eth0.
+const MODULES: &[&str] = &["pvpanic_mmio", "virtio_mmio", "virtio_blk", "virtio_net"];
 /// Loaded by /init only for a disk root (`root=/dev/vdX`): ext4, and `crc32c`
 /// for its metadata checksums (the crypto API finds no module on its own here:
 /// there is no modprobe with an alias table). /lib/modules/load.ext4 lists them.
@@ -148,6 +149,10 @@ pub fn build(kernel: &Path, busybox: &Path, moddir: &Path) -> Result<LinuxDomu> 
         rcs: &read("rcS")?,
         profile: &read("profile")?,
         tsc: &std::fs::read(&tsc)?,
+        udhcpc: &{
+            let p = repo_root().join("dom0-bootstrap/net/udhcpc.script");
+            std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?
+        },
     };
     let mut a = Archive::new();
     tree(&mut a, &files)?;
@@ -221,6 +226,8 @@ struct Files<'a> {
     rcs: &'a [u8],
     profile: &'a [u8],
     tsc: &'a [u8],
+    /// udhcpc's hook (dom0-bootstrap/net/udhcpc.script, shared with dom0).
+    udhcpc: &'a [u8],
 }
 
 /// Where the domU's tree is written: the initramfs (a cpio archive) or a
@@ -304,6 +311,7 @@ fn tree(a: &mut dyn Tree, f: &Files) -> Result<()> {
     a.file("etc/inittab", 0o644, f.inittab)?;
     a.file("etc/init.d/rcS", 0o755, f.rcs)?;
     a.file("etc/profile", 0o644, f.profile)?;
+    a.file("etc/udhcpc.script", 0o755, f.udhcpc)?;
     // So `id`, `ls -l` and `ps` name root.
     a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     a.file("etc/group", 0o644, b"root:x:0:\n")?;
@@ -717,6 +725,7 @@ mod tests {
             rcs: b"#!/bin/sh\n",
             profile: b"",
             tsc: b"t",
+            udhcpc: b"#!/bin/sh\n",
         };
         let mut a = Archive::new();
         tree(&mut a, &f).unwrap();
