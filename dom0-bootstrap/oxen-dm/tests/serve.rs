@@ -14,7 +14,7 @@ use common::*;
 use oxen_abi::ioreq::{DIR_READ, DIR_WRITE, KIND_MMIO, KIND_PIO, POSTED_ENTRIES, STATE_DONE, STATE_FREE, STATE_READY};
 use oxen_abi::{DomainInfo, DomainState, IoreqPage};
 use oxen_dm::ioreq::Page;
-use oxen_dm::serve::{self, Disk, End, Host, Router, Wake};
+use oxen_dm::serve::{self, Disk, End, Host, Router, Wake, Watch};
 use oxen_dm::spec::DiskSpec;
 use oxen_dm::{Block, BlockStats, GuestMemoryMmap, MmioTransport};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
@@ -103,7 +103,7 @@ impl Fake {
 }
 
 impl Host for Fake {
-    fn wait(&mut self, _timeout: Duration) -> io::Result<Wake> {
+    fn wait(&mut self, _timeout: Duration, _backends: &mut [Watch]) -> io::Result<Wake> {
         self.retire();
         let Some(step) = self.steps.pop_front() else {
             return Ok(if self.signal_at_end { Wake::Signal(15) } else { Wake::Timeout });
@@ -330,8 +330,8 @@ fn a_reset_lowers_the_line_and_the_device_comes_up_again() {
 struct Refusing(Fake);
 
 impl Host for Refusing {
-    fn wait(&mut self, t: Duration) -> io::Result<Wake> {
-        self.0.wait(t)
+    fn wait(&mut self, t: Duration, b: &mut [Watch]) -> io::Result<Wake> {
+        self.0.wait(t, b)
     }
     fn ioreq_done(&mut self, v: u32) -> io::Result<()> {
         self.0.ioreq_done(v)
