@@ -343,4 +343,81 @@ mod tests {
         assert_eq!(clash("base=0xfeb01000,gsi=16,access=rw,vdev=xvdb,target=/b"), "xvda and xvdb: both on gsi=16");
         assert_eq!(clash("base=0xfeb01000,gsi=17,access=rw,vdev=xvda,target=/b"), "two disks named vdev=xvda");
     }
+    fn vif(s: &str) -> Result<VifSpec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn a_vif_spec_in_any_order() {
+        let v = vif("base=0xfeb02000,gsi=18,mac=00:16:3E:01:02:03,bridge=xenbr0").unwrap();
+        let want = VifSpec {
+            base: 0xfeb0_2000,
+            gsi: 18,
+            mac: [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03],
+            bridge: "xenbr0".into(),
+            vifname: None,
+        };
+        assert_eq!(v, want);
+        let v = vif("vifname=web-eth0,bridge=br.lan,mac=02:00:00:00:00:01,gsi=19,base=4272955392").unwrap();
+        assert_eq!((v.base, v.gsi, v.vifname.as_deref(), v.bridge.as_str()), (0xfeb0_2000, 19, Some("web-eth0"), "br.lan"));
+    }
+
+    #[test]
+    fn bad_vif_specs_say_what_is_wrong() {
+        let need = "(a vif needs base, gsi, mac, bridge; vifname optional)";
+        let keys = "(keys: base, gsi, mac, bridge, vifname)";
+        let ifname = "not an interface name (1 to 15 letters, digits, -, _, .)";
+        let cases = [
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03".to_owned(), format!("no bridge= {need}")),
+            ("gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0".to_owned(), format!("no base= {need}")),
+            ("base=0xfeb02000,gsi=18,bridge=xenbr0".to_owned(), format!("no mac= {need}")),
+            ("".to_owned(), format!("``: not key=value {keys}")),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02,bridge=xenbr0".to_owned(), "mac=00:16:3e:01:02: not six hex octets xx:xx:xx:xx:xx:xx".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:0g,bridge=xenbr0".to_owned(), "mac=00:16:3e:01:02:0g: not six hex octets xx:xx:xx:xx:xx:xx".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=0:16:3e:01:02:03:04,bridge=xenbr0".to_owned(), "mac=0:16:3e:01:02:03:04: not six hex octets xx:xx:xx:xx:xx:xx".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=01:00:5e:00:00:01,bridge=xenbr0".to_owned(), "mac=01:00:5e:00:00:01: not a unicast address".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=00:00:00:00:00:00,bridge=xenbr0".to_owned(), "mac=00:00:00:00:00:00: not a unicast address".to_owned()),
+            ("base=0xfeb02800,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0".to_owned(), "base=0xfeb02800: not the start of a 0x1000-byte window".to_owned()),
+            ("base=0xfeb02000,gsi=24,mac=00:16:3e:01:02:03,bridge=xenbr0".to_owned(), "gsi=24: not a declared device's line (16..=23)".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=a-bridge-named-too-long".to_owned(), format!("bridge=a-bridge-named-too-long: {ifname}")),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=".to_owned(), format!("bridge=: {ifname}")),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0,vifname=../x".to_owned(), format!("vifname=../x: {ifname}")),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0,vifname=a b".to_owned(), format!("vifname=a b: {ifname}")),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0,bridge=xenbr1".to_owned(), "bridge given twice".to_owned()),
+            ("base=0xfeb02000,gsi=18,mac=00:16:3e:01:02:03,bridge=xenbr0,model=e1000".to_owned(), format!("`model`: unknown key {keys}")),
+            ("base=0xfeb02000,gsi=18,00:16:3e:01:02:03,bridge=xenbr0".to_owned(), format!("`00:16:3e:01:02:03`: not key=value {keys}")),
+        ];
+        for (s, want) in cases {
+            assert_eq!(vif(&s).unwrap_err(), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn vifs_beside_disks_or_alone_and_their_tap_names() {
+        let v0 = "base=0xfeb01000,gsi=17,mac=00:16:3e:00:00:01,bridge=xenbr0";
+        let v1 = "base=0xfeb02000,gsi=18,mac=00:16:3e:00:00:02,bridge=xenbr0,vifname=web1";
+        let a = args(&["--domid", "7", "--name", "web", "--vif", v0, "--vif", v1]).unwrap();
+        assert_eq!((a.disks.len(), a.vifs.len()), (0, 2));
+        assert_eq!((a.ifname(0), a.ifname(1)), ("vif7.0".to_owned(), "web1".to_owned()));
+        assert_eq!(a.check(), Ok(()));
+        let d = "base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/a";
+        let a = args(&["--domid", "7", "--name", "web", "--disk", d, "--vif", v0]).unwrap();
+        assert_eq!(a.check(), Ok(()));
+        // Clashes between kinds and between vifs.
+        let check = |argv: &[&str]| {
+            let mut all = vec!["--domid", "7", "--name", "web"];
+            all.extend(argv);
+            args(&all).unwrap().check().unwrap_err()
+        };
+        let at_disk = "base=0xfeb00000,gsi=17,mac=00:16:3e:00:00:01,bridge=xenbr0";
+        assert_eq!(check(&["--disk", d, "--vif", at_disk]), "xvda and vif7.0: both at base=0xfeb00000");
+        let on_16 = "base=0xfeb01000,gsi=16,mac=00:16:3e:00:00:01,bridge=xenbr0";
+        assert_eq!(check(&["--disk", d, "--vif", on_16]), "xvda and vif7.0: both on gsi=16");
+        let same_mac = "base=0xfeb02000,gsi=18,mac=00:16:3e:00:00:01,bridge=xenbr0";
+        assert_eq!(check(&["--vif", v0, "--vif", same_mac]), "vif7.0 and vif7.1: both mac=00:16:3e:00:00:01");
+        let named = "base=0xfeb02000,gsi=18,mac=00:16:3e:00:00:02,bridge=xenbr0,vifname=vif7.0";
+        assert_eq!(check(&["--vif", v0, "--vif", named]), "two vifs named vif7.0");
+        // No device at all is clap's usage error.
+        assert!(args(&["--domid", "7", "--name", "web"]).is_err());
+    }
 }
