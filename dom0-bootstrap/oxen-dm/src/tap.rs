@@ -179,20 +179,34 @@ mod tests {
     }
 
     /// A real tap on a real bridge: needs root, /dev/net/tun and a bridge `oxtestbr0` made
-    /// beforehand (`ip link add oxtestbr0 type bridge`), none of which a host test run has; run
-    /// by hand with `cargo test -p oxen-dm -- --ignored`.
+    /// beforehand, none of which a host test run has. Run by hand in a network namespace of its
+    /// own (and a sysfs of that namespace, where the test looks), touching no real interface:
+    /// `unshare -n -m sh -c 'mount -t sysfs none /sys && ip link add oxtestbr0 type bridge &&
+    /// ip link set oxtestbr0 up && cargo test -p oxen-dm --lib -- --ignored tap'`.
     #[test]
     #[ignore = "needs root, /dev/net/tun and a bridge oxtestbr0"]
     fn a_tap_joins_the_bridge_and_carries_frames() {
         let mut tap = Tap::open("oxtest1.0", "oxtestbr0").unwrap();
+        let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/oxtest1.0/{f}")).unwrap();
         let master = std::fs::read_link("/sys/class/net/oxtest1.0/master").unwrap();
         assert!(master.ends_with("oxtestbr0"), "{master:?}");
-        let addr = std::fs::read_to_string("/sys/class/net/oxtest1.0/address").unwrap();
-        assert_eq!(addr.trim(), "fe:ff:ff:ff:ff:ff");
-        // A broadcast frame from the "guest" is accepted whole.
+        assert_eq!(sys("address").trim(), "fe:ff:ff:ff:ff:ff");
+        let flags = u32::from_str_radix(sys("flags").trim().trim_start_matches("0x"), 16).unwrap();
+        assert_ne!(flags & libc::IFF_UP as u32, 0, "up");
+        // Nothing to read yet, without blocking.
+        let mut buf = [0u8; 2048];
+        assert_eq!(tap.read_frame(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // A broadcast frame from the "guest" is taken whole: dom0 receives it on the tap.
         let mut frame = vec![0xffu8; 6];
         frame.extend([0x00, 0x16, 0x3e, 1, 2, 3, 0x88, 0xb5]);
         frame.extend([0u8; 46]);
         tap.write_frame(&frame).unwrap();
+        assert_eq!(sys("statistics/rx_packets").trim(), "1");
+        assert_eq!(sys("statistics/rx_bytes").trim(), "60");
+        // A second tap of the same name is refused, saying so.
+        assert_eq!(Tap::open("oxtest1.0", "oxtestbr0").err().unwrap(), "tap oxtest1.0: the name is in use");
+        // Closing the descriptor removes the tap (not persistent): nothing outlives the model.
+        drop(tap);
+        assert!(!std::path::Path::new("/sys/class/net/oxtest1.0").exists());
     }
 }

@@ -319,3 +319,70 @@ fn a_reset_drops_the_pending_frame_and_the_device_comes_up_again() {
     assert!(interrupted(&mut r.t, e));
     assert_eq!(used(&mem, &rx2, 0), (1, (0, (HDR_LEN + 61) as u32)));
 }
+
+/// The device on a real tap on a real bridge: the guest asks for the bridge's address by ARP and
+/// the reply (dom0's kernel's) arrives in a receive buffer. Needs root, /dev/net/tun and a bridge
+/// `oxtestbr0` with 10.9.0.1/24, which a host test run has not; run by hand in a network
+/// namespace of its own, touching no real interface:
+/// `unshare -n sh -c 'ip link add oxtestbr0 type bridge && ip addr add 10.9.0.1/24 dev oxtestbr0
+/// && ip link set oxtestbr0 up && cargo test -p oxen-dm --test net -- --ignored'`.
+#[test]
+#[ignore = "needs root, /dev/net/tun and a bridge oxtestbr0 with 10.9.0.1/24"]
+fn a_guest_on_a_tap_gets_dom0s_arp_reply() {
+    use oxen_dm::tap::Tap;
+    let mem = mem();
+    let tap = Tap::open("oxtest2.0", "oxtestbr0").unwrap();
+    let net = Net::new(Box::new(tap), MAC);
+    let stats = net.stats();
+    let mut t = MmioTransport::new(Box::new(net), Arc::clone(&mem)).unwrap();
+    let rx = Vq::new(&mem, GuestAddress(0x1_0000));
+    let tx = Vq::new(&mem, GuestAddress(0x2_0000));
+    let f = offered(&mut t);
+    negotiate(&mut t, f);
+    setup(&mut t, 0, &rx);
+    setup(&mut t, 1, &tx);
+    assert_eq!(wr(&mut t, VIRTIO_MMIO_STATUS, S_ALL), Effect::None);
+    for slot in 0..8 {
+        post_rx(&rx, slot, RX_ROOM);
+    }
+    let _ = t.process_queue(RXQ);
+
+    // who-has 10.9.0.1 tell 10.9.0.2, from MAC (RFC 826), padded to the 60-byte minimum.
+    let mut arp = vec![0xffu8; 6];
+    arp.extend(MAC);
+    arp.extend([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    arp.extend(MAC);
+    arp.extend([10, 9, 0, 2, 0, 0, 0, 0, 0, 0, 10, 9, 0, 1]);
+    arp.resize(60, 0);
+    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(TXBUF)).unwrap();
+    mem.write_slice(&arp, GuestAddress(TXBUF + 0x100)).unwrap();
+    tx.add_desc_chains(&[desc(TXBUF, HDR_LEN as u32, F_NEXT, 1), desc(TXBUF + 0x100, 60, 0, 0)], 0);
+    let _ = t.process_queue(TXQ);
+    assert_eq!(NetStats::get(&stats.tx_frames), 1);
+
+    // Frames come as the loop would take them: poll the backend, then let the device read.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = 0u16;
+    while std::time::Instant::now() < deadline {
+        let fd = t.backend_fd().expect("buffers are there: waited on");
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        let _ = t.backend_ready();
+        let (idx, _) = used(&mem, &rx, 0);
+        while seen < idx {
+            let (_, (id, len)) = used(&mem, &rx, seen);
+            seen += 1;
+            let mut f = vec![0u8; len as usize];
+            mem.read_slice(&mut f, GuestAddress(RXBUF + u64::from(id) * 0x1_0000)).unwrap();
+            let f = &f[HDR_LEN..];
+            // An ARP reply (oper 2) to us from 10.9.0.1; dom0 also sends IPv6 noise, skipped.
+            if f[..6] == MAC && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
+                assert_eq!(f[28..32], [10, 9, 0, 1], "sender protocol address");
+                assert_eq!(f[32..38], MAC, "target hardware address");
+                return;
+            }
+        }
+    }
+    panic!("no ARP reply in 5 s ({seen} other frames)");
+}
