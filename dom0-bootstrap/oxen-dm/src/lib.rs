@@ -11,8 +11,8 @@
 //! ignored, a bad request completes with an error status.
 //!
 //! The `oxen-dm` binary (`src/main.rs`) is one domU's device model: `oxl create` starts it with
-//! the domU's disks ([`spec`]); it serves them ([`serve`]) through `/dev/oxen` ([`oxen`]) until
-//! the domain is gone.
+//! the domU's disks and vifs ([`spec`]; vifs are [`net`] devices on a [`tap`]); it serves them
+//! ([`serve`]) through `/dev/oxen` ([`oxen`]) until the domain is gone.
 //!
 //! # How the ioreq side drives a device
 //!
@@ -49,14 +49,17 @@ pub mod block;
 pub mod foreign;
 pub mod ioreq;
 pub mod mmio;
+pub mod net;
 pub mod oxen;
 pub mod serve;
 pub mod spec;
+pub mod tap;
 
 pub use block::{Block, BlockStats};
 pub use foreign::{ForeignDomain, ForeignError};
 pub use mmio::ActivateError;
 pub use mmio::{Effect, MmioTransport, VirtioDevice};
+pub use net::{Backend, FdBackend, Net, NetStats};
 /// Re-exported so that users build guest memory with the exact version the queues use.
 pub use vm_memory;
 

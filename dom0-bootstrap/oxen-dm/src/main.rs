@@ -1,4 +1,5 @@
-//! `oxen-dm`: one domU's device model in dom0, serving its virtio-mmio disks (issue 11).
+//! `oxen-dm`: one domU's device model in dom0, serving its virtio-mmio disks and network
+//! devices (issue 11).
 //!
 //! `oxl create` starts it with the devices `DEVICE_ADD` placed (`oxen_dm::spec`), waits for
 //! "ready" on `--ready-fd` before unpausing the domain, and sends its stderr to
@@ -6,7 +7,8 @@
 //!
 //! Exit status: 0 when the domain is gone or on SIGTERM/SIGINT (read-write disks fsynced first);
 //! 1 when setting up failed (before "ready": a disk that cannot be opened or is locked by
-//! another device model, no such domain, its RAM or its windows refused) or the loop's wait
+//! another device model, a vif's bridge missing or its tap refused, no such domain, its RAM or
+//! its windows refused) or the loop's wait
 //! failed; 2 for a bad command line.
 
 use std::fs::File;
@@ -20,9 +22,11 @@ use clap::Parser as _;
 use oxen_dm::block::BlockStats;
 use oxen_dm::mmio::MMIO_WINDOW_SIZE;
 use oxen_dm::oxen::{self, describe, Ioreq, Oxen};
-use oxen_dm::serve::{self, Disk, End, Router};
+use oxen_dm::net::format_mac;
+use oxen_dm::serve::{self, Disk, End, Nic, Router};
 use oxen_dm::spec::{Args, DiskSpec};
-use oxen_dm::{Block, ForeignDomain, MmioTransport};
+use oxen_dm::tap::Tap;
+use oxen_dm::{Block, ForeignDomain, MmioTransport, Net, NetStats};
 
 /// How long a dead domain can go unnoticed (the loop then asks `GET_INFO`).
 const TICK: Duration = Duration::from_secs(1);
@@ -120,6 +124,21 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         opened.push((spec.clone(), block, sync));
     }
 
+    // Each vif's tap, made and put on its bridge now: a missing bridge is said before "ready".
+    let mut taps = Vec::new();
+    for (i, spec) in args.vifs.iter().enumerate() {
+        let ifname = args.ifname(i);
+        let tap = Tap::open(&ifname, &spec.bridge)?;
+        eprintln!(
+            "{label}{ifname}: mac {}, on bridge {}, window {:#x}, gsi {}",
+            format_mac(&spec.mac),
+            spec.bridge,
+            spec.base,
+            spec.gsi
+        );
+        taps.push((spec.clone(), ifname, tap));
+    }
+
     let dev = oxen::open_device().map_err(|e| {
         format!("cannot open {}: {} (dom0 under Oxen, as root)", oxen_abi::DEVICE_PATH, describe(&e))
     })?;
@@ -140,6 +159,13 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
             .map_err(|e| format!("{}: {e:?}", spec.vdev))?;
         disks.push(Disk::new(spec, t, stats, sync));
     }
+    let mut nics = Vec::new();
+    for (spec, ifname, tap) in taps {
+        let net = Net::new(Box::new(tap), spec.mac);
+        let stats = net.stats();
+        let t = MmioTransport::new(Box::new(net), Arc::clone(&mem)).map_err(|e| format!("{ifname}: {e:?}"))?;
+        nics.push(Nic::new(spec, ifname, t, stats));
+    }
 
     let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
     for d in &disks {
@@ -149,6 +175,11 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
                 format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", d.spec.vdev, d.spec.base, describe(&e))
             })?;
     }
+    for n in &nics {
+        ioreq.add_mmio(n.spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES).map_err(|e| {
+            format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", n.ifname, n.spec.base, describe(&e))
+        })?;
+    }
     let page = ioreq.page();
 
     if let Some(mut ready) = ready {
@@ -157,14 +188,15 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         drop(ready);
     }
     eprintln!(
-        "{label}ready: {} disk(s), {} MiB of RAM mapped, windows forwarded {} posted writes",
+        "{label}ready: {} disk(s), {} vif(s), {} MiB of RAM mapped, windows forwarded {} posted writes",
         disks.len(),
+        nics.len(),
         ram_bytes >> 20,
         if POSTED_WRITES { "with" } else { "without" }
     );
 
-    let mut router = Router::new(disks, label.to_owned());
-    let mut host = Oxen { dev, ioreq, signals, domid: args.domid };
+    let mut router = Router::new(disks, label.to_owned()).with_nics(nics);
+    let mut host = Oxen::new(dev, ioreq, signals, args.domid);
     let end = serve::run(&page, &mut router, &mut host, TICK);
 
     let why = match &end {
@@ -182,8 +214,8 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let c = router.counters;
     eprintln!(
         "{label}exit ({why}): {} requests, {} posted writes, {} notifications, {} interrupts raised, \
-         {} accesses outside the windows, {} failed calls",
-        c.requests, c.posted, c.notifications, c.interrupts, c.unclaimed, c.call_errors
+         {} backend wake-ups, {} accesses outside the windows, {} failed calls",
+        c.requests, c.posted, c.notifications, c.interrupts, c.backend_wakes, c.unclaimed, c.call_errors
     );
     for d in &router.disks {
         let s = &d.stats;
@@ -195,6 +227,23 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
             BlockStats::get(&s.bytes_written),
             BlockStats::get(&s.flushes),
             BlockStats::get(&s.errors)
+        );
+    }
+    for n in &router.nics {
+        let s = &n.stats;
+        let g = NetStats::get;
+        eprintln!(
+            "{label}{}: tx {} frames {} bytes, rx {} frames {} bytes, dropped tx {} rx {}, \
+             {} bad chains, {} backend errors",
+            n.ifname,
+            g(&s.tx_frames),
+            g(&s.tx_bytes),
+            g(&s.rx_frames),
+            g(&s.rx_bytes),
+            g(&s.tx_dropped),
+            g(&s.rx_dropped),
+            g(&s.bad_chains),
+            g(&s.backend_errors)
         );
     }
     end.map(drop).map_err(|e| format!("waiting for requests: {}", describe(&e)))

@@ -90,6 +90,17 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: u16) -> bool;
     /// Returns the device to its initial state (§2.4): queues and guest memory dropped.
     fn reset(&mut self);
+    /// A descriptor the serving loop should wait on for this device (a network backend's), or
+    /// `None` while the device wants no input (not started, or nowhere to put it yet). Devices
+    /// without a backend to watch (a disk) keep the default.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The descriptor of [`VirtioDevice::backend_fd`] is readable: take what the backend has into
+    /// the guest. Returns whether the driver must be interrupted.
+    fn backend_ready(&mut self) -> bool {
+        false
+    }
 }
 
 /// The transport's record of one queue's registers before DRIVER_OK (§4.2.2, Queue*).
@@ -294,6 +305,22 @@ impl MmioTransport {
             return Effect::None;
         }
         if self.device.process_queue(index) {
+            self.interrupt_status |= INT_VRING;
+            return Effect::Interrupt(true);
+        }
+        Effect::None
+    }
+
+    /// The descriptor the serving loop waits on for this device now ([`VirtioDevice::backend_fd`];
+    /// `None` before DRIVER_OK).
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd().filter(|_| self.activated)
+    }
+
+    /// The device's backend descriptor is readable: as [`MmioTransport::process_queue`], returns
+    /// whether to raise the interrupt.
+    pub fn backend_ready(&mut self) -> Effect {
+        if self.activated && self.device.backend_ready() {
             self.interrupt_status |= INT_VRING;
             return Effect::Interrupt(true);
         }

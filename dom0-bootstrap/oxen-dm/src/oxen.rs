@@ -1,6 +1,7 @@
 //! `/dev/oxen` for the device model: the hypercalls it makes (`IOCTL_HYPERCALL`: `GET_INFO`,
 //! `IRQ_LINE`), its ioreq fd (`IOCTL_IOREQ_OPEN`, the page's mapping, `IOCTL_IOREQ_RANGE`,
-//! `IOCTL_IOREQ_DONE`) and the stop signals, as the [`Host`] the serving loop runs on.
+//! `IOCTL_IOREQ_DONE`), the stop signals and the network backends' descriptors, as the [`Host`]
+//! the serving loop runs on.
 //!
 //! oxl has its own copy of the hypercall ioctl (`oxl/src/device.rs`); this one is the few lines
 //! the device model needs, so that it does not depend on oxl.
@@ -16,7 +17,7 @@ use oxen_abi::{
     DEVICE_PATH, IOCTL_HYPERCALL, IOCTL_IOREQ_DONE, IOCTL_IOREQ_OPEN, IOCTL_IOREQ_RANGE,
 };
 
-use crate::serve::{Host, Wake};
+use crate::serve::{Host, Wake, Watch};
 
 /// An OS error's text without Rust's " (os error N)" suffix, for the log.
 pub fn describe(e: &io::Error) -> String {
@@ -151,17 +152,26 @@ pub struct Oxen {
     pub ioreq: Ioreq,
     pub signals: OwnedFd,
     pub domid: u32,
+    /// `poll`'s array, kept between waits.
+    polls: Vec<libc::pollfd>,
+}
+
+impl Oxen {
+    pub fn new(dev: File, ioreq: Ioreq, signals: OwnedFd, domid: u32) -> Self {
+        Self { dev, ioreq, signals, domid, polls: Vec::new() }
+    }
 }
 
 impl Host for Oxen {
-    fn wait(&mut self, timeout: Duration) -> io::Result<Wake> {
-        let mut fds = [
-            libc::pollfd { fd: self.ioreq.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
+    fn wait(&mut self, timeout: Duration, backends: &mut [Watch]) -> io::Result<Wake> {
+        let fds = &mut self.polls;
+        fds.clear();
+        fds.push(libc::pollfd { fd: self.ioreq.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.extend(backends.iter().map(|w| libc::pollfd { fd: w.fd, events: libc::POLLIN, revents: 0 }));
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `fds` is a live array of two pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted { Ok(Wake::Timeout) } else { Err(e) };
@@ -176,8 +186,17 @@ impl Host for Oxen {
             let sig = if r == size_of::<libc::signalfd_siginfo>() as isize { info.ssi_signo as i32 } else { libc::SIGTERM };
             return Ok(Wake::Signal(sig));
         }
+        // A backend in error (POLLERR, POLLHUP) counts as ready: its device finds out reading and
+        // stops waiting on it, so it cannot keep the loop spinning.
+        for (w, p) in backends.iter_mut().zip(&fds[2..]) {
+            w.ready = p.revents != 0;
+        }
         // POLLERR/POLLHUP on the ioreq fd would be the driver's: serving finds nothing then.
-        Ok(if n == 0 { Wake::Timeout } else { Wake::Ioreq })
+        Ok(match (n, fds[0].revents) {
+            (0, _) => Wake::Timeout,
+            (_, 0) => Wake::Backends,
+            _ => Wake::Ioreq,
+        })
     }
 
     fn ioreq_done(&mut self, vcpu: u32) -> io::Result<()> {

@@ -1,6 +1,8 @@
-//! The device model's loop: wait on the ioreq fd, serve the page, act on what the devices say.
+//! The device model's loop: wait on the ioreq fd and the network backends, serve the page, move
+//! frames, act on what the devices say.
 //!
-//! Every access the hypervisor forwards goes to the disk whose window holds it ([`Bound`]); one
+//! Every access the hypervisor forwards goes to the device (disk or vif) whose window holds it
+//! ([`Bound`]); one
 //! outside every window reads all ones and a write there is dropped (counted: the hypervisor only
 //! forwards the ranges registered, so such an access means a mismatch, not a guest's doing).
 //!
@@ -10,13 +12,19 @@
 //!   find the line low, or the level-triggered IOAPIC delivers the interrupt again;
 //! - then every answered vCPU is released (`IOREQ_DONE`);
 //! - then the notified queues are processed and the line raised if a buffer was used: the vCPU
-//!   that notified runs on while dom0 does the I/O (issue 11).
+//!   that notified runs on while dom0 does the I/O (issue 11);
+//! - then each vif whose backend was readable moves its frames into the guest's receive buffers.
+//!
+//! A vif's backend is waited on only while its device wants frames ([`MmioTransport::backend_fd`]:
+//! started, and no frame already waiting for a receive buffer); the guest's notification of new
+//! receive buffers (a QueueNotify of queue 0) delivers the waiting frame and reads on.
 //!
 //! The hypercalls and the waiting are behind [`Host`], so that the tests drive this loop with an
 //! in-memory page and record the interrupt lines (`tests/serve.rs`); `crate::oxen` is the real one.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,24 +34,36 @@ use oxen_abi::{DomainInfo, DomainState};
 use crate::block::BlockStats;
 use crate::ioreq::{Access, IoDevice, Page};
 use crate::mmio::{Effect, MmioTransport, MMIO_WINDOW_SIZE};
+use crate::net::NetStats;
 use crate::oxen::describe;
-use crate::spec::DiskSpec;
+use crate::spec::{DiskSpec, VifSpec};
 
 /// Why [`Host::wait`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// The ioreq fd is readable: requests or posted writes wait.
+    /// The ioreq fd is readable: requests or posted writes wait (backends may be ready too).
     Ioreq,
+    /// Only backends are readable (those whose [`Watch::ready`] is set).
+    Backends,
     /// SIGTERM or SIGINT (the number).
     Signal(i32),
     /// Nothing within the timeout.
     Timeout,
 }
 
+/// A descriptor the loop waits on besides the ioreq fd: a network backend's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub fd: RawFd,
+    /// Set by [`Host::wait`] when `fd` is readable (or in error: the device finds out reading).
+    pub ready: bool,
+}
+
 /// The device model's calls out: to the kernel (the ioreq fd, signals) and the hypervisor.
 pub trait Host {
-    /// Waits until the ioreq fd is readable, a stop signal comes, or `timeout` passes.
-    fn wait(&mut self, timeout: Duration) -> io::Result<Wake>;
+    /// Waits until the ioreq fd or one of `backends` is readable, a stop signal comes, or
+    /// `timeout` passes; sets `ready` on each backend that is readable.
+    fn wait(&mut self, timeout: Duration, backends: &mut [Watch]) -> io::Result<Wake>;
     /// `IOCTL_IOREQ_DONE`: vCPU `vcpu`'s slot is answered.
     fn ioreq_done(&mut self, vcpu: u32) -> io::Result<()>;
     /// `domctl::IRQ_LINE` for the domain's line `gsi`.
@@ -75,6 +95,28 @@ impl Disk {
     }
 }
 
+/// One virtio-net device of the domain.
+pub struct Nic {
+    pub spec: VifSpec,
+    /// Its tap's name in dom0 (the log's name for it).
+    pub ifname: String,
+    pub transport: MmioTransport,
+    pub stats: Arc<NetStats>,
+    /// The level last set on its line (lines start low).
+    line: bool,
+}
+
+impl Nic {
+    pub fn new(spec: VifSpec, ifname: String, transport: MmioTransport, stats: Arc<NetStats>) -> Self {
+        Self { spec, ifname, transport, stats, line: false }
+    }
+
+    fn holds(&self, a: Access) -> Option<u64> {
+        let off = a.addr.checked_sub(self.spec.base)?;
+        (a.kind == KIND_MMIO && off < MMIO_WINDOW_SIZE).then_some(off)
+    }
+}
+
 /// What the loop counted, for the summary at exit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -83,9 +125,11 @@ pub struct Counters {
     pub posted: u64,
     /// QueueNotify writes.
     pub notifications: u64,
+    /// Wake-ups of a vif for its backend's frames.
+    pub backend_wakes: u64,
     /// `IRQ_LINE` raises that took effect.
     pub interrupts: u64,
-    /// Accesses outside every disk's window.
+    /// Accesses outside every device's window.
     pub unclaimed: u64,
     /// `IRQ_LINE` or `IOREQ_DONE` calls that failed.
     pub call_errors: u64,
@@ -94,19 +138,76 @@ pub struct Counters {
 /// Failed calls logged one by one before going quiet (a guest must not fill dom0's log).
 const LOGGED_ERRORS: u64 = 10;
 
-/// The domain's disks and what is pending between the serving of a round and its end.
+/// The domain's devices and what is pending between the serving of a round and its end.
+///
+/// A device is named by one index: `0..disks.len()` the disks, then the vifs.
 pub struct Router {
     pub disks: Vec<Disk>,
+    pub nics: Vec<Nic>,
     pub counters: Counters,
-    /// (disk, queue) notified in this round, in order, each once.
+    /// (device, queue) notified in this round, in order, each once.
     notified: Vec<(usize, u16)>,
+    /// The backends waited on in this round and the vif of each.
+    watch: Vec<Watch>,
+    watched: Vec<usize>,
     /// The log's prefix: `oxen-dm: d5 (web): `.
     label: String,
 }
 
+/// A device's transport and line, whichever kind it is.
+struct Port<'a> {
+    transport: &'a mut MmioTransport,
+    line: &'a mut bool,
+    gsi: u32,
+    name: &'a str,
+}
+
 impl Router {
     pub fn new(disks: Vec<Disk>, label: String) -> Self {
-        Self { disks, counters: Counters::default(), notified: Vec::new(), label }
+        Self {
+            disks,
+            nics: Vec::new(),
+            counters: Counters::default(),
+            notified: Vec::new(),
+            watch: Vec::new(),
+            watched: Vec::new(),
+            label,
+        }
+    }
+
+    /// The router with these vifs besides its disks.
+    pub fn with_nics(mut self, nics: Vec<Nic>) -> Self {
+        self.nics = nics;
+        self
+    }
+
+    fn port(&mut self, i: usize) -> Option<Port<'_>> {
+        let disks = self.disks.len();
+        if i < disks {
+            let d = &mut self.disks[i];
+            return Some(Port { transport: &mut d.transport, line: &mut d.line, gsi: d.spec.gsi, name: &d.spec.vdev });
+        }
+        let n = self.nics.get_mut(i - disks)?;
+        Some(Port { transport: &mut n.transport, line: &mut n.line, gsi: n.spec.gsi, name: &n.ifname })
+    }
+
+    /// The device whose window holds `a`, and the offset in it.
+    fn find(&self, a: Access) -> Option<(usize, u64)> {
+        let disks = self.disks.iter().map(|d| d.holds(a));
+        let nics = self.nics.iter().map(|n| n.holds(a));
+        disks.chain(nics).enumerate().find_map(|(i, off)| Some((i, off?)))
+    }
+
+    /// Collects the backends to wait on: every vif's that wants frames now.
+    fn collect_watch(&mut self) {
+        self.watch.clear();
+        self.watched.clear();
+        for (i, n) in self.nics.iter().enumerate() {
+            if let Some(fd) = n.transport.backend_fd() {
+                self.watch.push(Watch { fd, ready: false });
+                self.watched.push(i);
+            }
+        }
     }
 
     fn failed(&mut self, what: std::fmt::Arguments<'_>) {
@@ -116,27 +217,28 @@ impl Router {
         }
     }
 
-    /// Sets disk `i`'s line to `level` if that changes it. A failed call leaves the level as it
-    /// was, so the next change tries again.
+    /// Sets device `i`'s line to `level` if that changes it. A failed call leaves the level as
+    /// it was, so the next change tries again.
     fn set_line(&mut self, host: &mut impl Host, i: usize, level: bool) {
-        let Some(d) = self.disks.get(i) else { return };
-        if d.line == level {
+        let Some(p) = self.port(i) else { return };
+        if *p.line == level {
             return;
         }
-        let gsi = d.spec.gsi;
+        let gsi = p.gsi;
         match host.irq_line(gsi, level) {
             Ok(()) => {
-                self.disks[i].line = level;
+                *p.line = level;
                 self.counters.interrupts += u64::from(level);
             }
             Err(e) => {
-                let vdev = self.disks[i].spec.vdev.clone();
-                self.failed(format_args!("{vdev}: setting gsi {gsi} to {}: {}", u8::from(level), describe(&e)));
+                let name = p.name.to_owned();
+                self.failed(format_args!("{name}: setting gsi {gsi} to {}: {}", u8::from(level), describe(&e)));
             }
         }
     }
 
-    /// One round: serve the page, release the answered vCPUs, process the notified queues.
+    /// One round: serve the page, release the answered vCPUs, process the notified queues, take
+    /// the frames of the backends [`Host::wait`] found readable.
     pub fn round(&mut self, page: &Page, host: &mut impl Host) {
         let served = page.serve(&mut Bound { router: self, host });
         self.counters.requests += u64::from(served.answered.count_ones());
@@ -150,14 +252,25 @@ impl Router {
         }
         let notified = std::mem::take(&mut self.notified);
         for &(i, q) in &notified {
-            let effect = self.disks[i].transport.process_queue(q);
+            let effect = self.port(i).map_or(Effect::None, |p| p.transport.process_queue(q));
             if let Effect::Interrupt(level) = effect {
                 self.set_line(host, i, level);
             }
         }
-        // The vector is kept: no allocation per round.
+        // The vectors are kept: no allocation per round.
         self.notified = notified;
         self.notified.clear();
+        for w in 0..self.watch.len() {
+            if !self.watch[w].ready {
+                continue;
+            }
+            self.watch[w].ready = false;
+            let n = self.watched[w];
+            self.counters.backend_wakes += 1;
+            if let Effect::Interrupt(level) = self.nics[n].transport.backend_ready() {
+                self.set_line(host, self.disks.len() + n, level);
+            }
+        }
     }
 }
 
@@ -170,8 +283,9 @@ pub struct Bound<'a, H: Host> {
 
 impl<H: Host> IoDevice for Bound<'_, H> {
     fn read(&mut self, a: Access) -> u64 {
-        match self.router.disks.iter().find_map(|d| Some((d, d.holds(a)?))) {
-            Some((d, off)) => d.transport.read(off, a.size),
+        let found = self.router.find(a);
+        match found.and_then(|(i, off)| Some((self.router.port(i)?, off))) {
+            Some((p, off)) => p.transport.read(off, a.size),
             None => {
                 self.router.counters.unclaimed += 1;
                 u64::MAX
@@ -180,11 +294,12 @@ impl<H: Host> IoDevice for Bound<'_, H> {
     }
 
     fn write(&mut self, a: Access, value: u64) {
-        let Some((i, off)) = self.router.disks.iter().enumerate().find_map(|(i, d)| Some((i, d.holds(a)?))) else {
+        let Some((i, off)) = self.router.find(a) else {
             self.router.counters.unclaimed += 1;
             return;
         };
-        match self.router.disks[i].transport.write(off, a.size, value) {
+        let effect = self.router.port(i).map_or(Effect::None, |p| p.transport.write(off, a.size, value));
+        match effect {
             Effect::None => {}
             Effect::Interrupt(level) => self.router.set_line(self.host, i, level),
             Effect::QueueNotify(q) => {
@@ -213,7 +328,8 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
     let mut last_check = Instant::now();
     let mut restarts = None;
     loop {
-        let wake = host.wait(tick)?;
+        router.collect_watch();
+        let wake = host.wait(tick, &mut router.watch)?;
         if let Wake::Signal(sig) = wake {
             return Ok(End::Signal(sig));
         }

@@ -1,11 +1,12 @@
 //! The serving loop end to end (`serve::run`): a guest's accesses written into an in-memory ioreq
-//! page as the hypervisor would, two disks behind the router, and a fake host that records the
-//! `IOREQ_DONE` and `IRQ_LINE` calls in the order they came.
+//! page as the hypervisor would, disks and a vif (on a socket pair) behind the router, and a fake
+//! host that records the `IOREQ_DONE` and `IRQ_LINE` calls in the order they came.
 
 mod common;
 
 use std::collections::VecDeque;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +15,13 @@ use common::*;
 use oxen_abi::ioreq::{DIR_READ, DIR_WRITE, KIND_MMIO, KIND_PIO, POSTED_ENTRIES, STATE_DONE, STATE_FREE, STATE_READY};
 use oxen_abi::{DomainInfo, DomainState, IoreqPage};
 use oxen_dm::ioreq::Page;
-use oxen_dm::serve::{self, Disk, End, Host, Router, Wake};
-use oxen_dm::spec::DiskSpec;
-use oxen_dm::{Block, BlockStats, GuestMemoryMmap, MmioTransport};
+use oxen_dm::net::HDR_LEN;
+use oxen_dm::serve::{self, Disk, End, Host, Nic, Router, Wake, Watch};
+use oxen_dm::spec::{DiskSpec, VifSpec};
+use oxen_dm::{Block, BlockStats, FdBackend, GuestMemoryMmap, MmioTransport, Net, NetStats};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_config::*;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_mmio::*;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -44,6 +47,8 @@ enum Step {
     Mem(Box<dyn FnOnce()>),
     /// A wait that finds nothing (the loop then looks the domain up).
     Idle,
+    /// A wait that finds nothing, asserting how many backends the loop waits on.
+    Watched(usize),
 }
 
 /// The hypervisor and the guest, as the loop sees them: the script runs one step per wait.
@@ -103,8 +108,12 @@ impl Fake {
 }
 
 impl Host for Fake {
-    fn wait(&mut self, _timeout: Duration) -> io::Result<Wake> {
+    fn wait(&mut self, _timeout: Duration, backends: &mut [Watch]) -> io::Result<Wake> {
         self.retire();
+        // Every backend is said to be ready: a device must cope with one that has nothing.
+        for w in backends.iter_mut() {
+            w.ready = true;
+        }
         let Some(step) = self.steps.pop_front() else {
             return Ok(if self.signal_at_end { Wake::Signal(15) } else { Wake::Timeout });
         };
@@ -120,6 +129,10 @@ impl Host for Fake {
             }
             Step::Mem(f) => f(),
             Step::Idle => return Ok(Wake::Timeout),
+            Step::Watched(n) => {
+                assert_eq!(backends.len(), n, "backends waited on");
+                return Ok(Wake::Timeout);
+            }
         }
         Ok(Wake::Ioreq)
     }
@@ -172,14 +185,16 @@ fn zeroed_page() -> Box<IoreqPage> {
 /// A guest's driver bringing up the disk at BASE_A (§3.1.1, §4.2.3.2) with vCPU `v`, through
 /// forwarded accesses.
 fn bring_up(v: u32, vq_desc: u64, vq_avail: u64, vq_used: u64) -> Vec<Step> {
-    let w = |off: u32, val: u64| Step::Write(v, BASE_A + u64::from(off), 4, val);
+    bring_up_at(v, BASE_A, &[(vq_desc, vq_avail, vq_used)])
+}
+
+/// The same for the device at `base` with one queue per (desc, avail, used) in `queues`.
+fn bring_up_at(v: u32, base: u64, queues: &[(u64, u64, u64)]) -> Vec<Step> {
+    let w = |off: u32, val: u64| Step::Write(v, base + u64::from(off), 4, val);
     let split = |a: u64| (a & 0xffff_ffff, a >> 32);
     let ack_drv = u64::from(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
     let features = 1u64 << VIRTIO_F_VERSION_1;
-    let (dl, dh) = split(vq_desc);
-    let (al, ah) = split(vq_avail);
-    let (ul, uh) = split(vq_used);
-    vec![
+    let mut steps = vec![
         w(VIRTIO_MMIO_STATUS, 0),
         w(VIRTIO_MMIO_STATUS, u64::from(VIRTIO_CONFIG_S_ACKNOWLEDGE)),
         w(VIRTIO_MMIO_STATUS, ack_drv),
@@ -188,18 +203,28 @@ fn bring_up(v: u32, vq_desc: u64, vq_avail: u64, vq_used: u64) -> Vec<Step> {
         w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0),
         w(VIRTIO_MMIO_DRIVER_FEATURES, features & 0xffff_ffff),
         w(VIRTIO_MMIO_STATUS, ack_drv | u64::from(VIRTIO_CONFIG_S_FEATURES_OK)),
-        w(VIRTIO_MMIO_QUEUE_SEL, 0),
-        w(VIRTIO_MMIO_QUEUE_NUM, u64::from(QSIZE)),
-        w(VIRTIO_MMIO_QUEUE_DESC_LOW, dl),
-        w(VIRTIO_MMIO_QUEUE_DESC_HIGH, dh),
-        w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, al),
-        w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, ah),
-        w(VIRTIO_MMIO_QUEUE_USED_LOW, ul),
-        w(VIRTIO_MMIO_QUEUE_USED_HIGH, uh),
-        w(VIRTIO_MMIO_QUEUE_READY, 1),
+    ];
+    for (q, &(d, av, u)) in queues.iter().enumerate() {
+        let (dl, dh) = split(d);
+        let (al, ah) = split(av);
+        let (ul, uh) = split(u);
+        steps.extend([
+            w(VIRTIO_MMIO_QUEUE_SEL, q as u64),
+            w(VIRTIO_MMIO_QUEUE_NUM, u64::from(QSIZE)),
+            w(VIRTIO_MMIO_QUEUE_DESC_LOW, dl),
+            w(VIRTIO_MMIO_QUEUE_DESC_HIGH, dh),
+            w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, al),
+            w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, ah),
+            w(VIRTIO_MMIO_QUEUE_USED_LOW, ul),
+            w(VIRTIO_MMIO_QUEUE_USED_HIGH, uh),
+            w(VIRTIO_MMIO_QUEUE_READY, 1),
+        ]);
+    }
+    steps.extend([
         w(VIRTIO_MMIO_STATUS, u64::from(S_ALL)),
-        Step::Read(v, KIND_MMIO, BASE_A + u64::from(VIRTIO_MMIO_STATUS), 4),
-    ]
+        Step::Read(v, KIND_MMIO, base + u64::from(VIRTIO_MMIO_STATUS), 4),
+    ]);
+    steps
 }
 
 /// A three-descriptor request at table index 0 made available (the driver's side of
@@ -330,8 +355,8 @@ fn a_reset_lowers_the_line_and_the_device_comes_up_again() {
 struct Refusing(Fake);
 
 impl Host for Refusing {
-    fn wait(&mut self, t: Duration) -> io::Result<Wake> {
-        self.0.wait(t)
+    fn wait(&mut self, t: Duration, b: &mut [Watch]) -> io::Result<Wake> {
+        self.0.wait(t, b)
     }
     fn ioreq_done(&mut self, v: u32) -> io::Result<()> {
         self.0.ioreq_done(v)
@@ -368,4 +393,112 @@ fn a_refused_line_change_is_tried_again() {
     let irqs: Vec<Call> = host.0.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
     assert_eq!(irqs, [Call::Irq(16, true), Call::Irq(16, true)]);
     assert_eq!((router.counters.interrupts, router.counters.call_errors), (0, 2));
+}
+
+/// A vif at BASE_B on gsi 17, its backend a socket pair; returns the network's end.
+fn nic(mem: &Arc<GuestMemoryMmap>) -> (File, Nic) {
+    let (backend, peer) = FdBackend::socketpair().unwrap();
+    let spec = VifSpec {
+        base: BASE_B,
+        gsi: 17,
+        mac: [0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c],
+        bridge: "xenbr0".into(),
+        vifname: None,
+    };
+    let net = Net::new(Box::new(backend), spec.mac);
+    let stats = net.stats();
+    let t = MmioTransport::new(Box::new(net), Arc::clone(mem)).unwrap();
+    (File::from(peer), Nic::new(spec, "vif5.0".into(), t, stats))
+}
+
+#[test]
+fn a_guest_exchanges_frames_through_the_loop_beside_a_disk() {
+    let mem = mem();
+    let (_ta, a) = disk(&mem, BASE_A, 16, 64, 0);
+    let (peer, n) = nic(&mem);
+    let mut router = Router::new(vec![a], String::from("test: ")).with_nics(vec![n]);
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let peer: &'static File = Box::leak(Box::new(peer));
+    let rx: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let tx: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x10000))));
+    let rings = |q: &Vq<'_>| (q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0);
+    let frame = |len: usize, seed: u8| -> Vec<u8> { (0..len).map(|i| (i as u8) ^ seed).collect() };
+    let (f1, f2, f3) = (frame(60, 0x11), frame(1514, 0x22), frame(98, 0x33));
+    const RXBUF: u64 = 0x40_0000;
+    const TXBUF: u64 = 0x50_0000;
+    let room = (HDR_LEN + 1518) as u32;
+
+    let isr = || Step::Read(1, KIND_MMIO, BASE_B + u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), 4);
+    let ack = || Step::Write(1, BASE_B + u64::from(VIRTIO_MMIO_INTERRUPT_ACK), 4, u64::from(VIRTIO_MMIO_INT_VRING));
+    let notify = |q: u64| Step::Write(1, BASE_B + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, q);
+    let mut steps = vec![
+        // The vif's window: a network device whose config space starts with its MAC.
+        Step::Read(0, KIND_MMIO, BASE_B + u64::from(VIRTIO_MMIO_DEVICE_ID), 4),
+        Step::Read(0, KIND_MMIO, BASE_B + u64::from(VIRTIO_MMIO_CONFIG), 4),
+        // Not started: its backend is not waited on.
+        Step::Watched(0),
+    ];
+    steps.extend(bring_up_at(0, BASE_B, &[rings(rx), rings(tx)]));
+    let f1c = f1.clone();
+    steps.extend([
+        Step::Watched(1),
+        // A frame before any receive buffer: taken and kept; the backend is then not waited on.
+        Step::Mem(Box::new(move || (&*peer).write_all(&f1c).unwrap())),
+        Step::Watched(0),
+        // The driver adds a buffer and notifies the receive queue: the frame arrives.
+        Step::Mem(Box::new(move || rx.add_desc_chains(&[desc(RXBUF, room, F_WRITE, 0)], 0))),
+        notify(0),
+        isr(),
+        ack(),
+        Step::Watched(1),
+    ]);
+    let f2c = f2.clone();
+    steps.extend([
+        // A buffer already there: the backend's readiness alone delivers the next frame.
+        Step::Mem(Box::new(move || rx.add_desc_chains(&[desc(RXBUF + 0x1_0000, room, F_WRITE, 0)], 1))),
+        Step::Mem(Box::new(move || (&*peer).write_all(&f2c).unwrap())),
+        isr(),
+        ack(),
+    ]);
+    let f3c = f3.clone();
+    steps.extend([
+        // The guest sends: header and frame, notified through the posted ring.
+        Step::Mem(Box::new(move || {
+            mem_ref.write_slice(&[0u8; HDR_LEN], GuestAddress(TXBUF)).unwrap();
+            mem_ref.write_slice(&f3c, GuestAddress(TXBUF + 0x100)).unwrap();
+            tx.add_desc_chains(&[desc(TXBUF, HDR_LEN as u32, F_NEXT, 1), desc(TXBUF + 0x100, 98, 0, 0)], 0);
+        })),
+        Step::Posted(BASE_B + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 1),
+        isr(),
+        ack(),
+        Step::Idle,
+    ]);
+    let mut page = zeroed_page();
+    let mut fake = Fake::new(&mut page, steps);
+    fake.alive_lookups = None;
+    fake.signal_at_end = true;
+    // SAFETY: the box outlives `p` (both locals of this test); one thread.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+
+    let vring = u64::from(VIRTIO_MMIO_INT_VRING);
+    assert_eq!(fake.answers, [u64::from(VIRTIO_ID_NET), 0x0a3e_1600, u64::from(S_ALL), vring, vring, vring]);
+    for (i, f) in [&f1, &f2].into_iter().enumerate() {
+        let mut back = vec![0u8; HDR_LEN + f.len()];
+        mem.read_slice(&mut back, GuestAddress(RXBUF + i as u64 * 0x1_0000)).unwrap();
+        assert_eq!(back[..HDR_LEN], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "num_buffers 1");
+        assert_eq!(&back[HDR_LEN..], &f[..]);
+    }
+    let mut got = vec![0u8; 2048];
+    let len = (&*peer).read(&mut got).unwrap();
+    assert_eq!(&got[..len], &f3[..], "the frame the guest sent, without its header");
+
+    // Only the vif's line moved: raised per delivery or send, lowered by each ACK.
+    let irqs: Vec<Call> = fake.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
+    assert_eq!(irqs, [true, false, true, false, true, false].map(|l| Call::Irq(17, l)));
+    let s = &router.nics[0].stats;
+    assert_eq!((NetStats::get(&s.rx_frames), NetStats::get(&s.tx_frames)), (2, 1));
+    assert_eq!((NetStats::get(&s.rx_dropped), NetStats::get(&s.bad_chains)), (0, 0));
+    assert_eq!(router.counters.unclaimed, 0);
+    assert!(router.counters.backend_wakes >= 2, "{:?}", router.counters);
 }
