@@ -66,6 +66,11 @@ pub const MODULES: &[(&str, &str, &str)] = &[
         "xenbr0: dom0's NIC and the domUs' vifs on one bridge",
     ),
     ("tun", "CONFIG_TUN", "tap devices, one per domU vif"),
+    (
+        "loop",
+        "CONFIG_BLK_DEV_LOOP",
+        "disk images mounted in dom0 (linux-disk.sh reads what a domU wrote)",
+    ),
     ("virtio_blk", "CONFIG_VIRTIO_BLK", "virtio disk"),
     (
         "ata_piix",
