@@ -182,8 +182,11 @@ const RFLAGS_DEFINED: u64 = 0x3f_7fd7;
 const RFLAGS_IF: u64 = 1 << 9;
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
-/// CR4 bits a guest may hold (through PKS, bit 24, and LAM_SUP 28; Vol. 3A §2.5).
-const CR4_DEFINED: u64 = 0x11f_7fff;
+/// CR4 bits a guest may hold (Vol. 3A §2.5): VME..SMXE 0-14, FSGSBASE 16,
+/// PCIDE 17, OSXSAVE 18, KL 19, SMEP 20, SMAP 21, PKE 22, CET 23, PKS 24,
+/// LAM_SUP 28 (this once read 0x11f_7fff, which refused the SMAP, PKE and CET
+/// a Linux guest sets: its saved state could not be loaded again).
+const CR4_DEFINED: u64 = 0x11ff_7fff;
 /// EFER: SCE, LME, LMA, NXE, SVME is ours, FFXSR 14.
 const EFER_DEFINED: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 14);
 /// DR6's bits 63:32 and DR7's are reserved zero (MOV to DR #GP).
@@ -570,9 +573,22 @@ mod tests {
     }
 
     #[test]
+    fn a_linux_guests_cr4_is_loadable() {
+        // What Debian's kernel runs with on a host that has them: PAE, PGE,
+        // OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE.
+        let mut s = sample();
+        s.arch.cr4 = 0x3f_0ea0 | (1 << 11);
+        assert_eq!(round_trip(&s).map(|r| r.arch.cr4), Ok(s.arch.cr4));
+        s.arch.cr4 |= (1 << 23) | (1 << 24) | (1 << 28);
+        assert!(round_trip(&s).is_ok(), "CET, PKS and LAM_SUP are defined bits");
+    }
+
+    #[test]
     fn unloadable_values_are_refused() {
         type Breaks = fn(&mut VcpuSnapshot);
-        let bad: [(&str, Breaks); 12] = [
+        let bad: [(&str, Breaks); 14] = [
+            ("cr4 bit 15", |s| s.arch.cr4 |= 1 << 15),
+            ("cr4 bit 25", |s| s.arch.cr4 |= 1 << 25),
             ("rip", |s| s.arch.rip = 0x8000_0000_0000_0000),
             ("rflags", |s| s.arch.rflags = 0),
             ("efer", |s| s.arch.efer |= 1 << 12),
