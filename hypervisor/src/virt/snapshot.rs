@@ -192,10 +192,6 @@ const EFER_DEFINED: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 14);
 /// DR6's bits 63:32 and DR7's are reserved zero (MOV to DR #GP).
 const HIGH: u64 = 0xffff_ffff_0000_0000;
 
-fn canonical(v: u64) -> bool {
-    let top = (v as i64) >> 47;
-    top == 0 || top == -1
-}
 
 fn pat_valid(pat: u64) -> bool {
     // Each byte 0, 1, 4, 5, 6 or 7 (SDM Vol. 3A §13.12.2).
@@ -262,7 +258,11 @@ impl VcpuSnapshot {
     /// The value a record stands for, if every field is one a vCPU can hold.
     /// The XSAVE area and the LAPIC are checked where they are loaded
     /// (`XState::load_image`, `VirtualLapic::load_state`), which know the host.
-    pub fn from_record(r: &VcpuStateRecord) -> Result<Self, &'static str> {
+    /// `linear_bits` is the host CPU's linear-address width (48, or 57 with
+    /// 5-level paging: `cpu::linear_address_bits`): VM entry checks the bases
+    /// and RIP against it (SDM Vol. 3A §4.5.1), and a Linux guest on such a
+    /// CPU keeps its per-CPU GS base at 0xff11... addresses.
+    pub fn from_record(r: &VcpuStateRecord, linear_bits: u32) -> Result<Self, &'static str> {
         let mut w = r.arch.iter().copied();
         let mut next = || w.next().unwrap_or(0);
         let gprs_rax = next();
@@ -319,7 +319,7 @@ impl VcpuSnapshot {
             sfmask,
             kernel_gs_base,
         };
-        check_arch(&arch)?;
+        check_arch(&arch, linear_bits)?;
         let [pending, error_code, insn_len, shadow, nmi_blocked, pending_debug] = r.events;
         let pending = match pending {
             0 => None,
@@ -399,7 +399,7 @@ impl VcpuSnapshot {
 
 /// What VM entry (SDM Vol. 3C §27.3.1) or VMRUN (APM Vol. 2 §15.5.1) would
 /// refuse, or the guest's WRMSR would: refused here, before anything changes.
-fn check_arch(a: &VcpuState) -> Result<(), &'static str> {
+fn check_arch(a: &VcpuState, linear_bits: u32) -> Result<(), &'static str> {
     if a.rflags & !RFLAGS_DEFINED != 0 || a.rflags & RFLAGS_RESERVED_ONE == 0 {
         return Err("RFLAGS: reserved bits, or bit 1 clear");
     }
@@ -434,7 +434,7 @@ fn check_arch(a: &VcpuState) -> Result<(), &'static str> {
         ("CSTAR", a.cstar),
         ("KERNEL_GS_BASE", a.kernel_gs_base),
     ] {
-        if !canonical(v) {
+        if !crate::mem::addr::is_canonical_bits(v, linear_bits) {
             return Err(match what {
                 "RIP" => "RIP is not canonical",
                 _ => "a segment, descriptor-table or MSR base is not canonical",
@@ -534,7 +534,7 @@ mod tests {
         let r = s.to_record();
         let mut bytes = vec![0u8; r.encoded_len()];
         r.encode(&mut bytes).unwrap();
-        VcpuSnapshot::from_record(&VcpuStateRecord::decode(&bytes).unwrap())
+        VcpuSnapshot::from_record(&VcpuStateRecord::decode(&bytes).unwrap(), 48)
     }
 
     #[test]
@@ -558,7 +558,7 @@ mod tests {
         m.store(0, Ok(sample()));
         assert!(matches!(m.request(0), Request::None));
         let Got::Bytes(n) = m.get(0, &mut buf) else { panic!("no state") };
-        let decoded = VcpuSnapshot::from_record(&VcpuStateRecord::decode(&buf[..n]).unwrap()).unwrap();
+        let decoded = VcpuSnapshot::from_record(&VcpuStateRecord::decode(&buf[..n]).unwrap(), 48).unwrap();
         assert_eq!(decoded, sample());
         assert_eq!(m.get(0, &mut buf[..10]), Got::Short(n));
         assert!(m.post(1, sample()) && !m.post(2, sample()));
@@ -581,6 +581,19 @@ mod tests {
         assert_eq!(round_trip(&s).map(|r| r.arch.cr4), Ok(s.arch.cr4));
         s.arch.cr4 |= (1 << 23) | (1 << 24) | (1 << 28);
         assert!(round_trip(&s).is_ok(), "CET, PKS and LAM_SUP are defined bits");
+    }
+
+    #[test]
+    fn five_level_bases_load_on_a_five_level_host_only() {
+        // Linux's per-CPU GS base in its direct map under 5-level paging.
+        let mut s = sample();
+        s.arch.gs.base = 0xff11_0000_0b60_0000;
+        let r = s.to_record();
+        let mut bytes = vec![0u8; r.encoded_len()];
+        r.encode(&mut bytes).unwrap();
+        let rec = VcpuStateRecord::decode(&bytes).unwrap();
+        assert!(VcpuSnapshot::from_record(&rec, 57).is_ok());
+        assert!(VcpuSnapshot::from_record(&rec, 48).is_err());
     }
 
     #[test]
