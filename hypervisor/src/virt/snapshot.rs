@@ -288,7 +288,7 @@ impl VcpuSnapshot {
         let dr7 = next();
         let (pat, sysenter_cs, sysenter_esp, sysenter_eip) = (next(), next(), next(), next());
         let (star, lstar, cstar, sfmask, kernel_gs_base) = (next(), next(), next(), next(), next());
-        let arch = VcpuState {
+        let mut arch = VcpuState {
             gprs: GuestGprs { rax: gprs_rax, rcx, rdx, rbx, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15 },
             rsp,
             rip,
@@ -319,6 +319,14 @@ impl VcpuSnapshot {
             sfmask,
             kernel_gs_base,
         };
+        // A TR of an available TSS type (1, 9) is one busy in the guest's
+        // GDT: LTR reads the descriptor and then marks it busy (SDM Vol. 2A,
+        // LTR), so a CPU may keep the type it read in TR's hidden part. AMD-V
+        // does not check it (QEMU's SVM keeps 9 after a Linux guest's LTR);
+        // VM entry wants 11 (§27.3.1.2), as the descriptor in memory is.
+        if arch.tr.ar & super::state::ar::UNUSABLE == 0 && matches!(arch.tr.ar & 0xf, 1 | 9) {
+            arch.tr.ar |= 2;
+        }
         check_arch(&arch, linear_bits)?;
         let [pending, error_code, insn_len, shadow, nmi_blocked, pending_debug] = r.events;
         let pending = match pending {
@@ -597,6 +605,15 @@ mod tests {
     }
 
     #[test]
+    fn an_available_tss_in_tr_loads_as_busy() {
+        let mut s = sample();
+        s.arch.tr.ar = (s.arch.tr.ar & !0xf) | 9;
+        assert_eq!(round_trip(&s).map(|r| r.arch.tr.ar & 0xf), Ok(11));
+        s.arch.tr.ar = (s.arch.tr.ar & !0xf) | 2;
+        assert!(round_trip(&s).is_err(), "an LDT type in TR");
+    }
+
+    #[test]
     fn unloadable_values_are_refused() {
         type Breaks = fn(&mut VcpuSnapshot);
         let bad: [(&str, Breaks); 14] = [
@@ -608,7 +625,7 @@ mod tests {
             ("lma", |s| s.arch.efer &= !(1 << 10)),
             ("pat", |s| s.arch.pat = 0x0202_0202_0202_0202),
             ("fs base", |s| s.arch.fs.base = 1 << 60),
-            ("tr", |s| s.arch.tr.ar = 0x89),
+            ("tr not present", |s| s.arch.tr.ar = 0x0b),
             ("nmi vector", |s| s.aux.pending = Some(PendingEvent { kind: event_kind::NMI as u8, vector: 3, error_code: None, insn_len: 0 })),
             ("code", |s| s.aux.pending = Some(PendingEvent { kind: 3, vector: 6, error_code: Some(0), insn_len: 0 })),
             ("soft len", |s| s.aux.pending = Some(PendingEvent { kind: 4, vector: 0x80, error_code: None, insn_len: 16 })),
