@@ -77,7 +77,9 @@ echo "linux-save: $rate0 counts in 5 s before the save"
 # The checkpoint: written, and it runs on with its counter unbroken.
 t0=$(last_count)
 at "save -c after COUNT $t0"
-check "save -c" "oxl save -c failed" oxl save -c "$dom" $files/checkpoint.save
+# Its pause lasts the command (--json's seconds).
+check "save -c" "oxl save -c failed" sh -c "oxl save -c --json $dom $files/checkpoint.save > /tmp/linux-save.json"
+echo "linux-save: save -c --json: $(cat /tmp/linux-save.json)"
 at "save -c done"
 check "it runs on after save -c" "no COUNT past $t0 in 10 s" wait_for 10 counted_past $((t0 + 10))
 oxl console --dump "$dom" > /tmp/linux-save.ckpt
@@ -94,7 +96,9 @@ oxl console --dump "$dom" > /tmp/linux-save.before
 t=$(counts /tmp/linux-save.before | tail -n 1)
 id1=$(field "$dom" 2)
 at "save of the paused domain, last COUNT $t"
-check "save" "oxl save failed" oxl save "$dom" $files/linux.save
+# --json: the summary on one line (op, domain, file, bytes, pages, seconds).
+check "save" "oxl save failed" sh -c "oxl save --json $dom $files/linux.save > /tmp/linux-save.json"
+echo "linux-save: save --json: $(cat /tmp/linux-save.json)"
 saved_at=$(cut -d ' ' -f 1 /proc/uptime)
 check "the domain is gone after save" "still listed" gone "$dom"
 settled() { [ "$(free_kib)" = "$free0" ]; }
@@ -103,7 +107,8 @@ echo "linux-save: file of $(wc -c < $files/linux.save) bytes"
 
 # Restore: the same name, a new ID, it runs on.
 sleep 2
-check "restore" "oxl restore failed" oxl restore $files/linux.save
+check "restore" "oxl restore failed" sh -c "oxl restore --json $files/linux.save > /tmp/linux-save.json"
+echo "linux-save: restore --json: $(cat /tmp/linux-save.json)"
 at restored
 echo "linux-save: $(awk -v s="$saved_at" '{ printf "%.2f", $1 - s }' /proc/uptime) s between the end of the save and the end of the restore"
 id2=$(field "$dom" 2)
