@@ -31,6 +31,11 @@ sed -e "s/^name = .*/name = \"$dom\"/" \
 # oxl console's longest linger (10 s).
 ask() { printf '%s\n' "$1" | oxl console "$dom" > "$out" 2>&1; }
 answer() { tr -d '\r' < "$out" | sed -n "s/.*$1 \([^ ]*\) END.*/\1/p" | tail -n 1; }
+# ask_for KEY CMD: types CMD and waits (up to 120 s: under Bochs a command
+# may outlast oxl console's quiet second) for its "KEY value END" line in the
+# console ring, which then is $out.
+got() { oxl console --dump "$dom" > "$out" 2>&1; [ -n "$(answer "$1")" ]; }
+ask_for() { ask "$2"; wait_for 120 got "$1"; }
 booted() { oxl console --dump "$dom" 2>/dev/null | grep -q "Oxen domU: Linux .* on 2 CPU(s)" && oxl console --dump "$dom" | tail -n 3 | grep -q 'domU:.*# '; }
 at() { echo "linux-save: $1 at $(cut -d ' ' -f 1 /proc/uptime) s"; }
 # counts FILE: the counter's values in FILE (a console dump), one a line, from
@@ -61,8 +66,8 @@ check "$dom boots to its shell on 2 CPUs" "no banner and prompt in $boot_s s" wa
 at booted
 
 # The file, in its tmpfs root: 256 KiB of random bytes, its checksum.
-ask 'head -c 262144 /dev/urandom > /root/data; echo "SUM $(md5sum /root/data | cut -c 1-32) END"'
-sum0=$(answer SUM)
+ask_for SUM0 'head -c 262144 /dev/urandom > /root/data; echo "SUM0 $(md5sum /root/data | cut -c 1-32) END"'
+sum0=$(answer SUM0)
 echo "linux-save: /root/data written, md5 $sum0"
 check "the file is written" "no checksum in: $(tail -n 3 $out)" [ ${#sum0} = 32 ]
 
@@ -135,12 +140,12 @@ same_rate() { [ "$rate1" -gt 0 ] && [ $((rate1 * 3)) -ge $((rate0 * 2)) ] && [ $
 check "its counter runs at its rate after the restore (within a third)" "$rate1 against $rate0" same_rate
 
 # The file, the shell, the clock.
-ask 'echo "SUM $(md5sum /root/data | cut -c 1-32) END"'
-sum1=$(answer SUM)
+ask_for SUM1 'echo "SUM1 $(md5sum /root/data | cut -c 1-32) END"'
+sum1=$(answer SUM1)
 check "the shell answers after the restore" "no answer in: $(tail -n 3 $out)" [ -n "$sum1" ]
 check "the file written before the save reads back the same" "md5 $sum1, was $sum0" [ "$sum1" = "$sum0" ]
 h0=$(date +%s)
-ask 'echo "EPOCH $(date +%s) END"'
+ask_for EPOCH 'echo "EPOCH $(date +%s) END"'
 d=$(answer EPOCH); h1=$(date +%s)
 echo "linux-save: domU date $d, dom0 date $h0 before asking, $h1 after"
 # Read between dom0's two readings (the answer comes back after oxl's
