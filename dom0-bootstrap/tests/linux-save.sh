@@ -1,6 +1,7 @@
 #!/bin/sh
 # Save and restore of a running Linux domU (issue 12), run in dom0 by the
-# system tests `dom0-linux-save-svm` and `dom0-linux-save-vmx`: the domU of
+# system test `dom0-linux-save-svm` (no VT-x twin yet: under Bochs its save
+# moves about 12 MiB a minute, docs/migration.md): the domU of
 # linux.cfg (2 vCPUs, its root the initramfs in its RAM) runs a counter that
 # prints "COUNT n" on its console every 100 ms and holds a file of known
 # checksum in /root; `oxl save -c` (it runs on), then `oxl save` (it is
