@@ -126,8 +126,8 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
             set,
             reg,
         } => cmd_vcpu_state(env, domain, *vcpu, output.as_deref(), set.as_deref(), reg),
-        Cmd::Save { checkpoint, domain, file } => cmd_save(env, domain, file, *checkpoint),
-        Cmd::Restore { paused, file } => cmd_restore(env, file, *paused),
+        Cmd::Save { checkpoint, json, domain, file } => cmd_save(env, domain, file, *checkpoint, *json),
+        Cmd::Restore { paused, json, file } => cmd_restore(env, file, *paused, *json),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -758,8 +758,9 @@ fn record_config(env: &mut Env, domid: u32, path: &Path, text: &str) {
 /// How long `save` and `restore` wait for a paused vCPU to give or take its state.
 const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool) -> Result {
+fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool) -> Result {
     let mut hv = connect(env)?;
+    let start = hv.now();
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "save")?;
     let recorded = env.state_dir.map(|dir| dir.join(format!("{}.cfg", d.domid)));
@@ -780,17 +781,25 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool) -> Result {
         if was_running {
             hv::domain_op(&mut *hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(&d, "unpause", e))?;
         }
-        r?;
+        let s = r?;
+        if json {
+            let seconds = (hv.now() - start).as_secs_f64();
+            return out(env, &crate::save::json_summary(crate::save::Op::Checkpoint, &show::name(&d), d.domid, file, &s, seconds));
+        }
         return out(env, &format!("Saved domain {} to {} (it runs on)\n", label(&d), file.display()));
     }
-    r?;
+    let s = r?;
     destroy_and_wait(&mut *hv, &d)?;
+    if json {
+        let seconds = (hv.now() - start).as_secs_f64();
+        return out(env, &crate::save::json_summary(crate::save::Op::Save, &show::name(&d), d.domid, file, &s, seconds));
+    }
     out(env, &format!("Saved domain {} to {}; it is destroyed ('oxl restore {}' brings it back)\n", label(&d), file.display(), file.display()))?;
     Ok(())
 }
 
 /// Writes a paused domain to `file` (removed again on failure).
-fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Path, config: &str, host_vendor: u32) -> Result {
+fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Path, config: &str, host_vendor: u32) -> Result<crate::save::Summary> {
     use oxen_abi::save_stream::{vendor, StreamHeader};
     use oxen_abi::vcpu_snapshot::VcpuStateRecord;
     let mut vcpus = Vec::new();
@@ -823,7 +832,7 @@ fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Pa
     match r {
         Ok(s) => {
             note(env, &format!("save: {} pages ({} of them zero), {} bytes", s.pages, s.zero_pages, s.bytes));
-            Ok(())
+            Ok(s)
         }
         Err(e) => {
             let _ = std::fs::remove_file(file);
@@ -916,9 +925,10 @@ impl crate::save::Loader for Restorer<'_> {
     }
 }
 
-fn cmd_restore(env: &mut Env, file: &Path, paused: bool) -> Result {
+fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let f = std::fs::File::open(file).map_err(|e| format!("cannot read {}: {}", file.display(), os_error(&e)))?;
     let mut hv = connect(env)?;
+    let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
     let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None };
     let mut notes = Vec::new();
@@ -934,8 +944,8 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool) -> Result {
     for n in notes {
         note(env, &n);
     }
-    let d = match (read, domain) {
-        (Ok(_), Some(d)) => d,
+    let (d, summary) = match (read, domain) {
+        (Ok(s), Some(d)) => (d, s),
         (Err(e), d) => {
             let why = format!("{}: {e}", file.display());
             return Err(match d {
@@ -951,6 +961,10 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool) -> Result {
     };
     if !paused {
         state_wait(&mut *hv, &d, |hv| hv::domain_op(hv, domctl::UNPAUSE, d.domid))?;
+    }
+    if json {
+        let seconds = (hv.now() - start).as_secs_f64();
+        return out(env, &crate::save::json_summary(crate::save::Op::Restore, &show::name(&d), d.domid, file, &summary, seconds));
     }
     out(env, &format!("Restored domain {} (id {}){}\n", show::name(&d), d.domid, if paused { ", paused: 'oxl unpause' runs it" } else { "" }))
 }

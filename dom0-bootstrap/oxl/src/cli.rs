@@ -219,6 +219,9 @@ pub enum Cmd {
         /// Leave the domain running after the save (a checkpoint).
         #[arg(short = 'c', long)]
         checkpoint: bool,
+        /// Print a JSON summary (domain, file, bytes, pages, seconds) instead of a sentence.
+        #[arg(long)]
+        json: bool,
         #[arg(value_name = "DOM")]
         domain: String,
         #[arg(value_name = "FILE")]
@@ -230,6 +233,9 @@ pub enum Cmd {
         /// Leave it paused ('oxl unpause' runs it).
         #[arg(short, long)]
         paused: bool,
+        /// Print a JSON summary (domain, ID, file, bytes, pages, seconds) instead of a sentence.
+        #[arg(long)]
+        json: bool,
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -342,6 +348,12 @@ mod tests {
             parse(&["create", "--declare-devices", "vm.cfg"]).unwrap(),
             Cmd::Create { declare_devices: true, .. }
         ));
+        assert!(matches!(
+            parse(&["save", "-c", "--json", "web", "/tmp/w.save"]).unwrap(),
+            Cmd::Save { checkpoint: true, json: true, .. }
+        ));
+        assert!(matches!(parse(&["save", "web", "f"]).unwrap(), Cmd::Save { checkpoint: false, json: false, .. }));
+        assert!(matches!(parse(&["restore", "--json", "-p", "f"]).unwrap(), Cmd::Restore { paused: true, json: true, .. }));
         match parse(&["irq-line", "web", "16", "1"]).unwrap() {
             Cmd::IrqLine { domain, gsi, level } => assert_eq!((domain.as_str(), gsi, level), ("web", 16, 1)),
             c => panic!("{c:?}"),

@@ -42,6 +42,39 @@ pub struct Summary {
     pub bytes: u64,
 }
 
+/// Which command a `json_summary` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `oxl save`: written, the domain destroyed.
+    Save,
+    /// `oxl save -c`: written, the domain runs on.
+    Checkpoint,
+    /// `oxl restore`: read, the domain made again (its new ID).
+    Restore,
+}
+
+/// `oxl save --json` / `oxl restore --json`: one object on one line, for
+/// scripts (issue 12 item 4) — what was moved and how long the command took,
+/// from its start to the domain destroyed (save), running on (checkpoint) or
+/// running again (restore). `pages` counts every page of the domain's memory,
+/// `zero_pages` those sent as zeros without data; `bytes` is the file's size.
+pub fn json_summary(op: Op, domain: &str, domid: u32, file: &std::path::Path, s: &Summary, seconds: f64) -> String {
+    let op = match op {
+        Op::Save => "save",
+        Op::Checkpoint => "checkpoint",
+        Op::Restore => "restore",
+    };
+    let seconds = if seconds.is_finite() && seconds >= 0.0 { seconds } else { 0.0 };
+    format!(
+        "{{\"op\": \"{op}\", \"domain\": {}, \"domid\": {domid}, \"file\": {}, \"bytes\": {}, \"pages\": {}, \"zero_pages\": {}, \"seconds\": {seconds:.3}}}\n",
+        crate::show::json_str(domain),
+        crate::show::json_str(&file.to_string_lossy()),
+        s.bytes,
+        s.pages,
+        s.zero_pages,
+    )
+}
+
 /// Counts what goes through a writer.
 struct Counted<W> {
     w: W,
@@ -219,6 +252,20 @@ pub fn read_stream(mut r: impl Read, loader: &mut dyn Loader, mut progress: impl
 mod tests {
     use super::*;
     use oxen_abi::save_stream::vendor;
+
+    #[test]
+    fn json_summaries_are_one_object_with_every_field() {
+        let s = Summary { pages: 32768, zero_pages: 16486, bytes: 66_964_472 };
+        let j = json_summary(Op::Save, "linux", 3, std::path::Path::new("/tmp/l.save"), &s, 2.3456);
+        assert_eq!(
+            j,
+            "{\"op\": \"save\", \"domain\": \"linux\", \"domid\": 3, \"file\": \"/tmp/l.save\", \"bytes\": 66964472, \"pages\": 32768, \"zero_pages\": 16486, \"seconds\": 2.346}\n"
+        );
+        let j = json_summary(Op::Restore, "we\"b", 7, std::path::Path::new("a\\b.save"), &s, 0.5);
+        assert!(j.starts_with("{\"op\": \"restore\", \"domain\": \"we\\\"b\", \"domid\": 7, \"file\": \"a\\\\b.save\""), "{j}");
+        assert!(json_summary(Op::Checkpoint, "x", 1, std::path::Path::new("f"), &s, f64::NAN).contains("\"op\": \"checkpoint\"") );
+        assert!(json_summary(Op::Checkpoint, "x", 1, std::path::Path::new("f"), &s, -1.0).ends_with("\"seconds\": 0.000}\n"));
+    }
 
     /// A memory of `pages` pages.
     struct Mem(Vec<u8>);

@@ -446,7 +446,7 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
                 Error::Inval
             };
             let record = oxen_abi::vcpu_snapshot::VcpuStateRecord::decode(buf).map_err(|e| refuse(e.describe()))?;
-            let snap = VcpuSnapshot::from_record(&record).map_err(refuse)?;
+            let snap = VcpuSnapshot::from_record(&record, crate::arch::x86_64::cpu::linear_address_bits()).map_err(refuse)?;
             // Guests see the host's TSC: a state from a clock of another rate
             // or offset waits for issue 12's TSC scaling.
             if snap.tsc_offset != 0 || snap.tsc_hz != crate::arch::x86_64::time::tsc_hz() {

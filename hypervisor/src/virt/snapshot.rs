@@ -182,17 +182,16 @@ const RFLAGS_DEFINED: u64 = 0x3f_7fd7;
 const RFLAGS_IF: u64 = 1 << 9;
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
-/// CR4 bits a guest may hold (through PKS, bit 24, and LAM_SUP 28; Vol. 3A §2.5).
-const CR4_DEFINED: u64 = 0x11f_7fff;
+/// CR4 bits a guest may hold (Vol. 3A §2.5): VME..SMXE 0-14, FSGSBASE 16,
+/// PCIDE 17, OSXSAVE 18, KL 19, SMEP 20, SMAP 21, PKE 22, CET 23, PKS 24,
+/// LAM_SUP 28 (this once read 0x11f_7fff, which refused the SMAP, PKE and CET
+/// a Linux guest sets: its saved state could not be loaded again).
+const CR4_DEFINED: u64 = 0x11ff_7fff;
 /// EFER: SCE, LME, LMA, NXE, SVME is ours, FFXSR 14.
 const EFER_DEFINED: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 14);
 /// DR6's bits 63:32 and DR7's are reserved zero (MOV to DR #GP).
 const HIGH: u64 = 0xffff_ffff_0000_0000;
 
-fn canonical(v: u64) -> bool {
-    let top = (v as i64) >> 47;
-    top == 0 || top == -1
-}
 
 fn pat_valid(pat: u64) -> bool {
     // Each byte 0, 1, 4, 5, 6 or 7 (SDM Vol. 3A §13.12.2).
@@ -259,7 +258,11 @@ impl VcpuSnapshot {
     /// The value a record stands for, if every field is one a vCPU can hold.
     /// The XSAVE area and the LAPIC are checked where they are loaded
     /// (`XState::load_image`, `VirtualLapic::load_state`), which know the host.
-    pub fn from_record(r: &VcpuStateRecord) -> Result<Self, &'static str> {
+    /// `linear_bits` is the host CPU's linear-address width (48, or 57 with
+    /// 5-level paging: `cpu::linear_address_bits`): VM entry checks the bases
+    /// and RIP against it (SDM Vol. 3A §4.5.1), and a Linux guest on such a
+    /// CPU keeps its per-CPU GS base at 0xff11... addresses.
+    pub fn from_record(r: &VcpuStateRecord, linear_bits: u32) -> Result<Self, &'static str> {
         let mut w = r.arch.iter().copied();
         let mut next = || w.next().unwrap_or(0);
         let gprs_rax = next();
@@ -285,7 +288,7 @@ impl VcpuSnapshot {
         let dr7 = next();
         let (pat, sysenter_cs, sysenter_esp, sysenter_eip) = (next(), next(), next(), next());
         let (star, lstar, cstar, sfmask, kernel_gs_base) = (next(), next(), next(), next(), next());
-        let arch = VcpuState {
+        let mut arch = VcpuState {
             gprs: GuestGprs { rax: gprs_rax, rcx, rdx, rbx, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15 },
             rsp,
             rip,
@@ -316,7 +319,15 @@ impl VcpuSnapshot {
             sfmask,
             kernel_gs_base,
         };
-        check_arch(&arch)?;
+        // A TR of an available TSS type (1, 9) is one busy in the guest's
+        // GDT: LTR reads the descriptor and then marks it busy (SDM Vol. 2A,
+        // LTR), so a CPU may keep the type it read in TR's hidden part. AMD-V
+        // does not check it (QEMU's SVM keeps 9 after a Linux guest's LTR);
+        // VM entry wants 11 (§27.3.1.2), as the descriptor in memory is.
+        if arch.tr.ar & super::state::ar::UNUSABLE == 0 && matches!(arch.tr.ar & 0xf, 1 | 9) {
+            arch.tr.ar |= 2;
+        }
+        check_arch(&arch, linear_bits)?;
         let [pending, error_code, insn_len, shadow, nmi_blocked, pending_debug] = r.events;
         let pending = match pending {
             0 => None,
@@ -396,7 +407,7 @@ impl VcpuSnapshot {
 
 /// What VM entry (SDM Vol. 3C §27.3.1) or VMRUN (APM Vol. 2 §15.5.1) would
 /// refuse, or the guest's WRMSR would: refused here, before anything changes.
-fn check_arch(a: &VcpuState) -> Result<(), &'static str> {
+fn check_arch(a: &VcpuState, linear_bits: u32) -> Result<(), &'static str> {
     if a.rflags & !RFLAGS_DEFINED != 0 || a.rflags & RFLAGS_RESERVED_ONE == 0 {
         return Err("RFLAGS: reserved bits, or bit 1 clear");
     }
@@ -431,7 +442,7 @@ fn check_arch(a: &VcpuState) -> Result<(), &'static str> {
         ("CSTAR", a.cstar),
         ("KERNEL_GS_BASE", a.kernel_gs_base),
     ] {
-        if !canonical(v) {
+        if !crate::mem::addr::is_canonical_bits(v, linear_bits) {
             return Err(match what {
                 "RIP" => "RIP is not canonical",
                 _ => "a segment, descriptor-table or MSR base is not canonical",
@@ -531,7 +542,7 @@ mod tests {
         let r = s.to_record();
         let mut bytes = vec![0u8; r.encoded_len()];
         r.encode(&mut bytes).unwrap();
-        VcpuSnapshot::from_record(&VcpuStateRecord::decode(&bytes).unwrap())
+        VcpuSnapshot::from_record(&VcpuStateRecord::decode(&bytes).unwrap(), 48)
     }
 
     #[test]
@@ -555,7 +566,7 @@ mod tests {
         m.store(0, Ok(sample()));
         assert!(matches!(m.request(0), Request::None));
         let Got::Bytes(n) = m.get(0, &mut buf) else { panic!("no state") };
-        let decoded = VcpuSnapshot::from_record(&VcpuStateRecord::decode(&buf[..n]).unwrap()).unwrap();
+        let decoded = VcpuSnapshot::from_record(&VcpuStateRecord::decode(&buf[..n]).unwrap(), 48).unwrap();
         assert_eq!(decoded, sample());
         assert_eq!(m.get(0, &mut buf[..10]), Got::Short(n));
         assert!(m.post(1, sample()) && !m.post(2, sample()));
@@ -570,16 +581,51 @@ mod tests {
     }
 
     #[test]
+    fn a_linux_guests_cr4_is_loadable() {
+        // What Debian's kernel runs with on a host that has them: PAE, PGE,
+        // OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE.
+        let mut s = sample();
+        s.arch.cr4 = 0x3f_0ea0 | (1 << 11);
+        assert_eq!(round_trip(&s).map(|r| r.arch.cr4), Ok(s.arch.cr4));
+        s.arch.cr4 |= (1 << 23) | (1 << 24) | (1 << 28);
+        assert!(round_trip(&s).is_ok(), "CET, PKS and LAM_SUP are defined bits");
+    }
+
+    #[test]
+    fn five_level_bases_load_on_a_five_level_host_only() {
+        // Linux's per-CPU GS base in its direct map under 5-level paging.
+        let mut s = sample();
+        s.arch.gs.base = 0xff11_0000_0b60_0000;
+        let r = s.to_record();
+        let mut bytes = vec![0u8; r.encoded_len()];
+        r.encode(&mut bytes).unwrap();
+        let rec = VcpuStateRecord::decode(&bytes).unwrap();
+        assert!(VcpuSnapshot::from_record(&rec, 57).is_ok());
+        assert!(VcpuSnapshot::from_record(&rec, 48).is_err());
+    }
+
+    #[test]
+    fn an_available_tss_in_tr_loads_as_busy() {
+        let mut s = sample();
+        s.arch.tr.ar = (s.arch.tr.ar & !0xf) | 9;
+        assert_eq!(round_trip(&s).map(|r| r.arch.tr.ar & 0xf), Ok(11));
+        s.arch.tr.ar = (s.arch.tr.ar & !0xf) | 2;
+        assert!(round_trip(&s).is_err(), "an LDT type in TR");
+    }
+
+    #[test]
     fn unloadable_values_are_refused() {
         type Breaks = fn(&mut VcpuSnapshot);
-        let bad: [(&str, Breaks); 12] = [
+        let bad: [(&str, Breaks); 14] = [
+            ("cr4 bit 15", |s| s.arch.cr4 |= 1 << 15),
+            ("cr4 bit 25", |s| s.arch.cr4 |= 1 << 25),
             ("rip", |s| s.arch.rip = 0x8000_0000_0000_0000),
             ("rflags", |s| s.arch.rflags = 0),
             ("efer", |s| s.arch.efer |= 1 << 12),
             ("lma", |s| s.arch.efer &= !(1 << 10)),
             ("pat", |s| s.arch.pat = 0x0202_0202_0202_0202),
             ("fs base", |s| s.arch.fs.base = 1 << 60),
-            ("tr", |s| s.arch.tr.ar = 0x89),
+            ("tr not present", |s| s.arch.tr.ar = 0x0b),
             ("nmi vector", |s| s.aux.pending = Some(PendingEvent { kind: event_kind::NMI as u8, vector: 3, error_code: None, insn_len: 0 })),
             ("code", |s| s.aux.pending = Some(PendingEvent { kind: 3, vector: 6, error_code: Some(0), insn_len: 0 })),
             ("soft len", |s| s.aux.pending = Some(PendingEvent { kind: 4, vector: 0x80, error_code: None, insn_len: 16 })),
