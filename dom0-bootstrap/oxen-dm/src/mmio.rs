@@ -63,6 +63,19 @@ pub enum ActivateError {
     Invalid(&'static str),
 }
 
+/// Copies `data.len()` bytes of a device's configuration space `config` from
+/// `offset` into `data`; bytes past its end read as 0 (a driver may read any
+/// offset the transport lets through).
+pub fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device behind a transport: what virtio-mmio needs from it (§4.2.3) and the one
 /// operation after start, processing a notified queue.
 pub trait VirtioDevice: Send {

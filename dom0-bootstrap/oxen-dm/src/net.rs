@@ -387,13 +387,7 @@ impl VirtioDevice for Net {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut c = [0u8; CONFIG_SIZE];
         c.copy_from_slice(&self.mac);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+        crate::mmio::copy_config(&c, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

@@ -127,11 +127,10 @@ impl DirtyLog {
         page < self.pages && self.words[(page / WORD_BITS) as usize] & (1 << (page % WORD_BITS)) != 0
     }
 
-    /// Copies the bits of pages `[first, first + out.len() * 64)` (clipped to
-    /// the guest's end; bits past it read as clean) into `out` and clears
-    /// them: those pages start the next round clean. Returns how many were
-    /// dirty. Checked before anything changes.
-    pub fn take(&mut self, first: u64, out: &mut [u64]) -> Result<u64, DirtyError> {
+    /// The words `take` and `peek` copy for a range starting at page `first`
+    /// into `len` words: the first word and how many exist (the rest of the
+    /// output reads clean).
+    fn window(&self, first: u64, len: usize) -> Result<(usize, usize), DirtyError> {
         if !first.is_multiple_of(WORD_BITS) {
             return Err(DirtyError::Misaligned);
         }
@@ -139,7 +138,15 @@ impl DirtyLog {
             return Err(DirtyError::OutOfRange);
         }
         let w0 = (first / WORD_BITS) as usize;
-        let n = out.len().min(self.words.len() - w0);
+        Ok((w0, len.min(self.words.len() - w0)))
+    }
+
+    /// Copies the bits of pages `[first, first + out.len() * 64)` (clipped to
+    /// the guest's end; bits past it read as clean) into `out` and clears
+    /// them: those pages start the next round clean. Returns how many were
+    /// dirty. Checked before anything changes.
+    pub fn take(&mut self, first: u64, out: &mut [u64]) -> Result<u64, DirtyError> {
+        let (w0, n) = self.window(first, out.len())?;
         let mut taken = 0;
         for (o, w) in out.iter_mut().zip(&mut self.words[w0..w0 + n]) {
             *o = core::mem::take(w);
@@ -160,14 +167,7 @@ impl DirtyLog {
     /// Copies the bits of `[first, first + out.len() * 64)` into `out`
     /// without clearing them (`PEEK`); same checks and clipping as `take`.
     pub fn peek(&self, first: u64, out: &mut [u64]) -> Result<u64, DirtyError> {
-        if !first.is_multiple_of(WORD_BITS) {
-            return Err(DirtyError::Misaligned);
-        }
-        if first >= self.pages && !(first == 0 && self.pages == 0) {
-            return Err(DirtyError::OutOfRange);
-        }
-        let w0 = (first / WORD_BITS) as usize;
-        let n = out.len().min(self.words.len() - w0);
+        let (w0, n) = self.window(first, out.len())?;
         out[..n].copy_from_slice(&self.words[w0..w0 + n]);
         out[n..].fill(0);
         Ok(out.iter().map(|w| u64::from(w.count_ones())).sum())
