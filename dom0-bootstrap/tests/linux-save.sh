@@ -41,11 +41,14 @@ booted() { oxl console --dump "$dom" 2>/dev/null | grep -q "Oxen domU: Linux .* 
 at() { echo "linux-save: $1 at $(cut -d ' ' -f 1 /proc/uptime) s"; }
 # counts FILE: the counter's values in FILE (a console dump), one a line, from
 # whole lines only: the first line may be the end of one the ring no longer
-# holds whole, and a last line without its newline may still be growing.
+# holds whole, and a last line without its newline may still be growing. A
+# value may follow the shell's prompt on its line ("domU:~# ESC[6nCOUNT 2"):
+# the prompt of the command that started the counter can come after its
+# first value.
 counts() {
     tr -d '\r' < "$1" > /tmp/linux-save.lines
     [ -n "$(tail -c 1 /tmp/linux-save.lines)" ] && sed -i '$d' /tmp/linux-save.lines
-    sed -n 's/^COUNT \([0-9][0-9]*\)$/\1/p' /tmp/linux-save.lines
+    sed -n 's/^\(.*# .*\)\{0,1\}COUNT \([0-9][0-9]*\)$/\2/p' /tmp/linux-save.lines
 }
 # consecutive: stdin's numbers each the one before plus 1 (and some there).
 consecutive() {

@@ -210,6 +210,62 @@ fn walk_tables(
     }
 }
 
+/// The entries a long-mode walk of `la` reads, top level first, and where it
+/// ends: for a log line when a guest dies of an address that does not
+/// translate (a triple fault's IDT entry), so the entry that is wrong shows.
+#[derive(Clone, Copy, Debug)]
+pub struct WalkTrace {
+    /// (level, guest-physical address of the entry, the entry).
+    steps: [(u8, u64, u64); 5],
+    len: usize,
+    end: Result<GuestPhysAddr, WalkError>,
+}
+
+impl WalkTrace {
+    /// Walks `la` as `translate` does in 4- and 5-level long mode, keeping
+    /// each entry read; other modes give an empty trace with the result.
+    pub fn new(mem: &(impl GuestPhysRead + ?Sized), paging: &PagingState, la: u64) -> Self {
+        let mut t = WalkTrace { steps: [(0, 0, 0); 5], len: 0, end: Err(WalkError::NonCanonical) };
+        let levels = match paging.mode() {
+            PagingMode::Level4 => 4,
+            PagingMode::Level5 => 5,
+            _ => {
+                t.end = translate(mem, paging, la);
+                return t;
+            }
+        };
+        let mut table = paging.cr3 & 0x000f_ffff_ffff_f000;
+        for level in (1..=levels).rev() {
+            let at = table + (((la >> (12 + 9 * u32::from(level - 1))) & 0x1ff) << 3);
+            let Ok(entry) = read_u64(mem, at) else { break };
+            t.steps[t.len] = (level, at, entry);
+            t.len += 1;
+            if entry & PRESENT == 0 || level == 1 || entry & PAGE_SIZE != 0 {
+                break;
+            }
+            table = entry & 0x000f_ffff_ffff_f000;
+        }
+        t.end = translate(mem, paging, la);
+        t
+    }
+
+    pub fn steps(&self) -> &[(u8, u64, u64)] {
+        &self.steps[..self.len]
+    }
+}
+
+impl core::fmt::Display for WalkTrace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (level, at, entry) in self.steps() {
+            write!(f, "L{level} [{at:#x}] = {entry:#x}, ")?;
+        }
+        match self.end {
+            Ok(gpa) => write!(f, "-> {:#x}", gpa.as_u64()),
+            Err(e) => write!(f, "-> {e:?}"),
+        }
+    }
+}
+
 /// Reads `buf.len()` bytes from linear address `linear` onwards, page by page,
 /// so an access that crosses into another page reads whichever frame that page
 /// maps to. Stops at the first failure and reports how many bytes it did read
@@ -287,6 +343,24 @@ mod tests {
         m.put_u64(0x4000, 0x10000 | P);
         m.put_u64(0x4008, 0x11000 | P);
         (m, 0xffff_8000_0000_0000)
+    }
+
+    #[test]
+    fn a_trace_shows_each_entry_down_to_the_missing_one() {
+        let (mut m, base) = long_tables();
+        let p = long(0x1000);
+        let t = WalkTrace::new(&m, &p, base + 0x1123);
+        let levels: Vec<u8> = t.steps().iter().map(|s| s.0).collect();
+        assert_eq!(levels, [4, 3, 2, 1]);
+        assert_eq!(t.steps()[3], (1, 0x4008, 0x11000 | P));
+        assert_eq!(t.to_string().rsplit("-> ").next(), Some("0x11123"));
+        // The page table's entry gone: the trace ends there, saying so.
+        m.put_u64(0x4008, 0);
+        let t = WalkTrace::new(&m, &p, base + 0x1123);
+        assert_eq!(t.steps().last(), Some(&(1, 0x4008, 0)));
+        assert!(t.to_string().ends_with("L1 [0x4008] = 0x0, -> NotPresent { level: 1 }"), "{t}");
+        // A 2 MiB page ends the walk at its directory entry.
+        assert_eq!(WalkTrace::new(&m, &p, base + 0x20_0000).steps().len(), 3);
     }
 
     #[test]

@@ -522,6 +522,13 @@ impl GuestVcpu {
                         st.rsp, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.cs.selector, st.gdtr.base, st.gdtr.limit, st.idtr.base, st.idtr.limit, st.tr.selector, st.tr.base
                     ),
                 );
+                // How its IDT's #DF entry translates, entry by entry: a
+                // triple fault is often a #DF whose gate is unreachable.
+                if let Some(cpu) = vcpu.cpu_state() {
+                    let df = st.idtr.base.wrapping_add(8 * 16);
+                    let trace = crate::emulate::walk::WalkTrace::new(&self.platform.gm, &cpu.paging, df);
+                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: its #DF gate at {df:#x}: {trace}"));
+                }
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
             Outcome::Unemulated { gpa, error } => {
