@@ -366,6 +366,7 @@ impl Vcpu for SvmVcpu {
         loop {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = self.entered.map_or_else(|| super::host_vmcb().as_u64(), |h| h.as_u64());
+            let injected = self.vmcb().control.event_inj;
             if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
                 log::error!("svm: host state in a guest's VMCB before VMRUN (VMCB {:#x})", self.vmcb.as_u64());
             }
@@ -396,6 +397,16 @@ impl Vcpu for SvmVcpu {
                 return self.host_state_found();
             }
             let c = &self.vmcb().control;
+            if c.exit_code == vmcb::exit_code::SHUTDOWN {
+                // What the entry that ended so delivered, and the exit
+                // before it: a guest's triple fault is debugged from these.
+                log::warn!(
+                    "svm: shutdown (triple fault) at rip {:#x}: the VMRUN injected {injected:#x}, EXITINTINFO {:#x}, the exit before {:x?}",
+                    self.vmcb().save.rip,
+                    c.exit_int_info,
+                    self.previous_exit
+                );
+            }
             self.previous_exit = (c.exit_code, c.exit_info1, c.exit_info2);
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
