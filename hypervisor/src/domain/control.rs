@@ -687,6 +687,22 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
     }
 }
 
+/// Where `domid`'s nested tables and its RAM map put guest-physical `gpa`:
+/// (nested tables, RAM map), host-physical. For a dead guest's log (they
+/// must agree; a triple fault whose page walk reads fine in the RAM map is
+/// checked against what the CPU walks). Never call it with the table locked.
+pub fn nested_and_ram_translation(domid: u32, gpa: u64) -> Option<(Option<u64>, Option<u64>)> {
+    let t = DOMAINS.lock();
+    let d = t.get(domid)?;
+    let ram = d.res.ram.translate(GuestPhysAddr::new(gpa)).map(|(h, _)| h.as_u64());
+    let nested = match d.res.tables.as_ref()? {
+        NestedTables::Ept(tb) => tb.translate(&mut mem::FrameTables, gpa),
+        NestedTables::Npt(tb) => tb.translate(&mut mem::FrameTables, gpa),
+    }
+    .map(|(h, _)| h);
+    Some((nested, ram))
+}
+
 /// `FOREIGN_MAP`: a live domU's RAM pages into dom0's window. The domain
 /// table stays locked until the entries are made, so a domain that dies
 /// after the check finds its mapping and empties it (`mem::foreign::revoke`).

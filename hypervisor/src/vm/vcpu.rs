@@ -528,6 +528,20 @@ impl GuestVcpu {
                     let df = st.idtr.base.wrapping_add(8 * 16);
                     let trace = crate::emulate::walk::WalkTrace::new(&self.platform.gm, &cpu.paging, df);
                     control::guest_log(domid, log::Level::Warn, format_args!("{label}: its #DF gate at {df:#x}: {trace}"));
+                    // Each table the walk read, as the CPU reaches it (the
+                    // nested tables) against the domain's RAM map.
+                    let mut differ = 0;
+                    for &(level, at, _) in trace.steps() {
+                        if let Some((nested, ram)) = control::nested_and_ram_translation(domid, at) {
+                            if nested != ram {
+                                differ += 1;
+                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table at {at:#x}: nested tables {nested:#x?}, RAM map {ram:#x?}: they differ"));
+                            }
+                        }
+                    }
+                    if differ == 0 {
+                        control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables as its RAM map does"));
+                    }
                 }
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
