@@ -1,6 +1,6 @@
 #!/bin/sh
 # Hostile dom0 user space (issue 9, item 10), run in dom0 by the system tests
-# `dom0-hostile-user-svm` and `dom0-hostile-vmx` (through hostile-vmx.sh):
+# `dom0-hostile-user-svm` and `dom0-probes-vmx` (through hostile-vmx.sh):
 # /usr/lib/oxen/user-probe runs every VMX and SVM instruction, XSETBV, INVD,
 # WBINVD, RDPMC, MONITOR, MWAIT, MOV CR8 and both hypercall instructions (with
 # random registers) as an unprivileged process, while a background loop keeps

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Both hostile suites of issue 9 in one dom0 boot, for the Bochs test
-# `dom0-hostile-vmx` (Bochs cannot type into the console, so dom0's init runs
+# `dom0-probes-vmx` (Bochs cannot type into the console, so dom0's init runs
 # this: dom0_run=): hostile dom0 user space (hostile-user.sh), then the hostile
 # domU's instruction probes and endless loops (hostile2.sh).
 dir=$(dirname "$0")

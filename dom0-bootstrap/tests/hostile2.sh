@@ -1,6 +1,6 @@
 #!/bin/sh
 # Hostile domU, CPU side (issue 9, item 10), run in dom0 by the system tests
-# `dom0-hostile-cpu-svm` and `dom0-hostile-vmx` (through hostile-vmx.sh), on a
+# `dom0-hostile-cpu-svm` and `dom0-probes-vmx` (through hostile-vmx.sh), on a
 # two-pCPU machine. The hostile guest, pinned to pCPU 1 beside minimal-cpu1:
 #   - hostile-insns runs the VMX and SVM instructions, INVD, WBINVD, MONITOR,
 #     MWAIT, RDPMC and MOV CR8 at CPL 0 and 3: each gets what a CPU without

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Two Linux domUs through their whole lifecycle side by side (issue 10), run in
-# dom0 by `dom0-linux-lifecycle-vmx`: what linux.sh, linux-many.sh and
+# dom0 by `dom0-linux-vmx`: what linux.sh, linux-many.sh and
 # linux-crash.sh show under AMD-V one scenario after another, packed for Intel
 # VT-x under Bochs, where a Linux boot takes a minute, into five boots. One
 # domain boots at a time: Bochs emulates every CPU in one thread, so two boots

@@ -1,7 +1,7 @@
 #!/bin/sh
 # vCPU state as a value (docs/hypercalls.md, VCPU_STATE_GET/SET), run in dom0 by
 # the system test `dom0-vcpu-state-svm`, and sourced by xstate.sh for
-# `dom0-xstate-vmx` (Bochs). The `vstate` guest spins in a loop that holds a
+# `dom0-probes-vmx` (Bochs). The `vstate` guest spins in a loop that holds a
 # marker in R15 and checks R12/R13 on every pass, reporting both each second.
 # 1. paused inside that loop, its state is read and written back unchanged:
 #    read back equal, and after unpause it goes on with the same marker and
@@ -10,7 +10,7 @@
 # 3. a truncated and a corrupted encoding are refused with a clear error (the
 #    reason in the hypervisor's log) and the guest goes on unaffected;
 # 4. the domain not paused: refused. Prints "check: vstate: ...: ok|FAILED".
-# `dom0-vcpu-state-vmx` runs it under Bochs (VT-x).
+# `dom0-probes-vmx` runs it under Bochs (VT-x).
 command -v check > /dev/null || . "$(dirname "$0")/lib.sh"
 d=vstate
 vfree0=$(free_kib)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Cross-domain register test, run in dom0 by the system tests `dom0-xstate-svm`
-# and `dom0-xstate-vmx` (tests/system.toml): two `regs` domUs and dom0's
+# and `dom0-probes-vmx` (tests/system.toml): two `regs` domUs and dom0's
 # `xstate-test` share pCPU 0 (the domUs are pinned there, beside dom0's vCPU 0),
 # each filling its vector registers with its own pattern and re-reading them for
 # 10 s across every preemption. Any register another domain changed is a
@@ -14,7 +14,7 @@ free0=$(free_kib)
 # QEMU 7.2's TCG has no XSETBV intercept: its own check (against the CPU model's
 # components) answers a guest's XSETBV, never Oxen's. There the regs guests try
 # only values of the components their CPUID offers; Oxen's own check is what
-# dom0-xstate-vmx (Bochs) tests.
+# dom0-probes-vmx (Bochs) tests.
 for d in regs-1 regs-2; do
     cfg=/etc/oxen/$d.cfg
     if grep -q "QEMU TCG" /proc/cpuinfo; then

@@ -684,7 +684,7 @@ impl Runnable for GuestVcpu {
                 // The same deadline as a bound the backend enforces itself
                 // (VT-x: the preemption timer): under Bochs a timer interrupt
                 // that should have ended the run was not seen for seconds
-                // (`dom0-linux-lifecycle-vmx`: one spinning Linux vCPU kept
+                // (`dom0-linux-vmx`: one spinning Linux vCPU kept
                 // pCPU 1 for 20 s, its siblings starved).
                 if let Some(v) = self.vcpu.as_mut() {
                     v.set_deadline(Some(deadline));
@@ -695,8 +695,8 @@ impl Runnable for GuestVcpu {
             // exit right after the entry for it (external-interrupt exiting,
             // AMD-V's physical INTR intercept), but Bochs (VT-x) was seen to
             // enter and run the guest on: a paused domU kept running
-            // (`dom0-vcpu-state-vmx`), a spinning Linux domU held its pCPU for
-            // 12 s (`dom0-linux-lifecycle-vmx`). So it is taken here before
+            // (`dom0-probes-vmx`), a spinning Linux domU held its pCPU for
+            // 12 s (`dom0-linux-vmx`). So it is taken here before
             // every entry, on both vendors, for the price of STI; NOP; CLI,
             // and ends the run as a `Preempted` exit would.
             if apic::take_pending() {

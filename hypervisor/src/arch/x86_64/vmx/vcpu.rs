@@ -1017,7 +1017,7 @@ impl Vcpu for VmxVcpu {
             return self.entry_failed(what, e);
         }
         // Still around each entry on VT-x (not per slice as on AMD-V): with
-        // them kept per slice, dom0-hostile-vmx's db-loop guest (a #DB that
+        // them kept per slice, dom0-probes-vmx's db-loop guest (a #DB that
         // each delivery raises again) never left its CPU under Bochs; not
         // understood yet.
         // SAFETY: between guest runs; this guest's DR7 (loaded from the VMCS
