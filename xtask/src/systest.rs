@@ -24,6 +24,8 @@ use crate::util::{log_lines, show, tail};
 const PARALLEL: usize = 2;
 /// Lines of serial log shown for a failing test.
 const TAIL_LINES: usize = 40;
+/// Lines from a failing line's source shown before it (`before_first_forbidden`).
+const CONTEXT_LINES: usize = 12;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +395,33 @@ pub fn check(test: &Test, serial: &str) -> Vec<String> {
     problems
 }
 
+/// The first line a forbidden pattern matches (its number, from 1) and up to
+/// `n` lines before it from the same source (its `(oxen) (dN) ` tag, or the
+/// hypervisor's own lines): a script's reasons ("1 then 3") come just before
+/// its FAILED line, with other domains' output between them.
+pub fn before_first_forbidden<'a>(test: &Test, serial: &'a str, n: usize) -> Option<(usize, Vec<&'a str>)> {
+    let lines = log_lines(serial);
+    let at = lines
+        .iter()
+        .position(|l| test.forbid.iter().any(|(_, re)| re.is_match(l)))?;
+    let tag = |l: &str| -> String {
+        match l.strip_prefix("(oxen) (d").and_then(|r| r.split_once(") ")) {
+            Some((id, _)) => format!("(oxen) (d{id}) "),
+            None => String::new(),
+        }
+    };
+    let mine = tag(lines[at]);
+    let mut before: Vec<&str> = lines[..at]
+        .iter()
+        .rev()
+        .filter(|l| tag(l) == mine)
+        .take(n)
+        .copied()
+        .collect();
+    before.reverse();
+    Some((at + 1, before))
+}
+
 /// The expectations marked xfail: (still not matching: pattern and why, matching now).
 pub fn check_xfail(test: &Test, serial: &str) -> (Vec<(String, String)>, Vec<String>) {
     let lines = log_lines(serial);
@@ -567,6 +596,14 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     }
     let serial = dir.join("serial.log");
     let _ = writeln!(report, "     command: {}", boot.command);
+    if let Some((at, before)) = before_first_forbidden(t, &boot.serial, CONTEXT_LINES) {
+        if !before.is_empty() {
+            let _ = writeln!(report, "     the {} lines from the same source before line {at}:", before.len());
+            for l in before {
+                let _ = writeln!(report, "    | {l}");
+            }
+        }
+    }
     let exited = emulator_log.is_some();
     if let Some(log) = emulator_log {
         let _ = writeln!(report, "     last 10 lines of {}:", show(&log));
@@ -835,6 +872,19 @@ mod tests {
         assert_eq!(missing.len(), 1);
         assert!(missing[0].ends_with("for cpu1"), "{}", missing[0]);
         assert_eq!(check(t, "").len(), 2);
+    }
+
+    #[test]
+    fn a_forbidden_line_comes_with_the_lines_of_its_source_before_it() {
+        let t = &manifest(TWO_CPUS)[0];
+        let log = "(oxen) (d0) a\n(oxen) (d1) COUNT 1\n(oxen) (d0) b\n(oxen) (d1) COUNT 2\n(oxen) (d0) c: FAIL\n(oxen) (d0) after\n";
+        let (at, before) = before_first_forbidden(t, log, 2).unwrap();
+        assert_eq!(at, 5);
+        assert_eq!(before, ["(oxen) (d0) a", "(oxen) (d0) b"]);
+        // A hypervisor line's source is the hypervisor's other lines.
+        let log = "(oxen) x\n(oxen) (d0) y\n(oxen) PANIC on cpu0\n";
+        assert_eq!(before_first_forbidden(t, log, 5).unwrap().1, ["(oxen) x"]);
+        assert!(before_first_forbidden(t, "(oxen) fine\n", 5).is_none());
     }
 
     #[test]
