@@ -266,4 +266,7 @@ impl Vcpu for AnyVcpu {
     fn set_aux_state(&mut self, aux: &crate::virt::snapshot::AuxState) -> Result<(), &'static str> {
         dispatch!(self, v => v.set_aux_state(aux))
     }
+    fn last_entry(&self) -> Option<crate::virt::vcpu::LastEntry> {
+        dispatch!(self, v => v.last_entry())
+    }
 }

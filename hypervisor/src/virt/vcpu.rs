@@ -57,6 +57,16 @@ pub struct InitialState {
 }
 
 /// One virtual CPU. Methods take effect at the next `run`.
+/// What a backend kept of the entry before the last exit, for a dead guest's
+/// log: the event that entry injected (0 if none) and the exit before it,
+/// both in the vendor's raw format (AMD-V: EVENTINJ; exit code, EXITINFO1,
+/// EXITINFO2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastEntry {
+    pub injected: u64,
+    pub exit_before: (u64, u64, u64),
+}
+
 pub trait Vcpu {
     /// Before a run slice on this CPU: loads what the vCPU keeps in the CPU
     /// across its exits (debug registers, TSC_AUX, its TLB tag), so that
@@ -135,5 +145,9 @@ pub trait Vcpu {
     /// checked it (`VcpuSnapshot::from_record`).
     fn set_aux_state(&mut self, _aux: &super::snapshot::AuxState) -> Result<(), &'static str> {
         Err("this vCPU cannot load a state")
+    }
+    /// `LastEntry`, where the backend keeps it.
+    fn last_entry(&self) -> Option<LastEntry> {
+        None
     }
 }

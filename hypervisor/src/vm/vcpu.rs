@@ -543,6 +543,11 @@ impl GuestVcpu {
                         control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables as its RAM map does"));
                     }
                 }
+                // What the entry that ended so delivered (a vendor's raw
+                // format), and the exit before it.
+                if let Some(e) = vcpu.last_entry() {
+                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: the entry before it injected {:#x} (raw), after exit {:#x?}", e.injected, e.exit_before));
+                }
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
             Outcome::Unemulated { gpa, error } => {

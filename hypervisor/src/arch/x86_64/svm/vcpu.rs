@@ -53,6 +53,9 @@ pub struct SvmVcpu {
     /// The exit before the last one (code, EXITINFO1, EXITINFO2): what the
     /// vCPU was doing when `host_state_check` finds its state lost.
     previous_exit: (u64, u64, u64),
+    /// What the last VMRUN injected (EVENTINJ) and the exit before the last
+    /// one: `Vcpu::last_entry`, for a triple fault's log.
+    last_entry: crate::virt::vcpu::LastEntry,
 }
 
 impl SvmVcpu {
@@ -103,6 +106,7 @@ impl SvmVcpu {
             asid: None,
             entered: None,
             previous_exit: (0, 0, 0),
+            last_entry: Default::default(),
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -396,17 +400,8 @@ impl Vcpu for SvmVcpu {
             if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
                 return self.host_state_found();
             }
+            self.last_entry = crate::virt::vcpu::LastEntry { injected, exit_before: self.previous_exit };
             let c = &self.vmcb().control;
-            if c.exit_code == vmcb::exit_code::SHUTDOWN {
-                // What the entry that ended so delivered, and the exit
-                // before it: a guest's triple fault is debugged from these.
-                log::warn!(
-                    "svm: shutdown (triple fault) at rip {:#x}: the VMRUN injected {injected:#x}, EXITINTINFO {:#x}, the exit before {:x?}",
-                    self.vmcb().save.rip,
-                    c.exit_int_info,
-                    self.previous_exit
-                );
-            }
             self.previous_exit = (c.exit_code, c.exit_info1, c.exit_info2);
             let (mut exit, next) = super::exit::translate(self.vmcb());
             self.next_rip = next;
@@ -701,6 +696,10 @@ impl Vcpu for SvmVcpu {
             dr6: v.save.dr6,
             tsc_aux: u64::from(self.tsc_aux),
         })
+    }
+
+    fn last_entry(&self) -> Option<crate::virt::vcpu::LastEntry> {
+        Some(self.last_entry)
     }
 
     fn set_aux_state(&mut self, aux: &AuxState) -> Result<(), &'static str> {
