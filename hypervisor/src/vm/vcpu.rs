@@ -535,7 +535,7 @@ impl GuestVcpu {
                         if let Some((nested, ram)) = control::nested_and_ram_translation(domid, at) {
                             if nested != ram {
                                 differ += 1;
-                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table at {at:#x}: nested tables {nested:#x?}, RAM map {ram:#x?}: they differ"));
+                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table at {at:#x}: nested tables {nested:x?}, RAM map {ram:x?}: they differ"));
                             }
                         }
                     }
@@ -546,7 +546,8 @@ impl GuestVcpu {
                 // What the entry that ended so delivered (a vendor's raw
                 // format), and the exit before it.
                 if let Some(e) = vcpu.last_entry() {
-                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: the entry before it injected {:#x} (raw), after exit {:#x?}", e.injected, e.exit_before));
+                    let (code, info1, info2) = e.exit_before;
+                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: the entry before it injected {:#x} (raw), after exit {code:#x} ({info1:#x}, {info2:#x})", e.injected));
                 }
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
