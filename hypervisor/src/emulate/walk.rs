@@ -106,8 +106,8 @@ pub fn translate(mem: &(impl GuestPhysRead + ?Sized), paging: &PagingState, line
         PagingMode::Off => Ok(GuestPhysAddr::new(linear & 0xffff_ffff)),
         PagingMode::Bits32 { pse } => walk32(mem, paging, linear as u32, pse),
         PagingMode::Pae => walk_pae(mem, paging, linear as u32),
-        PagingMode::Level4 => walk_long(mem, paging, linear, 4),
-        PagingMode::Level5 => walk_long(mem, paging, linear, 5),
+        PagingMode::Level4 => walk_long(mem, paging, linear, 4, &mut |_, _, _| {}),
+        PagingMode::Level5 => walk_long(mem, paging, linear, 5, &mut |_, _, _| {}),
     }
 }
 
@@ -158,31 +158,42 @@ fn walk_pae(mem: &(impl GuestPhysRead + ?Sized), p: &PagingState, la: u32) -> Re
     if pdpte & (p.reserved_high() | NX | 0x1e6) != 0 {
         return Err(WalkError::ReservedBit { level: 3 });
     }
-    walk_tables(mem, p, la, pdpte & 0x000f_ffff_ffff_f000, 2)
+    walk_tables(mem, p, la, pdpte & 0x000f_ffff_ffff_f000, 2, &mut |_, _, _| {})
 }
 
-/// 4- or 5-level paging (SDM §4.5).
-fn walk_long(mem: &(impl GuestPhysRead + ?Sized), p: &PagingState, la: u64, levels: u8) -> Result<GuestPhysAddr, WalkError> {
+/// 4- or 5-level paging (SDM §4.5); `observe` as for `walk_tables`.
+fn walk_long(
+    mem: &(impl GuestPhysRead + ?Sized),
+    p: &PagingState,
+    la: u64,
+    levels: u8,
+    observe: &mut impl FnMut(u8, u64, u64),
+) -> Result<GuestPhysAddr, WalkError> {
     let va_bits = 12 + 9 * u32::from(levels);
     let shift = 64 - va_bits;
     if (((la << shift) as i64) >> shift) as u64 != la {
         return Err(WalkError::NonCanonical);
     }
-    walk_tables(mem, p, la, p.cr3 & 0x000f_ffff_ffff_f000, levels)
+    walk_tables(mem, p, la, p.cr3 & 0x000f_ffff_ffff_f000, levels, observe)
 }
 
 /// The 8-byte-entry levels shared by PAE and long mode, from `level` down.
+/// `observe(level, entry's address, entry)` sees each entry read, before it
+/// is checked (a no-op for translation; `WalkTrace` keeps them).
 fn walk_tables(
     mem: &(impl GuestPhysRead + ?Sized),
     p: &PagingState,
     la: u64,
     mut table: u64,
     mut level: u8,
+    observe: &mut impl FnMut(u8, u64, u64),
 ) -> Result<GuestPhysAddr, WalkError> {
     let reserved = p.reserved_high();
     loop {
         let shift = 12 + 9 * u32::from(level - 1);
-        let entry = read_u64(mem, table + (((la >> shift) & 0x1ff) << 3))?;
+        let at = table + (((la >> shift) & 0x1ff) << 3);
+        let entry = read_u64(mem, at)?;
+        observe(level, at, entry);
         if entry & PRESENT == 0 {
             return Err(WalkError::NotPresent { level });
         }
@@ -222,31 +233,23 @@ pub struct WalkTrace {
 }
 
 impl WalkTrace {
-    /// Walks `la` as `translate` does in 4- and 5-level long mode, keeping
-    /// each entry read; other modes give an empty trace with the result.
+    /// Walks `la` as `translate` does, keeping each entry read in 4- and
+    /// 5-level long mode; other modes give an empty trace with the result.
     pub fn new(mem: &(impl GuestPhysRead + ?Sized), paging: &PagingState, la: u64) -> Self {
-        let mut t = WalkTrace { steps: [(0, 0, 0); 5], len: 0, end: Err(WalkError::NonCanonical) };
-        let levels = match paging.mode() {
-            PagingMode::Level4 => 4,
-            PagingMode::Level5 => 5,
-            _ => {
-                t.end = translate(mem, paging, la);
-                return t;
+        let mut steps = [(0, 0, 0); 5];
+        let mut len = 0;
+        let mut keep = |level, at, entry| {
+            if let Some(slot) = steps.get_mut(len) {
+                *slot = (level, at, entry);
+                len += 1;
             }
         };
-        let mut table = paging.cr3 & 0x000f_ffff_ffff_f000;
-        for level in (1..=levels).rev() {
-            let at = table + (((la >> (12 + 9 * u32::from(level - 1))) & 0x1ff) << 3);
-            let Ok(entry) = read_u64(mem, at) else { break };
-            t.steps[t.len] = (level, at, entry);
-            t.len += 1;
-            if entry & PRESENT == 0 || level == 1 || entry & PAGE_SIZE != 0 {
-                break;
-            }
-            table = entry & 0x000f_ffff_ffff_f000;
-        }
-        t.end = translate(mem, paging, la);
-        t
+        let end = match paging.mode() {
+            PagingMode::Level4 => walk_long(mem, paging, la, 4, &mut keep),
+            PagingMode::Level5 => walk_long(mem, paging, la, 5, &mut keep),
+            _ => translate(mem, paging, la),
+        };
+        WalkTrace { steps, len, end }
     }
 
     pub fn steps(&self) -> &[(u8, u64, u64)] {
