@@ -131,15 +131,7 @@ impl Block {
         let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
             return 0;
         };
-        let Ok(mut writer) = Writer::new(mem, chain) else {
-            return 0;
-        };
-        let writable = writer.available_bytes();
-        if writable == 0 {
-            // No status byte: the driver cannot be told anything (§5.2.6 requires one).
-            return 0;
-        }
-        let Ok(mut status_w) = writer.split_at(writable - 1) else {
+        let Some((mut writer, mut status_w)) = split_status(mem, chain) else {
             return 0;
         };
         let status = self.execute(&mut reader, &mut writer);
@@ -244,6 +236,31 @@ impl Block {
             len -= n;
         }
         Ok(())
+    }
+}
+
+/// A request's device-writable part split into its data and its status byte, the chain's last
+/// writable byte (§5.2.6); `None` when nothing can be written back (descriptors outside guest RAM,
+/// or no writable byte: the driver cannot be told anything).
+fn split_status<'a>(
+    mem: &'a GuestMemoryMmap,
+    chain: DescriptorChain<&'a GuestMemoryMmap>,
+) -> Option<(Writer<'a>, Writer<'a>)> {
+    let mut writer = Writer::new(mem, chain).ok()?;
+    let writable = writer.available_bytes().checked_sub(1)?;
+    let status_w = writer.split_at(writable).ok()?;
+    Some((writer, status_w))
+}
+
+/// Completes a request without doing it: status IOERR (a device whose model died,
+/// `crate::failed`). Returns the used length, as [`Block`]'s requests do.
+pub(crate) fn fail_request(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    let Some((_, mut status_w)) = split_status(mem, chain) else {
+        return 0;
+    };
+    match status_w.write_all(&[VIRTIO_BLK_S_IOERR as u8]) {
+        Ok(()) => 1,
+        Err(_) => 0,
     }
 }
 

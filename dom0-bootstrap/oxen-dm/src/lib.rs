@@ -46,6 +46,7 @@
 //! ```
 
 pub mod block;
+pub mod failed;
 pub mod foreign;
 pub mod ioreq;
 pub mod mmio;
@@ -54,6 +55,7 @@ pub mod oxen;
 pub mod serve;
 pub mod spec;
 pub mod tap;
+pub mod warden;
 
 pub use block::{Block, BlockStats};
 pub use foreign::{ForeignDomain, ForeignError};

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser as _;
+
+mod takeover;
 use oxen_dm::block::BlockStats;
 use oxen_dm::mmio::MMIO_WINDOW_SIZE;
 use oxen_dm::oxen::{self, describe, Ioreq, Oxen};
@@ -26,10 +28,11 @@ use oxen_dm::net::format_mac;
 use oxen_dm::serve::{self, Disk, End, Nic, Router};
 use oxen_dm::spec::{Args, DiskSpec};
 use oxen_dm::tap::Tap;
+use oxen_dm::warden::{Area, Link, ENDING, SERVING};
 use oxen_dm::{Block, ForeignDomain, MmioTransport, Net, NetStats};
 
 /// How long a dead domain can go unnoticed (the loop then asks `GET_INFO`).
-const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// Windows are forwarded without `FLAG_POSTED_WRITES`: a posted InterruptACK would lower the
 /// line only when dom0 gets to it, after the guest's end-of-interrupt, so the level-triggered
@@ -147,6 +150,37 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         .ok_or_else(|| format!("no domain {}", args.domid))?;
     // A domU's RAM is guest-physical [0, memory) (hypervisor/src/domain/linux.rs, build.rs).
     let ram_bytes = info.memory_kib * 1024;
+
+    let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
+    for (spec, ..) in &opened {
+        ioreq.add_mmio(spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES).map_err(|e| {
+            format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", spec.vdev, spec.base, describe(&e))
+        })?;
+    }
+    for (spec, ifname, _) in &taps {
+        ioreq.add_mmio(spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES).map_err(|e| {
+            format!("{ifname}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", spec.base, describe(&e))
+        })?;
+    }
+    let page = ioreq.page();
+
+    // The warden: forked now, holding the ioreq fd (and the disks' locks, the taps) for as long as
+    // the domain may need them, whatever becomes of this process (`oxen_dm::warden`).
+    let area = Area::new(opened.len() + taps.len()).map_err(|e| format!("the warden's area: {}", describe(&e)))?;
+    let link = Link::new().map_err(|e| format!("the warden's pipe: {}", describe(&e)))?;
+    // SAFETY: no thread has been started yet, so the child is a whole copy of this process.
+    match unsafe { libc::fork() } {
+        -1 => return Err(format!("fork of the warden: {}", describe(&std::io::Error::last_os_error()))),
+        0 => {
+            // oxl reads the ready line until EOF: the warden's copy must not hold it open.
+            drop(ready);
+            let code = takeover::run(args, label, dev, ioreq, signals, link.warden(), &area, ram_bytes);
+            std::process::exit(code);
+        }
+        _ => {}
+    }
+    let teller = link.model();
+
     let mem = ForeignDomain::open(args.domid)
         .and_then(|d| d.map(&[(0, ram_bytes)]))
         .map_err(|e| format!("the domain's {} MiB of RAM: {e}", ram_bytes >> 20))?;
@@ -166,21 +200,9 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         let t = MmioTransport::new(Box::new(net), Arc::clone(&mem)).map_err(|e| format!("{ifname}: {e:?}"))?;
         nics.push(Nic::new(spec, ifname, t, stats));
     }
-
-    let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
-    for d in &disks {
-        ioreq
-            .add_mmio(d.spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES)
-            .map_err(|e| {
-                format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", d.spec.vdev, d.spec.base, describe(&e))
-            })?;
-    }
-    for n in &nics {
-        ioreq.add_mmio(n.spec.base, MMIO_WINDOW_SIZE, POSTED_WRITES).map_err(|e| {
-            format!("{}: forwarding {:#x}+{MMIO_WINDOW_SIZE:#x}: {}", n.ifname, n.spec.base, describe(&e))
-        })?;
-    }
-    let page = ioreq.page();
+    let mut router = Router::new(disks, label.to_owned()).with_nics(nics).publishing_to(area);
+    router.publish();
+    teller.tell(SERVING).map_err(|e| format!("the warden's pipe: {}", describe(&e)))?;
 
     if let Some(mut ready) = ready {
         ready.write_all(b"ready\n").map_err(|e| format!("--ready-fd: {}", describe(&e)))?;
@@ -189,15 +211,18 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     }
     eprintln!(
         "{label}ready: {} disk(s), {} vif(s), {} MiB of RAM mapped, windows forwarded {} posted writes",
-        disks.len(),
-        nics.len(),
+        router.disks.len(),
+        router.nics.len(),
         ram_bytes >> 20,
         if POSTED_WRITES { "with" } else { "without" }
     );
 
-    let mut router = Router::new(disks, label.to_owned()).with_nics(nics);
     let mut host = Oxen::new(dev, ioreq, signals, args.domid);
     let end = serve::run(&page, &mut router, &mut host, TICK);
+    // Before anything else can fail: the warden must not take this end for a death.
+    if let Err(e) = teller.tell(ENDING) {
+        eprintln!("{label}the warden's pipe: {}", describe(&e));
+    }
 
     let why = match &end {
         Ok(End::DomainGone) => "the domain is gone".to_owned(),

@@ -10,6 +10,7 @@
 //! Every value read from a write is guest-controlled. Accesses the spec forbids (§4.2.2.2: control
 //! registers are 32-bit and aligned) read as 0 and are ignored on write; nothing here panics.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::{
@@ -18,6 +19,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
@@ -155,6 +157,58 @@ impl QueueRegs {
     }
 }
 
+/// The most queues a [`TransportState`] holds: what any device here has (virtio-net: receive and
+/// transmit).
+pub const STATE_QUEUES: usize = 2;
+/// Bytes of a device's configuration space a [`TransportState`] keeps (virtio-blk's 36, net's 6).
+pub const STATE_CONFIG: usize = 64;
+
+/// One queue's registers in a [`TransportState`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueState {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+}
+
+/// A transport as a value: its registers, and what its device showed the driver (type, features,
+/// configuration space). Enough to go on serving the driver with another device behind the same
+/// registers ([`MmioTransport::resume`]): what `oxen-dm`'s warden does when the device model
+/// dies (`crate::warden`). Plain data (no pointers), so it can sit in memory shared between
+/// processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub device_features: u64,
+    pub config: [u8; STATE_CONFIG],
+    /// How many of `queues` the device has.
+    pub queue_count: u8,
+    pub queues: [QueueState; STATE_QUEUES],
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub driver_features_high: bool,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    pub activated: bool,
+}
+
+/// Why [`MmioTransport::resume`] could not take a [`TransportState`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The device is not the one the state was taken from (type or queues differ).
+    OtherDevice,
+    /// A queue the state has ready is not valid in this guest memory (`index`).
+    BadQueue(usize),
+    /// The device refused to start with the state's queues and features.
+    Activate(ActivateError),
+}
+
 /// A virtio-mmio version 2 device: the register file of §4.2.2 around a [`VirtioDevice`].
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -205,9 +259,103 @@ impl MmioTransport {
         })
     }
 
+    /// The transport as a value; `None` for a device with more than [`STATE_QUEUES`] queues.
+    pub fn state(&self) -> Option<TransportState> {
+        if self.queues.len() > STATE_QUEUES {
+            return None;
+        }
+        let mut queues = [QueueState::default(); STATE_QUEUES];
+        for (q, r) in queues.iter_mut().zip(&self.queues) {
+            *q = QueueState {
+                max_size: r.max_size,
+                size: r.size,
+                ready: r.ready,
+                desc: r.desc,
+                driver: r.driver,
+                device: r.device,
+            };
+        }
+        let mut config = [0u8; STATE_CONFIG];
+        self.device.read_config(0, &mut config);
+        Some(TransportState {
+            device_type: self.device.device_type(),
+            device_features: self.device.features(),
+            config,
+            queue_count: self.queues.len() as u8,
+            queues,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            driver_features_high: self.driver_features_high,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+        })
+    }
+
+    /// A transport with `state`'s registers around `device`, which must be of the same type with
+    /// the same queues. If the state was started (DRIVER_OK), the device is started with its
+    /// queues, each going on from the used ring's index in `mem`: right for a device that
+    /// completes every buffer it takes before taking the next (ours do), whose taken-but-unused
+    /// buffers are then taken again.
+    pub fn resume(
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemoryMmap>,
+        state: &TransportState,
+    ) -> Result<Self, ResumeError> {
+        let mut t = Self::new(device, mem).map_err(|_| ResumeError::OtherDevice)?;
+        let count = usize::from(state.queue_count);
+        let same = t.device.device_type() == state.device_type
+            && count == t.queues.len()
+            && t.queues.iter().zip(&state.queues).all(|(r, s)| r.max_size == s.max_size);
+        if !same {
+            return Err(ResumeError::OtherDevice);
+        }
+        for (r, s) in t.queues.iter_mut().zip(&state.queues) {
+            *r = QueueRegs { max_size: r.max_size, size: s.size, ready: s.ready, desc: s.desc, driver: s.driver, device: s.device };
+        }
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.driver_features = state.driver_features;
+        t.driver_features_high = state.driver_features_high;
+        t.queue_sel = state.queue_sel;
+        t.status = state.status;
+        t.interrupt_status = state.interrupt_status;
+        t.config_generation = state.config_generation;
+        if state.activated {
+            let event_idx = state.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            let mut queues = Vec::with_capacity(count);
+            for (i, r) in t.queues.iter().enumerate() {
+                let q = if r.ready {
+                    let mut q = r.to_queue(&t.mem).ok_or(ResumeError::BadQueue(i))?;
+                    let used = q.used_idx(&*t.mem, Ordering::Acquire).map_err(|_| ResumeError::BadQueue(i))?;
+                    q.set_next_avail(used.0);
+                    q.set_next_used(used.0);
+                    q.set_event_idx(event_idx);
+                    q
+                } else {
+                    Queue::new(r.max_size).map_err(|_| ResumeError::BadQueue(i))?
+                };
+                queues.push(q);
+            }
+            t.device
+                .activate(Arc::clone(&t.mem), queues, t.driver_features)
+                .map_err(ResumeError::Activate)?;
+            t.activated = true;
+        }
+        Ok(t)
+    }
+
     /// The device status register (§2.1).
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// How many queues the device has.
+    pub fn queue_count(&self) -> u16 {
+        self.queues.len() as u16
     }
 
     /// Whether the device was started (DRIVER_OK accepted) and not reset since.

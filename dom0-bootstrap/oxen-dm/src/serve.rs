@@ -33,7 +33,8 @@ use oxen_abi::{DomainInfo, DomainState};
 
 use crate::block::BlockStats;
 use crate::ioreq::{Access, IoDevice, Page};
-use crate::mmio::{Effect, MmioTransport, MMIO_WINDOW_SIZE};
+use crate::mmio::{Effect, MmioTransport, TransportState, MMIO_WINDOW_SIZE};
+use crate::warden::Area;
 use crate::net::NetStats;
 use crate::oxen::describe;
 use crate::spec::{DiskSpec, VifSpec};
@@ -152,6 +153,8 @@ pub struct Router {
     watched: Vec<usize>,
     /// The log's prefix: `oxen-dm: d5 (web): `.
     label: String,
+    /// Where each device's state is published for the warden, and what was published last.
+    area: Option<(Area, Vec<Option<TransportState>>)>,
 }
 
 /// A device's transport and line, whichever kind it is.
@@ -172,6 +175,34 @@ impl Router {
             watch: Vec::new(),
             watched: Vec::new(),
             label,
+            area: None,
+        }
+    }
+
+    /// The router publishing its devices' states to `area` (`crate::warden`), from the next
+    /// [`Router::publish`] on.
+    pub fn publishing_to(mut self, area: Area) -> Self {
+        self.area = Some((area, Vec::new()));
+        self
+    }
+
+    /// Publishes each device's transport state that changed since it was last published. [`run`]
+    /// does it after every round: a device model that dies leaves its warden the registers as
+    /// its last round left them.
+    pub fn publish(&mut self) {
+        let Some((area, last)) = self.area.as_mut() else { return };
+        let transports = self.disks.iter().map(|d| &d.transport).chain(self.nics.iter().map(|n| &n.transport));
+        for (i, t) in transports.enumerate() {
+            let state = t.state();
+            if last.len() <= i {
+                last.resize(i + 1, None);
+            }
+            if state.is_some() && last[i] != state {
+                if let Some(s) = &state {
+                    area.publish(i, s);
+                }
+                last[i] = state;
+            }
         }
     }
 
@@ -233,6 +264,30 @@ impl Router {
             Err(e) => {
                 let name = p.name.to_owned();
                 self.failed(format_args!("{name}: setting gsi {gsi} to {}: {}", u8::from(level), describe(&e)));
+            }
+        }
+    }
+
+    /// Sets every device's line to what its registers say (InterruptStatus ≠ 0), whatever the
+    /// line was thought to be: for a router taking over lines another process drove.
+    pub fn take_lines(&mut self, host: &mut impl Host) {
+        for i in 0..self.disks.len() + self.nics.len() {
+            let Some(p) = self.port(i) else { continue };
+            let level = p.transport.interrupt_pending();
+            *p.line = !level;
+            self.set_line(host, i, level);
+        }
+    }
+
+    /// Processes every queue of every device, as if each had been notified.
+    pub fn process_all(&mut self, host: &mut impl Host) {
+        for i in 0..self.disks.len() + self.nics.len() {
+            let queues = self.port(i).map_or(0, |p| p.transport.queue_count());
+            for q in 0..queues {
+                let effect = self.port(i).map_or(Effect::None, |p| p.transport.process_queue(q));
+                if let Effect::Interrupt(level) = effect {
+                    self.set_line(host, i, level);
+                }
             }
         }
     }
@@ -335,6 +390,7 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
         }
         // Also on a timeout: a wake-up lost between the driver and us costs one tick at most.
         router.round(page, host);
+        router.publish();
         if wake == Wake::Timeout || last_check.elapsed() >= tick {
             last_check = Instant::now();
             match host.domain_info() {
