@@ -255,6 +255,11 @@ impl WalkTrace {
     pub fn steps(&self) -> &[(u8, u64, u64)] {
         &self.steps[..self.len]
     }
+
+    /// Where the walk ended: the address it translates to, or why not.
+    pub fn end(&self) -> Result<GuestPhysAddr, WalkError> {
+        self.end
+    }
 }
 
 impl core::fmt::Display for WalkTrace {

@@ -65,6 +65,14 @@ pub struct InitialState {
 pub struct LastEntry {
     pub injected: u64,
     pub exit_before: (u64, u64, u64),
+    /// The CPU the exit before was taken on, and the one this entry ran on.
+    pub cpu_before: u32,
+    pub cpu: u32,
+    /// TSC ticks from the exit before to this entry (how long the vCPU was
+    /// out of the guest: handled, waiting, descheduled).
+    pub out_tsc: u64,
+    /// The nested-table root this entry ran on was the vCPU's own.
+    pub own_tables: bool,
 }
 
 pub trait Vcpu {

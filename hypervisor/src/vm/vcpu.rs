@@ -531,23 +531,35 @@ impl GuestVcpu {
                     // Each table the walk read, as the CPU reaches it (the
                     // nested tables) against the domain's RAM map.
                     let mut differ = 0;
-                    for &(level, at, _) in trace.steps() {
+                    let end = trace.end().ok().map(|g| (0u8, g.as_u64() & !0xfff, 0u64));
+                    for &(level, at, _) in trace.steps().iter().chain(end.iter()) {
                         if let Some((nested, ram)) = control::nested_and_ram_translation(domid, at) {
                             if nested != ram {
                                 differ += 1;
-                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table at {at:#x}: nested tables {nested:x?}, RAM map {ram:x?}: they differ"));
+                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table (L0: the gate's page) at {at:#x}: nested tables {nested:x?}, RAM map {ram:x?}: they differ"));
                             }
                         }
                     }
                     if differ == 0 {
-                        control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables as its RAM map does"));
+                        control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables and the gate's page as its RAM map does"));
                     }
                 }
                 // What the entry that ended so delivered (a vendor's raw
                 // format), and the exit before it.
                 if let Some(e) = vcpu.last_entry() {
                     let (code, info1, info2) = e.exit_before;
-                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: the entry before it injected {:#x} (raw), after exit {code:#x} ({info1:#x}, {info2:#x})", e.injected));
+                    control::guest_log(
+                        domid,
+                        log::Level::Warn,
+                        format_args!(
+                            "{label}: the entry before it injected {:#x} (raw), after exit {code:#x} ({info1:#x}, {info2:#x}) on cpu{}; it ran on cpu{} {} TSC ticks after that exit, on {} nested tables",
+                            e.injected,
+                            e.cpu_before,
+                            e.cpu,
+                            e.out_tsc,
+                            if e.own_tables { "its own" } else { "OTHER" }
+                        ),
+                    );
                 }
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }

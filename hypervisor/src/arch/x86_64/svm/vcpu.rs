@@ -56,6 +56,10 @@ pub struct SvmVcpu {
     /// What the last VMRUN injected (EVENTINJ) and the exit before the last
     /// one: `Vcpu::last_entry`, for a triple fault's log.
     last_entry: crate::virt::vcpu::LastEntry,
+    /// The CPU and TSC of the last exit, for `last_entry`.
+    last_exit_at: (u32, u64),
+    /// Its nested tables' root, as given at creation.
+    npt_root: u64,
 }
 
 impl SvmVcpu {
@@ -107,6 +111,8 @@ impl SvmVcpu {
             entered: None,
             previous_exit: (0, 0, 0),
             last_entry: Default::default(),
+            last_exit_at: (crate::arch::x86_64::cpu_id(), 0),
+            npt_root,
         };
         let c = &mut v.vmcb_mut().control;
         // Every instruction that could reach the host or other guests exits:
@@ -371,6 +377,8 @@ impl Vcpu for SvmVcpu {
             self.vmcb_mut().save.rax = self.gprs.rax;
             let host = self.entered.map_or_else(|| super::host_vmcb().as_u64(), |h| h.as_u64());
             let injected = self.vmcb().control.event_inj;
+            let entry_n_cr3 = self.vmcb().control.n_cr3;
+            let entry_tsc = crate::arch::x86_64::time::rdtsc();
             if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
                 log::error!("svm: host state in a guest's VMCB before VMRUN (VMCB {:#x})", self.vmcb.as_u64());
             }
@@ -400,7 +408,17 @@ impl Vcpu for SvmVcpu {
             if self.vmcb().save.rip == resume_rip() && self.vmcb().save.cr3 == crate::arch::x86_64::paging::root() {
                 return self.host_state_found();
             }
-            self.last_entry = crate::virt::vcpu::LastEntry { injected, exit_before: self.previous_exit };
+            let here = crate::arch::x86_64::cpu_id();
+            let (cpu_before, exit_tsc) = self.last_exit_at;
+            self.last_exit_at = (here, crate::arch::x86_64::time::rdtsc());
+            self.last_entry = crate::virt::vcpu::LastEntry {
+                injected,
+                exit_before: self.previous_exit,
+                cpu_before,
+                cpu: here,
+                out_tsc: entry_tsc.saturating_sub(exit_tsc),
+                own_tables: entry_n_cr3 == self.npt_root,
+            };
             let c = &self.vmcb().control;
             self.previous_exit = (c.exit_code, c.exit_info1, c.exit_info2);
             let (mut exit, next) = super::exit::translate(self.vmcb());
