@@ -8,9 +8,6 @@
 # vif on a bridge dom0 does not have is refused with its line; memory back.
 # Prints "check: NAME: ok|FAILED (why)" (lib.sh) and "linux-net: done, N failed".
 . "$(dirname "$0")/lib.sh"
-# oxl refuses vifs until they are ready (the receiving domU of this very
-# transfer triple-faulted after 27 MB, session 9): the reproducer asks anyway.
-export OXL_EXPERIMENTAL_VIFS=1
 boot_s=600
 err=/tmp/linux-net.err
 

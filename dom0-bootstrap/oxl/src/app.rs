@@ -43,9 +43,6 @@ pub struct Env<'a> {
     /// dom0's network interfaces (`/sys/class/net`): where `create` looks for
     /// a vif's bridge.
     pub sys_net: &'a Path,
-    /// OXL_EXPERIMENTAL_VIFS=1: `create` gives domains their vifs
-    /// (`refuse_vifs` says why they are refused otherwise).
-    pub experimental_vifs: bool,
 }
 
 /// A failed command: what `main` prints after "oxl: ".
@@ -162,22 +159,6 @@ fn note(env: &mut Env, text: &str) {
     let _ = writeln!(env.note, "{text}");
 }
 
-/// vifs are served (oxen-dm's virtio-net on a tap in the bridge), but not yet
-/// given to domains: a receiving Linux domU triple-faulted under a TCP
-/// transfer in testing (dom0-bootstrap/tests/linux-net.sh). Refused, before
-/// anything is made, unless OXL_EXPERIMENTAL_VIFS=1 (`Env::experimental_vifs`).
-fn refuse_vifs(file: &str, cfg: &config::Config) -> Result {
-    match cfg.vifs.first() {
-        Some(v) => Err(format!(
-            "{file}:{}: vif: network interfaces are not ready for use yet (a domU crashed under network \
-             load in testing); remove the 'vif' line, or set OXL_EXPERIMENTAL_VIFS=1 to try them",
-            v.line
-        )
-        .into()),
-        None => Ok(()),
-    }
-}
-
 fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_devices: bool) -> Result {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
@@ -194,9 +175,6 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
     let images = check_images(&cfg).map_err(|e| format!("{file}: {e}"))?;
     if !declare_devices {
         dm::check_disks(&file, &cfg.disks)?;
-        if !env.experimental_vifs {
-            refuse_vifs(&file, &cfg)?;
-        }
         dm::check_vifs(&file, None, &cfg.vifs, env.sys_net)?;
     }
     let mut hv = connect(env)?;

@@ -82,7 +82,6 @@ fn main() -> ExitCode {
         state_dir: Some(&state_dir),
         launch: &mut dm::launch,
         sys_net: std::path::Path::new("/sys/class/net"),
-        experimental_vifs: hv::env_flag(std::env::var_os("OXL_EXPERIMENTAL_VIFS").as_deref()),
     };
     let result = app::run(&cli.cmd, &mut env);
     if let Some(t) = &tally {

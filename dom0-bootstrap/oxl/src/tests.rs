@@ -147,7 +147,6 @@ fn oxl_input(
             state_dir: None,
             launch: &mut fake_launch(fake),
             sys_net: &fake_sys_net(),
-            experimental_vifs: true,
         },
     );
     Run {
@@ -517,7 +516,6 @@ fn create_checks_files_before_opening_the_device() {
                 state_dir: None,
                 launch: &mut |_: &dm::Request| panic!("started a device model"),
                 sys_net: Path::new("/nonexistent"),
-                experimental_vifs: false,
             },
         )
         .unwrap_err()
@@ -557,11 +555,6 @@ fn create_checks_files_before_opening_the_device() {
         no_device(&["create", "/nonexistent/vm.cfg"]),
         "create: cannot read the config file /nonexistent/vm.cfg: No such file or directory"
     );
-    // vifs, until OXL_EXPERIMENTAL_VIFS=1 (the other tests set it).
-    let cfg = setup("checks-vif", "name = \"web\"\nvif = ['bridge=xenbr0']\n", 100);
-    let err = no_device(&["create", p(&cfg)]);
-    assert!(err.contains("vm.cfg:3: vif: network interfaces are not ready for use yet"), "{err}");
-    assert!(err.ends_with("or set OXL_EXPERIMENTAL_VIFS=1 to try them"), "{err}");
     assert!(fake.state().calls.is_empty());
 }
 
@@ -583,7 +576,6 @@ fn device_and_abi_problems_are_not_blamed_on_the_command() {
             state_dir: None,
             launch: &mut |_: &dm::Request| unreachable!(),
             sys_net: Path::new("/nonexistent"),
-            experimental_vifs: false,
         },
     );
     assert_eq!(
