@@ -18,6 +18,7 @@ use crate::emu::{
 use crate::image::{make_iso, target_dir, IsoSpec};
 use crate::util::{repo_root, run_captured, show, step, tail, tool_version};
 
+mod io;
 mod scale;
 
 const BENCH_CMDLINE: &str = "console=com1,115200 bench";
@@ -115,6 +116,7 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
         icount: true,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     step(format!(
         "booting QEMU TCG -icount shift=0 with `{BENCH_CMDLINE}` (up to {}s)",
@@ -238,6 +240,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
         icount: false,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     let banner = Regex::new(BANNER)?;
     let bare_watch = Watch {
@@ -683,6 +686,19 @@ pub(crate) fn boot_dom0_script(
     watch: &Watch,
     timeout: Duration,
 ) -> Result<(crate::emu::Boot, std::path::PathBuf)> {
+    boot_dom0_script_with(elf, icount, name, extra, watch, timeout, 512)
+}
+
+/// `boot_dom0_script` on a machine of `memory_mib` MiB.
+pub(crate) fn boot_dom0_script_with(
+    elf: &Path,
+    icount: bool,
+    name: &str,
+    extra: &str,
+    watch: &Watch,
+    timeout: Duration,
+    memory_mib: u32,
+) -> Result<(crate::emu::Boot, std::path::PathBuf)> {
     let dom0 = crate::dom0::prepare().context("preparing dom0's kernel and initramfs")?;
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -701,11 +717,12 @@ pub(crate) fn boot_dom0_script(
         emulator: Emulator::Qemu,
         cpu: Some("max".into()),
         smp: 2,
-        memory_mib: 512,
+        memory_mib,
         accel: Accel::Tcg,
         icount,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), timeout, watch)?;
     Ok((boot, dir))
@@ -1841,6 +1858,7 @@ fn linux_bare(icount: bool, smp: u32) -> Result<LinuxBare> {
         icount,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     let tsc_re = Regex::new(LINUX_TSC_LINE)?;
     let watch = Watch {
@@ -2061,6 +2079,8 @@ pub enum Part {
     Null,
     /// Idle exits per second of dom0 and a domU, by reason (section `idle`).
     Idle,
+    /// A Linux domU's virtio disk and network against dom0 directly (section `io`).
+    Io,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -2156,6 +2176,15 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         step(format!("updated {}", show(&path)));
         return Ok(());
+    }
+    let io_footer = format!(
+        "On {date}, source {source}, 2 CPUs, 768 MiB, hypervisor command line `{DOM0_CMDLINE}`.  \n{qemu}; built with {rustc}; host: {host}.\n"
+    );
+    if only == Some(Part::Io) {
+        let r = io::io_part(elf, &mut doc, &io_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return r.context("the disk and network benchmark failed (BENCHMARKS.md keeps its previous figures)");
     }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);
@@ -2288,6 +2317,8 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     let sched = sched_part(elf, &mut doc, &sched_footer);
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
     let linux = linux_part(elf, &mut doc, &sched_footer);
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    let io = io::io_part(elf, &mut doc, &io_footer);
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
@@ -2301,6 +2332,7 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     }
     sched.context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     linux.context("the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
+    io.context("the disk and network benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     linux_bare.map(drop).context(
         "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
     )?;

@@ -241,6 +241,7 @@ pub fn idle_run(
         icount: false,
         bochs_ips: crate::emu::BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     let watch = Watch {
         done: Some(Regex::new(IDLE_DONE)?),

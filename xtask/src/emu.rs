@@ -113,7 +113,13 @@ pub struct Machine {
     pub bochs_ips: u64,
     /// QEMU only: a raw disk image attached as a virtio block device (read-only).
     pub disk: Option<PathBuf>,
+    /// QEMU only: an HTTP response file QEMU's user network sends to each
+    /// guest connection to `HTTP_ADDR` port 80 (`guestfwd`, `cat` of it).
+    pub serve: Option<PathBuf>,
 }
+
+/// Where a guest on QEMU's user network fetches `Machine::serve` (port 80).
+pub const HTTP_ADDR: &str = "10.0.2.100";
 
 /// Where the guest's COM1 goes.
 pub enum Serial<'a> {
@@ -195,6 +201,13 @@ impl Machine {
                 "file={},if=virtio,format=raw,readonly=on",
                 disk.display()
             ));
+        }
+        if let Some(response) = &self.serve {
+            // The machine's NIC as QEMU's default (an e1000 on the user
+            // network), plus the forward. QEMU splits options at commas: a
+            // comma in the path is written twice.
+            let path = response.display().to_string().replace(',', ",,");
+            c.arg("-nic").arg(format!("user,model=e1000,guestfwd=tcp:{HTTP_ADDR}:80-cmd:cat '{path}'"));
         }
         // Lets the hypervisor's `debug_exit=0xf4` option end QEMU.
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -648,6 +661,7 @@ mod tests {
             icount: false,
             bochs_ips: BOCHS_IPS,
             disk: None,
+            serve: None,
         };
         let media = Media::Linux {
             kernel: Path::new("/k"),

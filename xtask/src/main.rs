@@ -209,6 +209,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 icount: false,
                 bochs_ips: BOCHS_IPS,
                 disk: None,
+                serve: None,
             };
             run::run(&mut m, r.accel, &iso)?;
         }

@@ -2,7 +2,7 @@
 //! `tests/system.toml` and check its serial log (format described in that file).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -124,6 +124,11 @@ pub struct TestDef {
     /// QEMU only: attach a raw virtio disk of this many MiB whose every 32-bit
     /// word is its own byte offset (little endian), so its checksum is known.
     pub disk_mib: Option<u32>,
+    /// QEMU only: a file under target/ that guests fetch from "the host" at
+    /// `http://10.0.2.100/` over QEMU's user network (`emu::HTTP_ADDR`): for each
+    /// connection QEMU runs `cat` of an HTTP response holding it (`guestfwd`),
+    /// written into the test's directory before the run.
+    pub serve: Option<String>,
     /// Extra arguments for dom0's kernel command line (with `dom0 = true`).
     #[serde(default)]
     pub dom0_args: String,
@@ -189,6 +194,8 @@ pub struct Test {
     pub cmdline: String,
     /// Size of the disk image to write before the run.
     pub disk_mib: Option<u32>,
+    /// The file served at `emu::HTTP_ADDR` (`TestDef::serve`).
+    pub serve: Option<PathBuf>,
     pub dom0: bool,
     /// Appended to dom0's kernel command line.
     pub dom0_args: String,
@@ -317,8 +324,10 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                 disk: t
                     .disk_mib
                     .map(|_| target_dir().join("systest").join(&t.name).join("disk.img")),
+                serve: t.serve.as_ref().map(|_| target_dir().join("systest").join(&t.name).join("http-response")),
             },
             disk_mib: t.disk_mib,
+            serve: t.serve.map(|f| target_dir().join(f)),
             name: t.name,
             description: t.description,
             xfail: t.xfail,
@@ -710,6 +719,19 @@ fn write_disk_image(path: &Path, mib: u32) -> Result<()> {
     Ok(())
 }
 
+/// Writes `response`: an HTTP/1.0 answer whose body is `file`, for QEMU to
+/// send to each guest connection to `emu::HTTP_ADDR`.
+fn write_http_response(file: &Path, response: &Path) -> Result<()> {
+    let body = std::fs::read(file).with_context(|| format!("reading {}", show(file)))?;
+    let mut out = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    std::fs::write(response, out).with_context(|| format!("writing {}", show(response)))
+}
+
 /// Builds the ISOs and runs `tests`: QEMU ones two at a time, then Bochs ones.
 /// Prints a line per test.
 pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
@@ -726,6 +748,9 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         if let (Some(mib), Some(path)) = (t.disk_mib, &t.machine.disk) {
             write_disk_image(path, mib)
                 .with_context(|| format!("writing the disk image for {}", t.name))?;
+        }
+        if let (Some(file), Some(response)) = (&t.serve, &t.machine.serve) {
+            write_http_response(file, response).with_context(|| format!("the file {} serves", t.name))?;
         }
         if t.bare {
             continue;

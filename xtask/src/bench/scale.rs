@@ -86,6 +86,7 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
         icount: false,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        serve: None,
     };
     let mut inputs = Vec::new();
     for at in POINTS {

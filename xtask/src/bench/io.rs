@@ -1,0 +1,162 @@
+//! `cargo xtask bench --only io`: a Linux domU's disk and network through its virtio devices,
+//! against dom0 doing the same directly in the same run (issue 11, section `io`). dom0 runs
+//! `dom0-bootstrap/tests/io-bench.sh`, which prints one `io-bench: RESULT` line per transfer.
+
+use super::*;
+
+/// dom0's kernel arguments: init runs io-bench.sh before its shell.
+const IO_ARGS: &str = "dom0_run=/usr/lib/oxen/tests/io-bench.sh";
+const IO_DONE: &str = r"^\(oxen\) \(d0\) io-bench: done";
+/// dom0's 256 MiB (a 48 MiB tmpfs with the image among them), two 128 MiB Linux domUs, the heap.
+const IO_MEMORY_MIB: u32 = 768;
+const IO_TIMEOUT: Duration = Duration::from_secs(2400);
+
+/// One `io-bench: RESULT WHAT WHO BYTES SECONDS DOMU_EXITS DOM0_EXITS` line.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Transfer {
+    pub what: String,
+    pub who: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub domu_exits: u64,
+    pub dom0_exits: u64,
+}
+
+impl Transfer {
+    fn mb_per_s(&self) -> Option<f64> {
+        (self.seconds > 0.0).then(|| self.bytes as f64 / 1e6 / self.seconds)
+    }
+    fn per_mib(&self, exits: u64) -> f64 {
+        exits as f64 / (self.bytes as f64 / 1048576.0)
+    }
+}
+
+pub(super) fn parse_io(serial: &str) -> Vec<Transfer> {
+    let re = Regex::new(r"\(d0\) io-bench: RESULT (\S+) (dom0|domu) (\d+) ([\d.]+) (\d+) (\d+)\s*$").expect("regex");
+    serial
+        .lines()
+        .filter_map(|l| {
+            let c = re.captures(l)?;
+            Some(Transfer {
+                what: c[1].to_string(),
+                who: c[2].to_string(),
+                bytes: c[3].parse().ok()?,
+                seconds: c[4].parse().ok()?,
+                domu_exits: c[5].parse().ok()?,
+                dom0_exits: c[6].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// What each transfer is, for the table.
+fn describe(what: &str) -> &'static str {
+    match what {
+        "seq-read" => "sequential read, 1 MiB requests",
+        "seq-write" => "sequential write, 1 MiB requests, then fsync",
+        "read-4k" => "4 KiB reads, one at a time",
+        "tcp-to-dom0" => "TCP, domU → dom0 over xenbr0",
+        "tcp-to-domu" => "TCP, domU → domU over xenbr0",
+        _ => "?",
+    }
+}
+
+pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
+    let find = |what: &str, who: &str| t.iter().find(|x| x.what == what && x.who == who);
+    let mut rows = String::new();
+    for what in ["seq-read", "seq-write", "read-4k", "tcp-to-dom0", "tcp-to-domu"] {
+        let Some(u) = find(what, "domu") else { continue };
+        let rate = |x: &Transfer| {
+            let mb = x.mb_per_s().map_or("-".into(), |r| format!("{r:.1} MB/s"));
+            if what == "read-4k" {
+                let iops = x.bytes as f64 / 4096.0 / x.seconds.max(0.01);
+                format!("{mb} ({iops:.0} IOPS)")
+            } else {
+                mb
+            }
+        };
+        let (base, ratio) = match find(what, "dom0") {
+            Some(d) => (
+                rate(d),
+                match (u.mb_per_s(), d.mb_per_s()) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.3}×", a / b),
+                    _ => "-".into(),
+                },
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        rows.push_str(&format!(
+            "| {} | {} | {base} | {ratio} | {:.0} | {:.0} |\n",
+            describe(what),
+            rate(u),
+            u.per_mib(u.domu_exits),
+            u.per_mib(u.dom0_exits)
+        ));
+    }
+    format!(
+        "## Disk and network of a domU (issue 11)\n\n\
+         Measured in dom0 by `dom0-bootstrap/tests/io-bench.sh`: a {} MiB raw image in a tmpfs in dom0, read and \
+         written by dom0 directly (`dd` on the file), then by a Linux domU (128 MiB, 2 vCPUs) as its virtio disk \
+         (`dd` on `/dev/vda` with O_DIRECT, so its page cache answers nothing), served by `oxen-dm`; then TCP \
+         through the domU's virtio NIC (a tap on `xenbr0`) to `nc` in dom0 and in a second domU. Times are each \
+         system's own `/proc/uptime` (10 ms steps) in emulator time: only ratios within the run mean something. \
+         Exits are the domains' own counts (`oxl list --json`) over each transfer, per MiB moved.\n\n\
+         | transfer | domU (virtio) | dom0 directly | domU ÷ dom0 | domU exits per MiB | dom0 exits per MiB |\n\
+         |---|---|---|---|---|---|\n{rows}\n\
+         Where the domU's time goes (the frequent costs): every virtio request is a QueueNotify write (an MMIO exit \
+         forwarded to dom0: the vCPU waits for oxen-dm's answer, then re-executes the write, 2 exits), an interrupt \
+         back through the domU's IOAPIC and its acknowledgement (InterruptStatus read and InterruptACK write, 2 more \
+         forwarded accesses, 4 exits), and the EOI; dom0 takes its event line, the `EVENTS` and `IOREQ_DONE` \
+         hypercalls and the wake-up of oxen-dm for each. So a 4 KiB request costs about as much as a 1 MiB one, \
+         and the image's being in RAM makes dom0's own figure a memory copy. Not done yet: posted notifies (no wait \
+         for dom0 on QueueNotify) and batching several requests per notification.\n\n\
+         Command: `cargo xtask bench --only io`. {footer}",
+        t.iter().find(|x| x.who == "dom0").map_or(0, |x| x.bytes >> 20)
+    )
+}
+
+/// Boots dom0 running io-bench.sh and writes the `io` section.
+pub(super) fn io_part(elf: &Path, doc: &mut String, footer: &str) -> Result<()> {
+    step(format!(
+        "io: QEMU TCG -cpu max, 2 CPUs, {IO_MEMORY_MIB} MiB: dom0 runs io-bench.sh (up to {}s)",
+        IO_TIMEOUT.as_secs()
+    ));
+    let watch = Watch { done: Some(Regex::new(IO_DONE)?), ..Watch::default() };
+    let (boot, dir) = boot_dom0_script_with(elf, false, "io", IO_ARGS, &watch, IO_TIMEOUT, IO_MEMORY_MIB)?;
+    let transfers = parse_io(&boot.serial);
+    if !matches!(boot.ending, Ending::Done) || !transfers.iter().any(|t| t.who == "domu") {
+        bail!(
+            "io-bench.sh did not finish with the domU's figures (see {}); last lines:\n{}",
+            show(&dir.join("serial.log")),
+            tail(&boot.serial, 20)
+        );
+    }
+    *doc = update_section(doc, "io", &io_section(&transfers, footer));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_make_rows_with_ratios_and_exits_per_mib() {
+        let serial = "\
+(oxen) (d0) io-bench: RESULT seq-read dom0 33554432 0.50 0 12
+(oxen) (d0) io-bench: RESULT seq-read domu 33554432 2.00 3200 6400
+(oxen) (d0) io-bench: RESULT read-4k dom0 33554432 1.00 0 10
+(oxen) (d0) io-bench: RESULT read-4k domu 33554432 8.00 40000 80000
+(oxen) (d0) io-bench: RESULT tcp-to-dom0 domu 33554432 4.00 1000 2000
+(oxen) (d0) io-bench: RESULT broken domu x 1 1 1
+";
+        let t = parse_io(serial);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[1], Transfer { what: "seq-read".into(), who: "domu".into(), bytes: 33554432, seconds: 2.0, domu_exits: 3200, dom0_exits: 6400 });
+        let s = io_section(&t, "footer\n");
+        assert!(s.contains("| sequential read, 1 MiB requests | 16.8 MB/s | 67.1 MB/s | 0.250× | 100 | 200 |"), "{s}");
+        assert!(s.contains("| 4 KiB reads, one at a time | 4.2 MB/s (1024 IOPS) | 33.6 MB/s (8192 IOPS) | 0.125× | 1250 | 2500 |"), "{s}");
+        assert!(s.contains("| TCP, domU → dom0 over xenbr0 | 8.4 MB/s | - | - | 31 | 62 |"), "{s}");
+        assert!(!s.contains("sequential write"), "no row without the domU's figure");
+        assert!(s.contains("a 32 MiB raw image"));
+    }
+}
