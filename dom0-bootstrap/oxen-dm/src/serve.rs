@@ -193,15 +193,13 @@ impl Router {
         let Some((area, last)) = self.area.as_mut() else { return };
         let transports = self.disks.iter().map(|d| &d.transport).chain(self.nics.iter().map(|n| &n.transport));
         for (i, t) in transports.enumerate() {
-            let state = t.state();
+            let Some(state) = t.state() else { continue };
             if last.len() <= i {
                 last.resize(i + 1, None);
             }
-            if state.is_some() && last[i] != state {
-                if let Some(s) = &state {
-                    area.publish(i, s);
-                }
-                last[i] = state;
+            if last[i] != Some(state) {
+                area.publish(i, &state);
+                last[i] = Some(state);
             }
         }
     }

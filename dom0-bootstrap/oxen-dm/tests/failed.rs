@@ -87,3 +87,47 @@ fn a_state_is_only_resumed_behind_the_same_kind_of_device() {
     let dev = oxen_dm::Block::new(file2, false, "x").unwrap();
     assert_eq!(MmioTransport::resume(Box::new(dev), Arc::clone(&mem), &state).err(), Some(ResumeError::BadQueue(0)));
 }
+
+/// Records the lines a router drives.
+struct Lines(Vec<(u32, bool)>);
+
+impl oxen_dm::serve::Host for Lines {
+    fn wait(&mut self, _: std::time::Duration, _: &mut [oxen_dm::serve::Watch]) -> std::io::Result<oxen_dm::serve::Wake> {
+        Ok(oxen_dm::serve::Wake::Timeout)
+    }
+    fn ioreq_done(&mut self, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn irq_line(&mut self, gsi: u32, level: bool) -> std::io::Result<()> {
+        self.0.push((gsi, level));
+        Ok(())
+    }
+    fn domain_info(&mut self) -> std::io::Result<Option<oxen_abi::DomainInfo>> {
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_router_taking_over_sets_every_line_and_fails_what_was_pending() {
+    let mem = mem();
+    let vq = Vq::new(&mem, GuestAddress(0));
+    let (tmp, file) = image(64, 0);
+    let mut t = blk_up(&mem, &vq, file, false);
+    // The dead model had raised the line for a completed request the driver had not acknowledged.
+    assert_eq!(request(&mut t, &mem, &vq, VIRTIO_BLK_T_IN, 0, 512, true), (513, OK));
+    header(&mem, VIRTIO_BLK_T_IN, 1);
+    mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    vq.add_desc_chains(&[desc(HDR, 16, F_NEXT, 1), desc(DATA, 512, F_NEXT | F_WRITE, 2), desc(STATUS, 1, F_WRITE, 0)], 0);
+    let state = t.state().unwrap();
+    let resumed = MmioTransport::resume(Box::new(Failed::new(&state)), Arc::clone(&mem), &state).unwrap();
+    let spec = oxen_dm::spec::DiskSpec { base: 0xfeb0_0000, gsi: 16, read_only: false, vdev: "xvda".into(), target: tmp.as_path().into() };
+    let mut router = oxen_dm::serve::Router::new(vec![oxen_dm::serve::Disk::new(spec, resumed, Arc::default(), None)], String::new());
+    let mut host = Lines(Vec::new());
+    // Nothing pending in InterruptStatus (the driver acknowledged): the line is set low, even
+    // though this router never raised it.
+    router.take_lines(&mut host);
+    assert_eq!(host.0, [(16, false)]);
+    router.process_all(&mut host);
+    assert_eq!(host.0, [(16, false), (16, true)], "the pending request completed, the driver interrupted");
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), IOERR);
+}
