@@ -185,7 +185,7 @@ int main(int argc, char **argv)
 	refused("its UART", OXEN_IOREQ_KIND_PIO, 0x3f8, 1, EBUSY);
 	refused("its PCI configuration ports", OXEN_IOREQ_KIND_PIO, 0xcfc, 4, EBUSY);
 	refused("a range of its own", OXEN_IOREQ_KIND_PIO, PORTS + 15, 2, EBUSY);
-	refused("half a page", OXEN_IOREQ_KIND_MMIO, 0x30000000, 0x800, EINVAL);
+	refused("a misaligned range", OXEN_IOREQ_KIND_MMIO, 0x30000002, 0x800, EINVAL);
 	printf("ioreq-test: serving d%u\n", ref.domid);
 	for (;;) {
 		p.fd = fd;

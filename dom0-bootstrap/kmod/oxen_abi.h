@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 
 /* ABI_VERSION: major in bits 31:16, minor in 15:0. Callers check the major. */
-#define OXEN_ABI_VERSION 0x00010008
+#define OXEN_ABI_VERSION 0x00010009
 #define OXEN_ABI_MAJOR 1
 
 /* CPUID: signature in EBX, ECX, EDX of the signature leaf. */

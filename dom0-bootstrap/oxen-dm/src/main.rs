@@ -44,15 +44,22 @@ pub(crate) const TICK: Duration = Duration::from_secs(1);
 const QUEUE_NOTIFY: u64 = 0x050;
 
 /// Forwards a device's window at `base`: with its notify register as a posted range of its own
-/// if `post`, in three ranges; else in one.
-fn forward_window(ioreq: &Ioreq, base: u64, post: bool) -> std::io::Result<()> {
+/// if `post`, in three ranges; else in one. A hypervisor before ABI 1.9 takes only whole pages
+/// (`EINVAL` for the first part, nothing registered): the window then goes whole. Returns whether
+/// the notify register is posted.
+fn forward_window(ioreq: &Ioreq, base: u64, post: bool) -> std::io::Result<bool> {
     if post {
-        ioreq.add_mmio(base, QUEUE_NOTIFY, false)?;
-        ioreq.add_mmio(base + QUEUE_NOTIFY, 4, true)?;
-        ioreq.add_mmio(base + QUEUE_NOTIFY + 4, MMIO_WINDOW_SIZE - QUEUE_NOTIFY - 4, false)
-    } else {
-        ioreq.add_mmio(base, MMIO_WINDOW_SIZE, false)
+        match ioreq.add_mmio(base, QUEUE_NOTIFY, false) {
+            Ok(()) => {
+                ioreq.add_mmio(base + QUEUE_NOTIFY, 4, true)?;
+                ioreq.add_mmio(base + QUEUE_NOTIFY + 4, MMIO_WINDOW_SIZE - QUEUE_NOTIFY - 4, false)?;
+                return Ok(true);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
     }
+    ioreq.add_mmio(base, MMIO_WINDOW_SIZE, false).map(|()| false)
 }
 
 /// How many of `devices` windows can have their notify register posted within the server's
@@ -174,14 +181,16 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let ram_bytes = info.memory_kib * 1024;
 
     let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
-    let posted = posted_windows(opened.len() + taps.len());
+    let can_post = posted_windows(opened.len() + taps.len());
     let windows = opened
         .iter()
         .map(|(spec, ..)| (spec.base, spec.vdev.as_str()))
         .chain(taps.iter().map(|(spec, ifname, _)| (spec.base, ifname.as_str())));
+    let mut posted = 0;
     for (i, (base, name)) in windows.enumerate() {
-        forward_window(&ioreq, base, i < posted)
+        let p = forward_window(&ioreq, base, i < can_post)
             .map_err(|e| format!("{name}: forwarding {base:#x}+{MMIO_WINDOW_SIZE:#x}: {}", describe(&e)))?;
+        posted += usize::from(p);
     }
     let page = ioreq.page();
 

@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0008;
+pub const ABI_VERSION: u32 = 0x0001_0009;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -33,6 +33,10 @@ pub const ABI_PLATFORM_STATE: u32 = 0x0001_0007;
 
 /// The first version with `domctl::LOG_DIRTY` (dirty-page logging).
 pub const ABI_LOG_DIRTY: u32 = 0x0001_0008;
+
+/// The first version whose `domctl::IOREQ_RANGE` takes MMIO ranges in 4-byte
+/// units (before: whole 4 KiB pages).
+pub const ABI_SUBPAGE_MMIO: u32 = 0x0001_0009;
 
 pub mod envelope;
 pub mod platform_state;

@@ -444,8 +444,11 @@ fn log_dirty_args(l: &LogDirty, buf_len: u64) -> Result<Command, DecodeError> {
 }
 
 /// An `IoreqRange` on its own: a known kind and flags, not empty, not
-/// wrapping, ports within 16 bits, MMIO in whole pages (nested paging's
-/// granularity: the range's pages are never mapped, so every access exits).
+/// wrapping, ports within 16 bits, MMIO in 4-byte units below 2^52 (1.9;
+/// whole pages before). The pages a range touches are never mapped (they are
+/// no RAM: `add_range` refuses overlaps), so every access to them exits and
+/// finds its range by address; a device model may split one device's page,
+/// e.g. to post only its notify register.
 fn ioreq_range(r: &IoreqRange) -> Result<(), DecodeError> {
     if r.flags & !ioreq::FLAG_POSTED_WRITES != 0 {
         return Err(bad(Error::Inval, alloc::format!("unknown flags {:#x}", r.flags)));
@@ -457,9 +460,9 @@ fn ioreq_range(r: &IoreqRange) -> Result<(), DecodeError> {
     match u8::try_from(r.kind) {
         Ok(ioreq::KIND_PIO) if end <= 0x1_0000 => Ok(()),
         Ok(ioreq::KIND_PIO) => Err(bad(Error::Inval, alloc::format!("ports {:#x}..{end:#x} past 0xffff", r.start))),
-        Ok(ioreq::KIND_MMIO) if r.start.is_multiple_of(4096) && r.len.is_multiple_of(4096) && end <= 1 << 52 => Ok(()),
+        Ok(ioreq::KIND_MMIO) if r.start.is_multiple_of(4) && r.len.is_multiple_of(4) && end <= 1 << 52 => Ok(()),
         Ok(ioreq::KIND_MMIO) => {
-            Err(bad(Error::Inval, alloc::format!("MMIO {:#x}+{:#x}: not whole 4 KiB pages below 2^52", r.start, r.len)))
+            Err(bad(Error::Inval, alloc::format!("MMIO {:#x}+{:#x}: not in 4-byte units below 2^52", r.start, r.len)))
         }
         _ => Err(bad(Error::Inval, alloc::format!("no range kind {}", r.kind))),
     }

@@ -502,10 +502,14 @@ fn ioreq_commands_are_checked_before_the_service() {
     let pio = u32::from(ioreq::KIND_PIO);
     assert!(decode_range(range(mmio, ioreq::FLAG_POSTED_WRITES, 0x2000_0000, 0x1000)).is_ok());
     assert!(decode_range(range(pio, 0, 0xfff0, 0x10)).is_ok());
+    // 4-byte units (1.9): a device's notify register on its own.
+    assert!(decode_range(range(mmio, ioreq::FLAG_POSTED_WRITES, 0x2000_0050, 4)).is_ok());
+    assert!(decode_range(range(mmio, 0, 0x2000_0800, 0x1000)).is_ok());
     for bad in [
-        range(mmio, 0, 0x2000_0800, 0x1000),
-        range(mmio, 0, 0x2000_0000, 0x800),
+        range(mmio, 0, 0x2000_0002, 0x1000),
+        range(mmio, 0, 0x2000_0000, 0x802),
         range(mmio, 0, 0x2000_0000, 0),
+        range(mmio, 0, 1 << 52, 4),
         range(mmio, 0, !0xfff, 0x2000),
         range(mmio, 2, 0x2000_0000, 0x1000),
         range(pio, 0, 0xfff0, 0x11),

@@ -1593,12 +1593,12 @@ mod tests {
         let mut s = setup(1, 25, 1);
         let v = id(1, 0);
         s.unpause(v, 0).unwrap();
-        s.schedule(0, 0);
+        let _ = s.schedule(0, 0);
         assert_eq!(s.schedule(0, 7_500_000).run, None);
         // On time: nothing lost.
         assert_eq!(s.schedule(0, 30 * MS).until_ns, Some(37_500_000));
         assert_eq!(s.late_refills(), (0, 0));
-        s.schedule(0, 37_500_000);
+        let _ = s.schedule(0, 37_500_000);
         // 100 ms late (the pCPU did not look for 130 ms): 60 ms refilled,
         // 15 ms to run (the first 10 of them boosted).
         let d = s.schedule(0, 160 * MS);

@@ -591,6 +591,21 @@ mod tests {
     }
 
     #[test]
+    fn one_register_of_a_page_posted_the_rest_waits() {
+        let mut f = Fixture::new();
+        // A device's page split as oxen-dm does (1.9): its notify register posted.
+        f.server.add_range(KIND_MMIO, 0, 0x1000_2000, 0x50, |_, _| false).unwrap();
+        f.server.add_range(KIND_MMIO, FLAG_POSTED_WRITES, 0x1000_2050, 4, |_, _| false).unwrap();
+        f.server.add_range(KIND_MMIO, 0, 0x1000_2054, 0xfac, |_, _| false).unwrap();
+        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_2050, 4, Some(1)), Some((Answer::Done(0), true)));
+        assert_eq!((f.page().posted_head, f.page().posted[0].addr), (1, 0x1000_2050));
+        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_2064, 4, Some(1)), Some((Answer::Wait, true)));
+        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_204c, 4, None), Some((Answer::Wait, true)));
+        assert!(f.server.claims(KIND_MMIO, 0x1000_2fff));
+        assert!(!f.server.claims(KIND_MMIO, 0x1000_3000));
+    }
+
+    #[test]
     fn a_write_carries_its_value_masked() {
         let mut f = Fixture::new();
         assert_eq!(f.server.access(0, KIND_PIO, 0x5002, 2, Some(0xffff_abcd)), Some((Answer::Wait, true)));
