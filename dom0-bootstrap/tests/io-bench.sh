@@ -68,13 +68,17 @@ done
 
 # TCP from the domU to dom0 over the bridge: 32 MiB into nc in dom0.
 tcp_mib=32
-# What arrived is counted at the receiving end: a refused connection moves nothing.
+# What arrived is counted at the receiving end: a refused connection moves nothing. The
+# listener's stdin stays open (a script's background job has /dev/null there, and nc
+# closes the connection at its EOF).
 rm -f /tmp/rx1
-(nc -l -p 5001 | wc -c > /tmp/rx1) &
+(sleep 900 | nc -l -p 5001 | wc -c > /tmp/rx1) &
 sleep 1
 u=$(exits io-1); d0=$(exits Domain-0)
 tell io-1 "a=\$(cut -d ' ' -f 1 /proc/uptime); dd if=/dev/zero bs=1048576 count=$tcp_mib 2>/dev/null | nc 10.0.2.15 5001; echo \"T1 \$a:\$(cut -d ' ' -f 1 /proc/uptime) END\""
 wait_for 600 has_said io-1 T1
+sleep 1
+pkill -f 'sleep 900'
 wait_for 10 test -s /tmp/rx1
 echo "io-bench: RESULT tcp-to-dom0 domu $(cat /tmp/rx1 2>/dev/null || echo 0) $(span "$(said io-1 T1)") $(($(exits io-1) - u)) $(($(exits Domain-0) - d0))"
 

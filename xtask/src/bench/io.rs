@@ -103,13 +103,15 @@ pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
          Exits are the domains' own counts (`oxl list --json`) over each transfer, per MiB moved.\n\n\
          | transfer | domU (virtio) | dom0 directly | domU ÷ dom0 | domU exits per MiB | dom0 exits per MiB |\n\
          |---|---|---|---|---|---|\n{rows}\n\
-         Where the domU's time goes (the frequent costs): every virtio request is a QueueNotify write (an MMIO exit \
-         forwarded to dom0: the vCPU waits for oxen-dm's answer, then re-executes the write, 2 exits), an interrupt \
-         back through the domU's IOAPIC and its acknowledgement (InterruptStatus read and InterruptACK write, 2 more \
-         forwarded accesses, 4 exits), and the EOI; dom0 takes its event line, the `EVENTS` and `IOREQ_DONE` \
-         hypercalls and the wake-up of oxen-dm for each. So a 4 KiB request costs about as much as a 1 MiB one, \
-         and the image's being in RAM makes dom0's own figure a memory copy. Not done yet: posted notifies (no wait \
-         for dom0 on QueueNotify) and batching several requests per notification.\n\n\
+         Where the domU's time goes (the frequent costs): a virtio request is a QueueNotify write (posted: one \
+         exit, the vCPU goes on while dom0 works), then an interrupt back through the domU's IOAPIC (oxen-dm's \
+         `IRQ_LINE`), whose handler reads InterruptStatus and writes InterruptACK (each forwarded to dom0 and \
+         waited for: 2 exits and a round trip through dom0 each) before its EOI (1 exit). dom0 takes its event \
+         line, the `EVENTS` and `IOREQ_DONE` hypercalls and the wake-up of oxen-dm for each. So a 4 KiB request \
+         costs about what a 1 MiB one does, and since the image is in RAM, dom0's own figure is a memory copy. \
+         The network has no offloads yet (no checksum or segmentation offload, no mergeable buffers): every \
+         1,514-byte frame is a request of its own in each direction. Next: offloads, and fewer interrupt round \
+         trips (event index, an InterruptStatus the hypervisor can answer).\n\n\
          Command: `cargo xtask bench --only io`. {footer}",
         t.iter().find(|x| x.who == "dom0").map_or(0, |x| x.bytes >> 20)
     )
