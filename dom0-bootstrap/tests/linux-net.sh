@@ -53,9 +53,9 @@ if [ -z "$short" ]; then
     # forwards 10.0.2.100:80 to what the system test serves (`serve`: the Linux
     # domU's root image, which dom0 carries too).
     want=$(md5sum /usr/lib/oxen/linux/rootfs.ext4.gz | cut -d " " -f 1)
-    tell net-a 'echo "GOT $(wget -q -O - http://10.0.2.100/rootfs.ext4.gz | md5sum | cut -d " " -f 1) END"'
-    wait_for 120 has_said net-a GOT
-    echo "linux-net: net-a fetched http://10.0.2.100/rootfs.ext4.gz: md5 $(said net-a GOT), dom0's copy $want"
+    tell net-a 'wget -q -O /tmp/got http://10.0.2.100/rootfs.ext4.gz; echo "GOT $(md5sum < /tmp/got | cut -d " " -f 1) END"; echo "SIZE $(wc -c < /tmp/got) END"'
+    wait_for 120 has_said net-a SIZE
+    echo "linux-net: net-a fetched http://10.0.2.100/rootfs.ext4.gz: $(said net-a SIZE) bytes, md5 $(said net-a GOT); dom0's copy $(wc -c < /usr/lib/oxen/linux/rootfs.ext4.gz) bytes, md5 $want"
     check "net-a fetches a file from the host through dom0's NIC" "md5 '$(said net-a GOT)', dom0's copy '$want'" \
         [ "$(said net-a GOT)" = "$want" ]
 

@@ -207,7 +207,10 @@ impl Machine {
             // network), plus the forward. QEMU splits options at commas: a
             // comma in the path is written twice.
             let path = response.display().to_string().replace(',', ",,");
-            c.arg("-nic").arg(format!("user,model=e1000,guestfwd=tcp:{HTTP_ADDR}:80-cmd:cat '{path}'"));
+            // `cat` alone ends the command as soon as it has written, and slirp then drops
+            // what it had not sent yet (the guest got a truncated file): the command stays
+            // until the guest has read it all and closed.
+            c.arg("-nic").arg(format!("user,model=e1000,guestfwd=tcp:{HTTP_ADDR}:80-cmd:sh -c \"cat '{path}'; sleep 30\""));
         }
         // Lets the hypervisor's `debug_exit=0xf4` option end QEMU.
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
