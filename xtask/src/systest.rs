@@ -159,6 +159,11 @@ pub struct TestDef {
     /// Known to fail until the hypervisor catches up: why. Its failure is
     /// reported as XFAIL and does not fail the run; a pass says to remove this.
     pub xfail: Option<String>,
+    /// Run with no other test beside it, after the others: for the heaviest
+    /// QEMU runs, whose emulator faults come only when the host is short of
+    /// cores (docs/architecture.md, "The two backends under the emulators").
+    #[serde(default)]
+    pub alone: bool,
 }
 
 /// `{ after = 'regex', send = "text" }`.
@@ -189,6 +194,8 @@ fn yes() -> bool {
 pub struct Test {
     pub name: String,
     pub xfail: Option<String>,
+    /// `TestDef::alone`.
+    pub alone: bool,
     pub description: String,
     pub machine: Machine,
     pub cmdline: String,
@@ -331,6 +338,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             name: t.name,
             description: t.description,
             xfail: t.xfail,
+            alone: t.alone,
             cmdline: t.cmdline,
             dom0: t.dom0,
             dom0_args: {
@@ -475,8 +483,8 @@ fn describe(t: &Test) -> String {
         m.smp,
         if m.smp == 1 { "" } else { "s" },
         m.memory_mib,
-        t.timeout.as_secs()
-    )
+        t.timeout.as_secs(),
+    ) + if t.alone { ", alone" } else { "" }
 }
 
 /// Runs one test whose ISO is ready in `target/systest/<name>/oxen.iso` (or, for a
@@ -807,17 +815,22 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         let _guard = print.lock();
         println!("     {}: started ({})", t.name, describe(t));
     };
+    let (alone, shared): (Vec<&Test>, Vec<&Test>) = queue.into_iter().partition(|t| t.alone);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(queue.len()) {
+        for _ in 0..PARALLEL.min(shared.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(t) = queue.get(i) else { break };
+                let Some(t) = shared.get(i) else { break };
                 announce(t);
                 record(t, run_retrying_emulator_fault(t, dom0));
             });
         }
     });
+    for t in alone {
+        announce(t);
+        record(t, run_retrying_emulator_fault(t, dom0));
+    }
     let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(Summary {
         passed: passed.into_inner(),
