@@ -738,6 +738,10 @@ fn write_disk_image(path: &Path, mib: u32) -> Result<()> {
 /// Writes `response`: an HTTP/1.0 answer whose body is `file`, for QEMU to
 /// send to each guest connection to `emu::HTTP_ADDR`.
 fn write_http_response(file: &Path, response: &Path) -> Result<()> {
+    // QEMU runs `sh -c "cat '<response>'; ..."` (emu.rs): a quote in the path would end it early.
+    if response.to_string_lossy().contains(['\'', '"']) {
+        bail!("{} has a quote in its path, which QEMU's forward command cannot hold: move the checkout", show(response));
+    }
     let body = std::fs::read(file).with_context(|| format!("reading {}", show(file)))?;
     let mut out = format!(
         "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
