@@ -512,62 +512,7 @@ impl GuestVcpu {
                 (ShutdownReason::Crash, "crashed (memory outside its own)")
             }
             Outcome::TripleFault => {
-                // The state it died in, for whoever debugs the guest.
-                let st = vcpu.state().unwrap_or_default();
-                control::guest_log(
-                    domid,
-                    log::Level::Warn,
-                    format_args!(
-                        "{label}: triple fault at rip {rip:#x} (rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} gdtr {:#x}/{:#x} idtr {:#x}/{:#x} tr {:#x}/{:#x})",
-                        st.rsp, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.cs.selector, st.gdtr.base, st.gdtr.limit, st.idtr.base, st.idtr.limit, st.tr.selector, st.tr.base
-                    ),
-                );
-                // How its IDT's #DF entry translates, entry by entry: a
-                // triple fault is often a #DF whose gate is unreachable.
-                if let Some(cpu) = vcpu.cpu_state() {
-                    let df = st.idtr.base.wrapping_add(8 * 16);
-                    let trace = crate::emulate::walk::WalkTrace::new(&self.platform.gm, &cpu.paging, df);
-                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: its #DF gate at {df:#x}: {trace}"));
-                    // Each table the walk read, as the CPU reaches it (the
-                    // nested tables) against the domain's RAM map.
-                    let mut differ = 0;
-                    let end = trace.end().ok().map(|g| (0u8, g.as_u64() & !0xfff, 0u64));
-                    for &(level, at, _) in trace.steps().iter().chain(end.iter()) {
-                        if let Some((nested, ram)) = control::nested_and_ram_translation(domid, at) {
-                            if nested != ram {
-                                differ += 1;
-                                control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table (L0: the gate's page) at {at:#x}: nested tables {nested:x?}, RAM map {ram:x?}: they differ"));
-                            }
-                        }
-                    }
-                    if differ == 0 {
-                        control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables and the gate's page as its RAM map does"));
-                        // The last fault was reading that gate (CR2), which both
-                        // its own and its nested tables map: a CPU does not fault
-                        // there. Said in one line an emulator's log can be
-                        // searched for (`cargo xtask test` reruns such a run).
-                        if st.cr2 == df && trace.end().is_ok() {
-                            control::guest_log(domid, log::Level::Warn, format_args!("{label}: {IMPOSSIBLE_TRIPLE_FAULT}"));
-                        }
-                    }
-                }
-                // What the entry that ended so delivered (a vendor's raw
-                // format), and the exit before it.
-                if let Some(e) = vcpu.last_entry() {
-                    let (code, info1, info2) = e.exit_before;
-                    control::guest_log(
-                        domid,
-                        log::Level::Warn,
-                        format_args!(
-                            "{label}: the entry before it injected {:#x} (raw), after exit {code:#x} ({info1:#x}, {info2:#x}) on cpu{}; it ran on cpu{} {} TSC ticks after that exit, on {} nested tables",
-                            e.injected,
-                            e.cpu_before,
-                            e.cpu,
-                            e.out_tsc,
-                            if e.own_tables { "its own" } else { "OTHER" }
-                        ),
-                    );
-                }
+                log_triple_fault(vcpu, &self.platform.gm, domid, &label, rip);
                 (ShutdownReason::Crash, "crashed (triple fault)")
             }
             Outcome::Unemulated { gpa, error } => {
@@ -581,6 +526,68 @@ impl GuestVcpu {
         };
         control::end(domid, reason, why);
         true
+    }
+}
+
+/// Logs what a domU's triple fault left (its state, the walk of its #DF
+/// gate against its nested tables, the entry before it), each line through
+/// the domain's rate limit.
+fn log_triple_fault(vcpu: &AnyVcpu, gm: &crate::virt::GuestMemory, domid: u32, label: &str, rip: u64) {
+    // The state it died in, for whoever debugs the guest.
+    let st = vcpu.state().unwrap_or_default();
+    control::guest_log(
+        domid,
+        log::Level::Warn,
+        format_args!(
+            "{label}: triple fault at rip {rip:#x} (rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} gdtr {:#x}/{:#x} idtr {:#x}/{:#x} tr {:#x}/{:#x})",
+            st.rsp, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.cs.selector, st.gdtr.base, st.gdtr.limit, st.idtr.base, st.idtr.limit, st.tr.selector, st.tr.base
+        ),
+    );
+    // How its IDT's #DF entry translates, entry by entry: a
+    // triple fault is often a #DF whose gate is unreachable.
+    if let Some(cpu) = vcpu.cpu_state() {
+        let df = st.idtr.base.wrapping_add(8 * 16);
+        let trace = crate::emulate::walk::WalkTrace::new(gm, &cpu.paging, df);
+        control::guest_log(domid, log::Level::Warn, format_args!("{label}: its #DF gate at {df:#x}: {trace}"));
+        // Each table the walk read, as the CPU reaches it (the
+        // nested tables) against the domain's RAM map.
+        let mut differ = 0;
+        let end = trace.end().ok().map(|g| (0u8, g.as_u64() & !0xfff, 0u64));
+        for &(level, at, _) in trace.steps().iter().chain(end.iter()) {
+            if let Some((nested, ram)) = control::nested_and_ram_translation(domid, at) {
+                if nested != ram {
+                    differ += 1;
+                    control::guest_log(domid, log::Level::Warn, format_args!("{label}: its L{level} table (L0: the gate's page) at {at:#x}: nested tables {nested:x?}, RAM map {ram:x?}: they differ"));
+                }
+            }
+        }
+        if differ == 0 {
+            control::guest_log(domid, log::Level::Warn, format_args!("{label}: its nested tables map each of those tables and the gate's page as its RAM map does"));
+            // The last fault was reading that gate (CR2), which both
+            // its own and its nested tables map: a CPU does not fault
+            // there. Said in one line an emulator's log can be
+            // searched for (`cargo xtask test` reruns such a run).
+            if st.cr2 == df && trace.end().is_ok() {
+                control::guest_log(domid, log::Level::Warn, format_args!("{label}: {IMPOSSIBLE_TRIPLE_FAULT}"));
+            }
+        }
+    }
+    // What the entry that ended so delivered (a vendor's raw
+    // format), and the exit before it.
+    if let Some(e) = vcpu.last_entry() {
+        let (code, info1, info2) = e.exit_before;
+        control::guest_log(
+            domid,
+            log::Level::Warn,
+            format_args!(
+                "{label}: the entry before it injected {:#x} (raw), after exit {code:#x} ({info1:#x}, {info2:#x}) on cpu{}; it ran on cpu{} {} TSC ticks after that exit, on {} nested tables",
+                e.injected,
+                e.cpu_before,
+                e.cpu,
+                e.out_tsc,
+                if e.own_tables { "its own" } else { "OTHER" }
+            ),
+        );
     }
 }
 
