@@ -249,10 +249,14 @@ impl Router {
     /// Sets device `i`'s line to `level` if that changes it. A failed call leaves the level as
     /// it was, so the next change tries again.
     fn set_line(&mut self, host: &mut impl Host, i: usize, level: bool) {
-        let Some(p) = self.port(i) else { return };
-        if *p.line == level {
-            return;
+        if self.port(i).is_some_and(|p| *p.line != level) {
+            self.drive_line(host, i, level);
         }
+    }
+
+    /// Sets device `i`'s line to `level` whatever it was thought to be.
+    fn drive_line(&mut self, host: &mut impl Host, i: usize, level: bool) {
+        let Some(p) = self.port(i) else { return };
         let gsi = p.gsi;
         match host.irq_line(gsi, level) {
             Ok(()) => {
@@ -270,10 +274,8 @@ impl Router {
     /// line was thought to be: for a router taking over lines another process drove.
     pub fn take_lines(&mut self, host: &mut impl Host) {
         for i in 0..self.disks.len() + self.nics.len() {
-            let Some(p) = self.port(i) else { continue };
-            let level = p.transport.interrupt_pending();
-            *p.line = !level;
-            self.set_line(host, i, level);
+            let Some(level) = self.port(i).map(|p| p.transport.interrupt_pending()) else { continue };
+            self.drive_line(host, i, level);
         }
     }
 
