@@ -125,6 +125,11 @@ pub fn run(cmd: &Cmd, env: &mut Env) -> std::result::Result<(), Failure> {
         } => cmd_vcpu_state(env, domain, *vcpu, output.as_deref(), set.as_deref(), reg),
         Cmd::Save { checkpoint, json, domain, file } => cmd_save(env, domain, file, *checkpoint, *json),
         Cmd::Restore { paused, json, file } => cmd_restore(env, file, *paused, *json),
+        Cmd::Migrate { json, max_rounds, max_final_mib, domain, host } => {
+            let policy = crate::migrate::Policy { max_rounds: *max_rounds, max_final_pages: max_final_mib * 256, ..Default::default() };
+            cmd_migrate(env, domain, host, policy, *json)
+        }
+        Cmd::MigrateReceive { port, timeout, json } => cmd_migrate_receive(env, *port, *timeout, *json),
     };
     r.map_err(|e| match e {
         Error::Command(m) => Failure(format!("{}: {m}", cmd.name())),
@@ -741,13 +746,7 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool)
     let start = hv.now();
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "save")?;
-    let recorded = env.state_dir.map(|dir| dir.join(format!("{}.cfg", d.domid)));
-    let config = recorded.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).ok_or_else(|| {
-        format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be saved", label(&d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string()))
-    })?;
-    if env.state_dir.is_some_and(|dir| dm::Record::path(dir, d.domid).exists()) {
-        return Err(format!("domain {} has disks served by a device model, whose state cannot be saved yet (issue 12): 'oxl shutdown' it instead", label(&d)).into());
-    }
+    let config = recorded_config(env, &d, "saved")?;
     let host = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
     let was_running = d.state == oxen_abi::DomainState::Running as u32;
     if was_running {
@@ -774,6 +773,20 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool)
     }
     out(env, &format!("Saved domain {} to {}; it is destroyed ('oxl restore {}' brings it back)\n", label(&d), file.display(), file.display()))?;
     Ok(())
+}
+
+/// The config `oxl create` recorded for `d`, which a save or migration
+/// carries; refused for a domain whose disks a device model serves (its
+/// state is not carried yet).
+fn recorded_config(env: &Env, d: &DomainInfo, verb: &str) -> Result<String> {
+    let recorded = env.state_dir.map(|dir| dir.join(format!("{}.cfg", d.domid)));
+    let config = recorded.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).ok_or_else(|| {
+        format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be {verb}", label(d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string()))
+    })?;
+    if env.state_dir.is_some_and(|dir| dm::Record::path(dir, d.domid).exists()) {
+        return Err(format!("domain {} has disks served by a device model, whose state cannot be {verb} yet (issue 12): 'oxl shutdown' it instead", label(d)).into());
+    }
+    Ok(config)
 }
 
 /// Writes a paused domain to `file` (removed again on failure).
@@ -837,6 +850,11 @@ struct Restorer<'h> {
     host_vendor: u32,
     domain: Option<DomainInfo>,
     mem: Option<crate::foreign::ForeignMemory>,
+    /// A live stream's rounds, as progress lines.
+    rounds: Vec<String>,
+    /// The config file the domain was made from and its text, recorded for
+    /// the new ID once it runs (so it can be saved or migrated again).
+    config: Option<(std::path::PathBuf, String)>,
 }
 
 impl crate::save::Loader for Restorer<'_> {
@@ -852,6 +870,7 @@ impl crate::save::Loader for Restorer<'_> {
             _ => (std::path::PathBuf::from("saved-config"), config),
         };
         let file = from.display().to_string();
+        self.config = Some((from.clone(), text.to_string()));
         let mut cfg = config::parse(&file, text).map_err(|e| format!("the saved config: {e}"))?;
         cfg.resolve_paths(from.parent().unwrap_or(Path::new("")));
         if cfg.memory_mib != h.memory_mib || cfg.vcpus != h.vcpus {
@@ -901,6 +920,10 @@ impl crate::save::Loader for Restorer<'_> {
     fn device(&mut self, index: u32, _kind: u32, _state: &[u8]) -> std::result::Result<(), String> {
         Err(format!("the file holds the state of device {index}, and oxl cannot restore device models yet"))
     }
+
+    fn round(&mut self, round: u32, sent: u64, dirtied: u64) {
+        self.rounds.push(format!("migrate-receive: round {round}: {sent} pages, {dirtied} written meanwhile"));
+    }
 }
 
 fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
@@ -908,7 +931,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let mut hv = connect(env)?;
     let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
-    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None };
+    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None };
     let mut notes = Vec::new();
     let mut last = 0;
     let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
@@ -917,7 +940,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
             notes.push(format!("restore: {} of {} MiB", done / 256, total / 256));
         }
     });
-    let (domain, mem) = (r.domain, r.mem.take());
+    let (domain, mem, recorded) = (r.domain, r.mem.take(), r.config.take());
     drop(mem);
     for n in notes {
         note(env, &n);
@@ -937,6 +960,9 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
         }
         (Ok(_), None) => return Err(format!("{}: no domain in it", file.display()).into()),
     };
+    if let Some((from, text)) = recorded {
+        record_config(env, d.domid, &from, &text);
+    }
     if !paused {
         state_wait(&mut *hv, &d, |hv| hv::domain_op(hv, domctl::UNPAUSE, d.domid))?;
     }
@@ -945,4 +971,299 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
         return out(env, &crate::save::json_summary(crate::save::Op::Restore, &show::name(&d), d.domid, file, &summary, seconds));
     }
     out(env, &format!("Restored domain {} (id {}){}\n", show::name(&d), d.domid, if paused { ", paused: 'oxl unpause' runs it" } else { "" }))
+}
+
+/// How long `migrate` waits for the receiving host to connect and, after the
+/// stream, to load the domain and answer.
+const MIGRATE_CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
+const MIGRATE_ANSWER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The migrating domain, for `migrate::send_live`.
+struct Live<'h> {
+    hv: &'h mut dyn Hypervisor,
+    d: DomainInfo,
+    pages: u64,
+    mem: crate::foreign::ForeignMemory,
+    logging: bool,
+    /// When it was paused for the stop-and-copy.
+    paused_at: Option<std::time::Duration>,
+}
+
+impl crate::migrate::LiveSource for Live<'_> {
+    fn memory(&mut self) -> &mut dyn crate::save::GuestPages {
+        &mut self.mem
+    }
+
+    fn log_dirty(&mut self, on: bool) -> std::result::Result<(), String> {
+        hv::log_dirty(self.hv, self.d.domid, on).map_err(|e| match e {
+            CallError::Hv(HvError::Busy) if on => format!("domain {} is logging its dirty pages already (another migration?)", label(&self.d)),
+            e => dom_failed(&self.d, if on { "log the dirty pages of" } else { "stop logging the dirty pages of" }, e),
+        })?;
+        self.logging = on;
+        Ok(())
+    }
+
+    fn clean(&mut self, bitmap: &mut [u64]) -> std::result::Result<u64, String> {
+        hv::log_dirty_clean(self.hv, self.d.domid, self.pages, bitmap).map_err(|e| dom_failed(&self.d, "read the dirty pages of", e))
+    }
+
+    fn pause(&mut self) -> std::result::Result<(), String> {
+        hv::domain_op(self.hv, domctl::PAUSE, self.d.domid).map_err(|e| dom_failed(&self.d, "pause", e))?;
+        self.paused_at = Some(self.hv.now());
+        Ok(())
+    }
+
+    fn state(&mut self) -> std::result::Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+        let d = self.d;
+        let text = |e: Error| match e {
+            Error::Command(m) | Error::Setup(m) => m,
+        };
+        let mut vcpus = Vec::new();
+        for v in 0..d.vcpus {
+            vcpus.push(state_wait(self.hv, &d, |hv| hv::vcpu_state_get(hv, d.domid, v)).map_err(text)?);
+        }
+        let platform = hv::platform_state_get(self.hv, d.domid).map_err(|e| dom_failed(&d, "read the devices' state of", e))?;
+        Ok((vcpus, platform))
+    }
+}
+
+impl Live<'_> {
+    /// After a failure: logging off, and the domain running again if the
+    /// migration paused it. Returns what could not be undone, if anything.
+    fn resume(&mut self) -> Option<String> {
+        let mut left = Vec::new();
+        if self.logging {
+            if let Err(e) = hv::log_dirty(self.hv, self.d.domid, false) {
+                left.push(dom_failed(&self.d, "stop logging the dirty pages of", e));
+            }
+            self.logging = false;
+        }
+        if self.paused_at.take().is_some() {
+            if let Err(e) = hv::domain_op(self.hv, domctl::UNPAUSE, self.d.domid) {
+                left.push(dom_failed(&self.d, "unpause", e));
+            }
+        }
+        (!left.is_empty()).then(|| left.join("; "))
+    }
+}
+
+/// Whether `fd` has something to read now (the receiver's `ERROR` line).
+fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd that lives across the call; a zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate::Policy, json: bool) -> Result {
+    use crate::migrate::{read_reply, send_live, write_reply, Reply, SendError};
+    use oxen_abi::save_stream::{flags, vendor, StreamHeader};
+    use std::io::BufRead;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::os::fd::AsRawFd;
+    let (host, port) = crate::migrate::host_port(host_spec)?;
+    let mut hv = connect(env)?;
+    let start = hv.now();
+    let d = find(&mut *hv, dom)?;
+    not_dom0(&d, "migrate")?;
+    let config = recorded_config(env, &d, "migrated")?;
+    if d.state != oxen_abi::DomainState::Running as u32 {
+        return Err(format!("domain {} is not running (state {}): only a running domain migrates ('oxl unpause' it first, or 'oxl save' it)", label(&d), show::state(&d)).into());
+    }
+    let info = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
+    let cpuid = hv::cpuid_get(&mut *hv, d.domid).map_err(|e| dom_failed(&d, "read the CPUID of", e))?;
+    let header = StreamHeader {
+        flags: flags::LIVE,
+        abi_version: oxen_abi::ABI_VERSION,
+        vendor: if info.vendor == 0 { vendor::INTEL } else { vendor::AMD },
+        memory_mib: (d.memory_kib / 1024) as u32,
+        vcpus: d.vcpus,
+        tsc_hz: info.tsc_khz * 1000,
+    };
+    let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve '{host}': {}", os_error(&e)))?.collect();
+    let conn = addrs
+        .iter()
+        .find_map(|a| TcpStream::connect_timeout(a, MIGRATE_CONNECT).ok())
+        .ok_or_else(|| format!("cannot connect to {host} port {port}: is 'oxl migrate-receive' running in that host's dom0 (and the port open)?"))?;
+    let _ = conn.set_nodelay(true);
+    let mut answers = std::io::BufReader::new(conn.try_clone().map_err(|e| format!("the connection: {}", os_error(&e)))?);
+    let fd = conn.as_raw_fd();
+    let mem = crate::foreign::ForeignMemory::open(d.domid, header.pages()).map_err(|e| format!("cannot map domain {}'s memory: {}", label(&d), os_error(&e)))?;
+    let mut live = Live { hv: &mut *hv, d, pages: header.pages(), mem, logging: false, paused_at: None };
+    let mut peer = || -> Option<String> {
+        if !readable(fd) {
+            return None;
+        }
+        let mut line = String::new();
+        let _ = answers.read_line(&mut line);
+        Some(match line.trim_end().split_once(' ') {
+            Some(("ERROR", why)) => why.to_string(),
+            _ if line.is_empty() => "it closed the connection".to_string(),
+            _ => format!("it said {:?}", line.trim_end()),
+        })
+    };
+    // Each round's line as it ends, with the rate since the round before.
+    let mut last = (std::time::Instant::now(), 0u64);
+    let note_to = &mut *env.note;
+    let mut round = |r: &oxen_abi::save_stream::Round, bytes: u64| {
+        let (at, before) = std::mem::replace(&mut last, (std::time::Instant::now(), bytes));
+        let rate = (bytes - before) as f64 / at.elapsed().as_secs_f64().max(1e-3) / 1e6;
+        let what = if r.dirtied == 0 && r.round > 1 { "the stop-and-copy".to_string() } else { format!("{} written meanwhile", r.dirtied) };
+        let _ = writeln!(note_to, "migrate: round {}: {} pages sent, {what}, {rate:.1} MB/s", r.round, r.sent);
+    };
+    let hooks = crate::migrate::Hooks { peer: &mut peer, round: &mut round };
+    let sent = send_live(std::io::BufWriter::with_capacity(1 << 20, &conn), &header, (&config, &cpuid), &mut live, policy, hooks);
+    let failed = |live: &mut Live, why: String| -> Error {
+        match live.resume() {
+            None => format!("{why}; domain {} runs on here", label(&live.d)).into(),
+            Some(left) => format!("{why}; and resuming domain {} here failed: {left}", label(&live.d)).into(),
+        }
+    };
+    let sent = match sent {
+        Ok(s) => s,
+        Err(e @ SendError::Io(_)) => {
+            // The receiver may have said why before it closed.
+            let why = match read_reply(&mut answers) {
+                Ok(Reply::Error(why)) => SendError::Refused(why).to_string(),
+                _ => e.to_string(),
+            };
+            return Err(failed(&mut live, why));
+        }
+        Err(e) => return Err(failed(&mut live, e.to_string())),
+    };
+    let _ = conn.set_read_timeout(Some(MIGRATE_ANSWER));
+    match read_reply(&mut answers) {
+        Ok(Reply::Ready) => {}
+        Ok(Reply::Error(why)) => return Err(failed(&mut live, SendError::Refused(why).to_string())),
+        Ok(r) => return Err(failed(&mut live, format!("the receiving host answered {r:?} instead of READY"))),
+        Err(e) => return Err(failed(&mut live, format!("the receiving host did not confirm the stream: {e}"))),
+    }
+    let paused_at = live.paused_at.unwrap_or(start);
+    let d = live.d;
+    drop(live);
+    // From here the domain must not run in two places: this copy stays paused.
+    if let Err(e) = write_reply(&mut &conn, &Reply::Go) {
+        return Err(format!("could not tell the receiving host to run the domain ({}); domain {} is left paused here: 'oxl unpause' it", os_error(&e), label(&d)).into());
+    }
+    match read_reply(&mut answers) {
+        Ok(Reply::Running) => {}
+        Ok(Reply::Error(why)) => {
+            // The receiver destroyed its copy: this one runs on.
+            let _ = hv::log_dirty(&mut *hv, d.domid, false);
+            hv::domain_op(&mut *hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(&d, "unpause", e))?;
+            return Err(format!("the receiving host could not run the domain: {why}; domain {} runs on here", label(&d)).into());
+        }
+        r => {
+            let why = match r {
+                Ok(r) => format!("answered {r:?}"),
+                Err(e) => e,
+            };
+            return Err(format!(
+                "the receiving host did not say whether it runs the domain ({why}); domain {} is left paused here: if it does not run on {host}, 'oxl unpause {}' here",
+                label(&d),
+                d.domid
+            )
+            .into());
+        }
+    }
+    let downtime = (hv.now() - paused_at).as_secs_f64();
+    destroy_and_wait(&mut *hv, &d)?;
+    let seconds = (hv.now() - start).as_secs_f64();
+    if json {
+        return out(env, &crate::migrate::json_summary(&show::name(&d), d.domid, host_spec, &sent, downtime, seconds));
+    }
+    out(
+        env,
+        &format!(
+            "Migrated domain {} to {host_spec} in {seconds:.1} s: {} rounds, {} pages sent ({} MiB), downtime {downtime:.2} s\n",
+            label(&d),
+            sent.rounds,
+            sent.pages,
+            sent.bytes >> 20
+        ),
+    )
+}
+
+fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Result {
+    use crate::migrate::{read_reply, write_reply, Reply};
+    use std::io::{BufReader, Read};
+    use std::net::TcpListener;
+    let mut hv = connect(env)?;
+    let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
+    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("cannot listen on port {port}: {}", os_error(&e)))?;
+    note(env, &format!("migrate-receive: waiting on port {port}"));
+    let conn = if timeout == 0 {
+        listener.accept().map(|(c, _)| c)
+    } else {
+        // Wait for a connection at most `timeout` s (the listener polled).
+        listener.set_nonblocking(true).map_err(|e| format!("port {port}: {}", os_error(&e)))?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+        loop {
+            match listener.accept() {
+                Ok((c, _)) => break c.set_nonblocking(false).map(|()| c),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(format!("no migration came in {timeout} s on port {port}").into())
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }
+    .map_err(|e| format!("port {port}: {}", os_error(&e)))?;
+    let from = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
+    let start = hv.now();
+    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None };
+    let mut reader = BufReader::with_capacity(1 << 20, &conn);
+    let read = crate::save::read_stream(&mut reader, &mut r, |_, _| {});
+    let (domain, mem, rounds, recorded) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take());
+    drop(mem);
+    for n in rounds {
+        note(env, &n);
+    }
+    // Undoes a half-received domain after `why`, telling the sender.
+    let give_up = |hv: &mut dyn Hypervisor, d: Option<DomainInfo>, why: String| -> Error {
+        let _ = write_reply(&mut &conn, &Reply::Error(why.clone()));
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        // Take what the sender still had on the way, so that it reads the ERROR
+        // line rather than a reset connection.
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = std::io::copy(&mut (&conn).take(1 << 30), &mut std::io::sink());
+        let why = format!("from {from}: {why}");
+        match d {
+            None => why.into(),
+            Some(d) => match destroy_and_wait(hv, &d) {
+                Ok(()) => format!("{why}; the half-received domain {} was destroyed again", label(&d)).into(),
+                Err(e2) => format!("{why}; destroying the half-received domain failed too ({e2}): run 'oxl destroy {}'", d.domid).into(),
+            },
+        }
+    };
+    let (d, summary) = match (read, domain) {
+        (Ok(s), Some(d)) => (d, s),
+        (Err(e), d) => return Err(give_up(&mut *hv, d, e.to_string())),
+        (Ok(_), None) => return Err(give_up(&mut *hv, None, "the stream held no domain".into())),
+    };
+    if let Err(e) = write_reply(&mut &conn, &Reply::Ready) {
+        return Err(give_up(&mut *hv, Some(d), format!("could not answer: {}", os_error(&e))));
+    }
+    match read_reply(&mut reader) {
+        Ok(Reply::Go) => {}
+        Ok(r) => return Err(give_up(&mut *hv, Some(d), format!("the sender said {r:?} instead of GO; the domain stays there"))),
+        Err(e) => return Err(give_up(&mut *hv, Some(d), format!("the sender did not say GO ({e}); the domain stays there"))),
+    }
+    if let Err(e) = state_wait(&mut *hv, &d, |hv| hv::domain_op(hv, domctl::UNPAUSE, d.domid)) {
+        let why = match e {
+            Error::Command(m) | Error::Setup(m) => m,
+        };
+        return Err(give_up(&mut *hv, Some(d), why));
+    }
+    let _ = write_reply(&mut &conn, &Reply::Running);
+    if let Some((from, text)) = recorded {
+        record_config(env, d.domid, &from, &text);
+    }
+    if json {
+        let seconds = (hv.now() - start).as_secs_f64();
+        return out(env, &crate::save::json_summary(crate::save::Op::Receive, &show::name(&d), d.domid, std::path::Path::new(&from), &summary, seconds));
+    }
+    out(env, &format!("Received domain {} (id {}) from {from}; it runs\n", show::name(&d), d.domid))
 }

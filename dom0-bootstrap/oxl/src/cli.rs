@@ -239,6 +239,50 @@ pub enum Cmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Move a running domU to another Oxen host, live, as 'xl migrate': its
+    /// memory is copied while it runs, then it pauses briefly and goes on
+    /// there; it is destroyed here only once the other host runs it.
+    #[command(
+        long_about = "Move a running domU to another Oxen host, as 'xl migrate': the other host's \
+                      dom0 must be running 'oxl migrate-receive'. The domain's memory is copied \
+                      while it runs, in rounds that send again the pages it wrote meanwhile \
+                      (dirty-page logging); when a round finds few pages written, the domain \
+                      pauses, the rest and its vCPUs' and devices' state are sent, and it goes on \
+                      on the other host. It is destroyed here only after the other host says it \
+                      runs; on any failure before that it runs on here. Each round is printed \
+                      (pages sent, written meanwhile, rate), and the downtime at the end \
+                      (docs/migration.md)."
+    )]
+    Migrate {
+        /// Print a JSON summary (rounds, pages, bytes, downtime, seconds) instead of a sentence.
+        #[arg(long)]
+        json: bool,
+        /// Pre-copy rounds after the first, at most.
+        #[arg(long, default_value_t = crate::migrate::Policy::default().max_rounds, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        max_rounds: u32,
+        /// The most memory (MiB) the paused domain may still have to send after the
+        /// last round; a domain writing more than that is not moved (it runs on).
+        #[arg(long, default_value_t = crate::migrate::Policy::default().max_final_pages / 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        max_final_mib: u64,
+        #[arg(value_name = "DOM")]
+        domain: String,
+        /// The receiving dom0's address, with :PORT if it listens on another
+        /// port than 8002.
+        #[arg(value_name = "HOST[:PORT]")]
+        host: String,
+    },
+    /// Receive one domU that another host's 'oxl migrate' sends, and run it.
+    MigrateReceive {
+        /// The TCP port to listen on.
+        #[arg(short, long, default_value_t = crate::migrate::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Give up if no migration has come in this many seconds (0: wait for ever).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        /// Print a JSON summary (domain, ID, bytes, pages, seconds) instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let a domain's vCPU (or all its vCPUs) run only on some pCPUs.
     VcpuPin {
         #[arg(value_name = "DOM")]
@@ -283,6 +327,8 @@ impl Cmd {
             Cmd::VcpuState { .. } => "vcpu-state",
             Cmd::Save { .. } => "save",
             Cmd::Restore { .. } => "restore",
+            Cmd::Migrate { .. } => "migrate",
+            Cmd::MigrateReceive { .. } => "migrate-receive",
         }
     }
 }

@@ -429,6 +429,37 @@ pub fn cpuid_get(hv: &mut dyn Hypervisor, domid: u32) -> CallResult<Vec<oxen_abi
     Ok(oxen_abi::save_stream::CpuidEntry::decode_all(bytes).map(|e| e.collect()).unwrap_or_default())
 }
 
+/// Most pages one `LOG_DIRTY` `CLEAN` covers (its buffer's bits). ABI 1.8.
+pub const LOG_DIRTY_MAX_PAGES: u64 = oxen_abi::DOMCTL_BUF_MAX * 8;
+
+/// Turns a domU's dirty-page logging on or off. ABI 1.8.
+pub fn log_dirty(hv: &mut dyn Hypervisor, domid: u32, on: bool) -> CallResult<()> {
+    let op = if on { oxen_abi::log_dirty::ENABLE } else { oxen_abi::log_dirty::DISABLE };
+    domctl(hv, domctl::LOG_DIRTY, &mut oxen_abi::LogDirty { domid, op, first: 0, pages: 0 }, &mut []).map(drop)
+}
+
+/// `CLEAN`s the log of the domain's pages from 0: fills `bitmap` (bit `i % 64`
+/// of word `i / 64` for page `i`, `pages` of them), clears it and
+/// write-protects those pages again; returns how many were dirty. ABI 1.8.
+pub fn log_dirty_clean(hv: &mut dyn Hypervisor, domid: u32, pages: u64, bitmap: &mut [u64]) -> CallResult<u64> {
+    let mut dirty = 0;
+    let mut buf = vec![0u8; oxen_abi::DOMCTL_BUF_MAX as usize];
+    let mut first = 0;
+    while first < pages {
+        let n = (pages - first).min(LOG_DIRTY_MAX_PAGES);
+        let bytes = n.div_ceil(64) as usize * 8;
+        let mut arg = oxen_abi::LogDirty { domid, op: oxen_abi::log_dirty::CLEAN, first, pages: n };
+        dirty += domctl(hv, domctl::LOG_DIRTY, &mut arg, &mut buf[..bytes])?;
+        for (i, w) in buf[..bytes].chunks_exact(8).enumerate() {
+            if let Some(word) = bitmap.get_mut((first / 64) as usize + i) {
+                *word = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            }
+        }
+        first += n;
+    }
+    Ok(dirty)
+}
+
 pub fn phys_info(hv: &mut dyn Hypervisor) -> CallResult<PhysInfo> {
     let mut buf = [0u8; size_of::<PhysInfo>()];
     hv.call(nr::DOMCTL, domctl::PHYS_INFO, &mut [], &mut buf)?;

@@ -19,6 +19,7 @@ mod devspec;
 mod dm;
 mod domain;
 mod hv;
+mod migrate;
 mod ring;
 mod foreign;
 mod save;

@@ -51,6 +51,9 @@ pub enum Op {
     Checkpoint,
     /// `oxl restore`: read, the domain made again (its new ID).
     Restore,
+    /// `oxl migrate-receive`: read from the sender (`file` is its address),
+    /// the domain running here (its new ID).
+    Receive,
 }
 
 /// `oxl save --json` / `oxl restore --json`: one object on one line, for
@@ -63,6 +66,7 @@ pub fn json_summary(op: Op, domain: &str, domid: u32, file: &std::path::Path, s:
         Op::Save => "save",
         Op::Checkpoint => "checkpoint",
         Op::Restore => "restore",
+        Op::Receive => "migrate-receive",
     };
     let seconds = if seconds.is_finite() && seconds >= 0.0 { seconds } else { 0.0 };
     format!(
@@ -76,14 +80,20 @@ pub fn json_summary(op: Op, domain: &str, domid: u32, file: &std::path::Path, s:
 }
 
 /// Counts what goes through a writer.
-struct Counted<W> {
-    w: W,
-    bytes: u64,
-    records: u64,
+pub(crate) struct Counted<W> {
+    pub(crate) w: W,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
 }
 
 impl<W: Write> Counted<W> {
-    fn record(&mut self, kind: u16, payload: &[u8]) -> io::Result<()> {
+    /// Starts a stream: its header.
+    pub(crate) fn start(mut w: W, header: &StreamHeader) -> io::Result<Self> {
+        w.write_all(&header.encode())?;
+        Ok(Self { w, bytes: HEADER_LEN as u64, records: 0 })
+    }
+
+    pub(crate) fn record(&mut self, kind: u16, payload: &[u8]) -> io::Result<()> {
         let h = RecordHeader::of(kind, payload);
         self.w.write_all(&h.encode())?;
         self.w.write_all(payload)?;
@@ -103,42 +113,80 @@ pub fn write_stream(
     mem: &mut dyn GuestPages,
     mut progress: impl FnMut(u64, u64),
 ) -> io::Result<Summary> {
-    let mut out = Counted { w, bytes: HEADER_LEN as u64, records: 0 };
-    out.w.write_all(&header.encode())?;
-    out.record(kind::CONFIG, state.config.as_bytes())?;
-    let cpuid: Vec<u8> = state.cpuid.iter().flat_map(CpuidEntry::encode).collect();
-    out.record(kind::CPUID, &cpuid)?;
+    let mut out = Counted::start(w, header)?;
+    out.preamble(state.config, state.cpuid)?;
     let total = header.pages();
     let mut summary = Summary::default();
-    let mut pages = vec![0u8; MAX_BATCH * PAGE_SIZE];
-    let mut payload = vec![0u8; pages_payload_max(MAX_BATCH)];
+    let mut batcher = Batcher::new();
     let mut gfn = 0;
     while gfn < total {
-        let n = (total - gfn).min(MAX_BATCH as u64) as usize;
-        for (i, page) in pages.chunks_exact_mut(PAGE_SIZE).take(n).enumerate() {
-            mem.read_page(gfn + i as u64, page)?;
-        }
-        let batch: Vec<(u64, &[u8])> = pages.chunks_exact(PAGE_SIZE).take(n).enumerate().map(|(i, p)| (gfn + i as u64, p)).collect();
-        let len = pages_payload(&batch, &mut payload).ok_or_else(|| io::Error::other("a page batch did not fit"))?;
-        summary.zero_pages += batch.iter().filter(|(_, p)| p.iter().all(|&b| b == 0)).count() as u64;
-        out.record(kind::PAGES, &payload[..len])?;
-        gfn += n as u64;
-        summary.pages += n as u64;
+        let n = (total - gfn).min(MAX_BATCH as u64);
+        batcher.send(&mut out, mem, gfn..gfn + n, &mut summary)?;
+        gfn += n;
         progress(gfn, total);
     }
-    for (i, v) in state.vcpus.iter().enumerate() {
-        let mut p = Vec::with_capacity(8 + v.len());
-        p.extend_from_slice(&(i as u32).to_le_bytes());
-        p.extend_from_slice(&[0; 4]);
-        p.extend_from_slice(v);
-        out.record(kind::VCPU, &p)?;
-    }
-    out.record(kind::PLATFORM, state.platform)?;
-    let end = end_payload(out.records, summary.pages);
-    out.record(kind::END, &end)?;
-    out.w.flush()?;
-    summary.bytes = out.bytes;
+    out.finish(state.vcpus, state.platform, &mut summary)?;
     Ok(summary)
+}
+
+impl<W: Write> Counted<W> {
+    /// `CONFIG` and `CPUID`, the records before the memory.
+    pub(crate) fn preamble(&mut self, config: &str, cpuid: &[CpuidEntry]) -> io::Result<()> {
+        self.record(kind::CONFIG, config.as_bytes())?;
+        let cpuid: Vec<u8> = cpuid.iter().flat_map(CpuidEntry::encode).collect();
+        self.record(kind::CPUID, &cpuid)
+    }
+
+    /// Every vCPU's `VCPU`, `PLATFORM` and `END`, the records after the
+    /// memory; `summary.bytes` is then the stream's length.
+    pub(crate) fn finish(&mut self, vcpus: &[Vec<u8>], platform: &[u8], summary: &mut Summary) -> io::Result<()> {
+        for (i, v) in vcpus.iter().enumerate() {
+            let mut p = Vec::with_capacity(8 + v.len());
+            p.extend_from_slice(&(i as u32).to_le_bytes());
+            p.extend_from_slice(&[0; 4]);
+            p.extend_from_slice(v);
+            self.record(kind::VCPU, &p)?;
+        }
+        self.record(kind::PLATFORM, platform)?;
+        let end = end_payload(self.records, summary.pages);
+        self.record(kind::END, &end)?;
+        self.w.flush()?;
+        summary.bytes = self.bytes;
+        Ok(())
+    }
+}
+
+/// Sends pages as `PAGES` records (buffers for one batch kept between calls).
+pub(crate) struct Batcher {
+    pages: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Batcher {
+    pub(crate) fn new() -> Self {
+        Self { pages: vec![0u8; MAX_BATCH * PAGE_SIZE], payload: vec![0u8; pages_payload_max(MAX_BATCH)] }
+    }
+
+    /// One `PAGES` record of the pages `gfns` names (1 to `MAX_BATCH` of them),
+    /// read from `mem`; counted in `summary`.
+    pub(crate) fn send<W: Write>(
+        &mut self,
+        out: &mut Counted<W>,
+        mem: &mut dyn GuestPages,
+        gfns: impl IntoIterator<Item = u64> + Clone,
+        summary: &mut Summary,
+    ) -> io::Result<()> {
+        let mut n = 0;
+        for (gfn, page) in gfns.clone().into_iter().zip(self.pages.chunks_exact_mut(PAGE_SIZE)) {
+            mem.read_page(gfn, page)?;
+            n += 1;
+        }
+        let batch: Vec<(u64, &[u8])> = gfns.into_iter().zip(self.pages.chunks_exact(PAGE_SIZE)).take(n).collect();
+        let len = pages_payload(&batch, &mut self.payload).ok_or_else(|| io::Error::other("a page batch did not fit"))?;
+        summary.zero_pages += batch.iter().filter(|(_, p)| p.iter().all(|&b| b == 0)).count() as u64;
+        summary.pages += n as u64;
+        out.record(kind::PAGES, &self.payload[..len])
+    }
 }
 
 /// Why reading a stream failed.
@@ -188,7 +236,9 @@ pub trait Loader {
 
 /// Reads a stream to its `END` and hands everything to `loader`, checking
 /// it all: nothing is loaded past the first error, and the caller then
-/// destroys what `begin` made. Bytes after `END` are an error too.
+/// destroys what `begin` made. Bytes after `END` are an error too, in a file;
+/// a live stream (a migration's connection, where the two sides go on talking
+/// after it) is read up to its `END` and no further.
 pub fn read_stream(mut r: impl Read, loader: &mut dyn Loader, mut progress: impl FnMut(u64, u64)) -> Result<Summary, ReadError> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head)?;
@@ -243,6 +293,7 @@ pub fn read_stream(mut r: impl Read, loader: &mut dyn Loader, mut progress: impl
             Record::Vcpu(i, s) => loader.vcpu(i, s).map_err(ReadError::Refused)?,
             Record::Platform(s) => loader.platform(s).map_err(ReadError::Refused)?,
             Record::Device(i, k, s) => loader.device(i, k, s).map_err(ReadError::Refused)?,
+            Record::End if header.flags & oxen_abi::save_stream::flags::LIVE != 0 => return Ok(summary),
             Record::End => {}
         }
     }
