@@ -117,6 +117,7 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     step(format!(
         "booting QEMU TCG -icount shift=0 with `{BENCH_CMDLINE}` (up to {}s)",
@@ -241,6 +242,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     let banner = Regex::new(BANNER)?;
     let bare_watch = Watch {
@@ -258,6 +260,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
             after: Regex::new(SHELL_LINE)?,
             send: TALLY_KEYS.into(),
         }],
+        stop: None,
     };
     // The same kernel command line dom0 gets under Oxen, so both print the same.
     let bare_media = Media::Linux {
@@ -723,6 +726,7 @@ pub(crate) fn boot_dom0_script_with(
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     let boot = boot_and_watch_with(&m, &dir, Media::Iso(&iso), timeout, watch)?;
     Ok((boot, dir))
@@ -1859,6 +1863,7 @@ fn linux_bare(icount: bool, smp: u32) -> Result<LinuxBare> {
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     let tsc_re = Regex::new(LINUX_TSC_LINE)?;
     let watch = Watch {

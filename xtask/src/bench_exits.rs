@@ -242,6 +242,7 @@ pub fn idle_run(
         bochs_ips: crate::emu::BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     let watch = Watch {
         done: Some(Regex::new(IDLE_DONE)?),

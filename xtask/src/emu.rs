@@ -116,6 +116,19 @@ pub struct Machine {
     /// QEMU only: an HTTP response file QEMU's user network sends to each
     /// guest connection to `HTTP_ADDR` port 80 (`guestfwd`, `cat` of it).
     pub serve: Option<PathBuf>,
+    /// QEMU only: the machine's NIC is wired to another machine's instead of
+    /// QEMU's user network (two hosts for a migration).
+    pub link: Option<Link>,
+}
+
+/// A wire between two QEMU machines: a TCP connection on the loopback
+/// carrying their NICs' frames (QEMU's socket network). One end listens,
+/// the other connects; each NIC has its own MAC.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub port: u16,
+    pub listen: bool,
+    pub mac: String,
 }
 
 /// Where a guest on QEMU's user network fetches `Machine::serve` (port 80).
@@ -212,6 +225,10 @@ impl Machine {
             // until the guest has read it all and closed.
             c.arg("-nic").arg(format!("user,model=e1000,guestfwd=tcp:{HTTP_ADDR}:80-cmd:sh -c \"cat '{path}'; sleep 30\""));
         }
+        if let Some(l) = &self.link {
+            let end = if l.listen { "listen" } else { "connect" };
+            c.arg("-nic").arg(format!("socket,model=e1000,mac={},{end}=127.0.0.1:{}", l.mac, l.port));
+        }
         // Lets the hypervisor's `debug_exit=0xf4` option end QEMU.
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         match serial {
@@ -293,6 +310,17 @@ impl BochsCom1<'_> {
 
 /// A loopback TCP port nobody listens on now (the OS picks it; Bochs binds it
 /// right after, so the window for another taker is small).
+/// Whether something listens on TCP `port` of the loopback (read from
+/// /proc/net/tcp, so that the check takes no connection from the listener).
+pub fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // "sl local_address rem_address st ...": 0100007F:PORT (or 00000000:PORT), state 0A.
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[3] == "0A" && f[1].rsplit_once(':').is_some_and(|(_, p)| u16::from_str_radix(p, 16) == Ok(port))
+    })
+}
+
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(l.local_addr()?.port())
@@ -387,6 +415,9 @@ pub struct Watch {
     /// Once every mark has matched, the run times out this long after the last one
     /// (instead of at the overall timeout).
     pub grace: Option<Duration>,
+    /// Set by another thread to end the run (as `Ending::Done`): a test's
+    /// peer machine, once the test's own machine has ended.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The serial log as the watcher matches it: `\r` and NULs dropped, so `$` and
@@ -577,7 +608,7 @@ pub fn boot_and_watch_with(
             }
             sent.push((i, start.elapsed()));
         }
-        if typing.done(watch, &norm) {
+        if typing.done(watch, &norm) || watch.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
             break Ending::Done;
         }
         if let Some(status) = proc.try_wait() {
@@ -665,6 +696,7 @@ mod tests {
             bochs_ips: BOCHS_IPS,
             disk: None,
             serve: None,
+            link: None,
         };
         let media = Media::Linux {
             kernel: Path::new("/k"),

@@ -455,6 +455,7 @@ fn bare_machine(icount: bool, memory_mib: u32) -> Machine {
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     }
 }
 

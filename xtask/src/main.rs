@@ -210,6 +210,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 bochs_ips: BOCHS_IPS,
                 disk: None,
                 serve: None,
+                link: None,
             };
             run::run(&mut m, r.accel, &iso)?;
         }

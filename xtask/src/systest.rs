@@ -164,6 +164,33 @@ pub struct TestDef {
     /// cores (docs/architecture.md, "The two backends under the emulators").
     #[serde(default)]
     pub alone: bool,
+    /// QEMU only: a second machine booted beside this one, as like it as the
+    /// test allows (the same ISO but for dom0's arguments), the two NICs wired
+    /// to each other (`emu::Link`) instead of QEMU's user network: two Oxen
+    /// hosts, for migrations. It runs until this one ends (or its own `done`).
+    pub peer: Option<PeerDef>,
+}
+
+/// `[tests.peer]`: the second machine of a two-host test.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PeerDef {
+    /// dom0's extra arguments on the peer (instead of the test's `dom0_args`).
+    #[serde(default)]
+    pub dom0_args: String,
+    /// Lines the peer's serial log must hold (its own `peer-serial.log`); the
+    /// test's `forbid` patterns apply to it too.
+    #[serde(default)]
+    pub expect: Vec<String>,
+    /// Ends the peer's run early when a line matches.
+    pub done: Option<String>,
+}
+
+/// The second machine of a test (`PeerDef`), ready to run.
+pub struct Peer {
+    pub dom0_args: String,
+    pub expect: Vec<(String, Regex)>,
+    pub done: Option<Regex>,
 }
 
 /// `{ after = 'regex', send = "text" }`.
@@ -215,6 +242,7 @@ pub struct Test {
     /// Expectations known not to hold yet: (compiled, why).
     pub expect_xfail: Vec<(Regex, String)>,
     pub forbid: Vec<(String, Regex)>,
+    pub peer: Option<Peer>,
 }
 
 fn compile(pattern: &str, smp: u32, cpu: Option<u32>, test: &str) -> Result<Regex> {
@@ -315,6 +343,31 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                 send: i.send.clone(),
             });
         }
+        if t.peer.is_some() && (t.emulator != Emulator::Qemu || !t.dom0 || t.serve.is_some() || !t.input.is_empty()) {
+            bail!(
+                "test {}: a peer needs emulator = \"qemu\" and dom0, and no serve or input (the NIC is the wire to the peer; COM1 is a file)",
+                t.name
+            );
+        }
+        let common_dom0_args = match t.emulator {
+            Emulator::Qemu => &m.defaults.dom0_args.qemu,
+            Emulator::Bochs => &m.defaults.dom0_args.bochs,
+        };
+        let join_args = |own: &str| {
+            [common_dom0_args.as_str(), own].iter().filter(|a| !a.is_empty()).copied().collect::<Vec<_>>().join(" ")
+        };
+        let peer = match &t.peer {
+            None => None,
+            Some(p) => Some(Peer {
+                dom0_args: join_args(&p.dom0_args),
+                expect: p
+                    .expect
+                    .iter()
+                    .map(|e| Ok((e.clone(), compile(e, t.smp, None, &t.name)?)))
+                    .collect::<Result<_>>()?,
+                done: p.done.as_deref().map(|d| compile(d, t.smp, None, &t.name)).transpose()?,
+            }),
+        };
         let timeout = t.timeout_secs.unwrap_or(match t.emulator {
             Emulator::Qemu => m.defaults.timeout_secs.qemu,
             Emulator::Bochs => m.defaults.timeout_secs.bochs,
@@ -332,6 +385,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
                     .disk_mib
                     .map(|_| target_dir().join("systest").join(&t.name).join("disk.img")),
                 serve: t.serve.as_ref().map(|_| target_dir().join("systest").join(&t.name).join("http-response")),
+                link: None,
             },
             disk_mib: t.disk_mib,
             serve: t.serve.map(|f| target_dir().join(f)),
@@ -341,18 +395,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             alone: t.alone,
             cmdline: t.cmdline,
             dom0: t.dom0,
-            dom0_args: {
-                let common = match t.emulator {
-                    Emulator::Qemu => &m.defaults.dom0_args.qemu,
-                    Emulator::Bochs => &m.defaults.dom0_args.bochs,
-                };
-                [common.as_str(), t.dom0_args.as_str()]
-                    .iter()
-                    .filter(|a| !a.is_empty())
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
+            dom0_args: join_args(&t.dom0_args),
             dom0_kernel: t.dom0_kernel.unwrap_or(match t.emulator {
                 Emulator::Qemu => m.defaults.dom0_kernel.qemu,
                 Emulator::Bochs => m.defaults.dom0_kernel.bochs,
@@ -367,6 +410,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             expect,
             expect_xfail,
             forbid,
+            peer,
         });
     }
     Ok(tests)
@@ -489,6 +533,45 @@ fn describe(t: &Test) -> String {
 
 /// Runs one test whose ISO is ready in `target/systest/<name>/oxen.iso` (or, for a
 /// bare test, dom0's kernel and initramfs).
+/// The MACs of a two-machine test's NICs (QEMU's default, and the next).
+const MAC: &str = "52:54:00:12:34:56";
+const PEER_MAC: &str = "52:54:00:12:34:57";
+
+/// A test's peer machine, booting in a thread of its own.
+struct PeerRun {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<crate::emu::Boot>>,
+    dir: PathBuf,
+}
+
+/// Starts `t`'s peer, listening on a wire for `t`'s machine, and waits until
+/// its QEMU listens; returns it and the machine `t` boots (connecting).
+fn start_peer(t: &Test, peer: &Peer, dir: &Path) -> Result<(PeerRun, Machine)> {
+    let port = crate::emu::free_port()?;
+    let mut pm = t.machine.clone();
+    pm.link = Some(crate::emu::Link { port, listen: true, mac: PEER_MAC.into() });
+    let mut m = t.machine.clone();
+    m.link = Some(crate::emu::Link { port, listen: false, mac: MAC.into() });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = crate::emu::Watch { done: peer.done.clone(), stop: Some(stop.clone()), ..Default::default() };
+    let pdir = dir.join("peer");
+    let (timeout, d) = (t.timeout, pdir.clone());
+    let thread = std::thread::spawn(move || boot_and_watch_with(&pm, &d, Media::Iso(&d.join("oxen.iso")), timeout, &watch));
+    let since = std::time::Instant::now();
+    while !crate::emu::listening(port) {
+        if thread.is_finished() || since.elapsed() > Duration::from_secs(60) {
+            stop.store(true, Ordering::SeqCst);
+            let why = match thread.join() {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => format!("it did not listen on port {port} within 60 s"),
+            };
+            bail!("the peer machine did not start: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((PeerRun { stop, thread, dir: pdir }, m))
+}
+
 fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     let dir = target_dir().join("systest").join(&t.name);
     let iso = dir.join("oxen.iso");
@@ -500,16 +583,45 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
         },
         _ => Media::Iso(&iso),
     };
-    let boot = match boot_and_watch_with(&t.machine, &dir, media, t.timeout, &t.watch) {
+    let fail = |why: String| Outcome { passed: false, report: format!("FAIL {}: {why}\n", t.name) };
+    let (peer_run, machine) = match &t.peer {
+        None => (None, t.machine.clone()),
+        Some(p) => match start_peer(t, p, &dir) {
+            Ok((r, m)) => (Some(r), m),
+            Err(e) => return fail(format!("{e:#}")),
+        },
+    };
+    let boot = boot_and_watch_with(&machine, &dir, media, t.timeout, &t.watch);
+    // The peer ends with the test's machine (if it has not ended by itself).
+    let peer_boot = peer_run.map(|r| {
+        r.stop.store(true, Ordering::SeqCst);
+        (r.thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("its thread panicked"))), r.dir)
+    });
+    let boot = match boot {
         Ok(b) => b,
-        Err(e) => {
-            return Outcome {
-                passed: false,
-                report: format!("FAIL {}: could not start the emulator: {e:#}\n", t.name),
-            }
-        }
+        Err(e) => return fail(format!("could not start the emulator: {e:#}")),
     };
     let mut problems = Vec::new();
+    if let (Some(peer), Some((pb, pdir))) = (&t.peer, &peer_boot) {
+        match pb {
+            Err(e) => problems.push(format!("the peer machine: {e:#}")),
+            Ok(pb) => {
+                if let Ending::Exited(status) = pb.ending {
+                    problems.push(format!("the peer machine's QEMU exited ({status}){}", reset_state(pdir)));
+                }
+                for (p, re) in &peer.expect {
+                    if !log_lines(&pb.serial).iter().any(|l| re.is_match(l)) {
+                        problems.push(format!("the peer's serial log ({}) has no line matching /{p}/", show(&pdir.join("serial.log"))));
+                    }
+                }
+                for (p, re) in &t.forbid {
+                    if let Some(l) = log_lines(&pb.serial).iter().find(|l| re.is_match(l)) {
+                        problems.push(format!("the peer's serial log has a forbidden line (/{p}/): {l}"));
+                    }
+                }
+            }
+        }
+    }
     let mut emulator_log = None;
     let (xfailing, xpassing) = check_xfail(t, &boot.serial);
     // A run that never reaches an expectation marked xfail may well hang there: its
@@ -791,6 +903,16 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
             output: &dir.join("oxen.iso"),
         })
         .with_context(|| format!("making the ISO for {}", t.name))?;
+        if let Some(peer) = &t.peer {
+            let mut modules = dom0_modules(t.dom0_kernel);
+            if let Some(kernel) = modules.first_mut().filter(|_| !peer.dom0_args.is_empty()) {
+                kernel.args = format!("{} {}", kernel.args, peer.dom0_args);
+            }
+            let pdir = dir.join("peer");
+            std::fs::create_dir_all(&pdir)?;
+            make_iso(&IsoSpec { elf, cmdline: &t.cmdline, modules: &modules, name: &t.name, output: &pdir.join("oxen.iso") })
+                .with_context(|| format!("making the peer's ISO for {}", t.name))?;
+        }
     }
     let dom0 = dom0.as_ref();
     // One queue for both emulators, Bochs first: its runs are the longest, so

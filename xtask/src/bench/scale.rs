@@ -87,6 +87,7 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
         bochs_ips: BOCHS_IPS,
         disk: None,
         serve: None,
+        link: None,
     };
     let mut inputs = Vec::new();
     for at in POINTS {
