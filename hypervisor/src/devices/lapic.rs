@@ -708,6 +708,10 @@ pub struct VirtualLapic {
     events: EventQueue,
 }
 
+/// Where `VirtualLapic::save_state` puts the TSC deadline (0: none), in the
+/// TSC the model counts in (the caller converts a guest's with an offset).
+pub const STATE_TSC_DEADLINE: usize = 33;
+
 impl VirtualLapic {
     /// An APIC in its power-up state (§12.4.7.1): enabled in xAPIC mode at
     /// 0xFEE0_0000, software-disabled, every LVT masked.
@@ -1255,7 +1259,7 @@ impl VirtualLapic {
         w[30] = u64::from(self.timer.divide);
         w[31] = u64::from(self.timer.countdown.is_some());
         w[32] = u64::from(self.timer.current(now_ns, mode));
-        w[33] = self.timer.tsc_deadline;
+        w[STATE_TSC_DEADLINE] = self.timer.tsc_deadline;
         w
     }
 
@@ -1303,7 +1307,7 @@ impl VirtualLapic {
         if divide & !DIVIDE_MASK != 0 {
             return Err("LAPIC divide configuration with reserved bits");
         }
-        let (armed, current, tsc_deadline) = (w[31], u32_of(w[32])?, w[33]);
+        let (armed, current, tsc_deadline) = (w[31], u32_of(w[32])?, w[STATE_TSC_DEADLINE]);
         if armed > 1 || (armed == 1 && current == 0) || (armed == 0 && current != 0) {
             return Err("LAPIC timer: armed must be 0 or 1, with a count only when armed");
         }

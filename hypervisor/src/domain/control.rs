@@ -447,14 +447,12 @@ fn domctl(cmd: &mut Command, buf: &mut [u8]) -> Result<u64, Error> {
             };
             let record = oxen_abi::vcpu_snapshot::VcpuStateRecord::decode(buf).map_err(|e| refuse(e.describe()))?;
             let snap = VcpuSnapshot::from_record(&record, crate::arch::x86_64::cpu::linear_address_bits()).map_err(refuse)?;
-            // Guests see the host's TSC: a state with an offset waits for TSC
-            // offsetting. Another rate loads, as QEMU lets an incoming
-            // migration run without TSC scaling: the KVM clock is rewritten
-            // with this host's rate, so the guest's clock stays right; only a
-            // guest timing with the bare TSC at the rate it was told is off.
-            if snap.tsc_offset != 0 {
-                return Err(refuse("it has a TSC offset, and guests here see the host's TSC"));
-            }
+            // Its TSC offset loads as it is (oxl sets the one that makes a
+            // migrated guest's TSC go on). Another rate loads too, as QEMU
+            // lets an incoming migration run without TSC scaling: the KVM
+            // clock is rewritten with this host's rate, so the guest's clock
+            // stays right; only a guest timing with the bare TSC at the rate
+            // it was told is off.
             let host_hz = crate::arch::x86_64::time::tsc_hz();
             if !crate::virt::snapshot::tsc_rate_close(snap.tsc_hz, host_hz) {
                 warn!(

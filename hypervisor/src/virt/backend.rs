@@ -266,6 +266,12 @@ impl Vcpu for AnyVcpu {
     fn set_aux_state(&mut self, aux: &crate::virt::snapshot::AuxState) -> Result<(), &'static str> {
         dispatch!(self, v => v.set_aux_state(aux))
     }
+    fn tsc_offset(&self) -> u64 {
+        dispatch!(self, v => v.tsc_offset())
+    }
+    fn set_tsc_offset(&mut self, offset: u64) -> Result<(), &'static str> {
+        dispatch!(self, v => v.set_tsc_offset(offset))
+    }
     fn last_entry(&self) -> Option<crate::virt::vcpu::LastEntry> {
         dispatch!(self, v => v.last_entry())
     }

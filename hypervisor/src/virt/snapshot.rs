@@ -513,8 +513,51 @@ pub fn tsc_rate_close(guest_hz: u64, host_hz: u64) -> bool {
     guest_hz != 0 && host_hz != 0 && u128::from(guest_hz.abs_diff(host_hz)) * 1_000_000 <= u128::from(host_hz) * u128::from(TSC_TOLERANCE_PPM)
 }
 
+/// Guest-TSC values (TSC-deadline) and the host TSC the hypervisor's LAPIC
+/// model counts in, for a guest whose TSC is the host's plus `offset`.
+/// Converted through now, so a deadline the guest set in its past stays in
+/// the past whatever the offset's sign (the plain difference would wrap).
+pub fn guest_to_host_tsc(guest: u64, offset: u64, host_now: u64) -> u64 {
+    let guest_now = host_now.wrapping_add(offset);
+    match guest.checked_sub(guest_now) {
+        Some(ahead) => host_now.saturating_add(ahead),
+        // Passed: due now (a nonzero value, 0 disarms).
+        None => host_now.saturating_sub(guest_now - guest).max(1),
+    }
+}
+
+pub fn host_to_guest_tsc(host: u64, offset: u64, host_now: u64) -> u64 {
+    let guest_now = host_now.wrapping_add(offset);
+    match host.checked_sub(host_now) {
+        Some(ahead) => guest_now.saturating_add(ahead),
+        None => guest_now.saturating_sub(host_now - host).max(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tsc_deadlines_convert_through_now_whatever_the_offsets_sign() {
+        use super::{guest_to_host_tsc as g2h, host_to_guest_tsc as h2g};
+        let now = 1_000_000;
+        // The guest's TSC ahead of the host's (it came from a host up longer).
+        let ahead = 5_000_000_000u64;
+        assert_eq!(g2h(now + ahead + 300, ahead, now), now + 300);
+        assert_eq!(h2g(now + 300, ahead, now), now + ahead + 300);
+        // Behind (offset negative, as two's complement): no wrap to "never".
+        let behind = 0u64.wrapping_sub(600_000);
+        assert_eq!(g2h(now - 600_000 + 50, behind, now), now + 50);
+        assert_eq!(h2g(now + 50, behind, now), now - 600_000 + 50);
+        // A deadline in the guest's past fires now: a host value not after now, never 0.
+        assert!(g2h(1, ahead, now) <= now);
+        assert!(g2h(1, ahead, now) != 0);
+        assert!(g2h(1, behind, now) <= now && g2h(1, behind, now) != 0);
+        assert!(h2g(1, behind, now) != 0);
+        // No offset: the same value.
+        assert_eq!(g2h(now + 7, 0, now), now + 7);
+        assert_eq!(h2g(now - 7, 0, now), now - 7);
+    }
+
     #[test]
     fn tsc_rates_within_1000_ppm_are_the_same_clock() {
         use super::tsc_rate_close;

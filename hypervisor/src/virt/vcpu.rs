@@ -154,6 +154,20 @@ pub trait Vcpu {
     fn set_aux_state(&mut self, _aux: &super::snapshot::AuxState) -> Result<(), &'static str> {
         Err("this vCPU cannot load a state")
     }
+    /// What the CPU adds to the host's TSC for what the guest reads (RDTSC,
+    /// RDTSCP and a TSC read that does not exit), modulo 2^64.
+    fn tsc_offset(&self) -> u64 {
+        0
+    }
+    /// Sets it, for the next entry (a migrated guest's TSC goes on from the
+    /// value it had on the other host, docs/migration.md "Time").
+    fn set_tsc_offset(&mut self, offset: u64) -> Result<(), &'static str> {
+        if offset == 0 {
+            Ok(())
+        } else {
+            Err("this vCPU has no TSC offset")
+        }
+    }
     /// `LastEntry`, where the backend keeps it.
     fn last_entry(&self) -> Option<LastEntry> {
         None

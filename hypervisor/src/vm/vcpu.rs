@@ -103,6 +103,10 @@ pub struct GuestVcpu {
     msrs: exit::msr::VcpuMsrs,
     /// A domU's KVM-compatible clock (its two MSRs).
     kvmclock: KvmClock,
+    /// What its vCPU adds to the host's TSC (`Vcpu::set_tsc_offset`): 0 but
+    /// for a migrated guest, whose TSC goes on from the other host's value.
+    /// Kept here too, as the vCPU object is made anew at a reset.
+    tsc_offset: u64,
     /// vCPU 0 of a domU: the shutdown request last passed to the guest as
     /// Ctrl-Alt-Del.
     request_sent: u64,
@@ -140,6 +144,7 @@ impl GuestVcpu {
             xstate: None,
             msrs: Default::default(),
             kvmclock: KvmClock::new(),
+            tsc_offset: 0,
             request_sent: request::NONE,
             tally_at: None,
         }
@@ -170,12 +175,14 @@ impl GuestVcpu {
         let Some(start) = self.start.take() else { return self.vcpu.is_some() && !self.parked };
         let made = match self.vcpu.as_mut() {
             Some(v) => v.set_state(&VcpuState { gprs: start.gprs, ..VcpuState::from_entry(&start.entry) }),
-            None => AnyVcpu::with_root(self.platform.root, &start.entry).map(|mut v| {
+            None => AnyVcpu::with_root(self.platform.root, &start.entry).and_then(|mut v| {
                 *v.gprs() = start.gprs;
                 if self.platform.role == Role::Dom0 {
                     v.pass_through_dom0_io(&[platform::DOM0_KEPT_PORTS], &platform::DOM0_KEPT_PIC_PORTS);
                 }
+                v.set_tsc_offset(self.tsc_offset)?;
                 self.vcpu = Some(v);
+                Ok(())
             }),
         };
         let made = made.and_then(|()| {
@@ -751,7 +758,13 @@ impl Runnable for GuestVcpu {
             let io = matches!(exit, VmExit::Io { .. });
             let msr_write = matches!(exit, VmExit::MsrWrite { .. });
             stale = !matches!(exit, VmExit::Hypercall | VmExit::Cpuid { .. } | VmExit::MsrRead { .. } | VmExit::Xsetbv { .. });
-            let mut env = VcpuEnv { platform: &self.platform, index: self.index, msrs: &mut self.msrs, kvmclock: &mut self.kvmclock };
+            let mut env = VcpuEnv {
+                platform: &self.platform,
+                index: self.index,
+                msrs: &mut self.msrs,
+                kvmclock: &mut self.kvmclock,
+                tsc_offset: self.tsc_offset,
+            };
             let mut outcome = exit::handle(vcpu, exit, &mut env);
             if msr_write {
                 // SPEC_CTRL and its kin take effect now, as on a CPU.
@@ -842,6 +855,8 @@ struct VcpuEnv<'a> {
     index: usize,
     msrs: &'a mut exit::msr::VcpuMsrs,
     kvmclock: &'a mut KvmClock,
+    /// `GuestVcpu::tsc_offset`.
+    tsc_offset: u64,
 }
 
 impl VcpuEnv<'_> {
@@ -851,17 +866,20 @@ impl VcpuEnv<'_> {
     }
 }
 
-/// The hypervisor's clock now, for the KVM-compatible clock.
-fn clock_now() -> ClockNow {
-    let ns = now_ns();
+/// The clock now as a guest whose TSC is the host's plus `tsc_offset` sees
+/// it, for the KVM-compatible clock: its system time counts from its own TSC
+/// 0 (the hardware adds the offset to what it reads), so it goes on across a
+/// migration with its TSC; Unix time is the host's.
+fn clock_now(tsc_offset: u64) -> ClockNow {
+    let host_ns = now_ns();
     ClockNow {
         tsc_hz: crate::arch::x86_64::time::tsc_hz(),
-        // `now_ns` counts from TSC 0.
         tsc_at_zero: 0,
-        ns,
-        unix_ns: crate::arch::x86_64::wallclock::unix_ns(ns),
+        ns: crate::arch::x86_64::time::tsc_to_ns(crate::arch::x86_64::time::rdtsc().wrapping_add(tsc_offset)),
+        unix_ns: crate::arch::x86_64::wallclock::unix_ns(host_ns),
     }
 }
+
 
 impl PortBus for VcpuEnv<'_> {
     fn read(&mut self, port: u16, size: u8) -> Option<u32> {
@@ -920,16 +938,32 @@ impl GuestEnv for VcpuEnv<'_> {
         if self.kvmclock_msr(msr) {
             return self.kvmclock.msr_read(msr).ok();
         }
+        if msr == exit::msr::nr::IA32_TSC {
+            // (If it exits at all: the hardware offsets a read that does not.)
+            return Some(crate::arch::x86_64::time::rdtsc().wrapping_add(self.tsc_offset));
+        }
         if !VirtualLapic::owns_msr(msr) {
             return None;
         }
-        self.platform.apics().lapic(self.index).msr_read(msr, now_ns()).ok()
+        let value = self.platform.apics().lapic(self.index).msr_read(msr, now_ns()).ok()?;
+        Some(match msr {
+            crate::devices::lapic::msr::IA32_TSC_DEADLINE if value != 0 && self.tsc_offset != 0 => {
+                crate::virt::snapshot::host_to_guest_tsc(value, self.tsc_offset, crate::arch::x86_64::time::rdtsc())
+            }
+            _ => value,
+        })
     }
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
         if self.kvmclock_msr(msr) {
             let mut ram = control::RamView(&self.platform.ram);
-            return self.kvmclock.msr_write(msr, value, &mut ram, &clock_now()).is_ok();
+            return self.kvmclock.msr_write(msr, value, &mut ram, &clock_now(self.tsc_offset)).is_ok();
         }
+        let value = match msr {
+            crate::devices::lapic::msr::IA32_TSC_DEADLINE if value != 0 && self.tsc_offset != 0 => {
+                crate::virt::snapshot::guest_to_host_tsc(value, self.tsc_offset, crate::arch::x86_64::time::rdtsc())
+            }
+            _ => value,
+        };
         VirtualLapic::owns_msr(msr) && self.platform.apics().lapic(self.index).msr_write(msr, value, now_ns()).is_ok()
     }
     fn wbinvd(&mut self) {

@@ -164,8 +164,13 @@ impl RefClock {
 /// Nanoseconds since boot, from the TSC: the hypervisor's one clock (the
 /// scheduler, the virtual devices' timers and the logs all read it).
 pub fn now_ns() -> u64 {
+    tsc_to_ns(rdtsc())
+}
+
+/// A TSC value as nanoseconds since TSC 0.
+pub fn tsc_to_ns(tsc: u64) -> u64 {
     let hz = tsc_hz().max(1);
-    (u128::from(rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64
+    (u128::from(tsc) * 1_000_000_000 / u128::from(hz)) as u64
 }
 
 /// The TSC value `ns` nanoseconds after boot.

@@ -9,7 +9,8 @@ use crate::arch::x86_64::time::{now_ns, rdtsc, tsc_hz};
 use crate::arch::x86_64::xstate::{self, XState};
 use crate::domain::control;
 use crate::exit::msr;
-use crate::virt::snapshot::{AuxState, Mailbox, Power, Request, VcpuSnapshot};
+use crate::devices::lapic::STATE_TSC_DEADLINE;
+use crate::virt::snapshot::{guest_to_host_tsc, host_to_guest_tsc, AuxState, Mailbox, Power, Request, VcpuSnapshot};
 use crate::virt::{AnyVcpu, EntryMode, InitialState, Vcpu, VcpuState};
 use log::info;
 
@@ -78,7 +79,12 @@ impl GuestVcpu {
         let mut xsave = alloc::vec::Vec::new();
         xsave.try_reserve_exact(image.len()).map_err(|_| "no memory for its XSAVE area")?;
         xsave.extend_from_slice(image);
-        let lapic = self.platform.apics().lapic(self.index).save_state(now);
+        let mut lapic = self.platform.apics().lapic(self.index).save_state(now);
+        let host_tsc = rdtsc();
+        let deadline = &mut lapic[STATE_TSC_DEADLINE];
+        if *deadline != 0 {
+            *deadline = host_to_guest_tsc(*deadline, self.tsc_offset, host_tsc);
+        }
         Ok(VcpuSnapshot {
             arch,
             aux,
@@ -88,10 +94,9 @@ impl GuestVcpu {
             xsave,
             lapic,
             kvmclock: self.kvmclock.registration(),
-            // The guest's TSC is the host's (no offset).
-            tsc: rdtsc(),
+            tsc: host_tsc.wrapping_add(self.tsc_offset),
             tsc_hz: tsc_hz(),
-            tsc_offset: 0,
+            tsc_offset: self.tsc_offset,
             power: Power { wait_for_sipi: parked, halted: self.halted },
         })
     }
@@ -119,7 +124,11 @@ impl GuestVcpu {
         let mut area = XState::new().ok_or("no memory for an XSAVE area")?;
         area.load_image(s.xcr0, &s.xsave)?;
         let mut lapic = self.platform.apics().lapic(self.index).clone();
-        lapic.load_state(&s.lapic, now)?;
+        let mut words = s.lapic;
+        if words[STATE_TSC_DEADLINE] != 0 {
+            words[STATE_TSC_DEADLINE] = guest_to_host_tsc(words[STATE_TSC_DEADLINE], s.tsc_offset, rdtsc());
+        }
+        lapic.load_state(&words, now)?;
         if s.power.wait_for_sipi {
             self.power_off();
         } else {
@@ -134,13 +143,18 @@ impl GuestVcpu {
                 self.vcpu = Some(v);
             }
             let v = self.vcpu.as_mut().ok_or("no vCPU object")?;
-            with_loaded(v, |v| v.set_state(&s.arch).and_then(|()| v.set_aux_state(&s.aux)))??;
+            with_loaded(v, |v| {
+                v.set_state(&s.arch)?;
+                v.set_aux_state(&s.aux)?;
+                v.set_tsc_offset(s.tsc_offset)
+            })??;
             (self.start, self.parked) = (None, false);
             (self.halted, self.stuck, self.blocked_until) = (s.power.halted, false, None);
             (self.halted_since, self.stall_reported) = (None, false);
             let mut ram = control::RamView(&self.platform.ram);
-            self.kvmclock.restore(s.kvmclock, &mut ram, &clock_now());
+            self.kvmclock.restore(s.kvmclock, &mut ram, &clock_now(s.tsc_offset));
         }
+        self.tsc_offset = s.tsc_offset;
         *self.platform.apics().lapic(self.index) = lapic;
         self.xstate = Some(area);
         self.msrs = msrs;

@@ -720,6 +720,16 @@ impl Vcpu for SvmVcpu {
         Some(self.last_entry)
     }
 
+    fn tsc_offset(&self) -> u64 {
+        self.vmcb().control.tsc_offset
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> Result<(), &'static str> {
+        // The VMCB's clean bits are never set here, so the CPU reads it anew.
+        self.vmcb_mut().control.tsc_offset = offset;
+        Ok(())
+    }
+
     fn set_aux_state(&mut self, aux: &AuxState) -> Result<(), &'static str> {
         let tsc_aux = u32::try_from(aux.tsc_aux).map_err(|_| "TSC_AUX over 32 bits")?;
         if tsc_aux != 0 && !super::has_tsc_aux() {

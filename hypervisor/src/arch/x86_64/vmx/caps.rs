@@ -40,6 +40,7 @@ pub mod pin {
 /// Primary processor-based controls (SDM Vol. 3C §25.6.2, Table 25-6).
 pub mod proc {
     pub const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+    pub const USE_TSC_OFFSETTING: u32 = 1 << 3;
     pub const HLT_EXITING: u32 = 1 << 7;
     pub const MWAIT_EXITING: u32 = 1 << 10;
     pub const RDPMC_EXITING: u32 = 1 << 11;
@@ -162,7 +163,9 @@ impl VmxCaps {
                     | proc::USE_MSR_BITMAPS
                     | proc::MONITOR_EXITING
                     | proc::SECONDARY_CONTROLS,
-                0,
+                // With offset 0 (the VMCS's start) the guest reads the host's
+                // TSC as without it; a migrated guest's goes on from its own.
+                proc::USE_TSC_OFFSETTING,
             )
             .map_err(|_| "processor-based controls: no HLT/MWAIT/MONITOR/RDPMC exiting, TPR shadow or I/O/MSR bitmaps")?;
         // RDTSCP and INVPCID would #UD in the guest without their enables;

@@ -227,6 +227,8 @@ pub struct VmxVcpu {
     debug: DebugRegs,
     /// The guest's CR2, which no VMCS field holds either.
     cr2: u64,
+    /// The VMCS's TSC offset, readable without the VMCS current.
+    tsc_offset: u64,
     /// The exception behind the last `VmExit::Exception`, for `reflect_exception`.
     intercepted: Option<Intercepted>,
     /// Between `enter` and `leave`: its VPID is this CPU's (not looked up
@@ -296,6 +298,7 @@ impl VmxVcpu {
             eptp: ept_pointer(ept_root),
             debug: DebugRegs::RESET,
             cr2: 0,
+            tsc_offset: 0,
             intercepted: None,
             vpid_held: tag.held,
             entered: false,
@@ -344,6 +347,11 @@ impl VmxVcpu {
         // the entry control IA-32e mode follows the guest state (below).
         w!(write32, PinBasedControls, self.pin_controls);
         w!(write32, PrimaryProcControls, self.proc_controls);
+        if self.proc_controls & proc::USE_TSC_OFFSETTING != 0 {
+            // Used from the first entry: the guest reads the host's TSC until
+            // `set_tsc_offset`.
+            w!(write64, TscOffset, 0);
+        }
         w!(write32, SecondaryProcControls, caps.proc2);
         w!(write32, ExitControls, caps.exit);
         w!(write32, ExceptionBitmap, EXCEPTION_BITMAP);
@@ -1237,6 +1245,22 @@ impl Vcpu for VmxVcpu {
 
     fn aux_state(&self) -> Option<AuxState> {
         self.read_aux_state().map_err(|(what, e)| log::error!("cpu{}: vmx: reading the guest's events: {what}: {e}", self.cpu)).ok()
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        self.tsc_offset
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> Result<(), &'static str> {
+        let caps = super::caps()?;
+        if caps.proc & super::caps::proc::USE_TSC_OFFSETTING == 0 {
+            return if offset == 0 { Ok(()) } else { Err("this CPU has no TSC offsetting") };
+        }
+        self.make_current().map_err(|_| "cannot load the VMCS")?;
+        // SAFETY: the VMCS is current (above); the field exists with the control on.
+        unsafe { vmcs::write64(vmcs::Field64::TscOffset, offset) }.map_err(|_| "cannot write the TSC offset")?;
+        self.tsc_offset = offset;
+        Ok(())
     }
 
     fn set_aux_state(&mut self, aux: &AuxState) -> Result<(), &'static str> {
