@@ -850,11 +850,36 @@ struct Restorer<'h> {
     host_vendor: u32,
     domain: Option<DomainInfo>,
     mem: Option<crate::foreign::ForeignMemory>,
-    /// A live stream's rounds, as progress lines.
+    /// A live stream's rounds and the TSC offset chosen, as progress lines.
     rounds: Vec<String>,
     /// The config file the domain was made from and its text, recorded for
     /// the new ID once it runs (so it can be saved or migrated again).
     config: Option<(std::path::PathBuf, String)>,
+    /// How the vCPUs' TSC goes on, and the offset chosen at the first vCPU
+    /// for them all (their TSCs stay in step).
+    tsc_rule: crate::save::TscRule,
+    tsc_offset: Option<u64>,
+}
+
+impl Restorer<'_> {
+    /// Whose progress lines these are.
+    fn verb(&self) -> &'static str {
+        match self.tsc_rule {
+            crate::save::TscRule::GoOn => "migrate-receive",
+            crate::save::TscRule::NeverBack => "restore",
+        }
+    }
+}
+
+/// This host's TSC as dom0 reads it (dom0's vCPUs have no TSC offset).
+fn host_tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC has no side effects; Linux lets user space run it.
+    unsafe {
+        core::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
 }
 
 impl crate::save::Loader for Restorer<'_> {
@@ -907,6 +932,19 @@ impl crate::save::Loader for Restorer<'_> {
 
     fn vcpu(&mut self, index: u32, state: &[u8]) -> std::result::Result<(), String> {
         let d = self.domain.expect("begin made it");
+        let (saved, saved_offset) = crate::save::saved_tsc(state)?;
+        let offset = match self.tsc_offset {
+            Some(o) => o,
+            None => {
+                let o = crate::save::tsc_offset_for(self.tsc_rule, saved, saved_offset, host_tsc());
+                if o != saved_offset {
+                    // Said in guest-TSC ticks: the guest was told its rate, not this host's.
+                    self.rounds.push(format!("{}: the guest's TSC goes on from {saved} (its offset from this host's TSC: {})", self.verb(), o as i64));
+                }
+                *self.tsc_offset.insert(o)
+            }
+        };
+        let state = &crate::save::with_tsc_offset(state, offset)?;
         state_wait(self.hv, &d, |hv| hv::vcpu_state_set(hv, d.domid, index, state)).map_err(|e| match e {
             Error::Command(m) | Error::Setup(m) => m,
         })
@@ -931,7 +969,16 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let mut hv = connect(env)?;
     let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
-    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None };
+    let mut r = Restorer {
+        hv: &mut *hv,
+        host_vendor,
+        domain: None,
+        mem: None,
+        rounds: Vec::new(),
+        config: None,
+        tsc_rule: crate::save::TscRule::NeverBack,
+        tsc_offset: None,
+    };
     let mut notes = Vec::new();
     let mut last = 0;
     let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
@@ -942,7 +989,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     });
     let (domain, mem, recorded) = (r.domain, r.mem.take(), r.config.take());
     drop(mem);
-    for n in notes {
+    for n in notes.into_iter().chain(std::mem::take(&mut r.rounds)) {
         note(env, &n);
     }
     let (d, summary) = match (read, domain) {
@@ -1213,7 +1260,16 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
     .map_err(|e| format!("port {port}: {}", os_error(&e)))?;
     let from = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
     let start = hv.now();
-    let mut r = Restorer { hv: &mut *hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None };
+    let mut r = Restorer {
+        hv: &mut *hv,
+        host_vendor,
+        domain: None,
+        mem: None,
+        rounds: Vec::new(),
+        config: None,
+        tsc_rule: crate::save::TscRule::GoOn,
+        tsc_offset: None,
+    };
     let mut reader = BufReader::with_capacity(1 << 20, &conn);
     let read = crate::save::read_stream(&mut reader, &mut r, |_, _| {});
     let (domain, mem, rounds, recorded) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take());

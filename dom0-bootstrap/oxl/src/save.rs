@@ -189,6 +189,49 @@ impl Batcher {
     }
 }
 
+/// How a loaded vCPU's TSC relates to the one it was saved with (the stream
+/// holds the guest's TSC when taken and its offset from that host's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TscRule {
+    /// `oxl migrate-receive`: the guest's TSC goes on from the value it had
+    /// when its state was taken on the other host, whose TSC is unrelated to
+    /// this one's (the moments of the handshake do not count for it).
+    GoOn,
+    /// `oxl restore`: the saved offset (on the host that saved it, the guest's
+    /// TSC advances by the time it spent saved, as for a pause), unless that
+    /// would turn its TSC back (a file from another host): then as `GoOn`.
+    NeverBack,
+}
+
+/// The TSC offset (guest = host + offset, modulo 2^64) a state taken at
+/// guest TSC `saved_tsc` with `saved_offset` loads with when this host's TSC
+/// reads `host_tsc`.
+pub fn tsc_offset_for(rule: TscRule, saved_tsc: u64, saved_offset: u64, host_tsc: u64) -> u64 {
+    let go_on = saved_tsc.wrapping_sub(host_tsc);
+    match rule {
+        TscRule::GoOn => go_on,
+        TscRule::NeverBack if host_tsc.wrapping_add(saved_offset) >= saved_tsc => saved_offset,
+        TscRule::NeverBack => go_on,
+    }
+}
+
+/// A `vcpu_snapshot` encoding with its TSC offset replaced by `offset`.
+pub fn with_tsc_offset(state: &[u8], offset: u64) -> Result<Vec<u8>, String> {
+    use oxen_abi::vcpu_snapshot::VcpuStateRecord;
+    let mut r = VcpuStateRecord::decode(state).map_err(|e| format!("a vCPU state in the stream: {}", e.describe()))?;
+    r.tsc[2] = offset;
+    let mut out = vec![0u8; r.encoded_len()];
+    let n = r.encode(&mut out).ok_or("a vCPU state did not encode again")?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The guest's TSC when the state was taken and its offset then.
+pub fn saved_tsc(state: &[u8]) -> Result<(u64, u64), String> {
+    let r = oxen_abi::vcpu_snapshot::VcpuStateRecord::decode(state).map_err(|e| format!("a vCPU state in the stream: {}", e.describe()))?;
+    Ok((r.tsc[0], r.tsc[2]))
+}
+
 /// Why reading a stream failed.
 #[derive(Debug)]
 pub enum ReadError {
@@ -401,6 +444,39 @@ mod tests {
         assert!(t.mem.as_ref().unwrap().0 == mem.0, "memory differs");
         assert_eq!(t.vcpus, [(0, b"vcpu0-state".to_vec()), (1, b"vcpu1".to_vec())]);
         assert_eq!(t.platform, b"OXPS...");
+    }
+
+    #[test]
+    fn a_loaded_tsc_goes_on_or_never_goes_back() {
+        // Saved at guest TSC 1000 with offset 0 on a host whose TSC read 1000.
+        // Migrated to a host whose TSC reads 300 (up for less time): on from 1000.
+        assert_eq!(300u64.wrapping_add(tsc_offset_for(TscRule::GoOn, 1000, 0, 300)), 1000);
+        // ... or 5000 (up longer): on from 1000 too, not from 5000.
+        assert_eq!(5000u64.wrapping_add(tsc_offset_for(TscRule::GoOn, 1000, 0, 5000)), 1000);
+        // Restored on the host that saved it, later: its offset, time passed.
+        assert_eq!(tsc_offset_for(TscRule::NeverBack, 1000, 0, 1800), 0);
+        assert_eq!(tsc_offset_for(TscRule::NeverBack, 1000, 200, 900), 200);
+        // A file from a host up longer: not back, on from the saved value.
+        assert_eq!(300u64.wrapping_add(tsc_offset_for(TscRule::NeverBack, 1000, 0, 300)), 1000);
+        // A negative offset (the guest behind the host) survives.
+        let behind = 0u64.wrapping_sub(100);
+        assert_eq!(tsc_offset_for(TscRule::NeverBack, 900, behind, 1500), behind);
+    }
+
+    #[test]
+    fn a_states_tsc_offset_is_replaced_and_nothing_else() {
+        use oxen_abi::vcpu_snapshot::VcpuStateRecord;
+        let xsave = [0u8; 512];
+        let r = VcpuStateRecord { tsc: [123, 2_000_000_000, 0], xsave: &xsave, xcr0: 1, ..Default::default() };
+        let mut bytes = vec![0u8; r.encoded_len()];
+        let n = r.encode(&mut bytes).unwrap();
+        bytes.truncate(n);
+        assert_eq!(saved_tsc(&bytes), Ok((123, 0)));
+        let out = with_tsc_offset(&bytes, 77).unwrap();
+        let back = VcpuStateRecord::decode(&out).unwrap();
+        assert_eq!(back.tsc, [123, 2_000_000_000, 77]);
+        assert_eq!(VcpuStateRecord { tsc: r.tsc, ..back }, r);
+        assert!(with_tsc_offset(b"garbage", 1).unwrap_err().starts_with("a vCPU state in the stream"));
     }
 
     #[test]

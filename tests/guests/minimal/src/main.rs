@@ -7,6 +7,7 @@
 //! - `mode=spin`: a busy loop with interrupts on, `minimal: spin N (L loops in M ms)`
 //! - `mode=spin-cli`: the same with interrupts off, never blocking
 //! - `ignore_shutdown`: never act on control requests (says so once per request)
+//! - `show_tsc`: `minimal: tick N tsc T`, the TSC read at the tick (migration tests)
 //! - `flood=BYTES`: first writes BYTES bytes without a newline, as fast as it
 //!   can in `CONSOLE_WRITE_MAX` pieces, ending in `FLOOD-END-MARKER`; then
 //!   `minimal: flood done, R x BYTES bytes in N ms` and the chosen mode (for
@@ -56,6 +57,7 @@ fn guest_main(info: &'static StartInfo) -> ! {
             ("mode", Some("spin-cli")) => mode = Mode::SpinCli,
             ("mode", Some(v)) => println!("minimal: warning: unknown mode '{v}' (tick, spin, spin-cli)"),
             ("ignore_shutdown", None) => config.ignore_requests = true,
+            ("show_tsc", None) => config.show_tsc = true,
             ("flood", Some(v)) => match cmdline::parse_u64(v) {
                 Some(n) => flood = n,
                 None => println!("minimal: warning: bad flood size '{v}', no flood"),

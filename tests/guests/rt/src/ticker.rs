@@ -14,11 +14,14 @@ pub struct Config {
     pub interval_ms: u64,
     /// Never act on POWEROFF or REBOOT (to test the hypervisor's timeout).
     pub ignore_requests: bool,
+    /// Put the TSC at each tick on its line (`tick N tsc T`): a migration's
+    /// test sees the guest's TSC go on across hosts.
+    pub show_tsc: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { interval_ms: 1000, ignore_requests: false }
+        Self { interval_ms: 1000, ignore_requests: false, show_tsc: false }
     }
 }
 
@@ -83,7 +86,11 @@ pub fn tick(config: Config) -> ! {
             }
         }
         n += 1;
-        println!("{}: tick {n}", crate::name());
+        if config.show_tsc {
+            println!("{}: tick {n} tsc {}", crate::name(), rdtsc());
+        } else {
+            println!("{}: tick {n}", crate::name());
+        }
         deadline = deadline.wrapping_add(period);
         // After a long pause (the domain was paused), tick on from now rather
         // than in a burst.
