@@ -127,7 +127,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct TestArgs {
-    /// Run only the system tests whose name contains this (host unit tests are then skipped).
+    /// Run only the system tests whose name contains this, or any of several
+    /// separated by commas (host unit tests are then skipped).
     #[arg(long)]
     filter: Option<String>,
     /// Skip the host unit tests.
@@ -250,7 +251,7 @@ fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
 fn test(args: TestArgs) -> Result<ExitCode> {
     let mut tests = systest::load(&util::repo_root().join(&args.manifest))?;
     if let Some(f) = &args.filter {
-        tests.retain(|t| t.name.contains(f.as_str()));
+        tests.retain(|t| f.split(',').any(|part| !part.is_empty() && t.name.contains(part)));
         if tests.is_empty() {
             bail!("no system test name contains {f:?} (see `cargo xtask test --list`)");
         }
