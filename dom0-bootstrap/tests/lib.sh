@@ -46,3 +46,23 @@ share_ratio() {
     p0=$(cpu_pair "$1" "$2"); sleep "$3"; p1=$(cpu_pair "$1" "$2")
     echo "$p0 $p1" | awk '{ a = ($3 - $1) / 1e9; b = ($4 - $2) / 1e9; printf "%.3f %.3f %.3f\n", a, b, (a > 0 ? b / a : 0) }'
 }
+# A Linux domU (linux.cfg's rcS) is at its shell: its banner, then a prompt.
+linux_booted() { oxl console --dump "$1" 2>/dev/null | grep -q "Oxen domU: Linux .* on .* CPU(s)" && oxl console --dump "$1" | tail -n 3 | grep -q 'domU:.*# '; }
+# The "COUNT n" counter of linux-save.sh and migrate-*.sh, run in a Linux
+# domU's console shell: (i=0; while :; do i=$((i + 1)); echo "COUNT $i"; usleep 100000; done) &
+# counts FILE: the counter's values in FILE (a console dump), one a line, from
+# whole lines only: the first line may be the end of one the ring no longer
+# holds whole, and a last line without its newline may still be growing. A
+# value may follow the shell's prompt on its line ("domU:~# ESC[6nCOUNT 2"):
+# the prompt of the command that started the counter can come after its
+# first value.
+counts() {
+    tr -d '\r' < "$1" > /tmp/counts.lines
+    [ -n "$(tail -c 1 /tmp/counts.lines)" ] && sed -i '$d' /tmp/counts.lines
+    sed -n 's/^\(.*# .*\)\{0,1\}COUNT \([0-9][0-9]*\)$/\2/p' /tmp/counts.lines
+}
+# consecutive: stdin's numbers each the one before plus 1 (and some there).
+consecutive() {
+    awk 'NR > 1 && $1 != prev + 1 { print "counter: " prev " then " $1; bad = 1 } { prev = $1; n++ }
+         END { exit bad || n < 2 }'
+}

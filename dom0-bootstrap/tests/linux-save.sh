@@ -39,22 +39,6 @@ got() { oxl console --dump "$dom" > "$out" 2>&1; [ -n "$(answer "$1")" ]; }
 ask_for() { ask "$2"; wait_for 120 got "$1"; }
 booted() { oxl console --dump "$dom" 2>/dev/null | grep -q "Oxen domU: Linux .* on 2 CPU(s)" && oxl console --dump "$dom" | tail -n 3 | grep -q 'domU:.*# '; }
 at() { echo "linux-save: $1 at $(cut -d ' ' -f 1 /proc/uptime) s"; }
-# counts FILE: the counter's values in FILE (a console dump), one a line, from
-# whole lines only: the first line may be the end of one the ring no longer
-# holds whole, and a last line without its newline may still be growing. A
-# value may follow the shell's prompt on its line ("domU:~# ESC[6nCOUNT 2"):
-# the prompt of the command that started the counter can come after its
-# first value.
-counts() {
-    tr -d '\r' < "$1" > /tmp/linux-save.lines
-    [ -n "$(tail -c 1 /tmp/linux-save.lines)" ] && sed -i '$d' /tmp/linux-save.lines
-    sed -n 's/^\(.*# .*\)\{0,1\}COUNT \([0-9][0-9]*\)$/\2/p' /tmp/linux-save.lines
-}
-# consecutive: stdin's numbers each the one before plus 1 (and some there).
-consecutive() {
-    awk 'NR > 1 && $1 != prev + 1 { print "linux-save: " prev " then " $1; bad = 1 } { prev = $1; n++ }
-         END { exit bad || n < 2 }'
-}
 last_count() { oxl console --dump "$dom" > /tmp/linux-save.now; counts /tmp/linux-save.now | tail -n 1; }
 counted_past() { local c; c=$(last_count); [ -n "$c" ] && [ "$c" -gt "$1" ]; }
 

@@ -1,10 +1,24 @@
 #!/bin/sh
 # Shared by migrate-source.sh and migrate-target.sh (sourced): the two dom0s
 # of `dom0-migrate-svm`, hosts A (10.0.3.1, the test's machine) and B
-# (10.0.3.2, its peer), joined by a wire. They tell each other a tick number
+# (10.0.3.2, its peer), joined by a wire. The domU, mig, is minimal.elf
+# with show_tsc: each line is `minimal: tick N tsc T`, T its TSC at the tick.
+# The hosts tell each other the last line the domain printed before it left,
 # over TCP port 8003 (busybox nc).
 . /usr/lib/oxen/tests/lib.sh
-first_tick() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' | head -n 1; }
+# The first "N T" of DOM's console ring.
+first_tick_tsc() { oxl console --dump "$1" | sed -n 's/.*minimal: tick \([0-9]*\) tsc \([0-9]*\).*/\1 \2/p' | head -n 1; }
+# The config it runs with (carried in the stream to the other host).
+cat > /tmp/mig.cfg <<'CFG'
+name = "mig"
+memory = 16
+vcpus = 1
+kernel = "/usr/lib/oxen/guests/minimal.elf"
+extra = "interval_ms=500 show_tsc"
+on_poweroff = "destroy"
+on_reboot = "restart"
+on_crash = "destroy"
+CFG
 settled() { [ "$(free_kib)" = "$free0" ]; }
 
 # follow DOM FILE: copies DOM's console into FILE until the domain ends here
@@ -18,12 +32,13 @@ follow() {
 }
 unfollow() { exec 9>&-; }
 
-# migrate_to DOM HOST: oxl migrate, tried again while the other host's
-# receiver is not listening yet (at most 120 s); its output in /tmp/migrate.out.
+# migrate_to [OPTION...] DOM HOST: oxl migrate, tried again while the other
+# host's receiver is not listening yet (at most 120 s); its output in
+# /tmp/migrate.out.
 migrate_to() {
     local left=120
     while :; do
-        oxl migrate "$1" "$2" > /tmp/migrate.out 2>&1 && { cat /tmp/migrate.out; return 0; }
+        oxl migrate "$@" > /tmp/migrate.out 2>&1 && { cat /tmp/migrate.out; return 0; }
         grep -q "cannot connect" /tmp/migrate.out && [ "$left" -gt 0 ] || { cat /tmp/migrate.out; return 1; }
         sleep 1
         left=$((left - 1))
@@ -39,21 +54,55 @@ tell() {
         left=$((left - 1))
     done
 }
-# hear: what the other host tells (waits up to 600 s).
+# hear: what the other host tells (waits up to 600 s); hear_file FILE: all of it into FILE.
 hear() { timeout 600 nc -l -p 8003 | head -n 1; }
+hear_file() { timeout 600 nc -l -p 8003 > "$1"; }
+# tell_file HOST FILE: sends FILE to HOST's hear_file (tried for 120 s).
+tell_file() {
+    local left=120
+    until nc "$1" 8003 < "$2" 2>/dev/null; do
+        [ "$left" -gt 0 ] || return 1
+        sleep 1
+        left=$((left - 1))
+    done
+}
+
+# The Linux domU of the second part: linux.cfg's (2 vCPUs, 128 MiB, its root
+# in its RAM) as lmig, its console quiet but for the shell and a counter.
+lmig=lmig
+sed -e "s/^name = .*/name = \"$lmig\"/" \
+    -e "s/^extra = .*/extra = \"console=ttyS0,115200 8250.nr_uarts=1 quiet\"/" \
+    "$(linux_cfg)" > /tmp/$lmig.cfg
+out=/tmp/lmig.out
+# ask CMD: types CMD into lmig's console; what came back in $out.
+ask() { printf '%s\n' "$1" | oxl console "$lmig" > "$out" 2>&1; }
+answer() { tr -d '\r' < "$out" | sed -n "s/.*$1 \([^ ]*\) END.*/\1/p" | tail -n 1; }
+got() { oxl console --dump "$lmig" > "$out" 2>&1; [ -n "$(answer "$1")" ]; }
+ask_for() { ask "$2"; wait_for 120 got "$1"; }
+last_count() { oxl console --dump "$lmig" > /tmp/lmig.now; counts /tmp/lmig.now | tail -n 1; }
+counted_past() { local c; c=$(last_count); [ -n "$c" ] && [ "$c" -gt "$1" ]; }
 
 # arrived ROLE DOM FROM: DOM came from host FROM, which tells the last tick it
-# printed there; DOM's first tick here must be the next (none repeated or
-# skipped), then it ticks on.
+# printed there and its TSC then; DOM's first tick here must be the next (none
+# repeated or skipped), its TSC after the last one's by about one interval:
+# the guest's TSC goes on from where it was, whatever this host's TSC reads
+# (the two machines booted at different times); then it ticks on.
 arrived() {
-    local role=$1 dom=$2 from=$3 last first
+    local role=$1 dom=$2 from=$3 last last_tsc first first_tsc khz gap_ms
     check "$role: $dom runs here" "state $(field "$dom" 5)" wait_for 10 running "$dom"
-    last=$(hear)
+    set -- $(hear)
+    last=$1 last_tsc=$2
     check "$role: it ticks here" "no tick" wait_for 20 ticked_past "$dom" 0
-    first=$(first_tick "$dom")
-    echo "$role: $dom's last tick on $from: $last, its first here: $first"
+    set -- $(first_tick_tsc "$dom")
+    first=$1 first_tsc=$2
+    echo "$role: $dom's last tick on $from: $last (tsc $last_tsc), its first here: $first (tsc $first_tsc)"
     next() { [ -n "$last" ] && [ -n "$first" ] && [ "$first" -eq $((last + 1)) ]; }
     check "$role: its counter goes on across the migration (no tick repeated or skipped)" "first tick $first after $last" next
+    khz=$(oxl info --json | sed -n 's/.*"tsc_khz": *\([0-9]*\).*/\1/p')
+    gap_ms=$(( (${first_tsc:-0} - ${last_tsc:-0}) / ${khz:-1} ))
+    echo "$role: the guest's TSC went on $gap_ms ms from its last tick on $from to its first here (interval 500 ms)"
+    tsc_on() { [ -n "$first_tsc" ] && [ -n "$last_tsc" ] && [ "$first_tsc" -gt "$last_tsc" ] && [ "$gap_ms" -le 1000 ]; }
+    check "$role: its TSC goes on from the other host's (one interval on, not back)" "$gap_ms ms" tsc_on
     check "$role: it keeps ticking" "no tick past $((first + 2))" wait_for 20 ticked_past "$dom" $((first + 2))
 }
 running() { [ "$(field "$1" 5)" = "running" ]; }
@@ -66,7 +115,7 @@ left() {
     check "$role: memory back here" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
     unfollow
     wait_for 10 gone_follow
-    last=$(sed -n 's/.*minimal: tick \([0-9]*\).*/\1/p' /tmp/follow.out | tail -n 1)
+    last=$(sed -n 's/.*minimal: tick \([0-9]*\) tsc \([0-9]*\).*/\1 \2/p' /tmp/follow.out | tail -n 1)
     echo "$role: $dom's last tick here: $last"
     check "$role: told $to the last tick" "nc to $to:8003 failed" tell "$to" "$last"
 }

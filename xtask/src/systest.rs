@@ -167,7 +167,9 @@ pub struct TestDef {
     /// QEMU only: a second machine booted beside this one, as like it as the
     /// test allows (the same ISO but for dom0's arguments), the two NICs wired
     /// to each other (`emu::Link`) instead of QEMU's user network: two Oxen
-    /// hosts, for migrations. It runs until this one ends (or its own `done`).
+    /// hosts, for migrations. It is stopped when this one fails; when this one
+    /// ends with its expectations met, it runs on to its own `done` (if it has
+    /// one) or timeout.
     pub peer: Option<PeerDef>,
 }
 
@@ -182,7 +184,8 @@ pub struct PeerDef {
     /// test's `forbid` patterns apply to it too.
     #[serde(default)]
     pub expect: Vec<String>,
-    /// Ends the peer's run early when a line matches.
+    /// Ends the peer's run when a line matches; the test's machine having
+    /// ended well, the peer runs on until then (or its timeout).
     pub done: Option<String>,
 }
 
@@ -592,9 +595,15 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
         },
     };
     let boot = boot_and_watch_with(&machine, &dir, media, t.timeout, &t.watch);
-    // The peer ends with the test's machine (if it has not ended by itself).
+    // The peer ends with the test's machine, unless that one reached its end
+    // with its expectations met and the peer has a `done` of its own: then
+    // the peer runs on to it (or to its timeout), as its checks may come
+    // after the test machine's.
+    let main_ended = matches!(&boot, Ok(b) if matches!(b.ending, Ending::Done | Ending::Halted) && check(t, &b.serial).is_empty());
     let peer_boot = peer_run.map(|r| {
-        r.stop.store(true, Ordering::SeqCst);
+        if !(main_ended && t.peer.as_ref().is_some_and(|p| p.done.is_some())) {
+            r.stop.store(true, Ordering::SeqCst);
+        }
         (r.thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("its thread panicked"))), r.dir)
     });
     let boot = match boot {

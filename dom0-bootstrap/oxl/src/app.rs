@@ -784,7 +784,7 @@ fn recorded_config(env: &Env, d: &DomainInfo, verb: &str) -> Result<String> {
         format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be {verb}", label(d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string()))
     })?;
     if env.state_dir.is_some_and(|dir| dm::Record::path(dir, d.domid).exists()) {
-        return Err(format!("domain {} has disks served by a device model, whose state cannot be {verb} yet (issue 12): 'oxl shutdown' it instead", label(d)).into());
+        return Err(format!("domain {} has disks or vifs served by a device model, whose state cannot be {verb} yet (issue 12): 'oxl shutdown' it instead", label(d)).into());
     }
     Ok(config)
 }
