@@ -1204,6 +1204,9 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
                 Ok(r) => format!("answered {r:?}"),
                 Err(e) => e,
             };
+            // Paused here for good unless the admin says otherwise: without
+            // the logging a migration left on.
+            let _ = hv::log_dirty(&mut *hv, d.domid, false);
             return Err(format!(
                 "the receiving host did not say whether it runs the domain ({why}); domain {} is left paused here: if it does not run on {host}, 'oxl unpause {}' here",
                 label(&d),
@@ -1302,6 +1305,8 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
     if let Err(e) = write_reply(&mut &conn, &Reply::Ready) {
         return Err(give_up(&mut *hv, Some(d), format!("could not answer: {}", os_error(&e))));
     }
+    // A sender that went silent (its host down) must not keep this one waiting.
+    let _ = conn.set_read_timeout(Some(MIGRATE_ANSWER));
     match read_reply(&mut reader) {
         Ok(Reply::Go) => {}
         Ok(r) => return Err(give_up(&mut *hv, Some(d), format!("the sender said {r:?} instead of GO; the domain stays there"))),

@@ -880,7 +880,6 @@ fn clock_now(tsc_offset: u64) -> ClockNow {
     }
 }
 
-
 impl PortBus for VcpuEnv<'_> {
     fn read(&mut self, port: u16, size: u8) -> Option<u32> {
         self.platform.port_read(port, size)
