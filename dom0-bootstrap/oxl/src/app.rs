@@ -861,7 +861,12 @@ struct Restorer<'h> {
     tsc_offset: Option<u64>,
 }
 
-impl Restorer<'_> {
+impl<'h> Restorer<'h> {
+    /// Nothing made yet; `begin` makes the domain.
+    fn new(hv: &'h mut dyn Hypervisor, host_vendor: u32, tsc_rule: crate::save::TscRule) -> Self {
+        Self { hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None, tsc_rule, tsc_offset: None }
+    }
+
     /// Whose progress lines these are.
     fn verb(&self) -> &'static str {
         match self.tsc_rule {
@@ -969,16 +974,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let mut hv = connect(env)?;
     let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
-    let mut r = Restorer {
-        hv: &mut *hv,
-        host_vendor,
-        domain: None,
-        mem: None,
-        rounds: Vec::new(),
-        config: None,
-        tsc_rule: crate::save::TscRule::NeverBack,
-        tsc_offset: None,
-    };
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::NeverBack);
     let mut notes = Vec::new();
     let mut last = 0;
     let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
@@ -1263,16 +1259,7 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
     .map_err(|e| format!("port {port}: {}", os_error(&e)))?;
     let from = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
     let start = hv.now();
-    let mut r = Restorer {
-        hv: &mut *hv,
-        host_vendor,
-        domain: None,
-        mem: None,
-        rounds: Vec::new(),
-        config: None,
-        tsc_rule: crate::save::TscRule::GoOn,
-        tsc_offset: None,
-    };
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::GoOn);
     let mut reader = BufReader::with_capacity(1 << 20, &conn);
     let read = crate::save::read_stream(&mut reader, &mut r, |_, _| {});
     let (domain, mem, rounds, recorded) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take());
