@@ -726,6 +726,11 @@ impl CreditScheduler {
         Ok(self.make_runnable(vs, false, now))
     }
 
+    /// Whether `id` is a vCPU of the scheduler's (added and not removed).
+    pub fn has_vcpu(&self, id: VcpuId) -> bool {
+        self.vcpu_slot(id).is_ok()
+    }
+
     pub fn vcpu_info(&self, id: VcpuId, now: u64) -> Result<VcpuInfo, SchedError> {
         let vs = self.vcpu_slot(id)?;
         let v = self.vcpu(vs);

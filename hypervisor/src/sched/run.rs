@@ -254,11 +254,17 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
     for id in ids {
         let taken = VCPUS.lock().remove(&id);
         let Some(mut e) = taken else {
-            // Out of `VCPUS`: running elsewhere, or being polled by another
-            // CPU through a stale key of its own. In the second case this may
-            // be the vCPU's only real key: dropped, it would never be polled
-            // again. Looked at again shortly (a stale key is dropped then).
-            DUE.lock().insert((cpu, now + RETRY_NS, id));
+            // Out of `VCPUS`: running elsewhere, being polled by another CPU
+            // through a stale key of its own, or gone. In the second case this
+            // may be the vCPU's only real key: dropped, it would never be
+            // polled again, so it is looked at again shortly. A gone vCPU's
+            // key is dropped: kept, it would come due every `RETRY_NS` for
+            // good, and each domain destroyed while one of its vCPUs ran
+            // (`nudge` gives every CPU a key then) would add more, each
+            // cutting this CPU's guest runs to a millisecond.
+            if with_sched(|s, _| s.has_vcpu(id)).unwrap_or(false) {
+                DUE.lock().insert((cpu, now + RETRY_NS, id));
+            }
             continue;
         };
         if !e.blocked || e.watcher != cpu {
@@ -345,8 +351,12 @@ pub fn log_stats() {
     let (n, c) = (STATS.switches.load(Relaxed), STATS.switch_cycles.load(Relaxed));
     let (w, wns, wmax) = (STATS.wakeups.load(Relaxed), STATS.wakeup_ns.load(Relaxed), STATS.wakeup_max_ns.load(Relaxed));
     let (dn, dc) = (STATS.decisions.load(Relaxed), STATS.decision_cycles.load(Relaxed));
+    // Keys for vCPUs the scheduler no longer has come due at most once more.
+    let keys: Vec<VcpuId> = DUE.lock().iter().map(|k| k.2).collect();
+    let gone = keys.iter().filter(|&&id| !with_sched(|s, _| s.has_vcpu(id)).unwrap_or(false)).count();
+    let keys = keys.len();
     log::info!(
-        "sched: {n} vCPU switches, {} TSC cycles each from one guest's exit to the next one's entry; {w} wake-ups, {} us mean / {} us max from ready to running (sums: {c} TSC cycles, {wns} ns); {dn} decisions, {} TSC cycles each (sum {dc})",
+        "sched: {n} vCPU switches, {} TSC cycles each from one guest's exit to the next one's entry; {w} wake-ups, {} us mean / {} us max from ready to running (sums: {c} TSC cycles, {wns} ns); {dn} decisions, {} TSC cycles each (sum {dc}); {keys} poll keys, {gone} of them for gone vCPUs",
         c.checked_div(n).unwrap_or(0),
         wns.checked_div(w).unwrap_or(0) / 1000,
         wmax / 1000,
