@@ -88,6 +88,7 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
     });
 
     files.extend(crate::guests::collect()?);
+    files.extend(saved_on_each_vendor()?);
 
     // The shell scripts system tests run in dom0 (dom0-bootstrap/tests/).
     let dir = crate::util::repo_root().join("dom0-bootstrap/tests");
@@ -106,4 +107,72 @@ pub fn collect(release: &str) -> Result<Vec<ExtraFile>> {
         });
     }
     Ok(files)
+}
+
+/// The opening of a save file from each vendor, `saved-on-intel.save` and
+/// `saved-on-amd.save` in dom0's tests folder: `oxl restore` decides whether
+/// a file can load here from its header, config and CPUID records, so these
+/// let save.sh show that a file from the other vendor is refused on whichever
+/// vendor it runs. Written with the stream's own encoder (`oxen_abi::save_stream`)
+/// for minimal-1's config; leaf 0 names the vendor as that CPU's would.
+fn saved_on_each_vendor() -> Result<Vec<ExtraFile>> {
+    let path = crate::util::repo_root().join("dom0-bootstrap/domains/minimal-1.cfg");
+    let config = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok([("intel", oxen_abi::save_stream::vendor::INTEL), ("amd", oxen_abi::save_stream::vendor::AMD)]
+        .into_iter()
+        .map(|(name, vendor)| ExtraFile {
+            dest: format!("usr/lib/oxen/tests/saved-on-{name}.save"),
+            mode: 0o644,
+            bytes: save_stream_opening(vendor, &config),
+        })
+        .collect())
+}
+
+/// A save stream's header (16 MiB, 1 vCPU, a 2 GHz TSC), then `CONFIG` and
+/// `CPUID` records: what a reader has when it checks compatibility.
+fn save_stream_opening(vendor: u32, config: &str) -> Vec<u8> {
+    use oxen_abi::save_stream::{kind, vendor as v, CpuidEntry, RecordHeader, StreamHeader};
+    let header = StreamHeader { flags: 0, abi_version: oxen_abi::ABI_VERSION, vendor, memory_mib: 16, vcpus: 1, tsc_hz: 2_000_000_000 };
+    let name: &[u8; 12] = if vendor == v::INTEL { b"GenuineIntel" } else { b"AuthenticAMD" };
+    let word = |i: usize| u32::from_le_bytes([name[i], name[i + 1], name[i + 2], name[i + 3]]);
+    // CPUID 0: the highest leaf in EAX, the vendor in EBX, EDX, ECX.
+    let leaf0 = CpuidEntry { leaf: 0, subleaf: 0, regs: [0xd, word(0), word(8), word(4)] };
+    let mut out = header.encode().to_vec();
+    for (k, payload) in [(kind::CONFIG, config.as_bytes().to_vec()), (kind::CPUID, leaf0.encode().to_vec())] {
+        let rh = RecordHeader::of(k, &payload);
+        out.extend_from_slice(&rh.encode());
+        out.extend_from_slice(&payload);
+        out.resize(out.len() + rh.padding(), 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxen_abi::save_stream::{kind, vendor, CpuidEntry, RecordHeader, StreamHeader, HEADER_LEN, RECORD_HEADER_LEN};
+
+    #[test]
+    fn the_other_vendors_opening_reads_back_as_written() {
+        for v in [vendor::INTEL, vendor::AMD] {
+            let b = save_stream_opening(v, "name = \"m\"\n");
+            let h = StreamHeader::decode(&b).expect("header");
+            assert_eq!((h.vendor, h.memory_mib, h.vcpus), (v, 16, 1));
+            let mut at = HEADER_LEN;
+            let mut kinds = Vec::new();
+            while at < b.len() {
+                let rh = RecordHeader::decode(b[at..at + RECORD_HEADER_LEN].try_into().unwrap()).expect("record header");
+                let payload = &b[at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + rh.len as usize];
+                rh.check(payload).expect("its CRC");
+                if rh.kind == kind::CPUID {
+                    let e: Vec<CpuidEntry> = CpuidEntry::decode_all(payload).unwrap().collect();
+                    let id: Vec<u8> = [e[0].regs[1], e[0].regs[3], e[0].regs[2]].iter().flat_map(|r| r.to_le_bytes()).collect();
+                    assert_eq!(&id, if v == vendor::INTEL { b"GenuineIntel" } else { b"AuthenticAMD" });
+                }
+                kinds.push(rh.kind);
+                at += RECORD_HEADER_LEN + rh.len as usize + rh.padding();
+            }
+            assert_eq!(kinds, [kind::CONFIG, kind::CPUID]);
+        }
+    }
 }

@@ -893,7 +893,7 @@ impl crate::save::Loader for Restorer<'_> {
         let here = if self.host_vendor == 0 { vendor::INTEL } else { vendor::AMD };
         if h.vendor != here {
             let name = |v| if v == vendor::INTEL { "Intel VT-x" } else { "AMD-V" };
-            return Err(format!("the domain was saved on {}, this host has {}: its vCPU state cannot be loaded here", name(h.vendor), name(here)));
+            return Err(format!("the domain was saved on {}, this host has {}: its vCPU state loads only on an {} host", name(h.vendor), name(here), name(h.vendor)));
         }
         let (from, text) = match config.split_once('\n') {
             Some((first, rest)) if first.starts_with(CONFIG_FROM) => (std::path::PathBuf::from(&first[CONFIG_FROM.len()..]), rest),
@@ -910,7 +910,11 @@ impl crate::save::Loader for Restorer<'_> {
         let host = hv::phys_info(self.hv).map_err(|e| call_failed("read the host's state", e))?;
         let want_kib = u64::from(h.memory_mib) * 1024;
         if host.free_kib < want_kib {
-            return Err(format!("the domain needs {} MiB, the host has {} MiB free", h.memory_mib, host.free_kib / 1024));
+            return Err(format!(
+                "the domain needs {} MiB but the hypervisor has {} MiB free (see 'oxl info'): destroy a domain to make room",
+                h.memory_mib,
+                host.free_kib / 1024
+            ));
         }
         let sched = cfg.sched(&file, host.cpus).map_err(|e| e.to_string())?;
         if let Some(d) = cfg.disks.first() {
