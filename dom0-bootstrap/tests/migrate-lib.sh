@@ -120,3 +120,54 @@ left() {
     check "$role: told $to the last tick" "nc to $to:8003 failed" tell "$to" "$last"
 }
 gone_follow() { ! pgrep -f "oxl console" > /dev/null; }
+
+# must ROLE NAME COMMAND...: check NAME; if COMMAND failed, ROLE's script ends
+# here (what follows needs it).
+must() {
+    local role=$1 name=$2
+    shift 2
+    "$@" && { ok "$role: $name"; return 0; }
+    bad "$role: $name" "see above"
+    echo "$role: done, $failed failed"
+    exit 1
+}
+
+# linux_left ROLE TO: lmig was migrated away to TO: gone here, memory back,
+# and TO sent the end of its console here (its last COUNT lines).
+linux_left() {
+    local role=$1 to=$2
+    check "$role: $lmig is gone here" "still listed" gone "$lmig"
+    check "$role: memory back after $lmig left" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
+    unfollow
+    wait_for 10 gone_follow
+    tail -c 600 /tmp/follow.out > /tmp/follow.tail
+    check "$role: sent $to the end of its console" "nc to $to:8003 failed" tell_file "$to" /tmp/follow.tail
+}
+
+# linux_arrived ROLE FROM: lmig came from FROM, which sends the end of its
+# console: its counter goes on here from FROM's last value, none repeated or
+# skipped across the move (FROM's tail joined to this ring), and its shell
+# answers.
+linux_arrived() {
+    local role=$1 from=$2 c
+    check "$role: $lmig runs here" "state $(field "$lmig" 5)" wait_for 10 running "$lmig"
+    hear_file /tmp/from.tail
+    c=$(counts /tmp/from.tail | tail -n 1)
+    check "$role: its counter goes on here" "no COUNT past ${c:-?}" wait_for 30 counted_past "${c:-0}"
+    oxl console --dump "$lmig" > /tmp/here.ring
+    cat /tmp/from.tail /tmp/here.ring > /tmp/joined
+    counts /tmp/joined > /tmp/joined.seq
+    echo "$role: COUNT $(head -n 1 /tmp/joined.seq) to $(tail -n 1 /tmp/joined.seq) across the move ($c the last on $from)"
+    check "$role: its counter goes on across the move, none repeated or skipped" "see the lines above" consecutive < /tmp/joined.seq
+    check "$role: the value after $from's last is here" "no $((c + 1))" grep -qx "$((c + 1))" /tmp/joined.seq
+    check "$role: its shell answers" "no answer" ask_for DATE 'echo "DATE $(date +%s) END"'
+}
+
+# receive: oxl migrate-receive (waits up to 900 s for a sender), its output shown.
+receive() {
+    local s
+    oxl migrate-receive --timeout 900 > /tmp/recv.out 2>&1
+    s=$?
+    cat /tmp/recv.out
+    return $s
+}

@@ -54,6 +54,7 @@ pub mod net;
 pub mod oxen;
 pub mod serve;
 pub mod spec;
+pub mod state;
 pub mod tap;
 pub mod warden;
 
