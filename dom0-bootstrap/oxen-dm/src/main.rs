@@ -134,6 +134,16 @@ fn take_ready_fd(fd: i32) -> Result<File, String> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// The device states of `--resume PATH`: one for each of the `devices` devices.
+fn read_states(path: &std::path::Path, devices: usize) -> Result<Vec<oxen_dm::mmio::TransportState>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("--resume {}: {}", path.display(), describe(&e)))?;
+    let states = oxen_dm::state::decode_set(&bytes).map_err(|e| format!("--resume {}: {e}", path.display()))?;
+    if states.len() != devices {
+        return Err(format!("--resume {}: {} device states for {devices} devices", path.display(), states.len()));
+    }
+    Ok(states)
+}
+
 fn run(args: &Args, label: &str) -> Result<(), String> {
     let ready = args.ready_fd.map(take_ready_fd).transpose()?;
     // Blocked before anything is set up, so a stop during setup is taken by the loop's poll.
@@ -170,6 +180,16 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         );
         taps.push((spec.clone(), ifname, tap));
     }
+
+    // A restore's saved device states, checked before anything is registered.
+    let saved = match &args.resume {
+        Some(path) => {
+            let states = read_states(path, opened.len() + taps.len())?;
+            eprintln!("{label}resuming {} device(s) from {}", states.len(), path.display());
+            Some(states)
+        }
+        None => None,
+    };
 
     let dev = oxen::open_device().map_err(|e| {
         format!("cannot open {}: {} (dom0 under Oxen, as root)", oxen_abi::DEVICE_PATH, describe(&e))
@@ -216,21 +236,29 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         .map_err(|e| format!("the domain's {} MiB of RAM: {e}", ram_bytes >> 20))?;
     let mem = Arc::new(mem);
 
+    // A restored domain's devices go on from their saved state, read only now: `resume` reads
+    // each queue's position from the guest's memory, which oxl restored before starting us.
+    let mut resumed = saved.map(Vec::into_iter);
+    let mut transport = |device: Box<dyn oxen_dm::VirtioDevice>, name: &str| match resumed.as_mut().and_then(Iterator::next) {
+        Some(state) => MmioTransport::resume(device, Arc::clone(&mem), &state)
+            .map_err(|e| format!("{name}: cannot go on from its saved state: {e:?}")),
+        None => MmioTransport::new(device, Arc::clone(&mem)).map_err(|e| format!("{name}: {e:?}")),
+    };
     let mut disks = Vec::new();
     for (spec, block, sync) in opened {
         let stats = block.stats();
-        let t = MmioTransport::new(Box::new(block), Arc::clone(&mem))
-            .map_err(|e| format!("{}: {e:?}", spec.vdev))?;
+        let t = transport(Box::new(block), &spec.vdev)?;
         disks.push(Disk::new(spec, t, stats, sync));
     }
     let mut nics = Vec::new();
     for (spec, ifname, tap) in taps {
         let net = Net::new(Box::new(tap), spec.mac);
         let stats = net.stats();
-        let t = MmioTransport::new(Box::new(net), Arc::clone(&mem)).map_err(|e| format!("{ifname}: {e:?}"))?;
+        let t = transport(Box::new(net), &ifname)?;
         nics.push(Nic::new(spec, ifname, t, stats));
     }
-    let mut router = Router::new(disks, label.to_owned()).with_nics(nics).publishing_to(area);
+    let mut router =
+        Router::new(disks, label.to_owned()).with_nics(nics).publishing_to(area).saving_to(args.state_file.clone());
     router.publish();
     teller.tell(SERVING).map_err(|e| format!("the warden's pipe: {}", describe(&e)))?;
 

@@ -124,8 +124,9 @@ impl Ioreq {
     }
 }
 
-/// The stop signals as a descriptor: SIGTERM and SIGINT are blocked (from the call on) and read
-/// from it, so the loop's `poll` sees them.
+/// The loop's signals as a descriptor: SIGTERM and SIGINT (stop), and `serve::SIG_FREEZE` and
+/// `serve::SIG_THAW` (oxl save) are blocked (from the call on) and read from it, so the loop's
+/// `poll` sees them.
 pub fn stop_signals() -> io::Result<OwnedFd> {
     // SAFETY: a zeroed sigset_t is a valid argument to sigemptyset, which initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -134,6 +135,8 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, crate::serve::SIG_FREEZE);
+        libc::sigaddset(&mut set, crate::serve::SIG_THAW);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -160,9 +163,37 @@ impl Oxen {
     pub fn new(dev: File, ioreq: Ioreq, signals: OwnedFd, domid: u32) -> Self {
         Self { dev, ioreq, signals, domid, polls: Vec::new() }
     }
+
+    /// The signal the descriptor has (readable): its number, or SIGTERM if the read fails.
+    fn read_signal(&self) -> i32 {
+        // SAFETY: a zeroed signalfd_siginfo is valid; read fills at most its size.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        // SAFETY: reads into `info`, which is that many bytes.
+        let r = unsafe { libc::read(self.signals.as_raw_fd(), (&raw mut info).cast(), size_of::<libc::signalfd_siginfo>()) };
+        if r == size_of::<libc::signalfd_siginfo>() as isize {
+            info.ssi_signo as i32
+        } else {
+            libc::SIGTERM
+        }
+    }
 }
 
 impl Host for Oxen {
+    fn wait_signal(&mut self, timeout: Duration) -> io::Result<Wake> {
+        let mut p = libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(Wake::Timeout) } else { Err(e) };
+        }
+        if p.revents & libc::POLLIN == 0 {
+            return Ok(Wake::Timeout);
+        }
+        Ok(Wake::Signal(self.read_signal()))
+    }
+
     fn wait(&mut self, timeout: Duration, backends: &mut [Watch]) -> io::Result<Wake> {
         let fds = &mut self.polls;
         fds.clear();
@@ -177,14 +208,7 @@ impl Host for Oxen {
             return if e.kind() == io::ErrorKind::Interrupted { Ok(Wake::Timeout) } else { Err(e) };
         }
         if fds[1].revents & libc::POLLIN != 0 {
-            // SAFETY: a zeroed signalfd_siginfo is valid; read fills at most its size.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            // SAFETY: reads into `info`, which is that many bytes.
-            let r = unsafe {
-                libc::read(self.signals.as_raw_fd(), (&raw mut info).cast(), size_of::<libc::signalfd_siginfo>())
-            };
-            let sig = if r == size_of::<libc::signalfd_siginfo>() as isize { info.ssi_signo as i32 } else { libc::SIGTERM };
-            return Ok(Wake::Signal(sig));
+            return Ok(Wake::Signal(self.read_signal()));
         }
         // A backend in error (POLLERR, POLLHUP) counts as ready: its device finds out reading and
         // stops waiting on it, so it cannot keep the loop spinning.

@@ -25,6 +25,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +61,21 @@ pub struct Watch {
     pub ready: bool,
 }
 
+/// `oxl save` asks for the devices' state: [`run`] serves what waits, writes every device's
+/// [`TransportState`] to the router's state file ([`Router::save_states`]) and then serves nothing
+/// — takes no request, moves no frame, writes nothing to the guest's memory — until
+/// [`SIG_THAW`] or the domain's end. oxl pauses the domain first, so what the file says stays
+/// true while its memory is copied.
+pub const SIG_FREEZE: i32 = libc::SIGUSR1;
+/// Serving again after [`SIG_FREEZE`] (`oxl save -c`, or a save that failed).
+pub const SIG_THAW: i32 = libc::SIGUSR2;
+
 /// The device model's calls out: to the kernel (the ioreq fd, signals) and the hypervisor.
 pub trait Host {
+    /// Waits for a signal only (the loop is frozen: [`SIG_FREEZE`]) or `timeout`.
+    fn wait_signal(&mut self, timeout: Duration) -> io::Result<Wake> {
+        self.wait(timeout, &mut [])
+    }
     /// Waits until the ioreq fd or one of `backends` is readable, a stop signal comes, or
     /// `timeout` passes; sets `ready` on each backend that is readable.
     fn wait(&mut self, timeout: Duration, backends: &mut [Watch]) -> io::Result<Wake>;
@@ -155,6 +169,8 @@ pub struct Router {
     label: String,
     /// Where each device's state is published for the warden, and what was published last.
     area: Option<(Area, Vec<Option<TransportState>>)>,
+    /// Where [`SIG_FREEZE`] writes the devices' states (`--state-file`).
+    state_file: Option<PathBuf>,
 }
 
 /// A device's transport and line, whichever kind it is.
@@ -176,7 +192,29 @@ impl Router {
             watched: Vec::new(),
             label,
             area: None,
+            state_file: None,
         }
+    }
+
+    /// The router writing its devices' states to `path` when frozen ([`SIG_FREEZE`]).
+    pub fn saving_to(mut self, path: Option<PathBuf>) -> Self {
+        self.state_file = path;
+        self
+    }
+
+    /// Writes every device's state, disks then vifs, as a `crate::state` set to the state file
+    /// (a new file renamed over it, so a reader never sees half of one).
+    pub fn save_states(&self) -> io::Result<PathBuf> {
+        let path = self.state_file.as_ref().ok_or_else(|| io::Error::other("no --state-file was given"))?;
+        let transports = self.disks.iter().map(|d| &d.transport).chain(self.nics.iter().map(|n| &n.transport));
+        let states = transports
+            .map(|t| t.state().ok_or_else(|| io::Error::other("a device has more queues than a saved state holds")))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".new");
+        std::fs::write(&tmp, crate::state::encode_set(&states))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(path.clone())
     }
 
     /// The router publishing its devices' states to `area` (`crate::warden`), from the next
@@ -382,15 +420,44 @@ pub enum End {
 pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duration) -> io::Result<End> {
     let mut last_check = Instant::now();
     let mut restarts = None;
+    let mut frozen = false;
     loop {
-        router.collect_watch();
-        let wake = host.wait(tick, &mut router.watch)?;
-        if let Wake::Signal(sig) = wake {
-            return Ok(End::Signal(sig));
+        let wake = if frozen {
+            host.wait_signal(tick)?
+        } else {
+            router.collect_watch();
+            host.wait(tick, &mut router.watch)?
+        };
+        match wake {
+            Wake::Signal(SIG_FREEZE) => {
+                if !frozen {
+                    // What waits is served first: a vCPU paused inside an access is answered,
+                    // a notified queue processed, so nothing is in flight in the state.
+                    router.round(page, host);
+                    router.publish();
+                    frozen = true;
+                }
+                match router.save_states() {
+                    Ok(path) => eprintln!("{}frozen for a save: the devices' state is in {}", router.label, path.display()),
+                    Err(e) => eprintln!("{}frozen for a save, but writing the devices' state failed: {}", router.label, describe(&e)),
+                }
+                continue;
+            }
+            Wake::Signal(SIG_THAW) => {
+                if frozen {
+                    eprintln!("{}serving again", router.label);
+                }
+                frozen = false;
+                continue;
+            }
+            Wake::Signal(sig) => return Ok(End::Signal(sig)),
+            _ => {}
         }
         // Also on a timeout: a wake-up lost between the driver and us costs one tick at most.
-        router.round(page, host);
-        router.publish();
+        if !frozen {
+            router.round(page, host);
+            router.publish();
+        }
         if wake == Wake::Timeout || last_check.elapsed() >= tick {
             last_check = Instant::now();
             match host.domain_info() {

@@ -42,6 +42,14 @@ pub struct Args {
     /// A network device: base=ADDR,gsi=N,mac=MAC,bridge=BRIDGE[,vifname=NAME].
     #[arg(long = "vif", value_name = "VIF")]
     pub vifs: Vec<VifSpec>,
+    /// Where SIGUSR1 (`oxl save`) makes it write its devices' state, then stop serving until
+    /// SIGUSR2.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<std::path::PathBuf>,
+    /// Go on from the devices' state in PATH (written by `--state-file`, carried in a save
+    /// file): a restored domain's drivers find their devices as they left them.
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<std::path::PathBuf>,
 }
 
 impl Args {

@@ -49,6 +49,8 @@ enum Step {
     Idle,
     /// A wait that finds nothing, asserting how many backends the loop waits on.
     Watched(usize),
+    /// A signal comes.
+    Signal(i32),
 }
 
 /// The hypervisor and the guest, as the loop sees them: the script runs one step per wait.
@@ -133,6 +135,7 @@ impl Host for Fake {
                 assert_eq!(backends.len(), n, "backends waited on");
                 return Ok(Wake::Timeout);
             }
+            Step::Signal(sig) => return Ok(Wake::Signal(sig)),
         }
         Ok(Wake::Ioreq)
     }
@@ -501,4 +504,59 @@ fn a_guest_exchanges_frames_through_the_loop_beside_a_disk() {
     assert_eq!((NetStats::get(&s.rx_dropped), NetStats::get(&s.bad_chains)), (0, 0));
     assert_eq!(router.counters.unclaimed, 0);
     assert!(router.counters.backend_wakes >= 2, "{:?}", router.counters);
+}
+
+#[test]
+fn a_frozen_loop_writes_the_states_and_serves_nothing_until_thawed_and_a_resumed_disk_goes_on() {
+    let mem = mem();
+    let (ta, a) = disk(&mem, BASE_A, 16, 64, 0x77);
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let state_file = dir.as_path().join("5.dm.state");
+    let mut router = Router::new(vec![a], String::from("test: ")).saving_to(Some(state_file.clone()));
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    let notify = || Step::Posted(BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 0);
+    let status = move || mem_ref.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
+    let mut steps = bring_up(0, d, av, u);
+    steps.extend([
+        // A request, its notify posted: the freeze serves it before it writes the state.
+        Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 1, 512, true))),
+        notify(),
+        Step::Signal(serve::SIG_FREEZE),
+        Step::Mem(Box::new(move || assert_eq!(status(), VIRTIO_BLK_S_OK as u8, "served before the freeze"))),
+        // Frozen: a request made now waits, whatever wakes the loop.
+        Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 2, 512, true))),
+        notify(),
+        Step::Idle,
+        Step::Mem(Box::new(move || assert_eq!(status(), 0xff, "not served while frozen"))),
+        Step::Signal(serve::SIG_THAW),
+        Step::Idle,
+        Step::Mem(Box::new(move || assert_eq!(status(), VIRTIO_BLK_S_OK as u8, "served once thawed"))),
+    ]);
+    let mut page = zeroed_page();
+    let mut fake = Fake::new(&mut page, steps);
+    fake.alive_lookups = None;
+    fake.signal_at_end = true;
+    // SAFETY: as in the first test.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    assert_eq!(BlockStats::get(&router.disks[0].stats.requests), 2);
+
+    // The state written at the freeze: one device, activated, its queue where the driver put it.
+    let states = oxen_dm::state::decode_set(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(states.len(), 1);
+    assert!(states[0].activated);
+    assert_eq!((states[0].queues[0].desc, states[0].queues[0].driver, states[0].queues[0].device), (d, av, u));
+    // A device model started from it (a restore) goes on with the next request: the driver
+    // needs no reset, and the used ring goes on from its index in memory.
+    let file = File::options().read(true).write(true).open(ta.as_path()).unwrap();
+    let block = Block::new(file, false, "xvda").unwrap();
+    let mut t = MmioTransport::resume(Box::new(block), Arc::clone(&mem), &states[0]).unwrap();
+    assert!(t.is_activated());
+    let used_before = mem.read_obj::<u16>(GuestAddress(u + 2)).unwrap();
+    post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 3, 512, true);
+    assert!(matches!(t.process_queue(0), oxen_dm::Effect::Interrupt(true)), "the used buffer raises the line");
+    assert_eq!(status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(u + 2)).unwrap(), used_before.wrapping_add(1));
 }
