@@ -36,7 +36,7 @@ const FLAG_FEATURES_HIGH: u32 = 1 << 0;
 const FLAG_ACTIVATED: u32 = 1 << 1;
 
 /// Why bytes are not a transport state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateError {
     /// Not [`STATE_LEN`] bytes.
     Length(usize),
@@ -51,8 +51,8 @@ pub enum StateError {
     QueueCount(u32),
     /// Queue `index`: ready neither 0 nor 1, or a queue past the count that is not all zero.
     Queue(usize),
-    /// A set of more devices than a domain can have.
-    SetCount(usize),
+    /// Not an `OXDS` set (`oxen_abi::save_stream::DeviceSet::parse`'s reason).
+    Set(oxen_abi::save_stream::StreamError),
 }
 
 impl core::fmt::Display for StateError {
@@ -65,7 +65,7 @@ impl core::fmt::Display for StateError {
             Self::Reserved => f.write_str("the device state's reserved bytes are not zero"),
             Self::QueueCount(n) => write!(f, "{n} queues in a device state, at most {STATE_QUEUES}"),
             Self::Queue(i) => write!(f, "queue {i} of the device state is malformed"),
-            Self::SetCount(n) => write!(f, "{n} device states in a set, at most {SET_MAX}"),
+            Self::Set(e) => write!(f, "not a set of device states: {e}"),
         }
     }
 }
@@ -108,50 +108,21 @@ pub fn encode(state: &TransportState) -> Vec<u8> {
     b
 }
 
-/// `OXDS`: the states of one device model's devices, as `oxen-dm` writes them for `oxl save`
-/// (`--state-file`) and reads them back on restore (`--resume`).
-pub const SET_MAGIC: [u8; 4] = *b"OXDS";
-/// The most devices a set holds (a domain's device limit).
-pub const SET_MAX: usize = 64;
-
-/// A set: magic `OXDS`, count `u32`, then for each device in the device model's order (disks,
-/// then vifs) its length `u32` and its [`encode`]d state. oxl carries each device's bytes as they
-/// are (one `DEVICE` record each), so only the device model reads inside them.
+/// The states of one device model's devices, disks then vifs, as an `OXDS` set
+/// (`oxen_abi::save_stream::device_set_join`): what `oxen-dm` writes for `oxl save`
+/// (`--state-file`) and reads back on restore (`--resume`). oxl carries each device's bytes
+/// as they are, one `DEVICE` record each.
 pub fn encode_set(states: &[TransportState]) -> Vec<u8> {
-    let mut b = SET_MAGIC.to_vec();
-    b.extend_from_slice(&(states.len() as u32).to_le_bytes());
-    for s in states {
-        b.extend_from_slice(&(STATE_LEN as u32).to_le_bytes());
-        b.extend_from_slice(&encode(s));
-    }
+    let encoded: Vec<Vec<u8>> = states.iter().map(encode).collect();
+    let mut b = Vec::new();
+    oxen_abi::save_stream::device_set_join(encoded.iter().map(Vec::as_slice), |p| b.extend_from_slice(p));
     b
 }
 
-/// The states of a set, each checked by [`decode`]; `Length` for a set that ends early or has
-/// bytes after its last state, `BadMagic` for one without `OXDS`.
+/// The states of a set, each checked by [`decode`].
 pub fn decode_set(b: &[u8]) -> Result<Vec<TransportState>, StateError> {
-    if b.len() < 8 {
-        return Err(StateError::Length(b.len()));
-    }
-    if b[0..4] != SET_MAGIC {
-        return Err(StateError::BadMagic);
-    }
-    let count = u32_at(b, 4) as usize;
-    if count > SET_MAX {
-        return Err(StateError::SetCount(count));
-    }
-    let mut at = 8;
-    let mut states = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = b.get(at..at + 4).map(|l| u32_at(l, 0) as usize).ok_or(StateError::Length(b.len()))?;
-        let one = b.get(at + 4..).and_then(|r| r.get(..len)).ok_or(StateError::Length(b.len()))?;
-        states.push(decode(one)?);
-        at += 4 + len;
-    }
-    if at != b.len() {
-        return Err(StateError::Length(b.len()));
-    }
-    Ok(states)
+    let set = oxen_abi::save_stream::DeviceSet::parse(b).map_err(StateError::Set)?;
+    set.iter().map(decode).collect()
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -290,25 +261,16 @@ mod tests {
     }
 
     #[test]
-    fn a_set_reads_back_and_refuses_what_is_not_one() {
+    fn a_set_reads_back_and_a_bad_state_in_it_is_refused() {
         let mut one = TransportState { queue_count: 1, ..sample() };
         one.queues[1] = QueueState::default();
         let set = encode_set(&[sample(), one]);
         assert_eq!(decode_set(&set), Ok(vec![sample(), one]));
         assert_eq!(decode_set(&encode_set(&[])), Ok(vec![]));
-        for cut in 0..set.len() {
-            assert!(decode_set(&set[..cut]).is_err(), "cut at {cut}");
-        }
-        assert_eq!(decode_set(&[set.as_slice(), &[0]].concat()), Err(StateError::Length(set.len() + 1)));
+        assert!(matches!(decode_set(&set[..set.len() - 1]), Err(StateError::Set(_))));
         let mut bad = set.clone();
-        bad[0] = b'X';
-        assert_eq!(decode_set(&bad), Err(StateError::BadMagic));
-        let mut many = set.clone();
-        many[4..8].copy_from_slice(&65u32.to_le_bytes());
-        assert_eq!(decode_set(&many), Err(StateError::SetCount(65)));
-        let mut long = set.clone();
-        long[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_set(&long).is_err());
+        bad[8 + 4] = b'X';
+        assert_eq!(decode_set(&bad), Err(StateError::BadMagic), "the first state's own magic");
     }
 
     #[test]

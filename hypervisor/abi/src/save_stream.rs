@@ -438,6 +438,109 @@ impl Round {
     }
 }
 
+/// A `DEVICE` record's head, before the device model's own state: the
+/// device's place in the domain, which the restoring host's placement must
+/// repeat (the guest found the device there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceHead {
+    /// Where the device's window starts (guest-physical).
+    pub base: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+}
+
+/// Bytes of a `DeviceHead` (base `u64`, GSI `u32`, 0 `u32`).
+pub const DEVICE_HEAD_LEN: usize = 16;
+
+impl DeviceHead {
+    pub fn encode(&self) -> [u8; DEVICE_HEAD_LEN] {
+        let mut b = [0u8; DEVICE_HEAD_LEN];
+        b[0..8].copy_from_slice(&self.base.to_le_bytes());
+        b[8..12].copy_from_slice(&self.gsi.to_le_bytes());
+        b
+    }
+
+    /// The head at the start of `b` (what follows a `DEVICE` record's index
+    /// and kind) and the device model's state after it.
+    pub fn decode(b: &[u8]) -> Result<(Self, &[u8]), StreamError> {
+        let head = b.get(..DEVICE_HEAD_LEN).ok_or(StreamError::RecordLength(kind::DEVICE))?;
+        if head[12..] != [0; 4] {
+            return Err(StreamError::Reserved);
+        }
+        Ok((Self { base: le64(head), gsi: le32(&head[8..]) }, &b[DEVICE_HEAD_LEN..]))
+    }
+}
+
+/// `OXDS`: a device model's states for one domain, as `oxen-dm` writes them
+/// when `oxl save` freezes it and reads them when a restore starts it.
+pub const DEVICE_SET_MAGIC: [u8; 4] = *b"OXDS";
+/// The most devices in a set (a `DEVICE` record's index is below 64).
+pub const DEVICE_SET_MAX: usize = 64;
+
+/// A set: magic `OXDS`, count `u32`, then for each device, in the device
+/// model's order (disks, then vifs), its length `u32` and its state. oxl
+/// carries each state as it is, one `DEVICE` record each. `out` gets the
+/// set's bytes piece by piece.
+pub fn device_set_join<'s>(states: impl ExactSizeIterator<Item = &'s [u8]>, mut out: impl FnMut(&[u8])) {
+    out(&DEVICE_SET_MAGIC);
+    out(&(states.len() as u32).to_le_bytes());
+    for s in states {
+        out(&(s.len() as u32).to_le_bytes());
+        out(s);
+    }
+}
+
+/// A set's states, checked whole by `parse`: `BadMagic` without `OXDS`,
+/// `Truncated` for one that ends early, `Trailing` for bytes after its last
+/// state, `RecordLength` for more than `DEVICE_SET_MAX` states.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSet<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> DeviceSet<'a> {
+    pub fn parse(b: &'a [u8]) -> Result<Self, StreamError> {
+        let head = b.get(..8).ok_or(StreamError::Truncated)?;
+        if head[..4] != DEVICE_SET_MAGIC {
+            return Err(StreamError::BadMagic);
+        }
+        let count = le32(&head[4..]) as usize;
+        if count > DEVICE_SET_MAX {
+            return Err(StreamError::RecordLength(kind::DEVICE));
+        }
+        let mut at = 8usize;
+        for _ in 0..count {
+            let len = b.get(at..at + 4).map(|l| le32(l) as usize).ok_or(StreamError::Truncated)?;
+            at = at.checked_add(4 + len).filter(|&end| end <= b.len()).ok_or(StreamError::Truncated)?;
+        }
+        if at != b.len() {
+            return Err(StreamError::Trailing);
+        }
+        Ok(Self { bytes: b, count })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Each device's state, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let bytes = self.bytes;
+        let mut at = 8;
+        (0..self.count).map(move |_| {
+            let len = le32(&bytes[at..]) as usize;
+            let one = &bytes[at + 4..at + 4 + len];
+            at += 4 + len;
+            one
+        })
+    }
+}
+
 /// `END`'s payload: records before it, page entries in them.
 pub fn end_payload(records: u64, pages: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
@@ -600,6 +703,47 @@ mod tests {
     use super::*;
     use std::vec;
     use std::vec::Vec;
+
+    fn set(states: &[&[u8]]) -> Vec<u8> {
+        let mut b = Vec::new();
+        device_set_join(states.iter().copied(), |p| b.extend_from_slice(p));
+        b
+    }
+
+    #[test]
+    fn a_device_set_reads_back_and_refuses_what_is_not_one() {
+        let b = set(&[b"disk state", b"", b"vif"]);
+        let s = DeviceSet::parse(&b).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [&b"disk state"[..], b"", b"vif"]);
+        assert!(DeviceSet::parse(&set(&[])).unwrap().is_empty());
+        for cut in 0..b.len() {
+            assert_eq!(DeviceSet::parse(&b[..cut]).err(), Some(StreamError::Truncated), "cut at {cut}");
+        }
+        let mut more = b.clone();
+        more.push(0);
+        assert_eq!(DeviceSet::parse(&more).err(), Some(StreamError::Trailing));
+        let mut magic = b.clone();
+        magic[3] = b'X';
+        assert_eq!(DeviceSet::parse(&magic).err(), Some(StreamError::BadMagic));
+        let mut many = set(&[]);
+        many[4..8].copy_from_slice(&65u32.to_le_bytes());
+        assert_eq!(DeviceSet::parse(&many).err(), Some(StreamError::RecordLength(kind::DEVICE)));
+        let mut huge = b.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(DeviceSet::parse(&huge).err(), Some(StreamError::Truncated));
+    }
+
+    #[test]
+    fn a_device_head_reads_back_and_its_reserved_bytes_are_zero() {
+        let h = DeviceHead { base: 0xfeb0_1000, gsi: 17 };
+        let mut b = h.encode().to_vec();
+        b.extend_from_slice(b"state");
+        assert_eq!(DeviceHead::decode(&b), Ok((h, &b"state"[..])));
+        assert_eq!(DeviceHead::decode(&b[..15]), Err(StreamError::RecordLength(kind::DEVICE)));
+        b[13] = 1;
+        assert_eq!(DeviceHead::decode(&b), Err(StreamError::Reserved));
+    }
 
     fn batch(pages: &[(u64, &[u8])]) -> Vec<u8> {
         let mut out = vec![0u8; pages_payload_max(pages.len())];
