@@ -195,6 +195,7 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
     // With the domain built and still paused: its device model, which must
     // serve before a vCPU can touch a device.
     let mut served = None;
+    let state_dir = env.state_dir;
     let launch = &mut *env.launch;
     let mut start_dm = |d: &DomainInfo, placed: &[oxen_abi::DeviceAdd]| {
         if declare_devices || (cfg.disks.is_empty() && cfg.vifs.is_empty()) {
@@ -202,7 +203,8 @@ fn cmd_create(env: &mut Env, path: &Path, paused: bool, console: bool, declare_d
         }
         let disks = dm::placed(&cfg, placed);
         let vifs = dm::placed_vifs(&cfg, d.domid, placed);
-        let started = launch(&dm::Request { domid: d.domid, name: &cfg.name, disks: disks.clone(), vifs: vifs.clone() })?;
+        let state_file = state_dir.map(|dir| dm::state_path(dir, d.domid));
+        let started = launch(&dm::Request { domid: d.domid, name: &cfg.name, disks: disks.clone(), vifs: vifs.clone(), state_file, resume: None })?;
         served = Some(dm::Record::new(&started, &disks, &vifs));
         Ok(())
     };
@@ -747,14 +749,26 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool)
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "save")?;
     let config = recorded_config(env, &d, "saved")?;
+    let dm = served_by(env, &d);
     let host = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?;
     let was_running = d.state == oxen_abi::DomainState::Running as u32;
     if was_running {
         hv::domain_op(&mut *hv, domctl::PAUSE, d.domid).map_err(|e| dom_failed(&d, "pause", e))?;
     }
-    let r = save_paused(env, &mut *hv, &d, file, &config, host.vendor);
+    // The device model, frozen once the domain is paused: its devices' state
+    // then stays what the memory copied after it says.
+    let r = match (&dm, env.state_dir) {
+        (Some(rec), Some(dir)) => match dm::freeze(dir, d.domid, rec) {
+            Ok(set) => save_paused(env, &mut *hv, &d, file, &config, host.vendor, Some((rec, &set))),
+            Err(why) => Err(format!("domain {}: {why}", label(&d)).into()),
+        },
+        _ => save_paused(env, &mut *hv, &d, file, &config, host.vendor, None),
+    };
     // On failure, or with -c, the domain runs on as it was.
     if r.is_err() || checkpoint {
+        if let Some(rec) = &dm {
+            dm::thaw(rec);
+        }
         if was_running {
             hv::domain_op(&mut *hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(&d, "unpause", e))?;
         }
@@ -767,6 +781,10 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool)
     }
     let s = r?;
     destroy_and_wait(&mut *hv, &d)?;
+    if let (Some(_), Some(dir)) = (&dm, env.state_dir) {
+        // It ends by itself with the domain; this waits for it (disks flushed).
+        dm::stop(dir, d.domid, DM_STOP_WAIT);
+    }
     if json {
         let seconds = (hv.now() - start).as_secs_f64();
         return out(env, &crate::save::json_summary(crate::save::Op::Save, &show::name(&d), d.domid, file, &s, seconds));
@@ -776,21 +794,31 @@ fn cmd_save(env: &mut Env, dom: &str, file: &Path, checkpoint: bool, json: bool)
 }
 
 /// The config `oxl create` recorded for `d`, which a save or migration
-/// carries; refused for a domain whose disks a device model serves (its
-/// state is not carried yet).
+/// carries.
 fn recorded_config(env: &Env, d: &DomainInfo, verb: &str) -> Result<String> {
     let recorded = env.state_dir.map(|dir| dir.join(format!("{}.cfg", d.domid)));
-    let config = recorded.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).ok_or_else(|| {
-        format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be {verb}", label(d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string()))
-    })?;
-    if env.state_dir.is_some_and(|dir| dm::Record::path(dir, d.domid).exists()) {
-        return Err(format!("domain {} has disks or vifs served by a device model, whose state cannot be {verb} yet (issue 12): 'oxl shutdown' it instead", label(d)).into());
-    }
-    Ok(config)
+    recorded.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).ok_or_else(|| {
+        format!("no config recorded for domain {} (oxl create keeps it in {}): it cannot be {verb}", label(d), env.state_dir.map_or("/run/oxen".into(), |p| p.display().to_string())).into()
+    })
+}
+
+/// The device model serving `d`'s disks and vifs, as `create` recorded it.
+fn served_by(env: &Env, d: &DomainInfo) -> Option<dm::Record> {
+    let dir = env.state_dir?;
+    std::fs::read_to_string(dm::Record::path(dir, d.domid)).ok().and_then(|t| dm::Record::parse(&t))
 }
 
 /// Writes a paused domain to `file` (removed again on failure).
-fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Path, config: &str, host_vendor: u32) -> Result<crate::save::Summary> {
+/// `dm`: its device model's record and the states it wrote when frozen.
+fn save_paused(
+    env: &mut Env,
+    hv: &mut dyn Hypervisor,
+    d: &DomainInfo,
+    file: &Path,
+    config: &str,
+    host_vendor: u32,
+    dm: Option<(&dm::Record, &[u8])>,
+) -> Result<crate::save::Summary> {
     use oxen_abi::save_stream::{vendor, StreamHeader};
     use oxen_abi::vcpu_snapshot::VcpuStateRecord;
     let mut vcpus = Vec::new();
@@ -812,7 +840,11 @@ fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Pa
     let mut mem = crate::foreign::ForeignMemory::open(d.domid, header.pages())
         .map_err(|e| format!("cannot map domain {}'s memory: {}", label(d), os_error(&e)))?;
     let f = std::fs::File::create(file).map_err(|e| format!("cannot write {}: {}", file.display(), os_error(&e)))?;
-    let state = crate::save::DomainState { config, cpuid: &cpuid, vcpus: &vcpus, platform: &platform };
+    let devices = match dm {
+        Some((rec, set)) => saved_devices(rec, set).map_err(|why| format!("domain {}: {why}", label(d)))?,
+        None => Vec::new(),
+    };
+    let state = crate::save::DomainState { config, cpuid: &cpuid, vcpus: &vcpus, platform: &platform, devices: &devices };
     let mut last = 0;
     let r = crate::save::write_stream(std::io::BufWriter::new(f), &header, &state, &mut mem, |done, total| {
         if done * 10 / total > last {
@@ -830,6 +862,22 @@ fn save_paused(env: &mut Env, hv: &mut dyn Hypervisor, d: &DomainInfo, file: &Pa
             Err(format!("cannot write {}: {}", file.display(), os_error(&e)).into())
         }
     }
+}
+
+/// Each device of a frozen device model's state set, with its place as
+/// `create` recorded it (the set is in the device model's order: disks, then
+/// vifs).
+fn saved_devices<'a>(rec: &dm::Record, set: &'a [u8]) -> std::result::Result<Vec<crate::save::SavedDevice<'a>>, String> {
+    use oxen_abi::save_stream::{DeviceHead, DeviceSet};
+    let set = DeviceSet::parse(set).map_err(|e| format!("its device model's state: {e}"))?;
+    let places = rec.disks.iter().map(|d| (d.base, d.gsi)).chain(rec.vifs.iter().map(|v| (v.base, v.gsi)));
+    if set.len() != places.clone().count() {
+        return Err(format!("its device model wrote {} device states for {} devices", set.len(), places.count()));
+    }
+    Ok(places
+        .zip(set.iter())
+        .map(|((base, gsi), state)| crate::save::SavedDevice { kind: oxen_abi::device_kind::VIRTIO_MMIO, head: DeviceHead { base, gsi }, state })
+        .collect())
 }
 
 /// Retries `f` while the hypervisor answers -EAGAIN (a vCPU still stopping
@@ -859,12 +907,33 @@ struct Restorer<'h> {
     /// for them all (their TSCs stay in step).
     tsc_rule: crate::save::TscRule,
     tsc_offset: Option<u64>,
+    /// Where a restore looks for a vif's bridge; `None`: a domain with disks
+    /// or vifs is refused (migrate-receive: live migration does not carry a
+    /// device model).
+    sys_net: Option<std::path::PathBuf>,
+    /// The restored domain's devices, once `begin` placed them.
+    devices: Option<RestoredDevices>,
+}
+
+/// A restored domain's disks and vifs: what its device model needs.
+struct RestoredDevices {
+    cfg: config::Config,
+    placed: Vec<oxen_abi::DeviceAdd>,
+    /// Each device's place and state from its `DEVICE` record.
+    saved: Vec<Option<(oxen_abi::save_stream::DeviceHead, Vec<u8>)>>,
 }
 
 impl<'h> Restorer<'h> {
     /// Nothing made yet; `begin` makes the domain.
     fn new(hv: &'h mut dyn Hypervisor, host_vendor: u32, tsc_rule: crate::save::TscRule) -> Self {
-        Self { hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None, tsc_rule, tsc_offset: None }
+        Self { hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None, tsc_rule, tsc_offset: None, sys_net: None, devices: None }
+    }
+
+    /// The same, taking domains with disks and vifs (their device model
+    /// started by `start_device_model` once the stream is read).
+    fn with_devices(mut self, sys_net: &Path) -> Self {
+        self.sys_net = Some(sys_net.to_path_buf());
+        self
     }
 
     /// Whose progress lines these are.
@@ -917,10 +986,21 @@ impl crate::save::Loader for Restorer<'_> {
             ));
         }
         let sched = cfg.sched(&file, host.cpus).map_err(|e| e.to_string())?;
-        if let Some(d) = cfg.disks.first() {
-            return Err(format!("{file}:{}: the saved domain has disks; restoring a device model's state is not done yet (issue 12)", d.line));
+        let has_devices = !cfg.disks.is_empty() || !cfg.vifs.is_empty();
+        let devices = match &self.sys_net {
+            Some(sys_net) if has_devices => {
+                dm::check_disks(&file, &cfg.disks)?;
+                dm::check_vifs(&file, None, &cfg.vifs, sys_net)?;
+                device_names(&cfg)
+            }
+            None if has_devices => return Err(format!("{file}: the domain has disks or vifs, which live migration does not carry yet (issue 12)")),
+            _ => Vec::new(),
+        };
+        let (domid, placed) = create(self.hv, &cfg, &images, &sched, true, &devices, &mut |_, _| Ok(()))?;
+        if has_devices {
+            let saved = vec![None; placed.len()];
+            self.devices = Some(RestoredDevices { cfg: cfg.clone(), placed, saved });
         }
-        let (domid, _) = create(self.hv, &cfg, &images, &sched, true, &[], &mut |_, _| Ok(()))?;
         let d = hv::info(self.hv, domid).map_err(|e| call_failed("find the new domain", e))?;
         self.domain = Some(d);
         hv::domain_op(self.hv, domctl::START_PAUSED, domid).map_err(|e| dom_failed(&d, "start (paused)", e))?;
@@ -964,8 +1044,26 @@ impl crate::save::Loader for Restorer<'_> {
         hv::platform_state_set(self.hv, d.domid, state).map_err(|e| dom_failed(&d, "load the devices' state into", e))
     }
 
-    fn device(&mut self, index: u32, _kind: u32, _state: &[u8]) -> std::result::Result<(), String> {
-        Err(format!("the file holds the state of device {index}, and oxl cannot restore device models yet"))
+    fn device(&mut self, index: u32, kind: u32, state: &[u8]) -> std::result::Result<(), String> {
+        let Some(devs) = self.devices.as_mut() else {
+            return Err(format!("the stream holds the state of device {index}, and its config has no disk or vif"));
+        };
+        let Some(slot) = devs.saved.get_mut(index as usize) else {
+            return Err(format!("the stream holds the state of device {index}, and its config has {} devices", devs.placed.len()));
+        };
+        if kind != oxen_abi::device_kind::VIRTIO_MMIO {
+            return Err(format!("device {index} is of kind {kind}, which this oxl does not restore"));
+        }
+        let (head, state) = oxen_abi::save_stream::DeviceHead::decode(state).map_err(|e| format!("device {index}: {e}"))?;
+        let here = &devs.placed[index as usize];
+        if (here.base, here.gsi) != (head.base, head.gsi) {
+            return Err(format!(
+                "device {index} was at {:#x}, GSI {} and is placed at {:#x}, GSI {} here: the guest would not find it",
+                head.base, head.gsi, here.base, here.gsi
+            ));
+        }
+        *slot = Some((head, state.to_vec()));
+        Ok(())
     }
 
     fn round(&mut self, round: u32, sent: u64, dirtied: u64) {
@@ -973,12 +1071,44 @@ impl crate::save::Loader for Restorer<'_> {
     }
 }
 
+/// Starts a restored domain's device model, its devices going on from the
+/// states the stream carried, and records it as `create` does.
+fn start_device_model(env: &mut Env, d: &DomainInfo, devs: &RestoredDevices) -> std::result::Result<(), String> {
+    let missing: Vec<String> = devs.saved.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(format!("the stream has no state for device(s) {} of the domain's {}", missing.join(", "), devs.placed.len()));
+    }
+    let dir = env.state_dir.ok_or("no state directory to hand the device model its devices' state")?;
+    let states: Vec<&[u8]> = devs.saved.iter().flatten().map(|(_, s)| s.as_slice()).collect();
+    let mut set = Vec::new();
+    oxen_abi::save_stream::device_set_join(states.into_iter(), |p| set.extend_from_slice(p));
+    let resume = dir.join(format!("{}.dm.resume", d.domid));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&resume, &set))
+        .map_err(|e| format!("cannot write {} for the device model: {}", resume.display(), os_error(&e)))?;
+    let disks = dm::placed(&devs.cfg, &devs.placed);
+    let vifs = dm::placed_vifs(&devs.cfg, d.domid, &devs.placed);
+    let req = dm::Request {
+        domid: d.domid,
+        name: &devs.cfg.name,
+        disks: disks.clone(),
+        vifs: vifs.clone(),
+        state_file: Some(dm::state_path(dir, d.domid)),
+        resume: Some(resume.clone()),
+    };
+    let started = (env.launch)(&req);
+    let _ = std::fs::remove_file(&resume);
+    let started = started?;
+    record_dm(env, d.domid, &dm::Record::new(&started, &disks, &vifs));
+    Ok(())
+}
+
 fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let f = std::fs::File::open(file).map_err(|e| format!("cannot read {}: {}", file.display(), os_error(&e)))?;
     let mut hv = connect(env)?;
     let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
-    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::NeverBack);
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::NeverBack).with_devices(env.sys_net);
     let mut notes = Vec::new();
     let mut last = 0;
     let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
@@ -987,11 +1117,16 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
             notes.push(format!("restore: {} of {} MiB", done / 256, total / 256));
         }
     });
-    let (domain, mem, recorded) = (r.domain, r.mem.take(), r.config.take());
+    let (domain, mem, recorded, devices) = (r.domain, r.mem.take(), r.config.take(), r.devices.take());
     drop(mem);
     for n in notes.into_iter().chain(std::mem::take(&mut r.rounds)) {
         note(env, &n);
     }
+    // Its device model, from the devices' saved state, before a vCPU runs.
+    let read = read.map_err(|e| e.to_string()).and_then(|s| match (&domain, &devices) {
+        (Some(d), Some(devs)) => start_device_model(env, d, devs).map(|()| s),
+        _ => Ok(s),
+    });
     let (d, summary) = match (read, domain) {
         (Ok(s), Some(d)) => (d, s),
         (Err(e), d) => {
@@ -1113,6 +1248,15 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "migrate")?;
     let config = recorded_config(env, &d, "migrated")?;
+    if served_by(env, &d).is_some() {
+        // Its device model writes the guest's memory (disk reads, received
+        // frames) where dirty logging does not see it.
+        return Err(format!(
+            "domain {} has disks or vifs served by a device model, whose writes to its memory live migration cannot track yet (issue 12): 'oxl save' and 'oxl restore' move it",
+            label(&d)
+        )
+        .into());
+    }
     if d.state != oxen_abi::DomainState::Running as u32 {
         return Err(format!("domain {} is not running (state {}): only a running domain migrates ('oxl unpause' it first, or 'oxl save' it)", label(&d), show::state(&d)).into());
     }
@@ -1318,4 +1462,28 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
         return out(env, &crate::save::json_summary(crate::save::Op::Receive, &show::name(&d), d.domid, std::path::Path::new(&from), &summary, seconds));
     }
     out(env, &format!("Received domain {} (id {}) from {from}; it runs\n", show::name(&d), d.domid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_device_models_states_become_records_at_their_places() {
+        let rec = dm::Record::parse(
+            "pid 7\nlog /var/log/oxen/web.dm.log\ndisk xvda 0xfeb00000 16 rw /srv/web.img\nvif vif3.0 0xfeb01000 17 00:16:3e:00:00:01 xenbr0\n",
+        )
+        .unwrap();
+        let mut set = Vec::new();
+        oxen_abi::save_stream::device_set_join([&b"disk"[..], b"vif"].into_iter(), |p| set.extend_from_slice(p));
+        let devs = saved_devices(&rec, &set).unwrap();
+        let got: Vec<(u64, u32, &[u8])> = devs.iter().map(|d| (d.head.base, d.head.gsi, d.state)).collect();
+        assert_eq!(got, [(0xfeb0_0000, 16, &b"disk"[..]), (0xfeb0_1000, 17, &b"vif"[..])]);
+        assert!(devs.iter().all(|d| d.kind == oxen_abi::device_kind::VIRTIO_MMIO));
+        // A set that does not match the recorded devices, or is not a set, is refused.
+        let mut one = Vec::new();
+        oxen_abi::save_stream::device_set_join([&b"disk"[..]].into_iter(), |p| one.extend_from_slice(p));
+        assert_eq!(saved_devices(&rec, &one).unwrap_err(), "its device model wrote 1 device states for 2 devices");
+        assert!(saved_devices(&rec, b"junk").unwrap_err().starts_with("its device model's state: "));
+    }
 }

@@ -156,6 +156,59 @@ pub struct Request<'a> {
     pub disks: Vec<(&'a DiskSpec, DeviceAdd)>,
     /// Each vif, placed after the disks.
     pub vifs: Vec<PlacedVif>,
+    /// Where it writes its devices' state when `oxl save` freezes it
+    /// ([`freeze`]); `None`: it cannot be saved.
+    pub state_file: Option<PathBuf>,
+    /// A restore's saved device states (an `OXDS` set) to go on from.
+    pub resume: Option<PathBuf>,
+}
+
+/// The file a domain's device model writes its devices' state to when frozen.
+pub fn state_path(dir: &Path, domid: u32) -> PathBuf {
+    dir.join(format!("{domid}.dm.state"))
+}
+
+/// How long [`freeze`] waits for the device model's state.
+const FREEZE_WAIT: Duration = Duration::from_secs(10);
+
+/// Freezes a paused domain's device model for a save: it serves what waits,
+/// writes its devices' state (an `OXDS` set, disks then vifs) to
+/// [`state_path`] and then serves nothing until [`thaw`] or the domain's end.
+/// Returns the set's bytes.
+pub fn freeze(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u8>, String> {
+    let path = state_path(dir, domid);
+    let _ = std::fs::remove_file(&path);
+    if !running(rec.pid) {
+        return Err(format!("its device model (pid {}) is not running: its devices' state cannot be saved", rec.pid));
+    }
+    // SAFETY: a signal to a process that `running` just found to be oxen-dm.
+    unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = Instant::now() + FREEZE_WAIT;
+    loop {
+        if let Ok(b) = std::fs::read(&path) {
+            let _ = std::fs::remove_file(&path);
+            return Ok(b);
+        }
+        if Instant::now() >= end || !running(rec.pid) {
+            return Err(format!(
+                "its device model (pid {}) did not write its devices' state to {} within {} s (its log: {})",
+                rec.pid,
+                path.display(),
+                FREEZE_WAIT.as_secs(),
+                rec.log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lets a device model [`freeze`] stopped serve again (`save -c`, or a save
+/// that failed).
+pub fn thaw(rec: &Record) {
+    if running(rec.pid) {
+        // SAFETY: a signal to a process that `running` just found to be oxen-dm.
+        unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGUSR2) };
+    }
 }
 
 /// A running device model.
@@ -223,6 +276,12 @@ pub fn launch(req: &Request) -> Result<Started, String> {
     }
     for v in &req.vifs {
         cmd.arg("--vif").arg(vif_arg(v));
+    }
+    if let Some(p) = &req.state_file {
+        cmd.arg("--state-file").arg(p);
+    }
+    if let Some(p) = &req.resume {
+        cmd.arg("--resume").arg(p);
     }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let w = ready_w.as_raw_fd();
@@ -595,7 +654,7 @@ mod tests {
         }
         let d = parse_disk("/srv/web.img,raw,xvda,rw").unwrap();
         let a = DeviceAdd { base: 0xfeb0_0000, size: 0x1000, gsi: 16, ..Default::default() };
-        let req = Request { domid: 3, name: "web", disks: vec![(&d, a)], vifs: Vec::new() };
+        let mut req = Request { domid: 3, name: "web", disks: vec![(&d, a)], vifs: Vec::new(), state_file: None, resume: None };
         // Environment variables are process-wide: both runs are in this one test.
         std::env::set_var("OXEN_LOG_DIR", &dir);
         std::env::set_var("OXEN_DM", &fail);
@@ -605,7 +664,13 @@ mod tests {
         let s = launch(&req).unwrap();
         assert_eq!(s.log, dir.join("web.dm.log"));
         let log = std::fs::read_to_string(&s.log).unwrap();
-        assert!(log.contains("args: --domid 3 --name web --ready-fd 3 --disk base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/srv/web.img"), "{log}");
+        assert!(log.contains("args: --domid 3 --name web --ready-fd 3 --disk base=0xfeb00000,gsi=16,access=rw,vdev=xvda,target=/srv/web.img\n"), "{log}");
+        // A restore's: where it writes its state when frozen, and the state it goes on from.
+        req.state_file = Some("/run/oxen/3.dm.state".into());
+        req.resume = Some("/run/oxen/3.dm.resume".into());
+        let s = launch(&req).unwrap();
+        let log = std::fs::read_to_string(&s.log).unwrap();
+        assert!(log.contains("target=/srv/web.img --state-file /run/oxen/3.dm.state --resume /run/oxen/3.dm.resume\n"), "{log}");
         std::env::remove_var("OXEN_DM");
         std::env::remove_var("OXEN_LOG_DIR");
         let _ = std::fs::remove_dir_all(&dir);

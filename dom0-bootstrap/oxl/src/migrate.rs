@@ -194,7 +194,7 @@ pub fn send_live(
     let r = Round { round: n + 1, sent: final_pages, dirtied: 0 };
     out.record(kind::ROUND, &r.encode())?;
     round(&r, out.bytes);
-    out.finish(&vcpus, &platform, &mut summary)?;
+    out.finish(&vcpus, &platform, &[], &mut summary)?;
     Ok(Sent { rounds: n + 1, pages: summary.pages, zero_pages: summary.zero_pages, final_pages, bytes: summary.bytes })
 }
 

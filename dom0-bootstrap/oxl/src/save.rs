@@ -31,6 +31,17 @@ pub struct DomainState<'a> {
     pub vcpus: &'a [Vec<u8>],
     /// The `platform_state` encoding.
     pub platform: &'a [u8],
+    /// The device model's devices, in its order (disks, then vifs).
+    pub devices: &'a [SavedDevice<'a>],
+}
+
+/// One device's `DEVICE` record: its kind (`oxen_abi::device_kind`), its
+/// place in the domain and the device model's state of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedDevice<'a> {
+    pub kind: u32,
+    pub head: oxen_abi::save_stream::DeviceHead,
+    pub state: &'a [u8],
 }
 
 /// What was written or read.
@@ -125,7 +136,7 @@ pub fn write_stream(
         gfn += n;
         progress(gfn, total);
     }
-    out.finish(state.vcpus, state.platform, &mut summary)?;
+    out.finish(state.vcpus, state.platform, state.devices, &mut summary)?;
     Ok(summary)
 }
 
@@ -139,7 +150,7 @@ impl<W: Write> Counted<W> {
 
     /// Every vCPU's `VCPU`, `PLATFORM` and `END`, the records after the
     /// memory; `summary.bytes` is then the stream's length.
-    pub(crate) fn finish(&mut self, vcpus: &[Vec<u8>], platform: &[u8], summary: &mut Summary) -> io::Result<()> {
+    pub(crate) fn finish(&mut self, vcpus: &[Vec<u8>], platform: &[u8], devices: &[SavedDevice<'_>], summary: &mut Summary) -> io::Result<()> {
         for (i, v) in vcpus.iter().enumerate() {
             let mut p = Vec::with_capacity(8 + v.len());
             p.extend_from_slice(&(i as u32).to_le_bytes());
@@ -148,6 +159,14 @@ impl<W: Write> Counted<W> {
             self.record(kind::VCPU, &p)?;
         }
         self.record(kind::PLATFORM, platform)?;
+        for (i, d) in devices.iter().enumerate() {
+            let mut p = Vec::with_capacity(8 + oxen_abi::save_stream::DEVICE_HEAD_LEN + d.state.len());
+            p.extend_from_slice(&(i as u32).to_le_bytes());
+            p.extend_from_slice(&d.kind.to_le_bytes());
+            p.extend_from_slice(&d.head.encode());
+            p.extend_from_slice(d.state);
+            self.record(kind::DEVICE, &p)?;
+        }
         let end = end_payload(self.records, summary.pages);
         self.record(kind::END, &end)?;
         self.w.flush()?;
@@ -345,7 +364,7 @@ pub fn read_stream(mut r: impl Read, loader: &mut dyn Loader, mut progress: impl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxen_abi::save_stream::vendor;
+    use oxen_abi::save_stream::{vendor, DeviceHead};
 
     #[test]
     fn json_summaries_are_one_object_with_every_field() {
@@ -383,6 +402,7 @@ mod tests {
         config: String,
         vcpus: Vec<(u32, Vec<u8>)>,
         platform: Vec<u8>,
+        devices: Vec<(u32, u32, Vec<u8>)>,
         refuse_memory_over: Option<u32>,
     }
 
@@ -408,7 +428,8 @@ mod tests {
             self.platform = state.to_vec();
             Ok(())
         }
-        fn device(&mut self, _: u32, _: u32, _: &[u8]) -> Result<(), String> {
+        fn device(&mut self, index: u32, kind: u32, state: &[u8]) -> Result<(), String> {
+            self.devices.push((index, kind, state.to_vec()));
             Ok(())
         }
     }
@@ -423,7 +444,11 @@ mod tests {
         let h = StreamHeader { flags: 0, abi_version: oxen_abi::ABI_VERSION, vendor: vendor::AMD, memory_mib: 8, vcpus: 2, tsc_hz: 1_000_000_000 };
         let vcpus = vec![b"vcpu0-state".to_vec(), b"vcpu1".to_vec()];
         let cpuid = [CpuidEntry { leaf: 1, subleaf: 0, regs: [1, 2, 3, 4] }];
-        let state = DomainState { config: "name = \"web\"\n", cpuid: &cpuid, vcpus: &vcpus, platform: b"OXPS..." };
+        let devices = [
+            SavedDevice { kind: 1, head: DeviceHead { base: 0xfeb0_0000, gsi: 16 }, state: b"disk" },
+            SavedDevice { kind: 1, head: DeviceHead { base: 0xfeb0_1000, gsi: 17 }, state: b"vif" },
+        ];
+        let state = DomainState { config: "name = \"web\"\n", cpuid: &cpuid, vcpus: &vcpus, platform: b"OXPS...", devices: &devices };
         let mut out = Vec::new();
         let mut steps = Vec::new();
         let s = write_stream(&mut out, &h, &state, &mut mem, |d, t| steps.push((d, t))).unwrap();
@@ -444,6 +469,22 @@ mod tests {
         assert!(t.mem.as_ref().unwrap().0 == mem.0, "memory differs");
         assert_eq!(t.vcpus, [(0, b"vcpu0-state".to_vec()), (1, b"vcpu1".to_vec())]);
         assert_eq!(t.platform, b"OXPS...");
+        // Each device: its index and kind, then its place and the device model's bytes.
+        let heads: Vec<(u32, u32, DeviceHead, Vec<u8>)> = t
+            .devices
+            .iter()
+            .map(|(i, k, b)| {
+                let (h, state) = DeviceHead::decode(b).unwrap();
+                (*i, *k, h, state.to_vec())
+            })
+            .collect();
+        assert_eq!(
+            heads,
+            [
+                (0, 1, DeviceHead { base: 0xfeb0_0000, gsi: 16 }, b"disk".to_vec()),
+                (1, 1, DeviceHead { base: 0xfeb0_1000, gsi: 17 }, b"vif".to_vec())
+            ]
+        );
     }
 
     #[test]
