@@ -180,6 +180,19 @@ fn disk(mem: &Arc<GuestMemoryMmap>, base: u64, gsi: u32, sectors: u64, fill: u8)
     (tmp, Disk::new(spec, t, stats, Some(sync)))
 }
 
+/// Runs `steps` through the loop, the domain never gone, until the signal that ends the script;
+/// the page (which the fake points into) and the fake's record.
+fn run_to_signal(router: &mut Router, steps: Vec<Step>) -> (Box<IoreqPage>, Fake) {
+    let mut page = zeroed_page();
+    let mut fake = Fake::new(&mut page, steps);
+    fake.alive_lookups = None;
+    fake.signal_at_end = true;
+    // SAFETY: the box outlives `p` (moving the box does not move the page); one thread.
+    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
+    assert_eq!(serve::run(&p, router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    (page, fake)
+}
+
 fn zeroed_page() -> Box<IoreqPage> {
     // SAFETY: all-zero bytes are a valid page (integers only).
     Box::new(unsafe { std::mem::zeroed() })
@@ -340,13 +353,7 @@ fn a_reset_lowers_the_line_and_the_device_comes_up_again() {
     steps.extend(bring_up(0, d2, av2, u2));
     steps.push(Step::Mem(Box::new(move || post_request(mem_ref, vq2, VIRTIO_BLK_T_IN, 3, 512, true))));
     steps.push(Step::Write(0, BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0));
-    let mut page = zeroed_page();
-    let mut fake = Fake::new(&mut page, steps);
-    fake.alive_lookups = None;
-    fake.signal_at_end = true;
-    // SAFETY: as in the test above.
-    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
-    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    let (_page, fake) = run_to_signal(&mut router, steps);
     let irqs: Vec<Call> = fake.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
     assert_eq!(irqs, [Call::Irq(16, true), Call::Irq(16, false), Call::Irq(16, true)]);
     assert_eq!(fake.answers, [u64::from(S_ALL), u64::from(S_ALL)]);
@@ -476,13 +483,7 @@ fn a_guest_exchanges_frames_through_the_loop_beside_a_disk() {
         ack(),
         Step::Idle,
     ]);
-    let mut page = zeroed_page();
-    let mut fake = Fake::new(&mut page, steps);
-    fake.alive_lookups = None;
-    fake.signal_at_end = true;
-    // SAFETY: the box outlives `p` (both locals of this test); one thread.
-    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
-    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    let (_page, fake) = run_to_signal(&mut router, steps);
 
     let vring = u64::from(VIRTIO_MMIO_INT_VRING);
     assert_eq!(fake.answers, [u64::from(VIRTIO_ID_NET), 0x0a3e_1600, u64::from(S_ALL), vring, vring, vring]);
@@ -534,13 +535,7 @@ fn a_frozen_loop_writes_the_states_and_serves_nothing_until_thawed_and_a_resumed
         Step::Idle,
         Step::Mem(Box::new(move || assert_eq!(status(), VIRTIO_BLK_S_OK as u8, "served once thawed"))),
     ]);
-    let mut page = zeroed_page();
-    let mut fake = Fake::new(&mut page, steps);
-    fake.alive_lookups = None;
-    fake.signal_at_end = true;
-    // SAFETY: as in the first test.
-    let p = unsafe { Page::new(NonNull::from(&mut *page)) };
-    assert_eq!(serve::run(&p, &mut router, &mut fake, Duration::from_secs(60)).unwrap(), End::Signal(15));
+    let (_page, _fake) = run_to_signal(&mut router, steps);
     assert_eq!(BlockStats::get(&router.disks[0].stats.requests), 2);
 
     // The state written at the freeze: one device, activated, its queue where the driver put it.
