@@ -147,7 +147,7 @@ impl Block {
 
     /// Executes the request whose header is next in `reader`; `data_w` is the writable data
     /// area (status byte excluded). Returns the status.
-    fn execute(&mut self, reader: &mut Reader<'_>, data_w: &mut Writer<'_>) -> u32 {
+    fn execute(&mut self, reader: &mut crate::ChainReader<'_>, data_w: &mut crate::ChainWriter<'_>) -> u32 {
         let mut hdr = [0u8; HEADER_SIZE];
         if reader.read_exact(&mut hdr).is_err() {
             return VIRTIO_BLK_S_IOERR;
@@ -206,7 +206,7 @@ impl Block {
         &mut self,
         mut off: u64,
         mut len: usize,
-        w: &mut Writer<'_>,
+        w: &mut crate::ChainWriter<'_>,
     ) -> io::Result<()> {
         let buf = bounce(&mut self.buf);
         while len > 0 {
@@ -224,7 +224,7 @@ impl Block {
         &mut self,
         mut off: u64,
         mut len: usize,
-        r: &mut Reader<'_>,
+        r: &mut crate::ChainReader<'_>,
     ) -> io::Result<()> {
         let buf = bounce(&mut self.buf);
         while len > 0 {
@@ -245,7 +245,7 @@ impl Block {
 fn split_status<'a>(
     mem: &'a GuestMemoryMmap,
     chain: DescriptorChain<&'a GuestMemoryMmap>,
-) -> Option<(Writer<'a>, Writer<'a>)> {
+) -> Option<(crate::ChainWriter<'a>, crate::ChainWriter<'a>)> {
     let mut writer = Writer::new(mem, chain).ok()?;
     let writable = writer.available_bytes().checked_sub(1)?;
     let status_w = writer.split_at(writable).ok()?;

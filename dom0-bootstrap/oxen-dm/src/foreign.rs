@@ -100,7 +100,7 @@ impl ForeignDomain {
             };
             end = next;
             let map_err = |error| ForeignError::Map { gpa, len, error };
-            let region = MmapRegion::<()>::from_file(FileOffset::from_arc(self.file.clone(), gpa), size)
+            let region = MmapRegion::<vm_memory::bitmap::AtomicBitmap>::from_file(FileOffset::from_arc(self.file.clone(), gpa), size)
                 .map_err(|e| map_err(io::Error::other(e)))?;
             let region = GuestRegionMmap::new(region, GuestAddress(gpa))
                 .ok_or_else(|| map_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
@@ -115,6 +115,30 @@ impl ForeignDomain {
             error: io::Error::other(e),
         })
     }
+}
+
+/// The guest pages written through `mem` since the last call (or since it was mapped), by page
+/// number in ascending order, and clears them: what a live migration's round must send again
+/// besides the pages the hypervisor's dirty log names (its log sees the guest's own writes, not
+/// the device model's: used rings, disk reads, received frames).
+pub fn take_dirty(mem: &GuestMemoryMmap) -> Vec<u64> {
+    use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
+    let mut pages = Vec::new();
+    for region in mem.iter() {
+        let first = region.start_addr().0 / PAGE_SIZE;
+        let count = region.len() / PAGE_SIZE;
+        for (w, word) in std::ops::Deref::deref(region).bitmap().get_and_reset().into_iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let page = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if page < count {
+                    pages.push(first + page);
+                }
+            }
+        }
+    }
+    pages
 }
 
 #[cfg(test)]
@@ -155,6 +179,31 @@ mod tests {
         f.seek(SeekFrom::Start(0x3ffc)).unwrap();
         f.read_exact(&mut back).unwrap();
         assert_eq!(u32::from_le_bytes(back), 0xdead_beef, "the write reached the file (the domU)");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn writes_through_the_mapping_are_taken_as_dirty_pages_once() {
+        let (path, file) = standin(64 * 1024);
+        let dom = ForeignDomain::from_file(7, file);
+        let mem = dom.map(&[(0x2000, 0x3000), (0x8000, 0x8000)]).unwrap();
+        assert_eq!(take_dirty(&mem), [] as [u64; 0], "nothing written yet");
+        mem.write_obj(1u32, GuestAddress(0x3ffe)).unwrap(); // across pages 3 and 4
+        mem.write_slice(&[0u8; 0x1800], GuestAddress(0x9800)).unwrap(); // pages 9, 10
+        let mut buf = [0u8; 16];
+        mem.read_slice(&mut buf, GuestAddress(0xc000)).unwrap(); // a read marks nothing
+        assert_eq!(take_dirty(&mem), [3, 4, 9, 10]);
+        assert_eq!(take_dirty(&mem), [] as [u64; 0], "taken once");
+        // Through a queue's used ring, as the device side writes it.
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let desc = virtio_queue::desc::split::Descriptor::new(0xe000, 0x100, 0, 0);
+        mock.build_desc_chain(&[virtio_queue::desc::RawDescriptor::from(desc)]).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        let _ = take_dirty(&mem);
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        q.add_used(&mem, chain.head_index(), 0x100).unwrap();
+        let used_page = q.used_ring() / PAGE_SIZE;
+        assert!(take_dirty(&mem).contains(&used_page), "the used ring's page");
         std::fs::remove_file(path).unwrap();
     }
 

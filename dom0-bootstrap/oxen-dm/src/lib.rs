@@ -68,7 +68,11 @@ pub use vm_memory;
 
 /// The guest memory a device model works on: the domU's RAM, mapped into dom0 through `mmap` on
 /// `/dev/oxen`'s foreign file ([`ForeignDomain::map`]; in tests, anonymous memory or a file).
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// Each region carries a bitmap of the pages written through it ([`foreign::take_dirty`]).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// What a descriptor chain's buffers are read and written through: their writes mark the bitmap.
+pub(crate) type ChainReader<'a> = virtio_queue::Reader<'a, vm_memory::bitmap::RefSlice<'a, vm_memory::bitmap::AtomicBitmap>>;
+pub(crate) type ChainWriter<'a> = virtio_queue::Writer<'a, vm_memory::bitmap::RefSlice<'a, vm_memory::bitmap::AtomicBitmap>>;
 
 /// The ioreq loop may run devices on threads of its own.
 const _: () = {
