@@ -238,6 +238,7 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
 
     // A restored domain's devices go on from their saved state, read only now: `resume` reads
     // each queue's position from the guest's memory, which oxl restored before starting us.
+    let resuming = saved.is_some();
     let mut resumed = saved.map(Vec::into_iter);
     let mut transport = |device: Box<dyn oxen_dm::VirtioDevice>, name: &str| match resumed.as_mut().and_then(Iterator::next) {
         Some(state) => MmioTransport::resume(device, Arc::clone(&mem), &state)
@@ -251,14 +252,24 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         disks.push(Disk::new(spec, t, stats, sync));
     }
     let mut nics = Vec::new();
-    for (spec, ifname, tap) in taps {
+    for (spec, ifname, mut tap) in taps {
+        if resuming {
+            // The guest runs on behind this vif, here now: the bridges learn its MAC at once.
+            let frame = oxen_dm::net::announce_frame(&spec.mac);
+            for _ in 0..3 {
+                if let Err(e) = oxen_dm::Backend::write_frame(&mut tap, &frame) {
+                    eprintln!("{label}{ifname}: announcing the guest's MAC: {}", describe(&e));
+                }
+            }
+            eprintln!("{label}{ifname}: announced {} (RARP) on bridge {}", format_mac(&spec.mac), spec.bridge);
+        }
         let net = Net::new(Box::new(tap), spec.mac);
         let stats = net.stats();
         let t = transport(Box::new(net), &ifname)?;
         nics.push(Nic::new(spec, ifname, t, stats));
     }
     let mut router =
-        Router::new(disks, label.to_owned()).with_nics(nics).publishing_to(area).saving_to(args.state_file.clone());
+        Router::new(disks, label.to_owned()).with_nics(nics).publishing_to(area).saving_to(args.state_file.clone()).tracking(Arc::clone(&mem));
     router.publish();
     teller.tell(SERVING).map_err(|e| format!("the warden's pipe: {}", describe(&e)))?;
 

@@ -452,6 +452,26 @@ impl VirtioDevice for Net {
     }
 }
 
+/// The frame a device model sends for a vif that has just come up on this host with a guest
+/// already running behind it (a restore, the end of a migration): a RARP request from the guest's
+/// MAC to the broadcast address, as QEMU's self-announce sends, so that the bridges between here
+/// and the guest's peers learn where the MAC is now without waiting for the guest to speak.
+pub fn announce_frame(mac: &[u8; 6]) -> [u8; 60] {
+    // 14 bytes of Ethernet header, 28 of RARP, zeros to Ethernet's 60-byte minimum.
+    let mut f = [0u8; 60];
+    f[0..6].fill(0xff);
+    f[6..12].copy_from_slice(mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes()); // RARP
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+    f[22..28].copy_from_slice(mac); // sender's hardware address; its IP 0
+    f[32..38].copy_from_slice(mac); // target's hardware address; its IP 0
+    f
+}
+
 /// Parses `00:16:3e:01:02:03`. `None` unless six two-digit hex octets.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -470,4 +490,22 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn format_mac(mac: &[u8; 6]) -> String {
     let [a, b, c, d, e, f] = mac;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announce_is_a_broadcast_rarp_request_from_the_guests_mac() {
+        let mac = [0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c];
+        let f = announce_frame(&mac);
+        assert_eq!(f.len(), 60, "Ethernet's minimum");
+        assert_eq!((&f[0..6], &f[6..12]), (&[0xff; 6][..], &mac[..]));
+        assert_eq!(&f[12..14], &[0x80, 0x35], "RARP");
+        // htype 1, ptype IPv4, hlen 6, plen 4, op 3 (request reverse).
+        assert_eq!(&f[14..22], &[0, 1, 8, 0, 6, 4, 0, 3]);
+        assert_eq!((&f[22..28], &f[28..32], &f[32..38], &f[38..42]), (&mac[..], &[0; 4][..], &mac[..], &[0; 4][..]));
+        assert!(f[42..].iter().all(|&b| b == 0));
+    }
 }

@@ -124,8 +124,8 @@ impl Ioreq {
     }
 }
 
-/// The loop's signals as a descriptor: SIGTERM and SIGINT (stop), and `serve::SIG_FREEZE` and
-/// `serve::SIG_THAW` (oxl save) are blocked (from the call on) and read from it, so the loop's
+/// The loop's signals as a descriptor: SIGTERM and SIGINT (stop), `serve::SIG_FREEZE` and
+/// `serve::SIG_THAW` (oxl save), `serve::sig_dirty()` (oxl migrate) are blocked (from the call on) and read from it, so the loop's
 /// `poll` sees them.
 pub fn stop_signals() -> io::Result<OwnedFd> {
     // SAFETY: a zeroed sigset_t is a valid argument to sigemptyset, which initialises it.
@@ -137,6 +137,7 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, crate::serve::SIG_FREEZE);
         libc::sigaddset(&mut set, crate::serve::SIG_THAW);
+        libc::sigaddset(&mut set, crate::serve::sig_dirty());
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }

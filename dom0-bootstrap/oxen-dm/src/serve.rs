@@ -70,6 +70,13 @@ pub const SIG_FREEZE: i32 = libc::SIGUSR1;
 /// Serving again after [`SIG_FREEZE`] (`oxl save -c`, or a save that failed).
 pub const SIG_THAW: i32 = libc::SIGUSR2;
 
+/// `oxl migrate` asks which guest pages the device model wrote since it last asked (each round,
+/// and once more after the freeze): [`Router::save_dirty`] writes them to the dirty file.
+/// SIGRTMIN (a function in libc: glibc keeps the first real-time signals for itself).
+pub fn sig_dirty() -> i32 {
+    libc::SIGRTMIN()
+}
+
 /// The device model's calls out: to the kernel (the ioreq fd, signals) and the hypervisor.
 pub trait Host {
     /// Waits for a signal only (the loop is frozen: [`SIG_FREEZE`]) or `timeout`.
@@ -171,6 +178,8 @@ pub struct Router {
     area: Option<(Area, Vec<Option<TransportState>>)>,
     /// Where [`SIG_FREEZE`] writes the devices' states (`--state-file`).
     state_file: Option<PathBuf>,
+    /// The guest memory the devices write, whose dirty pages [`sig_dirty`] asks for.
+    mem: Option<Arc<crate::GuestMemoryMmap>>,
 }
 
 /// A device's transport and line, whichever kind it is.
@@ -193,7 +202,41 @@ impl Router {
             label,
             area: None,
             state_file: None,
+            mem: None,
         }
+    }
+
+    /// The router reporting the pages written through `mem` when asked ([`sig_dirty`]).
+    pub fn tracking(mut self, mem: Arc<crate::GuestMemoryMmap>) -> Self {
+        self.mem = Some(mem);
+        self
+    }
+
+    /// The dirty file: the state file's name with `.dirty` added.
+    pub fn dirty_file(&self) -> Option<PathBuf> {
+        let mut p = self.state_file.clone()?.into_os_string();
+        p.push(".dirty");
+        Some(p.into())
+    }
+
+    /// Writes the guest pages written since the last call (`crate::foreign::take_dirty`), each a
+    /// little-endian `u64` page number, to the dirty file (a new file renamed over it).
+    pub fn save_dirty(&self) -> io::Result<(PathBuf, usize)> {
+        let path = self.dirty_file().ok_or_else(|| io::Error::other("no --state-file was given"))?;
+        let mem = self.mem.as_ref().ok_or_else(|| io::Error::other("no guest memory is tracked"))?;
+        let pages = crate::foreign::take_dirty(mem);
+        let bytes: Vec<u8> = pages.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".new");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok((path, pages.len()))
+    }
+
+    /// Flushes every read-write disk's file (before a freeze hands the domain to another host,
+    /// whose device model reads the same storage).
+    pub fn sync_disks(&self) -> io::Result<()> {
+        self.disks.iter().filter_map(|d| d.sync.as_ref()).try_for_each(File::sync_all)
     }
 
     /// The router writing its devices' states to `path` when frozen ([`SIG_FREEZE`]).
@@ -436,6 +479,9 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
                     router.round(page, host);
                     router.publish();
                     frozen = true;
+                    if let Err(e) = router.sync_disks() {
+                        eprintln!("{}frozen for a save, but a disk's fsync failed: {}", router.label, describe(&e));
+                    }
                 }
                 match router.save_states() {
                     Ok(path) => eprintln!("{}frozen for a save: the devices' state is in {}", router.label, path.display()),
@@ -448,6 +494,12 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
                     eprintln!("{}serving again", router.label);
                 }
                 frozen = false;
+                continue;
+            }
+            Wake::Signal(sig) if sig == sig_dirty() => {
+                if let Err(e) = router.save_dirty() {
+                    eprintln!("{}writing the pages it wrote failed: {}", router.label, describe(&e));
+                }
                 continue;
             }
             Wake::Signal(sig) => return Ok(End::Signal(sig)),

@@ -513,7 +513,7 @@ fn a_frozen_loop_writes_the_states_and_serves_nothing_until_thawed_and_a_resumed
     let (ta, a) = disk(&mem, BASE_A, 16, 64, 0x77);
     let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
     let state_file = dir.as_path().join("5.dm.state");
-    let mut router = Router::new(vec![a], String::from("test: ")).saving_to(Some(state_file.clone()));
+    let mut router = Router::new(vec![a], String::from("test: ")).saving_to(Some(state_file.clone())).tracking(Arc::clone(&mem));
     let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
     let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
     let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
@@ -534,10 +534,23 @@ fn a_frozen_loop_writes_the_states_and_serves_nothing_until_thawed_and_a_resumed
         Step::Signal(serve::SIG_THAW),
         Step::Idle,
         Step::Mem(Box::new(move || assert_eq!(status(), VIRTIO_BLK_S_OK as u8, "served once thawed"))),
+        // Asked for the pages it wrote: the data, status and used-ring pages of the requests.
+        Step::Signal(serve::sig_dirty()),
     ]);
     let (_page, _fake) = run_to_signal(&mut router, steps);
     assert_eq!(BlockStats::get(&router.disks[0].stats.requests), 2);
 
+    // The pages the device model wrote, as the dirty file says: the requests' data and status
+    // pages and the used ring's (and only pages of guest memory).
+    let dirty: Vec<u64> = std::fs::read(router.dirty_file().unwrap())
+        .unwrap()
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for addr in [DATA, STATUS, u] {
+        assert!(dirty.contains(&(addr / 4096)), "page of {addr:#x} in {dirty:x?}");
+    }
+    assert!(dirty.iter().all(|&p| p < (MEM_SIZE as u64) / 4096));
     // The state written at the freeze: one device, activated, its queue where the driver put it.
     let states = oxen_dm::state::decode_set(&std::fs::read(&state_file).unwrap()).unwrap();
     assert_eq!(states.len(), 1);
