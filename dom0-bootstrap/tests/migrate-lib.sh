@@ -132,10 +132,10 @@ must() {
     exit 1
 }
 
-# linux_left ROLE TO: lmig was migrated away to TO: gone here, memory back,
+# linux_left ROLE TO [DOM]: DOM (lmig) was migrated away to TO: gone here, memory back,
 # and TO sent the end of its console here (its last COUNT lines).
 linux_left() {
-    local role=$1 to=$2
+    local role=$1 to=$2 lmig=${3:-$lmig}
     check "$role: $lmig is gone here" "still listed" gone "$lmig"
     check "$role: memory back after $lmig left" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
     unfollow
@@ -144,12 +144,12 @@ linux_left() {
     check "$role: sent $to the end of its console" "nc to $to:8003 failed" tell_file "$to" /tmp/follow.tail
 }
 
-# linux_arrived ROLE FROM: lmig came from FROM, which sends the end of its
+# linux_arrived ROLE FROM [DOM]: DOM (lmig) came from FROM, which sends the end of its
 # console: its counter goes on here from FROM's last value, none repeated or
 # skipped across the move (FROM's tail joined to this ring), and its shell
 # answers.
 linux_arrived() {
-    local role=$1 from=$2 c
+    local role=$1 from=$2 lmig=${3:-$lmig} c
     check "$role: $lmig runs here" "state $(field "$lmig" 5)" wait_for 10 running "$lmig"
     hear_file /tmp/from.tail
     c=$(counts /tmp/from.tail | tail -n 1)
@@ -170,4 +170,30 @@ receive() {
     s=$?
     cat /tmp/recv.out
     return $s
+}
+
+# The third part: dmig, a Linux domU whose root is the disk both machines see
+# (QEMU's shared drive, /dev/vda in both dom0s) and whose vif is on xenbr0,
+# the bridge the wire between the hosts is a port of, at 10.0.3.50.
+dmig=dmig
+dmig_ip=10.0.3.50
+sed -e "s/^name = .*/name = \"$dmig\"/" \
+    -e "s|^extra = .*|extra = \"console=ttyS0,115200 8250.nr_uarts=1 quiet root=/dev/vda rw oxen.ip=$dmig_ip/24\"|" \
+    "$(linux_cfg)" > /tmp/$dmig.cfg
+echo "disk = ['phy:/dev/vda,xvda,w']" >> /tmp/$dmig.cfg
+echo "vif = ['bridge=xenbr0']" >> /tmp/$dmig.cfg
+# The next reader of the shared disk may be this dom0 after the other's
+# device model wrote it: what this kernel cached of it (at boot, or before the
+# domain left) is dropped first.
+drop_shared_cache() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# as_dmig COMMAND...: COMMAND with the lmig helpers (ask, ask_for, counted_past,
+# ...) working on dmig (busybox sh's `local` is seen by the functions called).
+as_dmig() { local lmig=$dmig; "$@"; }
+# pinging / ping_loss: pings dmig from this dom0 once a second in the
+# background; then stops it and prints "SENT RECEIVED".
+pinging() { ping "$dmig_ip" > /tmp/ping.out 2>&1 & echo $! > /tmp/ping.pid; }
+ping_loss() {
+    kill -INT "$(cat /tmp/ping.pid)" 2>/dev/null
+    sleep 1
+    sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p' /tmp/ping.out
 }

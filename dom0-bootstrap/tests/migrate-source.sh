@@ -76,5 +76,53 @@ echo "migrate: $lmig's clock is this dom0's $back s, was $skew s before it left"
 near() { [ $((back - skew)) -le 2 ] && [ $((skew - back)) -le 2 ]; }
 check "migrate: its clock keeps its time across both moves (within 2 s)" "$back s now, $skew s before" near
 check "migrate: destroy $lmig" "oxl destroy failed" oxl destroy "$lmig"
+check "migrate: memory back after $lmig" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
+
+# dmig: its root on the disk both hosts see, a vif on the bridge the wire is a
+# port of. It moves to B while this dom0 pings it once a second: its counter,
+# its disk and its address go on there (its device model's writes go with the
+# rounds, its devices' state with the stream, B's device model announces its
+# MAC); B writes a file on the disk and sends it back.
+check "migrate: the shared disk holds the root image" "writing /dev/vda failed" \
+    sh -c 'gunzip -c /usr/lib/oxen/linux/rootfs.ext4.gz > /dev/vda && sync'
+check "migrate: create $dmig (root on the shared disk, a vif on xenbr0)" "oxl create failed" oxl create /tmp/$dmig.cfg
+wait_for 600 as_dmig booted_or_gone
+check "migrate: $dmig boots to its shell" "no banner and prompt in 600 s, or it crashed" linux_booted "$dmig"
+dmig_pings() { ping -c 1 -W 1 "$dmig_ip" > /dev/null 2>&1; }
+check "migrate: $dmig answers this dom0's ping" "no reply from $dmig_ip in 60 s" wait_for 60 dmig_pings
+check "migrate: a file written and synced on its disk" "no answer" \
+    as_dmig ask_for SUM0 'dd if=/dev/urandom of=/root/data bs=4096 count=64 2>/dev/null; sync; echo "SUM0 $(md5sum /root/data | cut -c 1-32) END"'
+sum0=$(answer SUM0)
+as_dmig ask '(i=0; while :; do i=$((i + 1)); echo "COUNT $i"; usleep 100000; done) & echo "COUNTER started END"'
+check "migrate: its counter runs" "no COUNT past 20 in 60 s" as_dmig wait_for 60 counted_past 20
+pinging
+sleep 3
+follow "$dmig" /tmp/follow.out
+must migrate "oxl migrate $dmig to B" migrate_to "$dmig" 10.0.3.2
+check "migrate: told B its file's checksum" "nc to 10.0.3.2:8003 failed" tell 10.0.3.2 "$sum0"
+linux_left migrate 10.0.3.2 "$dmig"
+check "migrate: its device model ended here" "oxen-dm still runs" wait_for 10 sh -c '! pidof oxen-dm > /dev/null'
+sleep 5
+set -- $(ping_loss)
+sent=${1:-0} answered=${2:-0}
+echo "migrate: ping $dmig_ip from A: $sent sent, $answered answered across the move"
+few_lost() { [ "$sent" -ge 5 ] && [ $((sent - answered)) -le 3 ]; }
+check "migrate: it answered this dom0's pings across the move (at most 3 lost)" "$sent sent, $answered answered" few_lost
+
+# Back from B: the file B wrote is on the disk here.
+drop_shared_cache
+must migrate "oxl migrate-receive took $dmig back" receive
+linux_arrived migrate 10.0.3.2 "$dmig"
+sum_b=$(hear)
+check "migrate: its file from before the moves reads back" "no answer" \
+    as_dmig ask_for SUM1 'echo 3 > /proc/sys/vm/drop_caches; echo "SUM1 $(md5sum /root/data | cut -c 1-32) END"'
+check "migrate: it is the same file" "md5 $(answer SUM1), was $sum0" [ "$(answer SUM1)" = "$sum0" ]
+check "migrate: the file it wrote on B reads back here" "no answer" \
+    as_dmig ask_for SUMB1 'echo "SUMB1 $(md5sum /root/on-b | cut -c 1-32) END"'
+same_as_b() { [ -n "$sum_b" ] && [ "$(answer SUMB1)" = "$sum_b" ]; }
+check "migrate: with B's checksum" "md5 $(answer SUMB1), B said $sum_b" same_as_b
+check "migrate: $dmig answers this dom0's ping after coming back" "no reply" wait_for 30 dmig_pings
+check "migrate: destroy $dmig" "oxl destroy failed" oxl destroy "$dmig"
+check "migrate: no device model left" "oxen-dm still runs" wait_for 10 sh -c '! pidof oxen-dm > /dev/null'
 check "migrate: memory back at the end" "$free0 KiB before, $(free_kib) KiB now" wait_for 10 settled
 echo "migrate: done, $failed failed"

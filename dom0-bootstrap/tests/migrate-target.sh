@@ -36,4 +36,29 @@ check "migrate-peer: its clock keeps its time across the move (within 2 s)" "$sk
 follow "$lmig" /tmp/follow.out
 must migrate-peer "oxl migrate $lmig back to A" migrate_to "$lmig" 10.0.3.1
 linux_left migrate-peer 10.0.3.1
+
+# dmig, on the shared disk with a vif: received from A, its disk and network
+# checked here, a file written, sent back.
+drop_shared_cache
+must migrate-peer "oxl migrate-receive took $dmig" receive
+sum0=$(hear)
+linux_arrived migrate-peer 10.0.3.1 "$dmig"
+check "migrate-peer: its device model went on from the devices' state in the stream" "see /var/log/oxen/$dmig.dm.log" \
+    grep -q "resuming 2 device(s) from" /var/log/oxen/$dmig.dm.log
+check "migrate-peer: its device model announced the guest's MAC" "no 'announced' line" \
+    grep -q "announced .* (RARP) on bridge xenbr0" /var/log/oxen/$dmig.dm.log
+check "migrate-peer: its file from A reads back from the shared disk" "no answer" \
+    as_dmig ask_for SUM1 'echo 3 > /proc/sys/vm/drop_caches; echo "SUM1 $(md5sum /root/data | cut -c 1-32) END"'
+same_as_a() { [ -n "$sum0" ] && [ "$(answer SUM1)" = "$sum0" ]; }
+check "migrate-peer: it is the same file" "md5 $(answer SUM1), A said $sum0" same_as_a
+check "migrate-peer: it writes and syncs a file on the disk here" "no answer" \
+    as_dmig ask_for SUMB 'dd if=/dev/urandom of=/root/on-b bs=4096 count=64 2>/dev/null; sync; echo "SUMB $(md5sum /root/on-b | cut -c 1-32) END"'
+sum_b=$(answer SUMB)
+dmig_pings() { ping -c 1 -W 1 "$dmig_ip" > /dev/null 2>&1; }
+check "migrate-peer: $dmig answers this dom0's ping" "no reply from $dmig_ip" wait_for 30 dmig_pings
+follow "$dmig" /tmp/follow.out
+must migrate-peer "oxl migrate $dmig back to A" migrate_to "$dmig" 10.0.3.1
+linux_left migrate-peer 10.0.3.1 "$dmig"
+check "migrate-peer: told A the checksum of the file written here" "nc to 10.0.3.1:8003 failed" tell 10.0.3.1 "$sum_b"
+check "migrate-peer: no device model left here" "oxen-dm still runs" wait_for 10 sh -c '! pidof oxen-dm > /dev/null'
 echo "migrate-peer: done, $failed failed"

@@ -116,6 +116,7 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
         icount: true,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };
@@ -241,6 +242,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
         icount: false,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };
@@ -725,6 +727,7 @@ pub(crate) fn boot_dom0_script_with(
         icount,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };
@@ -1862,6 +1865,7 @@ fn linux_bare(icount: bool, smp: u32) -> Result<LinuxBare> {
         icount,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };

@@ -241,6 +241,7 @@ pub fn idle_run(
         icount: false,
         bochs_ips: crate::emu::BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };

@@ -113,6 +113,10 @@ pub struct Machine {
     pub bochs_ips: u64,
     /// QEMU only: a raw disk image attached as a virtio block device (read-only).
     pub disk: Option<PathBuf>,
+    /// QEMU only: a raw image attached read-write as a virtio block device,
+    /// without QEMU's image lock, so that both machines of a two-host test
+    /// share it (the storage both hosts of a migration see).
+    pub shared_disk: Option<PathBuf>,
     /// QEMU only: an HTTP response file QEMU's user network sends to each
     /// guest connection to `HTTP_ADDR` port 80 (`guestfwd`, `cat` of it).
     pub serve: Option<PathBuf>,
@@ -213,6 +217,12 @@ impl Machine {
             c.arg("-drive").arg(format!(
                 "file={},if=virtio,format=raw,readonly=on",
                 disk.display()
+            ));
+        }
+        if let Some(disk) = &self.shared_disk {
+            c.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,file.locking=off",
+                disk.display().to_string().replace(',', ",,")
             ));
         }
         if let Some(response) = &self.serve {
@@ -695,6 +705,7 @@ mod tests {
             icount: false,
             bochs_ips: BOCHS_IPS,
             disk: None,
+            shared_disk: None,
             serve: None,
             link: None,
         };

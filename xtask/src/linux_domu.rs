@@ -454,6 +454,7 @@ fn bare_machine(icount: bool, memory_mib: u32) -> Machine {
         icount,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     }

@@ -210,6 +210,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 icount: false,
                 bochs_ips: BOCHS_IPS,
                 disk: None,
+                shared_disk: None,
                 serve: None,
                 link: None,
             };

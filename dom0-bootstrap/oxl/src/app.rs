@@ -1169,6 +1169,11 @@ struct Live<'h> {
     logging: bool,
     /// When it was paused for the stop-and-copy.
     paused_at: Option<std::time::Duration>,
+    /// Its device model (the state directory and the record), whose writes
+    /// to guest memory each round adds to the log, frozen with the domain.
+    dm: Option<(std::path::PathBuf, dm::Record)>,
+    /// The device model's states, once frozen.
+    frozen: Option<Vec<u8>>,
 }
 
 impl crate::migrate::LiveSource for Live<'_> {
@@ -1186,16 +1191,34 @@ impl crate::migrate::LiveSource for Live<'_> {
     }
 
     fn clean(&mut self, bitmap: &mut [u64]) -> std::result::Result<u64, String> {
-        hv::log_dirty_clean(self.hv, self.d.domid, self.pages, bitmap).map_err(|e| dom_failed(&self.d, "read the dirty pages of", e))
+        let mut n = hv::log_dirty_clean(self.hv, self.d.domid, self.pages, bitmap).map_err(|e| dom_failed(&self.d, "read the dirty pages of", e))?;
+        // What the device model wrote: not in the hypervisor's log.
+        if let Some((dir, rec)) = &self.dm {
+            let pages = dm::dirty(dir, self.d.domid, rec).map_err(|why| format!("domain {}: {why}", label(&self.d)))?;
+            for p in pages.into_iter().filter(|&p| p < self.pages) {
+                let (w, b) = ((p / 64) as usize, p % 64);
+                if bitmap[w] & (1 << b) == 0 {
+                    bitmap[w] |= 1 << b;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     fn pause(&mut self) -> std::result::Result<(), String> {
         hv::domain_op(self.hv, domctl::PAUSE, self.d.domid).map_err(|e| dom_failed(&self.d, "pause", e))?;
         self.paused_at = Some(self.hv.now());
+        // Its device model stops with it: what it wrote up to here is in the
+        // next clean, its devices' state in the stream.
+        if let Some((dir, rec)) = &self.dm {
+            let set = dm::freeze(dir, self.d.domid, rec).map_err(|why| format!("domain {}: {why}", label(&self.d)))?;
+            self.frozen = Some(set);
+        }
         Ok(())
     }
 
-    fn state(&mut self) -> std::result::Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    fn state(&mut self) -> std::result::Result<crate::migrate::PausedState, String> {
         let d = self.d;
         let text = |e: Error| match e {
             Error::Command(m) | Error::Setup(m) => m,
@@ -1205,7 +1228,15 @@ impl crate::migrate::LiveSource for Live<'_> {
             vcpus.push(state_wait(self.hv, &d, |hv| hv::vcpu_state_get(hv, d.domid, v)).map_err(text)?);
         }
         let platform = hv::platform_state_get(self.hv, d.domid).map_err(|e| dom_failed(&d, "read the devices' state of", e))?;
-        Ok((vcpus, platform))
+        let devices = match (&self.dm, &self.frozen) {
+            (Some((_, rec)), Some(set)) => saved_devices(rec, set)
+                .map_err(|why| format!("domain {}: {why}", label(&d)))?
+                .into_iter()
+                .map(|s| crate::migrate::DeviceState { kind: s.kind, head: s.head, state: s.state.to_vec() })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok((vcpus, platform, devices))
     }
 }
 
@@ -1219,6 +1250,9 @@ impl Live<'_> {
                 left.push(dom_failed(&self.d, "stop logging the dirty pages of", e));
             }
             self.logging = false;
+        }
+        if let (Some((_, rec)), Some(_)) = (&self.dm, self.frozen.take()) {
+            dm::thaw(rec);
         }
         if self.paused_at.take().is_some() {
             if let Err(e) = hv::domain_op(self.hv, domctl::UNPAUSE, self.d.domid) {
@@ -1248,15 +1282,12 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
     let d = find(&mut *hv, dom)?;
     not_dom0(&d, "migrate")?;
     let config = recorded_config(env, &d, "migrated")?;
-    if served_by(env, &d).is_some() {
-        // Its device model writes the guest's memory (disk reads, received
-        // frames) where dirty logging does not see it.
-        return Err(format!(
-            "domain {} has disks or vifs served by a device model, whose writes to its memory live migration cannot track yet (issue 12): 'oxl save' and 'oxl restore' move it",
-            label(&d)
-        )
-        .into());
-    }
+    // Its device model, if it has disks or vifs: its writes to guest memory go
+    // with each round, it freezes with the domain, its devices' state goes too.
+    let dm = match (served_by(env, &d), env.state_dir) {
+        (Some(rec), Some(dir)) => Some((dir.to_path_buf(), rec)),
+        _ => None,
+    };
     if d.state != oxen_abi::DomainState::Running as u32 {
         return Err(format!("domain {} is not running (state {}): only a running domain migrates ('oxl unpause' it first, or 'oxl save' it)", label(&d), show::state(&d)).into());
     }
@@ -1279,7 +1310,7 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
     let mut answers = std::io::BufReader::new(conn.try_clone().map_err(|e| format!("the connection: {}", os_error(&e)))?);
     let fd = conn.as_raw_fd();
     let mem = crate::foreign::ForeignMemory::open(d.domid, header.pages()).map_err(|e| format!("cannot map domain {}'s memory: {}", label(&d), os_error(&e)))?;
-    let mut live = Live { hv: &mut *hv, d, pages: header.pages(), mem, logging: false, paused_at: None };
+    let mut live = Live { hv: &mut *hv, d, pages: header.pages(), mem, logging: false, paused_at: None, dm: dm.clone(), frozen: None };
     let mut peer = || -> Option<String> {
         if !readable(fd) {
             return None;
@@ -1340,6 +1371,9 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
         Ok(Reply::Error(why)) => {
             // The receiver destroyed its copy: this one runs on.
             let _ = hv::log_dirty(&mut *hv, d.domid, false);
+            if let Some((_, rec)) = &dm {
+                dm::thaw(rec);
+            }
             hv::domain_op(&mut *hv, domctl::UNPAUSE, d.domid).map_err(|e| dom_failed(&d, "unpause", e))?;
             return Err(format!("the receiving host could not run the domain: {why}; domain {} runs on here", label(&d)).into());
         }
@@ -1361,6 +1395,10 @@ fn cmd_migrate(env: &mut Env, dom: &str, host_spec: &str, policy: crate::migrate
     }
     let downtime = (hv.now() - paused_at).as_secs_f64();
     destroy_and_wait(&mut *hv, &d)?;
+    if let Some((dir, _)) = &dm {
+        // It ends with its domain (disks flushed at the freeze); its record goes.
+        dm::stop(dir, d.domid, DM_STOP_WAIT);
+    }
     let seconds = (hv.now() - start).as_secs_f64();
     if json {
         return out(env, &crate::migrate::json_summary(&show::name(&d), d.domid, host_spec, &sent, downtime, seconds));
@@ -1407,14 +1445,20 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
     .map_err(|e| format!("port {port}: {}", os_error(&e)))?;
     let from = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
     let start = hv.now();
-    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::GoOn);
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::GoOn).with_devices(env.sys_net);
     let mut reader = BufReader::with_capacity(1 << 20, &conn);
     let read = crate::save::read_stream(&mut reader, &mut r, |_, _| {});
-    let (domain, mem, rounds, recorded) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take());
+    let (domain, mem, rounds, recorded, devices) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take(), r.devices.take());
     drop(mem);
+    // Its device model, from the devices' state in the stream, before READY.
+    let read = read.map_err(|e| e.to_string()).and_then(|s| match (&domain, &devices) {
+        (Some(d), Some(devs)) => start_device_model(env, d, devs).map(|()| s),
+        _ => Ok(s),
+    });
     for n in rounds {
         note(env, &n);
     }
+    let state_dir = env.state_dir;
     // Undoes a half-received domain after `why`, telling the sender.
     let give_up = |hv: &mut dyn Hypervisor, d: Option<DomainInfo>, why: String| -> Error {
         let _ = write_reply(&mut &conn, &Reply::Error(why.clone()));
@@ -1427,14 +1471,20 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
         match d {
             None => why.into(),
             Some(d) => match destroy_and_wait(hv, &d) {
-                Ok(()) => format!("{why}; the half-received domain {} was destroyed again", label(&d)).into(),
+                Ok(()) => {
+                    // A device model started for it ends with it; so does its record.
+                    if let Some(dir) = state_dir {
+                        dm::stop(dir, d.domid, DM_STOP_WAIT);
+                    }
+                    format!("{why}; the half-received domain {} was destroyed again", label(&d)).into()
+                }
                 Err(e2) => format!("{why}; destroying the half-received domain failed too ({e2}): run 'oxl destroy {}'", d.domid).into(),
             },
         }
     };
     let (d, summary) = match (read, domain) {
         (Ok(s), Some(d)) => (d, s),
-        (Err(e), d) => return Err(give_up(&mut *hv, d, e.to_string())),
+        (Err(e), d) => return Err(give_up(&mut *hv, d, e)),
         (Ok(_), None) => return Err(give_up(&mut *hv, None, "the stream held no domain".into())),
     };
     if let Err(e) = write_reply(&mut &conn, &Reply::Ready) {

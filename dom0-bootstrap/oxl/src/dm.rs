@@ -202,6 +202,37 @@ pub fn freeze(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The guest pages a domain's device model wrote since it was last asked
+/// (`oxl migrate`'s rounds): it writes them, one little-endian `u64` page
+/// number each, to the state file's name with `.dirty` added.
+pub fn dirty(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u64>, String> {
+    let mut path = state_path(dir, domid).into_os_string();
+    path.push(".dirty");
+    let path = PathBuf::from(path);
+    let _ = std::fs::remove_file(&path);
+    if !running(rec.pid) {
+        return Err(format!("its device model (pid {}) is not running", rec.pid));
+    }
+    // SAFETY: a signal to a process that `running` just found to be oxen-dm.
+    unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGRTMIN()) };
+    let end = Instant::now() + FREEZE_WAIT;
+    loop {
+        if let Ok(b) = std::fs::read(&path) {
+            let _ = std::fs::remove_file(&path);
+            return Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect());
+        }
+        if Instant::now() >= end || !running(rec.pid) {
+            return Err(format!(
+                "its device model (pid {}) did not say which pages it wrote within {} s (its log: {})",
+                rec.pid,
+                FREEZE_WAIT.as_secs(),
+                rec.log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Lets a device model [`freeze`] stopped serve again (`save -c`, or a save
 /// that failed).
 pub fn thaw(rec: &Record) {

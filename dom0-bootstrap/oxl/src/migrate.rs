@@ -52,9 +52,21 @@ pub trait LiveSource {
     fn clean(&mut self, bitmap: &mut [u64]) -> Result<u64, String>;
     /// Pauses the domain for the stop-and-copy.
     fn pause(&mut self) -> Result<(), String>;
-    /// The paused domain's vCPUs' states (`vcpu_snapshot`) and its platform's
-    /// (`platform_state`).
-    fn state(&mut self) -> Result<(Vec<Vec<u8>>, Vec<u8>), String>;
+    /// The paused domain's vCPUs' states (`vcpu_snapshot`), its platform's
+    /// (`platform_state`) and its device model's devices', if it has one.
+    fn state(&mut self) -> Result<PausedState, String>;
+}
+
+/// Each vCPU's `vcpu_snapshot` encoding, the `platform_state` encoding, the
+/// device model's devices.
+pub type PausedState = (Vec<Vec<u8>>, Vec<u8>, Vec<DeviceState>);
+
+/// One device of the domain's device model, for its `DEVICE` record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceState {
+    pub kind: u32,
+    pub head: oxen_abi::save_stream::DeviceHead,
+    pub state: Vec<u8>,
 }
 
 /// Why a migration's sending side stopped.
@@ -190,11 +202,13 @@ pub fn send_live(
         *a |= b;
     }
     let final_pages = send_pages(&mut out, &mut batcher, src.memory(), marked(&bitmap, total), &mut summary, peer)?;
-    let (vcpus, platform) = src.state().map_err(SendError::Source)?;
+    let (vcpus, platform, devices) = src.state().map_err(SendError::Source)?;
     let r = Round { round: n + 1, sent: final_pages, dirtied: 0 };
     out.record(kind::ROUND, &r.encode())?;
     round(&r, out.bytes);
-    out.finish(&vcpus, &platform, &[], &mut summary)?;
+    let devices: Vec<crate::save::SavedDevice<'_>> =
+        devices.iter().map(|d| crate::save::SavedDevice { kind: d.kind, head: d.head, state: &d.state }).collect();
+    out.finish(&vcpus, &platform, &devices, &mut summary)?;
     Ok(Sent { rounds: n + 1, pages: summary.pages, zero_pages: summary.zero_pages, final_pages, bytes: summary.bytes })
 }
 
@@ -362,9 +376,10 @@ mod tests {
             self.paused = true;
             Ok(())
         }
-        fn state(&mut self) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+        fn state(&mut self) -> Result<PausedState, String> {
             assert!(self.paused, "state read from a running domain");
-            Ok((vec![b"v0".to_vec()], b"platform".to_vec()))
+            let disk = DeviceState { kind: 1, head: oxen_abi::save_stream::DeviceHead { base: 0xfeb0_0000, gsi: 16 }, state: b"disk".to_vec() };
+            Ok((vec![b"v0".to_vec()], b"platform".to_vec(), vec![disk]))
         }
     }
 
@@ -373,6 +388,7 @@ mod tests {
         mem: Vec<u8>,
         rounds: Vec<(u32, u64, u64)>,
         vcpus: usize,
+        devices: Vec<(u32, u32, Vec<u8>)>,
     }
 
     impl GuestPages for Target {
@@ -402,8 +418,9 @@ mod tests {
         fn platform(&mut self, _: &[u8]) -> Result<(), String> {
             Ok(())
         }
-        fn device(&mut self, _: u32, _: u32, _: &[u8]) -> Result<(), String> {
-            unreachable!()
+        fn device(&mut self, index: u32, kind: u32, state: &[u8]) -> Result<(), String> {
+            self.devices.push((index, kind, state.to_vec()));
+            Ok(())
         }
         fn round(&mut self, round: u32, sent: u64, dirtied: u64) {
             self.rounds.push((round, sent, dirtied));
@@ -454,6 +471,10 @@ mod tests {
         assert!(t.mem == g.mem, "the target's memory is the paused source's");
         assert_eq!(t.rounds, [(1, 2048, 900), (2, 900, 300), (3, 300, 100), (4, 100, 30), (5, 30, 0)]);
         assert_eq!(t.vcpus, 1);
+        // The device model's device, after the vCPUs: its place, then its state.
+        let (i, k, b) = &t.devices[0];
+        let (head, state) = oxen_abi::save_stream::DeviceHead::decode(b).unwrap();
+        assert_eq!((*i, *k, head.base, head.gsi, state), (0, 1, 0xfeb0_0000, 16, &b"disk"[..]));
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
         icount: false,
         bochs_ips: BOCHS_IPS,
         disk: None,
+        shared_disk: None,
         serve: None,
         link: None,
     };
