@@ -53,13 +53,15 @@ linux_booted() { oxl console --dump "$1" 2>/dev/null | grep -q "Oxen domU: Linux
 # counts FILE: the counter's values in FILE (a console dump), one a line, from
 # whole lines only: the first line may be the end of one the ring no longer
 # holds whole, and a last line without its newline may still be growing. A
-# value may follow the shell's prompt on its line ("domU:~# ESC[6nCOUNT 2"):
-# the prompt of the command that started the counter can come after its
-# first value.
+# value may follow other output on its line: the shell's prompt ("domU:~#
+# ESC[6nCOUNT 2": the prompt of the command that started the counter can come
+# after its first value) or the echo of a command being typed ("echo
+# checkpoinCOUNT 100"). The counter writes each "COUNT n" line in one write,
+# so what comes between two of its writes can only precede a value.
 counts() {
     tr -d '\r' < "$1" > /tmp/counts.lines
     [ -n "$(tail -c 1 /tmp/counts.lines)" ] && sed -i '$d' /tmp/counts.lines
-    sed -n 's/^\(.*# .*\)\{0,1\}COUNT \([0-9][0-9]*\)$/\2/p' /tmp/counts.lines
+    sed -n 's/^.*COUNT \([0-9][0-9]*\)$/\1/p' /tmp/counts.lines
 }
 # consecutive: stdin's numbers each the one before plus 1 (and some there).
 consecutive() {
