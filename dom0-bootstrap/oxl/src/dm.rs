@@ -176,30 +176,7 @@ const FREEZE_WAIT: Duration = Duration::from_secs(10);
 /// [`state_path`] and then serves nothing until [`thaw`] or the domain's end.
 /// Returns the set's bytes.
 pub fn freeze(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u8>, String> {
-    let path = state_path(dir, domid);
-    let _ = std::fs::remove_file(&path);
-    if !running(rec.pid) {
-        return Err(format!("its device model (pid {}) is not running: its devices' state cannot be saved", rec.pid));
-    }
-    // SAFETY: a signal to a process that `running` just found to be oxen-dm.
-    unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGUSR1) };
-    let end = Instant::now() + FREEZE_WAIT;
-    loop {
-        if let Ok(b) = std::fs::read(&path) {
-            let _ = std::fs::remove_file(&path);
-            return Ok(b);
-        }
-        if Instant::now() >= end || !running(rec.pid) {
-            return Err(format!(
-                "its device model (pid {}) did not write its devices' state to {} within {} s (its log: {})",
-                rec.pid,
-                path.display(),
-                FREEZE_WAIT.as_secs(),
-                rec.log.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ask(rec, libc::SIGUSR1, &state_path(dir, domid), "write its devices' state")
 }
 
 /// The guest pages a domain's device model wrote since it was last asked
@@ -208,23 +185,31 @@ pub fn freeze(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u8>, String> {
 pub fn dirty(dir: &Path, domid: u32, rec: &Record) -> Result<Vec<u64>, String> {
     let mut path = state_path(dir, domid).into_os_string();
     path.push(".dirty");
-    let path = PathBuf::from(path);
-    let _ = std::fs::remove_file(&path);
+    let b = ask(rec, libc::SIGRTMIN(), Path::new(&path), "say which pages it wrote")?;
+    Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+}
+
+/// Sends the device model `sig` and returns the file it answers with at
+/// `path` (written whole and renamed there, so it is read whole), removed
+/// again; `what` says what it was asked to do, for the error.
+fn ask(rec: &Record, sig: i32, path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    let _ = std::fs::remove_file(path);
     if !running(rec.pid) {
-        return Err(format!("its device model (pid {}) is not running", rec.pid));
+        return Err(format!("its device model (pid {}) is not running, so it cannot {what}", rec.pid));
     }
     // SAFETY: a signal to a process that `running` just found to be oxen-dm.
-    unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGRTMIN()) };
+    unsafe { libc::kill(rec.pid as libc::pid_t, sig) };
     let end = Instant::now() + FREEZE_WAIT;
     loop {
-        if let Ok(b) = std::fs::read(&path) {
-            let _ = std::fs::remove_file(&path);
-            return Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect());
+        if let Ok(b) = std::fs::read(path) {
+            let _ = std::fs::remove_file(path);
+            return Ok(b);
         }
         if Instant::now() >= end || !running(rec.pid) {
             return Err(format!(
-                "its device model (pid {}) did not say which pages it wrote within {} s (its log: {})",
+                "its device model (pid {}) did not {what} in {} within {} s (its log: {})",
                 rec.pid,
+                path.display(),
                 FREEZE_WAIT.as_secs(),
                 rec.log.display()
             ));
