@@ -1,7 +1,8 @@
 #!/bin/sh
 # A Linux domU whose root filesystem is a virtio disk served from dom0 (issue
-# 11), run in dom0 by `dom0-linux-disk-svm` and `dom0-linux-io-vmx` (linux_disk=short:
-# one boot, the file checked from dom0 only): the ext4 image xtask
+# 11), run in dom0 by `dom0-linux-disk-svm` and `dom0-linux-io-vmx` (with
+# linux_disk=short on dom0's command line, which no test uses now: one boot,
+# the file checked from dom0 only): the ext4 image xtask
 # made of the domU's tree (/usr/lib/oxen/linux/rootfs.ext4.gz) becomes
 # /var/lib/oxen/root.img, attached as `disk = ['...,raw,xvda,rw']` and booted
 # with root=/dev/vda rw. The domU writes a file and syncs; the domain is
