@@ -307,10 +307,7 @@ fn record_dm(env: &mut Env, domid: u32, r: &dm::Record) {
 fn cmd_block_list(env: &mut Env, dom: &str, net: bool) -> Result {
     let mut hv = connect(env)?;
     let d = find(&mut *hv, dom)?;
-    let rec = env
-        .state_dir
-        .and_then(|dir| std::fs::read_to_string(dm::Record::path(dir, d.domid)).ok())
-        .and_then(|t| dm::Record::parse(&t));
+    let rec = served_by(env, &d);
     let running = rec.as_ref().is_some_and(|r| dm::running(r.pid));
     let text = if net { show::network_list(rec.as_ref(), running) } else { show::block_list(rec.as_ref(), running) };
     out(env, &text)
@@ -343,7 +340,7 @@ fn cmd_list(env: &mut Env, json: bool, wanted: &[String]) -> Result {
     let text = if json {
         let dir = env.state_dir;
         show::list_json(&doms, |domid| {
-            let rec = dm::Record::parse(&std::fs::read_to_string(dm::Record::path(dir?, domid)).ok()?)?;
+            let rec = dm::Record::read(dir?, domid)?;
             let running = dm::running(rec.pid);
             Some((rec, running))
         })
@@ -804,8 +801,7 @@ fn recorded_config(env: &Env, d: &DomainInfo, verb: &str) -> Result<String> {
 
 /// The device model serving `d`'s disks and vifs, as `create` recorded it.
 fn served_by(env: &Env, d: &DomainInfo) -> Option<dm::Record> {
-    let dir = env.state_dir?;
-    std::fs::read_to_string(dm::Record::path(dir, d.domid)).ok().and_then(|t| dm::Record::parse(&t))
+    dm::Record::read(env.state_dir?, d.domid)
 }
 
 /// Writes a paused domain to `file` (removed again on failure).
@@ -907,10 +903,8 @@ struct Restorer<'h> {
     /// for them all (their TSCs stay in step).
     tsc_rule: crate::save::TscRule,
     tsc_offset: Option<u64>,
-    /// Where a restore looks for a vif's bridge; `None`: a domain with disks
-    /// or vifs is refused (migrate-receive: live migration does not carry a
-    /// device model).
-    sys_net: Option<std::path::PathBuf>,
+    /// Where a vif's bridge is looked for (`Env::sys_net`).
+    sys_net: std::path::PathBuf,
     /// The restored domain's devices, once `begin` placed them.
     devices: Option<RestoredDevices>,
 }
@@ -925,15 +919,11 @@ struct RestoredDevices {
 
 impl<'h> Restorer<'h> {
     /// Nothing made yet; `begin` makes the domain.
-    fn new(hv: &'h mut dyn Hypervisor, host_vendor: u32, tsc_rule: crate::save::TscRule) -> Self {
-        Self { hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None, tsc_rule, tsc_offset: None, sys_net: None, devices: None }
-    }
-
-    /// The same, taking domains with disks and vifs (their device model
-    /// started by `start_device_model` once the stream is read).
-    fn with_devices(mut self, sys_net: &Path) -> Self {
-        self.sys_net = Some(sys_net.to_path_buf());
-        self
+    /// A domain with disks or vifs gets its device model from
+    /// `start_restored_dm` once the stream is read.
+    fn new(hv: &'h mut dyn Hypervisor, host_vendor: u32, tsc_rule: crate::save::TscRule, sys_net: &Path) -> Self {
+        let sys_net = sys_net.to_path_buf();
+        Self { hv, host_vendor, domain: None, mem: None, rounds: Vec::new(), config: None, tsc_rule, tsc_offset: None, sys_net, devices: None }
     }
 
     /// Whose progress lines these are.
@@ -986,18 +976,11 @@ impl crate::save::Loader for Restorer<'_> {
             ));
         }
         let sched = cfg.sched(&file, host.cpus).map_err(|e| e.to_string())?;
-        let has_devices = !cfg.disks.is_empty() || !cfg.vifs.is_empty();
-        let devices = match &self.sys_net {
-            Some(sys_net) if has_devices => {
-                dm::check_disks(&file, &cfg.disks)?;
-                dm::check_vifs(&file, None, &cfg.vifs, sys_net)?;
-                device_names(&cfg)
-            }
-            None if has_devices => return Err(format!("{file}: the domain has disks or vifs, which live migration does not carry yet (issue 12)")),
-            _ => Vec::new(),
-        };
+        dm::check_disks(&file, &cfg.disks)?;
+        dm::check_vifs(&file, None, &cfg.vifs, &self.sys_net)?;
+        let devices = device_names(&cfg);
         let (domid, placed) = create(self.hv, &cfg, &images, &sched, true, &devices, &mut |_, _| Ok(()))?;
-        if has_devices {
+        if !placed.is_empty() {
             let saved = vec![None; placed.len()];
             self.devices = Some(RestoredDevices { cfg: cfg.clone(), placed, saved });
         }
@@ -1072,8 +1055,10 @@ impl crate::save::Loader for Restorer<'_> {
 }
 
 /// Starts a restored domain's device model, its devices going on from the
-/// states the stream carried, and records it as `create` does.
-fn start_device_model(env: &mut Env, d: &DomainInfo, devs: &RestoredDevices) -> std::result::Result<(), String> {
+/// states the stream carried, and records it as `create` does; nothing for a
+/// domain without disks or vifs (or no domain).
+fn start_restored_dm(env: &mut Env, d: Option<&DomainInfo>, devs: Option<&RestoredDevices>) -> std::result::Result<(), String> {
+    let (Some(d), Some(devs)) = (d, devs) else { return Ok(()) };
     let missing: Vec<String> = devs.saved.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i.to_string()).collect();
     if !missing.is_empty() {
         return Err(format!("the stream has no state for device(s) {} of the domain's {}", missing.join(", "), devs.placed.len()));
@@ -1108,7 +1093,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
     let mut hv = connect(env)?;
     let start = hv.now();
     let host_vendor = hv::phys_info(&mut *hv).map_err(|e| call_failed("read the host's state", e))?.vendor;
-    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::NeverBack).with_devices(env.sys_net);
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::NeverBack, env.sys_net);
     let mut notes = Vec::new();
     let mut last = 0;
     let read = crate::save::read_stream(std::io::BufReader::new(f), &mut r, |done, total| {
@@ -1123,10 +1108,7 @@ fn cmd_restore(env: &mut Env, file: &Path, paused: bool, json: bool) -> Result {
         note(env, &n);
     }
     // Its device model, from the devices' saved state, before a vCPU runs.
-    let read = read.map_err(|e| e.to_string()).and_then(|s| match (&domain, &devices) {
-        (Some(d), Some(devs)) => start_device_model(env, d, devs).map(|()| s),
-        _ => Ok(s),
-    });
+    let read = read.map_err(|e| e.to_string()).and_then(|s| start_restored_dm(env, domain.as_ref(), devices.as_ref()).map(|()| s));
     let (d, summary) = match (read, domain) {
         (Ok(s), Some(d)) => (d, s),
         (Err(e), d) => {
@@ -1445,16 +1427,13 @@ fn cmd_migrate_receive(env: &mut Env, port: u16, timeout: u64, json: bool) -> Re
     .map_err(|e| format!("port {port}: {}", os_error(&e)))?;
     let from = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
     let start = hv.now();
-    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::GoOn).with_devices(env.sys_net);
+    let mut r = Restorer::new(&mut *hv, host_vendor, crate::save::TscRule::GoOn, env.sys_net);
     let mut reader = BufReader::with_capacity(1 << 20, &conn);
     let read = crate::save::read_stream(&mut reader, &mut r, |_, _| {});
     let (domain, mem, rounds, recorded, devices) = (r.domain, r.mem.take(), std::mem::take(&mut r.rounds), r.config.take(), r.devices.take());
     drop(mem);
     // Its device model, from the devices' state in the stream, before READY.
-    let read = read.map_err(|e| e.to_string()).and_then(|s| match (&domain, &devices) {
-        (Some(d), Some(devs)) => start_device_model(env, d, devs).map(|()| s),
-        _ => Ok(s),
-    });
+    let read = read.map_err(|e| e.to_string()).and_then(|s| start_restored_dm(env, domain.as_ref(), devices.as_ref()).map(|()| s));
     for n in rounds {
         note(env, &n);
     }

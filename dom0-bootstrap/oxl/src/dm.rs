@@ -508,6 +508,11 @@ impl Record {
     pub fn path(dir: &Path, domid: u32) -> PathBuf {
         dir.join(format!("{domid}.dm"))
     }
+
+    /// The record of domain `domid`'s device model in `dir`, if there is one oxl wrote.
+    pub fn read(dir: &Path, domid: u32) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(Self::path(dir, domid)).ok()?)
+    }
 }
 
 /// Whether process `pid` is a running device model (not a zombie, not a PID
@@ -533,7 +538,7 @@ pub fn kill(pid: u32) {
 /// waits up to `limit` for it; the record goes either way.
 pub fn stop(dir: &Path, domid: u32, limit: Duration) -> Option<Record> {
     let path = Record::path(dir, domid);
-    let rec = std::fs::read_to_string(&path).ok().and_then(|t| Record::parse(&t));
+    let rec = Record::read(dir, domid);
     let _ = std::fs::remove_file(&path);
     let rec = rec?;
     if running(rec.pid) {
