@@ -845,9 +845,17 @@ fn retry_emulator_fault(t: &Test, dom0: Option<&Dom0>, before: Outcome) -> Resul
     }
     let dir = target_dir().join("systest").join(&t.name);
     let serial = crate::util::read_lossy(&dir.join("serial.log"));
-    let fault = serial.lines().find(|l| l.contains(EMULATOR_FAULT) || l.contains(IMPOSSIBLE_TRIPLE_FAULT));
+    // A two-host test's peer is a QEMU machine too: its fault fails the test
+    // the same way (the CI of 2714acc: the migrated domU's triple fault on B).
+    let peer_serial = crate::util::read_lossy(&dir.join("peer").join("serial.log"));
+    let is_fault = |l: &&str| l.contains(EMULATOR_FAULT) || l.contains(IMPOSSIBLE_TRIPLE_FAULT);
+    let fault = serial
+        .lines()
+        .find(is_fault)
+        .map(|l| l.trim().to_owned())
+        .or_else(|| peer_serial.lines().find(is_fault).map(|l| format!("(on the peer) {}", l.trim())));
     let why = match fault {
-        Some(line) => format!("the QEMU TCG fault:\n     {}", line.trim()),
+        Some(line) => format!("the QEMU TCG fault:\n     {line}"),
         None if first.report.contains(SILENT_RESET) => {
             let last = serial.lines().last().unwrap_or_default().trim().to_owned();
             format!("a machine reset with nothing on the serial line (its last line: {last}){}", reset_state(&dir))
@@ -858,6 +866,7 @@ fn retry_emulator_fault(t: &Test, dom0: Option<&Dom0>, before: Outcome) -> Resul
     let n = if dir.join("serial-first.log").exists() { "second" } else { "first" };
     let _ = std::fs::rename(dir.join("serial.log"), dir.join(format!("serial-{n}.log")));
     let _ = std::fs::rename(dir.join(crate::emu::QEMU_RESET_LOG), dir.join(format!("qemu-reset-{n}.log")));
+    let _ = std::fs::rename(dir.join("peer").join("serial.log"), dir.join("peer").join(format!("serial-{n}.log")));
     let mut second = run_one(t, dom0);
     second.report = format!(
         "{}RETRIED {}: its {n} run ended on {why}\n     ({n} run's log: {})\n{}",
