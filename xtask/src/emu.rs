@@ -199,6 +199,11 @@ impl Machine {
             c.args(["-icount", "shift=0"]);
         }
         c.arg("-no-reboot");
+        // Extra QEMU options for a debugging run (traces, `-d` logs), never set
+        // by the tests themselves.
+        if let Some(extra) = std::env::var_os("OXEN_QEMU_ARGS") {
+            c.args(extra.to_string_lossy().split_whitespace());
+        }
         match media {
             Media::Iso(iso) => {
                 c.args(["-boot", "d", "-cdrom"]).arg(iso);
