@@ -523,7 +523,9 @@ pub fn with_tsc_rate(leaf: u32, r: CpuidResult, tsc_hz: u64) -> CpuidResult {
             CpuidResult { eax: 1, ebx: k as u32, ecx: (tsc_hz / k) as u32, edx: r.edx }
         }
         FREQ_LEAF => {
-            let mhz = (tsc_hz / 1_000_000).min(0xffff) as u32;
+            // To the nearest MHz: a calibration a few Hz under the round
+            // figure (199,999,980 Hz of Bochs' 200 MHz) is not one MHz less.
+            let mhz = (tsc_hz.saturating_add(500_000) / 1_000_000).min(0xffff) as u32;
             CpuidResult { eax: mhz, ebx: mhz, ..r }
         }
         _ => r,
@@ -561,6 +563,9 @@ mod tsc_tests {
         assert_eq!(u64::from(r.ecx) * u64::from(r.ebx) / u64::from(r.eax), 5_000_000_000);
         let f = with_tsc_rate(FREQ_LEAF, CpuidResult { eax: 3500, ebx: 3500, ecx: 100, edx: 0 }, 200_000_000);
         assert_eq!((f.eax, f.ebx, f.ecx), (200, 200, 100));
+        // A calibration just under (or over) a round rate is that rate, not one MHz off.
+        assert_eq!(with_tsc_rate(FREQ_LEAF, host, 199_999_980).eax, 200);
+        assert_eq!(with_tsc_rate(FREQ_LEAF, host, 2_596_203_000).eax, 2596);
         assert_eq!(with_tsc_rate(1, host, 1), host);
         assert_eq!(with_tsc_rate(TSC_RATIO_LEAF, host, 0), host);
     }
