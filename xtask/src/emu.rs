@@ -598,10 +598,23 @@ pub fn boot_and_watch_with(
     let mut sent = Vec::new();
     let mut marks: Vec<Option<Duration>> = vec![None; watch.marks.len()];
     let mut deadline = timeout;
+    // Each line with the wall time it came at (seconds since the start, 0.1 s steps), for
+    // finding where a long run spends its time: `serial-times.log` beside the log.
+    let mut times = std::fs::File::create(serial_path.with_file_name("serial-times.log")).ok();
+    let mut timed = 0;
     let ending = loop {
         std::thread::sleep(Duration::from_millis(100));
         let text = read_lossy(&serial_path);
         let lines = log_lines(&text);
+        // The last element is the line still being written (empty after a newline).
+        let complete = lines.len().saturating_sub(1);
+        if let Some(f) = times.as_mut() {
+            let at = start.elapsed().as_secs_f64();
+            for l in &lines[timed.min(complete)..complete] {
+                let _ = writeln!(f, "{at:8.1} {l}");
+            }
+        }
+        timed = timed.max(complete);
         let mut marked = false;
         for (re, when) in watch.marks.iter().zip(marks.iter_mut()) {
             if when.is_none() && lines.iter().any(|l| re.is_match(l)) {
