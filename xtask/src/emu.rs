@@ -199,11 +199,6 @@ impl Machine {
             c.args(["-icount", "shift=0"]);
         }
         c.arg("-no-reboot");
-        // Extra QEMU options for a debugging run (traces, `-d` logs), never set
-        // by the tests themselves.
-        if let Some(extra) = std::env::var_os("OXEN_QEMU_ARGS") {
-            c.args(extra.to_string_lossy().split_whitespace());
-        }
         match media {
             Media::Iso(iso) => {
                 c.args(["-boot", "d", "-cdrom"]).arg(iso);
@@ -270,6 +265,11 @@ impl Machine {
                 ));
                 c.args(["-serial", "chardev:com1"]);
             }
+        }
+        // Extra QEMU options for a debugging run (traces, `-d` logs), never set
+        // by the tests themselves: last, so that a `-d`/`-D` of theirs wins.
+        if let Some(extra) = std::env::var_os("OXEN_QEMU_ARGS") {
+            c.args(extra.to_string_lossy().split_whitespace());
         }
         c
     }
