@@ -182,10 +182,9 @@ sed -e "s/^name = .*/name = \"$dmig\"/" \
     "$(linux_cfg)" > /tmp/$dmig.cfg
 echo "disk = ['phy:/dev/vda,xvda,w']" >> /tmp/$dmig.cfg
 echo "vif = ['bridge=xenbr0']" >> /tmp/$dmig.cfg
-# The next reader of the shared disk may be this dom0 after the other's
-# device model wrote it: what this kernel cached of it (at boot, or before the
-# domain left) is dropped first.
-drop_shared_cache() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Each host's oxen-dm opens the shared disk (a block device) with O_DIRECT:
+# what one host's dom0 cached of it (at boot, or before the domain left) is
+# never what the other host's model reads, so no cache is dropped here.
 # as_dmig COMMAND...: COMMAND with the lmig helpers (ask, ask_for, counted_past,
 # ...) working on dmig (busybox sh's `local` is seen by the functions called).
 as_dmig() { local lmig=$dmig; "$@"; }

@@ -109,8 +109,8 @@ echo "migrate: ping $dmig_ip from A: $sent sent, $answered answered across the m
 few_lost() { [ "$sent" -ge 5 ] && [ $((sent - answered)) -le 3 ]; }
 check "migrate: it answered this dom0's pings across the move (at most 3 lost)" "$sent sent, $answered answered" few_lost
 
-# Back from B: the file B wrote is on the disk here.
-drop_shared_cache
+# Back from B: the file B wrote is on the disk here (read past this dom0's
+# cache of the disk, which predates B's writes: oxen-dm's O_DIRECT).
 must migrate "oxl migrate-receive took $dmig back" receive
 linux_arrived migrate 10.0.3.2 "$dmig"
 sum_b=$(hear)

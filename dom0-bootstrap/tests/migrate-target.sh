@@ -39,12 +39,13 @@ linux_left migrate-peer 10.0.3.1
 
 # dmig, on the shared disk with a vif: received from A, its disk and network
 # checked here, a file written, sent back.
-drop_shared_cache
 must migrate-peer "oxl migrate-receive took $dmig" receive
 sum0=$(hear)
 linux_arrived migrate-peer 10.0.3.1 "$dmig"
 check "migrate-peer: its device model went on from the devices' state in the stream" "see /var/log/oxen/$dmig.dm.log" \
     grep -q "resuming 2 device(s) from" /var/log/oxen/$dmig.dm.log
+check "migrate-peer: its device model reads and writes the shared disk past dom0's cache" "no O_DIRECT in its xvda line" \
+    grep -q "xvda: /dev/vda, .*rw (O_DIRECT)" /var/log/oxen/$dmig.dm.log
 check "migrate-peer: its device model announced the guest's MAC" "no 'announced' line" \
     grep -q "announced .* (RARP) on bridge xenbr0" /var/log/oxen/$dmig.dm.log
 check "migrate-peer: its file from A reads back from the shared disk" "no answer" \

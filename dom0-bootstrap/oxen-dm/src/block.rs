@@ -74,8 +74,9 @@ pub struct Block {
     serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
     queue_sizes: [u16; 1],
     state: Option<Active>,
-    /// Data moves between the file and guest memory through this buffer of `CHUNK` bytes.
-    buf: Vec<u8>,
+    /// Data moves between the file and guest memory through this buffer of `CHUNK` bytes,
+    /// page-aligned so that a block device opened with `O_DIRECT` takes it as it is.
+    buf: Bounce,
     stats: Arc<BlockStats>,
 }
 
@@ -101,7 +102,7 @@ impl Block {
             serial: id,
             queue_sizes: [QUEUE_SIZE],
             state: None,
-            buf: Vec::new(),
+            buf: Bounce::default(),
             stats: Arc::default(),
         })
     }
@@ -208,7 +209,7 @@ impl Block {
         mut len: usize,
         w: &mut crate::ChainWriter<'_>,
     ) -> io::Result<()> {
-        let buf = bounce(&mut self.buf);
+        let buf = self.buf.bytes();
         while len > 0 {
             let n = len.min(CHUNK);
             self.file.read_exact_at(&mut buf[..n], off)?;
@@ -226,7 +227,7 @@ impl Block {
         mut len: usize,
         r: &mut crate::ChainReader<'_>,
     ) -> io::Result<()> {
-        let buf = bounce(&mut self.buf);
+        let buf = self.buf.bytes();
         while len > 0 {
             let n = len.min(CHUNK);
             r.read_exact(&mut buf[..n])?;
@@ -264,12 +265,27 @@ pub(crate) fn fail_request(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestM
     }
 }
 
+/// A page of the bounce buffer: its alignment is what `O_DIRECT` asks of a buffer (the logical
+/// block size, at most a page).
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct Page([u8; 4096]);
+
 /// The bounce buffer, allocated on first use and kept: one allocation per disk, not per request.
-fn bounce(buf: &mut Vec<u8>) -> &mut [u8] {
-    if buf.len() < CHUNK {
-        buf.resize(CHUNK, 0);
+#[derive(Default)]
+struct Bounce(Vec<Page>);
+
+impl Bounce {
+    fn bytes(&mut self) -> &mut [u8] {
+        const PAGES: usize = CHUNK / 4096;
+        if self.0.len() < PAGES {
+            self.0.resize(PAGES, Page([0; 4096]));
+        }
+        // SAFETY: `Page` is 4096 plain bytes with no padding (`repr(C)`, one array field of a
+        // multiple of its alignment), so the vector's pages are `len * 4096` initialised bytes in
+        // one allocation, borrowed mutably for as long as `self` is.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), self.0.len() * 4096) }
     }
-    buf
 }
 
 fn status(r: io::Result<()>) -> u32 {

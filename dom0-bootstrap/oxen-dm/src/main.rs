@@ -85,8 +85,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// An open disk: the file with its lock, and a second descriptor for the final fsync.
-fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
+/// An open disk: the file with its lock, a second descriptor for the final fsync, and whether it
+/// is read and written with `O_DIRECT`.
+fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>, bool), String> {
     let path = spec.target.display();
     let file = File::options()
         .read(true)
@@ -114,12 +115,40 @@ fn open_disk(spec: &DiskSpec) -> Result<(File, Option<File>), String> {
         };
         return Err(format!("{}: {path} is attached {how} elsewhere (locked); {why}", spec.vdev));
     }
+    let direct = direct_if_block_device(&file).map_err(|e| format!("{}: {path}: O_DIRECT: {}", spec.vdev, describe(&e)))?;
     let sync = if spec.read_only {
         None
     } else {
         Some(file.try_clone().map_err(|e| format!("{}: {path}: {}", spec.vdev, describe(&e)))?)
     };
-    Ok((file, sync))
+    Ok((file, sync, direct))
+}
+
+/// A block device (`phy:`) is read and written past dom0's page cache (`O_DIRECT`): storage
+/// another host also attaches (the disk of a domain that migrates between them) is then read as
+/// it is, never as this dom0 cached it before the other host wrote it. Only with 512-byte logical
+/// blocks, the unit of virtio-blk's offsets and lengths (the bounce buffer is page-aligned); a
+/// file image stays cached (tmpfs has no `O_DIRECT`).
+fn direct_if_block_device(file: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    if !file.metadata()?.file_type().is_block_device() {
+        return Ok(false);
+    }
+    let mut logical: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int, the device's logical block size, through the pointer.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut logical) } != 0 || logical != 512 {
+        return Ok(false);
+    }
+    // SAFETY: F_GETFL only reads the flags of a descriptor we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on a descriptor we own; Linux lets it set O_DIRECT.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
 }
 
 /// Takes `--ready-fd` before anything else is opened: a descriptor oxl did not pass (closed)
@@ -150,16 +179,17 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let signals = oxen::stop_signals().map_err(|e| format!("signals: {}", describe(&e)))?;
     let mut opened = Vec::new();
     for spec in &args.disks {
-        let (file, sync) = open_disk(spec)?;
+        let (file, sync, direct) = open_disk(spec)?;
         let block = Block::new(file, spec.read_only, &spec.vdev)
             .map_err(|e| format!("{}: {}: size: {}", spec.vdev, spec.target.display(), describe(&e)))?;
         let sectors = block.capacity();
         eprintln!(
-            "{label}{}: {}, {sectors} sectors ({} MiB), {}, window {:#x}, gsi {}",
+            "{label}{}: {}, {sectors} sectors ({} MiB), {}{}, window {:#x}, gsi {}",
             spec.vdev,
             spec.target.display(),
             sectors / 2048,
             if spec.read_only { "ro" } else { "rw" },
+            if direct { " (O_DIRECT)" } else { "" },
             spec.base,
             spec.gsi
         );
