@@ -19,6 +19,7 @@ use crate::image::{make_iso, target_dir, IsoSpec};
 use crate::util::{repo_root, run_captured, show, step, tail, tool_version};
 
 mod io;
+mod migrate;
 mod scale;
 
 const BENCH_CMDLINE: &str = "console=com1,115200 bench";
@@ -2090,6 +2091,9 @@ pub enum Part {
     Idle,
     /// A Linux domU's virtio disk and network against dom0 directly (section `io`).
     Io,
+    /// Save, restore and live migration of a 256 MiB Linux domU between two
+    /// machines (section `migrate`).
+    Migrate,
 }
 
 /// The scheduler measurements (the simulation, then dom0 under icount and under
@@ -2194,6 +2198,13 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         step(format!("updated {}", show(&path)));
         return r.context("the disk and network benchmark failed (BENCHMARKS.md keeps its previous figures)");
+    }
+    if only == Some(Part::Migrate) {
+        let footer = format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
+        let r = migrate::migrate_part(elf, &mut doc, &footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        step(format!("updated {}", show(&path)));
+        return r.context("the save/restore and migration benchmark failed (BENCHMARKS.md keeps its previous figures)");
     }
     if only == Some(Part::Sched) {
         let r = sched_part(elf, &mut doc, &sched_footer);
@@ -2328,6 +2339,9 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     let linux = linux_part(elf, &mut doc, &sched_footer);
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
     let io = io::io_part(elf, &mut doc, &io_footer);
+    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    let migrate_footer = format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
+    let migrate = migrate::migrate_part(elf, &mut doc, &migrate_footer);
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
@@ -2342,6 +2356,7 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     sched.context("the scheduler benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     linux.context("the Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     io.context("the disk and network benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
+    migrate.context("the save/restore and migration benchmark failed (BENCHMARKS.md keeps its previous figures)")?;
     linux_bare.map(drop).context(
         "the bare Linux domU benchmark failed (BENCHMARKS.md keeps its previous figures)",
     )?;
