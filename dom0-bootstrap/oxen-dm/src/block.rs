@@ -368,3 +368,25 @@ impl VirtioDevice for Block {
         self.state = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// O_DIRECT takes a buffer aligned to the device's logical block size (at most a page):
+    /// every request's data goes through this one, whole.
+    #[test]
+    fn the_bounce_buffer_is_page_aligned_and_a_chunk_long() {
+        let mut b = Bounce::default();
+        let (at, len) = {
+            let s = b.bytes();
+            s[CHUNK - 1] = 0xa5;
+            (s.as_ptr() as usize, s.len())
+        };
+        assert_eq!(at % 4096, 0);
+        assert_eq!(len, CHUNK);
+        // Kept, not reallocated, from one request to the next.
+        assert_eq!(b.bytes().as_ptr() as usize, at);
+        assert_eq!(b.bytes()[CHUNK - 1], 0xa5);
+    }
+}
