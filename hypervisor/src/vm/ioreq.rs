@@ -135,7 +135,18 @@ impl Page {
     /// Appends a posted write at `head` (the hypervisor's own count), if the
     /// device model's tail says there is room. A tail ahead of the head, or
     /// more than a ring behind, is garbage: taken as a full ring. `Some`
-    /// (whether the ring was empty before) if it was appended.
+    /// (whether dom0 must be told) if it was appended.
+    ///
+    /// dom0 is told when the device model may have gone to sleep without
+    /// this entry: its tail, read *after* the new head is published, has
+    /// reached the entry. The device model stores its tail and then (in
+    /// poll(2), behind a lock) reads the head, so with the fence between our
+    /// store and load one of the two sees the other's (store-buffer order):
+    /// either it sees this entry, or we see its caught-up tail and tell it.
+    /// Judging from the tail read before publishing (as this did until
+    /// 2026-12) lost a wake-up whenever the device model drained in between:
+    /// it slept on an entry nobody announced, and a domU whose receive-queue
+    /// notification it was stalled for good (linux-net.sh's transfer).
     fn post(self, head: u32, vcpu: usize, r: &Request) -> Option<bool> {
         let tail = get!(self, posted_tail);
         if head.wrapping_sub(tail) >= ioreq::POSTED_ENTRIES {
@@ -149,7 +160,8 @@ impl Page {
         put!(self, r.data => posted[i].data);
         fence(Ordering::Release);
         put!(self, head.wrapping_add(1) => posted_head);
-        Some(head == tail)
+        fence(Ordering::SeqCst);
+        Some(get!(self, posted_tail) == head)
     }
 }
 
@@ -318,14 +330,15 @@ impl Server {
             }
         }
         if write.is_some() && flags & ioreq::FLAG_POSTED_WRITES != 0 {
-            if let Some(was_empty) = page.post(g.head, vcpu, &req) {
+            if let Some(tell) = page.post(g.head, vcpu, &req) {
                 g.head = g.head.wrapping_add(1);
                 g.stats.posted += 1;
-                // dom0 is told when the ring stops being empty, not for each
-                // write: a device model drains to the head it reads, and its
-                // poll finds any entry added meanwhile (head != tail), as a
-                // virtio driver's notification suppression.
-                return Some((Answer::Done(0), was_empty));
+                // dom0 is told when the device model has caught up with the
+                // ring (`Page::post`), not for each write: a device model
+                // drains to the head it reads, and its poll finds any entry
+                // added meanwhile (head != tail), as a virtio driver's
+                // notification suppression.
+                return Some((Answer::Done(0), tell));
             }
             g.stats.ring_full += 1;
         }
@@ -680,6 +693,93 @@ mod tests {
         assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_1000, 4, None), Some((Answer::Wait, true)));
         let s = f.server.stats();
         assert_eq!((s.posted, s.ring_full, s.requests), (u64::from(POSTED_ENTRIES) + 1, 1, 2));
+    }
+
+    /// A device model on another thread drains the ring and sleeps as
+    /// oxen-dm does (stores its tail, then, registered for the wake-up, reads
+    /// the head once more), while a vCPU posts writes as fast as it can: no
+    /// entry is ever left in the ring with the device model asleep and not
+    /// told. The old rule (tell when the tail read *before* publishing showed
+    /// an empty ring) failed this within a few thousand writes.
+    #[test]
+    fn a_device_model_that_drains_and_sleeps_is_always_woken_for_what_is_left() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::time::Duration;
+        const WRITES: u32 = 200_000;
+        struct Shared(*mut IoreqPage);
+        // SAFETY: the page outlives both threads (joined before the fixture drops).
+        unsafe impl Sync for Shared {}
+        impl Shared {
+            fn get(&self) -> *mut IoreqPage {
+                self.0
+            }
+        }
+        let f = Fixture::new();
+        let shared = Shared(f.page);
+        let page = || shared.get();
+        let tells = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        let lost = std::thread::scope(|s| {
+            let dm = s.spawn(|| {
+                let mut consumed = 0u32;
+                while consumed < WRITES {
+                    // SAFETY: volatile accesses to the live page, as oxen-dm's `Page::drain`.
+                    let head = unsafe { core::ptr::read_volatile(addr_of!((*page()).posted_head)) };
+                    fence(Ordering::Acquire);
+                    consumed = consumed.wrapping_add(head.wrapping_sub(consumed));
+                    fence(Ordering::Release);
+                    // SAFETY: as above.
+                    unsafe { core::ptr::write_volatile(addr_of_mut!((*page()).posted_tail), head) };
+                    // poll(2): on the wait queue (a spinlock: a full fence), then the check.
+                    fence(Ordering::SeqCst);
+                    let seen = tells.load(Ordering::SeqCst);
+                    // SAFETY: as above.
+                    if unsafe { core::ptr::read_volatile(addr_of!((*page()).posted_head)) } != head {
+                        continue;
+                    }
+                    if consumed >= WRITES {
+                        break;
+                    }
+                    let t0 = std::time::Instant::now();
+                    while tells.load(Ordering::SeqCst) == seen {
+                        if t0.elapsed() > Duration::from_secs(2) {
+                            // Asleep with writes still to come and none announced: if
+                            // the vCPU is done or waits for room, that is a lost wake-up.
+                            // SAFETY: as above.
+                            let now = unsafe { core::ptr::read_volatile(addr_of!((*page()).posted_head)) };
+                            if now != head || done.load(Ordering::SeqCst) {
+                                return Some(now.wrapping_sub(head));
+                            }
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+                None
+            });
+            for i in 0..WRITES {
+                // The vCPU never fills the ring, so every write is posted.
+                // SAFETY: as above.
+                while i.wrapping_sub(unsafe { core::ptr::read_volatile(addr_of!((*page()).posted_tail)) })
+                    >= POSTED_ENTRIES - 1
+                {
+                    if dm.is_finished() {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if dm.is_finished() {
+                    break;
+                }
+                let r = f.server.access(0, KIND_MMIO, 0x1000_1000, 4, Some(u64::from(i)));
+                let Some((Answer::Done(0), tell)) = r else { panic!("write {i} not posted: {r:?}") };
+                if tell {
+                    tells.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            dm.join().unwrap()
+        });
+        assert_eq!(lost, None, "the device model slept on un-announced writes");
     }
 
     #[test]
