@@ -18,6 +18,9 @@ use crate::util::{log_lines, read_lossy, repo_root, Emulator as Proc};
 /// QEMU's `-d cpu_reset` log in a test's directory: each CPU's registers at
 /// every reset (the first ones at power-on).
 pub const QEMU_RESET_LOG: &str = "qemu-reset.log";
+/// Every CPU's registers (QEMU's `info registers -a`) when a test timed out, beside
+/// the serial log: where a host that stopped making progress was spinning or waiting.
+pub const QEMU_TIMEOUT_LOG: &str = "qemu-at-timeout.log";
 
 /// The line the hypervisor prints last before halting every CPU.
 pub const HALT_MARKER: &str = "(oxen) halt:";
@@ -477,12 +480,60 @@ impl Typing {
 
 /// A Unix socket path short enough for `sun_path` (108 bytes) wherever target/ is.
 fn socket_path() -> PathBuf {
+    socket_path_for("serial")
+}
+
+fn socket_path_for(what: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     std::env::temp_dir().join(format!(
-        "oxen-serial-{}-{}.sock",
+        "oxen-{what}-{}-{}.sock",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ))
+}
+
+/// Sends one command to a QEMU human monitor listening on `path` and returns what it
+/// printed until it went quiet (a second without output, at most ten in all).
+fn monitor_command(path: &Path, command: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while start.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    // The monitor's line editing: escape sequences and carriage returns.
+    // The echo of the command is redrawn once per key typed: its line is dropped.
+    let text = strip_escapes(&String::from_utf8_lossy(&out).replace('\r', ""));
+    Ok(text.lines().filter(|l| !l.starts_with("(qemu)")).map(|l| format!("{l}\n")).collect())
+}
+
+/// `text` without ANSI escape sequences (ESC [ ... letter).
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Connects to the emulator's serial socket once it has made it (it waits for us).
@@ -562,6 +613,12 @@ pub fn boot_and_watch_with(
             bail!("booting a kernel without the hypervisor is implemented for QEMU only")
         }
     };
+    // QEMU's monitor on a socket of its own, asked for the CPUs' state at a timeout.
+    let monitor = (m.emulator == Emulator::Qemu).then(|| socket_path_for("monitor"));
+    if let Some(path) = &monitor {
+        let _ = std::fs::remove_file(path);
+        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", path.display()));
+    }
     let command = match cmd.get_current_dir() {
         Some(d) => format!("cd {} && {}", d.display(), crate::util::render(&cmd)),
         None => crate::util::render(&cmd),
@@ -647,7 +704,15 @@ pub fn boot_and_watch_with(
         }
     };
     let elapsed = start.elapsed();
+    if let (Ending::TimedOut, Some(path)) = (&ending, &monitor) {
+        let state = monitor_command(path, "info registers -a")
+            .unwrap_or_else(|e| format!("could not ask QEMU's monitor ({}): {e}\n", path.display()));
+        let _ = std::fs::write(dir.join(QEMU_TIMEOUT_LOG), state);
+    }
     proc.kill();
+    if let Some(path) = &monitor {
+        let _ = std::fs::remove_file(path);
+    }
     drop(writer);
     if let Some(r) = relay {
         let _ = r.join();
@@ -678,6 +743,11 @@ mod tests {
                 .collect(),
             ..Watch::default()
         }
+    }
+
+    #[test]
+    fn monitor_output_loses_its_line_editing() {
+        assert_eq!(strip_escapes("(qemu) \x1b[K\x1b[Dinfo\nRAX=1\x1b"), "(qemu) info\nRAX=1");
     }
 
     #[test]

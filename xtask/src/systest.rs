@@ -646,22 +646,30 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     match boot.ending {
         Ending::Halted | Ending::Done => {}
         Ending::TimedOut if !xfailing.is_empty() => timeout_excused = true,
-        Ending::TimedOut => problems.push(match &t.watch.done {
-            Some(re) => format!(
-                "timed out after {}s: no line matched done /{}/{}",
-                t.timeout.as_secs(),
-                re.as_str(),
-                if t.bare {
-                    String::new()
-                } else {
-                    format!(" and no `{HALT_MARKER}` line")
-                }
-            ),
-            None => format!(
-                "timed out after {}s without a `{HALT_MARKER}` line",
-                t.timeout.as_secs()
-            ),
-        }),
+        Ending::TimedOut => {
+            let why = match &t.watch.done {
+                Some(re) => format!(
+                    "timed out after {}s: no line matched done /{}/{}",
+                    t.timeout.as_secs(),
+                    re.as_str(),
+                    if t.bare {
+                        String::new()
+                    } else {
+                        format!(" and no `{HALT_MARKER}` line")
+                    }
+                ),
+                None => format!(
+                    "timed out after {}s without a `{HALT_MARKER}` line",
+                    t.timeout.as_secs()
+                ),
+            };
+            let regs = dir.join(crate::emu::QEMU_TIMEOUT_LOG);
+            problems.push(if regs.exists() {
+                format!("{why} (every CPU's registers then: {})", show(&regs))
+            } else {
+                why
+            });
+        }
         Ending::Exited(status) => {
             let log = match t.machine.emulator {
                 Emulator::Qemu => "emulator.log",
