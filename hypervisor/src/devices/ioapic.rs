@@ -255,6 +255,14 @@ impl IoApic {
         core::mem::take(&mut self.eoied)
     }
 
+    /// Level pins asserted whose interrupt is still in service (remote IRR
+    /// set): each waits for the guest's EOI. Bit n = pin n.
+    pub fn in_service_pins(&self) -> u32 {
+        (0..usize::from(self.pins))
+            .filter(|&i| self.is_level(i) && self.asserted & (1 << i) != 0 && self.redirection[i] & rte::REMOTE_IRR != 0)
+            .fold(0, |m, i| m | 1 << i)
+    }
+
     /// Redirection entry of `pin` as the guest reads it.
     pub fn redirection_entry(&self, pin: u8) -> Option<u64> {
         let index = self.pin_index(pin)?;
@@ -445,6 +453,45 @@ impl IoApic {
     /// Whether indirect register `sel` is one of its pins' redirection entries.
     fn decodes(&self, sel: u8) -> bool {
         sel < IND_REDIR_FIRST + 2 * self.pins
+    }
+}
+
+/// Watches for level pins that stay in service (asserted, remote IRR set) far
+/// longer than any interrupt handler runs: a lost delivery or a lost EOI
+/// leaves one so for good, and whatever waits on that line (dom0's event
+/// line: every device model) waits with it. Says each such stretch once.
+#[derive(Clone, Debug, Default)]
+pub struct StuckPins {
+    /// Since when pin n has been in service (0: it is not).
+    since: [u64; MAX_IOAPIC_PINS],
+    /// Pins already reported for their current stretch.
+    reported: u32,
+}
+
+impl StuckPins {
+    /// In service for longer than this: five seconds, a thousand of Linux's
+    /// ticks, while a handler runs in microseconds.
+    pub const LIMIT_NS: u64 = 5_000_000_000;
+
+    /// Takes the pins in service now (`IoApic::in_service_pins`); returns
+    /// those in service for longer than `LIMIT_NS` and not reported yet.
+    pub fn update(&mut self, in_service: u32, now: u64) -> u32 {
+        let mut stuck = 0;
+        for (i, since) in self.since.iter_mut().enumerate() {
+            let bit = 1 << i;
+            if in_service & bit == 0 {
+                *since = 0;
+                self.reported &= !bit;
+                continue;
+            }
+            if *since == 0 {
+                *since = now.max(1);
+            } else if now.saturating_sub(*since) > Self::LIMIT_NS && self.reported & bit == 0 {
+                self.reported |= bit;
+                stuck |= bit;
+            }
+        }
+        stuck
     }
 }
 
@@ -717,6 +764,34 @@ mod tests {
         assert_eq!(a.pop_delivery(), None);
         assert_eq!(read_entry(&mut a, 16) & rte::REMOTE_IRR, 0);
         assert_eq!(a.take_eoied_pins(), 1 << 16);
+    }
+
+    #[test]
+    fn a_level_pin_in_service_for_too_long_is_told_once_per_stretch() {
+        let mut a = IoApic::new(0);
+        write_entry(&mut a, 9, entry(0x39, 0) | rte::TRIGGER_LEVEL);
+        a.set_irq(9, true);
+        assert_eq!(a.pop_delivery().map(|d| d.vector), Some(0x39));
+        assert_eq!(a.in_service_pins(), 1 << 9, "asserted, remote IRR set");
+        let mut w = StuckPins::default();
+        let s = StuckPins::LIMIT_NS;
+        assert_eq!(w.update(a.in_service_pins(), 1000), 0);
+        assert_eq!(w.update(a.in_service_pins(), 1000 + s), 0, "not longer than the limit yet");
+        assert_eq!(w.update(a.in_service_pins(), 1001 + s), 1 << 9);
+        assert_eq!(w.update(a.in_service_pins(), 1000 + 3 * s), 0, "once");
+        // The EOI ends the stretch (the line is still up: delivered again).
+        a.eoi(0x39);
+        a.set_irq(9, false);
+        assert_eq!(a.in_service_pins(), 0);
+        assert_eq!(w.update(a.in_service_pins(), 1000 + 4 * s), 0);
+        a.set_irq(9, true);
+        assert_eq!(w.update(a.in_service_pins(), 1000 + 5 * s), 0);
+        assert_eq!(w.update(a.in_service_pins(), 1001 + 6 * s), 1 << 9, "a new stretch is told again");
+        // Edge pins never count.
+        let mut b = IoApic::new(0);
+        write_entry(&mut b, 4, entry(0x34, 0));
+        b.set_irq(4, true);
+        assert_eq!(b.in_service_pins(), 0);
     }
 
     #[test]

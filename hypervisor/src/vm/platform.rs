@@ -172,6 +172,8 @@ pub struct Devices {
     uart_unflushed: u32,
     pic_masks: [u8; 2],
     pub ioapic: IoApic,
+    /// Level pins that stay in service too long (`vm::vcpu` reports them).
+    pub stuck: crate::devices::ioapic::StuckPins,
     /// The last address written to 0xCF8.
     pci_address: u32,
     /// domUs: the PS/2 controller (Ctrl-Alt-Del for `oxl shutdown`, its reset
@@ -193,6 +195,7 @@ impl Devices {
             uart_unflushed: 0,
             pic_masks: [0xff; 2],
             ioapic: if role == Role::Dom0 { IoApic::with_pins(0, DOM0_IOAPIC_PINS) } else { IoApic::new(0) },
+            stuck: Default::default(),
             pci_address: 0,
             keyboard: I8042::default(),
             rtc: Rtc::new(),

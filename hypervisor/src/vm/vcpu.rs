@@ -258,6 +258,7 @@ impl GuestVcpu {
         let mut wake: Wake = 0;
         let mut eois = Vectors::default();
         let mut first = true;
+        let mut stuck_pins: [Option<u64>; MAX_IOAPIC_PINS] = [None; MAX_IOAPIC_PINS];
         let result = loop {
             // The IOAPIC: EOIs from the last round, input lines, what it sends.
             let mut out: [Option<Delivery>; MAX_IOAPIC_PINS] = [None; MAX_IOAPIC_PINS];
@@ -270,6 +271,13 @@ impl GuestVcpu {
                 for slot in out.iter_mut() {
                     let Some(d) = dev.ioapic.pop_delivery() else { break };
                     *slot = Some(d);
+                }
+                if first {
+                    let in_service = dev.ioapic.in_service_pins();
+                    let stuck = dev.stuck.update(in_service, now);
+                    for pin in bits(stuck.into()) {
+                        stuck_pins[pin] = dev.ioapic.redirection_entry(pin as u8);
+                    }
                 }
             }
             eois = Vectors::default();
@@ -316,7 +324,51 @@ impl GuestVcpu {
         for j in bits(wake & !(1 << i)) {
             sched::nudge(VcpuId { dom: p.domid, vcpu: j as u32 });
         }
+        for (pin, entry) in stuck_pins.iter().enumerate() {
+            if let Some(entry) = entry {
+                self.report_stuck_pin(pin, *entry, now);
+            }
+        }
         result
+    }
+
+    /// A level pin in service for longer than `StuckPins::LIMIT_NS`: what the
+    /// IOAPIC and each local APIC hold for its vector, and each vCPU's state,
+    /// so that a lost delivery or EOI says where it was lost.
+    fn report_stuck_pin(&self, pin: usize, entry: u64, now: u64) {
+        let p = &*self.platform;
+        let vector = (entry & 0xff) as u32;
+        let (word, bit) = (0x10 * (vector / 32), 1u32 << (vector % 32));
+        let mut text = alloc::format!(
+            "{}: IOAPIC pin {pin} asserted and in service (remote IRR) for over {} s: entry {entry:#x}; vector {vector:#x} in",
+            p.label(self.index),
+            crate::devices::ioapic::StuckPins::LIMIT_NS / 1_000_000_000
+        );
+        let mut bus = p.apics();
+        for j in 0..p.vcpus() {
+            let l = bus.lapic(j);
+            let (isr, tmr, irr) = (l.read_register(0x100 + word, now), l.read_register(0x180 + word, now), l.read_register(0x200 + word, now));
+            let has = |r: u32, name: &'static str| if r & bit != 0 { name } else { "" };
+            let _ = core::fmt::Write::write_fmt(
+                &mut text,
+                format_args!(
+                    " vcpu{j} [{}{}{} ppr {:#x} pending {:?} id {} {}]",
+                    has(irr, "IRR "),
+                    has(isr, "ISR "),
+                    has(tmr, "TMR "),
+                    l.ppr(),
+                    l.pending(),
+                    l.id(),
+                    p.stats.get(j).map_or("?", |s| s.state_name())
+                ),
+            );
+        }
+        drop(bus);
+        if p.role == Role::Dom0 {
+            log::warn!("{text}");
+        } else {
+            control::guest_log(p.domid, log::Level::Warn, format_args!("{text}"));
+        }
     }
 
     /// A domU's state in the domain table: `Some` if it decides the poll.
