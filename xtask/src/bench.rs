@@ -133,6 +133,7 @@ fn hypercall_null(elf: &Path) -> Result<Hypercall> {
             Ending::Halted | Ending::Done => "the hypervisor halted".to_string(),
             Ending::TimedOut => format!("timed out after {}s", BENCH_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
+            Ending::Aborted(ref l) => format!("stopped on: {l}"),
         };
         bail!(
             "the hypervisor never printed `(oxen) bench: hypercall-null iterations=<N> tsc_delta=<D>` ({how}).\n\
@@ -263,7 +264,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
             after: Regex::new(SHELL_LINE)?,
             send: TALLY_KEYS.into(),
         }],
-        stop: None,
+        ..Watch::default()
     };
     // The same kernel command line dom0 gets under Oxen, so both print the same.
     let bare_media = Media::Linux {
@@ -285,6 +286,7 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
                     Ending::Done => "the run ended".to_string(),
                     Ending::TimedOut => format!("timed out after {}s", timeout.as_secs()),
                     Ending::Exited(s) => format!("QEMU exited ({s})"),
+                    Ending::Aborted(ref l) => format!("stopped on: {l}"),
                 };
                 bail!(
                     "dom0 booted {which} never printed `{BANNER}` ({how}). Command:
@@ -513,6 +515,7 @@ fn inside_dom0(elf: &Path, icount: bool) -> Result<Inside> {
             Ending::Done => "bench.sh ended without its figures".to_string(),
             Ending::TimedOut => format!("timed out after {}s", INSIDE_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
+            Ending::Aborted(ref l) => format!("stopped on: {l}"),
         };
         bail!(
             "dom0's bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",
@@ -794,6 +797,7 @@ fn sched_dom0(elf: &Path, icount: bool) -> Result<SchedRun> {
             ),
             Ending::TimedOut => format!("timed out after {}s", INSIDE_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
+            Ending::Aborted(ref l) => format!("stopped on: {l}"),
         };
         bail!(
             "dom0's sched-bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",
@@ -1808,6 +1812,7 @@ fn linux_oxen(elf: &Path, icount: bool, vcpus: u32) -> Result<LinuxRun> {
             Ending::Done => "linux-bench.sh ended without its figures".to_string(),
             Ending::TimedOut => format!("timed out after {}s", LINUX_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
+            Ending::Aborted(ref l) => format!("stopped on: {l}"),
         };
         bail!(
             "dom0's linux-bench.sh did not finish ({how}). Command:\n    {}\nlast lines of {}:\n{}",

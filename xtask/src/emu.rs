@@ -399,6 +399,9 @@ pub enum Ending {
     /// The emulator exited before the hypervisor halted.
     Exited(std::process::ExitStatus),
     TimedOut,
+    /// A line with one of `Watch::abort_on` came (that line): the run was
+    /// stopped then, as it could no longer pass.
+    Aborted(String),
 }
 
 pub struct Boot {
@@ -436,6 +439,10 @@ pub struct Watch {
     /// Set by another thread to end the run (as `Ending::Done`): a test's
     /// peer machine, once the test's own machine has ended.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Texts that end the run at once when a line holds one (`Ending::Aborted`):
+    /// faults after which the run cannot pass, so that waiting out its timeout
+    /// (up to half an hour) buys nothing.
+    pub abort_on: Vec<&'static str>,
 }
 
 /// The serial log as the watcher matches it: `\r` and NULs dropped, so `$` and
@@ -684,6 +691,9 @@ pub fn boot_and_watch_with(
         }
         if lines.iter().any(|l| l.contains(HALT_MARKER)) {
             break Ending::Halted;
+        }
+        if let Some(l) = lines[..complete].iter().find(|l| watch.abort_on.iter().any(|a| l.contains(a))) {
+            break Ending::Aborted(l.trim().to_owned());
         }
         let norm = normalize_serial(&text);
         for (i, input) in typing.due(watch, &norm) {

@@ -508,6 +508,7 @@ pub fn boot_bare(kernel: &Path, initrd: &Path, icount: bool, dir: &Path) -> Resu
             Ending::Halted | Ending::Done => "the run ended".to_string(),
             Ending::TimedOut => format!("timed out after {}s", BARE_TIMEOUT.as_secs()),
             Ending::Exited(s) => format!("QEMU exited ({s})"),
+            Ending::Aborted(ref l) => format!("stopped on: {l}"),
         };
         anyhow::anyhow!(
             "the Linux domU booted bare {what} ({how}). Command:\n    {command}\nlast lines of {}:\n{}",

@@ -414,6 +414,13 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             watch: Watch {
                 done,
                 inputs,
+                // QEMU's own faults: the run cannot pass after one, and it is run
+                // again (`run_retrying_emulator_fault`) at once rather than after
+                // its script has waited out its timeouts.
+                abort_on: match t.emulator {
+                    Emulator::Qemu => vec![EMULATOR_FAULT, IMPOSSIBLE_TRIPLE_FAULT],
+                    Emulator::Bochs => Vec::new(),
+                },
                 ..Watch::default()
             },
             timeout: Duration::from_secs(timeout),
@@ -643,8 +650,9 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
     // A run that never reaches an expectation marked xfail may well hang there: its
     // timeout is then part of that known failure, not a failure of its own.
     let mut timeout_excused = false;
-    match boot.ending {
+    match &boot.ending {
         Ending::Halted | Ending::Done => {}
+        Ending::Aborted(line) => problems.push(format!("stopped at a fault it cannot pass after: {line}")),
         Ending::TimedOut if !xfailing.is_empty() => timeout_excused = true,
         Ending::TimedOut => {
             let why = match &t.watch.done {

@@ -117,6 +117,7 @@ fn scale_run(elf: &Path) -> Result<(ScaleFigures, String)> {
                 Ending::Done => "it ended".to_string(),
                 Ending::TimedOut => format!("timed out after {}s", SCALE_TIMEOUT.as_secs()),
                 Ending::Exited(s) => format!("QEMU exited ({s})"),
+                Ending::Aborted(ref l) => format!("stopped on: {l}"),
             },
             f.failed,
             boot.command,
