@@ -10,7 +10,7 @@ use crate::vm::platform::{log_tally, Platform, TALLY_LEN};
 use log::info;
 
 /// The console's keys.
-pub const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler, n NMI to the other CPUs";
+pub const HELP: &str = "h help, d domains, c CPUs, e VM exits by reason, m memory, s scheduler, r run queues (every vCPU), n NMI to the other CPUs";
 
 /// Answers one key; `dom0` is dom0's platform (its vCPUs are listed).
 pub fn debug_key(key: u8, dom0: &Platform) {
@@ -44,6 +44,7 @@ pub fn debug_key(key: u8, dom0: &Platform) {
             info!("console: {} physical NMI(s) taken since boot", crate::arch::x86_64::idt::nmi_count());
         }
         b's' => sched::log_stats(),
+        b'r' => sched::dump_state(sched::now_ns()),
         b'n' => info!("console: sent an NMI to {} other CPU(s)", smp::nmi_others()),
         b'e' => {
             let mut total = [0u64; TALLY_LEN];

@@ -228,6 +228,75 @@ pub fn pick_cpu() -> u32 {
     (first..n).min_by_key(|&c| cpu_summary(c).0).unwrap_or(0)
 }
 
+/// When dom0's vCPU 0 was last polled or run (ns since boot). It is looked at
+/// every 10 ms at least (its serial input), so a long gap means the loop lost
+/// it: `watchdog` says so, with the loop's state.
+static DOM0_V0_SEEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// How long dom0's vCPU 0, or an event dom0 wants, may go unattended before
+/// `watchdog` reports (once per boot).
+const WATCHDOG_NS: u64 = 5_000_000_000;
+/// How long an idle CPU 0 sleeps at most, so that `watchdog` runs.
+const WATCHDOG_PERIOD_NS: u64 = 1_000_000_000;
+
+fn seen(id: VcpuId, now: u64) {
+    if id == (VcpuId { dom: 0, vcpu: 0 }) {
+        DOM0_V0_SEEN.store(now, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// CPU 0, each turn: reports (once) dom0's vCPU 0 not looked at for
+/// `WATCHDOG_NS`, or an event dom0 wants pending that long (`pending_since`:
+/// when `events_pending` was first seen true, 0 if it is not).
+fn watchdog(now: u64, events_pending: bool, pending_since: &mut u64) {
+    static REPORTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    *pending_since = match (events_pending, *pending_since) {
+        (false, _) => 0,
+        (true, 0) => now,
+        (true, t) => t,
+    };
+    let last = DOM0_V0_SEEN.load(core::sync::atomic::Ordering::Relaxed);
+    let why = if last != 0 && now.saturating_sub(last) > WATCHDOG_NS {
+        "dom0's vCPU 0 was neither polled nor run"
+    } else if *pending_since != 0 && now - *pending_since > WATCHDOG_NS {
+        "an event dom0 wants has been pending (its line not taken)"
+    } else {
+        return;
+    };
+    if REPORTED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let since = if last != 0 && now.saturating_sub(last) > WATCHDOG_NS { last } else { *pending_since };
+    warn!("sched: watchdog: {why} for {} ms; the loop's state follows", (now - since) / 1_000_000);
+    dump_state(now);
+}
+
+/// The run loop's and the scheduler's view of every vCPU (console key `r`,
+/// and `watchdog`).
+pub fn dump_state(now: u64) {
+    for cpu in 0..smp::cpu_count() {
+        let k = RUNNING[cpu as usize].load(core::sync::atomic::Ordering::Relaxed);
+        if k != u64::MAX {
+            log::info!("sched: cpu{cpu} runs d{}v{}", k >> 32, k as u32);
+        }
+    }
+    let entries: Vec<(VcpuId, bool, u32, bool)> = VCPUS.lock().iter().map(|(id, e)| (*id, e.blocked, e.watcher, e.started)).collect();
+    let keys: Vec<(u32, u64, VcpuId)> = DUE.lock().iter().copied().collect();
+    for id in vcpu_ids() {
+        let entry = entries.iter().find(|e| e.0 == id);
+        let mine: Vec<(u32, i64)> = keys.iter().filter(|k| k.2 == id).map(|k| (k.0, if k.1 == 0 { 0 } else { (k.1 as i64 - now as i64) / 1_000_000 })).collect();
+        let info = with_sched(|s, now| s.vcpu_info(id, now).ok().map(|i| (i.state, i.cpu))).flatten();
+        log::info!(
+            "sched: d{}v{}: {} poll keys (cpu, ms from now) {mine:?}; scheduler {info:?}",
+            id.dom,
+            id.vcpu,
+            match entry {
+                Some((_, blocked, watcher, started)) => alloc::format!("waiting (blocked {blocked}, watched by cpu{watcher}, started {started})"),
+                None => "out of the loop's table (running or being polled)".into(),
+            },
+        );
+    }
+}
+
 /// Work a CPU does between turns (dom0's CPU: overdue shutdown requests).
 static HOUSEKEEPING: Mutex<Option<fn(u64)>> = Mutex::new(None);
 
@@ -272,7 +341,9 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
             VCPUS.lock().insert(id, e);
             continue;
         }
-        match e.v.poll(now) {
+        let polled = e.v.poll(now);
+        seen(id, now);
+        match polled {
             Poll::Run => {
                 e.blocked = false;
                 e.woken_at = Some(now);
@@ -383,10 +454,14 @@ pub fn cpu_loop() -> ! {
     let housekeeping = if cpu == 0 { *HOUSEKEEPING.lock() } else { None };
     // The vCPU this CPU ran last and the TSC when its run returned.
     let mut last: Option<(VcpuId, u64)> = None;
+    let mut events_since = 0;
     loop {
         let now = now_ns();
         if let Some(f) = housekeeping {
             f(now);
+        }
+        if cpu == 0 {
+            watchdog(now, crate::vm::platform::dom0_events_waiting(), &mut events_since);
         }
         crate::console::flush_pending();
         crate::arch::x86_64::idt::report_nmis();
@@ -410,6 +485,8 @@ pub fn cpu_loop() -> ! {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // CPU 0 looks at the watchdog at least once a period, even idle.
+        let until = if cpu == 0 { Some(until.unwrap_or(u64::MAX).min(now + WATCHDOG_PERIOD_NS)) } else { until };
         let Some(id) = d.run else {
             // An idle stretch is not a switch: the next run starts a new count.
             last = None;
@@ -448,6 +525,7 @@ pub fn cpu_loop() -> ! {
             }
         }
         e.v.run(until.unwrap_or(u64::MAX).max(now_ns() + 1));
+        seen(id, now_ns());
         last = Some((id, time::rdtsc()));
         RUNNING[cpu as usize].store(u64::MAX, core::sync::atomic::Ordering::Relaxed);
         e.watcher = cpu;

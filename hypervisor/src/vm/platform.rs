@@ -134,6 +134,11 @@ pub fn set_dom0(platform: alloc::sync::Arc<Platform>) {
 static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
 static DOM0_EVENTS_WANTED: AtomicU64 = AtomicU64::new(0);
 
+/// Whether an event dom0 wants is pending (its line up, or about to be).
+pub fn dom0_events_waiting() -> bool {
+    dom0_event_line()
+}
+
 fn dom0_event_line() -> bool {
     DOM0_EVENTS.load(Ordering::Acquire) & DOM0_EVENTS_WANTED.load(Ordering::Acquire) != 0
 }

@@ -309,6 +309,24 @@ impl GuestVcpu {
                         } else if self.halted {
                             // HLT with interrupts off: nothing but INIT or
                             // an NMI (not modelled) wakes it, as on a CPU.
+                            if !self.stuck {
+                                // Said once per stretch: with IF set, what else
+                                // blocks it (a shadow, an event in flight) would be
+                                // the hypervisor's doing, and the vCPU is lost.
+                                let rflags = vcpu.state().map(|s| s.rflags);
+                                let aux = vcpu.aux_state();
+                                let label = self.platform.label(i);
+                                let text = format_args!(
+                                    "{label}: halted and cannot take vector {vector:#x}: rflags {rflags:#x?}, shadow {:?}, event in flight {:?}: it stays halted",
+                                    aux.as_ref().map(|a| a.shadow),
+                                    aux.as_ref().map(|a| a.pending),
+                                );
+                                if self.platform.role == Role::Dom0 {
+                                    log::warn!("{text}");
+                                } else {
+                                    control::guest_log(self.platform.domid, log::Level::Warn, text);
+                                }
+                            }
                             self.stuck = true;
                         } else {
                             vcpu.request_interrupt_window(true);
