@@ -61,6 +61,9 @@ struct Entry {
     movable: bool,
     /// Unpaused in the scheduler (new vCPUs start paused there).
     started: bool,
+    /// When its last poll asked to be polled again (`Poll::Sleep(Some(t))`),
+    /// for `watchdog`.
+    wake_at: Option<u64>,
 }
 
 /// How soon `poll_blocked` looks again at a due vCPU it found out of `VCPUS`.
@@ -142,7 +145,7 @@ pub fn add_vcpu(id: VcpuId, affinity: CpuMask, first_cpu: u32, movable: bool, v:
     }
     // New vCPUs start paused in the scheduler; the watcher's first poll that
     // finds it ready unpauses it.
-    VCPUS.lock().insert(id, Entry { v, woken_at: None, blocked: true, watcher: first_cpu, movable, started: false });
+    VCPUS.lock().insert(id, Entry { v, woken_at: None, blocked: true, watcher: first_cpu, movable, started: false, wake_at: None });
     DUE.lock().insert((first_cpu, 0, id));
     smp::kick(first_cpu);
     Ok(())
@@ -254,19 +257,34 @@ fn watchdog(now: u64, events_pending: bool, pending_since: &mut u64) {
         (true, 0) => now,
         (true, t) => t,
     };
+    static LAST_SCAN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    if REPORTED.load(core::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let last = DOM0_V0_SEEN.load(core::sync::atomic::Ordering::Relaxed);
     let why = if last != 0 && now.saturating_sub(last) > WATCHDOG_NS {
-        "dom0's vCPU 0 was neither polled nor run"
+        alloc::format!("dom0's vCPU 0 was neither polled nor run for {} ms", (now - last) / 1_000_000)
     } else if *pending_since != 0 && now - *pending_since > WATCHDOG_NS {
-        "an event dom0 wants has been pending (its line not taken)"
+        alloc::format!("an event dom0 wants has been pending (its line not taken) for {} ms", (now - *pending_since) / 1_000_000)
+    } else if now.saturating_sub(LAST_SCAN.load(core::sync::atomic::Ordering::Relaxed)) >= WATCHDOG_PERIOD_NS {
+        // Once a second: a waiting vCPU whose asked-for poll is long past.
+        LAST_SCAN.store(now, core::sync::atomic::Ordering::Relaxed);
+        let late = VCPUS
+            .lock()
+            .iter()
+            .find(|(_, e)| e.blocked && e.wake_at.is_some_and(|t| now.saturating_sub(t) > WATCHDOG_NS))
+            .map(|(id, e)| (*id, e.wake_at.unwrap_or(0)));
+        match late {
+            Some((id, t)) => alloc::format!("d{}v{} asked to be polled at {t} ns and was not for {} ms", id.dom, id.vcpu, (now - t) / 1_000_000),
+            None => return,
+        }
     } else {
         return;
     };
     if REPORTED.swap(true, core::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    let since = if last != 0 && now.saturating_sub(last) > WATCHDOG_NS { last } else { *pending_since };
-    warn!("sched: watchdog: {why} for {} ms; the loop's state follows", (now - since) / 1_000_000);
+    warn!("sched: watchdog: {why}; the loop's state follows");
     dump_state(now);
 }
 
@@ -279,7 +297,8 @@ pub fn dump_state(now: u64) {
             log::info!("sched: cpu{cpu} runs d{}v{}", k >> 32, k as u32);
         }
     }
-    let entries: Vec<(VcpuId, bool, u32, bool)> = VCPUS.lock().iter().map(|(id, e)| (*id, e.blocked, e.watcher, e.started)).collect();
+    let entries: Vec<(VcpuId, bool, u32, bool, Option<u64>)> =
+        VCPUS.lock().iter().map(|(id, e)| (*id, e.blocked, e.watcher, e.started, e.wake_at)).collect();
     let keys: Vec<(u32, u64, VcpuId)> = DUE.lock().iter().copied().collect();
     for id in vcpu_ids() {
         let entry = entries.iter().find(|e| e.0 == id);
@@ -290,7 +309,10 @@ pub fn dump_state(now: u64) {
             id.dom,
             id.vcpu,
             match entry {
-                Some((_, blocked, watcher, started)) => alloc::format!("waiting (blocked {blocked}, watched by cpu{watcher}, started {started})"),
+                Some((_, blocked, watcher, started, wake_at)) => alloc::format!(
+                    "waiting (blocked {blocked}, watched by cpu{watcher}, started {started}, asked for a poll {:?} ms from now)",
+                    wake_at.map(|t| (t as i64 - now as i64) / 1_000_000)
+                ),
                 None => "out of the loop's table (running or being polled)".into(),
             },
         );
@@ -346,6 +368,7 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
         match polled {
             Poll::Run => {
                 e.blocked = false;
+                e.wake_at = None;
                 e.woken_at = Some(now);
                 let first = !core::mem::replace(&mut e.started, true);
                 VCPUS.lock().insert(id, e);
@@ -357,6 +380,7 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
                 }
             }
             Poll::Sleep(at) => {
+                e.wake_at = at;
                 let mut v = VCPUS.lock();
                 v.insert(id, e);
                 if let Some(at) = at {
