@@ -1145,6 +1145,11 @@ impl VirtualLapic {
         }
     }
 
+    /// The highest vector in service (ISR), if any.
+    pub fn in_service(&self) -> Option<u8> {
+        highest(&self.isr)
+    }
+
     /// Arbitration priority (§12.6.2.4), for a caller choosing the target of a
     /// lowest-priority interrupt.
     pub fn apr(&self) -> u8 {

@@ -90,6 +90,8 @@ pub struct GuestVcpu {
     /// Halted with interrupts off while one was pending: only INIT, a reset or
     /// the domain's end moves it.
     stuck: bool,
+    /// `note_halt_in_service` said its line.
+    halt_in_service_said: bool,
     /// Sleeping after SCHED_OP block until this time (`FOREVER`: a request).
     blocked_until: Option<u64>,
     halted_since: Option<u64>,
@@ -136,6 +138,7 @@ impl GuestVcpu {
             exits: 0,
             halted: false,
             stuck: false,
+            halt_in_service_said: false,
             blocked_until: None,
             halted_since: None,
             stall_reported: false,
@@ -348,6 +351,44 @@ impl GuestVcpu {
             }
         }
         result
+    }
+
+    /// HLT with interrupts on while the APIC still has a vector in service: an
+    /// OS halts in its idle loop, never inside a handler, so the handler of
+    /// that vector never ran to its EOI, i.e. its delivery was lost (QEMU's TCG
+    /// was seen to fail a delivery's page walks, `IMPOSSIBLE_TRIPLE_FAULT`).
+    /// Until an EOI comes, that vector's priority class and every one below it
+    /// (the timer's, the devices') stay blocked: the vCPU sleeps through its
+    /// timer. Said once per vCPU.
+    fn note_halt_in_service(&mut self) {
+        if self.halt_in_service_said {
+            return;
+        }
+        let p = &*self.platform;
+        // The APIC first (every HLT comes here): the guest's RFLAGS only when
+        // a vector is in service.
+        let (isr, irr) = {
+            let mut bus = p.apics();
+            let l = bus.lapic(self.index);
+            (l.in_service(), l.read_register(0x200 + 0x10 * 7, now_ns()))
+        };
+        let Some(vector) = isr else { return };
+        let Some(vcpu) = self.vcpu.as_ref() else { return };
+        let Some(rflags) = vcpu.state().map(|s| s.rflags) else { return };
+        if rflags & (1 << 9) == 0 {
+            return;
+        }
+        self.halt_in_service_said = true;
+        let text = format_args!(
+            "{}: halted with interrupts on while vector {vector:#x} is in service: its handler never ended, the delivery was lost; its class and those below stay blocked (IRR 0xe0-0xff {irr:#x}, rip {:#x})",
+            p.label(self.index),
+            vcpu.rip()
+        );
+        if p.role == Role::Dom0 {
+            log::warn!("{text}");
+        } else {
+            control::guest_log(p.domid, log::Level::Warn, text);
+        }
     }
 
     /// A level pin in service for longer than `StuckPins::LIMIT_NS`: what the
@@ -860,6 +901,7 @@ impl Runnable for GuestVcpu {
                 Outcome::Halted => {
                     self.halted = true;
                     stale = true;
+                    self.note_halt_in_service();
                 }
                 Outcome::Block { timeout_ns } => {
                     self.blocked_until = Some(if timeout_ns == 0 { FOREVER } else { now_ns().saturating_add(timeout_ns) });
