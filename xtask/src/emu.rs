@@ -715,8 +715,16 @@ pub fn boot_and_watch_with(
     };
     let elapsed = start.elapsed();
     if let (Ending::TimedOut, Some(path)) = (&ending, &monitor) {
-        let state = monitor_command(path, "info registers -a")
+        let mut state = monitor_command(path, "info registers -a")
             .unwrap_or_else(|e| format!("could not ask QEMU's monitor ({}): {e}\n", path.display()));
+        // Each CPU's local APIC (IRR, ISR, its timer): a host CPU asleep with a
+        // vector stuck in service takes no timer interrupt again.
+        for cpu in 0..m.smp {
+            let _ = monitor_command(path, &format!("cpu {cpu}"));
+            if let Ok(lapic) = monitor_command(path, "info lapic") {
+                state.push_str(&format!("\nCPU {cpu}'s local APIC:\n{lapic}"));
+            }
+        }
         let _ = std::fs::write(dir.join(QEMU_TIMEOUT_LOG), state);
     }
     proc.kill();
