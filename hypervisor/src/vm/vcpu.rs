@@ -367,12 +367,12 @@ impl GuestVcpu {
         let p = &*self.platform;
         // The APIC first (every HLT comes here): the guest's RFLAGS only when
         // a vector is in service.
-        let (isr, irr) = {
+        let (vector, irr) = {
             let mut bus = p.apics();
             let l = bus.lapic(self.index);
-            (l.in_service(), l.read_register(0x200 + 0x10 * 7, now_ns()))
+            let Some(vector) = l.in_service() else { return };
+            (vector, l.read_register(0x200 + 0x10 * 7, now_ns()))
         };
-        let Some(vector) = isr else { return };
         let Some(vcpu) = self.vcpu.as_ref() else { return };
         let Some(rflags) = vcpu.state().map(|s| s.rflags) else { return };
         if rflags & (1 << 9) == 0 {
