@@ -107,7 +107,7 @@ check "disk-save: memory back to the byte at the end" "$free0 KiB before, $(free
 
 # dom0 finds the file written after the restore in the image.
 mkdir -p /mnt/disk-save
-dom0_sum=$(mount -o loop "$img" /mnt/disk-save && md5sum /mnt/disk-save/root/restored | cut -c 1-32)
+dom0_sum=$(mount -t ext4 -o loop "$img" /mnt/disk-save && md5sum /mnt/disk-save/root/restored | cut -c 1-32)
 umount /mnt/disk-save 2>/dev/null
 check "disk-save: dom0 reads the file written after the restore from the image" "md5 '$dom0_sum', was '$sum2'" \
     sh -c "[ -n '$sum2' ] && [ '$dom0_sum' = '$sum2' ]"

@@ -79,7 +79,7 @@ check "memory back after the first boot" "free $(free_kib) KiB, was $free0 KiB" 
 # model fsynced and closed the file). Read-write: the domain ended as by a power
 # cut, so ext4 replays its journal first (read-only it would refuse).
 mkdir -p /mnt/root-img
-dom0_sum=$(mount -o loop "$img" /mnt/root-img && md5sum /mnt/root-img/root/data | cut -d " " -f 1)
+dom0_sum=$(mount -t ext4 -o loop "$img" /mnt/root-img && md5sum /mnt/root-img/root/data | cut -d " " -f 1)
 umount /mnt/root-img 2>/dev/null
 echo "linux-disk: dom0 reads /root/data from $img: md5 $dom0_sum"
 check "dom0 reads the file from the image with the same checksum" "md5 '$dom0_sum', was '$sum1'" \

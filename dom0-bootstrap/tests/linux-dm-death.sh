@@ -70,7 +70,7 @@ check "no device model left" "oxen-dm still runs: $(pidof oxen-dm)" wait_for 10 
 check "memory back to the byte" "free $(free_kib) KiB, was $free0 KiB" wait_for 30 back
 
 mkdir -p /mnt/dm-img
-dom0_sum=$(mount -o loop "$img" /mnt/dm-img && md5sum /mnt/dm-img/root/kept | cut -d " " -f 1)
+dom0_sum=$(mount -t ext4 -o loop "$img" /mnt/dm-img && md5sum /mnt/dm-img/root/kept | cut -d " " -f 1)
 umount /mnt/dm-img 2>/dev/null
 echo "linux-dm-death: dom0 reads /root/kept from $img: md5 $dom0_sum"
 check "the file flushed before the kill is in the image" "md5 '$dom0_sum', was '$sum'" \

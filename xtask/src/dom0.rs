@@ -10,8 +10,10 @@
 //! target/dom0/vmlinuz     the kernel (boot/vmlinuz-* of the package)
 //! target/dom0/initrd.gz   /init (dom0-bootstrap/init), /bin/busybox, /dev/console,
 //!                         /lib/modules/<release>/: the modules of MODULES that the
-//!                         kernel has as `=m`, their dependencies, modules.dep, and
-//!                         modules.dom0 (the load order /init follows); Oxen's
+//!                         kernel has as `=m`, their dependencies, modules.dep,
+//!                         modules.alias (for modprobe: devices and the kernel's
+//!                         requests) and modules.dom0 (the modules /init loads on
+//!                         every machine, in order); Oxen's
 //!                         own files (dom0_tools.rs) and the Linux domU's kernel
 //!                         and initramfs (linux_domu.rs)
 //! ```
@@ -39,55 +41,50 @@ const BUSYBOX: &str = "busybox-static";
 /// dom0's kernel command line (after the module name the hypervisor skips).
 pub const KERNEL_ARGS: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200";
 
-/// Kernel modules dom0 loads at boot, each with the config symbol that says whether
-/// Debian builds it as a module (`=m`: copied with its dependencies and loaded by
-/// /init) or into the kernel (`=y`: nothing to do), and why dom0 wants it.
-/// The one list to extend when dom0 needs another driver.
-pub const MODULES: &[(&str, &str, &str)] = &[
-    (
-        "e1000",
-        "CONFIG_E1000",
-        "QEMU's default NIC (i440FX machine)",
-    ),
-    (
-        "e1000e",
-        "CONFIG_E1000E",
-        "QEMU's default NIC on the q35 machine",
-    ),
-    (
-        "virtio_pci",
-        "CONFIG_VIRTIO_PCI",
-        "the PCI transport virtio devices sit on",
-    ),
-    ("virtio_net", "CONFIG_VIRTIO_NET", "virtio NIC"),
-    (
-        "bridge",
-        "CONFIG_BRIDGE",
-        "xenbr0: dom0's NIC and the domUs' vifs on one bridge",
-    ),
-    ("tun", "CONFIG_TUN", "tap devices, one per domU vif"),
+/// When dom0's /init has a module of `MODULES` loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// At boot on every machine: what Oxen's own tools need whatever the
+    /// hardware (listed in modules.dom0, loaded in that order).
+    Boot,
+    /// When the machine has a device it drives, as udev's coldplug does: /init
+    /// hands every device's modalias to modprobe, which matches them against
+    /// the aliases in modules.alias. Under Bochs (no NIC, no disk controller
+    /// dom0 uses) none of them loads: they took ≈ 45 s of each dom0 boot there.
+    Device,
+    /// When the kernel asks for it: `mount -t ext4` makes it run
+    /// `/sbin/modprobe fs-ext4`, found in modules.alias.
+    Demand,
+}
+
+/// Kernel modules dom0 carries, each with the config symbol that says whether
+/// Debian builds it as a module (`=m`: copied with its dependencies) or into the
+/// kernel (`=y`: nothing to do), when /init loads it, and why dom0 wants it.
+/// The one list to extend when dom0 needs another driver. (No ata_piix: only
+/// the emulators' i440FX boards have its IDE controller, and there it holds
+/// nothing but the boot CD, which dom0 does not read.)
+pub const MODULES: &[(&str, &str, Load, &str)] = &[
+    ("e1000", "CONFIG_E1000", Load::Device, "QEMU's default NIC (i440FX machine)"),
+    ("e1000e", "CONFIG_E1000E", Load::Device, "QEMU's default NIC on the q35 machine"),
+    ("virtio_pci", "CONFIG_VIRTIO_PCI", Load::Device, "the PCI transport virtio devices sit on"),
+    ("virtio_net", "CONFIG_VIRTIO_NET", Load::Device, "virtio NIC"),
+    ("bridge", "CONFIG_BRIDGE", Load::Boot, "xenbr0: dom0's NIC and the domUs' vifs on one bridge"),
+    ("tun", "CONFIG_TUN", Load::Boot, "tap devices, one per domU vif"),
     (
         "loop",
         "CONFIG_BLK_DEV_LOOP",
+        Load::Boot,
         "disk images mounted in dom0 (linux-disk.sh reads what a domU wrote)",
     ),
-    ("virtio_blk", "CONFIG_VIRTIO_BLK", "virtio disk"),
-    (
-        "ata_piix",
-        "CONFIG_ATA_PIIX",
-        "QEMU's default IDE disk controller (i440FX)",
-    ),
-    ("ahci", "CONFIG_SATA_AHCI", "SATA disks (q35)"),
-    ("sd_mod", "CONFIG_BLK_DEV_SD", "SCSI/SATA disks as /dev/sd*"),
-    (
-        "ext4",
-        "CONFIG_EXT4_FS",
-        "the file system of guest disk images",
-    ),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK", Load::Device, "virtio disk"),
+    ("ahci", "CONFIG_SATA_AHCI", Load::Device, "SATA disks"),
+    ("sd_mod", "CONFIG_BLK_DEV_SD", Load::Device, "SCSI/SATA disks as /dev/sd*"),
+    ("ext4", "CONFIG_EXT4_FS", Load::Demand, "the file system of guest disk images"),
     (
         "crc32c_generic",
         "CONFIG_CRYPTO_CRC32C",
-        "ext4's metadata checksums (ext4's softdep crypto-crc32c)",
+        Load::Demand,
+        "ext4's metadata checksums (ext4 asks for crypto-crc32c)",
     ),
 ];
 
@@ -164,7 +161,10 @@ pub fn prepare() -> Result<Dom0> {
             builtin.join(" ")
         ));
     }
-    let mods = resolve_modules(&moddir, &wanted)?;
+    let names: Vec<&str> = wanted.iter().map(|&(n, _)| n).collect();
+    let mods = resolve_modules(&moddir, &names)?;
+    let boot: Vec<&str> = wanted.iter().filter(|&&(_, w)| w == Load::Boot).map(|&(n, _)| n).collect();
+    let boot = boot_order(&mods, &boot)?;
     let mut extras = crate::dom0_tools::collect(&release)?;
     let busybox = broot.join("bin/busybox");
     let linux = crate::linux_domu::build(&kernel, &busybox, &moddir)?;
@@ -182,7 +182,8 @@ pub fn prepare() -> Result<Dom0> {
     let fresh = initrd.is_file() && initrd_cpio.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs);
     if !fresh {
         let _ = std::fs::remove_file(&stamp);
-        write_initrd(&initrd, &initrd_cpio, &release, &init, &busybox, &moddir, &mods, &extras)?;
+        let m = InitrdModules { all: &mods, boot: &boot };
+        write_initrd(&initrd, &initrd_cpio, &release, &init, &busybox, &moddir, m, &extras)?;
         std::fs::write(&stamp, &inputs)?;
     }
     let size = std::fs::metadata(&initrd)?.len();
@@ -564,13 +565,14 @@ pub(crate) fn parse_config(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// MODULES split by the config: (`=m`: to load, `=y`: built in). Others are reported.
-fn modules_to_load(config: &BTreeMap<String, String>) -> (Vec<&'static str>, Vec<&'static str>) {
+/// MODULES split by the config: (`=m`: to copy, with when to load them;
+/// `=y`: built in). Others are reported.
+fn modules_to_load(config: &BTreeMap<String, String>) -> (Vec<(&'static str, Load)>, Vec<&'static str>) {
     let mut load = Vec::new();
     let mut builtin = Vec::new();
-    for &(name, symbol, why) in MODULES {
+    for &(name, symbol, when, why) in MODULES {
         match config.get(symbol).map(String::as_str) {
-            Some("m") => load.push(name),
+            Some("m") => load.push((name, when)),
             Some("y") => builtin.push(name),
             other => step(format!(
                 "warning: this kernel has no {name} ({why}): {symbol} is {}",
@@ -589,6 +591,9 @@ pub struct KernelModule {
     pub path: String,
     /// Names of the modules it needs loaded first (`depends=` of its .modinfo).
     pub depends: Vec<String>,
+    /// What it answers to (`alias=` of its .modinfo): device IDs with
+    /// wildcards (`pci:v00008086d0000100Esv*...`), `fs-ext4`, `crypto-crc32c`.
+    pub aliases: Vec<String>,
 }
 
 /// Module names use `_` where file names may use `-`.
@@ -664,10 +669,12 @@ pub(crate) fn resolve_modules(moddir: &Path, wanted: &[&str]) -> Result<Vec<Kern
         let bytes = std::fs::read(moddir.join(path))?;
         let depends =
             module_depends(&bytes).with_context(|| format!("reading the .modinfo of {path}"))?;
+        let aliases = modinfo(&bytes, "alias").with_context(|| format!("reading the .modinfo of {path}"))?;
         Ok(KernelModule {
             name: name.to_owned(),
             path: path.clone(),
             depends,
+            aliases,
         })
     };
     let mut all = BTreeMap::new();
@@ -718,6 +725,20 @@ fn load_order(wanted: &[&str], all: &BTreeMap<String, KernelModule>) -> Result<V
     Ok(out)
 }
 
+/// `boot` and what they depend on, dependencies first: the modules /init
+/// loads on every machine (modules.dom0).
+fn boot_order(mods: &[KernelModule], boot: &[&str]) -> Result<Vec<KernelModule>> {
+    let all: BTreeMap<String, KernelModule> = mods.iter().map(|m| (m.name.clone(), m.clone())).collect();
+    load_order(boot, &all)
+}
+
+/// The modules in dom0's initramfs: every one, and those loaded at boot in order.
+#[derive(Clone, Copy)]
+struct InitrdModules<'a> {
+    all: &'a [KernelModule],
+    boot: &'a [KernelModule],
+}
+
 /// modules.dep in depmod's format (`path: dep-paths`, all dependencies, the ones
 /// to load first last) for busybox's modprobe.
 fn modules_dep(mods: &[KernelModule]) -> String {
@@ -762,6 +783,14 @@ fn modules_dep(mods: &[KernelModule]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// modules.alias in depmod's format (`alias PATTERN MODULE`), which busybox's
+/// modprobe matches device modaliases and the kernel's requests against.
+fn modules_alias(mods: &[KernelModule]) -> String {
+    mods.iter()
+        .flat_map(|m| m.aliases.iter().map(move |a| format!("alias {a} {}\n", m.name)))
+        .collect()
 }
 
 /// What the initramfs is made of, as text: the two .debs, /init's hash, the modules,
@@ -820,9 +849,10 @@ fn write_initrd(
     init: &[u8],
     busybox: &Path,
     moddir: &Path,
-    mods: &[KernelModule],
+    modules: InitrdModules,
     extras: &[ExtraFile],
 ) -> Result<()> {
+    let mods = modules.all;
     let busybox_bytes =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let mut a = Archive::new();
@@ -859,7 +889,8 @@ fn write_initrd(
             a.file(&format!("{base}/{extra}"), 0o644, &bytes)?;
         }
     }
-    let order: String = mods.iter().map(|m| format!("{}\n", m.path)).collect();
+    a.file(&format!("{base}/modules.alias"), 0o644, modules_alias(mods).as_bytes())?;
+    let order: String = modules.boot.iter().map(|m| format!("{}\n", m.path)).collect();
     a.file(&format!("{base}/modules.dom0"), 0o644, order.as_bytes())?;
     for e in extras {
         if let Some((parent, _)) = e.dest.rsplit_once('/') {
@@ -894,6 +925,7 @@ mod tests {
             name: name.into(),
             path: format!("kernel/{name}.ko"),
             depends: deps.iter().map(|d| d.to_string()).collect(),
+            aliases: Vec::new(),
         }
     }
 
@@ -964,7 +996,7 @@ mod tests {
         assert_eq!(c.get("CONFIG_X").map(String::as_str), Some("\"a=b\""));
         assert!(!c.contains_key("CONFIG_SATA_AHCI"));
         let (load, builtin) = modules_to_load(&c);
-        assert_eq!(load, ["e1000"]);
+        assert_eq!(load, [("e1000", Load::Device)]);
         assert_eq!(builtin, ["ext4"]);
     }
 
@@ -1023,9 +1055,37 @@ mod tests {
     }
 
     #[test]
+    fn boot_modules_come_with_their_dependencies_and_nothing_else() {
+        let mods = vec![
+            km("llc", &[]),
+            km("stp", &["llc"]),
+            km("bridge", &["stp", "llc"]),
+            km("crc16", &[]),
+            km("ext4", &["crc16"]),
+            km("tun", &[]),
+        ];
+        let names: Vec<String> = boot_order(&mods, &["bridge", "tun"]).unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["llc", "stp", "bridge", "tun"]);
+    }
+
+    #[test]
+    fn modules_alias_is_in_depmods_format() {
+        let mut e1000 = km("e1000", &[]);
+        e1000.aliases = vec!["pci:v00008086d0000100Esv*sd*bc*sc*i*".into(), "pci:v00008086d0000100Fsv*sd*bc*sc*i*".into()];
+        let mut ext4 = km("ext4", &[]);
+        ext4.aliases = vec!["fs-ext4".into()];
+        assert_eq!(
+            modules_alias(&[e1000, km("crc16", &[]), ext4]),
+            "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n\
+             alias pci:v00008086d0000100Fsv*sd*bc*sc*i* e1000\n\
+             alias fs-ext4 ext4\n"
+        );
+    }
+
+    #[test]
     fn modules_list_is_well_formed() {
         let mut names = BTreeSet::new();
-        for (name, symbol, why) in MODULES {
+        for (name, symbol, _, why) in MODULES {
             assert!(names.insert(name), "{name} twice");
             assert!(symbol.starts_with("CONFIG_") && !why.is_empty());
             assert!(!name.contains('-'), "{name}: module names use _");
