@@ -40,6 +40,11 @@
 /* Largest DOMCTL argument structure and data buffer, in bytes. */
 #define OXEN_DOMCTL_ARG_MAX 4096
 #define OXEN_DOMCTL_BUF_MAX 65536
+/*
+ * The DOMCTLs whose data buffer is input only (bit N: DOMCTL N): nothing is
+ * copied back to the caller (DOMCTL_BUFFER_IN_ONLY).
+ */
+#define OXEN_DOMCTL_BUFFER_IN_ONLY_MASK 0x8050004
 
 /* The misc device: /dev/oxen. */
 #define OXEN_DEVICE_NAME "oxen"

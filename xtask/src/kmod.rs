@@ -772,6 +772,10 @@ mod tests {
             ("OXEN_EVENT_ALL", Define::Int(event::ALL)),
             ("OXEN_DOMCTL_ARG_MAX", Define::Int(DOMCTL_ARG_MAX)),
             ("OXEN_DOMCTL_BUF_MAX", Define::Int(DOMCTL_BUF_MAX)),
+            (
+                "OXEN_DOMCTL_BUFFER_IN_ONLY_MASK",
+                Define::Int(DOMCTL_BUFFER_IN_ONLY.iter().map(|&c| 1u64 << c).sum()),
+            ),
             ("OXEN_DEVICE_NAME", Define::Str(device.into())),
             ("OXEN_ABI_DEVICE_MODEL", Define::Int(ABI_DEVICE_MODEL.into())),
             ("OXEN_DOMCTL_FOREIGN_MAP", Define::Int(domctl::FOREIGN_MAP)),

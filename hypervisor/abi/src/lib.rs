@@ -102,6 +102,12 @@ pub const CONSOLE_INPUT_QUEUE: usize = 4096;
 /// Largest argument structure and largest data buffer of one `DOMCTL`.
 pub const DOMCTL_ARG_MAX: u64 = 4096;
 pub const DOMCTL_BUF_MAX: u64 = 64 * 1024;
+/// The `DOMCTL`s whose data buffer is input only: the hypervisor copies it in
+/// and writes nothing back, so /dev/oxen does not copy it back to the caller
+/// either (for LOAD_IMAGE, the 40 MB of a Linux domU's kernel and initramfs).
+/// Every other `DOMCTL` with a buffer fills it.
+pub const DOMCTL_BUFFER_IN_ONLY: [u64; 4] =
+    [domctl::LOAD_IMAGE, domctl::CONSOLE_INPUT, domctl::VCPU_STATE_SET, domctl::PLATFORM_STATE_SET];
 /// Largest kernel or ramdisk `domctl::LOAD_IMAGE` stages.
 pub const IMAGE_MAX: u64 = 64 * 1024 * 1024;
 /// Bytes of a domain name, NUL padded; names are 1..=31 of `[A-Za-z0-9_.-]`.

@@ -79,14 +79,6 @@ pub enum LogDirtyOp {
 }
 
 impl Command {
-    /// Whether the command takes its data from the buffer (else it fills it).
-    pub fn reads_buffer(&self) -> bool {
-        matches!(
-            self,
-            Command::LoadImage { .. } | Command::ConsoleInput(_) | Command::VcpuStateSet { .. } | Command::PlatformStateSet(_)
-        )
-    }
-
     pub fn writes_buffer(&self) -> bool {
         matches!(
             self,

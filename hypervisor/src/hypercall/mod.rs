@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use oxen_abi::{
     nr, sched_op, Error, ShutdownReason, ABI_VERSION, CONSOLE_READ_MAX, CONSOLE_WRITE_MAX, DOMCTL_ARG_MAX, DOMCTL_BUF_MAX,
+    DOMCTL_BUFFER_IN_ONLY,
 };
 
 pub use domctl::Command;
@@ -209,15 +210,17 @@ fn domctl_call(
     let mut command = domctl::decode(cmd, &arg, buf_len).inspect_err(|e| {
         svc.refused(id, format_args!("domctl {cmd}: {}", e.why));
     }).map_err(|e| e.error)?;
-    // Only the image loader reads the buffer; the others write it.
-    let mut buf = if command.reads_buffer() {
+    // A few commands read the buffer (`DOMCTL_BUFFER_IN_ONLY`, the list
+    // /dev/oxen follows too); the others fill it.
+    let reads_buffer = DOMCTL_BUFFER_IN_ONLY.contains(&cmd);
+    let mut buf = if reads_buffer {
         copy_in(caller, buf_gpa, buf_len)
     } else {
         zeroed(buf_len)
     }
     .inspect_err(|_| svc.refused(id, format_args!("domctl {cmd}: buffer at {buf_gpa:#x}+{buf_len:#x} is not dom0's memory")))?;
     // A buffer to be written must be writable before anything is done.
-    if !command.reads_buffer() && buf_len > 0 {
+    if !reads_buffer && buf_len > 0 {
         caller.ram.write(buf_gpa, &buf)?;
     }
     let result = svc.domctl(&mut command, &mut buf)?;
