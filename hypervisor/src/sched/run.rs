@@ -241,15 +241,27 @@ const WATCHDOG_NS: u64 = 5_000_000_000;
 /// How long an idle CPU 0 sleeps at most, so that `watchdog` runs.
 const WATCHDOG_PERIOD_NS: u64 = 1_000_000_000;
 
-fn seen(id: VcpuId, now: u64) {
+/// When dom0's vCPU 0 last ran (0: not yet).
+static DOM0_V0_RAN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// How long dom0's vCPU 0 may wait without running before `watchdog` reports:
+/// Linux wakes an idle CPU for its timers well within this (the clocksource
+/// watchdog alone every 0.5 s), so a dom0 halted this long waits for an
+/// interrupt that does not come, or for a timer it was not given.
+const DOM0_ASLEEP_NS: u64 = 30_000_000_000;
+
+fn seen(id: VcpuId, now: u64, ran: bool) {
     if id == (VcpuId { dom: 0, vcpu: 0 }) {
         DOM0_V0_SEEN.store(now, core::sync::atomic::Ordering::Relaxed);
+        if ran {
+            DOM0_V0_RAN.store(now, core::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
 /// CPU 0, each turn: reports (once) dom0's vCPU 0 not looked at for
-/// `WATCHDOG_NS`, or an event dom0 wants pending that long (`pending_since`:
-/// when `events_pending` was first seen true, 0 if it is not).
+/// `WATCHDOG_NS`, not run for `DOM0_ASLEEP_NS`, or an event dom0 wants pending
+/// `WATCHDOG_NS` (`pending_since`: when `events_pending` was first seen true,
+/// 0 if it is not).
 fn watchdog(now: u64, events_pending: bool, pending_since: &mut u64) {
     static REPORTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     *pending_since = match (events_pending, *pending_since) {
@@ -262,8 +274,11 @@ fn watchdog(now: u64, events_pending: bool, pending_since: &mut u64) {
         return;
     }
     let last = DOM0_V0_SEEN.load(core::sync::atomic::Ordering::Relaxed);
+    let ran = DOM0_V0_RAN.load(core::sync::atomic::Ordering::Relaxed);
     let why = if last != 0 && now.saturating_sub(last) > WATCHDOG_NS {
         alloc::format!("dom0's vCPU 0 was neither polled nor run for {} ms", (now - last) / 1_000_000)
+    } else if ran != 0 && now.saturating_sub(ran) > DOM0_ASLEEP_NS {
+        alloc::format!("dom0's vCPU 0 was polled but has not run for {} ms", (now - ran) / 1_000_000)
     } else if *pending_since != 0 && now - *pending_since > WATCHDOG_NS {
         alloc::format!("an event dom0 wants has been pending (its line not taken) for {} ms", (now - *pending_since) / 1_000_000)
     } else if now.saturating_sub(LAST_SCAN.load(core::sync::atomic::Ordering::Relaxed)) >= WATCHDOG_PERIOD_NS {
@@ -364,7 +379,7 @@ fn poll_blocked(cpu: u32, now: u64) -> Option<u64> {
             continue;
         }
         let polled = e.v.poll(now);
-        seen(id, now);
+        seen(id, now, false);
         match polled {
             Poll::Run => {
                 e.blocked = false;
@@ -549,7 +564,7 @@ pub fn cpu_loop() -> ! {
             }
         }
         e.v.run(until.unwrap_or(u64::MAX).max(now_ns() + 1));
-        seen(id, now_ns());
+        seen(id, now_ns(), true);
         last = Some((id, time::rdtsc()));
         RUNNING[cpu as usize].store(u64::MAX, core::sync::atomic::Ordering::Relaxed);
         e.watcher = cpu;
