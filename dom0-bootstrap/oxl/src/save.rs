@@ -6,7 +6,7 @@
 //! so it is host-tested whole. docs/migration.md describes the format.
 
 use oxen_abi::save_stream::{
-    end_payload, kind, pages_payload, pages_payload_max, CpuidEntry, Order, Record, RecordHeader, StreamError,
+    end_payload, kind, pages_payload, pages_payload_max, pages_payload_zeros, CpuidEntry, Order, Record, RecordHeader, StreamError,
     StreamHeader, HEADER_LEN, MAX_BATCH, PAGE_SIZE, RECORD_HEADER_LEN,
 };
 use std::io::{self, Read, Write};
@@ -202,7 +202,7 @@ impl Batcher {
         }
         let batch: Vec<(u64, &[u8])> = gfns.into_iter().zip(self.pages.chunks_exact(PAGE_SIZE)).take(n).collect();
         let len = pages_payload(&batch, &mut self.payload).ok_or_else(|| io::Error::other("a page batch did not fit"))?;
-        summary.zero_pages += batch.iter().filter(|(_, p)| p.iter().all(|&b| b == 0)).count() as u64;
+        summary.zero_pages += pages_payload_zeros(n, len) as u64;
         summary.pages += n as u64;
         out.record(kind::PAGES, &self.payload[..len])
     }

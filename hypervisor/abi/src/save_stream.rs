@@ -396,7 +396,7 @@ pub fn pages_payload(pages: &[(u64, &[u8])], out: &mut [u8]) -> Option<usize> {
     out[4..8].fill(0);
     let mut at = 8 + 8 * n;
     for (i, (gfn, page)) in pages.iter().enumerate() {
-        let zero = page.iter().all(|&b| b == 0);
+        let zero = is_zero(page);
         let entry = if zero { gfn | pages::ZERO } else { *gfn };
         out[8 + 8 * i..16 + 8 * i].copy_from_slice(&entry.to_le_bytes());
         if !zero {
@@ -405,6 +405,21 @@ pub fn pages_payload(pages: &[(u64, &[u8])], out: &mut [u8]) -> Option<usize> {
         }
     }
     Some(at)
+}
+
+/// How many of the `n` pages of a `PAGES` payload `len` bytes long are zero
+/// (carry no data).
+pub const fn pages_payload_zeros(n: usize, len: usize) -> usize {
+    n - (len - 8 - 8 * n) / PAGE_SIZE
+}
+
+/// Whether every byte of `data` is zero: 64-byte blocks, each folded with OR
+/// (which the compiler turns into vector code) and the scan left at the first
+/// block that is not. A byte at a time, `all(|&b| b == 0)`, cost about 12,000
+/// instructions a zero page, a visible part of a save under Bochs.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(64);
+    blocks.all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0) && blocks.remainder().iter().all(|&b| b == 0)
 }
 
 /// The longest `PAGES` payload of `n` pages (none of them zero).
@@ -743,6 +758,28 @@ mod tests {
         assert_eq!(DeviceHead::decode(&b[..15]), Err(StreamError::RecordLength(kind::DEVICE)));
         b[13] = 1;
         assert_eq!(DeviceHead::decode(&b), Err(StreamError::Reserved));
+    }
+
+    #[test]
+    fn is_zero_looks_at_every_byte() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        assert!(is_zero(&page));
+        for at in [0, 1, 63, 64, 2047, PAGE_SIZE - 1] {
+            page[at] = 0x80;
+            assert!(!is_zero(&page), "byte {at}");
+            assert!(!is_zero(&page[..at + 1]), "a {}-byte tail", at + 1);
+            page[at] = 0;
+        }
+        assert!(is_zero(&[]) && is_zero(&[0; 65]) && !is_zero(&[0, 0, 1]));
+    }
+
+    #[test]
+    fn zeros_are_counted_from_the_payload_length() {
+        let (z, d) = (vec![0u8; PAGE_SIZE], vec![7u8; PAGE_SIZE]);
+        for pages in [vec![(1, &z[..])], vec![(1, &d[..])], vec![(1, &z[..]), (2, &d[..]), (3, &z[..])]] {
+            let len = batch(&pages).len();
+            assert_eq!(pages_payload_zeros(pages.len(), len), pages.iter().filter(|p| p.1[0] == 0).count());
+        }
     }
 
     fn batch(pages: &[(u64, &[u8])]) -> Vec<u8> {
