@@ -10,6 +10,8 @@
 //! - `sched_slice_ms=N`: the credit scheduler's time slice (1..=1000, default 30).
 //! - `exit_tally_s=N`: log every vCPU's exits by reason every N seconds
 //!   (1..=3600; for `cargo xtask bench --only idle`).
+//! - `cpuid_hide=NAME[,NAME...]`: CPU features hidden from every guest's
+//!   CPUID (`exit::cpuid::HIDEABLE`: erms, fsrm).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -34,11 +36,13 @@ pub struct Options {
     pub dom0_max_vcpus: u32,
     pub sched_slice_ms: Option<u64>,
     pub exit_tally_s: Option<u64>,
+    /// `cpuid_hide=`: bit i hides `exit::cpuid::HIDEABLE[i]`.
+    pub cpuid_hide: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None, cpuid_hide: 0 }
     }
 }
 
@@ -47,6 +51,16 @@ impl Default for Options {
 pub struct BadOption<'a> {
     pub word: &'a str,
     pub why: &'static str,
+}
+
+/// The `HIDEABLE` features named in `list` (comma-separated) as a bit mask,
+/// or `None` if one is unknown or the list is empty.
+fn cpuid_names(list: &str) -> Option<u32> {
+    let hideable = crate::exit::cpuid::HIDEABLE;
+    list.split(',').try_fold(0u32, |mask, name| {
+        let i = hideable.iter().position(|h| h.0 == name)?;
+        Some(mask | 1 << i)
+    })
 }
 
 /// `SIZE[K|M|G]` in bytes (no suffix: bytes), or `None` if malformed or zero.
@@ -114,6 +128,10 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
                 Ok(n @ 1..=64) => o.dom0_max_vcpus = n,
                 _ => bad(BadOption { word, why: "dom0_max_vcpus takes a number from 1 to 64" }),
             },
+            ("cpuid_hide", Some(v)) => match cpuid_names(v) {
+                Some(mask) => o.cpuid_hide |= mask,
+                None => bad(BadOption { word, why: "cpuid_hide takes names of features from: erms, fsrm" }),
+            },
             ("debug_exit", Some(v)) => match parse_u16(v) {
                 Some(p) => o.debug_exit = Some(p),
                 None => bad(BadOption { word, why: "debug_exit takes a port number" }),
@@ -137,6 +155,14 @@ mod tests {
             o,
             Options { loglvl: LogLevel::Debug, baud: 57600, selftest: true, debug_exit: Some(0xf4), ..Options::default() }
         );
+    }
+
+    #[test]
+    fn cpuid_hide_takes_known_feature_names() {
+        let mut bad = vec![];
+        let o = parse("cpuid_hide=erms cpuid_hide=fsrm,erms cpuid_hide=avx cpuid_hide=erms, cpuid_hide=", |b| bad.push(b.word));
+        assert_eq!(o.cpuid_hide, 0b11);
+        assert_eq!(bad, vec!["cpuid_hide=avx", "cpuid_hide=erms,", "cpuid_hide="]);
     }
 
     #[test]

@@ -75,6 +75,12 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
     let cmdline = mb.command_line_tag().and_then(|t| t.cmdline().ok()).unwrap_or("");
     info!("command line: {cmdline}");
     let options = cmdline::parse(cmdline, |b| warn!("ignoring '{}': {}", b.word, b.why));
+    crate::exit::cpuid::hide(options.cpuid_hide);
+    for (i, h) in crate::exit::cpuid::HIDEABLE.iter().enumerate() {
+        if options.cpuid_hide & (1 << i) != 0 {
+            info!("cpuid: {} hidden from every guest (cpuid_hide=)", h.0);
+        }
+    }
     log::set_max_level(match options.loglvl {
         cmdline::LogLevel::Error => log::LevelFilter::Error,
         cmdline::LogLevel::Warn => log::LevelFilter::Warn,

@@ -45,6 +45,9 @@ pub struct Defaults {
     pub bochs_ips: u64,
     /// Put before each test's own `dom0_args`, by emulator.
     pub dom0_args: EmulatorArgs,
+    /// Put after each test's own `cmdline` (the hypervisor's), by emulator;
+    /// not for `bare` tests, whose `cmdline` is the kernel's.
+    pub cmdline: EmulatorArgs,
     /// Which form of dom0's kernel GRUB loads, by emulator.
     pub dom0_kernel: EmulatorKernels,
 }
@@ -57,6 +60,7 @@ impl Default for Defaults {
             timeout_secs: Timeouts::default(),
             bochs_ips: BOCHS_IPS,
             dom0_args: EmulatorArgs::default(),
+            cmdline: EmulatorArgs::default(),
             dom0_kernel: EmulatorKernels::default(),
         }
     }
@@ -266,6 +270,11 @@ fn compile(pattern: &str, smp: u32, cpu: Option<u32>, test: &str) -> Result<Rege
     Regex::new(&p).with_context(|| format!("test {test}: bad regular expression {pattern:?}"))
 }
 
+/// `a` and `b` as one command line (either may be empty).
+fn join_words(a: &str, b: &str) -> String {
+    [a, b].iter().filter(|w| !w.is_empty()).copied().collect::<Vec<_>>().join(" ")
+}
+
 /// Reads and checks the manifest.
 pub fn load(path: &Path) -> Result<Vec<Test>> {
     let text =
@@ -408,7 +417,11 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             description: t.description,
             xfail: t.xfail,
             alone: t.alone,
-            cmdline: t.cmdline,
+            cmdline: match (t.bare, t.emulator) {
+                (true, _) => t.cmdline,
+                (false, Emulator::Qemu) => join_words(&t.cmdline, &m.defaults.cmdline.qemu),
+                (false, Emulator::Bochs) => join_words(&t.cmdline, &m.defaults.cmdline.bochs),
+            },
             dom0: t.dom0,
             dom0_args: join_args(&t.dom0_args),
             dom0_kernel: t.dom0_kernel.unwrap_or(match t.emulator {
@@ -1112,6 +1125,38 @@ mod tests {
         let tests = load(&crate::util::repo_root().join("tests/system.toml")).unwrap();
         assert!(tests.iter().any(|t| t.machine.emulator == Emulator::Bochs));
         assert!(tests.iter().all(|t| !t.forbid.is_empty()));
+    }
+
+    #[test]
+    fn an_emulators_default_cmdline_follows_each_tests_own() {
+        let tests = manifest(
+            r#"
+            [defaults.cmdline]
+            bochs = "cpuid_hide=erms"
+            [[test]]
+            name = "b"
+            emulator = "bochs"
+            cpu = "corei7_skylake_x"
+            cmdline = "console=com1"
+            expect = ['x']
+            [[test]]
+            name = "q"
+            emulator = "qemu"
+            cpu = "max"
+            cmdline = "console=com1"
+            expect = ['x']
+            [[test]]
+            name = "e"
+            emulator = "bochs"
+            cpu = "corei7_skylake_x"
+            cmdline = ""
+            expect = ['x']
+            "#,
+        );
+        let line = |n: &str| tests.iter().find(|t| t.name == n).unwrap().cmdline.clone();
+        assert_eq!(line("b"), "console=com1 cpuid_hide=erms");
+        assert_eq!(line("q"), "console=com1");
+        assert_eq!(line("e"), "cpuid_hide=erms");
     }
 
     #[test]
