@@ -17,26 +17,29 @@ free_kib() { oxl info --json | sed -n 's/.*"free_kib": *\([0-9]*\).*/\1/p'; }
 # Columns of `oxl list`: Name ID Mem(MiB) VCPUs State Time(s).
 field() { oxl list | awk -v n="$1" -v f="$2" '$1 == n { print $f }'; }
 gone() { [ -z "$(field "$1" 2)" ]; }
+# What dom0 was told to skip its Linux domUs skip too: " cryptomgr.notests"
+# (the self-test of every crypto algorithm, about 50 s of a boot under Bochs)
+# when dom0's command line has it, else nothing. For scripts that write a
+# domU's `extra` themselves.
+domu_skips() { case " $(cat /proc/cmdline) " in *" cryptomgr.notests "*) echo " cryptomgr.notests" ;; esac; }
 # The Linux domU's config: /etc/oxen/linux.cfg, or a copy of it that boots the
 # same kernel uncompressed (/usr/lib/oxen/linux/vmlinux) when dom0's command
-# line has linux_kernel=vmlinux: the Bochs tests, where the guest's own XZ
-# unpacking of the bzImage takes about 230 s of every boot. What dom0 was told
-# to skip (cryptomgr.notests: the self-test of every crypto algorithm, ≈ 50 s
-# of a boot under Bochs) its domUs skip too.
+# line has linux_kernel=vmlinux (the Bochs tests, where the guest's own XZ
+# unpacking of the bzImage takes about 230 s of every boot), with
+# `domu_skips` added to its command line.
 linux_cfg() {
-    local cmdline out=/tmp/linux-base.cfg
+    local cmdline skips out=/tmp/linux-base.cfg
     cmdline=" $(cat /proc/cmdline) "
+    skips=$(domu_skips)
     case "$cmdline" in
-    *" linux_kernel=vmlinux "* | *" cryptomgr.notests "*) ;;
-    *) echo /etc/oxen/linux.cfg; return ;;
+    *" linux_kernel=vmlinux "*) ;;
+    *) [ -n "$skips" ] || { echo /etc/oxen/linux.cfg; return; } ;;
     esac
     cp /etc/oxen/linux.cfg "$out"
     case "$cmdline" in *" linux_kernel=vmlinux "*)
         sed -i 's|^kernel = .*|kernel = "/usr/lib/oxen/linux/vmlinux"|' "$out" ;;
     esac
-    case "$cmdline" in *" cryptomgr.notests "*)
-        sed -i 's/^extra = "\(.*\)"$/extra = "\1 cryptomgr.notests"/' "$out" ;;
-    esac
+    [ -z "$skips" ] || sed -i "s/^extra = \"\\(.*\\)\"\$/extra = \"\\1$skips\"/" "$out"
     echo "$out"
 }
 # The minimal guest's last "minimal: tick N", from its console ring.

@@ -73,7 +73,7 @@ check "disk-save: save" "oxl save failed" oxl save "$dom" "$files/disk.save"
 check "disk-save: the domain is gone after save" "still listed" gone "$dom"
 check "disk-save: its device model ended with it" "oxen-dm still runs" wait_for 10 no_dm
 check "disk-save: memory back to the byte after save" "$free0 KiB before, $(free_kib) KiB now" wait_for 30 settled
-echo "linux-disk-save: file of $(wc -c < $files/disk.save) bytes; last COUNT before it $t"
+echo "linux-disk-save: file of $(stat -c %s $files/disk.save) bytes; last COUNT before it $t"
 
 # Restore: a device model started from the saved state; the counter goes on.
 oxl restore "$files/disk.save" > /tmp/disk-save.restore 2>&1; s=$?

@@ -21,7 +21,7 @@ err=/tmp/linux-disk.err
 mkdir -p /var/lib/oxen
 grep -q " /var/lib/oxen " /proc/mounts || mount -t tmpfs -o size=48m oxen-images /var/lib/oxen
 gunzip -c /usr/lib/oxen/linux/rootfs.ext4.gz > "$img"
-echo "linux-disk: $img is $(wc -c < "$img") bytes"
+echo "linux-disk: $img is $(stat -c %s "$img") bytes"
 # disk-1: the Linux domU's config with its root on the image.
 sed -e 's/^name = .*/name = "disk-1"/' \
     -e 's|^extra = .*|extra = "console=ttyS0,115200 8250.nr_uarts=1 quiet root=/dev/vda rw"|' \

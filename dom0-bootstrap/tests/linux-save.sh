@@ -1,7 +1,7 @@
 #!/bin/sh
 # Save and restore of a running Linux domU (issue 12), run in dom0 by the
-# system test `dom0-linux-save-svm` (no VT-x twin yet: under Bochs its save
-# moves about 12 MiB a minute, docs/migration.md): the domU of
+# system tests `dom0-linux-save-svm` and `dom0-linux-io-vmx` (there with
+# linux_save=short: no checkpoint): the domU of
 # linux.cfg (2 vCPUs, its root the initramfs in its RAM) runs a counter that
 # prints "COUNT n" on its console every 100 ms and holds a file of known
 # checksum in /root; `oxl save -c` (it runs on), then `oxl save` (it is
@@ -20,11 +20,13 @@
 # at once when it runs again, as a sleep does for a process that was stopped.
 . "$(dirname "$0")/lib.sh"
 boot_s=${1:-600}
+short=
+case " $(cat /proc/cmdline) " in *" linux_save=short "*) short=1 ;; esac
 dom=linux-save
 out=/tmp/linux-save.out
 cfg=/tmp/$dom.cfg
 sed -e "s/^name = .*/name = \"$dom\"/" \
-    -e "s/^extra = .*/extra = \"console=ttyS0,115200 8250.nr_uarts=1 quiet\"/" \
+    -e "s/^extra = .*/extra = \"console=ttyS0,115200 8250.nr_uarts=1 quiet$(domu_skips)\"/" \
     "$(linux_cfg)" > "$cfg"
 
 # As in linux.sh: type a command, its output (and the counter's) in $out;
@@ -67,19 +69,25 @@ c0=$(last_count); sleep 5; c1=$(last_count)
 rate0=$((c1 - c0))
 echo "linux-save: $rate0 counts in 5 s before the save"
 
-# The checkpoint: written, and it runs on with its counter unbroken.
-t0=$(last_count)
-at "save -c after COUNT $t0"
-# Its pause lasts the command (--json's seconds).
-check "save -c" "oxl save -c failed" sh -c "oxl save -c --json $dom $files/checkpoint.save > /tmp/linux-save.json"
-echo "linux-save: save -c --json: $(cat /tmp/linux-save.json)"
-at "save -c done"
-check "it runs on after save -c" "no COUNT past $t0 in 10 s" wait_for 10 counted_past $((t0 + 10))
-oxl console --dump "$dom" > /tmp/linux-save.ckpt
-counts /tmp/linux-save.ckpt > /tmp/linux-save.ckptseq
-check "its counter is unbroken across the checkpoint" "see the lines above" consecutive < /tmp/linux-save.ckptseq
-echo "linux-save: checkpoint of $(wc -c < $files/checkpoint.save) bytes; COUNT $t0 to $(tail -n 1 /tmp/linux-save.ckptseq) around it"
-rm -f "$files/checkpoint.save"
+# The checkpoint: written, and it runs on with its counter unbroken. Not with
+# linux_save=short on dom0's command line (dom0-linux-io-vmx: under Bochs a
+# save of this domU takes a minute and a half).
+if [ -z "$short" ]; then
+    t0=$(last_count)
+    at "save -c after COUNT $t0"
+    # Its pause lasts the command (--json's seconds).
+    check "save -c" "oxl save -c failed" sh -c "oxl save -c --json $dom $files/checkpoint.save > /tmp/linux-save.json"
+    echo "linux-save: save -c --json: $(cat /tmp/linux-save.json)"
+    at "save -c done"
+    check "it runs on after save -c" "no COUNT past $t0 in 10 s" wait_for 10 counted_past $((t0 + 10))
+    oxl console --dump "$dom" > /tmp/linux-save.ckpt
+    counts /tmp/linux-save.ckpt > /tmp/linux-save.ckptseq
+    check "its counter is unbroken across the checkpoint" "see the lines above" consecutive < /tmp/linux-save.ckptseq
+    echo "linux-save: checkpoint of $(stat -c %s $files/checkpoint.save) bytes; COUNT $t0 to $(tail -n 1 /tmp/linux-save.ckptseq) around it"
+    rm -f "$files/checkpoint.save"
+else
+    echo "linux-save: linux_save=short: no checkpoint (oxl save -c) in this run"
+fi
 
 # The save proper. Paused first, so that its console as it stops is known:
 # the last value before, and maybe the start of a line the restored domain
@@ -96,7 +104,7 @@ saved_at=$(cut -d ' ' -f 1 /proc/uptime)
 check "the domain is gone after save" "still listed" gone "$dom"
 settled() { [ "$(free_kib)" = "$free0" ]; }
 check "memory back to the byte after save" "$free0 KiB before, $(free_kib) KiB now" wait_for 30 settled
-echo "linux-save: file of $(wc -c < $files/linux.save) bytes"
+echo "linux-save: file of $(stat -c %s $files/linux.save) bytes"
 
 # Restore: the same name, a new ID, it runs on.
 sleep 2
