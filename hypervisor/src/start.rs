@@ -76,8 +76,9 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
     info!("command line: {cmdline}");
     let options = cmdline::parse(cmdline, |b| warn!("ignoring '{}': {}", b.word, b.why));
     crate::exit::cpuid::hide(options.cpuid_hide);
+    let hidden = crate::exit::cpuid::with_dependents(options.cpuid_hide);
     for (i, h) in crate::exit::cpuid::HIDEABLE.iter().enumerate() {
-        if options.cpuid_hide & (1 << i) != 0 {
+        if hidden & (1 << i) != 0 {
             info!("cpuid: {} hidden from every guest (cpuid_hide=)", h.0);
         }
     }

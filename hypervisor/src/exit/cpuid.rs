@@ -287,13 +287,40 @@ pub const HIDEABLE: &[(&str, u32, u32, u8, u32)] = &[
     ("fsrm", 7, 0, 3, 4),
 ];
 
+/// Features that imply another of `HIDEABLE` (dependent, what it needs): a
+/// CPU without the second has not the first either, and guests rely on it.
+/// Linux's memmove skips its short-copy path under FSRM, trusting that ERMS
+/// is there too; with ERMS hidden and FSRM shown it corrupted memory and
+/// dom0 hung in its boot (Bochs `tigerlake`, which has FSRM).
+const IMPLIES: &[(&str, &str)] = &[("fsrm", "erms")];
+
+/// `mask` (bit i: `HIDEABLE[i]`) with every feature that needs a hidden one
+/// hidden too.
+pub fn with_dependents(mut mask: u32) -> u32 {
+    let index = |name: &str| HIDEABLE.iter().position(|h| h.0 == name);
+    loop {
+        let before = mask;
+        for &(dependent, needs) in IMPLIES {
+            if let (Some(d), Some(n)) = (index(dependent), index(needs)) {
+                if mask & (1 << n) != 0 {
+                    mask |= 1 << d;
+                }
+            }
+        }
+        if mask == before {
+            return mask;
+        }
+    }
+}
+
 /// The features of `HIDEABLE` hidden (bit i: entry i), set once at boot.
 static HIDDEN: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
-/// Hides the features of `HIDEABLE` whose bits are set in `mask` from every
-/// guest (at boot, before any guest runs).
+/// Hides the features of `HIDEABLE` whose bits are set in `mask`, and those
+/// that need them (`with_dependents`), from every guest (at boot, before any
+/// guest runs).
 pub fn hide(mask: u32) {
-    HIDDEN.store(mask, core::sync::atomic::Ordering::Relaxed);
+    HIDDEN.store(with_dependents(mask), core::sync::atomic::Ordering::Relaxed);
 }
 
 /// `r`, the answer to CPUID(`leaf`, `subleaf`), without the features of
@@ -727,6 +754,12 @@ mod tests {
         assert_eq!(without_hidden(1, 0, ones, 0b11), ones);
         let names: Vec<&str> = HIDEABLE.iter().map(|h| h.0).collect();
         assert_eq!(names, ["erms", "fsrm"]);
+        // Hiding ERMS hides FSRM (Linux's memmove trusts that FSRM implies
+        // ERMS); FSRM alone may go.
+        assert_eq!(with_dependents(0b01), 0b11);
+        assert_eq!(with_dependents(0b10), 0b10);
+        assert_eq!(with_dependents(0), 0);
+        assert!(IMPLIES.iter().all(|(a, b)| HIDEABLE.iter().any(|h| h.0 == *a) && HIDEABLE.iter().any(|h| h.0 == *b)));
         assert!(HIDEABLE.len() <= 32 && HIDEABLE.iter().all(|h| h.3 < 4 && h.4 < 32));
     }
 
