@@ -153,7 +153,7 @@ pub struct TestDef {
     pub input: Vec<InputDef>,
     pub timeout_secs: Option<u64>,
     /// How long a run usually takes in CI (seconds), for the order tests start in
-    /// only (`run_order`); without it the timeout stands in.
+    /// only (`run_order`); a test without it counts as short.
     pub typical_secs: Option<u64>,
     /// Bochs only: instructions per emulated second, instead of the default
     /// (a faster clock for long boots such as dom0's).
@@ -254,6 +254,8 @@ pub struct Test {
     pub timeout: Duration,
     /// `TestDef::typical_secs`, else the timeout.
     pub typical: Duration,
+    /// Whether `typical` is the manifest's `typical_secs` (not the timeout).
+    pub typical_given: bool,
     /// (pattern as written, for which cpu, compiled)
     pub expect: Vec<(String, Option<u32>, Regex)>,
     /// Expectations known not to hold yet: (compiled, why).
@@ -443,6 +445,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             },
             timeout: Duration::from_secs(timeout),
             typical: Duration::from_secs(t.typical_secs.unwrap_or(timeout)),
+            typical_given: t.typical_secs.is_some(),
             expect,
             expect_xfail,
             forbid,
@@ -1047,14 +1050,15 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
 }
 
 /// The order tests start in: Bochs before QEMU, and within each the longest
-/// run first (`typical_secs` where the manifest gives it, else the timeout),
-/// so that a long run never starts late and leaves one core idle while it
-/// ends. Timeouts alone put a 320 s Bochs test with a 2,400 s timeout before a
-/// 990 s one with 1,800, and the CI ran 5 minutes longer than it needed.
+/// run first, so that a long run never starts late and leaves one core idle
+/// while it ends: first those with a `typical_secs` (longest first), then the
+/// others, which are the short ones (longest timeout first). Timeouts alone
+/// put a 320 s Bochs test with a 2,400 s timeout before a 990 s one with
+/// 1,800, and QEMU tests of 30 s with 600 s timeouts before ones of 200 s.
 fn run_order(tests: &[Test]) -> Vec<&Test> {
     let mut queue: Vec<&Test> = tests.iter().collect();
     // Stable: equal durations keep the manifest's order.
-    queue.sort_by_key(|t| (t.machine.emulator != Emulator::Bochs, std::cmp::Reverse(t.typical)));
+    queue.sort_by_key(|t| (t.machine.emulator != Emulator::Bochs, !t.typical_given, std::cmp::Reverse(t.typical)));
     queue
 }
 
@@ -1094,11 +1098,22 @@ mod tests {
         let tests = manifest(&text);
         let names: Vec<&str> = run_order(&tests).iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["b-long", "b-short", "b-short-2", "q-long", "q-short"]);
-        // A typical duration, where given, orders instead of the timeout.
-        let text = [one("b-slow", "bochs", 1800), one("b-quick", "bochs", 2400).replace("expect", "typical_secs = 300\nexpect")].concat();
+        // Tests with a typical duration come first, longest first; the others
+        // (the short ones) after them, by timeout.
+        let typical = |name: &str, emulator: &str, timeout: u32, secs: u32| {
+            one(name, emulator, timeout).replace("expect", &format!("typical_secs = {secs}\nexpect"))
+        };
+        let text = [
+            one("b-short", "bochs", 1800),
+            typical("b-quick", "bochs", 2400, 300),
+            typical("b-slow", "bochs", 1800, 900),
+            one("q-small", "qemu", 600),
+            typical("q-big", "qemu", 900, 200),
+        ]
+        .concat();
         let tests = manifest(&text);
         let names: Vec<&str> = run_order(&tests).iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["b-slow", "b-quick"]);
+        assert_eq!(names, ["b-slow", "b-quick", "b-short", "q-big", "q-small"]);
     }
 
     fn manifest(text: &str) -> Vec<Test> {
