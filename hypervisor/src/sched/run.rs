@@ -249,6 +249,47 @@ static DOM0_V0_RAN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU6
 /// interrupt that does not come, or for a timer it was not given.
 const DOM0_ASLEEP_NS: u64 = 30_000_000_000;
 
+/// When each CPU's idle HLT is to end at the latest (the timer it armed), 0
+/// while it is awake.
+static ASLEEP_UNTIL: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; crate::platform::MAX_CPUS];
+/// How long past its timer a halted CPU may sleep before the CPU before it in
+/// the ring wakes it (`watch_neighbour`).
+const OVERSLEPT_NS: u64 = 2_000_000_000;
+
+/// Whether a CPU asleep until `until` (0: awake) has slept through its timer
+/// at `now`.
+fn overslept(until: u64, now: u64) -> bool {
+    until != 0 && now > until.saturating_add(OVERSLEPT_NS)
+}
+
+/// Each turn of CPU `cpu`: the next CPU in the ring, if it is still halted
+/// well after its timer was due, missed that interrupt (the `dom0-hvmem-svm`
+/// sighting under QEMU: both CPUs in the idle HLT for minutes, CPU 0's timer
+/// armed for a second). It is woken with an IPI, and the first time each CPU
+/// is, the log says so. Every idle CPU sleeps at most `WATCHDOG_PERIOD_NS`
+/// when there are two or more, so each is looked at within a few seconds.
+fn watch_neighbour(cpu: u32, now: u64) {
+    static REPORTED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let n = smp::cpu_count();
+    if n < 2 {
+        return;
+    }
+    let next = (cpu + 1) % n;
+    let until = ASLEEP_UNTIL[next as usize].load(core::sync::atomic::Ordering::Relaxed);
+    if !overslept(until, now) {
+        return;
+    }
+    let bit = 1u64 << (next % 64);
+    if REPORTED.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
+        warn!(
+            "sched: cpu{next} was still halted {} ms after its timer was due (an interrupt lost?); cpu{cpu} woke it",
+            (now - until) / 1_000_000
+        );
+    }
+    smp::kick(next);
+}
+
 fn seen(id: VcpuId, now: u64, ran: bool) {
     if id == (VcpuId { dom: 0, vcpu: 0 }) {
         DOM0_V0_SEEN.store(now, core::sync::atomic::Ordering::Relaxed);
@@ -502,6 +543,7 @@ pub fn cpu_loop() -> ! {
         if cpu == 0 {
             watchdog(now, crate::vm::platform::dom0_events_waiting(), &mut events_since);
         }
+        watch_neighbour(cpu, now);
         crate::console::flush_pending();
         crate::arch::x86_64::idt::report_nmis();
         let t0 = time::rdtsc();
@@ -524,17 +566,22 @@ pub fn cpu_loop() -> ! {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // CPU 0 looks at the watchdog at least once a period, even idle.
-        let until = if cpu == 0 { Some(until.unwrap_or(u64::MAX).min(now + WATCHDOG_PERIOD_NS)) } else { until };
+        // CPU 0 looks at the watchdog, and every CPU at its neighbour, at
+        // least once a period, even idle.
+        let watching = cpu == 0 || smp::cpu_count() > 1;
+        let until = if watching { Some(until.unwrap_or(u64::MAX).min(now + WATCHDOG_PERIOD_NS)) } else { until };
         let Some(id) = d.run else {
             // An idle stretch is not a switch: the next run starts a new count.
             last = None;
             // Nothing to run: sleep until the earliest deadline or a kick.
             if until.is_none_or(|t| t > now_ns()) {
                 apic::arm_timer(until.map(ns_to_tsc));
+                let asleep = &ASLEEP_UNTIL[cpu as usize];
+                asleep.store(until.unwrap_or(0), core::sync::atomic::Ordering::Relaxed);
                 // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so a
                 // timer or kick arriving after the checks above wakes the HLT.
                 unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+                asleep.store(0, core::sync::atomic::Ordering::Relaxed);
             }
             continue;
         };
