@@ -75,8 +75,7 @@ fn init_memory(mb: &BootInformation) -> BootInfo {
     let cmdline = mb.command_line_tag().and_then(|t| t.cmdline().ok()).unwrap_or("");
     info!("command line: {cmdline}");
     let options = cmdline::parse(cmdline, |b| warn!("ignoring '{}': {}", b.word, b.why));
-    crate::exit::cpuid::hide(options.cpuid_hide);
-    let hidden = crate::exit::cpuid::with_dependents(options.cpuid_hide);
+    let hidden = crate::exit::cpuid::hide(options.cpuid_hide);
     for (i, h) in crate::exit::cpuid::HIDEABLE.iter().enumerate() {
         if hidden & (1 << i) != 0 {
             info!("cpuid: {} hidden from every guest (cpuid_hide=)", h.0);

@@ -377,9 +377,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             Emulator::Qemu => &m.defaults.dom0_args.qemu,
             Emulator::Bochs => &m.defaults.dom0_args.bochs,
         };
-        let join_args = |own: &str| {
-            [common_dom0_args.as_str(), own].iter().filter(|a| !a.is_empty()).copied().collect::<Vec<_>>().join(" ")
-        };
+        let join_args = |own: &str| join_words(common_dom0_args, own);
         let peer = match &t.peer {
             None => None,
             Some(p) => Some(Peer {

@@ -296,7 +296,7 @@ const IMPLIES: &[(&str, &str)] = &[("fsrm", "erms")];
 
 /// `mask` (bit i: `HIDEABLE[i]`) with every feature that needs a hidden one
 /// hidden too.
-pub fn with_dependents(mut mask: u32) -> u32 {
+fn with_dependents(mut mask: u32) -> u32 {
     let index = |name: &str| HIDEABLE.iter().position(|h| h.0 == name);
     loop {
         let before = mask;
@@ -318,9 +318,11 @@ static HIDDEN: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::ne
 
 /// Hides the features of `HIDEABLE` whose bits are set in `mask`, and those
 /// that need them (`with_dependents`), from every guest (at boot, before any
-/// guest runs).
-pub fn hide(mask: u32) {
-    HIDDEN.store(with_dependents(mask), core::sync::atomic::Ordering::Relaxed);
+/// guest runs); returns the features hidden.
+pub fn hide(mask: u32) -> u32 {
+    let hidden = with_dependents(mask);
+    HIDDEN.store(hidden, core::sync::atomic::Ordering::Relaxed);
+    hidden
 }
 
 /// `r`, the answer to CPUID(`leaf`, `subleaf`), without the features of
