@@ -330,6 +330,9 @@ fn test(args: TestArgs) -> Result<ExitCode> {
             summary.xfailed.join(" ")
         );
     }
+    if !summary.times.is_empty() {
+        println!("{}", summary.timing());
+    }
     if !summary.failed.is_empty() {
         println!("failed system tests: {}", summary.failed.join(" "));
     }

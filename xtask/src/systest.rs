@@ -541,6 +541,28 @@ pub struct Summary {
     pub failed: Vec<String>,
     /// Failed but marked `xfail`: not counted as failures.
     pub xfailed: Vec<String>,
+    /// Each test's wall time (retries included) and its emulator, in the
+    /// order they ended, and the whole run's.
+    pub times: Vec<(String, Emulator, Duration)>,
+    pub wall: Duration,
+}
+
+impl Summary {
+    /// Where the time went, a few lines for the end of a run (CI shows its
+    /// tail): the run's wall time, each emulator's sum, the slowest tests.
+    pub fn timing(&self) -> String {
+        let sum = |e: Emulator| self.times.iter().filter(|t| t.1 == e).map(|t| t.2).sum::<Duration>().as_secs();
+        let mut slow: Vec<_> = self.times.iter().collect();
+        slow.sort_by_key(|t| std::cmp::Reverse(t.2));
+        let slowest: Vec<String> = slow.iter().take(10).map(|t| format!("{} {}", t.0, t.2.as_secs())).collect();
+        format!(
+            "system tests took {} s of wall time (Bochs runs {} s, QEMU runs {} s, summed); slowest (s): {}",
+            self.wall.as_secs(),
+            sum(Emulator::Bochs),
+            sum(Emulator::Qemu),
+            slowest.join(", ")
+        )
+    }
 }
 
 pub struct Outcome {
@@ -1002,11 +1024,14 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
     // follows its instruction count (`clock: sync=none`), so sharing a core
     // slows its wall time, not what the guest measures.
     let queue = run_order(tests);
+    let started = std::time::Instant::now();
+    let times = Mutex::new(Vec::new());
     let passed = AtomicUsize::new(0);
     let failed = Mutex::new(Vec::new());
     let xfailed = Mutex::new(Vec::new());
     let print = Mutex::new(());
-    let record = |t: &Test, o: Outcome| {
+    let record = |t: &Test, o: Outcome, took: Duration| {
+        times.lock().unwrap_or_else(|e| e.into_inner()).push((t.name.clone(), t.machine.emulator, took));
         let _guard = print.lock();
         print!("{}", o.report);
         if o.passed {
@@ -1031,19 +1056,23 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = shared.get(i) else { break };
                 announce(t);
-                record(t, run_retrying_emulator_fault(t, dom0));
+                let t0 = std::time::Instant::now();
+                record(t, run_retrying_emulator_fault(t, dom0), t0.elapsed());
             });
         }
     });
     for t in alone {
         announce(t);
-        record(t, run_retrying_emulator_fault(t, dom0));
+        let t0 = std::time::Instant::now();
+        record(t, run_retrying_emulator_fault(t, dom0), t0.elapsed());
     }
     let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(Summary {
         passed: passed.into_inner(),
         failed: names(failed),
         xfailed: names(xfailed),
+        times: times.into_inner().unwrap_or_else(|e| e.into_inner()),
+        wall: started.elapsed(),
     })
 }
 

@@ -706,6 +706,49 @@ pub struct VirtualLapic {
     lvt: [u32; Lvt::COUNT],
     timer: Timer,
     events: EventQueue,
+    /// The timer's last few steps, oldest first once full (`timer_history`).
+    history: TimerHistory,
+}
+
+/// One step of the timer's life, for a report on a vCPU that sleeps through
+/// its timer: what the guest armed, what fired, what the caller took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerStep {
+    /// TMICT written (one-shot or periodic count) at `at_ns`.
+    Count { initial: u32, at_ns: u64 },
+    /// IA32_TSC_DEADLINE written at `at_ns`.
+    Deadline { tsc: u64, at_ns: u64 },
+    /// The timer LVT written.
+    Lvt { value: u32 },
+    /// An expiry retired at `at_ns`; `raised`: its vector went to IRR.
+    Fired { at_ns: u64, raised: bool },
+    /// The timer's vector taken for injection (IRR to ISR).
+    Taken,
+    /// The timer's vector retired by an EOI.
+    Ended,
+}
+
+const HISTORY: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+struct TimerHistory {
+    steps: [Option<TimerStep>; HISTORY],
+    next: usize,
+}
+
+impl TimerHistory {
+    const fn new() -> Self {
+        Self { steps: [None; HISTORY], next: 0 }
+    }
+
+    fn note(&mut self, step: TimerStep) {
+        self.steps[self.next % HISTORY] = Some(step);
+        self.next = self.next.wrapping_add(1);
+    }
+
+    fn oldest_first(&self) -> impl Iterator<Item = TimerStep> + '_ {
+        (0..HISTORY).filter_map(move |i| self.steps[(self.next + i) % HISTORY])
+    }
 }
 
 /// Where `VirtualLapic::save_state` puts the TSC deadline (0: none), in the
@@ -734,6 +777,7 @@ impl VirtualLapic {
             lvt: [0; Lvt::COUNT],
             timer: Timer::new(clock),
             events: EventQueue::new(),
+            history: TimerHistory::new(),
         };
         l.reset_registers();
         l
@@ -1055,6 +1099,7 @@ impl VirtualLapic {
                 // §12.5.4.1: ignored in TSC-deadline mode.
                 if self.timer_mode() != TimerMode::TscDeadline {
                     self.timer.start(value, now_ns);
+                    self.history.note(TimerStep::Count { initial: value, at_ns: now_ns });
                 }
             }
             Reg::TimerDivide => {
@@ -1097,6 +1142,7 @@ impl VirtualLapic {
             v |= lvt::MASKED;
         }
         if l == Lvt::Timer {
+            self.history.note(TimerStep::Lvt { value: v });
             let old = self.timer_mode();
             let new = TimerMode::of(v);
             if (old == TimerMode::TscDeadline) != (new == TimerMode::TscDeadline) {
@@ -1194,6 +1240,9 @@ impl VirtualLapic {
         let v = self.pending()?;
         set_bit(&mut self.irr, v, false);
         set_bit(&mut self.isr, v, true);
+        if v == self.lvt[Lvt::Timer as usize] as u8 {
+            self.history.note(TimerStep::Taken);
+        }
         Some(v)
     }
 
@@ -1203,6 +1252,9 @@ impl VirtualLapic {
     pub fn eoi(&mut self) -> Option<u8> {
         let v = highest(&self.isr)?;
         set_bit(&mut self.isr, v, false);
+        if v == self.lvt[Lvt::Timer as usize] as u8 {
+            self.history.note(TimerStep::Ended);
+        }
         test_bit(&self.tmr, v).then_some(v)
     }
 
@@ -1349,6 +1401,7 @@ impl VirtualLapic {
         let mode = self.timer_mode();
         if self.timer.poll(now_ns, mode) {
             let entry = self.lvt[Lvt::Timer as usize];
+            let mut raised = false;
             if entry & lvt::MASKED == 0 {
                 let v = entry as u8;
                 if v < FIRST_LEGAL_VECTOR {
@@ -1356,8 +1409,10 @@ impl VirtualLapic {
                 } else {
                     set_bit(&mut self.irr, v, true);
                     set_bit(&mut self.tmr, v, false);
+                    raised = true;
                 }
             }
+            self.history.note(TimerStep::Fired { at_ns: now_ns, raised });
         }
     }
 
@@ -1369,6 +1424,13 @@ impl VirtualLapic {
             return None;
         }
         self.timer.deadline(self.timer_mode())
+    }
+
+    /// The timer's last steps, oldest first: what a report on a vCPU that
+    /// sleeps through its timer shows (did the guest arm it, did it fire,
+    /// was it taken).
+    pub fn timer_history(&self) -> impl Iterator<Item = TimerStep> + '_ {
+        self.history.oldest_first()
     }
 
     /// RDMSR IA32_TSC_DEADLINE: the armed deadline, 0 once it fired or
@@ -1389,6 +1451,7 @@ impl VirtualLapic {
         self.catch_up(now_ns);
         if self.hardware_enabled() && self.timer_mode() == TimerMode::TscDeadline {
             self.timer.tsc_deadline = tsc;
+            self.history.note(TimerStep::Deadline { tsc, at_ns: now_ns });
             self.catch_up(now_ns);
         }
     }
@@ -1608,6 +1671,37 @@ mod tests {
         bad[32] = 0;
         assert!(m.load_state(&bad, 0).is_err());
         assert_eq!(other.save_state(0), before);
+    }
+
+    #[test]
+    fn timer_history_tells_armed_fired_taken_and_ended() {
+        let mut l = lapic(0);
+        wr(&mut l, reg::LVT_TIMER, 0xec);
+        l.write_register(reg::TIMER_INITIAL, 100, 1_000); // ÷2: 20 ns a count, due at 3 µs
+        l.tick(2_000);
+        assert_eq!(l.pending(), None);
+        l.tick(5_000);
+        assert_eq!(l.ack(), Some(0xec));
+        l.write_register(reg::EOI, 0, 6_000);
+        let steps: Vec<TimerStep> = l.timer_history().collect();
+        assert_eq!(
+            steps,
+            [
+                TimerStep::Lvt { value: 0xec },
+                TimerStep::Count { initial: 100, at_ns: 1_000 },
+                TimerStep::Fired { at_ns: 5_000, raised: true },
+                TimerStep::Taken,
+                TimerStep::Ended,
+            ]
+        );
+        // Only the last few are kept, oldest first.
+        for i in 0..20u32 {
+            l.write_register(reg::TIMER_INITIAL, 1_000 + i, 10_000);
+        }
+        let steps: Vec<TimerStep> = l.timer_history().collect();
+        assert_eq!(steps.len(), HISTORY);
+        assert_eq!(steps[0], TimerStep::Count { initial: 1_012, at_ns: 10_000 });
+        assert_eq!(steps[HISTORY - 1], TimerStep::Count { initial: 1_019, at_ns: 10_000 });
     }
 
     fn ipi(l: &mut VirtualLapic) -> Option<Ipi> {

@@ -581,8 +581,9 @@ impl GuestVcpu {
         let l = bus.lapic(self.index);
         let isr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x100 + 0x10 * i as u32, now));
         let irr: [u32; 8] = core::array::from_fn(|i| l.read_register(0x200 + 0x10 * i as u32, now));
+        let history: alloc::vec::Vec<_> = l.timer_history().collect();
         info!(
-            "{label}: idle for {} s (nothing to deliver): rip {rip:#x}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}",
+            "{label}: idle for {} s (nothing to deliver): rip {rip:#x}, pending {:?}, ppr {:#x}, timer deadline {:?} (now {now}), lvt timer {:#x}, isr {isr:x?}, irr {irr:x?}, exits {exits}; its timer's last steps: {history:?}",
             (now - since) / 1_000_000_000,
             l.pending(),
             l.ppr(),
