@@ -745,9 +745,73 @@ pub fn boot_and_watch_with(
     })
 }
 
+/// A line per CPU from a `QEMU_TIMEOUT_LOG`'s text: where it was (RIP,
+/// privilege, halted or not, CR3) and its local APIC's timer, in-service and
+/// requested vectors. What CI shows of a timed-out test is its report, not
+/// the file.
+pub fn summarize_timeout_state(text: &str) -> Vec<String> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        Some(line[at..].split_whitespace().next().unwrap_or("").to_string())
+    };
+    let mut cpus: Vec<String> = Vec::new();
+    let mut apic: Option<usize> = None;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("CPU#") {
+            let n = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("?");
+            cpus.push(format!("CPU {n}:"));
+            apic = None;
+        } else if let Some(rest) = line.strip_prefix("CPU ").and_then(|r| r.strip_suffix("'s local APIC:")) {
+            apic = rest.parse::<usize>().ok().filter(|&i| i < cpus.len());
+        } else if let Some(i) = apic {
+            for name in ["LVTT", "Timer", "ISR", "IRR"] {
+                if let Some(v) = line.strip_prefix(name).filter(|v| v.starts_with(char::is_whitespace)) {
+                    let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
+                    cpus[i].push_str(&format!(" {name} {v};"));
+                }
+            }
+        } else if let Some(last) = cpus.last_mut() {
+            if line.starts_with("RIP=") {
+                for name in ["RIP", "CPL", "HLT"] {
+                    if let Some(v) = field(line, name) {
+                        last.push_str(&format!(" {name}={v}"));
+                    }
+                }
+            } else if line.starts_with("CR0=") {
+                if let Some(v) = field(line, "CR3") {
+                    last.push_str(&format!(" CR3={v};"));
+                }
+            }
+        }
+    }
+    cpus
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_state_is_a_line_per_cpu() {
+        let text = "CPU#0\nRAX=0000000000000000 RBX=0000000000000001\nRIP=ffff800000123456 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+            CR0=80050033 CR2=0000000000000000 CR3=0000000001000000 CR4=00000620\n\
+            CPU#1\nRIP=0000000000401000 RFL=00000202 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0\n\
+            CR0=80050033 CR2=0 CR3=0000000002000000 CR4=00000620\n\
+            \nCPU 0's local APIC:\ndumping local APIC state for CPU 0\n\n\
+            LVTTHMR\t 0x00010000 active-hi edge  masked                      Fixed  (vec 0)\n\
+            LVTT\t 0x000000ec active-hi edge                 one-shot Fixed  (vec 236)\n\
+            Timer\t DCR=0x0 (divide by 2) initial_count = 0 current_count = 0\n\
+            ISR\t (none)\nIRR\t 236\n\nCPU 1's local APIC:\nISR\t 253\n";
+        assert_eq!(
+            summarize_timeout_state(text),
+            [
+                "CPU 0: RIP=ffff800000123456 CPL=0 HLT=1 CR3=0000000001000000; LVTT 0x000000ec active-hi edge one-shot Fixed (vec 236); \
+                 Timer DCR=0x0 (divide by 2) initial_count = 0 current_count = 0; ISR (none); IRR 236;",
+                "CPU 1: RIP=0000000000401000 CPL=3 HLT=0 CR3=0000000002000000; ISR 253;",
+            ]
+        );
+    }
 
     fn watch(done: Option<&str>, inputs: &[(&str, &str)]) -> Watch {
         Watch {

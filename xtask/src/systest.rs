@@ -719,6 +719,9 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
             } else {
                 why
             });
+            if let Ok(text) = std::fs::read_to_string(&regs) {
+                problems.extend(crate::emu::summarize_timeout_state(&text).into_iter().map(|l| format!("at the timeout, {l}")));
+            }
         }
         Ending::Exited(status) => {
             let log = match t.machine.emulator {
