@@ -666,6 +666,7 @@ pub fn boot_and_watch_with(
     // finding where a long run spends its time: `serial-times.log` beside the log.
     let mut times = std::fs::File::create(serial_path.with_file_name("serial-times.log")).ok();
     let mut timed = 0;
+    let mut aborting: Option<Duration> = None;
     let ending = loop {
         std::thread::sleep(Duration::from_millis(100));
         let text = read_lossy(&serial_path);
@@ -693,7 +694,13 @@ pub fn boot_and_watch_with(
             break Ending::Halted;
         }
         if let Some(l) = lines[..complete].iter().find(|l| watch.abort_on.iter().any(|a| l.contains(a))) {
-            break Ending::Aborted(l.trim().to_owned());
+            // What the hypervisor prints after such a line (the watchdog's
+            // dump of the scheduler) comes within moments: wait for it.
+            let at = *aborting.get_or_insert(start.elapsed());
+            if start.elapsed() >= at + Duration::from_secs(2) {
+                break Ending::Aborted(l.trim().to_owned());
+            }
+            continue;
         }
         let norm = normalize_serial(&text);
         for (i, input) in typing.due(watch, &norm) {
@@ -714,7 +721,7 @@ pub fn boot_and_watch_with(
         }
     };
     let elapsed = start.elapsed();
-    if let (Ending::TimedOut, Some(path)) = (&ending, &monitor) {
+    if let (Ending::TimedOut | Ending::Aborted(_), Some(path)) = (&ending, &monitor) {
         let mut state = monitor_command(path, "info registers -a")
             .unwrap_or_else(|e| format!("could not ask QEMU's monitor ({}): {e}\n", path.display()));
         // Each CPU's local APIC (IRR, ISR, its timer): a host CPU asleep with a
