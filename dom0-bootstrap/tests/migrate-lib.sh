@@ -28,6 +28,7 @@ follow() {
     rm -f /tmp/follow.in
     mkfifo /tmp/follow.in
     oxl console "$1" < /tmp/follow.in > "$2" 2>&1 &
+    follow_pid=$!
     exec 9> /tmp/follow.in
 }
 unfollow() { exec 9>&-; }
@@ -119,7 +120,11 @@ left() {
     echo "$role: $dom's last tick here: $last"
     check "$role: told $to the last tick" "nc to $to:8003 failed" tell "$to" "$last"
 }
-gone_follow() { ! pgrep -f "oxl console" > /dev/null; }
+# The follower (its pid kept by `follow`: this busybox has no pgrep) has
+# exited: no such process, or a zombie the shell has not reaped yet.
+gone_follow() {
+    [ ! -e "/proc/$follow_pid/stat" ] || grep -q '^[0-9]* (.*) Z ' "/proc/$follow_pid/stat" 2> /dev/null
+}
 
 # must ROLE NAME COMMAND...: check NAME; if COMMAND failed, ROLE's script ends
 # here (what follows needs it).
