@@ -57,15 +57,62 @@ impl DecodeError {
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib's), bit by bit: small, and the
-/// states are a few KiB.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+/// The reflected CRC-32 polynomial (IEEE 802.3, as zlib's).
+const CRC32_POLY: u32 = 0xedb8_8320;
+
+/// Slicing-by-8 tables: `t[0]` is the classic byte table, `t[k][b]` the CRC
+/// of byte `b` followed by `k` zero bytes. Built at compile time (8 KiB).
+const fn crc32_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = (c >> 1) ^ (CRC32_POLY & (c & 1).wrapping_neg());
+            k += 1;
         }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+}
+
+static CRC32_TABLES: [[u32; 256]; 8] = crc32_tables();
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's), eight bytes a step (slicing by
+/// 8). A save stream checks every page it carries: bit by bit this was
+/// ~165,000 instructions a 4 KiB page, nearly all of a save's cost under
+/// Bochs (28 s of dom0's time for a 128 MiB domU); this takes ~2 a byte.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let t = &CRC32_TABLES;
+    let byte = |x: u32, shift: u32| ((x >> shift) & 0xff) as usize;
+    let mut crc = !0u32;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let lo = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) ^ crc;
+        let hi = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
+        crc = t[7][byte(lo, 0)]
+            ^ t[6][byte(lo, 8)]
+            ^ t[5][byte(lo, 16)]
+            ^ t[4][byte(lo, 24)]
+            ^ t[3][byte(hi, 0)]
+            ^ t[2][byte(hi, 8)]
+            ^ t[1][byte(hi, 16)]
+            ^ t[0][byte(hi, 24)];
+    }
+    for &b in words.remainder() {
+        crc = (crc >> 8) ^ t[0][byte(crc ^ u32::from(b), 0)];
     }
     !crc
 }
@@ -230,6 +277,38 @@ impl Seen {
         match (1..=self.last).find(|k| self.bits & (1u64 << k) == 0) {
             Some(k) => Err(DecodeError::MissingRecord(k)),
             None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// The definition, a bit at a time.
+    fn crc32_bitwise(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (CRC32_POLY & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn crc32_is_zlibs_at_every_length_and_alignment() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+        let data: Vec<u8> = (0..4200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..9 {
+            for len in (0..40).chain([4095, 4096, 4097, 4191]) {
+                let s = &data[start..start + len];
+                assert_eq!(crc32(s), crc32_bitwise(s), "start {start} len {len}");
+            }
         }
     }
 }
