@@ -146,6 +146,10 @@ pub struct TestDef {
     /// `cmdline` is then the kernel's command line.
     #[serde(default)]
     pub bare: bool,
+    /// Whether `[defaults.cmdline]` is added to `cmdline` (false: the test
+    /// sees the CPU as the emulator offers it, e.g. the CPUID tests).
+    #[serde(default = "yes")]
+    pub default_cmdline: bool,
     /// Ends the run early (as a success for the ending) when a line matches.
     pub done: Option<String>,
     /// Text typed into COM1, each after its pattern appears.
@@ -417,7 +421,7 @@ pub fn load(path: &Path) -> Result<Vec<Test>> {
             description: t.description,
             xfail: t.xfail,
             alone: t.alone,
-            cmdline: match (t.bare, t.emulator) {
+            cmdline: match (t.bare || !t.default_cmdline, t.emulator) {
                 (true, _) => t.cmdline,
                 (false, Emulator::Qemu) => join_words(&t.cmdline, &m.defaults.cmdline.qemu),
                 (false, Emulator::Bochs) => join_words(&t.cmdline, &m.defaults.cmdline.bochs),
