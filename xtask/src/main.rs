@@ -250,6 +250,7 @@ fn make_iso(a: &IsoArgs, name: &str, out: &std::path::Path) -> Result<()> {
 }
 
 fn test(args: TestArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
     let mut tests = systest::load(&util::repo_root().join(&args.manifest))?;
     if let Some(f) = &args.filter {
         tests.retain(|t| f.split(',').any(|part| !part.is_empty() && t.name.contains(part)));
@@ -331,7 +332,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         );
     }
     if !summary.times.is_empty() {
-        println!("{}", summary.timing());
+        println!("{}; `cargo xtask test` took {} s in all (set-up, builds and host tests included)", summary.timing(), started.elapsed().as_secs());
     }
     if !summary.failed.is_empty() {
         println!("failed system tests: {}", summary.failed.join(" "));
