@@ -257,8 +257,13 @@ static ASLEEP_UNTIL: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] 
 /// the ring wakes it (`watch_neighbour`).
 const OVERSLEPT_NS: u64 = 2_000_000_000;
 
-/// Whether a CPU asleep until `until` (0: awake) has slept through its timer
-/// at `now`.
+/// When each CPU's vCPU run is to end at the latest (the slice's end it
+/// passed to `run`), 0 while it runs none.
+static RUN_UNTIL: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; crate::platform::MAX_CPUS];
+
+/// Whether a CPU asleep (or in a vCPU's run) until `until` (0: neither) is
+/// well past it at `now`.
 fn overslept(until: u64, now: u64) -> bool {
     until != 0 && now > until.saturating_add(OVERSLEPT_NS)
 }
@@ -267,7 +272,10 @@ fn overslept(until: u64, now: u64) -> bool {
 /// well after its timer was due, missed that interrupt (the `dom0-hvmem-svm`
 /// sighting under QEMU: both CPUs in the idle HLT for minutes, CPU 0's timer
 /// armed for a second). It is woken with an IPI, and the first time each CPU
-/// is, the log says so. Every idle CPU sleeps at most `WATCHDOG_PERIOD_NS`
+/// is, the log says so. The same for a CPU still in a vCPU's run well after
+/// the slice's end (a guest spinning without exits keeps its CPU until the
+/// slice's timer interrupt: a lost one would keep it for good; a CI run of
+/// `dom0-disk-svm` stalled with no line at all, which this would explain). Every idle CPU sleeps at most `WATCHDOG_PERIOD_NS`
 /// when there are two or more, so each is looked at within a few seconds.
 fn watch_neighbour(cpu: u32, now: u64) {
     static REPORTED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -275,17 +283,42 @@ fn watch_neighbour(cpu: u32, now: u64) {
     if n < 2 {
         return;
     }
+    static REPORTED_RUN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     let next = (cpu + 1) % n;
-    let until = ASLEEP_UNTIL[next as usize].load(core::sync::atomic::Ordering::Relaxed);
-    if !overslept(until, now) {
-        return;
-    }
     let bit = 1u64 << (next % 64);
-    if REPORTED.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
-        warn!(
-            "sched: cpu{next} was still halted {} ms after its timer was due (an interrupt lost?); cpu{cpu} woke it",
-            (now - until) / 1_000_000
-        );
+    let asleep = ASLEEP_UNTIL[next as usize].load(core::sync::atomic::Ordering::Relaxed);
+    let running = RUN_UNTIL[next as usize].load(core::sync::atomic::Ordering::Relaxed);
+    if overslept(asleep, now) {
+        if REPORTED.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
+            warn!(
+                "sched: cpu{next} was still halted {} ms after its timer was due (an interrupt lost?); cpu{cpu} woke it",
+                (now - asleep) / 1_000_000
+            );
+        }
+    } else if overslept(running, now) {
+        // A vCPU that makes no exits leaves its run only by the timer armed
+        // for the slice's end (or a kick): a CPU still in it seconds later
+        // missed that interrupt, or is in a long exit (a big hypercall under
+        // Bochs); the kick ends the run at its next exit either way.
+        // Kicked again at most every 100 ms while the run goes on.
+        static KICKED_AT: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] =
+            [const { core::sync::atomic::AtomicU64::new(0) }; crate::platform::MAX_CPUS];
+        let last = KICKED_AT[next as usize].load(core::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) < 100_000_000 {
+            return;
+        }
+        KICKED_AT[next as usize].store(now, core::sync::atomic::Ordering::Relaxed);
+        if REPORTED_RUN.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
+            let k = RUNNING[next as usize].load(core::sync::atomic::Ordering::Relaxed);
+            warn!(
+                "sched: cpu{next} was still in d{}v{}'s run {} ms after its slice ended (its timer interrupt lost, or a long exit); cpu{cpu} kicked it",
+                k >> 32,
+                k & 0xffff_ffff,
+                (now - running) / 1_000_000
+            );
+        }
+    } else {
+        return;
     }
     smp::kick(next);
 }
@@ -610,7 +643,10 @@ pub fn cpu_loop() -> ! {
                 STATS.wakeup_max_ns.fetch_max(lat, Relaxed);
             }
         }
-        e.v.run(until.unwrap_or(u64::MAX).max(now_ns() + 1));
+        let run_until = until.unwrap_or(u64::MAX).max(now_ns() + 1);
+        RUN_UNTIL[cpu as usize].store(if run_until == u64::MAX { 0 } else { run_until }, core::sync::atomic::Ordering::Relaxed);
+        e.v.run(run_until);
+        RUN_UNTIL[cpu as usize].store(0, core::sync::atomic::Ordering::Relaxed);
         seen(id, now_ns(), true);
         last = Some((id, time::rdtsc()));
         RUNNING[cpu as usize].store(u64::MAX, core::sync::atomic::Ordering::Relaxed);
