@@ -275,8 +275,9 @@ fn overslept(until: u64, now: u64) -> bool {
 /// is, the log says so. The same for a CPU still in a vCPU's run well after
 /// the slice's end (a guest spinning without exits keeps its CPU until the
 /// slice's timer interrupt: a lost one would keep it for good; a CI run of
-/// `dom0-disk-svm` stalled with no line at all, which this would explain). Every idle CPU sleeps at most `WATCHDOG_PERIOD_NS`
-/// when there are two or more, so each is looked at within a few seconds.
+/// `dom0-disk-svm` stalled with no line at all, which this would explain).
+/// Every idle CPU sleeps at most `WATCHDOG_PERIOD_NS` when there are two or
+/// more, so each is looked at within a few seconds.
 fn watch_neighbour(cpu: u32, now: u64) {
     static REPORTED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     let n = smp::cpu_count();
