@@ -899,10 +899,6 @@ impl Runnable for GuestVcpu {
                 // An access waits for dom0's device model: `poll_state`
                 // keeps the vCPU asleep until the answer came.
                 Outcome::Preempted | Outcome::Yield | Outcome::IoWait => break,
-                // HLT with an interrupt already given and not yet taken (AMD-V's
-                // virtual interrupt, held back by `sti; hlt`'s shadow) does not
-                // halt: the interrupt is taken right after it, as on a CPU.
-                Outcome::Halted if vcpu.aux_state().is_some_and(|a| a.pending.is_some()) => stale = true,
                 Outcome::Halted => {
                     self.halted = true;
                     stale = true;

@@ -257,13 +257,6 @@ impl SvmVcpu {
             self.entered = None;
         }
     }
-
-    /// The vector of an interrupt `inject_interrupt` gave that the guest has
-    /// not taken yet (V_IRQ still set, not the interrupt-window request).
-    fn virtual_interrupt(&self) -> Option<u8> {
-        let c = &self.vmcb().control;
-        (c.int_ctl & vmcb::V_IRQ != 0 && c.intercept1 & i1::VINTR == 0).then_some((c.int_ctl >> vmcb::V_INTR_VECTOR_SHIFT) as u8)
-    }
 }
 
 /// Where the host resumes after #VMEXIT (`svm_vmrun_resume`).
@@ -536,47 +529,21 @@ impl Vcpu for SvmVcpu {
         v.save.rflags & RFLAGS_IF != 0
             && v.control.int_shadow & vmcb::INT_SHADOW == 0
             && v.control.event_inj & vmcb::EVENT_VALID == 0
-            && self.virtual_interrupt().is_none()
     }
 
-    /// An external interrupt goes in as a virtual interrupt (V_IRQ with its
-    /// vector, TPR ignored: the virtual APIC already chose it), not by
-    /// EVENTINJ. Given only when the guest can take it (`interrupt_ready`),
-    /// the CPU takes it at the first instruction boundary and clears V_IRQ
-    /// (APM Vol. 2 §15.21.4); one still set after an exit is still pending
-    /// and is delivered at the next entry. Why not EVENTINJ: QEMU 7.2 delivers
-    /// EVENTINJ inside its VMRUN helper ("XXX: is it always correct?"), and
-    /// two of its faults (a triple fault with CR2 at the guest's #DF gate; a
-    /// dom0 timer interrupt whose handler never ran, its APIC's in-service bit
-    /// cleared) struck exactly there, at the instruction after `sti; hlt` of
-    /// Linux's idle loop; a virtual interrupt it delivers on its ordinary
-    /// interrupt path, after the entry. Real CPUs take either the same way.
     fn inject_interrupt(&mut self, vector: u8) {
-        let c = &mut self.vmcb_mut().control;
-        c.intercept1 &= !i1::VINTR;
-        c.int_ctl = (c.int_ctl & !(vmcb::V_INTR_PRIO_MASK | vmcb::V_INTR_VECTOR_MASK))
-            | vmcb::V_IRQ
-            | vmcb::V_IGN_TPR
-            | (u64::from(vector >> 4) << vmcb::V_INTR_PRIO_SHIFT)
-            | (u64::from(vector) << vmcb::V_INTR_VECTOR_SHIFT);
+        self.vmcb_mut().control.event_inj = vmcb::EVENT_VALID | vmcb::EVENT_TYPE_INTR | u64::from(vector);
     }
 
     fn request_interrupt_window(&mut self, on: bool) {
         // A virtual interrupt request makes the CPU exit with VINTR as soon as the
         // guest could take it (APM Vol. 2 §15.21.4); we then inject the real one.
-        if on && self.virtual_interrupt().is_some() {
-            // An injected interrupt is still to be taken: it goes first (the
-            // request would overwrite it), and its handler's EOI, an exit,
-            // brings the next decision.
-            return;
-        }
         let c = &mut self.vmcb_mut().control;
-        let bits = vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MASK | vmcb::V_INTR_VECTOR_MASK;
+        let bits = vmcb::V_IRQ | vmcb::V_IGN_TPR | (0xf << vmcb::V_INTR_PRIO_SHIFT);
         if on {
-            c.int_ctl = (c.int_ctl & !bits) | vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MASK;
+            c.int_ctl |= bits;
             c.intercept1 |= i1::VINTR;
-        } else if c.intercept1 & i1::VINTR != 0 {
-            // Only the window request goes; an injected interrupt stays.
+        } else {
             c.int_ctl &= !bits;
             c.intercept1 &= !i1::VINTR;
         }
@@ -722,14 +689,7 @@ impl Vcpu for SvmVcpu {
     /// and read as none.
     fn aux_state(&self) -> Option<AuxState> {
         let v = self.vmcb();
-        // An injected virtual interrupt not yet taken counts as the event in
-        // flight (restored by EVENTINJ, `set_aux_state`).
-        let ev = match self.virtual_interrupt() {
-            Some(vector) if v.control.event_inj & vmcb::EVENT_VALID == 0 => {
-                vmcb::EVENT_VALID | vmcb::EVENT_TYPE_INTR | u64::from(vector)
-            }
-            _ => v.control.event_inj,
-        };
+        let ev = v.control.event_inj;
         let pending = (ev & vmcb::EVENT_VALID != 0).then(|| {
             let vector = ev as u8;
             let kind = match (ev & vmcb::EVENT_TYPE_MASK) >> 8 {
@@ -790,11 +750,8 @@ impl Vcpu for SvmVcpu {
                 vmcb::EVENT_VALID | (t << 8) | u64::from(p.vector) | code
             }
         };
-        // A pending interrupt window is asked for again by the caller; an
-        // injected virtual interrupt is `aux.pending` now (EVENTINJ).
-        let c = &mut self.vmcb_mut().control;
-        c.int_ctl &= !(vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MASK | vmcb::V_INTR_VECTOR_MASK);
-        c.intercept1 &= !i1::VINTR;
+        // A pending interrupt window is asked for again by the caller.
+        self.request_interrupt_window(false);
         self.intercepted = None;
         self.debug.dr = aux.dr;
         self.tsc_aux = tsc_aux;

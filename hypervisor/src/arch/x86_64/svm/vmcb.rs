@@ -69,11 +69,7 @@ pub mod intercept2 {
 /// request, its priority, ignore-TPR, and virtual interrupt masking.
 pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_SHIFT: u64 = 16;
-pub const V_INTR_PRIO_MASK: u64 = 0xf << V_INTR_PRIO_SHIFT;
 pub const V_IGN_TPR: u64 = 1 << 20;
-/// `int_ctl` bits 39:32: the virtual interrupt's vector (V_INTR_VECTOR).
-pub const V_INTR_VECTOR_SHIFT: u64 = 32;
-pub const V_INTR_VECTOR_MASK: u64 = 0xff << V_INTR_VECTOR_SHIFT;
 pub const V_INTR_MASKING: u64 = 1 << 24;
 /// `int_shadow` bit 0: the guest is in an interrupt shadow.
 pub const INT_SHADOW: u64 = 1 << 0;
