@@ -18,8 +18,9 @@ use crate::util::{log_lines, read_lossy, repo_root, Emulator as Proc};
 /// QEMU's `-d cpu_reset` log in a test's directory: each CPU's registers at
 /// every reset (the first ones at power-on).
 pub const QEMU_RESET_LOG: &str = "qemu-reset.log";
-/// Every CPU's registers (QEMU's `info registers -a`) when a test timed out, beside
-/// the serial log: where a host that stopped making progress was spinning or waiting.
+/// Every CPU's registers (QEMU's `info registers -a`) and APIC when a test timed out
+/// or was stopped at a line it cannot pass after, beside the serial log: where a host
+/// that stopped making progress was spinning or waiting.
 pub const QEMU_TIMEOUT_LOG: &str = "qemu-at-timeout.log";
 
 /// The line the hypervisor prints last before halting every CPU.

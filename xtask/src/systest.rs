@@ -704,9 +704,7 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
         Ending::Halted | Ending::Done => {}
         Ending::Aborted(line) => {
             problems.push(format!("stopped at a fault it cannot pass after: {line}"));
-            if let Ok(text) = std::fs::read_to_string(dir.join(crate::emu::QEMU_TIMEOUT_LOG)) {
-                problems.extend(crate::emu::summarize_timeout_state(&text).into_iter().map(|l| format!("then, {l}")));
-            }
+            problems.extend(cpu_states(&dir, "then"));
         }
         Ending::TimedOut if !xfailing.is_empty() => timeout_excused = true,
         Ending::TimedOut => {
@@ -732,9 +730,7 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
             } else {
                 why
             });
-            if let Ok(text) = std::fs::read_to_string(&regs) {
-                problems.extend(crate::emu::summarize_timeout_state(&text).into_iter().map(|l| format!("at the timeout, {l}")));
-            }
+            problems.extend(cpu_states(&dir, "at the timeout"));
         }
         Ending::Exited(status) => {
             let log = match t.machine.emulator {
@@ -856,6 +852,13 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
 /// QEMU 7.2's TCG, where it ends dom0 (docs/architecture.md, "The two backends
 /// under the emulators").
 const EMULATOR_FAULT: &str = "host state in a guest's VMCB";
+
+/// A line per CPU from the QEMU state xtask took when the run stopped
+/// (`emu::QEMU_TIMEOUT_LOG`), each after `when`; none if there is no such file.
+fn cpu_states(dir: &Path, when: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join(crate::emu::QEMU_TIMEOUT_LOG)).unwrap_or_default();
+    crate::emu::summarize_timeout_state(&text).into_iter().map(|l| format!("{when}, {l}")).collect()
+}
 
 /// The scheduler watchdog's line (`sched/run.rs`, `watchdog`) on dom0's vCPU 0:
 /// unattended or asleep far past any timer Linux keeps, which it does not
@@ -1069,6 +1072,11 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
         let _guard = print.lock();
         println!("     {}: started ({})", t.name, describe(t));
     };
+    let run = |t: &Test| {
+        announce(t);
+        let t0 = std::time::Instant::now();
+        record(t, run_retrying_emulator_fault(t, dom0), t0.elapsed());
+    };
     let (alone, shared): (Vec<&Test>, Vec<&Test>) = queue.into_iter().partition(|t| t.alone);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -1076,16 +1084,12 @@ pub fn run_all(tests: &[Test], elf: &Path) -> Result<Summary> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = shared.get(i) else { break };
-                announce(t);
-                let t0 = std::time::Instant::now();
-                record(t, run_retrying_emulator_fault(t, dom0), t0.elapsed());
+                run(t);
             });
         }
     });
     for t in alone {
-        announce(t);
-        let t0 = std::time::Instant::now();
-        record(t, run_retrying_emulator_fault(t, dom0), t0.elapsed());
+        run(t);
     }
     let names = |m: Mutex<Vec<String>>| m.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(Summary {
