@@ -2082,6 +2082,11 @@ fn linux_part(elf: &Path, doc: &mut String, footer: &str) -> Result<()> {
 /// A part of the benchmark to run alone (`cargo xtask bench --only PART`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
+    /// The base figures: image size, the null hypercall, dom0's boot against
+    /// bare and its exits, the calls and `oxl create` timed inside dom0
+    /// (sections `size`, `hypercall`, `dom0-boot`, `dom0-exits`, `dom0-null`,
+    /// `dom0-create`, `costs`).
+    Boot,
     /// The credit scheduler: fairness, switch path, wake-ups (section `sched`).
     Sched,
     /// The Linux domU's kernel and initramfs booted bare, the baseline (section `linux-bare`).
@@ -2296,8 +2301,13 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
     }
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
 
-    let linux_bare = crate::linux_domu::bench_bare(&bare_footer);
-    if let Ok((row, body)) = &linux_bare {
+    let boot_only = only == Some(Part::Boot);
+    let linux_bare = if boot_only {
+        Ok((String::new(), String::new()))
+    } else {
+        crate::linux_domu::bench_bare(&bare_footer)
+    };
+    if let (false, Ok((row, body))) = (boot_only, &linux_bare) {
         table.push_str(row);
         doc = update_section(&doc, "linux-bare", body);
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
@@ -2339,15 +2349,19 @@ pub fn bench(elf: &Path, only: Option<Part>) -> Result<()> {
         }
     }
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
-    let sched = sched_part(elf, &mut doc, &sched_footer);
-    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
-    let linux = linux_part(elf, &mut doc, &sched_footer);
-    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
-    let io = io::io_part(elf, &mut doc, &io_footer);
-    std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
-    let migrate_footer = format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
-    let migrate = migrate::migrate_part(elf, &mut doc, &migrate_footer);
-    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    // `--only boot` ends here: the parts below have `--only` of their own.
+    let (mut sched, mut linux, mut io, mut migrate) = (Ok(()), Ok(()), Ok(()), Ok(()));
+    if !boot_only {
+        sched = sched_part(elf, &mut doc, &sched_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        linux = linux_part(elf, &mut doc, &sched_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        io = io::io_part(elf, &mut doc, &io_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        let migrate_footer = format!("On {date}, source {source}.  \n{qemu}; built with {rustc}; host: {host}.\n");
+        migrate = migrate::migrate_part(elf, &mut doc, &migrate_footer);
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("\n{table}");
     step(format!("updated {}", show(&path)));
     hc.map(|_| ())
