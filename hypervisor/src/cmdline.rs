@@ -12,6 +12,9 @@
 //!   (1..=3600; for `cargo xtask bench --only idle`).
 //! - `cpuid_hide=NAME[,NAME...]`: CPU features hidden from every guest's
 //!   CPUID (`exit::cpuid::HIDEABLE`: erms, fsrm).
+//! - `dom0_console_direct=on|off`: dom0's kernel writes its boot log to COM1
+//!   itself until its UART driver opens the port (default on; off: every byte
+//!   through the emulated UART, as after that point).
 //! - `debug_exit=PORT`: when done, write the status to an ISA debug-exit port
 //!   (test harnesses only; never set this on real hardware).
 
@@ -38,11 +41,13 @@ pub struct Options {
     pub exit_tally_s: Option<u64>,
     /// `cpuid_hide=`: bit i hides `exit::cpuid::HIDEABLE[i]`.
     pub cpuid_hide: u32,
+    /// `dom0_console_direct=`.
+    pub dom0_console_direct: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None, cpuid_hide: 0 }
+        Self { loglvl: LogLevel::Info, baud: 115200, selftest: false, bench: false, debug_exit: None, dom0_mem: None, dom0_max_vcpus: 1, sched_slice_ms: None, exit_tally_s: None, cpuid_hide: 0, dom0_console_direct: true }
     }
 }
 
@@ -132,6 +137,11 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(BadOption<'a>)) -> Option
                 Some(mask) => o.cpuid_hide |= mask,
                 None => bad(BadOption { word, why: "cpuid_hide takes names of features from: erms, fsrm" }),
             },
+            ("dom0_console_direct", Some(v)) => match v {
+                "on" => o.dom0_console_direct = true,
+                "off" => o.dom0_console_direct = false,
+                _ => bad(BadOption { word, why: "dom0_console_direct takes on or off" }),
+            },
             ("debug_exit", Some(v)) => match parse_u16(v) {
                 Some(p) => o.debug_exit = Some(p),
                 None => bad(BadOption { word, why: "debug_exit takes a port number" }),
@@ -155,6 +165,15 @@ mod tests {
             o,
             Options { loglvl: LogLevel::Debug, baud: 57600, selftest: true, debug_exit: Some(0xf4), ..Options::default() }
         );
+    }
+
+    #[test]
+    fn dom0_console_direct_is_on_unless_turned_off() {
+        let mut bad = Vec::new();
+        assert!(parse("", |b| bad.push(b.word)).dom0_console_direct);
+        let o = parse("dom0_console_direct=off dom0_console_direct=no", |b| bad.push(b.word));
+        assert!(!o.dom0_console_direct);
+        assert_eq!(bad, vec!["dom0_console_direct=no"]);
     }
 
     #[test]

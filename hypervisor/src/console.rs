@@ -57,6 +57,39 @@ pub fn read_log(offset: u64, out: &mut [u8]) -> crate::domain::ring::ReadResult 
 /// gets its tag again. Changed only under the `SERIAL` lock.
 static GUEST_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
+/// dom0's kernel writes its boot log to COM1 itself (`vm::platform`'s direct
+/// path): where its line stands is unknown here, so hypervisor lines are held
+/// (`PENDING`) while this is set; the path is closed at dom0's next look at its
+/// devices (`lines_held`), and they are printed when dom0 ends its line
+/// through the emulated UART, or `HOLD_NS` after they came.
+static GUEST_DIRECT: AtomicBool = AtomicBool::new(false);
+
+/// Opens the direct path for dom0: true unless a guest line is open or
+/// hypervisor lines are held (then the emulated UART ends the line first).
+pub fn direct_begin() -> bool {
+    let _serial = SERIAL.lock();
+    if HAS_PENDING.load(Ordering::Relaxed) || GUEST_LINE_OPEN.load(Ordering::Relaxed) {
+        return false;
+    }
+    GUEST_DIRECT.store(true, Ordering::Relaxed);
+    true
+}
+
+/// Closes it. dom0 may have stopped in the middle of a line: the line is
+/// taken as open, so its next bytes continue it and a hypervisor line starts
+/// on a fresh one.
+pub fn direct_end() {
+    let _serial = SERIAL.lock();
+    GUEST_DIRECT.store(false, Ordering::Relaxed);
+    GUEST_LINE_OPEN.store(true, Ordering::Relaxed);
+    GUEST_LAST_NS.store(crate::arch::x86_64::time::now_ns(), Ordering::Relaxed);
+}
+
+/// Whether hypervisor lines wait to be printed (a direct path should close).
+pub fn lines_held() -> bool {
+    HAS_PENDING.load(Ordering::Relaxed)
+}
+
 /// Hypervisor lines held back while a guest is in the middle of a line, so a
 /// guest's line (a dom0 command's output) is not cut in two. They are printed
 /// when the guest ends its line, or once it has been quiet for
@@ -76,11 +109,17 @@ const PENDING_MAX: usize = 16 * 1024;
 /// Writes one hypervisor line now, or holds it back (see `PENDING`).
 fn hypervisor_line(serial: &mut Serial, args: fmt::Arguments, may_hold: bool) {
     let now = crate::arch::x86_64::time::now_ns();
+    let direct = GUEST_DIRECT.load(Ordering::Relaxed);
     let hold = may_hold
-        && GUEST_LINE_OPEN.load(Ordering::Relaxed)
-        && now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS;
+        && (direct
+            || GUEST_LINE_OPEN.load(Ordering::Relaxed)
+                && now.saturating_sub(GUEST_LAST_NS.load(Ordering::Relaxed)) < HOLD_NS);
     let mut pending = PENDING.lock();
     if hold && pending.len() < PENDING_MAX {
+        if direct && pending.is_empty() {
+            // `HOLD_NS` counts from now: dom0's writes are not seen here.
+            GUEST_LAST_NS.store(now, Ordering::Relaxed);
+        }
         let mut line = alloc::string::String::new();
         let _ = writeln!(line, "{args}");
         LOG.lock().write(line.as_bytes());
@@ -117,9 +156,10 @@ pub fn flush_pending() {
     flush_held(&mut serial, &mut PENDING.lock());
 }
 
-/// Ends an open guest line before a hypervisor line.
+/// Ends an open guest line before a hypervisor line (one written directly may
+/// be open).
 fn close_guest_line(serial: &mut Serial) {
-    if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+    if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) | GUEST_DIRECT.load(Ordering::Relaxed) {
         let _ = serial.write_str("\n");
     }
 }

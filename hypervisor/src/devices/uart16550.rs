@@ -215,6 +215,11 @@ pub struct Uart16550 {
     last_rx: u8,
     output: Ring<OUTPUT_CAPACITY>,
     output_dropped: u64,
+    /// A driver has had the UART's interrupt output on (an interrupt enabled
+    /// with MCR.OUT2 set, outside loopback): the port was opened, and
+    /// [`Self::direct_ok`] stays false from then on, even while Linux's
+    /// console clears IER around its writes.
+    opened: bool,
 }
 
 impl Uart16550 {
@@ -235,6 +240,7 @@ impl Uart16550 {
             last_rx: 0,
             output: Ring::new(),
             output_dropped: 0,
+            opened: false,
         }
     }
 
@@ -284,6 +290,30 @@ impl Uart16550 {
     /// the port is open. Host-side input waits until then.
     pub fn receiving(&self) -> bool {
         self.ier & ier::ERBFI != 0
+    }
+
+    /// Whether the guest's data path may go to the machine's own UART instead
+    /// of this model, nothing being lost or reordered: writes to THR and reads
+    /// of LSR reaching the hardware directly (dom0's kernel log before its
+    /// driver opens the port, `vm::platform`). That holds until a driver first
+    /// turns the interrupt output on, while no interrupt is enabled (a driver
+    /// polling LSR, as Linux's console and early console do), the divisor latch is not selected (offset 0 would be DLL), there
+    /// is no loopback (THR would go to RBR), and the model holds no received
+    /// byte, error, or output: its state has nothing the hardware's would not
+    /// show.
+    pub fn direct_ok(&self) -> bool {
+        !self.opened
+            && self.ier == 0
+            && !self.dlab()
+            && !self.loopback()
+            && self.rx.len == 0
+            && self.line_errors == 0
+            && self.output.len == 0
+    }
+
+    /// Whether a driver has had the interrupt output on (see `opened`).
+    pub const fn opened(&self) -> bool {
+        self.opened
     }
 
     /// How many bytes [`Self::push_input`] would take now without an overrun.
@@ -465,6 +495,9 @@ impl Uart16550 {
             // LSR and MSR are read-only (PC16550D §8.4, §8.8: writes are for factory test).
             _ => {}
         }
+        if self.ier != 0 && self.mcr & mcr::OUT2 != 0 && !self.loopback() {
+            self.opened = true;
+        }
     }
 
     fn write_fcr(&mut self, value: u8) {
@@ -545,6 +578,8 @@ impl Uart16550 {
         self.line_errors = errors;
         self.modem_deltas = deltas;
         self.thre_pending = w[8] == 1;
+        // A restored guest's driver is past its boot: never the direct path.
+        self.opened = true;
         self.last_rx = last_rx;
         self.rx.clear();
         for &b in &rx[..w[10] as usize] {
@@ -637,6 +672,47 @@ mod tests {
     }
     fn output(u: &mut Uart16550) -> Vec<u8> {
         u.take_output().collect()
+    }
+
+    #[test]
+    fn direct_path_only_while_the_model_holds_nothing_the_hardware_lacks() {
+        let mut u = Uart16550::com1();
+        assert!(u.direct_ok(), "reset state: polled, DLAB off, nothing held");
+        // The early console's set-up: the divisor latch selected, then not.
+        outb(&mut u, UART_LCR, UART_LCR_CONF_MODE_A | UART_LCR_WLEN8);
+        assert!(!u.direct_ok(), "offset 0 is DLL while DLAB is set");
+        outb(&mut u, UART_DLL, 1);
+        outb(&mut u, UART_LCR, UART_LCR_WLEN8);
+        assert!(u.direct_ok());
+        // A byte written while trapped is output the hypervisor has not sent yet.
+        outb(&mut u, UART_TX, b'x');
+        assert!(!u.direct_ok(), "unsent output");
+        assert_eq!(output(&mut u), b"x");
+        assert!(u.direct_ok());
+        // Received input waits in the model's FIFO: the hardware's LSR would not show it.
+        outb(&mut u, UART_FCR, UART_FCR_ENABLE_FIFO);
+        u.push_input(b"k");
+        assert!(!u.direct_ok(), "a received byte in the model");
+        assert_eq!(inb(&mut u, UART_RX), b'k');
+        assert!(u.direct_ok());
+        // Loopback sends THR to RBR, not to the line.
+        outb(&mut u, UART_MCR, UART_MCR_LOOP);
+        assert!(!u.direct_ok(), "loopback");
+        outb(&mut u, UART_MCR, UART_MCR_DTR | UART_MCR_RTS | UART_MCR_OUT2);
+        assert!(u.direct_ok());
+        // Linux's probe tests IER with the interrupt output off: not an open port.
+        outb(&mut u, UART_MCR, UART_MCR_DTR | UART_MCR_RTS);
+        outb(&mut u, UART_IER, 0x0f);
+        assert!(!u.direct_ok(), "interrupts enabled");
+        outb(&mut u, UART_IER, 0);
+        assert!(u.direct_ok(), "the probe's IER test is over");
+        // A driver that opened the port takes interrupts: from then on, the model,
+        // even while Linux's console clears IER around each of its writes.
+        outb(&mut u, UART_MCR, UART_MCR_DTR | UART_MCR_RTS | UART_MCR_OUT2);
+        outb(&mut u, UART_IER, UART_IER_RDI | UART_IER_RLSI);
+        assert!(!u.direct_ok());
+        outb(&mut u, UART_IER, 0);
+        assert!(!u.direct_ok(), "opened once: the model for good");
     }
 
     #[test]

@@ -305,6 +305,7 @@ pub fn boot(info: &BootInfo) -> ! {
     }
     sched::init(info.options.sched_slice_ms);
     crate::vm::vcpu::set_tally_period(info.options.exit_tally_s);
+    crate::vm::vcpu::set_console_direct(info.options.dom0_console_direct);
     run(boot, vcpus, root, gm, ram_map)
 }
 

@@ -190,6 +190,17 @@ impl AnyVcpu {
     }
 }
 
+impl AnyVcpu {
+    /// Whether the guest's accesses to `port` exit to the hypervisor; changed
+    /// between runs (dom0's UART data path, `vm::platform::Platform::console_direct`).
+    pub fn intercept_port(&mut self, port: u16, on: bool) {
+        match self {
+            AnyVcpu::Svm(v) => v.intercept_port(port, on),
+            AnyVcpu::Vmx(v) => v.intercept_port(port, on),
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($self:ident, $v:ident => $e:expr) => {
         match $self {

@@ -22,6 +22,7 @@ mod state_io;
 use super::apic_bus::{bits, Power, Vectors, Wake};
 use super::platform::{self, log_tally, Platform, PowerEvent, Role, STATE_HALTED, STATE_RUNNING, STATE_WAIT_FOR_SIPI};
 use crate::devices::kvmclock::{ClockNow, KvmClock};
+use crate::devices::uart16550::COM1_BASE;
 use crate::arch::x86_64::{apic, xstate::XState};
 use crate::devices::ioapic::{Delivery, MAX_IOAPIC_PINS};
 use crate::devices::lapic::VirtualLapic;
@@ -35,7 +36,7 @@ use crate::arch::x86_64::time::{now_ns, ns_to_tsc};
 use crate::sched::run::{self as sched, Poll, Runnable};
 use crate::virt::{Access, AnyVcpu, EntryMode, InitialState, Vcpu, VcpuState, VmExit};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use log::{info, warn};
 use oxen_abi::{request, DomainState, ShutdownReason};
 
@@ -56,6 +57,21 @@ static TALLY_PERIOD_NS: AtomicU64 = AtomicU64::new(0);
 pub fn set_tally_period(seconds: Option<u64>) {
     TALLY_PERIOD_NS.store(seconds.map_or(0, |s| s * 1_000_000_000), Ordering::Relaxed);
 }
+
+/// `dom0_console_direct=`: whether dom0's vCPU 0 may write its boot log to
+/// COM1 itself (`GuestVcpu::console_direct`).
+static CONSOLE_DIRECT: AtomicBool = AtomicBool::new(true);
+
+/// Sets `dom0_console_direct` (at boot, before any vCPU runs).
+pub fn set_console_direct(on: bool) {
+    CONSOLE_DIRECT.store(on, Ordering::Relaxed);
+}
+
+/// The UART registers dom0's vCPU 0 reaches on COM1 itself while its path is
+/// direct: THR (offset 0; with DLAB off, as `Uart16550::direct_ok` requires)
+/// and LSR (offset 5). The others (IER, IIR/FCR, LCR, MCR, MSR, SCR) stay
+/// emulated, so the model sees every change that ends the direct path.
+const DIRECT_PORTS: [u16; 2] = [COM1_BASE, COM1_BASE + 5];
 
 /// Most refused exits / blocked accesses logged one by one; then counted.
 const LOG_LIMIT: u64 = 16;
@@ -114,6 +130,12 @@ pub struct GuestVcpu {
     request_sent: u64,
     /// When `exit_tally_s` logs its tally next.
     tally_at: Option<u64>,
+    /// dom0's vCPU 0: its UART's data path reaches COM1 directly
+    /// (`console_direct`), how many times it was opened, and whether the
+    /// line saying it is over for good was printed.
+    direct: bool,
+    direct_stretches: u32,
+    direct_over: bool,
 }
 
 // SAFETY: a GuestVcpu is used by one CPU at a time (the scheduler takes it out
@@ -150,6 +172,9 @@ impl GuestVcpu {
             tsc_offset: 0,
             request_sent: request::NONE,
             tally_at: None,
+            direct: false,
+            direct_stretches: 0,
+            direct_over: false,
         }
     }
 
@@ -257,7 +282,9 @@ impl GuestVcpu {
             for key in keys {
                 crate::dom0::keys::debug_key(key, p);
             }
+            self.console_direct();
         }
+        let (p, i) = (&*self.platform, self.index);
         let mut wake: Wake = 0;
         let mut eois = Vectors::default();
         let mut first = true;
@@ -351,6 +378,60 @@ impl GuestVcpu {
             }
         }
         result
+    }
+
+    /// dom0's vCPU 0: opens or closes the direct path of its UART. While its
+    /// kernel boots, Linux's console polls LSR and writes THR, two port exits
+    /// a byte (~53,000 of the ~60,000 exits of dom0's boot under QEMU); with
+    /// the path direct those two registers reach the machine's COM1 itself.
+    /// Direct while the model holds nothing the hardware lacks
+    /// (`Uart16550::direct_ok`: until the driver opens the port and takes
+    /// interrupts, at init's start), the hypervisor holds no line to print
+    /// (`console::lines_held`: closing makes dom0's next bytes go through the
+    /// model, which ends its line before they are printed), and dom0 is the
+    /// only domain (a domU's lines are printed as they come). dom0 is
+    /// privileged and owns the machine's other devices; what this lends it is
+    /// the line's data register, while the hypervisor keeps the UART's set-up
+    /// and its input. What it loses: the `(d0)` tag on those lines (the
+    /// hypervisor does not see them), and a byte typed in the moment the
+    /// driver starts up may be read by dom0 directly instead of through the
+    /// console switch.
+    fn console_direct(&mut self) {
+        if self.direct_over {
+            return;
+        }
+        let Some(vcpu) = self.vcpu.as_mut() else { return };
+        // (The devices' lock is let go before the domain table's is taken.)
+        let (uart_ok, opened) = {
+            let d = self.platform.devices.lock();
+            (d.uart.direct_ok(), d.uart.opened())
+        };
+        let want = CONSOLE_DIRECT.load(Ordering::Relaxed)
+            && uart_ok
+            && !crate::console::lines_held()
+            && DOMAINS.lock().len() == 1;
+        if want != self.direct && (!want || crate::console::direct_begin()) {
+            for port in DIRECT_PORTS {
+                vcpu.intercept_port(port, !want);
+            }
+            if want {
+                self.direct_stretches += 1;
+            } else {
+                crate::console::direct_end();
+            }
+            self.direct = want;
+        }
+        if opened && !self.direct {
+            self.direct_over = true;
+            if self.direct_stretches > 0 {
+                info!(
+                    "{}: its UART driver opened the port: its output goes through the emulated UART from here \
+                     (its kernel wrote to COM1 directly before, in {} stretch(es))",
+                    self.label(),
+                    self.direct_stretches
+                );
+            }
+        }
     }
 
     /// HLT with interrupts on while the APIC still has a vector in service: an

@@ -197,6 +197,21 @@ impl SvmVcpu {
         }
     }
 
+    /// Whether the guest's accesses to `port` exit (sets or clears its IOPM
+    /// bit). The processor reads the IOPM at each IN/OUT (APM Vol. 2 §15.10.1),
+    /// so a change made while the vCPU is out of the guest holds from its next
+    /// instruction on.
+    pub fn intercept_port(&mut self, port: u16, on: bool) {
+        // SAFETY: the IOPM is this vCPU's own 12 KiB.
+        let map = unsafe { core::slice::from_raw_parts_mut(self.iopm.as_ptr::<u8>(), IOPM_PAGES * 4096) };
+        let (byte, bit) = (usize::from(port) / 8, 1 << (port % 8));
+        if on {
+            map[byte] |= bit;
+        } else {
+            map[byte] &= !bit;
+        }
+    }
+
     /// Lets the guest read and write `msr` directly (clears its MSRPM bits).
     /// Only for MSRs whose guest copy the VMCB holds.
     fn pass_through_msr(&mut self, msr: u32) {

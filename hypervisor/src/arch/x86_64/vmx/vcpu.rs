@@ -395,6 +395,25 @@ impl VmxVcpu {
         }
     }
 
+    /// Whether the guest's accesses to `port` exit (sets or clears its I/O-bitmap
+    /// bit). Changed only while the vCPU is out of the guest (on the CPU whose
+    /// VMCS it is, or released), as SDM Vol. 3C §25.6.4 expects of the bitmaps.
+    pub fn intercept_port(&mut self, port: u16, on: bool) {
+        // SAFETY: bitmaps A and B are this vCPU's own two consecutive frames.
+        let map = unsafe {
+            core::slice::from_raw_parts_mut(
+                (self.frames.as_u64() + IO_BITMAP_A_FRAME * PAGE_SIZE) as *mut u8,
+                2 * PAGE_SIZE as usize,
+            )
+        };
+        let (byte, bit) = (usize::from(port) / 8, 1 << (port % 8));
+        if on {
+            map[byte] |= bit;
+        } else {
+            map[byte] &= !bit;
+        }
+    }
+
     /// dom0's I/O policy: every port for which `keep` is false reaches the
     /// hardware directly, and the MSRs the CPU switches with the guest are
     /// passed through (`pass_through_switched_msrs`).
