@@ -337,40 +337,30 @@ last lines of {}:
             .unwrap_or_default()
             .trim()
             .to_string();
-        let (oxen, o) = timed(
-            &format!("under Oxen (round {round}/{DOM0_ROUNDS})"),
-            &oxen_dir,
-            Media::Iso(&iso),
-            &oxen_watch,
-            DOM0_TIMEOUT + TALLY_GRACE,
-        )?;
-        let exits = parse_tally(&o.serial);
-        println!(
-            "     under Oxen: {oxen:.1}s to the init banner ({:.2}x bare); exit tally: {}",
-            oxen / bare,
-            match &exits {
-                Some((n, _, why)) => format!("{n} exits ({why})"),
-                None => format!(
-                    "none within {}s of the banner (see {})",
-                    TALLY_GRACE.as_secs(),
-                    show(&oxen_dir.join("serial.log"))
-                ),
-            }
-        );
-        oxen_command = relative(&o.command);
-        let (emulated, e) = timed(
-            &format!("under Oxen, dom0_console_direct=off (round {round}/{DOM0_ROUNDS})"),
-            &emulated_dir,
-            Media::Iso(&emulated_iso),
-            &oxen_watch,
-            DOM0_TIMEOUT + TALLY_GRACE,
-        )?;
-        let emulated_exits = parse_tally(&e.serial);
-        println!(
-            "     under Oxen, dom0_console_direct=off: {emulated:.1}s ({:.2}x bare); exits: {}",
-            emulated / bare,
-            emulated_exits.as_ref().map_or("no tally".to_string(), |t| format!("{} ({})", t.0, t.2))
-        );
+        // Under Oxen: its time to the banner and its exit tally, then again with
+        // the kernel's log through the emulated UART.
+        let under = |how: &str, dir: &Path, iso: &Path| -> Result<(f64, Option<Tally>, String)> {
+            let label = format!("{how} (round {round}/{DOM0_ROUNDS})");
+            let (t, o) = timed(&label, dir, Media::Iso(iso), &oxen_watch, DOM0_TIMEOUT + TALLY_GRACE)?;
+            let exits = parse_tally(&o.serial);
+            println!(
+                "     {how}: {t:.1}s to the init banner ({:.2}x bare); exit tally: {}",
+                t / bare,
+                match &exits {
+                    Some((n, _, why)) => format!("{n} exits ({why})"),
+                    None => format!(
+                        "none within {}s of the banner (see {})",
+                        TALLY_GRACE.as_secs(),
+                        show(&dir.join("serial.log"))
+                    ),
+                }
+            );
+            Ok((t, exits, relative(&o.command)))
+        };
+        let (oxen, exits, command) = under("under Oxen", &oxen_dir, &iso)?;
+        oxen_command = command;
+        let (emulated, emulated_exits, _) =
+            under("under Oxen, dom0_console_direct=off", &emulated_dir, &emulated_iso)?;
         rounds.push(Dom0Round { bare, oxen, exits, emulated, emulated_exits });
     }
     Ok(Dom0Boot {
