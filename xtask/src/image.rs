@@ -147,6 +147,37 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
     Ok(())
 }
 
+/// An ISO whose GRUB boots a Linux kernel and initramfs directly (no
+/// hypervisor), so a bare boot goes through the same firmware, GRUB and CD
+/// reads as an Oxen boot (`cargo xtask bench`, dom0 boot overhead).
+pub fn make_linux_iso(kernel: &Path, initrd: &Path, append: &str, name: &str, output: &Path) -> Result<()> {
+    if append.contains(['\n', '"', '\'', '\\', '$', ';', '{', '}']) {
+        bail!("the kernel command line must not contain newlines, quotes, `\\`, `$`, `;` or braces: {append:?}");
+    }
+    let staging = target_dir().join("iso").join(name);
+    let _ = std::fs::remove_dir_all(&staging);
+    let grub = staging.join("boot/grub");
+    std::fs::create_dir_all(&grub).with_context(|| format!("creating {}", grub.display()))?;
+    for (from, to) in [(kernel, "vmlinuz"), (initrd, "initrd")] {
+        std::fs::copy(from, staging.join("boot").join(to))
+            .with_context(|| format!("copying {} into the ISO", from.display()))?;
+    }
+    std::fs::write(
+        grub.join("grub.cfg"),
+        format!(
+            "set timeout=0\nset timeout_style=hidden\n\nmenuentry \"Linux\" {{\n    linux /boot/vmlinuz {append}\n    \
+             initrd /boot/initrd\n    boot\n}}\n"
+        ),
+    )?;
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut cmd = Command::new("grub-mkrescue");
+    cmd.arg("-d").arg(GRUB_DIR).arg("-o").arg(output).arg(&staging);
+    run_captured(&mut cmd, "grub-mkrescue (making the bare Linux ISO)")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod grub_tests {
     use super::grub_cfg;
