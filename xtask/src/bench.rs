@@ -1267,9 +1267,9 @@ fn kind_us(r: &Inside, name: &str) -> Option<f64> {
 fn create_call(kind: &str) -> &'static str {
     match kind {
         "version" => "oxl checks the hypervisor speaks its ABI before anything else",
-        "domctl-create" => "the domain: its memory in 2 MiB chunks from the pool (zeroed), nested page tables, a VPID/ASID",
+        "domctl-create" => "the domain: its memory in 2 MiB chunks from the pool (zeroed), nested page tables (its TLB tag is taken per CPU when it runs)",
         "domctl-load_image" => "the kernel ELF staged in the hypervisor, at most 64 KiB (the driver's bounce buffer) per call",
-        "domctl-build" => "the domain's memory zeroed again, the ELF checked and laid out with page tables, GDT and StartInfo",
+        "domctl-build" => "the ELF checked and laid out with page tables, GDT and StartInfo (its memory zeroed again only on a second BUILD)",
         "domctl-unpause" => "the vCPU queued on the least loaded CPU other than dom0's, which is kicked",
         "domctl-get_info" | "domctl-list" => "looking the domain up",
         "domctl-phys_info" => "the host's figures",
@@ -1490,9 +1490,10 @@ fn costs_section(
     let mut rows = format!(
         "| a null hypercall, bare: guest kernel → Oxen → guest | {in_hv:.0} instructions | the world switch \
          (`VMRUN`/`#VMEXIT`), decoding the exit, the dispatch: the floor under every exit |\n\
-         | a VM exit of dom0's (measured: a null hypercall from dom0's kernel) | {} instructions | dom0's \
-         vCPU loop works around every exit: time, its virtual devices, re-arming the timer (section \"Null \
-         hypercall from dom0's user space\") |\n\
+         | a VM exit of dom0's (measured: a null hypercall from dom0's kernel) | {} instructions | the floor \
+         above plus the exit's tally, `exit::handle` and the hypercall's dispatch for a domain; a light exit \
+         (hypercall, CPUID, MSR read) re-enters without servicing devices or timers (sections \"Null \
+         hypercall from dom0's user space\" and \"Null hypercall from dom0's kernel\") |\n\
          | a VM exit under QEMU TCG, in host time | {} host cycles{} | QEMU emulating the world switch; under \
          TCG the number of exits, not their instructions, sets the emulator's speed |\n",
         thousands(hc as u64),
