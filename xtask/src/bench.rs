@@ -1179,15 +1179,12 @@ fn dom0_null_section(runs: &[&Inside], in_hv: Option<f64>, footer: &str) -> (Str
                 "\n\nThe in-hypervisor figure above (section \"Null hypercall\": {hv:.1} instructions, a self-test \
                  guest's kernel-mode `VMMCALL` loop under the same `-icount shift=0`) is the bare round trip: the \
                  world switch, `exit::handle` and the dispatch. From dom0's kernel the hypercall costs {d:.1} \
-                 instructions, {:.1}× that, because dom0's vCPU loop (`Dom0Vcpu::run`, \
-                 `hypervisor/src/dom0/build.rs`) does more around every exit, whatever its reason: it reads the \
-                 time (TSC to ns, a 128-bit division), services dom0's devices (polls COM1 for console input, \
-                 updates the virtual UART, IOAPIC and local APIC and injects what is due), re-arms the \
-                 hypervisor's APIC timer for dom0's next deadline (two more 128-bit conversions and an APIC \
-                 register write) and counts the exit by reason; the driver adds a `put_user` of the result. \
-                 (That list is read from the code, not profiled.) So every dom0 exit, not only hypercalls, pays \
-                 up to about {:.0} instructions of loop overhead: with ~60,000 exits to boot dom0 (section \"VM exits \
-                 during dom0's boot\") that is ~{:.0} M instructions. The whole ioctl from user space costs \
+                 instructions, {:.1}× that: the {:.0} more are what every exit of a domain's vCPU pays on the one \
+                 vCPU path (`vm/vcpu.rs`, `GuestVcpu::run`): the exit counted by reason, the check for a host \
+                 interrupt before the entry, the hypercall's dispatch for a domain (its `Caller`, its RAM view) and \
+                 the result stored; a hypercall is a light exit, so no device, APIC or timer is looked at before \
+                 the guest is entered again (section \"Null hypercall from dom0's kernel: where the instructions \
+                 went\"). The driver adds a `put_user` of the result. The whole ioctl from user space costs \
                  {full:.1} instructions ({:.1}× the bare round trip); the system call and the driver's checks are \
                  the other {:.0}.\n\n\
                  Under plain TCG one hypercall from dom0 costs {} host cycles against {} for the refused ioctl: \
@@ -1196,7 +1193,6 @@ fn dom0_null_section(runs: &[&Inside], in_hv: Option<f64>, footer: &str) -> (Str
                  what matters is the number of exits, not their instructions.",
                 d / hv,
                 d - hv,
-                (d - hv) * 60_000.0 / 1e6,
                 full / hv,
                 full - d,
                 runs.iter()
