@@ -236,22 +236,16 @@ fn dom0_boot(elf: &Path) -> Result<Dom0Boot> {
         let _ = std::fs::remove_dir_all(d);
         std::fs::create_dir_all(d)?;
     }
-    let iso = oxen_dir.join("oxen.iso");
-    make_iso(&IsoSpec {
-        elf,
-        cmdline: DOM0_CMDLINE,
-        modules: &dom0.modules(crate::systest::Dom0Kernel::BzImage),
-        name: "bench-dom0",
-        output: &iso,
-    })?;
-    let emulated_iso = emulated_dir.join("oxen.iso");
-    make_iso(&IsoSpec {
-        elf,
-        cmdline: DOM0_CMDLINE_EMULATED,
-        modules: &dom0.modules(crate::systest::Dom0Kernel::BzImage),
-        name: "bench-dom0",
-        output: &emulated_iso,
-    })?;
+    let (iso, emulated_iso) = (oxen_dir.join("oxen.iso"), emulated_dir.join("oxen.iso"));
+    for (cmdline, output) in [(DOM0_CMDLINE, &iso), (DOM0_CMDLINE_EMULATED, &emulated_iso)] {
+        make_iso(&IsoSpec {
+            elf,
+            cmdline,
+            modules: &dom0.modules(crate::systest::Dom0Kernel::BzImage),
+            name: "bench-dom0",
+            output,
+        })?;
+    }
     let m = Machine {
         emulator: Emulator::Qemu,
         cpu: Some("max".into()),
