@@ -131,19 +131,20 @@ pub fn make_iso(spec: &IsoSpec) -> Result<()> {
         grub.join("grub.cfg"),
         grub_cfg(spec.cmdline, module_lines.trim_end())?,
     )?;
-    if let Some(dir) = spec.output.parent() {
+    mkrescue(&staging, spec.output, "making the boot ISO")
+}
+
+/// Runs `grub-mkrescue` on a staged tree, writing `output`.
+fn mkrescue(staging: &Path, output: &Path, what: &str) -> Result<()> {
+    if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir)?;
     }
     if !Path::new(GRUB_DIR).join("multiboot2.mod").exists() {
         bail!("{GRUB_DIR} has no GRUB BIOS modules: install the Debian package grub-pc-bin (`cargo xtask setup`)");
     }
     let mut cmd = Command::new("grub-mkrescue");
-    cmd.arg("-d")
-        .arg(GRUB_DIR)
-        .arg("-o")
-        .arg(spec.output)
-        .arg(&staging);
-    run_captured(&mut cmd, "grub-mkrescue (making the boot ISO)")?;
+    cmd.arg("-d").arg(GRUB_DIR).arg("-o").arg(output).arg(staging);
+    run_captured(&mut cmd, &format!("grub-mkrescue ({what})"))?;
     Ok(())
 }
 
@@ -169,13 +170,7 @@ pub fn make_linux_iso(kernel: &Path, initrd: &Path, append: &str, name: &str, ou
              initrd /boot/initrd\n    boot\n}}\n"
         ),
     )?;
-    if let Some(dir) = output.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut cmd = Command::new("grub-mkrescue");
-    cmd.arg("-d").arg(GRUB_DIR).arg("-o").arg(output).arg(&staging);
-    run_captured(&mut cmd, "grub-mkrescue (making the bare Linux ISO)")?;
-    Ok(())
+    mkrescue(&staging, output, "making the bare Linux ISO")
 }
 
 #[cfg(test)]
