@@ -12,7 +12,7 @@
 
 /// ABI version: major in bits 31:16, minor in 15:0. A caller checks the major
 /// before anything else; minors only add calls.
-pub const ABI_VERSION: u32 = 0x0001_0009;
+pub const ABI_VERSION: u32 = 0x0001_000a;
 
 /// The first version with console input (`nr::CONSOLE_READ`,
 /// `domctl::CONSOLE_INPUT`): a tool checks it before sending keys.
@@ -37,6 +37,12 @@ pub const ABI_LOG_DIRTY: u32 = 0x0001_0008;
 /// The first version whose `domctl::IOREQ_RANGE` takes MMIO ranges in 4-byte
 /// units (before: whole 4 KiB pages).
 pub const ABI_SUBPAGE_MMIO: u32 = 0x0001_0009;
+
+/// The first version whose `domctl::IOREQ_RANGE` takes
+/// `ioreq::FLAG_INTERRUPT_STATUS` (a virtio-mmio device's InterruptStatus and
+/// InterruptACK answered by the hypervisor from the ioreq page) and up to 48
+/// ranges.
+pub const ABI_INTERRUPT_STATUS: u32 = 0x0001_000a;
 
 pub mod envelope;
 pub mod platform_state;
@@ -487,14 +493,27 @@ pub mod ioreq {
     /// `IoreqRange::flags`: writes to the range go to the posted ring and the
     /// vCPU goes on at once (while the ring has room).
     pub const FLAG_POSTED_WRITES: u32 = 1;
-    /// Ranges one domU may forward.
-    pub const MAX_RANGES: usize = 16;
+    /// `IoreqRange::flags` (1.10), alone: the range is the InterruptStatus and
+    /// InterruptACK registers (`INTERRUPT_STATUS_REG`, 8 bytes) of the
+    /// domain's declared virtio-mmio device *i*. The hypervisor answers them
+    /// from `IoreqPage::interrupt_status[i]`, which the device model sets bits
+    /// of: a 4-byte read of InterruptStatus reads the word; a 4-byte write to
+    /// InterruptACK clears the bits it holds and, if none is left, lowers the
+    /// device's line. Other accesses there read 0 and are dropped.
+    pub const FLAG_INTERRUPT_STATUS: u32 = 2;
+    /// Where InterruptStatus is in a virtio-mmio register window (InterruptACK
+    /// follows at +4; virtio 1.2 §4.2.2).
+    pub const INTERRUPT_STATUS_REG: u64 = 0x60;
+    /// Ranges one domU may forward (16 before 1.10): five per device when a
+    /// window is split around its posted notify and its interrupt status.
+    pub const MAX_RANGES: usize = 48;
     /// Entries of the posted-write ring.
     pub const POSTED_ENTRIES: u32 = 128;
     /// Byte offsets in the page.
     pub const OFFSET_POSTED_HEAD: usize = 256;
     pub const OFFSET_POSTED_TAIL: usize = 320;
     pub const OFFSET_POSTED: usize = 384;
+    pub const OFFSET_INTERRUPT_STATUS: usize = 3456;
 }
 
 /// One vCPU's request slot. (1.6)
@@ -542,13 +561,20 @@ pub struct IoreqPage {
     pub posted_tail: u32,
     pub _pad_tail: [u8; 60],
     pub posted: [PostedWrite; ioreq::POSTED_ENTRIES as usize],
-    pub _reserved: [u8; 640],
+    /// Declared device *i*'s virtio-mmio InterruptStatus, for a range with
+    /// `ioreq::FLAG_INTERRUPT_STATUS` (1.10). Both sides change it only with
+    /// atomic read-modify-writes: the device model ORs bits in (then raises
+    /// the line with `IRQ_LINE`), the hypervisor clears what the guest
+    /// acknowledges.
+    pub interrupt_status: [u32; MAX_DEVICES as usize],
+    pub _reserved: [u8; 608],
 }
 
 const _: () = {
     assert!(core::mem::offset_of!(IoreqPage, posted_head) == ioreq::OFFSET_POSTED_HEAD);
     assert!(core::mem::offset_of!(IoreqPage, posted_tail) == ioreq::OFFSET_POSTED_TAIL);
     assert!(core::mem::offset_of!(IoreqPage, posted) == ioreq::OFFSET_POSTED);
+    assert!(core::mem::offset_of!(IoreqPage, interrupt_status) == ioreq::OFFSET_INTERRUPT_STATUS);
     assert!(core::mem::size_of::<IoreqPage>() == 4096);
 };
 

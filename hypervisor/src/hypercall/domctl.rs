@@ -442,8 +442,15 @@ fn log_dirty_args(l: &LogDirty, buf_len: u64) -> Result<Command, DecodeError> {
 /// finds its range by address; a device model may split one device's page,
 /// e.g. to post only its notify register.
 fn ioreq_range(r: &IoreqRange) -> Result<(), DecodeError> {
-    if r.flags & !ioreq::FLAG_POSTED_WRITES != 0 {
+    if r.flags & !(ioreq::FLAG_POSTED_WRITES | ioreq::FLAG_INTERRUPT_STATUS) != 0 {
         return Err(bad(Error::Inval, alloc::format!("unknown flags {:#x}", r.flags)));
+    }
+    // Which device's registers these are is the service's to check (it has
+    // the domain's device list); their shape is checked here.
+    if r.flags & ioreq::FLAG_INTERRUPT_STATUS != 0
+        && (r.flags != ioreq::FLAG_INTERRUPT_STATUS || r.kind != u32::from(ioreq::KIND_MMIO) || r.len != 8)
+    {
+        return Err(bad(Error::Inval, "an interrupt-status range is 8 bytes of MMIO, with no other flag"));
     }
     let end = r.start.checked_add(r.len).filter(|_| r.len > 0);
     let Some(end) = end else {

@@ -505,6 +505,18 @@ fn ioreq_commands_are_checked_before_the_service() {
     // 4-byte units (1.9): a device's notify register on its own.
     assert!(decode_range(range(mmio, ioreq::FLAG_POSTED_WRITES, 0x2000_0050, 4)).is_ok());
     assert!(decode_range(range(mmio, 0, 0x2000_0800, 0x1000)).is_ok());
+    // An interrupt-status pair (1.10): 8 bytes of MMIO, that flag alone.
+    let status = ioreq::FLAG_INTERRUPT_STATUS;
+    assert!(decode_range(range(mmio, status, 0xfeb0_0060, 8)).is_ok());
+    for bad in [
+        range(mmio, status, 0xfeb0_0060, 4),
+        range(mmio, status, 0xfeb0_0060, 0x1000),
+        range(mmio, status | ioreq::FLAG_POSTED_WRITES, 0xfeb0_0060, 8),
+        range(pio, status, 0x60, 8),
+        range(mmio, 4, 0x2000_0000, 0x1000),
+    ] {
+        assert_eq!(decode_range(bad), Err(Error::Inval), "{bad:?}");
+    }
     for bad in [
         range(mmio, 0, 0x2000_0002, 0x1000),
         range(mmio, 0, 0x2000_0000, 0x802),

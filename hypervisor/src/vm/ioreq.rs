@@ -29,7 +29,7 @@
 
 use super::bus::Bus;
 use core::ptr::{addr_of, addr_of_mut, NonNull};
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU32, Ordering};
 use oxen_abi::{ioreq, Error, IoreqPage, MAX_VCPUS};
 use spin::Mutex;
 
@@ -66,10 +66,22 @@ pub struct Stats {
     pub ring_full: u64,
     /// Accesses answered as a dead device model's (all ones / dropped).
     pub dead: u64,
+    /// InterruptStatus reads and InterruptACK writes answered from the page.
+    pub status: u64,
+}
+
+/// What a range of the server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Range {
+    /// Accesses go to the device model; with `posted`, writes to the ring.
+    Forward { posted: bool },
+    /// Declared device `device`'s InterruptStatus and InterruptACK, answered
+    /// here from the page's word (`FLAG_INTERRUPT_STATUS`, ABI 1.10).
+    InterruptStatus { device: u8 },
 }
 
 /// The shared page, touched only through volatile reads and writes of its
-/// fields.
+/// fields (and atomic ones of its interrupt-status words).
 #[derive(Clone, Copy)]
 struct Page(NonNull<IoreqPage>);
 
@@ -122,7 +134,7 @@ impl Page {
         put!(self, ioreq::STATE_FREE => slots[v].state);
     }
 
-    /// Fresh: every slot free, the ring empty.
+    /// Fresh: every slot free, the ring empty, no interrupt status.
     fn init(self) {
         for v in 0..VCPUS {
             put!(self, 0 => slots[v].seq);
@@ -130,6 +142,19 @@ impl Page {
         }
         put!(self, 0 => posted_head);
         put!(self, 0 => posted_tail);
+        for d in 0..oxen_abi::MAX_DEVICES as usize {
+            put!(self, 0 => interrupt_status[d]);
+        }
+    }
+
+    /// Device `d`'s interrupt-status word, which the device model changes
+    /// at any time with atomic operations of its own.
+    fn status_word(self, d: usize) -> &'static AtomicU32 {
+        // SAFETY: an aligned u32 of the page (valid while registered; `d` is
+        // bounds-checked by `[]`), which dom0 changes only atomically or not
+        // at all as far as this is concerned: whatever it holds is a valid
+        // u32. The reference is used only under the server's lock.
+        unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.0.as_ptr()).interrupt_status[d])) }
     }
 
     /// Appends a posted write at `head` (the hypervisor's own count), if the
@@ -170,9 +195,9 @@ struct Inner {
     page: Option<Page>,
     /// The device model went away (`setup(None)` after a page).
     dead: bool,
-    /// Ranges, with their `IoreqRange::flags`.
-    mmio: Bus<u32>,
-    pio: Bus<u32>,
+    /// Ranges, with what each is.
+    mmio: Bus<Range>,
+    pio: Bus<Range>,
     ranges: usize,
     /// What each vCPU's slot holds for it.
     pending: [Option<Request>; VCPUS],
@@ -214,7 +239,7 @@ impl Server {
                 pending: [None; VCPUS],
                 seq: [0; VCPUS],
                 head: 0,
-                stats: Stats { requests: 0, posted: 0, ring_full: 0, dead: 0 },
+                stats: Stats { requests: 0, posted: 0, ring_full: 0, dead: 0, status: 0 },
             }),
         }
     }
@@ -260,9 +285,25 @@ impl Server {
         }
     }
 
-    /// Forwards `[start, start + len)` of `kind`. `reserved(start, len)` says
-    /// whether it touches what the hypervisor emulates or the domain's RAM.
+    /// Forwards `[start, start + len)` of `kind` (`flags`: `FLAG_POSTED_WRITES`
+    /// or nothing). `reserved(start, len)` says whether it touches what the
+    /// hypervisor emulates or the domain's RAM.
     pub fn add_range(&self, kind: u8, flags: u32, start: u64, len: u64, reserved: impl Fn(u64, u64) -> bool) -> Result<(), Error> {
+        let range = Range::Forward { posted: flags & ioreq::FLAG_POSTED_WRITES != 0 };
+        self.insert(kind, range, start, len, reserved)
+    }
+
+    /// Answers declared device `device`'s InterruptStatus and InterruptACK,
+    /// the 8 bytes at `start`, from the page (`FLAG_INTERRUPT_STATUS`); the
+    /// caller checked that `start` is that device's.
+    pub fn add_status_range(&self, device: u8, start: u64, reserved: impl Fn(u64, u64) -> bool) -> Result<(), Error> {
+        if u32::from(device) >= oxen_abi::MAX_DEVICES {
+            return Err(Error::Inval);
+        }
+        self.insert(ioreq::KIND_MMIO, Range::InterruptStatus { device }, start, 8, reserved)
+    }
+
+    fn insert(&self, kind: u8, range: Range, start: u64, len: u64, reserved: impl Fn(u64, u64) -> bool) -> Result<(), Error> {
         let mut g = self.inner.lock();
         if g.page.is_none() || g.dead {
             return Err(Error::Busy);
@@ -275,7 +316,7 @@ impl Server {
         }
         let bus = if kind == ioreq::KIND_PIO { &mut g.pio } else { &mut g.mmio };
         bus.try_reserve(1).map_err(|_| Error::NoMem)?;
-        bus.insert(start, len, flags).map_err(|_| Error::Busy)?;
+        bus.insert(start, len, range).map_err(|_| Error::Busy)?;
         g.ranges += 1;
         Ok(())
     }
@@ -290,11 +331,21 @@ impl Server {
     /// vCPU `vcpu`'s access of `size` bytes at `addr` (a write if `write`
     /// holds its value). Returns the answer, and whether dom0 has something
     /// new in the page (post `event::IOREQ`). `None` if no range holds
-    /// `addr` or `vcpu` is out of range.
-    pub fn access(&self, vcpu: usize, kind: u8, addr: u64, size: u8, write: Option<u64>) -> Option<(Answer, bool)> {
+    /// `addr` or `vcpu` is out of range. `line(device, level)` sets a
+    /// declared device's interrupt line, for an InterruptACK answered here;
+    /// it is called under the server's lock.
+    pub fn access(
+        &self,
+        vcpu: usize,
+        kind: u8,
+        addr: u64,
+        size: u8,
+        write: Option<u64>,
+        line: &mut dyn FnMut(u8, bool),
+    ) -> Option<(Answer, bool)> {
         let mut g = self.inner.lock();
         let bus = if kind == ioreq::KIND_PIO { &g.pio } else { &g.mmio };
-        let (_, flags) = bus.find(addr)?;
+        let (start, range) = bus.find(addr)?;
         if vcpu >= VCPUS {
             return None;
         }
@@ -304,6 +355,13 @@ impl Server {
             g.pending[vcpu] = None;
             g.stats.dead += 1;
             return Some((all_ones, false));
+        };
+        let posted = match range {
+            Range::Forward { posted } => posted,
+            Range::InterruptStatus { device } => {
+                g.stats.status += 1;
+                return Some((Answer::Done(interrupt_status(page, device, addr - start, size, write, line)), false));
+            }
         };
         let req = Request {
             kind,
@@ -329,7 +387,7 @@ impl Server {
                 _ => g.pending[vcpu] = None,
             }
         }
-        if write.is_some() && flags & ioreq::FLAG_POSTED_WRITES != 0 {
+        if write.is_some() && posted {
             if let Some(tell) = page.post(g.head, vcpu, &req) {
                 g.head = g.head.wrapping_add(1);
                 g.stats.posted += 1;
@@ -378,24 +436,60 @@ impl Server {
     }
 }
 
+/// An access at `offset` of device `device`'s InterruptStatus/InterruptACK
+/// pair (virtio 1.2 §4.2.2), answered from its word in the page; returns a
+/// read's value. §4.2.2.2 has the driver use 4-byte accesses: others read 0
+/// and are dropped, as the registers' write-only and read-only halves.
+///
+/// An acknowledgement clears its bits with one atomic operation (the device
+/// model may be setting others at that moment, on another CPU) and lowers the
+/// line if none is left. The device model sets a bit and then raises the
+/// line (`IRQ_LINE`) without this lock, so after lowering the word is read
+/// again, with a full fence between: a bit set between the clearing and the
+/// lowering is seen then and the line raised again, and one set after that
+/// read is the device model's to raise, which it does after its store. Either
+/// way the line ends up high while a bit is set: no interrupt is lost, at the
+/// cost of a spurious one at worst.
+fn interrupt_status(page: Page, device: u8, offset: u64, size: u8, write: Option<u64>, line: &mut dyn FnMut(u8, bool)) -> u64 {
+    let word = page.status_word(usize::from(device));
+    match (offset, size, write) {
+        (0, 4, None) => u64::from(word.load(Ordering::SeqCst)),
+        (4, 4, Some(v)) => {
+            let acked = v as u32;
+            let was = word.fetch_and(!acked, Ordering::SeqCst);
+            if was != 0 && was & !acked == 0 {
+                line(device, false);
+                fence(Ordering::SeqCst);
+                if word.load(Ordering::SeqCst) != 0 {
+                    line(device, true);
+                }
+            }
+            0
+        }
+        _ => 0,
+    }
+}
+
 /// The device the MMIO emulator drives for an access in a range of the
 /// server: offsets are guest-physical addresses (its base is 0). One per
 /// emulated instruction.
 pub struct Forward<'a> {
     server: &'a Server,
     vcpu: usize,
+    /// Sets a declared device's line (`Server::access`).
+    line: &'a mut dyn FnMut(u8, bool),
     wait: bool,
     /// dom0 has something new in the page.
     pub notify: bool,
 }
 
 impl<'a> Forward<'a> {
-    pub fn new(server: &'a Server, vcpu: usize) -> Self {
-        Self { server, vcpu, wait: false, notify: false }
+    pub fn new(server: &'a Server, vcpu: usize, line: &'a mut dyn FnMut(u8, bool)) -> Self {
+        Self { server, vcpu, line, wait: false, notify: false }
     }
 
     fn access(&mut self, addr: u64, size: u8, write: Option<u64>) -> u64 {
-        match self.server.access(self.vcpu, ioreq::KIND_MMIO, addr, size, write) {
+        match self.server.access(self.vcpu, ioreq::KIND_MMIO, addr, size, write, self.line) {
             Some((answer, notify)) => {
                 self.notify |= notify;
                 match answer {
@@ -501,21 +595,37 @@ pub mod service {
     /// hypervisor emulates for a domU.
     pub fn range(r: &IoreqRange) -> Result<u64, Error> {
         let s = server(r.domid, false)?;
-        let ram = DOMAINS.lock().get(r.domid).ok_or(Error::NoEnt)?.res.ram.clone();
+        let (ram, devices) = {
+            let t = DOMAINS.lock();
+            let d = t.get(r.domid).ok_or(Error::NoEnt)?;
+            (d.res.ram.clone(), d.res.devices.clone())
+        };
         let kind = r.kind as u8;
-        s.add_range(kind, r.flags, r.start, r.len, |start, len| {
+        let reserved = |start: u64, len: u64| {
             let end = start + len;
             let in_ram = kind == oxen_abi::ioreq::KIND_MMIO
                 && ram.regions().iter().any(|g| start < g.gpa.as_u64() + g.len && g.gpa.as_u64() < end);
             in_ram || crate::vm::platform::emulated_for_domu(kind == oxen_abi::ioreq::KIND_PIO, start, len)
-        })?;
+        };
+        let what = if r.flags & oxen_abi::ioreq::FLAG_INTERRUPT_STATUS != 0 {
+            // Only a declared device's own InterruptStatus/InterruptACK: the
+            // line an acknowledgement lowers is that device's.
+            let device = devices
+                .iter()
+                .position(|d| d.base + oxen_abi::ioreq::INTERRUPT_STATUS_REG == r.start)
+                .ok_or(Error::Inval)?;
+            s.add_status_range(device as u8, r.start, reserved)?;
+            " (interrupt status answered by the hypervisor)"
+        } else {
+            s.add_range(kind, r.flags, r.start, r.len, reserved)?;
+            if r.flags & oxen_abi::ioreq::FLAG_POSTED_WRITES != 0 { " (posted writes)" } else { "" }
+        };
         log::info!(
-            "d{}: {} {:#x}+{:#x} forwarded to its device model{}",
+            "d{}: {} {:#x}+{:#x} forwarded to its device model{what}",
             r.domid,
             if kind == oxen_abi::ioreq::KIND_PIO { "ports" } else { "MMIO" },
             r.start,
             r.len,
-            if r.flags & oxen_abi::ioreq::FLAG_POSTED_WRITES != 0 { " (posted writes)" } else { "" }
         );
         Ok(0)
     }
@@ -543,6 +653,13 @@ mod tests {
     use super::*;
     use alloc::boxed::Box;
     use oxen_abi::ioreq::*;
+
+    impl Server {
+        /// `access` where no line is set (no status range is involved).
+        fn acc(&self, vcpu: usize, kind: u8, addr: u64, size: u8, write: Option<u64>) -> Option<(Answer, bool)> {
+            self.access(vcpu, kind, addr, size, write, &mut |d, l| panic!("line {d} set to {l}"))
+        }
+    }
 
     struct Fixture {
         server: Server,
@@ -588,17 +705,17 @@ mod tests {
     #[test]
     fn a_read_waits_then_retires_from_the_slot() {
         let mut f = Fixture::new();
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Wait, true)));
         let s = f.page().slots[1];
         assert_eq!((s.state, s.kind, s.dir, s.size, s.addr, s.seq), (STATE_READY, KIND_MMIO, DIR_READ, 4, 0x1000_0010, 1));
         assert!(f.server.waiting(1));
         assert!(!f.server.waiting(0));
         // Run again before an answer: still waiting, no second event.
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Wait, false)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Wait, false)));
         // Junk above the access's size is dropped.
         f.answer(1, 0xdead_beef_1234_5678);
         assert!(!f.server.waiting(1));
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Done(0x1234_5678), false)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_0010, 4, None), Some((Answer::Done(0x1234_5678), false)));
         assert_eq!(f.page().slots[1].state, STATE_FREE);
         assert_eq!(f.server.stats().requests, 1);
     }
@@ -610,10 +727,10 @@ mod tests {
         f.server.add_range(KIND_MMIO, 0, 0x1000_2000, 0x50, |_, _| false).unwrap();
         f.server.add_range(KIND_MMIO, FLAG_POSTED_WRITES, 0x1000_2050, 4, |_, _| false).unwrap();
         f.server.add_range(KIND_MMIO, 0, 0x1000_2054, 0xfac, |_, _| false).unwrap();
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_2050, 4, Some(1)), Some((Answer::Done(0), true)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_2050, 4, Some(1)), Some((Answer::Done(0), true)));
         assert_eq!((f.page().posted_head, f.page().posted[0].addr), (1, 0x1000_2050));
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_2064, 4, Some(1)), Some((Answer::Wait, true)));
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_204c, 4, None), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_2064, 4, Some(1)), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_204c, 4, None), Some((Answer::Wait, true)));
         assert!(f.server.claims(KIND_MMIO, 0x1000_2fff));
         assert!(!f.server.claims(KIND_MMIO, 0x1000_3000));
     }
@@ -621,27 +738,27 @@ mod tests {
     #[test]
     fn a_write_carries_its_value_masked() {
         let mut f = Fixture::new();
-        assert_eq!(f.server.access(0, KIND_PIO, 0x5002, 2, Some(0xffff_abcd)), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(0, KIND_PIO, 0x5002, 2, Some(0xffff_abcd)), Some((Answer::Wait, true)));
         let s = f.page().slots[0];
         assert_eq!((s.kind, s.dir, s.size, s.addr, s.data), (KIND_PIO, DIR_WRITE, 2, 0x5002, 0xabcd));
         f.answer(0, 0x55);
-        assert_eq!(f.server.access(0, KIND_PIO, 0x5002, 2, Some(0xffff_abcd)), Some((Answer::Done(0), false)));
+        assert_eq!(f.server.acc(0, KIND_PIO, 0x5002, 2, Some(0xffff_abcd)), Some((Answer::Done(0), false)));
     }
 
     #[test]
     fn unclaimed_addresses_are_not_forwarded() {
         let f = Fixture::new();
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_2000, 4, None), None);
-        assert_eq!(f.server.access(0, KIND_PIO, 0x1000_0000, 4, None), None);
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x5000, 4, None), None);
-        assert_eq!(f.server.access(VCPUS, KIND_MMIO, 0x1000_0000, 4, None), None);
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_2000, 4, None), None);
+        assert_eq!(f.server.acc(0, KIND_PIO, 0x1000_0000, 4, None), None);
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x5000, 4, None), None);
+        assert_eq!(f.server.acc(VCPUS, KIND_MMIO, 0x1000_0000, 4, None), None);
         assert!(f.server.claims(KIND_PIO, 0x500f) && !f.server.claims(KIND_PIO, 0x5010));
     }
 
     #[test]
     fn garbage_in_the_page_never_wakes_or_misleads() {
         let mut f = Fixture::new();
-        f.server.access(2, KIND_MMIO, 0x1000_0000, 8, None);
+        f.server.acc(2, KIND_MMIO, 0x1000_0000, 8, None);
         for junk in [STATE_FREE, STATE_READY, 7, u32::MAX] {
             f.page().slots[2].state = junk;
             f.page().slots[2].size = 0xff;
@@ -651,19 +768,19 @@ mod tests {
         // A DONE for a slot the hypervisor did not ask anything in is not
         // an answer: the next access asks anew.
         f.answer(3, 1);
-        assert_eq!(f.server.access(3, KIND_MMIO, 0x1000_0000, 1, None), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(3, KIND_MMIO, 0x1000_0000, 1, None), Some((Answer::Wait, true)));
         // A bad tail is a full ring: the posted write waits as a request.
         f.page().posted_tail = 1000;
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_1000, 4, Some(9)), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_1000, 4, Some(9)), Some((Answer::Wait, true)));
         assert_eq!(f.server.stats().ring_full, 1);
     }
 
     #[test]
     fn a_different_access_replaces_the_request() {
         let mut f = Fixture::new();
-        f.server.access(0, KIND_MMIO, 0x1000_0000, 4, None);
+        f.server.acc(0, KIND_MMIO, 0x1000_0000, 4, None);
         f.answer(0, 5);
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_0004, 4, None), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_0004, 4, None), Some((Answer::Wait, true)));
         assert_eq!(f.page().slots[0].state, STATE_READY);
         assert_eq!(f.page().slots[0].addr, 0x1000_0004);
         assert_eq!(f.page().slots[0].seq, 2);
@@ -675,22 +792,22 @@ mod tests {
         for i in 0..POSTED_ENTRIES {
             // Only the first finds the ring empty and tells dom0.
             let want = Some((Answer::Done(0), i == 0));
-            assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_1000 + 4 * u64::from(i % 8), 4, Some(u64::from(i))), want);
+            assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_1000 + 4 * u64::from(i % 8), 4, Some(u64::from(i))), want);
         }
         assert_eq!(f.page().posted_head, POSTED_ENTRIES);
         let e = f.page().posted[5];
         assert_eq!((e.kind, e.size, e.vcpu, e.addr, e.data), (KIND_MMIO, 4, 1, 0x1000_1014, 5));
         // Full: this one waits in the slot.
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_1000, 4, Some(0x77)), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_1000, 4, Some(0x77)), Some((Answer::Wait, true)));
         // The device model drains the ring and answers; the next posted write
         // goes into entry 0 again.
         f.page().posted_tail = POSTED_ENTRIES;
         f.answer(1, 0);
-        assert_eq!(f.server.access(1, KIND_MMIO, 0x1000_1000, 4, Some(0x77)), Some((Answer::Done(0), false)));
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_1008, 2, Some(0x1_2345)), Some((Answer::Done(0), true)));
+        assert_eq!(f.server.acc(1, KIND_MMIO, 0x1000_1000, 4, Some(0x77)), Some((Answer::Done(0), false)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_1008, 2, Some(0x1_2345)), Some((Answer::Done(0), true)));
         assert_eq!((f.page().posted[0].data, f.page().posted_head), (0x2345, POSTED_ENTRIES + 1));
         // Reads of a posted range still wait for their answer.
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_1000, 4, None), Some((Answer::Wait, true)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_1000, 4, None), Some((Answer::Wait, true)));
         let s = f.server.stats();
         assert_eq!((s.posted, s.ring_full, s.requests), (u64::from(POSTED_ENTRIES) + 1, 1, 2));
     }
@@ -770,7 +887,7 @@ mod tests {
                 if dm.is_finished() {
                     break;
                 }
-                let r = f.server.access(0, KIND_MMIO, 0x1000_1000, 4, Some(u64::from(i)));
+                let r = f.server.acc(0, KIND_MMIO, 0x1000_1000, 4, Some(u64::from(i)));
                 let Some((Answer::Done(0), tell)) = r else { panic!("write {i} not posted: {r:?}") };
                 if tell {
                     tells.fetch_add(1, Ordering::SeqCst);
@@ -785,15 +902,15 @@ mod tests {
     #[test]
     fn teardown_completes_waiters_with_all_ones() {
         let f = Fixture::new();
-        f.server.access(0, KIND_MMIO, 0x1000_0000, 2, None);
-        f.server.access(3, KIND_PIO, 0x5000, 1, Some(1));
+        f.server.acc(0, KIND_MMIO, 0x1000_0000, 2, None);
+        f.server.acc(3, KIND_PIO, 0x5000, 1, Some(1));
         // SAFETY: forgets the page.
         assert_eq!(unsafe { f.server.setup(None) }, Ok(0b1001));
         assert!(!f.server.waiting(0) && !f.server.waiting(3));
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_0000, 2, None), Some((Answer::Done(0xffff), false)));
-        assert_eq!(f.server.access(0, KIND_MMIO, 0x1000_0000, 8, None), Some((Answer::Done(u64::MAX), false)));
-        assert_eq!(f.server.access(3, KIND_PIO, 0x5000, 1, Some(1)), Some((Answer::Done(0), false)));
-        assert_eq!(f.server.access(3, KIND_MMIO, 0x1000_1000, 4, Some(1)), Some((Answer::Done(0), false)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_0000, 2, None), Some((Answer::Done(0xffff), false)));
+        assert_eq!(f.server.acc(0, KIND_MMIO, 0x1000_0000, 8, None), Some((Answer::Done(u64::MAX), false)));
+        assert_eq!(f.server.acc(3, KIND_PIO, 0x5000, 1, Some(1)), Some((Answer::Done(0), false)));
+        assert_eq!(f.server.acc(3, KIND_MMIO, 0x1000_1000, 4, Some(1)), Some((Answer::Done(0), false)));
         // No second server, and no ranges, after it.
         // SAFETY: all-zero bytes are a valid IoreqPage (integers only).
         let mut other = unsafe { core::mem::zeroed::<IoreqPage>() };
@@ -829,9 +946,88 @@ mod tests {
     #[test]
     fn a_reset_forgets_requests() {
         let mut f = Fixture::new();
-        f.server.access(0, KIND_MMIO, 0x1000_0000, 4, None);
+        f.server.acc(0, KIND_MMIO, 0x1000_0000, 4, None);
         f.server.reset();
         assert_eq!(f.page().slots[0].state, STATE_FREE);
         assert!(!f.server.waiting(0));
+    }
+
+    /// Declared device 2's InterruptStatus/InterruptACK at 0x1000_3060 (a
+    /// window the fixture does not forward otherwise).
+    fn with_status() -> Fixture {
+        let f = Fixture::new();
+        f.server.add_status_range(2, 0x1000_3060, |_, _| false).unwrap();
+        f
+    }
+
+    fn status_access(f: &Fixture, addr: u64, size: u8, write: Option<u64>, lines: &mut Vec<(u8, bool)>) -> Option<(Answer, bool)> {
+        f.server.access(0, KIND_MMIO, addr, size, write, &mut |d, l| lines.push((d, l)))
+    }
+
+    #[test]
+    fn interrupt_status_is_answered_from_the_page_without_dom0() {
+        let mut f = with_status();
+        let mut lines = Vec::new();
+        f.page().interrupt_status[2] = 0b11;
+        assert_eq!(status_access(&f, 0x1000_3060, 4, None, &mut lines), Some((Answer::Done(0b11), false)));
+        // Acknowledging one of two bits leaves the line as it is.
+        assert_eq!(status_access(&f, 0x1000_3064, 4, Some(0b01), &mut lines), Some((Answer::Done(0), false)));
+        assert_eq!((f.page().interrupt_status[2], lines.len()), (0b10, 0));
+        // The last one lowers it; the word read again is 0: not raised again.
+        assert_eq!(status_access(&f, 0x1000_3064, 4, Some(0xffff_fff2), &mut lines), Some((Answer::Done(0), false)));
+        assert_eq!((f.page().interrupt_status[2], lines.as_slice()), (0, &[(2, false)][..]));
+        // An acknowledgement of nothing set changes nothing.
+        assert_eq!(status_access(&f, 0x1000_3064, 4, Some(1), &mut lines), Some((Answer::Done(0), false)));
+        assert_eq!(lines.len(), 1);
+        // No slot, no posted entry, nothing for dom0.
+        assert_eq!((f.page().slots[0].state, f.page().posted_head), (STATE_FREE, 0));
+        assert_eq!(f.server.stats().requests, 0);
+        assert_eq!(f.server.stats().status, 4);
+        // Other shapes: InterruptStatus is read-only, InterruptACK write-only, both 4 bytes.
+        f.page().interrupt_status[2] = 1;
+        for (addr, size, write) in [(0x1000_3060, 4, Some(0)), (0x1000_3060, 2, None), (0x1000_3064, 4, None), (0x1000_3064, 2, Some(1)), (0x1000_3061, 1, None)] {
+            assert_eq!(status_access(&f, addr, size, write, &mut lines), Some((Answer::Done(0), false)), "{addr:#x}/{size}");
+        }
+        assert_eq!((f.page().interrupt_status[2], lines.len()), (1, 1));
+        // Outside the 8 bytes: not the range's.
+        assert_eq!(status_access(&f, 0x1000_3068, 4, None, &mut lines), None);
+    }
+
+    /// The device model sets a bit (and then raises the line) while the
+    /// guest's acknowledgement is lowering it: the word read again after the
+    /// lowering finds the bit and raises the line again.
+    #[test]
+    fn a_bit_set_while_the_line_is_lowered_raises_it_again() {
+        let f = with_status();
+        let page = f.page;
+        // SAFETY: the test is the device model; the page lives as long as `f`.
+        unsafe { (*page).interrupt_status[2] = 1 };
+        let mut lines = Vec::new();
+        let r = f.server.access(0, KIND_MMIO, 0x1000_3064, 4, Some(1), &mut |d, l| {
+            lines.push((d, l));
+            if !l {
+                // SAFETY: as above; what the device model does between the two.
+                unsafe { AtomicU32::from_ptr(addr_of_mut!((*page).interrupt_status[2])).fetch_or(1, Ordering::SeqCst) };
+            }
+        });
+        assert_eq!(r, Some((Answer::Done(0), false)));
+        assert_eq!(lines, [(2, false), (2, true)]);
+    }
+
+    #[test]
+    fn status_ranges_are_refused_past_the_devices_and_over_other_ranges() {
+        let f = with_status();
+        assert_eq!(f.server.add_status_range(8, 0x1000_9060, |_, _| false), Err(Error::Inval));
+        // Inside a forwarded range, or the same pair twice.
+        assert_eq!(f.server.add_status_range(0, 0x1000_0060, |_, _| false), Err(Error::Busy));
+        assert_eq!(f.server.add_status_range(2, 0x1000_3060, |_, _| false), Err(Error::Busy));
+        assert_eq!(f.server.add_status_range(3, 0x1000_4060, |_, _| true), Err(Error::Busy));
+        // Torn down: reads all ones as every range of a dead device model, no line.
+        // SAFETY: forgets the page (the fixture frees it).
+        unsafe { f.server.setup(None) }.unwrap();
+        let mut lines = Vec::new();
+        assert_eq!(status_access(&f, 0x1000_3060, 4, None, &mut lines), Some((Answer::Done(0xffff_ffff), false)));
+        assert_eq!(status_access(&f, 0x1000_3064, 4, Some(1), &mut lines), Some((Answer::Done(0), false)));
+        assert!(lines.is_empty());
     }
 }

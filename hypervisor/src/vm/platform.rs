@@ -417,7 +417,8 @@ impl Platform {
         if self.ports.find(u64::from(port)).is_some() {
             return None;
         }
-        let (answer, notify) = server.access(vcpu, oxen_abi::ioreq::KIND_PIO, port.into(), size, write.map(u64::from))?;
+        // Interrupt-status ranges are MMIO only: no line is set from here.
+        let (answer, notify) = server.access(vcpu, oxen_abi::ioreq::KIND_PIO, port.into(), size, write.map(u64::from), &mut |_, _| {})?;
         if notify {
             post_dom0_events(oxen_abi::event::IOREQ);
         }
@@ -691,8 +692,15 @@ impl Platform {
     fn ioreq_mmio(&self, vcpu: usize, gpa: GuestPhysAddr, access: crate::exit::MmioAccess<'_>) -> bool {
         let server = self.ioreq.as_ref().filter(|s| s.claims(oxen_abi::ioreq::KIND_MMIO, gpa.as_u64()));
         let Some(server) = server else { return self.absent_device(gpa, access) };
+        // An InterruptACK answered by the server sets its device's line
+        // (GSI `DEVICE_GSI_FIRST + device`), under the server's lock; the
+        // devices' lock is only ever taken inside it, never the other way.
+        let mut line = |device: u8, level: bool| {
+            let pin = oxen_abi::DEVICE_GSI_FIRST as u8 + device;
+            self.devices.lock().ioapic.set_irq(pin, level);
+        };
         // Offsets from 0: the device sees guest-physical addresses.
-        let mut device = ioreq::Forward::new(server, vcpu);
+        let mut device = ioreq::Forward::new(server, vcpu, &mut line);
         access(&self.gm, GuestPhysAddr::new(0), &mut device);
         if device.notify {
             post_dom0_events(oxen_abi::event::IOREQ);
