@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 
 /* ABI_VERSION: major in bits 31:16, minor in 15:0. Callers check the major. */
-#define OXEN_ABI_VERSION 0x00010009
+#define OXEN_ABI_VERSION 0x0001000a
 #define OXEN_ABI_MAJOR 1
 
 /* CPUID: signature in EBX, ECX, EDX of the signature leaf. */
@@ -95,11 +95,13 @@ struct oxen_event_wait {
 #define OXEN_IOREQ_DIR_READ 0
 #define OXEN_IOREQ_DIR_WRITE 1
 #define OXEN_IOREQ_FLAG_POSTED_WRITES 1
-#define OXEN_IOREQ_MAX_RANGES 16
+#define OXEN_IOREQ_FLAG_INTERRUPT_STATUS 2
+#define OXEN_IOREQ_MAX_RANGES 48
 #define OXEN_IOREQ_POSTED_ENTRIES 128
 #define OXEN_IOREQ_OFFSET_POSTED_HEAD 256
 #define OXEN_IOREQ_OFFSET_POSTED_TAIL 320
 #define OXEN_IOREQ_OFFSET_POSTED 384
+#define OXEN_IOREQ_OFFSET_INTERRUPT_STATUS 3456
 #define OXEN_IOREQ_PAGE_SIZE 4096
 
 /* DomainRef: a domain, for OXEN_IOCTL_IOREQ_OPEN. */
@@ -163,7 +165,8 @@ struct oxen_ioreq_page {
 	__u32 posted_tail;
 	__u8 _pad_tail[60];
 	struct oxen_posted_write posted[OXEN_IOREQ_POSTED_ENTRIES];
-	__u8 _reserved[640];
+	__u32 interrupt_status[8];	/* MAX_DEVICES (1.10) */
+	__u8 _reserved[608];
 };
 
 /*

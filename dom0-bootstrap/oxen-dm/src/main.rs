@@ -43,30 +43,53 @@ pub(crate) const TICK: Duration = Duration::from_secs(1);
 /// request.
 const QUEUE_NOTIFY: u64 = 0x050;
 
-/// Forwards a device's window at `base`: with its notify register as a posted range of its own
-/// if `post`, in three ranges; else in one. A hypervisor before ABI 1.9 takes only whole pages
-/// (`EINVAL` for the first part, nothing registered): the window then goes whole. Returns whether
-/// the notify register is posted.
-fn forward_window(ioreq: &Ioreq, base: u64, post: bool) -> std::io::Result<bool> {
-    if post {
+/// InterruptStatus (virtio-mmio §4.2.2, 0x060) and InterruptACK (0x064) are answered by the
+/// hypervisor from the ioreq page (`FLAG_INTERRUPT_STATUS`, ABI 1.10): the driver's interrupt
+/// handler reads one and writes the other for every interrupt, each a round trip through dom0
+/// when forwarded (issue 11).
+const INTERRUPT_STATUS: u64 = oxen_abi::ioreq::INTERRUPT_STATUS_REG;
+
+/// How a device's window was registered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Split {
+    /// QueueNotify is a posted range of its own.
+    posted: bool,
+    /// InterruptStatus and InterruptACK are the hypervisor's.
+    status: bool,
+}
+
+/// Forwards a device's window at `base`: if `split`, around its notify register (posted) and its
+/// interrupt-status pair (the hypervisor's), in five ranges; else whole. A hypervisor before ABI
+/// 1.9 takes only whole pages (`EINVAL` for the first part, nothing registered): the window then
+/// goes whole; one before 1.10 refuses the status flag (`EINVAL`): the pair is then forwarded
+/// with the rest.
+fn forward_window(ioreq: &Ioreq, base: u64, split: bool) -> std::io::Result<Split> {
+    if split {
         match ioreq.add_mmio(base, QUEUE_NOTIFY, false) {
             Ok(()) => {
                 ioreq.add_mmio(base + QUEUE_NOTIFY, 4, true)?;
-                ioreq.add_mmio(base + QUEUE_NOTIFY + 4, MMIO_WINDOW_SIZE - QUEUE_NOTIFY - 4, false)?;
-                return Ok(true);
+                let after = QUEUE_NOTIFY + 4;
+                ioreq.add_mmio(base + after, INTERRUPT_STATUS - after, false)?;
+                let status = match ioreq.add_interrupt_status(base + INTERRUPT_STATUS) {
+                    Ok(()) => true,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+                    Err(e) => return Err(e),
+                };
+                let rest = if status { INTERRUPT_STATUS + 8 } else { INTERRUPT_STATUS };
+                ioreq.add_mmio(base + rest, MMIO_WINDOW_SIZE - rest, false)?;
+                return Ok(Split { posted: true, status });
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
     }
-    ioreq.add_mmio(base, MMIO_WINDOW_SIZE, false).map(|()| false)
+    ioreq.add_mmio(base, MMIO_WINDOW_SIZE, false).map(|()| Split::default())
 }
 
-/// How many of `devices` windows can have their notify register posted within the server's
-/// `oxen_abi::ioreq::MAX_RANGES`: each posted one takes two ranges more than the one every
-/// device needs.
-fn posted_windows(devices: usize) -> usize {
-    devices.min(oxen_abi::ioreq::MAX_RANGES.saturating_sub(devices) / 2)
+/// How many of `devices` windows can be split within the server's `oxen_abi::ioreq::MAX_RANGES`:
+/// each split one takes four ranges more than the one every device needs.
+fn split_windows(devices: usize) -> usize {
+    devices.min(oxen_abi::ioreq::MAX_RANGES.saturating_sub(devices) / 4)
 }
 
 fn main() -> ExitCode {
@@ -231,17 +254,19 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let ram_bytes = info.memory_kib * 1024;
 
     let ioreq = Ioreq::open(&dev, args.domid).map_err(|e| format!("IOREQ_OPEN: {}", describe(&e)))?;
-    let can_post = posted_windows(opened.len() + taps.len());
+    let can_split = split_windows(opened.len() + taps.len());
     let windows = opened
         .iter()
         .map(|(spec, ..)| (spec.base, spec.vdev.as_str()))
         .chain(taps.iter().map(|(spec, ifname, _)| (spec.base, ifname.as_str())));
-    let mut posted = 0;
+    let mut splits = Vec::new();
     for (i, (base, name)) in windows.enumerate() {
-        let p = forward_window(&ioreq, base, i < can_post)
+        let s = forward_window(&ioreq, base, i < can_split)
             .map_err(|e| format!("{name}: forwarding {base:#x}+{MMIO_WINDOW_SIZE:#x}: {}", describe(&e)))?;
-        posted += usize::from(p);
+        splits.push(s);
     }
+    let posted = splits.iter().filter(|s| s.posted).count();
+    let status_held = splits.iter().filter(|s| s.status).count();
     let page = ioreq.page();
 
     // The warden: forked now, holding the ioreq fd (and the disks' locks, the taps) for as long as
@@ -254,7 +279,8 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         0 => {
             // oxl reads the ready line until EOF: the warden's copy must not hold it open.
             drop(ready);
-            let code = takeover::run(args, label, dev, ioreq, signals, link.warden(), &area, ram_bytes);
+            let held: Vec<bool> = splits.iter().map(|s| s.status).collect();
+            let code = takeover::run(args, label, dev, ioreq, signals, link.warden(), &area, ram_bytes, &held);
             std::process::exit(code);
         }
         _ => {}
@@ -275,10 +301,19 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
             .map_err(|e| format!("{name}: cannot go on from its saved state: {e:?}")),
         None => MmioTransport::new(device, Arc::clone(&mem)).map_err(|e| format!("{name}: {e:?}")),
     };
+    // Device i of the domain's window is the i-th (`DEVICE_WINDOW + i * DEVICE_STRIDE`).
+    let share = |t: &mut MmioTransport, base: u64, split: Split| {
+        let index = (base - oxen_abi::DEVICE_WINDOW) / oxen_abi::DEVICE_STRIDE;
+        if let Some(word) = ioreq.interrupt_status(index as usize).filter(|_| split.status) {
+            t.share_interrupt_status(word);
+        }
+    };
+    let mut splits = splits.into_iter();
     let mut disks = Vec::new();
     for (spec, block, sync) in opened {
         let stats = block.stats();
-        let t = transport(Box::new(block), &spec.vdev)?;
+        let mut t = transport(Box::new(block), &spec.vdev)?;
+        share(&mut t, spec.base, splits.next().unwrap_or_default());
         disks.push(Disk::new(spec, t, stats, sync));
     }
     let mut nics = Vec::new();
@@ -295,7 +330,8 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         }
         let net = Net::new(Box::new(tap), spec.mac);
         let stats = net.stats();
-        let t = transport(Box::new(net), &ifname)?;
+        let mut t = transport(Box::new(net), &ifname)?;
+        share(&mut t, spec.base, splits.next().unwrap_or_default());
         nics.push(Nic::new(spec, ifname, t, stats));
     }
     let mut router =
@@ -309,7 +345,8 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
         drop(ready);
     }
     eprintln!(
-        "{label}ready: {} disk(s), {} vif(s), {} MiB of RAM mapped, QueueNotify posted for {posted} of them",
+        "{label}ready: {} disk(s), {} vif(s), {} MiB of RAM mapped, QueueNotify posted for {posted} of them, \
+         InterruptStatus held by the hypervisor for {status_held}",
         router.disks.len(),
         router.nics.len(),
         ram_bytes >> 20,
@@ -374,14 +411,14 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::posted_windows;
+    use super::split_windows;
 
     #[test]
-    fn notify_registers_are_posted_while_every_device_keeps_a_range() {
-        assert_eq!(posted_windows(1), 1);
-        assert_eq!(posted_windows(5), 5); // 15 ranges
-        assert_eq!(posted_windows(6), 5); // 5 * 3 + 1 = 16
-        assert_eq!(posted_windows(8), 4); // 4 * 3 + 4 = 16
-        assert_eq!(posted_windows(16), 0);
+    fn windows_are_split_while_every_device_keeps_a_range() {
+        assert_eq!(split_windows(1), 1);
+        assert_eq!(split_windows(8), 8); // 40 ranges: every device a domain may have
+        assert_eq!(split_windows(10), 9); // 9 * 5 + 1 = 46
+        assert_eq!(split_windows(16), 8); // 8 * 5 + 8 = 48
+        assert_eq!(split_windows(48), 0);
     }
 }

@@ -10,7 +10,7 @@
 //! Every value read from a write is guest-controlled. Accesses the spec forbids (§4.2.2.2: control
 //! registers are 32-bit and aligned) read as 0 and are ignored on write; nothing here panics.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::{
@@ -221,9 +221,51 @@ pub struct MmioTransport {
     queue_sel: u32,
     queues: Vec<QueueRegs>,
     status: u32,
-    interrupt_status: u32,
+    interrupt_status: InterruptStatus,
     config_generation: u32,
     activated: bool,
+}
+
+/// Where a transport's InterruptStatus register lives.
+#[derive(Debug)]
+enum InterruptStatus {
+    /// Here: the driver's reads of it and its acknowledgements are requests to this process.
+    Own(u32),
+    /// In the ioreq page (`IoreqPage::interrupt_status`, ABI 1.10), where the hypervisor answers
+    /// the driver's reads and clears what it acknowledges, lowering the line when nothing is
+    /// left; this side only sets bits (atomically) and raises the line.
+    Shared(&'static AtomicU32),
+}
+
+impl InterruptStatus {
+    fn get(&self) -> u32 {
+        match self {
+            Self::Own(v) => *v,
+            Self::Shared(w) => w.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Sets `bits`; returns whether the line must be raised. A shared word that already had a bit
+    /// set has its line up (whoever set that bit raised it) or being raised again by the
+    /// hypervisor, which reads the word after it lowers the line (`vm::ioreq`).
+    fn raise(&mut self, bits: u32) -> bool {
+        match self {
+            Self::Own(v) => {
+                *v |= bits;
+                true
+            }
+            Self::Shared(w) => w.fetch_or(bits, Ordering::SeqCst) == 0,
+        }
+    }
+
+    /// Clears `bits`; returns whether that cleared the last one (the line goes down).
+    fn clear(&mut self, bits: u32) -> bool {
+        let was = match self {
+            Self::Own(v) => std::mem::replace(v, *v & !bits),
+            Self::Shared(w) => w.fetch_and(!bits, Ordering::SeqCst),
+        };
+        was != 0 && was & !bits == 0
+    }
 }
 
 /// Why a transport could not be built (a device bug, never a guest action).
@@ -253,7 +295,7 @@ impl MmioTransport {
             queue_sel: 0,
             queues,
             status: 0,
-            interrupt_status: 0,
+            interrupt_status: InterruptStatus::Own(0),
             config_generation: 0,
             activated: false,
         })
@@ -289,7 +331,7 @@ impl MmioTransport {
             driver_features_high: self.driver_features_high,
             queue_sel: self.queue_sel,
             status: self.status,
-            interrupt_status: self.interrupt_status,
+            interrupt_status: self.interrupt_status.get(),
             config_generation: self.config_generation,
             activated: self.activated,
         })
@@ -322,7 +364,7 @@ impl MmioTransport {
         t.driver_features_high = state.driver_features_high;
         t.queue_sel = state.queue_sel;
         t.status = state.status;
-        t.interrupt_status = state.interrupt_status;
+        t.interrupt_status = InterruptStatus::Own(state.interrupt_status);
         t.config_generation = state.config_generation;
         if state.activated {
             let event_idx = state.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
@@ -371,7 +413,21 @@ impl MmioTransport {
     /// Whether the interrupt line should be up now (InterruptStatus ≠ 0). The line is level-
     /// triggered: it stays up until the driver acknowledges every bit (§4.2.2, InterruptACK).
     pub fn interrupt_pending(&self) -> bool {
-        self.interrupt_status != 0
+        self.interrupt_status.get() != 0
+    }
+
+    /// From now on InterruptStatus lives in `word`, a word of the ioreq page the hypervisor answers
+    /// the driver's InterruptStatus reads and InterruptACK writes from (the device's window
+    /// registered with `FLAG_INTERRUPT_STATUS`, ABI 1.10). The word takes the register's value now.
+    pub fn share_interrupt_status(&mut self, word: &'static AtomicU32) {
+        word.store(self.interrupt_status.get(), Ordering::SeqCst);
+        self.interrupt_status = InterruptStatus::Shared(word);
+    }
+
+    /// Whether InterruptStatus lives in the ioreq page ([`MmioTransport::share_interrupt_status`]):
+    /// the hypervisor lowers the line behind this process's back, so a raise must always be made.
+    pub fn interrupt_status_shared(&self) -> bool {
+        matches!(self.interrupt_status, InterruptStatus::Shared(_))
     }
 
     /// A guest read of `size` bytes at `offset` in the MMIO window. Bad accesses read as 0.
@@ -399,7 +455,7 @@ impl MmioTransport {
             // §4.2.2: QueueNumMax reads 0 for a queue that is not available.
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.sel_queue().map_or(0, |q| u32::from(q.max_size)),
             VIRTIO_MMIO_QUEUE_READY => self.sel_queue().map_or(0, |q| u32::from(q.ready)),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.get(),
             VIRTIO_MMIO_STATUS => self.status,
             // No shared memory regions: §4.2.2 has a non-existent region read a length of -1.
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
@@ -446,11 +502,8 @@ impl MmioTransport {
                 return Effect::QueueNotify(v as u16);
             }
             VIRTIO_MMIO_INTERRUPT_ACK => {
-                let was = self.interrupt_pending();
-                self.interrupt_status &= !v;
-                if was && !self.interrupt_pending() {
-                    return Effect::Interrupt(false);
-                }
+                let last = self.interrupt_status.clear(v);
+                return if last { Effect::Interrupt(false) } else { Effect::None };
             }
             VIRTIO_MMIO_STATUS => return self.write_status(v),
             // Reserved, read-only and SHMSel (no regions): ignored.
@@ -466,8 +519,7 @@ impl MmioTransport {
             return Effect::None;
         }
         if self.device.process_queue(index) {
-            self.interrupt_status |= INT_VRING;
-            return Effect::Interrupt(true);
+            return self.raise(INT_VRING);
         }
         Effect::None
     }
@@ -482,10 +534,17 @@ impl MmioTransport {
     /// whether to raise the interrupt.
     pub fn backend_ready(&mut self) -> Effect {
         if self.activated && self.device.backend_ready() {
-            self.interrupt_status |= INT_VRING;
-            return Effect::Interrupt(true);
+            return self.raise(INT_VRING);
         }
         Effect::None
+    }
+
+    fn raise(&mut self, bits: u32) -> Effect {
+        if self.interrupt_status.raise(bits) {
+            Effect::Interrupt(true)
+        } else {
+            Effect::None
+        }
     }
 
     fn sel_queue(&self) -> Option<&QueueRegs> {
@@ -548,13 +607,7 @@ impl MmioTransport {
     /// the order ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK. A write that clears a bit is ignored.
     fn write_status(&mut self, v: u32) -> Effect {
         if v == 0 {
-            let was = self.interrupt_pending();
-            self.reset();
-            return if was {
-                Effect::Interrupt(false)
-            } else {
-                Effect::None
-            };
+            return if self.reset() { Effect::Interrupt(false) } else { Effect::None };
         }
         let v = v & 0xff;
         if v & self.status != self.status {
@@ -617,13 +670,13 @@ impl MmioTransport {
     /// DRIVER_OK is set, sends a configuration change notification.
     fn needs_reset(&mut self) -> Effect {
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-        self.interrupt_status |= INT_CONFIG;
         self.config_generation = self.config_generation.wrapping_add(1);
-        Effect::Interrupt(true)
+        self.raise(INT_CONFIG)
     }
 
     /// Device reset (§2.4, §4.2.3.1: writing 0 to Status): everything back to the initial state.
-    fn reset(&mut self) {
+    /// Returns whether an interrupt was pending (the line goes down).
+    fn reset(&mut self) -> bool {
         self.device.reset();
         self.activated = false;
         self.device_features_sel = 0;
@@ -635,7 +688,7 @@ impl MmioTransport {
             *q = QueueRegs::new(q.max_size);
         }
         self.status = 0;
-        self.interrupt_status = 0;
+        self.interrupt_status.clear(u32::MAX)
     }
 
     /// Config space access sizes (§4.2.2.2): 1, 2, 4 (and 8, which a 64-bit field may use on

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::AtomicU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -113,6 +114,26 @@ impl Ioreq {
         // SAFETY: the mapping is never undone (it lives until the process ends), and only the
         // one serving loop writes it.
         unsafe { crate::ioreq::Page::new(self.page) }
+    }
+
+    /// The interrupt-status word of the domain's declared device `index` in the page
+    /// (`IoreqPage::interrupt_status`, ABI 1.10); `None` past `MAX_DEVICES`.
+    pub fn interrupt_status(&self, index: usize) -> Option<&'static AtomicU32> {
+        if index >= oxen_abi::MAX_DEVICES as usize {
+            return None;
+        }
+        // SAFETY: an aligned u32 inside the page, whose mapping is never undone (it lives until
+        // the process ends, see `page`); the hypervisor changes it only atomically.
+        Some(unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*self.page.as_ptr()).interrupt_status[index])) })
+    }
+
+    /// `IOCTL_IOREQ_RANGE` with `FLAG_INTERRUPT_STATUS`: the hypervisor answers the InterruptStatus
+    /// and InterruptACK registers at `start` (8 bytes) of a declared device from the page.
+    pub fn add_interrupt_status(&self, start: u64) -> io::Result<()> {
+        let flags = ioreq::FLAG_INTERRUPT_STATUS;
+        let mut r = IoreqRange { domid: 0, kind: u32::from(ioreq::KIND_MMIO), flags, _pad: 0, start, len: 8 };
+        // SAFETY: IOCTL_IOREQ_RANGE reads one `IoreqRange`.
+        unsafe { ioctl(&self.fd, IOCTL_IOREQ_RANGE, &mut r) }.map(drop)
     }
 
     /// `IOCTL_IOREQ_RANGE`: forwards `[start, start + len)` of guest-physical space here.

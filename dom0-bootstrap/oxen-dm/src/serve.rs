@@ -328,9 +328,11 @@ impl Router {
     }
 
     /// Sets device `i`'s line to `level` if that changes it. A failed call leaves the level as
-    /// it was, so the next change tries again.
+    /// it was, so the next change tries again. A device whose InterruptStatus the hypervisor holds
+    /// has its line lowered there, unseen here: every raise is made (the transport asks for one
+    /// only when the first bit is set).
     fn set_line(&mut self, host: &mut impl Host, i: usize, level: bool) {
-        if self.port(i).is_some_and(|p| *p.line != level) {
+        if self.port(i).is_some_and(|p| p.transport.interrupt_status_shared() || *p.line != level) {
             self.drive_line(host, i, level);
         }
     }

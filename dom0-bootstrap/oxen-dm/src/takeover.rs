@@ -28,6 +28,7 @@ pub fn run(
     listener: Listener,
     area: &Area,
     ram_bytes: u64,
+    status_held: &[bool],
 ) -> i32 {
     let mut serving = false;
     let mut signalled = false;
@@ -53,7 +54,7 @@ pub fn run(
          its devices fails (disks: I/O errors; vifs: frames dropped)",
         std::process::id()
     );
-    match take_over(args, label, dev, ioreq, signals, area, ram_bytes) {
+    match take_over(args, label, dev, ioreq, signals, area, ram_bytes, status_held) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{label}warden: {e}");
@@ -62,6 +63,7 @@ pub fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn take_over(
     args: &Args,
     label: &str,
@@ -70,6 +72,7 @@ fn take_over(
     signals: OwnedFd,
     area: &Area,
     ram_bytes: u64,
+    status_held: &[bool],
 ) -> Result<(), String> {
     // The dead model's mapping went with its process; the window has room for this one.
     let mem = ForeignDomain::open(args.domid)
@@ -77,15 +80,26 @@ fn take_over(
         .map_err(|e| format!("the domain's {} MiB of RAM: {e}", ram_bytes >> 20))?;
     let mem = Arc::new(mem);
     let mut counts: Vec<(String, Arc<AtomicU64>)> = Vec::new();
-    let mut failed = |i: usize, name: &str| -> Option<MmioTransport> {
-        let Some(state) = area.latest(i) else {
+    let mut failed = |i: usize, name: &str, base: u64| -> Option<MmioTransport> {
+        let Some(mut state) = area.latest(i) else {
             eprintln!("{label}warden: {name}: no state published; its window reads all ones");
             return None;
         };
+        // An InterruptStatus the hypervisor holds is the page's word, not what was published.
+        let index = ((base - oxen_abi::DEVICE_WINDOW) / oxen_abi::DEVICE_STRIDE) as usize;
+        let word = ioreq.interrupt_status(index).filter(|_| status_held.get(i).copied().unwrap_or(false));
+        if let Some(w) = word {
+            state.interrupt_status = w.load(std::sync::atomic::Ordering::SeqCst);
+        }
         let device = Failed::new(&state);
         counts.push((name.to_owned(), device.count()));
         match MmioTransport::resume(Box::new(device), Arc::clone(&mem), &state) {
-            Ok(t) => Some(t),
+            Ok(mut t) => {
+                if let Some(w) = word {
+                    t.share_interrupt_status(w);
+                }
+                Some(t)
+            }
             Err(e) => {
                 eprintln!("{label}warden: {name}: cannot go on from its registers ({e:?}); its window reads all ones");
                 None
@@ -94,14 +108,14 @@ fn take_over(
     };
     let mut disks = Vec::new();
     for (i, spec) in args.disks.iter().enumerate() {
-        if let Some(t) = failed(i, &spec.vdev) {
+        if let Some(t) = failed(i, &spec.vdev, spec.base) {
             disks.push(Disk::new(spec.clone(), t, Arc::default(), None));
         }
     }
     let mut nics = Vec::new();
     for (i, spec) in args.vifs.iter().enumerate() {
         let ifname = args.ifname(i);
-        if let Some(t) = failed(args.disks.len() + i, &ifname) {
+        if let Some(t) = failed(args.disks.len() + i, &ifname, spec.base) {
             nics.push(Nic::new(spec.clone(), ifname, t, Arc::default()));
         }
     }

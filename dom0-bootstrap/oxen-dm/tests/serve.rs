@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -567,4 +568,47 @@ fn a_frozen_loop_writes_the_states_and_serves_nothing_until_thawed_and_a_resumed
     assert!(matches!(t.process_queue(0), oxen_dm::Effect::Interrupt(true)), "the used buffer raises the line");
     assert_eq!(status(), VIRTIO_BLK_S_OK as u8);
     assert_eq!(mem.read_obj::<u16>(GuestAddress(u + 2)).unwrap(), used_before.wrapping_add(1));
+}
+
+/// A disk whose InterruptStatus the hypervisor holds (ABI 1.10): the device model sets the word's
+/// bit and raises the line only when it set the first bit; it never lowers the line (the
+/// hypervisor does, for the guest's InterruptACK, which never reaches dom0), so it raises again
+/// once the word was cleared, whatever it last set the line to.
+#[test]
+fn a_disk_whose_interrupt_status_the_hypervisor_holds_raises_only_on_the_first_bit() {
+    let mem = mem();
+    let (_ta, mut a) = disk(&mem, BASE_A, 16, 64, 0x5a);
+    let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    a.transport.share_interrupt_status(word);
+    let mut router = Router::new(vec![a], String::from("test: "));
+    let mem_ref: &'static GuestMemoryMmap = Box::leak(Box::new(Arc::clone(&mem)));
+    let vq: &'static Vq<'static> = Box::leak(Box::new(Vq::new(mem_ref, GuestAddress(0x8000))));
+    let (d, av, u) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    let read = || Step::Mem(Box::new(move || post_request(mem_ref, vq, VIRTIO_BLK_T_IN, 1, 512, true)));
+    let notify = || Step::Posted(BASE_A + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), 0);
+    let mut steps = bring_up(0, d, av, u);
+    steps.extend([
+        read(),
+        notify(),
+        // A second completion before the guest acknowledged the first: the bit is set already.
+        read(),
+        notify(),
+        // The guest's InterruptACK, answered by the hypervisor (which also lowered the line).
+        Step::Mem(Box::new(move || {
+            word.fetch_and(!VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        })),
+        read(),
+        notify(),
+    ]);
+    let (_page, fake) = run_to_signal(&mut router, steps);
+    let irqs: Vec<Call> = fake.calls.iter().copied().filter(|c| matches!(c, Call::Irq(..))).collect();
+    assert_eq!(irqs, [Call::Irq(16, true), Call::Irq(16, true)]);
+    assert_eq!(word.load(Ordering::SeqCst), VIRTIO_MMIO_INT_VRING);
+    assert_eq!(BlockStats::get(&router.disks[0].stats.requests), 3);
+    // The register reads the word; the published state carries it.
+    assert_eq!(router.disks[0].transport.read(u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), 4), 1);
+    assert_eq!(router.disks[0].transport.state().unwrap().interrupt_status, 1);
+    // A reset clears it and lowers the line.
+    assert_eq!(router.disks[0].transport.write(u64::from(VIRTIO_MMIO_STATUS), 4, 0), oxen_dm::Effect::Interrupt(false));
+    assert_eq!(word.load(Ordering::SeqCst), 0);
 }
