@@ -1179,10 +1179,10 @@ pub fn release(mut d: Domain<Resources>) {
         );
     }
     let io = d.res.ioreq.stats();
-    if io.requests + io.posted + io.dead > 0 {
+    if io.requests + io.posted + io.dead + io.status > 0 {
         info!(
-            "d{} ({}): I/O requests: {} answered by its device model, {} posted writes ({} found the ring full), {} after it was gone",
-            d.id, d.name, io.requests, io.posted, io.ring_full, io.dead
+            "d{} ({}): I/O requests: {} answered by its device model, {} posted writes ({} found the ring full), {} interrupt-status accesses answered here, {} after it was gone",
+            d.id, d.name, io.requests, io.posted, io.ring_full, io.status, io.dead
         );
     }
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);

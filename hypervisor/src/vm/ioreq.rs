@@ -607,7 +607,7 @@ pub mod service {
                 && ram.regions().iter().any(|g| start < g.gpa.as_u64() + g.len && g.gpa.as_u64() < end);
             in_ram || crate::vm::platform::emulated_for_domu(kind == oxen_abi::ioreq::KIND_PIO, start, len)
         };
-        let what = if r.flags & oxen_abi::ioreq::FLAG_INTERRUPT_STATUS != 0 {
+        if r.flags & oxen_abi::ioreq::FLAG_INTERRUPT_STATUS != 0 {
             // Only a declared device's own InterruptStatus/InterruptACK: the
             // line an acknowledgement lowers is that device's.
             let device = devices
@@ -615,17 +615,21 @@ pub mod service {
                 .position(|d| d.base + oxen_abi::ioreq::INTERRUPT_STATUS_REG == r.start)
                 .ok_or(Error::Inval)?;
             s.add_status_range(device as u8, r.start, reserved)?;
-            " (interrupt status answered by the hypervisor)"
-        } else {
-            s.add_range(kind, r.flags, r.start, r.len, reserved)?;
-            if r.flags & oxen_abi::ioreq::FLAG_POSTED_WRITES != 0 { " (posted writes)" } else { "" }
-        };
+            log::info!(
+                "d{}: MMIO {:#x}+0x8: device {device}'s interrupt status and acknowledgement answered here from its device model's page",
+                r.domid,
+                r.start
+            );
+            return Ok(0);
+        }
+        s.add_range(kind, r.flags, r.start, r.len, reserved)?;
         log::info!(
-            "d{}: {} {:#x}+{:#x} forwarded to its device model{what}",
+            "d{}: {} {:#x}+{:#x} forwarded to its device model{}",
             r.domid,
             if kind == oxen_abi::ioreq::KIND_PIO { "ports" } else { "MMIO" },
             r.start,
             r.len,
+            if r.flags & oxen_abi::ioreq::FLAG_POSTED_WRITES != 0 { " (posted writes)" } else { "" }
         );
         Ok(0)
     }
