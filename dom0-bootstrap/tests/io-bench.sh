@@ -4,9 +4,10 @@
 # doing the same directly in the same run. Each figure is one line
 #   io-bench: RESULT WHAT WHO BYTES SECONDS DOMU_EXITS DOM0_EXITS
 # (WHO: dom0 or domu; the exit counts are the domains' own, from `oxl list
-# --json`, over that transfer; SECONDS from /proc/uptime before and after, in
-# the system that moved the bytes: 10 ms steps), then "io-bench: done". xtask
-# makes the table.
+# --json`, over that transfer, less those of the same typed command moving
+# nothing for the domU's disk transfers; SECONDS from /proc/uptime before and
+# after, in the system that moved the bytes: 10 ms steps), then
+# "io-bench: done". xtask makes the table.
 #
 # The image lives in a tmpfs in dom0 (there is no disk under the emulator that
 # is not itself a file in RAM): dom0's figures are memory copies, the domU's
@@ -30,17 +31,22 @@ said() { oxl console --dump "$1" 2>/dev/null | sed -n "s/.*$2 \([^ ]*\) END.*/\1
 has_said() { [ -n "$(said "$1" "$2")" ]; }
 booted() { oxl console --dump "$1" 2>/dev/null | grep -q "Oxen domU: Linux .* on .* CPU(s)" && oxl console --dump "$1" | tail -n 3 | grep -q 'domU:.*# '; }
 
+# Sequential transfers go over the image ROUNDS times, so that each takes a
+# few hundred 10 ms steps of /proc/uptime on both sides.
+rounds=${IO_BENCH_ROUNDS:-4}
 # dom0 alone, on the image file.
 for what in seq-read seq-write read-4k; do
+    n=$rounds
     case $what in
     seq-read) set -- dd if="$img" of=/dev/null bs=1048576 ;;
     seq-write) set -- dd if=/dev/zero of="$img" bs=1048576 count="$mib" conv=notrunc,fsync ;;
-    read-4k) set -- dd if="$img" of=/dev/null bs=4096 ;;
+    read-4k) set -- dd if="$img" of=/dev/null bs=4096; n=1 ;;
     esac
     d0=$(exits Domain-0)
     a=$(uptime_s)
-    "$@" 2>/dev/null
-    echo "io-bench: RESULT $what dom0 $bytes $(span "$a:$(uptime_s)") 0 $(($(exits Domain-0) - d0))"
+    i=0
+    while [ $i -lt $n ]; do "$@" 2>/dev/null; i=$((i + 1)); done
+    echo "io-bench: RESULT $what dom0 $((bytes * n)) $(span "$a:$(uptime_s)") 0 $(($(exits Domain-0) - d0))"
 done
 
 # The domU: the image as its disk (/dev/vda), a vif on xenbr0; its root stays
@@ -52,18 +58,32 @@ echo "disk = ['$img,raw,xvda,rw']" >> /tmp/io-1.cfg
 echo "vif = ['bridge=xenbr0']" >> /tmp/io-1.cfg
 oxl create /tmp/io-1.cfg || { echo "io-bench: oxl create failed"; echo "io-bench: done"; exit 0; }
 wait_for 600 booted io-1 || echo "io-bench: io-1 did not boot"
+# "timed K CMD" types a line running CMD K times into io-1 and waits for it: sets $t (the domU's own
+# "start:end" uptimes) and $du/$d0x (io-1's and dom0's exits meanwhile). The
+# exits include typing the line and the domU echoing it (its UART, ~10 exits a
+# byte) and printing the result: the callers subtract the same command run with
+# nothing to move.
 n=0
-for what in seq-read seq-write read-4k; do
+timed() {
     n=$((n + 1))
+    u=$(exits io-1); d0=$(exits Domain-0)
+    tell io-1 "a=\$(cut -d ' ' -f 1 /proc/uptime); i=0; while [ \$i -lt $1 ]; do $2 2>/dev/null; i=\$((i + 1)); done; echo \"R$n \$a:\$(cut -d ' ' -f 1 /proc/uptime) END\""
+    wait_for 600 has_said io-1 "R$n"
+    t=$(said io-1 "R$n")
+    du=$(($(exits io-1) - u)); d0x=$(($(exits Domain-0) - d0))
+}
+for what in seq-read seq-write read-4k; do
+    k=$rounds
     case $what in
     seq-read) cmd="dd if=/dev/vda of=/dev/null bs=1048576 iflag=direct" ;;
     seq-write) cmd="dd if=/dev/zero of=/dev/vda bs=1048576 count=$mib oflag=direct conv=fsync" ;;
-    read-4k) cmd="dd if=/dev/vda of=/dev/null bs=4096 iflag=direct" ;;
+    read-4k) cmd="dd if=/dev/vda of=/dev/null bs=4096 iflag=direct"; k=1 ;;
     esac
-    u=$(exits io-1); d0=$(exits Domain-0)
-    tell io-1 "a=\$(cut -d ' ' -f 1 /proc/uptime); $cmd 2>/dev/null; echo \"R$n \$a:\$(cut -d ' ' -f 1 /proc/uptime) END\""
-    wait_for 600 has_said io-1 "R$n"
-    echo "io-bench: RESULT $what domu $bytes $(span "$(said io-1 "R$n")") $(($(exits io-1) - u)) $(($(exits Domain-0) - d0))"
+    # The same line moving nothing (count=0: dd opens /dev/vda and stops).
+    timed "$k" "$(echo "$cmd" | sed 's/ count=[0-9]*//') count=0"
+    base_u=$du; base_d=$d0x
+    timed "$k" "$cmd"
+    echo "io-bench: RESULT $what domu $((bytes * k)) $(span "$t") $((du > base_u ? du - base_u : 0)) $((d0x > base_d ? d0x - base_d : 0))"
 done
 
 # TCP from the domU to dom0 over the bridge: 32 MiB into nc in dom0.

@@ -63,6 +63,13 @@ fn describe(what: &str) -> &'static str {
 
 pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
     let find = |what: &str, who: &str| t.iter().find(|x| x.what == what && x.who == who);
+    // The image's size is what a 4 KiB read moves (the whole image once); a sequential transfer
+    // goes over it `rounds` times.
+    let mib = find("read-4k", "dom0").map_or(0, |x| x.bytes >> 20);
+    let rounds = match (find("seq-read", "dom0"), mib) {
+        (Some(x), m) if m > 0 => (x.bytes >> 20) / m,
+        _ => 1,
+    };
     let mut rows = String::new();
     for what in ["seq-read", "seq-write", "read-4k", "tcp-to-dom0", "tcp-to-domu"] {
         let Some(u) = find(what, "domu") else { continue };
@@ -97,23 +104,28 @@ pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
         "## Disk and network of a domU (issue 11)\n\n\
          Measured in dom0 by `dom0-bootstrap/tests/io-bench.sh`: a {} MiB raw image in a tmpfs in dom0, read and \
          written by dom0 directly (`dd` on the file), then by a Linux domU (128 MiB, 2 vCPUs) as its virtio disk \
-         (`dd` on `/dev/vda` with O_DIRECT, so its page cache answers nothing), served by `oxen-dm`; then TCP \
-         through the domU's virtio NIC (a tap on `xenbr0`) to `nc` in dom0 and in a second domU. Times are each \
-         system's own `/proc/uptime` (10 ms steps) in emulator time: only ratios within the run mean something. \
-         Exits are the domains' own counts (`oxl list --json`) over each transfer, per MiB moved.\n\n\
+         (`dd` on `/dev/vda` with O_DIRECT, so its page cache answers nothing), served by `oxen-dm`, each \
+         sequential transfer {} times over; then TCP through the domU's virtio NIC (a tap on `xenbr0`) to `nc` in \
+         dom0 and in a second domU. Times are each system's own `/proc/uptime` (10 ms steps) in emulator time: only \
+         ratios within the run mean something. Exits are the domains' own counts (`oxl list --json`) over each \
+         transfer, per MiB moved; for the domU's disk transfers less those of the same typed command moving nothing \
+         (typing it and the domU's echo cost ~10 exits a byte through its UART).\n\n\
          | transfer | domU (virtio) | dom0 directly | domU ÷ dom0 | domU exits per MiB | dom0 exits per MiB |\n\
          |---|---|---|---|---|---|\n{rows}\n\
-         Where the domU's time goes (the frequent costs): a virtio request is a QueueNotify write (posted: one \
-         exit, the vCPU goes on while dom0 works), then an interrupt back through the domU's IOAPIC (oxen-dm's \
-         `IRQ_LINE`), whose handler reads InterruptStatus and writes InterruptACK (each forwarded to dom0 and \
-         waited for: 2 exits and a round trip through dom0 each) before its EOI (1 exit). dom0 takes its event \
-         line, the `EVENTS` and `IOREQ_DONE` hypercalls and the wake-up of oxen-dm for each. So a 4 KiB request \
-         costs about what a 1 MiB one does, and since the image is in RAM, dom0's own figure is a memory copy. \
-         The network has no offloads yet (no checksum or segmentation offload, no mergeable buffers): every \
-         1,514-byte frame is a request of its own in each direction. Next: offloads, and fewer interrupt round \
-         trips (event index, an InterruptStatus the hypervisor can answer).\n\n\
+         Where the time goes (the frequent costs): a virtio request (one per MiB here, one per page for the 4 KiB \
+         reads) is a QueueNotify write (posted: one exit, the vCPU goes on, and dom0 is told through its event \
+         line), oxen-dm's read or write of the file straight into or out of the domU's mapped memory (one \
+         `preadv`/`pwritev`: a single copy of the data, as dom0's own `dd`), then its `IRQ_LINE` and an interrupt \
+         into the domU, whose handler reads InterruptStatus and writes InterruptACK (answered by the hypervisor \
+         from the ioreq page since ABI 1.10: one exit each, no dom0 round trip) before its EOI (one exit); while \
+         it waits the vCPU halts (one more). So a 4 KiB request costs about what a 1 MiB one does but for the copy: \
+         its latency is dom0's wake-up of oxen-dm and the interrupt's way back, not the data. The image is in RAM, \
+         so dom0's own figure is a memory copy. The network has no offloads yet (no checksum or segmentation \
+         offload, no mergeable buffers): every 1,514-byte frame is a request of its own in each direction. Next: \
+         offloads, several requests in flight (the domU's `dd` keeps one), event-index suppression.\n\n\
          Command: `cargo xtask bench --only io`. {footer}",
-        t.iter().find(|x| x.who == "dom0").map_or(0, |x| x.bytes >> 20)
+        mib,
+        rounds
     )
 }
 
