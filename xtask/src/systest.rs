@@ -872,7 +872,7 @@ fn run_one(t: &Test, dom0: Option<&Dom0>) -> Outcome {
 /// #VMEXIT (`arch/x86_64/svm/vcpu.rs`, `host_state_found`): seen only under
 /// QEMU 7.2's TCG, where it ends dom0 (docs/architecture.md, "The two backends
 /// under the emulators").
-const EMULATOR_FAULT: &str = "host state in a guest's VMCB";
+pub(crate) const EMULATOR_FAULT: &str = "host state in a guest's VMCB";
 
 /// A line per CPU from the QEMU state xtask took when the run stopped
 /// (`emu::QEMU_TIMEOUT_LOG`), each after `when`; none if there is no such file.
@@ -890,7 +890,7 @@ const DOM0_STALLED: &str = "sched: watchdog: dom0's vCPU 0";
 /// its own and its nested tables map (`vm/vcpu.rs`, `IMPOSSIBLE_TRIPLE_FAULT`):
 /// no CPU faults there; seen only under QEMU 7.2's TCG with the host short of
 /// cores (docs/architecture.md, "The two backends under the emulators").
-const IMPOSSIBLE_TRIPLE_FAULT: &str = "CR2 is its #DF gate, which its own and its nested tables map: no CPU faults there";
+pub(crate) const IMPOSSIBLE_TRIPLE_FAULT: &str = "CR2 is its #DF gate, which its own and its nested tables map: no CPU faults there";
 
 /// Where QEMU's CPUs were when the machine last reset (its `-d cpu_reset`
 /// log, `emu::QEMU_RESET_LOG`): a host that triple-faults, which
