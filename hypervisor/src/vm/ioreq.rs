@@ -68,6 +68,15 @@ pub struct Stats {
     pub dead: u64,
     /// InterruptStatus reads and InterruptACK writes answered from the page.
     pub status: u64,
+    /// Round trips: from a posted write (a virtqueue notification) that
+    /// found none waiting before it, to the device model's next `IRQ_LINE`
+    /// raise (dom0's turnaround), and to the guest's next InterruptStatus
+    /// read (the whole way back into the guest's handler); nanoseconds
+    /// summed, and how many.
+    pub to_line_ns: u64,
+    pub to_line: u64,
+    pub to_status_ns: u64,
+    pub to_status: u64,
 }
 
 /// What a range of the server is.
@@ -205,6 +214,10 @@ struct Inner {
     /// The posted ring's head, as the hypervisor wrote it last.
     head: u32,
     stats: Stats,
+    /// When the first posted write since the guest last read an
+    /// InterruptStatus came, and whether dom0 raised a line since (`Stats`).
+    notified_at: Option<u64>,
+    line_at: Option<u64>,
 }
 
 /// One domU's I/O server: its device model's page and ranges.
@@ -239,7 +252,9 @@ impl Server {
                 pending: [None; VCPUS],
                 seq: [0; VCPUS],
                 head: 0,
-                stats: Stats { requests: 0, posted: 0, ring_full: 0, dead: 0, status: 0 },
+                stats: Stats { requests: 0, posted: 0, ring_full: 0, dead: 0, status: 0, to_line_ns: 0, to_line: 0, to_status_ns: 0, to_status: 0 },
+                notified_at: None,
+                line_at: None,
             }),
         }
     }
@@ -333,7 +348,8 @@ impl Server {
     /// new in the page (post `event::IOREQ`). `None` if no range holds
     /// `addr` or `vcpu` is out of range. `line(device, level)` sets a
     /// declared device's interrupt line, for an InterruptACK answered here;
-    /// it is called under the server's lock.
+    /// it is called under the server's lock. `now` (ns) times round trips.
+    #[allow(clippy::too_many_arguments)]
     pub fn access(
         &self,
         vcpu: usize,
@@ -341,6 +357,7 @@ impl Server {
         addr: u64,
         size: u8,
         write: Option<u64>,
+        now: u64,
         line: &mut dyn FnMut(u8, bool),
     ) -> Option<(Answer, bool)> {
         let mut g = self.inner.lock();
@@ -360,6 +377,13 @@ impl Server {
             Range::Forward { posted } => posted,
             Range::InterruptStatus { device } => {
                 g.stats.status += 1;
+                if write.is_none() {
+                    if let Some(t) = g.notified_at.take() {
+                        g.stats.to_status += 1;
+                        g.stats.to_status_ns += now.saturating_sub(t);
+                    }
+                    g.line_at = None;
+                }
                 return Some((Answer::Done(interrupt_status(page, device, addr - start, size, write, line)), false));
             }
         };
@@ -391,6 +415,7 @@ impl Server {
             if let Some(tell) = page.post(g.head, vcpu, &req) {
                 g.head = g.head.wrapping_add(1);
                 g.stats.posted += 1;
+                g.notified_at.get_or_insert(now);
                 // dom0 is told when the device model has caught up with the
                 // ring (`Page::post`), not for each write: a device model
                 // drains to the head it reads, and its poll finds any entry
@@ -405,6 +430,17 @@ impl Server {
         g.pending[vcpu] = Some(req);
         g.stats.requests += 1;
         Some((Answer::Wait, true))
+    }
+
+    /// The device model raised one of the domain's lines (`IRQ_LINE`) at
+    /// `now`: the first raise after a notification ends dom0's turnaround.
+    pub fn line_raised(&self, now: u64) {
+        let mut g = self.inner.lock();
+        if let (Some(t), None) = (g.notified_at, g.line_at) {
+            g.line_at = Some(now);
+            g.stats.to_line += 1;
+            g.stats.to_line_ns += now.saturating_sub(t);
+        }
     }
 
     /// Whether vCPU `vcpu` waits for its device model: it asked, and the
@@ -476,6 +512,7 @@ fn interrupt_status(page: Page, device: u8, offset: u64, size: u8, write: Option
 pub struct Forward<'a> {
     server: &'a Server,
     vcpu: usize,
+    now: u64,
     /// Sets a declared device's line (`Server::access`).
     line: &'a mut dyn FnMut(u8, bool),
     wait: bool,
@@ -484,12 +521,12 @@ pub struct Forward<'a> {
 }
 
 impl<'a> Forward<'a> {
-    pub fn new(server: &'a Server, vcpu: usize, line: &'a mut dyn FnMut(u8, bool)) -> Self {
-        Self { server, vcpu, line, wait: false, notify: false }
+    pub fn new(server: &'a Server, vcpu: usize, now: u64, line: &'a mut dyn FnMut(u8, bool)) -> Self {
+        Self { server, vcpu, now, line, wait: false, notify: false }
     }
 
     fn access(&mut self, addr: u64, size: u8, write: Option<u64>) -> u64 {
-        match self.server.access(self.vcpu, ioreq::KIND_MMIO, addr, size, write, self.line) {
+        match self.server.access(self.vcpu, ioreq::KIND_MMIO, addr, size, write, self.now, self.line) {
             Some((answer, notify)) => {
                 self.notify |= notify;
                 match answer {
@@ -661,7 +698,7 @@ mod tests {
     impl Server {
         /// `access` where no line is set (no status range is involved).
         fn acc(&self, vcpu: usize, kind: u8, addr: u64, size: u8, write: Option<u64>) -> Option<(Answer, bool)> {
-            self.access(vcpu, kind, addr, size, write, &mut |d, l| panic!("line {d} set to {l}"))
+            self.access(vcpu, kind, addr, size, write, 0, &mut |d, l| panic!("line {d} set to {l}"))
         }
     }
 
@@ -965,7 +1002,7 @@ mod tests {
     }
 
     fn status_access(f: &Fixture, addr: u64, size: u8, write: Option<u64>, lines: &mut Vec<(u8, bool)>) -> Option<(Answer, bool)> {
-        f.server.access(0, KIND_MMIO, addr, size, write, &mut |d, l| lines.push((d, l)))
+        f.server.access(0, KIND_MMIO, addr, size, write, 0, &mut |d, l| lines.push((d, l)))
     }
 
     #[test]
@@ -1007,7 +1044,7 @@ mod tests {
         // SAFETY: the test is the device model; the page lives as long as `f`.
         unsafe { (*page).interrupt_status[2] = 1 };
         let mut lines = Vec::new();
-        let r = f.server.access(0, KIND_MMIO, 0x1000_3064, 4, Some(1), &mut |d, l| {
+        let r = f.server.access(0, KIND_MMIO, 0x1000_3064, 4, Some(1), 0, &mut |d, l| {
             lines.push((d, l));
             if !l {
                 // SAFETY: as above; what the device model does between the two.
@@ -1033,5 +1070,27 @@ mod tests {
         assert_eq!(status_access(&f, 0x1000_3060, 4, None, &mut lines), Some((Answer::Done(0xffff_ffff), false)));
         assert_eq!(status_access(&f, 0x1000_3064, 4, Some(1), &mut lines), Some((Answer::Done(0), false)));
         assert!(lines.is_empty());
+    }
+
+    /// A notification's round trip is timed to dom0's next raise and to the
+    /// guest's next InterruptStatus read; later notifications before that read
+    /// belong to the same trip.
+    #[test]
+    fn round_trips_from_a_notification_are_timed() {
+        let f = with_status();
+        let mut lines = Vec::new();
+        let post = |now| f.server.access(0, KIND_MMIO, 0x1000_1000, 4, Some(0), now, &mut |_, _| {});
+        assert_eq!(post(100).map(|(a, _)| a), Some(Answer::Done(0)));
+        assert_eq!(post(150).map(|(a, _)| a), Some(Answer::Done(0)));
+        f.server.line_raised(400);
+        f.server.line_raised(450);
+        assert!(f.server.access(0, KIND_MMIO, 0x1000_3060, 4, None, 1000, &mut |d, l| lines.push((d, l))).is_some());
+        let s = f.server.stats();
+        assert_eq!((s.to_line, s.to_line_ns, s.to_status, s.to_status_ns), (1, 300, 1, 900));
+        // A raise or a status read with no notification before it times nothing.
+        f.server.line_raised(2000);
+        assert!(f.server.access(0, KIND_MMIO, 0x1000_3060, 4, None, 3000, &mut |d, l| lines.push((d, l))).is_some());
+        assert_eq!(f.server.stats().to_line, 1);
+        assert_eq!(f.server.stats().to_status, 1);
     }
 }

@@ -412,13 +412,13 @@ impl Platform {
     }
 
     /// vCPU `vcpu`'s port access, if a range of the I/O server holds the port.
-    pub fn ioreq_port(&self, vcpu: usize, port: u16, size: u8, write: Option<u32>) -> Option<ioreq::Answer> {
+    pub fn ioreq_port(&self, vcpu: usize, port: u16, size: u8, write: Option<u32>, now: u64) -> Option<ioreq::Answer> {
         let server = self.ioreq.as_ref()?;
         if self.ports.find(u64::from(port)).is_some() {
             return None;
         }
         // Interrupt-status ranges are MMIO only: no line is set from here.
-        let (answer, notify) = server.access(vcpu, oxen_abi::ioreq::KIND_PIO, port.into(), size, write.map(u64::from), &mut |_, _| {})?;
+        let (answer, notify) = server.access(vcpu, oxen_abi::ioreq::KIND_PIO, port.into(), size, write.map(u64::from), now, &mut |_, _| {})?;
         if notify {
             post_dom0_events(oxen_abi::event::IOREQ);
         }
@@ -673,7 +673,7 @@ impl Platform {
     /// False if nothing claims `gpa`.
     pub fn mmio(&self, vcpu: usize, gpa: GuestPhysAddr, now: u64, access: crate::exit::MmioAccess<'_>) -> bool {
         let Some((base, dev)) = self.mmio.find(gpa.as_u64()) else {
-            return self.ioreq_mmio(vcpu, gpa, access);
+            return self.ioreq_mmio(vcpu, gpa, now, access);
         };
         let base = GuestPhysAddr::new(base);
         match dev {
@@ -689,7 +689,7 @@ impl Platform {
 
     /// An MMIO access in a range of the I/O server: the emulator decodes it
     /// as for any device, the device being the request to dom0.
-    fn ioreq_mmio(&self, vcpu: usize, gpa: GuestPhysAddr, access: crate::exit::MmioAccess<'_>) -> bool {
+    fn ioreq_mmio(&self, vcpu: usize, gpa: GuestPhysAddr, now: u64, access: crate::exit::MmioAccess<'_>) -> bool {
         let server = self.ioreq.as_ref().filter(|s| s.claims(oxen_abi::ioreq::KIND_MMIO, gpa.as_u64()));
         let Some(server) = server else { return self.absent_device(gpa, access) };
         // An InterruptACK answered by the server sets its device's line
@@ -700,7 +700,7 @@ impl Platform {
             self.devices.lock().ioapic.set_irq(pin, level);
         };
         // Offsets from 0: the device sees guest-physical addresses.
-        let mut device = ioreq::Forward::new(server, vcpu, &mut line);
+        let mut device = ioreq::Forward::new(server, vcpu, now, &mut line);
         access(&self.gm, GuestPhysAddr::new(0), &mut device);
         if device.notify {
             post_dom0_events(oxen_abi::event::IOREQ);

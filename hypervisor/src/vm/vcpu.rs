@@ -1082,7 +1082,7 @@ impl PortBus for VcpuEnv<'_> {
         self.platform.port_write(port, size, value)
     }
     fn forwarded(&mut self, port: u16, size: u8, write: Option<u32>) -> Option<crate::vm::ioreq::Answer> {
-        self.platform.ioreq_port(self.index, port, size, write)
+        self.platform.ioreq_port(self.index, port, size, write, now_ns())
     }
 }
 
