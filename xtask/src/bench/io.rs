@@ -61,7 +61,18 @@ fn describe(what: &str) -> &'static str {
     }
 }
 
-pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
+/// The hypervisor's timing of io-1's notifications over the whole run (its line when the domain
+/// goes): (µs to dom0's `IRQ_LINE` raise, count, µs to the guest's InterruptStatus read, count).
+pub(super) fn parse_round_trips(serial: &str) -> Option<(u64, u64, u64, u64)> {
+    let re = Regex::new(
+        r"\(io-1\): round trips from a notification: (\d+) us on average to dom0's next IRQ_LINE raise \((\d+)\), (\d+) us to its next InterruptStatus read \((\d+)\)",
+    )
+    .expect("regex");
+    let c = serial.lines().find_map(|l| re.captures(l))?;
+    Some((c[1].parse().ok()?, c[2].parse().ok()?, c[3].parse().ok()?, c[4].parse().ok()?))
+}
+
+pub(super) fn io_section(t: &[Transfer], round_trips: Option<(u64, u64, u64, u64)>, footer: &str) -> String {
     let find = |what: &str, who: &str| t.iter().find(|x| x.what == what && x.who == who);
     // The image's size is what a 4 KiB read moves (the whole image once); a sequential transfer
     // goes over it `rounds` times.
@@ -100,6 +111,15 @@ pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
             u.per_mib(u.dom0_exits)
         ));
     }
+    let trips = match round_trips {
+        Some((line, n, status, _)) => format!(
+            " The hypervisor timed io-1's {n} notifications over the whole run: {line} µs on average from a \
+             notification to oxen-dm's `IRQ_LINE` for it (dom0's turnaround: its event line's interrupt, \
+             oxen-dm's wake-up and work) and {status} µs to the guest handler's InterruptStatus read, so dom0's \
+             turnaround is most of a request's time."
+        ),
+        None => String::new(),
+    };
     format!(
         "## Disk and network of a domU (issue 11)\n\n\
          Measured in dom0 by `dom0-bootstrap/tests/io-bench.sh`: a {} MiB raw image in a tmpfs in dom0, read and \
@@ -119,8 +139,8 @@ pub(super) fn io_section(t: &[Transfer], footer: &str) -> String {
          into the domU, whose handler reads InterruptStatus and writes InterruptACK (answered by the hypervisor \
          from the ioreq page since ABI 1.10: one exit each, no dom0 round trip) before its EOI (one exit); while \
          it waits the vCPU halts (one more). So a 4 KiB request costs about what a 1 MiB one does but for the copy: \
-         its latency is dom0's wake-up of oxen-dm and the interrupt's way back, not the data. The image is in RAM, \
-         so dom0's own figure is a memory copy. The network has no offloads yet (no checksum or segmentation \
+         its latency is dom0's wake-up of oxen-dm and the interrupt's way back, not the data.{trips} The image is in \
+         RAM, so dom0's own figure is a memory copy. The network has no offloads yet (no checksum or segmentation \
          offload, no mergeable buffers): every 1,514-byte frame is a request of its own in each direction. Next: \
          offloads, several requests in flight (the domU's `dd` keeps one), event-index suppression.\n\n\
          Command: `cargo xtask bench --only io`. {footer}",
@@ -173,7 +193,8 @@ pub(super) fn io_part(elf: &Path, doc: &mut String, footer: &str) -> Result<()> 
                 faults[0]
             )
         };
-        *doc = update_section(doc, "io", &io_section(&transfers, &format!("{retried}{footer}")));
+        let trips = parse_round_trips(&boot.serial);
+        *doc = update_section(doc, "io", &io_section(&transfers, trips, &format!("{retried}{footer}")));
         return Ok(());
     }
     bail!("io-bench.sh met a known QEMU TCG fault in each of its {IO_RUNS} runs: {}", faults.join("; "))
@@ -196,11 +217,18 @@ mod tests {
         let t = parse_io(serial);
         assert_eq!(t.len(), 5);
         assert_eq!(t[1], Transfer { what: "seq-read".into(), who: "domu".into(), bytes: 33554432, seconds: 2.0, domu_exits: 3200, dom0_exits: 6400 });
-        let s = io_section(&t, "footer\n");
+        let trips = parse_round_trips(
+            "(oxen) d1 (io-1): round trips from a notification: 2794 us on average to dom0's next IRQ_LINE raise (12819), 3194 us to its next InterruptStatus read (12919)\n",
+        );
+        assert_eq!(trips, Some((2794, 12819, 3194, 12919)));
+        assert_eq!(parse_round_trips(serial), None);
+        let s = io_section(&t, trips, "footer\n");
         assert!(s.contains("| sequential read, 1 MiB requests | 16.8 MB/s | 67.1 MB/s | 0.250× | 100 | 200 |"), "{s}");
         assert!(s.contains("| 4 KiB reads, one at a time | 4.2 MB/s (1024 IOPS) | 33.6 MB/s (8192 IOPS) | 0.125× | 1250 | 2500 |"), "{s}");
         assert!(s.contains("| TCP, domU → dom0 over xenbr0 | 8.4 MB/s | - | - | 31 | 62 |"), "{s}");
         assert!(!s.contains("sequential write"), "no row without the domU's figure");
         assert!(s.contains("a 32 MiB raw image"));
+        assert!(s.contains("io-1's 12819 notifications over the whole run: 2794 µs on average"), "{s}");
+        assert!(!io_section(&t, None, "").contains("notifications over"));
     }
 }
