@@ -374,8 +374,16 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
     let c = router.counters;
     eprintln!(
         "{label}exit ({why}): {} requests, {} posted writes, {} notifications, {} interrupts raised, \
-         {} backend wake-ups, {} accesses outside the windows, {} failed calls",
-        c.requests, c.posted, c.notifications, c.interrupts, c.backend_wakes, c.unclaimed, c.call_errors
+         {} backend wake-ups, {} accesses outside the windows, {} failed calls; {} rounds of {} us on average",
+        c.requests,
+        c.posted,
+        c.notifications,
+        c.interrupts,
+        c.backend_wakes,
+        c.unclaimed,
+        c.call_errors,
+        c.rounds,
+        c.round_ns.checked_div(c.rounds).unwrap_or(0) / 1000
     );
     for d in &router.disks {
         let s = &d.stats;

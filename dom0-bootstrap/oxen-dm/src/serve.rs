@@ -155,6 +155,10 @@ pub struct Counters {
     pub unclaimed: u64,
     /// `IRQ_LINE` or `IOREQ_DONE` calls that failed.
     pub call_errors: u64,
+    /// Rounds served after a wake-up, and their time summed (serving, the devices' work, the
+    /// calls, publishing the states): the device model's part of a request's round trip.
+    pub rounds: u64,
+    pub round_ns: u64,
 }
 
 /// Failed calls logged one by one before going quiet (a guest must not fill dom0's log).
@@ -509,8 +513,11 @@ pub fn run(page: &Page, router: &mut Router, host: &mut impl Host, tick: Duratio
         }
         // Also on a timeout: a wake-up lost between the driver and us costs one tick at most.
         if !frozen {
+            let start = Instant::now();
             router.round(page, host);
             router.publish();
+            router.counters.rounds += 1;
+            router.counters.round_ns += u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         }
         if wake == Wake::Timeout || last_check.elapsed() >= tick {
             last_check = Instant::now();
