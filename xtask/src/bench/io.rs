@@ -127,7 +127,9 @@ pub(super) fn io_section(t: &[Transfer], round_trips: Option<(u64, u64, u64, u64
          (`dd` on `/dev/vda` with O_DIRECT, so its page cache answers nothing), served by `oxen-dm`, each \
          sequential transfer {} times over; then TCP through the domU's virtio NIC (a tap on `xenbr0`) to `nc` in \
          dom0 and in a second domU. Times are each system's own `/proc/uptime` (10 ms steps) in emulator time: only \
-         ratios within the run mean something. Exits are the domains' own counts (`oxl list --json`) over each \
+         ratios within the run mean something, and even those move between runs of one tree (on 2026-12-08 \
+         dom0's own 128 MiB read took 0.42 to 0.81 s in five runs, the domU's 0.80 to 1.44 s): compare several \
+         runs, not one figure. Exits are the domains' own counts (`oxl list --json`) over each \
          transfer, per MiB moved; for the domU's disk transfers less those of the same typed command moving nothing \
          (typing it and the domU's echo cost ~10 exits a byte through its UART).\n\n\
          | transfer | domU (virtio) | dom0 directly | domU ÷ dom0 | domU exits per MiB | dom0 exits per MiB |\n\
