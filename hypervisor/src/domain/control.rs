@@ -1189,15 +1189,19 @@ pub fn release(mut d: Domain<Resources>) {
             d.id, d.name, io.requests, io.posted, io.ring_full, io.status, io.dead
         );
         let avg = |ns: u64, n: u64| ns.checked_div(n).unwrap_or(0) / 1000;
-        info!(
-            "d{} ({}): round trips from a notification: {} us on average to dom0's next IRQ_LINE raise ({}), {} us to its next InterruptStatus read ({})",
-            d.id,
-            d.name,
-            avg(io.to_line_ns, io.to_line),
-            io.to_line,
-            avg(io.to_status_ns, io.to_status),
-            io.to_status
-        );
+        // Only for a domain whose notifications were timed (a device model's
+        // own test guests may notify nothing).
+        if io.to_line + io.to_status > 0 {
+            info!(
+                "d{} ({}): round trips from a notification: {} us on average to dom0's next IRQ_LINE raise ({}), {} us to its next InterruptStatus read ({})",
+                d.id,
+                d.name,
+                avg(io.to_line_ns, io.to_line),
+                io.to_line,
+                avg(io.to_status_ns, io.to_status),
+                io.to_status
+            );
+        }
     }
     info!("d{} ({}): destroyed, {} MiB back in the pool", d.id, d.name, d.memory_kib / 1024);
     d.res.free();
