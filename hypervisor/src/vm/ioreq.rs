@@ -217,7 +217,7 @@ struct Inner {
     /// When the first posted write since the guest last read an
     /// InterruptStatus came, and whether dom0 raised a line since (`Stats`).
     notified_at: Option<u64>,
-    line_at: Option<u64>,
+    raised: bool,
 }
 
 /// One domU's I/O server: its device model's page and ranges.
@@ -254,7 +254,7 @@ impl Server {
                 head: 0,
                 stats: Stats { requests: 0, posted: 0, ring_full: 0, dead: 0, status: 0, to_line_ns: 0, to_line: 0, to_status_ns: 0, to_status: 0 },
                 notified_at: None,
-                line_at: None,
+                raised: false,
             }),
         }
     }
@@ -382,7 +382,7 @@ impl Server {
                         g.stats.to_status += 1;
                         g.stats.to_status_ns += now.saturating_sub(t);
                     }
-                    g.line_at = None;
+                    g.raised = false;
                 }
                 return Some((Answer::Done(interrupt_status(page, device, addr - start, size, write, line)), false));
             }
@@ -436,8 +436,8 @@ impl Server {
     /// `now`: the first raise after a notification ends dom0's turnaround.
     pub fn line_raised(&self, now: u64) {
         let mut g = self.inner.lock();
-        if let (Some(t), None) = (g.notified_at, g.line_at) {
-            g.line_at = Some(now);
+        if let (Some(t), false) = (g.notified_at, g.raised) {
+            g.raised = true;
             g.stats.to_line += 1;
             g.stats.to_line_ns += now.saturating_sub(t);
         }
