@@ -301,10 +301,8 @@ fn run(args: &Args, label: &str) -> Result<(), String> {
             .map_err(|e| format!("{name}: cannot go on from its saved state: {e:?}")),
         None => MmioTransport::new(device, Arc::clone(&mem)).map_err(|e| format!("{name}: {e:?}")),
     };
-    // Device i of the domain's window is the i-th (`DEVICE_WINDOW + i * DEVICE_STRIDE`).
     let share = |t: &mut MmioTransport, base: u64, split: Split| {
-        let index = (base - oxen_abi::DEVICE_WINDOW) / oxen_abi::DEVICE_STRIDE;
-        if let Some(word) = ioreq.interrupt_status(index as usize).filter(|_| split.status) {
+        if let Some(word) = ioreq.interrupt_status(base).filter(|_| split.status) {
             t.share_interrupt_status(word);
         }
     };

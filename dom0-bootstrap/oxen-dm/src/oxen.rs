@@ -116,10 +116,13 @@ impl Ioreq {
         unsafe { crate::ioreq::Page::new(self.page) }
     }
 
-    /// The interrupt-status word of the domain's declared device `index` in the page
-    /// (`IoreqPage::interrupt_status`, ABI 1.10); `None` past `MAX_DEVICES`.
-    pub fn interrupt_status(&self, index: usize) -> Option<&'static AtomicU32> {
-        if index >= oxen_abi::MAX_DEVICES as usize {
+    /// The interrupt-status word in the page (`IoreqPage::interrupt_status`, ABI 1.10) of the
+    /// domain's declared device whose window is at `base` (the i-th at `DEVICE_WINDOW + i *
+    /// DEVICE_STRIDE`); `None` for a base that is no device's.
+    pub fn interrupt_status(&self, base: u64) -> Option<&'static AtomicU32> {
+        let offset = base.checked_sub(oxen_abi::DEVICE_WINDOW)?;
+        let index = usize::try_from(offset / oxen_abi::DEVICE_STRIDE).ok()?;
+        if !offset.is_multiple_of(oxen_abi::DEVICE_STRIDE) || index >= oxen_abi::MAX_DEVICES as usize {
             return None;
         }
         // SAFETY: an aligned u32 inside the page, whose mapping is never undone (it lives until

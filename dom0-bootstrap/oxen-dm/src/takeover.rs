@@ -86,8 +86,7 @@ fn take_over(
             return None;
         };
         // An InterruptStatus the hypervisor holds is the page's word, not what was published.
-        let index = ((base - oxen_abi::DEVICE_WINDOW) / oxen_abi::DEVICE_STRIDE) as usize;
-        let word = ioreq.interrupt_status(index).filter(|_| status_held.get(i).copied().unwrap_or(false));
+        let word = ioreq.interrupt_status(base).filter(|_| status_held.get(i).copied().unwrap_or(false));
         if let Some(w) = word {
             state.interrupt_status = w.load(std::sync::atomic::Ordering::SeqCst);
         }
